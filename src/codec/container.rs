@@ -1,0 +1,356 @@
+//! The blob container (format version 1, see `docs/FORMAT.md`): one window of files, self-
+//! describing, every byte covered by a CRC32C.
+//!
+//! ```text
+//! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
+//! ```
+//! The header lists the entries; each entry points at its sections in the payload, and each
+//! section carries its own CRC32C, so a flipped bit anywhere is found and named by entry.
+
+use super::dtype::DType;
+use super::entropy::Stage;
+use super::predictor::PredictorId;
+use super::quantizer::{Bound, FrameBound};
+use std::ops::Range;
+
+pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
+pub const VERSION: u16 = 1;
+const PREAMBLE: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlobError {
+    #[error("not a tezipfs blob (bad magic)")]
+    BadMagic,
+    #[error("blob format version {0} is not supported by this build (supports {VERSION})")]
+    Version(u16),
+    #[error("blob is truncated")]
+    Truncated,
+    #[error("blob header is corrupt (CRC mismatch)")]
+    HeaderCrc,
+    #[error("blob header is malformed: {0}")]
+    Malformed(String),
+    #[error("entry {entry}: {what} section is corrupt (CRC mismatch)")]
+    SectionCrc { entry: usize, what: &'static str },
+    #[error("entry {entry}: cannot decode: {why}")]
+    Decode { entry: usize, why: String },
+    #[error("entry {entry}: decoded bytes do not match the stored checksum")]
+    FrameCrc { entry: usize },
+    #[error("entry {entry} does not exist (blob holds {len})")]
+    NoEntry { entry: usize, len: usize },
+}
+
+/// A byte range of the payload with its checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Section {
+    pub offset: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// The geometry and coding parameters shared by the frames of a blob.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub dtype: DType,
+    pub width: u32,
+    pub height: u32,
+    pub predictor: PredictorId,
+    /// Hash of the learned model used (all zeros: none).
+    pub model: [u8; 32],
+    /// The bound as the policy stated it (per-frame bounds are in the entries).
+    pub bound: Bound,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameEntry {
+    pub big_endian: bool,
+    /// Intra-coded (first frame of the chain).
+    pub key: bool,
+    pub bound: FrameBound,
+    /// Pixel byte ranges of the file, in pixel order.
+    pub ranges: Vec<Range<usize>>,
+    pub stage: Stage,
+    pub skeleton: Section,
+    pub codes: Section,
+    pub escapes: Section,
+    pub n_escapes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Frame(FrameEntry),
+    /// Whole file, zstd-compressed (`compressed`) or as is.
+    Opaque { compressed: bool, data: Section },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub original_len: u64,
+    /// CRC32C of the original bytes (lossless, opaque) or of the reconstructed bytes (lossy).
+    pub crc: u32,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// `None` when the blob holds only opaque entries.
+    pub params: Option<Params>,
+    pub entries: Vec<Entry>,
+}
+
+/// Builds a blob: sections are appended to the payload as they are produced.
+#[derive(Default)]
+pub struct Writer {
+    payload: Vec<u8>,
+}
+
+impl Writer {
+    pub fn section(&mut self, bytes: &[u8]) -> Section {
+        let s = Section { offset: self.payload.len() as u64, len: bytes.len() as u64, crc: crc32c::crc32c(bytes) };
+        self.payload.extend_from_slice(bytes);
+        s
+    }
+
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    pub fn finish(self, header: &Header) -> Vec<u8> {
+        let mut h = Vec::new();
+        write_header(header, &mut h);
+        let mut out = Vec::with_capacity(PREAMBLE + h.len() + 4 + self.payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// A parsed blob borrowing its bytes.
+pub struct Blob<'a> {
+    pub header: Header,
+    payload: &'a [u8],
+}
+
+impl<'a> Blob<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Blob<'a>, BlobError> {
+        if bytes.len() < PREAMBLE {
+            return Err(if bytes.starts_with(&MAGIC[..bytes.len().min(8)]) { BlobError::Truncated } else { BlobError::BadMagic });
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(BlobError::BadMagic);
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(BlobError::Version(version));
+        }
+        if bytes[10..12] != [0, 0] {
+            return Err(BlobError::HeaderCrc);
+        }
+        let hlen = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let hend = PREAMBLE.checked_add(hlen).ok_or(BlobError::Truncated)?;
+        if bytes.len() < hend + 4 {
+            return Err(BlobError::Truncated);
+        }
+        let h = &bytes[PREAMBLE..hend];
+        let crc = u32::from_le_bytes([bytes[hend], bytes[hend + 1], bytes[hend + 2], bytes[hend + 3]]);
+        if crc32c::crc32c(h) != crc {
+            return Err(BlobError::HeaderCrc);
+        }
+        let header = read_header(h)?;
+        let payload = &bytes[hend + 4..];
+        let end = header
+            .entries
+            .iter()
+            .flat_map(|e| match &e.body {
+                Body::Frame(f) => vec![f.skeleton, f.codes, f.escapes],
+                Body::Opaque { data, .. } => vec![*data],
+            })
+            .map(|s| s.offset.saturating_add(s.len))
+            .max()
+            .unwrap_or(0);
+        if end != payload.len() as u64 {
+            return Err(if end > payload.len() as u64 {
+                BlobError::Truncated
+            } else {
+                BlobError::Malformed(format!("{} trailing bytes after the last section", payload.len() as u64 - end))
+            });
+        }
+        Ok(Blob { header, payload })
+    }
+
+    /// The bytes of a section, after checking its CRC.
+    pub fn section(&self, entry: usize, what: &'static str, s: Section) -> Result<&'a [u8], BlobError> {
+        let start = s.offset as usize;
+        let bytes = self.payload.get(start..start + s.len as usize).ok_or(BlobError::Truncated)?;
+        if crc32c::crc32c(bytes) != s.crc {
+            return Err(BlobError::SectionCrc { entry, what });
+        }
+        Ok(bytes)
+    }
+
+    pub fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
+        self.header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: self.header.entries.len() })
+    }
+}
+
+// ---- header encoding -------------------------------------------------------------------------
+
+fn put_section(out: &mut Vec<u8>, s: Section) {
+    out.extend_from_slice(&s.offset.to_le_bytes());
+    out.extend_from_slice(&s.len.to_le_bytes());
+    out.extend_from_slice(&s.crc.to_le_bytes());
+}
+
+fn write_header(h: &Header, out: &mut Vec<u8>) {
+    match &h.params {
+        None => out.push(0),
+        Some(p) => {
+            out.push(p.dtype.id());
+            out.extend_from_slice(&p.width.to_le_bytes());
+            out.extend_from_slice(&p.height.to_le_bytes());
+            out.push(p.predictor as u8);
+            out.extend_from_slice(&p.model);
+            out.push(p.bound.kind_id());
+            out.extend_from_slice(&p.bound.param().to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(h.entries.len() as u32).to_le_bytes());
+    for e in &h.entries {
+        match &e.body {
+            Body::Frame(_) => out.push(0),
+            Body::Opaque { compressed: true, .. } => out.push(1),
+            Body::Opaque { compressed: false, .. } => out.push(2),
+        }
+        out.extend_from_slice(&e.original_len.to_le_bytes());
+        out.extend_from_slice(&e.crc.to_le_bytes());
+        match &e.body {
+            Body::Opaque { data, .. } => put_section(out, *data),
+            Body::Frame(f) => {
+                out.push(f.big_endian as u8);
+                out.push(f.key as u8);
+                let (kind, v) = f.bound.to_parts();
+                out.push(kind);
+                out.extend_from_slice(&v.to_le_bytes());
+                out.extend_from_slice(&(f.ranges.len() as u32).to_le_bytes());
+                for r in &f.ranges {
+                    out.extend_from_slice(&(r.start as u64).to_le_bytes());
+                    out.extend_from_slice(&(r.len() as u64).to_le_bytes());
+                }
+                out.push(f.stage as u8);
+                put_section(out, f.skeleton);
+                put_section(out, f.codes);
+                put_section(out, f.escapes);
+                out.extend_from_slice(&f.n_escapes.to_le_bytes());
+            }
+        }
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], BlobError> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or_else(|| BlobError::Malformed("header ends early".into()))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, BlobError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, BlobError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, BlobError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn f64(&mut self) -> Result<f64, BlobError> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    fn section(&mut self) -> Result<Section, BlobError> {
+        Ok(Section { offset: self.u64()?, len: self.u64()?, crc: self.u32()? })
+    }
+}
+
+fn bad(s: impl Into<String>) -> BlobError {
+    BlobError::Malformed(s.into())
+}
+
+fn read_header(h: &[u8]) -> Result<Header, BlobError> {
+    let mut c = Cursor { b: h, pos: 0 };
+    let dtype_id = c.u8()?;
+    let params = if dtype_id == 0 {
+        None
+    } else {
+        let dtype = DType::from_id(dtype_id).ok_or_else(|| bad(format!("unknown pixel type {dtype_id}")))?;
+        let width = c.u32()?;
+        let height = c.u32()?;
+        let pid = c.u8()?;
+        let predictor = PredictorId::from_id(pid).ok_or_else(|| bad(format!("unknown predictor {pid}")))?;
+        let model: [u8; 32] = c.take(32)?.try_into().expect("32 bytes");
+        let (kind, v) = (c.u8()?, c.f64()?);
+        let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
+        if width == 0 || height == 0 {
+            return Err(bad("empty geometry"));
+        }
+        Some(Params { dtype, width, height, predictor, model, bound })
+    };
+    let n = c.u32()? as usize;
+    if n > h.len() {
+        return Err(bad(format!("{n} entries in a {}-byte header", h.len())));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for i in 0..n {
+        let kind = c.u8()?;
+        let original_len = c.u64()?;
+        let crc = c.u32()?;
+        let body = match kind {
+            1 | 2 => Body::Opaque { compressed: kind == 1, data: c.section()? },
+            0 => {
+                let p = params.as_ref().ok_or_else(|| bad("frame entry in a blob without frame parameters"))?;
+                let big_endian = c.u8()? != 0;
+                let key = c.u8()? != 0;
+                let (bk, bv) = (c.u8()?, c.f64()?);
+                let bound = FrameBound::from_parts(bk, bv).ok_or_else(|| bad(format!("entry {i}: bad bound")))?;
+                let nr = c.u32()? as usize;
+                if nr > h.len() {
+                    return Err(bad(format!("entry {i}: {nr} pixel ranges")));
+                }
+                let mut ranges = Vec::with_capacity(nr);
+                let mut total = 0u64;
+                for _ in 0..nr {
+                    let (start, len) = (c.u64()?, c.u64()?);
+                    let end = start.checked_add(len).filter(|&e| e <= original_len).ok_or_else(|| bad(format!("entry {i}: pixel range outside the file")))?;
+                    total += len;
+                    ranges.push(start as usize..end as usize);
+                }
+                let want = p.width as u64 * p.height as u64 * p.dtype.bytes() as u64;
+                if total != want {
+                    return Err(bad(format!("entry {i}: pixel ranges hold {total} bytes, frame needs {want}")));
+                }
+                let sid = c.u8()?;
+                let stage = Stage::from_id(sid).ok_or_else(|| bad(format!("entry {i}: unknown entropy stage {sid}")))?;
+                let skeleton = c.section()?;
+                let codes = c.section()?;
+                let escapes = c.section()?;
+                let n_escapes = c.u32()?;
+                if n_escapes as u64 > p.width as u64 * p.height as u64 {
+                    return Err(bad(format!("entry {i}: {n_escapes} escapes")));
+                }
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes })
+            }
+            k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
+        };
+        entries.push(Entry { original_len, crc, body });
+    }
+    if c.pos != h.len() {
+        return Err(bad("trailing bytes in header"));
+    }
+    Ok(Header { params, entries })
+}

@@ -1,0 +1,252 @@
+//! The entropy stage: turns a frame's codes (one `u32` per pixel, `width` bytes significant) into
+//! bytes and back. Each frame's codes are one independent section, tagged with the [`Stage`]
+//! that coded it, so the stage can change per frame and per window and later stages (a
+//! context-adaptive coder) slot in beside these.
+
+use std::fmt;
+
+/// Stable ids stored in the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Codes packed little-endian, then zstd.
+    Zstd = 1,
+    /// Byte planes (all low bytes, then all next bytes, ...), then zstd.
+    BytePlanesZstd = 2,
+    /// Bit planes (bitshuffle over the whole frame), then zstd.
+    BitShuffleZstd = 3,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd];
+
+    pub fn from_id(id: u8) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| *s as u8 == id)
+    }
+
+    /// The stages worth trying for codes of `width` bytes.
+    pub fn candidates(width: usize) -> &'static [Stage] {
+        if width == 1 {
+            &[Stage::BitShuffleZstd, Stage::Zstd]
+        } else {
+            &[Stage::BitShuffleZstd, Stage::BytePlanesZstd]
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Zstd => "zstd",
+            Stage::BytePlanesZstd => "byteplanes+zstd",
+            Stage::BitShuffleZstd => "bitshuffle+zstd",
+        })
+    }
+}
+
+/// Reusable zstd contexts and scratch buffers for one thread.
+pub struct Coder {
+    level: i32,
+    comp: zstd::bulk::Compressor<'static>,
+    decomp: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EntropyError {
+    #[error("zstd: {0}")]
+    Zstd(#[from] std::io::Error),
+    #[error("decoded section has {got} bytes, expected {want}")]
+    Length { got: usize, want: usize },
+}
+
+impl Coder {
+    pub fn new(level: i32) -> Result<Coder, EntropyError> {
+        Ok(Coder {
+            level,
+            comp: zstd::bulk::Compressor::new(level)?,
+            decomp: zstd::bulk::Decompressor::new()?,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// zstd of arbitrary bytes.
+    pub fn compress_bytes(&mut self, data: &[u8]) -> Result<Vec<u8>, EntropyError> {
+        Ok(self.comp.compress(data)?)
+    }
+
+    /// Inverse of [`Coder::compress_bytes`]; `len` is the exact original length.
+    pub fn decompress_bytes(&mut self, data: &[u8], len: usize) -> Result<Vec<u8>, EntropyError> {
+        let out = self.decomp.decompress(data, len)?;
+        if out.len() != len {
+            return Err(EntropyError::Length { got: out.len(), want: len });
+        }
+        Ok(out)
+    }
+
+    pub fn encode(&mut self, stage: Stage, codes: &[u32], width: usize) -> Result<Vec<u8>, EntropyError> {
+        let mut packed = std::mem::take(&mut self.scratch);
+        match stage {
+            Stage::Zstd => pack(codes, width, &mut packed),
+            Stage::BytePlanesZstd => byte_planes(codes, width, &mut packed),
+            Stage::BitShuffleZstd => bitshuffle(codes, width, &mut packed),
+        }
+        let out = self.comp.compress(&packed);
+        self.scratch = packed;
+        Ok(out?)
+    }
+
+    /// Encode with each candidate stage and keep the smallest.
+    pub fn encode_best(&mut self, codes: &[u32], width: usize) -> Result<(Stage, Vec<u8>), EntropyError> {
+        let mut best: Option<(Stage, Vec<u8>)> = None;
+        for &s in Stage::candidates(width) {
+            let out = self.encode(s, codes, width)?;
+            if best.as_ref().is_none_or(|(_, b)| out.len() < b.len()) {
+                best = Some((s, out));
+            }
+        }
+        Ok(best.expect("at least one candidate stage"))
+    }
+
+    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+        let want = match stage {
+            Stage::BitShuffleZstd => n.div_ceil(8) * 8 * width,
+            _ => n * width,
+        };
+        let packed = self.decompress_bytes(data, want)?;
+        match stage {
+            Stage::Zstd => unpack(&packed, n, width, out),
+            Stage::BytePlanesZstd => unbyte_planes(&packed, n, width, out),
+            Stage::BitShuffleZstd => unbitshuffle(&packed, n, width, out),
+        }
+        Ok(())
+    }
+}
+
+fn pack(codes: &[u32], width: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(codes.len() * width);
+    for &c in codes {
+        out.extend_from_slice(&c.to_le_bytes()[..width]);
+    }
+}
+
+fn unpack(bytes: &[u8], n: usize, width: usize, out: &mut Vec<u32>) {
+    out.clear();
+    out.extend(bytes.chunks_exact(width).take(n).map(|ch| {
+        let mut b = [0u8; 4];
+        b[..width].copy_from_slice(ch);
+        u32::from_le_bytes(b)
+    }));
+}
+
+fn byte_planes(codes: &[u32], width: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(codes.len() * width, 0);
+    let n = codes.len();
+    for (i, &c) in codes.iter().enumerate() {
+        let b = c.to_le_bytes();
+        for k in 0..width {
+            out[k * n + i] = b[k];
+        }
+    }
+}
+
+fn unbyte_planes(bytes: &[u8], n: usize, width: usize, out: &mut Vec<u32>) {
+    out.clear();
+    out.resize(n, 0);
+    for k in 0..width {
+        let plane = &bytes[k * n..(k + 1) * n];
+        for (o, &b) in out.iter_mut().zip(plane) {
+            *o |= (b as u32) << (8 * k);
+        }
+    }
+}
+
+/// Transpose an 8x8 bit matrix held in a u64 (row i = byte i).
+#[inline]
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^= t ^ (t << 28);
+    x
+}
+
+/// Bit planes: plane `8k + b` holds bit `b` of byte `k` of every code, 8 codes per byte.
+/// The code count is padded to a multiple of 8 with zeros.
+fn bitshuffle(codes: &[u32], width: usize, out: &mut Vec<u8>) {
+    let groups = codes.len().div_ceil(8);
+    out.clear();
+    out.resize(groups * 8 * width, 0);
+    let mut buf = [0u32; 8];
+    for g in 0..groups {
+        let chunk = &codes[g * 8..((g + 1) * 8).min(codes.len())];
+        buf[..chunk.len()].copy_from_slice(chunk);
+        buf[chunk.len()..].fill(0);
+        for k in 0..width {
+            let mut m = 0u64;
+            for (j, &c) in buf.iter().enumerate() {
+                m |= (((c >> (8 * k)) & 0xff) as u64) << (8 * j);
+            }
+            let t = transpose8(m).to_le_bytes();
+            for b in 0..8 {
+                out[(8 * k + b) * groups + g] = t[b];
+            }
+        }
+    }
+}
+
+fn unbitshuffle(bytes: &[u8], n: usize, width: usize, out: &mut Vec<u32>) {
+    let groups = n.div_ceil(8);
+    out.clear();
+    out.resize(groups * 8, 0);
+    for g in 0..groups {
+        for k in 0..width {
+            let mut t = [0u8; 8];
+            for b in 0..8 {
+                t[b] = bytes[(8 * k + b) * groups + g];
+            }
+            let m = transpose8(u64::from_le_bytes(t));
+            for j in 0..8 {
+                out[g * 8 + j] |= (((m >> (8 * j)) & 0xff) as u32) << (8 * k);
+            }
+        }
+    }
+    out.truncate(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_round_trips() {
+        let mut c = Coder::new(3).unwrap();
+        for width in [1usize, 2, 4] {
+            let mask = if width == 4 { u32::MAX } else { (1u32 << (8 * width)) - 1 };
+            for n in [0usize, 1, 7, 8, 9, 1000] {
+                let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
+                for s in Stage::ALL {
+                    let enc = c.encode(s, &codes, width).unwrap();
+                    let mut back = Vec::new();
+                    c.decode(s, &enc, n, width, &mut back).unwrap();
+                    assert_eq!(back, codes, "{s} width {width} n {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bitshuffle_puts_bits_in_planes() {
+        let codes = [1u32, 0, 0, 0, 0, 0, 0, 0x80];
+        let mut out = Vec::new();
+        bitshuffle(&codes, 1, &mut out);
+        assert_eq!(out, vec![0b0000_0001, 0, 0, 0, 0, 0, 0, 0b1000_0000]);
+    }
+}

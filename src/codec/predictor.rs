@@ -1,0 +1,220 @@
+//! Predictors over integer images.
+//!
+//! A window is a key frame followed by predicted frames. The key frame is coded by the codec
+//! itself (intra, see [`med`]); every later frame is predicted by a [`Predictor`] from the
+//! *reconstructed* frames before it, so encoder and decoder see the same history even under an
+//! error bound. A predictor keeps its per-window state in a [`PredictorState`] (a recurrent model
+//! keeps its hidden state there) and can predict the next frame of many windows in one call
+//! ([`Predictor::predict_batch`]), which is how a GPU model batches work.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Geometry of the frames of one window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub width: usize,
+    pub height: usize,
+    /// Valid bits of the integer image (8, 16 or 32).
+    pub bits: u32,
+}
+
+impl Geometry {
+    pub fn pixels(&self) -> usize {
+        self.width * self.height
+    }
+}
+
+/// Stable ids of predictors, stored in the blob container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PredictorId {
+    /// No prediction: every frame is coded as it is.
+    None = 0,
+    /// Previous reconstructed frame (key frame: intra MED).
+    Previous = 1,
+}
+
+impl PredictorId {
+    pub const ALL: [PredictorId; 2] = [PredictorId::None, PredictorId::Previous];
+
+    pub fn from_id(id: u8) -> Option<PredictorId> {
+        PredictorId::ALL.into_iter().find(|p| *p as u8 == id)
+    }
+
+    /// Whether key frames are intra-predicted (spatially) under this predictor.
+    pub fn intra_key(self) -> bool {
+        self != PredictorId::None
+    }
+
+    pub fn build(self) -> Box<dyn Predictor> {
+        match self {
+            PredictorId::None => Box::new(NonePredictor),
+            PredictorId::Previous => Box::new(PreviousPredictor),
+        }
+    }
+}
+
+impl fmt::Display for PredictorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PredictorId::None => "none",
+            PredictorId::Previous => "previous",
+        })
+    }
+}
+
+/// What the user asks for (`--predictor`, `user.tezip.predictor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictorChoice {
+    /// Try the candidates on each window and keep the smallest.
+    Auto,
+    Fixed(PredictorId),
+}
+
+impl PredictorChoice {
+    pub fn candidates(self) -> Vec<PredictorId> {
+        match self {
+            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::None],
+            PredictorChoice::Fixed(p) => vec![p],
+        }
+    }
+}
+
+impl fmt::Display for PredictorChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PredictorChoice::Auto => f.write_str("auto"),
+            PredictorChoice::Fixed(p) => p.fmt(f),
+        }
+    }
+}
+
+impl FromStr for PredictorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PredictorChoice::Auto),
+            "none" => Ok(PredictorChoice::Fixed(PredictorId::None)),
+            "previous" => Ok(PredictorChoice::Fixed(PredictorId::Previous)),
+            _ => Err(format!("unknown predictor {s:?} (expected auto, previous or none)")),
+        }
+    }
+}
+
+/// Per-window state of a predictor.
+pub trait PredictorState: Send {
+    /// Write the prediction of the next frame into `out` (length = pixels).
+    fn predict(&mut self, out: &mut [u32]);
+    /// Take in the reconstructed frame that was just coded (key frame included).
+    fn observe(&mut self, recon: &[u32]);
+}
+
+/// A temporal predictor. Implementations must be deterministic and integer-exact: the same
+/// history gives the same prediction on every machine.
+pub trait Predictor: Send + Sync {
+    fn id(&self) -> PredictorId;
+    fn start(&self, geom: Geometry) -> Box<dyn PredictorState>;
+    /// Predict the next frame of several windows at once. The default runs them one by one;
+    /// a batched model overrides it.
+    fn predict_batch(&self, states: &mut [&mut dyn PredictorState], outs: &mut [&mut [u32]]) {
+        for (s, o) in states.iter_mut().zip(outs.iter_mut()) {
+            s.predict(o);
+        }
+    }
+}
+
+pub struct NonePredictor;
+struct NoneState;
+
+impl PredictorState for NoneState {
+    fn predict(&mut self, out: &mut [u32]) {
+        out.fill(0);
+    }
+    fn observe(&mut self, _recon: &[u32]) {}
+}
+
+impl Predictor for NonePredictor {
+    fn id(&self) -> PredictorId {
+        PredictorId::None
+    }
+    fn start(&self, _geom: Geometry) -> Box<dyn PredictorState> {
+        Box::new(NoneState)
+    }
+}
+
+pub struct PreviousPredictor;
+struct PreviousState {
+    last: Vec<u32>,
+}
+
+impl PredictorState for PreviousState {
+    fn predict(&mut self, out: &mut [u32]) {
+        out.copy_from_slice(&self.last);
+    }
+    fn observe(&mut self, recon: &[u32]) {
+        self.last.clear();
+        self.last.extend_from_slice(recon);
+    }
+}
+
+impl Predictor for PreviousPredictor {
+    fn id(&self) -> PredictorId {
+        PredictorId::Previous
+    }
+    fn start(&self, geom: Geometry) -> Box<dyn PredictorState> {
+        Box::new(PreviousState { last: vec![0; geom.pixels()] })
+    }
+}
+
+/// The median edge detector of JPEG-LS (LOCO-I): the intra prediction of pixel `i` from its
+/// already reconstructed left, upper and upper-left neighbours in `img`.
+#[inline]
+pub fn med(img: &[u32], i: usize, width: usize) -> u32 {
+    let x = i % width;
+    let has_up = i >= width;
+    match (x > 0, has_up) {
+        (false, false) => 0,
+        (true, false) => img[i - 1],
+        (false, true) => img[i - width],
+        (true, true) => {
+            let (a, b, c) = (img[i - 1], img[i - width], img[i - width - 1]);
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            if c >= hi {
+                lo
+            } else if c <= lo {
+                hi
+            } else {
+                // a + b - c lies strictly between lo and hi here, so no overflow.
+                a.wrapping_add(b).wrapping_sub(c)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn med_picks_edges_and_planes() {
+        // c >= max(a, b) -> min(a, b)
+        let img = [9, 5, 3, 0];
+        assert_eq!(med(&img, 3, 2), 3);
+        // c <= min(a, b) -> max(a, b)
+        assert_eq!(med(&[4, 6, 5, 0], 3, 2), 6);
+        // c in between: the plane a + b - c
+        assert_eq!(med(&[5, 6, 4, 0], 3, 2), 4 + 6 - 5);
+        assert_eq!(med(&[7, 0], 1, 2), 7);
+        assert_eq!(med(&[7, 0], 1, 1), 7);
+    }
+
+    #[test]
+    fn previous_predicts_last_observed() {
+        let p = PreviousPredictor;
+        let mut s = p.start(Geometry { width: 2, height: 1, bits: 16 });
+        s.observe(&[3, 4]);
+        let mut out = [0; 2];
+        p.predict_batch(&mut [s.as_mut()], &mut [&mut out]);
+        assert_eq!(out, [3, 4]);
+    }
+}

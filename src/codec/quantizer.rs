@@ -1,0 +1,414 @@
+//! Error bounds and the residual coding of one frame against its prediction.
+//!
+//! Lossless: the code of a pixel is `zigzag((x - p) mod 2^bits)` in the native width, so the
+//! decoder gets `x` back bit for bit (f32 included, through the integer image).
+//!
+//! Error-bounded: closed-loop quantisation. The residual against the prediction (made from
+//! *reconstructed* frames) is quantised, the reconstruction is computed exactly as the decoder
+//! will compute it, and the encoder checks the bound on every pixel. A pixel whose bound would
+//! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
+//! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
+
+use super::dtype::DType;
+use super::predictor::med;
+use std::fmt;
+use std::str::FromStr;
+
+/// An error bound as the user states it (`user.tezip.bound`, `--bound`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    Lossless,
+    /// |x' - x| <= E
+    Abs(f64),
+    /// |x' - x| <= R * (max - min of the frame)
+    Rel(f64),
+    /// |x' - x| <= P * |x|
+    PwRel(f64),
+}
+
+impl Bound {
+    pub fn kind_id(self) -> u8 {
+        match self {
+            Bound::Lossless => 0,
+            Bound::Abs(_) => 1,
+            Bound::Rel(_) => 2,
+            Bound::PwRel(_) => 3,
+        }
+    }
+
+    pub fn param(self) -> f64 {
+        match self {
+            Bound::Lossless => 0.0,
+            Bound::Abs(v) | Bound::Rel(v) | Bound::PwRel(v) => v,
+        }
+    }
+
+    pub fn from_parts(kind: u8, param: f64) -> Option<Bound> {
+        let b = match kind {
+            0 => Bound::Lossless,
+            1 => Bound::Abs(param),
+            2 => Bound::Rel(param),
+            3 => Bound::PwRel(param),
+            _ => return None,
+        };
+        b.validate().ok()?;
+        Some(b)
+    }
+
+    fn validate(self) -> Result<Bound, String> {
+        let v = self.param();
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!("bound {self} must be a finite number >= 0"));
+        }
+        if matches!(self, Bound::PwRel(p) | Bound::Rel(p) if p >= 1.0) {
+            return Err(format!("bound {self}: a relative bound must be below 1"));
+        }
+        Ok(self)
+    }
+
+    /// The bound for one frame (`rel` becomes `abs` with the frame's value range).
+    pub fn for_frame(self, dtype: DType, image: &[u32]) -> FrameBound {
+        match self {
+            Bound::Lossless => FrameBound::Lossless,
+            Bound::Abs(e) => FrameBound::abs(dtype, e),
+            Bound::Rel(r) => {
+                let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+                for &p in image {
+                    let v = dtype.value(p);
+                    if v.is_finite() {
+                        lo = lo.min(v);
+                        hi = hi.max(v);
+                    }
+                }
+                FrameBound::abs(dtype, if hi >= lo { r * (hi - lo) } else { 0.0 })
+            }
+            Bound::PwRel(p) if p > 0.0 => FrameBound::PwRel(p),
+            Bound::PwRel(_) => FrameBound::Lossless,
+        }
+    }
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::Lossless => f.write_str("lossless"),
+            Bound::Abs(v) => write!(f, "abs:{v}"),
+            Bound::Rel(v) => write!(f, "rel:{v}"),
+            Bound::PwRel(v) => write!(f, "pwrel:{v}"),
+        }
+    }
+}
+
+impl FromStr for Bound {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "lossless" {
+            return Ok(Bound::Lossless);
+        }
+        let usage = "expected lossless, abs:E, rel:R or pwrel:P (e.g. abs:2, rel:0.001, pwrel:0.01)";
+        let (kind, val) = s.split_once(':').ok_or_else(|| format!("bad bound {s:?}: {usage}"))?;
+        let v: f64 = val.parse().map_err(|_| format!("bad number {val:?} in bound {s:?}"))?;
+        let b = match kind {
+            "abs" => Bound::Abs(v),
+            "rel" => Bound::Rel(v),
+            "pwrel" => Bound::PwRel(v),
+            _ => return Err(format!("bad bound {s:?}: {usage}")),
+        };
+        b.validate()
+    }
+}
+
+/// The bound that applies to one frame, as stored in the container.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FrameBound {
+    Lossless,
+    /// Absolute bound; for integer types already floored to an integer >= 1.
+    Abs(f64),
+    PwRel(f64),
+}
+
+impl FrameBound {
+    fn abs(dtype: DType, e: f64) -> FrameBound {
+        let e = if dtype.is_float() { e } else { e.floor() };
+        if e > 0.0 {
+            FrameBound::Abs(e)
+        } else {
+            FrameBound::Lossless
+        }
+    }
+
+    /// (kind, parameter) for the container: 0 lossless, 1 abs, 3 pwrel.
+    pub fn to_parts(self) -> (u8, f64) {
+        match self {
+            FrameBound::Lossless => (0, 0.0),
+            FrameBound::Abs(e) => (1, e),
+            FrameBound::PwRel(p) => (3, p),
+        }
+    }
+
+    pub fn from_parts(kind: u8, v: f64) -> Option<FrameBound> {
+        match kind {
+            0 => Some(FrameBound::Lossless),
+            1 if v.is_finite() && v > 0.0 => Some(FrameBound::Abs(v)),
+            3 if v.is_finite() && v > 0.0 && v < 1.0 => Some(FrameBound::PwRel(v)),
+            _ => None,
+        }
+    }
+
+    /// Whether the reconstruction `r` of `x` (integer images) meets this bound.
+    pub fn holds(self, dtype: DType, x: u32, r: u32) -> bool {
+        match self {
+            FrameBound::Lossless => x == r,
+            FrameBound::Abs(e) => within(dtype, x, r, |_| e),
+            FrameBound::PwRel(p) => within(dtype, x, r, |xv| p * xv.abs()),
+        }
+    }
+}
+
+#[inline]
+fn within(dtype: DType, x: u32, r: u32, bound: impl Fn(f64) -> f64) -> bool {
+    if x == r {
+        return true;
+    }
+    let (xv, rv) = (dtype.value(x), dtype.value(r));
+    xv.is_finite() && rv.is_finite() && (rv - xv).abs() <= bound(xv)
+}
+
+#[inline]
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+pub fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+/// Where the prediction of each pixel comes from.
+#[derive(Clone, Copy)]
+pub enum Prediction<'a> {
+    /// A whole predicted frame (temporal predictors).
+    Frame(&'a [u32]),
+    /// Intra: MED over the already reconstructed pixels of this frame.
+    Intra { width: usize },
+}
+
+/// The codes of one frame and its reconstruction.
+pub struct Coded {
+    pub codes: Vec<u32>,
+    pub escapes: Vec<u32>,
+    pub recon: Vec<u32>,
+}
+
+/// Code frame `x` (integer image) against `pred` under `bound`.
+pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
+    let mask = dtype.mask();
+        match bound {
+        FrameBound::Lossless => {
+            let codes = match pred {
+                Prediction::Frame(p) => x
+                    .iter()
+                    .zip(p)
+                    .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
+                    .collect(),
+                Prediction::Intra { width } => {
+                    (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(med(x, i, width)) & mask, mask)).collect()
+                }
+            };
+            Coded { codes, escapes: Vec::new(), recon: x.to_vec() }
+        }
+        _ => {
+            let q = Quant::new(dtype, bound);
+            let mut codes = Vec::with_capacity(x.len());
+            let mut escapes = Vec::new();
+            let mut recon = vec![0u32; x.len()];
+            for i in 0..x.len() {
+                let p = match pred {
+                    Prediction::Frame(f) => f[i],
+                    Prediction::Intra { width } => med(&recon, i, width),
+                };
+                match q.quantize(x[i], p) {
+                    Some((code, r)) if bound.holds(dtype, x[i], r) => {
+                        codes.push(code);
+                        recon[i] = r;
+                    }
+                    _ => {
+                        codes.push(0);
+                        escapes.push(x[i]);
+                        recon[i] = x[i];
+                    }
+                }
+            }
+            Coded { codes, escapes, recon }
+        }
+    }
+}
+
+/// Error from [`decode`]: the codes do not fit the frame (a corrupt container).
+#[derive(Debug)]
+pub struct BadCodes(pub &'static str);
+
+/// Reconstruct a frame from its codes; exact inverse of [`encode`].
+pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], pred: Prediction, out: &mut Vec<u32>) -> Result<(), BadCodes> {
+    let mask = dtype.mask();
+    out.clear();
+    out.resize(codes.len(), 0);
+    match bound {
+        FrameBound::Lossless => match pred {
+            Prediction::Frame(p) => {
+                if p.len() != codes.len() {
+                    return Err(BadCodes("prediction size"));
+                }
+                for ((o, &c), &p) in out.iter_mut().zip(codes).zip(p) {
+                    *o = p.wrapping_add(unzigzag_native(c)) & mask;
+                }
+            }
+            Prediction::Intra { width } => {
+                for i in 0..codes.len() {
+                    out[i] = med(out, i, width).wrapping_add(unzigzag_native(codes[i])) & mask;
+                }
+            }
+        },
+        _ => {
+            let q = Quant::new(dtype, bound);
+            let mut esc = escapes.iter();
+            for i in 0..codes.len() {
+                let p = match pred {
+                    Prediction::Frame(f) => *f.get(i).ok_or(BadCodes("prediction size"))?,
+                    Prediction::Intra { width } => med(out, i, width),
+                };
+                out[i] = if codes[i] == 0 {
+                    *esc.next().ok_or(BadCodes("too few escapes"))?
+                } else {
+                    q.dequantize(codes[i], p).ok_or(BadCodes("code out of range"))?
+                };
+            }
+            if esc.next().is_some() {
+                return Err(BadCodes("too many escapes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Zig-zag of a residual wrapped to the native width (`mask` = 2^bits - 1): small magnitudes of
+/// either sign get small codes, and every code fits the native width.
+#[inline]
+fn zigzag_native(r: u32, mask: u32) -> u32 {
+    if r <= mask / 2 {
+        r << 1
+    } else {
+        // r stands for the negative residual r - 2^bits, of magnitude m in 1..=2^(bits-1)
+        let m = (mask - r) as u64 + 1;
+        (2 * m - 1) as u32
+    }
+}
+
+#[inline]
+fn unzigzag_native(c: u32) -> u32 {
+    (c >> 1) ^ (0u32.wrapping_sub(c & 1))
+}
+
+/// Quantiser of one frame: the arithmetic that encoder and decoder share.
+struct Quant {
+    dtype: DType,
+    bound: FrameBound,
+    /// Largest code that fits the code width.
+    max_code: u64,
+}
+
+impl Quant {
+    fn new(dtype: DType, bound: FrameBound) -> Quant {
+        Quant { dtype, bound, max_code: dtype.mask() as u64 }
+    }
+
+    /// Integer step (2E+1) for integer types, or the float step 2E, given the prediction.
+    #[inline]
+    fn half_width(&self, p: u32) -> Option<f64> {
+        match self.bound {
+            FrameBound::Lossless => None,
+            FrameBound::Abs(e) => Some(e),
+            FrameBound::PwRel(rel) => {
+                let pv = self.dtype.value(p);
+                let e = rel * pv.abs() / (1.0 + rel);
+                if self.dtype.is_float() {
+                    (e.is_finite() && e > 0.0).then_some(e)
+                } else {
+                    Some(e.floor())
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn quantize(&self, x: u32, p: u32) -> Option<(u32, u32)> {
+        let e = self.half_width(p)?;
+        let q = if self.dtype.is_float() {
+            let (xv, pv) = (self.dtype.value(x), self.dtype.value(p));
+            if !xv.is_finite() || !pv.is_finite() {
+                return None;
+            }
+            let q = ((xv - pv) / (2.0 * e)).round();
+            if q.abs() > (1u64 << 30) as f64 {
+                return None;
+            }
+            q as i64
+        } else {
+            let step = 2 * e as i64 + 1;
+            (x as i64 - p as i64 + e as i64).div_euclid(step)
+        };
+        let code = zigzag(q) + 1;
+        if code > self.max_code {
+            return None;
+        }
+        let r = self.dequantize(code as u32, p)?;
+        Some((code as u32, r))
+    }
+
+    #[inline]
+    fn dequantize(&self, code: u32, p: u32) -> Option<u32> {
+        let e = self.half_width(p)?;
+        let q = unzigzag(code as u64 - 1);
+        if self.dtype.is_float() {
+            let pv = self.dtype.value(p);
+            let v = (pv + q as f64 * (2.0 * e)) as f32;
+            if !v.is_finite() {
+                return None;
+            }
+            Some(DType::F32.to_image(v.to_bits()))
+        } else {
+            let step = 2 * e as i64 + 1;
+            let r = (p as i64 + q * step).clamp(0, self.dtype.mask() as i64);
+            Some(r as u32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_zigzag_round_trips() {
+        for bits in [8u32, 16, 32] {
+            let mask = if bits == 32 { u32::MAX } else { (1 << bits) - 1 };
+            let half = mask / 2 + 1;
+            for r in [0u32, 1, 2, half - 1, half, half + 1, mask - 1, mask] {
+                let c = zigzag_native(r, mask);
+                assert!(c <= mask, "bits {bits} r {r} c {c}");
+                assert_eq!(unzigzag_native(c) & mask, r, "bits {bits} r {r}");
+            }
+            assert_eq!(zigzag_native(mask, mask), 1); // -1 -> 1
+            assert_eq!(zigzag_native(1, mask), 2);
+        }
+    }
+
+    #[test]
+    fn parses_bounds() {
+        assert_eq!("abs:2".parse::<Bound>().unwrap(), Bound::Abs(2.0));
+        assert_eq!("pwrel:0.01".parse::<Bound>().unwrap(), Bound::PwRel(0.01));
+        for bad in ["abs", "abs:-1", "abs:nan", "rel:2", "foo:1", "lossy"] {
+            assert!(bad.parse::<Bound>().is_err(), "{bad}");
+        }
+    }
+}

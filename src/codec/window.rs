@@ -1,0 +1,362 @@
+//! Coding one window of files into one blob, and decoding it back.
+//!
+//! The frames of a window form a chain: the first is a key frame (intra-coded), each later frame
+//! is predicted from the reconstructed frames before it. Files that are not frames, or whose
+//! geometry differs from the chain's, are opaque entries (zstd, or as-is when zstd does not
+//! shrink them). The predictor and entropy stage are chosen by coded size: every candidate
+//! combination is tried on the first frames of the window (the probe), always including "no
+//! prediction + plain zstd", and the winner codes the rest.
+
+use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
+use super::dtype::DType;
+use super::entropy::{Coder, Stage};
+use super::format::{analyze, Analysis, FormatSpec, Layout};
+use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
+use super::quantizer::{self, Bound, FrameBound, Prediction};
+
+/// Default zstd level of the entropy stage: the speed/ratio knee on detector-like residuals.
+pub const DEFAULT_LEVEL: i32 = 3;
+/// Frames of a window used to choose its predictor and entropy stage.
+pub const PROBE_FRAMES: usize = 2;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub format: FormatSpec,
+    pub bound: Bound,
+    pub predictor: PredictorChoice,
+    /// zstd level of the entropy stage.
+    pub level: i32,
+    /// Try every predictor and stage on every frame of the window instead of a probe.
+    pub exhaustive: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            format: FormatSpec::Auto,
+            bound: Bound::Lossless,
+            predictor: PredictorChoice::Auto,
+            level: DEFAULT_LEVEL,
+            exhaustive: false,
+        }
+    }
+}
+
+/// What happened to one file of a window.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntryReport {
+    Frame { escapes: u32 },
+    /// Stored whole; the reason it is not coded as a frame.
+    Opaque { reason: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub blob: Vec<u8>,
+    /// `None` when the window holds no frame.
+    pub predictor: Option<PredictorId>,
+    pub entries: Vec<EntryReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("entropy coder: {0}")]
+    Entropy(#[from] super::entropy::EntropyError),
+}
+
+/// A frame coded against one predictor, ready to go into a blob.
+struct CodedFrame {
+    stage: Stage,
+    codes: Vec<u8>,
+    escapes: Vec<u8>,
+    n_escapes: u32,
+    bound: FrameBound,
+    crc: u32,
+}
+
+struct Chain<'a> {
+    /// Indices into the window's files.
+    members: Vec<usize>,
+    layouts: Vec<Layout>,
+    images: Vec<Vec<u32>>,
+    files: Vec<&'a [u8]>,
+}
+
+/// Code one window of files.
+pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeError> {
+    let mut coder = Coder::new(opts.level)?;
+    let analyses: Vec<Analysis> = files.iter().map(|f| analyze(f, &opts.format)).collect();
+
+    // The chain: frames with the geometry of the first frame.
+    let mut reports: Vec<EntryReport> = Vec::with_capacity(files.len());
+    let mut chain = Chain { members: vec![], layouts: vec![], images: vec![], files: vec![] };
+    for (i, a) in analyses.into_iter().enumerate() {
+        match a {
+            Analysis::Frame(l) if chain.layouts.first().is_none_or(|f| f.same_geometry(&l)) => {
+                let mut img = Vec::new();
+                l.extract(files[i], &mut img);
+                chain.members.push(i);
+                chain.layouts.push(l);
+                chain.images.push(img);
+                chain.files.push(files[i]);
+                reports.push(EntryReport::Frame { escapes: 0 });
+            }
+            Analysis::Frame(_) => reports.push(EntryReport::Opaque { reason: "geometry differs from the window's first frame".into() }),
+            Analysis::Opaque(reason) => reports.push(EntryReport::Opaque { reason }),
+        }
+    }
+
+    let mut predictor = None;
+    let mut coded: Vec<CodedFrame> = Vec::new();
+    if let Some(first) = chain.layouts.first() {
+        let dtype = first.dtype;
+        let geom = Geometry { width: first.width as usize, height: first.height as usize, bits: dtype.bits() };
+        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder)?;
+        coded = code_chain(&chain, dtype, geom, opts.bound, pid, stage, chain.images.len(), &mut coder)?;
+        predictor = Some(pid);
+        for (k, &m) in chain.members.iter().enumerate() {
+            reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
+        }
+    }
+
+    // Assemble the blob.
+    let mut w = container::Writer::default();
+    let mut entries = Vec::with_capacity(files.len());
+    let mut next = 0usize;
+    for (i, file) in files.iter().enumerate() {
+        let in_chain = chain.members.get(next) == Some(&i);
+        if in_chain {
+            let (l, c) = (&chain.layouts[next], &coded[next]);
+            let sk = l.skeleton(file);
+            let skeleton = if sk.is_empty() { Section::default() } else { w.section(&coder.compress_bytes(&sk)?) };
+            let codes = w.section(&c.codes);
+            let escapes = if c.escapes.is_empty() { w.section(&[]) } else { w.section(&c.escapes) };
+            entries.push(Entry {
+                original_len: file.len() as u64,
+                crc: c.crc,
+                body: Body::Frame(FrameEntry {
+                    big_endian: l.big_endian,
+                    key: next == 0,
+                    bound: c.bound,
+                    ranges: l.ranges.clone(),
+                    stage: c.stage,
+                    skeleton,
+                    codes,
+                    escapes,
+                    n_escapes: c.n_escapes,
+                }),
+            });
+            next += 1;
+        } else {
+            let z = coder.compress_bytes(file)?;
+            let (compressed, bytes) = if z.len() < file.len() { (true, &z[..]) } else { (false, &file[..]) };
+            entries.push(Entry { original_len: file.len() as u64, crc: crc32c::crc32c(file), body: Body::Opaque { compressed, data: w.section(bytes) } });
+        }
+    }
+    let params = chain.layouts.first().map(|l| Params {
+        dtype: l.dtype,
+        width: l.width,
+        height: l.height,
+        predictor: predictor.unwrap_or(PredictorId::None),
+        model: [0; 32],
+        bound: opts.bound,
+    });
+    let blob = w.finish(&Header { params, entries });
+    Ok(Encoded { blob, predictor, entries: reports })
+}
+
+/// Choose the predictor and entropy stage of a window by coded size on its probe frames.
+fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder) -> Result<(PredictorId, Option<Stage>), EncodeError> {
+    let candidates = opts.predictor.candidates();
+    if candidates.len() == 1 && opts.exhaustive {
+        return Ok((candidates[0], None));
+    }
+    let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
+    let mut best: Option<(usize, PredictorId, Option<Stage>)> = None;
+    for &pid in &candidates {
+        for &stage in Stage::candidates(dtype.bytes()) {
+            let coded = code_chain(chain, dtype, geom, opts.bound, pid, Some(stage), probe, coder)?;
+            let size: usize = coded.iter().map(|c| c.codes.len() + c.escapes.len()).sum();
+            if best.as_ref().is_none_or(|b| size < b.0) {
+                best = Some((size, pid, Some(stage)));
+            }
+        }
+    }
+    let (_, pid, stage) = best.expect("at least one candidate");
+    Ok((pid, if opts.exhaustive { None } else { stage }))
+}
+
+/// Code the first `n` frames of the chain with predictor `pid`; `stage: None` tries every stage
+/// on every frame.
+#[allow(clippy::too_many_arguments)]
+fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, bound: Bound, pid: PredictorId, stage: Option<Stage>, n: usize, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
+    let predictor = pid.build();
+    let mut state = predictor.start(geom);
+    let mut pred = vec![0u32; geom.pixels()];
+    let width = dtype.bytes();
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let x = &chain.images[k];
+        let fb = bound.for_frame(dtype, x);
+        let prediction = if k == 0 && pid.intra_key() {
+            Prediction::Intra { width: geom.width }
+        } else {
+            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
+            Prediction::Frame(&pred)
+        };
+        let c = quantizer::encode(dtype, fb, x, prediction);
+        let (stage, codes) = match stage {
+            Some(s) => (s, coder.encode(s, &c.codes, width)?),
+            None => coder.encode_best(&c.codes, width)?,
+        };
+        let escapes = if c.escapes.is_empty() {
+            Vec::new()
+        } else {
+            let raw: Vec<u8> = c.escapes.iter().flat_map(|e| e.to_le_bytes()).collect();
+            coder.compress_bytes(&raw)?
+        };
+        let crc = if fb == FrameBound::Lossless {
+            crc32c::crc32c(chain.files[k])
+        } else {
+            let l = &chain.layouts[k];
+            let file = l.assemble(chain.files[k].len(), &l.skeleton(chain.files[k]), &c.recon).expect("layout fits its own file");
+            crc32c::crc32c(&file)
+        };
+        state.observe(&c.recon);
+        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc });
+    }
+    Ok(out)
+}
+
+/// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
+/// each frame once.
+pub struct Decoder<'a> {
+    blob: Blob<'a>,
+    coder: Coder,
+    /// Chain position of the next frame to decode, and the predictor state after the frames
+    /// before it.
+    next_frame: usize,
+    state: Option<Box<dyn PredictorState>>,
+    frame_entries: Vec<usize>,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(bytes: &'a [u8]) -> Result<Decoder<'a>, BlobError> {
+        let blob = Blob::parse(bytes)?;
+        let frame_entries = blob.header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
+        let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
+        Ok(Decoder { blob, coder, next_frame: 0, state: None, frame_entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.blob.header.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.blob.header
+    }
+
+    /// Decode entry `i`. Frames before it in the chain are decoded (and handed to `also`) when the
+    /// decoder is not already positioned after them.
+    pub fn decode(&mut self, i: usize, mut also: impl FnMut(usize, Vec<u8>)) -> Result<Vec<u8>, BlobError> {
+        let entry = self.blob.entry(i)?.clone();
+        match &entry.body {
+            Body::Opaque { compressed, data } => {
+                let bytes = self.blob.section(i, "data", *data)?;
+                let out = if *compressed {
+                    self.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
+                } else {
+                    bytes.to_vec()
+                };
+                check_len_crc(i, &entry, out)
+            }
+            Body::Frame(_) => {
+                let pos = self.frame_entries.iter().position(|&e| e == i).expect("frame entry is in the chain");
+                if pos < self.next_frame {
+                    self.next_frame = 0;
+                    self.state = None;
+                }
+                loop {
+                    let k = self.next_frame;
+                    let e = self.frame_entries[k];
+                    let file = self.decode_next_frame()?;
+                    if k == pos {
+                        return Ok(file);
+                    }
+                    also(e, file);
+                }
+            }
+        }
+    }
+
+    /// Decode every entry, in order.
+    pub fn decode_all(&mut self) -> Result<Vec<Vec<u8>>, BlobError> {
+        (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
+    }
+
+    fn decode_next_frame(&mut self) -> Result<Vec<u8>, BlobError> {
+        let k = self.next_frame;
+        let i = self.frame_entries[k];
+        let entry = self.blob.entry(i)?.clone();
+        let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
+        let p = self.blob.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+        let dec = |why: String| BlobError::Decode { entry: i, why };
+        let geom = Geometry { width: p.width as usize, height: p.height as usize, bits: p.dtype.bits() };
+        let n = geom.pixels();
+        let predictor = p.predictor.build();
+        if k == 0 {
+            self.state = Some(predictor.start(geom));
+        }
+        let state = self.state.as_mut().ok_or_else(|| dec("chain state lost".into()))?;
+
+        let code_bytes = self.blob.section(i, "codes", f.codes)?;
+        let mut codes = Vec::new();
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), &mut codes).map_err(|e| dec(e.to_string()))?;
+        let escapes: Vec<u32> = if f.n_escapes == 0 {
+            Vec::new()
+        } else {
+            let raw = self.blob.section(i, "escapes", f.escapes)?;
+            let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
+            b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let mut pred = Vec::new();
+        let prediction = if k == 0 && p.predictor.intra_key() {
+            Prediction::Intra { width: geom.width }
+        } else {
+            pred.resize(n, 0);
+            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
+            Prediction::Frame(&pred)
+        };
+        let mut recon = Vec::new();
+        quantizer::decode(p.dtype, f.bound, &codes, &escapes, prediction, &mut recon).map_err(|e| dec(e.0.into()))?;
+        state.observe(&recon);
+        self.next_frame += 1;
+
+        let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
+        let skeleton = if skeleton_len == 0 {
+            Vec::new()
+        } else {
+            let raw = self.blob.section(i, "skeleton", f.skeleton)?;
+            self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
+        };
+        let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
+        let file = layout.assemble(entry.original_len as usize, &skeleton, &recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
+        check_len_crc(i, &entry, file)
+    }
+}
+
+fn check_len_crc(i: usize, entry: &Entry, out: Vec<u8>) -> Result<Vec<u8>, BlobError> {
+    if out.len() as u64 != entry.original_len || crc32c::crc32c(&out) != entry.crc {
+        return Err(BlobError::FrameCrc { entry: i });
+    }
+    Ok(out)
+}
+
+/// Decode every entry of a blob.
+pub fn decode_window(blob: &[u8]) -> Result<Vec<Vec<u8>>, BlobError> {
+    Decoder::new(blob)?.decode_all()
+}
