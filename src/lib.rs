@@ -1,6 +1,7 @@
 //! tezipfs: a FUSE filesystem for detector frame sequences, with learned and classical
 //! prediction and error-bounded residual coding. See `docs/ARCHITECTURE.md`.
 
+pub mod archive;
 pub mod codec;
 #[path = "../fixtures/generator.rs"]
 pub mod fixtures;

@@ -82,6 +82,52 @@ struct Chain<'a> {
     files: Vec<&'a [u8]>,
 }
 
+/// Default frames per window: a key frame then up to 31 predicted frames.
+pub const DEFAULT_WINDOW: usize = 32;
+
+/// Splits files, in frame order, into windows of at most `window` frames. A window also ends
+/// where the frame geometry changes; opaque files ride along in the window they fall in.
+pub struct WindowPlanner {
+    window: usize,
+    frames: usize,
+    geometry: Option<Layout>,
+}
+
+impl WindowPlanner {
+    pub fn new(window: usize) -> WindowPlanner {
+        WindowPlanner { window: window.max(1), frames: 0, geometry: None }
+    }
+
+    /// Take the next file; true when it must start a new window.
+    pub fn push(&mut self, a: &Analysis) -> bool {
+        let Analysis::Frame(l) = a else { return false };
+        let new = self.frames == self.window || self.geometry.as_ref().is_some_and(|g| !g.same_geometry(l));
+        if new {
+            self.frames = 0;
+        }
+        self.frames += 1;
+        self.geometry = Some(l.clone());
+        new
+    }
+}
+
+/// The windows of a list of files, as index ranges.
+pub fn plan_windows(analyses: &[Analysis], window: usize) -> Vec<std::ops::Range<usize>> {
+    let mut planner = WindowPlanner::new(window);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, a) in analyses.iter().enumerate() {
+        if planner.push(a) && i > start {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    if start < analyses.len() {
+        out.push(start..analyses.len());
+    }
+    out
+}
+
 /// Code one window of files.
 pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeError> {
     let mut coder = Coder::new(opts.level)?;
@@ -258,6 +304,15 @@ impl<'a> Decoder<'a> {
 
     pub fn header(&self) -> &Header {
         &self.blob.header
+    }
+
+    /// Where the pixels of entry `i` are, if it is a frame.
+    pub fn layout(&self, i: usize) -> Option<Layout> {
+        let p = self.blob.header.params.as_ref()?;
+        match &self.blob.header.entries.get(i)?.body {
+            Body::Frame(f) => Some(Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() }),
+            Body::Opaque { .. } => None,
+        }
     }
 
     /// Decode entry `i`. Frames before it in the chain are decoded (and handed to `also`) when the

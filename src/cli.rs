@@ -1,0 +1,145 @@
+//! Subcommands. Each lives in its own file; this one holds the argument definitions.
+
+mod bench;
+mod fixtures;
+mod offline;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tezipfs::codec::{Bound, FormatSpec, PredictorChoice};
+
+#[derive(Parser)]
+#[command(name = "tezipfs", version, about = "Compressing filesystem and codec for detector frame sequences")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Codec settings shared by the commands that compress.
+#[derive(clap::Args, Clone)]
+pub struct CodecArgs {
+    /// Error bound: `lossless`, `abs:E` (|x'-x| <= E), `rel:R` (E = R x value range of each
+    /// frame) or `pwrel:P` (|x'-x| <= P x |x|).
+    #[arg(long, default_value = "lossless")]
+    pub bound: Bound,
+    /// Predictor: `auto` (try each on every window and keep the smallest), `previous`
+    /// (previous frame; key frames spatially predicted) or `none`.
+    #[arg(long, default_value = "auto")]
+    pub predictor: PredictorChoice,
+    /// Where the pixels are: `auto` (TIFF by its header), `tiff`, or `raw:WxH:TYPE[:skip=N]`
+    /// with TYPE one of u8 u16 u32 i8 i16 i32 f32 (little-endian) and N header bytes to keep.
+    /// Files that do not match are stored whole (zstd), never refused.
+    #[arg(long, default_value = "auto")]
+    pub format: FormatSpec,
+    /// Frames per window: a key frame then up to N-1 predicted frames. Larger windows code
+    /// smaller; reading one frame decodes up to N frames.
+    #[arg(long, default_value_t = tezipfs::codec::window::DEFAULT_WINDOW)]
+    pub window: usize,
+    /// zstd level of the entropy stage.
+    #[arg(long, default_value_t = tezipfs::codec::window::DEFAULT_LEVEL)]
+    pub level: i32,
+    /// Try every predictor and entropy stage on every frame, not only on the first frames of
+    /// each window (slower, sometimes smaller).
+    #[arg(long)]
+    pub exhaustive: bool,
+}
+
+impl CodecArgs {
+    pub fn options(&self) -> tezipfs::codec::Options {
+        tezipfs::codec::Options {
+            format: self.format.clone(),
+            bound: self.bound,
+            predictor: self.predictor,
+            level: self.level,
+            exhaustive: self.exhaustive,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Compress every file of a directory (in natural name order) into one archive.
+    Compress {
+        /// Directory of frame files.
+        frames_dir: PathBuf,
+        /// Archive to write.
+        out: PathBuf,
+        #[command(flatten)]
+        codec: CodecArgs,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Restore the files of an archive into a directory.
+    Decompress {
+        /// Archive written by `compress`.
+        input: PathBuf,
+        /// Directory to write the files into (created if missing).
+        out_dir: PathBuf,
+    },
+    /// Decode an archive and check every checksum; with --against, compare with the originals
+    /// (bit-exact, or the measured maximum error for error-bounded frames).
+    Verify {
+        input: PathBuf,
+        /// Directory holding the original files.
+        #[arg(long)]
+        against: Option<PathBuf>,
+    },
+    /// Measure ratio and speed on frame sequences next to zstd-3 and zstd-19.
+    Bench {
+        /// Directories in the `frame_NNNNN.raw` + `meta.json` layout (default: the sets in
+        /// ../shared/data and generated fixtures).
+        dirs: Vec<PathBuf>,
+        /// Skip the generated fixture sequences.
+        #[arg(long)]
+        no_fixtures: bool,
+        /// Skip zstd-19 (slow).
+        #[arg(long)]
+        quick: bool,
+        /// Frames per window.
+        #[arg(long, default_value_t = tezipfs::codec::window::DEFAULT_WINDOW)]
+        window: usize,
+        /// zstd level of the entropy stage.
+        #[arg(long, default_value_t = tezipfs::codec::window::DEFAULT_LEVEL)]
+        level: i32,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Generate a deterministic detector-like frame sequence (raw frames + meta.json, or TIFF).
+    Fixtures {
+        /// Directory to write.
+        out_dir: PathBuf,
+        /// Pixel type: u8, u16, u32 or f32.
+        #[arg(long, default_value = "u16")]
+        dtype: tezipfs::codec::DType,
+        /// Frame size as WxH.
+        #[arg(long, default_value = "512x512")]
+        size: String,
+        #[arg(long, default_value_t = 32)]
+        frames: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write baseline TIFF files instead of raw.
+        #[arg(long)]
+        tiff: bool,
+    },
+    /// Show the build: version, formats, libtorch and CUDA.
+    Info,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Compress { frames_dir, out, codec, threads } => offline::compress(&frames_dir, &out, &codec, threads),
+        Command::Decompress { input, out_dir } => offline::decompress(&input, &out_dir),
+        Command::Verify { input, against } => offline::verify(&input, against.as_deref()),
+        Command::Bench { dirs, no_fixtures, quick, window, level, json } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
+        Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
+        Command::Info => {
+            println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
+            println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);
+            println!("libtorch: linked; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `tezipfs bench`: ratio and speed of the codec on frame sequences, next to zstd-3 and zstd-19
+//! of the original files measured in the same process, and the anchors of
+//! `../shared/baselines/results` (FFV1, JPEG-XL, x265, SZ3, tdelta + bitshuffle + zstd-19).
+//!
+//! Single-threaded: MB/s is per core, of original bytes.
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tezipfs::codec::window::{encode_window, plan_windows};
+use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
+use tezipfs::fixtures::{generate_raw, SequenceSpec};
+
+struct Dataset {
+    name: String,
+    dtype: DType,
+    width: u32,
+    height: u32,
+    files: Vec<Vec<u8>>,
+}
+
+impl Dataset {
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.len() as u64).sum()
+    }
+    fn format(&self) -> FormatSpec {
+        FormatSpec::Raw(tezipfs::codec::RawSpec { width: self.width, height: self.height, dtype: self.dtype, skip: 0 })
+    }
+}
+
+fn shared_dir(sub: &str) -> Option<PathBuf> {
+    [PathBuf::from("../shared").join(sub), Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(sub)].into_iter().find(|p| p.is_dir())
+}
+
+fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).with_context(|| format!("{}: no meta.json", dir.display()))?)?;
+    let get = |k: &str| meta[k].as_u64().with_context(|| format!("meta.json: missing {k}"));
+    let dtype: DType = meta["dtype"].as_str().unwrap_or("?").parse().map_err(anyhow::Error::msg)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "raw")).collect();
+    files.sort_by(|a, b| tezipfs::sortname::natural_cmp(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes()));
+    Ok(Dataset {
+        name: dir.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        dtype,
+        width: get("width")? as u32,
+        height: get("height")? as u32,
+        files: files.iter().map(std::fs::read).collect::<Result<_, _>>()?,
+    })
+}
+
+fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
+    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, frames, seed) };
+    Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec) }
+}
+
+struct Row {
+    method: String,
+    ratio: f64,
+    comp: f64,
+    dec: f64,
+    check: String,
+}
+
+fn zstd_row(d: &Dataset, level: i32) -> anyhow::Result<Row> {
+    let t = Instant::now();
+    let comp: Vec<Vec<u8>> = d.files.iter().map(|f| zstd::bulk::compress(f, level)).collect::<Result<_, _>>()?;
+    let ct = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let ok = comp.iter().zip(&d.files).all(|(c, f)| zstd::bulk::decompress(c, f.len()).is_ok_and(|b| &b == f));
+    let dt = t.elapsed().as_secs_f64();
+    let size: usize = comp.iter().map(|c| c.len()).sum();
+    Ok(Row { method: format!("zstd-{level} (files)"), ratio: d.bytes() as f64 / size as f64, comp: d.bytes() as f64 / 1e6 / ct, dec: d.bytes() as f64 / 1e6 / dt, check: if ok { "bit-exact".into() } else { "MISMATCH".into() } })
+}
+
+/// Code the dataset in windows, decode it, and compare with the originals.
+fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow::Result<Row> {
+    let analyses: Vec<_> = d.files.iter().map(|f| analyze(f, &opts.format)).collect();
+    let windows = plan_windows(&analyses, window);
+    let t = Instant::now();
+    let mut blobs = Vec::new();
+    for w in &windows {
+        let refs: Vec<&[u8]> = d.files[w.clone()].iter().map(|f| &f[..]).collect();
+        blobs.push(encode_window(&refs, opts)?.blob);
+    }
+    let ct = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut decoded = Vec::with_capacity(d.files.len());
+    for b in &blobs {
+        decoded.extend(Decoder::new(b)?.decode_all()?);
+    }
+    let dt = t.elapsed().as_secs_f64();
+    let size: usize = blobs.iter().map(|b| b.len()).sum();
+    let mut max_err = 0f64;
+    let mut exact = true;
+    for (o, r) in d.files.iter().zip(&decoded) {
+        if o != r {
+            exact = false;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            d.dtype.decode_pixels(o, false, &mut a);
+            d.dtype.decode_pixels(r, false, &mut b);
+            for (&x, &y) in a.iter().zip(&b) {
+                if x != y {
+                    let e = (d.dtype.value(x) - d.dtype.value(y)).abs();
+                    max_err = max_err.max(if e.is_nan() { f64::INFINITY } else { e });
+                }
+            }
+        }
+    }
+    let check = match opts.bound {
+        Bound::Lossless if exact => "bit-exact".to_string(),
+        Bound::Lossless => "MISMATCH".to_string(),
+        Bound::Abs(e) if max_err <= e => format!("maxerr={max_err} (bound {e})"),
+        b => format!("maxerr={max_err} VIOLATES {b}"),
+    };
+    Ok(Row { method: label.into(), ratio: d.bytes() as f64 / size as f64, comp: d.bytes() as f64 / 1e6 / ct, dec: d.bytes() as f64 / 1e6 / dt, check })
+}
+
+/// Anchor figures stored by `../shared/baselines` for this dataset.
+fn anchors(name: &str) -> Vec<(String, f64, f64, f64)> {
+    let Some(dir) = shared_dir("baselines/results") else { return vec![] };
+    let Ok(bytes) = std::fs::read(dir.join(format!("{name}.json"))) else { return vec![] };
+    // Python's json writes bare NaN / Infinity (PSNR of exact results); JSON has no such tokens.
+    let text = String::from_utf8_lossy(&bytes).replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null");
+    let Ok(v) = serde_json::from_str::<Value>(&text) else { return vec![] };
+    let wanted = ["tdelta-nativezz+bitshuffle+zstd-19", "tdelta-i32zz+bitshuffle+zstd-19", "ffv1-l3-gN", "jpegxl-cjxl-d0-e7", "x265-lossless", "sz3-3d-abs1", "sz3-3d-abs2", "sz3-3d-abs4"];
+    v["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["ok"].as_bool() == Some(true) && wanted.contains(&r["name"].as_str().unwrap_or("")))
+        .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r["ratio"].as_f64().unwrap_or(0.0), r["comp_MBps"].as_f64().unwrap_or(0.0), r["decomp_MBps"].as_f64().unwrap_or(0.0)))
+        .collect()
+}
+
+pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, level: i32, json_out: Option<&Path>) -> anyhow::Result<()> {
+    let mut sets = Vec::new();
+    let dirs = if dirs.is_empty() {
+        let mut v: Vec<PathBuf> = shared_dir("data").map(|d| std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()).unwrap_or_default();
+        v.sort();
+        v
+    } else {
+        dirs
+    };
+    for d in &dirs {
+        sets.push(load_dir(d)?);
+    }
+    if !no_fixtures {
+        sets.push(fixture("fixture-detector-u16", DType::U16, 512, 512, 32, 1));
+        sets.push(fixture("fixture-detector-u8", DType::U8, 512, 512, 32, 2));
+        sets.push(fixture("fixture-detector-f32", DType::F32, 256, 256, 16, 3));
+    }
+    let mut report = Vec::new();
+    println!("tezipfs bench: window {window}, zstd level {level}, single thread; MB/s of original bytes per second");
+    for d in &sets {
+        println!("\n# {}: {}x{} {} x {} frames, {:.1} MB", d.name, d.width, d.height, d.dtype, d.files.len(), d.bytes() as f64 / 1e6);
+        println!("{:<38} {:>8} {:>10} {:>10}  check", "method", "ratio", "comp MB/s", "dec MB/s");
+        let mut rows = vec![zstd_row(d, 3)?];
+        if !quick {
+            rows.push(zstd_row(d, 19)?);
+        }
+        let base = Options { format: d.format(), level, ..Options::default() };
+        for (label, p) in [("tezip lossless none", PredictorChoice::Fixed(PredictorId::None)), ("tezip lossless previous", PredictorChoice::Fixed(PredictorId::Previous)), ("tezip lossless auto", PredictorChoice::Auto)] {
+            rows.push(codec_row(d, &Options { predictor: p, ..base.clone() }, window, label)?);
+        }
+        for e in [1.0, 2.0, 4.0] {
+            rows.push(codec_row(d, &Options { bound: Bound::Abs(e), ..base.clone() }, window, &format!("tezip abs:{e} auto"))?);
+        }
+        for r in &rows {
+            println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  {}", r.method, r.ratio, r.comp, r.dec, r.check);
+        }
+        let anchors = anchors(&d.name);
+        for (name, ratio, c, dd) in &anchors {
+            println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  (stored anchor, ../shared/baselines)", name, ratio, c, dd);
+        }
+        if let Some((_, target, _, _)) = anchors.iter().find(|a| a.0 == "tdelta-nativezz+bitshuffle+zstd-19") {
+            let prev = rows.iter().find(|r| r.method == "tezip lossless previous").map(|r| r.ratio).unwrap_or(0.0);
+            println!("target: previous {prev:.3} vs tdelta+bitshuffle+zstd-19 {target:.3}: {:.1}% ({})", 100.0 * (prev / target - 1.0), if prev >= 0.95 * target { "within 5% or above" } else { "MISSED" });
+        }
+        report.push(json!({
+            "dataset": d.name, "dtype": d.dtype.to_string(), "width": d.width, "height": d.height, "frames": d.files.len(),
+            "rows": rows.iter().map(|r| json!({"method": r.method, "ratio": r.ratio, "comp_MBps": r.comp, "dec_MBps": r.dec, "check": r.check})).collect::<Vec<_>>(),
+        }));
+    }
+    if let Some(p) = json_out {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}

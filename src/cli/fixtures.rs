@@ -1,0 +1,27 @@
+//! `tezipfs fixtures`: write a generated sequence.
+
+use anyhow::{bail, Context};
+use std::path::Path;
+use tezipfs::codec::format::tiff;
+use tezipfs::codec::DType;
+use tezipfs::fixtures::{generate_images, write_raw_dir, SequenceSpec};
+
+pub fn run(out: &Path, dtype: DType, size: &str, frames: usize, seed: u64, as_tiff: bool) -> anyhow::Result<()> {
+    let (w, h) = size.split_once('x').with_context(|| format!("bad size {size:?}, expected WxH"))?;
+    let (width, height): (u32, u32) = (w.parse()?, h.parse()?);
+    if width == 0 || height == 0 {
+        bail!("size must be at least 1x1");
+    }
+    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(width, height, frames, seed) };
+    if as_tiff {
+        std::fs::create_dir_all(out)?;
+        for (i, img) in generate_images(&spec).iter().enumerate() {
+            let f = tiff::write(width, height, dtype, false, 64, false, img);
+            std::fs::write(out.join(format!("frame_{i:05}.tif")), f)?;
+        }
+    } else {
+        write_raw_dir(out, &spec)?;
+    }
+    println!("wrote {frames} {dtype} frames of {width}x{height} to {}", out.display());
+    Ok(())
+}
