@@ -147,16 +147,19 @@ impl DType {
     /// Encode an integer image back to raw pixel bytes.
     pub fn encode_pixels(self, img: &[u32], big_endian: bool, out: &mut Vec<u8>) {
         out.clear();
-        out.reserve(img.len() * self.bytes());
-        for &p in img {
-            let raw = self.from_image(p);
-            match (self.bytes(), big_endian) {
-                (1, _) => out.push(raw as u8),
-                (2, false) => out.extend_from_slice(&(raw as u16).to_le_bytes()),
-                (2, true) => out.extend_from_slice(&(raw as u16).to_be_bytes()),
-                (_, false) => out.extend_from_slice(&raw.to_le_bytes()),
-                (_, true) => out.extend_from_slice(&raw.to_be_bytes()),
-            }
+        out.resize(img.len() * self.bytes(), 0);
+        self.encode_pixels_into(img, big_endian, out);
+    }
+
+    /// Encode an integer image into `out`, which holds exactly `img.len() * bytes()` bytes.
+    pub fn encode_pixels_into(self, img: &[u32], big_endian: bool, out: &mut [u8]) {
+        let raw = img.iter().map(|&p| self.from_image(p));
+        match (self.bytes(), big_endian) {
+            (1, _) => out.iter_mut().zip(raw).for_each(|(o, r)| *o = r as u8),
+            (2, false) => out.chunks_exact_mut(2).zip(raw).for_each(|(o, r)| o.copy_from_slice(&(r as u16).to_le_bytes())),
+            (2, true) => out.chunks_exact_mut(2).zip(raw).for_each(|(o, r)| o.copy_from_slice(&(r as u16).to_be_bytes())),
+            (_, false) => out.chunks_exact_mut(4).zip(raw).for_each(|(o, r)| o.copy_from_slice(&r.to_le_bytes())),
+            (_, true) => out.chunks_exact_mut(4).zip(raw).for_each(|(o, r)| o.copy_from_slice(&r.to_be_bytes())),
         }
     }
 }

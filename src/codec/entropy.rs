@@ -3,6 +3,8 @@
 //! that coded it, so the stage can change per frame and per window and later stages (a
 //! context-adaptive coder) slot in beside these.
 
+pub mod rans;
+
 use std::fmt;
 
 /// Stable ids stored in the container.
@@ -14,10 +16,12 @@ pub enum Stage {
     BytePlanesZstd = 2,
     /// Bit planes (bitshuffle over the whole frame), then zstd.
     BitShuffleZstd = 3,
+    /// Context-modelled rANS ([`rans`]).
+    ContextRans = 4,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd];
+    pub const ALL: [Stage; 4] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans];
 
     pub fn from_id(id: u8) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| *s as u8 == id)
@@ -26,9 +30,9 @@ impl Stage {
     /// The stages worth trying for codes of `width` bytes.
     pub fn candidates(width: usize) -> &'static [Stage] {
         if width == 1 {
-            &[Stage::BitShuffleZstd, Stage::Zstd]
+            &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::Zstd]
         } else {
-            &[Stage::BitShuffleZstd, Stage::BytePlanesZstd]
+            &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::BytePlanesZstd]
         }
     }
 }
@@ -39,6 +43,7 @@ impl fmt::Display for Stage {
             Stage::Zstd => "zstd",
             Stage::BytePlanesZstd => "byteplanes+zstd",
             Stage::BitShuffleZstd => "bitshuffle+zstd",
+            Stage::ContextRans => "context-rans",
         })
     }
 }
@@ -57,6 +62,8 @@ pub enum EntropyError {
     Zstd(#[from] std::io::Error),
     #[error("decoded section has {got} bytes, expected {want}")]
     Length { got: usize, want: usize },
+    #[error(transparent)]
+    Rans(#[from] rans::RansError),
 }
 
 impl Coder {
@@ -87,12 +94,17 @@ impl Coder {
         Ok(out)
     }
 
-    pub fn encode(&mut self, stage: Stage, codes: &[u32], width: usize) -> Result<Vec<u8>, EntropyError> {
+    /// Code one frame's codes (`width` significant bytes each, `cols` codes per row).
+    pub fn encode(&mut self, stage: Stage, codes: &[u32], width: usize, cols: usize) -> Result<Vec<u8>, EntropyError> {
         let mut packed = std::mem::take(&mut self.scratch);
         match stage {
             Stage::Zstd => pack(codes, width, &mut packed),
             Stage::BytePlanesZstd => byte_planes(codes, width, &mut packed),
             Stage::BitShuffleZstd => bitshuffle(codes, width, &mut packed),
+            Stage::ContextRans => {
+                self.scratch = packed;
+                return Ok(rans::encode(codes, cols));
+            }
         }
         let out = self.comp.compress(&packed);
         self.scratch = packed;
@@ -100,10 +112,10 @@ impl Coder {
     }
 
     /// Encode with each candidate stage and keep the smallest.
-    pub fn encode_best(&mut self, codes: &[u32], width: usize) -> Result<(Stage, Vec<u8>), EntropyError> {
+    pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize) -> Result<(Stage, Vec<u8>), EntropyError> {
         let mut best: Option<(Stage, Vec<u8>)> = None;
         for &s in Stage::candidates(width) {
-            let out = self.encode(s, codes, width)?;
+            let out = self.encode(s, codes, width, cols)?;
             if best.as_ref().is_none_or(|(_, b)| out.len() < b.len()) {
                 best = Some((s, out));
             }
@@ -111,7 +123,14 @@ impl Coder {
         Ok(best.expect("at least one candidate stage"))
     }
 
-    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+        if stage == Stage::ContextRans {
+            rans::decode(data, n, cols, out)?;
+            if width < 4 && out.iter().any(|&c| c >> (8 * width) != 0) {
+                return Err(EntropyError::Rans(rans::RansError("code wider than the pixel type")));
+            }
+            return Ok(());
+        }
         let want = match stage {
             Stage::BitShuffleZstd => n.div_ceil(8) * 8 * width,
             _ => n * width,
@@ -121,6 +140,7 @@ impl Coder {
             Stage::Zstd => unpack(&packed, n, width, out),
             Stage::BytePlanesZstd => unbyte_planes(&packed, n, width, out),
             Stage::BitShuffleZstd => unbitshuffle(&packed, n, width, out),
+            Stage::ContextRans => unreachable!("handled above"),
         }
         Ok(())
     }
@@ -233,9 +253,9 @@ mod tests {
             for n in [0usize, 1, 7, 8, 9, 1000] {
                 let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
                 for s in Stage::ALL {
-                    let enc = c.encode(s, &codes, width).unwrap();
+                    let enc = c.encode(s, &codes, width, 10).unwrap();
                     let mut back = Vec::new();
-                    c.decode(s, &enc, n, width, &mut back).unwrap();
+                    c.decode(s, &enc, n, width, 10, &mut back).unwrap();
                     assert_eq!(back, codes, "{s} width {width} n {n}");
                 }
             }

@@ -157,6 +157,10 @@ impl Layout {
             pos = r.end;
         }
         file[pos..].copy_from_slice(&skeleton[sk..]);
+        if let [r] = &self.ranges[..] {
+            self.dtype.encode_pixels_into(image, self.big_endian, &mut file[r.clone()]);
+            return Some(file);
+        }
         let mut px = Vec::new();
         self.dtype.encode_pixels(image, self.big_endian, &mut px);
         let mut off = 0;

@@ -327,6 +327,9 @@ impl Quant {
     fn half_width(&self, p: u32) -> Option<f64> {
         match self.bound {
             FrameBound::Lossless => None,
+            // An integer bound beyond the type's range allows any value, like the range itself
+            // (same codes and reconstructions), and keeps `2 * e + 1` far from overflowing i64.
+            FrameBound::Abs(e) if !self.dtype.is_float() => Some(e.min(self.dtype.mask() as f64)),
             FrameBound::Abs(e) => Some(e),
             FrameBound::PwRel(rel) => {
                 let pv = self.dtype.value(p);
@@ -378,7 +381,8 @@ impl Quant {
             Some(DType::F32.to_image(v.to_bits()))
         } else {
             let step = 2 * e as i64 + 1;
-            let r = (p as i64 + q * step).clamp(0, self.dtype.mask() as i64);
+            // saturating: a corrupt code may be far out of range; the clamp makes the result exact
+            let r = q.saturating_mul(step).saturating_add(p as i64).clamp(0, self.dtype.mask() as i64);
             Some(r as u32)
         }
     }

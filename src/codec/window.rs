@@ -252,8 +252,8 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, bound: Bound, pid: Pr
         };
         let c = quantizer::encode(dtype, fb, x, prediction);
         let (stage, codes) = match stage {
-            Some(s) => (s, coder.encode(s, &c.codes, width)?),
-            None => coder.encode_best(&c.codes, width)?,
+            Some(s) => (s, coder.encode(s, &c.codes, width, geom.width)?),
+            None => coder.encode_best(&c.codes, width, geom.width)?,
         };
         let escapes = if c.escapes.is_empty() {
             Vec::new()
@@ -370,7 +370,7 @@ impl<'a> Decoder<'a> {
 
         let code_bytes = self.blob.section(i, "codes", f.codes)?;
         let mut codes = Vec::new();
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), &mut codes).map_err(|e| dec(e.to_string()))?;
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, &mut codes).map_err(|e| dec(e.to_string()))?;
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
