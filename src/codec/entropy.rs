@@ -54,6 +54,7 @@ pub struct Coder {
     comp: zstd::bulk::Compressor<'static>,
     decomp: zstd::bulk::Decompressor<'static>,
     scratch: Vec<u8>,
+    rans: rans::Scratch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,7 @@ impl Coder {
             comp: zstd::bulk::Compressor::new(level)?,
             decomp: zstd::bulk::Decompressor::new()?,
             scratch: Vec::new(),
+            rans: rans::Scratch::default(),
         })
     }
 
@@ -125,7 +127,7 @@ impl Coder {
 
     pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
         if stage == Stage::ContextRans {
-            rans::decode(data, n, cols, out)?;
+            rans::decode_with(data, n, cols, out, &mut self.rans)?;
             if width < 4 && out.iter().any(|&c| c >> (8 * width) != 0) {
                 return Err(EntropyError::Rans(rans::RansError("code wider than the pixel type")));
             }

@@ -13,7 +13,8 @@ use std::fmt;
 
 const PROB_BITS: u32 = 12;
 const PROB_SCALE: u32 = 1 << PROB_BITS;
-const RANS_L: u32 = 1 << 23;
+/// Lower bound of the rANS state; renormalisation moves 16-bit words, at most one per symbol.
+const RANS_L: u32 = 1 << 16;
 /// Tokens: 0..16 literal, then 2 per bit length up to 32 bits.
 const TOKENS: usize = 16 + 2 * 28;
 /// Contexts: zero neighbourhood, then two per octave of the neighbourhood activity.
@@ -41,9 +42,20 @@ fn token_of(v: u32) -> (usize, u32, u32) {
     (token, n - 1, v & ((1 << (n - 1)) - 1))
 }
 
+/// (high part of the value, number of extra bits) of every token.
+const TOKEN_BASE: [(u32, u32); TOKENS] = {
+    let mut t = [(0u32, 0u32); TOKENS];
+    let mut k = 0;
+    while k < TOKENS {
+        t[k] = token_base(k);
+        k += 1;
+    }
+    t
+};
+
 /// (high part of the value, number of extra bits) of a token.
 #[inline]
-fn token_base(token: usize) -> (u32, u32) {
+const fn token_base(token: usize) -> (u32, u32) {
     if token < 16 {
         return (token as u32, 0);
     }
@@ -65,22 +77,13 @@ fn context(codes: &[u32], i: usize, x: usize, cols: usize) -> usize {
     bucket(2 * a + 2 * b + c + d)
 }
 
-/// The context of an interior pixel (not on the first row, first or last column).
-#[inline(always)]
-fn context_inner(cur: &[u32], up: &[u32], x: usize) -> usize {
-    let s = 2 * cur[x - 1] as u64 + 2 * up[x] as u64 + up[x - 1] as u64 + up[x + 1] as u64;
-    bucket(s)
-}
-
 /// Two contexts per octave of the neighbourhood activity `s`; 0 for a quiet neighbourhood.
+/// Written without branches: `1 + 2t + h` for top bit index `t` and the bit `h` below it.
 #[inline(always)]
 fn bucket(s: u64) -> usize {
-    if s == 0 {
-        return 0;
-    }
-    let n = 63 - s.leading_zeros() as usize; // top bit index
-    let half = ((s << 1 >> n) & 1) as usize; // the bit below the top one (0 when n == 0)
-    (1 + 2 * n + half).min(CONTEXTS - 1)
+    let n = 64 - s.leading_zeros(); // bit length, 0 for s == 0
+    let half = ((s << 1) >> n.saturating_sub(1)) & 1; // the bit below the top one (0 if none)
+    ((2 * n as usize + half as usize).saturating_sub(1)).min(CONTEXTS - 1)
 }
 
 /// Normalise counts to frequencies summing to PROB_SCALE, every used token at least 1.
@@ -189,9 +192,6 @@ struct BitReader<'a> {
 impl BitReader<'_> {
     #[inline]
     fn get(&mut self, n: u32) -> Result<u32, RansError> {
-        if n == 0 {
-            return Ok(0);
-        }
         if self.n < n {
             if let Some(w) = self.b.get(self.pos..self.pos + 4) {
                 self.acc |= (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64) << self.n;
@@ -213,22 +213,120 @@ impl BitReader<'_> {
     }
 }
 
+/// Rows are cut into this many horizontal slices at most; each slice is its own context chain
+/// and rANS state, and the decoder interleaves them so their dependency chains overlap.
+const MAX_SLICES: usize = 4;
+/// A slice has at least this many rows.
+const MIN_SLICE_ROWS: usize = 16;
+
+/// Pixel index ranges of the slices of `n` codes with `cols` per row.
+fn slices(n: usize, cols: usize, count: usize) -> Vec<std::ops::Range<usize>> {
+    let rows = n.div_ceil(cols);
+    let per = rows.div_ceil(count.max(1)).max(1) * cols;
+    (0..count.max(1)).map(|s| (s * per).min(n)..((s + 1) * per).min(n)).collect()
+}
+
+/// The decode order: position `j` of every slice in turn, for `j` up to the longest slice.
+fn for_each_in_order(ranges: &[std::ops::Range<usize>], mut f: impl FnMut(usize, usize)) {
+    let longest = ranges.iter().map(|r| r.len()).max().unwrap_or(0);
+    for j in 0..longest {
+        for (s, r) in ranges.iter().enumerate() {
+            if j < r.len() {
+                f(s, j);
+            }
+        }
+    }
+}
+
+struct SliceDecoder<'a> {
+    lut: &'a [u8],
+    /// Frequency | start << 16 of each (context, token).
+    fs: &'a [[u32; TOKENS]; CONTEXTS],
+    valid: [bool; CONTEXTS],
+    words: &'a [u16],
+    wp: usize,
+    /// A renormalisation wanted a word past the end (corrupt input); reported at the end.
+    overrun: bool,
+    bits: BitReader<'a>,
+    cols: usize,
+}
+
+impl SliceDecoder<'_> {
+    /// Decode one symbol of context `c` with state `x`.
+    #[inline(always)]
+    fn symbol(&mut self, x: &mut u32, c: usize) -> Result<u32, RansError> {
+        if !self.valid[c] {
+            return Err(RansError("symbol in an empty context"));
+        }
+        let slot = *x & (PROB_SCALE - 1);
+        let t = self.lut[(c << PROB_BITS) | slot as usize] as usize;
+        let e = self.fs[c][t];
+        *x = (e & 0xffff) * (*x >> PROB_BITS) + slot - (e >> 16);
+        // Branch-free renormalisation: at most one word is needed.
+        let need = *x < RANS_L;
+        let w = self.words.get(self.wp).copied();
+        self.overrun |= need & w.is_none();
+        let w = w.unwrap_or(0) as u32;
+        *x = if need { (*x << 16) | w } else { *x };
+        self.wp += need as usize;
+        let (base, nb) = TOKEN_BASE[t];
+        Ok(base | self.bits.get(nb)?)
+    }
+
+    /// Decode `S` slices in the interleaved order of [`for_each_in_order`].
+    fn run<const S: usize>(&mut self, out: &mut [u32], ranges: &[std::ops::Range<usize>], xs: &mut [u32; MAX_SLICES]) -> Result<(), RansError> {
+        let cols = self.cols;
+        let mut st = [0u32; S];
+        st.copy_from_slice(&xs[..S]);
+        let starts: [usize; S] = std::array::from_fn(|s| ranges[s].start);
+        let lens: [usize; S] = std::array::from_fn(|s| ranges[s].len());
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let mut col = 0usize;
+        for j in 0..longest {
+            let inner = j >= cols && col > 0 && col + 1 < cols;
+            for s in 0..S {
+                if j >= lens[s] {
+                    continue;
+                }
+                let i = starts[s] + j;
+                let c = if inner {
+                    bucket(2 * out[i - 1] as u64 + 2 * out[i - cols] as u64 + out[i - cols - 1] as u64 + out[i - cols + 1] as u64)
+                } else {
+                    context(&out[starts[s]..starts[s] + lens[s]], j, col, cols)
+                };
+                let v = self.symbol(&mut st[s], c)?;
+                out[i] = v;
+            }
+            col += 1;
+            if col == cols {
+                col = 0;
+            }
+        }
+        xs[..S].copy_from_slice(&st);
+        Ok(())
+    }
+}
+
 /// Code `codes` (one frame, `cols` pixels per row).
 pub fn encode(codes: &[u32], cols: usize) -> Vec<u8> {
     let cols = cols.max(1);
     let n = codes.len();
+    let count = (n.div_ceil(cols) / MIN_SLICE_ROWS).clamp(1, MAX_SLICES);
+    let ranges = slices(n, cols, count);
     let mut ctx = vec![0u8; n];
     let mut tok = vec![0u8; n];
     let mut counts = vec![[0u32; TOKENS]; CONTEXTS];
     let mut bits = BitWriter { out: Vec::new(), acc: 0, n: 0 };
-    for i in 0..n {
-        let c = context(codes, i, i % cols, cols);
+    for_each_in_order(&ranges, |s, j| {
+        let r = &ranges[s];
+        let i = r.start + j;
+        let c = context(&codes[r.clone()], j, j % cols, cols);
         let (t, nb, extra) = token_of(codes[i]);
         ctx[i] = c as u8;
         tok[i] = t as u8;
         counts[c][t] += 1;
         bits.put(extra, nb);
-    }
+    });
     let freqs: Vec<[u32; TOKENS]> = counts.iter().map(normalize).collect();
     let mut starts = vec![[0u32; TOKENS]; CONTEXTS];
     for (s, f) in starts.iter_mut().zip(&freqs) {
@@ -254,46 +352,64 @@ pub fn encode(codes: &[u32], cols: usize) -> Vec<u8> {
     }
     put_varint(&mut out, table.len() as u64);
     out.extend_from_slice(&table);
+    out.push(count as u8);
 
-    // rANS, in reverse.
-    let mut rev = Vec::with_capacity(n / 2 + 16);
-    let mut x: u32 = RANS_L;
-    for i in (0..n).rev() {
-        let (c, t) = (ctx[i] as usize, tok[i] as usize);
+    // rANS, one state per slice, symbols in reverse decode order.
+    let mut order = Vec::with_capacity(n);
+    for_each_in_order(&ranges, |s, j| order.push((s as u8, (ranges[s].start + j) as u32)));
+    let mut rev: Vec<u16> = Vec::with_capacity(n / 4 + 16);
+    let mut xs = vec![RANS_L; count];
+    for &(s, i) in order.iter().rev() {
+        let (c, t) = (ctx[i as usize] as usize, tok[i as usize] as usize);
         let (freq, start) = (freqs[c][t], starts[c][t]);
-        let x_max = ((RANS_L >> PROB_BITS) << 8) * freq;
-        while x >= x_max {
-            rev.push(x as u8);
-            x >>= 8;
+        let x = &mut xs[s as usize];
+        let x_max = (((RANS_L >> PROB_BITS) as u64) << 16) * freq as u64;
+        if *x as u64 >= x_max {
+            rev.push(*x as u16);
+            *x >>= 16;
         }
-        x = ((x / freq) << PROB_BITS) + (x % freq) + start;
+        *x = ((*x / freq) << PROB_BITS) + (*x % freq) + start;
     }
-    rev.extend_from_slice(&x.to_be_bytes());
+    // The decoder reads the states first (state 0 first, low word first), then the words.
+    for x in xs.iter().rev() {
+        rev.push((*x >> 16) as u16);
+        rev.push(*x as u16);
+    }
     rev.reverse();
-    put_varint(&mut out, rev.len() as u64);
-    out.extend_from_slice(&rev);
+    put_varint(&mut out, 2 * rev.len() as u64);
+    out.extend(rev.iter().flat_map(|w| w.to_le_bytes()));
     out.extend_from_slice(&bits.finish());
     out
 }
 
+/// Buffers the decoder reuses from frame to frame.
+#[derive(Default)]
+pub struct Scratch {
+    /// Token of each slot, per context (96 KiB).
+    lut: Vec<u8>,
+    words: Vec<u16>,
+}
+
 /// Decode `n` codes of a frame with `cols` pixels per row.
 pub fn decode(data: &[u8], n: usize, cols: usize, out: &mut Vec<u32>) -> Result<(), RansError> {
+    decode_with(data, n, cols, out, &mut Scratch::default())
+}
+
+/// [`decode`] with reused buffers.
+pub fn decode_with(data: &[u8], n: usize, cols: usize, out: &mut Vec<u32>, scratch: &mut Scratch) -> Result<(), RansError> {
     let cols = cols.max(1);
     let mut inp = In { b: data, pos: 0 };
     let tlen = inp.varint()? as usize;
     let table = inp.take(tlen)?;
     let mut t_in = In { b: table, pos: 0 };
-    // One lookup per symbol: for each context and slot, token | freq << 7 | (slot - start) << 20.
-    let mut lut: Vec<u32> = Vec::new();
-    let mut ctx_base = [usize::MAX; CONTEXTS];
-    for base in ctx_base.iter_mut() {
+    // Symbol lookup: entry (context << 12 | slot) holds the token; `fs` its frequency and start.
+    let lut = &mut scratch.lut;
+    lut.resize(CONTEXTS << PROB_BITS, 0);
+    let mut fs = [[0u32; TOKENS]; CONTEXTS];
+    let mut valid = [false; CONTEXTS];
+    for c in 0..CONTEXTS {
         let used = t_in.byte()? as usize;
-        if used == 0 {
-            continue;
-        }
-        *base = lut.len();
-        let mut t = 0usize;
-        let mut acc = 0u32;
+        let (mut t, mut acc) = (0usize, 0u32);
         for k in 0..used {
             let gap = t_in.byte()? as usize;
             if k > 0 && gap == 0 {
@@ -304,68 +420,47 @@ pub fn decode(data: &[u8], n: usize, cols: usize, out: &mut Vec<u32>) -> Result<
             if t >= TOKENS || acc + f > PROB_SCALE {
                 return Err(RansError("bad table"));
             }
-            lut.extend((0..f).map(|k| t as u32 | f << 7 | k << 20));
+            let base = (c << PROB_BITS) + acc as usize;
+            lut[base..base + f as usize].fill(t as u8);
+            fs[c][t] = f | acc << 16;
             acc += f;
         }
-        if acc != PROB_SCALE {
+        if used > 0 && acc != PROB_SCALE {
             return Err(RansError("table does not sum to the scale"));
         }
+        valid[c] = used > 0;
     }
     if t_in.pos != table.len() {
         return Err(RansError("bad table"));
     }
+    let count = inp.byte()? as usize;
+    if count == 0 || count > MAX_SLICES {
+        return Err(RansError("bad slice count"));
+    }
     let rlen = inp.varint()? as usize;
     let rans = inp.take(rlen)?;
-    let mut bits = BitReader { b: &data[inp.pos..], pos: 0, acc: 0, n: 0 };
-    if rans.len() < 4 {
+    let bits = BitReader { b: &data[inp.pos..], pos: 0, acc: 0, n: 0 };
+    if rans.len() < 4 * count || rans.len() % 2 != 0 {
         return Err(RansError("stream ends early"));
     }
-    let mut x = u32::from_le_bytes([rans[0], rans[1], rans[2], rans[3]]);
-    let mut rp = 4usize;
+    let words = &mut scratch.words;
+    words.clear();
+    words.extend(rans.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])));
+    let mut xs = [0u32; MAX_SLICES];
+    for (s, x) in xs.iter_mut().take(count).enumerate() {
+        *x = words[2 * s] as u32 | (words[2 * s + 1] as u32) << 16;
+    }
     out.clear();
     out.resize(n, 0);
-    let mut step = |x: &mut u32, c: usize, bits: &mut BitReader| -> Result<u32, RansError> {
-        let base = ctx_base[c];
-        if base == usize::MAX {
-            return Err(RansError("symbol in an empty context"));
-        }
-        let slot = *x & (PROB_SCALE - 1);
-        let e = lut[base + slot as usize];
-        let t = (e & 0x7f) as usize;
-        *x = ((e >> 7) & 0x1fff) * (*x >> PROB_BITS) + (e >> 20);
-        while *x < RANS_L {
-            let b = *rans.get(rp).ok_or(RansError("stream ends early"))?;
-            *x = (*x << 8) | b as u32;
-            rp += 1;
-        }
-        let (base, nb) = token_base(t);
-        Ok(base | bits.get(nb)?)
-    };
-    for row_start in (0..n).step_by(cols) {
-        let row_end = (row_start + cols).min(n);
-        if row_start == 0 || row_end - row_start < 3 {
-            for i in row_start..row_end {
-                let c = context(out, i, i - row_start, cols);
-                out[i] = step(&mut x, c, &mut bits)?;
-            }
-            continue;
-        }
-        let (done, rest) = out.split_at_mut(row_start);
-        let up = &done[row_start - cols..];
-        let cur = &mut rest[..row_end - row_start];
-        let w = cur.len();
-        // first column
-        let s0 = 2 * up[0] as u64 + 2 * up[0] as u64 + up[0] as u64 + up[1] as u64;
-        cur[0] = step(&mut x, bucket(s0), &mut bits)?;
-        for xx in 1..w - 1 {
-            let c = context_inner(cur, up, xx);
-            cur[xx] = step(&mut x, c, &mut bits)?;
-        }
-        let l = w - 1;
-        let sl = 2 * cur[l - 1] as u64 + 2 * up[l] as u64 + up[l - 1] as u64 + up[l] as u64;
-        cur[l] = step(&mut x, bucket(sl), &mut bits)?;
+    let ranges = slices(n, cols, count);
+    let mut dec = SliceDecoder { lut, fs: &fs, valid, words, wp: 2 * count, overrun: false, bits, cols };
+    match count {
+        1 => dec.run::<1>(out, &ranges, &mut xs)?,
+        2 => dec.run::<2>(out, &ranges, &mut xs)?,
+        3 => dec.run::<3>(out, &ranges, &mut xs)?,
+        _ => dec.run::<4>(out, &ranges, &mut xs)?,
     }
-    if x != RANS_L || rp != rans.len() {
+    if dec.overrun || xs[..count].iter().any(|&x| x != RANS_L) || dec.wp != words.len() {
         return Err(RansError("stream does not end where it should"));
     }
     Ok(())
