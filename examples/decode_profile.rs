@@ -8,7 +8,8 @@ fn main() {
     let pred = std::env::args().nth(1).unwrap_or_else(|| "previous".into());
     let files = generate_raw(&SequenceSpec::detector_u16(512, 512, 32, 1));
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-    let opts = Options { format: "raw:512x512:u16".parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), ..Options::default() };
+    let entropy = std::env::args().nth(2).unwrap_or_else(|| "balanced".into()).parse().unwrap();
+    let opts = Options { format: "raw:512x512:u16".parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, ..Options::default() };
     let t = Instant::now();
     let blob = encode_window(&refs, &opts).unwrap().blob;
     let bytes: usize = files.iter().map(|f| f.len()).sum();

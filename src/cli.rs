@@ -6,6 +6,7 @@ mod offline;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::{Bound, FormatSpec, PredictorChoice};
 
 #[derive(Parser)]
@@ -42,6 +43,10 @@ pub struct CodecArgs {
     /// each window (slower, sometimes smaller).
     #[arg(long)]
     pub exhaustive: bool,
+    /// Entropy stages: `fast` (zstd stages only, fastest to read), `balanced` (the context
+    /// coder where it saves at least 10% of the size) or `best` (smallest output).
+    #[arg(long, default_value = "balanced")]
+    pub entropy: EntropyChoice,
 }
 
 impl CodecArgs {
@@ -52,6 +57,7 @@ impl CodecArgs {
             predictor: self.predictor,
             level: self.level,
             exhaustive: self.exhaustive,
+            entropy: self.entropy,
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tezipfs::codec::window::{encode_window, plan_windows};
+use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
 use tezipfs::fixtures::{generate_raw, SequenceSpec};
 
@@ -159,8 +160,16 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
             rows.push(zstd_row(d, 19)?);
         }
         let base = Options { format: d.format(), level, ..Options::default() };
-        for (label, p) in [("tezip lossless none", PredictorChoice::Fixed(PredictorId::None)), ("tezip lossless previous", PredictorChoice::Fixed(PredictorId::Previous)), ("tezip lossless auto", PredictorChoice::Auto)] {
-            rows.push(codec_row(d, &Options { predictor: p, ..base.clone() }, window, label)?);
+        let none = PredictorChoice::Fixed(PredictorId::None);
+        let previous = PredictorChoice::Fixed(PredictorId::Previous);
+        for (label, predictor, entropy) in [
+            ("tezip lossless none", none, EntropyChoice::Balanced),
+            ("tezip lossless previous", previous, EntropyChoice::Balanced),
+            ("tezip lossless auto (default)", PredictorChoice::Auto, EntropyChoice::Balanced),
+            ("tezip lossless auto, entropy fast", PredictorChoice::Auto, EntropyChoice::Fast),
+            ("tezip lossless auto, entropy best", PredictorChoice::Auto, EntropyChoice::Best),
+        ] {
+            rows.push(codec_row(d, &Options { predictor, entropy, ..base.clone() }, window, label)?);
         }
         for e in [1.0, 2.0, 4.0] {
             rows.push(codec_row(d, &Options { bound: Bound::Abs(e), ..base.clone() }, window, &format!("tezip abs:{e} auto"))?);
@@ -172,9 +181,14 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         for (name, ratio, c, dd) in &anchors {
             println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  (stored anchor, ../shared/baselines)", name, ratio, c, dd);
         }
+        let prev = rows.iter().find(|r| r.method == "tezip lossless previous").expect("previous row");
         if let Some((_, target, _, _)) = anchors.iter().find(|a| a.0 == "tdelta-nativezz+bitshuffle+zstd-19") {
-            let prev = rows.iter().find(|r| r.method == "tezip lossless previous").map(|r| r.ratio).unwrap_or(0.0);
-            println!("target: previous {prev:.3} vs tdelta+bitshuffle+zstd-19 {target:.3}: {:.1}% ({})", 100.0 * (prev / target - 1.0), if prev >= 0.95 * target { "within 5% or above" } else { "MISSED" });
+            let verdict = if prev.ratio >= 0.95 * target { "within 5% or above" } else { "MISSED" };
+            println!("target: previous {:.3} vs tdelta+bitshuffle+zstd-19 {target:.3}: {:+.1}% ({verdict})", prev.ratio, 100.0 * (prev.ratio / target - 1.0));
+        }
+        if d.dtype.bytes() == 2 {
+            let ok = prev.comp >= 100.0 && prev.dec >= 300.0;
+            println!("target: 16-bit previous compress {:.0} MB/s (>= 100), decompress {:.0} MB/s (>= 300): {}", prev.comp, prev.dec, if ok { "met" } else { "MISSED" });
         }
         report.push(json!({
             "dataset": d.name, "dtype": d.dtype.to_string(), "width": d.width, "height": d.height, "frames": d.files.len(),

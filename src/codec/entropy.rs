@@ -27,12 +27,60 @@ impl Stage {
         Stage::ALL.into_iter().find(|s| *s as u8 == id)
     }
 
-    /// The stages worth trying for codes of `width` bytes.
-    pub fn candidates(width: usize) -> &'static [Stage] {
-        if width == 1 {
-            &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::Zstd]
-        } else {
-            &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::BytePlanesZstd]
+    /// The stages worth trying for codes of `width` bytes under `choice`.
+    pub fn candidates(width: usize, choice: EntropyChoice) -> &'static [Stage] {
+        match (width == 1, choice == EntropyChoice::Fast) {
+            (true, true) => &[Stage::BitShuffleZstd, Stage::Zstd],
+            (true, false) => &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::Zstd],
+            (false, true) => &[Stage::BitShuffleZstd, Stage::BytePlanesZstd],
+            (false, false) => &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::BytePlanesZstd],
+        }
+    }
+
+    /// The size a stage's output counts for when stages are compared under `choice`: the
+    /// context coder decodes at about half the speed of the zstd stages, so `balanced` takes it
+    /// only where it saves at least [`BALANCED_MARGIN`].
+    pub fn weighed(self, size: usize, choice: EntropyChoice) -> f64 {
+        match (self, choice) {
+            (Stage::ContextRans, EntropyChoice::Balanced) => size as f64 / (1.0 - BALANCED_MARGIN),
+            _ => size as f64,
+        }
+    }
+}
+
+/// Share of the size the context coder must save over the zstd stages under `balanced`.
+pub const BALANCED_MARGIN: f64 = 0.10;
+
+/// Which entropy stages to consider (`--entropy`, `user.tezip.entropy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EntropyChoice {
+    /// zstd stages only: the fastest to code and decode.
+    Fast,
+    /// Every stage; the context coder where it saves at least [`BALANCED_MARGIN`] of the size.
+    #[default]
+    Balanced,
+    /// Every stage; the smallest output wins.
+    Best,
+}
+
+impl fmt::Display for EntropyChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntropyChoice::Fast => "fast",
+            EntropyChoice::Balanced => "balanced",
+            EntropyChoice::Best => "best",
+        })
+    }
+}
+
+impl std::str::FromStr for EntropyChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fast" => Ok(EntropyChoice::Fast),
+            "balanced" => Ok(EntropyChoice::Balanced),
+            "best" => Ok(EntropyChoice::Best),
+            _ => Err(format!("unknown entropy choice {s:?} (expected fast, balanced or best)")),
         }
     }
 }
@@ -114,15 +162,17 @@ impl Coder {
     }
 
     /// Encode with each candidate stage and keep the smallest.
-    pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize) -> Result<(Stage, Vec<u8>), EntropyError> {
-        let mut best: Option<(Stage, Vec<u8>)> = None;
-        for &s in Stage::candidates(width) {
+    pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize, choice: EntropyChoice) -> Result<(Stage, Vec<u8>), EntropyError> {
+        let mut best: Option<(f64, Stage, Vec<u8>)> = None;
+        for &s in Stage::candidates(width, choice) {
             let out = self.encode(s, codes, width, cols)?;
-            if best.as_ref().is_none_or(|(_, b)| out.len() < b.len()) {
-                best = Some((s, out));
+            let w = s.weighed(out.len(), choice);
+            if best.as_ref().is_none_or(|b| w < b.0) {
+                best = Some((w, s, out));
             }
         }
-        Ok(best.expect("at least one candidate stage"))
+        let (_, s, out) = best.expect("at least one candidate stage");
+        Ok((s, out))
     }
 
     pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
@@ -206,19 +256,23 @@ fn bitshuffle(codes: &[u32], width: usize, out: &mut Vec<u8>) {
     let groups = codes.len().div_ceil(8);
     out.clear();
     out.resize(groups * 8 * width, 0);
-    let mut buf = [0u32; 8];
-    for g in 0..groups {
-        let chunk = &codes[g * 8..((g + 1) * 8).min(codes.len())];
-        buf[..chunk.len()].copy_from_slice(chunk);
-        buf[chunk.len()..].fill(0);
-        for k in 0..width {
-            let mut m = 0u64;
-            for (j, &c) in buf.iter().enumerate() {
-                m |= (((c >> (8 * k)) & 0xff) as u64) << (8 * j);
-            }
+    let full = codes.len() / 8;
+    if groups == 0 {
+        return;
+    }
+    for k in 0..width {
+        let mut planes: Vec<&mut [u8]> = out[8 * k * groups..8 * (k + 1) * groups].chunks_exact_mut(groups).collect();
+        let byte = |c: u32| ((c >> (8 * k)) & 0xff) as u64;
+        for g in 0..groups {
+            let m = if g < full {
+                let c = &codes[8 * g..8 * g + 8];
+                (0..8).fold(0u64, |m, j| m | byte(c[j]) << (8 * j))
+            } else {
+                codes[8 * g..].iter().enumerate().fold(0u64, |m, (j, &c)| m | byte(c) << (8 * j))
+            };
             let t = transpose8(m).to_le_bytes();
             for b in 0..8 {
-                out[(8 * k + b) * groups + g] = t[b];
+                planes[b][g] = t[b];
             }
         }
     }
@@ -228,15 +282,13 @@ fn unbitshuffle(bytes: &[u8], n: usize, width: usize, out: &mut Vec<u32>) {
     let groups = n.div_ceil(8);
     out.clear();
     out.resize(groups * 8, 0);
-    for g in 0..groups {
-        for k in 0..width {
-            let mut t = [0u8; 8];
-            for b in 0..8 {
-                t[b] = bytes[(8 * k + b) * groups + g];
-            }
-            let m = transpose8(u64::from_le_bytes(t));
+    for k in 0..width {
+        let planes: [&[u8]; 8] = std::array::from_fn(|b| &bytes[(8 * k + b) * groups..(8 * k + b + 1) * groups]);
+        for (g, o) in out.chunks_exact_mut(8).enumerate() {
+            let m = u64::from_le_bytes(std::array::from_fn(|b| planes[b][g]));
+            let t = transpose8(m).to_le_bytes();
             for j in 0..8 {
-                out[g * 8 + j] |= (((m >> (8 * j)) & 0xff) as u32) << (8 * k);
+                o[j] |= (t[j] as u32) << (8 * k);
             }
         }
     }

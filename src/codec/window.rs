@@ -9,7 +9,7 @@
 
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
 use super::dtype::DType;
-use super::entropy::{Coder, Stage};
+use super::entropy::{Coder, EntropyChoice, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
 use super::quantizer::{self, Bound, FrameBound, Prediction};
@@ -28,6 +28,8 @@ pub struct Options {
     pub level: i32,
     /// Try every predictor and stage on every frame of the window instead of a probe.
     pub exhaustive: bool,
+    /// Which entropy stages to consider.
+    pub entropy: EntropyChoice,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             predictor: PredictorChoice::Auto,
             level: DEFAULT_LEVEL,
             exhaustive: false,
+            entropy: EntropyChoice::default(),
         }
     }
 }
@@ -158,7 +161,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         let dtype = first.dtype;
         let geom = Geometry { width: first.width as usize, height: first.height as usize, bits: dtype.bits() };
         let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder)?;
-        coded = code_chain(&chain, dtype, geom, opts.bound, pid, stage, chain.images.len(), &mut coder)?;
+        coded = code_chain(&chain, dtype, geom, opts, pid, stage, chain.images.len(), &mut coder)?;
         predictor = Some(pid);
         for (k, &m) in chain.members.iter().enumerate() {
             reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
@@ -218,13 +221,14 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         return Ok((candidates[0], None));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
-    let mut best: Option<(usize, PredictorId, Option<Stage>)> = None;
+    let mut best: Option<(f64, PredictorId, Option<Stage>)> = None;
     for &pid in &candidates {
-        for &stage in Stage::candidates(dtype.bytes()) {
-            let coded = code_chain(chain, dtype, geom, opts.bound, pid, Some(stage), probe, coder)?;
+        for &stage in Stage::candidates(dtype.bytes(), opts.entropy) {
+            let coded = code_chain(chain, dtype, geom, opts, pid, Some(stage), probe, coder)?;
             let size: usize = coded.iter().map(|c| c.codes.len() + c.escapes.len()).sum();
-            if best.as_ref().is_none_or(|b| size < b.0) {
-                best = Some((size, pid, Some(stage)));
+            let weighed = stage.weighed(size, opts.entropy);
+            if best.as_ref().is_none_or(|b| weighed < b.0) {
+                best = Some((weighed, pid, Some(stage)));
             }
         }
     }
@@ -235,7 +239,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 /// Code the first `n` frames of the chain with predictor `pid`; `stage: None` tries every stage
 /// on every frame.
 #[allow(clippy::too_many_arguments)]
-fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, bound: Bound, pid: PredictorId, stage: Option<Stage>, n: usize, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
+fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
     let predictor = pid.build();
     let mut state = predictor.start(geom);
     let mut pred = vec![0u32; geom.pixels()];
@@ -243,7 +247,7 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, bound: Bound, pid: Pr
     let mut out = Vec::with_capacity(n);
     for k in 0..n {
         let x = &chain.images[k];
-        let fb = bound.for_frame(dtype, x);
+        let fb = opts.bound.for_frame(dtype, x);
         let prediction = if k == 0 && pid.intra_key() {
             Prediction::Intra { width: geom.width }
         } else {
@@ -253,7 +257,7 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, bound: Bound, pid: Pr
         let c = quantizer::encode(dtype, fb, x, prediction);
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width)?),
-            None => coder.encode_best(&c.codes, width, geom.width)?,
+            None => coder.encode_best(&c.codes, width, geom.width, opts.entropy)?,
         };
         let escapes = if c.escapes.is_empty() {
             Vec::new()
@@ -284,6 +288,10 @@ pub struct Decoder<'a> {
     next_frame: usize,
     state: Option<Box<dyn PredictorState>>,
     frame_entries: Vec<usize>,
+    /// Buffers reused from frame to frame.
+    codes: Vec<u32>,
+    pred: Vec<u32>,
+    recon: Vec<u32>,
 }
 
 impl<'a> Decoder<'a> {
@@ -291,7 +299,7 @@ impl<'a> Decoder<'a> {
         let blob = Blob::parse(bytes)?;
         let frame_entries = blob.header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { blob, coder, next_frame: 0, state: None, frame_entries })
+        Ok(Decoder { blob, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
     }
 
     pub fn len(&self) -> usize {
@@ -369,8 +377,8 @@ impl<'a> Decoder<'a> {
         let state = self.state.as_mut().ok_or_else(|| dec("chain state lost".into()))?;
 
         let code_bytes = self.blob.section(i, "codes", f.codes)?;
-        let mut codes = Vec::new();
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, &mut codes).map_err(|e| dec(e.to_string()))?;
+        let (codes, pred, recon) = (&mut self.codes, &mut self.pred, &mut self.recon);
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, codes).map_err(|e| dec(e.to_string()))?;
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
@@ -378,17 +386,15 @@ impl<'a> Decoder<'a> {
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        let mut pred = Vec::new();
         let prediction = if k == 0 && p.predictor.intra_key() {
             Prediction::Intra { width: geom.width }
         } else {
             pred.resize(n, 0);
-            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
-            Prediction::Frame(&pred)
+            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
+            Prediction::Frame(pred)
         };
-        let mut recon = Vec::new();
-        quantizer::decode(p.dtype, f.bound, &codes, &escapes, prediction, &mut recon).map_err(|e| dec(e.0.into()))?;
-        state.observe(&recon);
+        quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
+        state.observe(recon);
         self.next_frame += 1;
 
         let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
@@ -399,7 +405,7 @@ impl<'a> Decoder<'a> {
             self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
         };
         let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
-        let file = layout.assemble(entry.original_len as usize, &skeleton, &recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
+        let file = layout.assemble(entry.original_len as usize, &skeleton, recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
         check_len_crc(i, &entry, file)
     }
 }
