@@ -6,3 +6,4 @@ pub mod codec;
 #[path = "../fixtures/generator.rs"]
 pub mod fixtures;
 pub mod sortname;
+pub mod index;

@@ -1,0 +1,307 @@
+//! The metadata index: inodes, directory entries, xattrs, blob records, counters.
+//!
+//! [`MetaStore`] is the small key-value interface the rest of the code needs (one atomic batch
+//! per filesystem operation, prefix scans, flush); [`SledStore`] implements it on sled 0.34.7.
+//! [`Index`] gives it types. Key layout and record encodings are in `docs/INDEX.md`
+//! (schema version [`SCHEMA_VERSION`]).
+
+pub mod keys;
+pub mod records;
+
+pub use records::{Blob, Data, Inode, Kind, Timestamp};
+
+use std::path::Path;
+
+/// Version of the key layout and record encodings; stored under [`keys::SCHEMA`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index store: {0}")]
+    Store(String),
+    #[error("index record {key} is corrupt: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("index schema version {found} is not supported by this build (supports {SCHEMA_VERSION})")]
+    Schema { found: u32 },
+    #[error("index I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<sled::Error> for IndexError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => IndexError::Io(io),
+            other => IndexError::Store(other.to_string()),
+        }
+    }
+}
+
+/// One atomic update: puts and deletes applied together or not at all.
+#[derive(Default, Debug)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// What the index needs from a key-value store.
+pub trait MetaStore: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError>;
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError>;
+    /// Up to `limit` entries with keys starting with `prefix` and greater than `after`.
+    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError>;
+    fn apply(&self, batch: Batch) -> Result<(), IndexError>;
+    /// Make every applied batch durable.
+    fn flush(&self) -> Result<(), IndexError>;
+    fn size_on_disk(&self) -> Result<u64, IndexError>;
+}
+
+/// sled 0.34.7, one tree, typed key prefixes.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Open (or create) the database in `dir`. First removes the partial snapshot files that a
+    /// crash inside `sled::open` can leave (`snap.*.generating`, upstream issue #1527): sled would
+    /// otherwise take such a file as the newest snapshot and refuse to open for good. A snapshot
+    /// only becomes real when it is renamed, so these files never hold needed data.
+    pub fn open(dir: &Path) -> Result<SledStore, IndexError> {
+        std::fs::create_dir_all(dir)?;
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let s = name.to_string_lossy();
+            if s.starts_with("snap.") && s.ends_with(".generating") {
+                let p = dir.join(&name);
+                std::fs::remove_file(&p)?;
+                tracing::warn!(file = %p.display(), "removed a partial sled snapshot left by a crash");
+            }
+        }
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
+        Ok(SledStore { db })
+    }
+}
+
+impl MetaStore for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+        self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)).collect()
+    }
+
+    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start = if after.is_empty() { Included(prefix.to_vec()) } else { Excluded(after.to_vec()) };
+        let mut out = Vec::new();
+        for r in self.db.range::<Vec<u8>, _>((start, Unbounded)) {
+            let (k, v) = r?;
+            if !k.starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), IndexError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        Ok(self.db.apply_batch(b)?)
+    }
+
+    fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, IndexError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The typed index over a [`MetaStore`].
+pub struct Index {
+    store: Box<dyn MetaStore>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, IndexError> {
+    postcard::from_bytes(bytes).map_err(|e| IndexError::Corrupt { key: keys::describe(key), why: e.to_string() })
+}
+
+pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("index records always serialise")
+}
+
+impl Index {
+    /// Open the index, creating the schema record on a new store and refusing an unknown one.
+    pub fn open(store: Box<dyn MetaStore>) -> Result<Index, IndexError> {
+        let idx = Index { store };
+        match idx.store.get(keys::SCHEMA)? {
+            Some(v) => {
+                let found: u32 = decode(keys::SCHEMA, &v)?;
+                if found != SCHEMA_VERSION {
+                    return Err(IndexError::Schema { found });
+                }
+            }
+            None => {
+                let mut b = Batch::default();
+                b.put(keys::SCHEMA.to_vec(), encode(&SCHEMA_VERSION));
+                idx.store.apply(b)?;
+                idx.store.flush()?;
+            }
+        }
+        Ok(idx)
+    }
+
+    pub fn store(&self) -> &dyn MetaStore {
+        &*self.store
+    }
+
+    pub fn apply(&self, batch: Batch) -> Result<(), IndexError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(batch)
+    }
+
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.store.flush()
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>, IndexError> {
+        let k = keys::inode(ino);
+        self.store.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub fn put_inode(b: &mut Batch, inode: &Inode) {
+        b.put(keys::inode(inode.ino), encode(inode));
+    }
+
+    /// The child `name` of directory `parent`: (ino, kind).
+    pub fn dirent(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Kind)>, IndexError> {
+        let k = keys::dirent(parent, name);
+        self.store.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub fn put_dirent(b: &mut Batch, parent: u64, name: &[u8], ino: u64, kind: Kind) {
+        b.put(keys::dirent(parent, name), encode(&(ino, kind)));
+    }
+
+    pub fn delete_dirent(b: &mut Batch, parent: u64, name: &[u8]) {
+        b.delete(keys::dirent(parent, name));
+    }
+
+    /// Entries of a directory, in name order.
+    pub fn dirents(&self, parent: u64) -> Result<Vec<(Vec<u8>, u64, Kind)>, IndexError> {
+        let prefix = keys::dirent_prefix(parent);
+        self.store
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (ino, kind): (u64, Kind) = decode(&k, &v)?;
+                Ok((k[prefix.len()..].to_vec(), ino, kind))
+            })
+            .collect()
+    }
+
+    pub fn has_dirents(&self, parent: u64) -> Result<bool, IndexError> {
+        Ok(!self.store.scan_after(&keys::dirent_prefix(parent), &[], 1)?.is_empty())
+    }
+
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.store.get(&keys::xattr(ino, name))
+    }
+
+    pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+        let prefix = keys::xattr_prefix(ino);
+        Ok(self.store.scan_prefix(&prefix)?.into_iter().map(|(k, v)| (k[prefix.len()..].to_vec(), v)).collect())
+    }
+
+    /// Delete everything stored under an inode (record and xattrs).
+    pub fn delete_inode(&self, b: &mut Batch, ino: u64) -> Result<(), IndexError> {
+        b.delete(keys::inode(ino));
+        for (k, _) in self.store.scan_prefix(&keys::xattr_prefix(ino))? {
+            b.delete(k);
+        }
+        Ok(())
+    }
+
+    pub fn blob(&self, id: u64) -> Result<Option<Blob>, IndexError> {
+        let k = keys::blob(id);
+        self.store.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    pub fn blobs(&self) -> Result<Vec<Blob>, IndexError> {
+        self.store.scan_prefix(keys::BLOB)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    pub fn put_blob(b: &mut Batch, blob: &Blob) {
+        b.put(keys::blob(blob.id), encode(blob));
+    }
+
+    /// Every inode (for scans at start-up and for `stats`).
+    pub fn inodes(&self) -> Result<Vec<Inode>, IndexError> {
+        self.store.scan_prefix(keys::INODE)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    pub fn counter(&self, key: &[u8]) -> Result<u64, IndexError> {
+        Ok(match self.store.get(key)? {
+            Some(v) => decode(key, &v)?,
+            None => 0,
+        })
+    }
+
+    pub fn put_counter(b: &mut Batch, key: &[u8], v: u64) {
+        b.put(key.to_vec(), encode(&v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_snapshot_is_removed_and_data_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let idx = Index::open(Box::new(SledStore::open(dir.path()).unwrap())).unwrap();
+            let mut b = Batch::default();
+            Index::put_dirent(&mut b, 1, b"frame_1", 7, Kind::File);
+            idx.apply(b).unwrap();
+            idx.flush().unwrap();
+        }
+        let planted = dir.path().join("snap.00000000000FFFFF.generating");
+        std::fs::write(&planted, b"partial snapshot: crc will not match").unwrap();
+        let idx = Index::open(Box::new(SledStore::open(dir.path()).unwrap())).unwrap();
+        assert!(!planted.exists());
+        assert_eq!(idx.dirent(1, b"frame_1").unwrap(), Some((7, Kind::File)));
+    }
+
+    #[test]
+    fn unknown_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(keys::SCHEMA.to_vec(), encode(&99u32));
+        s.apply(b).unwrap();
+        assert!(matches!(Index::open(Box::new(s)), Err(IndexError::Schema { found: 99 })));
+    }
+}

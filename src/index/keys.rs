@@ -1,0 +1,63 @@
+//! Key encodings of the index (schema version 1). One tree; the first byte says what a key is.
+//! Inode numbers are big-endian so that keys sort by number.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `S` | schema version (u32) |
+//! | `C` + name | counter (u64): `Cino` next inode, `Cblob` next blob id |
+//! | `I` + ino | [`Inode`](super::Inode) |
+//! | `D` + parent ino + name | (child ino, [`Kind`](super::Kind)) |
+//! | `X` + ino + name | xattr value (raw bytes) |
+//! | `B` + blob id | [`Blob`](super::Blob) |
+
+pub const SCHEMA: &[u8] = b"S";
+pub const NEXT_INO: &[u8] = b"Cino";
+pub const NEXT_BLOB: &[u8] = b"Cblob";
+pub const INODE: &[u8] = b"I";
+pub const BLOB: &[u8] = b"B";
+
+fn with_u64(tag: u8, v: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&v.to_be_bytes());
+    k
+}
+
+pub fn inode(ino: u64) -> Vec<u8> {
+    with_u64(b'I', ino)
+}
+
+pub fn dirent_prefix(parent: u64) -> Vec<u8> {
+    with_u64(b'D', parent)
+}
+
+pub fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = dirent_prefix(parent);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn xattr_prefix(ino: u64) -> Vec<u8> {
+    with_u64(b'X', ino)
+}
+
+pub fn xattr(ino: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = xattr_prefix(ino);
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn blob(id: u64) -> Vec<u8> {
+    with_u64(b'B', id)
+}
+
+/// A readable form of a key, for error messages.
+pub fn describe(key: &[u8]) -> String {
+    match key.split_first() {
+        Some((&t, rest)) if rest.len() >= 8 && matches!(t, b'I' | b'D' | b'X' | b'B') => {
+            let n = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            format!("{}:{n}{}", t as char, if rest.len() > 8 { format!(":{}", String::from_utf8_lossy(&rest[8..])) } else { String::new() })
+        }
+        _ => String::from_utf8_lossy(key).into_owned(),
+    }
+}
