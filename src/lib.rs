@@ -7,3 +7,4 @@ pub mod codec;
 pub mod fixtures;
 pub mod sortname;
 pub mod index;
+pub mod store;

@@ -184,17 +184,28 @@ impl<'a> Blob<'a> {
 
     /// The bytes of a section, after checking its CRC.
     pub fn section(&self, entry: usize, what: &'static str, s: Section) -> Result<&'a [u8], BlobError> {
-        let start = s.offset as usize;
-        let bytes = self.payload.get(start..start + s.len as usize).ok_or(BlobError::Truncated)?;
-        if crc32c::crc32c(bytes) != s.crc {
-            return Err(BlobError::SectionCrc { entry, what });
-        }
-        Ok(bytes)
+        section_of(self.payload, entry, what, s)
+    }
+
+    /// Where the payload starts in the blob's bytes.
+    pub fn payload_offset(&self, bytes: &[u8]) -> usize {
+        bytes.len() - self.payload.len()
     }
 
     pub fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
         self.header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: self.header.entries.len() })
     }
+}
+
+/// The bytes of section `s` of `payload`, after checking its CRC.
+pub fn section_of<'p>(payload: &'p [u8], entry: usize, what: &'static str, s: Section) -> Result<&'p [u8], BlobError> {
+    let start = usize::try_from(s.offset).map_err(|_| BlobError::Truncated)?;
+    let end = start.checked_add(usize::try_from(s.len).map_err(|_| BlobError::Truncated)?).ok_or(BlobError::Truncated)?;
+    let bytes = payload.get(start..end).ok_or(BlobError::Truncated)?;
+    if crc32c::crc32c(bytes) != s.crc {
+        return Err(BlobError::SectionCrc { entry, what });
+    }
+    Ok(bytes)
 }
 
 // ---- header encoding -------------------------------------------------------------------------

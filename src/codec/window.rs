@@ -8,6 +8,7 @@
 //! prediction + plain zstd", and the winner codes the rest.
 
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
+use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
@@ -279,9 +280,11 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
 }
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
-/// each frame once.
-pub struct Decoder<'a> {
-    blob: Blob<'a>,
+/// each frame once. Owns the blob's bytes, so it can be kept between reads.
+pub struct Decoder {
+    bytes: Arc<[u8]>,
+    header: Header,
+    payload_start: usize,
     coder: Coder,
     /// Chain position of the next frame to decode, and the predictor state after the frames
     /// before it.
@@ -294,16 +297,36 @@ pub struct Decoder<'a> {
     recon: Vec<u32>,
 }
 
-impl<'a> Decoder<'a> {
-    pub fn new(bytes: &'a [u8]) -> Result<Decoder<'a>, BlobError> {
-        let blob = Blob::parse(bytes)?;
-        let frame_entries = blob.header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
+impl Decoder {
+    pub fn new(bytes: &[u8]) -> Result<Decoder, BlobError> {
+        Decoder::from_shared(Arc::from(bytes))
+    }
+
+    pub fn from_shared(bytes: Arc<[u8]>) -> Result<Decoder, BlobError> {
+        let blob = Blob::parse(&bytes)?;
+        let payload_start = blob.payload_offset(&bytes);
+        let header = blob.header;
+        let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { blob, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
+    }
+
+    fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
+        self.header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: self.header.entries.len() })
+    }
+
+    /// Chain position of the next frame this decoder would decode (0: at the start).
+    pub fn position(&self) -> usize {
+        self.next_frame
+    }
+
+    /// Chain position of entry `i`, if it is a frame.
+    pub fn chain_position(&self, i: usize) -> Option<usize> {
+        self.frame_entries.iter().position(|&e| e == i)
     }
 
     pub fn len(&self) -> usize {
-        self.blob.header.entries.len()
+        self.header.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,13 +334,13 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn header(&self) -> &Header {
-        &self.blob.header
+        &self.header
     }
 
     /// Where the pixels of entry `i` are, if it is a frame.
     pub fn layout(&self, i: usize) -> Option<Layout> {
-        let p = self.blob.header.params.as_ref()?;
-        match &self.blob.header.entries.get(i)?.body {
+        let p = self.header.params.as_ref()?;
+        match &self.header.entries.get(i)?.body {
             Body::Frame(f) => Some(Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() }),
             Body::Opaque { .. } => None,
         }
@@ -326,10 +349,10 @@ impl<'a> Decoder<'a> {
     /// Decode entry `i`. Frames before it in the chain are decoded (and handed to `also`) when the
     /// decoder is not already positioned after them.
     pub fn decode(&mut self, i: usize, mut also: impl FnMut(usize, Vec<u8>)) -> Result<Vec<u8>, BlobError> {
-        let entry = self.blob.entry(i)?.clone();
+        let entry = self.entry(i)?.clone();
         match &entry.body {
             Body::Opaque { compressed, data } => {
-                let bytes = self.blob.section(i, "data", *data)?;
+                let bytes = container::section_of(&self.bytes[self.payload_start..], i, "data", *data)?;
                 let out = if *compressed {
                     self.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
                 } else {
@@ -364,9 +387,9 @@ impl<'a> Decoder<'a> {
     fn decode_next_frame(&mut self) -> Result<Vec<u8>, BlobError> {
         let k = self.next_frame;
         let i = self.frame_entries[k];
-        let entry = self.blob.entry(i)?.clone();
+        let entry = self.entry(i)?.clone();
         let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
-        let p = self.blob.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+        let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry { width: p.width as usize, height: p.height as usize, bits: p.dtype.bits() };
         let n = geom.pixels();
@@ -376,13 +399,13 @@ impl<'a> Decoder<'a> {
         }
         let state = self.state.as_mut().ok_or_else(|| dec("chain state lost".into()))?;
 
-        let code_bytes = self.blob.section(i, "codes", f.codes)?;
+        let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
         let (codes, pred, recon) = (&mut self.codes, &mut self.pred, &mut self.recon);
         self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, codes).map_err(|e| dec(e.to_string()))?;
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
-            let raw = self.blob.section(i, "escapes", f.escapes)?;
+            let raw = container::section_of(&self.bytes[self.payload_start..], i, "escapes", f.escapes)?;
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
@@ -401,7 +424,7 @@ impl<'a> Decoder<'a> {
         let skeleton = if skeleton_len == 0 {
             Vec::new()
         } else {
-            let raw = self.blob.section(i, "skeleton", f.skeleton)?;
+            let raw = container::section_of(&self.bytes[self.payload_start..], i, "skeleton", f.skeleton)?;
             self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
         };
         let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };

@@ -1,0 +1,150 @@
+//! The store directory: staging files, blob files, the index, and the lock that keeps two
+//! daemons off one store.
+//!
+//! ```text
+//! <store>/LOCK            flock()ed by the running daemon; holds its pid
+//! <store>/index/          the sled database
+//! <store>/staging/<ino>   raw bytes of files not yet compressed
+//! <store>/blobs/<id>.tzb  immutable blobs (docs/FORMAT.md)
+//! <store>/tmp/            blobs being written
+//! ```
+//! A blob is written to `tmp/`, fsynced, renamed into `blobs/`, and `blobs/` is fsynced: it is
+//! either absent or whole.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} is in use by another tezipfs daemon{pid} (lock file {path}/LOCK)")]
+    Locked { path: String, pid: String },
+    #[error("store {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.display().to_string(), source }
+}
+
+impl Store {
+    /// Create the layout if needed and take the lock.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["", "staging", "blobs", "tmp", "index"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        let lock_path = root.join("LOCK");
+        let mut lock = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io_at(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let pid = std::fs::read_to_string(&lock_path).map(|s| format!(" (pid {})", s.trim())).unwrap_or_default();
+            return Err(StoreError::Locked { path: root.display().to_string(), pid });
+        }
+        lock.set_len(0).map_err(io_at(&lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io_at(&lock_path))?;
+        // Blobs that never made it out of tmp/ are garbage.
+        let tmp = root.join("tmp");
+        for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(Store { root: root.to_path_buf(), _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    pub fn staging_path(&self, ino: u64) -> PathBuf {
+        self.root.join("staging").join(ino.to_string())
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    pub fn blob_path(&self, id: u64) -> PathBuf {
+        self.root.join("blobs").join(format!("{id}.tzb"))
+    }
+
+    /// Write a blob durably: temp file, fsync, rename, fsync of the directory.
+    pub fn write_blob(&self, id: u64, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.root.join("tmp").join(format!("{id}.tzb"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, self.blob_path(id))?;
+        fsync_dir(&self.root.join("blobs"))
+    }
+
+    pub fn read_blob(&self, id: u64) -> io::Result<Vec<u8>> {
+        std::fs::read(self.blob_path(id))
+    }
+
+    pub fn delete_blob(&self, id: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.blob_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn delete_staging(&self, ino: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.staging_path(ino)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes used by a directory tree of the store (for `stats`).
+    pub fn bytes_in(&self, sub: &str) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => 0,
+            }).sum()).unwrap_or(0)
+        }
+        walk(&self.root.join(sub))
+    }
+}
+
+pub fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).err().expect("locked");
+        let msg = e.to_string();
+        assert!(msg.contains("in use by another tezipfs daemon") && msg.contains(&std::process::id().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn blobs_are_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.write_blob(3, b"abc").unwrap();
+        assert_eq!(s.read_blob(3).unwrap(), b"abc");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        s.delete_blob(3).unwrap();
+        s.delete_blob(3).unwrap();
+    }
+}
