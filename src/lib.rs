@@ -8,3 +8,5 @@ pub mod fixtures;
 pub mod sortname;
 pub mod index;
 pub mod store;
+pub mod cache;
+pub mod policy;

@@ -17,9 +17,16 @@ pub struct Geometry {
     pub height: usize,
     /// Valid bits of the integer image (8, 16 or 32).
     pub bits: u32,
+    /// The integer image of the value zero (0 for unsigned types, the midpoint for signed
+    /// and float types).
+    pub zero: u32,
 }
 
 impl Geometry {
+    pub fn of(width: usize, height: usize, dtype: crate::codec::DType) -> Geometry {
+        Geometry { width, height, bits: dtype.bits(), zero: dtype.to_image(0) }
+    }
+
     pub fn pixels(&self) -> usize {
         self.width * self.height
     }
@@ -28,7 +35,7 @@ impl Geometry {
 /// Stable ids of predictors, stored in the blob container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PredictorId {
-    /// No prediction: every frame is coded as it is.
+    /// No prediction: every frame is predicted as all zero values.
     None = 0,
     /// Previous reconstructed frame (key frame: intra MED).
     Previous = 1,
@@ -124,11 +131,13 @@ pub trait Predictor: Send + Sync {
 }
 
 pub struct NonePredictor;
-struct NoneState;
+struct NoneState {
+    zero: u32,
+}
 
 impl PredictorState for NoneState {
     fn predict(&mut self, out: &mut [u32]) {
-        out.fill(0);
+        out.fill(self.zero);
     }
     fn observe(&mut self, _recon: &[u32]) {}
 }
@@ -137,8 +146,8 @@ impl Predictor for NonePredictor {
     fn id(&self) -> PredictorId {
         PredictorId::None
     }
-    fn start(&self, _geom: Geometry) -> Box<dyn PredictorState> {
-        Box::new(NoneState)
+    fn start(&self, geom: Geometry) -> Box<dyn PredictorState> {
+        Box::new(NoneState { zero: geom.zero })
     }
 }
 
@@ -211,7 +220,7 @@ mod tests {
     #[test]
     fn previous_predicts_last_observed() {
         let p = PreviousPredictor;
-        let mut s = p.start(Geometry { width: 2, height: 1, bits: 16 });
+        let mut s = p.start(Geometry::of(2, 1, crate::codec::DType::U16));
         s.observe(&[3, 4]);
         let mut out = [0; 2];
         p.predict_batch(&mut [s.as_mut()], &mut [&mut out]);

@@ -160,7 +160,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     let mut coded: Vec<CodedFrame> = Vec::new();
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
-        let geom = Geometry { width: first.width as usize, height: first.height as usize, bits: dtype.bits() };
+        let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
         let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder)?;
         coded = code_chain(&chain, dtype, geom, opts, pid, stage, chain.images.len(), &mut coder)?;
         predictor = Some(pid);
@@ -391,7 +391,7 @@ impl Decoder {
         let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
         let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
         let dec = |why: String| BlobError::Decode { entry: i, why };
-        let geom = Geometry { width: p.width as usize, height: p.height as usize, bits: p.dtype.bits() };
+        let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
         let predictor = p.predictor.build();
         if k == 0 {
@@ -443,4 +443,26 @@ fn check_len_crc(i: usize, entry: &Entry, out: Vec<u8>) -> Result<Vec<u8>, BlobE
 /// Decode every entry of a blob.
 pub fn decode_window(blob: &[u8]) -> Result<Vec<Vec<u8>>, BlobError> {
     Decoder::new(blob)?.decode_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{DType, PredictorChoice, RawSpec};
+
+    /// The `none` predictor predicts the value zero (for f32 +0.0, not the NaN that the integer
+    /// image 0 stands for), so error-bounded float frames quantise instead of escaping.
+    #[test]
+    fn none_predictor_quantises_floats() {
+        let img: Vec<u8> = (0..64 * 8).flat_map(|i| ((i as f32) * 0.37 - 20.0).to_le_bytes()).collect();
+        let opts = Options {
+            format: FormatSpec::Raw(RawSpec { width: 64, height: 8, dtype: DType::F32, skip: 0 }),
+            bound: Bound::Abs(0.5),
+            predictor: PredictorChoice::Fixed(PredictorId::None),
+            ..Options::default()
+        };
+        let enc = encode_window(&[&img], &opts).unwrap();
+        assert!(matches!(enc.entries[0], EntryReport::Frame { escapes: 0 }), "{:?}", enc.entries);
+        assert_eq!(decode_window(&enc.blob).unwrap()[0].len(), img.len());
+    }
 }

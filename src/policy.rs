@@ -1,0 +1,176 @@
+//! Per-directory settings: extended attributes on directories, inherited by everything below
+//! (nearest ancestor wins), defaults from the config file.
+
+use crate::codec::entropy::EntropyChoice;
+use crate::codec::{Bound, FormatSpec, Options, PredictorChoice};
+use serde::Deserialize;
+use std::path::Path;
+
+pub const BOUND: &str = "user.tezip.bound";
+pub const PREDICTOR: &str = "user.tezip.predictor";
+pub const FORMAT: &str = "user.tezip.format";
+pub const WINDOW: &str = "user.tezip.window";
+pub const MODEL: &str = "user.tezip.model";
+pub const ENTROPY: &str = "user.tezip.entropy";
+/// Settable on directories.
+pub const SETTINGS: [&str; 6] = [BOUND, PREDICTOR, FORMAT, WINDOW, MODEL, ENTROPY];
+
+/// Read-only attributes of files.
+pub const STATE: &str = "user.tezip.state";
+pub const RATIO: &str = "user.tezip.ratio";
+pub const FILE_PREDICTOR: &str = "user.tezip.predictor";
+
+/// The effective settings of a directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub bound: Bound,
+    pub predictor: PredictorChoice,
+    pub format: FormatSpec,
+    pub window: usize,
+    pub model: Option<String>,
+    pub entropy: EntropyChoice,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            bound: Bound::Lossless,
+            predictor: PredictorChoice::Auto,
+            format: FormatSpec::Auto,
+            window: crate::codec::window::DEFAULT_WINDOW,
+            model: None,
+            entropy: EntropyChoice::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// Check a value for one setting; the error says what is wrong.
+    pub fn validate(name: &str, value: &[u8]) -> Result<(), String> {
+        let mut p = Policy::default();
+        p.set(name, value)
+    }
+
+    /// Apply one setting.
+    pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), String> {
+        let v = std::str::from_utf8(value).map_err(|_| format!("{name}: value is not UTF-8"))?.trim();
+        match name {
+            BOUND => self.bound = v.parse()?,
+            PREDICTOR => {
+                // `prednet` is accepted by name once the PredNet predictor exists.
+                self.predictor = v.parse()?
+            }
+            FORMAT => self.format = v.parse()?,
+            WINDOW => {
+                let w: usize = v.parse().map_err(|_| format!("{name}: {v:?} is not a whole number"))?;
+                if !(1..=4096).contains(&w) {
+                    return Err(format!("{name}: window {w} must be between 1 and 4096 frames"));
+                }
+                self.window = w;
+            }
+            MODEL => {
+                if v.is_empty() || v.len() > 255 {
+                    return Err(format!("{name}: model name must be 1 to 255 characters"));
+                }
+                self.model = Some(v.to_string())
+            }
+            ENTROPY => self.entropy = v.parse()?,
+            _ => return Err(format!("{name} is not a tezipfs setting")),
+        }
+        Ok(())
+    }
+
+    pub fn codec_options(&self) -> Options {
+        Options { format: self.format.clone(), bound: self.bound, predictor: self.predictor, entropy: self.entropy, ..Options::default() }
+    }
+
+    /// The current value of a setting, as text.
+    pub fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            BOUND => self.bound.to_string(),
+            PREDICTOR => self.predictor.to_string(),
+            FORMAT => self.format.to_string(),
+            WINDOW => self.window.to_string(),
+            MODEL => self.model.clone().unwrap_or_default(),
+            ENTROPY => self.entropy.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// The config file (TOML). Every key is optional.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    #[serde(default)]
+    pub mount: MountSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSection {
+    pub bound: Option<String>,
+    pub predictor: Option<String>,
+    pub format: Option<String>,
+    pub window: Option<usize>,
+    pub model: Option<String>,
+    pub entropy: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MountSection {
+    pub quiet_period_ms: Option<u64>,
+    pub tail_idle_ms: Option<u64>,
+    pub cache_mib: Option<u64>,
+    pub staging_budget_mib: Option<u64>,
+    pub threads: Option<usize>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// The root policy: built-in defaults overridden by the `[defaults]` section.
+    pub fn root_policy(&self) -> Result<Policy, String> {
+        let mut p = Policy::default();
+        let d = &self.defaults;
+        let pairs = [(BOUND, d.bound.clone()), (PREDICTOR, d.predictor.clone()), (FORMAT, d.format.clone()), (WINDOW, d.window.map(|w| w.to_string())), (MODEL, d.model.clone()), (ENTROPY, d.entropy.clone())];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults]: {e}"))?;
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_refuse() {
+        let mut p = Policy::default();
+        p.set(BOUND, b"abs:2").unwrap();
+        p.set(WINDOW, b"16").unwrap();
+        p.set(FORMAT, b"raw:64x48:u16").unwrap();
+        assert_eq!(p.bound, Bound::Abs(2.0));
+        assert_eq!(p.get(WINDOW).unwrap(), "16");
+        for (k, v) in [(BOUND, "abs:-1"), (WINDOW, "0"), (WINDOW, "x"), (FORMAT, "raw:1x1"), (PREDICTOR, "magic"), ("user.tezip.nope", "1")] {
+            assert!(Policy::validate(k, v.as_bytes()).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn config_defaults_apply() {
+        let c: ConfigFile = toml::from_str("[defaults]\nbound = \"abs:1\"\nwindow = 8\n[mount]\nquiet_period_ms = 100\n").unwrap();
+        let p = c.root_policy().unwrap();
+        assert_eq!((p.bound, p.window), (Bound::Abs(1.0), 8));
+        assert!(toml::from_str::<ConfigFile>("[defaults]\nfoo = 1\n").is_err());
+    }
+}

@@ -1,0 +1,1091 @@
+//! Integration tests of the frame codec: bit-exact round trips through `encode_window` /
+//! `decode_window` / `Decoder::decode`, every pixel type, raw and TIFF formats, opaque files, and
+//! corrupted or truncated blobs.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use tezipfs::codec::format::tiff;
+use tezipfs::codec::window::{plan_windows, EntryReport};
+use tezipfs::codec::{
+    analyze, decode_window, encode_window, Bound, DType, Decoder, Encoded, FormatSpec, Options, PredictorChoice, PredictorId, RawSpec,
+};
+use tezipfs::fixtures::{generate_images, generate_raw, Rng, SequenceSpec};
+
+const PREDICTORS: [PredictorChoice; 3] =
+    [PredictorChoice::Fixed(PredictorId::None), PredictorChoice::Fixed(PredictorId::Previous), PredictorChoice::Auto];
+
+fn raw(width: u32, height: u32, dtype: DType, skip: usize) -> FormatSpec {
+    FormatSpec::Raw(RawSpec { width, height, dtype, skip })
+}
+
+fn options(format: FormatSpec, predictor: PredictorChoice, exhaustive: bool) -> Options {
+    Options { format, predictor, exhaustive, ..Options::default() }
+}
+
+fn refs(files: &[Vec<u8>]) -> Vec<&[u8]> {
+    files.iter().map(|f| &f[..]).collect()
+}
+
+fn crc(b: &[u8]) -> u32 {
+    crc32c::crc32c(b)
+}
+
+/// Assert two files are identical, with a short message instead of a huge dump.
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: decoded file differs (len {} vs {}, crc {:08x} vs {:08x}, first difference at byte {first:?})",
+            got.len(),
+            want.len(),
+            crc(got),
+            crc(want)
+        );
+    }
+}
+
+/// A deterministic permutation of 0..n.
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Decode `blob` in every way the API allows and check every entry against `files`:
+/// `decode_window`, `decode_all`, random access in reverse and shuffled order on one decoder
+/// (checking what `also` hands over), and one fresh decoder per entry.
+fn check_decodes(blob: &[u8], files: &[Vec<u8>], what: &str) {
+    let all = decode_window(blob).unwrap_or_else(|e| panic!("{what}: decode_window failed: {e}"));
+    assert_eq!(all.len(), files.len(), "{what}: entry count");
+    for (i, (g, w)) in all.iter().zip(files).enumerate() {
+        assert_same(g, w, &format!("{what}: decode_window entry {i}"));
+    }
+
+    let mut dec = Decoder::new(blob).unwrap();
+    assert_eq!(dec.len(), files.len());
+    assert_eq!(dec.is_empty(), files.is_empty());
+    let all2 = dec.decode_all().unwrap();
+    assert!(all2 == all, "{what}: decode_all differs from decode_window");
+
+    let orders: Vec<(String, Vec<usize>)> = vec![
+        ("reverse".into(), (0..files.len()).rev().collect()),
+        ("shuffled".into(), permutation(files.len(), 42)),
+        ("shuffled twice".into(), [permutation(files.len(), 7), permutation(files.len(), 8)].concat()),
+    ];
+    for (name, order) in orders {
+        let mut dec = Decoder::new(blob).unwrap();
+        for &i in &order {
+            let mut handed = Vec::new();
+            let got = dec
+                .decode(i, |e, bytes| {
+                    assert_same(&bytes, &files[e], &format!("{what}: {name}: frame {e} handed over while seeking {i}"));
+                    handed.push(e);
+                })
+                .unwrap_or_else(|e| panic!("{what}: {name}: decode({i}) failed: {e}"));
+            assert_same(&got, &files[i], &format!("{what}: {name}: decode({i})"));
+            assert!(handed.iter().all(|&e| e < i), "{what}: frames handed over must come before {i}: {handed:?}");
+        }
+    }
+    for (i, want) in files.iter().enumerate() {
+        let mut dec = Decoder::new(blob).unwrap();
+        let got = dec.decode(i, |_, _| {}).unwrap();
+        assert_same(&got, want, &format!("{what}: fresh decoder, entry {i}"));
+    }
+    // Asking for an entry that does not exist is an error, not a panic.
+    let mut dec = Decoder::new(blob).unwrap();
+    assert!(dec.decode(files.len(), |_, _| {}).is_err(), "{what}: entry past the end");
+}
+
+/// Encode, check the entry kinds, decode every way. Returns the encoding.
+fn round_trip(files: &[Vec<u8>], opts: &Options, what: &str) -> Encoded {
+    let enc = encode_window(&refs(files), opts).unwrap_or_else(|e| panic!("{what}: encode failed: {e}"));
+    assert_eq!(enc.entries.len(), files.len(), "{what}: one report per file");
+    check_decodes(&enc.blob, files, what);
+    enc
+}
+
+fn assert_all_frames(enc: &Encoded, what: &str) {
+    for (i, r) in enc.entries.iter().enumerate() {
+        assert_eq!(*r, EntryReport::Frame { escapes: 0 }, "{what}: entry {i} should be a lossless frame");
+    }
+    assert!(enc.predictor.is_some(), "{what}: a window with frames has a predictor");
+}
+
+fn assert_opaque(r: &EntryReport, what: &str) {
+    match r {
+        EntryReport::Opaque { reason } => assert!(!reason.trim().is_empty(), "{what}: opaque without a reason"),
+        EntryReport::Frame { .. } => panic!("{what}: expected an opaque entry, got {r:?}"),
+    }
+}
+
+/// `n` random bytes.
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// Integer images of `frames` frames of `w`x`h` whose values span the whole type range, with a
+/// slowly changing smooth part (so predictors have something to predict) and the limits.
+fn wide_range_images(dtype: DType, w: usize, h: usize, frames: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed);
+    let mask = dtype.mask() as u64;
+    (0..frames)
+        .map(|t| {
+            (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w) as u64, (i / w) as u64);
+                    let r = rng.next_u64();
+                    let v = match r % 10 {
+                        0 => 0,
+                        1 => mask,
+                        2 => r >> 8,
+                        _ => (x * 37 + y * 11 + t as u64 * 3 + (r >> 60)) * (mask / 255).max(1),
+                    } & mask;
+                    // for f32, keep the random patterns (any bits are a valid float image)
+                    v as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn raw_files(dtype: DType, images: &[Vec<u32>], header: Option<(usize, u64)>) -> Vec<Vec<u8>> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(k, img)| {
+            let mut px = Vec::new();
+            dtype.encode_pixels(img, false, &mut px);
+            match header {
+                None => px,
+                Some((skip, seed)) => {
+                    let mut f = random_bytes(skip, seed + k as u64);
+                    f.extend_from_slice(&px);
+                    f
+                }
+            }
+        })
+        .collect()
+}
+
+// ---- raw round trips ---------------------------------------------------------------------------
+
+#[test]
+fn generated_sequences_every_dtype_predictor_and_mode() {
+    for dtype in DType::ALL {
+        let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(37, 23, 5, 11 + dtype.id() as u64) };
+        let plain = generate_raw(&spec);
+        assert_eq!(plain[0].len(), 37 * 23 * dtype.bytes());
+        for skip in [0usize, 5, 64] {
+            let files: Vec<Vec<u8>> = plain
+                .iter()
+                .enumerate()
+                .map(|(k, f)| [random_bytes(skip, 1000 * skip as u64 + k as u64), f.clone()].concat())
+                .collect();
+            for predictor in PREDICTORS {
+                for exhaustive in [false, true] {
+                    let what = format!("{dtype} skip={skip} {predictor} exhaustive={exhaustive}");
+                    let opts = options(raw(37, 23, dtype, skip), predictor, exhaustive);
+                    let enc = round_trip(&files, &opts, &what);
+                    assert_all_frames(&enc, &what);
+                    if let PredictorChoice::Fixed(p) = predictor {
+                        assert_eq!(enc.predictor, Some(p), "{what}: fixed predictor must be used");
+                    }
+                    let dec = Decoder::new(&enc.blob).unwrap();
+                    for i in 0..files.len() {
+                        let l = dec.layout(i).expect("frame entry has a layout");
+                        assert_eq!((l.width, l.height, l.dtype, l.big_endian), (37, 23, dtype, false), "{what}");
+                        assert_eq!(l.ranges, vec![skip..skip + 37 * 23 * dtype.bytes()], "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn detector_sequence_compresses() {
+    // Not only correct but actually coded: a detector-like u16 sequence must shrink well.
+    let spec = SequenceSpec::detector_u16(128, 96, 8, 3);
+    let files = generate_raw(&spec);
+    let total: usize = files.iter().map(|f| f.len()).sum();
+    let enc = round_trip(&files, &options(raw(128, 96, DType::U16, 0), PredictorChoice::Auto, false), "detector u16");
+    assert_all_frames(&enc, "detector u16");
+    assert!(enc.blob.len() * 2 < total, "blob {} bytes for {} input bytes", enc.blob.len(), total);
+}
+
+#[test]
+fn wide_range_values_every_dtype() {
+    for dtype in DType::ALL {
+        let imgs = wide_range_images(dtype, 19, 7, 4, dtype.id() as u64);
+        for header in [None, Some((3usize, 99u64))] {
+            let skip = header.map_or(0, |h| h.0);
+            let files = raw_files(dtype, &imgs, header);
+            for predictor in PREDICTORS {
+                for exhaustive in [false, true] {
+                    let what = format!("wide {dtype} skip={skip} {predictor} exhaustive={exhaustive}");
+                    let enc = round_trip(&files, &options(raw(19, 7, dtype, skip), predictor, exhaustive), &what);
+                    assert_all_frames(&enc, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_and_degenerate_sizes() {
+    let sizes = [(1u32, 1u32), (1, 17), (17, 1), (1, 64), (64, 1), (3, 3), (7, 5), (5, 7), (13, 11), (31, 2), (9, 9)];
+    for dtype in DType::ALL {
+        for &(w, h) in &sizes {
+            for frames in [1usize, 3] {
+                let imgs = wide_range_images(dtype, w as usize, h as usize, frames, (w * 100 + h) as u64);
+                for skip in [0usize, 7] {
+                    let files = raw_files(dtype, &imgs, (skip > 0).then_some((skip, 5)));
+                    for predictor in PREDICTORS {
+                        for exhaustive in [false, true] {
+                            let what = format!("{w}x{h}x{frames} {dtype} skip={skip} {predictor} exhaustive={exhaustive}");
+                            let enc = round_trip(&files, &options(raw(w, h, dtype, skip), predictor, exhaustive), &what);
+                            assert_all_frames(&enc, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn constant_and_extreme_frames() {
+    for dtype in DType::ALL {
+        let (w, h) = (11usize, 6usize);
+        let mask = dtype.mask();
+        let imgs = vec![vec![0u32; w * h], vec![mask; w * h], vec![0u32; w * h], (0..w * h).map(|i| if i % 2 == 0 { 0 } else { mask }).collect(), vec![mask / 2 + 1; w * h]];
+        let files = raw_files(dtype, &imgs, None);
+        for predictor in PREDICTORS {
+            for exhaustive in [false, true] {
+                let what = format!("extreme {dtype} {predictor} exhaustive={exhaustive}");
+                let enc = round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), predictor, exhaustive), &what);
+                assert_all_frames(&enc, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_window_and_single_files() {
+    let enc = encode_window(&[], &Options::default()).unwrap();
+    assert!(enc.entries.is_empty());
+    assert_eq!(enc.predictor, None);
+    assert_eq!(decode_window(&enc.blob).unwrap(), Vec::<Vec<u8>>::new());
+    let dec = Decoder::new(&enc.blob).unwrap();
+    assert!(dec.is_empty());
+
+    // one frame alone, one opaque file alone
+    let f = raw_files(DType::U16, &wide_range_images(DType::U16, 4, 4, 1, 1), None);
+    let enc = round_trip(&f, &options(raw(4, 4, DType::U16, 0), PredictorChoice::Auto, false), "single frame");
+    assert_all_frames(&enc, "single frame");
+    let o = vec![b"just some text\n".to_vec()];
+    let enc = round_trip(&o, &Options::default(), "single opaque");
+    assert_opaque(&enc.entries[0], "single opaque");
+    assert_eq!(enc.predictor, None);
+}
+
+// ---- f32 special values ------------------------------------------------------------------------
+
+const SPECIAL_BITS: [u32; 14] = [
+    0x7fc0_0001, // quiet NaN with payload
+    0xffc0_1234, // negative quiet NaN with payload
+    0x7f80_0001, // signalling NaN
+    0x7fff_ffff, // NaN, all payload bits
+    0xffff_ffff, // negative NaN, all bits
+    0x8000_0000, // -0.0
+    0x0000_0000, // +0.0
+    0x7f80_0000, // +inf
+    0xff80_0000, // -inf
+    0x0000_0001, // smallest subnormal
+    0x8000_0001, // smallest negative subnormal
+    0x007f_ffff, // largest subnormal
+    0x7f7f_ffff, // f32::MAX
+    0xff7f_ffff, // f32::MIN
+];
+
+/// Smooth f32 frames with the special values sprinkled in (raw bits, not the image).
+fn smooth_f32_with_specials(w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
+    (0..frames)
+        .map(|t| {
+            let mut bits: Vec<u32> = (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w) as f32, (i / w) as f32);
+                    (100.0 + 0.5 * x + 0.25 * y + 0.125 * t as f32).to_bits()
+                })
+                .collect();
+            for (k, &s) in SPECIAL_BITS.iter().enumerate() {
+                // different places in different frames, and the same place in consecutive frames
+                let p = (k * 7 + t * (k % 3)) % (w * h);
+                bits[p] = s;
+            }
+            bits
+        })
+        .collect()
+}
+
+#[test]
+fn f32_special_values_are_bit_exact() {
+    let (w, h) = (12usize, 9usize);
+    let frames = smooth_f32_with_specials(w, h, 4);
+    let files: Vec<Vec<u8>> = frames.iter().map(|b| b.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    for predictor in PREDICTORS {
+        for exhaustive in [false, true] {
+            let what = format!("f32 specials {predictor} exhaustive={exhaustive}");
+            let enc = round_trip(&files, &options(raw(w as u32, h as u32, DType::F32, 0), predictor, exhaustive), &what);
+            assert_all_frames(&enc, &what);
+            let back = decode_window(&enc.blob).unwrap();
+            for (t, f) in back.iter().enumerate() {
+                for (i, c) in f.chunks_exact(4).enumerate() {
+                    let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    assert_eq!(v, frames[t][i], "{what}: frame {t} pixel {i}: {v:#010x} != {:#010x}", frames[t][i]);
+                }
+            }
+        }
+    }
+    // Under an error bound, non-finite values still come back bit-exact, and finite ones
+    // (including -0.0, subnormals, MAX) within the bound.
+    for bound in [Bound::Abs(0.01), Bound::Abs(3.0), Bound::Rel(0.001), Bound::PwRel(0.01)] {
+        for predictor in PREDICTORS {
+            let opts = Options { bound, ..options(raw(w as u32, h as u32, DType::F32, 0), predictor, false) };
+            let enc = encode_window(&refs(&files), &opts).unwrap();
+            let back = decode_window(&enc.blob).unwrap();
+            for (t, f) in back.iter().enumerate() {
+                let finite: Vec<f64> = frames[t].iter().map(|&b| f32::from_bits(b) as f64).filter(|v| v.is_finite()).collect();
+                let range = finite.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - finite.iter().cloned().fold(f64::INFINITY, f64::min);
+                for (i, c) in f.chunks_exact(4).enumerate() {
+                    let (got, want) = (u32::from_le_bytes([c[0], c[1], c[2], c[3]]), frames[t][i]);
+                    let (g, x) = (f32::from_bits(got) as f64, f32::from_bits(want) as f64);
+                    if !x.is_finite() {
+                        assert_eq!(got, want, "{bound} {predictor}: non-finite frame {t} pixel {i}");
+                        continue;
+                    }
+                    let e = match bound {
+                        Bound::Abs(e) => e,
+                        Bound::Rel(r) => r * range,
+                        Bound::PwRel(p) => p * x.abs(),
+                        Bound::Lossless => 0.0,
+                    };
+                    assert!(g.is_finite() && (g - x).abs() <= e, "{bound} {predictor}: frame {t} pixel {i}: {x} -> {g}");
+                }
+            }
+        }
+    }
+}
+
+// ---- real data -----------------------------------------------------------------------------------
+
+#[test]
+fn shared_data_sets_round_trip() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"));
+    if !root.is_dir() {
+        println!("skipping: {} does not exist", root.display());
+        return;
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").is_file()).collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        println!("skipping: no data sets (dir/meta.json) in {}", root.display());
+        return;
+    }
+    for dir in dirs {
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        let width = meta["width"].as_u64().unwrap() as u32;
+        let height = meta["height"].as_u64().unwrap() as u32;
+        let dtype: DType = meta["dtype"].as_str().unwrap().parse().unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("frame_") && n.ends_with(".raw"))
+            .collect();
+        names.sort();
+        assert!(!names.is_empty(), "{}: no frames", dir.display());
+        let mut files: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(dir.join(n)).unwrap()).collect();
+        // meta.json rides along as an opaque file
+        files.push(std::fs::read(dir.join("meta.json")).unwrap());
+        let opts = Options { format: raw(width, height, dtype, 0), ..Options::default() };
+        let analyses: Vec<_> = files.iter().map(|f| analyze(f, &opts.format)).collect();
+        let (mut total_in, mut total_out) = (0usize, 0usize);
+        let start = std::time::Instant::now();
+        for win in plan_windows(&analyses, tezipfs::codec::window::DEFAULT_WINDOW) {
+            let chunk = &files[win.clone()];
+            let enc = encode_window(&refs(chunk), &opts).unwrap();
+            let back = decode_window(&enc.blob).unwrap();
+            assert_eq!(back.len(), chunk.len());
+            for (k, (g, w)) in back.iter().zip(chunk).enumerate() {
+                let idx = win.start + k;
+                let name = names.get(idx).map_or("meta.json", |s| s.as_str());
+                assert_same(g, w, &format!("{}/{name}", dir.display()));
+                match (&enc.entries[k], idx < names.len()) {
+                    (EntryReport::Frame { escapes: 0 }, true) => {}
+                    (EntryReport::Opaque { reason }, false) => assert!(!reason.is_empty()),
+                    (r, _) => panic!("{}/{name}: unexpected report {r:?}", dir.display()),
+                }
+            }
+            total_in += chunk.iter().map(|f| f.len()).sum::<usize>();
+            total_out += enc.blob.len();
+        }
+        println!(
+            "{}: {} frames {width}x{height} {dtype}, ratio {:.3}, {:.2}s",
+            dir.display(),
+            names.len(),
+            total_in as f64 / total_out as f64,
+            start.elapsed().as_secs_f64()
+        );
+        assert!(total_out < total_in, "{}: lossless coding should not grow real frames", dir.display());
+    }
+}
+
+// ---- TIFF ------------------------------------------------------------------------------------------
+
+/// A window of TIFF files of one geometry in various layouts, from generated detector frames.
+fn tiff_window(dtype: DType, w: u32, h: u32, layouts: &[(bool, u32, bool)], seed: u64) -> Vec<Vec<u8>> {
+    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, layouts.len(), seed) };
+    generate_images(&spec)
+        .iter()
+        .zip(layouts)
+        .map(|(img, &(be, rps, rev))| tiff::write(w, h, dtype, be, rps, rev, img))
+        .collect()
+}
+
+#[test]
+fn tiff_layouts_round_trip_as_frames() {
+    let (w, h) = (23u32, 17u32);
+    // (big_endian, rows_per_strip, reverse_strips)
+    let layouts: Vec<Vec<(bool, u32, bool)>> = vec![
+        vec![(false, h, false); 3],                                          // LE, one strip
+        vec![(true, h, false); 3],                                           // BE, one strip
+        vec![(false, 1, false); 3],                                          // a strip per row
+        vec![(true, 4, true); 3],                                            // BE, strips reversed
+        vec![(false, 5, true), (false, 3, false), (true, 1, true), (true, h, false)], // mixed in one window
+    ];
+    for dtype in [DType::U8, DType::U16, DType::U32, DType::F32, DType::I16, DType::I8, DType::I32] {
+        for (li, lay) in layouts.iter().enumerate() {
+            let files = tiff_window(dtype, w, h, lay, 17 + li as u64);
+            for (k, f) in files.iter().enumerate() {
+                assert!(tiff::parse(f).is_ok(), "fixture TIFF {dtype} layout {li} file {k} must parse");
+            }
+            for format in [FormatSpec::Auto, FormatSpec::Tiff] {
+                for predictor in PREDICTORS {
+                    let what = format!("tiff {dtype} layout {li} {format} {predictor}");
+                    let enc = round_trip(&files, &options(format.clone(), predictor, false), &what);
+                    assert_all_frames(&enc, &what);
+                    let dec = Decoder::new(&enc.blob).unwrap();
+                    for (k, &(be, _, _)) in lay.iter().enumerate() {
+                        let l = dec.layout(k).unwrap();
+                        assert_eq!((l.width, l.height, l.dtype, l.big_endian), (w, h, dtype, be), "{what} entry {k}");
+                    }
+                }
+            }
+        }
+    }
+    // exhaustive mode on one layout
+    let files = tiff_window(DType::U16, w, h, &layouts[4], 5);
+    let enc = round_trip(&files, &options(FormatSpec::Tiff, PredictorChoice::Auto, true), "tiff exhaustive");
+    assert_all_frames(&enc, "tiff exhaustive");
+}
+
+/// A baseline TIFF built by hand, for layouts `tiff::write` does not make: strips back to back
+/// (`gap` 0, merged into one range by the parser), strip byte counts larger than the strip
+/// (`slack`), SHORT strip offsets, and optional tags left out (their defaults apply).
+#[allow(clippy::too_many_arguments)]
+fn custom_tiff(be: bool, w: u32, h: u32, dtype: DType, img: &[u32], rps: u32, gap: usize, slack: u32, short_offsets: bool, minimal_tags: bool) -> Vec<u8> {
+    let p16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() });
+    let p32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&if be { x.to_be_bytes() } else { x.to_le_bytes() });
+    let mut px = Vec::new();
+    dtype.encode_pixels(img, be, &mut px);
+    let row = w as usize * dtype.bytes();
+    let mut out = Vec::new();
+    out.extend_from_slice(if be { b"MM\0*" } else { b"II*\0" });
+    p32(&mut out, 0);
+    let (mut offs, mut counts) = (Vec::new(), Vec::new());
+    for r0 in (0..h as usize).step_by(rps as usize) {
+        let r1 = (r0 + rps as usize).min(h as usize);
+        offs.push(out.len() as u32);
+        counts.push(((r1 - r0) * row) as u32 + slack);
+        out.extend_from_slice(&px[r0 * row..r1 * row]);
+        out.extend(std::iter::repeat_n(0xEEu8, gap));
+    }
+    out.extend(std::iter::repeat_n(0x11u8, slack as usize)); // the slack exists in the file
+    // (tag, type, values): values inline when they fit in 4 bytes, else in an array
+    let off_type = if short_offsets { 3u16 } else { 4 };
+    let mut entries: Vec<(u16, u16, Vec<u32>)> = vec![(256, 4, vec![w]), (257, 3, vec![h]), (258, 3, vec![dtype.bits()]), (273, off_type, offs), (279, 4, counts)];
+    if !minimal_tags || rps < h {
+        entries.push((278, 4, vec![rps]));
+    }
+    let fmt = if dtype.is_float() { 3 } else if dtype.is_signed_int() { 2 } else { 1 };
+    if !minimal_tags || fmt != 1 {
+        entries.push((339, 3, vec![fmt]));
+    }
+    if !minimal_tags {
+        entries.extend([(259, 3, vec![1]), (262, 3, vec![1]), (277, 3, vec![1])]);
+    }
+    entries.sort_by_key(|e| e.0);
+    let mut inline = Vec::new();
+    for (_, typ, vals) in &entries {
+        let size = if *typ == 3 { 2 } else { 4 };
+        if vals.len() * size <= 4 {
+            let mut b = Vec::new();
+            for &v in vals {
+                if size == 2 { p16(&mut b, v as u16) } else { p32(&mut b, v) }
+            }
+            b.resize(4, 0);
+            inline.push(b);
+        } else {
+            if out.len() % 2 == 1 {
+                out.push(0);
+            }
+            let at = out.len() as u32;
+            for &v in vals {
+                if size == 2 { p16(&mut out, v as u16) } else { p32(&mut out, v) }
+            }
+            let mut b = Vec::new();
+            p32(&mut b, at);
+            inline.push(b);
+        }
+    }
+    if out.len() % 2 == 1 {
+        out.push(0);
+    }
+    let ifd = out.len() as u32;
+    p16(&mut out, entries.len() as u16);
+    for ((tag, typ, vals), val) in entries.iter().zip(&inline) {
+        p16(&mut out, *tag);
+        p16(&mut out, *typ);
+        p32(&mut out, vals.len() as u32);
+        out.extend_from_slice(val);
+    }
+    p32(&mut out, 0);
+    let b = if be { ifd.to_be_bytes() } else { ifd.to_le_bytes() };
+    out[4..8].copy_from_slice(&b);
+    out
+}
+
+#[test]
+fn hand_built_tiff_layouts_round_trip() {
+    let (w, h) = (13u32, 10u32);
+    for dtype in [DType::U8, DType::U16, DType::I16, DType::F32, DType::U32] {
+        let imgs = generate_images(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, 3, 31) });
+        for be in [false, true] {
+            for (rps, gap, slack, short, minimal) in [(3u32, 0usize, 0u32, false, false), (3, 0, 0, true, true), (1, 0, 5, false, false), (4, 3, 2, true, false), (h, 0, 7, false, true), (2, 1, 0, false, true)] {
+                let files: Vec<Vec<u8>> = imgs.iter().map(|img| custom_tiff(be, w, h, dtype, img, rps, gap, slack, short, minimal)).collect();
+                let what = format!("hand-built {dtype} be={be} rps={rps} gap={gap} slack={slack} short={short} minimal={minimal}");
+                let layout = tiff::parse(&files[0]).unwrap_or_else(|e| panic!("{what}: does not parse: {e}"));
+                assert_eq!((layout.width, layout.height, layout.dtype, layout.big_endian), (w, h, dtype, be), "{what}");
+                let strips = h.div_ceil(rps) as usize;
+                assert_eq!(layout.ranges.len(), if gap == 0 { 1 } else { strips }, "{what}: contiguous strips are merged");
+                let mut back = Vec::new();
+                layout.extract(&files[0], &mut back);
+                assert_eq!(back, imgs[0], "{what}: pixels found where they are");
+                for format in [FormatSpec::Auto, FormatSpec::Tiff] {
+                    let enc = round_trip(&files, &options(format.clone(), PredictorChoice::Auto, false), &format!("{what} {format}"));
+                    assert_all_frames(&enc, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn entropy_choices_round_trip() {
+    use tezipfs::codec::container::{Blob, Body};
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    for entropy in [EntropyChoice::Fast, EntropyChoice::Balanced, EntropyChoice::Best] {
+        for dtype in DType::ALL {
+            for (w, h, n) in [(1u32, 1u32, 2usize), (1, 23, 3), (23, 1, 3), (9, 7, 4), (64, 40, 3)] {
+                let detector = generate_images(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, n, 40 + w as u64) });
+                let wide = wide_range_images(dtype, w as usize, h as usize, n, 50 + h as u64);
+                for (kind, imgs) in [("detector", &detector), ("wide", &wide)] {
+                    let files = raw_files(dtype, imgs, Some((4, 2)));
+                    for predictor in PREDICTORS {
+                        for exhaustive in [false, true] {
+                            let what = format!("{entropy} {kind} {dtype} {w}x{h}x{n} {predictor} exhaustive={exhaustive}");
+                            let opts = Options { entropy, ..options(raw(w, h, dtype, 4), predictor, exhaustive) };
+                            let enc = round_trip(&files, &opts, &what);
+                            assert_all_frames(&enc, &what);
+                            if entropy == EntropyChoice::Fast {
+                                let blob = Blob::parse(&enc.blob).unwrap();
+                                for e in &blob.header.entries {
+                                    if let Body::Frame(f) = &e.body {
+                                        assert_ne!(f.stage, Stage::ContextRans, "{what}: fast means zstd stages only");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // error-bounded too
+        let files = generate_raw(&SequenceSpec::detector_u16(40, 30, 4, 9));
+        for bound in [Bound::Abs(2.0), Bound::Rel(0.01), Bound::PwRel(0.05)] {
+            let opts = Options { entropy, bound, ..options(raw(40, 30, DType::U16, 0), PredictorChoice::Auto, false) };
+            let enc = encode_window(&refs(&files), &opts).unwrap();
+            let back = decode_window(&enc.blob).unwrap();
+            let mut dec = Decoder::new(&enc.blob).unwrap();
+            for i in (0..files.len()).rev() {
+                assert!(dec.decode(i, |_, _| {}).unwrap() == back[i], "{entropy} {bound}: random access to {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn zstd_levels_round_trip() {
+    let files = generate_raw(&SequenceSpec::detector_u16(48, 40, 4, 12));
+    let mut sizes = Vec::new();
+    for level in [-5, 1, 3, 9, 19] {
+        for exhaustive in [false, true] {
+            let opts = Options { level, ..options(raw(48, 40, DType::U16, 0), PredictorChoice::Auto, exhaustive) };
+            let enc = round_trip(&files, &opts, &format!("level {level} exhaustive={exhaustive}"));
+            assert_all_frames(&enc, &format!("level {level}"));
+            sizes.push(enc.blob.len());
+        }
+    }
+    assert!(sizes.iter().all(|&s| s < files.len() * 48 * 40 * 2), "every level compresses: {sizes:?}");
+}
+
+#[test]
+fn tiff_with_different_geometry_rides_along_as_opaque() {
+    let a = tiff_window(DType::U16, 16, 8, &[(false, 3, false); 2], 1);
+    let b = tiff_window(DType::U16, 8, 16, &[(false, 3, false)], 2);
+    let c = tiff_window(DType::U8, 16, 8, &[(false, 3, false)], 3);
+    let files = vec![a[0].clone(), b[0].clone(), a[1].clone(), c[0].clone()];
+    let enc = round_trip(&files, &Options::default(), "mixed geometry");
+    assert!(matches!(enc.entries[0], EntryReport::Frame { .. }));
+    assert_opaque(&enc.entries[1], "other geometry");
+    assert!(matches!(enc.entries[2], EntryReport::Frame { .. }));
+    assert_opaque(&enc.entries[3], "other dtype");
+}
+
+// ---- opaque files ------------------------------------------------------------------------------------
+
+/// Offset of the IFD entry with `tag` in a TIFF written by `tiff::write`.
+fn ifd_entry(file: &[u8], tag: u16) -> usize {
+    let be = &file[..2] == b"MM";
+    let rd16 = |o: usize| if be { u16::from_be_bytes([file[o], file[o + 1]]) } else { u16::from_le_bytes([file[o], file[o + 1]]) };
+    let rd32 = |o: usize| {
+        let a = [file[o], file[o + 1], file[o + 2], file[o + 3]];
+        if be { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+    };
+    let ifd = rd32(4) as usize;
+    let n = rd16(ifd) as usize;
+    (0..n).map(|i| ifd + 2 + 12 * i).find(|&e| rd16(e) == tag).unwrap_or_else(|| panic!("tag {tag} not found"))
+}
+
+/// Set the SHORT value of an IFD entry.
+fn patch_short(file: &mut [u8], tag: u16, v: u16) {
+    let e = ifd_entry(file, tag);
+    let b = if &file[..2] == b"MM" { v.to_be_bytes() } else { v.to_le_bytes() };
+    file[e + 8..e + 10].copy_from_slice(&b);
+}
+
+fn set_u32(file: &mut [u8], at: usize, v: u32) {
+    let b = if &file[..2] == b"MM" { v.to_be_bytes() } else { v.to_le_bytes() };
+    file[at..at + 4].copy_from_slice(&b);
+}
+
+/// Files that are not codable frames, each with a label.
+fn opaque_zoo() -> Vec<(String, Vec<u8>)> {
+    let img: Vec<u32> = (0..6 * 5).map(|i| i * 997 % 65536).collect();
+    let good_le = tiff::write(6, 5, DType::U16, false, 2, false, &img);
+    let good_be = tiff::write(6, 5, DType::U16, true, 2, true, &img);
+    let mut zoo = Vec::new();
+    for (name, good) in [("le", &good_le), ("be", &good_be)] {
+        // truncated at every length
+        for cut in 0..good.len() {
+            zoo.push((format!("{name} tiff cut at {cut}"), good[..cut].to_vec()));
+        }
+        for (tag, v, what) in [(259u16, 5u16, "LZW compression"), (259, 8, "deflate"), (262, 2, "RGB"), (277, 3, "3 samples"), (258, 12, "12-bit"), (339, 4, "sample format 4")] {
+            let mut f = good.clone();
+            patch_short(&mut f, tag, v);
+            zoo.push((format!("{name} tiff {what}"), f));
+        }
+        // structural damage
+        let mut f = good.clone();
+        let past = f.len() as u32 + 100;
+        set_u32(&mut f, 4, past);
+        zoo.push((format!("{name} IFD offset past the end"), f));
+        let mut f = good.clone();
+        let e = ifd_entry(&f, 273);
+        set_u32(&mut f, e + 8, u32::MAX - 2); // strip offsets array pointer
+        zoo.push((format!("{name} strip offsets outside"), f));
+        let mut f = good.clone();
+        let e = ifd_entry(&f, 279);
+        let arr = {
+            let a = [f[e + 8], f[e + 9], f[e + 10], f[e + 11]];
+            if name == "be" { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+        } as usize;
+        set_u32(&mut f, arr, 3); // first strip claims 3 bytes
+        zoo.push((format!("{name} short strip"), f));
+        let mut f = good.clone();
+        let e = ifd_entry(&f, 256);
+        f[e + 8..e + 12].copy_from_slice(&[0; 4]);
+        zoo.push((format!("{name} zero width"), f));
+        let mut f = good.clone();
+        let l = f.len();
+        f[l - 4..].copy_from_slice(&[0, 0, 0, 8]); // a next IFD: multi-page
+        zoo.push((format!("{name} multi-page"), f));
+    }
+    zoo.push(("bigtiff header".into(), b"II+\0\x08\0\0\0\0\0\0\0\0\0\0\0".to_vec()));
+    zoo.push(("bad magic".into(), b"II\x2b\x01\x08\0\0\0".to_vec()));
+    zoo.push(("empty".into(), Vec::new()));
+    zoo.push(("one byte".into(), vec![0x49]));
+    zoo.push(("random 1000".into(), random_bytes(1000, 77)));
+    zoo.push(("random 4097".into(), random_bytes(4097, 78)));
+    zoo.push(("text".into(), b"{\"width\": 6, \"height\": 5, \"dtype\": \"u16\"}\nhello, detector\n".repeat(20)));
+    zoo.push(("zeros".into(), vec![0u8; 5000]));
+    zoo
+}
+
+#[test]
+fn opaque_files_round_trip_and_say_why() {
+    let zoo = opaque_zoo();
+    for format in [FormatSpec::Auto, FormatSpec::Tiff] {
+        for (name, file) in &zoo {
+            assert!(!matches!(analyze(file, &format), tezipfs::codec::Analysis::Frame(_)), "{name}: should not analyze as a frame under {format}");
+            let files = vec![file.clone()];
+            let enc = round_trip(&files, &options(format.clone(), PredictorChoice::Auto, false), &format!("{format} {name}"));
+            assert_opaque(&enc.entries[0], &format!("{format} {name}"));
+            assert_eq!(enc.predictor, None, "{name}");
+        }
+    }
+    // Raw specs: every file whose size is not the spec's is opaque (including valid TIFFs).
+    let spec = raw(6, 5, DType::U16, 0);
+    for (name, file) in &zoo {
+        if file.len() == 60 {
+            continue;
+        }
+        let enc = round_trip(std::slice::from_ref(file), &options(spec.clone(), PredictorChoice::Auto, false), &format!("raw {name}"));
+        assert_opaque(&enc.entries[0], &format!("raw {name}"));
+    }
+    for len in [0usize, 1, 59, 61, 120, 3] {
+        let f = random_bytes(len, len as u64);
+        let enc = round_trip(&[f], &options(raw(6, 5, DType::U16, 0), PredictorChoice::Auto, false), &format!("raw len {len}"));
+        assert_opaque(&enc.entries[0], &format!("raw len {len}"));
+    }
+    // with a header: one byte short or long is opaque, exact is a frame
+    let spec = raw(6, 5, DType::U16, 10);
+    for (len, frame) in [(69usize, false), (70, true), (71, false), (60, false)] {
+        let enc = round_trip(&[random_bytes(len, 9)], &options(spec.clone(), PredictorChoice::Auto, false), &format!("raw skip len {len}"));
+        assert_eq!(matches!(enc.entries[0], EntryReport::Frame { .. }), frame, "raw skip=10 len {len}: {:?}", enc.entries[0]);
+    }
+}
+
+#[test]
+fn truncated_tiffs_are_never_frames() {
+    for (be, rps, rev) in [(false, 1, false), (true, 3, true), (false, 16, false)] {
+        let img: Vec<u32> = (0..12 * 16).map(|i| i * 31).collect();
+        let good = tiff::write(12, 16, DType::U16, be, rps, rev, &img);
+        assert!(tiff::parse(&good).is_ok());
+        for cut in 0..good.len() {
+            for format in [FormatSpec::Auto, FormatSpec::Tiff] {
+                match analyze(&good[..cut], &format) {
+                    tezipfs::codec::Analysis::Opaque(why) => assert!(!why.is_empty()),
+                    tezipfs::codec::Analysis::Frame(l) => panic!("cut {cut} of {} parsed as a frame: {l:?}", good.len()),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn opaque_files_mixed_between_frames() {
+    let zoo = opaque_zoo();
+    let pick: Vec<&(String, Vec<u8>)> = zoo.iter().filter(|(n, _)| !n.contains("cut at") || n.ends_with("cut at 7") || n.ends_with("cut at 40")).collect();
+    // raw u16 frames with a header, opaque files between them (and first, and last)
+    let (w, h) = (20u32, 10u32);
+    let spec = SequenceSpec::detector_u16(w, h, 6, 21);
+    let frames = generate_raw(&spec);
+    for format_skip in [0usize, 4] {
+        let mut files = Vec::new();
+        let mut is_frame = Vec::new();
+        for (k, f) in frames.iter().enumerate() {
+            let (_, o) = pick[(k * 5 + format_skip) % pick.len()];
+            files.push(o.clone());
+            is_frame.push(false);
+            files.push([random_bytes(format_skip, k as u64), f.clone()].concat());
+            is_frame.push(true);
+        }
+        files.push(b"trailing text file\n".to_vec());
+        is_frame.push(false);
+        files.push(Vec::new());
+        is_frame.push(false);
+        for predictor in PREDICTORS {
+            for exhaustive in [false, true] {
+                let what = format!("mixed skip={format_skip} {predictor} exhaustive={exhaustive}");
+                let enc = round_trip(&files, &options(raw(w, h, DType::U16, format_skip), predictor, exhaustive), &what);
+                for (i, (r, &fr)) in enc.entries.iter().zip(&is_frame).enumerate() {
+                    if fr {
+                        assert_eq!(*r, EntryReport::Frame { escapes: 0 }, "{what}: entry {i}");
+                    } else {
+                        assert_opaque(r, &format!("{what}: entry {i}"));
+                    }
+                }
+            }
+        }
+    }
+    // TIFF frames with every opaque file of the zoo between them
+    let tiffs = tiff_window(DType::F32, 9, 7, &[(false, 2, true), (true, 7, false), (false, 1, false)], 4);
+    let mut files = Vec::new();
+    let mut is_frame = Vec::new();
+    for (k, (_, o)) in zoo.iter().enumerate().filter(|(k, _)| k % 9 == 0) {
+        files.push(o.clone());
+        is_frame.push(false);
+        files.push(tiffs[k % 3].clone());
+        is_frame.push(true);
+    }
+    let enc = round_trip(&files, &Options::default(), "tiff + zoo");
+    for (i, (r, &fr)) in enc.entries.iter().zip(&is_frame).enumerate() {
+        assert_eq!(matches!(r, EntryReport::Frame { .. }), fr, "entry {i}: {r:?}");
+        if !fr {
+            assert_opaque(r, &format!("tiff + zoo entry {i}"));
+        }
+    }
+}
+
+// ---- corruption ----------------------------------------------------------------------------------
+
+/// Decode every entry of a damaged blob in several ways. Any `Ok` must be the original bytes;
+/// nothing may panic. Returns how many entries decoded (for statistics).
+fn check_damaged(blob: &[u8], files: &[Vec<u8>], what: &str) -> usize {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut ok = 0;
+        if let Ok(all) = decode_window(blob) {
+            assert_eq!(all.len(), files.len(), "{what}: decode_window returned Ok with a different entry count");
+            for (i, (g, w)) in all.iter().zip(files).enumerate() {
+                assert_same(g, w, &format!("{what}: decode_window Ok but entry {i} wrong"));
+            }
+        }
+        if let Ok(mut dec) = Decoder::new(blob) {
+            // in order, then backwards on the same decoder, then fresh per entry
+            let n = dec.len();
+            let order: Vec<usize> = (0..n).chain((0..n).rev()).collect();
+            for i in order {
+                let res = dec.decode(i, |e, b| {
+                    if e < files.len() {
+                        assert_same(&b, &files[e], &format!("{what}: handed-over entry {e}"));
+                    } else {
+                        panic!("{what}: handed-over entry {e} does not exist");
+                    }
+                });
+                if let Ok(b) = res {
+                    assert!(i < files.len(), "{what}: entry {i} decoded but does not exist");
+                    assert_same(&b, &files[i], &format!("{what}: decode({i}) Ok but wrong"));
+                    ok += 1;
+                }
+            }
+            for (i, want) in files.iter().enumerate().take(n) {
+                let mut d = Decoder::new(blob).unwrap();
+                if let Ok(b) = d.decode(i, |_, _| {}) {
+                    assert_same(&b, want, &format!("{what}: fresh decode({i}) Ok but wrong"));
+                }
+            }
+        }
+        ok
+    }));
+    match r {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            panic!("{what}: decoding panicked or returned wrong bytes: {msg}");
+        }
+    }
+}
+
+/// Flip bits of the blob at `positions` (bit indices), one at a time.
+fn flip_bits(blob: &[u8], files: &[Vec<u8>], positions: impl Iterator<Item = usize>, what: &str) {
+    let mut flips = 0;
+    let mut damaged = blob.to_vec();
+    for bit in positions {
+        let (byte, b) = (bit / 8, bit % 8);
+        damaged[byte] ^= 1 << b;
+        assert!(decode_window(&damaged).is_err(), "{what}: flipping bit {b} of byte {byte} of {} went unnoticed by decode_window", blob.len());
+        check_damaged(&damaged, files, &format!("{what}: bit {b} of byte {byte}"));
+        damaged[byte] ^= 1 << b;
+        flips += 1;
+    }
+    assert_eq!(damaged, blob);
+    assert!(flips > 0, "{what}: no bit flipped");
+}
+
+fn truncations(blob: &[u8], files: &[Vec<u8>], lens: impl Iterator<Item = usize>, what: &str) {
+    for len in lens {
+        let cut = &blob[..len];
+        assert!(decode_window(cut).is_err(), "{what}: blob cut to {len} of {} bytes decoded", blob.len());
+        assert!(Decoder::new(cut).is_err(), "{what}: blob cut to {len} of {} bytes parsed", blob.len());
+        check_damaged(cut, files, &format!("{what}: cut to {len}"));
+    }
+    // trailing garbage is refused too
+    for extra in [&[0u8][..], &[1, 2, 3], &blob[..blob.len().min(16)]] {
+        let longer = [blob, extra].concat();
+        assert!(decode_window(&longer).is_err(), "{what}: {} trailing bytes accepted", extra.len());
+        check_damaged(&longer, files, &format!("{what}: {} trailing bytes", extra.len()));
+    }
+}
+
+/// `n` bit positions spread over the whole blob (deterministic), plus the first and last bits.
+fn spread_bits(len: usize, n: usize) -> Vec<usize> {
+    let bits = len * 8;
+    let mut v: Vec<usize> = (0..n).map(|k| (k * bits / n + (k * 5) % 8).min(bits - 1)).collect();
+    v.extend([0, 7, 8 * 16, bits - 1, bits - 8]);
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn small_blob_every_bit_flip_is_caught() {
+    // three small u16 frames with a header, an opaque text file and an empty file between them
+    let imgs = wide_range_images(DType::U16, 5, 3, 3, 1);
+    let frames = raw_files(DType::U16, &imgs, Some((2, 3)));
+    let files = vec![frames[0].clone(), b"note".to_vec(), frames[1].clone(), Vec::new(), frames[2].clone()];
+    for predictor in [PredictorChoice::Fixed(PredictorId::Previous), PredictorChoice::Fixed(PredictorId::None)] {
+        let enc = round_trip(&files, &options(raw(5, 3, DType::U16, 2), predictor, false), "small");
+        let what = format!("small blob {predictor}");
+        assert!(enc.blob.len() < 2000, "{what}: blob is {} bytes, expected a small one", enc.blob.len());
+        flip_bits(&enc.blob, &files, 0..enc.blob.len() * 8, &what);
+        truncations(&enc.blob, &files, 0..enc.blob.len(), &what);
+    }
+    // a blob of opaque files only
+    let files = vec![b"hello".to_vec(), vec![0u8; 300], random_bytes(40, 1)];
+    let enc = round_trip(&files, &Options::default(), "opaque only");
+    flip_bits(&enc.blob, &files, 0..enc.blob.len() * 8, "opaque-only blob");
+    truncations(&enc.blob, &files, 0..enc.blob.len(), "opaque-only blob");
+}
+
+#[test]
+fn larger_blobs_bit_flips_and_truncations_are_caught() {
+    let mut cases: Vec<(String, Vec<Vec<u8>>, Options)> = Vec::new();
+    // lossless detector frames with an opaque file in the middle
+    let mut f = generate_raw(&SequenceSpec::detector_u16(64, 48, 6, 2));
+    f.insert(3, b"{\"meta\": true}".to_vec());
+    cases.push(("u16 lossless".into(), f, options(raw(64, 48, DType::U16, 0), PredictorChoice::Auto, false)));
+    // lossy f32 with NaNs: escapes section present
+    let bits = smooth_f32_with_specials(40, 30, 5);
+    let f: Vec<Vec<u8>> = bits.iter().map(|b| b.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let o = Options { bound: Bound::Abs(0.05), ..options(raw(40, 30, DType::F32, 0), PredictorChoice::Auto, false) };
+    cases.push(("f32 lossy".into(), f, o));
+    // TIFFs with skeletons, mixed byte order and strip layout, exhaustive
+    let f = tiff_window(DType::U16, 33, 21, &[(false, 4, true), (true, 21, false), (false, 1, false), (true, 5, true)], 8);
+    cases.push(("tiff".into(), f, options(FormatSpec::Auto, PredictorChoice::Auto, true)));
+    // every entropy choice (the context coder under "best")
+    for entropy in [tezipfs::codec::entropy::EntropyChoice::Best, tezipfs::codec::entropy::EntropyChoice::Fast] {
+        let f = generate_raw(&SequenceSpec { dtype: DType::U8, ..SequenceSpec::detector_u16(50, 36, 4, 6) });
+        let o = Options { entropy, ..options(raw(50, 36, DType::U8, 0), PredictorChoice::Auto, false) };
+        cases.push((format!("u8 entropy {entropy}"), f, o));
+    }
+
+    for (name, files, opts) in cases {
+        let enc = encode_window(&refs(&files), &opts).unwrap();
+        // what a correct decode gives (the originals when lossless)
+        let reference = decode_window(&enc.blob).unwrap();
+        if opts.bound == Bound::Lossless {
+            assert!(reference == files, "{name}: lossless round trip");
+        } else {
+            assert!(enc.entries.iter().any(|e| matches!(e, EntryReport::Frame { escapes } if *escapes > 0)), "{name}: expected escapes");
+        }
+        let what = format!("{name} ({} bytes)", enc.blob.len());
+        flip_bits(&enc.blob, &reference, spread_bits(enc.blob.len(), 300).into_iter(), &what);
+        let len = enc.blob.len();
+        let lens: Vec<usize> = (0..200).map(|k| k * len / 200).chain(len.saturating_sub(20)..len).collect();
+        truncations(&enc.blob, &reference, lens.into_iter(), &what);
+    }
+}
+
+/// Blobs that pass every CRC but describe nonsense (as a buggy or hostile writer could produce)
+/// must be refused without panicking.
+#[test]
+#[allow(clippy::single_range_in_vec_init)]
+fn crafted_blobs_do_not_panic() {
+    use tezipfs::codec::container::{Body, Entry, FrameEntry, Header, Params, Section, Writer};
+    use tezipfs::codec::entropy::Stage;
+    use tezipfs::codec::quantizer::FrameBound;
+
+    for dtype in DType::ALL {
+        for bound in [FrameBound::Lossless, FrameBound::Abs(1.0), FrameBound::Abs(1e30), FrameBound::Abs(f64::MAX), FrameBound::PwRel(0.5)] {
+            for fill in [0u32, 1, dtype.mask(), dtype.mask() - 1, 0x55] {
+                for predictor in PredictorId::ALL {
+                    let (w, h) = (5u32, 4u32);
+                    let n = (w * h) as usize;
+                    let codes = vec![fill & dtype.mask(); n];
+                    let mut wr = Writer::default();
+                    let mut entries = Vec::new();
+                    for k in 0..2 {
+                        // Stage::Zstd: codes packed little-endian in `width` bytes, then zstd
+                        let packed: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()[..dtype.bytes()].to_vec()).collect();
+                        let codes_s = wr.section(&zstd::bulk::compress(&packed, 3).unwrap());
+                        let esc = zstd::bulk::compress(&vec![7u8; 4 * n], 3).unwrap();
+                        let esc_s = wr.section(&esc);
+                        entries.push(Entry {
+                            original_len: (n * dtype.bytes()) as u64,
+                            crc: 0x1234_5678,
+                            body: Body::Frame(FrameEntry {
+                                big_endian: false,
+                                key: k == 0,
+                                bound,
+                                ranges: vec![0..n * dtype.bytes()],
+                                stage: Stage::Zstd,
+                                skeleton: Section::default(),
+                                codes: codes_s,
+                                escapes: esc_s,
+                                n_escapes: if fill == 0 { n as u32 } else { 0 },
+                            }),
+                        });
+                    }
+                    let params = Params { dtype, width: w, height: h, predictor, model: [0; 32], bound: Bound::Lossless };
+                    let blob = wr.finish(&Header { params: Some(params), entries });
+                    let what = format!("crafted {dtype} {bound:?} fill {fill:#x} {predictor}");
+                    let r = catch_unwind(AssertUnwindSafe(|| decode_window(&blob).is_err()));
+                    match r {
+                        Ok(is_err) => assert!(is_err, "{what}: decoded despite a wrong checksum"),
+                        Err(_) => panic!("{what}: decoder panicked"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_absolute_bounds_hold() {
+    // A bound larger than the type's range: any value is within it. Must not misbehave.
+    for dtype in DType::ALL {
+        let imgs = wide_range_images(dtype, 9, 6, 3, 4);
+        let files = raw_files(dtype, &imgs, Some((3, 1)));
+        for e in [1e6, 1e12, 1e19, 1e30, 1e300] {
+            for predictor in PREDICTORS {
+                let what = format!("{dtype} abs:{e} {predictor}");
+                let opts = Options { bound: Bound::Abs(e), ..options(raw(9, 6, dtype, 3), predictor, false) };
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    let enc = encode_window(&refs(&files), &opts).unwrap();
+                    decode_window(&enc.blob).unwrap()
+                }));
+                let back = r.unwrap_or_else(|_| panic!("{what}: panicked"));
+                for (t, f) in back.iter().enumerate() {
+                    assert_eq!(f[..3], files[t][..3], "{what}: header");
+                    let mut img = Vec::new();
+                    dtype.decode_pixels(&f[3..], false, &mut img);
+                    for (i, (&g, &x)) in img.iter().zip(&imgs[t]).enumerate() {
+                        let (gv, xv) = (dtype.value(g), dtype.value(x));
+                        if xv.is_finite() {
+                            assert!(gv.is_finite() && (gv - xv).abs() <= e, "{what}: frame {t} pixel {i}: {xv} -> {gv}");
+                        } else {
+                            assert_eq!(g, x, "{what}: non-finite frame {t} pixel {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
