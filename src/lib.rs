@@ -10,3 +10,4 @@ pub mod index;
 pub mod store;
 pub mod cache;
 pub mod policy;
+pub mod vfs;

@@ -1,0 +1,349 @@
+//! Every filesystem operation over the index and the store, as plain functions with plain types:
+//! no FUSE types here, so all of it is testable without a mount (`fs.rs` is the thin adapter).
+//!
+//! Concurrency: namespace changes and attribute updates hold one mutex (`state`) for the few
+//! index reads and the one index batch each does; data I/O (staging reads and writes, decoding
+//! compressed frames) happens outside it.
+
+mod data;
+mod error;
+mod namespace;
+mod stats;
+mod xattr;
+
+pub use data::OpenFlags;
+pub use error::{FsError, FsResult};
+pub use namespace::{NewNode, Statfs};
+pub use stats::{DirStats, Stats};
+
+use crate::cache::Cache;
+use crate::codec::Decoder;
+use crate::index::{keys, Batch, Data, Index, Inode, Kind, Timestamp};
+use crate::policy::Policy;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub const ROOT: u64 = 1;
+pub const NAME_MAX: usize = 255;
+pub const LINK_MAX: u32 = 65000;
+pub const BLOCK: u32 = 4096;
+
+/// Who asks: the caller's credentials (from the FUSE request).
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attributes as `stat` shows them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks actually stored (compressed size for compressed files).
+    pub blocks: u64,
+    pub rdev: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    /// The content can no longer change without an open for writing (compressed files).
+    pub immutable: bool,
+}
+
+/// Changes asked by `setattr`; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// Settings of a mounted filesystem.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A closed file becomes eligible for compression after this long without writes.
+    pub quiet_period: Duration,
+    /// A directory's last frames (fewer than a window) are compressed after this long idle.
+    pub tail_idle: Duration,
+    pub cache_bytes: u64,
+    /// Staging above this many bytes is reported (writes go on until the disk is full).
+    pub staging_budget: u64,
+    /// Root policy (defaults from the config file).
+    pub root_policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            quiet_period: Duration::from_secs(2),
+            tail_idle: Duration::from_secs(20),
+            cache_bytes: 1 << 30,
+            staging_budget: 100 << 30,
+            root_policy: Policy::default(),
+        }
+    }
+}
+
+/// An open file or directory.
+#[derive(Debug)]
+enum Handle {
+    File { ino: u64, write: bool, append: bool, dirty: bool },
+    Dir { entries: Arc<Vec<DirEntry>> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+/// State under the namespace lock.
+struct State {
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    /// Open handles per inode (files only).
+    open: HashMap<u64, OpenCount>,
+    /// Staging files opened for I/O, shared by the handles of an inode.
+    staging: HashMap<u64, Arc<File>>,
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+struct OpenCount {
+    handles: u32,
+    writers: u32,
+}
+
+/// Counters for `stats`.
+#[derive(Default)]
+pub struct Counters {
+    pub compressed_files: AtomicU64,
+    pub compressed_in: AtomicU64,
+    pub compressed_out: AtomicU64,
+    pub compress_nanos: AtomicU64,
+    pub errors: AtomicU64,
+    pub rehydrated: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+pub struct Vfs {
+    pub(crate) index: Index,
+    pub(crate) store: Store,
+    pub(crate) cache: Cache,
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    /// Decoders positioned in a blob's chain, so that reading a window in order decodes each
+    /// frame once.
+    decoders: Mutex<lru::LruCache<u64, Decoder>>,
+    pub counters: Counters,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+impl Vfs {
+    /// Open a store (taking its lock) and its index; create the root directory on a new store.
+    pub fn new(store: Store, index: Index, config: Config) -> FsResult<Vfs> {
+        let vfs = Vfs {
+            index,
+            store,
+            cache: Cache::new(config.cache_bytes),
+            config,
+            state: Mutex::new(State { handles: HashMap::new(), next_fh: 1, open: HashMap::new(), staging: HashMap::new() }),
+            decoders: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(8).expect("8 > 0"))),
+            counters: Counters::default(),
+        };
+        if vfs.index.inode(ROOT)?.is_none() {
+            let t = now();
+            // SAFETY: getuid/getgid have no preconditions.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let root = Inode {
+                ino: ROOT,
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid,
+                gid,
+                nlink: 2,
+                size: 0,
+                rdev: 0,
+                atime: t,
+                mtime: t,
+                ctime: t,
+                crtime: t,
+                parent: ROOT,
+                data: Data::None,
+                generation: 0,
+                target: Vec::new(),
+                note: None,
+            };
+            let mut b = Batch::default();
+            Index::put_inode(&mut b, &root);
+            Index::put_counter(&mut b, keys::NEXT_INO, ROOT + 1);
+            vfs.index.apply(b)?;
+            vfs.index.flush()?;
+        }
+        vfs.recover()?;
+        Ok(vfs)
+    }
+
+    /// After a restart: files unlinked while open are deleted now; staging files that no inode
+    /// needs any more (a crash between commit and cleanup) are removed.
+    fn recover(&self) -> FsResult<()> {
+        let inodes = self.index.inodes()?;
+        let mut t = Txn::default();
+        let mut staged = std::collections::HashSet::new();
+        for i in &inodes {
+            if i.nlink == 0 && i.ino != ROOT {
+                tracing::info!(ino = i.ino, "removing a file that was unlinked while open before the restart");
+                self.release_data(&mut t, i)?;
+                self.index.delete_inode(&mut t.batch, i.ino)?;
+            } else if i.data == Data::Staged {
+                staged.insert(i.ino.to_string());
+            }
+        }
+        self.commit(t)?;
+        self.index.flush()?;
+        for e in std::fs::read_dir(self.store.staging_dir())?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !staged.contains(&name) {
+                tracing::info!(file = %e.path().display(), "removing a staging file no inode refers to");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn inode(&self, ino: u64) -> FsResult<Inode> {
+        self.index.inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn attr(&self, i: &Inode) -> Attr {
+        let blocks = match &i.data {
+            Data::Compressed { stored, .. } => stored.div_ceil(512),
+            Data::Staged => std::fs::metadata(self.store.staging_path(i.ino)).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap_or(i.size.div_ceil(512)),
+            Data::None => 0,
+        };
+        Attr {
+            ino: i.ino,
+            kind: i.kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: if i.kind == Kind::Symlink { i.target.len() as u64 } else { i.size },
+            blocks,
+            rdev: i.rdev,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            immutable: matches!(i.data, Data::Compressed { .. }),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        Ok(self.attr(&self.inode(ino)?))
+    }
+
+    /// Allocate an inode number (inside the caller's batch).
+    fn next_ino(&self, b: &mut Batch) -> FsResult<u64> {
+        // The counter is read and bumped under the namespace lock, so two creates never race.
+        let n = self.index.counter(keys::NEXT_INO)?.max(ROOT + 1);
+        Index::put_counter(b, keys::NEXT_INO, n + 1);
+        Ok(n)
+    }
+
+    /// Give up the stored bytes of an inode that is being deleted or whose content is replaced:
+    /// the index changes go into the transaction, the files go after it commits.
+    fn release_data(&self, t: &mut Txn, i: &Inode) -> FsResult<()> {
+        match &i.data {
+            Data::Staged => t.staging.push(i.ino),
+            Data::Compressed { blob, .. } => self.unref_blob(t, *blob)?,
+            Data::None => {}
+        }
+        Ok(())
+    }
+
+    /// One file no longer points into `blob`; the blob goes when no file does.
+    fn unref_blob(&self, t: &mut Txn, blob: u64) -> FsResult<()> {
+        let rec = match t.blobs.get(&blob) {
+            Some(r) => Some(r.clone()),
+            None => self.index.blob(blob)?,
+        };
+        let Some(mut rec) = rec else {
+            tracing::warn!(blob, "a file pointed into a blob the index does not know");
+            return Ok(());
+        };
+        rec.live = rec.live.saturating_sub(1);
+        t.blobs.insert(blob, rec);
+        Ok(())
+    }
+
+    /// Apply a transaction: one index batch, then (once it is durable) the file deletions.
+    fn commit(&self, mut t: Txn) -> FsResult<()> {
+        let mut dead = Vec::new();
+        for (id, rec) in std::mem::take(&mut t.blobs) {
+            if rec.live == 0 {
+                t.batch.delete(keys::blob(id));
+                dead.push(id);
+            } else {
+                Index::put_blob(&mut t.batch, &rec);
+            }
+        }
+        self.index.apply(t.batch)?;
+        if dead.is_empty() && t.staging.is_empty() {
+            return Ok(());
+        }
+        self.index.flush()?;
+        for id in dead {
+            self.cache.forget_blob(id);
+            self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+            self.store.delete_blob(id)?;
+        }
+        for ino in t.staging {
+            self.store.delete_staging(ino)?;
+        }
+        Ok(())
+    }
+}
+
+/// One filesystem operation's changes: an index batch plus the store files to delete after it.
+#[derive(Default)]
+pub(crate) struct Txn {
+    pub batch: Batch,
+    /// Blob records touched (live counts), written or deleted at commit.
+    blobs: HashMap<u64, crate::index::Blob>,
+    /// Staging files to delete after the commit.
+    staging: Vec<u64>,
+    /// Directory records already updated in this transaction (rename touches one twice).
+    dirs: HashMap<u64, Inode>,
+}

@@ -1,0 +1,335 @@
+//! File contents: open, read, write, truncate, fsync, release, and the switch of a file between
+//! its two homes (a staging file while it is written, a blob entry once compressed).
+
+use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, Txn, Vfs};
+use crate::codec::Decoder;
+use crate::index::{Data, Index, Inode, Kind};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Flags of an open, reduced to what the filesystem needs.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFlags {
+    pub write: bool,
+    pub append: bool,
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    pub fn from_raw(flags: i32) -> OpenFlags {
+        let acc = flags & libc::O_ACCMODE;
+        OpenFlags { write: acc == libc::O_WRONLY || acc == libc::O_RDWR, append: flags & libc::O_APPEND != 0, truncate: flags & libc::O_TRUNC != 0 }
+    }
+}
+
+impl Vfs {
+    /// Open a file. Opening a compressed file for writing brings its bytes back to staging
+    /// first (rehydration), unless it is truncated anyway.
+    pub fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
+        let i = self.inode(ino)?;
+        if i.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if flags.write && flags.truncate {
+            self.truncate(ino, 0, None)?;
+        } else if flags.write && matches!(i.data, Data::Compressed { .. }) {
+            self.rehydrate(ino)?;
+        }
+        let mut st = self.lock();
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, Handle::File { ino, write: flags.write, append: flags.append, dirty: false });
+        let c = st.open.entry(ino).or_default();
+        c.handles += 1;
+        if flags.write {
+            c.writers += 1;
+        }
+        Ok(fh)
+    }
+
+    /// create(2): a new regular file, opened.
+    pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: OpenFlags) -> FsResult<(Attr, u64)> {
+        let attr = self.create_node(ctx, parent, name, super::NewNode::File, mode, umask)?;
+        let fh = self.open(attr.ino, OpenFlags { truncate: false, ..flags })?;
+        Ok((attr, fh))
+    }
+
+    fn handle_ino(&self, fh: u64) -> FsResult<(u64, bool, bool)> {
+        match self.lock().handles.get(&fh) {
+            Some(Handle::File { ino, write, append, .. }) => Ok((*ino, *write, *append)),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// The staging file of an inode, opened once and shared by its handles.
+    fn staging_file(&self, ino: u64, create: bool) -> FsResult<Arc<File>> {
+        let mut st = self.lock();
+        if let Some(f) = st.staging.get(&ino) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.store.staging_path(ino))?);
+        st.staging.insert(ino, f.clone());
+        Ok(f)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (ino, _, _) = self.handle_ino(fh)?;
+        let i = self.inode(ino)?;
+        if offset >= i.size {
+            return Ok(Vec::new());
+        }
+        let len = (size as u64).min(i.size - offset) as usize;
+        match i.data {
+            Data::None => Ok(vec![0; len]),
+            Data::Staged => {
+                let f = self.staging_file(ino, false)?;
+                let mut buf = vec![0u8; len];
+                let mut done = 0;
+                while done < len {
+                    let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break; // a hole at the end of a sparse file reads as zeros
+                    }
+                    done += n;
+                }
+                Ok(buf)
+            }
+            Data::Compressed { blob, slot, .. } => {
+                let bytes = self.frame(ino, blob, slot)?;
+                let end = (offset as usize + len).min(bytes.len());
+                Ok(bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default())
+            }
+        }
+    }
+
+    /// The whole content of entry `slot` of `blob`, from the cache or decoded (with the frames
+    /// before it in its window, which are cached too).
+    pub(crate) fn frame(&self, ino: u64, blob: u64, slot: u32) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(b) = self.cache.get((blob, slot)) {
+            return Ok(b);
+        }
+        let corrupt = |why: String| {
+            let e = FsError::Corrupt { what: format!("inode {ino} (blob {blob}, entry {slot})"), why };
+            tracing::error!(ino, blob, slot, error = %e, "cannot read a compressed file");
+            self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            e
+        };
+        // Reuse a decoder positioned in this blob when it has not passed the frame yet.
+        let mut dec = {
+            let mut d = self.decoders.lock().unwrap_or_else(|e| e.into_inner());
+            d.pop(&blob)
+        };
+        let needs_new = match &dec {
+            Some(d) => d.chain_position(slot as usize).is_some_and(|p| p < d.position()),
+            None => true,
+        };
+        if needs_new {
+            let bytes = self.store.read_blob(blob).map_err(|e| corrupt(format!("blob file: {e}")))?;
+            dec = Some(Decoder::from_shared(bytes.into()).map_err(|e| corrupt(e.to_string()))?);
+        }
+        let mut dec = dec.expect("decoder set above");
+        let cache = &self.cache;
+        let out = dec.decode(slot as usize, |i, bytes| cache.put((blob, i as u32), Arc::new(bytes))).map_err(|e| corrupt(e.to_string()))?;
+        let out = Arc::new(out);
+        self.cache.put((blob, slot), out.clone());
+        self.decoders.lock().unwrap_or_else(|e| e.into_inner()).put(blob, dec);
+        Ok(out)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let (ino, write, append) = self.handle_ino(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        let f = self.staging_file(ino, true)?;
+        let _g = self.lock();
+        let mut i = self.inode(ino)?;
+        if matches!(i.data, Data::Compressed { .. }) {
+            // compressed since the open (only possible without writers; defensive)
+            drop(_g);
+            self.rehydrate(ino)?;
+            return self.write(fh, offset, data);
+        }
+        let at = if append { i.size } else { offset };
+        f.write_all_at(data, at)?;
+        let ts = now();
+        i.size = i.size.max(at + data.len() as u64);
+        i.mtime = ts;
+        i.ctime = ts;
+        i.generation += 1;
+        i.data = Data::Staged;
+        i.note = None;
+        let mut t = Txn::default();
+        Index::put_inode(&mut t.batch, &i);
+        self.commit(t)?;
+        drop(_g);
+        if let Some(Handle::File { dirty, .. }) = self.lock().handles.get_mut(&fh) {
+            *dirty = true;
+        }
+        Ok(data.len())
+    }
+
+    /// Set the size of a file (truncate or extend with zeros).
+    pub fn truncate(&self, ino: u64, size: u64, _fh: Option<u64>) -> FsResult<()> {
+        let i = self.inode(ino)?;
+        match i.kind {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::File => {}
+            _ => return Err(FsError::Invalid("truncate of a special file".into())),
+        }
+        if size != 0 && matches!(i.data, Data::Compressed { .. }) {
+            self.rehydrate(ino)?;
+        }
+        let _g = self.lock();
+        let mut i = self.inode(ino)?;
+        let mut t = Txn::default();
+        if size == 0 {
+            if let Data::Compressed { blob, .. } = i.data {
+                self.unref_blob(&mut t, blob)?;
+            }
+        }
+        let f = OpenOptions::new().write(true).create(true).truncate(false).open(self.store.staging_path(ino))?;
+        f.set_len(size)?;
+        let ts = now();
+        i.size = size;
+        i.data = Data::Staged;
+        i.generation += 1;
+        i.mtime = ts;
+        i.ctime = ts;
+        Index::put_inode(&mut t.batch, &i);
+        self.commit(t)
+    }
+
+    /// Bring a compressed file back to staging: decode it, write the staging file durably, and
+    /// switch the inode (its other window-mates stay where they are).
+    pub fn rehydrate(&self, ino: u64) -> FsResult<()> {
+        let i = self.inode(ino)?;
+        let Data::Compressed { blob, slot, .. } = i.data else { return Ok(()) };
+        let bytes = self.frame(ino, blob, slot)?;
+        let path = self.store.staging_path(ino);
+        {
+            let f = File::create(&path)?;
+            f.write_all_at(&bytes, 0)?;
+            f.sync_all()?;
+        }
+        let _g = self.lock();
+        let mut now_i = self.inode(ino)?;
+        if now_i.data != i.data {
+            return Ok(()); // someone else did it meanwhile
+        }
+        let mut t = Txn::default();
+        self.unref_blob(&mut t, blob)?;
+        now_i.data = Data::Staged;
+        now_i.generation += 1;
+        Index::put_inode(&mut t.batch, &now_i);
+        self.commit(t)?;
+        self.index.flush()?;
+        self.counters.rehydrated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(ino, blob, slot, "rehydrated a compressed file for writing");
+        Ok(())
+    }
+
+    /// close(2) of one descriptor: what was written through it becomes durable (staging file
+    /// and index), so a closed file survives a crash.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, dirty) = match self.lock().handles.get_mut(&fh) {
+            Some(Handle::File { ino, dirty, .. }) => (*ino, std::mem::replace(dirty, false)),
+            _ => return Err(FsError::BadHandle),
+        };
+        if dirty {
+            self.sync_file(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (ino, _, _) = self.handle_ino(fh)?;
+        self.sync_file(ino)
+    }
+
+    fn sync_file(&self, ino: u64) -> FsResult<()> {
+        let f = self.lock().staging.get(&ino).cloned();
+        if let Some(f) = f {
+            f.sync_data()?;
+        }
+        self.index.flush()?;
+        Ok(())
+    }
+
+    /// The last close of a handle. A file unlinked while open goes now.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let mut st = self.lock();
+        let Some(Handle::File { ino, write, dirty, .. }) = st.handles.remove(&fh) else { return Err(FsError::BadHandle) };
+        let c = st.open.entry(ino).or_insert(OpenCount::default());
+        c.handles = c.handles.saturating_sub(1);
+        if write {
+            c.writers = c.writers.saturating_sub(1);
+        }
+        let last = c.handles == 0;
+        if last {
+            st.open.remove(&ino);
+            st.staging.remove(&ino);
+        }
+        drop(st);
+        if dirty {
+            self.sync_file(ino)?;
+        }
+        if last {
+            if let Some(i) = self.index.inode(ino)? {
+                if i.nlink == 0 {
+                    let mut t = Txn::default();
+                    self.release_data(&mut t, &i)?;
+                    self.index.delete_inode(&mut t.batch, ino)?;
+                    self.commit(t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an inode has handles open for writing (the engine leaves such files alone).
+    pub(crate) fn has_writers(&self, ino: u64) -> bool {
+        self.lock().open.get(&ino).is_some_and(|c| c.writers > 0)
+    }
+
+    /// Replace staged files by blob entries, in one index batch, for each file that is still
+    /// staged at the generation that was compressed and has no writer. Returns the inodes
+    /// switched. Their staging files are deleted after the batch is durable.
+    pub(crate) fn commit_compressed(&self, blob: crate::index::Blob, members: &[(Inode, u32, u64, bool)]) -> FsResult<Vec<u64>> {
+        let st = self.lock();
+        let mut t = Txn::default();
+        let mut switched = Vec::new();
+        for (seen, slot, stored, frame) in members {
+            let Some(mut cur) = self.index.inode(seen.ino)? else { continue };
+            let writers = st.open.get(&seen.ino).is_some_and(|c| c.writers > 0);
+            if cur.data != Data::Staged || cur.generation != seen.generation || writers || cur.nlink == 0 {
+                continue;
+            }
+            cur.data = Data::Compressed { blob: blob.id, slot: *slot, stored: *stored, frame: *frame };
+            cur.note = None;
+            Index::put_inode(&mut t.batch, &cur);
+            t.staging.push(cur.ino);
+            switched.push(cur.ino);
+        }
+        drop(st);
+        let mut rec = blob;
+        rec.live = switched.len() as u32;
+        t.blobs.insert(rec.id, rec);
+        {
+            let mut st = self.lock();
+            for ino in &switched {
+                st.staging.remove(ino);
+            }
+        }
+        self.commit(t)?;
+        Ok(switched)
+    }
+
+    /// Read a staged file whole (the engine's input).
+    pub(crate) fn read_staged(&self, i: &Inode) -> FsResult<Vec<u8>> {
+        let mut bytes = std::fs::read(self.store.staging_path(i.ino))?;
+        bytes.resize(i.size as usize, 0);
+        Ok(bytes)
+    }
+}

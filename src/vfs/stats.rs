@@ -1,0 +1,148 @@
+//! `stats`: logical and stored bytes per directory, files by state, backlog, throughput,
+//! errors. Served as the `user.tezip.stats` attribute of a directory, so the CLI needs no
+//! channel to the daemon but the mount itself.
+
+use super::{FsResult, Vfs};
+use crate::index::{Data, Kind};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct DirStats {
+    pub path: String,
+    pub files: u64,
+    pub staged: u64,
+    pub compressed: u64,
+    pub stored_whole: u64,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub ratio: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Stats {
+    /// The directory asked about, and its subdirectories (each with its own subtree totals).
+    pub directories: Vec<DirStats>,
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    pub staging_bytes: u64,
+    pub staging_budget: u64,
+    pub staging_over_budget: bool,
+    pub compressed_files: u64,
+    pub compress_input_bytes: u64,
+    pub compress_output_bytes: u64,
+    pub compress_mb_per_s: f64,
+    pub rehydrated_files: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub index_bytes_on_disk: u64,
+    pub blob_bytes: u64,
+    pub cache_bytes: u64,
+    pub cache_budget: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+impl Vfs {
+    /// Totals of the subtree below `dir` (and of each directory in it).
+    fn walk(&self, dir: u64, path: String, out: &mut Vec<DirStats>, backlog: &mut (u64, u64)) -> FsResult<DirStats> {
+        let mut s = DirStats { path: path.clone(), ..Default::default() };
+        let slot = out.len();
+        out.push(DirStats::default());
+        for (name, ino, kind) in self.index.dirents(dir)? {
+            match kind {
+                Kind::Dir => {
+                    let sub = self.walk(ino, format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&name)), out, backlog)?;
+                    s.files += sub.files;
+                    s.staged += sub.staged;
+                    s.compressed += sub.compressed;
+                    s.stored_whole += sub.stored_whole;
+                    s.logical_bytes += sub.logical_bytes;
+                    s.stored_bytes += sub.stored_bytes;
+                }
+                Kind::File => {
+                    let Some(i) = self.index.inode(ino)? else { continue };
+                    s.files += 1;
+                    s.logical_bytes += i.size;
+                    match i.data {
+                        Data::Compressed { stored, frame, .. } => {
+                            s.stored_bytes += stored;
+                            if frame {
+                                s.compressed += 1
+                            } else {
+                                s.stored_whole += 1
+                            }
+                        }
+                        _ => {
+                            s.staged += 1;
+                            s.stored_bytes += i.size;
+                            backlog.0 += 1;
+                            backlog.1 += i.size;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s.ratio = if s.stored_bytes > 0 { s.logical_bytes as f64 / s.stored_bytes as f64 } else { 1.0 };
+        out[slot] = s.clone();
+        Ok(s)
+    }
+
+    pub fn stats(&self, dir: u64) -> FsResult<Stats> {
+        let mut dirs = Vec::new();
+        let mut backlog = (0, 0);
+        self.walk(dir, "/".into(), &mut dirs, &mut backlog)?;
+        let c = &self.counters;
+        let nanos = c.compress_nanos.load(Ordering::Relaxed);
+        let input = c.compressed_in.load(Ordering::Relaxed);
+        let staging = self.store.bytes_in("staging");
+        let (cache_bytes, cache_budget, hits, misses) = self.cache.usage();
+        Ok(Stats {
+            directories: dirs,
+            backlog_files: backlog.0,
+            backlog_bytes: backlog.1,
+            staging_bytes: staging,
+            staging_budget: self.config.staging_budget,
+            staging_over_budget: staging > self.config.staging_budget,
+            compressed_files: c.compressed_files.load(Ordering::Relaxed),
+            compress_input_bytes: input,
+            compress_output_bytes: c.compressed_out.load(Ordering::Relaxed),
+            compress_mb_per_s: if nanos > 0 { input as f64 / 1e6 / (nanos as f64 / 1e9) } else { 0.0 },
+            rehydrated_files: c.rehydrated.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            last_error: c.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            index_bytes_on_disk: self.index.store().size_on_disk().unwrap_or(0),
+            blob_bytes: self.store.bytes_in("blobs"),
+            cache_bytes,
+            cache_budget,
+            cache_hits: hits,
+            cache_misses: misses,
+        })
+    }
+
+    /// Re-code the compressed files below `dir` under today's policy: they go back to staging
+    /// and the engine compresses them again.
+    pub fn request_recompress(&self, dir: u64) -> FsResult<()> {
+        let mut n = 0;
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for (_, ino, kind) in self.index.dirents(d)? {
+                match kind {
+                    Kind::Dir => stack.push(ino),
+                    Kind::File => {
+                        if let Some(i) = self.index.inode(ino)? {
+                            if matches!(i.data, Data::Compressed { .. }) {
+                                self.rehydrate(ino)?;
+                                n += 1;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tracing::info!(dir, files = n, "recompress: files returned to staging for re-coding");
+        Ok(())
+    }
+}
