@@ -1,7 +1,9 @@
 //! Subcommands. Each lives in its own file; this one holds the argument definitions.
 
+mod admin;
 mod bench;
 mod fixtures;
+mod mount;
 mod offline;
 
 use clap::{Parser, Subcommand};
@@ -130,8 +132,37 @@ pub enum Command {
         #[arg(long)]
         tiff: bool,
     },
+    /// Mount a store: detector software writes frames, analysts read them back.
+    Mount(mount::MountArgs),
+    /// Ratio, states, backlog and errors of a mounted directory (and its subdirectories).
+    Stats {
+        /// A directory on a tezipfs mount.
+        path: PathBuf,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or change the policy of a directory on a mount (wraps the user.tezip.* xattrs).
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Re-code the compressed files below a directory under its current policy.
+    Recompress {
+        /// A directory on a tezipfs mount.
+        path: PathBuf,
+    },
     /// Show the build: version, formats, libtorch and CUDA.
     Info,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyAction {
+    /// Print the effective settings (inherited from parents and the config file).
+    Get { path: PathBuf },
+    /// Set settings: bound=lossless|abs:E|rel:R|pwrel:P, predictor=auto|previous|none,
+    /// format=auto|tiff|raw:WxH:TYPE[:skip=N], window=N, model=NAME, entropy=fast|balanced|best.
+    Set { path: PathBuf, settings: Vec<String> },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -141,6 +172,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { input, against } => offline::verify(&input, against.as_deref()),
         Command::Bench { dirs, no_fixtures, quick, window, level, json } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
+        Command::Mount(args) => mount::run(args),
+        Command::Stats { path, json } => admin::stats(&path, json),
+        Command::Policy { action: PolicyAction::Get { path } } => admin::policy_get(&path),
+        Command::Policy { action: PolicyAction::Set { path, settings } } => admin::policy_set(&path, &settings),
+        Command::Recompress { path } => admin::recompress(&path),
         Command::Info => {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);

@@ -11,3 +11,5 @@ pub mod store;
 pub mod cache;
 pub mod policy;
 pub mod vfs;
+pub mod fs;
+pub mod engine;

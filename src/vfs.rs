@@ -242,6 +242,11 @@ impl Vfs {
         &self.config
     }
 
+    /// Make every index change durable (unmount, fsyncdir).
+    pub fn flush_index(&self) -> FsResult<()> {
+        Ok(self.index.flush()?)
+    }
+
     pub(crate) fn inode(&self, ino: u64) -> FsResult<Inode> {
         self.index.inode(ino)?.ok_or(FsError::NotFound)
     }

@@ -288,9 +288,19 @@ impl Vfs {
         Ok(())
     }
 
-    /// Whether an inode has handles open for writing (the engine leaves such files alone).
-    pub(crate) fn has_writers(&self, ino: u64) -> bool {
-        self.lock().open.get(&ino).is_some_and(|c| c.writers > 0)
+    /// Whether an inode has open handles (the engine waits for the last close).
+    pub(crate) fn is_open(&self, ino: u64) -> bool {
+        self.lock().open.contains_key(&ino)
+    }
+
+    /// A new blob id (the counter is bumped under the namespace lock).
+    pub(crate) fn alloc_blob_id(&self) -> FsResult<u64> {
+        let _g = self.lock();
+        let id = self.index.counter(crate::index::keys::NEXT_BLOB)?.max(1);
+        let mut t = Txn::default();
+        Index::put_counter(&mut t.batch, crate::index::keys::NEXT_BLOB, id + 1);
+        self.commit(t)?;
+        Ok(id)
     }
 
     /// Replace staged files by blob entries, in one index batch, for each file that is still

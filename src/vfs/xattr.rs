@@ -7,6 +7,8 @@ use crate::index::{keys, Data, Index, Inode, Kind};
 use crate::policy::{self, Policy};
 
 pub const STATS: &str = "user.tezip.stats";
+/// Read-only on directories: the effective policy, one `name=value` line per setting.
+pub const EFFECTIVE: &str = "user.tezip.policy";
 pub const RECOMPRESS: &str = "user.tezip.recompress";
 const XATTR_VALUE_MAX: usize = 64 * 1024;
 
@@ -20,6 +22,9 @@ impl Vfs {
             return Err(FsError::Range);
         }
         let i = self.inode(ino)?;
+        if n == STATS || n == EFFECTIVE {
+            return Err(FsError::NotPermitted("read-only attribute"));
+        }
         if n == RECOMPRESS {
             if i.kind != Kind::Dir {
                 return Err(FsError::Invalid(format!("{RECOMPRESS} applies to directories")));
@@ -95,6 +100,10 @@ impl Vfs {
         if i.kind == Kind::Dir {
             return Ok(match n {
                 STATS => Some(serde_json::to_vec_pretty(&self.stats(i.ino)?).map_err(|e| FsError::Invalid(e.to_string()))?),
+                EFFECTIVE => {
+                    let p = self.policy(i.ino)?;
+                    Some(policy::SETTINGS.iter().map(|k| format!("{k}={}\n", p.get(k).unwrap_or_default())).collect::<String>().into_bytes())
+                }
                 _ => None,
             });
         }

@@ -1,0 +1,89 @@
+//! `stats`, `policy`, `recompress`: talk to a running mount through extended attributes.
+
+use anyhow::{bail, Context};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cpath(p: &Path) -> anyhow::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path contains a NUL byte")
+}
+
+pub fn getxattr(path: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let (p, n) = (cpath(path)?, CString::new(name)?);
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: valid C strings and a buffer of the length we pass.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("{}: cannot read {name}: {e} (is it a directory on a tezipfs mount?)", path.display());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> anyhow::Result<()> {
+    let (p, n) = (cpath(path)?, CString::new(name)?);
+    // SAFETY: valid C strings and a value buffer of the length we pass.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) { " (invalid value; the daemon log says why)" } else { "" };
+        bail!("{}: cannot set {name}={}: {e}{hint}", path.display(), String::from_utf8_lossy(value));
+    }
+    Ok(())
+}
+
+pub fn stats(path: &Path, json: bool) -> anyhow::Result<()> {
+    let raw = getxattr(path, "user.tezip.stats")?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&raw));
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&raw)?;
+    println!("{:<40} {:>7} {:>7} {:>10} {:>7} {:>12} {:>12} {:>7}", "directory", "files", "staged", "compressed", "whole", "logical MB", "stored MB", "ratio");
+    for d in v["directories"].as_array().into_iter().flatten() {
+        println!(
+            "{:<40} {:>7} {:>7} {:>10} {:>7} {:>12.2} {:>12.2} {:>7.3}",
+            d["path"].as_str().unwrap_or(""),
+            d["files"].as_u64().unwrap_or(0),
+            d["staged"].as_u64().unwrap_or(0),
+            d["compressed"].as_u64().unwrap_or(0),
+            d["stored_whole"].as_u64().unwrap_or(0),
+            d["logical_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            d["stored_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            d["ratio"].as_f64().unwrap_or(1.0)
+        );
+    }
+    let mb = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1e6;
+    println!();
+    println!("backlog: {} files, {:.2} MB staged (staging uses {:.2} MB of a {:.0} MB budget{})", v["backlog_files"], mb("backlog_bytes"), mb("staging_bytes"), mb("staging_budget"), if v["staging_over_budget"].as_bool() == Some(true) { ", OVER BUDGET" } else { "" });
+    println!("compressed since mount: {} files, {:.2} MB -> {:.2} MB at {:.1} MB/s; {} rehydrated", v["compressed_files"], mb("compress_input_bytes"), mb("compress_output_bytes"), v["compress_mb_per_s"].as_f64().unwrap_or(0.0), v["rehydrated_files"]);
+    println!("index {:.2} MB on disk, blobs {:.2} MB; cache {:.1} of {:.0} MB, {} hits, {} misses", mb("index_bytes_on_disk"), mb("blob_bytes"), mb("cache_bytes"), mb("cache_budget"), v["cache_hits"], v["cache_misses"]);
+    println!("errors: {}{}", v["errors"], v["last_error"].as_str().map(|e| format!(" (last: {e})")).unwrap_or_default());
+    Ok(())
+}
+
+pub fn policy_get(path: &Path) -> anyhow::Result<()> {
+    print!("{}", String::from_utf8_lossy(&getxattr(path, "user.tezip.policy")?));
+    Ok(())
+}
+
+pub fn policy_set(path: &Path, settings: &[String]) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        bail!("nothing to set: give NAME=VALUE pairs, e.g. bound=abs:2 window=16");
+    }
+    for s in settings {
+        let (k, v) = s.split_once('=').with_context(|| format!("{s:?} is not NAME=VALUE"))?;
+        let name = if k.starts_with("user.tezip.") { k.to_string() } else { format!("user.tezip.{k}") };
+        setxattr(path, &name, v.as_bytes())?;
+        println!("{}: {name} = {v}", path.display());
+    }
+    Ok(())
+}
+
+pub fn recompress(path: &Path) -> anyhow::Result<()> {
+    setxattr(path, "user.tezip.recompress", b"1")?;
+    println!("{}: compressed files returned to staging; they are re-coded under the current policy in the background", path.display());
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `tezipfs mount`: run the filesystem (foreground, or detached with `--daemon`).
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tezipfs::engine::Engine;
+use tezipfs::fs::FuseFs;
+use tezipfs::index::{Index, SledStore};
+use tezipfs::policy::ConfigFile;
+use tezipfs::store::Store;
+use tezipfs::vfs::{Config, Vfs};
+
+#[derive(clap::Args, Clone)]
+pub struct MountArgs {
+    /// Store directory: index, staging files and blobs live here (created if missing).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Detach and run in the background (logs go to STORE/tezipfs.log).
+    #[arg(long)]
+    pub daemon: bool,
+    /// Let every user use the mount (FUSE allow_other; needs user_allow_other in
+    /// /etc/fuse.conf unless run as root). Off: only the owner and root.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Leave permission checks to the filesystem instead of the kernel (not recommended).
+    #[arg(long)]
+    pub no_default_permissions: bool,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 4)]
+    pub fuse_threads: usize,
+    /// Threads compressing in the background (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Decoded-frame cache budget in MiB (default 1024, or the config file's).
+    #[arg(long)]
+    pub cache_mib: Option<u64>,
+    /// Milliseconds a closed file must stay unwritten before it is compressed (default 2000).
+    #[arg(long)]
+    pub quiet_ms: Option<u64>,
+    /// Milliseconds a directory must be idle before its last, short window is compressed
+    /// (default 20000).
+    #[arg(long)]
+    pub tail_idle_ms: Option<u64>,
+    /// Staging budget in MiB: above it the daemon warns and `stats` says so (writes go on).
+    #[arg(long)]
+    pub staging_budget_mib: Option<u64>,
+    /// TOML config file with [defaults] (root policy) and [mount] settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(canon) = mountpoint.canonicalize() else { return false };
+    std::fs::read_to_string("/proc/self/mounts").map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&canon.to_string_lossy()))).unwrap_or(false)
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    if !args.mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", args.mountpoint.display());
+    }
+    if args.daemon {
+        return detach(&args);
+    }
+    let file = match &args.config {
+        Some(p) => ConfigFile::load(p).map_err(anyhow::Error::msg)?,
+        None => ConfigFile::default(),
+    };
+    let m = &file.mount;
+    let config = Config {
+        quiet_period: Duration::from_millis(args.quiet_ms.or(m.quiet_period_ms).unwrap_or(2000)),
+        tail_idle: Duration::from_millis(args.tail_idle_ms.or(m.tail_idle_ms).unwrap_or(20_000)),
+        cache_bytes: args.cache_mib.or(m.cache_mib).unwrap_or(1024) << 20,
+        staging_budget: args.staging_budget_mib.or(m.staging_budget_mib).unwrap_or(100 << 10) << 20,
+        root_policy: file.root_policy().map_err(anyhow::Error::msg)?,
+    };
+    let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let store = Store::open(&args.store)?;
+    let index = Index::open(Box::new(SledStore::open(&store.index_dir())?)).context("cannot open the index")?;
+    let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
+    let engine = Engine::start(vfs.clone(), threads)?;
+
+    let mut fuse = fuser::Config::default();
+    fuse.mount_options.push(fuser::MountOption::FSName(format!("tezipfs:{}", args.store.display())));
+    fuse.mount_options.push(fuser::MountOption::Subtype("tezipfs".into()));
+    fuse.mount_options.push(fuser::MountOption::AutoUnmount);
+    fuse.mount_options.push(fuser::MountOption::Suid);
+    fuse.mount_options.push(fuser::MountOption::Dev);
+    if !args.no_default_permissions {
+        fuse.mount_options.push(fuser::MountOption::DefaultPermissions);
+    }
+    fuse.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::RootAndOwner };
+    fuse.n_threads = Some(args.fuse_threads.max(1));
+    let session = fuser::spawn_mount(FuseFs::new(vfs.clone()), &args.mountpoint, &fuse).with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    tracing::info!(store = %args.store.display(), mountpoint = %args.mountpoint.display(), threads, "mounted");
+
+    // Serve until SIGINT/SIGTERM or an unmount from outside (fusermount3 -u).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let by_signal = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<bool, std::io::Error>(true),
+                _ = int.recv() => return Ok(true),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if session.guard.is_finished() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    })?;
+    if by_signal {
+        tracing::info!("signal received: unmounting");
+        if let Err(e) = session.umount_and_join() {
+            tracing::warn!(error = %e, "unmount");
+        }
+    } else if let Err(e) = session.join() {
+        tracing::warn!(error = %e, "session ended with an error");
+    }
+    engine.stop();
+    vfs.flush_index()?;
+    tracing::info!("unmounted cleanly");
+    Ok(())
+}
+
+/// `--daemon`: start this program again in the background without `--daemon`, wait until the
+/// mount is up, and return.
+fn detach(args: &MountArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.store)?;
+    let log = args.store.join("tezipfs.log");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let exe = std::env::current_exe()?;
+    let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv).stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setsid in the child between fork and exec only detaches it from the terminal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    for _ in 0..300 {
+        if is_mounted(&args.mountpoint) {
+            println!("tezipfs: mounted {} (pid {}, log {})", args.mountpoint.display(), child.id(), log.display());
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the daemon exited ({status}) before mounting; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the daemon did not mount within 30 s; see {}", log.display())
+}
