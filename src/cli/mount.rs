@@ -93,7 +93,18 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     fuse.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::RootAndOwner };
     fuse.n_threads = Some(args.fuse_threads.max(1));
+    let mountpoint = args.mountpoint.canonicalize().with_context(|| format!("mount point {}", args.mountpoint.display()))?;
     let session = fuser::spawn_mount(FuseFs::new(vfs.clone()), &args.mountpoint, &fuse).with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    // Lossy windows change what a file reads back: drop the kernel's cached pages of those files.
+    let notifier = session.notifier();
+    engine.set_invalidate(Arc::new(move |inos: &[u64]| {
+        for &ino in inos {
+            if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                // ENOENT: the kernel holds nothing of this inode.
+                tracing::debug!(ino, error = %e, "page cache invalidation");
+            }
+        }
+    }));
     tracing::info!(store = %args.store.display(), mountpoint = %args.mountpoint.display(), threads, "mounted");
 
     // Serve until SIGINT/SIGTERM or an unmount from outside (fusermount3 -u).
@@ -116,6 +127,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     })?;
     if by_signal {
         tracing::info!("signal received: unmounting");
+        // fuser's own unmount under AutoUnmount only closes the socket to the fusermount3
+        // helper, which unmounts a *dead* filesystem only (it checks that the mount point no
+        // longer answers): with this daemon alive it leaves the mount in place and the join
+        // below would wait forever. So unmount here first.
+        if let Err(e) = unmount(&mountpoint) {
+            tracing::warn!(error = %e, "unmount");
+        }
         if let Err(e) = session.umount_and_join() {
             tracing::warn!(error = %e, "unmount");
         }
@@ -125,6 +143,49 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     engine.stop();
     vfs.flush_index()?;
     tracing::info!("unmounted cleanly");
+    Ok(())
+}
+
+/// Unmount our own mount point while the session still serves it: umount2(2) (root), else
+/// `fusermount3 -u` (a user's mount); when it is busy (open files, a working directory in it),
+/// detach it lazily so the session ends once the last user lets go.
+fn unmount(mountpoint: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    let helper = |lazy: bool| -> anyhow::Result<()> {
+        let mut last = None;
+        for bin in ["fusermount3", "fusermount"] {
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg("-u").arg("-q");
+            if lazy {
+                cmd.arg("-z");
+            }
+            match cmd.arg(mountpoint).status() {
+                Ok(s) if s.success() => return Ok(()),
+                Ok(s) => last = Some(anyhow::anyhow!("{bin} -u {}: {s}", mountpoint.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => last = Some(e.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("neither fusermount3 nor fusermount is installed")))
+    };
+    for lazy in [false, true] {
+        // SAFETY: umount2 with a valid C string path.
+        let rc = unsafe { libc::umount2(c.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
+        let r = if rc == 0 {
+            Ok(())
+        } else {
+            match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::EPERM) => helper(lazy),
+                e => Err(e.into()),
+            }
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if !lazy => tracing::warn!(error = %e, "cannot unmount (busy?): detaching the mount lazily; the daemon exits once its last open file is closed"),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
