@@ -288,7 +288,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match run("readdir", ino.0, || self.vfs.readdir(fh.0, offset as usize)) {
+        match run("readdir", ino.0, || self.vfs.readdir(ino.0, fh.0, offset as usize)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), OsStr::from_bytes(&e.name)) {
@@ -302,7 +302,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match run("readdirplus", ino.0, || self.vfs.readdir(fh.0, offset as usize)) {
+        match run("readdirplus", ino.0, || self.vfs.readdir(ino.0, fh.0, offset as usize)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let Ok(a) = self.vfs.getattr(e.ino) else { continue };
@@ -384,5 +384,19 @@ impl Filesystem for FuseFs {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_request_is_answered_eio() {
+        let r: Result<(), Errno> = run("test", 1, || panic!("boom"));
+        assert_eq!(r.unwrap_err(), Errno::EIO);
+        let r: Result<(), Errno> = run("test", 1, || Err(FsError::NotFound));
+        assert_eq!(r.unwrap_err(), Errno::ENOENT);
+        assert_eq!(run("test", 1, || Ok(5)).unwrap(), 5);
     }
 }
