@@ -201,3 +201,20 @@ fn policy_cli_and_recompress_apply_a_new_bound() {
     let after = fs.stats(&dir)["directories"][0]["stored_bytes"].as_u64().unwrap();
     assert!(after < before, "recompressed {after} >= lossless {before}");
 }
+
+/// The systemd unit parses (systemd-analyze verify), apart from the binary not being installed
+/// at /usr/local/bin on a build machine.
+#[test]
+fn systemd_unit_verifies() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = tmp.path().join("tezipfs@check.service");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/tezipfs@.service"), &unit).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let problems: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.contains("/usr/local/bin/tezipfs is not executable")).collect();
+    assert!(problems.is_empty(), "systemd-analyze verify: {problems:#?}");
+}
