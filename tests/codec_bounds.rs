@@ -94,6 +94,9 @@ fn case_strategy(dtypes: &'static [DType]) -> impl Strategy<Value = Case> {
     let predictor = prop_oneof![
         Just(PredictorChoice::Auto),
         Just(PredictorChoice::Fixed(PredictorId::Previous)),
+        Just(PredictorChoice::Fixed(PredictorId::PreviousMed)),
+        Just(PredictorChoice::Fixed(PredictorId::Blend)),
+        Just(PredictorChoice::Fixed(PredictorId::Spatial)),
         Just(PredictorChoice::Fixed(PredictorId::None)),
     ];
     let entropy = proptest::sample::select(&[EntropyChoice::Fast, EntropyChoice::Balanced, EntropyChoice::Best][..]);

@@ -12,8 +12,14 @@ use tezipfs::codec::{
 };
 use tezipfs::fixtures::{generate_images, generate_raw, Rng, SequenceSpec};
 
-const PREDICTORS: [PredictorChoice; 3] =
-    [PredictorChoice::Fixed(PredictorId::None), PredictorChoice::Fixed(PredictorId::Previous), PredictorChoice::Auto];
+const PREDICTORS: [PredictorChoice; 6] = [
+    PredictorChoice::Fixed(PredictorId::None),
+    PredictorChoice::Fixed(PredictorId::Previous),
+    PredictorChoice::Fixed(PredictorId::PreviousMed),
+    PredictorChoice::Fixed(PredictorId::Blend),
+    PredictorChoice::Fixed(PredictorId::Spatial),
+    PredictorChoice::Auto,
+];
 
 fn raw(width: u32, height: u32, dtype: DType, skip: usize) -> FormatSpec {
     FormatSpec::Raw(RawSpec { width, height, dtype, skip })

@@ -39,10 +39,30 @@ pub enum PredictorId {
     None = 0,
     /// Previous reconstructed frame (key frame: intra MED).
     Previous = 1,
+    /// Previous frame corrected by MED over the neighbours' temporal differences.
+    PreviousMed = 2,
+    /// Mean of the previous frame and the intra MED prediction.
+    Blend = 3,
+    /// Intra MED on every frame (no temporal prediction).
+    Spatial = 4,
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 2] = [PredictorId::None, PredictorId::Previous];
+    pub const ALL: [PredictorId; 5] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial];
+
+    /// How frame `k` of a window is predicted, given the temporal predictor's output `pred`.
+    pub fn prediction(self, k: usize, pred: &[u32], width: usize) -> crate::codec::quantizer::Prediction<'_> {
+        use crate::codec::quantizer::Prediction;
+        if k == 0 && self.intra_key() {
+            return Prediction::Intra { width };
+        }
+        match self {
+            PredictorId::None | PredictorId::Previous => Prediction::Frame(pred),
+            PredictorId::PreviousMed => Prediction::TemporalMed { prev: pred, width },
+            PredictorId::Blend => Prediction::Blend { prev: pred, width },
+            PredictorId::Spatial => Prediction::Intra { width },
+        }
+    }
 
     pub fn from_id(id: u8) -> Option<PredictorId> {
         PredictorId::ALL.into_iter().find(|p| *p as u8 == id)
@@ -53,10 +73,11 @@ impl PredictorId {
         self != PredictorId::None
     }
 
+    /// The temporal predictor behind this id (spatial corrections are applied by the codec).
     pub fn build(self) -> Box<dyn Predictor> {
         match self {
-            PredictorId::None => Box::new(NonePredictor),
-            PredictorId::Previous => Box::new(PreviousPredictor),
+            PredictorId::None | PredictorId::Spatial => Box::new(NonePredictor),
+            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend => Box::new(PreviousPredictor),
         }
     }
 }
@@ -66,6 +87,9 @@ impl fmt::Display for PredictorId {
         f.write_str(match self {
             PredictorId::None => "none",
             PredictorId::Previous => "previous",
+            PredictorId::PreviousMed => "previous+med",
+            PredictorId::Blend => "blend",
+            PredictorId::Spatial => "spatial",
         })
     }
 }
@@ -81,7 +105,7 @@ pub enum PredictorChoice {
 impl PredictorChoice {
     pub fn candidates(self) -> Vec<PredictorId> {
         match self {
-            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::None],
+            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None],
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -99,12 +123,14 @@ impl fmt::Display for PredictorChoice {
 impl FromStr for PredictorChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(PredictorChoice::Auto),
-            "none" => Ok(PredictorChoice::Fixed(PredictorId::None)),
-            "previous" => Ok(PredictorChoice::Fixed(PredictorId::Previous)),
-            _ => Err(format!("unknown predictor {s:?} (expected auto, previous or none)")),
+        if s == "auto" {
+            return Ok(PredictorChoice::Auto);
         }
+        PredictorId::ALL
+            .into_iter()
+            .find(|p| p.to_string() == s)
+            .map(PredictorChoice::Fixed)
+            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, blend, spatial or none)"))
     }
 }
 

@@ -191,6 +191,50 @@ pub enum Prediction<'a> {
     Frame(&'a [u32]),
     /// Intra: MED over the already reconstructed pixels of this frame.
     Intra { width: usize },
+    /// The previous frame corrected by MED over the temporal differences of the already
+    /// reconstructed neighbours (what the scene did there since the previous frame).
+    TemporalMed { prev: &'a [u32], width: usize },
+    /// The mean of the previous frame and the intra MED prediction.
+    Blend { prev: &'a [u32], width: usize },
+}
+
+impl Prediction<'_> {
+    /// The prediction of pixel `i`, given the reconstructed pixels before it in `recon`.
+    #[inline]
+    fn at(&self, recon: &[u32], i: usize, mask: u32) -> u32 {
+        match *self {
+            Prediction::Frame(f) => f[i],
+            Prediction::Intra { width } => med(recon, i, width),
+            Prediction::TemporalMed { prev, width } => {
+                let d = |j: usize| recon[j] as i64 - prev[j] as i64;
+                let x = i % width;
+                let m = match (x > 0, i >= width) {
+                    (false, false) => 0,
+                    (true, false) => d(i - 1),
+                    (false, true) => d(i - width),
+                    (true, true) => {
+                        let (a, b, c) = (d(i - 1), d(i - width), d(i - width - 1));
+                        if c >= a.max(b) {
+                            a.min(b)
+                        } else if c <= a.min(b) {
+                            a.max(b)
+                        } else {
+                            a + b - c
+                        }
+                    }
+                };
+                (prev[i] as i64 + m).clamp(0, mask as i64) as u32
+            }
+            Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+        }
+    }
+
+    fn len_ok(&self, n: usize) -> bool {
+        match *self {
+            Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
+            Prediction::Intra { .. } => true,
+        }
+    }
 }
 
 /// The codes of one frame and its reconstruction.
@@ -211,9 +255,7 @@ pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> C
                     .zip(p)
                     .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
                     .collect(),
-                Prediction::Intra { width } => {
-                    (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(med(x, i, width)) & mask, mask)).collect()
-                }
+                other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
             };
             Coded { codes, escapes: Vec::new(), recon: x.to_vec() }
         }
@@ -223,10 +265,7 @@ pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> C
             let mut escapes = Vec::new();
             let mut recon = vec![0u32; x.len()];
             for i in 0..x.len() {
-                let p = match pred {
-                    Prediction::Frame(f) => f[i],
-                    Prediction::Intra { width } => med(&recon, i, width),
-                };
+                let p = pred.at(&recon, i, mask);
                 match q.quantize(x[i], p) {
                     Some((code, r)) if bound.holds(dtype, x[i], r) => {
                         codes.push(code);
@@ -253,6 +292,9 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
     let mask = dtype.mask();
     out.clear();
     out.resize(codes.len(), 0);
+    if !pred.len_ok(codes.len()) {
+        return Err(BadCodes("prediction size"));
+    }
     match bound {
         FrameBound::Lossless => match pred {
             Prediction::Frame(p) => {
@@ -263,9 +305,9 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
                     *o = p.wrapping_add(unzigzag_native(c)) & mask;
                 }
             }
-            Prediction::Intra { width } => {
+            other => {
                 for i in 0..codes.len() {
-                    out[i] = med(out, i, width).wrapping_add(unzigzag_native(codes[i])) & mask;
+                    out[i] = other.at(out, i, mask).wrapping_add(unzigzag_native(codes[i])) & mask;
                 }
             }
         },
@@ -273,10 +315,7 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
             let q = Quant::new(dtype, bound);
             let mut esc = escapes.iter();
             for i in 0..codes.len() {
-                let p = match pred {
-                    Prediction::Frame(f) => *f.get(i).ok_or(BadCodes("prediction size"))?,
-                    Prediction::Intra { width } => med(out, i, width),
-                };
+                let p = pred.at(out, i, mask);
                 out[i] = if codes[i] == 0 {
                     *esc.next().ok_or(BadCodes("too few escapes"))?
                 } else {

@@ -13,7 +13,7 @@ use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
-use super::quantizer::{self, Bound, FrameBound, Prediction};
+use super::quantizer::{self, Bound, FrameBound};
 
 /// Default zstd level of the entropy stage: the speed/ratio knee on detector-like residuals.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -222,15 +222,23 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         return Ok((candidates[0], None));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
+    // Predictors are compared under the first candidate stage, then the winner's stages.
+    let stages = Stage::candidates(dtype.bytes(), opts.entropy);
+    let size_of = |coded: &[CodedFrame]| coded.iter().map(|c| c.codes.len() + c.escapes.len()).sum::<usize>();
     let mut best: Option<(f64, PredictorId, Option<Stage>)> = None;
     for &pid in &candidates {
-        for &stage in Stage::candidates(dtype.bytes(), opts.entropy) {
-            let coded = code_chain(chain, dtype, geom, opts, pid, Some(stage), probe, coder)?;
-            let size: usize = coded.iter().map(|c| c.codes.len() + c.escapes.len()).sum();
-            let weighed = stage.weighed(size, opts.entropy);
-            if best.as_ref().is_none_or(|b| weighed < b.0) {
-                best = Some((weighed, pid, Some(stage)));
-            }
+        let coded = code_chain(chain, dtype, geom, opts, pid, Some(stages[0]), probe, coder)?;
+        let weighed = stages[0].weighed(size_of(&coded), opts.entropy);
+        if best.as_ref().is_none_or(|b| weighed < b.0) {
+            best = Some((weighed, pid, Some(stages[0])));
+        }
+    }
+    let pid = best.as_ref().expect("at least one candidate").1;
+    for &stage in &stages[1..] {
+        let coded = code_chain(chain, dtype, geom, opts, pid, Some(stage), probe, coder)?;
+        let weighed = stage.weighed(size_of(&coded), opts.entropy);
+        if best.as_ref().is_none_or(|b| weighed < b.0) {
+            best = Some((weighed, pid, Some(stage)));
         }
     }
     let (_, pid, stage) = best.expect("at least one candidate");
@@ -249,12 +257,10 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
     for k in 0..n {
         let x = &chain.images[k];
         let fb = opts.bound.for_frame(dtype, x);
-        let prediction = if k == 0 && pid.intra_key() {
-            Prediction::Intra { width: geom.width }
-        } else {
+        if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
-            Prediction::Frame(&pred)
-        };
+        }
+        let prediction = pid.prediction(k, &pred, geom.width);
         let c = quantizer::encode(dtype, fb, x, prediction);
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width)?),
@@ -409,13 +415,11 @@ impl Decoder {
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        let prediction = if k == 0 && p.predictor.intra_key() {
-            Prediction::Intra { width: geom.width }
-        } else {
-            pred.resize(n, 0);
+        pred.resize(n, 0);
+        if k > 0 || !p.predictor.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
-            Prediction::Frame(pred)
-        };
+        }
+        let prediction = p.predictor.prediction(k, pred, geom.width);
         quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
         state.observe(recon);
         self.next_frame += 1;
