@@ -18,7 +18,7 @@ use super::quantizer::{self, Bound, FrameBound};
 /// Default zstd level of the entropy stage: the speed/ratio knee on detector-like residuals.
 pub const DEFAULT_LEVEL: i32 = 3;
 /// Frames of a window used to choose its predictor and entropy stage.
-pub const PROBE_FRAMES: usize = 2;
+pub const PROBE_FRAMES: usize = 3;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -224,7 +224,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
     // Predictors are compared under the first candidate stage, then the winner's stages.
     let stages = Stage::candidates(dtype.bytes(), opts.entropy);
-    let size_of = |coded: &[CodedFrame]| coded.iter().map(|c| c.codes.len() + c.escapes.len()).sum::<usize>();
+    // The key frame is coded alike by every predictor but `none`, and it stands for one frame of
+    // a whole window: compare the predicted frames of the probe when there are any.
+    let size_of = |coded: &[CodedFrame]| coded.iter().skip(usize::from(coded.len() > 1)).map(|c| c.codes.len() + c.escapes.len()).sum::<usize>();
     let mut best: Option<(f64, PredictorId, Option<Stage>)> = None;
     for &pid in &candidates {
         let coded = code_chain(chain, dtype, geom, opts, pid, Some(stages[0]), probe, coder)?;
