@@ -24,7 +24,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 pub struct Engine {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
+
+/// Told the inodes whose bytes just changed under the kernel's page cache: files of a lossy
+/// window, which now read back as the decoded (within-bound) bytes rather than the bytes
+/// written. The mount drops their cached pages, so every reader sees the same content.
+pub type Invalidate = Arc<dyn Fn(&[u64]) + Send + Sync>;
 
 /// One window to compress.
 pub struct Job {
@@ -37,6 +43,7 @@ struct Shared {
     vfs: Arc<Vfs>,
     in_flight: Mutex<HashSet<u64>>,
     failed: Mutex<HashMap<u64, Instant>>,
+    invalidate: Mutex<Option<Invalidate>>,
 }
 
 impl Engine {
@@ -45,11 +52,17 @@ impl Engine {
         let stop = Arc::new(AtomicBool::new(false));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(threads.max(1)).thread_name("tezipfs-engine").enable_time().build()?;
         let s = stop.clone();
-        let shared = Arc::new(Shared { vfs, in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared { vfs, in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()), invalidate: Mutex::new(None) });
+        let sh = shared.clone();
         let thread = std::thread::Builder::new().name("tezipfs-engine".into()).spawn(move || {
-            rt.block_on(run(shared, s, threads.max(1)));
+            rt.block_on(run(sh, s, threads.max(1)));
         })?;
-        Ok(Engine { stop, thread: Some(thread) })
+        Ok(Engine { stop, thread: Some(thread), shared })
+    }
+
+    /// Set what to call when committed files read back different bytes than were written.
+    pub fn set_invalidate(&self, f: Invalidate) {
+        *self.shared.invalidate.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Stop taking new work and wait for the windows in progress.
@@ -94,7 +107,8 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             tasks.spawn_blocking(move || {
                 let inos: Vec<u64> = job.members.iter().map(|m| m.ino).collect();
                 let dir = job.dir;
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job)));
+                let invalidate = sh.invalidate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref())));
                 let failed = match r {
                     Ok(Ok(())) => false,
                     Ok(Err(e)) => {
@@ -172,8 +186,10 @@ pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>,
     Ok(jobs)
 }
 
-/// Compress one window: encode, verify, write the blob, commit.
-pub fn compress(vfs: &Vfs, job: Job) -> FsResult<()> {
+/// Compress one window: encode, verify, write the blob, commit. Files whose bytes change (lossy
+/// frames) are handed to `invalidate` just before the commit (dropping the pages cached by their
+/// writes) and again just after it (pages read while it was being made).
+pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResult<()> {
     let start = Instant::now();
     let mut members = Vec::with_capacity(job.members.len());
     let mut files = Vec::with_capacity(job.members.len());
@@ -211,7 +227,14 @@ pub fn compress(vfs: &Vfs, job: Job) -> FsResult<()> {
     vfs.store.write_blob(id, &enc.blob)?;
     let rec = Blob { id, entries: members.len() as u32, live: 0, bytes: enc.blob.len() as u64 };
     let plan: Vec<(Inode, u32, u64, bool)> = members.iter().enumerate().map(|(k, m)| (m.clone(), k as u32, shares[k], matches!(enc.entries[k], EntryReport::Frame { .. }))).collect();
+    let changed: Vec<u64> = members.iter().zip(decoded.iter().zip(&files)).filter(|(_, (d, f))| d != f).map(|(m, _)| m.ino).collect();
+    if let (Some(f), false) = (invalidate, changed.is_empty()) {
+        f(&changed);
+    }
     let switched = vfs.commit_compressed(rec, &plan)?;
+    if let (Some(f), false) = (invalidate, changed.is_empty()) {
+        f(&changed.iter().copied().filter(|i| switched.contains(i)).collect::<Vec<u64>>());
+    }
     let input: u64 = members.iter().filter(|m| switched.contains(&m.ino)).map(|m| m.size).sum();
     let c = &vfs.counters;
     c.compressed_files.fetch_add(switched.len() as u64, Ordering::Relaxed);

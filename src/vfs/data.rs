@@ -83,7 +83,13 @@ impl Vfs {
         match i.data {
             Data::None => Ok(vec![0; len]),
             Data::Staged => {
-                let f = self.staging_file(ino, false)?;
+                let f = match self.staging_file(ino, false) {
+                    Ok(f) => f,
+                    // Compressed (its staging file deleted) between the inode read above and
+                    // the open: read it from where it lives now.
+                    Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && self.inode(ino)?.data != Data::Staged => return self.read(fh, offset, size),
+                    Err(e) => return Err(e),
+                };
                 let mut buf = vec![0u8; len];
                 let mut done = 0;
                 while done < len {
@@ -208,16 +214,21 @@ impl Vfs {
         let Data::Compressed { blob, slot, .. } = i.data else { return Ok(()) };
         let bytes = self.frame(ino, blob, slot)?;
         let path = self.store.staging_path(ino);
+        // The staging file is written under the lock, once the file is known to be still
+        // compressed: a concurrent rehydration must not truncate it under a writer that already
+        // wrote to it.
+        let mut st = self.lock();
+        let mut now_i = self.inode(ino)?;
+        if now_i.data != i.data {
+            return Ok(()); // someone else did it meanwhile
+        }
         {
             let f = File::create(&path)?;
             f.write_all_at(&bytes, 0)?;
             f.sync_all()?;
         }
-        let _g = self.lock();
-        let mut now_i = self.inode(ino)?;
-        if now_i.data != i.data {
-            return Ok(()); // someone else did it meanwhile
-        }
+        // A descriptor cached for an earlier staging file of this inode is not this file.
+        st.staging.remove(&ino);
         let mut t = Txn::default();
         self.unref_blob(&mut t, blob)?;
         now_i.data = Data::Staged;
@@ -306,8 +317,13 @@ impl Vfs {
     /// Replace staged files by blob entries, in one index batch, for each file that is still
     /// staged at the generation that was compressed and has no writer. Returns the inodes
     /// switched. Their staging files are deleted after the batch is durable.
+    ///
+    /// The namespace lock is held until the batch is applied and the staging files deleted: a
+    /// writer must not open and write a file between the check and the switch (its write would
+    /// be overwritten by the switch), and a reader must not cache a descriptor of a staging
+    /// file about to be deleted (a later writer would write into the deleted file).
     pub(crate) fn commit_compressed(&self, blob: crate::index::Blob, members: &[(Inode, u32, u64, bool)]) -> FsResult<Vec<u64>> {
-        let st = self.lock();
+        let mut st = self.lock();
         let mut t = Txn::default();
         let mut switched = Vec::new();
         for (seen, slot, stored, frame) in members {
@@ -322,17 +338,14 @@ impl Vfs {
             t.staging.push(cur.ino);
             switched.push(cur.ino);
         }
-        drop(st);
         let mut rec = blob;
         rec.live = switched.len() as u32;
         t.blobs.insert(rec.id, rec);
-        {
-            let mut st = self.lock();
-            for ino in &switched {
-                st.staging.remove(ino);
-            }
+        for ino in &switched {
+            st.staging.remove(ino);
         }
         self.commit(t)?;
+        drop(st);
         Ok(switched)
     }
 

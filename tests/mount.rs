@@ -1,0 +1,779 @@
+//! End-to-end tests of the mounted filesystem: the real `tezipfs mount` daemon on a store in a
+//! temporary directory, used through ordinary file calls. Each test mounts its own filesystem.
+//! Skipped (with a printed reason) where /dev/fuse or fusermount3 is missing.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const W: u32 = 256;
+const H: u32 = 128;
+const RAW_FORMAT: &str = "raw:256x128:u16";
+
+fn mkdir(p: &Path) {
+    std::fs::create_dir(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+}
+
+/// A directory of raw u16 frames with window `window`.
+fn raw_dir(fs: &Fs, name: &str, window: usize) -> PathBuf {
+    let d = fs.path(name);
+    mkdir(&d);
+    set_policy(&d, Some(RAW_FORMAT), None, Some(window));
+    d
+}
+
+fn keys(m: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<PathBuf> {
+    m.keys().cloned().collect()
+}
+
+/// 1. Raw and TIFF sequences are compressed, read back byte for byte, and take less space.
+#[test]
+fn sequences_compress_and_read_back_exactly() {
+    require_fuse!();
+    let fs = Fs::new();
+    let raw = raw_dir(&fs, "raw", 8);
+    let tif = fs.path("tiff");
+    mkdir(&tif);
+    set_policy(&tif, Some("auto"), None, Some(8));
+
+    let mut want = write_frames(&raw, &raw_frames(W, H, 24, 1), "raw");
+    want.append(&mut write_frames(&tif, &tiff_files(W, H, &images(W, H, 16, 2), false), "tif"));
+    wait_compressed(&keys(&want));
+    assert_files(&want);
+    // Twice: the second read may come from the caches.
+    assert_files(&want);
+
+    for dir in [&raw, &tif] {
+        let files: Vec<PathBuf> = want.keys().filter(|p| p.starts_with(dir)).cloned().collect();
+        let (logical, stored) = usage(&files);
+        let expect: u64 = files.iter().map(|p| want[p].len() as u64).sum();
+        assert_eq!(logical, expect, "st_size sum of {}", dir.display());
+        assert!(stored * 2 < logical, "{}: {stored} bytes stored for {logical} logical bytes: not well below", dir.display());
+    }
+    let s = fs.stats(&fs.mnt);
+    let root = &s["directories"][0];
+    assert_eq!(root["files"], 40, "stats: {s}");
+    assert_eq!(root["compressed"], 40, "stats: {s}");
+    assert_eq!(root["staged"], 0, "stats: {s}");
+    assert_eq!(root["logical_bytes"].as_u64(), Some(want.values().map(|v| v.len() as u64).sum::<u64>()), "stats: {s}");
+    assert!(fs.staging().is_empty(), "staging files left after compression: {:?}", fs.staging());
+    fs.assert_log_clean();
+}
+
+/// What a directory should hold after the changes of test 2.
+struct Model {
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    gone: Vec<PathBuf>,
+}
+
+/// Rename, unlink, rewrite, overwrite in place and replace files of `dir` (24 frames) while its
+/// windows are being compressed; `other` receives one file.
+fn churn(dir: &Path, other: &Path, files: &mut Model, fresh: &[Vec<u8>]) {
+    let p = |i: usize| dir.join(frame_name(i, "raw"));
+    // O_TRUNC rewrite with new content, in two writes.
+    {
+        let mut f = OpenOptions::new().write(true).truncate(true).open(p(2)).expect("open O_TRUNC");
+        f.write_all(&fresh[0][..10_000]).unwrap();
+        f.write_all(&fresh[0][10_000..]).unwrap();
+    }
+    files.files.insert(p(2), fresh[0].clone());
+    // rename within the directory
+    std::fs::rename(p(5), dir.join("moved_5.raw")).expect("rename");
+    let b = files.files.remove(&p(5)).unwrap();
+    files.files.insert(dir.join("moved_5.raw"), b);
+    files.gone.push(p(5));
+    // unlink
+    std::fs::remove_file(p(9)).expect("unlink");
+    files.files.remove(&p(9));
+    files.gone.push(p(9));
+    // rename over an existing file (the victim goes)
+    std::fs::rename(p(12), p(13)).expect("rename over");
+    let b = files.files.remove(&p(12)).unwrap();
+    files.files.insert(p(13), b);
+    files.gone.push(p(12));
+    // overwrite in place without truncation (compressed files come back to staging first)
+    {
+        let f = OpenOptions::new().write(true).open(p(15)).expect("open for write");
+        f.write_all_at(&[0xEE; 300], 1000).unwrap();
+    }
+    files.files.get_mut(&p(15)).unwrap()[1000..1300].fill(0xEE);
+    // unlink and create again under the same name
+    std::fs::remove_file(p(17)).expect("unlink");
+    write_file(&p(17), &fresh[1]);
+    files.files.insert(p(17), fresh[1].clone());
+    // O_TRUNC rewrite with a shorter content (a short file is never compressed)
+    write_file(&p(20), &fresh[2][..3000]);
+    files.files.insert(p(20), fresh[2][..3000].to_vec());
+    // move to another directory
+    let dst = other.join(format!("from_{}.raw", dir.file_name().unwrap().to_string_lossy()));
+    std::fs::rename(p(22), &dst).expect("rename across directories");
+    let b = files.files.remove(&p(22)).unwrap();
+    files.files.insert(dst, b);
+    files.gone.push(p(22));
+    // truncate (not to zero) then extend by a write
+    {
+        let f = OpenOptions::new().write(true).open(p(23)).expect("open for write");
+        f.set_len(40_000).unwrap();
+        f.write_all_at(&fresh[3][..8000], 40_000).unwrap();
+    }
+    let e = files.files.get_mut(&p(23)).unwrap();
+    e.truncate(40_000);
+    e.extend_from_slice(&fresh[3][..8000]);
+}
+
+/// 2. Changes made while a window is being compressed: the last write wins, removed names are
+/// gone, and everything ends compressed (or staged when small) and reads back exactly.
+#[test]
+fn changes_during_compression_keep_the_last_content() {
+    require_fuse!();
+    let fs = Fs::new();
+    let other = fs.path("other");
+    mkdir(&other);
+    let mut model = Model { files: BTreeMap::new(), gone: Vec::new() };
+    // Start the changes at different moments around the quiet period (200 ms; the engine
+    // looks every 200 ms), so that some hit a window being encoded or committed.
+    for (round, delay_ms) in [0u64, 150, 220, 300, 400, 550].into_iter().enumerate() {
+        let dir = raw_dir(&fs, &format!("d{round}"), 8);
+        let frames = raw_frames(W, H, 24, 10 + round as u64);
+        let fresh = raw_frames(W, H, 4, 100 + round as u64);
+        model.files.append(&mut write_frames(&dir, &frames, "raw"));
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        churn(&dir, &other, &mut model, &fresh);
+    }
+    // Everything eventually settles: frames compressed, other big files stored whole (not
+    // frames under the format), the short ones staged. Files moved to `other` keep the blob
+    // they had (compressed) or are stored whole there (no raw format in `other`).
+    let frame_len = (W * H * 2) as usize;
+    let in_other = |p: &Path| p.parent() == Some(other.as_path());
+    let pick = |f: &dyn Fn(&Path, usize) -> bool| -> Vec<PathBuf> { model.files.iter().filter(|(p, b)| f(p, b.len())).map(|(p, _)| p.clone()).collect() };
+    let frames = pick(&|p, n| n == frame_len && !in_other(p));
+    let whole = pick(&|p, n| n != frame_len && n >= 4096 && !in_other(p));
+    let moved = pick(&|p, _| in_other(p));
+    let small = pick(&|_, n| n < 4096);
+    assert_eq!((frames.len(), whole.len(), moved.len(), small.len()), (6 * 19, 6, 6, 6));
+    wait_compressed(&frames);
+    wait_states(&whole, &["stored"]);
+    wait_states(&moved, &["compressed", "stored"]);
+    for p in &small {
+        assert_eq!(state(p), "staged", "{}", p.display());
+    }
+    assert_files(&model.files);
+    for p in &model.gone {
+        match std::fs::metadata(p) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            other => panic!("{} should be gone: {other:?}", p.display()),
+        }
+    }
+    // Directory listings are exactly the model.
+    let mut dirs: Vec<PathBuf> = model.files.keys().map(|p| p.parent().unwrap().to_path_buf()).collect();
+    dirs.dedup();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        let mut want: Vec<String> = model.files.keys().filter(|p| p.parent() == Some(d)).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        want.sort();
+        assert_eq!(names(d), want, "entries of {}", d.display());
+    }
+    // After a remount (no caches), the same.
+    let mut fs = fs;
+    fs.remount();
+    assert_files(&model.files);
+    // Staging holds exactly the staged (small) files; no blob or staging file leaks once
+    // everything is removed.
+    assert_eq!(fs.staging().len(), small.len(), "staging files: {:?}", fs.staging());
+    for p in model.files.keys() {
+        std::fs::remove_file(p).unwrap();
+    }
+    wait_for("blobs and staging files to be deleted with their files", Duration::from_secs(10), || fs.blobs().is_empty() && fs.staging().is_empty());
+    fs.assert_log_clean();
+}
+
+/// 3. Writers and readers at once on different directories; readers re-read compressed files
+/// and files that are being compressed. Everything is checked byte for byte.
+#[test]
+fn concurrent_writers_and_readers() {
+    require_fuse!();
+    let fs = Fs::new();
+    // A compressed directory for the readers to start with.
+    let pre = raw_dir(&fs, "pre", 8);
+    let pre_files = write_frames(&pre, &raw_frames(W, H, 16, 31), "raw");
+    wait_compressed(&keys(&pre_files));
+
+    let published: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>> = Arc::new(Mutex::new(pre_files.iter().map(|(p, b)| (p.clone(), b.clone())).collect()));
+    let done = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let dir = raw_dir(&fs, &format!("w{w}"), 8);
+            let (published, errors) = (published.clone(), errors.clone());
+            std::thread::spawn(move || {
+                for (i, f) in raw_frames(W, H, 24, 40 + w).into_iter().enumerate() {
+                    let p = dir.join(frame_name(i, "raw"));
+                    if let Err(e) = std::fs::write(&p, &f) {
+                        errors.lock().unwrap().push(format!("write {}: {e}", p.display()));
+                        continue;
+                    }
+                    // read back at once (staged), and an earlier frame (maybe being compressed)
+                    let earlier = published.lock().unwrap().iter().rev().find(|(q, _)| q.starts_with(&dir) && q != &p).cloned();
+                    for (q, want) in std::iter::once((p.clone(), f.clone())).chain(earlier) {
+                        match std::fs::read(&q) {
+                            Ok(got) => {
+                                if let Err(m) = check_bytes(&q.display().to_string(), &got, &want) {
+                                    errors.lock().unwrap().push(m);
+                                }
+                            }
+                            Err(e) => errors.lock().unwrap().push(format!("read {}: {e}", q.display())),
+                        }
+                    }
+                    published.lock().unwrap().push((p, f));
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..3u64)
+        .map(|r| {
+            let (published, errors, done) = (published.clone(), errors.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut k = r as usize * 7;
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    // Half of the time one of the newest files: those are being compressed.
+                    let pick = {
+                        let v = published.lock().unwrap();
+                        k = k.wrapping_mul(31).wrapping_add(17);
+                        if k % 2 == 0 {
+                            v[v.len() - 1 - (k / 2) % v.len().min(12)].clone()
+                        } else {
+                            v[k % v.len()].clone()
+                        }
+                    };
+                    // Whole-file reads and a few small reads at odd offsets.
+                    match std::fs::read(&pick.0) {
+                        Ok(got) => {
+                            if let Err(m) = check_bytes(&pick.0.display().to_string(), &got, &pick.1) {
+                                errors.lock().unwrap().push(m);
+                            }
+                        }
+                        Err(e) => errors.lock().unwrap().push(format!("read {}: {e}", pick.0.display())),
+                    }
+                    if let Ok(f) = std::fs::File::open(&pick.0) {
+                        let off = (k * 997) % (pick.1.len() - 100);
+                        let mut buf = [0u8; 100];
+                        match f.read_exact_at(&mut buf, off as u64) {
+                            Ok(()) if buf[..] == pick.1[off..off + 100] => {}
+                            Ok(()) => errors.lock().unwrap().push(format!("{}: 100 bytes at {off} differ", pick.0.display())),
+                            Err(e) => errors.lock().unwrap().push(format!("pread {}: {e}", pick.0.display())),
+                        }
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    // Let the readers go on while the last windows are compressed.
+    let all: Vec<PathBuf> = published.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    wait_compressed(&all);
+    done.store(true, Ordering::SeqCst);
+    let reads: u64 = readers.into_iter().map(|r| r.join().expect("reader thread")).sum();
+    {
+        let e = errors.lock().unwrap();
+        assert!(e.is_empty(), "{} errors, first ones:\n{}", e.len(), e.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    }
+    assert!(reads > 50, "only {reads} reads happened");
+    let want: BTreeMap<PathBuf, Vec<u8>> = published.lock().unwrap().iter().cloned().collect();
+    assert_eq!(want.len(), 16 + 3 * 24);
+    assert_files(&want);
+
+    // Reads while a window is committed, then in-place writes of the same files (they come
+    // back to staging) with reads going on: several rounds, every byte checked.
+    let m = raw_dir(&fs, "m", 8);
+    let mut model = write_frames(&m, &raw_frames(W, H, 8, 49), "raw");
+    for round in 0..4u8 {
+        let shared: Arc<Mutex<BTreeMap<PathBuf, Vec<u8>>>> = Arc::new(Mutex::new(model.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer: Vec<_> = (0..2)
+            .map(|_| {
+                let (shared, stop, errors) = (shared.clone(), stop.clone(), errors.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let snapshot = shared.lock().unwrap().clone();
+                        for (p, want) in snapshot {
+                            match std::fs::read(&p) {
+                                Ok(got) => {
+                                    if let Err(msg) = check_bytes(&p.display().to_string(), &got, &want) {
+                                        errors.lock().unwrap().push(msg);
+                                    }
+                                }
+                                Err(e) => errors.lock().unwrap().push(format!("read {} (round {round}): {e}", p.display())),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_compressed(&keys(&model));
+        stop.store(true, Ordering::SeqCst);
+        for h in hammer {
+            h.join().expect("reader thread");
+        }
+        // In-place writes (rehydration) of every file.
+        for (k, (p, b)) in model.iter_mut().enumerate() {
+            let off = 1000 * (k + 1) + round as usize;
+            let f = OpenOptions::new().write(true).open(p).expect("open for write");
+            f.write_all_at(&[round ^ 0x5A; 64], off as u64).unwrap();
+            b[off..off + 64].fill(round ^ 0x5A);
+        }
+        assert_files(&model);
+    }
+    wait_compressed(&keys(&model));
+    assert_files(&model);
+    {
+        let e = errors.lock().unwrap();
+        assert!(e.is_empty(), "{} errors, first ones:\n{}", e.len(), e.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    }
+    let mut fs = fs;
+    fs.remount();
+    assert_files(&want);
+    assert_files(&model);
+    fs.assert_log_clean();
+}
+
+/// 4. Unmount and mount again: compressed files read back exactly, and files still staged at
+/// the unmount survive and are compressed after the remount.
+#[test]
+fn remount_keeps_compressed_and_staged_files() {
+    require_fuse!();
+    // The first mount never compresses a short tail (idle time 10 minutes).
+    let mut fs = Fs::with(Opts { tail_idle_ms: 600_000, ..Opts::default() });
+    let a = raw_dir(&fs, "a", 8);
+    let b = raw_dir(&fs, "b", 8);
+    let a_files = write_frames(&a, &raw_frames(W, H, 16, 50), "raw");
+    wait_compressed(&keys(&a_files));
+    let b_files = write_frames(&b, &raw_frames(W, H, 5, 51), "raw"); // a tail of 5 < 8
+    let small = fs.path("a/small.txt");
+    write_file(&small, b"a small file stays staged\n");
+    for p in b_files.keys() {
+        assert_eq!(state(p), "staged", "{}", p.display());
+    }
+    let mut all = a_files.clone();
+    all.extend(b_files.clone());
+    all.insert(small.clone(), b"a small file stays staged\n".to_vec());
+    assert_files(&all);
+
+    fs.opts = Opts::default();
+    fs.remount();
+    for p in a_files.keys() {
+        assert_eq!(state(p), "compressed", "{} after remount", p.display());
+    }
+    assert_files(&all);
+    wait_compressed(&keys(&b_files));
+    assert_files(&all);
+    assert_eq!(state(&small), "staged");
+
+    fs.remount();
+    wait_compressed(&keys(&a_files));
+    wait_compressed(&keys(&b_files));
+    assert_files(&all);
+    fs.assert_log_clean();
+}
+
+/// 5. Appending to a compressed file brings it back to staging (rehydration) without touching
+/// its window-mates; later it is compressed again.
+#[test]
+fn append_rehydrates_then_compresses_again() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = raw_dir(&fs, "d", 8);
+    let mut files = write_frames(&d, &raw_frames(W, H, 8, 60), "raw");
+    wait_compressed(&keys(&files));
+    assert_files(&files);
+    let target = d.join(frame_name(3, "raw"));
+    let extra: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+    {
+        let mut f = OpenOptions::new().append(true).open(&target).expect("open O_APPEND");
+        f.write_all(&extra).unwrap();
+    }
+    files.get_mut(&target).unwrap().extend_from_slice(&extra);
+    assert_eq!(state(&target), "staged", "state after append");
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), files[&target].len() as u64);
+    assert_file(&target, &files[&target]);
+    for (p, b) in &files {
+        if p != &target {
+            assert_eq!(state(p), "compressed", "window-mate {} after the append", p.display());
+            assert_file(p, b);
+        }
+    }
+    let s = fs.stats(&d);
+    assert!(s["rehydrated_files"].as_u64().unwrap_or(0) >= 1, "stats: {s}");
+    // No longer a frame of the directory's format: it is compressed again, whole.
+    wait_states(&[target.clone()], &["stored"]);
+    assert_files(&files);
+
+    // Two writers open the same compressed file at once (both rehydrate it) and write at
+    // different places: both writes are kept. Several rounds.
+    let others: Vec<PathBuf> = files.keys().filter(|p| **p != target).cloned().collect();
+    for round in 0..3u8 {
+        wait_compressed(&others);
+        let barrier = Arc::new(std::sync::Barrier::new(2 * others.len()));
+        let mut threads = Vec::new();
+        for (k, p) in others.iter().enumerate() {
+            for w in 0..2usize {
+                let (p, barrier) = (p.clone(), barrier.clone());
+                let off = 4096 * (2 * k + w + 1) + round as usize * 100;
+                let byte = 0x10 * (w as u8 + 1) + round;
+                files.get_mut(&p).unwrap()[off..off + 500].fill(byte);
+                threads.push(std::thread::spawn(move || {
+                    barrier.wait();
+                    // The second writer comes a little later, while the first may still be
+                    // bringing the file back to staging.
+                    std::thread::sleep(Duration::from_micros((w * (500 + 700 * k + 300 * round as usize)) as u64));
+                    let f = OpenOptions::new().write(true).open(&p).expect("open for write");
+                    f.write_all_at(&[byte; 500], off as u64).expect("write");
+                }));
+            }
+        }
+        for t in threads {
+            t.join().expect("writer");
+        }
+        assert_files(&files);
+    }
+    wait_compressed(&others);
+    assert_files(&files);
+    let mut fs = fs;
+    fs.remount();
+    assert_files(&files);
+    fs.assert_log_clean();
+}
+
+/// 5b. Readers that keep a file open across the commit of its compression, then an append
+/// while one of them still holds it: the appended bytes are kept (regression: a staging-file
+/// descriptor cached by such a read, for the file that the commit deletes, took the appended
+/// bytes, and the file was then compressed with zeros in their place).
+#[test]
+fn append_after_reads_across_the_commit_keeps_the_bytes() {
+    require_fuse!();
+    use std::os::unix::fs::OpenOptionsExt;
+    let fs = Fs::with(Opts { quiet_ms: 50, tail_idle_ms: 100, threads: None });
+    let d = fs.path("d");
+    mkdir(&d);
+    set_policy(&d, Some("raw:64x64:u16"), None, Some(1));
+    let frames = raw_frames(64, 64, 36, 65);
+    let errors: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut want = BTreeMap::new();
+    for (round, batch) in frames.chunks(3).enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for (j, orig) in batch.iter().enumerate() {
+            let p = d.join(format!("f{round:02}_{j}.raw"));
+            write_file(&p, orig);
+            let (stop, errors, want) = (stop.clone(), errors.clone(), orig.clone());
+            // Short opens with uncached (O_DIRECT) reads, so that some fall on the commit (the
+            // engine takes only files nobody has open); the descriptor open when the file turns
+            // compressed stays open until after the append.
+            readers.push(std::thread::spawn(move || {
+                let t_start = Instant::now();
+                loop {
+                    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p).expect("open");
+                    let t0 = Instant::now();
+                    let mut buf = vec![0u8; want.len()];
+                    while t0.elapsed() < Duration::from_millis(2) {
+                        match f.read_at(&mut buf, 0) {
+                            Ok(n) if buf[..n] == want[..n] => {}
+                            Ok(_) => errors.lock().unwrap().push(format!("{}: wrong bytes", p.display())),
+                            Err(e) => errors.lock().unwrap().push(format!("read {}: {e}", p.display())),
+                        }
+                    }
+                    if state(&p) == "compressed" || stop.load(Ordering::SeqCst) {
+                        break (p, f);
+                    }
+                    assert!(t_start.elapsed() < STATE_TIMEOUT, "{} not compressed in time", p.display());
+                    drop(f);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }));
+        }
+        let open: Vec<(PathBuf, std::fs::File)> = readers.into_iter().map(|r| r.join().expect("reader")).collect();
+        stop.store(true, Ordering::SeqCst);
+        for (k, (p, _)) in open.iter().enumerate() {
+            let extra = vec![0xA0 + k as u8; 3000];
+            OpenOptions::new().append(true).open(p).expect("open O_APPEND").write_all(&extra).expect("append");
+            let mut b = batch[k].clone();
+            b.extend_from_slice(&extra);
+            want.insert(p.clone(), b);
+        }
+        drop(open);
+    }
+    wait_states(&keys(&want), &["stored"]);
+    assert_files(&want);
+    let e = errors.lock().unwrap();
+    assert!(e.is_empty(), "{} errors, first ones:\n{}", e.len(), e.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    drop(e);
+    let mut fs = fs;
+    fs.remount();
+    assert_files(&want);
+    fs.assert_log_clean();
+}
+
+/// 6. An error-bounded directory: every pixel within the bound, same sizes, and really lossy.
+#[test]
+fn error_bounded_directory_stays_within_the_bound() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = fs.path("lossy");
+    mkdir(&d);
+    set_policy(&d, Some(RAW_FORMAT), Some("abs:3"), Some(8));
+    let files = write_frames(&d, &raw_frames(W, H, 16, 70), "raw");
+    wait_compressed(&keys(&files));
+    // Read at once (the kernel may still hold the pages written), then after a remount (no
+    // cache anywhere): both within the bound, lossy, and the same bytes.
+    let check = |when: &str| -> BTreeMap<PathBuf, Vec<u8>> {
+        let (mut differ, mut max) = (0usize, 0i32);
+        let mut read = BTreeMap::new();
+        for (p, want) in &files {
+            let got = std::fs::read(p).unwrap();
+            assert_eq!(got.len(), want.len(), "size of {} {when}", p.display());
+            assert_eq!(std::fs::metadata(p).unwrap().len(), want.len() as u64);
+            for (a, b) in u16s(&got).iter().zip(u16s(want)) {
+                let e = (*a as i32 - b as i32).abs();
+                max = max.max(e);
+                differ += (e != 0) as usize;
+            }
+            read.insert(p.clone(), got);
+        }
+        assert!(max <= 3, "{when}: a pixel is off by {max} > 3");
+        assert!(differ > 0, "{when}: no pixel differs from what was written: not the lossy content");
+        read
+    };
+    let first = check("right after compression");
+    let mut fs = fs;
+    fs.remount();
+    let second = check("after a remount");
+    for (p, b) in &first {
+        check_bytes(&format!("{} (after remount vs right after compression)", p.display()), &second[p], b).unwrap();
+    }
+    let (logical, stored) = usage(&keys(&files));
+    assert!(stored * 2 < logical, "{stored} bytes stored for {logical}");
+    fs.assert_log_clean();
+}
+
+/// 7. A real TIFF reader decodes the TIFF frames read through the mount after compression.
+#[test]
+fn tiff_reader_reads_compressed_tiffs() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = fs.path("tiff");
+    mkdir(&d);
+    set_policy(&d, None, None, Some(8));
+    let imgs = images(W, H, 16, 80);
+    let files = write_frames(&d, &tiff_files(W, H, &imgs, true), "tif");
+    // Coded as frames (not stored whole).
+    wait_compressed(&keys(&files));
+    for (k, (p, bytes)) in files.iter().enumerate() {
+        let got = std::fs::read(p).unwrap();
+        check_bytes(&p.display().to_string(), &got, bytes).unwrap();
+        let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(got)).unwrap_or_else(|e| panic!("{}: not a TIFF: {e}", p.display()));
+        assert_eq!(dec.dimensions().unwrap(), (W, H));
+        match dec.read_image().unwrap_or_else(|e| panic!("{}: {e}", p.display())) {
+            tiff::decoder::DecodingResult::U16(px) => {
+                let want: Vec<u16> = imgs[k].iter().map(|&v| v as u16).collect();
+                assert!(px == want, "{}: pixels differ from the generated image", p.display());
+            }
+            _ => panic!("{}: not 16-bit", p.display()),
+        }
+    }
+    fs.assert_log_clean();
+}
+
+/// 8. kill -9 of the daemon: every closed file survives, whether still staged, just
+/// compressed, or in between.
+#[test]
+fn kill9_loses_no_closed_file() {
+    require_fuse!();
+    // Staged: nothing is compressed on this first mount.
+    let mut fs = Fs::with(Opts { quiet_ms: 600_000, tail_idle_ms: 600_000, threads: None });
+    let s = raw_dir(&fs, "staged", 8);
+    let mut all = write_frames(&s, &raw_frames(W, H, 8, 90), "raw");
+    for p in all.keys() {
+        assert_eq!(state(p), "staged");
+    }
+    fs.kill9();
+    fs.opts = Opts::default();
+    fs.start();
+    assert_files(&all);
+
+    // Just compressed: kill the moment the last state flips.
+    let c = raw_dir(&fs, "compressed", 8);
+    let cf = write_frames(&c, &raw_frames(W, H, 8, 91), "raw");
+    all.extend(cf.clone());
+    let t0 = Instant::now();
+    while !cf.keys().all(|p| state(p) == "compressed") {
+        assert!(t0.elapsed() < STATE_TIMEOUT, "not compressed in time");
+    }
+    fs.kill9();
+    fs.start();
+    for p in cf.keys() {
+        assert_eq!(state(p), "compressed", "{} after kill -9", p.display());
+    }
+    assert_files(&all);
+
+    // In between: kill at several moments around the quiet period.
+    for (k, delay) in [150u64, 250, 320].into_iter().enumerate() {
+        let m = raw_dir(&fs, &format!("mid{k}"), 8);
+        let mf = write_frames(&m, &raw_frames(W, H, 8, 92 + k as u64), "raw");
+        all.extend(mf);
+        std::thread::sleep(Duration::from_millis(delay));
+        fs.kill9();
+        fs.start();
+        assert_files(&all);
+    }
+    wait_compressed(&keys(&all));
+    assert_files(&all);
+    fs.assert_log_clean();
+}
+
+/// 9. A corrupted blob: the files that depend on the damaged bytes fail with EIO (never wrong
+/// bytes), the log names inode and blob, and files of other blobs read fine.
+#[test]
+fn corrupt_blob_reads_fail_with_eio() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let a = raw_dir(&fs, "a", 8);
+    let af = write_frames(&a, &raw_frames(W, H, 8, 110), "raw");
+    wait_compressed(&keys(&af));
+    let a_blobs = fs.blobs();
+    assert_eq!(a_blobs.len(), 1, "one window, one blob: {a_blobs:?}");
+    let b = raw_dir(&fs, "b", 8);
+    let bf = write_frames(&b, &raw_frames(W, H, 8, 111), "raw");
+    wait_compressed(&keys(&bf));
+    assert_eq!(fs.blobs().len(), 2);
+
+    let blob = &a_blobs[0];
+    let blob_id: u64 = blob.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = std::fs::read(blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(blob, &bytes).unwrap();
+    fs.remount();
+
+    let mut failed = Vec::new();
+    for (p, want) in &af {
+        let mut buf = Vec::new();
+        let r = std::fs::File::open(p).and_then(|mut f| f.read_to_end(&mut buf));
+        match r {
+            Ok(_) => check_bytes(&p.display().to_string(), &buf, want).unwrap_or_else(|m| panic!("wrong bytes instead of an error: {m}")),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", p.display());
+                failed.push(std::fs::metadata(p).unwrap().ino());
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "no file of the corrupted blob failed to read");
+    let log = fs.log_text();
+    for ino in &failed {
+        let needle = format!("inode {ino} (blob {blob_id}");
+        assert!(log.contains(&needle), "the log does not name {needle:?}:\n{log}");
+    }
+    assert_files(&bf);
+}
+
+fn errno_of(r: std::io::Result<()>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// 10. Invalid policy values are refused with EINVAL (and not stored); the state of a file
+/// cannot be set (EPERM).
+#[test]
+fn invalid_policy_values_are_refused() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = fs.path("d");
+    mkdir(&d);
+    set_policy(&d, Some(RAW_FORMAT), Some("abs:2"), Some(4));
+    for (name, value) in [("user.tezip.bound", "abs:-1"), ("user.tezip.window", "0"), ("user.tezip.format", "raw:0x1:u8"), ("user.tezip.window", "x"), ("user.tezip.bound", "sideways")] {
+        assert_eq!(errno_of(xattr_set(&d, name, value.as_bytes())), Some(libc::EINVAL), "{name}={value}");
+    }
+    assert_eq!(xattr_get(&d, "user.tezip.bound").unwrap(), b"abs:2");
+    assert_eq!(xattr_get(&d, "user.tezip.window").unwrap(), b"4");
+    assert_eq!(xattr_get(&d, "user.tezip.format").unwrap(), RAW_FORMAT.as_bytes());
+    let f = d.join("f.raw");
+    write_file(&f, &[1u8; 100]);
+    assert_eq!(errno_of(xattr_set(&f, "user.tezip.state", b"compressed")), Some(libc::EPERM));
+    assert_eq!(state(&f), "staged");
+}
+
+/// 11. A second daemon on the same store is refused, with a message naming the lock.
+#[test]
+fn second_daemon_on_the_same_store_is_refused() {
+    require_fuse!();
+    let fs = Fs::new();
+    let mnt2 = fs.tmp.path().join("mnt2");
+    mkdir(&mnt2);
+    let mut child = std::process::Command::new(BIN)
+        .args(fs.mount_args(&mnt2))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            if is_mounted(&mnt2) {
+                std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(&mnt2).status().unwrap();
+            }
+            panic!("a second daemon on the same store was still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(!status.success(), "second daemon exited successfully: {err}");
+    assert!(!is_mounted(&mnt2), "second daemon mounted");
+    assert!(err.contains("LOCK") && err.contains("in use"), "message does not name the lock: {err}");
+    // The first daemon goes on.
+    let p = fs.path("after.bin");
+    write_file(&p, &[7u8; 10_000]);
+    assert_file(&p, &[7u8; 10_000]);
+}
+
+/// 12. `du` shows the stored size: block-based usage below the apparent size.
+#[test]
+fn du_shows_real_usage() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = raw_dir(&fs, "d", 8);
+    let files = write_frames(&d, &raw_frames(W, H, 16, 120), "raw");
+    wait_compressed(&keys(&files));
+    let du = |apparent: bool| -> u64 {
+        let mut c = std::process::Command::new("du");
+        c.arg("-s").arg("-B1");
+        if apparent {
+            c.arg("--apparent-size");
+        }
+        let out = c.arg(&d).output().expect("run du");
+        assert!(out.status.success(), "du: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (real, apparent) = (du(false), du(true));
+    let logical: u64 = files.values().map(|b| b.len() as u64).sum();
+    assert!(apparent >= logical, "du --apparent-size {apparent} < {logical} bytes written");
+    assert!(real * 2 < apparent, "du {real} is not well below du --apparent-size {apparent}");
+}
