@@ -204,7 +204,12 @@ impl Vfs {
         i.mtime = ts;
         i.ctime = ts;
         Index::put_inode(&mut t.batch, &i);
-        self.commit(t)
+        self.commit(t)?;
+        // The staging file is cut at once, so the new size must be durable at once too: otherwise
+        // a crash before the next index flush brings the old size back over zeros.
+        f.sync_data()?;
+        self.index.flush()?;
+        Ok(())
     }
 
     /// Bring a compressed file back to staging: decode it, write the staging file durably, and
