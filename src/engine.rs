@@ -170,9 +170,18 @@ pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>,
         if eligible.is_empty() {
             continue;
         }
-        let policy = vfs.policy(dir)?;
+        // A directory removed meanwhile (its files live on under other links) is skipped; one
+        // such directory must not stop the planning of all the others.
+        let (policy, entries) = match (vfs.policy(dir), vfs.index.dirents(dir)) {
+            (Ok(p), Ok(e)) => (p, e),
+            (Err(e), _) => {
+                tracing::debug!(dir, error = %e, "no policy for a directory of staged files; they stay staged");
+                continue;
+            }
+            (_, Err(e)) => return Err(e.into()),
+        };
         // Frame order: natural order of the names in the directory.
-        let mut ordered: Vec<(Vec<u8>, Inode)> = vfs.index.dirents(dir)?.into_iter().filter_map(|(name, ino, _)| eligible.get(&ino).map(|i| (name, i.clone()))).collect();
+        let mut ordered: Vec<(Vec<u8>, Inode)> = entries.into_iter().filter_map(|(name, ino, _)| eligible.get(&ino).map(|i| (name, i.clone()))).collect();
         ordered.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
         ordered.dedup_by_key(|(_, i)| i.ino);
         let idle = newest >= vfs.config.tail_idle;
