@@ -361,25 +361,38 @@ impl Vfs {
         Ok(self.attr(&i))
     }
 
+    /// Open a directory. Its listing is taken when reading starts (see [`Vfs::readdir`]).
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let d = self.dir(ino)?;
-        let mut entries = vec![
-            DirEntry { ino, kind: Kind::Dir, name: b".".to_vec() },
-            DirEntry { ino: d.parent, kind: Kind::Dir, name: b"..".to_vec() },
-        ];
-        for (name, child, kind) in self.index.dirents(ino)? {
-            entries.push(DirEntry { ino: child, kind, name });
-        }
+        self.dir(ino)?;
         let mut st = self.lock();
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::Dir { entries: Arc::new(entries) });
+        st.handles.insert(fh, Handle::Dir { entries: Arc::new(Vec::new()) });
         Ok(fh)
     }
 
-    /// Entries of an open directory from position `offset` on (the snapshot taken at opendir).
-    pub fn readdir(&self, fh: u64, offset: usize) -> FsResult<Arc<Vec<DirEntry>>> {
-        let _ = offset;
+    /// Entries of an open directory (the caller skips to `offset`). The listing is a snapshot
+    /// taken whenever reading starts at offset 0: at the first readdir after opendir, and again
+    /// after rewinddir, which POSIX says shows the directory's current state.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: usize) -> FsResult<Arc<Vec<DirEntry>>> {
+        if offset == 0 {
+            let d = self.dir(ino)?;
+            let mut entries = vec![
+                DirEntry { ino, kind: Kind::Dir, name: b".".to_vec() },
+                DirEntry { ino: d.parent, kind: Kind::Dir, name: b"..".to_vec() },
+            ];
+            for (name, child, kind) in self.index.dirents(ino)? {
+                entries.push(DirEntry { ino: child, kind, name });
+            }
+            let entries = Arc::new(entries);
+            return match self.lock().handles.get_mut(&fh) {
+                Some(Handle::Dir { entries: e }) => {
+                    *e = entries.clone();
+                    Ok(entries)
+                }
+                _ => Err(FsError::BadHandle),
+            };
+        }
         match self.lock().handles.get(&fh) {
             Some(Handle::Dir { entries }) => Ok(entries.clone()),
             _ => Err(FsError::BadHandle),
