@@ -31,7 +31,9 @@ impl Vfs {
         if i.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
-        if flags.write && flags.truncate {
+        // O_TRUNC empties the file even with O_RDONLY, as Linux local filesystems do (the
+        // kernel has checked write permission for it).
+        if flags.truncate {
             self.truncate(ino, 0, None)?;
         } else if flags.write && matches!(i.data, Data::Compressed { .. }) {
             self.rehydrate(ino)?;
