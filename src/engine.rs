@@ -50,7 +50,17 @@ impl Engine {
     /// Start the engine on its own runtime with `threads` codec workers.
     pub fn start(vfs: Arc<Vfs>, threads: usize) -> std::io::Result<Engine> {
         let stop = Arc::new(AtomicBool::new(false));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(threads.max(1)).thread_name("tezipfs-engine").enable_time().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(threads.max(1))
+            .thread_name("tezipfs-engine")
+            // Ingest first: compression runs at nice 10, so FUSE requests win the cores.
+            // SAFETY: setpriority on the calling thread only (Linux nice values are per thread).
+            .on_thread_start(|| unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            })
+            .enable_time()
+            .build()?;
         let s = stop.clone();
         let shared = Arc::new(Shared { vfs, in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()), invalidate: Mutex::new(None) });
         let sh = shared.clone();
