@@ -226,44 +226,61 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let stages = Stage::candidates(dtype.bytes(), opts.entropy);
     // The key frame is coded alike by every predictor but `none`, and it stands for one frame of
     // a whole window: compare the predicted frames of the probe when there are any.
-    let size_of = |coded: &[CodedFrame]| coded.iter().skip(usize::from(coded.len() > 1)).map(|c| c.codes.len() + c.escapes.len()).sum::<usize>();
-    let mut best: Option<(f64, PredictorId, Option<Stage>)> = None;
+    // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
+    let skip = usize::from(probe > 1);
+    let mut size_under = |q: &[quantizer::Coded], stage: Stage| -> Result<f64, EncodeError> {
+        let mut size = 0;
+        for c in &q[skip..] {
+            size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width)?.len() + 4 * c.escapes.len();
+        }
+        Ok(stage.weighed(size, opts.entropy))
+    };
+    let mut best: Option<(f64, PredictorId, Stage, Vec<quantizer::Coded>)> = None;
     for &pid in &candidates {
-        let coded = code_chain(chain, dtype, geom, opts, pid, Some(stages[0]), probe, coder)?;
-        let weighed = stages[0].weighed(size_of(&coded), opts.entropy);
+        let q = quantize_chain(chain, dtype, geom, opts, pid, probe);
+        let weighed = size_under(&q, stages[0])?;
         if best.as_ref().is_none_or(|b| weighed < b.0) {
-            best = Some((weighed, pid, Some(stages[0])));
+            best = Some((weighed, pid, stages[0], q));
         }
     }
-    let pid = best.as_ref().expect("at least one candidate").1;
+    let (mut best_size, pid, mut best_stage, q) = best.expect("at least one candidate");
     for &stage in &stages[1..] {
-        let coded = code_chain(chain, dtype, geom, opts, pid, Some(stage), probe, coder)?;
-        let weighed = stage.weighed(size_of(&coded), opts.entropy);
-        if best.as_ref().is_none_or(|b| weighed < b.0) {
-            best = Some((weighed, pid, Some(stage)));
+        let weighed = size_under(&q, stage)?;
+        if weighed < best_size {
+            (best_size, best_stage) = (weighed, stage);
         }
     }
+    let best = Some((best_size, pid, Some(best_stage)));
     let (_, pid, stage) = best.expect("at least one candidate");
     Ok((pid, if opts.exhaustive { None } else { stage }))
+}
+
+/// Predict and quantise the first `n` frames of the chain with predictor `pid` (no entropy
+/// coding): what the choice of a window's predictor and stage is made on.
+fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, n: usize) -> Vec<quantizer::Coded> {
+    let predictor = pid.build();
+    let mut state = predictor.start(geom);
+    let mut pred = vec![0u32; geom.pixels()];
+    let mut out = Vec::with_capacity(n);
+    for (k, x) in chain.images.iter().take(n).enumerate() {
+        if k > 0 || !pid.intra_key() {
+            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
+        }
+        let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, &pred, geom.width));
+        state.observe(&c.recon);
+        out.push(c);
+    }
+    out
 }
 
 /// Code the first `n` frames of the chain with predictor `pid`; `stage: None` tries every stage
 /// on every frame.
 #[allow(clippy::too_many_arguments)]
 fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
-    let predictor = pid.build();
-    let mut state = predictor.start(geom);
-    let mut pred = vec![0u32; geom.pixels()];
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(n);
-    for k in 0..n {
-        let x = &chain.images[k];
-        let fb = opts.bound.for_frame(dtype, x);
-        if k > 0 || !pid.intra_key() {
-            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
-        }
-        let prediction = pid.prediction(k, &pred, geom.width);
-        let c = quantizer::encode(dtype, fb, x, prediction);
+    for (k, c) in quantize_chain(chain, dtype, geom, opts, pid, n).into_iter().enumerate() {
+        let fb = opts.bound.for_frame(dtype, &chain.images[k]);
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy)?,
@@ -281,7 +298,6 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
             let file = l.assemble(chain.files[k].len(), &l.skeleton(chain.files[k]), &c.recon).expect("layout fits its own file");
             crc32c::crc32c(&file)
         };
-        state.observe(&c.recon);
         out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc });
     }
     Ok(out)
