@@ -24,6 +24,9 @@ pub enum StoreError {
     Io { path: String, source: io::Error },
 }
 
+/// Free space kept for the index and for deletions on a nearly full store.
+pub const RESERVE: u64 = 16 << 20;
+
 pub struct Store {
     root: PathBuf,
     _lock: File,
@@ -105,6 +108,24 @@ impl Store {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Refuse a write of `len` bytes with ENOSPC while it would leave less than [`RESERVE`]
+    /// free: the index must always find room to record changes (sled cannot recover from a
+    /// full disk without a restart), and deleting files must keep working on a full store.
+    pub fn ensure_room(&self, len: u64) -> io::Result<()> {
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.root.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
+        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let free = sv.f_bavail as u64 * sv.f_frsize as u64;
+        if free < len.saturating_add(RESERVE) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     /// Bytes used by a directory tree of the store (for `stats`).

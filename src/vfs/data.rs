@@ -160,6 +160,7 @@ impl Vfs {
             return self.write(fh, offset, data);
         }
         let at = if append { i.size } else { offset };
+        self.store.ensure_room(data.len() as u64)?;
         f.write_all_at(data, at)?;
         let ts = now();
         i.size = i.size.max(at + data.len() as u64);
@@ -229,6 +230,7 @@ impl Vfs {
         if now_i.data != i.data {
             return Ok(()); // someone else did it meanwhile
         }
+        self.store.ensure_room(bytes.len() as u64)?;
         {
             let f = File::create(&path)?;
             f.write_all_at(&bytes, 0)?;
