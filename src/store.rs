@@ -110,10 +110,8 @@ impl Store {
         }
     }
 
-    /// Refuse a write of `len` bytes with ENOSPC while it would leave less than [`RESERVE`]
-    /// free: the index must always find room to record changes (sled cannot recover from a
-    /// full disk without a restart), and deleting files must keep working on a full store.
-    pub fn ensure_room(&self, len: u64) -> io::Result<()> {
+    /// statvfs(2) of the filesystem the store lives on.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
         let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.root.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -121,6 +119,14 @@ impl Store {
         if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        Ok(sv)
+    }
+
+    /// Refuse a write of `len` bytes with ENOSPC while it would leave less than [`RESERVE`]
+    /// free: the index must always find room to record changes (sled cannot recover from a
+    /// full disk without a restart), and deleting files must keep working on a full store.
+    pub fn ensure_room(&self, len: u64) -> io::Result<()> {
+        let sv = self.statvfs()?;
         let free = sv.f_bavail as u64 * sv.f_frsize as u64;
         if free < len.saturating_add(RESERVE) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));

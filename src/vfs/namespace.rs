@@ -404,14 +404,7 @@ impl Vfs {
     }
 
     pub fn statfs(&self) -> FsResult<Statfs> {
-        let root = self.store.root().to_path_buf();
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str())).map_err(|_| FsError::Invalid("store path".into()))?;
-        // SAFETY: statvfs writes into the struct we pass; the path is a valid C string.
-        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } != 0 {
-            return Err(FsError::Io(std::io::Error::last_os_error()));
-        }
+        let sv = self.store.statvfs()?;
         let files = self.index.counter(crate::index::keys::NEXT_INO)?;
         Ok(Statfs {
             blocks: sv.f_blocks as u64 * sv.f_frsize as u64 / super::BLOCK as u64,
