@@ -361,7 +361,8 @@ impl Quant {
         Quant { dtype, bound, max_code: dtype.mask() as u64 }
     }
 
-    /// Integer step (2E+1) for integer types, or the float step 2E, given the prediction.
+    /// The half-width E of the quantisation step at prediction `p` (the step is 2E+1 for
+    /// integer types, 2E for floats); `None` when the bound allows no quantisation here.
     #[inline]
     fn half_width(&self, p: u32) -> Option<f64> {
         match self.bound {

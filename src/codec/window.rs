@@ -243,16 +243,14 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
             best = Some((weighed, pid, stages[0], q));
         }
     }
-    let (mut best_size, pid, mut best_stage, q) = best.expect("at least one candidate");
+    let (mut best_size, pid, mut best_stage, q) = best.expect("at least one candidate predictor");
     for &stage in &stages[1..] {
         let weighed = size_under(&q, stage)?;
         if weighed < best_size {
             (best_size, best_stage) = (weighed, stage);
         }
     }
-    let best = Some((best_size, pid, Some(best_stage)));
-    let (_, pid, stage) = best.expect("at least one candidate");
-    Ok((pid, if opts.exhaustive { None } else { stage }))
+    Ok((pid, if opts.exhaustive { None } else { Some(best_stage) }))
 }
 
 /// Predict and quantise the first `n` frames of the chain with predictor `pid` (no entropy
