@@ -144,6 +144,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             });
         }
         while tasks.try_join_next().is_some() {}
+        shared.vfs.store.restore_reserve();
         tokio::time::sleep(TICK).await;
     }
     while tasks.join_next().await.is_some() {}

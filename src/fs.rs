@@ -3,16 +3,17 @@
 //! a panic in one request is answered with EIO and the mount lives on.
 
 use crate::index::{Kind, Timestamp};
-use crate::vfs::{Attr, Ctx, FsError, FsResult, NewNode, OpenFlags, SetAttr, TimeSet, Vfs};
+use crate::vfs::{Attr, Ctx, FsError, FsResult, NewNode, OpenFlags, Opened, SetAttr, TimeSet, Vfs};
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Attribute and entry lifetime in the kernel's cache.
@@ -24,11 +25,79 @@ pub const MAX_WRITE: u32 = 1 << 20;
 
 pub struct FuseFs {
     vfs: Arc<Vfs>,
+    /// Ask the kernel for FUSE passthrough (staged files read and written by the kernel itself).
+    want_passthrough: bool,
+    /// The kernel's reference to each inode's staging file while passthrough handles are open,
+    /// with their count: all handles of an inode must share one.
+    backing: Mutex<HashMap<u64, (BackingId, u32)>>,
 }
 
 impl FuseFs {
-    pub fn new(vfs: Arc<Vfs>) -> FuseFs {
-        FuseFs { vfs }
+    pub fn new(vfs: Arc<Vfs>, passthrough: bool) -> FuseFs {
+        FuseFs { vfs, want_passthrough: passthrough, backing: Mutex::new(HashMap::new()) }
+    }
+
+    /// Answer an open or create. A passthrough handle gets the inode's backing file (shared by
+    /// all its open handles, as the kernel requires); if the kernel refuses one, passthrough is
+    /// turned off and the handle becomes a plain one.
+    fn reply_opened(&self, ino: u64, opened: Opened, reply: impl OpenReply) {
+        let flags = if opened.immutable { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+        let Some(file) = opened.passthrough else { return reply.send(opened.fh, flags, None) };
+        let mut b = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let (id, n) = match b.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match reply.open_backing(&file) {
+                Ok(id) => v.insert((id, 0)),
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "the kernel refused FUSE passthrough; the daemon serves reads and writes from now on");
+                    self.vfs.passthrough_refused(opened.fh);
+                    return reply.send(opened.fh, flags, None);
+                }
+            },
+        };
+        *n += 1;
+        reply.send(opened.fh, flags, Some(id));
+    }
+
+    fn drop_backing(&self, ino: u64) {
+        let mut b = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = b.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                b.remove(&ino);
+            }
+        }
+    }
+}
+
+/// The two replies that open a file (open and create), for [`FuseFs::reply_opened`].
+trait OpenReply {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId>;
+    fn send(self, fh: u64, flags: FopenFlags, backing: Option<&BackingId>);
+}
+
+impl OpenReply for ReplyOpen {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        ReplyOpen::open_backing(self, file)
+    }
+    fn send(self, fh: u64, flags: FopenFlags, backing: Option<&BackingId>) {
+        match backing {
+            Some(id) => self.opened_passthrough(FileHandle(fh), flags, id),
+            None => self.opened(FileHandle(fh), flags),
+        }
+    }
+}
+
+impl OpenReply for (ReplyCreate, Attr) {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        self.0.open_backing(file)
+    }
+    fn send(self, fh: u64, flags: FopenFlags, backing: Option<&BackingId>) {
+        let (reply, a) = self;
+        match backing {
+            Some(id) => reply.created_passthrough(&ttl(&a), &fuse_attr(&a), Generation(0), FileHandle(fh), flags, id),
+            None => reply.created(&ttl(&a), &fuse_attr(&a), Generation(0), FileHandle(fh), flags),
+        }
     }
 }
 
@@ -113,6 +182,14 @@ impl Filesystem for FuseFs {
             if let Err(e) = config.add_capabilities(cap) {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
             }
+        }
+        // Passthrough: the kernel reads and writes staging files itself (Linux 6.9+, and the
+        // daemon needs CAP_SYS_ADMIN). Depth 2 lets the store sit on a stacked filesystem such as
+        // overlayfs; the price is that nothing can stack on top of this mount.
+        if self.want_passthrough {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(2).is_ok();
+            tracing::info!(passthrough = ok, "FUSE passthrough for staged files");
+            self.vfs.enable_passthrough(ok);
         }
         Ok(())
     }
@@ -228,19 +305,15 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
-        let r = run("open", ino.0, || {
-            let fh = self.vfs.open(ino.0, OpenFlags::from_raw(flags.0))?;
-            Ok((fh, self.vfs.getattr(ino.0)?.immutable))
-        });
-        match r {
-            Ok((fh, immutable)) => reply.opened(FileHandle(fh), if immutable { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }),
+        match run("open", ino.0, || self.vfs.open(ino.0, OpenFlags::from_raw(flags.0))) {
+            Ok(opened) => self.reply_opened(ino.0, opened, reply),
             Err(e) => reply.error(e),
         }
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         match run("create", parent.0, || self.vfs.create(ctx(req), parent.0, name.as_bytes(), mode, umask, OpenFlags::from_raw(flags))) {
-            Ok((a, fh)) => reply.created(&ttl(&a), &fuse_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((a, opened)) => self.reply_opened(a.ino, opened, (reply, a)),
             Err(e) => reply.error(e),
         }
     }
@@ -267,8 +340,12 @@ impl Filesystem for FuseFs {
     }
 
     fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
-        match run("release", ino.0, || self.vfs.release(fh.0)) {
-            Ok(()) => reply.ok(),
+        let r = run("release", ino.0, || self.vfs.release(fh.0));
+        if matches!(r, Ok(true)) {
+            self.drop_backing(ino.0);
+        }
+        match r {
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }

@@ -127,6 +127,9 @@ pub struct MountSection {
     pub cache_mib: Option<u64>,
     pub staging_budget_mib: Option<u64>,
     pub threads: Option<usize>,
+    /// FUSE passthrough for staged files (default true; see `tezipfs mount --no-passthrough`).
+    pub passthrough: Option<bool>,
+    pub passthrough_min_free_mib: Option<u64>,
 }
 
 impl ConfigFile {

@@ -7,6 +7,8 @@
 //! <store>/staging/<ino>   raw bytes of files not yet compressed
 //! <store>/blobs/<id>.tzb  immutable blobs (docs/FORMAT.md)
 //! <store>/tmp/            blobs being written
+//! <store>/reserve         RESERVE bytes of allocated space, given up for the index when the
+//!                         disk fills (see [`Store::keep_room_for_index`])
 //! ```
 //! A blob is written to `tmp/`, fsynced, renamed into `blobs/`, and `blobs/` is fsynced: it is
 //! either absent or whole.
@@ -27,9 +29,15 @@ pub enum StoreError {
 /// Free space kept for the index and for deletions on a nearly full store.
 pub const RESERVE: u64 = 16 << 20;
 
+/// The file that holds [`RESERVE`] bytes of the disk for the index.
+const RESERVE_FILE: &str = "reserve";
+
 pub struct Store {
     root: PathBuf,
     _lock: File,
+    /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
+    /// room).
+    reserve_held: std::sync::atomic::AtomicBool,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -58,7 +66,75 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
-        Ok(Store { root: root.to_path_buf(), _lock: lock })
+        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into() };
+        store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
+        store.restore_reserve();
+        Ok(store)
+    }
+
+    fn free_bytes(&self) -> io::Result<u64> {
+        let sv = self.statvfs()?;
+        Ok(sv.f_bavail * sv.f_frsize)
+    }
+
+    /// Called before every index change. Writers through FUSE passthrough write the disk
+    /// without asking us, so they can fill it; sled cannot recover from a write that failed
+    /// with ENOSPC without a restart. When less than half the reserve is free, the reserve file
+    /// goes, and the index has room again.
+    pub fn keep_room_for_index(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.reserve_held.load(Ordering::Relaxed) || self.free_bytes().is_ok_and(|f| f >= RESERVE / 2) {
+            return;
+        }
+        if self.reserve_held.swap(false, Ordering::Relaxed) {
+            let path = self.root.join(RESERVE_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    // Blocks of a deleted file are free once the journal commits it.
+                    let _ = File::open(&self.root).and_then(|d| d.sync_all());
+                    tracing::warn!(store = %self.root.display(), "the store's disk is full: gave up the {} MiB reserve so that the index can still record changes", RESERVE >> 20);
+                }
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot delete the reserve file of a full store"),
+            }
+        }
+    }
+
+    /// Whether a new writer may bypass the daemon (FUSE passthrough): only while the reserve is
+    /// held and the disk has at least `min_free` bytes free. Writers through the daemon are
+    /// refused before the reserve is touched ([`Store::ensure_room`]); passthrough writers are
+    /// not, so they are kept to a disk with room.
+    pub fn passthrough_room(&self, min_free: u64) -> bool {
+        self.reserve_held.load(std::sync::atomic::Ordering::Relaxed) && self.free_bytes().is_ok_and(|f| f >= min_free)
+    }
+
+    /// Make the reserve file again once the disk has room (at open, and after a full disk).
+    pub fn restore_reserve(&self) {
+        use std::sync::atomic::Ordering;
+        if self.reserve_held.load(Ordering::Relaxed) || !self.free_bytes().is_ok_and(|f| f > 2 * RESERVE) {
+            return;
+        }
+        let tmp = self.root.join("tmp").join(RESERVE_FILE);
+        let made = (|| -> io::Result<()> {
+            let f = File::create(&tmp)?;
+            // SAFETY: fallocate on a descriptor we own, for a range within i64.
+            if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE as i64) } != 0 {
+                // Filesystems without fallocate: real zeros.
+                let zeros = vec![0u8; 1 << 20];
+                let mut w = &f;
+                for _ in 0..RESERVE >> 20 {
+                    w.write_all(&zeros)?;
+                }
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.root.join(RESERVE_FILE))
+        })();
+        match made {
+            Ok(()) => self.reserve_held.store(true, Ordering::Relaxed),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(store = %self.root.display(), error = %e, "cannot make the store's reserve file");
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -126,8 +202,7 @@ impl Store {
     /// free: the index must always find room to record changes (sled cannot recover from a
     /// full disk without a restart), and deleting files must keep working on a full store.
     pub fn ensure_room(&self, len: u64) -> io::Result<()> {
-        let sv = self.statvfs()?;
-        let free = sv.f_bavail as u64 * sv.f_frsize as u64;
+        let free = self.free_bytes()?;
         if free < len.saturating_add(RESERVE) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }

@@ -8,10 +8,11 @@
 mod data;
 mod error;
 mod namespace;
+mod passthrough;
 mod stats;
 mod xattr;
 
-pub use data::OpenFlags;
+pub use data::{OpenFlags, Opened};
 pub use error::{FsError, FsResult};
 pub use namespace::{NewNode, Statfs};
 pub use stats::{DirStats, Stats};
@@ -90,6 +91,8 @@ pub struct Config {
     pub staging_budget: u64,
     /// Root policy (defaults from the config file).
     pub root_policy: Policy,
+    /// Writers use FUSE passthrough only while the store's disk has this much free.
+    pub passthrough_min_free: u64,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             cache_bytes: 1 << 30,
             staging_budget: 100 << 30,
             root_policy: Policy::default(),
+            passthrough_min_free: 1 << 30,
         }
     }
 }
@@ -107,7 +111,9 @@ impl Default for Config {
 /// An open file or directory.
 #[derive(Debug)]
 enum Handle {
-    File { ino: u64, write: bool, append: bool, dirty: bool },
+    /// `passthrough`: the kernel reads and writes the staging file itself (FUSE passthrough), so
+    /// no READ or WRITE reaches us; size and mtime are taken from the staging file.
+    File { ino: u64, write: bool, append: bool, dirty: bool, passthrough: bool },
     Dir { entries: Arc<Vec<DirEntry>> },
 }
 
@@ -132,6 +138,11 @@ struct State {
 struct OpenCount {
     handles: u32,
     writers: u32,
+    /// Handles in passthrough mode. The kernel refuses to mix them with cached handles on one
+    /// inode, so while this is non-zero every new open is passthrough too, and while cached
+    /// handles are open none is.
+    passthrough: u32,
+    passthrough_writers: u32,
 }
 
 /// Counters for `stats`.
@@ -143,6 +154,7 @@ pub struct Counters {
     pub compress_nanos: AtomicU64,
     pub errors: AtomicU64,
     pub rehydrated: AtomicU64,
+    pub passthrough_opens: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -155,6 +167,11 @@ pub struct Vfs {
     /// Decoders positioned in a blob's chain, so that reading a window in order decodes each
     /// frame once.
     decoders: Mutex<lru::LruCache<u64, Decoder>>,
+    /// Whether opens may use FUSE passthrough (the adapter turns it off when the kernel cannot).
+    passthrough: std::sync::atomic::AtomicBool,
+    /// Staging files of inodes with passthrough writers: their size and mtime are read from
+    /// here, since the writes never reach us. Lock order: `state` before this.
+    written_behind: passthrough::WrittenBehind,
     pub counters: Counters,
 }
 
@@ -172,6 +189,8 @@ impl Vfs {
             config,
             state: Mutex::new(State { handles: HashMap::new(), next_fh: 1, open: HashMap::new(), staging: HashMap::new() }),
             decoders: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(8).expect("8 > 0"))),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
@@ -252,6 +271,18 @@ impl Vfs {
     }
 
     fn attr(&self, i: &Inode) -> Attr {
+        match self.written_behind.current(i, now()) {
+            // Written through passthrough: size and times come from the staging file.
+            Ok(Some(c)) => Attr { size: c.size, mtime: c.mtime, ctime: c.ctime, blocks: c.blocks, ..self.index_attr(i) },
+            Ok(None) => self.index_attr(i),
+            Err(e) => {
+                tracing::warn!(ino = i.ino, error = %e, "cannot stat a staging file written through passthrough");
+                self.index_attr(i)
+            }
+        }
+    }
+
+    fn index_attr(&self, i: &Inode) -> Attr {
         let blocks = match &i.data {
             Data::Compressed { stored, .. } => stored.div_ceil(512),
             Data::Staged => std::fs::metadata(self.store.staging_path(i.ino)).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap_or(i.size.div_ceil(512)),
@@ -324,6 +355,7 @@ impl Vfs {
                 Index::put_blob(&mut t.batch, &rec);
             }
         }
+        self.store.keep_room_for_index();
         self.index.apply(t.batch)?;
         if dead.is_empty() && t.staging.is_empty() {
             return Ok(());

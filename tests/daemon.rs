@@ -4,7 +4,8 @@
 mod common;
 
 use common::{is_mounted, wait_for, wait_states, Fs, BIN};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tezipfs::fixtures::{generate_raw, SequenceSpec};
@@ -96,41 +97,91 @@ fn staging_over_budget_is_reported_and_writes_go_on() {
     assert!(child.wait().unwrap().success());
 }
 
-/// A full disk: writes fail with ENOSPC, nothing closed before is lost, the mount keeps serving.
+/// A small tmpfs holding a store, unmounted (lazily) when dropped.
+struct SmallDisk {
+    _tmp: tempfile::TempDir,
+    disk: PathBuf,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(mib: u32) -> SmallDisk {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("small");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        assert!(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(&disk).status().unwrap().success());
+        let log = tmp.path().join("log");
+        SmallDisk { _tmp: tmp, disk, mnt, log }
+    }
+
+    fn mount(&self, extra: &[&str]) -> std::process::Child {
+        let store = self.disk.join("store");
+        let child = Command::new(BIN)
+            .args(["mount", "--store", store.to_str().unwrap(), self.mnt.to_str().unwrap(), "--quiet-ms", "600000"])
+            .args(extra)
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("mount", Duration::from_secs(10), || is_mounted(&self.mnt));
+        child
+    }
+
+    fn stop(&self, mut child: std::process::Child) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    /// The disk is full, yet the index still records changes: metadata operations and a
+    /// directory fsync work.
+    fn metadata_still_works(&self, files: &[PathBuf]) {
+        for k in 0..20 {
+            let d = self.mnt.join(format!("dir{k}"));
+            std::fs::create_dir(&d).unwrap_or_else(|e| panic!("mkdir on a full disk: {e}"));
+            let f = &files[k % files.len()];
+            std::fs::rename(f, d.join("moved")).unwrap_or_else(|e| panic!("rename on a full disk: {e}"));
+            std::fs::rename(d.join("moved"), f).unwrap();
+            std::fs::remove_dir(&d).unwrap();
+        }
+        std::fs::File::open(&self.mnt).unwrap().sync_all().unwrap_or_else(|e| panic!("fsync of a directory on a full disk: {e}"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.disk).status();
+    }
+}
+
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: mounting a small tmpfs for the store needs root");
+    }
+    root
+}
+
+/// A full disk, writers served by the daemon (passthrough needs 1 GiB free by default): writes
+/// fail with ENOSPC while 16 MiB are still free, nothing closed before is lost, the mount keeps
+/// serving.
 #[test]
 fn full_disk_gives_enospc_and_keeps_earlier_files() {
     require_fuse!();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a small tmpfs for the store needs root");
+    if !root_or_skip() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let small = tmp.path().join("small");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir_all(&small).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(&small).status().unwrap().success());
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(&small);
-    let store = small.join("store");
-    let log = tmp.path().join("log");
-    let mut child = Command::new(BIN)
-        .args(["mount", "--store", store.to_str().unwrap(), mnt.to_str().unwrap(), "--quiet-ms", "600000"])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for("mount", Duration::from_secs(10), || is_mounted(&mnt));
+    let disk = SmallDisk::new(48);
+    let child = disk.mount(&[]);
     let chunk: Vec<u8> = (0..(1 << 20)).map(|i| (i * 31 % 251) as u8).collect();
     let mut written = Vec::new();
     let mut enospc = false;
     for i in 0..200 {
-        let p = mnt.join(format!("f{i}"));
+        let p = disk.mnt.join(format!("f{i}"));
         let r = std::fs::write(&p, &chunk);
         match r {
             Ok(()) => written.push(p),
@@ -146,14 +197,69 @@ fn full_disk_gives_enospc_and_keeps_earlier_files() {
     for p in &written {
         assert_eq!(std::fs::read(p).unwrap(), chunk, "{} changed after the disk filled", p.display());
     }
+    disk.metadata_still_works(&written);
     // Room again: writes work again.
     std::fs::remove_file(&written[0]).unwrap();
     std::fs::remove_file(&written[1]).unwrap();
-    std::fs::write(mnt.join("after"), b"room again").unwrap();
-    assert_eq!(std::fs::read(mnt.join("after")).unwrap(), b"room again");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    std::fs::write(disk.mnt.join("after"), b"room again").unwrap();
+    assert_eq!(std::fs::read(disk.mnt.join("after")).unwrap(), b"room again");
+    disk.stop(child);
+}
+
+/// A writer through passthrough fills the disk to the last block (the daemon cannot refuse its
+/// writes): it gets ENOSPC, the store gives up its reserve file so the index goes on recording
+/// changes, later writers are served by the daemon, and once there is room the reserve comes
+/// back and passthrough with it.
+#[test]
+fn passthrough_writer_filling_the_disk_leaves_the_index_working() {
+    require_fuse!();
+    if !root_or_skip() {
+        return;
+    }
+    let disk = SmallDisk::new(48);
+    let child = disk.mount(&["--passthrough-min-free-mib", "20"]);
+    let reserve = disk.disk.join("store/reserve");
+    assert!(reserve.exists(), "the store holds a reserve file");
+    let small: Vec<PathBuf> = (0..3).map(|i| disk.mnt.join(format!("small{i}"))).collect();
+    for p in &small {
+        std::fs::write(p, vec![7u8; 100_000]).unwrap();
+    }
+    // One writer, opened while the disk had room, writes until the disk is full.
+    let big = disk.mnt.join("big");
+    let mut f = std::fs::File::create(&big).unwrap();
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut written = 0u64;
+    let err = loop {
+        match f.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "a 48 MiB disk took 64 MiB");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), written);
+    assert!(!reserve.exists(), "the reserve was given up for the index");
+    disk.metadata_still_works(&small);
+    let stats = |d: &Path| -> serde_json::Value {
+        let out = Command::new(BIN).arg("stats").arg(d).arg("--json").output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let opens = stats(&disk.mnt)["passthrough_opens"].as_u64().unwrap();
+    // A new writer now goes through the daemon, which refuses to eat into the index's room.
+    let e = std::fs::write(disk.mnt.join("more"), vec![1u8; 4 << 20]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(stats(&disk.mnt)["passthrough_opens"].as_u64().unwrap(), opens, "no passthrough on a full disk");
+    for p in &small {
+        assert_eq!(std::fs::read(p).unwrap(), vec![7u8; 100_000]);
+    }
+    // Room again: the reserve comes back, then passthrough.
+    std::fs::remove_file(&big).unwrap();
+    wait_for("the reserve file", Duration::from_secs(10), || reserve.exists());
+    std::fs::write(disk.mnt.join("after"), b"room again").unwrap();
+    assert_eq!(std::fs::read(disk.mnt.join("after")).unwrap(), b"room again");
+    assert_eq!(stats(&disk.mnt)["passthrough_opens"].as_u64().unwrap(), opens + 1, "passthrough again");
+    disk.stop(child);
 }
 
 #[test]

@@ -466,7 +466,7 @@ fn append_rehydrates_then_compresses_again() {
 fn append_after_reads_across_the_commit_keeps_the_bytes() {
     require_fuse!();
     use std::os::unix::fs::OpenOptionsExt;
-    let fs = Fs::with(Opts { quiet_ms: 50, tail_idle_ms: 100, threads: None });
+    let fs = Fs::with(Opts { quiet_ms: 50, tail_idle_ms: 100, ..Opts::default() });
     let d = fs.path("d");
     mkdir(&d);
     set_policy(&d, Some("raw:64x64:u16"), None, Some(1));
@@ -603,7 +603,7 @@ fn tiff_reader_reads_compressed_tiffs() {
 fn kill9_loses_no_closed_file() {
     require_fuse!();
     // Staged: nothing is compressed on this first mount.
-    let mut fs = Fs::with(Opts { quiet_ms: 600_000, tail_idle_ms: 600_000, threads: None });
+    let mut fs = Fs::with(Opts { quiet_ms: 600_000, tail_idle_ms: 600_000, ..Opts::default() });
     let s = raw_dir(&fs, "staged", 8);
     let mut all = write_frames(&s, &raw_frames(W, H, 8, 90), "raw");
     for p in all.keys() {
@@ -776,4 +776,75 @@ fn du_shows_real_usage() {
     let logical: u64 = files.values().map(|b| b.len() as u64).sum();
     assert!(apparent >= logical, "du --apparent-size {apparent} < {logical} bytes written");
     assert!(real * 2 < apparent, "du {real} is not well below du --apparent-size {apparent}");
+}
+
+/// Writers are served by FUSE passthrough by default (the kernel writes the staging file), and by
+/// the daemon with --no-passthrough; both give the same files, sizes and times: sizes seen while
+/// the writer still has the file open, a header patched by seeking back, an extension by
+/// ftruncate, appends, a reader opened beside the writer, utimens while open, and the bytes
+/// after compression and a remount.
+#[test]
+fn writers_by_passthrough_and_by_the_daemon_agree() {
+    require_fuse!();
+    for passthrough in [true, false] {
+        let mut fs = Fs::with(Opts { passthrough, ..Opts::default() });
+        let d = fs.path("d");
+        mkdir(&d);
+        let p = d.join("frame.bin");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut want = Vec::new();
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&p).expect("create");
+        let created = std::fs::metadata(&p).unwrap();
+        let mut last_mtime = (created.mtime(), created.mtime_nsec());
+        let mut last_ctime = (created.ctime(), created.ctime_nsec());
+        for chunk in body.chunks(100_000) {
+            f.write_all_at(chunk, want.len() as u64).expect("write");
+            want.extend_from_slice(chunk);
+            let m = std::fs::metadata(&p).unwrap();
+            assert_eq!(m.len(), want.len() as u64, "size while open (passthrough {passthrough})");
+            let (mt, ct) = ((m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec()));
+            assert!(mt > last_mtime && ct > last_ctime, "a write moves mtime and ctime forward (passthrough {passthrough}): {last_mtime:?} -> {mt:?}, {last_ctime:?} -> {ct:?}");
+            (last_mtime, last_ctime) = (mt, ct);
+        }
+        // A header written last, by seeking back; a reader opened beside the writer sees it.
+        f.write_all_at(b"HEADER", 0).unwrap();
+        want[..6].copy_from_slice(b"HEADER");
+        let mut r = Vec::new();
+        std::fs::File::open(&p).unwrap().read_to_end(&mut r).unwrap();
+        assert!(r == want, "a reader beside the writer (passthrough {passthrough})");
+        // Extension by ftruncate, then a write past it.
+        f.set_len(want.len() as u64 + 5000).unwrap();
+        want.resize(want.len() + 5000, 0);
+        f.write_all_at(b"tail", want.len() as u64).unwrap();
+        want.extend_from_slice(b"tail");
+        // utimens while open: the time set shows until the next write.
+        let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        f.set_times(std::fs::FileTimes::new().set_modified(past)).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mtime(), 1_000_000_000, "utimens while open");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), want.len() as u64);
+        f.write_all_at(b"!", 10).unwrap();
+        want[10] = b'!';
+        assert!(std::fs::metadata(&p).unwrap().mtime() > 1_000_000_000, "a write after utimens sets mtime");
+        drop(f);
+        assert_file(&p, &want);
+        let extra = vec![0x5a; 777];
+        OpenOptions::new().append(true).open(&p).unwrap().write_all(&extra).unwrap();
+        want.extend_from_slice(&extra);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), want.len() as u64);
+        let before = std::fs::metadata(&p).unwrap();
+        wait_states(&[p.clone()], &["stored"]);
+        let after = std::fs::metadata(&p).unwrap();
+        assert_eq!((after.len(), after.mtime(), after.mtime_nsec(), after.ino()), (before.len(), before.mtime(), before.mtime_nsec(), before.ino()), "compression changes no attribute");
+        assert_file(&p, &want);
+        let opens = fs.stats(&d)["passthrough_opens"].as_u64().expect("passthrough_opens in stats");
+        if passthrough {
+            assert!(opens >= 2, "the writers went through passthrough: {opens} opens");
+        } else {
+            assert_eq!(opens, 0, "--no-passthrough");
+        }
+        fs.remount();
+        assert_file(&p, &want);
+        assert_eq!(std::fs::metadata(&p).unwrap().mtime(), before.mtime());
+        fs.assert_log_clean();
+    }
 }

@@ -122,7 +122,8 @@ impl Mount {
         let child = Command::new(BIN).args(&self.args).stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("start tezipfs");
         self.child = Some(child);
         let t = Instant::now();
-        while !mounted(&self.mnt) {
+        // Mounted and answering (a dead mount left by a killed daemon is in /proc/mounts too).
+        while !mounted(&self.mnt) || fs::metadata(&self.mnt).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
                 panic!("tezipfs mount exited ({status}) before mounting:\n{}", self.log_tail());
@@ -160,16 +161,22 @@ impl Mount {
     /// kill -9 the daemon; returns whether the mount went away by itself (auto_unmount) within
     /// 10 s. The mount is gone afterwards either way.
     fn kill9(&mut self) -> bool {
+        let by_itself = self.kill9_leaving_dead_mount();
+        if !by_itself {
+            fusermount_lazy(&self.mnt);
+        }
+        by_itself
+    }
+
+    /// kill -9 the daemon and wait up to 10 s for the mount to go; returns whether it went. If
+    /// not, the dead mount is left in place.
+    fn kill9_leaving_dead_mount(&mut self) -> bool {
         let (_, _) = self.stop_with(libc::SIGKILL);
         let t = Instant::now();
         while mounted(&self.mnt) && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let by_itself = !mounted(&self.mnt);
-        if !by_itself {
-            fusermount_lazy(&self.mnt);
-        }
-        by_itself
+        !mounted(&self.mnt)
     }
 
     fn pid(&self) -> u32 {
@@ -1108,7 +1115,12 @@ fn s18_daemon_death_and_restart() {
     let staging = m.store.join("staging").join(ino.to_string());
     assert!(staging.exists());
 
-    assert!(m.kill9(), "the mount goes away with the daemon (auto_unmount)");
+    // auto_unmount is fusermount3's watchdog, which under heavy load sometimes leaves the dead
+    // mount behind; then every access fails at once with ENOTCONN, and the next daemon clears it.
+    if !m.kill9_leaving_dead_mount() {
+        eprintln!("s18: fusermount3 left a dead mount behind");
+        assert_eq!(fs::metadata(&m.mnt).map_err(|e| e.raw_os_error()).err(), Some(Some(libc::ENOTCONN)), "a dead mount answers ENOTCONN");
+    }
     drop(h);
     m.start();
     assert!(read_uncached(&done).unwrap() == done_data);
@@ -1980,6 +1992,59 @@ fn s47_mmap() {
             assert!(std::slice::from_raw_parts(map as *const u8, gd.len()) == &gd[..]);
             libc::munmap(map, gd.len());
         }
+    }
+}
+
+#[test]
+fn s48_writers_through_passthrough() {
+    // Its own mount: other users write in it.
+    let m = own_mount!("s48", "--allow-other");
+    let d = m.p("s48");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, Permissions::from_mode(0o777)).unwrap();
+    policy(&d, "window", "1");
+    let opens = || stat_u64(&d, "passthrough_opens");
+    // A plain write is a passthrough open, and its size shows before the close.
+    let before = opens();
+    let f = d.join("f");
+    let mut h = File::create(&f).unwrap();
+    h.write_all(&text(50 * KIB, 1)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 50 * KIB as u64);
+    drop(h);
+    assert_eq!(opens(), before + 1, "one passthrough open");
+
+    // A compressed file held open by a reader: a writer is served by the daemon.
+    let data = text(64 * KIB, 2);
+    fs::write(&f, &data).unwrap();
+    wait_coded(&f);
+    let reader = File::open(&f).unwrap();
+    let before = opens();
+    let w = OpenOptions::new().write(true).open(&f).unwrap();
+    w.write_all_at(b"DAEMON", 0).unwrap();
+    drop(w);
+    assert_eq!(opens(), before, "not passthrough beside a reader");
+    let mut want = data.clone();
+    want[..6].copy_from_slice(b"DAEMON");
+    let mut got = Vec::new();
+    (&reader).read_to_end(&mut got).unwrap();
+    assert!(got == want, "the reader sees the write");
+    drop(reader);
+
+    // Set-ID bits: cleared by a write of another user, kept by root's write and for a
+    // set-group-ID file that is not group-executable.
+    if !is_root() {
+        eprintln!("s48: not root: writes as another user skipped");
+        return;
+    }
+    for (name, mode, writer, kept) in [("suid", 0o4777, NOBODY, 0o777), ("sgid", 0o2777, NOBODY, 0o777), ("sgid-noexec", 0o2766, NOBODY, 0o2766), ("suid-root", 0o4777, 0, 0o4777)] {
+        let p = d.join(name);
+        fs::write(&p, b"0123456789").unwrap();
+        fs::set_permissions(&p, Permissions::from_mode(mode)).unwrap();
+        let script = format!("printf abc >> '{}'", p.display());
+        let out = run_as(writer, "sh", &[Path::new("-c"), Path::new(&script)]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(fs::read(&p).unwrap(), b"0123456789abc", "{name}");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, kept, "{name}: mode after a write by uid {writer}");
     }
 }
 

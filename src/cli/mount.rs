@@ -47,6 +47,14 @@ pub struct MountArgs {
     /// Staging budget in MiB: above it the daemon warns and `stats` says so (writes go on).
     #[arg(long)]
     pub staging_budget_mib: Option<u64>,
+    /// Serve staged files through the daemon instead of FUSE passthrough (by default the kernel
+    /// reads and writes staging files itself where it can: Linux 6.9+, run as root).
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Writers use passthrough only while the store's disk has this many MiB free (default
+    /// 1024); below, the daemon serves them and keeps 16 MiB free for the index.
+    #[arg(long)]
+    pub passthrough_min_free_mib: Option<u64>,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -57,7 +65,22 @@ fn is_mounted(mountpoint: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mounts").map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&canon.to_string_lossy()))).unwrap_or(false)
 }
 
+/// A mount point whose daemon died without its mount being taken away (ENOTCONN) is unmounted
+/// (lazily), so that a restart, by hand or by systemd, just works.
+fn clear_dead_mount(mountpoint: &Path) {
+    let Err(e) = std::fs::metadata(mountpoint) else { return };
+    if e.raw_os_error() != Some(libc::ENOTCONN) {
+        return;
+    }
+    tracing::warn!(mountpoint = %mountpoint.display(), "a dead FUSE mount is in the way (its daemon died); unmounting it");
+    let ok = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status().is_ok_and(|s| s.success());
+    if !ok {
+        tracing::warn!(mountpoint = %mountpoint.display(), "fusermount3 -u -z failed on the dead mount");
+    }
+}
+
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    clear_dead_mount(&args.mountpoint);
     if !args.mountpoint.is_dir() {
         bail!("mount point {} is not a directory", args.mountpoint.display());
     }
@@ -75,6 +98,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         cache_bytes: args.cache_mib.or(m.cache_mib).unwrap_or(1024) << 20,
         staging_budget: args.staging_budget_mib.or(m.staging_budget_mib).unwrap_or(100 << 10) << 20,
         root_policy: file.root_policy().map_err(anyhow::Error::msg)?,
+        passthrough_min_free: args.passthrough_min_free_mib.or(m.passthrough_min_free_mib).unwrap_or(1024) << 20,
     };
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let store = Store::open(&args.store)?;
@@ -94,7 +118,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     fuse.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::RootAndOwner };
     fuse.n_threads = Some(args.fuse_threads.max(1));
     let mountpoint = args.mountpoint.canonicalize().with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-    let session = fuser::spawn_mount(FuseFs::new(vfs.clone()), &args.mountpoint, &fuse).with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    let session = fuser::spawn_mount(FuseFs::new(vfs.clone(), !(args.no_passthrough || m.passthrough == Some(false))), &args.mountpoint, &fuse).with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     // Lossy windows change what a file reads back: drop the kernel's cached pages of those files.
     let notifier = session.notifier();
     engine.set_invalidate(Arc::new(move |inos: &[u64]| {

@@ -1,7 +1,8 @@
 //! File contents: open, read, write, truncate, fsync, release, and the switch of a file between
 //! its two homes (a staging file while it is written, a blob entry once compressed).
 
-use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, Txn, Vfs};
+use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, State, Txn, Vfs};
+use std::sync::atomic::Ordering;
 use crate::codec::Decoder;
 use crate::index::{Data, Index, Inode, Kind};
 use std::fs::{File, OpenOptions};
@@ -14,19 +15,34 @@ pub struct OpenFlags {
     pub write: bool,
     pub append: bool,
     pub truncate: bool,
+    /// O_DIRECT: kept off passthrough, where the backing filesystem would demand aligned buffers.
+    pub direct: bool,
 }
 
 impl OpenFlags {
     pub fn from_raw(flags: i32) -> OpenFlags {
         let acc = flags & libc::O_ACCMODE;
-        OpenFlags { write: acc == libc::O_WRONLY || acc == libc::O_RDWR, append: flags & libc::O_APPEND != 0, truncate: flags & libc::O_TRUNC != 0 }
+        OpenFlags { write: acc == libc::O_WRONLY || acc == libc::O_RDWR, append: flags & libc::O_APPEND != 0, truncate: flags & libc::O_TRUNC != 0, direct: flags & libc::O_DIRECT != 0 }
     }
+}
+
+/// An opened file: its handle, and for a passthrough handle the file the kernel should use.
+pub struct Opened {
+    pub fh: u64,
+    pub passthrough: Option<Arc<File>>,
+    /// Compressed: the content cannot change while this handle is open without a reopen for
+    /// writing, so the kernel may keep its page cache.
+    pub immutable: bool,
 }
 
 impl Vfs {
     /// Open a file. Opening a compressed file for writing brings its bytes back to staging
     /// first (rehydration), unless it is truncated anyway.
-    pub fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<u64> {
+    ///
+    /// When passthrough is on and the file lives in staging (or is opened for writing), the
+    /// handle is a passthrough one: [`Opened::passthrough`] is the staging file the kernel should
+    /// read and write directly.
+    pub fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<Opened> {
         let i = self.inode(ino)?;
         if i.kind == Kind::Dir {
             return Err(FsError::IsDir);
@@ -39,22 +55,111 @@ impl Vfs {
             self.rehydrate(ino)?;
         }
         let mut st = self.lock();
+        let mut i = self.inode(ino)?;
+        let c = st.open.get(&ino).copied().unwrap_or_default();
+        // Passthrough for writers only: readers of staged files stay with the daemon, so they
+        // never hold up a compression (S21) and executables keep ETXTBSY. A reader joins the
+        // passthrough of an inode that already has such handles: the kernel wants one mode.
+        let passthrough = i.kind == Kind::File
+            && (c.passthrough > 0
+                || (self.passthrough.load(Ordering::Relaxed)
+                    && c.handles == 0
+                    && flags.write
+                    && !flags.direct
+                    && !matches!(i.data, Data::Compressed { .. })
+                    && self.store.passthrough_room(self.config.passthrough_min_free)));
+        let mut file = None;
+        if passthrough {
+            let f = self.staging_file_locked(&mut st, ino, true)?;
+            if flags.write {
+                // Writes will not reach us: the file is staged from now on, and a compression
+                // of it already under way must not commit (its generation moves on).
+                i.data = Data::Staged;
+                i.generation += 1;
+                let mut t = Txn::default();
+                Index::put_inode(&mut t.batch, &i);
+                self.commit(t)?;
+                self.written_behind.follow(&i, f.clone())?;
+                self.counters.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+            }
+            file = Some(f);
+        }
         let fh = st.next_fh;
         st.next_fh += 1;
-        st.handles.insert(fh, Handle::File { ino, write: flags.write, append: flags.append, dirty: false });
+        st.handles.insert(fh, Handle::File { ino, write: flags.write, append: flags.append, dirty: false, passthrough });
         let c = st.open.entry(ino).or_default();
         c.handles += 1;
         if flags.write {
             c.writers += 1;
         }
-        Ok(fh)
+        if passthrough {
+            c.passthrough += 1;
+            if flags.write {
+                c.passthrough_writers += 1;
+            }
+        }
+        Ok(Opened { fh, passthrough: file, immutable: matches!(i.data, Data::Compressed { .. }) })
+    }
+
+    /// The kernel would not take a passthrough handle (no CAP_SYS_ADMIN, an old kernel, a
+    /// backing filesystem it cannot stack on): turn passthrough off and make `fh` a plain
+    /// handle, served by [`Vfs::read`] and [`Vfs::write`].
+    pub fn passthrough_refused(&self, fh: u64) {
+        self.passthrough.store(false, Ordering::Relaxed);
+        let mut st = self.lock();
+        let Some(Handle::File { ino, write, passthrough, .. }) = st.handles.get_mut(&fh) else { return };
+        if !std::mem::replace(passthrough, false) {
+            return;
+        }
+        let (ino, write) = (*ino, *write);
+        if let Some(c) = st.open.get_mut(&ino) {
+            c.passthrough = c.passthrough.saturating_sub(1);
+            if write {
+                c.passthrough_writers = c.passthrough_writers.saturating_sub(1);
+                if c.passthrough_writers == 0 {
+                    self.written_behind.forget(ino);
+                }
+                self.counters.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Allow passthrough opens (the adapter calls this once the kernel has agreed to it).
+    pub fn enable_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    /// Take what passthrough writers did to the staging file (size, times) into the index.
+    /// (Set-ID bits need nothing here: the kernel clears them with a setattr, as for any write.)
+    /// Returns whether anything changed.
+    fn absorb(&self, ino: u64) -> FsResult<bool> {
+        let _st = self.lock();
+        let mut i = self.inode(ino)?;
+        let Some(c) = self.written_behind.current(&i, now())? else { return Ok(false) };
+        if (c.size, c.mtime, c.ctime) == (i.size, i.mtime, i.ctime) {
+            return Ok(false);
+        }
+        self.record_write(&mut i, c.size, c.mtime, c.ctime)?;
+        Ok(true)
+    }
+
+    /// Record new content of a staged file: its size and times, and a new generation (so that
+    /// a compression of the old content does not commit).
+    fn record_write(&self, i: &mut Inode, size: u64, mtime: crate::index::Timestamp, ctime: crate::index::Timestamp) -> FsResult<()> {
+        (i.size, i.mtime, i.ctime) = (size, mtime, ctime);
+        i.generation += 1;
+        i.data = Data::Staged;
+        i.note = None;
+        let mut t = Txn::default();
+        Index::put_inode(&mut t.batch, i);
+        self.commit(t)
     }
 
     /// create(2): a new regular file, opened.
-    pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: OpenFlags) -> FsResult<(Attr, u64)> {
+    pub fn create(&self, ctx: Ctx, parent: u64, name: &[u8], mode: u32, umask: u32, flags: OpenFlags) -> FsResult<(Attr, Opened)> {
         let attr = self.create_node(ctx, parent, name, super::NewNode::File, mode, umask)?;
-        let fh = self.open(attr.ino, OpenFlags { truncate: false, ..flags })?;
-        Ok((attr, fh))
+        let opened = self.open(attr.ino, OpenFlags { truncate: false, ..flags })?;
+        Ok((attr, opened))
     }
 
     fn handle_ino(&self, fh: u64) -> FsResult<(u64, bool, bool)> {
@@ -66,7 +171,10 @@ impl Vfs {
 
     /// The staging file of an inode, opened once and shared by its handles.
     fn staging_file(&self, ino: u64, create: bool) -> FsResult<Arc<File>> {
-        let mut st = self.lock();
+        self.staging_file_locked(&mut self.lock(), ino, create)
+    }
+
+    fn staging_file_locked(&self, st: &mut State, ino: u64, create: bool) -> FsResult<Arc<File>> {
         if let Some(f) = st.staging.get(&ino) {
             return Ok(f.clone());
         }
@@ -163,15 +271,8 @@ impl Vfs {
         self.store.ensure_room(data.len() as u64)?;
         f.write_all_at(data, at)?;
         let ts = now();
-        i.size = i.size.max(at + data.len() as u64);
-        i.mtime = ts;
-        i.ctime = ts;
-        i.generation += 1;
-        i.data = Data::Staged;
-        i.note = None;
-        let mut t = Txn::default();
-        Index::put_inode(&mut t.batch, &i);
-        self.commit(t)?;
+        let size = i.size.max(at + data.len() as u64);
+        self.record_write(&mut i, size, ts, ts)?;
         drop(_g);
         if let Some(Handle::File { dirty, .. }) = self.lock().handles.get_mut(&fh) {
             *dirty = true;
@@ -208,6 +309,7 @@ impl Vfs {
         i.ctime = ts;
         Index::put_inode(&mut t.batch, &i);
         self.commit(t)?;
+        self.written_behind.rebaseline(&i)?;
         // The staging file is cut at once, so the new size must be durable at once too: otherwise
         // a crash before the next index flush brings the old size back over zeros.
         f.sync_data()?;
@@ -253,11 +355,14 @@ impl Vfs {
     /// close(2) of one descriptor: what was written through it becomes durable (staging file
     /// and index), so a closed file survives a crash.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let (ino, dirty) = match self.lock().handles.get_mut(&fh) {
-            Some(Handle::File { ino, dirty, .. }) => (*ino, std::mem::replace(dirty, false)),
+        let (ino, dirty, behind) = match self.lock().handles.get_mut(&fh) {
+            Some(Handle::File { ino, dirty, passthrough, write, .. }) => (*ino, std::mem::replace(dirty, false), *passthrough && *write),
             _ => return Err(FsError::BadHandle),
         };
-        if dirty {
+        if behind {
+            self.absorb(ino)?;
+        }
+        if dirty || behind {
             self.sync_file(ino)?;
         }
         Ok(())
@@ -265,6 +370,7 @@ impl Vfs {
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _, _) = self.handle_ino(fh)?;
+        self.absorb(ino)?;
         self.sync_file(ino)
     }
 
@@ -277,14 +383,31 @@ impl Vfs {
         Ok(())
     }
 
-    /// The last close of a handle. A file unlinked while open goes now.
-    pub fn release(&self, fh: u64) -> FsResult<()> {
+    /// The last close of a handle. A file unlinked while open goes now. Returns whether the
+    /// handle was a passthrough one (the adapter then lets go of the kernel's backing file).
+    pub fn release(&self, fh: u64) -> FsResult<bool> {
+        let (ino, write, dirty, passthrough) = match self.lock().handles.get(&fh) {
+            Some(Handle::File { ino, write, dirty, passthrough, .. }) => (*ino, *write, *dirty, *passthrough),
+            _ => return Err(FsError::BadHandle),
+        };
+        if passthrough && write {
+            self.absorb(ino)?;
+        }
         let mut st = self.lock();
-        let Some(Handle::File { ino, write, dirty, .. }) = st.handles.remove(&fh) else { return Err(FsError::BadHandle) };
+        st.handles.remove(&fh);
         let c = st.open.entry(ino).or_insert(OpenCount::default());
         c.handles = c.handles.saturating_sub(1);
         if write {
             c.writers = c.writers.saturating_sub(1);
+        }
+        if passthrough {
+            c.passthrough = c.passthrough.saturating_sub(1);
+            if write {
+                c.passthrough_writers = c.passthrough_writers.saturating_sub(1);
+                if c.passthrough_writers == 0 {
+                    self.written_behind.forget(ino);
+                }
+            }
         }
         let last = c.handles == 0;
         if last {
@@ -305,7 +428,7 @@ impl Vfs {
                 }
             }
         }
-        Ok(())
+        Ok(passthrough)
     }
 
     /// Whether an inode has open handles (the engine waits for the last close).
@@ -337,7 +460,8 @@ impl Vfs {
         let mut switched = Vec::new();
         for (seen, slot, stored, frame) in members {
             let Some(mut cur) = self.index.inode(seen.ino)? else { continue };
-            let writers = st.open.get(&seen.ino).is_some_and(|c| c.writers > 0);
+            // Writers, and passthrough readers (whose kernel handle must keep the staging file).
+            let writers = st.open.get(&seen.ino).is_some_and(|c| c.writers > 0 || c.passthrough > 0);
             if cur.data != Data::Staged || cur.generation != seen.generation || writers || cur.nlink == 0 {
                 continue;
             }

@@ -327,6 +327,14 @@ impl Vfs {
         let _g = self.lock();
         let mut i = self.inode(ino)?;
         let ts = now();
+        // Writes through passthrough not yet in the index go in first, so that this change
+        // starts from them.
+        if let Some(c) = self.written_behind.current(&i, ts)? {
+            if (c.size, c.mtime, c.ctime) != (i.size, i.mtime, i.ctime) {
+                (i.size, i.mtime, i.ctime) = (c.size, c.mtime, c.ctime);
+                i.generation += 1;
+            }
+        }
         let mut changed = set.size.is_some();
         if let Some(mode) = set.mode {
             i.perm = mode & 0o7777;
@@ -358,6 +366,9 @@ impl Vfs {
         let mut t = Txn::default();
         Index::put_inode(&mut t.batch, &i);
         self.commit(t)?;
+        // A file written through passthrough: from here on, changes of its staging file are
+        // measured against what was just set.
+        self.written_behind.rebaseline(&i)?;
         Ok(self.attr(&i))
     }
 

@@ -33,6 +33,8 @@ pub struct Stats {
     pub compress_output_bytes: u64,
     pub compress_mb_per_s: f64,
     pub rehydrated_files: u64,
+    /// Opens for writing served by FUSE passthrough since the mount.
+    pub passthrough_opens: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     pub index_bytes_on_disk: u64,
@@ -110,6 +112,7 @@ impl Vfs {
             compress_output_bytes: c.compressed_out.load(Ordering::Relaxed),
             compress_mb_per_s: if nanos > 0 { input as f64 / 1e6 / (nanos as f64 / 1e9) } else { 0.0 },
             rehydrated_files: c.rehydrated.load(Ordering::Relaxed),
+            passthrough_opens: c.passthrough_opens.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             last_error: c.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             index_bytes_on_disk: self.index.store().size_on_disk().unwrap_or(0),

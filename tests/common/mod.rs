@@ -52,11 +52,13 @@ pub struct Opts {
     pub quiet_ms: u64,
     pub tail_idle_ms: u64,
     pub threads: Option<usize>,
+    /// FUSE passthrough for writers (the daemon's default); false mounts with --no-passthrough.
+    pub passthrough: bool,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None }
+        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None, passthrough: true }
     }
 }
 
@@ -123,6 +125,9 @@ impl Fs {
         if let Some(t) = self.opts.threads {
             a.push("--threads".into());
             a.push(t.to_string());
+        }
+        if !self.opts.passthrough {
+            a.push("--no-passthrough".into());
         }
         a
     }
