@@ -39,9 +39,8 @@ impl Vfs {
     /// Open a file. Opening a compressed file for writing brings its bytes back to staging
     /// first (rehydration), unless it is truncated anyway.
     ///
-    /// When passthrough is on and the file lives in staging (or is opened for writing), the
-    /// handle is a passthrough one: [`Opened::passthrough`] is the staging file the kernel should
-    /// read and write directly.
+    /// An open for writing may get a passthrough handle (see the rules below and S48):
+    /// [`Opened::passthrough`] is then the staging file the kernel reads and writes directly.
     pub fn open(&self, ino: u64, flags: OpenFlags) -> FsResult<Opened> {
         let i = self.inode(ino)?;
         if i.kind == Kind::Dir {
