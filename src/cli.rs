@@ -26,7 +26,9 @@ pub struct CodecArgs {
     #[arg(long, default_value = "lossless")]
     pub bound: Bound,
     /// Predictor: `auto` (try each on every window and keep the smallest), `previous`
-    /// (previous frame; key frames spatially predicted) or `none`.
+    /// (previous frame; key frames spatially predicted), `previous+med`, `blend`, `spatial`,
+    /// `linear` (least-squares blend of spatial and temporal neighbours, fitted per window) or
+    /// `none`.
     #[arg(long, default_value = "auto")]
     pub predictor: PredictorChoice,
     /// Where the pixels are: `auto` (TIFF by its header), `tiff`, or `raw:WxH:TYPE[:skip=N]`
@@ -45,8 +47,9 @@ pub struct CodecArgs {
     /// each window (slower, sometimes smaller).
     #[arg(long)]
     pub exhaustive: bool,
-    /// Entropy stages: `fast` (zstd stages only, fastest to read), `balanced` (the context
-    /// coder where it saves at least 10% of the size) or `best` (smallest output).
+    /// Entropy stages: `fast` (zstd stages only, fastest to read), `balanced` (context rANS
+    /// where it saves at least 10% of the size over zstd, the adaptive context coder where it
+    /// saves another 3%) or `best` (smallest output).
     #[arg(long, default_value = "balanced")]
     pub entropy: EntropyChoice,
 }

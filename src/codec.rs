@@ -8,6 +8,7 @@ pub mod container;
 pub mod dtype;
 pub mod entropy;
 pub mod format;
+pub mod linear;
 pub mod predictor;
 pub mod quantizer;
 pub mod window;

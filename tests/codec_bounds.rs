@@ -98,6 +98,7 @@ fn case_strategy(dtypes: &'static [DType]) -> impl Strategy<Value = Case> {
         Just(PredictorChoice::Fixed(PredictorId::Blend)),
         Just(PredictorChoice::Fixed(PredictorId::Spatial)),
         Just(PredictorChoice::Fixed(PredictorId::None)),
+        Just(PredictorChoice::Fixed(PredictorId::Linear)),
     ];
     let entropy = proptest::sample::select(&[EntropyChoice::Fast, EntropyChoice::Balanced, EntropyChoice::Best][..]);
     (proptest::sample::select(dtypes), 1u32..=40, 1u32..=40, 1usize..=5, (predictor, entropy), -3i32..=3).prop_flat_map(|(dtype, w, h, n, (predictor, entropy), slope)| {
@@ -265,6 +266,38 @@ fn coarse_bounds_are_actually_lossy() {
                     assert!(*escapes < w * h / 4, "{dtype}: {escapes} escapes of {} pixels", w * h)
                 }
                 other => panic!("{dtype}: unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// Bounds hold with the linear predictor and the adaptive stage on frames at the type limits,
+/// 16-bit included, at 1x1, 1xN, Nx1 and odd sizes.
+#[test]
+fn linear_and_adaptive_keep_bounds_at_limits() {
+    for dtype in [DType::U8, DType::U16, DType::U32, DType::F32] {
+        for (w, h) in [(1u32, 1u32), (1, 7), (7, 1), (13, 9)] {
+            let n = (w * h) as usize;
+            let max = dtype.mask();
+            let patterns: Vec<Vec<Vec<u32>>> = vec![
+                vec![vec![0; n]; 3],
+                vec![vec![max; n]; 3],
+                (0..3).map(|t| (0..n).map(|i| if (i + t) % 2 == 0 { 0 } else { max }).collect()).collect(),
+                (0..3).map(|t| (0..n).map(|i| pixel(dtype, (i * 37 % 100) as u8, (i * 2654435761usize) as u32, i as u32 % w, i as u32 / w, t as u32, 1)).collect()).collect(),
+            ];
+            for images in patterns {
+                for (predictor, entropy) in [
+                    (PredictorChoice::Fixed(PredictorId::Linear), EntropyChoice::Best),
+                    (PredictorChoice::Auto, EntropyChoice::Balanced),
+                    (PredictorChoice::Fixed(PredictorId::Previous), EntropyChoice::Best),
+                ] {
+                    let case = Case { dtype, width: w, height: h, predictor, entropy, headers: vec![[1, 2, 3]; images.len()], images: images.clone() };
+                    for bound in [Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01), Bound::PwRel(0.05)] {
+                        if let Err(e) = check(&case, bound) {
+                            panic!("{dtype} {w}x{h} {predictor} {entropy} {bound}: {e}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -12,8 +12,9 @@ use tezipfs::codec::{
 };
 use tezipfs::fixtures::{generate_images, generate_raw, Rng, SequenceSpec};
 
-const PREDICTORS: [PredictorChoice; 6] = [
+const PREDICTORS: [PredictorChoice; 7] = [
     PredictorChoice::Fixed(PredictorId::None),
+    PredictorChoice::Fixed(PredictorId::Linear),
     PredictorChoice::Fixed(PredictorId::Previous),
     PredictorChoice::Fixed(PredictorId::PreviousMed),
     PredictorChoice::Fixed(PredictorId::Blend),
@@ -623,7 +624,7 @@ fn entropy_choices_round_trip() {
                                 let blob = Blob::parse(&enc.blob).unwrap();
                                 for e in &blob.header.entries {
                                     if let Body::Frame(f) = &e.body {
-                                        assert_ne!(f.stage, Stage::ContextRans, "{what}: fast means zstd stages only");
+                                        assert!(!matches!(f.stage, Stage::ContextRans | Stage::Adaptive), "{what}: fast means zstd stages only");
                                     }
                                 }
                             }
@@ -1049,7 +1050,8 @@ fn crafted_blobs_do_not_panic() {
                             }),
                         });
                     }
-                    let params = Params { dtype, width: w, height: h, predictor, model: [0; 32], bound: Bound::Lossless };
+                    let coefs = if predictor == PredictorId::Linear { vec![0, 0, 0, 0, 1 << 14, 0, 0, 0, 0, 0] } else { vec![] };
+                    let params = Params { dtype, width: w, height: h, predictor, model: [0; 32], coefs, bound: Bound::Lossless };
                     let blob = wr.finish(&Header { params: Some(params), entries });
                     let what = format!("crafted {dtype} {bound:?} fill {fill:#x} {predictor}");
                     let r = catch_unwind(AssertUnwindSafe(|| decode_window(&blob).is_err()));
@@ -1092,6 +1094,203 @@ fn huge_absolute_bounds_hold() {
                     }
                 }
             }
+        }
+    }
+}
+
+// ---- adaptive entropy stage (5) and linear predictor (5) ------------------------------------------
+
+/// (predictor, stage) of every frame of a blob.
+fn frame_choices(blob: &[u8]) -> Vec<(PredictorId, tezipfs::codec::entropy::Stage)> {
+    let dec = Decoder::new(blob).unwrap();
+    let Some(p) = &dec.header().params else { return vec![] };
+    dec.header()
+        .entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            tezipfs::codec::container::Body::Frame(f) => Some((p.predictor, f.stage)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Images at and around the limits of the type: all 0, all max, alternating 0/max (pixels and
+/// frames), a checkerboard, and a smooth ramp with noise.
+fn limit_images(dtype: DType, w: usize, h: usize, frames: usize, seed: u64) -> Vec<Vec<Vec<u32>>> {
+    let max = dtype.mask();
+    let mut rng = Rng::new(seed);
+    let n = w * h;
+    let ramp: Vec<Vec<u32>> = (0..frames)
+        .map(|t| {
+            (0..n)
+                .map(|i| {
+                    let v = (i % w) as u64 * 3 + (i / w) as u64 * 5 + t as u64 * 2 + rng.next_u64() % 4;
+                    dtype.to_image((v as u32) & dtype.mask())
+                })
+                .collect()
+        })
+        .collect();
+    vec![
+        vec![vec![0; n]; frames],
+        vec![vec![max; n]; frames],
+        (0..frames).map(|t| (0..n).map(|i| if (i + t) % 2 == 0 { 0 } else { max }).collect()).collect(),
+        (0..frames).map(|t| (0..n).map(|i| if ((i % w) + (i / w) + t) % 2 == 0 { max } else { 0 }).collect()).collect(),
+        (0..frames).map(|t| vec![if t % 2 == 0 { 0 } else { max }; n]).collect(),
+        ramp,
+        wide_range_images(dtype, w, h, frames, seed),
+    ]
+}
+
+#[test]
+fn adaptive_stage_and_linear_predictor_round_trip() {
+    let mut used_adaptive = 0;
+    let mut used_linear = 0;
+    for dtype in [DType::U8, DType::U16, DType::U32, DType::F32, DType::I16] {
+        for (w, h) in [(1usize, 1usize), (1, 9), (9, 1), (13, 11), (64, 3), (3, 40)] {
+            for (k, imgs) in limit_images(dtype, w, h, 4, (w * 31 + h) as u64).into_iter().enumerate() {
+                let files = raw_files(dtype, &imgs, None);
+                for predictor in [PredictorChoice::Fixed(PredictorId::Linear), PredictorChoice::Fixed(PredictorId::Previous), PredictorChoice::Auto] {
+                    for (entropy, exhaustive) in [(tezipfs::codec::entropy::EntropyChoice::Best, true), (tezipfs::codec::entropy::EntropyChoice::Balanced, false)] {
+                        let opts = Options { format: raw(w as u32, h as u32, dtype, 0), predictor, entropy, exhaustive, ..Options::default() };
+                        let what = format!("{dtype} {w}x{h} pattern {k} {predictor} {entropy} exhaustive {exhaustive}");
+                        let enc = round_trip(&files, &opts, &what);
+                        assert_all_frames(&enc, &what);
+                        for (p, s) in frame_choices(&enc.blob) {
+                            used_adaptive += usize::from(s == tezipfs::codec::entropy::Stage::Adaptive);
+                            used_linear += usize::from(p == PredictorId::Linear);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(used_adaptive > 100, "the adaptive stage was chosen for only {used_adaptive} frames");
+    assert!(used_linear > 100, "the linear predictor was used for only {used_linear} frames");
+}
+
+#[test]
+fn adaptive_stage_codes_every_width_directly() {
+    use tezipfs::codec::entropy::{Coder, Side, Stage};
+    let mut coder = Coder::new(3).unwrap();
+    let mut rng = Rng::new(5);
+    for width in [1usize, 2, 4] {
+        let mask = if width == 4 { u32::MAX } else { (1u32 << (8 * width)) - 1 };
+        for (n, cols) in [(0usize, 1usize), (1, 1), (9, 1), (9, 9), (143, 13), (4096, 64)] {
+            let patterns: Vec<Vec<u32>> = vec![
+                vec![0; n],
+                vec![mask; n],
+                (0..n).map(|i| if i % 2 == 0 { 0 } else { mask }).collect(),
+                (0..n).map(|_| rng.next_u64() as u32 & mask).collect(),
+                (0..n).map(|_| (rng.next_u64() % 7) as u32).collect(),
+            ];
+            for (a, codes) in patterns.iter().enumerate() {
+                for quantised in [false, true] {
+                    let prev = &patterns[(a + 1) % patterns.len()];
+                    for side in [Side { prev: None, quantised }, Side { prev: Some(prev), quantised }] {
+                        let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
+                        let mut back = Vec::new();
+                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side.prev, &mut back).unwrap();
+                        assert!(back == *codes, "width {width} n {n} pattern {a} quantised {quantised}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn old_version_1_blobs_still_decode() {
+    // A version-1 blob is a version-2 blob without the coefficient count byte (predictors other
+    // than linear, stages 1 to 4). Build one by hand from a version-2 blob.
+    let imgs = wide_range_images(DType::U16, 7, 5, 3, 9);
+    let files = raw_files(DType::U16, &imgs, None);
+    let opts = Options { format: raw(7, 5, DType::U16, 0), predictor: PredictorChoice::Fixed(PredictorId::Previous), entropy: tezipfs::codec::entropy::EntropyChoice::Fast, ..Options::default() };
+    let enc = round_trip(&files, &opts, "v2");
+    let b = &enc.blob;
+    let hlen = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+    let mut h = b[16..16 + hlen].to_vec();
+    // dtype(1) width(4) height(4) predictor(1) model(32) -> the coefficient count follows
+    let at = 1 + 4 + 4 + 1 + 32;
+    assert_eq!(h[at], 0, "no coefficients for previous");
+    h.remove(at);
+    let mut v1 = b[..8].to_vec();
+    v1.extend_from_slice(&1u16.to_le_bytes());
+    v1.extend_from_slice(&0u16.to_le_bytes());
+    v1.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    v1.extend_from_slice(&h);
+    v1.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
+    v1.extend_from_slice(&b[16 + hlen + 4..]);
+    check_decodes(&v1, &files, "version 1 blob");
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn linear_adaptive_blob() -> (Vec<Vec<u8>>, Vec<u8>) {
+        let imgs = limit_images(DType::U16, 24, 16, 3, 3).swap_remove(5);
+        let files = raw_files(DType::U16, &imgs, Some((3, 1)));
+        let opts = Options {
+            format: raw(24, 16, DType::U16, 3),
+            predictor: PredictorChoice::Fixed(PredictorId::Linear),
+            entropy: tezipfs::codec::entropy::EntropyChoice::Best,
+            exhaustive: true,
+            ..Options::default()
+        };
+        let enc = round_trip(&files, &opts, "fuzz base");
+        assert!(frame_choices(&enc.blob).iter().any(|c| c.1 == tezipfs::codec::entropy::Stage::Adaptive), "fuzz base uses the adaptive stage");
+        (files, enc.blob)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
+            let mut b = bytes;
+            if magic && b.len() >= 12 {
+                b[..8].copy_from_slice(b"TZIPBLOB");
+                b[8] = 2;
+                b[9] = 0;
+            }
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                if let Ok(mut d) = Decoder::new(&b) {
+                    for i in 0..d.len() {
+                        let _ = d.decode(i, |_, _| {});
+                    }
+                }
+            }));
+            prop_assert!(r.is_ok(), "decoder panicked on random bytes");
+        }
+
+        #[test]
+        fn damaged_blobs_give_errors(flips in proptest::collection::vec(any::<usize>(), 1..6), cut in any::<usize>(), truncate in any::<bool>()) {
+            let (files, blob) = linear_adaptive_blob();
+            let mut d = blob.clone();
+            if truncate {
+                d.truncate(cut % blob.len());
+            } else {
+                for f in &flips {
+                    let bit = f % (d.len() * 8);
+                    d[bit / 8] ^= 1 << (bit % 8);
+                }
+            }
+            if d != blob {
+                prop_assert!(decode_window(&d).is_err(), "damaged blob decoded");
+                check_damaged(&d, &files, "fuzzed blob");
+            }
+        }
+
+        #[test]
+        fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>()) {
+            use tezipfs::codec::entropy::{Coder, Stage};
+            let mut coder = Coder::new(1).unwrap();
+            let prev = vec![3u32; n];
+            let mut out = Vec::new();
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), &mut out);
+            }));
+            prop_assert!(r.is_ok(), "adaptive decoder panicked");
         }
     }
 }

@@ -90,6 +90,19 @@ fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow:
         decoded.extend(Decoder::new(b)?.decode_all()?);
     }
     let dt = t.elapsed().as_secs_f64();
+    // What the windows chose: predictor and entropy stages, with the number of frames of each.
+    let mut used: std::collections::BTreeMap<String, usize> = Default::default();
+    for b in &blobs {
+        let dec = Decoder::new(b)?;
+        let Some(p) = &dec.header().params else { continue };
+        for e in &dec.header().entries {
+            if let tezipfs::codec::container::Body::Frame(f) = &e.body {
+                *used.entry(format!("{}+{}", p.predictor, f.stage)).or_default() += 1;
+            }
+        }
+    }
+    let used: Vec<String> = used.iter().map(|(k, n)| format!("{k}:{n}")).collect();
+    let used = used.join(" ");
     let size: usize = blobs.iter().map(|b| b.len()).sum();
     let mut max_err = 0f64;
     let mut exact = true;
@@ -113,6 +126,7 @@ fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow:
         Bound::Abs(e) if max_err <= e => format!("maxerr={max_err} (bound {e})"),
         b => format!("maxerr={max_err} VIOLATES {b}"),
     };
+    let check = format!("{check}  [{used}]");
     Ok(Row { method: label.into(), ratio: d.bytes() as f64 / size as f64, comp: d.bytes() as f64 / 1e6 / ct, dec: d.bytes() as f64 / 1e6 / dt, check })
 }
 
@@ -162,9 +176,11 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         let base = Options { format: d.format(), level, ..Options::default() };
         let none = PredictorChoice::Fixed(PredictorId::None);
         let previous = PredictorChoice::Fixed(PredictorId::Previous);
+        let linear = PredictorChoice::Fixed(PredictorId::Linear);
         for (label, predictor, entropy) in [
             ("tezip lossless none", none, EntropyChoice::Balanced),
             ("tezip lossless previous", previous, EntropyChoice::Balanced),
+            ("tezip lossless linear", linear, EntropyChoice::Balanced),
             ("tezip lossless auto (default)", PredictorChoice::Auto, EntropyChoice::Balanced),
             ("tezip lossless auto, entropy fast", PredictorChoice::Auto, EntropyChoice::Fast),
             ("tezip lossless auto, entropy best", PredictorChoice::Auto, EntropyChoice::Best),

@@ -14,14 +14,14 @@ use super::quantizer::{Bound, FrameBound};
 use std::ops::Range;
 
 pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlobError {
     #[error("not a tezipfs blob (bad magic)")]
     BadMagic,
-    #[error("blob format version {0} is not supported by this build (supports {VERSION})")]
+    #[error("blob format version {0} is not supported by this build (supports 1 to {VERSION})")]
     Version(u16),
     #[error("blob is truncated")]
     Truncated,
@@ -56,6 +56,9 @@ pub struct Params {
     pub predictor: PredictorId,
     /// Hash of the learned model used (all zeros: none).
     pub model: [u8; 32],
+    /// Coefficients of the predictor (`linear`: weights and constant; empty otherwise).
+    /// Version 2 and later.
+    pub coefs: Vec<i32>,
     /// The bound as the policy stated it (per-frame bounds are in the entries).
     pub bound: Bound,
 }
@@ -144,7 +147,7 @@ impl<'a> Blob<'a> {
             return Err(BlobError::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(BlobError::Version(version));
         }
         if bytes[10..12] != [0, 0] {
@@ -160,7 +163,7 @@ impl<'a> Blob<'a> {
         if crc32c::crc32c(h) != crc {
             return Err(BlobError::HeaderCrc);
         }
-        let header = read_header(h)?;
+        let header = read_header(h, version)?;
         let payload = &bytes[hend + 4..];
         let end = header
             .entries
@@ -225,6 +228,10 @@ fn write_header(h: &Header, out: &mut Vec<u8>) {
             out.extend_from_slice(&p.height.to_le_bytes());
             out.push(p.predictor as u8);
             out.extend_from_slice(&p.model);
+            out.push(p.coefs.len() as u8);
+            for c in &p.coefs {
+                out.extend_from_slice(&c.to_le_bytes());
+            }
             out.push(p.bound.kind_id());
             out.extend_from_slice(&p.bound.param().to_le_bytes());
         }
@@ -293,7 +300,7 @@ fn bad(s: impl Into<String>) -> BlobError {
     BlobError::Malformed(s.into())
 }
 
-fn read_header(h: &[u8]) -> Result<Header, BlobError> {
+fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     let mut c = Cursor { b: h, pos: 0 };
     let dtype_id = c.u8()?;
     let params = if dtype_id == 0 {
@@ -305,12 +312,21 @@ fn read_header(h: &[u8]) -> Result<Header, BlobError> {
         let pid = c.u8()?;
         let predictor = PredictorId::from_id(pid).ok_or_else(|| bad(format!("unknown predictor {pid}")))?;
         let model: [u8; 32] = c.take(32)?.try_into().expect("32 bytes");
+        let mut coefs = Vec::new();
+        if version >= 2 {
+            for _ in 0..c.u8()? {
+                coefs.push(c.u32()? as i32);
+            }
+        }
+        if predictor == PredictorId::Linear && !super::linear::valid(&coefs) {
+            return Err(bad("bad linear predictor coefficients"));
+        }
         let (kind, v) = (c.u8()?, c.f64()?);
         let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
         if width == 0 || height == 0 {
             return Err(bad("empty geometry"));
         }
-        Some(Params { dtype, width, height, predictor, model, bound })
+        Some(Params { dtype, width, height, predictor, model, coefs, bound })
     };
     let n = c.u32()? as usize;
     if n > h.len() {

@@ -3,7 +3,10 @@
 //! that coded it, so the stage can change per frame and per window and later stages (a
 //! context-adaptive coder) slot in beside these.
 
+pub mod adaptive;
 pub mod rans;
+
+pub use adaptive::Side;
 
 use std::fmt;
 
@@ -18,10 +21,12 @@ pub enum Stage {
     BitShuffleZstd = 3,
     /// Context-modelled rANS ([`rans`]).
     ContextRans = 4,
+    /// Context-adaptive binary range coder ([`adaptive`]).
+    Adaptive = 5,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans];
+    pub const ALL: [Stage; 5] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans, Stage::Adaptive];
 
     pub fn from_id(id: u8) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| *s as u8 == id)
@@ -31,18 +36,20 @@ impl Stage {
     pub fn candidates(width: usize, choice: EntropyChoice) -> &'static [Stage] {
         match (width == 1, choice == EntropyChoice::Fast) {
             (true, true) => &[Stage::BitShuffleZstd, Stage::Zstd],
-            (true, false) => &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::Zstd],
+            (true, false) => &[Stage::Adaptive, Stage::ContextRans, Stage::BitShuffleZstd, Stage::Zstd],
             (false, true) => &[Stage::BitShuffleZstd, Stage::BytePlanesZstd],
-            (false, false) => &[Stage::ContextRans, Stage::BitShuffleZstd, Stage::BytePlanesZstd],
+            (false, false) => &[Stage::Adaptive, Stage::ContextRans, Stage::BitShuffleZstd, Stage::BytePlanesZstd],
         }
     }
 
     /// The size a stage's output counts for when stages are compared under `choice`: the
-    /// context coder decodes at about half the speed of the zstd stages, so `balanced` takes it
-    /// only where it saves at least [`BALANCED_MARGIN`].
+    /// context rANS coder decodes at about half the speed of the zstd stages, so `balanced`
+    /// takes it only where it saves at least [`BALANCED_MARGIN`]; the adaptive coder is slower
+    /// again and must also save [`ADAPTIVE_MARGIN`] over context rANS.
     pub fn weighed(self, size: usize, choice: EntropyChoice) -> f64 {
         match (self, choice) {
             (Stage::ContextRans, EntropyChoice::Balanced) => size as f64 / (1.0 - BALANCED_MARGIN),
+            (Stage::Adaptive, EntropyChoice::Balanced) => size as f64 / ((1.0 - BALANCED_MARGIN) * (1.0 - ADAPTIVE_MARGIN)),
             _ => size as f64,
         }
     }
@@ -50,13 +57,16 @@ impl Stage {
 
 /// Share of the size the context coder must save over the zstd stages under `balanced`.
 pub const BALANCED_MARGIN: f64 = 0.10;
+/// Share of the size the adaptive coder must save over context rANS under `balanced`.
+pub const ADAPTIVE_MARGIN: f64 = 0.03;
 
 /// Which entropy stages to consider (`--entropy`, `user.tezip.entropy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EntropyChoice {
     /// zstd stages only: the fastest to code and decode.
     Fast,
-    /// Every stage; the context coder where it saves at least [`BALANCED_MARGIN`] of the size.
+    /// Every stage; the context rANS coder where it saves at least [`BALANCED_MARGIN`] of the
+    /// size, the adaptive coder where it saves [`ADAPTIVE_MARGIN`].
     #[default]
     Balanced,
     /// Every stage; the smallest output wins.
@@ -92,6 +102,7 @@ impl fmt::Display for Stage {
             Stage::BytePlanesZstd => "byteplanes+zstd",
             Stage::BitShuffleZstd => "bitshuffle+zstd",
             Stage::ContextRans => "context-rans",
+            Stage::Adaptive => "adaptive",
         })
     }
 }
@@ -103,6 +114,7 @@ pub struct Coder {
     decomp: zstd::bulk::Decompressor<'static>,
     scratch: Vec<u8>,
     rans: rans::Scratch,
+    adaptive: adaptive::Scratch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +135,7 @@ impl Coder {
             decomp: zstd::bulk::Decompressor::new()?,
             scratch: Vec::new(),
             rans: rans::Scratch::default(),
+            adaptive: adaptive::Scratch::default(),
         })
     }
 
@@ -145,7 +158,9 @@ impl Coder {
     }
 
     /// Code one frame's codes (`width` significant bytes each, `cols` codes per row).
-    pub fn encode(&mut self, stage: Stage, codes: &[u32], width: usize, cols: usize) -> Result<Vec<u8>, EntropyError> {
+    /// `side` is what the adaptive stage may use besides the codes (the decoder must be given
+    /// the same previous frame).
+    pub fn encode(&mut self, stage: Stage, codes: &[u32], width: usize, cols: usize, side: Side) -> Result<Vec<u8>, EntropyError> {
         let mut packed = std::mem::take(&mut self.scratch);
         match stage {
             Stage::Zstd => pack(codes, width, &mut packed),
@@ -155,6 +170,10 @@ impl Coder {
                 self.scratch = packed;
                 return Ok(rans::encode(codes, cols));
             }
+            Stage::Adaptive => {
+                self.scratch = packed;
+                return Ok(adaptive::encode_with(codes, width, cols, side, &mut self.adaptive));
+            }
         }
         let out = self.comp.compress(&packed);
         self.scratch = packed;
@@ -162,10 +181,10 @@ impl Coder {
     }
 
     /// Encode with each candidate stage and keep the smallest.
-    pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize, choice: EntropyChoice) -> Result<(Stage, Vec<u8>), EntropyError> {
+    pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize, choice: EntropyChoice, side: Side) -> Result<(Stage, Vec<u8>), EntropyError> {
         let mut best: Option<(f64, Stage, Vec<u8>)> = None;
         for &s in Stage::candidates(width, choice) {
-            let out = self.encode(s, codes, width, cols)?;
+            let out = self.encode(s, codes, width, cols, side)?;
             let w = s.weighed(out.len(), choice);
             if best.as_ref().is_none_or(|b| w < b.0) {
                 best = Some((w, s, out));
@@ -175,7 +194,13 @@ impl Coder {
         Ok((s, out))
     }
 
-    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+    /// `prev`: the previous frame's codes of the chain, when there is one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+        if stage == Stage::Adaptive {
+            adaptive::decode_with(data, n, width, cols, prev, out, &mut self.adaptive)?;
+            return Ok(());
+        }
         if stage == Stage::ContextRans {
             rans::decode_with(data, n, cols, out, &mut self.rans)?;
             if width < 4 && out.iter().any(|&c| c >> (8 * width) != 0) {
@@ -192,7 +217,7 @@ impl Coder {
             Stage::Zstd => unpack(&packed, n, width, out),
             Stage::BytePlanesZstd => unbyte_planes(&packed, n, width, out),
             Stage::BitShuffleZstd => unbitshuffle(&packed, n, width, out),
-            Stage::ContextRans => unreachable!("handled above"),
+            Stage::ContextRans | Stage::Adaptive => unreachable!("handled above"),
         }
         Ok(())
     }
@@ -307,9 +332,9 @@ mod tests {
             for n in [0usize, 1, 7, 8, 9, 1000] {
                 let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
                 for s in Stage::ALL {
-                    let enc = c.encode(s, &codes, width, 10).unwrap();
+                    let enc = c.encode(s, &codes, width, 10, Side::default()).unwrap();
                     let mut back = Vec::new();
-                    c.decode(s, &enc, n, width, 10, &mut back).unwrap();
+                    c.decode(s, &enc, n, width, 10, None, &mut back).unwrap();
                     assert_eq!(back, codes, "{s} width {width} n {n}");
                 }
             }

@@ -45,13 +45,16 @@ pub enum PredictorId {
     Blend = 3,
     /// Intra MED on every frame (no temporal prediction).
     Spatial = 4,
+    /// Per-window least-squares blend of spatial and temporal neighbours ([`crate::codec::linear`]).
+    Linear = 5,
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 5] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial];
+    pub const ALL: [PredictorId; 6] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear];
 
-    /// How frame `k` of a window is predicted, given the temporal predictor's output `pred`.
-    pub fn prediction(self, k: usize, pred: &[u32], width: usize) -> crate::codec::quantizer::Prediction<'_> {
+    /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` and
+    /// the window's predictor coefficients (`linear` only).
+    pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32]) -> crate::codec::quantizer::Prediction<'a> {
         use crate::codec::quantizer::Prediction;
         if k == 0 && self.intra_key() {
             return Prediction::Intra { width };
@@ -61,6 +64,7 @@ impl PredictorId {
             PredictorId::PreviousMed => Prediction::TemporalMed { prev: pred, width },
             PredictorId::Blend => Prediction::Blend { prev: pred, width },
             PredictorId::Spatial => Prediction::Intra { width },
+            PredictorId::Linear => Prediction::Linear { prev: pred, width, coefs },
         }
     }
 
@@ -77,7 +81,7 @@ impl PredictorId {
     pub fn build(self) -> Box<dyn Predictor> {
         match self {
             PredictorId::None | PredictorId::Spatial => Box::new(NonePredictor),
-            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend => Box::new(PreviousPredictor),
+            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear => Box::new(PreviousPredictor),
         }
     }
 }
@@ -90,6 +94,7 @@ impl fmt::Display for PredictorId {
             PredictorId::PreviousMed => "previous+med",
             PredictorId::Blend => "blend",
             PredictorId::Spatial => "spatial",
+            PredictorId::Linear => "linear",
         })
     }
 }
@@ -105,7 +110,7 @@ pub enum PredictorChoice {
 impl PredictorChoice {
     pub fn candidates(self) -> Vec<PredictorId> {
         match self {
-            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None],
+            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -130,7 +135,7 @@ impl FromStr for PredictorChoice {
             .into_iter()
             .find(|p| p.to_string() == s)
             .map(PredictorChoice::Fixed)
-            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, blend, spatial or none)"))
+            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, blend, spatial, linear or none)"))
     }
 }
 

@@ -196,6 +196,9 @@ pub enum Prediction<'a> {
     TemporalMed { prev: &'a [u32], width: usize },
     /// The mean of the previous frame and the intra MED prediction.
     Blend { prev: &'a [u32], width: usize },
+    /// Least-squares blend of spatial and temporal neighbours ([`super::linear`]); `coefs` must
+    /// be valid.
+    Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
 }
 
 impl Prediction<'_> {
@@ -226,12 +229,14 @@ impl Prediction<'_> {
                 (prev[i] as i64 + m).clamp(0, mask as i64) as u32
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+            Prediction::Linear { prev, width, coefs } => super::linear::predict(coefs, recon, prev, i, width, mask),
         }
     }
 
     fn len_ok(&self, n: usize) -> bool {
         match *self {
             Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
+            Prediction::Linear { prev, coefs, .. } => prev.len() == n && super::linear::valid(coefs),
             Prediction::Intra { .. } => true,
         }
     }

@@ -10,15 +10,27 @@
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
 use std::sync::Arc;
 use super::dtype::DType;
-use super::entropy::{Coder, EntropyChoice, Stage};
+use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
+use super::linear;
 use super::quantizer::{self, Bound, FrameBound};
+
+/// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
+fn identity_coefs() -> Vec<i32> {
+    let mut c = vec![0; linear::COEFS];
+    c[4] = 1 << linear::SHIFT;
+    c
+}
 
 /// Default zstd level of the entropy stage: the speed/ratio knee on detector-like residuals.
 pub const DEFAULT_LEVEL: i32 = 3;
 /// Frames of a window used to choose its predictor and entropy stage.
 pub const PROBE_FRAMES: usize = 3;
+/// Predictors (the best under the fast proxy stage) that are tried under every entropy stage.
+pub const FINALISTS: usize = 3;
+/// Under an error bound, frames a `linear` choice is confirmed on.
+pub const DRIFT_PROBE: usize = 10;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -158,11 +170,15 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
 
     let mut predictor = None;
     let mut coded: Vec<CodedFrame> = Vec::new();
+    let mut coefs = Vec::new();
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
-        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder)?;
-        coded = code_chain(&chain, dtype, geom, opts, pid, stage, chain.images.len(), &mut coder)?;
+        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs)?;
+        if pid != PredictorId::Linear {
+            coefs.clear();
+        }
+        coded = code_chain(&chain, dtype, geom, opts, pid, stage, chain.images.len(), &coefs, &mut coder)?;
         predictor = Some(pid);
         for (k, &m) in chain.members.iter().enumerate() {
             reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
@@ -209,6 +225,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         height: l.height,
         predictor: predictor.unwrap_or(PredictorId::None),
         model: [0; 32],
+        coefs: coefs.clone(),
         bound: opts.bound,
     });
     let blob = w.finish(&Header { params, entries });
@@ -216,46 +233,88 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
-fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder) -> Result<(PredictorId, Option<Stage>), EncodeError> {
-    let candidates = opts.predictor.candidates();
+/// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate).
+fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Vec<i32>) -> Result<(PredictorId, Option<Stage>), EncodeError> {
+    let mut candidates = opts.predictor.candidates();
+    if candidates.contains(&PredictorId::Linear) {
+        let fit_frames: Vec<&[u32]> = chain.images.iter().take(PROBE_FRAMES).map(|f| &f[..]).collect();
+        match linear::fit(&fit_frames, geom.width) {
+            Some(c) => *coefs = c,
+            // Nothing to fit on (a single frame): linear is the identity blend, previous + 0.
+            None if candidates.len() == 1 => *coefs = identity_coefs(),
+            None => candidates.retain(|&p| p != PredictorId::Linear),
+        }
+    }
     if candidates.len() == 1 && opts.exhaustive {
         return Ok((candidates[0], None));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
-    // Predictors are compared under the first candidate stage, then the winner's stages.
+    // Predictors are ranked under a fast proxy stage (the first candidate that is not the
+    // adaptive coder), then the best few are tried under every stage.
     let stages = Stage::candidates(dtype.bytes(), opts.entropy);
+    let proxy = stages.iter().copied().find(|&s| s != Stage::Adaptive).unwrap_or(stages[0]);
     // The key frame is coded alike by every predictor but `none`, and it stands for one frame of
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut size_under = |q: &[quantizer::Coded], stage: Stage| -> Result<f64, EncodeError> {
+    let mut size_under = |q: &[quantizer::Coded], stage: Stage, from: usize| -> Result<f64, EncodeError> {
         let mut size = 0;
-        for c in &q[skip..] {
-            size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width)?.len() + 4 * c.escapes.len();
+        for (k, c) in q.iter().enumerate().skip(from) {
+            let side = Side { prev: k.checked_sub(1).map(|j| &q[j].codes[..]), quantised: opts.bound != Bound::Lossless };
+            size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
         }
         Ok(stage.weighed(size, opts.entropy))
     };
-    let mut best: Option<(f64, PredictorId, Stage, Vec<quantizer::Coded>)> = None;
+    let mut ranked: Vec<(f64, PredictorId, Vec<quantizer::Coded>)> = Vec::with_capacity(candidates.len());
     for &pid in &candidates {
-        let q = quantize_chain(chain, dtype, geom, opts, pid, probe);
-        let weighed = size_under(&q, stages[0])?;
-        if best.as_ref().is_none_or(|b| weighed < b.0) {
-            best = Some((weighed, pid, stages[0], q));
+        let q = quantize_chain(chain, dtype, geom, opts, pid, probe, coefs);
+        ranked.push((size_under(&q, proxy, skip)?, pid, q));
+    }
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // `none` codes the values themselves, which the adaptive stage models far better than the
+    // proxy does (its contexts then measure the local intensity): it is always a finalist.
+    let none_at = ranked.iter().position(|r| r.1 == PredictorId::None).filter(|&i| i >= FINALISTS && stages.contains(&Stage::Adaptive));
+    let none = none_at.map(|i| ranked.swap_remove(i));
+    ranked.truncate(FINALISTS);
+    ranked.extend(none);
+    // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
+    // is among the stages (it is what the probe costs).
+    let mut finals: Vec<(f64, PredictorId, Stage)> = Vec::with_capacity(ranked.len());
+    for (proxy_size, pid, q) in &ranked {
+        let from = if stages.contains(&Stage::Adaptive) { q.len().saturating_sub(1).max(skip) } else { skip };
+        let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
+        let mut best = (proxy_size, *pid, proxy);
+        for &stage in stages {
+            if stage != proxy {
+                let weighed = size_under(q, stage, from)?;
+                if weighed < best.0 {
+                    best = (weighed, *pid, stage);
+                }
+            }
+        }
+        finals.push(best);
+    }
+    finals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, mut pid, mut stage) = finals[0];
+    // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
+    // smooths, and on a static scene it drifts away from the previous frame only after a few
+    // frames. Confirm it against the best other finalist on a longer stretch of the window.
+    let far = DRIFT_PROBE.min(chain.images.len());
+    if pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
+        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1 != PredictorId::Linear) {
+            let lin = size_under(&quantize_chain(chain, dtype, geom, opts, pid, far, coefs), proxy, skip)?;
+            let other = size_under(&quantize_chain(chain, dtype, geom, opts, alt, far, coefs), proxy, skip)?;
+            if other <= lin {
+                (pid, stage) = (alt, alt_stage);
+            }
         }
     }
-    let (mut best_size, pid, mut best_stage, q) = best.expect("at least one candidate predictor");
-    for &stage in &stages[1..] {
-        let weighed = size_under(&q, stage)?;
-        if weighed < best_size {
-            (best_size, best_stage) = (weighed, stage);
-        }
-    }
-    Ok((pid, if opts.exhaustive { None } else { Some(best_stage) }))
+    Ok((pid, if opts.exhaustive { None } else { Some(stage) }))
 }
 
 /// Predict and quantise the first `n` frames of the chain with predictor `pid` (no entropy
 /// coding): what the choice of a window's predictor and stage is made on.
-fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, n: usize) -> Vec<quantizer::Coded> {
+fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, n: usize, coefs: &[i32]) -> Vec<quantizer::Coded> {
     let predictor = pid.build();
     let mut state = predictor.start(geom);
     let mut pred = vec![0u32; geom.pixels()];
@@ -264,7 +323,7 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
-        let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, &pred, geom.width));
+        let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, &pred, geom.width, coefs));
         state.observe(&c.recon);
         out.push(c);
     }
@@ -274,14 +333,16 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
 /// Code the first `n` frames of the chain with predictor `pid`; `stage: None` tries every stage
 /// on every frame.
 #[allow(clippy::too_many_arguments)]
-fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
+fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coefs: &[i32], coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(n);
-    for (k, c) in quantize_chain(chain, dtype, geom, opts, pid, n).into_iter().enumerate() {
+    let q = quantize_chain(chain, dtype, geom, opts, pid, n, coefs);
+    for (k, c) in q.iter().enumerate() {
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
+        let side = Side { prev: k.checked_sub(1).map(|j| &q[j].codes[..]), quantised: fb != FrameBound::Lossless };
         let (stage, codes) = match stage {
-            Some(s) => (s, coder.encode(s, &c.codes, width, geom.width)?),
-            None => coder.encode_best(&c.codes, width, geom.width, opts.entropy)?,
+            Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
+            None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
         };
         let escapes = if c.escapes.is_empty() {
             Vec::new()
@@ -315,6 +376,8 @@ pub struct Decoder {
     frame_entries: Vec<usize>,
     /// Buffers reused from frame to frame.
     codes: Vec<u32>,
+    /// Codes of the previous frame of the chain (the adaptive stage's temporal context).
+    prev_codes: Vec<u32>,
     pred: Vec<u32>,
     recon: Vec<u32>,
 }
@@ -330,7 +393,7 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -423,7 +486,8 @@ impl Decoder {
 
         let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
         let (codes, pred, recon) = (&mut self.codes, &mut self.pred, &mut self.recon);
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, codes).map_err(|e| dec(e.to_string()))?;
+        let prev = (k > 0).then_some(&self.prev_codes[..]);
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, prev, codes).map_err(|e| dec(e.to_string()))?;
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
@@ -435,10 +499,12 @@ impl Decoder {
         if k > 0 || !p.predictor.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
         }
-        let prediction = p.predictor.prediction(k, pred, geom.width);
+        let prediction = p.predictor.prediction(k, pred, geom.width, &p.coefs);
         quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
         state.observe(recon);
         self.next_frame += 1;
+        // This frame's codes are the next frame's temporal context.
+        std::mem::swap(&mut self.codes, &mut self.prev_codes);
 
         let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
         let skeleton = if skeleton_len == 0 {

@@ -116,7 +116,7 @@ fn normalize(counts: &[u32; TOKENS]) -> [u32; TOKENS] {
     f
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -124,18 +124,18 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-struct In<'a> {
-    b: &'a [u8],
-    pos: usize,
+pub(super) struct In<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) pos: usize,
 }
 
 impl<'a> In<'a> {
-    fn byte(&mut self) -> Result<u8, RansError> {
+    pub(super) fn byte(&mut self) -> Result<u8, RansError> {
         let v = *self.b.get(self.pos).ok_or(RansError("stream ends early"))?;
         self.pos += 1;
         Ok(v)
     }
-    fn varint(&mut self) -> Result<u64, RansError> {
+    pub(super) fn varint(&mut self) -> Result<u64, RansError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -146,7 +146,7 @@ impl<'a> In<'a> {
         }
         Err(RansError("bad varint"))
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RansError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], RansError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or(RansError("stream ends early"))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
@@ -154,15 +154,15 @@ impl<'a> In<'a> {
     }
 }
 
-struct BitWriter {
-    out: Vec<u8>,
-    acc: u64,
-    n: u32,
+pub(super) struct BitWriter {
+    pub(super) out: Vec<u8>,
+    pub(super) acc: u64,
+    pub(super) n: u32,
 }
 
 impl BitWriter {
     #[inline]
-    fn put(&mut self, bits: u32, n: u32) {
+    pub(super) fn put(&mut self, bits: u32, n: u32) {
         if n == 0 {
             return;
         }
@@ -174,7 +174,7 @@ impl BitWriter {
             self.n -= 8;
         }
     }
-    fn finish(mut self) -> Vec<u8> {
+    pub(super) fn finish(mut self) -> Vec<u8> {
         if self.n > 0 {
             self.out.push(self.acc as u8);
         }
@@ -182,16 +182,16 @@ impl BitWriter {
     }
 }
 
-struct BitReader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    acc: u64,
-    n: u32,
+pub(super) struct BitReader<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) acc: u64,
+    pub(super) n: u32,
 }
 
 impl BitReader<'_> {
     #[inline]
-    fn get(&mut self, n: u32) -> Result<u32, RansError> {
+    pub(super) fn get(&mut self, n: u32) -> Result<u32, RansError> {
         if self.n < n {
             if let Some(w) = self.b.get(self.pos..self.pos + 4) {
                 self.acc |= (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64) << self.n;
