@@ -99,6 +99,9 @@ struct Chain<'a> {
 }
 
 /// Default frames per window: a key frame then up to 31 predicted frames.
+/// Under `balanced`, the adaptive stage is tried only where context rANS saves at least this
+/// share over the zstd stages (see the choice in `choose`).
+const ADAPTIVE_SKIP: f64 = 0.05;
 pub const DEFAULT_WINDOW: usize = 32;
 
 /// Splits files, in frame order, into windows of at most `window` frames. A window also ends
@@ -284,12 +287,22 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         let from = if stages.contains(&Stage::Adaptive) { q.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
         let mut best = (proxy_size, *pid, proxy);
-        for &stage in stages {
-            if stage != proxy {
-                let weighed = size_under(q, stage, from)?;
-                if weighed < best.0 {
-                    best = (weighed, *pid, stage);
-                }
+        let mut best_zstd = f64::INFINITY;
+        for &stage in stages.iter().filter(|&&s| s != proxy && s != Stage::Adaptive) {
+            let weighed = size_under(q, stage, from)?;
+            best_zstd = best_zstd.min(weighed);
+            if weighed < best.0 {
+                best = (weighed, *pid, stage);
+            }
+        }
+        // The adaptive stage is the slow one to try. Under `balanced` it must beat the zstd
+        // stages by BALANCED_MARGIN and context rANS by ADAPTIVE_MARGIN; where context rANS does
+        // not even gain ADAPTIVE_SKIP over zstd (noise-limited data) it has never done so.
+        let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() { 1.0 - proxy_size * (1.0 - crate::codec::entropy::BALANCED_MARGIN) / best_zstd } else { 1.0 };
+        if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
+            let weighed = size_under(q, Stage::Adaptive, from)?;
+            if weighed < best.0 {
+                best = (weighed, *pid, Stage::Adaptive);
             }
         }
         finals.push(best);
