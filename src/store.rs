@@ -38,6 +38,8 @@ pub struct Store {
     /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
     /// room).
     reserve_held: std::sync::atomic::AtomicBool,
+    /// A staging file may have been created since `staging/` was last fsynced.
+    staging_dir_dirty: std::sync::atomic::AtomicBool,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -66,7 +68,7 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
-        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into() };
+        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_dir_dirty: false.into() };
         store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
         store.restore_reserve();
         Ok(store)
@@ -153,6 +155,27 @@ impl Store {
         self.root.join("staging")
     }
 
+    /// Open the staging file of `ino` for reading and writing, creating it if `create`. A new
+    /// file's directory entry becomes durable at the next [`Store::sync_staging_dir`].
+    pub fn open_staging(&self, ino: u64, create: bool) -> io::Result<File> {
+        if create {
+            self.staging_dir_dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+        std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.staging_path(ino))
+    }
+
+    /// fsync `staging/` if a staging file was created since the last time: with the file's own
+    /// fdatasync, this makes a new file survive a power cut (its name is in the directory).
+    pub fn sync_staging_dir(&self) -> io::Result<()> {
+        if self.staging_dir_dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            if let Err(e) = fsync_dir(&self.staging_dir()) {
+                self.staging_dir_dirty.store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     pub fn blob_path(&self, id: u64) -> PathBuf {
         self.root.join("blobs").join(format!("{id}.tzb"))
     }
@@ -224,6 +247,26 @@ impl Store {
 
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod staging_tests {
+    use super::*;
+
+    #[test]
+    fn a_created_staging_file_marks_the_directory_for_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        use std::sync::atomic::Ordering::Acquire;
+        assert!(!store.staging_dir_dirty.load(Acquire));
+        store.open_staging(5, false).unwrap_err(); // opening without create creates nothing
+        assert!(!store.staging_dir_dirty.load(Acquire));
+        store.open_staging(5, true).unwrap();
+        assert!(store.staging_path(5).exists());
+        assert!(store.staging_dir_dirty.load(Acquire));
+        store.sync_staging_dir().unwrap();
+        assert!(!store.staging_dir_dirty.load(Acquire));
+    }
 }
 
 #[cfg(test)]

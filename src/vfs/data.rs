@@ -5,7 +5,7 @@ use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, State, Txn, Vf
 use std::sync::atomic::Ordering;
 use crate::codec::Decoder;
 use crate::index::{Data, Index, Inode, Kind};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -177,7 +177,7 @@ impl Vfs {
         if let Some(f) = st.staging.get(&ino) {
             return Ok(f.clone());
         }
-        let f = Arc::new(OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.store.staging_path(ino))?);
+        let f = Arc::new(self.store.open_staging(ino, create)?);
         st.staging.insert(ino, f.clone());
         Ok(f)
     }
@@ -298,7 +298,7 @@ impl Vfs {
                 self.unref_blob(&mut t, blob)?;
             }
         }
-        let f = OpenOptions::new().write(true).create(true).truncate(false).open(self.store.staging_path(ino))?;
+        let f = self.store.open_staging(ino, true)?;
         f.set_len(size)?;
         let ts = now();
         i.size = size;
@@ -312,6 +312,7 @@ impl Vfs {
         // The staging file is cut at once, so the new size must be durable at once too: otherwise
         // a crash before the next index flush brings the old size back over zeros.
         f.sync_data()?;
+        self.store.sync_staging_dir()?;
         self.index.flush()?;
         Ok(())
     }
@@ -322,7 +323,6 @@ impl Vfs {
         let i = self.inode(ino)?;
         let Data::Compressed { blob, slot, .. } = i.data else { return Ok(()) };
         let bytes = self.frame(ino, blob, slot)?;
-        let path = self.store.staging_path(ino);
         // The staging file is written under the lock, once the file is known to be still
         // compressed: a concurrent rehydration must not truncate it under a writer that already
         // wrote to it.
@@ -333,9 +333,11 @@ impl Vfs {
         }
         self.store.ensure_room(bytes.len() as u64)?;
         {
-            let f = File::create(&path)?;
+            let f = self.store.open_staging(ino, true)?;
+            f.set_len(0)?;
             f.write_all_at(&bytes, 0)?;
             f.sync_all()?;
+            self.store.sync_staging_dir()?;
         }
         // A descriptor cached for an earlier staging file of this inode is not this file.
         st.staging.remove(&ino);
@@ -378,6 +380,7 @@ impl Vfs {
         if let Some(f) = f {
             f.sync_data()?;
         }
+        self.store.sync_staging_dir()?;
         self.index.flush()?;
         Ok(())
     }
