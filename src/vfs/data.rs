@@ -386,15 +386,16 @@ impl Vfs {
     }
 
     /// The last close of a handle. A file unlinked while open goes now. Returns whether the
-    /// handle was a passthrough one (the adapter then lets go of the kernel's backing file).
+    /// handle was a passthrough one (the adapter then lets go of the kernel's backing file);
+    /// an unknown handle is the only error.
     pub fn release(&self, fh: u64) -> FsResult<bool> {
         let (ino, write, dirty, passthrough) = match self.lock().handles.get(&fh) {
             Some(Handle::File { ino, write, dirty, passthrough, .. }) => (*ino, *write, *dirty, *passthrough),
             _ => return Err(FsError::BadHandle),
         };
-        if passthrough && write {
-            self.absorb(ino)?;
-        }
+        // The handle goes whatever fails below: the kernel ignores errors of a release (close(2)
+        // has returned already), so they are logged and counted instead.
+        let absorbed = if passthrough && write { self.absorb(ino).map(|_| ()) } else { Ok(()) };
         let mut st = self.lock();
         st.handles.remove(&fh);
         let c = st.open.entry(ino).or_insert(OpenCount::default());
@@ -417,18 +418,25 @@ impl Vfs {
             st.staging.remove(&ino);
         }
         drop(st);
-        if dirty {
-            self.sync_file(ino)?;
-        }
-        if last {
-            if let Some(i) = self.index.inode(ino)? {
-                if i.nlink == 0 {
-                    let mut t = Txn::default();
-                    self.release_data(&mut t, &i)?;
-                    self.index.delete_inode(&mut t.batch, ino)?;
-                    self.commit(t)?;
+        let rest = absorbed.and_then(|()| {
+            if dirty {
+                self.sync_file(ino)?;
+            }
+            if last {
+                if let Some(i) = self.index.inode(ino)? {
+                    if i.nlink == 0 {
+                        let mut t = Txn::default();
+                        self.release_data(&mut t, &i)?;
+                        self.index.delete_inode(&mut t.batch, ino)?;
+                        self.commit(t)?;
+                    }
                 }
             }
+            Ok(())
+        });
+        if let Err(e) = rest {
+            tracing::error!(ino, error = %e, "release of a file handle failed");
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
         Ok(passthrough)
     }
