@@ -652,6 +652,14 @@ fn s4_open_flags() {
     fs::write(p("r"), vec![1u8; 5000]).unwrap();
     drop(OpenOptions::new().read(true).custom_flags(libc::O_TRUNC).open(p("r")).unwrap());
     assert_eq!(stx(&p("r")).stx_size, 0);
+    // ... but not for a file with an execute bit (ETXTBSY, running or not), which keeps its bytes.
+    fs::write(p("x"), vec![2u8; 5000]).unwrap();
+    fs::set_permissions(p("x"), Permissions::from_mode(0o755)).unwrap();
+    let e = OpenOptions::new().read(true).custom_flags(libc::O_TRUNC).open(p("x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY));
+    assert_eq!(fs::read(p("x")).unwrap(), vec![2u8; 5000]);
+    drop(OpenOptions::new().write(true).truncate(true).open(p("x")).unwrap());
+    assert_eq!(stx(&p("x")).stx_size, 0, "with write access it is emptied");
 }
 
 /// What each thread of a daemon is doing (for a report when it stops answering).

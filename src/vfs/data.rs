@@ -47,7 +47,13 @@ impl Vfs {
             return Err(FsError::IsDir);
         }
         // O_TRUNC empties the file even with O_RDONLY, as Linux local filesystems do (the
-        // kernel has checked write permission for it).
+        // kernel has checked write permission for it). With FUSE's atomic O_TRUNC the kernel
+        // checks that an O_RDONLY|O_TRUNC file is not being executed only after this open has
+        // truncated it, and it cannot tell us: such opens of a file with an execute bit are
+        // refused (S4), so a running program is never cut short.
+        if flags.truncate && !flags.write && i.perm & 0o111 != 0 {
+            return Err(FsError::TextBusy("O_RDONLY|O_TRUNC of an executable file"));
+        }
         if flags.truncate {
             self.truncate(ino, 0, None)?;
         } else if flags.write && matches!(i.data, Data::Compressed { .. }) {

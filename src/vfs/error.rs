@@ -30,6 +30,8 @@ pub enum FsError {
     BadHandle,
     #[error("too many links")]
     TooManyLinks,
+    #[error("text file busy: {0}")]
+    TextBusy(&'static str),
     #[error("stored data of {what} is corrupt or unreadable: {why}")]
     Corrupt { what: String, why: String },
     #[error("index: {0}")]
@@ -54,6 +56,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::TooManyLinks => libc::EMLINK,
+            FsError::TextBusy(_) => libc::ETXTBSY,
             FsError::Corrupt { .. } => libc::EIO,
             FsError::Index(IndexError::Io(e)) | FsError::Io(e) => match e.raw_os_error() {
                 Some(code) => code,
