@@ -250,7 +250,7 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod staging_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -267,11 +267,6 @@ mod staging_tests {
         store.sync_staging_dir().unwrap();
         assert!(!store.staging_dir_dirty.load(Acquire));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn second_open_is_refused_with_a_clear_message() {

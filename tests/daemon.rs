@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{is_mounted, wait_for, wait_states, Fs, BIN};
+use common::{is_mounted, stats, wait_for, wait_states, Fs, BIN};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -241,10 +241,6 @@ fn passthrough_writer_filling_the_disk_leaves_the_index_working() {
     assert_eq!(std::fs::metadata(&big).unwrap().len(), written);
     assert!(!reserve.exists(), "the reserve was given up for the index");
     disk.metadata_still_works(&small);
-    let stats = |d: &Path| -> serde_json::Value {
-        let out = Command::new(BIN).arg("stats").arg(d).arg("--json").output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
     let opens = stats(&disk.mnt)["passthrough_opens"].as_u64().unwrap();
     // A new writer now goes through the daemon, which refuses to eat into the index's room.
     let e = std::fs::write(disk.mnt.join("more"), vec![1u8; 4 << 20]).unwrap_err();

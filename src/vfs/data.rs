@@ -26,6 +26,15 @@ impl OpenFlags {
     }
 }
 
+/// New content of a staged file: its size and times, and a new generation (so that a
+/// compression of the old content does not commit).
+fn note_write(i: &mut Inode, size: u64, mtime: crate::index::Timestamp, ctime: crate::index::Timestamp) {
+    (i.size, i.mtime, i.ctime) = (size, mtime, ctime);
+    i.generation += 1;
+    i.data = Data::Staged;
+    i.note = None;
+}
+
 /// An opened file: its handle, and for a passthrough handle the file the kernel should use.
 pub struct Opened {
     pub fh: u64,
@@ -63,7 +72,7 @@ impl Vfs {
         let mut i = self.inode(ino)?;
         let c = st.open.get(&ino).copied().unwrap_or_default();
         // Passthrough for writers only: readers of staged files stay with the daemon, so they
-        // never hold up a compression (S21) and executables keep ETXTBSY. A reader joins the
+        // never hold up a compression (S21). A reader joins the
         // passthrough of an inode that already has such handles: the kernel wants one mode.
         let passthrough = i.kind == Kind::File
             && (c.passthrough > 0
@@ -140,21 +149,26 @@ impl Vfs {
     fn absorb(&self, ino: u64) -> FsResult<bool> {
         let _st = self.lock();
         let mut i = self.inode(ino)?;
-        let Some(c) = self.written_behind.current(&i, now())? else { return Ok(false) };
-        if (c.size, c.mtime, c.ctime) == (i.size, i.mtime, i.ctime) {
+        if !self.fold_written_behind(&mut i)? {
             return Ok(false);
         }
-        self.record_write(&mut i, c.size, c.mtime, c.ctime)?;
+        self.put(&i)?;
         Ok(true)
     }
 
-    /// Record new content of a staged file: its size and times, and a new generation (so that
-    /// a compression of the old content does not commit).
-    fn record_write(&self, i: &mut Inode, size: u64, mtime: crate::index::Timestamp, ctime: crate::index::Timestamp) -> FsResult<()> {
-        (i.size, i.mtime, i.ctime) = (size, mtime, ctime);
-        i.generation += 1;
-        i.data = Data::Staged;
-        i.note = None;
+    /// Fold what passthrough writers did to the staging file of `i` into `i` (not yet into the
+    /// index). Returns whether anything changed.
+    pub(super) fn fold_written_behind(&self, i: &mut Inode) -> FsResult<bool> {
+        let Some(c) = self.written_behind.current(i, now())? else { return Ok(false) };
+        if (c.size, c.mtime, c.ctime) == (i.size, i.mtime, i.ctime) {
+            return Ok(false);
+        }
+        note_write(i, c.size, c.mtime, c.ctime);
+        Ok(true)
+    }
+
+    /// Write one inode record (one index batch).
+    fn put(&self, i: &Inode) -> FsResult<()> {
         let mut t = Txn::default();
         Index::put_inode(&mut t.batch, i);
         self.commit(t)
@@ -277,7 +291,8 @@ impl Vfs {
         f.write_all_at(data, at)?;
         let ts = now();
         let size = i.size.max(at + data.len() as u64);
-        self.record_write(&mut i, size, ts, ts)?;
+        note_write(&mut i, size, ts, ts);
+        self.put(&i)?;
         drop(_g);
         if let Some(Handle::File { dirty, .. }) = self.lock().handles.get_mut(&fh) {
             *dirty = true;

@@ -329,12 +329,7 @@ impl Vfs {
         let ts = now();
         // Writes through passthrough not yet in the index go in first, so that this change
         // starts from them.
-        if let Some(c) = self.written_behind.current(&i, ts)? {
-            if (c.size, c.mtime, c.ctime) != (i.size, i.mtime, i.ctime) {
-                (i.size, i.mtime, i.ctime) = (c.size, c.mtime, c.ctime);
-                i.generation += 1;
-            }
-        }
+        self.fold_written_behind(&mut i)?;
         let mut changed = set.size.is_some();
         if let Some(mode) = set.mode {
             i.perm = mode & 0o7777;

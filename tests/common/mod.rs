@@ -220,9 +220,7 @@ impl Fs {
 
     /// `tezipfs stats DIR --json`.
     pub fn stats(&self, dir: &Path) -> serde_json::Value {
-        let out = Command::new(BIN).arg("stats").arg(dir).arg("--json").env("NO_COLOR", "1").output().expect("run tezipfs stats");
-        assert!(out.status.success(), "tezipfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stats is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        stats(dir)
     }
 
     /// Files (by name) in the store's `blobs/`.
@@ -249,6 +247,13 @@ impl Drop for Fs {
         }
         self.stop();
     }
+}
+
+/// `tezipfs stats --json` of a directory in a mount.
+pub fn stats(dir: &Path) -> serde_json::Value {
+    let out = Command::new(BIN).arg("stats").arg(dir).arg("--json").env("NO_COLOR", "1").output().expect("run tezipfs stats");
+    assert!(out.status.success(), "tezipfs stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stats is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 pub fn strip_ansi(s: &str) -> String {
