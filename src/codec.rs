@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod entropy;
 pub mod format;
 pub mod linear;
+pub mod motion;
 pub mod predictor;
 pub mod quantizer;
 pub mod window;

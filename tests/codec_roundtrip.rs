@@ -12,13 +12,14 @@ use tezipfs::codec::{
 };
 use tezipfs::fixtures::{generate_images, generate_raw, Rng, SequenceSpec};
 
-const PREDICTORS: [PredictorChoice; 7] = [
+const PREDICTORS: [PredictorChoice; 8] = [
     PredictorChoice::Fixed(PredictorId::None),
     PredictorChoice::Fixed(PredictorId::Linear),
     PredictorChoice::Fixed(PredictorId::Previous),
     PredictorChoice::Fixed(PredictorId::PreviousMed),
     PredictorChoice::Fixed(PredictorId::Blend),
     PredictorChoice::Fixed(PredictorId::Spatial),
+    PredictorChoice::Fixed(PredictorId::Motion),
     PredictorChoice::Auto,
 ];
 
@@ -1034,6 +1035,11 @@ fn crafted_blobs_do_not_panic() {
                         let codes_s = wr.section(&zstd::bulk::compress(&packed, 3).unwrap());
                         let esc = zstd::bulk::compress(&vec![7u8; 4 * n], 3).unwrap();
                         let esc_s = wr.section(&esc);
+                        // Motion vectors on the predicted frame: pointing anywhere (`motion`), or
+                        // where they do not belong (every other predictor, and a 1-block count
+                        // that does not fit when the frame would need more).
+                        let vectors: Vec<u8> = (0..2 * tezipfs::codec::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
+                        let motion = if k == 1 { wr.section(&zstd::bulk::compress(&vectors, 3).unwrap()) } else { Section::default() };
                         entries.push(Entry {
                             original_len: (n * dtype.bytes()) as u64,
                             crc: 0x1234_5678,
@@ -1047,6 +1053,7 @@ fn crafted_blobs_do_not_panic() {
                                 codes: codes_s,
                                 escapes: esc_s,
                                 n_escapes: if fill == 0 { n as u32 } else { 0 },
+                                motion,
                             }),
                         });
                     }
@@ -1250,7 +1257,7 @@ mod fuzz {
             let mut b = bytes;
             if magic && b.len() >= 12 {
                 b[..8].copy_from_slice(b"TZIPBLOB");
-                b[8] = 2;
+                b[8] = 2 + (b[11] & 1);
                 b[9] = 0;
             }
             let r = catch_unwind(AssertUnwindSafe(|| {
@@ -1291,6 +1298,121 @@ mod fuzz {
                 let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), &mut out);
             }));
             prop_assert!(r.is_ok(), "adaptive decoder panicked");
+        }
+    }
+}
+
+// ---- motion predictor (6) ----------------------------------------------------------------------
+
+/// A smooth textured background with noise and a textured square that moves `(vx, vy)` pixels a
+/// frame: what the `motion` predictor is for.
+fn moving_square(dtype: DType, w: usize, h: usize, frames: usize, (vx, vy): (i64, i64)) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(77);
+    let scale = if dtype.bytes() == 1 { 1.0 } else { 40.0 };
+    (0..frames as i64)
+        .map(|t| {
+            (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w) as i64, (i / w) as i64);
+                    let (sx, sy) = (x - 20 - vx * t, y - 16 - vy * t);
+                    let v = if (0..48).contains(&sx) && (0..36).contains(&sy) {
+                        let (a, b) = (sx as f64, sy as f64);
+                        120.0 + 50.0 * (0.4 * a + 0.1 * b).sin() + 40.0 * (0.3 * b - 0.2 * a).cos()
+                    } else {
+                        60.0 + 20.0 * (0.05 * x as f64).sin() + 15.0 * (0.07 * y as f64).cos()
+                    };
+                    let noisy = (v * scale + (rng.next_u64() % 2) as f64).round() as u32;
+                    dtype.to_image(noisy & dtype.mask())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn motion_predictor_follows_a_moving_object() {
+    for dtype in [DType::U8, DType::U16] {
+        let (w, h) = (112, 80);
+        let files = raw_files(dtype, &moving_square(dtype, w, h, 6, (3, 2)), None);
+        let size = |p: PredictorChoice| {
+            let what = format!("{dtype} moving square, {p}");
+            let enc = round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), p, false), &what);
+            assert_all_frames(&enc, &what);
+            (enc.blob.len(), enc.predictor, u16::from_le_bytes([enc.blob[8], enc.blob[9]]))
+        };
+        let (motion, _, version) = size(PredictorChoice::Fixed(PredictorId::Motion));
+        let (still, _, still_version) = size(PredictorChoice::Fixed(PredictorId::PreviousMed));
+        let (_, auto, _) = size(PredictorChoice::Auto);
+        assert!(motion * 10 < still * 9, "{dtype}: motion {motion} bytes, previous+med {still}: the motion was not found");
+        assert_eq!((version, still_version), (3, 2), "{dtype}: only blobs with motion vectors need version 3");
+        assert_eq!(auto, Some(PredictorId::Motion), "{dtype}: auto should choose motion on a moving scene");
+    }
+}
+
+#[test]
+fn motion_predictor_holds_bounds() {
+    for dtype in [DType::U8, DType::U16, DType::F32] {
+        let (w, h) = (64, 48);
+        let imgs = moving_square(dtype, w, h, 5, (-2, 1));
+        let files = raw_files(dtype, &imgs, None);
+        for bound in [Bound::Abs(1.0), Bound::Abs(4.0)] {
+            let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(PredictorId::Motion), ..Options::default() };
+            let enc = encode_window(&refs(&files), &opts).unwrap();
+            let out = decode_window(&enc.blob).unwrap();
+            for (k, (o, f)) in out.iter().zip(&files).enumerate() {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                dtype.decode_pixels(o, false, &mut a);
+                dtype.decode_pixels(f, false, &mut b);
+                let worst = a.iter().zip(&b).map(|(&x, &y)| (dtype.value(x) - dtype.value(y)).abs()).fold(0.0, f64::max);
+                assert!(worst <= bound.param(), "{dtype} {bound} frame {k}: error {worst}");
+            }
+        }
+    }
+}
+
+#[test]
+fn misplaced_or_damaged_motion_vectors_are_errors() {
+    use tezipfs::codec::container::{Blob, Body, Header, Writer};
+    let (w, h) = (40usize, 32usize);
+    let files = raw_files(DType::U8, &moving_square(DType::U8, w, h, 3, (2, 1)), None);
+    let opts = options(raw(w as u32, h as u32, DType::U8, 0), PredictorChoice::Fixed(PredictorId::Motion), false);
+    let enc = round_trip(&files, &opts, "motion base");
+    flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 300).into_iter(), "motion blob");
+    truncations(&enc.blob, &files, (0..enc.blob.len()).step_by(7), "motion blob");
+    let blob = Blob::parse(&enc.blob).unwrap();
+    let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
+    assert!(blob.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0)), "the base blob has motion vectors");
+    // Rebuild the blob with one change to its header, copying the payload.
+    let rebuild = |change: &dyn Fn(&mut Header)| -> Vec<u8> {
+        let mut header = blob.header.clone();
+        change(&mut header);
+        let mut wr = Writer::default();
+        wr.section(payload);
+        wr.finish(&header)
+    };
+    fn frame(hd: &mut Header, k: usize) -> &mut tezipfs::codec::container::FrameEntry {
+        match &mut hd.entries[k].body {
+            Body::Frame(f) => f,
+            Body::Opaque { .. } => unreachable!("a window of frames"),
+        }
+    }
+    let moved_on = (0..3).find(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.motion.len > 0)).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("vectors under another predictor", rebuild(&|hd: &mut Header| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
+        ("vectors on the key frame", rebuild(&|hd: &mut Header| frame(hd, 0).motion = frame(hd, moved_on).motion)),
+        ("vectors cut short", rebuild(&|hd: &mut Header| {
+            let m = &mut frame(hd, moved_on).motion;
+            m.len -= 1;
+            m.crc = crc32c::crc32c(&payload[m.offset as usize..(m.offset + m.len) as usize]);
+        })),
+        ("vectors for a different frame size", rebuild(&|hd: &mut Header| hd.params.as_mut().unwrap().width = w as u32 + 40)),
+    ];
+    for (what, bad) in cases {
+        let r = catch_unwind(AssertUnwindSafe(|| decode_window(&bad)));
+        match r {
+            Ok(Ok(_)) => panic!("{what}: decoded"),
+            Ok(Err(e)) => assert!(!e.to_string().is_empty(), "{what}"),
+            Err(_) => panic!("{what}: decoder panicked"),
         }
     }
 }

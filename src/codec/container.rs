@@ -1,4 +1,4 @@
-//! The blob container (format version 1, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 3, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C.
 //!
 //! ```text
@@ -14,7 +14,10 @@ use super::quantizer::{Bound, FrameBound};
 use std::ops::Range;
 
 pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
-pub const VERSION: u16 = 2;
+/// Newest version this build reads and writes. A blob is written in the oldest version that can
+/// hold it: 3 only when a frame has motion vectors, so blobs without them stay readable by
+/// builds that know version 2.
+pub const VERSION: u16 = 3;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +79,8 @@ pub struct FrameEntry {
     pub codes: Section,
     pub escapes: Section,
     pub n_escapes: u32,
+    /// zstd-compressed motion vectors (`motion` predictor; empty: no motion). Version 3.
+    pub motion: Section,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,11 +123,13 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
+        let has_motion = header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0));
+        let version = if has_motion { 3 } else { 2 };
         let mut h = Vec::new();
-        write_header(header, &mut h);
+        write_header(header, version, &mut h);
         let mut out = Vec::with_capacity(PREAMBLE + h.len() + 4 + self.payload.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&(h.len() as u32).to_le_bytes());
         out.extend_from_slice(&h);
@@ -169,7 +176,7 @@ impl<'a> Blob<'a> {
             .entries
             .iter()
             .flat_map(|e| match &e.body {
-                Body::Frame(f) => vec![f.skeleton, f.codes, f.escapes],
+                Body::Frame(f) => vec![f.skeleton, f.codes, f.escapes, f.motion],
                 Body::Opaque { data, .. } => vec![*data],
             })
             .map(|s| s.offset.saturating_add(s.len))
@@ -219,7 +226,7 @@ fn put_section(out: &mut Vec<u8>, s: Section) {
     out.extend_from_slice(&s.crc.to_le_bytes());
 }
 
-fn write_header(h: &Header, out: &mut Vec<u8>) {
+fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
     match &h.params {
         None => out.push(0),
         Some(p) => {
@@ -263,6 +270,9 @@ fn write_header(h: &Header, out: &mut Vec<u8>) {
                 put_section(out, f.codes);
                 put_section(out, f.escapes);
                 out.extend_from_slice(&f.n_escapes.to_le_bytes());
+                if version >= 3 {
+                    put_section(out, f.motion);
+                }
             }
         }
     }
@@ -370,7 +380,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 if n_escapes as u64 > p.width as u64 * p.height as u64 {
                     return Err(bad(format!("entry {i}: {n_escapes} escapes")));
                 }
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes })
+                let motion = if version >= 3 { c.section()? } else { Section::default() };
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -378,6 +389,11 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     }
     if c.pos != h.len() {
         return Err(bad("trailing bytes in header"));
+    }
+    // Writers use version 3 only for motion vectors: a version-3 blob without any is damaged
+    // (a flipped version bit would otherwise go unnoticed).
+    if version >= 3 && !entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0)) {
+        return Err(bad("version 3 blob without motion vectors"));
     }
     Ok(Header { params, entries })
 }

@@ -47,13 +47,16 @@ pub enum PredictorId {
     Spatial = 4,
     /// Per-window least-squares blend of spatial and temporal neighbours ([`crate::codec::linear`]).
     Linear = 5,
+    /// The previous frame moved per block ([`crate::codec::motion`]), corrected by MED over the
+    /// neighbours' temporal differences (as `previous+med`).
+    Motion = 6,
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 6] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear];
+    pub const ALL: [PredictorId; 7] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear, PredictorId::Motion];
 
-    /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` and
-    /// the window's predictor coefficients (`linear` only).
+    /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
+    /// `motion`, already moved) and the window's predictor coefficients (`linear` only).
     pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32]) -> crate::codec::quantizer::Prediction<'a> {
         use crate::codec::quantizer::Prediction;
         if k == 0 && self.intra_key() {
@@ -61,7 +64,7 @@ impl PredictorId {
         }
         match self {
             PredictorId::None | PredictorId::Previous => Prediction::Frame(pred),
-            PredictorId::PreviousMed => Prediction::TemporalMed { prev: pred, width },
+            PredictorId::PreviousMed | PredictorId::Motion => Prediction::TemporalMed { prev: pred, width },
             PredictorId::Blend => Prediction::Blend { prev: pred, width },
             PredictorId::Spatial => Prediction::Intra { width },
             PredictorId::Linear => Prediction::Linear { prev: pred, width, coefs },
@@ -81,7 +84,7 @@ impl PredictorId {
     pub fn build(self) -> Box<dyn Predictor> {
         match self {
             PredictorId::None | PredictorId::Spatial => Box::new(NonePredictor),
-            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear => Box::new(PreviousPredictor),
+            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear | PredictorId::Motion => Box::new(PreviousPredictor),
         }
     }
 }
@@ -95,6 +98,7 @@ impl fmt::Display for PredictorId {
             PredictorId::Blend => "blend",
             PredictorId::Spatial => "spatial",
             PredictorId::Linear => "linear",
+            PredictorId::Motion => "motion",
         })
     }
 }
@@ -110,7 +114,8 @@ pub enum PredictorChoice {
 impl PredictorChoice {
     pub fn candidates(self) -> Vec<PredictorId> {
         match self {
-            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
+            // `motion` stands in for `previous+med`: without motion it codes the same.
+            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::Motion, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -135,7 +140,7 @@ impl FromStr for PredictorChoice {
             .into_iter()
             .find(|p| p.to_string() == s)
             .map(PredictorChoice::Fixed)
-            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, blend, spatial, linear or none)"))
+            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, motion, blend, spatial, linear or none)"))
     }
 }
 

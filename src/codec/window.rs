@@ -14,6 +14,7 @@ use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
 use super::linear;
+use super::motion;
 use super::quantizer::{self, Bound, FrameBound};
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
@@ -88,6 +89,15 @@ struct CodedFrame {
     n_escapes: u32,
     bound: FrameBound,
     crc: u32,
+    /// zstd of the motion vectors (empty: none).
+    motion: Vec<u8>,
+}
+
+/// The first frames of a chain predicted and quantised with one predictor.
+struct Quantised {
+    frames: Vec<quantizer::Coded>,
+    /// Motion vectors of each frame as stored (before zstd; empty: none).
+    motion: Vec<Vec<u8>>,
 }
 
 struct Chain<'a> {
@@ -200,6 +210,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             let skeleton = if sk.is_empty() { Section::default() } else { w.section(&coder.compress_bytes(&sk)?) };
             let codes = w.section(&c.codes);
             let escapes = if c.escapes.is_empty() { w.section(&[]) } else { w.section(&c.escapes) };
+            let motion = if c.motion.is_empty() { Section::default() } else { w.section(&c.motion) };
             entries.push(Entry {
                 original_len: file.len() as u64,
                 crc: c.crc,
@@ -213,6 +224,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     codes,
                     escapes,
                     n_escapes: c.n_escapes,
+                    motion,
                 }),
             });
             next += 1;
@@ -252,6 +264,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         return Ok((candidates[0], None));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
+    // Lossless frames are probed in the middle of the window, which stands for the window
+    // better than its first frames (a scene starts to move, a detector settles).
+    let probe_at = if opts.bound == Bound::Lossless { (chain.images.len() - probe) / 2 } else { 0 };
     // Predictors are ranked under a fast proxy stage (the first candidate that is not the
     // adaptive coder), then the best few are tried under every stage.
     let stages = Stage::candidates(dtype.bytes(), opts.entropy);
@@ -260,17 +275,20 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut size_under = |q: &[quantizer::Coded], stage: Stage, from: usize| -> Result<f64, EncodeError> {
+    let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
         let mut size = 0;
-        for (k, c) in q.iter().enumerate().skip(from) {
-            let side = Side { prev: k.checked_sub(1).map(|j| &q[j].codes[..]), quantised: opts.bound != Bound::Lossless };
+        for (k, c) in q.frames.iter().enumerate().skip(from) {
+            let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: opts.bound != Bound::Lossless };
             size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
+            if !q.motion[k].is_empty() {
+                size += coder.compress_bytes(&q.motion[k])?.len();
+            }
         }
         Ok(stage.weighed(size, opts.entropy))
     };
-    let mut ranked: Vec<(f64, PredictorId, Vec<quantizer::Coded>)> = Vec::with_capacity(candidates.len());
+    let mut ranked: Vec<(f64, PredictorId, Quantised)> = Vec::with_capacity(candidates.len());
     for &pid in &candidates {
-        let q = quantize_chain(chain, dtype, geom, opts, pid, probe, coefs);
+        let q = quantize_chain(chain, dtype, geom, opts, pid, probe_at..probe_at + probe, coefs);
         ranked.push((size_under(&q, proxy, skip)?, pid, q));
     }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -284,7 +302,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     // is among the stages (it is what the probe costs).
     let mut finals: Vec<(f64, PredictorId, Stage)> = Vec::with_capacity(ranked.len());
     for (proxy_size, pid, q) in &ranked {
-        let from = if stages.contains(&Stage::Adaptive) { q.len().saturating_sub(1).max(skip) } else { skip };
+        let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
         let mut best = (proxy_size, *pid, proxy);
         let mut best_zstd = f64::INFINITY;
@@ -315,8 +333,8 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let far = DRIFT_PROBE.min(chain.images.len());
     if pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1 != PredictorId::Linear) {
-            let lin = size_under(&quantize_chain(chain, dtype, geom, opts, pid, far, coefs), proxy, skip)?;
-            let other = size_under(&quantize_chain(chain, dtype, geom, opts, alt, far, coefs), proxy, skip)?;
+            let lin = size_under(&quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs), proxy, skip)?;
+            let other = size_under(&quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs), proxy, skip)?;
             if other <= lin {
                 (pid, stage) = (alt, alt_stage);
             }
@@ -325,20 +343,33 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     Ok((pid, if opts.exhaustive { None } else { Some(stage) }))
 }
 
-/// Predict and quantise the first `n` frames of the chain with predictor `pid` (no entropy
-/// coding): what the choice of a window's predictor and stage is made on.
-fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, n: usize, coefs: &[i32]) -> Vec<quantizer::Coded> {
+/// Predict and quantise the frames `frames` of the chain with predictor `pid` (no entropy
+/// coding), the first of them as a key frame: what the choice of a window's predictor and stage
+/// is made on. Only lossless frames may start after the window's key frame (a lossless
+/// reconstruction is the frame itself, whatever came before).
+fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Quantised {
+    debug_assert!(frames.start == 0 || opts.bound == Bound::Lossless);
+    let n = frames.len();
     let predictor = pid.build();
     let mut state = predictor.start(geom);
     let mut pred = vec![0u32; geom.pixels()];
-    let mut out = Vec::with_capacity(n);
-    for (k, x) in chain.images.iter().take(n).enumerate() {
+    let mut moved = Vec::new();
+    let mut out = Quantised { frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+    for (k, x) in chain.images[frames].iter().enumerate() {
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
-        let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, &pred, geom.width, coefs));
+        let vectors = if pid == PredictorId::Motion && k > 0 { motion::search(&pred, x, geom.width, geom.height) } else { Vec::new() };
+        let from: &[u32] = if vectors.is_empty() {
+            &pred
+        } else {
+            motion::apply(&pred, &vectors, geom.width, geom.height, &mut moved).expect("the search's own vectors fit the frame");
+            &moved
+        };
+        let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, from, geom.width, coefs));
         state.observe(&c.recon);
-        out.push(c);
+        out.frames.push(c);
+        out.motion.push(vectors);
     }
     out
 }
@@ -349,10 +380,10 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
 fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coefs: &[i32], coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(n);
-    let q = quantize_chain(chain, dtype, geom, opts, pid, n, coefs);
-    for (k, c) in q.iter().enumerate() {
+    let q = quantize_chain(chain, dtype, geom, opts, pid, 0..n, coefs);
+    for (k, c) in q.frames.iter().enumerate() {
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
-        let side = Side { prev: k.checked_sub(1).map(|j| &q[j].codes[..]), quantised: fb != FrameBound::Lossless };
+        let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: fb != FrameBound::Lossless };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
@@ -370,7 +401,8 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
             let file = l.assemble(chain.files[k].len(), &l.skeleton(chain.files[k]), &c.recon).expect("layout fits its own file");
             crc32c::crc32c(&file)
         };
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc });
+        let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
+        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion });
     }
     Ok(out)
 }
@@ -392,6 +424,8 @@ pub struct Decoder {
     /// Codes of the previous frame of the chain (the adaptive stage's temporal context).
     prev_codes: Vec<u32>,
     pred: Vec<u32>,
+    /// The prediction moved by the frame's motion vectors (`motion` only).
+    moved: Vec<u32>,
     recon: Vec<u32>,
 }
 
@@ -406,7 +440,7 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), recon: Vec::new() })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -512,7 +546,18 @@ impl Decoder {
         if k > 0 || !p.predictor.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
         }
-        let prediction = p.predictor.prediction(k, pred, geom.width, &p.coefs);
+        let from: &[u32] = if f.motion.len == 0 {
+            pred
+        } else {
+            if p.predictor != PredictorId::Motion || k == 0 {
+                return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
+            }
+            let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
+            let vectors = self.coder.decompress_bytes(raw, 2 * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
+            motion::apply(pred, &vectors, geom.width, geom.height, &mut self.moved).map_err(|_| dec("motion vectors do not fit the frame".into()))?;
+            &self.moved
+        };
+        let prediction = p.predictor.prediction(k, from, geom.width, &p.coefs);
         quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
         state.observe(recon);
         self.next_frame += 1;

@@ -1,0 +1,219 @@
+//! Block motion of the `motion` predictor (predictor id 6).
+//!
+//! The previous reconstructed frame is cut into [`BLOCK`] x [`BLOCK`] blocks (smaller at the
+//! right and bottom edges); each block of the current frame takes its pixels from the previous
+//! frame moved by a whole-pixel vector `(dx, dy)`, sampled with coordinates clamped to the frame.
+//! The codec then corrects this moved frame with the temporal MED (as `previous+med` does with
+//! the unmoved one).
+//!
+//! The vectors are found by the encoder alone ([`search`]) and stored per frame as the bytes
+//! `dx, dy` (two `i8`, blocks in row-major order; see `docs/FORMAT.md`, motion section), so the
+//! decoder only applies them ([`apply`]): any vector is valid, the search is free to change.
+
+/// Side of a motion block in pixels.
+pub const BLOCK: usize = 16;
+/// Largest displacement the encoder searches, in pixels along each axis.
+pub const RANGE: i32 = 12;
+
+/// Blocks of a frame.
+pub fn blocks(width: usize, height: usize) -> usize {
+    width.div_ceil(BLOCK) * height.div_ceil(BLOCK)
+}
+
+/// Sum of absolute differences between block `(bx, by)` of `cur` and `prev` moved by `(dx, dy)`,
+/// stopping early once it exceeds `limit`.
+#[allow(clippy::too_many_arguments)]
+fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, dx: i32, dy: i32, limit: u64) -> u64 {
+    let (x0, y0) = (bx * BLOCK, by * BLOCK);
+    let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
+    let inside = x0 as i64 + dx as i64 >= 0 && (x0 + bw) as i64 + dx as i64 <= width as i64 && y0 as i64 + dy as i64 >= 0 && (y0 + bh) as i64 + dy as i64 <= height as i64;
+    let mut s = 0u64;
+    for y in y0..y0 + bh {
+        let row = &cur[y * width + x0..y * width + x0 + bw];
+        if inside {
+            let sy = (y as i64 + dy as i64) as usize;
+            let sx = (x0 as i64 + dx as i64) as usize;
+            let src = &prev[sy * width + sx..sy * width + sx + bw];
+            s += row.iter().zip(src).map(|(&a, &b)| a.abs_diff(b) as u64).sum::<u64>();
+        } else {
+            let sy = (y as i64 + dy as i64).clamp(0, height as i64 - 1) as usize;
+            for (i, &a) in row.iter().enumerate() {
+                let sx = ((x0 + i) as i64 + dx as i64).clamp(0, width as i64 - 1) as usize;
+                s += a.abs_diff(prev[sy * width + sx]) as u64;
+            }
+        }
+        if s > limit {
+            return s;
+        }
+    }
+    s
+}
+
+/// The vectors that move `prev` closest to `cur` (by the sum of absolute differences per block,
+/// with a small cost for moving), as stored bytes; empty when every vector is zero.
+///
+/// Blocks that changed more than most are searched, with a three-step search around the best of
+/// no motion and the left and upper blocks' vectors. (A motion of the whole frame is not looked
+/// for.)
+pub fn search(prev: &[u32], cur: &[u32], width: usize, height: usize) -> Vec<u8> {
+    let (nx, ny) = (width.div_ceil(BLOCK), height.div_ceil(BLOCK));
+    if prev.len() != width * height || cur.len() != prev.len() || nx * ny == 0 {
+        return Vec::new();
+    }
+    let still: Vec<u64> = (0..nx * ny).map(|b| sad(prev, cur, width, height, b % nx, b / nx, 0, 0, u64::MAX)).collect();
+    let mut sorted = still.clone();
+    sorted.sort_unstable();
+    let typical = sorted[sorted.len() / 2];
+    let mut vectors = vec![[0i32; 2]; nx * ny];
+    for b in 0..nx * ny {
+        let (bx, by) = (b % nx, b / nx);
+        let px = ((width - bx * BLOCK).min(BLOCK) * (height - by * BLOCK).min(BLOCK)) as u64;
+        // A block that changed by less than two levels a pixel is not worth a vector, and one
+        // that changed no more than half as much again as the median block (noise, a change of
+        // light) is not worth the search.
+        if still[b] <= (2 * px).max(typical + typical / 2) {
+            continue;
+        }
+        let penalty = px / 4;
+        let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], limit).saturating_add(penalty) };
+        let mut best = ([0, 0], still[b]);
+        let mut seeds = Vec::with_capacity(2);
+        if bx > 0 {
+            seeds.push(vectors[b - 1]);
+        }
+        if by > 0 {
+            seeds.push(vectors[b - nx]);
+        }
+        for v in seeds {
+            if v != best.0 {
+                let c = cost(v, best.1);
+                if c < best.1 {
+                    best = (v, c);
+                }
+            }
+        }
+        let mut step = (RANGE + 1) / 2;
+        while step >= 1 {
+            let centre = best.0;
+            for (sx, sy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                let v = [centre[0] + sx * step, centre[1] + sy * step];
+                if v[0].abs() > RANGE || v[1].abs() > RANGE {
+                    continue;
+                }
+                let c = cost(v, best.1);
+                if c < best.1 {
+                    best = (v, c);
+                }
+            }
+            if best.0 == centre {
+                step /= 2;
+            }
+        }
+        vectors[b] = best.0;
+    }
+    if vectors.iter().all(|v| *v == [0, 0]) {
+        return Vec::new();
+    }
+    vectors.iter().flat_map(|v| [v[0] as i8 as u8, v[1] as i8 as u8]).collect()
+}
+
+/// Error of [`apply`]: the stored vectors do not fit the frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadVectors;
+
+/// `prev` moved by the stored `vectors` into `out` (`vectors` empty: no motion).
+pub fn apply(prev: &[u32], vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+    out.clear();
+    if vectors.is_empty() {
+        out.extend_from_slice(prev);
+        return Ok(());
+    }
+    let nx = width.div_ceil(BLOCK);
+    if vectors.len() != 2 * blocks(width, height) || prev.len() != width * height {
+        return Err(BadVectors);
+    }
+    out.resize(prev.len(), 0);
+    for y in 0..height {
+        for bx in 0..nx {
+            let b = (y / BLOCK) * nx + bx;
+            let (dx, dy) = (vectors[2 * b] as i8 as i64, vectors[2 * b + 1] as i8 as i64);
+            let sy = (y as i64 + dy).clamp(0, height as i64 - 1) as usize;
+            let x0 = bx * BLOCK;
+            let x1 = (x0 + BLOCK).min(width);
+            let src = &prev[sy * width..sy * width + width];
+            let dst = &mut out[y * width + x0..y * width + x1];
+            if x0 as i64 + dx >= 0 && x1 as i64 + dx <= width as i64 {
+                let s = (x0 as i64 + dx) as usize;
+                dst.copy_from_slice(&src[s..s + (x1 - x0)]);
+            } else {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = src[((x0 + i) as i64 + dx).clamp(0, width as i64 - 1) as usize];
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texture(w: usize, h: usize, ox: i64, oy: i64) -> Vec<u32> {
+        (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as i64 + ox, (i / w) as i64 + oy);
+                // Smooth, as images are, so that the search's descent finds the match.
+                let (x, y) = (x as f64, y as f64);
+                (128.0 + 60.0 * (0.21 * x + 0.05 * y).sin() + 50.0 * (0.13 * y - 0.07 * x).cos()) as u32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finds_a_shift_and_applies_it() {
+        let (w, h) = (128, 96);
+        let prev = texture(w, h, 0, 0);
+        // An object moved 3 right and 2 down: there the current pixel (x, y) shows prev (x - 3,
+        // y - 2). It covers the blocks of rows 2 and 3, columns 2 to 5; the rest stands still.
+        let shifted = texture(w, h, -3, -2);
+        let mut cur = prev.clone();
+        for y in 32..64 {
+            for x in 32..96 {
+                cur[y * w + x] = shifted[y * w + x];
+            }
+        }
+        let v = search(&prev, &cur, w, h);
+        assert_eq!(v.len(), 2 * blocks(w, h));
+        let mut moved = Vec::new();
+        apply(&prev, &v, w, h, &mut moved).unwrap();
+        let wrong = moved.iter().zip(&cur).filter(|(a, b)| a != b).count();
+        assert_eq!(wrong, 0, "pixels not matched by the vectors {v:?}");
+        let nx = w / BLOCK;
+        assert_eq!((v[2 * (2 * nx + 3)] as i8, v[2 * (2 * nx + 3) + 1] as i8), (-3, -2));
+        assert_eq!((v[0] as i8, v[1] as i8), (0, 0));
+    }
+
+    #[test]
+    fn still_frames_have_no_vectors() {
+        let (w, h) = (40, 33);
+        let prev = texture(w, h, 0, 0);
+        assert!(search(&prev, &prev, w, h).is_empty());
+        let mut out = Vec::new();
+        apply(&prev, &[], w, h, &mut out).unwrap();
+        assert_eq!(out, prev);
+    }
+
+    #[test]
+    fn any_stored_vector_applies_and_a_wrong_count_is_an_error() {
+        let (w, h) = (17, 5);
+        let prev = texture(w, h, 0, 0);
+        let mut out = Vec::new();
+        for v in [[127u8, 128], [0, 255], [128, 127]] {
+            let vectors: Vec<u8> = std::iter::repeat_n(v, blocks(w, h)).flatten().collect();
+            apply(&prev, &vectors, w, h, &mut out).unwrap();
+            assert_eq!(out.len(), prev.len());
+        }
+        assert_eq!(apply(&prev, &[1, 2, 3], w, h, &mut out), Err(BadVectors));
+    }
+}
