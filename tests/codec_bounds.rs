@@ -100,6 +100,7 @@ fn case_strategy(dtypes: &'static [DType]) -> impl Strategy<Value = Case> {
         Just(PredictorChoice::Fixed(PredictorId::None)),
         Just(PredictorChoice::Fixed(PredictorId::Linear)),
         Just(PredictorChoice::Fixed(PredictorId::Motion)),
+        Just(PredictorChoice::Fixed(PredictorId::MotionMed)),
     ];
     let entropy = proptest::sample::select(&[EntropyChoice::Fast, EntropyChoice::Balanced, EntropyChoice::Best][..]);
     (proptest::sample::select(dtypes), 1u32..=40, 1u32..=40, 1usize..=5, (predictor, entropy), -3i32..=3).prop_flat_map(|(dtype, w, h, n, (predictor, entropy), slope)| {

@@ -1,10 +1,10 @@
-//! Block motion of the `motion` predictor (predictor id 6).
+//! Block motion of the `motion` and `motion+med` predictors (ids 7 and 6).
 //!
 //! The previous reconstructed frame is cut into [`BLOCK`] x [`BLOCK`] blocks (smaller at the
 //! right and bottom edges); each block of the current frame takes its pixels from the previous
 //! frame moved by a whole-pixel vector `(dx, dy)`, sampled with coordinates clamped to the frame.
-//! The codec then corrects this moved frame with the temporal MED (as `previous+med` does with
-//! the unmoved one).
+//! `motion` predicts this moved frame (as `previous` predicts the unmoved one); `motion+med`
+//! corrects it with the temporal MED (as `previous+med` does).
 //!
 //! The vectors are found by the encoder alone ([`search`]) and stored per frame as the bytes
 //! `dx, dy` (two `i8`, blocks in row-major order; see `docs/FORMAT.md`, motion section), so the

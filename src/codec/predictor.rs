@@ -49,11 +49,13 @@ pub enum PredictorId {
     Linear = 5,
     /// The previous frame moved per block ([`crate::codec::motion`]), corrected by MED over the
     /// neighbours' temporal differences (as `previous+med`).
-    Motion = 6,
+    MotionMed = 6,
+    /// The previous frame moved per block (as `previous`, moved).
+    Motion = 7,
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 7] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear, PredictorId::Motion];
+    pub const ALL: [PredictorId; 8] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear, PredictorId::MotionMed, PredictorId::Motion];
 
     /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
     /// `motion`, already moved) and the window's predictor coefficients (`linear` only).
@@ -63,8 +65,8 @@ impl PredictorId {
             return Prediction::Intra { width };
         }
         match self {
-            PredictorId::None | PredictorId::Previous => Prediction::Frame(pred),
-            PredictorId::PreviousMed | PredictorId::Motion => Prediction::TemporalMed { prev: pred, width },
+            PredictorId::None | PredictorId::Previous | PredictorId::Motion => Prediction::Frame(pred),
+            PredictorId::PreviousMed | PredictorId::MotionMed => Prediction::TemporalMed { prev: pred, width },
             PredictorId::Blend => Prediction::Blend { prev: pred, width },
             PredictorId::Spatial => Prediction::Intra { width },
             PredictorId::Linear => Prediction::Linear { prev: pred, width, coefs },
@@ -73,6 +75,11 @@ impl PredictorId {
 
     pub fn from_id(id: u8) -> Option<PredictorId> {
         PredictorId::ALL.into_iter().find(|p| *p as u8 == id)
+    }
+
+    /// Whether the previous frame is moved by per-frame motion vectors before it predicts.
+    pub fn moves(self) -> bool {
+        matches!(self, PredictorId::Motion | PredictorId::MotionMed)
     }
 
     /// Whether key frames are intra-predicted (spatially) under this predictor.
@@ -84,7 +91,7 @@ impl PredictorId {
     pub fn build(self) -> Box<dyn Predictor> {
         match self {
             PredictorId::None | PredictorId::Spatial => Box::new(NonePredictor),
-            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear | PredictorId::Motion => Box::new(PreviousPredictor),
+            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear | PredictorId::MotionMed | PredictorId::Motion => Box::new(PreviousPredictor),
         }
     }
 }
@@ -98,6 +105,7 @@ impl fmt::Display for PredictorId {
             PredictorId::Blend => "blend",
             PredictorId::Spatial => "spatial",
             PredictorId::Linear => "linear",
+            PredictorId::MotionMed => "motion+med",
             PredictorId::Motion => "motion",
         })
     }
@@ -114,8 +122,9 @@ pub enum PredictorChoice {
 impl PredictorChoice {
     pub fn candidates(self) -> Vec<PredictorId> {
         match self {
-            // `motion` stands in for `previous+med`: without motion it codes the same.
-            PredictorChoice::Auto => vec![PredictorId::Previous, PredictorId::Motion, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
+            // `motion` and `motion+med` stand in for `previous` and `previous+med`: without
+            // motion they code the same bytes.
+            PredictorChoice::Auto => vec![PredictorId::Motion, PredictorId::MotionMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -140,7 +149,7 @@ impl FromStr for PredictorChoice {
             .into_iter()
             .find(|p| p.to_string() == s)
             .map(PredictorChoice::Fixed)
-            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, motion, blend, spatial, linear or none)"))
+            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, motion, motion+med, blend, spatial, linear or none)"))
     }
 }
 

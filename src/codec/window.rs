@@ -264,9 +264,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         return Ok((candidates[0], None));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
-    // Lossless frames are probed in the middle of the window, which stands for the window
-    // better than its first frames (a scene starts to move, a detector settles).
-    let probe_at = if opts.bound == Bound::Lossless { (chain.images.len() - probe) / 2 } else { 0 };
+    // The probe is taken from the middle of the window, which stands for the window better than
+    // its first frames (a scene starts to move, a detector settles).
+    let probe_at = (chain.images.len() - probe) / 2;
     // Predictors are ranked under a fast proxy stage (the first candidate that is not the
     // adaptive coder), then the best few are tried under every stage.
     let stages = Stage::candidates(dtype.bytes(), opts.entropy);
@@ -345,10 +345,10 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 
 /// Predict and quantise the frames `frames` of the chain with predictor `pid` (no entropy
 /// coding), the first of them as a key frame: what the choice of a window's predictor and stage
-/// is made on. Only lossless frames may start after the window's key frame (a lossless
-/// reconstruction is the frame itself, whatever came before).
+/// is made on, and, from the window's start, what it is coded with. A probe that starts later
+/// predicts from the original frames before it: exact when lossless (a reconstruction is then
+/// the frame itself), a close estimate under a bound.
 fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Quantised {
-    debug_assert!(frames.start == 0 || opts.bound == Bound::Lossless);
     let n = frames.len();
     let predictor = pid.build();
     let mut state = predictor.start(geom);
@@ -359,7 +359,7 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
-        let vectors = if pid == PredictorId::Motion && k > 0 { motion::search(&pred, x, geom.width, geom.height) } else { Vec::new() };
+        let vectors = if pid.moves() && k > 0 { motion::search(&pred, x, geom.width, geom.height) } else { Vec::new() };
         let from: &[u32] = if vectors.is_empty() {
             &pred
         } else {
@@ -549,7 +549,7 @@ impl Decoder {
         let from: &[u32] = if f.motion.len == 0 {
             pred
         } else {
-            if p.predictor != PredictorId::Motion || k == 0 {
+            if !p.predictor.moves() || k == 0 {
                 return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
             }
             let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
