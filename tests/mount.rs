@@ -488,9 +488,14 @@ fn append_after_reads_across_the_commit_keeps_the_bytes() {
                 loop {
                     let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p).expect("open");
                     let t0 = Instant::now();
-                    let mut buf = vec![0u8; want.len()];
+                    // O_DIRECT wants an aligned buffer, as on ext4: a reader that opens while a
+                    // passthrough handle of the file is still open (the kernel releases the
+                    // writer's asynchronously) reads the staging file directly (SEMANTICS S48).
+                    let mut space = vec![0u8; want.len() + 4096];
+                    let at = space.as_ptr().align_offset(4096);
+                    let buf = &mut space[at..at + want.len()];
                     while t0.elapsed() < Duration::from_millis(2) {
-                        match f.read_at(&mut buf, 0) {
+                        match f.read_at(buf, 0) {
                             Ok(n) if buf[..n] == want[..n] => {}
                             Ok(_) => errors.lock().unwrap().push(format!("{}: wrong bytes", p.display())),
                             Err(e) => errors.lock().unwrap().push(format!("read {}: {e}", p.display())),
