@@ -1385,12 +1385,14 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     let blob = Blob::parse(&enc.blob).unwrap();
     let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
     assert!(blob.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0)), "the base blob has motion vectors");
-    // Rebuild the blob with one change to its header, copying the payload.
-    let rebuild = |change: &dyn Fn(&mut Header)| -> Vec<u8> {
+    // Rebuild the blob with one change to its header, copying the payload; `extra` is appended
+    // to the payload as one more section, which the change may point at.
+    let rebuild = |extra: &[u8], change: &dyn Fn(&mut Header, tezipfs::codec::container::Section)| -> Vec<u8> {
         let mut header = blob.header.clone();
-        change(&mut header);
         let mut wr = Writer::default();
         wr.section(payload);
+        let s = wr.section(extra);
+        change(&mut header, s);
         wr.finish(&header)
     };
     fn frame(hd: &mut Header, k: usize) -> &mut tezipfs::codec::container::FrameEntry {
@@ -1400,21 +1402,28 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         }
     }
     let moved_on = (0..3).find(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.motion.len > 0)).unwrap();
+    let vectors = 2 * tezipfs::codec::motion::blocks(w, h);
+    let zstd_of = |n: usize| zstd::bulk::compress(&vec![1u8; n], 3).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("vectors under another predictor", rebuild(&|hd: &mut Header| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
-        ("vectors on the key frame", rebuild(&|hd: &mut Header| frame(hd, 0).motion = frame(hd, moved_on).motion)),
-        ("vectors cut short", rebuild(&|hd: &mut Header| {
-            let m = &mut frame(hd, moved_on).motion;
-            m.len -= 1;
-            m.crc = crc32c::crc32c(&payload[m.offset as usize..(m.offset + m.len) as usize]);
-        })),
-        ("vectors for a different frame size", rebuild(&|hd: &mut Header| hd.params.as_mut().unwrap().width = w as u32 + 40)),
+        ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
+        ("vectors on the key frame", rebuild(&[], &|hd, _| frame(hd, 0).motion = frame(hd, moved_on).motion)),
+        ("one vector too few", rebuild(&zstd_of(vectors - 2), &|hd, s| frame(hd, moved_on).motion = s)),
+        ("one vector too many", rebuild(&zstd_of(vectors + 2), &|hd, s| frame(hd, moved_on).motion = s)),
+        ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
     ];
+    // The base blob rebuilt the same way, with a copy of its own vectors, decodes: the errors
+    // below come from the vectors.
+    let own = match &blob.header.entries[moved_on].body {
+        Body::Frame(f) => payload[f.motion.offset as usize..(f.motion.offset + f.motion.len) as usize].to_vec(),
+        Body::Opaque { .. } => unreachable!("a window of frames"),
+    };
+    let unchanged = rebuild(&own, &|hd, s| frame(hd, moved_on).motion = s);
+    assert!(decode_window(&unchanged).is_ok(), "vectors of the right count decode");
     for (what, bad) in cases {
         let r = catch_unwind(AssertUnwindSafe(|| decode_window(&bad)));
         match r {
             Ok(Ok(_)) => panic!("{what}: decoded"),
-            Ok(Err(e)) => assert!(!e.to_string().is_empty(), "{what}"),
+            Ok(Err(e)) => assert!(e.to_string().contains("motion"), "{what}: the error should name the motion vectors: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }

@@ -123,8 +123,7 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let has_motion = header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0));
-        let version = if has_motion { 3 } else { 2 };
+        let version = if has_motion(&header.entries) { 3 } else { 2 };
         let mut h = Vec::new();
         write_header(header, version, &mut h);
         let mut out = Vec::with_capacity(PREAMBLE + h.len() + 4 + self.payload.len());
@@ -216,6 +215,11 @@ pub fn section_of<'p>(payload: &'p [u8], entry: usize, what: &'static str, s: Se
         return Err(BlobError::SectionCrc { entry, what });
     }
     Ok(bytes)
+}
+
+/// Whether some frame has motion vectors (what version 3 is for).
+fn has_motion(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
 }
 
 // ---- header encoding -------------------------------------------------------------------------
@@ -392,7 +396,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     }
     // Writers use version 3 only for motion vectors: a version-3 blob without any is damaged
     // (a flipped version bit would otherwise go unnoticed).
-    if version >= 3 && !entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0)) {
+    if version >= 3 && !has_motion(&entries) {
         return Err(bad("version 3 blob without motion vectors"));
     }
     Ok(Header { params, entries })
