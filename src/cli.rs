@@ -28,8 +28,8 @@ pub struct CodecArgs {
     /// Predictor: `auto` (try each on every window and keep the smallest), `previous`
     /// (previous frame; key frames spatially predicted), `previous+med`, `blend`, `spatial`,
     /// `linear` (least-squares blend of spatial and temporal neighbours, fitted per window),
-    /// `motion` / `motion+med` (as `previous` / `previous+med`, the previous frame moved per
-    /// 16x16 block) or `none`.
+    /// `motion` / `motion+med` (as `previous` / `previous+med`, the previous frame, or the one
+    /// before it, moved per 16x16 block) or `none`.
     #[arg(long, default_value = "auto")]
     pub predictor: PredictorChoice,
     /// Where the pixels are: `auto` (TIFF by its header), `tiff`, or `raw:WxH:TYPE[:skip=N]`

@@ -1038,8 +1038,11 @@ fn crafted_blobs_do_not_panic() {
                         let esc_s = wr.section(&esc);
                         // Motion vectors on the predicted frame: pointing anywhere (`motion`), or
                         // where they do not belong (every other predictor, and a 1-block count
-                        // that does not fit when the frame would need more).
-                        let vectors: Vec<u8> = (0..2 * tezipfs::codec::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
+                        // that does not fit when the frame would need more); with a fill of 0x55
+                        // they name reference frames, which the first predicted frame lacks.
+                        let refs = fill == 0x55;
+                        let per = if refs { 3 } else { 2 };
+                        let vectors: Vec<u8> = (0..per * tezipfs::codec::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
                         let motion = if k == 1 { wr.section(&zstd::bulk::compress(&vectors, 3).unwrap()) } else { Section::default() };
                         entries.push(Entry {
                             original_len: (n * dtype.bytes()) as u64,
@@ -1055,6 +1058,7 @@ fn crafted_blobs_do_not_panic() {
                                 escapes: esc_s,
                                 n_escapes: if fill == 0 { n as u32 } else { 0 },
                                 motion,
+                                motion_refs: refs && k == 1,
                             }),
                         });
                     }
@@ -1330,6 +1334,51 @@ fn moving_square(dtype: DType, w: usize, h: usize, frames: usize, (vx, vy): (i64
         .collect()
 }
 
+/// A still textured background with noise in which a region of whole motion blocks alternates
+/// between two textures from frame to frame (alternating exposures, a flickering source): each
+/// frame of that region matches the frame before the previous one.
+fn flicker(dtype: DType, w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(78);
+    let scale = if dtype.bytes() == 1 { 1.0 } else { 40.0 };
+    let b = tezipfs::codec::motion::BLOCK;
+    (0..frames)
+        .map(|t| {
+            (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w) as f64, (i / w) as f64);
+                    let inside = (b..3 * b).contains(&(i % w)) && (b..2 * b + 5).contains(&(i / w));
+                    let v = match (inside, t % 2) {
+                        (true, 0) => 120.0 + 50.0 * (0.4 * x + 0.1 * y).sin(),
+                        (true, _) => 90.0 + 60.0 * (0.3 * y - 0.2 * x).cos(),
+                        (false, _) => 60.0 + 20.0 * (0.05 * x).sin() + 15.0 * (0.07 * y).cos(),
+                    };
+                    let noisy = (v * scale + (rng.next_u64() % 2) as f64).round() as u32;
+                    dtype.to_image(noisy & dtype.mask())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
+    for dtype in [DType::U8, DType::U16] {
+        let (w, h) = (72, 56);
+        let files = raw_files(dtype, &flicker(dtype, w, h, 7), None);
+        let size = |p: PredictorId| {
+            let what = format!("{dtype} flicker, {p}");
+            let enc = round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what);
+            assert_all_frames(&enc, &what);
+            (enc.blob.len(), u16::from_le_bytes([enc.blob[8], enc.blob[9]]))
+        };
+        for (moving, still) in [(PredictorId::Motion, PredictorId::Previous), (PredictorId::MotionMed, PredictorId::PreviousMed)] {
+            let ((moved, version), (kept, _)) = (size(moving), size(still));
+            assert!(moved * 10 < kept * 8, "{dtype}: {moving} {moved} bytes, {still} {kept}: the frame before was not used");
+            assert_eq!(version, 4, "{dtype}: {moving}: vectors that name reference frames need version 4");
+        }
+    }
+}
+
 #[test]
 fn motion_predictor_follows_a_moving_object() {
     for dtype in [DType::U8, DType::U16] {
@@ -1345,7 +1394,9 @@ fn motion_predictor_follows_a_moving_object() {
             let (moved, _, version) = size(PredictorChoice::Fixed(moving));
             let (kept, _, still_version) = size(PredictorChoice::Fixed(still));
             assert!(moved * 10 < kept * 9, "{dtype}: {moving} {moved} bytes, {still} {kept}: the motion was not found");
-            assert_eq!((version, still_version), (3, 2), "{dtype}: only blobs with motion vectors need version 3");
+            // Version 3 holds motion vectors, 4 vectors that also name reference frames (blocks
+            // of noise may match the frame before a little better); 2 blobs without either.
+            assert!((3..=4).contains(&version) && still_version == 2, "{dtype}: versions {version} (motion) and {still_version} (none)");
         }
         let (_, auto, _) = size(PredictorChoice::Auto);
         assert!(auto.is_some_and(|p| p.moves()), "{dtype}: auto chose {auto:?} on a moving scene");
@@ -1356,18 +1407,24 @@ fn motion_predictor_follows_a_moving_object() {
 fn motion_predictor_holds_bounds() {
     for dtype in [DType::U8, DType::U16, DType::F32] {
         let (w, h) = (64, 48);
-        let imgs = moving_square(dtype, w, h, 5, (-2, 1));
-        let files = raw_files(dtype, &imgs, None);
-        for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
-            let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
-            let enc = encode_window(&refs(&files), &opts).unwrap();
-            let out = decode_window(&enc.blob).unwrap();
-            for (k, (o, f)) in out.iter().zip(&files).enumerate() {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                dtype.decode_pixels(o, false, &mut a);
-                dtype.decode_pixels(f, false, &mut b);
-                let worst = a.iter().zip(&b).map(|(&x, &y)| (dtype.value(x) - dtype.value(y)).abs()).fold(0.0, f64::max);
-                assert!(worst <= bound.param(), "{dtype} {bound} {pid} frame {k}: error {worst}");
+        for (scene, imgs) in [("moving square", moving_square(dtype, w, h, 5, (-2, 1))), ("flicker", flicker(dtype, w, h, 5))] {
+            let files = raw_files(dtype, &imgs, None);
+            for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
+                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
+                let enc = encode_window(&refs(&files), &opts).unwrap();
+                let out = decode_window(&enc.blob).unwrap();
+                for (k, (o, f)) in out.iter().zip(&files).enumerate() {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    dtype.decode_pixels(o, false, &mut a);
+                    dtype.decode_pixels(f, false, &mut b);
+                    let worst = a.iter().zip(&b).map(|(&x, &y)| (dtype.value(x) - dtype.value(y)).abs()).fold(0.0, f64::max);
+                    assert!(worst <= bound.param(), "{dtype} {scene} {bound} {pid} frame {k}: error {worst}");
+                }
+                // The flicker is far larger than either bound: its blocks take the frame before.
+                // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
+                if scene == "flicker" && dtype != DType::F32 {
+                    assert_eq!(u16::from_le_bytes([enc.blob[8], enc.blob[9]]), 4, "{dtype} {scene} {bound} {pid}");
+                }
             }
         }
     }
@@ -1404,12 +1461,19 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     let moved_on = (0..3).find(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.motion.len > 0)).unwrap();
     let vectors = 2 * tezipfs::codec::motion::blocks(w, h);
     let zstd_of = |n: usize| zstd::bulk::compress(&vec![1u8; n], 3).unwrap();
+    // Unmoved blocks from reference `r` (0: the previous frame, 1: the one before), as stored.
+    let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
+    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, motion_refs: true, ..f.clone() };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
         ("vectors on the key frame", rebuild(&[], &|hd, _| frame(hd, 0).motion = frame(hd, moved_on).motion)),
         ("one vector too few", rebuild(&zstd_of(vectors - 2), &|hd, s| frame(hd, moved_on).motion = s)),
         ("one vector too many", rebuild(&zstd_of(vectors + 2), &|hd, s| frame(hd, moved_on).motion = s)),
         ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
+        ("a reference flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).motion_refs = true)),
+        ("references on the first predicted frame", rebuild(&triples(0), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
+        ("a reference past the frame before", rebuild(&triples(2), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("vector pairs flagged as naming references", rebuild(&zstd_of(vectors), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
     ];
     // The base blob rebuilt the same way, with a copy of its own vectors, decodes: the errors
     // below come from the vectors.

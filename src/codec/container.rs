@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 3, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 4, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C.
 //!
 //! ```text
@@ -15,9 +15,9 @@ use std::ops::Range;
 
 pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
-/// hold it: 3 only when a frame has motion vectors, so blobs without them stay readable by
-/// builds that know version 2.
-pub const VERSION: u16 = 3;
+/// hold it: 3 only when a frame has motion vectors, 4 only when vectors name reference frames,
+/// so other blobs stay readable by builds that know an older version.
+pub const VERSION: u16 = 4;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub struct FrameEntry {
     pub n_escapes: u32,
     /// zstd-compressed motion vectors (`motion` predictor; empty: no motion). Version 3.
     pub motion: Section,
+    /// The vectors name a reference frame per block (three bytes a block, not two). Version 4.
+    pub motion_refs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -123,7 +125,13 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if has_motion(&header.entries) { 3 } else { 2 };
+        let version = if has_refs(&header.entries) {
+            4
+        } else if has_motion(&header.entries) {
+            3
+        } else {
+            2
+        };
         let mut h = Vec::new();
         write_header(header, version, &mut h);
         let mut out = Vec::with_capacity(PREAMBLE + h.len() + 4 + self.payload.len());
@@ -222,6 +230,11 @@ fn has_motion(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
 }
 
+/// Whether some frame's motion vectors name reference frames (what version 4 is for).
+fn has_refs(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion_refs))
+}
+
 // ---- header encoding -------------------------------------------------------------------------
 
 fn put_section(out: &mut Vec<u8>, s: Section) {
@@ -276,6 +289,9 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
                 out.extend_from_slice(&f.n_escapes.to_le_bytes());
                 if version >= 3 {
                     put_section(out, f.motion);
+                }
+                if version >= 4 {
+                    out.push(f.motion_refs as u8);
                 }
             }
         }
@@ -385,7 +401,12 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                     return Err(bad(format!("entry {i}: {n_escapes} escapes")));
                 }
                 let motion = if version >= 3 { c.section()? } else { Section::default() };
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion })
+                let motion_refs = match if version >= 4 { c.u8()? } else { 0 } {
+                    0 => false,
+                    1 if motion.len > 0 => true,
+                    r => return Err(bad(format!("entry {i}: motion reference flag {r} (vectors: {} bytes)", motion.len))),
+                };
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, motion_refs })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -398,6 +419,10 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     // (a flipped version bit would otherwise go unnoticed).
     if version >= 3 && !has_motion(&entries) {
         return Err(bad("version 3 blob without motion vectors"));
+    }
+    // Likewise version 4 is only for vectors that name reference frames.
+    if version >= 4 && !has_refs(&entries) {
+        return Err(bad("version 4 blob without motion references"));
     }
     Ok(Header { params, entries })
 }

@@ -49,98 +49,136 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     s
 }
 
-/// The vectors that move `prev` closest to `cur` (by the sum of absolute differences per block,
-/// with a small cost for moving), as stored bytes; empty when every vector is zero.
+/// Bytes per block of stored vectors: `dx, dy` (every block from the previous frame), or
+/// `dx, dy, reference` (reference 0 the previous frame, 1 the one before it).
+pub const PAIR: usize = 2;
+pub const TRIPLE: usize = 3;
+
+/// The vectors that move the references closest to `cur` (by the sum of absolute differences
+/// per block, with a small cost for moving and for the older reference), as stored bytes; empty
+/// when every block takes the previous frame unmoved.
 ///
-/// Blocks that changed more than most are searched, with a three-step search around the best of
-/// no motion and the left and upper blocks' vectors. (A motion of the whole frame is not looked
-/// for.)
-pub fn search(prev: &[u32], cur: &[u32], width: usize, height: usize) -> Vec<u8> {
+/// Blocks that changed more than most are searched in `prev`, with a three-step search around
+/// the best of no motion and the left and upper blocks' vectors. When `older` (the frame before
+/// `prev`) is given, every block that changed also tries it, unmoved and at the vector found in
+/// `prev`: a block that flickers (changes and changes back, as alternating exposures or the
+/// refreshes of a block-coded source do) is then predicted from the frame it matches. (A motion
+/// of the whole frame is not looked for.)
+pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize) -> Vec<u8> {
     let (nx, ny) = (width.div_ceil(BLOCK), height.div_ceil(BLOCK));
     if prev.len() != width * height || cur.len() != prev.len() || nx * ny == 0 {
         return Vec::new();
     }
+    let older = older.filter(|o| o.len() == prev.len());
     let still: Vec<u64> = (0..nx * ny).map(|b| sad(prev, cur, width, height, b % nx, b / nx, 0, 0, u64::MAX)).collect();
     let mut sorted = still.clone();
     sorted.sort_unstable();
     let typical = sorted[sorted.len() / 2];
-    let mut vectors = vec![[0i32; 2]; nx * ny];
+    // Per block: vector and reference.
+    let mut vectors = vec![([0i32; 2], 0u8); nx * ny];
     for b in 0..nx * ny {
         let (bx, by) = (b % nx, b / nx);
         let px = ((width - bx * BLOCK).min(BLOCK) * (height - by * BLOCK).min(BLOCK)) as u64;
+        let penalty = px / 4;
+        let mut best = ([0, 0], still[b]);
         // A block that changed by less than two levels a pixel is not worth a vector, and one
         // that changed no more than half as much again as the median block (noise, a change of
         // light) is not worth the search.
-        if still[b] <= (2 * px).max(typical + typical / 2) {
-            continue;
+        if still[b] > (2 * px).max(typical + typical / 2) {
+            let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], limit).saturating_add(penalty) };
+            let mut seeds = Vec::with_capacity(2);
+            if bx > 0 && vectors[b - 1].1 == 0 {
+                seeds.push(vectors[b - 1].0);
+            }
+            if by > 0 && vectors[b - nx].1 == 0 {
+                seeds.push(vectors[b - nx].0);
+            }
+            for v in seeds {
+                if v != best.0 {
+                    let c = cost(v, best.1);
+                    if c < best.1 {
+                        best = (v, c);
+                    }
+                }
+            }
+            let mut step = (RANGE + 1) / 2;
+            while step >= 1 {
+                let centre = best.0;
+                for (sx, sy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                    let v = [centre[0] + sx * step, centre[1] + sy * step];
+                    if v[0].abs() > RANGE || v[1].abs() > RANGE {
+                        continue;
+                    }
+                    let c = cost(v, best.1);
+                    if c < best.1 {
+                        best = (v, c);
+                    }
+                }
+                if best.0 == centre {
+                    step /= 2;
+                }
+            }
         }
-        let penalty = px / 4;
-        let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], limit).saturating_add(penalty) };
-        let mut best = ([0, 0], still[b]);
-        let mut seeds = Vec::with_capacity(2);
-        if bx > 0 {
-            seeds.push(vectors[b - 1]);
-        }
-        if by > 0 {
-            seeds.push(vectors[b - nx]);
-        }
-        for v in seeds {
-            if v != best.0 {
-                let c = cost(v, best.1);
+        vectors[b] = (best.0, 0);
+        if let Some(older) = older.filter(|_| still[b] > 0) {
+            let mut tried = [[0, 0], best.0];
+            if best.0 == [0, 0] {
+                tried[1] = [i32::MAX, 0];
+            }
+            for v in tried.into_iter().filter(|v| v[0] != i32::MAX) {
+                let extra = px / 64 + if v == [0, 0] { 0 } else { penalty };
+                let c = sad(older, cur, width, height, bx, by, v[0], v[1], best.1).saturating_add(extra);
                 if c < best.1 {
                     best = (v, c);
+                    vectors[b] = (v, 1);
                 }
             }
         }
-        let mut step = (RANGE + 1) / 2;
-        while step >= 1 {
-            let centre = best.0;
-            for (sx, sy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
-                let v = [centre[0] + sx * step, centre[1] + sy * step];
-                if v[0].abs() > RANGE || v[1].abs() > RANGE {
-                    continue;
-                }
-                let c = cost(v, best.1);
-                if c < best.1 {
-                    best = (v, c);
-                }
-            }
-            if best.0 == centre {
-                step /= 2;
-            }
-        }
-        vectors[b] = best.0;
     }
-    if vectors.iter().all(|v| *v == [0, 0]) {
+    if vectors.iter().all(|v| v.0 == [0, 0] && v.1 == 0) {
         return Vec::new();
     }
-    vectors.iter().flat_map(|v| [v[0] as i8 as u8, v[1] as i8 as u8]).collect()
+    if vectors.iter().all(|v| v.1 == 0) {
+        return vectors.iter().flat_map(|(v, _)| [v[0] as i8 as u8, v[1] as i8 as u8]).collect();
+    }
+    vectors.iter().flat_map(|(v, r)| [v[0] as i8 as u8, v[1] as i8 as u8, *r]).collect()
 }
 
 /// Error of [`apply`]: the stored vectors do not fit the frame.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadVectors;
 
-/// `prev` moved by the stored `vectors` into `out` (`vectors` empty: no motion).
-pub fn apply(prev: &[u32], vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+/// The references moved by the stored `vectors` into `out` (`vectors` empty: `prev` unmoved).
+/// Vectors of [`TRIPLE`] bytes name a reference per block, and need `older`.
+pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
     out.clear();
     if vectors.is_empty() {
         out.extend_from_slice(prev);
         return Ok(());
     }
     let nx = width.div_ceil(BLOCK);
-    if vectors.len() != 2 * blocks(width, height) || prev.len() != width * height {
+    let n = blocks(width, height);
+    let per = if vectors.len() == PAIR * n { PAIR } else { TRIPLE };
+    if vectors.len() != per * n || prev.len() != width * height {
+        return Err(BadVectors);
+    }
+    if per == TRIPLE && (older.is_none_or(|o| o.len() != prev.len()) || vectors.chunks_exact(TRIPLE).any(|v| v[2] > 1)) {
         return Err(BadVectors);
     }
     out.resize(prev.len(), 0);
     for y in 0..height {
         for bx in 0..nx {
             let b = (y / BLOCK) * nx + bx;
-            let (dx, dy) = (vectors[2 * b] as i8 as i64, vectors[2 * b + 1] as i8 as i64);
+            let v = &vectors[per * b..per * b + per];
+            let (dx, dy) = (v[0] as i8 as i64, v[1] as i8 as i64);
+            let from = match (per, older) {
+                (TRIPLE, Some(o)) if v[2] == 1 => o,
+                _ => prev,
+            };
             let sy = (y as i64 + dy).clamp(0, height as i64 - 1) as usize;
             let x0 = bx * BLOCK;
             let x1 = (x0 + BLOCK).min(width);
-            let src = &prev[sy * width..sy * width + width];
+            let src = &from[sy * width..sy * width + width];
             let dst = &mut out[y * width + x0..y * width + x1];
             if x0 as i64 + dx >= 0 && x1 as i64 + dx <= width as i64 {
                 let s = (x0 as i64 + dx) as usize;
@@ -183,10 +221,10 @@ mod tests {
                 cur[y * w + x] = shifted[y * w + x];
             }
         }
-        let v = search(&prev, &cur, w, h);
+        let v = search(&prev, None, &cur, w, h);
         assert_eq!(v.len(), 2 * blocks(w, h));
         let mut moved = Vec::new();
-        apply(&prev, &v, w, h, &mut moved).unwrap();
+        apply(&prev, None, &v, w, h, &mut moved).unwrap();
         let wrong = moved.iter().zip(&cur).filter(|(a, b)| a != b).count();
         assert_eq!(wrong, 0, "pixels not matched by the vectors {v:?}");
         let nx = w / BLOCK;
@@ -195,12 +233,50 @@ mod tests {
     }
 
     #[test]
+    fn a_block_that_changes_back_takes_the_frame_before() {
+        let (w, h) = (64, 48);
+        let older = texture(w, h, 0, 0);
+        // Block (1, 1) shows something else in the previous frame and is back in the current
+        // one; block (2, 0) changes for good; everything else stands still.
+        let mut prev = older.clone();
+        let mut cur = older.clone();
+        for y in 16..32 {
+            for x in 16..32 {
+                prev[y * w + x] = older[y * w + x] / 2 + 7;
+            }
+        }
+        for y in 0..16 {
+            for x in 32..48 {
+                cur[y * w + x] = 255 - older[y * w + x];
+            }
+        }
+        let v = search(&prev, Some(&older), &cur, w, h);
+        assert_eq!(v.len(), TRIPLE * blocks(w, h));
+        let nx = w / BLOCK;
+        let refs: Vec<u8> = v.chunks_exact(TRIPLE).map(|t| t[2]).collect();
+        assert_eq!(refs[nx + 1], 1, "the flickering block: {refs:?}");
+        assert_eq!(refs.iter().filter(|&&r| r == 1).count(), 1, "only the flickering block: {refs:?}");
+        let mut moved = Vec::new();
+        apply(&prev, Some(&older), &v, w, h, &mut moved).unwrap();
+        let block = |img: &[u32], bx: usize, by: usize| -> Vec<u32> { (0..BLOCK * BLOCK).map(|i| img[(by * BLOCK + i / BLOCK) * w + bx * BLOCK + i % BLOCK]).collect() };
+        assert_eq!(block(&moved, 1, 1), block(&cur, 1, 1));
+        assert_eq!(block(&moved, 0, 0), block(&prev, 0, 0));
+        // Without the frame before, the same search names no references.
+        assert!(search(&prev, None, &cur, w, h).len() <= PAIR * blocks(w, h));
+        // References need the frame before and must be 0 or 1.
+        assert_eq!(apply(&prev, None, &v, w, h, &mut moved), Err(BadVectors));
+        let mut bad = v.clone();
+        bad[TRIPLE * (nx + 1) + 2] = 2;
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+    }
+
+    #[test]
     fn still_frames_have_no_vectors() {
         let (w, h) = (40, 33);
         let prev = texture(w, h, 0, 0);
-        assert!(search(&prev, &prev, w, h).is_empty());
+        assert!(search(&prev, None, &prev, w, h).is_empty());
         let mut out = Vec::new();
-        apply(&prev, &[], w, h, &mut out).unwrap();
+        apply(&prev, None, &[], w, h, &mut out).unwrap();
         assert_eq!(out, prev);
     }
 
@@ -211,9 +287,9 @@ mod tests {
         let mut out = Vec::new();
         for v in [[127u8, 128], [0, 255], [128, 127]] {
             let vectors: Vec<u8> = std::iter::repeat_n(v, blocks(w, h)).flatten().collect();
-            apply(&prev, &vectors, w, h, &mut out).unwrap();
+            apply(&prev, None, &vectors, w, h, &mut out).unwrap();
             assert_eq!(out.len(), prev.len());
         }
-        assert_eq!(apply(&prev, &[1, 2, 3], w, h, &mut out), Err(BadVectors));
+        assert_eq!(apply(&prev, None, &[1, 2, 3], w, h, &mut out), Err(BadVectors));
     }
 }

@@ -91,6 +91,8 @@ struct CodedFrame {
     crc: u32,
     /// zstd of the motion vectors (empty: none).
     motion: Vec<u8>,
+    /// The vectors name a reference frame per block ([`motion::TRIPLE`] bytes each).
+    motion_refs: bool,
 }
 
 /// The first frames of a chain predicted and quantised with one predictor.
@@ -225,6 +227,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     escapes,
                     n_escapes: c.n_escapes,
                     motion,
+                    motion_refs: c.motion_refs,
                 }),
             });
             next += 1;
@@ -354,22 +357,29 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
     let mut state = predictor.start(geom);
     let mut pred = vec![0u32; geom.pixels()];
     let mut moved = Vec::new();
+    // The reconstruction before the previous one (the motion search's second reference).
+    let mut older = vec![0u32; geom.pixels()];
     let mut out = Quantised { frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
     for (k, x) in chain.images[frames].iter().enumerate() {
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
-        let vectors = if pid.moves() && k > 0 { motion::search(&pred, x, geom.width, geom.height) } else { Vec::new() };
+        let older_ok = (k >= 2).then_some(&older[..]);
+        let vectors = if pid.moves() && k > 0 { motion::search(&pred, older_ok, x, geom.width, geom.height) } else { Vec::new() };
         let from: &[u32] = if vectors.is_empty() {
             &pred
         } else {
-            motion::apply(&pred, &vectors, geom.width, geom.height, &mut moved).expect("the search's own vectors fit the frame");
+            motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, &mut moved).expect("the search's own vectors fit the frame");
             &moved
         };
         let c = quantizer::encode(dtype, opts.bound.for_frame(dtype, x), x, pid.prediction(k, from, geom.width, coefs));
         state.observe(&c.recon);
         out.frames.push(c);
         out.motion.push(vectors);
+        if k > 0 {
+            // `pred` held the previous reconstruction; the next prediction overwrites it.
+            std::mem::swap(&mut older, &mut pred);
+        }
     }
     out
 }
@@ -402,7 +412,8 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
             crc32c::crc32c(&file)
         };
         let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion });
+        let motion_refs = q.motion[k].len() == motion::TRIPLE * motion::blocks(geom.width, geom.height);
+        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, motion_refs });
     }
     Ok(out)
 }
@@ -426,6 +437,8 @@ pub struct Decoder {
     pred: Vec<u32>,
     /// The prediction moved by the frame's motion vectors (`motion` only).
     moved: Vec<u32>,
+    /// The reconstruction before the previous one (the second reference of motion vectors).
+    older: Vec<u32>,
     recon: Vec<u32>,
 }
 
@@ -440,7 +453,7 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new() })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -553,13 +566,22 @@ impl Decoder {
                 return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
             }
             let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
-            let vectors = self.coder.decompress_bytes(raw, 2 * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
-            motion::apply(pred, &vectors, geom.width, geom.height, &mut self.moved).map_err(|_| dec("motion vectors do not fit the frame".into()))?;
+            let per = if f.motion_refs { motion::TRIPLE } else { motion::PAIR };
+            let vectors = self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
+            let older = (k >= 2).then_some(&self.older[..]);
+            if f.motion_refs && older.is_none() {
+                return Err(dec("motion vectors name a reference before the key frame".into()));
+            }
+            motion::apply(pred, older, &vectors, geom.width, geom.height, &mut self.moved).map_err(|_| dec("motion vectors do not fit the frame".into()))?;
             &self.moved
         };
         let prediction = p.predictor.prediction(k, from, geom.width, &p.coefs);
         quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
         state.observe(recon);
+        if k > 0 {
+            // `pred` held the previous reconstruction; the next prediction overwrites it.
+            std::mem::swap(&mut self.older, &mut self.pred);
+        }
         self.next_frame += 1;
         // This frame's codes are the next frame's temporal context.
         std::mem::swap(&mut self.codes, &mut self.prev_codes);
