@@ -61,7 +61,16 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        let i = self.inode(ino)?;
+        // A file's state is read under the namespace lock: a compression commit holds it from
+        // its index batch until the batch is flushed, so `compressed` is only ever reported
+        // once it survives a crash (S35).
+        let durable = [policy::STATE, policy::RATIO, policy::FILE_PREDICTOR].iter().any(|n| n.as_bytes() == name);
+        let i = if durable {
+            let _g = self.lock();
+            self.inode(ino)?
+        } else {
+            self.inode(ino)?
+        };
         if let Some(v) = self.computed_xattr(&i, name)? {
             return Ok(v);
         }
