@@ -1058,7 +1058,7 @@ fn crafted_blobs_do_not_panic() {
                                 escapes: esc_s,
                                 n_escapes: if fill == 0 { n as u32 } else { 0 },
                                 motion,
-                                motion_refs: refs && k == 1,
+                                block_modes: refs && k == 1,
                             }),
                         });
                     }
@@ -1379,6 +1379,37 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
     }
 }
 
+/// Per block, `motion` corrects by the temporal MED only where that pays (lossless): on a still,
+/// noisy scene with one region that brightens smoothly, it beats both `previous` (which misses
+/// the brightening) and `previous+med` (which adds the neighbours' noise everywhere else).
+#[test]
+fn motion_predictor_corrects_by_block() {
+    for dtype in [DType::U8, DType::U16] {
+        let (w, h) = (96, 64);
+        let mut rng = Rng::new(79);
+        let scale = if dtype.bytes() == 1 { 1.0 } else { 40.0 };
+        let imgs: Vec<Vec<u32>> = (0..6)
+            .map(|t| {
+                (0..w * h)
+                    .map(|i| {
+                        let (x, y) = ((i % w) as f64, (i / w) as f64);
+                        let glow = if i % w < 32 && i / w < 32 { t as f64 * (6.0 + 0.3 * x + 0.2 * y) } else { 0.0 };
+                        let v = 40.0 + 20.0 * (0.05 * x).sin() + 15.0 * (0.07 * y).cos() + glow;
+                        dtype.to_image(((v * scale) as u32 + (rng.next_u64() % 4) as u32) & dtype.mask())
+                    })
+                    .collect()
+            })
+            .collect();
+        let files = raw_files(dtype, &imgs, None);
+        let size = |p: PredictorId| {
+            let what = format!("{dtype} glow, {p}");
+            round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what).blob.len()
+        };
+        let (by_block, plain, corrected) = (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed));
+        assert!(by_block * 100 < plain.min(corrected) * 97, "{dtype}: motion {by_block} bytes, previous {plain}, previous+med {corrected}");
+    }
+}
+
 #[test]
 fn motion_predictor_follows_a_moving_object() {
     for dtype in [DType::U8, DType::U16] {
@@ -1461,19 +1492,21 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     let moved_on = (0..3).find(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.motion.len > 0)).unwrap();
     let vectors = 2 * tezipfs::codec::motion::blocks(w, h);
     let zstd_of = |n: usize| zstd::bulk::compress(&vec![1u8; n], 3).unwrap();
-    // Unmoved blocks from reference `r` (0: the previous frame, 1: the one before), as stored.
+    // Unmoved blocks of mode `r` (reference and correction bits), as stored.
+    use tezipfs::codec::motion::{MED, REF};
     let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
-    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, motion_refs: true, ..f.clone() };
+    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, ..f.clone() };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
         ("vectors on the key frame", rebuild(&[], &|hd, _| frame(hd, 0).motion = frame(hd, moved_on).motion)),
         ("one vector too few", rebuild(&zstd_of(vectors - 2), &|hd, s| frame(hd, moved_on).motion = s)),
         ("one vector too many", rebuild(&zstd_of(vectors + 2), &|hd, s| frame(hd, moved_on).motion = s)),
         ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
-        ("a reference flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).motion_refs = true)),
-        ("references on the first predicted frame", rebuild(&triples(0), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
-        ("a reference past the frame before", rebuild(&triples(2), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
-        ("vector pairs flagged as naming references", rebuild(&zstd_of(vectors), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("a block-mode flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).block_modes = true)),
+        ("references on the first predicted frame", rebuild(&triples(REF), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
+        ("an unknown block mode", rebuild(&triples(4), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("temporal MED marks under motion+med", rebuild(&triples(MED), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("vector pairs flagged as carrying block modes", rebuild(&zstd_of(vectors), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
     ];
     // The base blob rebuilt the same way, with a copy of its own vectors, decodes: the errors
     // below come from the vectors.

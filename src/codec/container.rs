@@ -15,7 +15,7 @@ use std::ops::Range;
 
 pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
-/// hold it: 3 only when a frame has motion vectors, 4 only when vectors name reference frames,
+/// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes,
 /// so other blobs stay readable by builds that know an older version.
 pub const VERSION: u16 = 4;
 const PREAMBLE: usize = 16;
@@ -81,8 +81,9 @@ pub struct FrameEntry {
     pub n_escapes: u32,
     /// zstd-compressed motion vectors (`motion` predictor; empty: no motion). Version 3.
     pub motion: Section,
-    /// The vectors name a reference frame per block (three bytes a block, not two). Version 4.
-    pub motion_refs: bool,
+    /// The vectors carry a mode byte per block (reference frame, temporal MED correction):
+    /// three bytes a block, not two. Version 4.
+    pub block_modes: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -125,7 +126,7 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if has_refs(&header.entries) {
+        let version = if has_block_modes(&header.entries) {
             4
         } else if has_motion(&header.entries) {
             3
@@ -230,9 +231,9 @@ fn has_motion(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
 }
 
-/// Whether some frame's motion vectors name reference frames (what version 4 is for).
-fn has_refs(entries: &[Entry]) -> bool {
-    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion_refs))
+/// Whether some frame's motion vectors carry block modes (what version 4 is for).
+fn has_block_modes(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.block_modes))
 }
 
 // ---- header encoding -------------------------------------------------------------------------
@@ -291,7 +292,7 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
                     put_section(out, f.motion);
                 }
                 if version >= 4 {
-                    out.push(f.motion_refs as u8);
+                    out.push(f.block_modes as u8);
                 }
             }
         }
@@ -401,12 +402,12 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                     return Err(bad(format!("entry {i}: {n_escapes} escapes")));
                 }
                 let motion = if version >= 3 { c.section()? } else { Section::default() };
-                let motion_refs = match if version >= 4 { c.u8()? } else { 0 } {
+                let block_modes = match if version >= 4 { c.u8()? } else { 0 } {
                     0 => false,
                     1 if motion.len > 0 => true,
-                    r => return Err(bad(format!("entry {i}: motion reference flag {r} (vectors: {} bytes)", motion.len))),
+                    r => return Err(bad(format!("entry {i}: motion block-mode flag {r} (vectors: {} bytes)", motion.len))),
                 };
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, motion_refs })
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -420,9 +421,9 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     if version >= 3 && !has_motion(&entries) {
         return Err(bad("version 3 blob without motion vectors"));
     }
-    // Likewise version 4 is only for vectors that name reference frames.
-    if version >= 4 && !has_refs(&entries) {
-        return Err(bad("version 4 blob without motion references"));
+    // Likewise version 4 is only for vectors with block modes.
+    if version >= 4 && !has_block_modes(&entries) {
+        return Err(bad("version 4 blob without motion block modes"));
     }
     Ok(Header { params, entries })
 }

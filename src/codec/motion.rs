@@ -2,13 +2,15 @@
 //!
 //! The previous reconstructed frame is cut into [`BLOCK`] x [`BLOCK`] blocks (smaller at the
 //! right and bottom edges); each block of the current frame takes its pixels from the previous
-//! frame moved by a whole-pixel vector `(dx, dy)`, sampled with coordinates clamped to the frame.
-//! `motion` predicts this moved frame (as `previous` predicts the unmoved one); `motion+med`
-//! corrects it with the temporal MED (as `previous+med` does).
+//! frame (or, by its mode, the frame before it) moved by a whole-pixel vector `(dx, dy)`, sampled
+//! with coordinates clamped to the frame. `motion` predicts this moved frame (as `previous`
+//! predicts the unmoved one), correcting the blocks whose mode says so by the temporal MED;
+//! `motion+med` corrects every block (as `previous+med` does).
 //!
-//! The vectors are found by the encoder alone ([`search`]) and stored per frame as the bytes
-//! `dx, dy` (two `i8`, blocks in row-major order; see `docs/FORMAT.md`, motion section), so the
-//! decoder only applies them ([`apply`]): any vector is valid, the search is free to change.
+//! The vectors and modes are found by the encoder alone ([`search`], [`choose_med`]) and stored
+//! per frame as the bytes `dx, dy` or `dx, dy, mode` (two `i8` and a [`REF`] | [`MED`] byte,
+//! blocks in row-major order; see `docs/FORMAT.md`, motion section), so the decoder only applies
+//! them ([`apply`]): any vector is valid, the search is free to change.
 
 /// Side of a motion block in pixels.
 pub const BLOCK: usize = 16;
@@ -49,10 +51,14 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     s
 }
 
-/// Bytes per block of stored vectors: `dx, dy` (every block from the previous frame), or
-/// `dx, dy, reference` (reference 0 the previous frame, 1 the one before it).
+/// Bytes per block of stored vectors: `dx, dy` (every block from the previous frame, as the
+/// predictor has it), or `dx, dy, mode` with the block mode bits [`REF`] and [`MED`].
 pub const PAIR: usize = 2;
 pub const TRIPLE: usize = 3;
+/// Block mode bit: the block moves the frame before the previous one, not the previous one.
+pub const REF: u8 = 1;
+/// Block mode bit (predictor `motion` only): the moved block is corrected by the temporal MED.
+pub const MED: u8 = 2;
 
 /// The vectors that move the references closest to `cur` (by the sum of absolute differences
 /// per block, with a small cost for moving and for the older reference), as stored bytes; empty
@@ -162,8 +168,11 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     if vectors.len() != per * n || prev.len() != width * height {
         return Err(BadVectors);
     }
-    if per == TRIPLE && (older.is_none_or(|o| o.len() != prev.len()) || vectors.chunks_exact(TRIPLE).any(|v| v[2] > 1)) {
-        return Err(BadVectors);
+    if per == TRIPLE {
+        let modes = || vectors.chunks_exact(TRIPLE).map(|v| v[2]);
+        if modes().any(|m| m > (REF | MED)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
+            return Err(BadVectors);
+        }
     }
     out.resize(prev.len(), 0);
     for y in 0..height {
@@ -172,7 +181,7 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
             let v = &vectors[per * b..per * b + per];
             let (dx, dy) = (v[0] as i8 as i64, v[1] as i8 as i64);
             let from = match (per, older) {
-                (TRIPLE, Some(o)) if v[2] == 1 => o,
+                (TRIPLE, Some(o)) if v[2] & REF != 0 => o,
                 _ => prev,
             };
             let sy = (y as i64 + dy).clamp(0, height as i64 - 1) as usize;
@@ -191,6 +200,79 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
         }
     }
     Ok(())
+}
+
+/// The temporal MED's correction at pixel `i`: MED over the left, upper and upper-left
+/// neighbours' differences `recon - prev` (what the scene did there since `prev`), with the
+/// edge rules of [`super::predictor::med`].
+#[inline]
+pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
+    let d = |j: usize| recon[j] as i64 - prev[j] as i64;
+    match (i % width > 0, i >= width) {
+        (false, false) => 0,
+        (true, false) => d(i - 1),
+        (false, true) => d(i - width),
+        (true, true) => {
+            let (a, b, c) = (d(i - 1), d(i - width), d(i - width - 1));
+            if c >= a.max(b) {
+                a.min(b)
+            } else if c <= a.min(b) {
+                a.max(b)
+            } else {
+                a + b - c
+            }
+        }
+    }
+}
+
+/// Mark with [`MED`] the blocks that the temporal MED predicts better than `moved` alone (by
+/// the sum of absolute residuals, computed on `cur` as the reconstruction: exact when lossless,
+/// an estimate under a bound), turning `vectors` into triples when a block is marked.
+pub fn choose_med(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
+    let n = blocks(width, height);
+    if moved.len() != width * height || cur.len() != moved.len() || n == 0 {
+        return;
+    }
+    let nx = width.div_ceil(BLOCK);
+    // Per block: (plain, corrected) sums of absolute residuals.
+    let mut sums = vec![(0u64, 0u64); n];
+    for y in 0..height {
+        let row = (y / BLOCK) * nx;
+        for x in 0..width {
+            let i = y * width + x;
+            let plain = cur[i] as i64 - moved[i] as i64;
+            let s = &mut sums[row + x / BLOCK];
+            s.0 += plain.unsigned_abs();
+            s.1 += (plain - temporal_med(moved, cur, i, width)).unsigned_abs();
+        }
+    }
+    let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
+    let marks: Vec<bool> = sums.iter().enumerate().map(|(b, &(plain, med))| {
+        let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
+        med + px / 64 < plain
+    }).collect();
+    if !marks.iter().any(|&m| m) {
+        return;
+    }
+    let old = std::mem::take(vectors);
+    for (b, &m) in marks.iter().enumerate() {
+        let (dx, dy, mode) = match per {
+            TRIPLE => (old[TRIPLE * b], old[TRIPLE * b + 1], old[TRIPLE * b + 2]),
+            _ if old.is_empty() => (0, 0, 0),
+            _ => (old[PAIR * b], old[PAIR * b + 1], 0),
+        };
+        vectors.extend_from_slice(&[dx, dy, mode | if m { MED } else { 0 }]);
+    }
+}
+
+/// Per block, whether [`MED`] is set (`None` when no block has it).
+pub fn med_marks(vectors: &[u8], width: usize, height: usize) -> Option<Vec<bool>> {
+    let n = blocks(width, height);
+    if vectors.len() != TRIPLE * n {
+        return None;
+    }
+    let marks: Vec<bool> = vectors.chunks_exact(TRIPLE).map(|v| v[2] & MED != 0).collect();
+    marks.iter().any(|&m| m).then_some(marks)
 }
 
 #[cfg(test)]
@@ -266,7 +348,7 @@ mod tests {
         // References need the frame before and must be 0 or 1.
         assert_eq!(apply(&prev, None, &v, w, h, &mut moved), Err(BadVectors));
         let mut bad = v.clone();
-        bad[TRIPLE * (nx + 1) + 2] = 2;
+        bad[TRIPLE * (nx + 1) + 2] = 4;
         assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
     }
 

@@ -9,6 +9,7 @@
 //! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
+use super::motion::{blocks, temporal_med, BLOCK};
 use super::dtype::DType;
 use super::predictor::med;
 use std::fmt;
@@ -194,6 +195,9 @@ pub enum Prediction<'a> {
     /// The previous frame corrected by MED over the temporal differences of the already
     /// reconstructed neighbours (what the scene did there since the previous frame).
     TemporalMed { prev: &'a [u32], width: usize },
+    /// Per motion block: the previous frame as it is, or corrected as by `TemporalMed` where
+    /// `marks` (one per [`super::motion::BLOCK`]-sized block, row-major) is set.
+    BlockMed { prev: &'a [u32], width: usize, marks: &'a [bool] },
     /// The mean of the previous frame and the intra MED prediction.
     Blend { prev: &'a [u32], width: usize },
     /// Least-squares blend of spatial and temporal neighbours ([`super::linear`]); `coefs` must
@@ -208,25 +212,14 @@ impl Prediction<'_> {
         match *self {
             Prediction::Frame(f) => f[i],
             Prediction::Intra { width } => med(recon, i, width),
-            Prediction::TemporalMed { prev, width } => {
-                let d = |j: usize| recon[j] as i64 - prev[j] as i64;
-                let x = i % width;
-                let m = match (x > 0, i >= width) {
-                    (false, false) => 0,
-                    (true, false) => d(i - 1),
-                    (false, true) => d(i - width),
-                    (true, true) => {
-                        let (a, b, c) = (d(i - 1), d(i - width), d(i - width - 1));
-                        if c >= a.max(b) {
-                            a.min(b)
-                        } else if c <= a.min(b) {
-                            a.max(b)
-                        } else {
-                            a + b - c
-                        }
-                    }
-                };
-                (prev[i] as i64 + m).clamp(0, mask as i64) as u32
+            Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+            Prediction::BlockMed { prev, width, marks } => {
+                let nx = width.div_ceil(BLOCK);
+                if marks[(i / width / BLOCK) * nx + (i % width) / BLOCK] {
+                    (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32
+                } else {
+                    prev[i]
+                }
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
             Prediction::Linear { prev, width, coefs } => super::linear::predict(coefs, recon, prev, i, width, mask),
@@ -236,6 +229,7 @@ impl Prediction<'_> {
     fn len_ok(&self, n: usize) -> bool {
         match *self {
             Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
+            Prediction::BlockMed { prev, width, marks } => prev.len() == n && width > 0 && marks.len() == blocks(width, n / width),
             Prediction::Linear { prev, coefs, .. } => prev.len() == n && super::linear::valid(coefs),
             Prediction::Intra { .. } => true,
         }
