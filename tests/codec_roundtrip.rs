@@ -1379,9 +1379,10 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
     }
 }
 
-/// Per block, `motion` corrects by the temporal MED only where that pays (lossless): on a still,
-/// noisy scene with one region that brightens smoothly, it beats both `previous` (which misses
-/// the brightening) and `previous+med` (which adds the neighbours' noise everywhere else).
+/// Per block, `motion` corrects by the temporal MED or predicts spatially where that pays
+/// (lossless): on a still, finely textured scene with one region that brightens smoothly and one
+/// whose smooth pattern is new in every frame, it beats `previous` (which misses both) and
+/// `spatial` (which misses the texture) and `previous+med`.
 #[test]
 fn motion_predictor_corrects_by_block() {
     for dtype in [DType::U8, DType::U16] {
@@ -1394,7 +1395,13 @@ fn motion_predictor_corrects_by_block() {
                     .map(|i| {
                         let (x, y) = ((i % w) as f64, (i / w) as f64);
                         let glow = if i % w < 32 && i / w < 32 { t as f64 * (6.0 + 0.3 * x + 0.2 * y) } else { 0.0 };
-                        let v = 40.0 + 20.0 * (0.05 * x).sin() + 15.0 * (0.07 * y).cos() + glow;
+                        let v = if i % w >= 40 && i / w >= 24 {
+                            // New every frame, smooth within it.
+                            60.0 + 40.0 * (0.09 * x + 1.7 * t as f64).sin() * (0.11 * y + 2.3 * t as f64).cos()
+                        } else {
+                            // A fine texture, which only the previous frame predicts.
+                            40.0 + 20.0 * (0.05 * x).sin() + 15.0 * (0.07 * y).cos() + 25.0 * (1.3 * x + 0.7 * y).sin() + glow
+                        };
                         dtype.to_image(((v * scale) as u32 + (rng.next_u64() % 4) as u32) & dtype.mask())
                     })
                     .collect()
@@ -1405,8 +1412,11 @@ fn motion_predictor_corrects_by_block() {
             let what = format!("{dtype} glow, {p}");
             round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what).blob.len()
         };
-        let (by_block, plain, corrected) = (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed));
-        assert!(by_block * 100 < plain.min(corrected) * 97, "{dtype}: motion {by_block} bytes, previous {plain}, previous+med {corrected}");
+        let (by_block, plain, corrected, spatial) = (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed), size(PredictorId::Spatial));
+        let what = format!("{dtype}: motion {by_block} bytes, previous {plain}, previous+med {corrected}, spatial {spatial}");
+        assert!(by_block * 100 < plain.min(spatial) * 97, "{what}");
+        // (Without the spatial blocks, `motion` is no smaller than this.)
+        assert!(by_block * 100 < corrected * 98, "{what}");
     }
 }
 
@@ -1493,7 +1503,7 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     let vectors = 2 * tezipfs::codec::motion::blocks(w, h);
     let zstd_of = |n: usize| zstd::bulk::compress(&vec![1u8; n], 3).unwrap();
     // Unmoved blocks of mode `r` (reference and correction bits), as stored.
-    use tezipfs::codec::motion::{MED, REF};
+    use tezipfs::codec::motion::{INTRA, MED, REF};
     let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
     let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, ..f.clone() };
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -1504,8 +1514,10 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
         ("a block-mode flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).block_modes = true)),
         ("references on the first predicted frame", rebuild(&triples(REF), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
-        ("an unknown block mode", rebuild(&triples(4), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("an unknown block mode", rebuild(&triples(8), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("both corrections on a block", rebuild(&triples(MED | INTRA), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
         ("temporal MED marks under motion+med", rebuild(&triples(MED), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("spatial marks under motion+med", rebuild(&triples(INTRA), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
         ("vector pairs flagged as carrying block modes", rebuild(&zstd_of(vectors), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
     ];
     // The base blob rebuilt the same way, with a copy of its own vectors, decodes: the errors

@@ -4,11 +4,12 @@
 //! right and bottom edges); each block of the current frame takes its pixels from the previous
 //! frame (or, by its mode, the frame before it) moved by a whole-pixel vector `(dx, dy)`, sampled
 //! with coordinates clamped to the frame. `motion` predicts this moved frame (as `previous`
-//! predicts the unmoved one), correcting the blocks whose mode says so by the temporal MED;
-//! `motion+med` corrects every block (as `previous+med` does).
+//! predicts the unmoved one), correcting the blocks whose mode says so by the temporal MED or
+//! predicting them spatially; `motion+med` corrects every block (as `previous+med` does).
 //!
-//! The vectors and modes are found by the encoder alone ([`search`], [`choose_med`]) and stored
-//! per frame as the bytes `dx, dy` or `dx, dy, mode` (two `i8` and a [`REF`] | [`MED`] byte,
+//! The vectors and modes are found by the encoder alone ([`search`], [`choose_modes`]) and
+//! stored per frame as the bytes `dx, dy` or `dx, dy, mode` (two `i8` and a [`REF`], [`MED`],
+//! [`INTRA`] byte,
 //! blocks in row-major order; see `docs/FORMAT.md`, motion section), so the decoder only applies
 //! them ([`apply`]): any vector is valid, the search is free to change.
 
@@ -59,6 +60,14 @@ pub const TRIPLE: usize = 3;
 pub const REF: u8 = 1;
 /// Block mode bit (predictor `motion` only): the moved block is corrected by the temporal MED.
 pub const MED: u8 = 2;
+/// Block mode bit (predictor `motion` only): the block is predicted spatially, by the intra MED
+/// over its reconstructed neighbours (as `spatial` does), not from a reference. Excludes [`MED`].
+pub const INTRA: u8 = 4;
+
+/// Per-block prediction of a frame under `motion` with block modes (see [`corrections`]).
+pub const PLAIN: u8 = 0;
+pub const CORRECTED: u8 = 1;
+pub const SPATIAL: u8 = 2;
 
 /// The vectors that move the references closest to `cur` (by the sum of absolute differences
 /// per block, with a small cost for moving and for the older reference), as stored bytes; empty
@@ -170,7 +179,7 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     }
     if per == TRIPLE {
         let modes = || vectors.chunks_exact(TRIPLE).map(|v| v[2]);
-        if modes().any(|m| m > (REF | MED)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
+        if modes().any(|m| m > (REF | MED | INTRA) || m & (MED | INTRA) == (MED | INTRA)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
             return Err(BadVectors);
         }
     }
@@ -225,33 +234,47 @@ pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 
     }
 }
 
-/// Mark with [`MED`] the blocks that the temporal MED predicts better than `moved` alone (by
-/// the sum of absolute residuals, computed on `cur` as the reconstruction: exact when lossless,
-/// an estimate under a bound), turning `vectors` into triples when a block is marked.
-pub fn choose_med(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
+/// Mark each block with the prediction that leaves it the smallest sum of absolute residuals:
+/// `moved` alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
+/// `cur` as the reconstruction (so for lossless frames only, where it is exact), turning
+/// `vectors` into triples when a block is marked.
+pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
     let n = blocks(width, height);
     if moved.len() != width * height || cur.len() != moved.len() || n == 0 {
         return;
     }
     let nx = width.div_ceil(BLOCK);
-    // Per block: (plain, corrected) sums of absolute residuals.
-    let mut sums = vec![(0u64, 0u64); n];
+    // Per block: plain, corrected and spatial sums of absolute residuals.
+    let mut sums = vec![[0u64; 3]; n];
     for y in 0..height {
         let row = (y / BLOCK) * nx;
         for x in 0..width {
             let i = y * width + x;
             let plain = cur[i] as i64 - moved[i] as i64;
             let s = &mut sums[row + x / BLOCK];
-            s.0 += plain.unsigned_abs();
-            s.1 += (plain - temporal_med(moved, cur, i, width)).unsigned_abs();
+            s[0] += plain.unsigned_abs();
+            s[1] += (plain - temporal_med(moved, cur, i, width)).unsigned_abs();
+            s[2] += (cur[i] as i64 - super::predictor::med(cur, i, width) as i64).unsigned_abs();
         }
     }
     let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
-    let marks: Vec<bool> = sums.iter().enumerate().map(|(b, &(plain, med))| {
-        let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
-        med + px / 64 < plain
-    }).collect();
-    if !marks.iter().any(|&m| m) {
+    let marks: Vec<u8> = sums
+        .iter()
+        .enumerate()
+        .map(|(b, s)| {
+            // A correction must win by a little more than noise.
+            let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
+            let (med, intra) = (s[1] + px / 64, s[2] + px / 64);
+            if intra < s[0].min(med) {
+                INTRA
+            } else if med < s[0] {
+                MED
+            } else {
+                0
+            }
+        })
+        .collect();
+    if marks.iter().all(|&m| m == 0) {
         return;
     }
     let old = std::mem::take(vectors);
@@ -261,18 +284,21 @@ pub fn choose_med(moved: &[u32], cur: &[u32], width: usize, height: usize, vecto
             _ if old.is_empty() => (0, 0, 0),
             _ => (old[PAIR * b], old[PAIR * b + 1], 0),
         };
-        vectors.extend_from_slice(&[dx, dy, mode | if m { MED } else { 0 }]);
+        vectors.extend_from_slice(&[dx, dy, mode | m]);
     }
 }
 
-/// Per block, whether [`MED`] is set (`None` when no block has it).
-pub fn med_marks(vectors: &[u8], width: usize, height: usize) -> Option<Vec<bool>> {
-    let n = blocks(width, height);
-    if vectors.len() != TRIPLE * n {
+/// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set) or [`SPATIAL`] ([`INTRA`] set); `None`
+/// when every block is plain.
+pub fn corrections(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8>> {
+    if vectors.len() != TRIPLE * blocks(width, height) {
         return None;
     }
-    let marks: Vec<bool> = vectors.chunks_exact(TRIPLE).map(|v| v[2] & MED != 0).collect();
-    marks.iter().any(|&m| m).then_some(marks)
+    let modes: Vec<u8> = vectors
+        .chunks_exact(TRIPLE)
+        .map(|v| if v[2] & INTRA != 0 { SPATIAL } else if v[2] & MED != 0 { CORRECTED } else { PLAIN })
+        .collect();
+    modes.iter().any(|&m| m != PLAIN).then_some(modes)
 }
 
 #[cfg(test)]
@@ -348,7 +374,9 @@ mod tests {
         // References need the frame before and must be 0 or 1.
         assert_eq!(apply(&prev, None, &v, w, h, &mut moved), Err(BadVectors));
         let mut bad = v.clone();
-        bad[TRIPLE * (nx + 1) + 2] = 4;
+        bad[TRIPLE * (nx + 1) + 2] = 8;
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+        bad[TRIPLE * (nx + 1) + 2] = MED | INTRA;
         assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
     }
 

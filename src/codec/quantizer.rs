@@ -9,7 +9,7 @@
 //! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
-use super::motion::{blocks, temporal_med, BLOCK};
+use super::motion::{blocks, temporal_med, BLOCK, CORRECTED, SPATIAL};
 use super::dtype::DType;
 use super::predictor::med;
 use std::fmt;
@@ -195,9 +195,10 @@ pub enum Prediction<'a> {
     /// The previous frame corrected by MED over the temporal differences of the already
     /// reconstructed neighbours (what the scene did there since the previous frame).
     TemporalMed { prev: &'a [u32], width: usize },
-    /// Per motion block: the previous frame as it is, or corrected as by `TemporalMed` where
-    /// `marks` (one per [`super::motion::BLOCK`]-sized block, row-major) is set.
-    BlockMed { prev: &'a [u32], width: usize, marks: &'a [bool] },
+    /// Per motion block (`modes`: one per [`BLOCK`]-sized block, row-major): the previous frame
+    /// as it is ([`PLAIN`]), corrected as by `TemporalMed` ([`CORRECTED`]), or `Intra`
+    /// ([`SPATIAL`]).
+    BlockModes { prev: &'a [u32], width: usize, modes: &'a [u8] },
     /// The mean of the previous frame and the intra MED prediction.
     Blend { prev: &'a [u32], width: usize },
     /// Least-squares blend of spatial and temporal neighbours ([`super::linear`]); `coefs` must
@@ -213,12 +214,12 @@ impl Prediction<'_> {
             Prediction::Frame(f) => f[i],
             Prediction::Intra { width } => med(recon, i, width),
             Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-            Prediction::BlockMed { prev, width, marks } => {
+            Prediction::BlockModes { prev, width, modes } => {
                 let nx = width.div_ceil(BLOCK);
-                if marks[(i / width / BLOCK) * nx + (i % width) / BLOCK] {
-                    (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32
-                } else {
-                    prev[i]
+                match modes[(i / width / BLOCK) * nx + (i % width) / BLOCK] {
+                    CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+                    SPATIAL => med(recon, i, width),
+                    _ => prev[i],
                 }
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
@@ -229,7 +230,7 @@ impl Prediction<'_> {
     fn len_ok(&self, n: usize) -> bool {
         match *self {
             Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
-            Prediction::BlockMed { prev, width, marks } => prev.len() == n && width > 0 && marks.len() == blocks(width, n / width),
+            Prediction::BlockModes { prev, width, modes } => prev.len() == n && width > 0 && modes.len() == blocks(width, n / width),
             Prediction::Linear { prev, coefs, .. } => prev.len() == n && super::linear::valid(coefs),
             Prediction::Intra { .. } => true,
         }

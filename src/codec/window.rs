@@ -373,15 +373,15 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
             &moved
         };
         let bound = opts.bound.for_frame(dtype, x);
-        // Lossless only: the choice is made on the frame itself, which is then the
+        // Block modes, lossless only: the choice is made on the frame itself, which is then the
         // reconstruction. (Under a bound the corrections would be chosen on values the decoder
         // does not have, and they spread the quantisation error: visp-cube abs:4 lost a fifth.)
         if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
-            motion::choose_med(from, x, geom.width, geom.height, &mut vectors);
+            motion::choose_modes(from, x, geom.width, geom.height, &mut vectors);
         }
-        let marks = motion::med_marks(&vectors, geom.width, geom.height);
-        let prediction = match &marks {
-            Some(marks) => Prediction::BlockMed { prev: from, width: geom.width, marks },
+        let modes = motion::corrections(&vectors, geom.width, geom.height);
+        let prediction = match &modes {
+            Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
             None => pid.prediction(k, from, geom.width, coefs),
         };
         let c = quantizer::encode(dtype, bound, x, prediction);
@@ -571,7 +571,7 @@ impl Decoder {
         if k > 0 || !p.predictor.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
         }
-        let mut marks = None;
+        let mut modes = None;
         let from: &[u32] = if f.motion.len == 0 {
             pred
         } else {
@@ -583,14 +583,14 @@ impl Decoder {
             let vectors = self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
             let older = (k >= 2).then_some(&self.older[..]);
             motion::apply(pred, older, &vectors, geom.width, geom.height, &mut self.moved).map_err(|_| dec(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })))?;
-            marks = motion::med_marks(&vectors, geom.width, geom.height);
-            if marks.is_some() && p.predictor != PredictorId::Motion {
-                return Err(dec(format!("motion vectors mark blocks for temporal MED under {}", p.predictor)));
+            modes = motion::corrections(&vectors, geom.width, geom.height);
+            if modes.is_some() && p.predictor != PredictorId::Motion {
+                return Err(dec(format!("motion vectors correct blocks (temporal MED, spatial) under {}", p.predictor)));
             }
             &self.moved
         };
-        let prediction = match &marks {
-            Some(marks) => Prediction::BlockMed { prev: from, width: geom.width, marks },
+        let prediction = match &modes {
+            Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
             None => p.predictor.prediction(k, from, geom.width, &p.coefs),
         };
         quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
