@@ -234,8 +234,9 @@ pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 
     }
 }
 
-/// Mark each block with the prediction that leaves it the smallest sum of absolute residuals:
-/// `moved` alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
+/// Mark each block with the prediction that leaves it the smallest sum of residual bit lengths
+/// (an estimate of its coded size; absolute values code 0.2% larger on visp-cube): `moved`
+/// alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
 /// `cur` as the reconstruction (so for lossless frames only, where it is exact), turning
 /// `vectors` into triples when a block is marked.
 pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
@@ -244,7 +245,7 @@ pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vec
         return;
     }
     let nx = width.div_ceil(BLOCK);
-    // Per block: plain, corrected and spatial sums of absolute residuals.
+    // Per block: plain, corrected and spatial sums of residual bit lengths.
     let mut sums = vec![[0u64; 3]; n];
     for y in 0..height {
         let row = (y / BLOCK) * nx;
@@ -252,9 +253,10 @@ pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vec
             let i = y * width + x;
             let plain = cur[i] as i64 - moved[i] as i64;
             let s = &mut sums[row + x / BLOCK];
-            s[0] += plain.unsigned_abs();
-            s[1] += (plain - temporal_med(moved, cur, i, width)).unsigned_abs();
-            s[2] += (cur[i] as i64 - super::predictor::med(cur, i, width) as i64).unsigned_abs();
+            let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
+            s[0] += bits(plain);
+            s[1] += bits(plain - temporal_med(moved, cur, i, width));
+            s[2] += bits(cur[i] as i64 - super::predictor::med(cur, i, width) as i64);
         }
     }
     let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
