@@ -11,7 +11,7 @@ use std::time::Instant;
 use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
-use tezipfs::fixtures::{generate_raw, SequenceSpec};
+use tezipfs::fixtures::{generate_raw, noise_floor_bits, SequenceSpec};
 
 struct Dataset {
     name: String,
@@ -19,6 +19,8 @@ struct Dataset {
     width: u32,
     height: u32,
     files: Vec<Vec<u8>>,
+    /// The generator's noise floor in bits per pixel (generated fixtures only).
+    floor_bits: Option<f64>,
 }
 
 impl Dataset {
@@ -46,12 +48,13 @@ fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
         width: get("width")? as u32,
         height: get("height")? as u32,
         files: files.iter().map(std::fs::read).collect::<Result<_, _>>()?,
+        floor_bits: None,
     })
 }
 
 fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
     let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, frames, seed) };
-    Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec) }
+    Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec), floor_bits: noise_floor_bits(&spec) }
 }
 
 struct Row {
@@ -193,6 +196,12 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         for r in &rows {
             println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  {}", r.method, r.ratio, r.comp, r.dec, r.check);
         }
+        if let Some(bits) = d.floor_bits {
+            // No lossless coder can beat it on average: how close the rows above come.
+            let best = rows.iter().filter(|r| r.method.starts_with("tezip lossless")).map(|r| r.ratio).fold(0.0, f64::max);
+            let limit = 8.0 * d.dtype.bytes() as f64 / bits;
+            println!("{:<38} {:>8.3} {:>10} {:>10}  generator's photon-noise entropy {bits:.3} bits/pixel; best lossless row at {:.0}% of it", "noise floor (lossless limit)", limit, "-", "-", 100.0 * best / limit);
+        }
         let anchors = anchors(&d.name);
         for (name, ratio, c, dd) in &anchors {
             println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  (stored anchor, ../shared/baselines)", name, ratio, c, dd);
@@ -209,6 +218,7 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         report.push(json!({
             "dataset": d.name, "dtype": d.dtype.to_string(), "width": d.width, "height": d.height, "frames": d.files.len(),
             "rows": rows.iter().map(|r| json!({"method": r.method, "ratio": r.ratio, "comp_MBps": r.comp, "dec_MBps": r.dec, "check": r.check})).collect::<Vec<_>>(),
+            "noise_floor_ratio": d.floor_bits.map(|b| 8.0 * d.dtype.bytes() as f64 / b),
         }));
     }
     if let Some(p) = json_out {
