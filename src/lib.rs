@@ -5,6 +5,7 @@ pub mod archive;
 pub mod codec;
 #[path = "../fixtures/generator.rs"]
 pub mod fixtures;
+pub mod noise;
 pub mod sortname;
 pub mod index;
 pub mod store;

@@ -12,6 +12,7 @@ use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
 use tezipfs::fixtures::{generate_raw, noise_floor_bits, SequenceSpec};
+use tezipfs::noise::{self, NoiseFloor};
 
 struct Dataset {
     name: String,
@@ -27,6 +28,20 @@ impl Dataset {
     fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.len() as u64).sum()
     }
+    /// The noise floor estimated from the frames (integer types only).
+    fn noise_floor(&self) -> Option<NoiseFloor> {
+        let images: Vec<Vec<u32>> = self
+            .files
+            .iter()
+            .map(|f| {
+                let mut img = Vec::new();
+                self.dtype.decode_pixels(f, false, &mut img);
+                img
+            })
+            .collect();
+        noise::estimate(&images, self.width as usize, self.height as usize, self.dtype)
+    }
+
     fn format(&self) -> FormatSpec {
         FormatSpec::Raw(tezipfs::codec::RawSpec { width: self.width, height: self.height, dtype: self.dtype, skip: 0 })
     }
@@ -150,6 +165,59 @@ fn anchors(name: &str) -> Vec<(String, f64, f64, f64)> {
         .collect()
 }
 
+/// The error bounds the bench codes at (0: lossless).
+const BOUNDS: [u32; 4] = [0, 1, 2, 4];
+
+fn bound_label(e: u32) -> String {
+    format!("tezip abs:{e} auto")
+}
+
+/// The best ratio among the rows whose method starts with `prefix`.
+fn best_ratio(rows: &[Row], prefix: &str) -> f64 {
+    rows.iter().filter(|r| r.method.starts_with(prefix)).map(|r| r.ratio).fold(0.0, f64::max)
+}
+
+/// The noise floor estimated from the frames (see `tezipfs::noise`): the ratio no coder can
+/// beat on average when the noise is white, lossless and under each bound.
+fn print_noise_floor(f: &NoiseFloor, dtype: DType, rows: &[Row]) {
+    let whiteness = format!("row corr {:.2} (white {:.2}), frame corr {}", f.row_correlation, noise::WHITE_ROW_CORRELATION, f.frame_correlation.map_or("-".into(), |c| format!("{c:.2}")));
+    if !f.white() {
+        println!("{:<38} {:>8} {:>10} {:>10}  noise is not white ({whiteness}): no limit", "noise floor, estimated", "-", "-", "-");
+        return;
+    }
+    for e in BOUNDS {
+        let (label, prefix) = if e == 0 { ("noise floor, estimated (lossless)".to_string(), "tezip lossless".to_string()) } else { (format!("noise floor, estimated (abs:{e})"), bound_label(e)) };
+        match f.ratio_limit(dtype, e) {
+            Some(limit) => {
+                let extra = if e == 0 { format!("; {:.3} bits/pixel, {whiteness}", f.bits) } else { String::new() };
+                println!("{label:<38} {limit:>8.3} {:>10} {:>10}  best row at {:.0}% of it{extra}", "-", "-", 100.0 * best_ratio(rows, &prefix) / limit);
+            }
+            None => println!("{label:<38} {:>8} {:>10} {:>10}  no noise left to pay for", "-", "-", "-"),
+        }
+    }
+}
+
+/// Issue #3's targets on a shared set: lossless >= 1.1x the best of FFV1, JPEG-XL and
+/// x265-lossless; abs:1/2/4 >= 1.2x SZ3 (3-D); compress and decompress >= 40 MB/s per core.
+fn print_issue3_targets(rows: &[Row], anchors: &[(String, f64, f64, f64)], floor: Option<&NoiseFloor>, dtype: DType) {
+    let anchor = |name: &str| anchors.iter().find(|a| a.0 == name).map(|a| a.1);
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let limit = |e: u32| floor.filter(|f| f.white()).and_then(|f| f.ratio_limit(dtype, e));
+    let beside_limit = |target: f64, e: u32| limit(e).map_or(String::new(), |l| format!("; the noise floor allows {l:.3}, the target is {:.0}% of it", 100.0 * target / l));
+    let lossless = ["ffv1-l3-gN", "jpegxl-cjxl-d0-e7", "x265-lossless"].into_iter().filter_map(|n| anchor(n).map(|r| (r, n))).fold(None, |b: Option<(f64, &str)>, a| if b.is_none_or(|b| a.0 > b.0) { Some(a) } else { b });
+    let Some((best, name)) = lossless else { return };
+    let default = rows.iter().find(|r| r.method == "tezip lossless auto (default)").expect("default row");
+    let target = 1.1 * best;
+    println!("target #3: lossless auto {:.3} vs 1.1 x {name} {best:.3} = {target:.3}: {}{}", default.ratio, verdict(default.ratio >= target), beside_limit(target, 0));
+    for e in BOUNDS.into_iter().filter(|&e| e > 0) {
+        let (Some(sz3), Some(row)) = (anchor(&format!("sz3-3d-abs{e}")), rows.iter().find(|r| r.method == bound_label(e))) else { continue };
+        let target = 1.2 * sz3;
+        println!("target #3: abs:{e} {:.3} vs 1.2 x sz3-3d {sz3:.3} = {target:.3}: {}{}", row.ratio, verdict(row.ratio >= target && !row.check.contains("VIOLATES")), beside_limit(target, e));
+    }
+    let slow: Vec<String> = rows.iter().filter(|r| r.method == default.method || r.method.starts_with("tezip abs:")).filter(|r| r.comp < 40.0 || r.dec < 40.0).map(|r| format!("{} c{:.0} d{:.0}", r.method.trim_start_matches("tezip "), r.comp, r.dec)).collect();
+    println!("target #3: compress and decompress >= 40 MB/s (default and abs rows): {}", if slow.is_empty() { "met".to_string() } else { format!("MISSED ({})", slow.join(", ")) });
+}
+
 pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, level: i32, json_out: Option<&Path>) -> anyhow::Result<()> {
     let mut sets = Vec::new();
     let dirs = if dirs.is_empty() {
@@ -190,22 +258,27 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         ] {
             rows.push(codec_row(d, &Options { predictor, entropy, ..base.clone() }, window, label)?);
         }
-        for e in [1.0, 2.0, 4.0] {
-            rows.push(codec_row(d, &Options { bound: Bound::Abs(e), ..base.clone() }, window, &format!("tezip abs:{e} auto"))?);
+        for e in BOUNDS.into_iter().filter(|&e| e > 0) {
+            rows.push(codec_row(d, &Options { bound: Bound::Abs(e as f64), ..base.clone() }, window, &bound_label(e))?);
         }
         for r in &rows {
             println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  {}", r.method, r.ratio, r.comp, r.dec, r.check);
         }
         if let Some(bits) = d.floor_bits {
             // No lossless coder can beat it on average: how close the rows above come.
-            let best = rows.iter().filter(|r| r.method.starts_with("tezip lossless")).map(|r| r.ratio).fold(0.0, f64::max);
+            let best = best_ratio(&rows, "tezip lossless");
             let limit = 8.0 * d.dtype.bytes() as f64 / bits;
             println!("{:<38} {:>8.3} {:>10} {:>10}  generator's photon-noise entropy {bits:.3} bits/pixel; best lossless row at {:.0}% of it", "noise floor (lossless limit)", limit, "-", "-", 100.0 * best / limit);
+        }
+        let floor = d.noise_floor();
+        if let Some(f) = &floor {
+            print_noise_floor(f, d.dtype, &rows);
         }
         let anchors = anchors(&d.name);
         for (name, ratio, c, dd) in &anchors {
             println!("{:<38} {:>8.3} {:>10.1} {:>10.1}  (stored anchor, ../shared/baselines)", name, ratio, c, dd);
         }
+        print_issue3_targets(&rows, &anchors, floor.as_ref(), d.dtype);
         let prev = rows.iter().find(|r| r.method == "tezip lossless previous").expect("previous row");
         if let Some((_, target, _, _)) = anchors.iter().find(|a| a.0 == "tdelta-nativezz+bitshuffle+zstd-19") {
             let verdict = if prev.ratio >= 0.95 * target { "within 5% or above" } else { "MISSED" };
@@ -219,6 +292,10 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
             "dataset": d.name, "dtype": d.dtype.to_string(), "width": d.width, "height": d.height, "frames": d.files.len(),
             "rows": rows.iter().map(|r| json!({"method": r.method, "ratio": r.ratio, "comp_MBps": r.comp, "dec_MBps": r.dec, "check": r.check})).collect::<Vec<_>>(),
             "noise_floor_ratio": d.floor_bits.map(|b| 8.0 * d.dtype.bytes() as f64 / b),
+            "noise_floor_estimate": floor.as_ref().map(|f| json!({
+                "bits_per_pixel": f.bits, "white": f.white(), "row_correlation": f.row_correlation, "frame_correlation": f.frame_correlation,
+                "ratio_limit": BOUNDS.iter().map(|&e| (format!("abs:{e}"), f.ratio_limit(d.dtype, e))).collect::<std::collections::BTreeMap<_, _>>(),
+            })),
         }));
     }
     if let Some(p) = json_out {
