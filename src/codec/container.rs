@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 4, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 5, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C.
 //!
 //! ```text
@@ -17,7 +17,7 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
 /// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes,
 /// so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub struct FrameEntry {
     /// The vectors carry a mode byte per block (reference frame, temporal MED correction):
     /// three bytes a block, not two. Version 4.
     pub block_modes: bool,
+    /// The block modes may carry a sub-pixel phase (half-pixel motion). Version 5; needs
+    /// `block_modes`.
+    pub subpel: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +129,9 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if has_block_modes(&header.entries) {
+        let version = if has_subpel(&header.entries) {
+            5
+        } else if has_block_modes(&header.entries) {
             4
         } else if has_motion(&header.entries) {
             3
@@ -231,6 +236,11 @@ fn has_motion(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
 }
 
+/// Whether some frame's block modes carry sub-pixel phases (what version 5 is for).
+fn has_subpel(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.subpel))
+}
+
 /// Whether some frame's motion vectors carry block modes (what version 4 is for).
 fn has_block_modes(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.block_modes))
@@ -292,7 +302,8 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
                     put_section(out, f.motion);
                 }
                 if version >= 4 {
-                    out.push(f.block_modes as u8);
+                    // Version 5: bit 1 says the modes carry phases (only with bit 0).
+                    out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2));
                 }
             }
         }
@@ -402,12 +413,13 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                     return Err(bad(format!("entry {i}: {n_escapes} escapes")));
                 }
                 let motion = if version >= 3 { c.section()? } else { Section::default() };
-                let block_modes = match if version >= 4 { c.u8()? } else { 0 } {
-                    0 => false,
-                    1 if motion.len > 0 => true,
+                let (block_modes, subpel) = match if version >= 4 { c.u8()? } else { 0 } {
+                    0 => (false, false),
+                    1 if motion.len > 0 => (true, false),
+                    3 if motion.len > 0 && version >= 5 => (true, true),
                     r => return Err(bad(format!("entry {i}: motion block-mode flag {r} (vectors: {} bytes)", motion.len))),
                 };
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes })
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -421,9 +433,12 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     if version >= 3 && !has_motion(&entries) {
         return Err(bad("version 3 blob without motion vectors"));
     }
-    // Likewise version 4 is only for vectors with block modes.
+    // Likewise version 4 is only for vectors with block modes, and 5 for sub-pixel phases.
     if version >= 4 && !has_block_modes(&entries) {
         return Err(bad("version 4 blob without motion block modes"));
+    }
+    if version >= 5 && !has_subpel(&entries) {
+        return Err(bad("version 5 blob without sub-pixel motion"));
     }
     Ok(Header { params, entries })
 }

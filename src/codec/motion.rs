@@ -52,6 +52,61 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     s
 }
 
+/// Row `y` of a block's moved pixels, columns `x0..x0 + out.len()`, from `from` moved by `(dx,
+/// dy)` at sub-pixel `phase` (coordinates clamped to the frame): the one sampling rule of the
+/// format, shared by the encoder's search and [`apply`]. A half-pixel sample is
+/// `(a + b + c + d + 2) >> 2` over the whole pixels around it (`a = b`, `c = d` along an axis
+/// without offset), which is `(a + b + 1) >> 1` on a half-pixel edge.
+#[allow(clippy::too_many_arguments)]
+fn sample_row(from: &[u32], width: usize, height: usize, y: usize, x0: usize, dx: i64, dy: i64, phase: u8, out: &mut [u32]) {
+    let (hx, hy) = HALF[phase as usize];
+    let (w, h) = (width as i64, height as i64);
+    let sy0 = (y as i64 + dy + hy.min(0)).clamp(0, h - 1) as usize;
+    let sy1 = (y as i64 + dy + hy.max(0)).clamp(0, h - 1) as usize;
+    let (r0, r1) = (&from[sy0 * width..sy0 * width + width], &from[sy1 * width..sy1 * width + width]);
+    let (lo, hi) = (x0 as i64 + dx + hx.min(0), (x0 + out.len()) as i64 + dx + hx.max(0));
+    if phase == 0 {
+        if lo >= 0 && hi <= w {
+            out.copy_from_slice(&r0[lo as usize..lo as usize + out.len()]);
+        } else {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = r0[((x0 + i) as i64 + dx).clamp(0, w - 1) as usize];
+            }
+        }
+        return;
+    }
+    if lo >= 0 && hi <= w {
+        let (a, b) = (lo as usize, (lo + hx.abs()) as usize);
+        let n = out.len();
+        for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
+            *o = ((p as u64 + q as u64 + r as u64 + t as u64 + 2) >> 2) as u32;
+        }
+    } else {
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = (x0 + i) as i64 + dx;
+            let (a, b) = ((x + hx.min(0)).clamp(0, w - 1) as usize, (x + hx.max(0)).clamp(0, w - 1) as usize);
+            *o = ((r0[a] as u64 + r0[b] as u64 + r1[a] as u64 + r1[b] as u64 + 2) >> 2) as u32;
+        }
+    }
+}
+
+/// [`sad`] at a sub-pixel phase (any phase, through [`sample_row`]).
+#[allow(clippy::too_many_arguments)]
+fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], phase: u8, limit: u64) -> u64 {
+    let (x0, y0) = (bx * BLOCK, by * BLOCK);
+    let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
+    let mut row = [0u32; BLOCK];
+    let mut s = 0u64;
+    for y in y0..y0 + bh {
+        sample_row(from, width, height, y, x0, v[0] as i64, v[1] as i64, phase, &mut row[..bw]);
+        s += cur[y * width + x0..y * width + x0 + bw].iter().zip(&row).map(|(&a, &b)| a.abs_diff(b) as u64).sum::<u64>();
+        if s > limit {
+            return s;
+        }
+    }
+    s
+}
+
 /// Bytes per block of stored vectors: `dx, dy` (every block from the previous frame, as the
 /// predictor has it), or `dx, dy, mode` with the block mode bits [`REF`] and [`MED`].
 pub const PAIR: usize = 2;
@@ -63,6 +118,17 @@ pub const MED: u8 = 2;
 /// Block mode bit (predictor `motion` only): the block is predicted spatially, by the intra MED
 /// over its reconstructed neighbours (as `spatial` does), not from a reference. Excludes [`MED`].
 pub const INTRA: u8 = 4;
+
+/// Block mode bits 3 to 6 (container version 5): the block's sub-pixel phase, 0 for the
+/// whole-pixel position or 1 to 8 for a half-pixel offset ([`HALF`]) from its vector.
+pub const PHASE_SHIFT: u32 = 3;
+/// Phases: the whole-pixel position and the eight half-pixel offsets around it.
+pub const PHASES: u8 = 9;
+/// Half-pixel offsets `(hx, hy)` of the phases: the sample at `(x + dx + hx / 2, y + dy + hy / 2)`
+/// is the rounded mean of the (up to) four whole pixels around it.
+const HALF: [(i64, i64); PHASES as usize] = [(0, 0), (-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)];
+/// Largest valid mode byte.
+const MAX_MODE: u8 = ((PHASES - 1) << PHASE_SHIFT) | REF | MED | INTRA;
 
 /// Per-block prediction of a frame under `motion` with block modes (see [`corrections`]).
 pub const PLAIN: u8 = 0;
@@ -79,7 +145,12 @@ pub const SPATIAL: u8 = 2;
 /// `prev`: a block that flickers (changes and changes back, as alternating exposures or the
 /// refreshes of a block-coded source do) is then predicted from the frame it matches. (A motion
 /// of the whole frame is not looked for.)
-pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize) -> Vec<u8> {
+///
+/// With `subpel`, every block that changed then tries the eight half-pixel positions around its
+/// vector (in its reference) and takes the best: motion that is not a whole number of pixels,
+/// and (under an error bound) a mean of neighbouring reconstructed pixels, which carries less of
+/// their quantisation error than any one of them.
+pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize, subpel: bool) -> Vec<u8> {
     let (nx, ny) = (width.div_ceil(BLOCK), height.div_ceil(BLOCK));
     if prev.len() != width * height || cur.len() != prev.len() || nx * ny == 0 {
         return Vec::new();
@@ -89,7 +160,7 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
     let mut sorted = still.clone();
     sorted.sort_unstable();
     let typical = sorted[sorted.len() / 2];
-    // Per block: vector and reference.
+    // Per block: vector and mode bits (reference, phase).
     let mut vectors = vec![([0i32; 2], 0u8); nx * ny];
     for b in 0..nx * ny {
         let (bx, by) = (b % nx, b / nx);
@@ -145,9 +216,26 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
                 let c = sad(older, cur, width, height, bx, by, v[0], v[1], best.1).saturating_add(extra);
                 if c < best.1 {
                     best = (v, c);
-                    vectors[b] = (v, 1);
+                    vectors[b] = (v, REF);
                 }
             }
+        }
+        if subpel && still[b] > 0 && best.1 > 0 {
+            let (v, r) = vectors[b];
+            let from = match older {
+                Some(o) if r & REF != 0 => o,
+                _ => prev,
+            };
+            // The block's cost without its penalties, then each phase at a small cost of its own.
+            let plain = sad(from, cur, width, height, bx, by, v[0], v[1], u64::MAX);
+            let (mut best_phase, mut best_cost) = (0u8, plain);
+            for phase in 1..PHASES {
+                let c = sad_phase(from, cur, width, height, bx, by, v, phase, best_cost).saturating_add(px / 16);
+                if c < best_cost {
+                    (best_phase, best_cost) = (phase, c);
+                }
+            }
+            vectors[b].1 = r | (best_phase << PHASE_SHIFT);
         }
     }
     if vectors.iter().all(|v| v.0 == [0, 0] && v.1 == 0) {
@@ -164,8 +252,9 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
 pub struct BadVectors;
 
 /// The references moved by the stored `vectors` into `out` (`vectors` empty: `prev` unmoved).
-/// Vectors of [`TRIPLE`] bytes name a reference per block, and need `older`.
-pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+/// Vectors of [`TRIPLE`] bytes name a reference per block, and need `older`; their phases are
+/// valid only with `subpel` (a version-5 frame).
+pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, subpel: bool, out: &mut Vec<u32>) -> Result<(), BadVectors> {
     out.clear();
     if vectors.is_empty() {
         out.extend_from_slice(prev);
@@ -179,7 +268,8 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     }
     if per == TRIPLE {
         let modes = || vectors.chunks_exact(TRIPLE).map(|v| v[2]);
-        if modes().any(|m| m > (REF | MED | INTRA) || m & (MED | INTRA) == (MED | INTRA)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
+        let bad_phase = |m: u8| m >> PHASE_SHIFT != 0 && !subpel;
+        if modes().any(|m| m > MAX_MODE || bad_phase(m) || m & (MED | INTRA) == (MED | INTRA)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
             return Err(BadVectors);
         }
     }
@@ -193,19 +283,10 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
                 (TRIPLE, Some(o)) if v[2] & REF != 0 => o,
                 _ => prev,
             };
-            let sy = (y as i64 + dy).clamp(0, height as i64 - 1) as usize;
+            let phase = if per == TRIPLE { v[2] >> PHASE_SHIFT } else { 0 };
             let x0 = bx * BLOCK;
             let x1 = (x0 + BLOCK).min(width);
-            let src = &from[sy * width..sy * width + width];
-            let dst = &mut out[y * width + x0..y * width + x1];
-            if x0 as i64 + dx >= 0 && x1 as i64 + dx <= width as i64 {
-                let s = (x0 as i64 + dx) as usize;
-                dst.copy_from_slice(&src[s..s + (x1 - x0)]);
-            } else {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = src[((x0 + i) as i64 + dx).clamp(0, width as i64 - 1) as usize];
-                }
-            }
+            sample_row(from, width, height, y, x0, dx, dy, phase, &mut out[y * width + x0..y * width + x1]);
         }
     }
     Ok(())
@@ -239,55 +320,85 @@ pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 
 /// alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
 /// `cur` as the reconstruction (so for lossless frames only, where it is exact), turning
 /// `vectors` into triples when a block is marked.
-pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
+///
+/// `whole` is the frame moved by the same vectors without their sub-pixel phases, when some
+/// block has one: such a block also weighs its whole-pixel prediction, plain and corrected, and
+/// loses its phase when that is smaller (the search picks phases by absolute differences, which
+/// favour the smoothing of a half-pixel mean on noisy blocks). Returns whether a phase was
+/// dropped: `moved` no longer matches the vectors and must be moved again.
+pub fn choose_modes(moved: &[u32], whole: Option<&[u32]>, cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) -> bool {
     let n = blocks(width, height);
+    let whole = whole.filter(|w| w.len() == moved.len());
     if moved.len() != width * height || cur.len() != moved.len() || n == 0 {
-        return;
+        return false;
     }
     let nx = width.div_ceil(BLOCK);
-    // Per block: plain, corrected and spatial sums of residual bit lengths.
-    let mut sums = vec![[0u64; 3]; n];
+    // Per block: plain, corrected and spatial sums of residual bit lengths, then plain and
+    // corrected on the whole-pixel prediction.
+    let mut sums = vec![[0u64; 5]; n];
+    let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
     for y in 0..height {
         let row = (y / BLOCK) * nx;
         for x in 0..width {
             let i = y * width + x;
             let plain = cur[i] as i64 - moved[i] as i64;
             let s = &mut sums[row + x / BLOCK];
-            let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
             s[0] += bits(plain);
             s[1] += bits(plain - temporal_med(moved, cur, i, width));
             s[2] += bits(cur[i] as i64 - super::predictor::med(cur, i, width) as i64);
+            if let Some(w) = whole {
+                let plain = cur[i] as i64 - w[i] as i64;
+                s[3] += bits(plain);
+                s[4] += bits(plain - temporal_med(w, cur, i, width));
+            }
         }
     }
     let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
-    let marks: Vec<u8> = sums
+    let phased = |b: usize| per == TRIPLE && vectors[TRIPLE * b + 2] >> PHASE_SHIFT != 0;
+    let mut dropped = false;
+    // Per block: the mark and whether to keep the phase.
+    let marks: Vec<(u8, bool)> = sums
         .iter()
         .enumerate()
         .map(|(b, s)| {
             // A correction must win by a little more than noise.
             let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
             let (med, intra) = (s[1] + px / 64, s[2] + px / 64);
-            if intra < s[0].min(med) {
-                INTRA
-            } else if med < s[0] {
-                MED
-            } else {
-                0
+            let mut best = if intra < s[0].min(med) { (intra, INTRA) } else if med < s[0] { (med, MED) } else { (s[0], 0) };
+            let mut keep = true;
+            if whole.is_some() && phased(b) {
+                for (c, m) in [(s[3], 0), (s[4] + px / 64, MED)] {
+                    if c < best.0 {
+                        (best, keep) = ((c, m), false);
+                    }
+                }
             }
+            dropped |= !keep;
+            (best.1, keep)
         })
         .collect();
-    if marks.iter().all(|&m| m == 0) {
-        return;
+    if marks.iter().all(|&(m, keep)| m == 0 && keep) {
+        return false;
     }
     let old = std::mem::take(vectors);
-    for (b, &m) in marks.iter().enumerate() {
+    for (b, &(m, keep)) in marks.iter().enumerate() {
         let (dx, dy, mode) = match per {
             TRIPLE => (old[TRIPLE * b], old[TRIPLE * b + 1], old[TRIPLE * b + 2]),
             _ if old.is_empty() => (0, 0, 0),
             _ => (old[PAIR * b], old[PAIR * b + 1], 0),
         };
+        let mode = if keep { mode } else { mode & !(0xf << PHASE_SHIFT) };
         vectors.extend_from_slice(&[dx, dy, mode | m]);
     }
+    dropped
+}
+
+/// The vectors without their sub-pixel phases (`None` when none has one).
+pub fn whole_pixel(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8>> {
+    if vectors.len() != TRIPLE * blocks(width, height) || vectors.chunks_exact(TRIPLE).all(|t| t[2] >> PHASE_SHIFT == 0) {
+        return None;
+    }
+    Some(vectors.chunks_exact(TRIPLE).flat_map(|t| [t[0], t[1], t[2] & !(0xf << PHASE_SHIFT)]).collect())
 }
 
 /// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set) or [`SPATIAL`] ([`INTRA`] set); `None`
@@ -331,10 +442,10 @@ mod tests {
                 cur[y * w + x] = shifted[y * w + x];
             }
         }
-        let v = search(&prev, None, &cur, w, h);
+        let v = search(&prev, None, &cur, w, h, false);
         assert_eq!(v.len(), 2 * blocks(w, h));
         let mut moved = Vec::new();
-        apply(&prev, None, &v, w, h, &mut moved).unwrap();
+        apply(&prev, None, &v, w, h, false, &mut moved).unwrap();
         let wrong = moved.iter().zip(&cur).filter(|(a, b)| a != b).count();
         assert_eq!(wrong, 0, "pixels not matched by the vectors {v:?}");
         let nx = w / BLOCK;
@@ -360,35 +471,61 @@ mod tests {
                 cur[y * w + x] = 255 - older[y * w + x];
             }
         }
-        let v = search(&prev, Some(&older), &cur, w, h);
+        let v = search(&prev, Some(&older), &cur, w, h, false);
         assert_eq!(v.len(), TRIPLE * blocks(w, h));
         let nx = w / BLOCK;
         let refs: Vec<u8> = v.chunks_exact(TRIPLE).map(|t| t[2]).collect();
         assert_eq!(refs[nx + 1], 1, "the flickering block: {refs:?}");
         assert_eq!(refs.iter().filter(|&&r| r == 1).count(), 1, "only the flickering block: {refs:?}");
         let mut moved = Vec::new();
-        apply(&prev, Some(&older), &v, w, h, &mut moved).unwrap();
+        apply(&prev, Some(&older), &v, w, h, false, &mut moved).unwrap();
         let block = |img: &[u32], bx: usize, by: usize| -> Vec<u32> { (0..BLOCK * BLOCK).map(|i| img[(by * BLOCK + i / BLOCK) * w + bx * BLOCK + i % BLOCK]).collect() };
         assert_eq!(block(&moved, 1, 1), block(&cur, 1, 1));
         assert_eq!(block(&moved, 0, 0), block(&prev, 0, 0));
         // Without the frame before, the same search names no references.
-        assert!(search(&prev, None, &cur, w, h).len() <= PAIR * blocks(w, h));
+        assert!(search(&prev, None, &cur, w, h, false).len() <= PAIR * blocks(w, h));
         // References need the frame before and must be 0 or 1.
-        assert_eq!(apply(&prev, None, &v, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, None, &v, w, h, false, &mut moved), Err(BadVectors));
         let mut bad = v.clone();
         bad[TRIPLE * (nx + 1) + 2] = 8;
-        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, false, &mut moved), Err(BadVectors));
         bad[TRIPLE * (nx + 1) + 2] = MED | INTRA;
-        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, false, &mut moved), Err(BadVectors));
+    }
+
+    #[test]
+    fn half_pixel_phases_sample_the_mean_and_are_found() {
+        let (w, h) = (48, 32);
+        // Phase 5 is (hx, hy) = (1, 0): the rounded mean of a pixel and its right neighbour
+        // (the last column repeats itself); phase 8 the mean of four.
+        let prev: Vec<u32> = (0..w * h).map(|i| ((i % w) * 3 + (i / w) * 5) as u32).collect();
+        let mut vectors: Vec<u8> = std::iter::repeat_n([0u8, 0, 5 << PHASE_SHIFT], blocks(w, h)).flatten().collect();
+        let mut out = Vec::new();
+        assert_eq!(apply(&prev, None, &vectors, w, h, false, &mut out), Err(BadVectors), "phases need the version-5 flag");
+        apply(&prev, None, &vectors, w, h, true, &mut out).unwrap();
+        for i in 0..w * h {
+            let right = if i % w + 1 < w { prev[i + 1] } else { prev[i] };
+            assert_eq!(out[i], (prev[i] + right + 1) >> 1, "pixel {i}");
+        }
+        vectors.iter_mut().skip(2).step_by(TRIPLE).for_each(|m| *m = 8 << PHASE_SHIFT);
+        apply(&prev, None, &vectors, w, h, true, &mut out).unwrap();
+        assert_eq!(out[w + 1], (prev[w + 1] + prev[w + 2] + prev[2 * w + 1] + prev[2 * w + 2] + 2) >> 2);
+        // A smooth texture moved by half a pixel: its inner blocks take a half-pixel phase.
+        let smooth = |ox: f64| -> Vec<u32> { (0..w * h).map(|i| (1000.0 + 400.0 * (0.2 * ((i % w) as f64 + ox)).sin() + 300.0 * (0.15 * (i / w) as f64).cos()) as u32).collect() };
+        let (prev, cur) = (smooth(0.0), smooth(0.5));
+        let v = search(&prev, None, &cur, w, h, true);
+        assert_eq!(v.len(), TRIPLE * blocks(w, h));
+        assert!(v.chunks_exact(TRIPLE).all(|t| t[2] >> PHASE_SHIFT != 0), "{v:?}");
+        assert!(search(&prev, None, &cur, w, h, false).len() <= PAIR * blocks(w, h), "no phases without subpel");
     }
 
     #[test]
     fn still_frames_have_no_vectors() {
         let (w, h) = (40, 33);
         let prev = texture(w, h, 0, 0);
-        assert!(search(&prev, None, &prev, w, h).is_empty());
+        assert!(search(&prev, None, &prev, w, h, false).is_empty());
         let mut out = Vec::new();
-        apply(&prev, None, &[], w, h, &mut out).unwrap();
+        apply(&prev, None, &[], w, h, false, &mut out).unwrap();
         assert_eq!(out, prev);
     }
 
@@ -399,9 +536,9 @@ mod tests {
         let mut out = Vec::new();
         for v in [[127u8, 128], [0, 255], [128, 127]] {
             let vectors: Vec<u8> = std::iter::repeat_n(v, blocks(w, h)).flatten().collect();
-            apply(&prev, None, &vectors, w, h, &mut out).unwrap();
+            apply(&prev, None, &vectors, w, h, false, &mut out).unwrap();
             assert_eq!(out.len(), prev.len());
         }
-        assert_eq!(apply(&prev, None, &[1, 2, 3], w, h, &mut out), Err(BadVectors));
+        assert_eq!(apply(&prev, None, &[1, 2, 3], w, h, false, &mut out), Err(BadVectors));
     }
 }
