@@ -1060,6 +1060,7 @@ fn crafted_blobs_do_not_panic() {
                                 motion,
                                 block_modes: refs && k == 1,
                                 subpel: refs && k == 1 && predictor == PredictorId::Motion,
+                                carry: false,
                             }),
                         });
                     }
@@ -1199,10 +1200,10 @@ fn adaptive_stage_codes_every_width_directly() {
             for (a, codes) in patterns.iter().enumerate() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
-                    for side in [Side { prev: None, quantised }, Side { prev: Some(prev), quantised }] {
+                    for side in [Side { prev: None, quantised, carry: false }, Side { prev: Some(prev), quantised, carry: false }] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
-                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side.prev, &mut back).unwrap();
+                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side.prev, false, &mut back).unwrap();
                         assert!(back == *codes, "width {width} n {n} pattern {a} quantised {quantised}");
                     }
                 }
@@ -1295,13 +1296,15 @@ mod fuzz {
         }
 
         #[test]
-        fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>()) {
+        fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>(), carry in any::<bool>()) {
             use tezipfs::codec::entropy::{Coder, Stage};
             let mut coder = Coder::new(1).unwrap();
             let prev = vec![3u32; n];
             let mut out = Vec::new();
             let r = catch_unwind(AssertUnwindSafe(|| {
-                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), &mut out);
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), false, &mut out);
+                // Models carried over from that (garbage) frame.
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), carry, &mut out);
             }));
             prop_assert!(r.is_ok(), "adaptive decoder panicked");
         }
@@ -1437,8 +1440,10 @@ fn motion_predictor_follows_a_moving_object() {
             let (kept, _, still_version) = size(PredictorChoice::Fixed(still));
             assert!(moved * 10 < kept * 9, "{dtype}: {moving} {moved} bytes, {still} {kept}: the motion was not found");
             // Version 3 holds motion vectors, 4 vectors that also name reference frames (blocks
-            // of noise may match the frame before a little better); 2 blobs without either.
-            assert!((3..=5).contains(&version) && still_version == 2, "{dtype}: versions {version} (motion) and {still_version} (none)");
+            // of noise may match the frame before a little better), 5 half-pixel phases; 2 blobs
+            // without any.
+            // (Version 5 also holds carried adaptive models, with or without motion.)
+            assert!((3..=5).contains(&version) && [2, 5].contains(&still_version), "{dtype}: versions {version} (motion) and {still_version} (none)");
         }
         let (_, auto, _) = size(PredictorChoice::Auto);
         assert!(auto.is_some_and(|p| p.moves()), "{dtype}: auto chose {auto:?} on a moving scene");
@@ -1583,6 +1588,54 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         match r {
             Ok(Ok(_)) => panic!("{what}: decoded"),
             Ok(Err(e)) => assert!(e.to_string().contains("motion"), "{what}: the error should name the motion vectors: {e}"),
+            Err(_) => panic!("{what}: decoder panicked"),
+        }
+    }
+}
+
+/// Frames that continue the adaptive models of the frame before (container version 5) decode
+/// in order and after a seek back; the flag on a key frame, on a frame of another stage, or in a
+/// version-4 blob is an error.
+#[test]
+fn carried_adaptive_models_are_checked() {
+    use tezipfs::codec::container::{Blob, Body, Writer};
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    let (w, h) = (64usize, 48usize);
+    let files = raw_files(DType::U8, &moving_square(DType::U8, w, h, 6, (2, 1)), None);
+    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(w as u32, h as u32, DType::U8, 0), PredictorChoice::Fixed(PredictorId::Previous), false) };
+    let enc = round_trip(&files, &opts, "carried models");
+    let blob = Blob::parse(&enc.blob).unwrap();
+    let carried: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.carry)).collect();
+    assert!(!carried.is_empty(), "the adaptive frames carry their models over");
+    assert_eq!(enc.blob[8], 5, "carried models need version 5");
+    // A seek back to a carried frame decodes the chain again from its key frame.
+    let mut dec = Decoder::new(&enc.blob).unwrap();
+    let last = *carried.last().unwrap();
+    dec.decode(last, |_, _| {}).unwrap();
+    assert_eq!(dec.decode(carried[0], |_, _| {}).unwrap(), files[carried[0]]);
+    let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
+    let rebuild = |change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry, &mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
+        let mut header = blob.header.clone();
+        let (a, b) = header.entries.split_at_mut(carried[0]);
+        match (&mut a[0].body, &mut b[0].body) {
+            (Body::Frame(key), Body::Frame(f)) => change(key, f),
+            _ => unreachable!("a window of frames"),
+        }
+        let mut wr = Writer::default();
+        wr.section(payload);
+        wr.finish(&header)
+    };
+    let mut v4 = rebuild(&|_, _| {});
+    v4[8] = 4;
+    let cases = [
+        ("carried models on the key frame", rebuild(&|key, _| key.carry = true)),
+        ("carried models on a zstd frame", rebuild(&|_, f| f.stage = Stage::Zstd)),
+        ("carried models in a version-4 blob", v4),
+    ];
+    for (what, bad) in cases {
+        match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
+            Ok(Ok(_)) => panic!("{what}: decoded"),
+            Ok(Err(e)) => assert!(e.to_string().contains("adaptive models") || e.to_string().contains("flag"), "{what}: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }

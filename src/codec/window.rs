@@ -95,6 +95,8 @@ struct CodedFrame {
     block_modes: bool,
     /// The mode bytes carry sub-pixel phases (container version 5).
     subpel: bool,
+    /// The adaptive stage continued the previous frame's models (container version 5).
+    carry: bool,
 }
 
 /// The first frames of a chain predicted and quantised with one predictor.
@@ -231,6 +233,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     motion,
                     block_modes: c.block_modes,
                     subpel: c.subpel,
+                    carry: c.carry,
                 }),
             });
             next += 1;
@@ -284,7 +287,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
         let mut size = 0;
         for (k, c) in q.frames.iter().enumerate().skip(from) {
-            let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: opts.bound != Bound::Lossless };
+            // Frames are coded in order here, so the adaptive models carry over from the one
+            // before (except on the first, whose predecessor was not coded).
+            let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: opts.bound != Bound::Lossless, carry: stage == Stage::Adaptive && k > from };
             size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
             if !q.motion[k].is_empty() {
                 size += coder.compress_bytes(&q.motion[k])?.len();
@@ -415,9 +420,13 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(n);
     let q = quantize_chain(chain, dtype, geom, opts, pid, 0..n, coefs);
+    let mut last_stage = None;
     for (k, c) in q.frames.iter().enumerate() {
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
-        let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: fb != FrameBound::Lossless };
+        // The adaptive models carry over when the previous frame was coded by the adaptive stage
+        // (the coder's scratch space then holds its models: an `encode_best` that tried the
+        // adaptive stage on it and chose another is no such frame).
+        let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: fb != FrameBound::Lossless, carry: last_stage == Some(Stage::Adaptive) };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
@@ -438,7 +447,9 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
         let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
         let block_modes = q.motion[k].len() == motion::TRIPLE * motion::blocks(geom.width, geom.height);
         let subpel = block_modes && q.motion[k].chunks_exact(motion::TRIPLE).any(|t| t[2] >> motion::PHASE_SHIFT != 0);
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel });
+        let carry = side.carry && stage == Stage::Adaptive;
+        last_stage = Some(stage);
+        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry });
     }
     Ok(out)
 }
@@ -465,6 +476,9 @@ pub struct Decoder {
     /// The reconstruction before the previous one (the second reference of motion vectors).
     older: Vec<u32>,
     recon: Vec<u32>,
+    /// Chain position of the frame whose adaptive models the coder holds (what a frame that
+    /// carries them over needs: the one before it).
+    models_of: Option<usize>,
 }
 
 impl Decoder {
@@ -478,7 +492,7 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new(), models_of: None })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -572,7 +586,15 @@ impl Decoder {
         let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
         let (codes, pred, recon) = (&mut self.codes, &mut self.pred, &mut self.recon);
         let prev = (k > 0).then_some(&self.prev_codes[..]);
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, prev, codes).map_err(|e| dec(e.to_string()))?;
+        if f.carry && (k == 0 || self.models_of != Some(k - 1)) {
+            return Err(dec("adaptive models carried over from a frame that did not leave them".into()));
+        }
+        // Set again only once this frame's models are complete.
+        self.models_of = None;
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, prev, f.carry, codes).map_err(|e| dec(e.to_string()))?;
+        if f.stage == Stage::Adaptive {
+            self.models_of = Some(k);
+        }
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {

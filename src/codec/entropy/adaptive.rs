@@ -464,6 +464,11 @@ pub struct Side<'a> {
     pub prev: Option<&'a [u32]>,
     /// The codes are quantisation codes (`zigzag(q) + 1`, 0 the escape), not lossless ones.
     pub quantised: bool,
+    /// Start from the models as coding the previous frame of the chain left them in the
+    /// scratch space, instead of fresh ones (container version 5): a frame need not learn
+    /// again what the frame before it taught (visp-cube lossless 1.3% smaller, abs:4 2.2%).
+    /// The caller guarantees that the scratch space's last adaptive frame was that one.
+    pub carry: bool,
 }
 
 /// The contexts of one pixel.
@@ -510,10 +515,12 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Fresh models and zeroed row buffers for a frame of `cols` columns.
-    fn fresh(&mut self, cols: usize) {
+    /// Fresh models (or, with `carry`, the ones left by the last frame) and zeroed row buffers
+    /// for a frame of `cols` columns.
+    fn fresh(&mut self, cols: usize, carry: bool) {
         match &mut self.models {
-            Some(m) => m.reset(),
+            Some(m) if !carry => m.reset(),
+            Some(_) => {}
             None => self.models = Some(Models::new()),
         }
         for r in [&mut self.up, &mut self.cur] {
@@ -636,7 +643,7 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
     let prev = side.prev.filter(|p| p.len() == n);
     let flags = if side.quantised { FLAG_QUANTISED } else { 0 } | if prev.is_some() { FLAG_TEMPORAL } else { 0 };
     temporal_into(prev, map, n, cols, shift, &mut scratch.qts, &mut scratch.mags);
-    scratch.fresh(cols);
+    scratch.fresh(cols, side.carry);
     let Scratch { qts, up, cur, models, .. } = scratch;
     let m = models.get_or_insert_with(Models::new);
     let mut enc = Enc::new(Vec::with_capacity(n / 2 + 16));
@@ -668,11 +675,13 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
 /// Decode `n` codes of a frame (`width` bytes each, `cols` per row); `prev` are the previous
 /// frame's codes when the frame has one.
 pub fn decode(data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, out: &mut Vec<u32>) -> Result<(), RansError> {
-    decode_with(data, n, width, cols, prev, out, &mut Scratch::default())
+    decode_with(data, n, width, cols, prev, false, out, &mut Scratch::default())
 }
 
 /// [`decode`] with reused buffers.
-pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, out: &mut Vec<u32>, scratch: &mut Scratch) -> Result<(), RansError> {
+/// `carry`: start from the models the scratch space holds (see [`Side::carry`]).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, carry: bool, out: &mut Vec<u32>, scratch: &mut Scratch) -> Result<(), RansError> {
     let cols = cols.max(1);
     let mut inp = In { b: data, pos: 0 };
     let (flags, shift, count) = (inp.byte()?, inp.byte()?, inp.byte()?);
@@ -692,7 +701,7 @@ pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, prev: Optio
     out.clear();
     out.resize(n, 0);
     temporal_into(prev, map, n, cols, shift, &mut scratch.qts, &mut scratch.mags);
-    scratch.fresh(cols);
+    scratch.fresh(cols, carry);
     let Scratch { qts, up, cur, models, .. } = scratch;
     let m = models.get_or_insert_with(Models::new);
     for (row, qrow) in out.chunks_mut(cols).zip(qts.chunks(cols)) {
@@ -735,8 +744,8 @@ mod tests {
                     let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
                     let ext: Vec<u32> = (0..n).map(|i| [0, mask, 1, mask - 1][i % 4]).collect();
                     for q in [false, true] {
-                        round_trip(&codes, width, cols, Side { prev: None, quantised: q });
-                        round_trip(&ext, width, cols, Side { prev: Some(&codes), quantised: q });
+                        round_trip(&codes, width, cols, Side { prev: None, quantised: q, carry: false });
+                        round_trip(&ext, width, cols, Side { prev: Some(&codes), quantised: q, carry: false });
                     }
                 }
             }
@@ -773,7 +782,7 @@ mod tests {
             let (a, b) = (frame(), frame());
             for q in [false, true] {
                 for prev in [None, Some(&a[..])] {
-                    let enc = encode(&b, width, cols, Side { prev, quantised: q });
+                    let enc = encode(&b, width, cols, Side { prev, quantised: q, carry: false });
                     let mut back = Vec::new();
                     decode(&enc, n, width, cols, prev, &mut back).unwrap();
                     assert_eq!(back, b);
@@ -796,7 +805,7 @@ mod tests {
     #[test]
     fn corrupt_streams_error_or_decode() {
         let codes: Vec<u32> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 27) & 31).collect();
-        let enc = encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false });
+        let enc = encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false, carry: false });
         let mut out = Vec::new();
         for cut in [0, 1, 2, 3, enc.len() / 2, enc.len() - 6] {
             let _ = decode(&enc[..cut], codes.len(), 2, 50, Some(&codes), &mut out);
