@@ -1561,9 +1561,9 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
         ("a block-mode flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).block_modes = true)),
         ("references on the first predicted frame", rebuild(&triples(REF), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
-        ("an unknown block mode", rebuild(&triples(128), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
+        ("an unknown block mode", rebuild(&triples(255), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("a sub-pixel phase without the version-5 flag", rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
-        ("an unknown sub-pixel phase", rebuild(&triples(9 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
+        ("an unknown sub-pixel phase", rebuild(&triples(25 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("sub-pixel phases in a version-4 blob", {
             let mut b = rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s));
             assert_eq!(b[8], 5, "phases are written as version 5");

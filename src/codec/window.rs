@@ -373,7 +373,7 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
         let older_ok = (k >= 2).then_some(&older[..]);
-        let mut vectors = if pid.moves() && k > 0 { motion::search(&pred, older_ok, x, geom.width, geom.height, true) } else { Vec::new() };
+        let (mut vectors, coarse) = if pid.moves() && k > 0 { motion::search_both(&pred, older_ok, x, geom.width, geom.height, true) } else { (Vec::new(), None) };
         let from: &[u32] = if vectors.is_empty() {
             &pred
         } else {
@@ -386,12 +386,13 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
         // does not have, and they spread the quantisation error: visp-cube abs:4 lost a fifth.)
         let mut from = from;
         if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
-            let whole = motion::whole_pixel(&vectors, geom.width, geom.height).map(|v| {
+            // The search's vectors before their refinement, which a block may fall back to.
+            let unrefined = coarse.as_ref().map(|c| {
                 let mut out = Vec::new();
-                motion::apply(&pred, older_ok, &v, geom.width, geom.height, true, &mut out).expect("the search's own vectors fit the frame");
-                out
+                motion::apply(&pred, older_ok, c, geom.width, geom.height, true, &mut out).expect("the search's own vectors fit the frame");
+                (out, c)
             });
-            if motion::choose_modes(from, whole.as_deref(), x, geom.width, geom.height, &mut vectors) {
+            if motion::choose_modes(from, unrefined.as_ref().map(|(m, c)| (&m[..], &c[..])), x, geom.width, geom.height, &mut vectors) {
                 motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, true, &mut moved).expect("the search's own vectors fit the frame");
                 from = &moved;
             }
