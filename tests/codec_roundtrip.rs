@@ -1563,6 +1563,7 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         ("references on the first predicted frame", rebuild(&triples(REF), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
         ("an unknown block mode", rebuild(&triples(255), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("a sub-pixel phase without the version-5 flag", rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("a blend (both corrections) under motion+med", rebuild(&triples(MED | INTRA), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("an unknown sub-pixel phase", rebuild(&triples(25 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("sub-pixel phases in a version-4 blob", {
             let mut b = rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s));

@@ -169,7 +169,7 @@ fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, 
 /// then half and quarter pixels.
 const REFINE_STEPS: [i64; 3] = [4, 2, 1];
 /// Most whole-pixel moves of [`refine`]'s descent.
-const MAX_MOVES: usize = 4;
+const MAX_MOVES: usize = 8;
 
 /// The best position near vector `v` for block `(bx, by)` (by the sum of absolute differences,
 /// each position but `v` itself at a small cost), in quarter pixels, as the nearest whole vector
@@ -191,7 +191,7 @@ fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by:
     while step_i < REFINE_STEPS.len() {
         let step = REFINE_STEPS[step_i];
         let centre = best.0;
-        let around: &[(i64, i64)] = if step != 2 { &[(0, -1), (-1, 0), (1, 0), (0, 1)] } else { &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] };
+        let around: &[(i64, i64)] = if step == 1 { &[(0, -1), (-1, 0), (1, 0), (0, 1)] } else { &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] };
         for &(sx, sy) in around {
             let o = (centre.0 + sx * step, centre.1 + sy * step);
             if tried.contains(&o) {
@@ -260,6 +260,9 @@ pub fn phase_of(ox: i64, oy: i64) -> u8 {
 pub const PLAIN: u8 = 0;
 pub const CORRECTED: u8 = 1;
 pub const SPATIAL: u8 = 2;
+/// [`MED`] and [`INTRA`] together (version-5 modes only): the mean of the moved block and the
+/// intra MED, for blocks that both predict half well (a new exposure of a moved texture).
+pub const BLENDED: u8 = 3;
 
 /// The vectors that move the references closest to `cur` (by the sum of absolute differences
 /// per block, with a small cost for moving and for the older reference), as stored bytes; empty
@@ -405,8 +408,9 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     }
     if per == TRIPLE {
         let modes = || vectors.chunks_exact(TRIPLE).map(|v| v[2]);
-        let bad_phase = |m: u8| m >> PHASE_SHIFT != 0 && !subpel;
-        if modes().any(|m| m > MAX_MODE || bad_phase(m) || m & (MED | INTRA) == (MED | INTRA)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
+        // Phases and the blend (both corrections) are version-5 modes.
+        let v5_only = |m: u8| (m >> PHASE_SHIFT != 0 || m & (MED | INTRA) == (MED | INTRA)) && !subpel;
+        if modes().any(|m| m > MAX_MODE || v5_only(m)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
             return Err(BadVectors);
         }
     }
@@ -487,7 +491,7 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
     // corrected on the whole-pixel prediction. A block that its prediction matches exactly
     // (most blocks of a still scene) keeps it: nothing is smaller, so its other sums are not
     // computed.
-    let mut sums = vec![[0u64; 5]; n];
+    let mut sums = vec![[0u64; 6]; n];
     let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
     for (b, s) in sums.iter_mut().enumerate() {
         let (x0, y0) = ((b % nx) * BLOCK, (b / nx) * BLOCK);
@@ -500,7 +504,9 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
                 let plain = cur[i] as i64 - moved[i] as i64;
                 s[0] += bits(plain);
                 s[1] += bits(plain - temporal_med(moved, cur, i, width));
-                s[2] += bits(cur[i] as i64 - super::predictor::med(cur, i, width) as i64);
+                let intra = super::predictor::med(cur, i, width) as i64;
+                s[2] += bits(cur[i] as i64 - intra);
+                s[5] += bits(cur[i] as i64 - (moved[i] as i64 + intra) / 2);
                 if let Some(w) = whole {
                     let plain = cur[i] as i64 - w[i] as i64;
                     s[3] += bits(plain);
@@ -520,6 +526,9 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
             let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
             let (med, intra) = (s[1] + px / 64, s[2] + px / 64);
             let mut best = if intra < s[0].min(med) { (intra, INTRA) } else if med < s[0] { (med, MED) } else { (s[0], 0) };
+            if s[5] + px / 64 < best.0 {
+                best = (s[5] + px / 64, MED | INTRA);
+            }
             let mut keep = true;
             if whole.is_some() {
                 for (c, m) in [(s[3], 0), (s[4] + px / 64, MED)] {
@@ -556,7 +565,12 @@ pub fn corrections(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8
     }
     let modes: Vec<u8> = vectors
         .chunks_exact(TRIPLE)
-        .map(|v| if v[2] & INTRA != 0 { SPATIAL } else if v[2] & MED != 0 { CORRECTED } else { PLAIN })
+        .map(|v| match (v[2] & MED != 0, v[2] & INTRA != 0) {
+            (true, true) => BLENDED,
+            (false, true) => SPATIAL,
+            (true, false) => CORRECTED,
+            (false, false) => PLAIN,
+        })
         .collect();
     modes.iter().any(|&m| m != PLAIN).then_some(modes)
 }

@@ -447,7 +447,7 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
         };
         let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
         let block_modes = q.motion[k].len() == motion::TRIPLE * motion::blocks(geom.width, geom.height);
-        let subpel = block_modes && q.motion[k].chunks_exact(motion::TRIPLE).any(|t| t[2] >> motion::PHASE_SHIFT != 0);
+        let subpel = block_modes && q.motion[k].chunks_exact(motion::TRIPLE).any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
         let carry = side.carry && stage == Stage::Adaptive;
         last_stage = Some(stage);
         out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry });
