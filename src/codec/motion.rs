@@ -439,7 +439,7 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
 /// The temporal MED's correction at pixel `i`: MED over the left, upper and upper-left
 /// neighbours' differences `recon - prev` (what the scene did there since `prev`), with the
 /// edge rules of [`super::predictor::med`].
-#[inline]
+#[inline(always)]
 pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
     let d = |j: usize| recon[j] as i64 - prev[j] as i64;
     match (i % width > 0, i >= width) {

@@ -206,6 +206,34 @@ pub enum Prediction<'a> {
     Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
 }
 
+/// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
+#[inline(always)]
+fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    match mode {
+        CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+        SPATIAL => med(recon, i, width),
+        BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+        _ => prev[i],
+    }
+}
+
+/// Calls `f(i, mode)` for every pixel `i` of a frame of `n` pixels, in order, with the mode of
+/// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
+#[inline(always)]
+fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
+    let nx = width.div_ceil(BLOCK);
+    // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
+    for y in 0..n / width.max(1) {
+        let row = y * width;
+        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
+        for (bx, &mode) in row_modes.iter().take(nx).enumerate() {
+            for i in row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width) {
+                f(i, mode);
+            }
+        }
+    }
+}
+
 impl Prediction<'_> {
     /// The prediction of pixel `i`, given the reconstructed pixels before it in `recon`.
     #[inline]
@@ -216,12 +244,7 @@ impl Prediction<'_> {
             Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
             Prediction::BlockModes { prev, width, modes } => {
                 let nx = width.div_ceil(BLOCK);
-                match modes[(i / width / BLOCK) * nx + (i % width) / BLOCK] {
-                    CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-                    SPATIAL => med(recon, i, width),
-                    BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
-                    _ => prev[i],
-                }
+                block_mode_at(modes[(i / width / BLOCK) * nx + (i % width) / BLOCK], prev, recon, i, width, mask)
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
             Prediction::Linear { prev, width, coefs } => super::linear::predict(coefs, recon, prev, i, width, mask),
@@ -256,6 +279,11 @@ pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> C
                     .zip(p)
                     .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
                     .collect(),
+                Prediction::BlockModes { prev, width, modes } if prev.len() == x.len() && width > 0 && modes.len() == blocks(width, x.len() / width) => {
+                    let mut codes = vec![0; x.len()];
+                    for_each_block_mode(width, x.len(), modes, |i, mode| codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask));
+                    codes
+                }
                 other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
             };
             Coded { codes, escapes: Vec::new(), recon: x.to_vec() }
@@ -359,6 +387,10 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
                 for ((o, &c), &p) in out.iter_mut().zip(codes).zip(p) {
                     *o = p.wrapping_add(unzigzag_native(c)) & mask;
                 }
+            }
+            // (`len_ok` above checked the modes' count.)
+            Prediction::BlockModes { prev, width, modes } => {
+                for_each_block_mode(width, codes.len(), modes, |i, mode| out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask);
             }
             other => {
                 for i in 0..codes.len() {
