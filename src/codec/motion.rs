@@ -176,7 +176,7 @@ const MAX_MOVES: usize = 8;
 /// and a phase of at most half a pixel. A descent: at each step of [`REFINE_STEPS`] the eight
 /// positions around the best so far.
 #[allow(clippy::too_many_arguments)]
-fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], narrow: bool) -> ([i32; 2], u8) {
+fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], narrow: bool, whole: bool) -> ([i32; 2], u8) {
     let px = ((width - bx * BLOCK).min(BLOCK) * (height - by * BLOCK).min(BLOCK)) as u64;
     let cost_of_moving = px / 16;
     let split = |o: (i64, i64)| {
@@ -187,7 +187,8 @@ fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by:
     let mut best = ((0i64, 0i64), sad(from, cur, width, height, bx, by, v[0], v[1], narrow, u64::MAX));
     let mut tried = vec![(0i64, 0i64)];
     let mut moves = 0;
-    let mut step_i = 0;
+    // Without `whole`, the sub-pixel steps only.
+    let mut step_i = usize::from(!whole);
     while step_i < REFINE_STEPS.len() {
         let step = REFINE_STEPS[step_i];
         let centre = best.0;
@@ -310,7 +311,8 @@ pub fn search_both(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usiz
         // A block that changed by less than two levels a pixel is not worth a vector, and one
         // that changed no more than half as much again as the median block (noise, a change of
         // light) is not worth the search.
-        if still[b] > (2 * px).max(typical + typical / 2) {
+        let searched = still[b] > (2 * px).max(typical + typical / 2);
+        if searched {
             let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], narrow, limit).saturating_add(penalty) };
             let mut seeds = Vec::with_capacity(2);
             if bx > 0 && vectors[b - 1].1 == 0 {
@@ -367,7 +369,7 @@ pub fn search_both(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usiz
                 Some(o) if r & REF != 0 => o,
                 _ => prev,
             };
-            let (wv, phase) = refine(from, cur, width, height, bx, by, v, narrow);
+            let (wv, phase) = refine(from, cur, width, height, bx, by, v, narrow, true);
             refined |= (wv, phase) != (v, 0);
             vectors[b] = (wv, r | (phase << PHASE_SHIFT));
         }
@@ -487,10 +489,18 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
         return false;
     }
     let nx = width.div_ceil(BLOCK);
+    let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
+    let own = |b: usize| -> (u8, u8, u8) {
+        match per {
+            TRIPLE => (vectors[TRIPLE * b], vectors[TRIPLE * b + 1], vectors[TRIPLE * b + 2]),
+            _ if vectors.is_empty() => (0, 0, 0),
+            _ => (vectors[PAIR * b], vectors[PAIR * b + 1], 0),
+        }
+    };
     // Per block: plain, corrected and spatial sums of residual bit lengths, then plain and
-    // corrected on the whole-pixel prediction. A block that its prediction matches exactly
-    // (most blocks of a still scene) keeps it: nothing is smaller, so its other sums are not
-    // computed.
+    // corrected on the alternative (where its vector differs), then blended. A block that its
+    // prediction matches exactly (most blocks of a still scene) keeps it: nothing is smaller, so
+    // its other sums are not computed.
     let mut sums = vec![[0u64; 6]; n];
     let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
     for (b, s) in sums.iter_mut().enumerate() {
@@ -498,6 +508,12 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
         let (x1, y1) = ((x0 + BLOCK).min(width), (y0 + BLOCK).min(height));
         if (y0..y1).all(|y| cur[y * width + x0..y * width + x1] == moved[y * width + x0..y * width + x1]) {
             continue;
+        }
+        let whole = whole.filter(|_| alt_of(b) != own(b));
+        if whole.is_none() {
+            // No alternative: never smaller than the block's own plain prediction.
+            s[3] = u64::MAX / 2;
+            s[4] = u64::MAX / 2;
         }
         for y in y0..y1 {
             for i in y * width + x0..y * width + x1 {
@@ -515,7 +531,6 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
             }
         }
     }
-    let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
     let mut dropped = false;
     // Per block: the mark and whether to keep the phase.
     let marks: Vec<(u8, bool)> = sums
