@@ -1061,6 +1061,7 @@ fn crafted_blobs_do_not_panic() {
                                 block_modes: refs && k == 1,
                                 subpel: refs && k == 1 && predictor == PredictorId::Motion,
                                 carry: false,
+                                moved_context: fill == 0x55 && k == 1,
                             }),
                         });
                     }
@@ -1200,10 +1201,10 @@ fn adaptive_stage_codes_every_width_directly() {
             for (a, codes) in patterns.iter().enumerate() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
-                    for side in [Side { prev: None, quantised, carry: false }, Side { prev: Some(prev), quantised, carry: false }] {
+                    for side in [Side { prev: None, quantised, carry: false, gradient: None }, Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev) }] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
-                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side.prev, false, &mut back).unwrap();
+                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side, &mut back).unwrap();
                         assert!(back == *codes, "width {width} n {n} pattern {a} quantised {quantised}");
                     }
                 }
@@ -1297,14 +1298,15 @@ mod fuzz {
 
         #[test]
         fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>(), carry in any::<bool>()) {
-            use tezipfs::codec::entropy::{Coder, Stage};
+            use tezipfs::codec::entropy::{Coder, Side, Stage};
             let mut coder = Coder::new(1).unwrap();
             let prev = vec![3u32; n];
             let mut out = Vec::new();
             let r = catch_unwind(AssertUnwindSafe(|| {
-                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), false, &mut out);
+                let side = Side { prev: with_prev.then_some(&prev[..]), gradient: with_prev.then_some(&prev[..]), ..Side::default() };
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, side, &mut out);
                 // Models carried over from that (garbage) frame.
-                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), carry, &mut out);
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, Side { carry, ..side }, &mut out);
             }));
             prop_assert!(r.is_ok(), "adaptive decoder panicked");
         }
@@ -1594,9 +1596,9 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     }
 }
 
-/// Frames that continue the adaptive models of the frame before (container version 5) decode
-/// in order and after a seek back; the flag on a key frame, on a frame of another stage, or in a
-/// version-4 blob is an error.
+/// Frames that continue the adaptive models of the frame before, or move its temporal context
+/// (container version 5), decode in order and after a seek back; the flags on a key frame, on a
+/// frame of another stage or predictor, or in a version-4 blob are errors.
 #[test]
 fn carried_adaptive_models_are_checked() {
     use tezipfs::codec::container::{Blob, Body, Writer};
@@ -1608,6 +1610,16 @@ fn carried_adaptive_models_are_checked() {
     let blob = Blob::parse(&enc.blob).unwrap();
     let carried: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.carry)).collect();
     assert!(!carried.is_empty(), "the adaptive frames carry their models over");
+    // Under `motion` the adaptive frames' temporal context moves with the vectors, and a seek
+    // back decodes it again.
+    let moving = Options { predictor: PredictorChoice::Fixed(PredictorId::Motion), ..opts.clone() };
+    let enc_moving = round_trip(&files, &moving, "moved context");
+    let parsed = Blob::parse(&enc_moving.blob).unwrap();
+    let moved: Vec<usize> = (0..files.len()).filter(|&k| matches!(&parsed.header.entries[k].body, Body::Frame(f) if f.moved_context)).collect();
+    assert!(!moved.is_empty(), "motion frames coded by the adaptive stage move their temporal context");
+    let mut dec = Decoder::new(&enc_moving.blob).unwrap();
+    dec.decode(files.len() - 1, |_, _| {}).unwrap();
+    assert_eq!(dec.decode(moved[0], |_, _| {}).unwrap(), files[moved[0]]);
     assert_eq!(enc.blob[8], 5, "carried models need version 5");
     // A seek back to a carried frame decodes the chain again from its key frame.
     let mut dec = Decoder::new(&enc.blob).unwrap();
@@ -1630,13 +1642,15 @@ fn carried_adaptive_models_are_checked() {
     v4[8] = 4;
     let cases = [
         ("carried models on the key frame", rebuild(&|key, _| key.carry = true)),
+        ("a moved context on the key frame", rebuild(&|key, _| key.moved_context = true)),
+        ("a moved context under previous", rebuild(&|_, f| f.moved_context = true)),
         ("carried models on a zstd frame", rebuild(&|_, f| f.stage = Stage::Zstd)),
         ("carried models in a version-4 blob", v4),
     ];
     for (what, bad) in cases {
         match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
             Ok(Ok(_)) => panic!("{what}: decoded"),
-            Ok(Err(e)) => assert!(e.to_string().contains("adaptive models") || e.to_string().contains("flag"), "{what}: {e}"),
+            Ok(Err(e)) => assert!(["adaptive models", "flag", "moved temporal context"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }

@@ -90,6 +90,10 @@ pub struct FrameEntry {
     /// The adaptive stage continues the models of the previous frame of the chain (see
     /// `entropy::adaptive::Side::carry`). Version 5; needs stage 5 on a frame that is not the key.
     pub carry: bool,
+    /// The adaptive stage's temporal context is the previous frame's codes moved by this frame's
+    /// vectors, mixed with the gradient of the moved prediction (`motion` predictors). Version 5;
+    /// needs stage 5 on a frame that is not the key.
+    pub moved_context: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -242,7 +246,7 @@ fn has_motion(entries: &[Entry]) -> bool {
 /// Whether some frame's block modes carry sub-pixel phases, or some frame continues the
 /// adaptive models of the frame before (what version 5 is for).
 fn needs_v5(entries: &[Entry]) -> bool {
-    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if (f.subpel && f.block_modes) || f.carry))
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if (f.subpel && f.block_modes) || f.carry || f.moved_context))
 }
 
 /// Whether some frame's motion vectors carry block modes (what version 4 is for).
@@ -307,8 +311,8 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
                 }
                 if version >= 4 {
                     // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
-                    // that the adaptive models carry over.
-                    out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4));
+                    // that the adaptive models carry over, bit 3 that its temporal context moves.
+                    out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8));
                 }
             }
         }
@@ -419,16 +423,16 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 }
                 let motion = if version >= 3 { c.section()? } else { Section::default() };
                 let flags = if version >= 4 { c.u8()? } else { 0 };
-                let known = if version >= 5 { 7 } else { 1 };
-                let (block_modes, subpel, carry) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+                let known = if version >= 5 { 15 } else { 1 };
+                let (block_modes, subpel, carry, moved_context) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
                 if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
                     return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
                 }
-                if carry && (key || stage != Stage::Adaptive) {
+                if (carry || moved_context) && (key || stage != Stage::Adaptive) {
                     let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
-                    return Err(bad(format!("entry {i}: adaptive models carried over to {to}")));
+                    return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
                 }
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry })
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };

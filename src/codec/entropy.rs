@@ -194,13 +194,13 @@ impl Coder {
         Ok((s, out))
     }
 
-    /// `prev`: the previous frame's codes of the chain, when there is one.
+    /// `side`: what the adaptive stage's encoder had besides the codes (its `quantised` is read
+    /// from the stream; `carry` needs the models of the previous frame of the chain, which the
+    /// caller guarantees).
     #[allow(clippy::too_many_arguments)]
-    /// `carry`: the adaptive stage starts from the models its last frame left (the previous frame
-    /// of the chain, which the caller guarantees).
-    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, carry: bool, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, side: Side, out: &mut Vec<u32>) -> Result<(), EntropyError> {
         if stage == Stage::Adaptive {
-            adaptive::decode_with(data, n, width, cols, prev, carry, out, &mut self.adaptive)?;
+            adaptive::decode_with(data, n, width, cols, side, out, &mut self.adaptive)?;
             return Ok(());
         }
         if stage == Stage::ContextRans {
@@ -336,7 +336,7 @@ mod tests {
                 for s in Stage::ALL {
                     let enc = c.encode(s, &codes, width, 10, Side::default()).unwrap();
                     let mut back = Vec::new();
-                    c.decode(s, &enc, n, width, 10, None, false, &mut back).unwrap();
+                    c.decode(s, &enc, n, width, 10, Side::default(), &mut back).unwrap();
                     assert_eq!(back, codes, "{s} width {width} n {n}");
                 }
             }
@@ -351,11 +351,11 @@ mod tests {
         let (mut enc, mut fresh_enc, mut dec) = (Coder::new(3).unwrap(), Coder::new(3).unwrap(), Coder::new(3).unwrap());
         let mut sizes = Vec::new();
         for (k, f) in frames.iter().enumerate() {
-            let side = |carry| Side { prev: None, quantised: false, carry };
+            let side = |carry| Side { carry, ..Side::default() };
             let fresh = fresh_enc.encode(Stage::Adaptive, f, 1, 40, side(false)).unwrap().len();
             let carried = enc.encode(Stage::Adaptive, f, 1, 40, side(k > 0)).unwrap();
             let mut back = Vec::new();
-            dec.decode(Stage::Adaptive, &carried, f.len(), 1, 40, None, k > 0, &mut back).unwrap();
+            dec.decode(Stage::Adaptive, &carried, f.len(), 1, 40, side(k > 0), &mut back).unwrap();
             assert_eq!(&back, f, "frame {k}");
             sizes.push((fresh, carried.len()));
         }

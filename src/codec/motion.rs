@@ -572,6 +572,20 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
     dropped
 }
 
+/// [`apply`] at whole pixels only (every phase taken as 0): how the adaptive stage's moved
+/// temporal context moves the previous frame's codes (a mean of codes means nothing). Vectors
+/// that [`apply`] refuses are refused alike.
+pub fn apply_whole(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+    if vectors.len() != TRIPLE * blocks(width, height) {
+        return apply(prev, older, vectors, width, height, false, out);
+    }
+    if vectors.chunks_exact(TRIPLE).any(|v| v[2] > MAX_MODE) {
+        return Err(BadVectors);
+    }
+    let whole: Vec<u8> = vectors.chunks_exact(TRIPLE).flat_map(|v| [v[0], v[1], v[2] & (REF | MED | INTRA)]).collect();
+    apply(prev, older, &whole, width, height, true, out)
+}
+
 /// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set) or [`SPATIAL`] ([`INTRA`] set); `None`
 /// when every block is plain.
 pub fn corrections(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8>> {
