@@ -47,13 +47,13 @@ fn main() {
                 let enc: Vec<Vec<u8>> = codes
                     .iter()
                     .enumerate()
-                    .map(|(k, c)| coder.encode(stage, c, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false }).unwrap())
+                    .map(|(k, c)| coder.encode(stage, c, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None }).unwrap())
                     .collect();
                 let te = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let mut out = Vec::new();
                 for (k, e) in enc.iter().enumerate() {
-                    coder.decode(stage, e, w * h, dtype.bytes(), w, k.checked_sub(1).map(|j| &codes[j][..]), &mut out).unwrap();
+                    coder.decode(stage, e, w * h, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), ..Side::default() }, &mut out).unwrap();
                     assert_eq!(out, codes[k]);
                 }
                 let td = t.elapsed().as_secs_f64();

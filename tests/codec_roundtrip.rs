@@ -1059,6 +1059,9 @@ fn crafted_blobs_do_not_panic() {
                                 n_escapes: if fill == 0 { n as u32 } else { 0 },
                                 motion,
                                 block_modes: refs && k == 1,
+                                subpel: refs && k == 1 && predictor == PredictorId::Motion,
+                                carry: false,
+                                moved_context: fill == 0x55 && k == 1,
                             }),
                         });
                     }
@@ -1198,10 +1201,10 @@ fn adaptive_stage_codes_every_width_directly() {
             for (a, codes) in patterns.iter().enumerate() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
-                    for side in [Side { prev: None, quantised }, Side { prev: Some(prev), quantised }] {
+                    for side in [Side { prev: None, quantised, carry: false, gradient: None }, Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev) }] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
-                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side.prev, &mut back).unwrap();
+                        coder.decode(Stage::Adaptive, &enc, n, width, cols, side, &mut back).unwrap();
                         assert!(back == *codes, "width {width} n {n} pattern {a} quantised {quantised}");
                     }
                 }
@@ -1294,13 +1297,16 @@ mod fuzz {
         }
 
         #[test]
-        fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>()) {
-            use tezipfs::codec::entropy::{Coder, Stage};
+        fn adaptive_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), with_prev in any::<bool>(), carry in any::<bool>()) {
+            use tezipfs::codec::entropy::{Coder, Side, Stage};
             let mut coder = Coder::new(1).unwrap();
             let prev = vec![3u32; n];
             let mut out = Vec::new();
             let r = catch_unwind(AssertUnwindSafe(|| {
-                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, with_prev.then_some(&prev[..]), &mut out);
+                let side = Side { prev: with_prev.then_some(&prev[..]), gradient: with_prev.then_some(&prev[..]), ..Side::default() };
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, side, &mut out);
+                // Models carried over from that (garbage) frame.
+                let _ = coder.decode(Stage::Adaptive, &data, n, width, cols, Side { carry, ..side }, &mut out);
             }));
             prop_assert!(r.is_ok(), "adaptive decoder panicked");
         }
@@ -1374,7 +1380,7 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
         for (moving, still) in [(PredictorId::Motion, PredictorId::Previous), (PredictorId::MotionMed, PredictorId::PreviousMed)] {
             let ((moved, version), (kept, _)) = (size(moving), size(still));
             assert!(moved * 10 < kept * 8, "{dtype}: {moving} {moved} bytes, {still} {kept}: the frame before was not used");
-            assert_eq!(version, 4, "{dtype}: {moving}: vectors that name reference frames need version 4");
+            assert!((4..=5).contains(&version), "{dtype}: {moving}: vectors that name reference frames need version 4 (5 with sub-pixel phases), got {version}");
         }
     }
 }
@@ -1436,11 +1442,60 @@ fn motion_predictor_follows_a_moving_object() {
             let (kept, _, still_version) = size(PredictorChoice::Fixed(still));
             assert!(moved * 10 < kept * 9, "{dtype}: {moving} {moved} bytes, {still} {kept}: the motion was not found");
             // Version 3 holds motion vectors, 4 vectors that also name reference frames (blocks
-            // of noise may match the frame before a little better); 2 blobs without either.
-            assert!((3..=4).contains(&version) && still_version == 2, "{dtype}: versions {version} (motion) and {still_version} (none)");
+            // of noise may match the frame before a little better), 5 half-pixel phases; 2 blobs
+            // without any.
+            // (Version 5 also holds carried adaptive models, with or without motion.)
+            assert!((3..=5).contains(&version) && [2, 5].contains(&still_version), "{dtype}: versions {version} (motion) and {still_version} (none)");
         }
         let (_, auto, _) = size(PredictorChoice::Auto);
         assert!(auto.is_some_and(|p| p.moves()), "{dtype}: auto chose {auto:?} on a moving scene");
+    }
+}
+
+/// Encode `files`, decode them and check every pixel against the bound of `opts`.
+fn encode_within_bound(files: &[Vec<u8>], opts: &Options, dtype: DType, what: &str) -> Encoded {
+    let enc = encode_window(&refs(files), opts).unwrap();
+    let out = decode_window(&enc.blob).unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (k, (o, f)) in out.iter().zip(files).enumerate() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        dtype.decode_pixels(o, false, &mut a);
+        dtype.decode_pixels(f, false, &mut b);
+        let worst = a.iter().zip(&b).map(|(&x, &y)| (dtype.value(x) - dtype.value(y)).abs()).fold(0.0, f64::max);
+        assert!(worst <= opts.bound.param(), "{what} frame {k}: error {worst}");
+    }
+    enc
+}
+
+/// A smooth scene that moves by half a pixel a frame: its blocks take half-pixel phases
+/// (container version 5), losslessly and under bounds that hold.
+#[test]
+fn motion_predictor_follows_half_pixel_motion() {
+    for dtype in [DType::U8, DType::U16, DType::F32] {
+        let (w, h) = (80, 48);
+        let scale = if dtype.bytes() == 1 { 1.0 } else { 40.0 };
+        let imgs: Vec<Vec<u32>> = (0..6)
+            .map(|t| {
+                (0..w * h)
+                    .map(|i| {
+                        let (x, y) = ((i % w) as f64 - 0.5 * t as f64, (i / w) as f64);
+                        let v = 100.0 + 60.0 * (0.25 * x).sin() * (0.1 * y).cos();
+                        dtype.to_image(((v * scale).round() as u32) & dtype.mask())
+                    })
+                    .collect()
+            })
+            .collect();
+        let files = raw_files(dtype, &imgs, None);
+        for bound in [Bound::Lossless, Bound::Abs(1.0), Bound::Abs(4.0)] {
+            for pid in [PredictorId::Motion, PredictorId::MotionMed] {
+                let what = format!("{dtype} half-pixel motion, {bound}, {pid}");
+                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
+                let enc = encode_within_bound(&files, &opts, dtype, &what);
+                // (The f32 frames hold the integers' bits: tiny floats, not a smooth image.)
+                if dtype != DType::F32 {
+                    assert_eq!(u16::from_le_bytes([enc.blob[8], enc.blob[9]]), 5, "{what}: half-pixel phases need version 5");
+                }
+            }
+        }
     }
 }
 
@@ -1452,19 +1507,11 @@ fn motion_predictor_holds_bounds() {
             let files = raw_files(dtype, &imgs, None);
             for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
                 let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
-                let enc = encode_window(&refs(&files), &opts).unwrap();
-                let out = decode_window(&enc.blob).unwrap();
-                for (k, (o, f)) in out.iter().zip(&files).enumerate() {
-                    let (mut a, mut b) = (Vec::new(), Vec::new());
-                    dtype.decode_pixels(o, false, &mut a);
-                    dtype.decode_pixels(f, false, &mut b);
-                    let worst = a.iter().zip(&b).map(|(&x, &y)| (dtype.value(x) - dtype.value(y)).abs()).fold(0.0, f64::max);
-                    assert!(worst <= bound.param(), "{dtype} {scene} {bound} {pid} frame {k}: error {worst}");
-                }
+                let enc = encode_within_bound(&files, &opts, dtype, &format!("{dtype} {scene} {bound} {pid}"));
                 // The flicker is far larger than either bound: its blocks take the frame before.
                 // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
                 if scene == "flicker" && dtype != DType::F32 {
-                    assert_eq!(u16::from_le_bytes([enc.blob[8], enc.blob[9]]), 4, "{dtype} {scene} {bound} {pid}");
+                    assert!((4..=5).contains(&u16::from_le_bytes([enc.blob[8], enc.blob[9]])), "{dtype} {scene} {bound} {pid}");
                 }
             }
         }
@@ -1505,7 +1552,9 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     // Unmoved blocks of mode `r` (reference and correction bits), as stored.
     use tezipfs::codec::motion::{INTRA, MED, REF};
     let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
-    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, ..f.clone() };
+    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: false, ..f.clone() };
+    let with_phases = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: true, ..f.clone() };
+    use tezipfs::codec::motion::PHASE_SHIFT;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
         ("vectors on the key frame", rebuild(&[], &|hd, _| frame(hd, 0).motion = frame(hd, moved_on).motion)),
@@ -1514,7 +1563,16 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         ("vectors that are not zstd", rebuild(&vec![7u8; vectors], &|hd, s| frame(hd, moved_on).motion = s)),
         ("a block-mode flag without vectors", rebuild(&[], &|hd, _| frame(hd, 0).block_modes = true)),
         ("references on the first predicted frame", rebuild(&triples(REF), &|hd, s| *frame(hd, 1) = with_refs(frame(hd, 1), s))),
-        ("an unknown block mode", rebuild(&triples(8), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("an unknown block mode", rebuild(&triples(255), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
+        ("a sub-pixel phase without the version-5 flag", rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
+        ("a blend (both corrections) under motion+med", rebuild(&triples(MED | INTRA), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
+        ("an unknown sub-pixel phase", rebuild(&triples(25 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
+        ("sub-pixel phases in a version-4 blob", {
+            let mut b = rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s));
+            assert_eq!(b[8], 5, "phases are written as version 5");
+            b[8] = 4;
+            b
+        }),
         ("both corrections on a block", rebuild(&triples(MED | INTRA), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
         ("temporal MED marks under motion+med", rebuild(&triples(MED), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
         ("spatial marks under motion+med", rebuild(&triples(INTRA), &|hd, s| *frame(hd, 2) = with_refs(frame(hd, 2), s))),
@@ -1533,6 +1591,66 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         match r {
             Ok(Ok(_)) => panic!("{what}: decoded"),
             Ok(Err(e)) => assert!(e.to_string().contains("motion"), "{what}: the error should name the motion vectors: {e}"),
+            Err(_) => panic!("{what}: decoder panicked"),
+        }
+    }
+}
+
+/// Frames that continue the adaptive models of the frame before, or move its temporal context
+/// (container version 5), decode in order and after a seek back; the flags on a key frame, on a
+/// frame of another stage or predictor, or in a version-4 blob are errors.
+#[test]
+fn carried_adaptive_models_are_checked() {
+    use tezipfs::codec::container::{Blob, Body, Writer};
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    let (w, h) = (64usize, 48usize);
+    let files = raw_files(DType::U8, &moving_square(DType::U8, w, h, 6, (2, 1)), None);
+    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(w as u32, h as u32, DType::U8, 0), PredictorChoice::Fixed(PredictorId::Previous), false) };
+    let enc = round_trip(&files, &opts, "carried models");
+    let blob = Blob::parse(&enc.blob).unwrap();
+    let carried: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.carry)).collect();
+    assert!(!carried.is_empty(), "the adaptive frames carry their models over");
+    // Under `motion` the adaptive frames' temporal context moves with the vectors, and a seek
+    // back decodes it again.
+    let moving = Options { predictor: PredictorChoice::Fixed(PredictorId::Motion), ..opts.clone() };
+    let enc_moving = round_trip(&files, &moving, "moved context");
+    let parsed = Blob::parse(&enc_moving.blob).unwrap();
+    let moved: Vec<usize> = (0..files.len()).filter(|&k| matches!(&parsed.header.entries[k].body, Body::Frame(f) if f.moved_context)).collect();
+    assert!(!moved.is_empty(), "motion frames coded by the adaptive stage move their temporal context");
+    let mut dec = Decoder::new(&enc_moving.blob).unwrap();
+    dec.decode(files.len() - 1, |_, _| {}).unwrap();
+    assert_eq!(dec.decode(moved[0], |_, _| {}).unwrap(), files[moved[0]]);
+    assert_eq!(enc.blob[8], 5, "carried models need version 5");
+    // A seek back to a carried frame decodes the chain again from its key frame.
+    let mut dec = Decoder::new(&enc.blob).unwrap();
+    let last = *carried.last().unwrap();
+    dec.decode(last, |_, _| {}).unwrap();
+    assert_eq!(dec.decode(carried[0], |_, _| {}).unwrap(), files[carried[0]]);
+    let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
+    let rebuild = |change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry, &mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
+        let mut header = blob.header.clone();
+        let (a, b) = header.entries.split_at_mut(carried[0]);
+        match (&mut a[0].body, &mut b[0].body) {
+            (Body::Frame(key), Body::Frame(f)) => change(key, f),
+            _ => unreachable!("a window of frames"),
+        }
+        let mut wr = Writer::default();
+        wr.section(payload);
+        wr.finish(&header)
+    };
+    let mut v4 = rebuild(&|_, _| {});
+    v4[8] = 4;
+    let cases = [
+        ("carried models on the key frame", rebuild(&|key, _| key.carry = true)),
+        ("a moved context on the key frame", rebuild(&|key, _| key.moved_context = true)),
+        ("a moved context under previous", rebuild(&|_, f| f.moved_context = true)),
+        ("carried models on a zstd frame", rebuild(&|_, f| f.stage = Stage::Zstd)),
+        ("carried models in a version-4 blob", v4),
+    ];
+    for (what, bad) in cases {
+        match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
+            Ok(Ok(_)) => panic!("{what}: decoded"),
+            Ok(Err(e)) => assert!(["adaptive models", "flag", "moved temporal context"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }

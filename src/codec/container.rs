@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 4, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 5, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C.
 //!
 //! ```text
@@ -17,7 +17,7 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
 /// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes,
 /// so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +84,16 @@ pub struct FrameEntry {
     /// The vectors carry a mode byte per block (reference frame, temporal MED correction):
     /// three bytes a block, not two. Version 4.
     pub block_modes: bool,
+    /// The block modes may carry a sub-pixel phase (half-pixel motion). Version 5; needs
+    /// `block_modes`.
+    pub subpel: bool,
+    /// The adaptive stage continues the models of the previous frame of the chain (see
+    /// `entropy::adaptive::Side::carry`). Version 5; needs stage 5 on a frame that is not the key.
+    pub carry: bool,
+    /// The adaptive stage's temporal context is the previous frame's codes moved by this frame's
+    /// vectors, mixed with the gradient of the moved prediction (`motion` predictors). Version 5;
+    /// needs stage 5 on a frame that is not the key.
+    pub moved_context: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +136,9 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if has_block_modes(&header.entries) {
+        let version = if needs_v5(&header.entries) {
+            5
+        } else if has_block_modes(&header.entries) {
             4
         } else if has_motion(&header.entries) {
             3
@@ -231,6 +243,12 @@ fn has_motion(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
 }
 
+/// Whether some frame's block modes carry sub-pixel phases, or some frame continues the
+/// adaptive models of the frame before (what version 5 is for).
+fn needs_v5(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if (f.subpel && f.block_modes) || f.carry || f.moved_context))
+}
+
 /// Whether some frame's motion vectors carry block modes (what version 4 is for).
 fn has_block_modes(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.block_modes))
@@ -292,7 +310,9 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
                     put_section(out, f.motion);
                 }
                 if version >= 4 {
-                    out.push(f.block_modes as u8);
+                    // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
+                    // that the adaptive models carry over, bit 3 that its temporal context moves.
+                    out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8));
                 }
             }
         }
@@ -402,12 +422,17 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                     return Err(bad(format!("entry {i}: {n_escapes} escapes")));
                 }
                 let motion = if version >= 3 { c.section()? } else { Section::default() };
-                let block_modes = match if version >= 4 { c.u8()? } else { 0 } {
-                    0 => false,
-                    1 if motion.len > 0 => true,
-                    r => return Err(bad(format!("entry {i}: motion block-mode flag {r} (vectors: {} bytes)", motion.len))),
-                };
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes })
+                let flags = if version >= 4 { c.u8()? } else { 0 };
+                let known = if version >= 5 { 15 } else { 1 };
+                let (block_modes, subpel, carry, moved_context) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
+                if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
+                    return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
+                }
+                if (carry || moved_context) && (key || stage != Stage::Adaptive) {
+                    let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
+                    return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
+                }
+                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -416,14 +441,17 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
     if c.pos != h.len() {
         return Err(bad("trailing bytes in header"));
     }
-    // Writers use version 3 only for motion vectors: a version-3 blob without any is damaged
-    // (a flipped version bit would otherwise go unnoticed).
-    if version >= 3 && !has_motion(&entries) {
-        return Err(bad("version 3 blob without motion vectors"));
-    }
-    // Likewise version 4 is only for vectors with block modes.
-    if version >= 4 && !has_block_modes(&entries) {
-        return Err(bad("version 4 blob without motion block modes"));
+    // Each version is written only for what it adds (3: motion vectors, 4: block modes, 5:
+    // sub-pixel phases or carried adaptive models): a blob that does not use it is damaged (a
+    // flipped version bit would otherwise go unnoticed).
+    let used = match version {
+        3 => has_motion(&entries),
+        4 => has_block_modes(&entries),
+        5 => needs_v5(&entries),
+        _ => true,
+    };
+    if !used {
+        return Err(bad(format!("version {version} blob without {}", ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models"][version as usize - 3])));
     }
     Ok(Header { params, entries })
 }

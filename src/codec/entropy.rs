@@ -194,11 +194,13 @@ impl Coder {
         Ok((s, out))
     }
 
-    /// `prev`: the previous frame's codes of the chain, when there is one.
+    /// `side`: what the adaptive stage's encoder had besides the codes (its `quantised` is read
+    /// from the stream; `carry` needs the models of the previous frame of the chain, which the
+    /// caller guarantees).
     #[allow(clippy::too_many_arguments)]
-    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u32]>, out: &mut Vec<u32>) -> Result<(), EntropyError> {
+    pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, side: Side, out: &mut Vec<u32>) -> Result<(), EntropyError> {
         if stage == Stage::Adaptive {
-            adaptive::decode_with(data, n, width, cols, prev, out, &mut self.adaptive)?;
+            adaptive::decode_with(data, n, width, cols, side, out, &mut self.adaptive)?;
             return Ok(());
         }
         if stage == Stage::ContextRans {
@@ -334,11 +336,30 @@ mod tests {
                 for s in Stage::ALL {
                     let enc = c.encode(s, &codes, width, 10, Side::default()).unwrap();
                     let mut back = Vec::new();
-                    c.decode(s, &enc, n, width, 10, None, &mut back).unwrap();
+                    c.decode(s, &enc, n, width, 10, Side::default(), &mut back).unwrap();
                     assert_eq!(back, codes, "{s} width {width} n {n}");
                 }
             }
         }
+    }
+
+    /// Frames coded in order may continue the adaptive models of the frame before: they decode
+    /// back when the decoder does the same, and a frame like its predecessor codes smaller.
+    #[test]
+    fn adaptive_models_carry_over() {
+        let frames: Vec<Vec<u32>> = (0..3u32).map(|f| (0..4000u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(f) >> 28) & 7).collect()).collect();
+        let (mut enc, mut fresh_enc, mut dec) = (Coder::new(3).unwrap(), Coder::new(3).unwrap(), Coder::new(3).unwrap());
+        let mut sizes = Vec::new();
+        for (k, f) in frames.iter().enumerate() {
+            let side = |carry| Side { carry, ..Side::default() };
+            let fresh = fresh_enc.encode(Stage::Adaptive, f, 1, 40, side(false)).unwrap().len();
+            let carried = enc.encode(Stage::Adaptive, f, 1, 40, side(k > 0)).unwrap();
+            let mut back = Vec::new();
+            dec.decode(Stage::Adaptive, &carried, f.len(), 1, 40, side(k > 0), &mut back).unwrap();
+            assert_eq!(&back, f, "frame {k}");
+            sizes.push((fresh, carried.len()));
+        }
+        assert!(sizes[1..].iter().all(|&(fresh, carried)| carried < fresh), "{sizes:?}");
     }
 
     #[test]

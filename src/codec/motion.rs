@@ -2,15 +2,15 @@
 //!
 //! The previous reconstructed frame is cut into [`BLOCK`] x [`BLOCK`] blocks (smaller at the
 //! right and bottom edges); each block of the current frame takes its pixels from the previous
-//! frame (or, by its mode, the frame before it) moved by a whole-pixel vector `(dx, dy)`, sampled
+//! frame (or, by its mode, the frame before it) moved by a whole-pixel vector `(dx, dy)` and, by
+//! its mode's phase, a further quarter-pixel offset of at most half a pixel (bilinear), sampled
 //! with coordinates clamped to the frame. `motion` predicts this moved frame (as `previous`
 //! predicts the unmoved one), correcting the blocks whose mode says so by the temporal MED or
 //! predicting them spatially; `motion+med` corrects every block (as `previous+med` does).
 //!
 //! The vectors and modes are found by the encoder alone ([`search`], [`choose_modes`]) and
-//! stored per frame as the bytes `dx, dy` or `dx, dy, mode` (two `i8` and a [`REF`], [`MED`],
-//! [`INTRA`] byte,
-//! blocks in row-major order; see `docs/FORMAT.md`, motion section), so the decoder only applies
+//! stored per frame as the bytes `dx, dy` or `dx, dy, mode` (two `i8` and a byte of [`REF`],
+//! [`MED`], [`INTRA`] and the phase, blocks in row-major order; see `docs/FORMAT.md`, motion section), so the decoder only applies
 //! them ([`apply`]): any vector is valid, the search is free to change.
 
 /// Side of a motion block in pixels.
@@ -23,10 +23,21 @@ pub fn blocks(width: usize, height: usize) -> usize {
     width.div_ceil(BLOCK) * height.div_ceil(BLOCK)
 }
 
+/// Sum of absolute differences of two rows of at most [`BLOCK`] pixels; with `narrow` (every
+/// value below 2^28) summed in 32 bits, which vectorises far better, with the same result.
+#[inline]
+fn row_sad(a: &[u32], b: &[u32], narrow: bool) -> u64 {
+    if narrow {
+        a.iter().zip(b).map(|(&a, &b)| (a as i32 - b as i32).unsigned_abs()).sum::<u32>() as u64
+    } else {
+        a.iter().zip(b).map(|(&a, &b)| a.abs_diff(b) as u64).sum::<u64>()
+    }
+}
+
 /// Sum of absolute differences between block `(bx, by)` of `cur` and `prev` moved by `(dx, dy)`,
-/// stopping early once it exceeds `limit`.
+/// stopping early once it exceeds `limit`; `narrow` as in [`row_sad`].
 #[allow(clippy::too_many_arguments)]
-fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, dx: i32, dy: i32, limit: u64) -> u64 {
+fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, dx: i32, dy: i32, narrow: bool, limit: u64) -> u64 {
     let (x0, y0) = (bx * BLOCK, by * BLOCK);
     let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
     let inside = x0 as i64 + dx as i64 >= 0 && (x0 + bw) as i64 + dx as i64 <= width as i64 && y0 as i64 + dy as i64 >= 0 && (y0 + bh) as i64 + dy as i64 <= height as i64;
@@ -37,7 +48,7 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
             let sy = (y as i64 + dy as i64) as usize;
             let sx = (x0 as i64 + dx as i64) as usize;
             let src = &prev[sy * width + sx..sy * width + sx + bw];
-            s += row.iter().zip(src).map(|(&a, &b)| a.abs_diff(b) as u64).sum::<u64>();
+            s += row_sad(row, src, narrow);
         } else {
             let sy = (y as i64 + dy as i64).clamp(0, height as i64 - 1) as usize;
             for (i, &a) in row.iter().enumerate() {
@@ -52,6 +63,159 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     s
 }
 
+/// Row `y` of a block's moved pixels, columns `x0..x0 + out.len()`, from `from` moved by `(dx,
+/// dy)` at sub-pixel `phase` (coordinates clamped to the frame): the one sampling rule of the
+/// format, shared by the encoder's search and [`apply`]. The sample at a quarter-pixel offset
+/// `(ox, oy)` ([`offset`]) is the bilinear mean of the four whole pixels around it with weights
+/// in sixteenths, rounded: `((4 - fx)(4 - fy) a + fx (4 - fy) b + (4 - fx) fy c + fx fy d + 8)
+/// >> 4`; at half-pixel offsets that is `(a + b + c + d + 2) >> 2`.
+#[allow(clippy::too_many_arguments)]
+///
+/// `narrow` says every value of `from` is below 2^28, so the weighted sums fit 32 bits (which
+/// vectorise far better than 64); it changes no result.
+fn sample_row(from: &[u32], width: usize, height: usize, y: usize, x0: usize, dx: i64, dy: i64, phase: u8, narrow: bool, out: &mut [u32]) {
+    let (w, h) = (width as i64, height as i64);
+    if phase == 0 {
+        let sy = (y as i64 + dy).clamp(0, h - 1) as usize;
+        let r = &from[sy * width..sy * width + width];
+        let lo = x0 as i64 + dx;
+        if lo >= 0 && lo + out.len() as i64 <= w {
+            out.copy_from_slice(&r[lo as usize..lo as usize + out.len()]);
+        } else {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = r[((x0 + i) as i64 + dx).clamp(0, w - 1) as usize];
+            }
+        }
+        return;
+    }
+    let (ox, oy) = offset(phase);
+    // Whole-pixel position of the upper-left of the four, and the fractions in quarters.
+    let (sx, fx) = ((4 * (x0 as i64 + dx) + ox).div_euclid(4), (4 * dx + ox).rem_euclid(4) as u64);
+    let (sy, fy) = ((4 * (y as i64 + dy) + oy).div_euclid(4), (4 * dy + oy).rem_euclid(4) as u64);
+    let (sy0, sy1) = (sy.clamp(0, h - 1) as usize, (sy + 1).clamp(0, h - 1) as usize);
+    let (r0, r1) = (&from[sy0 * width..sy0 * width + width], &from[sy1 * width..sy1 * width + width]);
+    let (wa, wb, wc, wd) = ((4 - fx) * (4 - fy), fx * (4 - fy), (4 - fx) * fy, fx * fy);
+    let n = out.len();
+    let inside = sx >= 0 && sx + 1 + (n as i64) <= w;
+    if inside && narrow {
+        let (a, b) = (sx as usize, sx as usize + 1);
+        let (wa, wb, wc, wd) = (wa as u32, wb as u32, wc as u32, wd as u32);
+        for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
+            *o = (wa * p + wb * q + wc * r + wd * t + 8) >> 4;
+        }
+    } else if inside {
+        let (a, b) = (sx as usize, sx as usize + 1);
+        for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
+            *o = ((wa * p as u64 + wb * q as u64 + wc * r as u64 + wd * t as u64 + 8) >> 4) as u32;
+        }
+    } else {
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = sx + i as i64;
+            let (a, b) = (x.clamp(0, w - 1) as usize, (x + 1).clamp(0, w - 1) as usize);
+            *o = ((wa * r0[a] as u64 + wb * r0[b] as u64 + wc * r1[a] as u64 + wd * r1[b] as u64 + 8) >> 4) as u32;
+        }
+    }
+}
+
+/// Whether every value of `f` is below 2^28 (see [`sample_row`]).
+fn narrow(f: &[u32]) -> bool {
+    f.iter().fold(0, |m, &v| m | v) < 1 << 28
+}
+
+/// [`sad`] at a sub-pixel phase (any phase, through [`sample_row`]).
+#[allow(clippy::too_many_arguments)]
+fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], phase: u8, narrow: bool, limit: u64) -> u64 {
+    let (x0, y0) = (bx * BLOCK, by * BLOCK);
+    let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
+    let mut s = 0u64;
+    // The common case (narrow values, a full block whose four-pixel neighbourhoods all lie in
+    // the frame) fused into one loop; the same arithmetic as `sample_row`'s.
+    let (ox, oy) = offset(phase);
+    let (sx, sy) = ((4 * (x0 as i64 + v[0] as i64) + ox).div_euclid(4), (4 * (y0 as i64 + v[1] as i64) + oy).div_euclid(4));
+    if narrow && bw == BLOCK && sx >= 0 && (sx + BLOCK as i64) < (width as i64) && sy >= 0 && (sy + bh as i64) < (height as i64) {
+        let (fx, fy) = (ox.rem_euclid(4) as u32, oy.rem_euclid(4) as u32);
+        let (wa, wb, wc, wd) = ((4 - fx) * (4 - fy), fx * (4 - fy), (4 - fx) * fy, fx * fy);
+        let (sx, sy) = (sx as usize, sy as usize);
+        for r in 0..bh {
+            let a: &[u32; BLOCK + 1] = from[(sy + r) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
+            let b: &[u32; BLOCK + 1] = from[(sy + r + 1) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
+            let c: &[u32; BLOCK] = cur[(y0 + r) * width + x0..][..BLOCK].try_into().expect("BLOCK pixels");
+            let mut t = 0u32;
+            for i in 0..BLOCK {
+                let p = (wa * a[i] + wb * a[i + 1] + wc * b[i] + wd * b[i + 1] + 8) >> 4;
+                t += (c[i] as i32 - p as i32).unsigned_abs();
+            }
+            s += t as u64;
+            if s > limit {
+                return s;
+            }
+        }
+        return s;
+    }
+    let mut row = [0u32; BLOCK];
+    for y in y0..y0 + bh {
+        sample_row(from, width, height, y, x0, v[0] as i64, v[1] as i64, phase, narrow, &mut row[..bw]);
+        s += row_sad(&cur[y * width + x0..y * width + x0 + bw], &row[..bw], narrow);
+        if s > limit {
+            return s;
+        }
+    }
+    s
+}
+
+/// Quarter-pixel offsets from a block's centre of search tried by [`refine`], coarse to fine:
+/// whole pixels two and one away (the first descent finds a nearby minimum of the absolute
+/// differences, not always the nearest: a second and third step at one pixel follow it further),
+/// then half and quarter pixels.
+const REFINE_STEPS: [i64; 3] = [4, 2, 1];
+/// Most whole-pixel moves of [`refine`]'s descent.
+const MAX_MOVES: usize = 8;
+
+/// The best position near vector `v` for block `(bx, by)` (by the sum of absolute differences,
+/// each position but `v` itself at a small cost), in quarter pixels, as the nearest whole vector
+/// and a phase of at most half a pixel. A descent: at each step of [`REFINE_STEPS`] the eight
+/// positions around the best so far.
+#[allow(clippy::too_many_arguments)]
+fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], narrow: bool, whole: bool) -> ([i32; 2], u8) {
+    let px = ((width - bx * BLOCK).min(BLOCK) * (height - by * BLOCK).min(BLOCK)) as u64;
+    let cost_of_moving = px / 16;
+    let split = |o: (i64, i64)| {
+        let (qx, qy) = (4 * v[0] as i64 + o.0, 4 * v[1] as i64 + o.1);
+        let (wx, wy) = ((qx + 2).div_euclid(4), (qy + 2).div_euclid(4));
+        ([wx as i32, wy as i32], phase_of(qx - 4 * wx, qy - 4 * wy))
+    };
+    let mut best = ((0i64, 0i64), sad(from, cur, width, height, bx, by, v[0], v[1], narrow, u64::MAX));
+    let mut tried = vec![(0i64, 0i64)];
+    let mut moves = 0;
+    // Without `whole`, the sub-pixel steps only.
+    let mut step_i = usize::from(!whole);
+    while step_i < REFINE_STEPS.len() {
+        let step = REFINE_STEPS[step_i];
+        let centre = best.0;
+        let around: &[(i64, i64)] = if step == 1 { &[(0, -1), (-1, 0), (1, 0), (0, 1)] } else { &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] };
+        for &(sx, sy) in around {
+            let o = (centre.0 + sx * step, centre.1 + sy * step);
+            if tried.contains(&o) {
+                continue;
+            }
+            tried.push(o);
+            let limit = best.1.saturating_sub(cost_of_moving);
+            let (wv, phase) = split(o);
+            let c = if phase == 0 { sad(from, cur, width, height, bx, by, wv[0], wv[1], narrow, limit) } else { sad_phase(from, cur, width, height, bx, by, wv, phase, narrow, limit) };
+            if c < limit {
+                best = (o, c + cost_of_moving);
+            }
+        }
+        // Whole-pixel steps repeat while they move (a few times at most).
+        if step == 4 && best.0 != centre && moves < MAX_MOVES {
+            moves += 1;
+        } else {
+            step_i += 1;
+        }
+    }
+    split(best.0)
+}
+
 /// Bytes per block of stored vectors: `dx, dy` (every block from the previous frame, as the
 /// predictor has it), or `dx, dy, mode` with the block mode bits [`REF`] and [`MED`].
 pub const PAIR: usize = 2;
@@ -64,10 +228,42 @@ pub const MED: u8 = 2;
 /// over its reconstructed neighbours (as `spatial` does), not from a reference. Excludes [`MED`].
 pub const INTRA: u8 = 4;
 
+/// Block mode bits 3 to 7 (container version 5): the block's sub-pixel phase, 0 for the
+/// whole-pixel position or 1 to 24 for a quarter-pixel offset ([`offset`]) from its vector.
+pub const PHASE_SHIFT: u32 = 3;
+/// Phases: the whole-pixel position and the 24 offsets of up to half a pixel around it.
+pub const PHASES: u8 = 25;
+/// Largest valid mode byte.
+const MAX_MODE: u8 = ((PHASES - 1) << PHASE_SHIFT) | REF | MED | INTRA;
+
+/// The quarter-pixel offset `(ox, oy)` (each -2 to 2) of a phase: phase 0 is `(0, 0)`, phases 1
+/// to 24 the other offsets in row-major order (`oy` first, then `ox`, from -2).
+pub fn offset(phase: u8) -> (i64, i64) {
+    let i = phase as i64 - 1 + (phase as i64 > 12) as i64;
+    if phase == 0 {
+        (0, 0)
+    } else {
+        (i % 5 - 2, i / 5 - 2)
+    }
+}
+
+/// The phase of a quarter-pixel offset (each -2 to 2); inverse of [`offset`].
+pub fn phase_of(ox: i64, oy: i64) -> u8 {
+    let i = (oy + 2) * 5 + ox + 2;
+    match i.cmp(&12) {
+        std::cmp::Ordering::Less => (i + 1) as u8,
+        std::cmp::Ordering::Equal => 0,
+        std::cmp::Ordering::Greater => i as u8,
+    }
+}
+
 /// Per-block prediction of a frame under `motion` with block modes (see [`corrections`]).
 pub const PLAIN: u8 = 0;
 pub const CORRECTED: u8 = 1;
 pub const SPATIAL: u8 = 2;
+/// [`MED`] and [`INTRA`] together (version-5 modes only): the mean of the moved block and the
+/// intra MED, for blocks that both predict half well (a new exposure of a moved texture).
+pub const BLENDED: u8 = 3;
 
 /// The vectors that move the references closest to `cur` (by the sum of absolute differences
 /// per block, with a small cost for moving and for the older reference), as stored bytes; empty
@@ -79,18 +275,34 @@ pub const SPATIAL: u8 = 2;
 /// `prev`: a block that flickers (changes and changes back, as alternating exposures or the
 /// refreshes of a block-coded source do) is then predicted from the frame it matches. (A motion
 /// of the whole frame is not looked for.)
-pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize) -> Vec<u8> {
+///
+/// With `subpel`, every block that changed then tries the eight half-pixel positions around its
+/// vector (in its reference), then the eight quarter-pixel ones around the best, and takes the
+/// best: motion that is not a whole number of pixels,
+/// and (under an error bound) a mean of neighbouring reconstructed pixels, which carries less of
+/// their quantisation error than any one of them.
+pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize, subpel: bool) -> Vec<u8> {
+    search_both(prev, older, cur, width, height, subpel).0
+}
+
+/// [`search`], and the vectors as they were before the refinement of `subpel` (`None` when it
+/// changed nothing), stored alike: what [`choose_modes`] may fall back to, block by block.
+pub fn search_both(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, height: usize, subpel: bool) -> (Vec<u8>, Option<Vec<u8>>) {
     let (nx, ny) = (width.div_ceil(BLOCK), height.div_ceil(BLOCK));
     if prev.len() != width * height || cur.len() != prev.len() || nx * ny == 0 {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let older = older.filter(|o| o.len() == prev.len());
-    let still: Vec<u64> = (0..nx * ny).map(|b| sad(prev, cur, width, height, b % nx, b / nx, 0, 0, u64::MAX)).collect();
+    // One flag for every frame the search reads.
+    let narrow = narrow(prev) && narrow(cur) && older.is_none_or(narrow);
+    let still: Vec<u64> = (0..nx * ny).map(|b| sad(prev, cur, width, height, b % nx, b / nx, 0, 0, narrow, u64::MAX)).collect();
     let mut sorted = still.clone();
     sorted.sort_unstable();
     let typical = sorted[sorted.len() / 2];
-    // Per block: vector and reference.
+    // Per block: vector and mode bits (reference, phase), refined and before the refinement.
     let mut vectors = vec![([0i32; 2], 0u8); nx * ny];
+    let mut coarse = vec![([0i32; 2], 0u8); nx * ny];
+    let mut refined = false;
     for b in 0..nx * ny {
         let (bx, by) = (b % nx, b / nx);
         let px = ((width - bx * BLOCK).min(BLOCK) * (height - by * BLOCK).min(BLOCK)) as u64;
@@ -99,8 +311,9 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
         // A block that changed by less than two levels a pixel is not worth a vector, and one
         // that changed no more than half as much again as the median block (noise, a change of
         // light) is not worth the search.
-        if still[b] > (2 * px).max(typical + typical / 2) {
-            let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], limit).saturating_add(penalty) };
+        let searched = still[b] > (2 * px).max(typical + typical / 2);
+        if searched {
+            let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], narrow, limit).saturating_add(penalty) };
             let mut seeds = Vec::with_capacity(2);
             if bx > 0 && vectors[b - 1].1 == 0 {
                 seeds.push(vectors[b - 1].0);
@@ -142,14 +355,31 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
             }
             for v in tried.into_iter().filter(|v| v[0] != i32::MAX) {
                 let extra = px / 64 + if v == [0, 0] { 0 } else { penalty };
-                let c = sad(older, cur, width, height, bx, by, v[0], v[1], best.1).saturating_add(extra);
+                let c = sad(older, cur, width, height, bx, by, v[0], v[1], narrow, best.1).saturating_add(extra);
                 if c < best.1 {
                     best = (v, c);
-                    vectors[b] = (v, 1);
+                    vectors[b] = (v, REF);
                 }
             }
         }
+        coarse[b] = vectors[b];
+        if subpel && still[b] > 0 && best.1 > 0 {
+            let (v, r) = vectors[b];
+            let from = match older {
+                Some(o) if r & REF != 0 => o,
+                _ => prev,
+            };
+            let (wv, phase) = refine(from, cur, width, height, bx, by, v, narrow, true);
+            refined |= (wv, phase) != (v, 0);
+            vectors[b] = (wv, r | (phase << PHASE_SHIFT));
+        }
     }
+    (stored(&vectors), refined.then(|| stored(&coarse)))
+}
+
+/// Vectors and mode bits as stored: empty when every block takes the previous frame unmoved,
+/// pairs when no block has a mode bit, triples otherwise.
+fn stored(vectors: &[([i32; 2], u8)]) -> Vec<u8> {
     if vectors.iter().all(|v| v.0 == [0, 0] && v.1 == 0) {
         return Vec::new();
     }
@@ -164,8 +394,9 @@ pub fn search(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usize, he
 pub struct BadVectors;
 
 /// The references moved by the stored `vectors` into `out` (`vectors` empty: `prev` unmoved).
-/// Vectors of [`TRIPLE`] bytes name a reference per block, and need `older`.
-pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+/// Vectors of [`TRIPLE`] bytes name a reference per block, and need `older`; their phases are
+/// valid only with `subpel` (a version-5 frame).
+pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, subpel: bool, out: &mut Vec<u32>) -> Result<(), BadVectors> {
     out.clear();
     if vectors.is_empty() {
         out.extend_from_slice(prev);
@@ -179,11 +410,15 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     }
     if per == TRIPLE {
         let modes = || vectors.chunks_exact(TRIPLE).map(|v| v[2]);
-        if modes().any(|m| m > (REF | MED | INTRA) || m & (MED | INTRA) == (MED | INTRA)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
+        // Phases and the blend (both corrections) are version-5 modes.
+        let v5_only = |m: u8| (m >> PHASE_SHIFT != 0 || m & (MED | INTRA) == (MED | INTRA)) && !subpel;
+        if modes().any(|m| m > MAX_MODE || v5_only(m)) || (modes().any(|m| m & REF != 0) && older.is_none_or(|o| o.len() != prev.len())) {
             return Err(BadVectors);
         }
     }
     out.resize(prev.len(), 0);
+    let phased = per == TRIPLE && vectors.chunks_exact(TRIPLE).any(|v| v[2] >> PHASE_SHIFT != 0);
+    let (narrow_prev, narrow_older) = (phased && narrow(prev), phased && older.is_some_and(narrow));
     for y in 0..height {
         for bx in 0..nx {
             let b = (y / BLOCK) * nx + bx;
@@ -193,19 +428,11 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
                 (TRIPLE, Some(o)) if v[2] & REF != 0 => o,
                 _ => prev,
             };
-            let sy = (y as i64 + dy).clamp(0, height as i64 - 1) as usize;
+            let phase = if per == TRIPLE { v[2] >> PHASE_SHIFT } else { 0 };
             let x0 = bx * BLOCK;
             let x1 = (x0 + BLOCK).min(width);
-            let src = &from[sy * width..sy * width + width];
-            let dst = &mut out[y * width + x0..y * width + x1];
-            if x0 as i64 + dx >= 0 && x1 as i64 + dx <= width as i64 {
-                let s = (x0 as i64 + dx) as usize;
-                dst.copy_from_slice(&src[s..s + (x1 - x0)]);
-            } else {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = src[((x0 + i) as i64 + dx).clamp(0, width as i64 - 1) as usize];
-                }
-            }
+            let narrow = if std::ptr::eq(from, prev) { narrow_prev } else { narrow_older };
+            sample_row(from, width, height, y, x0, dx, dy, phase, narrow, &mut out[y * width + x0..y * width + x1]);
         }
     }
     Ok(())
@@ -214,7 +441,7 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
 /// The temporal MED's correction at pixel `i`: MED over the left, upper and upper-left
 /// neighbours' differences `recon - prev` (what the scene did there since `prev`), with the
 /// edge rules of [`super::predictor::med`].
-#[inline]
+#[inline(always)]
 pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
     let d = |j: usize| recon[j] as i64 - prev[j] as i64;
     match (i % width > 0, i >= width) {
@@ -239,55 +466,124 @@ pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 
 /// alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
 /// `cur` as the reconstruction (so for lossless frames only, where it is exact), turning
 /// `vectors` into triples when a block is marked.
-pub fn choose_modes(moved: &[u32], cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) {
+///
+/// `alt` is the frame moved by other vectors (the search's before its refinement, stored alike)
+/// and those vectors: a block that it predicts with a smaller sum (plain or corrected) takes its
+/// vector and mode instead (the refinement picks positions by absolute differences, which favour
+/// the smoothing of sub-pixel means and small moves that fit noise, where the coded size may
+/// not). Returns whether a block took them: `moved` then no longer matches the vectors and must
+/// be moved again.
+pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], width: usize, height: usize, vectors: &mut Vec<u8>) -> bool {
     let n = blocks(width, height);
+    let alt = alt.filter(|(w, _)| w.len() == moved.len());
+    let whole = alt.map(|(w, _)| w);
+    // The alternative's vector and mode of block b.
+    let alt_of = |b: usize| -> (u8, u8, u8) {
+        match alt.map(|(_, v)| v) {
+            Some(v) if v.len() == TRIPLE * n => (v[TRIPLE * b], v[TRIPLE * b + 1], v[TRIPLE * b + 2]),
+            Some(v) if v.len() == PAIR * n => (v[PAIR * b], v[PAIR * b + 1], 0),
+            _ => (0, 0, 0),
+        }
+    };
     if moved.len() != width * height || cur.len() != moved.len() || n == 0 {
-        return;
+        return false;
     }
     let nx = width.div_ceil(BLOCK);
-    // Per block: plain, corrected and spatial sums of residual bit lengths.
-    let mut sums = vec![[0u64; 3]; n];
-    for y in 0..height {
-        let row = (y / BLOCK) * nx;
-        for x in 0..width {
-            let i = y * width + x;
-            let plain = cur[i] as i64 - moved[i] as i64;
-            let s = &mut sums[row + x / BLOCK];
-            let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
-            s[0] += bits(plain);
-            s[1] += bits(plain - temporal_med(moved, cur, i, width));
-            s[2] += bits(cur[i] as i64 - super::predictor::med(cur, i, width) as i64);
+    let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
+    let own = |b: usize| -> (u8, u8, u8) {
+        match per {
+            TRIPLE => (vectors[TRIPLE * b], vectors[TRIPLE * b + 1], vectors[TRIPLE * b + 2]),
+            _ if vectors.is_empty() => (0, 0, 0),
+            _ => (vectors[PAIR * b], vectors[PAIR * b + 1], 0),
+        }
+    };
+    // Per block: plain, corrected and spatial sums of residual bit lengths, then plain and
+    // corrected on the alternative (where its vector differs), then blended. A block that its
+    // prediction matches exactly (most blocks of a still scene) keeps it: nothing is smaller, so
+    // its other sums are not computed.
+    let mut sums = vec![[0u64; 6]; n];
+    let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
+    for (b, s) in sums.iter_mut().enumerate() {
+        let (x0, y0) = ((b % nx) * BLOCK, (b / nx) * BLOCK);
+        let (x1, y1) = ((x0 + BLOCK).min(width), (y0 + BLOCK).min(height));
+        if (y0..y1).all(|y| cur[y * width + x0..y * width + x1] == moved[y * width + x0..y * width + x1]) {
+            continue;
+        }
+        let whole = whole.filter(|_| alt_of(b) != own(b));
+        if whole.is_none() {
+            // No alternative: never smaller than the block's own plain prediction.
+            s[3] = u64::MAX / 2;
+            s[4] = u64::MAX / 2;
+        }
+        for y in y0..y1 {
+            for i in y * width + x0..y * width + x1 {
+                let plain = cur[i] as i64 - moved[i] as i64;
+                s[0] += bits(plain);
+                s[1] += bits(plain - temporal_med(moved, cur, i, width));
+                let intra = super::predictor::med(cur, i, width) as i64;
+                s[2] += bits(cur[i] as i64 - intra);
+                s[5] += bits(cur[i] as i64 - (moved[i] as i64 + intra) / 2);
+                if let Some(w) = whole {
+                    let plain = cur[i] as i64 - w[i] as i64;
+                    s[3] += bits(plain);
+                    s[4] += bits(plain - temporal_med(w, cur, i, width));
+                }
+            }
         }
     }
-    let per = if vectors.len() == TRIPLE * n { TRIPLE } else { PAIR };
-    let marks: Vec<u8> = sums
+    let mut dropped = false;
+    // Per block: the mark and whether to keep the phase.
+    let marks: Vec<(u8, bool)> = sums
         .iter()
         .enumerate()
         .map(|(b, s)| {
             // A correction must win by a little more than noise.
             let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
             let (med, intra) = (s[1] + px / 64, s[2] + px / 64);
-            if intra < s[0].min(med) {
-                INTRA
-            } else if med < s[0] {
-                MED
-            } else {
-                0
+            let mut best = if intra < s[0].min(med) { (intra, INTRA) } else if med < s[0] { (med, MED) } else { (s[0], 0) };
+            if s[5] + px / 64 < best.0 {
+                best = (s[5] + px / 64, MED | INTRA);
             }
+            let mut keep = true;
+            if whole.is_some() {
+                for (c, m) in [(s[3], 0), (s[4] + px / 64, MED)] {
+                    if c < best.0 {
+                        (best, keep) = ((c, m), false);
+                    }
+                }
+            }
+            dropped |= !keep;
+            (best.1, keep)
         })
         .collect();
-    if marks.iter().all(|&m| m == 0) {
-        return;
+    if marks.iter().all(|&(m, keep)| m == 0 && keep) {
+        return false;
     }
     let old = std::mem::take(vectors);
-    for (b, &m) in marks.iter().enumerate() {
+    for (b, &(m, keep)) in marks.iter().enumerate() {
         let (dx, dy, mode) = match per {
             TRIPLE => (old[TRIPLE * b], old[TRIPLE * b + 1], old[TRIPLE * b + 2]),
             _ if old.is_empty() => (0, 0, 0),
             _ => (old[PAIR * b], old[PAIR * b + 1], 0),
         };
+        let (dx, dy, mode) = if keep { (dx, dy, mode) } else { alt_of(b) };
         vectors.extend_from_slice(&[dx, dy, mode | m]);
     }
+    dropped
+}
+
+/// [`apply`] at whole pixels only (every phase taken as 0): how the adaptive stage's moved
+/// temporal context moves the previous frame's codes (a mean of codes means nothing). Vectors
+/// that [`apply`] refuses are refused alike.
+pub fn apply_whole(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, height: usize, out: &mut Vec<u32>) -> Result<(), BadVectors> {
+    if vectors.len() != TRIPLE * blocks(width, height) {
+        return apply(prev, older, vectors, width, height, false, out);
+    }
+    if vectors.chunks_exact(TRIPLE).any(|v| v[2] > MAX_MODE) {
+        return Err(BadVectors);
+    }
+    let whole: Vec<u8> = vectors.chunks_exact(TRIPLE).flat_map(|v| [v[0], v[1], v[2] & (REF | MED | INTRA)]).collect();
+    apply(prev, older, &whole, width, height, true, out)
 }
 
 /// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set) or [`SPATIAL`] ([`INTRA`] set); `None`
@@ -298,7 +594,12 @@ pub fn corrections(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8
     }
     let modes: Vec<u8> = vectors
         .chunks_exact(TRIPLE)
-        .map(|v| if v[2] & INTRA != 0 { SPATIAL } else if v[2] & MED != 0 { CORRECTED } else { PLAIN })
+        .map(|v| match (v[2] & MED != 0, v[2] & INTRA != 0) {
+            (true, true) => BLENDED,
+            (false, true) => SPATIAL,
+            (true, false) => CORRECTED,
+            (false, false) => PLAIN,
+        })
         .collect();
     modes.iter().any(|&m| m != PLAIN).then_some(modes)
 }
@@ -331,10 +632,10 @@ mod tests {
                 cur[y * w + x] = shifted[y * w + x];
             }
         }
-        let v = search(&prev, None, &cur, w, h);
+        let v = search(&prev, None, &cur, w, h, false);
         assert_eq!(v.len(), 2 * blocks(w, h));
         let mut moved = Vec::new();
-        apply(&prev, None, &v, w, h, &mut moved).unwrap();
+        apply(&prev, None, &v, w, h, false, &mut moved).unwrap();
         let wrong = moved.iter().zip(&cur).filter(|(a, b)| a != b).count();
         assert_eq!(wrong, 0, "pixels not matched by the vectors {v:?}");
         let nx = w / BLOCK;
@@ -360,35 +661,69 @@ mod tests {
                 cur[y * w + x] = 255 - older[y * w + x];
             }
         }
-        let v = search(&prev, Some(&older), &cur, w, h);
+        let v = search(&prev, Some(&older), &cur, w, h, false);
         assert_eq!(v.len(), TRIPLE * blocks(w, h));
         let nx = w / BLOCK;
         let refs: Vec<u8> = v.chunks_exact(TRIPLE).map(|t| t[2]).collect();
         assert_eq!(refs[nx + 1], 1, "the flickering block: {refs:?}");
         assert_eq!(refs.iter().filter(|&&r| r == 1).count(), 1, "only the flickering block: {refs:?}");
         let mut moved = Vec::new();
-        apply(&prev, Some(&older), &v, w, h, &mut moved).unwrap();
+        apply(&prev, Some(&older), &v, w, h, false, &mut moved).unwrap();
         let block = |img: &[u32], bx: usize, by: usize| -> Vec<u32> { (0..BLOCK * BLOCK).map(|i| img[(by * BLOCK + i / BLOCK) * w + bx * BLOCK + i % BLOCK]).collect() };
         assert_eq!(block(&moved, 1, 1), block(&cur, 1, 1));
         assert_eq!(block(&moved, 0, 0), block(&prev, 0, 0));
         // Without the frame before, the same search names no references.
-        assert!(search(&prev, None, &cur, w, h).len() <= PAIR * blocks(w, h));
+        assert!(search(&prev, None, &cur, w, h, false).len() <= PAIR * blocks(w, h));
         // References need the frame before and must be 0 or 1.
-        assert_eq!(apply(&prev, None, &v, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, None, &v, w, h, false, &mut moved), Err(BadVectors));
         let mut bad = v.clone();
         bad[TRIPLE * (nx + 1) + 2] = 8;
-        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, false, &mut moved), Err(BadVectors));
         bad[TRIPLE * (nx + 1) + 2] = MED | INTRA;
-        assert_eq!(apply(&prev, Some(&older), &bad, w, h, &mut moved), Err(BadVectors));
+        assert_eq!(apply(&prev, Some(&older), &bad, w, h, false, &mut moved), Err(BadVectors));
+    }
+
+    #[test]
+    fn half_pixel_phases_sample_the_mean_and_are_found() {
+        let (w, h) = (48, 32);
+        // Offset (2, 0) quarters: the rounded mean of a pixel and its right neighbour (the last
+        // column repeats itself); (2, 2) the mean of four; (1, 0) a quarter of the way.
+        let prev: Vec<u32> = (0..w * h).map(|i| ((i % w) * 3 + (i / w) * 5) as u32).collect();
+        let mut vectors: Vec<u8> = std::iter::repeat_n([0u8, 0, phase_of(2, 0) << PHASE_SHIFT], blocks(w, h)).flatten().collect();
+        let mut out = Vec::new();
+        assert_eq!(apply(&prev, None, &vectors, w, h, false, &mut out), Err(BadVectors), "phases need the version-5 flag");
+        apply(&prev, None, &vectors, w, h, true, &mut out).unwrap();
+        for i in 0..w * h {
+            let right = if i % w + 1 < w { prev[i + 1] } else { prev[i] };
+            assert_eq!(out[i], (prev[i] + right + 1) >> 1, "pixel {i}");
+        }
+        vectors.iter_mut().skip(2).step_by(TRIPLE).for_each(|m| *m = phase_of(2, 2) << PHASE_SHIFT);
+        apply(&prev, None, &vectors, w, h, true, &mut out).unwrap();
+        assert_eq!(out[w + 1], (prev[w + 1] + prev[w + 2] + prev[2 * w + 1] + prev[2 * w + 2] + 2) >> 2);
+        vectors.iter_mut().skip(2).step_by(TRIPLE).for_each(|m| *m = phase_of(1, 0) << PHASE_SHIFT);
+        apply(&prev, None, &vectors, w, h, true, &mut out).unwrap();
+        assert_eq!(out[w + 1], (3 * prev[w + 1] + prev[w + 2] + 2) >> 2);
+        for p in 0..PHASES {
+            let (ox, oy) = offset(p);
+            assert_eq!(phase_of(ox, oy), p);
+            assert!(ox.abs() <= 2 && oy.abs() <= 2 && (p == 0) == (ox == 0 && oy == 0));
+        }
+        // A smooth texture moved by half a pixel: its inner blocks take a half-pixel phase.
+        let smooth = |ox: f64| -> Vec<u32> { (0..w * h).map(|i| (1000.0 + 400.0 * (0.2 * ((i % w) as f64 + ox)).sin() + 300.0 * (0.15 * (i / w) as f64).cos()) as u32).collect() };
+        let (prev, cur) = (smooth(0.0), smooth(0.5));
+        let v = search(&prev, None, &cur, w, h, true);
+        assert_eq!(v.len(), TRIPLE * blocks(w, h));
+        assert!(v.chunks_exact(TRIPLE).all(|t| t[2] >> PHASE_SHIFT != 0), "{v:?}");
+        assert!(search(&prev, None, &cur, w, h, false).len() <= PAIR * blocks(w, h), "no phases without subpel");
     }
 
     #[test]
     fn still_frames_have_no_vectors() {
         let (w, h) = (40, 33);
         let prev = texture(w, h, 0, 0);
-        assert!(search(&prev, None, &prev, w, h).is_empty());
+        assert!(search(&prev, None, &prev, w, h, false).is_empty());
         let mut out = Vec::new();
-        apply(&prev, None, &[], w, h, &mut out).unwrap();
+        apply(&prev, None, &[], w, h, false, &mut out).unwrap();
         assert_eq!(out, prev);
     }
 
@@ -399,9 +734,9 @@ mod tests {
         let mut out = Vec::new();
         for v in [[127u8, 128], [0, 255], [128, 127]] {
             let vectors: Vec<u8> = std::iter::repeat_n(v, blocks(w, h)).flatten().collect();
-            apply(&prev, None, &vectors, w, h, &mut out).unwrap();
+            apply(&prev, None, &vectors, w, h, false, &mut out).unwrap();
             assert_eq!(out.len(), prev.len());
         }
-        assert_eq!(apply(&prev, None, &[1, 2, 3], w, h, &mut out), Err(BadVectors));
+        assert_eq!(apply(&prev, None, &[1, 2, 3], w, h, false, &mut out), Err(BadVectors));
     }
 }

@@ -9,7 +9,7 @@
 //! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
-use super::motion::{blocks, temporal_med, BLOCK, CORRECTED, SPATIAL};
+use super::motion::{blocks, temporal_med, BLENDED, BLOCK, CORRECTED, SPATIAL};
 use super::dtype::DType;
 use super::predictor::med;
 use std::fmt;
@@ -196,14 +196,42 @@ pub enum Prediction<'a> {
     /// reconstructed neighbours (what the scene did there since the previous frame).
     TemporalMed { prev: &'a [u32], width: usize },
     /// Per motion block (`modes`: one per [`BLOCK`]-sized block, row-major): the previous frame
-    /// as it is ([`PLAIN`]), corrected as by `TemporalMed` ([`CORRECTED`]), or `Intra`
-    /// ([`SPATIAL`]).
+    /// as it is ([`PLAIN`]), corrected as by `TemporalMed` ([`CORRECTED`]), `Intra`
+    /// ([`SPATIAL`]), or as by `Blend` ([`BLENDED`]).
     BlockModes { prev: &'a [u32], width: usize, modes: &'a [u8] },
     /// The mean of the previous frame and the intra MED prediction.
     Blend { prev: &'a [u32], width: usize },
     /// Least-squares blend of spatial and temporal neighbours ([`super::linear`]); `coefs` must
     /// be valid.
     Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
+}
+
+/// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
+#[inline(always)]
+fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    match mode {
+        CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+        SPATIAL => med(recon, i, width),
+        BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+        _ => prev[i],
+    }
+}
+
+/// Calls `f(i, mode)` for every pixel `i` of a frame of `n` pixels, in order, with the mode of
+/// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
+#[inline(always)]
+fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
+    let nx = width.div_ceil(BLOCK);
+    // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
+    for y in 0..n / width.max(1) {
+        let row = y * width;
+        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
+        for (bx, &mode) in row_modes.iter().take(nx).enumerate() {
+            for i in row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width) {
+                f(i, mode);
+            }
+        }
+    }
 }
 
 impl Prediction<'_> {
@@ -216,11 +244,7 @@ impl Prediction<'_> {
             Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
             Prediction::BlockModes { prev, width, modes } => {
                 let nx = width.div_ceil(BLOCK);
-                match modes[(i / width / BLOCK) * nx + (i % width) / BLOCK] {
-                    CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-                    SPATIAL => med(recon, i, width),
-                    _ => prev[i],
-                }
+                block_mode_at(modes[(i / width / BLOCK) * nx + (i % width) / BLOCK], prev, recon, i, width, mask)
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
             Prediction::Linear { prev, width, coefs } => super::linear::predict(coefs, recon, prev, i, width, mask),
@@ -255,32 +279,91 @@ pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> C
                     .zip(p)
                     .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
                     .collect(),
+                Prediction::BlockModes { prev, width, modes } if prev.len() == x.len() && width > 0 && modes.len() == blocks(width, x.len() / width) => {
+                    let mut codes = vec![0; x.len()];
+                    for_each_block_mode(width, x.len(), modes, |i, mode| codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask));
+                    codes
+                }
                 other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
             };
             Coded { codes, escapes: Vec::new(), recon: x.to_vec() }
         }
-        _ => {
-            let q = Quant::new(dtype, bound);
-            let mut codes = Vec::with_capacity(x.len());
-            let mut escapes = Vec::new();
-            let mut recon = vec![0u32; x.len()];
-            for i in 0..x.len() {
-                let p = pred.at(&recon, i, mask);
-                match q.quantize(x[i], p) {
-                    Some((code, r)) if bound.holds(dtype, x[i], r) => {
-                        codes.push(code);
-                        recon[i] = r;
-                    }
-                    _ => {
-                        codes.push(0);
-                        escapes.push(x[i]);
-                        recon[i] = x[i];
-                    }
-                }
+        FrameBound::Abs(e) if !dtype.is_float() => encode_int_abs(dtype, e, x, pred),
+        _ => encode_quantised(dtype, bound, x, pred),
+    }
+}
+
+/// [`encode`] under a bound, for any type and bound.
+fn encode_quantised(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
+    let mask = dtype.mask();
+    let q = Quant::new(dtype, bound);
+    let mut codes = Vec::with_capacity(x.len());
+    let mut escapes = Vec::new();
+    let mut recon = vec![0u32; x.len()];
+    for i in 0..x.len() {
+        let p = pred.at(&recon, i, mask);
+        match q.quantize(x[i], p) {
+            Some((code, r)) if bound.holds(dtype, x[i], r) => {
+                codes.push(code);
+                recon[i] = r;
             }
-            Coded { codes, escapes, recon }
+            _ => {
+                codes.push(0);
+                escapes.push(x[i]);
+                recon[i] = x[i];
+            }
         }
     }
+    Coded { codes, escapes, recon }
+}
+
+/// [`encode`] for integer types under `abs:E`: the codes, reconstructions and escapes of the
+/// general path (`Quant::quantize`, then `FrameBound::holds`), in integer arithmetic. An integer
+/// value's distance is its integer image's (signed types are offset, not scaled), so the check
+/// of every pixel against the bound is the same, only without floating point (a third of the
+/// time of bounded coding went to it).
+fn encode_int_abs(dtype: DType, e: f64, x: &[u32], pred: Prediction) -> Coded {
+    let mask = dtype.mask() as i64;
+    // As `Quant::half_width`: a bound beyond the type's range is the range.
+    let e = e.min(mask as f64) as i64;
+    let step = 2 * e + 1;
+    let mut codes = Vec::with_capacity(x.len());
+    let mut escapes = Vec::new();
+    let mut recon = vec![0u32; x.len()];
+    // Code and reconstruction of pixel value `v` against prediction `p` (code 0: escape).
+    let one = |v: u32, p: u32| -> (u32, u32) {
+        let q = (v as i64 - p as i64 + e).div_euclid(step);
+        let code = zigzag(q) + 1;
+        let r = (p as i64 + q * step).clamp(0, mask);
+        if code <= mask as u64 && (r - v as i64).abs() <= e {
+            (code as u32, r as u32)
+        } else {
+            (0, v)
+        }
+    };
+    match pred {
+        Prediction::Frame(f) if f.len() == x.len() => {
+            for ((&v, &p), r) in x.iter().zip(f).zip(recon.iter_mut()) {
+                let (code, value) = one(v, p);
+                codes.push(code);
+                *r = value;
+                if code == 0 {
+                    escapes.push(v);
+                }
+            }
+        }
+        _ => {
+            for i in 0..x.len() {
+                let (code, value) = one(x[i], pred.at(&recon, i, mask as u32));
+                codes.push(code);
+                recon[i] = value;
+                if code == 0 {
+                    escapes.push(x[i]);
+                }
+            }
+        }
+    }
+    Coded { codes, escapes, recon }
 }
 
 /// Error from [`decode`]: the codes do not fit the frame (a corrupt container).
@@ -304,6 +387,10 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
                 for ((o, &c), &p) in out.iter_mut().zip(codes).zip(p) {
                     *o = p.wrapping_add(unzigzag_native(c)) & mask;
                 }
+            }
+            // (`len_ok` above checked the modes' count.)
+            Prediction::BlockModes { prev, width, modes } => {
+                for_each_block_mode(width, codes.len(), modes, |i, mode| out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask);
             }
             other => {
                 for i in 0..codes.len() {
@@ -431,6 +518,28 @@ impl Quant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The integer `abs` path codes exactly as the general one, escapes and clamps included.
+    #[test]
+    fn integer_abs_path_matches_the_general_one() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for dtype in [DType::U8, DType::U16, DType::U32, DType::I8, DType::I16, DType::I32] {
+            let mask = dtype.mask();
+            let x: Vec<u32> = (0..500).map(|i| if i % 7 == 0 { [0, mask, 1, mask - 1][i % 4] } else { next() & mask }).collect();
+            let p: Vec<u32> = x.iter().map(|&v| if next() % 3 == 0 { next() & mask } else { v.wrapping_add(next() % 9).wrapping_sub(4) & mask }).collect();
+            for e in [1.0, 2.0, 4.0, 1000.0, 1e12] {
+                let bound = FrameBound::Abs(e);
+                for pred in [Prediction::Frame(&p), Prediction::TemporalMed { prev: &p, width: 25 }] {
+                    let (a, b) = (encode_int_abs(dtype, e, &x, pred), encode_quantised(dtype, bound, &x, pred));
+                    assert!(a.codes == b.codes && a.recon == b.recon && a.escapes == b.escapes, "{dtype} abs:{e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn native_zigzag_round_trips() {

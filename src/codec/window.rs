@@ -93,6 +93,12 @@ struct CodedFrame {
     motion: Vec<u8>,
     /// The vectors carry a mode byte per block ([`motion::TRIPLE`] bytes each).
     block_modes: bool,
+    /// The mode bytes carry sub-pixel phases (container version 5).
+    subpel: bool,
+    /// The adaptive stage continued the previous frame's models (container version 5).
+    carry: bool,
+    /// The adaptive stage's temporal context was moved (container version 5).
+    moved_context: bool,
 }
 
 /// The first frames of a chain predicted and quantised with one predictor.
@@ -100,6 +106,27 @@ struct Quantised {
     frames: Vec<quantizer::Coded>,
     /// Motion vectors of each frame as stored (before zstd; empty: none).
     motion: Vec<Vec<u8>>,
+    /// The moved prediction of each frame under the motion predictors (empty: none, or the key
+    /// frame): what the adaptive stage's moved temporal context weighs.
+    moved: Vec<Vec<u32>>,
+}
+
+impl Quantised {
+    /// What the adaptive stage may use to code frame `k`: the previous frame's codes (under the
+    /// motion predictors moved by the frame's vectors, with the gradient of its moved
+    /// prediction: container version 5, `moved_context`), `carry` as given. `buf` holds the
+    /// moved codes.
+    fn side<'a>(&'a self, k: usize, quantised: bool, carry: bool, geom: Geometry, buf: &'a mut Vec<u32>) -> Side<'a> {
+        let prev = k.checked_sub(1).map(|j| &self.frames[j].codes[..]);
+        match prev {
+            Some(p) if !self.moved[k].is_empty() => {
+                let older = k.checked_sub(2).map(|j| &self.frames[j].codes[..]);
+                motion::apply_whole(p, older, &self.motion[k], geom.width, geom.height, buf).expect("the search's own vectors fit the frame");
+                Side { prev: Some(&buf[..]), quantised, carry, gradient: Some(&self.moved[k]) }
+            }
+            _ => Side { prev, quantised, carry, gradient: None },
+        }
+    }
 }
 
 struct Chain<'a> {
@@ -228,6 +255,9 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     n_escapes: c.n_escapes,
                     motion,
                     block_modes: c.block_modes,
+                    subpel: c.subpel,
+                    carry: c.carry,
+                    moved_context: c.moved_context,
                 }),
             });
             next += 1;
@@ -278,10 +308,14 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
+    let mut moved_codes = Vec::new();
     let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
         let mut size = 0;
         for (k, c) in q.frames.iter().enumerate().skip(from) {
-            let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: opts.bound != Bound::Lossless };
+            // Frames are coded in order here, so the adaptive models carry over from the one
+            // before (except on the first, whose predecessor was not coded).
+            // (Only the adaptive stage reads the side information.)
+            let side = if stage == Stage::Adaptive { q.side(k, opts.bound != Bound::Lossless, k > from, geom, &mut moved_codes) } else { Side::default() };
             size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
             if !q.motion[k].is_empty() {
                 size += coder.compress_bytes(&q.motion[k])?.len();
@@ -359,25 +393,35 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
     let mut moved = Vec::new();
     // The reconstruction before the previous one (the motion search's second reference).
     let mut older = vec![0u32; geom.pixels()];
-    let mut out = Quantised { frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+    let mut out = Quantised { frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), moved: Vec::with_capacity(n) };
     for (k, x) in chain.images[frames].iter().enumerate() {
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
         let older_ok = (k >= 2).then_some(&older[..]);
-        let mut vectors = if pid.moves() && k > 0 { motion::search(&pred, older_ok, x, geom.width, geom.height) } else { Vec::new() };
+        let (mut vectors, coarse) = if pid.moves() && k > 0 { motion::search_both(&pred, older_ok, x, geom.width, geom.height, true) } else { (Vec::new(), None) };
         let from: &[u32] = if vectors.is_empty() {
             &pred
         } else {
-            motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, &mut moved).expect("the search's own vectors fit the frame");
+            motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, true, &mut moved).expect("the search's own vectors fit the frame");
             &moved
         };
         let bound = opts.bound.for_frame(dtype, x);
         // Block modes, lossless only: the choice is made on the frame itself, which is then the
         // reconstruction. (Under a bound the corrections would be chosen on values the decoder
         // does not have, and they spread the quantisation error: visp-cube abs:4 lost a fifth.)
+        let mut from = from;
         if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
-            motion::choose_modes(from, x, geom.width, geom.height, &mut vectors);
+            // The search's vectors before their refinement, which a block may fall back to.
+            let unrefined = coarse.as_ref().map(|c| {
+                let mut out = Vec::new();
+                motion::apply(&pred, older_ok, c, geom.width, geom.height, true, &mut out).expect("the search's own vectors fit the frame");
+                (out, c)
+            });
+            if motion::choose_modes(from, unrefined.as_ref().map(|(m, c)| (&m[..], &c[..])), x, geom.width, geom.height, &mut vectors) {
+                motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, true, &mut moved).expect("the search's own vectors fit the frame");
+                from = &moved;
+            }
         }
         let modes = motion::corrections(&vectors, geom.width, geom.height);
         let prediction = match &modes {
@@ -388,6 +432,7 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
         state.observe(&c.recon);
         out.frames.push(c);
         out.motion.push(vectors);
+        out.moved.push(if pid.moves() && k > 0 { from.to_vec() } else { Vec::new() });
         if k > 0 {
             // `pred` held the previous reconstruction; the next prediction overwrites it.
             std::mem::swap(&mut older, &mut pred);
@@ -403,9 +448,14 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(n);
     let q = quantize_chain(chain, dtype, geom, opts, pid, 0..n, coefs);
+    let mut last_stage = None;
+    let mut moved_codes = Vec::new();
     for (k, c) in q.frames.iter().enumerate() {
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
-        let side = Side { prev: k.checked_sub(1).map(|j| &q.frames[j].codes[..]), quantised: fb != FrameBound::Lossless };
+        // The adaptive models carry over when the previous frame was coded by the adaptive stage
+        // (the coder's scratch space then holds its models: an `encode_best` that tried the
+        // adaptive stage on it and chose another is no such frame).
+        let side = if stage.is_none_or(|s| s == Stage::Adaptive) { q.side(k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut moved_codes) } else { Side::default() };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
@@ -425,7 +475,11 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: 
         };
         let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
         let block_modes = q.motion[k].len() == motion::TRIPLE * motion::blocks(geom.width, geom.height);
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes });
+        let subpel = block_modes && q.motion[k].chunks_exact(motion::TRIPLE).any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
+        let carry = side.carry && stage == Stage::Adaptive;
+        let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
+        last_stage = Some(stage);
+        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry, moved_context });
     }
     Ok(out)
 }
@@ -452,6 +506,13 @@ pub struct Decoder {
     /// The reconstruction before the previous one (the second reference of motion vectors).
     older: Vec<u32>,
     recon: Vec<u32>,
+    /// Codes of the frame before the previous one, and the previous codes moved (the moved
+    /// temporal context).
+    older_codes: Vec<u32>,
+    moved_codes: Vec<u32>,
+    /// Chain position of the frame whose adaptive models the coder holds (what a frame that
+    /// carries them over needs: the one before it).
+    models_of: Option<usize>,
 }
 
 impl Decoder {
@@ -465,7 +526,7 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new() })
+        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -556,10 +617,54 @@ impl Decoder {
         }
         let state = self.state.as_mut().ok_or_else(|| dec("chain state lost".into()))?;
 
+        let pred = &mut self.pred;
+        pred.resize(n, 0);
+        if k > 0 || !p.predictor.intra_key() {
+            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
+        }
+        // The motion first: the adaptive stage's moved temporal context needs it.
+        let mut modes = None;
+        let mut vectors = Vec::new();
+        if f.motion.len != 0 {
+            if !p.predictor.moves() || k == 0 {
+                return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
+            }
+            let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
+            let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
+            vectors = self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
+            let older = (k >= 2).then_some(&self.older[..]);
+            motion::apply(pred, older, &vectors, geom.width, geom.height, f.subpel, &mut self.moved).map_err(|_| dec(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })))?;
+            modes = motion::corrections(&vectors, geom.width, geom.height);
+            if modes.is_some() && p.predictor != PredictorId::Motion {
+                return Err(dec(format!("motion vectors correct blocks (temporal MED, spatial) under {}", p.predictor)));
+            }
+        }
+        let from: &[u32] = if f.motion.len == 0 { pred } else { &self.moved };
+        if f.moved_context && (!p.predictor.moves() || k == 0) {
+            return Err(dec(format!("a moved temporal context on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
+        }
+        // The moved context: the previous frame's codes moved by this frame's whole-pixel vectors.
+        if f.moved_context {
+            let older = (k >= 2).then_some(&self.older_codes[..]);
+            motion::apply_whole(&self.prev_codes, older, &vectors, geom.width, geom.height, &mut self.moved_codes).map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
+        }
+
         let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
-        let (codes, pred, recon) = (&mut self.codes, &mut self.pred, &mut self.recon);
-        let prev = (k > 0).then_some(&self.prev_codes[..]);
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, prev, codes).map_err(|e| dec(e.to_string()))?;
+        if f.carry && (k == 0 || self.models_of != Some(k - 1)) {
+            return Err(dec("adaptive models carried over from a frame that did not leave them".into()));
+        }
+        // Set again only once this frame's models are complete.
+        self.models_of = None;
+        let side = Side {
+            prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
+            quantised: false,
+            carry: f.carry,
+            gradient: f.moved_context.then_some(from),
+        };
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut self.codes).map_err(|e| dec(e.to_string()))?;
+        if f.stage == Stage::Adaptive {
+            self.models_of = Some(k);
+        }
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
@@ -567,28 +672,7 @@ impl Decoder {
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        pred.resize(n, 0);
-        if k > 0 || !p.predictor.intra_key() {
-            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
-        }
-        let mut modes = None;
-        let from: &[u32] = if f.motion.len == 0 {
-            pred
-        } else {
-            if !p.predictor.moves() || k == 0 {
-                return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
-            }
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
-            let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
-            let vectors = self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
-            let older = (k >= 2).then_some(&self.older[..]);
-            motion::apply(pred, older, &vectors, geom.width, geom.height, &mut self.moved).map_err(|_| dec(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })))?;
-            modes = motion::corrections(&vectors, geom.width, geom.height);
-            if modes.is_some() && p.predictor != PredictorId::Motion {
-                return Err(dec(format!("motion vectors correct blocks (temporal MED, spatial) under {}", p.predictor)));
-            }
-            &self.moved
-        };
+        let (codes, recon) = (&self.codes, &mut self.recon);
         let prediction = match &modes {
             Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
             None => p.predictor.prediction(k, from, geom.width, &p.coefs),
@@ -600,7 +684,8 @@ impl Decoder {
             std::mem::swap(&mut self.older, &mut self.pred);
         }
         self.next_frame += 1;
-        // This frame's codes are the next frame's temporal context.
+        // This frame's codes are the next frame's temporal context (and the one after's older).
+        std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
         std::mem::swap(&mut self.codes, &mut self.prev_codes);
 
         let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
