@@ -1213,6 +1213,18 @@ fn adaptive_stage_codes_every_width_directly() {
     }
 }
 
+/// A version-4 blob written by the build before version 5 (`motion`, lossless, with block modes:
+/// six synthetic 64 x 48 u8 frames, a textured square moving by (2, 1) a frame over a smooth
+/// background with a little deterministic noise) decodes, every frame against its stored CRC.
+#[test]
+fn old_version_4_blobs_still_decode() {
+    let blob = include_bytes!("data/moving_square_motion_v4.blob");
+    assert_eq!(u16::from_le_bytes([blob[8], blob[9]]), 4);
+    let frames = decode_window(blob).expect("a version-4 blob decodes");
+    assert_eq!(frames.len(), 6);
+    assert!(frames.iter().all(|f| f.len() == 64 * 48));
+}
+
 #[test]
 fn old_version_1_blobs_still_decode() {
     // A version-1 blob is a version-2 blob without the coefficient count byte (predictors other

@@ -363,7 +363,9 @@ pub fn search_both(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usiz
             }
         }
         coarse[b] = vectors[b];
-        if subpel && still[b] > 0 && best.1 > 0 {
+        // (Not on values of 2^28 and above: the integer images of floats are not linear in the
+        // value, so their means are no interpolation, and 32-bit sums would not hold them.)
+        if subpel && narrow && still[b] > 0 && best.1 > 0 {
             let (v, r) = vectors[b];
             let from = match older {
                 Some(o) if r & REF != 0 => o,

@@ -129,9 +129,16 @@ impl Quantised {
     }
 }
 
+/// A motion search's vectors, and those before its refinement ([`motion::search_both`]).
+type Search = (Vec<u8>, Option<Vec<u8>>);
+
 struct Chain<'a> {
     /// Indices into the window's files.
     members: Vec<usize>,
+    /// Lossless motion searches by (chain position, whether the frame before the previous one
+    /// was a reference): their inputs are original frames then, the same for `motion` and
+    /// `motion+med` and for the probe and the final coding, so each is done once.
+    searches: std::cell::RefCell<std::collections::HashMap<(usize, bool), Search>>,
     layouts: Vec<Layout>,
     images: Vec<Vec<u32>>,
     files: Vec<&'a [u8]>,
@@ -193,7 +200,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
 
     // The chain: frames with the geometry of the first frame.
     let mut reports: Vec<EntryReport> = Vec::with_capacity(files.len());
-    let mut chain = Chain { members: vec![], layouts: vec![], images: vec![], files: vec![] };
+    let mut chain = Chain { members: vec![], searches: Default::default(), layouts: vec![], images: vec![], files: vec![] };
     for (i, a) in analyses.into_iter().enumerate() {
         match a {
             Analysis::Frame(l) if chain.layouts.first().is_none_or(|f| f.same_geometry(&l)) => {
@@ -386,7 +393,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 /// predicts from the original frames before it: exact when lossless (a reconstruction is then
 /// the frame itself), a close estimate under a bound.
 fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Quantised {
-    let n = frames.len();
+    let (n, start) = (frames.len(), frames.start);
     let predictor = pid.build();
     let mut state = predictor.start(geom);
     let mut pred = vec![0u32; geom.pixels()];
@@ -399,7 +406,12 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
         }
         let older_ok = (k >= 2).then_some(&older[..]);
-        let (mut vectors, coarse) = if pid.moves() && k > 0 { motion::search_both(&pred, older_ok, x, geom.width, geom.height, true) } else { (Vec::new(), None) };
+        let search = || motion::search_both(&pred, older_ok, x, geom.width, geom.height, true);
+        let (mut vectors, coarse) = match (pid.moves() && k > 0, opts.bound == Bound::Lossless) {
+            (false, _) => (Vec::new(), None),
+            (true, false) => search(),
+            (true, true) => chain.searches.borrow_mut().entry((start + k, older_ok.is_some())).or_insert_with(search).clone(),
+        };
         let from: &[u32] = if vectors.is_empty() {
             &pred
         } else {
