@@ -98,11 +98,8 @@ fn sample_row(from: &[u32], width: usize, height: usize, y: usize, x0: usize, dx
     let n = out.len();
     let inside = sx >= 0 && sx + 1 + (n as i64) <= w;
     if inside && narrow {
-        let (a, b) = (sx as usize, sx as usize + 1);
-        let (wa, wb, wc, wd) = (wa as u32, wb as u32, wc as u32, wd as u32);
-        for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
-            *o = (wa * p + wb * q + wc * r + wd * t + 8) >> 4;
-        }
+        let a = sx as usize;
+        by_fraction!(fx as u32, fy as u32, bilinear_narrow(&r0[a..a + n + 1], &r1[a..a + n + 1], out));
     } else if inside {
         let (a, b) = (sx as usize, sx as usize + 1);
         for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
@@ -122,6 +119,64 @@ fn narrow(f: &[u32]) -> bool {
     f.iter().fold(0, |m, &v| m | v) < 1 << 28
 }
 
+/// Calls `f::<FX, FY>(args)` for fractions `fx`, `fy` (each 0 to 3 quarters) known only at run
+/// time: the bilinear weights then are constants, computed by shifts and adds (baseline x86-64
+/// has no vector 32-bit multiply; the multiplies were the refinement's largest cost).
+macro_rules! by_fraction {
+    ($fx:expr, $fy:expr, $f:ident($($arg:expr),*)) => {
+        match ($fx, $fy) {
+            (0, 0) => $f::<0, 0>($($arg),*),
+            (0, 1) => $f::<0, 1>($($arg),*),
+            (0, 2) => $f::<0, 2>($($arg),*),
+            (0, _) => $f::<0, 3>($($arg),*),
+            (1, 0) => $f::<1, 0>($($arg),*),
+            (1, 1) => $f::<1, 1>($($arg),*),
+            (1, 2) => $f::<1, 2>($($arg),*),
+            (1, _) => $f::<1, 3>($($arg),*),
+            (2, 0) => $f::<2, 0>($($arg),*),
+            (2, 1) => $f::<2, 1>($($arg),*),
+            (2, 2) => $f::<2, 2>($($arg),*),
+            (2, _) => $f::<2, 3>($($arg),*),
+            (_, 0) => $f::<3, 0>($($arg),*),
+            (_, 1) => $f::<3, 1>($($arg),*),
+            (_, 2) => $f::<3, 2>($($arg),*),
+            (_, _) => $f::<3, 3>($($arg),*),
+        }
+    };
+}
+use by_fraction;
+
+/// The bilinear samples of [`sample_row`] for values below 2^28 at fractions `FX`, `FY`
+/// (quarters): `out[i]` from `r0[i]`, `r0[i + 1]`, `r1[i]`, `r1[i + 1]` (the rows hold one
+/// pixel more than `out`).
+#[inline(always)]
+fn bilinear_narrow<const FX: u32, const FY: u32>(r0: &[u32], r1: &[u32], out: &mut [u32]) {
+    let n = out.len();
+    let (a, b, c, d) = (&r0[..n], &r0[1..n + 1], &r1[..n], &r1[1..n + 1]);
+    for i in 0..n {
+        out[i] = ((4 - FX) * (4 - FY) * a[i] + FX * (4 - FY) * b[i] + (4 - FX) * FY * c[i] + FX * FY * d[i] + 8) >> 4;
+    }
+}
+
+/// [`sad_phase`]'s common case: a full-width block at `(x0, y0)` of `bh` rows, values below
+/// 2^28, whose samples' four pixels (upper-left at `(sx, sy)`) all lie in the frame.
+#[inline(always)]
+fn sad_block_phase<const FX: u32, const FY: u32>(from: &[u32], cur: &[u32], width: usize, (sx, sy): (usize, usize), (x0, y0): (usize, usize), bh: usize, limit: u64) -> u64 {
+    let mut s = 0u64;
+    let mut p = [0u32; BLOCK];
+    for r in 0..bh {
+        let a = &from[(sy + r) * width + sx..][..BLOCK + 1];
+        let b = &from[(sy + r + 1) * width + sx..][..BLOCK + 1];
+        let c = &cur[(y0 + r) * width + x0..][..BLOCK];
+        bilinear_narrow::<FX, FY>(a, b, &mut p);
+        s += c.iter().zip(&p).map(|(&c, &p)| (c as i32 - p as i32).unsigned_abs()).sum::<u32>() as u64;
+        if s > limit {
+            return s;
+        }
+    }
+    s
+}
+
 /// [`sad`] at a sub-pixel phase (any phase, through [`sample_row`]).
 #[allow(clippy::too_many_arguments)]
 fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], phase: u8, narrow: bool, limit: u64) -> u64 {
@@ -134,23 +189,7 @@ fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, 
     let (sx, sy) = ((4 * (x0 as i64 + v[0] as i64) + ox).div_euclid(4), (4 * (y0 as i64 + v[1] as i64) + oy).div_euclid(4));
     if narrow && bw == BLOCK && sx >= 0 && (sx + BLOCK as i64) < (width as i64) && sy >= 0 && (sy + bh as i64) < (height as i64) {
         let (fx, fy) = (ox.rem_euclid(4) as u32, oy.rem_euclid(4) as u32);
-        let (wa, wb, wc, wd) = ((4 - fx) * (4 - fy), fx * (4 - fy), (4 - fx) * fy, fx * fy);
-        let (sx, sy) = (sx as usize, sy as usize);
-        for r in 0..bh {
-            let a: &[u32; BLOCK + 1] = from[(sy + r) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
-            let b: &[u32; BLOCK + 1] = from[(sy + r + 1) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
-            let c: &[u32; BLOCK] = cur[(y0 + r) * width + x0..][..BLOCK].try_into().expect("BLOCK pixels");
-            let mut t = 0u32;
-            for i in 0..BLOCK {
-                let p = (wa * a[i] + wb * a[i + 1] + wc * b[i] + wd * b[i + 1] + 8) >> 4;
-                t += (c[i] as i32 - p as i32).unsigned_abs();
-            }
-            s += t as u64;
-            if s > limit {
-                return s;
-            }
-        }
-        return s;
+        return by_fraction!(fx, fy, sad_block_phase(from, cur, width, (sx as usize, sy as usize), (x0, y0), bh, limit));
     }
     let mut row = [0u32; BLOCK];
     for y in y0..y0 + bh {
