@@ -103,6 +103,7 @@ struct CodedFrame {
 
 /// The first frames of a chain predicted and quantised with one predictor.
 struct Quantised {
+    /// (`recon` empty for lossless frames: the reconstruction is the frame.)
     frames: Vec<quantizer::Coded>,
     /// Motion vectors of each frame as stored (before zstd; empty: none).
     motion: Vec<Vec<u8>>,
@@ -440,8 +441,13 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
             Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
             None => pid.prediction(k, from, geom.width, coefs),
         };
-        let c = quantizer::encode(dtype, bound, x, prediction);
-        state.observe(&c.recon);
+        // (A lossless frame is its own reconstruction: not copied, `recon` left empty.)
+        let c = if bound == FrameBound::Lossless {
+            quantizer::Coded { codes: quantizer::lossless_codes(dtype, x, prediction), escapes: Vec::new(), recon: Vec::new() }
+        } else {
+            quantizer::encode(dtype, bound, x, prediction)
+        };
+        state.observe(if bound == FrameBound::Lossless { x } else { &c.recon });
         out.frames.push(c);
         out.motion.push(vectors);
         out.moved.push(if pid.moves() && k > 0 { from.to_vec() } else { Vec::new() });
