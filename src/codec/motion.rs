@@ -42,6 +42,18 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
     let inside = x0 as i64 + dx as i64 >= 0 && (x0 + bw) as i64 + dx as i64 <= width as i64 && y0 as i64 + dy as i64 >= 0 && (y0 + bh) as i64 + dy as i64 <= height as i64;
     let mut s = 0u64;
+    if inside && narrow && bw == BLOCK {
+        // The common case, rows of a fixed length (unrolled, no bounds checks inside).
+        let (sx, sy0) = ((x0 as i64 + dx as i64) as usize, (y0 as i64 + dy as i64) as usize);
+        for r in 0..bh {
+            let (row, src) = (&cur[(y0 + r) * width + x0..][..BLOCK], &prev[(sy0 + r) * width + sx..][..BLOCK]);
+            s += row.iter().zip(src).map(|(&a, &b)| (a as i32 - b as i32).unsigned_abs()).sum::<u32>() as u64;
+            if s > limit {
+                return s;
+            }
+        }
+        return s;
+    }
     for y in y0..y0 + bh {
         let row = &cur[y * width + x0..y * width + x0 + bw];
         if inside {
