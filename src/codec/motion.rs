@@ -42,6 +42,18 @@ fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: us
     let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
     let inside = x0 as i64 + dx as i64 >= 0 && (x0 + bw) as i64 + dx as i64 <= width as i64 && y0 as i64 + dy as i64 >= 0 && (y0 + bh) as i64 + dy as i64 <= height as i64;
     let mut s = 0u64;
+    if inside && narrow && bw == BLOCK {
+        // The common case, rows of a fixed length (unrolled, no bounds checks inside).
+        let (sx, sy0) = ((x0 as i64 + dx as i64) as usize, (y0 as i64 + dy as i64) as usize);
+        for r in 0..bh {
+            let (row, src) = (&cur[(y0 + r) * width + x0..][..BLOCK], &prev[(sy0 + r) * width + sx..][..BLOCK]);
+            s += row.iter().zip(src).map(|(&a, &b)| (a as i32 - b as i32).unsigned_abs()).sum::<u32>() as u64;
+            if s > limit {
+                return s;
+            }
+        }
+        return s;
+    }
     for y in y0..y0 + bh {
         let row = &cur[y * width + x0..y * width + x0 + bw];
         if inside {
@@ -98,11 +110,8 @@ fn sample_row(from: &[u32], width: usize, height: usize, y: usize, x0: usize, dx
     let n = out.len();
     let inside = sx >= 0 && sx + 1 + (n as i64) <= w;
     if inside && narrow {
-        let (a, b) = (sx as usize, sx as usize + 1);
-        let (wa, wb, wc, wd) = (wa as u32, wb as u32, wc as u32, wd as u32);
-        for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
-            *o = (wa * p + wb * q + wc * r + wd * t + 8) >> 4;
-        }
+        let a = sx as usize;
+        by_fraction!(fx as u32, fy as u32, bilinear_narrow(&r0[a..a + n + 1], &r1[a..a + n + 1], out));
     } else if inside {
         let (a, b) = (sx as usize, sx as usize + 1);
         for (((o, (&p, &q)), &r), &t) in out.iter_mut().zip(r0[a..a + n].iter().zip(&r0[b..b + n])).zip(&r1[a..a + n]).zip(&r1[b..b + n]) {
@@ -122,6 +131,64 @@ fn narrow(f: &[u32]) -> bool {
     f.iter().fold(0, |m, &v| m | v) < 1 << 28
 }
 
+/// Calls `f::<FX, FY>(args)` for fractions `fx`, `fy` (each 0 to 3 quarters) known only at run
+/// time: the bilinear weights then are constants, computed by shifts and adds (baseline x86-64
+/// has no vector 32-bit multiply; the multiplies were the refinement's largest cost).
+macro_rules! by_fraction {
+    ($fx:expr, $fy:expr, $f:ident($($arg:expr),*)) => {
+        match ($fx, $fy) {
+            (0, 0) => $f::<0, 0>($($arg),*),
+            (0, 1) => $f::<0, 1>($($arg),*),
+            (0, 2) => $f::<0, 2>($($arg),*),
+            (0, _) => $f::<0, 3>($($arg),*),
+            (1, 0) => $f::<1, 0>($($arg),*),
+            (1, 1) => $f::<1, 1>($($arg),*),
+            (1, 2) => $f::<1, 2>($($arg),*),
+            (1, _) => $f::<1, 3>($($arg),*),
+            (2, 0) => $f::<2, 0>($($arg),*),
+            (2, 1) => $f::<2, 1>($($arg),*),
+            (2, 2) => $f::<2, 2>($($arg),*),
+            (2, _) => $f::<2, 3>($($arg),*),
+            (_, 0) => $f::<3, 0>($($arg),*),
+            (_, 1) => $f::<3, 1>($($arg),*),
+            (_, 2) => $f::<3, 2>($($arg),*),
+            (_, _) => $f::<3, 3>($($arg),*),
+        }
+    };
+}
+use by_fraction;
+
+/// The bilinear samples of [`sample_row`] for values below 2^28 at fractions `FX`, `FY`
+/// (quarters): `out[i]` from `r0[i]`, `r0[i + 1]`, `r1[i]`, `r1[i + 1]` (the rows hold one
+/// pixel more than `out`).
+#[inline(always)]
+fn bilinear_narrow<const FX: u32, const FY: u32>(r0: &[u32], r1: &[u32], out: &mut [u32]) {
+    let n = out.len();
+    let (a, b, c, d) = (&r0[..n], &r0[1..n + 1], &r1[..n], &r1[1..n + 1]);
+    for i in 0..n {
+        out[i] = ((4 - FX) * (4 - FY) * a[i] + FX * (4 - FY) * b[i] + (4 - FX) * FY * c[i] + FX * FY * d[i] + 8) >> 4;
+    }
+}
+
+/// [`sad_phase`]'s common case: a full-width block at `(x0, y0)` of `bh` rows, values below
+/// 2^28, whose samples' four pixels (upper-left at `(sx, sy)`) all lie in the frame.
+#[inline(always)]
+fn sad_block_phase<const FX: u32, const FY: u32>(from: &[u32], cur: &[u32], width: usize, (sx, sy): (usize, usize), (x0, y0): (usize, usize), bh: usize, limit: u64) -> u64 {
+    let mut s = 0u64;
+    let mut p = [0u32; BLOCK];
+    for r in 0..bh {
+        let a = &from[(sy + r) * width + sx..][..BLOCK + 1];
+        let b = &from[(sy + r + 1) * width + sx..][..BLOCK + 1];
+        let c = &cur[(y0 + r) * width + x0..][..BLOCK];
+        bilinear_narrow::<FX, FY>(a, b, &mut p);
+        s += c.iter().zip(&p).map(|(&c, &p)| (c as i32 - p as i32).unsigned_abs()).sum::<u32>() as u64;
+        if s > limit {
+            return s;
+        }
+    }
+    s
+}
+
 /// [`sad`] at a sub-pixel phase (any phase, through [`sample_row`]).
 #[allow(clippy::too_many_arguments)]
 fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, v: [i32; 2], phase: u8, narrow: bool, limit: u64) -> u64 {
@@ -134,23 +201,7 @@ fn sad_phase(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, 
     let (sx, sy) = ((4 * (x0 as i64 + v[0] as i64) + ox).div_euclid(4), (4 * (y0 as i64 + v[1] as i64) + oy).div_euclid(4));
     if narrow && bw == BLOCK && sx >= 0 && (sx + BLOCK as i64) < (width as i64) && sy >= 0 && (sy + bh as i64) < (height as i64) {
         let (fx, fy) = (ox.rem_euclid(4) as u32, oy.rem_euclid(4) as u32);
-        let (wa, wb, wc, wd) = ((4 - fx) * (4 - fy), fx * (4 - fy), (4 - fx) * fy, fx * fy);
-        let (sx, sy) = (sx as usize, sy as usize);
-        for r in 0..bh {
-            let a: &[u32; BLOCK + 1] = from[(sy + r) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
-            let b: &[u32; BLOCK + 1] = from[(sy + r + 1) * width + sx..][..BLOCK + 1].try_into().expect("BLOCK + 1 pixels");
-            let c: &[u32; BLOCK] = cur[(y0 + r) * width + x0..][..BLOCK].try_into().expect("BLOCK pixels");
-            let mut t = 0u32;
-            for i in 0..BLOCK {
-                let p = (wa * a[i] + wb * a[i + 1] + wc * b[i] + wd * b[i + 1] + 8) >> 4;
-                t += (c[i] as i32 - p as i32).unsigned_abs();
-            }
-            s += t as u64;
-            if s > limit {
-                return s;
-            }
-        }
-        return s;
+        return by_fraction!(fx, fy, sad_block_phase(from, cur, width, (sx as usize, sy as usize), (x0, y0), bh, limit));
     }
     let mut row = [0u32; BLOCK];
     for y in y0..y0 + bh {
@@ -505,6 +556,7 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
     // its other sums are not computed.
     let mut sums = vec![[0u64; 6]; n];
     let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
+    let narrow = [cur, moved, whole.unwrap_or(&[])].iter().all(|f| f.iter().fold(0, |m, &v| m | v) < 1 << 23);
     for (b, s) in sums.iter_mut().enumerate() {
         let (x0, y0) = ((b % nx) * BLOCK, (b / nx) * BLOCK);
         let (x1, y1) = ((x0 + BLOCK).min(width), (y0 + BLOCK).min(height));
@@ -518,7 +570,19 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
             s[4] = u64::MAX / 2;
         }
         for y in y0..y1 {
-            for i in y * width + x0..y * width + x1 {
+            // Inner pixels (left and upper neighbours in the frame) of narrow frames: the same
+            // sums in 32-bit lanes, without branches ([`inner_sums`]); edges as below.
+            let xa = if y > 0 && narrow { x0.max(1) } else { x1 };
+            if xa < x1 {
+                let (i0, i1) = (y * width + xa, y * width + x1);
+                let [p, c, sp, bl] = inner_sums::<true>(cur, moved, i0, i1, width);
+                (s[0], s[1], s[2], s[5]) = (s[0] + p, s[1] + c, s[2] + sp, s[5] + bl);
+                if let Some(w) = whole {
+                    let [p, c, _, _] = inner_sums::<false>(cur, w, i0, i1, width);
+                    (s[3], s[4]) = (s[3] + p, s[4] + c);
+                }
+            }
+            for i in y * width + x0..y * width + xa {
                 let plain = cur[i] as i64 - moved[i] as i64;
                 s[0] += bits(plain);
                 s[1] += bits(plain - temporal_med(moved, cur, i, width));
@@ -572,6 +636,39 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
         vectors.extend_from_slice(&[dx, dy, mode | m]);
     }
     dropped
+}
+
+/// The sums of residual bit lengths of [`choose_modes`] over the pixels `i0..i1` of one row,
+/// all with a left and an upper neighbour in the frame, every value below 2^23 (so every
+/// difference and correction fits 24 bits): plain and corrected by the temporal MED against
+/// `moved`, and (with `WITH_INTRA`) spatial and blended. The same values as the general per-pixel
+/// path, in a loop without branches that the compiler vectorises (the mode choice took a sixth
+/// of lossless `motion` coding).
+#[inline(always)]
+fn inner_sums<const WITH_INTRA: bool>(cur: &[u32], moved: &[u32], i0: usize, i1: usize, width: usize) -> [u64; 4] {
+    let n = i1 - i0;
+    let (c, cl, cu, cul) = (&cur[i0..i1], &cur[i0 - 1..i1 - 1], &cur[i0 - width..i1 - width], &cur[i0 - width - 1..i1 - width - 1]);
+    let (m, ml, mu, mul) = (&moved[i0..i1], &moved[i0 - 1..i1 - 1], &moved[i0 - width..i1 - width], &moved[i0 - width - 1..i1 - width - 1]);
+    // Bit length of |r| from the exponent of its exact float (|r| < 2^24), a vector conversion
+    // where a leading-zero count is not one on baseline x86-64.
+    let bits = |r: i32| (((r.unsigned_abs() as i32 as f32).to_bits() >> 23) as i32 - 126).max(0) as u32;
+    // The median of three: MED's prediction from left `a`, upper `b` and upper-left `c` is the
+    // median of `a`, `b` and `a + b - c`.
+    let med = |a: i32, b: i32, c: i32| a.min(b).max(a.max(b).min(a + b - c));
+    let mut s = [0u32; 4];
+    for j in 0..n {
+        let (x, p) = (c[j] as i32, m[j] as i32);
+        let plain = x - p;
+        let tmed = med(cl[j] as i32 - ml[j] as i32, cu[j] as i32 - mu[j] as i32, cul[j] as i32 - mul[j] as i32);
+        s[0] += bits(plain);
+        s[1] += bits(plain - tmed);
+        if WITH_INTRA {
+            let intra = med(cl[j] as i32, cu[j] as i32, cul[j] as i32);
+            s[2] += bits(x - intra);
+            s[3] += bits(x - ((p + intra) >> 1));
+        }
+    }
+    s.map(u64::from)
 }
 
 /// [`apply`] at whole pixels only (every phase taken as 0): how the adaptive stage's moved
@@ -717,6 +814,37 @@ mod tests {
         assert_eq!(v.len(), TRIPLE * blocks(w, h));
         assert!(v.chunks_exact(TRIPLE).all(|t| t[2] >> PHASE_SHIFT != 0), "{v:?}");
         assert!(search(&prev, None, &cur, w, h, false).len() <= PAIR * blocks(w, h), "no phases without subpel");
+    }
+
+    /// The vectorised sums of the block-mode choice are those of the per-pixel formulas, up to
+    /// the largest values they take (just below 2^23).
+    #[test]
+    fn inner_sums_match_the_per_pixel_sums() {
+        let (w, h) = (37, 9);
+        let mut seed = 7u64;
+        let mut next = |top: u32| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as u32) % top
+        };
+        for top in [4, 256, 1 << 16, 1 << 23] {
+            let cur: Vec<u32> = (0..w * h).map(|_| next(top)).collect();
+            let moved: Vec<u32> = (0..w * h).map(|_| next(top)).collect();
+            let bits = |r: i64| 64 - r.unsigned_abs().leading_zeros() as u64;
+            for y in 1..h {
+                let (i0, i1) = (y * w + 1, y * w + w);
+                let mut want = [0u64; 4];
+                for i in i0..i1 {
+                    let plain = cur[i] as i64 - moved[i] as i64;
+                    let intra = crate::codec::predictor::med(&cur, i, w) as i64;
+                    want[0] += bits(plain);
+                    want[1] += bits(plain - temporal_med(&moved, &cur, i, w));
+                    want[2] += bits(cur[i] as i64 - intra);
+                    want[3] += bits(cur[i] as i64 - (moved[i] as i64 + intra) / 2);
+                }
+                assert_eq!(inner_sums::<true>(&cur, &moved, i0, i1, w), want, "values below {top}, row {y}");
+                assert_eq!(inner_sums::<false>(&cur, &moved, i0, i1, w)[..2], want[..2]);
+            }
+        }
     }
 
     #[test]

@@ -270,26 +270,29 @@ pub struct Coded {
 
 /// Code frame `x` (integer image) against `pred` under `bound`.
 pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
-    let mask = dtype.mask();
-        match bound {
-        FrameBound::Lossless => {
-            let codes = match pred {
-                Prediction::Frame(p) => x
-                    .iter()
-                    .zip(p)
-                    .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
-                    .collect(),
-                Prediction::BlockModes { prev, width, modes } if prev.len() == x.len() && width > 0 && modes.len() == blocks(width, x.len() / width) => {
-                    let mut codes = vec![0; x.len()];
-                    for_each_block_mode(width, x.len(), modes, |i, mode| codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask));
-                    codes
-                }
-                other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
-            };
-            Coded { codes, escapes: Vec::new(), recon: x.to_vec() }
-        }
+    match bound {
+        FrameBound::Lossless => Coded { codes: lossless_codes(dtype, x, pred), escapes: Vec::new(), recon: x.to_vec() },
         FrameBound::Abs(e) if !dtype.is_float() => encode_int_abs(dtype, e, x, pred),
         _ => encode_quantised(dtype, bound, x, pred),
+    }
+}
+
+/// The codes of [`encode`] for a lossless frame, whose reconstruction is `x` itself (so the
+/// encoder need not copy it).
+pub fn lossless_codes(dtype: DType, x: &[u32], pred: Prediction) -> Vec<u32> {
+    let mask = dtype.mask();
+    match pred {
+        Prediction::Frame(p) => x
+            .iter()
+            .zip(p)
+            .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
+            .collect(),
+        Prediction::BlockModes { prev, width, modes } if prev.len() == x.len() && width > 0 && modes.len() == blocks(width, x.len() / width) => {
+            let mut codes = vec![0; x.len()];
+            for_each_block_mode(width, x.len(), modes, |i, mode| codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask));
+            codes
+        }
+        other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
     }
 }
 
@@ -421,13 +424,11 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
 /// either sign get small codes, and every code fits the native width.
 #[inline]
 fn zigzag_native(r: u32, mask: u32) -> u32 {
-    if r <= mask / 2 {
-        r << 1
-    } else {
-        // r stands for the negative residual r - 2^bits, of magnitude m in 1..=2^(bits-1)
-        let m = (mask - r) as u64 + 1;
-        (2 * m - 1) as u32
-    }
+    // Above mask / 2, r stands for the negative residual r - 2^bits, of magnitude m in
+    // 1..=2^(bits-1), whose code 2m - 1 = 2 (mask - r) + 1 is 2r with its bits flipped (within
+    // the width): without a branch, so that the loops over a frame vectorise.
+    let negative = 0u32.wrapping_sub(u32::from(r > mask / 2));
+    ((r << 1) ^ negative) & mask
 }
 
 #[inline]

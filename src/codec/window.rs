@@ -103,6 +103,7 @@ struct CodedFrame {
 
 /// The first frames of a chain predicted and quantised with one predictor.
 struct Quantised {
+    /// (`recon` empty for lossless frames: the reconstruction is the frame.)
     frames: Vec<quantizer::Coded>,
     /// Motion vectors of each frame as stored (before zstd; empty: none).
     motion: Vec<Vec<u8>>,
@@ -223,11 +224,13 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
-        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs)?;
+        let mut quantised = None;
+        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs, &mut quantised)?;
+        let q = quantised.unwrap_or_else(|| quantize_chain(&chain, dtype, geom, opts, pid, 0..chain.images.len(), &coefs));
         if pid != PredictorId::Linear {
             coefs.clear();
         }
-        coded = code_chain(&chain, dtype, geom, opts, pid, stage, chain.images.len(), &coefs, &mut coder)?;
+        coded = code_chain(&chain, dtype, geom, opts, stage, &q, &mut coder)?;
         predictor = Some(pid);
         for (k, &m) in chain.members.iter().enumerate() {
             reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
@@ -288,8 +291,9 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
-/// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate).
-fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Vec<i32>) -> Result<(PredictorId, Option<Stage>), EncodeError> {
+/// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate),
+/// `quantised` the chosen predictor's quantisation of the whole window when the choice made it.
+fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Vec<i32>, quantised: &mut Option<Quantised>) -> Result<(PredictorId, Option<Stage>), EncodeError> {
     let mut candidates = opts.predictor.candidates();
     if candidates.contains(&PredictorId::Linear) {
         let fit_frames: Vec<&[u32]> = chain.images.iter().take(PROBE_FRAMES).map(|f| &f[..]).collect();
@@ -377,10 +381,20 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let far = DRIFT_PROBE.min(chain.images.len());
     if pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1 != PredictorId::Linear) {
-            let lin = size_under(&quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs), proxy, skip)?;
-            let other = size_under(&quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs), proxy, skip)?;
-            if other <= lin {
+            let lin_q = quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs);
+            let lin = size_under(&lin_q, proxy, skip)?;
+            let other_q = quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs);
+            let other = size_under(&other_q, proxy, skip)?;
+            let kept = if other <= lin {
                 (pid, stage) = (alt, alt_stage);
+                other_q
+            } else {
+                lin_q
+            };
+            // Where the confirmation covered the whole window (hoechst's 10 frames), the winner's
+            // frames are those the final coding would compute again.
+            if far == chain.images.len() {
+                *quantised = Some(kept);
             }
         }
     }
@@ -440,8 +454,13 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
             Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
             None => pid.prediction(k, from, geom.width, coefs),
         };
-        let c = quantizer::encode(dtype, bound, x, prediction);
-        state.observe(&c.recon);
+        // (A lossless frame is its own reconstruction: not copied, `recon` left empty.)
+        let c = if bound == FrameBound::Lossless {
+            quantizer::Coded { codes: quantizer::lossless_codes(dtype, x, prediction), escapes: Vec::new(), recon: Vec::new() }
+        } else {
+            quantizer::encode(dtype, bound, x, prediction)
+        };
+        state.observe(if bound == FrameBound::Lossless { x } else { &c.recon });
         out.frames.push(c);
         out.motion.push(vectors);
         out.moved.push(if pid.moves() && k > 0 { from.to_vec() } else { Vec::new() });
@@ -453,13 +472,11 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
     out
 }
 
-/// Code the first `n` frames of the chain with predictor `pid`; `stage: None` tries every stage
-/// on every frame.
-#[allow(clippy::too_many_arguments)]
-fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, stage: Option<Stage>, n: usize, coefs: &[i32], coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
+/// Entropy-code the chain's frames as quantised in `q` (from the window's start); `stage: None`
+/// tries every stage on every frame.
+fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, stage: Option<Stage>, q: &Quantised, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
     let width = dtype.bytes();
-    let mut out = Vec::with_capacity(n);
-    let q = quantize_chain(chain, dtype, geom, opts, pid, 0..n, coefs);
+    let mut out = Vec::with_capacity(q.frames.len());
     let mut last_stage = None;
     let mut moved_codes = Vec::new();
     for (k, c) in q.frames.iter().enumerate() {
