@@ -294,7 +294,7 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
             "noise_floor_ratio": d.floor_bits.map(|b| 8.0 * d.dtype.bytes() as f64 / b),
             "noise_floor_estimate": floor.as_ref().map(|f| json!({
                 "bits_per_pixel": f.bits, "white": f.white(), "row_correlation": f.row_correlation, "frame_correlation": f.frame_correlation,
-                "ratio_limit": BOUNDS.iter().map(|&e| (format!("abs:{e}"), f.ratio_limit(d.dtype, e))).collect::<std::collections::BTreeMap<_, _>>(),
+                "ratio_limit": BOUNDS.iter().map(|&e| (if e == 0 { "lossless".to_string() } else { format!("abs:{e}") }, f.ratio_limit(d.dtype, e))).collect::<std::collections::BTreeMap<_, _>>(),
             })),
         }));
     }
