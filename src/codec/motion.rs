@@ -685,8 +685,8 @@ pub fn apply_whole(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: u
     apply(prev, older, &whole, width, height, true, out)
 }
 
-/// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set) or [`SPATIAL`] ([`INTRA`] set); `None`
-/// when every block is plain.
+/// Per block, [`PLAIN`], [`CORRECTED`] ([`MED`] set), [`SPATIAL`] ([`INTRA`] set) or
+/// [`BLENDED`] (both set); `None` when every block is plain.
 pub fn corrections(vectors: &[u8], width: usize, height: usize) -> Option<Vec<u8>> {
     if vectors.len() != TRIPLE * blocks(width, height) {
         return None;

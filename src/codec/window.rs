@@ -103,27 +103,52 @@ struct CodedFrame {
 
 /// The first frames of a chain predicted and quantised with one predictor.
 struct Quantised {
+    /// Chain position of the first of them.
+    start: usize,
+    /// The predictor moves the previous frame (`motion`, `motion+med`).
+    moves: bool,
     /// (`recon` empty for lossless frames: the reconstruction is the frame.)
     frames: Vec<quantizer::Coded>,
     /// Motion vectors of each frame as stored (before zstd; empty: none).
     motion: Vec<Vec<u8>>,
-    /// The moved prediction of each frame under the motion predictors (empty: none, or the key
-    /// frame): what the adaptive stage's moved temporal context weighs.
-    moved: Vec<Vec<u32>>,
+}
+
+/// Buffers of [`Quantised::side`]: the moved codes and the moved prediction.
+#[derive(Default)]
+struct SideBuffers {
+    codes: Vec<u32>,
+    prediction: Vec<u32>,
 }
 
 impl Quantised {
+    /// The reconstruction of frame `k` (a lossless frame is its own).
+    fn recon<'a>(&'a self, chain: &'a Chain, k: usize) -> &'a [u32] {
+        match &self.frames[k].recon {
+            r if r.is_empty() => &chain.images[self.start + k],
+            r => r,
+        }
+    }
+
     /// What the adaptive stage may use to code frame `k`: the previous frame's codes (under the
     /// motion predictors moved by the frame's vectors, with the gradient of its moved
-    /// prediction: container version 5, `moved_context`), `carry` as given. `buf` holds the
-    /// moved codes.
-    fn side<'a>(&'a self, k: usize, quantised: bool, carry: bool, geom: Geometry, buf: &'a mut Vec<u32>) -> Side<'a> {
+    /// prediction: container version 5, `moved_context`), `carry` as given. The moved
+    /// prediction is made again from the reconstructions (as `quantize_chain` made it) rather
+    /// than kept for every frame of a window.
+    fn side<'a>(&'a self, chain: &'a Chain, k: usize, quantised: bool, carry: bool, geom: Geometry, buf: &'a mut SideBuffers) -> Side<'a> {
         let prev = k.checked_sub(1).map(|j| &self.frames[j].codes[..]);
         match prev {
-            Some(p) if !self.moved[k].is_empty() => {
+            Some(p) if self.moves => {
                 let older = k.checked_sub(2).map(|j| &self.frames[j].codes[..]);
-                motion::apply_whole(p, older, &self.motion[k], geom.width, geom.height, buf).expect("the search's own vectors fit the frame");
-                Side { prev: Some(&buf[..]), quantised, carry, gradient: Some(&self.moved[k]) }
+                motion::apply_whole(p, older, &self.motion[k], geom.width, geom.height, &mut buf.codes).expect("the search's own vectors fit the frame");
+                let previous = self.recon(chain, k - 1);
+                let gradient = if self.motion[k].is_empty() {
+                    previous
+                } else {
+                    let older = k.checked_sub(2).map(|j| self.recon(chain, j));
+                    motion::apply(previous, older, &self.motion[k], geom.width, geom.height, true, &mut buf.prediction).expect("the search's own vectors fit the frame");
+                    &buf.prediction[..]
+                };
+                Side { prev: Some(&buf.codes[..]), quantised, carry, gradient: Some(gradient) }
             }
             _ => Side { prev, quantised, carry, gradient: None },
         }
@@ -319,14 +344,14 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut moved_codes = Vec::new();
+    let mut side_buffers = SideBuffers::default();
     let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
         let mut size = 0;
         for (k, c) in q.frames.iter().enumerate().skip(from) {
             // Frames are coded in order here, so the adaptive models carry over from the one
             // before (except on the first, whose predecessor was not coded).
             // (Only the adaptive stage reads the side information.)
-            let side = if stage == Stage::Adaptive { q.side(k, opts.bound != Bound::Lossless, k > from, geom, &mut moved_codes) } else { Side::default() };
+            let side = if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
             size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
             if !q.motion[k].is_empty() {
                 size += coder.compress_bytes(&q.motion[k])?.len();
@@ -414,7 +439,7 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
     let mut moved = Vec::new();
     // The reconstruction before the previous one (the motion search's second reference).
     let mut older = vec![0u32; geom.pixels()];
-    let mut out = Quantised { frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), moved: Vec::with_capacity(n) };
+    let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
     for (k, x) in chain.images[frames].iter().enumerate() {
         if k > 0 || !pid.intra_key() {
             predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
@@ -463,7 +488,6 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, p
         state.observe(if bound == FrameBound::Lossless { x } else { &c.recon });
         out.frames.push(c);
         out.motion.push(vectors);
-        out.moved.push(if pid.moves() && k > 0 { from.to_vec() } else { Vec::new() });
         if k > 0 {
             // `pred` held the previous reconstruction; the next prediction overwrites it.
             std::mem::swap(&mut older, &mut pred);
@@ -478,13 +502,13 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, stage
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(q.frames.len());
     let mut last_stage = None;
-    let mut moved_codes = Vec::new();
+    let mut side_buffers = SideBuffers::default();
     for (k, c) in q.frames.iter().enumerate() {
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
-        let side = if stage.is_none_or(|s| s == Stage::Adaptive) { q.side(k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut moved_codes) } else { Side::default() };
+        let side = if stage.is_none_or(|s| s == Stage::Adaptive) { q.side(chain, k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut side_buffers) } else { Side::default() };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
