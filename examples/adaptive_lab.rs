@@ -25,7 +25,7 @@ fn main() {
         }
         let raw_bytes = frames.len() * w * h * dtype.bytes();
         let refs: Vec<&[u32]> = frames.iter().map(|f| &f[..]).collect();
-        let coefs = tezipfs::codec::linear::fit(&refs[..3], w).unwrap();
+        let coefs = tezipfs::codec::predict::linear::fit(&refs[..3], w).unwrap();
         let zero = vec![0u32; w * h];
         for label in ["none", "spatial", "previous", "linear"] {
             let codes: Vec<Vec<u32>> = frames

@@ -8,15 +8,13 @@ pub mod container;
 pub mod dtype;
 pub mod entropy;
 pub mod format;
-pub mod linear;
-pub mod motion;
-pub mod predictor;
+pub mod predict;
 pub mod quantizer;
 pub mod window;
 
 pub use container::BlobError;
 pub use dtype::DType;
 pub use format::{analyze, Analysis, FormatSpec, Layout, RawSpec};
-pub use predictor::{PredictorChoice, PredictorId};
+pub use predict::{PredictorChoice, PredictorId};
 pub use quantizer::Bound;
 pub use window::{decode_window, encode_window, Decoder, Encoded, Options};

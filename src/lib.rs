@@ -14,3 +14,4 @@ pub mod policy;
 pub mod vfs;
 pub mod fs;
 pub mod engine;
+pub mod model;

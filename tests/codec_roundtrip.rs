@@ -1042,7 +1042,7 @@ fn crafted_blobs_do_not_panic() {
                         // they name reference frames, which the first predicted frame lacks.
                         let refs = fill == 0x55;
                         let per = if refs { 3 } else { 2 };
-                        let vectors: Vec<u8> = (0..per * tezipfs::codec::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
+                        let vectors: Vec<u8> = (0..per * tezipfs::codec::predict::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
                         let motion = if k == 1 { wr.section(&zstd::bulk::compress(&vectors, 3).unwrap()) } else { Section::default() };
                         entries.push(Entry {
                             original_len: (n * dtype.bytes()) as u64,
@@ -1358,7 +1358,7 @@ fn moving_square(dtype: DType, w: usize, h: usize, frames: usize, (vx, vy): (i64
 fn flicker(dtype: DType, w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
     let mut rng = Rng::new(78);
     let scale = if dtype.bytes() == 1 { 1.0 } else { 40.0 };
-    let b = tezipfs::codec::motion::BLOCK;
+    let b = tezipfs::codec::predict::motion::BLOCK;
     (0..frames)
         .map(|t| {
             (0..w * h)
@@ -1559,14 +1559,14 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         }
     }
     let moved_on = (0..3).find(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.motion.len > 0)).unwrap();
-    let vectors = 2 * tezipfs::codec::motion::blocks(w, h);
+    let vectors = 2 * tezipfs::codec::predict::motion::blocks(w, h);
     let zstd_of = |n: usize| zstd::bulk::compress(&vec![1u8; n], 3).unwrap();
     // Unmoved blocks of mode `r` (reference and correction bits), as stored.
-    use tezipfs::codec::motion::{INTRA, MED, REF};
+    use tezipfs::codec::predict::motion::{INTRA, MED, REF};
     let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
     let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: false, ..f.clone() };
     let with_phases = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: true, ..f.clone() };
-    use tezipfs::codec::motion::PHASE_SHIFT;
+    use tezipfs::codec::predict::motion::PHASE_SHIFT;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),
         ("vectors on the key frame", rebuild(&[], &|hd, _| frame(hd, 0).motion = frame(hd, moved_on).motion)),

@@ -9,7 +9,7 @@
 
 use super::dtype::DType;
 use super::entropy::Stage;
-use super::predictor::PredictorId;
+use super::predict::PredictorId;
 use super::quantizer::{Bound, FrameBound};
 use std::ops::Range;
 
@@ -369,7 +369,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 coefs.push(c.u32()? as i32);
             }
         }
-        if predictor == PredictorId::Linear && !super::linear::valid(&coefs) {
+        if predictor == PredictorId::Linear && !super::predict::linear::valid(&coefs) {
             return Err(bad("bad linear predictor coefficients"));
         }
         let (kind, v) = (c.u8()?, c.f64()?);

@@ -9,9 +9,10 @@
 //! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
-use super::motion::{blocks, temporal_med, BLENDED, BLOCK, CORRECTED, SPATIAL};
+use super::predict::motion::blocks;
+use super::predict::pixel::{block_mode_at, for_each_block_mode};
+pub use super::predict::Prediction;
 use super::dtype::DType;
-use super::predictor::med;
 use std::fmt;
 use std::str::FromStr;
 
@@ -183,82 +184,6 @@ pub fn zigzag(v: i64) -> u64 {
 #[inline]
 pub fn unzigzag(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
-}
-
-/// Where the prediction of each pixel comes from.
-#[derive(Clone, Copy)]
-pub enum Prediction<'a> {
-    /// A whole predicted frame (temporal predictors).
-    Frame(&'a [u32]),
-    /// Intra: MED over the already reconstructed pixels of this frame.
-    Intra { width: usize },
-    /// The previous frame corrected by MED over the temporal differences of the already
-    /// reconstructed neighbours (what the scene did there since the previous frame).
-    TemporalMed { prev: &'a [u32], width: usize },
-    /// Per motion block (`modes`: one per [`BLOCK`]-sized block, row-major): the previous frame
-    /// as it is ([`PLAIN`]), corrected as by `TemporalMed` ([`CORRECTED`]), `Intra`
-    /// ([`SPATIAL`]), or as by `Blend` ([`BLENDED`]).
-    BlockModes { prev: &'a [u32], width: usize, modes: &'a [u8] },
-    /// The mean of the previous frame and the intra MED prediction.
-    Blend { prev: &'a [u32], width: usize },
-    /// Least-squares blend of spatial and temporal neighbours ([`super::linear`]); `coefs` must
-    /// be valid.
-    Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
-}
-
-/// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
-#[inline(always)]
-fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
-    match mode {
-        CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-        SPATIAL => med(recon, i, width),
-        BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
-        _ => prev[i],
-    }
-}
-
-/// Calls `f(i, mode)` for every pixel `i` of a frame of `n` pixels, in order, with the mode of
-/// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
-#[inline(always)]
-fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
-    let nx = width.div_ceil(BLOCK);
-    // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
-    for y in 0..n / width.max(1) {
-        let row = y * width;
-        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
-        for (bx, &mode) in row_modes.iter().take(nx).enumerate() {
-            for i in row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width) {
-                f(i, mode);
-            }
-        }
-    }
-}
-
-impl Prediction<'_> {
-    /// The prediction of pixel `i`, given the reconstructed pixels before it in `recon`.
-    #[inline]
-    fn at(&self, recon: &[u32], i: usize, mask: u32) -> u32 {
-        match *self {
-            Prediction::Frame(f) => f[i],
-            Prediction::Intra { width } => med(recon, i, width),
-            Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-            Prediction::BlockModes { prev, width, modes } => {
-                let nx = width.div_ceil(BLOCK);
-                block_mode_at(modes[(i / width / BLOCK) * nx + (i % width) / BLOCK], prev, recon, i, width, mask)
-            }
-            Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
-            Prediction::Linear { prev, width, coefs } => super::linear::predict(coefs, recon, prev, i, width, mask),
-        }
-    }
-
-    fn len_ok(&self, n: usize) -> bool {
-        match *self {
-            Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
-            Prediction::BlockModes { prev, width, modes } => prev.len() == n && width > 0 && modes.len() == blocks(width, n / width),
-            Prediction::Linear { prev, coefs, .. } => prev.len() == n && super::linear::valid(coefs),
-            Prediction::Intra { .. } => true,
-        }
-    }
 }
 
 /// The codes of one frame and its reconstruction.

@@ -12,10 +12,8 @@ use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
-use super::predictor::{Geometry, PredictorChoice, PredictorId, PredictorState};
-use super::linear;
-use super::motion;
-use super::quantizer::{self, Bound, FrameBound, Prediction};
+use super::predict::{linear, motion, Geometry, PredictorChoice, PredictorId, PredictorState, Prediction};
+use super::quantizer::{self, Bound, FrameBound};
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
 fn identity_coefs() -> Vec<i32> {

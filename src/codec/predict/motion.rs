@@ -491,29 +491,6 @@ pub fn apply(prev: &[u32], older: Option<&[u32]>, vectors: &[u8], width: usize, 
     Ok(())
 }
 
-/// The temporal MED's correction at pixel `i`: MED over the left, upper and upper-left
-/// neighbours' differences `recon - prev` (what the scene did there since `prev`), with the
-/// edge rules of [`super::predictor::med`].
-#[inline(always)]
-pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
-    let d = |j: usize| recon[j] as i64 - prev[j] as i64;
-    match (i % width > 0, i >= width) {
-        (false, false) => 0,
-        (true, false) => d(i - 1),
-        (false, true) => d(i - width),
-        (true, true) => {
-            let (a, b, c) = (d(i - 1), d(i - width), d(i - width - 1));
-            if c >= a.max(b) {
-                a.min(b)
-            } else if c <= a.min(b) {
-                a.max(b)
-            } else {
-                a + b - c
-            }
-        }
-    }
-}
-
 /// Mark each block with the prediction that leaves it the smallest sum of residual bit lengths
 /// (an estimate of its coded size; absolute values code 0.2% larger on visp-cube): `moved`
 /// alone, corrected by the temporal MED ([`MED`]), or spatial ([`INTRA`]), computed on
@@ -585,14 +562,14 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
             for i in y * width + x0..y * width + xa {
                 let plain = cur[i] as i64 - moved[i] as i64;
                 s[0] += bits(plain);
-                s[1] += bits(plain - temporal_med(moved, cur, i, width));
-                let intra = super::predictor::med(cur, i, width) as i64;
+                s[1] += bits(plain - super::pixel::temporal_med(moved, cur, i, width));
+                let intra = super::pixel::med(cur, i, width) as i64;
                 s[2] += bits(cur[i] as i64 - intra);
                 s[5] += bits(cur[i] as i64 - (moved[i] as i64 + intra) / 2);
                 if let Some(w) = whole {
                     let plain = cur[i] as i64 - w[i] as i64;
                     s[3] += bits(plain);
-                    s[4] += bits(plain - temporal_med(w, cur, i, width));
+                    s[4] += bits(plain - super::pixel::temporal_med(w, cur, i, width));
                 }
             }
         }
@@ -835,9 +812,9 @@ mod tests {
                 let mut want = [0u64; 4];
                 for i in i0..i1 {
                     let plain = cur[i] as i64 - moved[i] as i64;
-                    let intra = crate::codec::predictor::med(&cur, i, w) as i64;
+                    let intra = crate::codec::predict::pixel::med(&cur, i, w) as i64;
                     want[0] += bits(plain);
-                    want[1] += bits(plain - temporal_med(&moved, &cur, i, w));
+                    want[1] += bits(plain - crate::codec::predict::pixel::temporal_med(&moved, &cur, i, w));
                     want[2] += bits(cur[i] as i64 - intra);
                     want[3] += bits(cur[i] as i64 - (moved[i] as i64 + intra) / 2);
                 }

@@ -7,6 +7,11 @@
 //! keeps its hidden state there) and can predict the next frame of many windows in one call
 //! ([`Predictor::predict_batch`]), which is how a GPU model batches work.
 
+pub mod linear;
+pub mod motion;
+pub mod pixel;
+
+pub use pixel::Prediction;
 use std::fmt;
 use std::str::FromStr;
 
@@ -20,16 +25,69 @@ pub struct Geometry {
     /// The integer image of the value zero (0 for unsigned types, the midpoint for signed
     /// and float types).
     pub zero: u32,
+    pub dtype: crate::codec::DType,
 }
 
 impl Geometry {
     pub fn of(width: usize, height: usize, dtype: crate::codec::DType) -> Geometry {
-        Geometry { width, height, bits: dtype.bits(), zero: dtype.to_image(0) }
+        Geometry { width, height, bits: dtype.bits(), zero: dtype.to_image(0), dtype }
+    }
+
+    /// The largest integer image value.
+    pub fn mask(&self) -> u32 {
+        self.dtype.mask()
     }
 
     pub fn pixels(&self) -> usize {
         self.width * self.height
     }
+}
+
+/// The SHA-256 of a model file: how blobs, the store and archives name a model.
+pub type ModelHash = [u8; 32];
+
+/// A model's hash as text (lower-case hex).
+pub fn hash_hex(h: &ModelHash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a prediction could not be made.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PredictError {
+    /// The learned model failed or does not fit the frames (another type, a corrupt state).
+    #[error("model {model}: {why}")]
+    Model { model: String, why: String },
+    /// A blob needs a model that is not available here.
+    #[error("model {0} is not available (not in the store or archive)")]
+    MissingModel(String),
+    /// What a frame carries for its prediction (motion vectors, block modes) does not fit it.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// A learned model that corrects a window's temporal reference (`docs/MODEL.md`): the reference
+/// of frame `t` becomes `clamp(R[t-1] + correction)`, `R` the reconstructions. Implementations
+/// are integer-exact: the same reconstructions give the same references on every machine,
+/// backend and thread count. States are per window; `predict_batch` serves several windows at
+/// once (one GPU batch), all of the same geometry.
+pub trait Model: Send + Sync {
+    fn hash(&self) -> ModelHash;
+    /// A fresh state for a window of frames of `geom` (an error when the model was made for
+    /// another pixel type).
+    fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError>;
+    /// The reference of the next frame of each window, into `outs` (one frame each). Every state
+    /// must have observed at least one frame.
+    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError>;
+    /// Take in the reconstruction of the frame just coded (the key frame included), for each
+    /// window.
+    fn observe_batch(&self, states: &mut [&mut dyn ModelState], recons: &[&[u32]]) -> Result<(), PredictError>;
+}
+
+/// A model's state for one window. Backends downcast it to their own type.
+pub trait ModelState: Send + std::any::Any {
+    fn clone_box(&self) -> Box<dyn ModelState>;
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Stable ids of predictors, stored in the blob container.
@@ -45,9 +103,9 @@ pub enum PredictorId {
     Blend = 3,
     /// Intra MED on every frame (no temporal prediction).
     Spatial = 4,
-    /// Per-window least-squares blend of spatial and temporal neighbours ([`crate::codec::linear`]).
+    /// Per-window least-squares blend of spatial and temporal neighbours ([`crate::codec::predict::linear`]).
     Linear = 5,
-    /// The previous frame moved per block ([`crate::codec::motion`]), corrected by MED over the
+    /// The previous frame moved per block ([`crate::codec::predict::motion`]), corrected by MED over the
     /// neighbours' temporal differences (as `previous+med`).
     MotionMed = 6,
     /// The previous frame moved per block (as `previous`, moved).
@@ -59,8 +117,7 @@ impl PredictorId {
 
     /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
     /// `motion`, already moved) and the window's predictor coefficients (`linear` only).
-    pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32]) -> crate::codec::quantizer::Prediction<'a> {
-        use crate::codec::quantizer::Prediction;
+    pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32]) -> Prediction<'a> {
         if k == 0 && self.intra_key() {
             return Prediction::Intra { width };
         }
@@ -220,47 +277,9 @@ impl Predictor for PreviousPredictor {
     }
 }
 
-/// The median edge detector of JPEG-LS (LOCO-I): the intra prediction of pixel `i` from its
-/// already reconstructed left, upper and upper-left neighbours in `img`.
-#[inline]
-pub fn med(img: &[u32], i: usize, width: usize) -> u32 {
-    let x = i % width;
-    let has_up = i >= width;
-    match (x > 0, has_up) {
-        (false, false) => 0,
-        (true, false) => img[i - 1],
-        (false, true) => img[i - width],
-        (true, true) => {
-            let (a, b, c) = (img[i - 1], img[i - width], img[i - width - 1]);
-            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-            if c >= hi {
-                lo
-            } else if c <= lo {
-                hi
-            } else {
-                // a + b - c lies strictly between lo and hi here, so no overflow.
-                a.wrapping_add(b).wrapping_sub(c)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn med_picks_edges_and_planes() {
-        // c >= max(a, b) -> min(a, b)
-        let img = [9, 5, 3, 0];
-        assert_eq!(med(&img, 3, 2), 3);
-        // c <= min(a, b) -> max(a, b)
-        assert_eq!(med(&[4, 6, 5, 0], 3, 2), 6);
-        // c in between: the plane a + b - c
-        assert_eq!(med(&[5, 6, 4, 0], 3, 2), 4 + 6 - 5);
-        assert_eq!(med(&[7, 0], 1, 2), 7);
-        assert_eq!(med(&[7, 0], 1, 1), 7);
-    }
 
     #[test]
     fn previous_predicts_last_observed() {

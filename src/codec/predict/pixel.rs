@@ -1,0 +1,148 @@
+//! How each pixel of a frame is predicted from its references and the already reconstructed
+//! pixels before it: the per-pixel rules that the quantiser's encoder and decoder both walk
+//! ([`Prediction`]), and the spatial building blocks they use (MED, temporal MED).
+
+use super::motion::{blocks, BLENDED, BLOCK, CORRECTED, SPATIAL};
+use super::linear;
+
+/// The median edge detector of JPEG-LS (LOCO-I): the intra prediction of pixel `i` from its
+/// already reconstructed left, upper and upper-left neighbours in `img`.
+#[inline]
+pub fn med(img: &[u32], i: usize, width: usize) -> u32 {
+    let x = i % width;
+    let has_up = i >= width;
+    match (x > 0, has_up) {
+        (false, false) => 0,
+        (true, false) => img[i - 1],
+        (false, true) => img[i - width],
+        (true, true) => {
+            let (a, b, c) = (img[i - 1], img[i - width], img[i - width - 1]);
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            if c >= hi {
+                lo
+            } else if c <= lo {
+                hi
+            } else {
+                // a + b - c lies strictly between lo and hi here, so no overflow.
+                a.wrapping_add(b).wrapping_sub(c)
+            }
+        }
+    }
+}
+
+/// The temporal MED's correction at pixel `i`: MED over the left, upper and upper-left
+/// neighbours' differences `recon - prev` (what the scene did there since `prev`), with the
+/// edge rules of [`med`].
+#[inline(always)]
+pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
+    let d = |j: usize| recon[j] as i64 - prev[j] as i64;
+    match (i % width > 0, i >= width) {
+        (false, false) => 0,
+        (true, false) => d(i - 1),
+        (false, true) => d(i - width),
+        (true, true) => {
+            let (a, b, c) = (d(i - 1), d(i - width), d(i - width - 1));
+            if c >= a.max(b) {
+                a.min(b)
+            } else if c <= a.min(b) {
+                a.max(b)
+            } else {
+                a + b - c
+            }
+        }
+    }
+}
+
+/// Where the prediction of each pixel comes from.
+#[derive(Clone, Copy)]
+pub enum Prediction<'a> {
+    /// A whole predicted frame (temporal predictors).
+    Frame(&'a [u32]),
+    /// Intra: MED over the already reconstructed pixels of this frame.
+    Intra { width: usize },
+    /// The previous frame corrected by MED over the temporal differences of the already
+    /// reconstructed neighbours (what the scene did there since the previous frame).
+    TemporalMed { prev: &'a [u32], width: usize },
+    /// Per motion block (`modes`: one per [`BLOCK`]-sized block, row-major): the previous frame
+    /// as it is ([`PLAIN`]), corrected as by `TemporalMed` ([`CORRECTED`]), `Intra`
+    /// ([`SPATIAL`]), or as by `Blend` ([`BLENDED`]).
+    BlockModes { prev: &'a [u32], width: usize, modes: &'a [u8] },
+    /// The mean of the previous frame and the intra MED prediction.
+    Blend { prev: &'a [u32], width: usize },
+    /// Least-squares blend of spatial and temporal neighbours ([`linear`]); `coefs` must
+    /// be valid.
+    Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
+}
+
+/// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
+#[inline(always)]
+pub(crate) fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    match mode {
+        CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+        SPATIAL => med(recon, i, width),
+        BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+        _ => prev[i],
+    }
+}
+
+/// Calls `f(i, mode)` for every pixel `i` of a frame of `n` pixels, in order, with the mode of
+/// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
+#[inline(always)]
+pub(crate) fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
+    let nx = width.div_ceil(BLOCK);
+    // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
+    for y in 0..n / width.max(1) {
+        let row = y * width;
+        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
+        for (bx, &mode) in row_modes.iter().take(nx).enumerate() {
+            for i in row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width) {
+                f(i, mode);
+            }
+        }
+    }
+}
+
+impl Prediction<'_> {
+    /// The prediction of pixel `i`, given the reconstructed pixels before it in `recon`.
+    #[inline]
+    pub(crate) fn at(&self, recon: &[u32], i: usize, mask: u32) -> u32 {
+        match *self {
+            Prediction::Frame(f) => f[i],
+            Prediction::Intra { width } => med(recon, i, width),
+            Prediction::TemporalMed { prev, width } => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
+            Prediction::BlockModes { prev, width, modes } => {
+                let nx = width.div_ceil(BLOCK);
+                block_mode_at(modes[(i / width / BLOCK) * nx + (i % width) / BLOCK], prev, recon, i, width, mask)
+            }
+            Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+            Prediction::Linear { prev, width, coefs } => linear::predict(coefs, recon, prev, i, width, mask),
+        }
+    }
+
+    pub(crate) fn len_ok(&self, n: usize) -> bool {
+        match *self {
+            Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
+            Prediction::BlockModes { prev, width, modes } => prev.len() == n && width > 0 && modes.len() == blocks(width, n / width),
+            Prediction::Linear { prev, coefs, .. } => prev.len() == n && linear::valid(coefs),
+            Prediction::Intra { .. } => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn med_picks_edges_and_planes() {
+        // c >= max(a, b) -> min(a, b)
+        let img = [9, 5, 3, 0];
+        assert_eq!(med(&img, 3, 2), 3);
+        // c <= min(a, b) -> max(a, b)
+        assert_eq!(med(&[4, 6, 5, 0], 3, 2), 6);
+        // c in between: the plane a + b - c
+        assert_eq!(med(&[5, 6, 4, 0], 3, 2), 4 + 6 - 5);
+        assert_eq!(med(&[7, 0], 1, 2), 7);
+        assert_eq!(med(&[7, 0], 1, 1), 7);
+    }
+}

@@ -1,0 +1,1 @@
+//! The model file (version 1, `docs/MODEL.md`): writing, and reading with validation.

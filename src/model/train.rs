@@ -1,0 +1,1 @@
+//! Training: the float PredNet with fake quantisation, in tch, and its export to an [`super::IntModel`].
