@@ -1,6 +1,6 @@
 //! The frame codec: pure functions over byte buffers.
 //!
-//! `format` finds the pixels in a file, `predictor` predicts a frame from the frames before it,
+//! `format` finds the pixels in a file, `predict` predicts a frame from the frames before it,
 //! `quantizer` turns the residual into codes under an error bound, `entropy` turns codes into
 //! bytes, `container` is the blob format, and `window` ties them together for one window.
 

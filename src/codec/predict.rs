@@ -1,11 +1,15 @@
-//! Predictors over integer images.
+//! Prediction: how every frame of a window is predicted from the reconstructed frames before it.
 //!
-//! A window is a key frame followed by predicted frames. The key frame is coded by the codec
-//! itself (intra, see [`med`]); every later frame is predicted by a [`Predictor`] from the
-//! *reconstructed* frames before it, so encoder and decoder see the same history even under an
-//! error bound. A predictor keeps its per-window state in a [`PredictorState`] (a recurrent model
-//! keeps its hidden state there) and can predict the next frame of many windows in one call
-//! ([`Predictor::predict_batch`]), which is how a GPU model batches work.
+//! A window is a key frame followed by predicted frames. Each frame has a temporal *reference*
+//! (the previous reconstruction, as a learned [`Model`] corrects it when the window has one,
+//! moved by the frame's [`motion`] vectors when it has them), and the predictor id says how each
+//! pixel is predicted from it and from the pixels of the frame already reconstructed
+//! ([`Prediction`], in [`pixel`]). A [`Session`] carries all of that across a window; the encoder
+//! and the decoder drive the same session, so they predict alike, lossless or under an error
+//! bound (every prediction is made from reconstructions).
+//!
+//! Only the encoder searches (motion vectors, `linear` coefficients); what it found is stored in
+//! the blob, and the decoder only applies it.
 
 pub mod linear;
 pub mod motion;
@@ -144,12 +148,10 @@ impl PredictorId {
         self != PredictorId::None
     }
 
-    /// The temporal predictor behind this id (spatial corrections are applied by the codec).
-    pub fn build(self) -> Box<dyn Predictor> {
-        match self {
-            PredictorId::None | PredictorId::Spatial => Box::new(NonePredictor),
-            PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear | PredictorId::MotionMed | PredictorId::Motion => Box::new(PreviousPredictor),
-        }
+    /// Whether a learned model may correct this predictor's reference (`docs/MODEL.md`): the
+    /// predictors that read the previous frame unmoved.
+    pub fn takes_model(self) -> bool {
+        matches!(self, PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear)
     }
 }
 
@@ -210,71 +212,261 @@ impl FromStr for PredictorChoice {
     }
 }
 
-/// Per-window state of a predictor.
-pub trait PredictorState: Send {
-    /// Write the prediction of the next frame into `out` (length = pixels).
-    fn predict(&mut self, out: &mut [u32]);
-    /// Take in the reconstructed frame that was just coded (key frame included).
-    fn observe(&mut self, recon: &[u32]);
+/// Where the decoder finds the models its blobs name (the store, an archive's embedded models).
+pub trait ModelSource {
+    fn model(&self, hash: &ModelHash) -> Result<std::sync::Arc<dyn Model>, PredictError>;
 }
 
-/// A temporal predictor. Implementations must be deterministic and integer-exact: the same
-/// history gives the same prediction on every machine.
-pub trait Predictor: Send + Sync {
-    fn id(&self) -> PredictorId;
-    fn start(&self, geom: Geometry) -> Box<dyn PredictorState>;
-    /// Predict the next frame of several windows at once. The default runs them one by one;
-    /// a batched model overrides it.
-    fn predict_batch(&self, states: &mut [&mut dyn PredictorState], outs: &mut [&mut [u32]]) {
-        for (s, o) in states.iter_mut().zip(outs.iter_mut()) {
-            s.predict(o);
+/// No models at all: a blob that names one cannot be decoded here.
+pub struct NoModels;
+
+impl ModelSource for NoModels {
+    fn model(&self, hash: &ModelHash) -> Result<std::sync::Arc<dyn Model>, PredictError> {
+        Err(PredictError::MissingModel(hash_hex(hash)))
+    }
+}
+
+/// A model and its state for one window.
+struct ModelRun {
+    model: std::sync::Arc<dyn Model>,
+    state: Box<dyn ModelState>,
+}
+
+/// The prediction of one window, frame after frame: the one code path the encoder and the
+/// decoder both drive, so that they predict alike by construction. Per frame:
+///
+/// 1. [`Session::begin`] makes the frame's temporal *reference* (the previous reconstruction,
+///    a model's correction of it, or zeros for `none`); [`begin_batch`] does it for several
+///    windows at once, one model call per group;
+/// 2. [`Session::move_by`] applies the frame's motion vectors, if any (the encoder searches them
+///    on [`Session::reference`] and [`Session::older`]; the decoder reads them from the blob);
+/// 3. [`Session::prediction`] says how each pixel is predicted, which the quantiser walks;
+/// 4. [`Session::observe`] takes in the frame's reconstruction.
+///
+/// The key frame (position 0) is intra-predicted under every predictor but `none`.
+pub struct Session {
+    pid: PredictorId,
+    geom: Geometry,
+    coefs: Vec<i32>,
+    model: Option<ModelRun>,
+    /// Chain position of the frame being predicted.
+    k: usize,
+    /// Reconstructions of frames `k - 1` and `k - 2` (empty before them).
+    prev: Vec<u32>,
+    older: Vec<u32>,
+    /// The reference of frame `k` when it is not `prev` (zeros for `none`, a model's output).
+    own_reference: Vec<u32>,
+    begun: bool,
+    /// The reference moved by frame `k`'s vectors (`moving`), and the blocks' corrections.
+    moved: Vec<u32>,
+    moving: bool,
+    modes: Option<Vec<u8>>,
+}
+
+impl Session {
+    /// A window's session: predictor, frame geometry, coefficients (`linear`: as stored in the
+    /// blob; others: empty) and the model that corrects the reference, if any.
+    pub fn new(pid: PredictorId, geom: Geometry, coefs: &[i32], model: Option<std::sync::Arc<dyn Model>>) -> Result<Session, PredictError> {
+        if pid == PredictorId::Linear && !linear::valid(coefs) {
+            return Err(PredictError::Malformed("linear predictor coefficients are invalid".into()));
+        }
+        let model = match model {
+            Some(_) if !pid.takes_model() => return Err(PredictError::Malformed(format!("a learned model cannot correct predictor {pid}"))),
+            Some(model) => Some(ModelRun { state: model.start(geom)?, model }),
+            None => None,
+        };
+        let own_reference = if pid == PredictorId::None { vec![geom.zero; geom.pixels()] } else { Vec::new() };
+        Ok(Session { pid, geom, coefs: coefs.to_vec(), model, k: 0, prev: Vec::new(), older: Vec::new(), own_reference, begun: false, moved: Vec::new(), moving: false, modes: None })
+    }
+
+    pub fn predictor(&self) -> PredictorId {
+        self.pid
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geom
+    }
+
+    /// Chain position of the frame being predicted (0: the key frame).
+    pub fn position(&self) -> usize {
+        self.k
+    }
+
+    /// The hash of the model correcting the reference, if any.
+    pub fn model_hash(&self) -> Option<ModelHash> {
+        self.model.as_ref().map(|m| m.model.hash())
+    }
+
+    /// Whether frame `k` has a temporal reference (every frame but an intra key frame).
+    fn has_reference(&self) -> bool {
+        self.k > 0 || !self.pid.intra_key()
+    }
+
+    /// Make the reference of the frame being predicted.
+    pub fn begin(&mut self) -> Result<(), PredictError> {
+        begin_batch(&mut [self])
+    }
+
+    /// The temporal reference of the frame being predicted (after [`Session::begin`]).
+    pub fn reference(&self) -> &[u32] {
+        if self.pid == PredictorId::None || self.model.is_some() {
+            &self.own_reference
+        } else {
+            &self.prev
         }
     }
+
+    /// The reconstruction of the frame before the previous one (the second reference of motion
+    /// vectors), from the third frame of the window on.
+    pub fn older(&self) -> Option<&[u32]> {
+        (self.k >= 2).then_some(&self.older[..])
+    }
+
+    /// Apply frame `k`'s motion vectors as stored (empty: none) to the reference.
+    pub fn move_by(&mut self, vectors: &[u8], subpel: bool) -> Result<(), PredictError> {
+        if !self.begun {
+            return Err(PredictError::Malformed("motion applied before the frame's reference was made".into()));
+        }
+        self.modes = None;
+        self.moving = !vectors.is_empty();
+        if !self.moving {
+            return Ok(());
+        }
+        if !self.pid.moves() || self.k == 0 {
+            self.moving = false;
+            return Err(PredictError::Malformed(format!("motion vectors on a {} frame", if self.k == 0 { "key".to_string() } else { self.pid.to_string() })));
+        }
+        let (w, h) = (self.geom.width, self.geom.height);
+        let older = (self.k >= 2).then_some(&self.older[..]);
+        let reference = if self.model.is_some() { &self.own_reference } else { &self.prev };
+        if motion::apply(reference, older, vectors, w, h, subpel, &mut self.moved).is_err() {
+            self.moving = false;
+            return Err(PredictError::Malformed(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })));
+        }
+        self.mark_blocks(vectors)
+    }
+
+    /// Take the per-block corrections of `vectors`, which move the reference as the vectors last
+    /// given to [`Session::move_by`] did and differ from them only in their correction bits
+    /// (what the encoder's block-mode choice changes), without moving it again.
+    pub fn mark_blocks(&mut self, vectors: &[u8]) -> Result<(), PredictError> {
+        self.modes = motion::corrections(vectors, self.geom.width, self.geom.height);
+        if self.modes.is_some() && self.pid != PredictorId::Motion {
+            self.modes = None;
+            return Err(PredictError::Malformed(format!("motion vectors correct blocks (temporal MED, spatial) under {}", self.pid)));
+        }
+        Ok(())
+    }
+
+    /// The reference as the frame's vectors moved it (the reference itself without vectors).
+    pub fn moved(&self) -> &[u32] {
+        if self.moving {
+            &self.moved
+        } else {
+            self.reference()
+        }
+    }
+
+    /// How each pixel of the frame being predicted is predicted.
+    pub fn prediction(&self) -> Prediction<'_> {
+        match &self.modes {
+            Some(modes) => Prediction::BlockModes { prev: self.moved(), width: self.geom.width, modes },
+            None => self.pid.prediction(self.k, self.moved(), self.geom.width, &self.coefs),
+        }
+    }
+
+    /// Take in the reconstruction of the frame just coded; the session moves to the next frame.
+    pub fn observe(&mut self, recon: &[u32]) -> Result<(), PredictError> {
+        observe_batch(&mut [self], &[recon])
+    }
 }
 
-pub struct NonePredictor;
-struct NoneState {
-    zero: u32,
+/// [`Session::begin`] for several windows: the sessions that share a model and a geometry are
+/// predicted by one call of it (one GPU batch).
+pub fn begin_batch(sessions: &mut [&mut Session]) -> Result<(), PredictError> {
+    let mut batched: Vec<usize> = Vec::new();
+    for (j, s) in sessions.iter_mut().enumerate() {
+        if s.begun {
+            return Err(PredictError::Malformed(format!("frame {} predicted twice", s.k)));
+        }
+        s.moving = false;
+        s.modes = None;
+        if s.model.is_some() && s.has_reference() {
+            batched.push(j);
+        } else {
+            s.begun = true;
+        }
+    }
+    while let Some(&first) = batched.first() {
+        let key = |s: &Session| (s.model.as_ref().map(|m| std::sync::Arc::as_ptr(&m.model) as *const () as usize), s.geom);
+        let want = key(&*sessions[first]);
+        let (group, rest): (Vec<usize>, Vec<usize>) = batched.iter().partition(|&&j| key(&*sessions[j]) == want);
+        batched = rest;
+        let model = sessions[first].model.as_ref().map(|m| m.model.clone()).expect("batched sessions have a model");
+        let mut picked: Vec<&mut Session> = Vec::with_capacity(group.len());
+        for (j, s) in sessions.iter_mut().enumerate() {
+            if group.contains(&j) {
+                picked.push(&mut **s);
+            }
+        }
+        let n = picked[0].geom.pixels();
+        let mut states: Vec<&mut dyn ModelState> = Vec::with_capacity(picked.len());
+        let mut outs: Vec<&mut [u32]> = Vec::with_capacity(picked.len());
+        for s in picked.iter_mut() {
+            s.own_reference.resize(n, 0);
+            let run = s.model.as_mut().expect("batched sessions have a model");
+            states.push(run.state.as_mut());
+            outs.push(&mut s.own_reference[..]);
+        }
+        model.predict_batch(&mut states, &mut outs)?;
+        for s in picked {
+            s.begun = true;
+        }
+    }
+    Ok(())
 }
 
-impl PredictorState for NoneState {
-    fn predict(&mut self, out: &mut [u32]) {
-        out.fill(self.zero);
+/// [`Session::observe`] for several windows (the model's part in one call per group).
+pub fn observe_batch(sessions: &mut [&mut Session], recons: &[&[u32]]) -> Result<(), PredictError> {
+    if recons.len() != sessions.len() {
+        return Err(PredictError::Malformed("one reconstruction per window".into()));
     }
-    fn observe(&mut self, _recon: &[u32]) {}
-}
-
-impl Predictor for NonePredictor {
-    fn id(&self) -> PredictorId {
-        PredictorId::None
+    for (s, r) in sessions.iter().zip(recons) {
+        if r.len() != s.geom.pixels() {
+            return Err(PredictError::Malformed(format!("reconstruction of {} pixels for frames of {}", r.len(), s.geom.pixels())));
+        }
+        if !s.begun {
+            return Err(PredictError::Malformed(format!("frame {} observed before it was predicted", s.k)));
+        }
     }
-    fn start(&self, geom: Geometry) -> Box<dyn PredictorState> {
-        Box::new(NoneState { zero: geom.zero })
+    let mut done = vec![false; sessions.len()];
+    for first in 0..sessions.len() {
+        if done[first] || sessions[first].model.is_none() {
+            continue;
+        }
+        let model = sessions[first].model.as_ref().map(|m| m.model.clone()).expect("checked");
+        let ptr = std::sync::Arc::as_ptr(&model) as *const () as usize;
+        let mut states: Vec<&mut dyn ModelState> = Vec::new();
+        let mut rs: Vec<&[u32]> = Vec::new();
+        for (j, s) in sessions.iter_mut().enumerate() {
+            if let Some(run) = s.model.as_mut().filter(|r| std::sync::Arc::as_ptr(&r.model) as *const () as usize == ptr) {
+                done[j] = true;
+                states.push(run.state.as_mut());
+                rs.push(recons[j]);
+            }
+        }
+        model.observe_batch(&mut states, &rs)?;
     }
-}
-
-pub struct PreviousPredictor;
-struct PreviousState {
-    last: Vec<u32>,
-}
-
-impl PredictorState for PreviousState {
-    fn predict(&mut self, out: &mut [u32]) {
-        out.copy_from_slice(&self.last);
+    for (s, r) in sessions.iter_mut().zip(recons) {
+        std::mem::swap(&mut s.older, &mut s.prev);
+        s.prev.clear();
+        s.prev.extend_from_slice(r);
+        s.k += 1;
+        s.begun = false;
+        s.moving = false;
+        s.modes = None;
     }
-    fn observe(&mut self, recon: &[u32]) {
-        self.last.clear();
-        self.last.extend_from_slice(recon);
-    }
-}
-
-impl Predictor for PreviousPredictor {
-    fn id(&self) -> PredictorId {
-        PredictorId::Previous
-    }
-    fn start(&self, geom: Geometry) -> Box<dyn PredictorState> {
-        Box::new(PreviousState { last: vec![0; geom.pixels()] })
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,12 +474,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn previous_predicts_last_observed() {
-        let p = PreviousPredictor;
-        let mut s = p.start(Geometry::of(2, 1, crate::codec::DType::U16));
-        s.observe(&[3, 4]);
-        let mut out = [0; 2];
-        p.predict_batch(&mut [s.as_mut()], &mut [&mut out]);
-        assert_eq!(out, [3, 4]);
+    fn previous_predicts_the_last_reconstruction() {
+        let mut s = Session::new(PredictorId::Previous, Geometry::of(2, 1, crate::codec::DType::U16), &[], None).unwrap();
+        s.begin().unwrap();
+        assert!(matches!(s.prediction(), Prediction::Intra { .. }));
+        s.observe(&[3, 4]).unwrap();
+        s.begin().unwrap();
+        assert_eq!(s.reference(), [3, 4]);
+        assert!(s.older().is_none());
+        s.observe(&[5, 6]).unwrap();
+        s.begin().unwrap();
+        assert_eq!((s.reference(), s.older()), (&[5, 6][..], Some(&[3, 4][..])));
+        assert_eq!(s.position(), 2);
+    }
+
+    #[test]
+    fn misuse_is_an_error() {
+        let g = Geometry::of(2, 1, crate::codec::DType::U8);
+        let mut s = Session::new(PredictorId::Motion, g, &[], None).unwrap();
+        assert!(s.observe(&[1, 2]).is_err(), "observed before predicted");
+        s.begin().unwrap();
+        assert!(s.begin().is_err(), "predicted twice");
+        assert!(s.move_by(&[1, 0], false).is_err(), "vectors on a key frame");
+        assert!(s.observe(&[1]).is_err(), "wrong size");
+        s.observe(&[1, 2]).unwrap();
+        s.begin().unwrap();
+        assert!(s.move_by(&[1, 0, 1], false).is_err(), "vectors that do not fit");
+        assert!(Session::new(PredictorId::Linear, g, &[1, 2], None).is_err());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
-use super::predict::{linear, motion, Geometry, PredictorChoice, PredictorId, PredictorState, Prediction};
+use super::predict::{linear, motion, Geometry, ModelSource, NoModels, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
@@ -77,6 +77,8 @@ pub struct Encoded {
 pub enum EncodeError {
     #[error("entropy coder: {0}")]
     Entropy(#[from] super::entropy::EntropyError),
+    #[error("prediction: {0}")]
+    Predict(#[from] PredictError),
 }
 
 /// A frame coded against one predictor, ready to go into a blob.
@@ -249,7 +251,10 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
         let mut quantised = None;
         let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs, &mut quantised)?;
-        let q = quantised.unwrap_or_else(|| quantize_chain(&chain, dtype, geom, opts, pid, 0..chain.images.len(), &coefs));
+        let q = match quantised {
+            Some(q) => q,
+            None => quantize_chain(&chain, dtype, geom, opts, pid, 0..chain.images.len(), &coefs)?,
+        };
         if pid != PredictorId::Linear {
             coefs.clear();
         }
@@ -359,7 +364,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     };
     let mut ranked: Vec<(f64, PredictorId, Quantised)> = Vec::with_capacity(candidates.len());
     for &pid in &candidates {
-        let q = quantize_chain(chain, dtype, geom, opts, pid, probe_at..probe_at + probe, coefs);
+        let q = quantize_chain(chain, dtype, geom, opts, pid, probe_at..probe_at + probe, coefs)?;
         ranked.push((size_under(&q, proxy, skip)?, pid, q));
     }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -404,9 +409,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let far = DRIFT_PROBE.min(chain.images.len());
     if pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1 != PredictorId::Linear) {
-            let lin_q = quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs);
+            let lin_q = quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs)?;
             let lin = size_under(&lin_q, proxy, skip)?;
-            let other_q = quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs);
+            let other_q = quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs)?;
             let other = size_under(&other_q, proxy, skip)?;
             let kept = if other <= lin {
                 (pid, stage) = (alt, alt_stage);
@@ -429,69 +434,51 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 /// is made on, and, from the window's start, what it is coded with. A probe that starts later
 /// predicts from the original frames before it: exact when lossless (a reconstruction is then
 /// the frame itself), a close estimate under a bound.
-fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Quantised {
+fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
-    let predictor = pid.build();
-    let mut state = predictor.start(geom);
-    let mut pred = vec![0u32; geom.pixels()];
-    let mut moved = Vec::new();
-    // The reconstruction before the previous one (the motion search's second reference).
-    let mut older = vec![0u32; geom.pixels()];
+    let mut session = Session::new(pid, geom, coefs, None)?;
     let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+    // The reference moved by the search's vectors before their refinement (block modes' fallback).
+    let mut unrefined = Vec::new();
     for (k, x) in chain.images[frames].iter().enumerate() {
-        if k > 0 || !pid.intra_key() {
-            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred]);
-        }
-        let older_ok = (k >= 2).then_some(&older[..]);
-        let search = || motion::search_both(&pred, older_ok, x, geom.width, geom.height, true);
+        session.begin()?;
+        let search = || motion::search_both(session.reference(), session.older(), x, geom.width, geom.height, true);
         let (mut vectors, coarse) = match (pid.moves() && k > 0, opts.bound == Bound::Lossless) {
             (false, _) => (Vec::new(), None),
             (true, false) => search(),
-            (true, true) => chain.searches.borrow_mut().entry((start + k, older_ok.is_some())).or_insert_with(search).clone(),
+            (true, true) => chain.searches.borrow_mut().entry((start + k, session.older().is_some())).or_insert_with(search).clone(),
         };
-        let from: &[u32] = if vectors.is_empty() {
-            &pred
-        } else {
-            motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, true, &mut moved).expect("the search's own vectors fit the frame");
-            &moved
-        };
+        session.move_by(&vectors, true)?;
         let bound = opts.bound.for_frame(dtype, x);
         // Block modes, lossless only: the choice is made on the frame itself, which is then the
         // reconstruction. (Under a bound the corrections would be chosen on values the decoder
         // does not have, and they spread the quantisation error: visp-cube abs:4 lost a fifth.)
-        let mut from = from;
         if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
-            // The search's vectors before their refinement, which a block may fall back to.
-            let unrefined = coarse.as_ref().map(|c| {
-                let mut out = Vec::new();
-                motion::apply(&pred, older_ok, c, geom.width, geom.height, true, &mut out).expect("the search's own vectors fit the frame");
-                (out, c)
-            });
-            if motion::choose_modes(from, unrefined.as_ref().map(|(m, c)| (&m[..], &c[..])), x, geom.width, geom.height, &mut vectors) {
-                motion::apply(&pred, older_ok, &vectors, geom.width, geom.height, true, &mut moved).expect("the search's own vectors fit the frame");
-                from = &moved;
+            let alt = match &coarse {
+                Some(c) => {
+                    motion::apply(session.reference(), session.older(), c, geom.width, geom.height, true, &mut unrefined).map_err(|_| PredictError::Malformed("the search's own vectors do not fit the frame".into()))?;
+                    Some((&unrefined[..], &c[..]))
+                }
+                None => None,
+            };
+            // (It returns whether a block took other vectors: then the reference moves again.)
+            if motion::choose_modes(session.moved(), alt, x, geom.width, geom.height, &mut vectors) {
+                session.move_by(&vectors, true)?;
+            } else {
+                session.mark_blocks(&vectors)?;
             }
         }
-        let modes = motion::corrections(&vectors, geom.width, geom.height);
-        let prediction = match &modes {
-            Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
-            None => pid.prediction(k, from, geom.width, coefs),
-        };
         // (A lossless frame is its own reconstruction: not copied, `recon` left empty.)
         let c = if bound == FrameBound::Lossless {
-            quantizer::Coded { codes: quantizer::lossless_codes(dtype, x, prediction), escapes: Vec::new(), recon: Vec::new() }
+            quantizer::Coded { codes: quantizer::lossless_codes(dtype, x, session.prediction()), escapes: Vec::new(), recon: Vec::new() }
         } else {
-            quantizer::encode(dtype, bound, x, prediction)
+            quantizer::encode(dtype, bound, x, session.prediction())
         };
-        state.observe(if bound == FrameBound::Lossless { x } else { &c.recon });
+        session.observe(if bound == FrameBound::Lossless { x } else { &c.recon })?;
         out.frames.push(c);
         out.motion.push(vectors);
-        if k > 0 {
-            // `pred` held the previous reconstruction; the next prediction overwrites it.
-            std::mem::swap(&mut older, &mut pred);
-        }
     }
-    out
+    Ok(out)
 }
 
 /// Entropy-code the chain's frames as quantised in `q` (from the window's start); `stage: None`
@@ -542,20 +529,17 @@ pub struct Decoder {
     header: Header,
     payload_start: usize,
     coder: Coder,
-    /// Chain position of the next frame to decode, and the predictor state after the frames
-    /// before it.
-    next_frame: usize,
-    state: Option<Box<dyn PredictorState>>,
+    /// Where the model the blob names comes from (looked up when a frame needs it).
+    models: Arc<dyn ModelSource + Send + Sync>,
+    model: Option<Arc<dyn super::predict::Model>>,
+    /// The window's prediction after the frames before the next one; `None` before the key
+    /// frame.
+    session: Option<Session>,
     frame_entries: Vec<usize>,
     /// Buffers reused from frame to frame.
     codes: Vec<u32>,
     /// Codes of the previous frame of the chain (the adaptive stage's temporal context).
     prev_codes: Vec<u32>,
-    pred: Vec<u32>,
-    /// The prediction moved by the frame's motion vectors (`motion` only).
-    moved: Vec<u32>,
-    /// The reconstruction before the previous one (the second reference of motion vectors).
-    older: Vec<u32>,
     recon: Vec<u32>,
     /// Codes of the frame before the previous one, and the previous codes moved (the moved
     /// temporal context).
@@ -567,17 +551,23 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder for blobs that need no learned model.
     pub fn new(bytes: &[u8]) -> Result<Decoder, BlobError> {
         Decoder::from_shared(Arc::from(bytes))
     }
 
     pub fn from_shared(bytes: Arc<[u8]>) -> Result<Decoder, BlobError> {
+        Decoder::with_models(bytes, Arc::new(NoModels))
+    }
+
+    /// A decoder that finds the blob's model, if it names one, in `models`.
+    pub fn with_models(bytes: Arc<[u8]>, models: Arc<dyn ModelSource + Send + Sync>) -> Result<Decoder, BlobError> {
         let blob = Blob::parse(&bytes)?;
         let payload_start = blob.payload_offset(&bytes);
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, next_frame: 0, state: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), pred: Vec::new(), moved: Vec::new(), older: Vec::new(), recon: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None })
+        Ok(Decoder { bytes, header, payload_start, coder, models, model: None, session: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), recon: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -586,7 +576,7 @@ impl Decoder {
 
     /// Chain position of the next frame this decoder would decode (0: at the start).
     pub fn position(&self) -> usize {
-        self.next_frame
+        self.session.as_ref().map_or(0, Session::position)
     }
 
     /// Chain position of entry `i`, if it is a frame.
@@ -631,14 +621,15 @@ impl Decoder {
             }
             Body::Frame(_) => {
                 let pos = self.frame_entries.iter().position(|&e| e == i).expect("frame entry is in the chain");
-                if pos < self.next_frame {
-                    self.next_frame = 0;
-                    self.state = None;
+                if pos < self.position() {
+                    self.session = None;
                 }
                 loop {
-                    let k = self.next_frame;
+                    let k = self.position();
                     let e = self.frame_entries[k];
-                    let file = self.decode_next_frame()?;
+                    // A frame that fails leaves the chain's state half made: start again from the
+                    // key frame next time.
+                    let file = self.decode_next_frame().inspect_err(|_| self.session = None)?;
                     if k == pos {
                         return Ok(file);
                     }
@@ -653,8 +644,26 @@ impl Decoder {
         (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
     }
 
+    /// The session of the window, made at its key frame (with the model the blob names).
+    fn session(&mut self, i: usize, p: &Params) -> Result<&mut Session, BlobError> {
+        if self.session.is_none() {
+            let dec = |why: String| BlobError::Decode { entry: i, why };
+            let model = if p.model == [0; 32] {
+                None
+            } else {
+                if self.model.is_none() {
+                    self.model = Some(self.models.model(&p.model).map_err(|e| dec(e.to_string()))?);
+                }
+                self.model.clone()
+            };
+            let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+            self.session = Some(Session::new(p.predictor, geom, &p.coefs, model).map_err(|e| dec(e.to_string()))?);
+        }
+        Ok(self.session.as_mut().expect("made above"))
+    }
+
     fn decode_next_frame(&mut self) -> Result<Vec<u8>, BlobError> {
-        let k = self.next_frame;
+        let k = self.position();
         let i = self.frame_entries[k];
         let entry = self.entry(i)?.clone();
         let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
@@ -662,35 +671,17 @@ impl Decoder {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
-        let predictor = p.predictor.build();
-        if k == 0 {
-            self.state = Some(predictor.start(geom));
-        }
-        let state = self.state.as_mut().ok_or_else(|| dec("chain state lost".into()))?;
-
-        let pred = &mut self.pred;
-        pred.resize(n, 0);
-        if k > 0 || !p.predictor.intra_key() {
-            predictor.predict_batch(&mut [state.as_mut()], &mut [&mut pred[..]]);
-        }
         // The motion first: the adaptive stage's moved temporal context needs it.
-        let mut modes = None;
-        let mut vectors = Vec::new();
-        if f.motion.len != 0 {
-            if !p.predictor.moves() || k == 0 {
-                return Err(dec(format!("motion vectors on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
-            }
+        let vectors = if f.motion.len == 0 {
+            Vec::new()
+        } else {
             let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
             let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
-            vectors = self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?;
-            let older = (k >= 2).then_some(&self.older[..]);
-            motion::apply(pred, older, &vectors, geom.width, geom.height, f.subpel, &mut self.moved).map_err(|_| dec(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })))?;
-            modes = motion::corrections(&vectors, geom.width, geom.height);
-            if modes.is_some() && p.predictor != PredictorId::Motion {
-                return Err(dec(format!("motion vectors correct blocks (temporal MED, spatial) under {}", p.predictor)));
-            }
-        }
-        let from: &[u32] = if f.motion.len == 0 { pred } else { &self.moved };
+            self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?
+        };
+        let session = self.session(i, &p)?;
+        session.begin().map_err(|e| dec(e.to_string()))?;
+        session.move_by(&vectors, f.subpel).map_err(|e| dec(e.to_string()))?;
         if f.moved_context && (!p.predictor.moves() || k == 0) {
             return Err(dec(format!("a moved temporal context on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
         }
@@ -706,11 +697,12 @@ impl Decoder {
         }
         // Set again only once this frame's models are complete.
         self.models_of = None;
+        let session = self.session.as_mut().expect("made above");
         let side = Side {
             prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
             quantised: false,
             carry: f.carry,
-            gradient: f.moved_context.then_some(from),
+            gradient: f.moved_context.then_some(session.moved()),
         };
         self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut self.codes).map_err(|e| dec(e.to_string()))?;
         if f.stage == Stage::Adaptive {
@@ -723,18 +715,8 @@ impl Decoder {
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        let (codes, recon) = (&self.codes, &mut self.recon);
-        let prediction = match &modes {
-            Some(modes) => Prediction::BlockModes { prev: from, width: geom.width, modes },
-            None => p.predictor.prediction(k, from, geom.width, &p.coefs),
-        };
-        quantizer::decode(p.dtype, f.bound, codes, &escapes, prediction, recon).map_err(|e| dec(e.0.into()))?;
-        state.observe(recon);
-        if k > 0 {
-            // `pred` held the previous reconstruction; the next prediction overwrites it.
-            std::mem::swap(&mut self.older, &mut self.pred);
-        }
-        self.next_frame += 1;
+        quantizer::decode(p.dtype, f.bound, &self.codes, &escapes, session.prediction(), &mut self.recon).map_err(|e| dec(e.0.into()))?;
+        session.observe(&self.recon).map_err(|e| dec(e.to_string()))?;
         // This frame's codes are the next frame's temporal context (and the one after's older).
         std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
         std::mem::swap(&mut self.codes, &mut self.prev_codes);
@@ -747,7 +729,7 @@ impl Decoder {
             self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
         };
         let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
-        let file = layout.assemble(entry.original_len as usize, &skeleton, recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
+        let file = layout.assemble(entry.original_len as usize, &skeleton, &self.recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
         check_len_crc(i, &entry, file)
     }
 }
