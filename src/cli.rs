@@ -64,6 +64,7 @@ impl CodecArgs {
             level: self.level,
             exhaustive: self.exhaustive,
             entropy: self.entropy,
+            model: None,
         }
     }
 }

@@ -17,4 +17,4 @@ pub use dtype::DType;
 pub use format::{analyze, Analysis, FormatSpec, Layout, RawSpec};
 pub use predict::{PredictorChoice, PredictorId};
 pub use quantizer::Bound;
-pub use window::{decode_window, encode_window, Decoder, Encoded, Options};
+pub use window::{decode_window, decode_window_with, encode_window, Decoder, Encoded, Options};

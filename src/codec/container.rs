@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 5, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 6, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C.
 //!
 //! ```text
@@ -15,9 +15,10 @@ use std::ops::Range;
 
 pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
-/// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes,
-/// so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 5;
+/// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes, 5
+/// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
+/// the reference, so other blobs stay readable by builds that know an older version.
+pub const VERSION: u16 = 6;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -136,7 +137,9 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if needs_v5(&header.entries) {
+        let version = if header.params.as_ref().is_some_and(uses_model) {
+            6
+        } else if needs_v5(&header.entries) {
             5
         } else if has_block_modes(&header.entries) {
             4
@@ -236,6 +239,11 @@ pub fn section_of<'p>(payload: &'p [u8], entry: usize, what: &'static str, s: Se
         return Err(BlobError::SectionCrc { entry, what });
     }
     Ok(bytes)
+}
+
+/// Whether a learned model corrects the frames' reference (what version 6 is for).
+fn uses_model(p: &Params) -> bool {
+    p.model != [0; 32]
 }
 
 /// Whether some frame has motion vectors (what version 3 is for).
@@ -372,6 +380,9 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if predictor == PredictorId::Linear && !super::predict::linear::valid(&coefs) {
             return Err(bad("bad linear predictor coefficients"));
         }
+        if model != [0; 32] && (version < 6 || !predictor.takes_model()) {
+            return Err(bad(format!("a learned model on predictor {predictor} in a version {version} blob")));
+        }
         let (kind, v) = (c.u8()?, c.f64()?);
         let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
         if width == 0 || height == 0 {
@@ -448,10 +459,11 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         3 => has_motion(&entries),
         4 => has_block_modes(&entries),
         5 => needs_v5(&entries),
+        6 => params.as_ref().is_some_and(uses_model),
         _ => true,
     };
     if !used {
-        return Err(bad(format!("version {version} blob without {}", ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models"][version as usize - 3])));
+        return Err(bad(format!("version {version} blob without {}", ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models", "a learned model"][version as usize - 3])));
     }
     Ok(Header { params, entries })
 }

@@ -173,17 +173,22 @@ impl fmt::Display for PredictorId {
 /// What the user asks for (`--predictor`, `user.tezip.predictor`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PredictorChoice {
-    /// Try the candidates on each window and keep the smallest.
+    /// Try the candidates on each window and keep the smallest (with the directory's learned
+    /// model, when it has one, among them).
     Auto,
+    /// Only the learned model's predictors (the classical ones of `auto` while there is no
+    /// model).
+    Prednet,
     Fixed(PredictorId),
 }
 
 impl PredictorChoice {
+    /// The classical predictors this choice tries.
     pub fn candidates(self) -> Vec<PredictorId> {
         match self {
             // `motion` and `motion+med` stand in for `previous` and `previous+med`: without
             // motion they code the same bytes.
-            PredictorChoice::Auto => vec![PredictorId::Motion, PredictorId::MotionMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
+            PredictorChoice::Auto | PredictorChoice::Prednet => vec![PredictorId::Motion, PredictorId::MotionMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -193,6 +198,7 @@ impl fmt::Display for PredictorChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PredictorChoice::Auto => f.write_str("auto"),
+            PredictorChoice::Prednet => f.write_str("prednet"),
             PredictorChoice::Fixed(p) => p.fmt(f),
         }
     }
@@ -201,14 +207,26 @@ impl fmt::Display for PredictorChoice {
 impl FromStr for PredictorChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "auto" {
-            return Ok(PredictorChoice::Auto);
+        match s {
+            "auto" => return Ok(PredictorChoice::Auto),
+            "prednet" => return Ok(PredictorChoice::Prednet),
+            _ => {}
         }
         PredictorId::ALL
             .into_iter()
             .find(|p| p.to_string() == s)
             .map(PredictorChoice::Fixed)
-            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, previous, previous+med, motion, motion+med, blend, spatial, linear or none)"))
+            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, prednet, previous, previous+med, motion, motion+med, blend, spatial, linear or none)"))
+    }
+}
+
+/// A model as the codec's options carry it (cheap to clone; shows its hash).
+#[derive(Clone)]
+pub struct ModelHandle(pub std::sync::Arc<dyn Model>);
+
+impl fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Model({})", hash_hex(&self.0.hash()))
     }
 }
 
@@ -277,6 +295,24 @@ impl Session {
         };
         let own_reference = if pid == PredictorId::None { vec![geom.zero; geom.pixels()] } else { Vec::new() };
         Ok(Session { pid, geom, coefs: coefs.to_vec(), model, k: 0, prev: Vec::new(), older: Vec::new(), own_reference, begun: false, moved: Vec::new(), moving: false, modes: None })
+    }
+
+    /// A session for predictor `pid` (with `coefs`) that continues from where this one is: the
+    /// same history and model state (how the encoder tries several predictors from one
+    /// warmed-up model state). Only between frames.
+    pub fn fork(&self, pid: PredictorId, coefs: &[i32]) -> Result<Session, PredictError> {
+        if self.begun {
+            return Err(PredictError::Malformed("a session forked in the middle of a frame".into()));
+        }
+        let mut s = Session::new(pid, self.geom, coefs, None)?;
+        if let Some(run) = &self.model {
+            if !pid.takes_model() {
+                return Err(PredictError::Malformed(format!("a learned model cannot correct predictor {pid}")));
+            }
+            s.model = Some(ModelRun { model: run.model.clone(), state: run.state.clone_box() });
+        }
+        (s.k, s.prev, s.older) = (self.k, self.prev.clone(), self.older.clone());
+        Ok(s)
     }
 
     pub fn predictor(&self) -> PredictorId {

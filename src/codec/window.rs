@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
-use super::predict::{linear, motion, Geometry, ModelSource, NoModels, PredictError, PredictorChoice, PredictorId, Session};
+use super::predict::{linear, motion, Geometry, ModelHandle, ModelSource, NoModels, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
@@ -42,6 +42,9 @@ pub struct Options {
     pub exhaustive: bool,
     /// Which entropy stages to consider.
     pub entropy: EntropyChoice,
+    /// A learned model that may correct the temporal reference (tried beside the classical
+    /// predictors under `auto`, alone under `prednet`).
+    pub model: Option<ModelHandle>,
 }
 
 impl Default for Options {
@@ -53,8 +56,56 @@ impl Default for Options {
             level: DEFAULT_LEVEL,
             exhaustive: false,
             entropy: EntropyChoice::default(),
+            model: None,
         }
     }
+}
+
+/// A way to predict a window's frames that the encoder may choose: a predictor, with or without
+/// the window's learned model correcting its reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub pid: PredictorId,
+    pub model: bool,
+}
+
+impl Candidate {
+    fn classical(pid: PredictorId) -> Candidate {
+        Candidate { pid, model: false }
+    }
+}
+
+impl std::fmt::Display for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.model {
+            write!(f, "prednet+{}", self.pid)
+        } else {
+            self.pid.fmt(f)
+        }
+    }
+}
+
+/// The predictors a model corrects when it is tried (`docs/MODEL.md`).
+const MODEL_PREDICTORS: [PredictorId; 4] = [PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Linear, PredictorId::Blend];
+
+/// The candidates of a window under `opts`; `model_fits` says whether the options' model can
+/// predict its frames (it was made for their pixel type).
+fn candidates(opts: &Options, model_fits: bool) -> Vec<Candidate> {
+    let with_model = model_fits && matches!(opts.predictor, PredictorChoice::Auto | PredictorChoice::Prednet);
+    let mut out: Vec<Candidate> = if with_model && opts.predictor == PredictorChoice::Prednet { Vec::new() } else { opts.predictor.candidates().into_iter().map(Candidate::classical).collect() };
+    if with_model {
+        out.extend(MODEL_PREDICTORS.map(|pid| Candidate { pid, model: true }));
+    }
+    out
+}
+
+/// Coefficients of `linear`, fitted without and with the model.
+type Coefs = [Vec<i32>; 2];
+
+/// A fresh session for candidate `c` at the start of a window.
+fn session_for(c: Candidate, geom: Geometry, coefs: &Coefs, opts: &Options) -> Result<Session, PredictError> {
+    let model = if c.model { Some(opts.model.as_ref().ok_or_else(|| PredictError::Malformed("a model candidate without a model".into()))?.0.clone()) } else { None };
+    Session::new(c.pid, geom, &coefs[usize::from(c.model)], model)
 }
 
 /// What happened to one file of a window.
@@ -70,6 +121,8 @@ pub struct Encoded {
     pub blob: Vec<u8>,
     /// `None` when the window holds no frame.
     pub predictor: Option<PredictorId>,
+    /// The model that corrected the reference, if the window used one.
+    pub model: Option<super::predict::ModelHash>,
     pub entries: Vec<EntryReport>,
 }
 
@@ -244,22 +297,27 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     }
 
     let mut predictor = None;
+    let mut model = None;
     let mut coded: Vec<CodedFrame> = Vec::new();
-    let mut coefs = Vec::new();
+    let mut coefs: Coefs = Default::default();
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
         let mut quantised = None;
-        let (pid, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs, &mut quantised)?;
+        let (chosen, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs, &mut quantised)?;
+        tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?stage, "window's predictor and stage chosen");
         let q = match quantised {
             Some(q) => q,
-            None => quantize_chain(&chain, dtype, geom, opts, pid, 0..chain.images.len(), &coefs)?,
+            None => quantize_chain(&chain, dtype, geom, opts, session_for(chosen, geom, &coefs, opts)?, 0..chain.images.len())?,
         };
-        if pid != PredictorId::Linear {
-            coefs.clear();
-        }
         coded = code_chain(&chain, dtype, geom, opts, stage, &q, &mut coder)?;
-        predictor = Some(pid);
+        predictor = Some(chosen.pid);
+        model = chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
+        let kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
+        coefs = [kept, Vec::new()];
+        if chosen.pid != PredictorId::Linear {
+            coefs[0].clear();
+        }
         for (k, &m) in chain.members.iter().enumerate() {
             reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
         }
@@ -310,26 +368,47 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         width: l.width,
         height: l.height,
         predictor: predictor.unwrap_or(PredictorId::None),
-        model: [0; 32],
-        coefs: coefs.clone(),
+        model: model.unwrap_or([0; 32]),
+        coefs: coefs[0].clone(),
         bound: opts.bound,
     });
     let blob = w.finish(&Header { params, entries });
-    Ok(Encoded { blob, predictor, entries: reports })
+    Ok(Encoded { blob, predictor, model, entries: reports })
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
 /// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate),
 /// `quantised` the chosen predictor's quantisation of the whole window when the choice made it.
-fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Vec<i32>, quantised: &mut Option<Quantised>) -> Result<(PredictorId, Option<Stage>), EncodeError> {
-    let mut candidates = opts.predictor.candidates();
-    if candidates.contains(&PredictorId::Linear) {
-        let fit_frames: Vec<&[u32]> = chain.images.iter().take(PROBE_FRAMES).map(|f| &f[..]).collect();
-        match linear::fit(&fit_frames, geom.width) {
-            Some(c) => *coefs = c,
+fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Coefs, quantised: &mut Option<Quantised>) -> Result<(Candidate, Option<Stage>), EncodeError> {
+    // A model made for another pixel type is not tried (nor is one that fails to start).
+    let model_fits = match &opts.model {
+        Some(m) => match m.0.start(geom) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "the model does not fit this window's frames; coded classically");
+                false
+            }
+        },
+        None => false,
+    };
+    let mut candidates = candidates(opts, model_fits);
+    for with_model in [false, true] {
+        if !candidates.contains(&Candidate { pid: PredictorId::Linear, model: with_model }) {
+            continue;
+        }
+        let fitted = if with_model {
+            let refs = open_loop_references(chain, geom, opts, PROBE_FRAMES)?;
+            let pairs: Vec<(&[u32], &[u32])> = refs.iter().zip(&chain.images[1..]).map(|(r, x)| (&r[..], &x[..])).collect();
+            linear::fit_pairs(&pairs, geom.width)
+        } else {
+            let fit_frames: Vec<&[u32]> = chain.images.iter().take(PROBE_FRAMES).map(|f| &f[..]).collect();
+            linear::fit(&fit_frames, geom.width)
+        };
+        match fitted {
+            Some(c) => coefs[usize::from(with_model)] = c,
             // Nothing to fit on (a single frame): linear is the identity blend, previous + 0.
-            None if candidates.len() == 1 => *coefs = identity_coefs(),
-            None => candidates.retain(|&p| p != PredictorId::Linear),
+            None if candidates.len() == 1 => coefs[usize::from(with_model)] = identity_coefs(),
+            None => candidates.retain(|&c| c != Candidate { pid: PredictorId::Linear, model: with_model }),
         }
     }
     if candidates.len() == 1 && opts.exhaustive {
@@ -362,21 +441,40 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         }
         Ok(stage.weighed(size, opts.entropy))
     };
-    let mut ranked: Vec<(f64, PredictorId, Quantised)> = Vec::with_capacity(candidates.len());
-    for &pid in &candidates {
-        let q = quantize_chain(chain, dtype, geom, opts, pid, probe_at..probe_at + probe, coefs)?;
-        ranked.push((size_under(&q, proxy, skip)?, pid, q));
+    // Classical candidates start the probe with a key frame. A model's state is the window's
+    // history (a recurrent model estimates the scene from every frame it has seen), so its
+    // candidates start from a state warmed on the window's frames before the probe (original
+    // frames: a reconstruction when lossless, an estimate of one under a bound), made once and
+    // forked for each of them.
+    let mut warmed: Option<Session> = None;
+    let mut ranked: Vec<(f64, Candidate, Quantised)> = Vec::with_capacity(candidates.len());
+    for &c in &candidates {
+        let session = if c.model {
+            if warmed.is_none() {
+                let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, opts)?;
+                for x in &chain.images[..probe_at] {
+                    s.begin()?;
+                    s.observe(x)?;
+                }
+                warmed = Some(s);
+            }
+            warmed.as_ref().expect("made above").fork(c.pid, &coefs[1])?
+        } else {
+            session_for(c, geom, coefs, opts)?
+        };
+        let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
+        ranked.push((size_under(&q, proxy, skip)?, c, q));
     }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     // `none` codes the values themselves, which the adaptive stage models far better than the
     // proxy does (its contexts then measure the local intensity): it is always a finalist.
-    let none_at = ranked.iter().position(|r| r.1 == PredictorId::None).filter(|&i| i >= FINALISTS && stages.contains(&Stage::Adaptive));
+    let none_at = ranked.iter().position(|r| r.1.pid == PredictorId::None).filter(|&i| i >= FINALISTS && stages.contains(&Stage::Adaptive));
     let none = none_at.map(|i| ranked.swap_remove(i));
     ranked.truncate(FINALISTS);
     ranked.extend(none);
     // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
     // is among the stages (it is what the probe costs).
-    let mut finals: Vec<(f64, PredictorId, Stage)> = Vec::with_capacity(ranked.len());
+    let mut finals: Vec<(f64, Candidate, Stage)> = Vec::with_capacity(ranked.len());
     for (proxy_size, pid, q) in &ranked {
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
@@ -402,19 +500,19 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         finals.push(best);
     }
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (_, mut pid, mut stage) = finals[0];
+    let (_, mut chosen, mut stage) = finals[0];
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
     // smooths, and on a static scene it drifts away from the previous frame only after a few
     // frames. Confirm it against the best other finalist on a longer stretch of the window.
     let far = DRIFT_PROBE.min(chain.images.len());
-    if pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
-        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1 != PredictorId::Linear) {
-            let lin_q = quantize_chain(chain, dtype, geom, opts, pid, 0..far, coefs)?;
+    if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
+        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
+            let lin_q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, coefs, opts)?, 0..far)?;
             let lin = size_under(&lin_q, proxy, skip)?;
-            let other_q = quantize_chain(chain, dtype, geom, opts, alt, 0..far, coefs)?;
+            let other_q = quantize_chain(chain, dtype, geom, opts, session_for(alt, geom, coefs, opts)?, 0..far)?;
             let other = size_under(&other_q, proxy, skip)?;
             let kept = if other <= lin {
-                (pid, stage) = (alt, alt_stage);
+                (chosen, stage) = (alt, alt_stage);
                 other_q
             } else {
                 lin_q
@@ -426,7 +524,22 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
             }
         }
     }
-    Ok((pid, if opts.exhaustive { None } else { Some(stage) }))
+    Ok((chosen, if opts.exhaustive { None } else { Some(stage) }))
+}
+
+/// The model's references of frames 1 to `n - 1` of the window predicted from its original frames
+/// (what `linear` is fitted on when the model corrects its reference).
+fn open_loop_references(chain: &Chain, geom: Geometry, opts: &Options, n: usize) -> Result<Vec<Vec<u32>>, EncodeError> {
+    let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, &Default::default(), opts)?;
+    let mut refs = Vec::new();
+    for (k, x) in chain.images.iter().take(n).enumerate() {
+        s.begin()?;
+        if k > 0 {
+            refs.push(s.reference().to_vec());
+        }
+        s.observe(x)?;
+    }
+    Ok(refs)
 }
 
 /// Predict and quantise the frames `frames` of the chain with predictor `pid` (no entropy
@@ -434,9 +547,9 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 /// is made on, and, from the window's start, what it is coded with. A probe that starts later
 /// predicts from the original frames before it: exact when lossless (a reconstruction is then
 /// the frame itself), a close estimate under a bound.
-fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, pid: PredictorId, frames: std::ops::Range<usize>, coefs: &[i32]) -> Result<Quantised, EncodeError> {
+fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, mut session: Session, frames: std::ops::Range<usize>) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
-    let mut session = Session::new(pid, geom, coefs, None)?;
+    let pid = session.predictor();
     let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
     // The reference moved by the search's vectors before their refinement (block modes' fallback).
     let mut unrefined = Vec::new();
@@ -741,9 +854,14 @@ fn check_len_crc(i: usize, entry: &Entry, out: Vec<u8>) -> Result<Vec<u8>, BlobE
     Ok(out)
 }
 
-/// Decode every entry of a blob.
+/// Decode every entry of a blob that needs no learned model.
 pub fn decode_window(blob: &[u8]) -> Result<Vec<Vec<u8>>, BlobError> {
     Decoder::new(blob)?.decode_all()
+}
+
+/// Decode every entry of a blob, finding the model it names, if any, in `models`.
+pub fn decode_window_with(blob: &[u8], models: Arc<dyn ModelSource + Send + Sync>) -> Result<Vec<Vec<u8>>, BlobError> {
+    Decoder::with_models(Arc::from(blob), models)?.decode_all()
 }
 
 #[cfg(test)]

@@ -55,17 +55,23 @@ pub fn predict(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usiz
 
 /// Fit the weights on consecutive frame pairs (`frames[k - 1]` predicting `frames[k]`) by least
 /// squares (ridge-regularised), on every other pixel. None when there is no pair.
-#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn fit(frames: &[&[u32]], width: usize) -> Option<Vec<i32>> {
-    if frames.len() < 2 || width == 0 {
+    let pairs: Vec<(&[u32], &[u32])> = frames.windows(2).map(|p| (p[0], p[1])).collect();
+    fit_pairs(&pairs, width)
+}
+
+/// [`fit`] on pairs of (reference, frame): the reference is what the predictor reads as the
+/// previous frame (a learned model's correction of it, when the window has one).
+#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
+pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize) -> Option<Vec<i32>> {
+    if pairs.is_empty() || width == 0 {
         return None;
     }
     const D: usize = COEFS;
     let mut ata = [[0f64; D]; D];
     let mut atb = [0f64; D];
     let mut count = 0usize;
-    for pair in frames.windows(2) {
-        let (prev, cur) = (pair[0], pair[1]);
+    for &(prev, cur) in pairs {
         if prev.len() != cur.len() {
             return None;
         }
