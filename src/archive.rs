@@ -1,23 +1,36 @@
-//! The offline archive written by `tezipfs compress` (format version 1, see `docs/FORMAT.md`):
-//! a sequence of windows, each a list of file names and one blob.
+//! The offline archive written by `tezipfs compress` (format versions 1 and 2, see
+//! `docs/FORMAT.md`): a sequence of windows, each a list of file names and one blob, and (version
+//! 2) the learned models those blobs need, each before the first blob that names it, so that an
+//! archive decodes anywhere on its own.
 //!
 //! ```text
 //! magic "TZIPARCH" | u16 version | u16 reserved
-//! record*: u32 n_names | (u16 len, name bytes)* | u64 blob_len | u32 crc32c(record header) | blob
+//! version 1: record*
+//! version 2: (u8 0 | record  or  u8 1 | model)*
+//! record: u32 n_names | (u16 len, name bytes)* | u64 blob_len | u32 crc32c(record header) | blob
+//! model:  u64 len | u32 crc32c(len) | model file (its own checksums; named by its SHA-256)
 //! ```
 
 use crate::codec::container::BlobError;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"TZIPARCH";
-pub const VERSION: u16 = 1;
+/// Newest version read and written (2 only when the archive embeds a model).
+pub const VERSION: u16 = 2;
+/// Largest model file an archive may embed (a header claiming more is refused before reading).
+pub const MAX_MODEL_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("not a tezipfs archive (bad magic)")]
     BadMagic,
-    #[error("archive format version {0} is not supported (supports {VERSION})")]
+    #[error("archive format version {0} is not supported (supports 1 and {VERSION})")]
     Version(u16),
+    #[error("archive record {0}: unknown record kind {1}")]
+    Kind(usize, u8),
+    #[error("archive model record {0} is corrupt ({1})")]
+    Model(usize, String),
     #[error("archive record {0} is truncated")]
     Truncated(usize),
     #[error("archive record {0} header is corrupt (CRC mismatch)")]
@@ -34,13 +47,54 @@ pub struct Record {
     pub blob: Vec<u8>,
 }
 
-pub fn write_preamble(w: &mut impl Write) -> io::Result<()> {
-    w.write_all(MAGIC)?;
-    w.write_all(&VERSION.to_le_bytes())?;
-    w.write_all(&0u16.to_le_bytes())
+/// Writes an archive: version 1 when it embeds no model (readable by builds that know only
+/// version 1), version 2 when it may.
+pub struct Writer<W: Write> {
+    w: W,
+    version: u16,
+    /// Models embedded so far, by hash.
+    embedded: std::collections::HashSet<[u8; 32]>,
 }
 
-pub fn write_record(w: &mut impl Write, names: &[Vec<u8>], blob: &[u8]) -> io::Result<()> {
+impl<W: Write> Writer<W> {
+    /// Start an archive; `with_models` says whether it may embed models (version 2).
+    pub fn new(mut w: W, with_models: bool) -> io::Result<Writer<W>> {
+        let version: u16 = if with_models { 2 } else { 1 };
+        w.write_all(MAGIC)?;
+        w.write_all(&version.to_le_bytes())?;
+        w.write_all(&0u16.to_le_bytes())?;
+        Ok(Writer { w, version, embedded: Default::default() })
+    }
+
+    /// Embed a model file (`hash` its SHA-256) unless it already is: before the first window
+    /// that needs it.
+    pub fn model(&mut self, hash: [u8; 32], file: &[u8]) -> io::Result<()> {
+        if self.version < 2 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "this archive was started without models"));
+        }
+        if self.embedded.insert(hash) {
+            let len = (file.len() as u64).to_le_bytes();
+            self.w.write_all(&[1])?;
+            self.w.write_all(&len)?;
+            self.w.write_all(&crc32c::crc32c(&len).to_le_bytes())?;
+            self.w.write_all(file)?;
+        }
+        Ok(())
+    }
+
+    pub fn record(&mut self, names: &[Vec<u8>], blob: &[u8]) -> io::Result<()> {
+        if self.version >= 2 {
+            self.w.write_all(&[0])?;
+        }
+        write_record(&mut self.w, names, blob)
+    }
+
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+}
+
+fn write_record(w: &mut impl Write, names: &[Vec<u8>], blob: &[u8]) -> io::Result<()> {
     let mut h = Vec::new();
     h.extend_from_slice(&(names.len() as u32).to_le_bytes());
     for n in names {
@@ -55,10 +109,12 @@ pub fn write_record(w: &mut impl Write, names: &[Vec<u8>], blob: &[u8]) -> io::R
     w.write_all(blob)
 }
 
-/// Reads records one by one.
+/// Reads records one by one, keeping the models the archive embeds (as model files, by hash).
 pub struct Reader<R: Read> {
     r: R,
     index: usize,
+    version: u16,
+    models: HashMap<[u8; 32], Vec<u8>>,
 }
 
 impl<R: Read> Reader<R> {
@@ -69,10 +125,15 @@ impl<R: Read> Reader<R> {
             return Err(ArchiveError::BadMagic);
         }
         let v = u16::from_le_bytes([pre[8], pre[9]]);
-        if v != VERSION {
+        if !(1..=VERSION).contains(&v) {
             return Err(ArchiveError::Version(v));
         }
-        Ok(Reader { r, index: 0 })
+        Ok(Reader { r, index: 0, version: v, models: HashMap::new() })
+    }
+
+    /// The model files read so far, by their SHA-256.
+    pub fn models(&self) -> &HashMap<[u8; 32], Vec<u8>> {
+        &self.models
     }
 
     fn exact(&mut self, n: usize) -> Result<Vec<u8>, ArchiveError> {
@@ -85,8 +146,22 @@ impl<R: Read> Reader<R> {
         Ok(b)
     }
 
-    /// The next record, or `None` at a clean end of the archive.
+    /// The next window record, or `None` at a clean end of the archive (models before it are
+    /// kept, see [`Reader::models`]).
     pub fn next_record(&mut self) -> Result<Option<Record>, ArchiveError> {
+        if self.version >= 2 {
+            loop {
+                let mut kind = [0u8; 1];
+                if self.r.read(&mut kind)? == 0 {
+                    return Ok(None);
+                }
+                match kind[0] {
+                    0 => return self.window(),
+                    1 => self.model()?,
+                    k => return Err(ArchiveError::Kind(self.index, k)),
+                }
+            }
+        }
         let mut first = [0u8; 4];
         match self.r.read(&mut first)? {
             0 => return Ok(None),
@@ -96,6 +171,33 @@ impl<R: Read> Reader<R> {
                 first[k..].copy_from_slice(&rest);
             }
         }
+        self.window_from(first)
+    }
+
+    fn model(&mut self) -> Result<(), ArchiveError> {
+        let len = self.exact(8)?;
+        let crc = self.exact(4)?;
+        if crc32c::crc32c(&len).to_le_bytes() != crc[..] {
+            return Err(ArchiveError::Model(self.index, "length checksum".into()));
+        }
+        let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        if n > MAX_MODEL_BYTES {
+            return Err(ArchiveError::Model(self.index, format!("{n} bytes claimed")));
+        }
+        let file = self.exact(n as usize)?;
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(&file).into();
+        self.models.insert(hash, file);
+        Ok(())
+    }
+
+    fn window(&mut self) -> Result<Option<Record>, ArchiveError> {
+        let first = self.exact(4)?;
+        self.window_from(first.try_into().expect("4 bytes"))
+    }
+
+    /// The rest of a window record whose name count is `first`.
+    fn window_from(&mut self, first: [u8; 4]) -> Result<Option<Record>, ArchiveError> {
         let mut h = first.to_vec();
         let n = u32::from_le_bytes(first) as usize;
         if n > 1 << 24 {

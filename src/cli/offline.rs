@@ -47,6 +47,8 @@ struct Job {
 
 pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>) -> anyhow::Result<()> {
     let opts = args.options();
+    // The model file the blobs may need, embedded before the first that does: (hash, bytes).
+    let model_file: Option<([u8; 32], Vec<u8>)> = None;
     let files = list_files(dir)?;
     if files.is_empty() {
         bail!("{} holds no files to compress", dir.display());
@@ -54,13 +56,12 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     let total: u64 = files.iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
     let tmp = out.with_extension("partial");
-    let mut w = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
-    archive::write_preamble(&mut w)?;
+    let mut w = archive::Writer::new(BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?), opts.model.is_some())?;
     let pb = bar(total, "compress");
     let start = Instant::now();
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads);
     let job_rx = std::sync::Mutex::new(job_rx);
-    let (res_tx, res_rx) = mpsc::channel::<anyhow::Result<(usize, Vec<Vec<u8>>, Vec<u8>, u64, usize)>>();
+    let (res_tx, res_rx) = mpsc::channel::<anyhow::Result<(usize, Vec<Vec<u8>>, Vec<u8>, u64, usize, bool)>>();
     let mut written = 0u64;
     let mut opaque = 0usize;
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -81,7 +82,7 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
                             opaque += 1;
                         }
                     }
-                    (job.seq, job.names, e.blob, bytes, opaque)
+                    (job.seq, job.names, e.blob, bytes, opaque, e.model.is_some())
                 });
                 if res_tx.send(r.map_err(Into::into)).is_err() {
                     return;
@@ -113,11 +114,14 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
         let mut pending = BTreeMap::new();
         let mut next = 0usize;
         for r in res_rx {
-            let (seq, names, blob, bytes, n_opaque) = r?;
-            pending.insert(seq, (names, blob, bytes));
+            let (seq, names, blob, bytes, n_opaque, uses_model) = r?;
+            pending.insert(seq, (names, blob, bytes, uses_model));
             opaque += n_opaque;
-            while let Some((names, blob, bytes)) = pending.remove(&next) {
-                archive::write_record(&mut w, &names, &blob)?;
+            while let Some((names, blob, bytes, uses_model)) = pending.remove(&next) {
+                if let (true, Some((hash, file))) = (uses_model, &model_file) {
+                    w.model(*hash, file)?;
+                }
+                w.record(&names, &blob)?;
                 written += blob.len() as u64;
                 pb.inc(bytes);
                 next += 1;
@@ -126,6 +130,7 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
         producer.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
         Ok(())
     })?;
+    let mut w = w.into_inner();
     w.flush()?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, out)?;

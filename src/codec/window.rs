@@ -491,8 +491,10 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
         // stages by BALANCED_MARGIN and context rANS by ADAPTIVE_MARGIN; where context rANS does
         // not even gain ADAPTIVE_SKIP over zstd (noise-limited data) it has never done so.
         let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() { 1.0 - proxy_size * (1.0 - crate::codec::entropy::BALANCED_MARGIN) / best_zstd } else { 1.0 };
+        tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, "finalist");
         if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
             let weighed = size_under(q, Stage::Adaptive, from)?;
+            tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive");
             if weighed < best.0 {
                 best = (weighed, *pid, Stage::Adaptive);
             }
