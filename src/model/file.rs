@@ -589,16 +589,22 @@ fn random_conv(rng: &mut Rng, cout: usize, k: usize, groups: &[(usize, f64)], lo
     Conv { cout, k, groups: gs, bias, shift, lo, hi }
 }
 
-/// `n` sorted random values in `lo..=hi` (a random monotone table).
-fn random_table(rng: &mut Rng, n: usize, lo: i64, hi: i64) -> Vec<i16> {
-    let mut v: Vec<i16> = (0..n).map(|_| rng.range(lo, hi) as i16).collect();
-    v.sort();
-    v
+/// `table` with random steps added, kept monotone and in `lo..=128`: the shape of the standard
+/// function (so the network behaves like one) with entries no formula predicts.
+fn perturbed_table(rng: &mut Rng, table: &[i16], lo: i16) -> Vec<i16> {
+    let mut prev = lo;
+    table
+        .iter()
+        .map(|&v| {
+            prev = (v + rng.range(-3, 3) as i16).clamp(prev, 128);
+            prev
+        })
+        .collect()
 }
 
 /// A valid random model of `arch` for pixels of `dtype` (deterministic in `seed`), for tests and
 /// speed measurements. Weights spread over -127..=127, multipliers chosen so that activations
-/// vary and sometimes saturate, monotone random tables, a normalisation that maps the type's
+/// vary and sometimes saturate, randomly perturbed standard tables, a normalisation that maps the type's
 /// whole integer-image range onto a little more than the i16 intensity range (so extreme pixels
 /// saturate) and a difference of 1/50 of the range onto about 30 error units. Panics if `arch`
 /// fails [`check_arch`] (a test's mistake).
@@ -611,7 +617,8 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
     let (out_mult, out_shift) = fixed_point(range / 3000.0 * (0.5 + rng.unit()), MAX_NORM_MULT);
     let offset = (range * (0.4 + 0.2 * rng.unit())) as i64;
     let norm = Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift };
-    let luts = Luts { sigmoid: random_table(&mut rng, GATE_LUT, 0, 128), tanh: random_table(&mut rng, GATE_LUT, -128, 128), tanh_cell: random_table(&mut rng, CELL_LUT, -128, 128) };
+    let std = Luts::standard();
+    let luts = Luts { sigmoid: perturbed_table(&mut rng, &std.sigmoid, 0), tanh: perturbed_table(&mut rng, &std.tanh, -128), tanh_cell: perturbed_table(&mut rng, &std.tanh_cell, -128) };
     // Typical magnitudes of the inputs: errors are small and often zero, H spreads over i8,
     // the intensity over i16.
     let (e_typ, h_typ, i_typ) = (20.0, 50.0, 12000.0);
@@ -626,7 +633,14 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
         if l == 0 {
             g.push((1, i_typ));
         }
-        let lstm = random_conv(&mut rng, 4 * la.r, la.k_lstm, &g, -128, 127);
+        let mut lstm = random_conv(&mut rng, 4 * la.r, la.k_lstm, &g, -128, 127);
+        // Half the forget gates lean open (as trained LSTMs' do), so that cells integrate over
+        // frames and reach their limits within a short test sequence.
+        for c in la.r..2 * la.r {
+            if rng.chance(0.5) && lstm.bias[c].unsigned_abs() < (1u64 << 55) {
+                lstm.bias[c] += 60i64 << lstm.shift[c];
+            }
+        }
         let ahat = random_conv(&mut rng, la.a, la.k_ahat, &[(la.r, h_typ)], if l == 0 { -128 } else { 0 }, 127);
         let a = (l > 0).then(|| random_conv(&mut rng, la.a, la.k_a, &[(2 * arch.layers[l - 1].a, e_typ)], 0, 127));
         layers.push(Layer { lstm, ahat, a });

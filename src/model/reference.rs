@@ -386,3 +386,53 @@ mod tests {
         assert_eq!(u.v[15], 111);
     }
 }
+
+#[cfg(test)]
+mod activity {
+    use super::*;
+    use crate::codec::DType;
+    use crate::model::{file, Size};
+
+    /// Random models must make the network do something: hidden values spread and saturate, the
+    /// correction varies, errors are taken in. Otherwise the backend tests prove little.
+    #[test]
+    fn random_models_exercise_the_ranges() {
+        for dtype in [DType::U8, DType::U16, DType::F32] {
+            let m = ReferenceModel::new(Arc::new(file::random(&Size::Small.arch(), dtype, 5))).unwrap();
+            let geom = Geometry::of(40, 30, dtype);
+            let mut s = m.start(geom).unwrap();
+            let mut rng = file::Rng(3);
+            let max = geom.mask() as f64;
+            let mut frame: Vec<u32> = (0..geom.pixels()).map(|i| (max * (0.5 + 0.3 * ((i % 40) as f64 * 0.3).sin())) as u32).collect();
+            let mut out = vec![0; geom.pixels()];
+            m.observe_batch(&mut [s.as_mut()], &[&frame]).unwrap();
+            let (mut h_sat, mut h_mid, mut h_n, mut corr, mut err_nz, mut err_n) = (0, 0, 0, std::collections::BTreeSet::new(), 0, 0);
+            let (mut s_lo, mut s_hi, mut h_lo, mut h_hi) = (0, 0, 0, 0);
+            for _ in 0..12 {
+                m.predict_batch(&mut [s.as_mut()], &mut [&mut out]).unwrap();
+                for v in frame.iter_mut() {
+                    *v = (*v as f64 + max / 50.0 * (rng.unit() - 0.5)).clamp(0.0, max) as u32;
+                }
+                m.observe_batch(&mut [s.as_mut()], &[&frame]).unwrap();
+                let st = s.as_any().downcast_ref::<ReferenceState>().unwrap();
+                for ls in &st.layers {
+                    h_n += ls.hid.v.len();
+                    h_sat += ls.hid.v.iter().filter(|v| v.abs() >= 120).count();
+                    h_mid += ls.hid.v.iter().filter(|v| v.abs() > 5 && v.abs() < 100).count();
+                    s_lo += ls.cell.v.iter().filter(|&&v| v == -32767).count();
+                    s_hi += ls.cell.v.iter().filter(|&&v| v == 32767).count();
+                    h_lo += ls.hid.v.iter().filter(|&&v| v == -127).count();
+                    h_hi += ls.hid.v.iter().filter(|&&v| v == 127).count();
+                    err_n += ls.err.v.len();
+                    err_nz += ls.err.v.iter().filter(|&&v| v != 0).count();
+                }
+                corr.extend(st.layers[0].ahat.v.iter().cloned());
+            }
+            eprintln!("{dtype}: H saturated {:.3}, H mid {:.3}, distinct Ahat_0 {}, E nonzero {:.3}, S at -/+32767 {s_lo}/{s_hi}, H at -/+127 {h_lo}/{h_hi}", h_sat as f64 / h_n as f64, h_mid as f64 / h_n as f64, corr.len(), err_nz as f64 / err_n as f64);
+            assert!(s_lo > 0 && s_hi > 0 && h_lo > 0 && h_hi > 0, "{dtype}: cells and H reach both limits");
+            assert!(h_sat * 50 > h_n && h_mid * 5 > h_n, "{dtype}: H saturated {h_sat}, mid {h_mid} of {h_n}");
+            assert!(corr.len() > 30, "{dtype}: {} distinct corrections", corr.len());
+            assert!(err_nz * 5 > err_n, "{dtype}: {err_nz} of {err_n} errors non-zero");
+        }
+    }
+}
