@@ -6,9 +6,9 @@
 
 use crate::codec::container::Body;
 use crate::codec::window::{encode_window, EntryReport};
-use crate::codec::{decode_window, Bound};
+use crate::codec::{decode_window_with, Bound};
 use crate::index::{Blob, Data, Inode, Kind};
-use crate::vfs::{FsError, FsResult, Vfs};
+use crate::vfs::{FsError, FsResult, ModelPolicy, Vfs};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -227,10 +227,11 @@ pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResul
         return Ok(());
     }
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-    let opts = job.policy.codec_options();
+    let mut opts = job.policy.codec_options();
+    opts.model = vfs.model_for(job.dir, &ModelPolicy::of(job.policy.model.as_deref()));
     let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
     // Verify by decoding before anything is committed (rule 1 of DESIGN.md).
-    let decoded = decode_window(&enc.blob).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
+    let decoded = decode_window_with(&enc.blob, vfs.models.clone()).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
     for (k, (d, f)) in decoded.iter().zip(&files).enumerate() {
         let lossless = opts.bound == Bound::Lossless || matches!(enc.entries[k], EntryReport::Opaque { .. });
         if d.len() != f.len() || (lossless && d != f) {
@@ -251,7 +252,7 @@ pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResul
     if let (Some(f), false) = (invalidate, changed.is_empty()) {
         f(&changed);
     }
-    let switched = vfs.commit_compressed(rec, &plan)?;
+    let switched = vfs.commit_compressed(rec, &plan, enc.model)?;
     if let (Some(f), false) = (invalidate, changed.is_empty()) {
         f(&changed.iter().copied().filter(|i| switched.contains(i)).collect::<Vec<u64>>());
     }
@@ -261,7 +262,7 @@ pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResul
     c.compressed_in.fetch_add(input, Ordering::Relaxed);
     c.compressed_out.fetch_add(enc.blob.len() as u64, Ordering::Relaxed);
     c.compress_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    tracing::info!(dir = job.dir, blob = id, files = switched.len(), skipped = members.len() - switched.len(), bytes_in = input, bytes_out = enc.blob.len(), predictor = ?enc.predictor, "compressed a window");
+    tracing::info!(dir = job.dir, blob = id, files = switched.len(), skipped = members.len() - switched.len(), bytes_in = input, bytes_out = enc.blob.len(), predictor = ?enc.predictor, model = enc.model.map(|h| vfs.model_label(&h)), "compressed a window");
     Ok(())
 }
 

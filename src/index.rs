@@ -13,7 +13,7 @@ pub use records::{Blob, Data, Inode, Kind, Timestamp};
 use std::path::Path;
 
 /// Version of the key layout and record encodings; stored under [`keys::SCHEMA`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -157,7 +157,16 @@ impl Index {
         match idx.store.get(keys::SCHEMA)? {
             Some(v) => {
                 let found: u32 = decode(keys::SCHEMA, &v)?;
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    // Version 2 only adds key kinds (models); a version-1 index is one already,
+                    // so only its number changes (and builds that know only version 1 then refuse
+                    // it, rather than miss the models its blobs need).
+                    tracing::info!("index schema upgraded from version 1 to 2 (model keys)");
+                    let mut b = Batch::default();
+                    b.put(keys::SCHEMA.to_vec(), encode(&SCHEMA_VERSION));
+                    idx.store.apply(b)?;
+                    idx.store.flush()?;
+                } else if found != SCHEMA_VERSION {
                     return Err(IndexError::Schema { found });
                 }
             }
@@ -260,6 +269,53 @@ impl Index {
     /// Every inode (for scans at start-up and for `stats`).
     pub fn inodes(&self) -> Result<Vec<Inode>, IndexError> {
         self.store.scan_prefix(keys::INODE)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    /// A 32-byte model hash stored under `key`.
+    fn hash_at(&self, key: &[u8]) -> Result<Option<[u8; 32]>, IndexError> {
+        match self.store.get(key)? {
+            Some(v) => Ok(Some(v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(key), why: format!("{} bytes, not a model hash", v.len()) })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The model a blob was coded with, if any.
+    pub fn blob_model(&self, id: u64) -> Result<Option<[u8; 32]>, IndexError> {
+        self.hash_at(&keys::blob_model(id))
+    }
+
+    /// How many blobs need a model.
+    pub fn model_refs(&self, hash: &[u8; 32]) -> Result<u64, IndexError> {
+        self.counter(&keys::model_refs(hash))
+    }
+
+    pub fn model_by_name(&self, name: &[u8]) -> Result<Option<[u8; 32]>, IndexError> {
+        self.hash_at(&keys::model_name(name))
+    }
+
+    /// Every model name, in name order.
+    pub fn model_names(&self) -> Result<Vec<(Vec<u8>, [u8; 32])>, IndexError> {
+        let p = keys::MODEL_NAME;
+        self.store.scan_prefix(p)?.into_iter().map(|(k, v)| Ok((k[p.len()..].to_vec(), v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(&k), why: "not a model hash".into() })?))).collect()
+    }
+
+    /// The model trained for a directory under `model=auto`.
+    pub fn dir_model(&self, dir: u64) -> Result<Option<[u8; 32]>, IndexError> {
+        self.hash_at(&keys::dir_model(dir))
+    }
+
+    /// Every (directory, trained model).
+    pub fn dir_models(&self) -> Result<Vec<(u64, [u8; 32])>, IndexError> {
+        let p = keys::DIR_MODEL;
+        self.store
+            .scan_prefix(p)?
+            .into_iter()
+            .map(|(k, v)| {
+                let bad = || IndexError::Corrupt { key: keys::describe(&k), why: "not a directory's model".into() };
+                let dir = u64::from_be_bytes(k.get(1..9).and_then(|s| s.try_into().ok()).ok_or_else(bad)?);
+                Ok((dir, v.as_slice().try_into().map_err(|_| bad())?))
+            })
+            .collect()
     }
 
     pub fn counter(&self, key: &[u8]) -> Result<u64, IndexError> {

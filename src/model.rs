@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod reference;
+pub mod registry;
 pub mod torch;
 pub mod train;
 
@@ -232,4 +233,76 @@ pub fn layer_size(h: usize, w: usize, l: usize) -> (usize, usize) {
         w = w.div_ceil(2);
     }
     (h, w)
+}
+
+/// Which backend runs a model, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// libtorch on a device (the fast one; CUDA when chosen and present).
+    Torch(DeviceChoice),
+    /// The plain-Rust reference (slow; the definition).
+    Reference,
+}
+
+/// `--device auto|cpu|cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The device this choice runs on here; `cuda` without a GPU is an error.
+    pub fn device(self) -> Result<tch::Device, String> {
+        match self {
+            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+            DeviceChoice::Cuda => Err("--device cuda: libtorch sees no CUDA device on this machine".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        })
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DeviceChoice, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(format!("unknown device {s:?} (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// Why a model file could not be made into a running model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] file::ModelFileError),
+    #[error(transparent)]
+    Torch(#[from] torch::TorchModelError),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A running model from the bytes of a model file (validated; named by their SHA-256).
+pub fn load(bytes: &[u8], backend: Backend) -> Result<std::sync::Arc<dyn crate::codec::predict::Model>, LoadError> {
+    Ok(match backend {
+        Backend::Torch(d) => std::sync::Arc::new(torch::TorchModel::from_bytes(bytes, d.device().map_err(LoadError::Device)?)?),
+        Backend::Reference => std::sync::Arc::new(reference::ReferenceModel::from_bytes(bytes)?),
+    })
 }

@@ -130,6 +130,8 @@ pub struct MountSection {
     /// FUSE passthrough for staged files (default true; see `tezipfs mount --no-passthrough`).
     pub passthrough: Option<bool>,
     pub passthrough_min_free_mib: Option<u64>,
+    /// Where learned models run: `auto` (CUDA when present), `cpu` or `cuda`.
+    pub device: Option<String>,
 }
 
 impl ConfigFile {

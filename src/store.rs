@@ -6,6 +6,7 @@
 //! <store>/index/          the sled database
 //! <store>/staging/<ino>   raw bytes of files not yet compressed
 //! <store>/blobs/<id>.tzb  immutable blobs (docs/FORMAT.md)
+//! <store>/models/<hash>   learned models, named by their SHA-256 (docs/MODEL.md)
 //! <store>/tmp/            blobs being written
 //! <store>/reserve         RESERVE bytes of allocated space, given up for the index when the
 //!                         disk fills (see [`Store::keep_room_for_index`])
@@ -49,7 +50,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 impl Store {
     /// Create the layout if needed and take the lock.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for sub in ["", "staging", "blobs", "tmp", "index"] {
+        for sub in ["", "staging", "blobs", "tmp", "index", "models"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
@@ -145,6 +146,11 @@ impl Store {
 
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    /// Learned models, by hash (`crate::model::registry`).
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
     }
 
     pub fn staging_path(&self, ino: u64) -> PathBuf {

@@ -7,6 +7,7 @@
 
 mod data;
 mod error;
+mod models;
 mod namespace;
 mod passthrough;
 mod stats;
@@ -14,6 +15,7 @@ mod xattr;
 
 pub use data::{OpenFlags, Opened};
 pub use error::{FsError, FsResult};
+pub use models::ModelPolicy;
 pub use namespace::{NewNode, Statfs};
 pub use stats::{DirStats, Stats};
 
@@ -93,6 +95,8 @@ pub struct Config {
     pub root_policy: Policy,
     /// Writers use FUSE passthrough only while the store's disk has this much free.
     pub passthrough_min_free: u64,
+    /// What runs the learned models (`--device`).
+    pub model_backend: crate::model::Backend,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             staging_budget: 100 << 30,
             root_policy: Policy::default(),
             passthrough_min_free: 1 << 30,
+            model_backend: crate::model::Backend::Torch(crate::model::DeviceChoice::Auto),
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct Vfs {
     pub(crate) store: Store,
     pub(crate) cache: Cache,
     pub(crate) config: Config,
+    /// The store's learned models (what the decoders find a blob's model in).
+    pub(crate) models: Arc<crate::model::registry::Registry>,
     state: Mutex<State>,
     /// Decoders positioned in a blob's chain, so that reading a window in order decodes each
     /// frame once.
@@ -182,8 +189,10 @@ fn now() -> Timestamp {
 impl Vfs {
     /// Open a store (taking its lock) and its index; create the root directory on a new store.
     pub fn new(store: Store, index: Index, config: Config) -> FsResult<Vfs> {
+        let models = Arc::new(crate::model::registry::Registry::open(&store.models_dir(), config.model_backend)?);
         let vfs = Vfs {
             index,
+            models,
             store,
             cache: Cache::new(config.cache_bytes),
             config,
@@ -347,12 +356,26 @@ impl Vfs {
     /// Apply a transaction: one index batch, then (once it is durable) the file deletions.
     fn commit(&self, mut t: Txn) -> FsResult<()> {
         let mut dead = Vec::new();
+        // Blobs that die give up their model's reference (summed per model: several may share it).
+        let mut released: HashMap<[u8; 32], u64> = HashMap::new();
         for (id, rec) in std::mem::take(&mut t.blobs) {
             if rec.live == 0 {
                 t.batch.delete(keys::blob(id));
+                if let Some(h) = self.index.blob_model(id)? {
+                    t.batch.delete(keys::blob_model(id));
+                    *released.entry(h).or_default() += 1;
+                }
                 dead.push(id);
             } else {
                 Index::put_blob(&mut t.batch, &rec);
+            }
+        }
+        for (h, n) in released {
+            let left = self.index.model_refs(&h)?.saturating_sub(n);
+            if left == 0 {
+                t.batch.delete(keys::model_refs(&h));
+            } else {
+                Index::put_counter(&mut t.batch, &keys::model_refs(&h), left);
             }
         }
         self.store.keep_room_for_index();

@@ -55,6 +55,10 @@ pub struct MountArgs {
     /// 1024); below, the daemon serves them and keeps 16 MiB free for the index.
     #[arg(long)]
     pub passthrough_min_free_mib: Option<u64>,
+    /// Where learned models run: `auto` (CUDA when libtorch sees a GPU, else the CPU), `cpu`
+    /// or `cuda` (refused when there is none). Decoded bytes are the same on every device.
+    #[arg(long)]
+    pub device: Option<tezipfs::model::DeviceChoice>,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -92,6 +96,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         None => ConfigFile::default(),
     };
     let m = &file.mount;
+    let device = match (args.device, &m.device) {
+        (Some(d), _) => d,
+        (None, Some(d)) => d.parse().map_err(|e: String| anyhow::anyhow!("config [mount] device: {e}"))?,
+        (None, None) => tezipfs::model::DeviceChoice::Auto,
+    };
+    // Refuse `cuda` without a GPU now, not at the first model.
+    let on = device.device().map_err(anyhow::Error::msg)?;
+    tracing::info!(device = ?on, "learned models run on this device");
     let config = Config {
         quiet_period: Duration::from_millis(args.quiet_ms.or(m.quiet_period_ms).unwrap_or(2000)),
         tail_idle: Duration::from_millis(args.tail_idle_ms.or(m.tail_idle_ms).unwrap_or(20_000)),
@@ -99,6 +111,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         staging_budget: args.staging_budget_mib.or(m.staging_budget_mib).unwrap_or(100 << 10) << 20,
         root_policy: file.root_policy().map_err(anyhow::Error::msg)?,
         passthrough_min_free: args.passthrough_min_free_mib.or(m.passthrough_min_free_mib).unwrap_or(1024) << 20,
+        model_backend: tezipfs::model::Backend::Torch(device),
     };
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let store = Store::open(&args.store)?;

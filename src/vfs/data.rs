@@ -261,7 +261,7 @@ impl Vfs {
         };
         if needs_new {
             let bytes = self.store.read_blob(blob).map_err(|e| corrupt(format!("blob file: {e}")))?;
-            dec = Some(Decoder::from_shared(bytes.into()).map_err(|e| corrupt(e.to_string()))?);
+            dec = Some(Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| corrupt(e.to_string()))?);
         }
         let mut dec = dec.expect("decoder set above");
         let cache = &self.cache;
@@ -485,7 +485,10 @@ impl Vfs {
     /// writer must not open and write a file between the check and the switch (its write would
     /// be overwritten by the switch), and a reader must not cache a descriptor of a staging
     /// file about to be deleted (a later writer would write into the deleted file).
-    pub(crate) fn commit_compressed(&self, blob: crate::index::Blob, members: &[(Inode, u32, u64, bool)]) -> FsResult<Vec<u64>> {
+    /// Switch the window's files that are still as they were read to the new blob, in one
+    /// batch; `model` is the model the blob was coded with (the blob then holds a reference to
+    /// it, so that the model is kept while the blob lives).
+    pub(crate) fn commit_compressed(&self, blob: crate::index::Blob, members: &[(Inode, u32, u64, bool)], model: Option<[u8; 32]>) -> FsResult<Vec<u64>> {
         let mut st = self.lock();
         let mut t = Txn::default();
         let mut switched = Vec::new();
@@ -504,6 +507,10 @@ impl Vfs {
         }
         let mut rec = blob;
         rec.live = switched.len() as u32;
+        if let (Some(h), true) = (model, rec.live > 0) {
+            t.batch.put(crate::index::keys::blob_model(rec.id), h.to_vec());
+            Index::put_counter(&mut t.batch, &crate::index::keys::model_refs(&h), self.index.model_refs(&h)? + 1);
+        }
         t.blobs.insert(rec.id, rec);
         for ino in &switched {
             st.staging.remove(ino);

@@ -22,8 +22,14 @@ impl Vfs {
             return Err(FsError::Range);
         }
         let i = self.inode(ino)?;
-        if n == STATS || n == EFFECTIVE {
+        if n == STATS || n == EFFECTIVE || n == super::models::MODELS {
             return Err(FsError::NotPermitted("read-only attribute"));
+        }
+        if n == super::models::IMPORT || n == super::models::REMOVE {
+            if i.kind != Kind::Dir {
+                return Err(FsError::Invalid(format!("{n} applies to directories")));
+            }
+            return self.model_admin(n, value);
         }
         if n == RECOMPRESS {
             if i.kind != Kind::Dir {
@@ -38,6 +44,16 @@ impl Vfs {
             if let Err(why) = Policy::validate(n, value) {
                 tracing::warn!(ino, attribute = n, value = %String::from_utf8_lossy(value), %why, "refused a policy setting");
                 return Err(FsError::Invalid(why));
+            }
+            // A model named by the policy must exist (`none` and `auto` always do).
+            if n == policy::MODEL {
+                if let super::ModelPolicy::Named(m) = super::ModelPolicy::of(std::str::from_utf8(value).ok()) {
+                    if self.model_hash(&m)?.is_none() {
+                        let why = format!("{n}: the store has no model {m:?} (import it first: tezipfs model import)");
+                        tracing::warn!(ino, %why, "refused a policy setting");
+                        return Err(FsError::Invalid(why));
+                    }
+                }
             }
         }
         let _g = self.lock();
@@ -109,6 +125,7 @@ impl Vfs {
         if i.kind == Kind::Dir {
             return Ok(match n {
                 STATS => Some(serde_json::to_vec_pretty(&self.stats(i.ino)?).map_err(|e| FsError::Invalid(e.to_string()))?),
+                super::models::MODELS => Some(self.models_listing()?),
                 EFFECTIVE => {
                     let p = self.policy(i.ino)?;
                     Some(policy::SETTINGS.iter().map(|k| format!("{k}={}\n", p.get(k).unwrap_or_default())).collect::<String>().into_bytes())
@@ -151,9 +168,17 @@ impl Vfs {
             buf.truncate(n);
             Ok(buf)
         });
-        // The predictor id sits at a fixed place of the header (docs/FORMAT.md).
+        // The predictor id and the model hash sit at fixed places of the header (docs/FORMAT.md).
         match header {
-            Ok(b) if b.len() > 25 && b[16] != 0 => crate::codec::PredictorId::from_id(b[25]).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            Ok(b) if b.len() > 58 && b[16] != 0 => {
+                let p = crate::codec::PredictorId::from_id(b[25]).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                let model: [u8; 32] = b[26..58].try_into().expect("32 bytes");
+                if model == [0; 32] {
+                    p
+                } else {
+                    format!("prednet:{}+{p}", self.model_label(&model))
+                }
+            }
             _ => "unknown".into(),
         }
     }
