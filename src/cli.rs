@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod fixtures;
+mod model;
 mod mount;
 mod offline;
 
@@ -157,6 +158,11 @@ pub enum Command {
         /// A directory on a tezipfs mount.
         path: PathBuf,
     },
+    /// Learned predictors: train a model on frames.
+    Model {
+        #[command(subcommand)]
+        action: model::ModelCommand,
+    },
     /// Show the build: version, formats, libtorch and CUDA.
     Info,
 }
@@ -182,6 +188,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { action: PolicyAction::Get { path } } => admin::policy_get(&path),
         Command::Policy { action: PolicyAction::Set { path, settings } } => admin::policy_set(&path, &settings),
         Command::Recompress { path } => admin::recompress(&path),
+        Command::Model { action } => model::run(action),
         Command::Info => {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);

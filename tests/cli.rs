@@ -332,3 +332,67 @@ fn help_mentions_every_option() {
     let h = ok(&["verify", "--help"]);
     assert!(h.contains("--against"), "{h}");
 }
+
+#[test]
+fn model_train_refuses_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.tzm");
+    let train = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["model", "train", s(dir), "--out", s(&out), "--max-steps", "1"];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--device") {
+            args.extend_from_slice(&["--device", "cpu"]);
+        }
+        fails(&args)
+    };
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = train(&empty, &[]);
+    assert!(e.contains("no files"), "{e}");
+    let e = train(&tmp.path().join("no-such-dir"), &[]);
+    assert!(e.contains("no-such-dir") && e.contains("cannot read directory"), "{e}");
+    // Files that are not frames.
+    let junk = tmp.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("a.txt"), b"hello").unwrap();
+    std::fs::write(junk.join("b.txt"), b"world").unwrap();
+    let e = train(&junk, &[]);
+    assert!(e.contains("none of the 2 files") && e.contains("raw:WxH:TYPE"), "{e}");
+    let e = train(&junk, &["--format", "raw:8x8:u16"]);
+    assert!(e.contains("none of the 2 files"), "{e}");
+    // One frame is not enough.
+    let one = tmp.path().join("one");
+    ok(&["fixtures", s(&one), "--size", "16x16", "--frames", "1"]);
+    let e = train(&one, &["--format", "raw:16x16:u16"]);
+    assert!(e.contains("only 1 frame") && e.contains("at least 2"), "{e}");
+    // Bounds a model cannot be trained for, or that do not parse.
+    let two = tmp.path().join("two");
+    ok(&["fixtures", s(&two), "--size", "16x16", "--frames", "2"]);
+    let e = train(&two, &["--format", "raw:16x16:u16", "--bound", "rel:0.01"]);
+    assert!(e.contains("rel:0.01") && e.contains("lossless or abs:E"), "{e}");
+    let e = train(&two, &["--format", "raw:16x16:u16", "--bound", "abs:two"]);
+    assert!(e.contains("two"), "{e}");
+    let e = train(&two, &["--format", "raw:16x16:u16", "--size", "huge"]);
+    assert!(e.contains("huge") && e.contains("small"), "{e}");
+    let e = train(&two, &["--format", "raw:16x16:u16", "--minutes", "0"]);
+    assert!(e.contains("--minutes"), "{e}");
+    let e = train(&two, &["--format", "raw:16x16:u16", "--device", "tpu"]);
+    assert!(e.contains("tpu"), "{e}");
+    assert!(!out.exists(), "no model is written when the input is bad");
+}
+
+#[test]
+fn model_train_writes_a_model_that_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("frames");
+    ok(&["fixtures", s(&src), "--size", "48x40", "--frames", "5"]);
+    let out = tmp.path().join("m.tzm");
+    let stdout = ok(&["model", "train", s(&src), "--out", s(&out), "--format", "raw:48x40:u16", "--bound", "abs:1", "--device", "cpu", "--threads", "1", "--max-steps", "3"]);
+    let bytes = std::fs::read(&out).unwrap();
+    let m = tezipfs::model::file::from_bytes(&bytes).unwrap();
+    assert_eq!((m.meta.steps, m.meta.frames, m.meta.bound.as_str(), m.dtype), (3, 5, "abs:1", DType::U16));
+    let hash = tezipfs::codec::predict::hash_hex(&tezipfs::model::file::hash(&bytes));
+    assert!(stdout.contains(&format!("model hash {hash}")), "{stdout}");
+    assert!(stdout.contains("3 steps"), "{stdout}");
+    assert!(!tmp.path().join("m.tzm.partial").exists());
+}

@@ -89,13 +89,28 @@ fn compare(m: &IntModel, geom: Geometry, seq: &[Vec<u32>], what: &str) -> usize 
     changed
 }
 
+/// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64)
+/// and shrunk so that every requantisation fits in int32 (the torch backend's int32 path).
+fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 2] {
+    let m = file::random(arch, dtype, seed);
+    let mut small = m.clone();
+    file::shrink_multipliers(&mut small);
+    let (_, t) = backends(&m);
+    let (n32, n) = t.int32_convs();
+    assert!(n32 < n, "random models take the int64 path ({n32} of {n} convolutions in int32)");
+    let (_, t) = backends(&small);
+    let (n32, n) = t.int32_convs();
+    assert_eq!(n32, n, "shrunk models take the int32 path");
+    [m, small]
+}
+
 #[test]
 fn backends_agree_on_every_arch_dtype_and_odd_size() {
     tch::set_num_threads(1);
     let sizes = [(37, 23), (1, 17), (13, 1), (1, 1), (2, 3)];
     for (ai, arch) in archs().iter().enumerate() {
         for dtype in DType::ALL {
-            let m = file::random(arch, dtype, 1000 + ai as u64 * 10 + dtype.id() as u64);
+          for m in models(arch, dtype, 1000 + ai as u64 * 10 + dtype.id() as u64) {
             let mut changed = 0;
             for (si, &(w, h)) in sizes.iter().enumerate() {
                 let geom = Geometry::of(w, h, dtype);
@@ -104,6 +119,7 @@ fn backends_agree_on_every_arch_dtype_and_odd_size() {
                 changed += compare(&m, geom, &seq, &format!("arch {ai} {dtype} {w}x{h}"));
             }
             assert!(changed > 0, "arch {ai} {dtype}: the model never changed the reference");
+          }
         }
     }
 }
@@ -112,13 +128,14 @@ fn backends_agree_on_every_arch_dtype_and_odd_size() {
 fn backends_agree_at_one_and_two_threads() {
     // Large enough that libtorch splits its operations between threads.
     let geom = Geometry::of(301, 203, DType::U16);
-    let m = file::random(&Size::Small.arch(), DType::U16, 77);
     let seq = frames(geom, 4, 5);
-    let (r, t) = backends(&m);
-    let want = run(&r, geom, &seq);
-    for threads in [1, 2] {
-        tch::set_num_threads(threads);
-        assert!(run(&t, geom, &seq) == want, "{threads} threads");
+    for m in models(&Size::Small.arch(), DType::U16, 77) {
+        let (r, t) = backends(&m);
+        let want = run(&r, geom, &seq);
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            assert!(run(&t, geom, &seq) == want, "{threads} threads");
+        }
     }
     tch::set_num_threads(1);
 }

@@ -9,7 +9,7 @@
 //!
 //! [`random`] builds a valid random model for tests and speed measurements.
 
-use super::{Arch, Conv, Group, IntModel, Layer, LayerArch, Luts, Meta, Norm, CELL_LUT, GATE_LUT, MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS};
+use super::{rshr, Arch, Conv, Group, IntModel, Layer, LayerArch, Luts, Meta, Norm, CELL_LUT, GATE_LUT, MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS};
 use crate::codec::predict::ModelHash;
 use crate::codec::DType;
 use sha2::Digest;
@@ -514,6 +514,52 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     };
     validate(&model)?;
     Ok(model)
+}
+
+/// A bound on the magnitude of every partial sum of output channel `o`'s requantisation,
+/// however the groups are added up: `sum_g sum|w_g[o]| * max|x_g| * |mult_g[o]| + |bias[o]| +
+/// 2^(shift[o]-1)`, with `max|x|` 128 for the i8 inputs and 32896 for the intensity (group
+/// `intensity`; the margin covers a backend's `256 * hi + lo = v - 128` split and its constant).
+/// Below 2^31 a backend may requantise in i32 with the same result (the torch backend does:
+/// about four times cheaper on a CPU); training can export multipliers of about 10 bits to get
+/// there (see [`shrink_multipliers`]).
+pub fn requant_bound(conv: &Conv, o: usize, intensity: Option<usize>) -> i128 {
+    let kk = conv.k * conv.k;
+    let mut b: i128 = conv.bias[o].unsigned_abs() as i128 + (1i128 << (conv.shift[o] - 1));
+    for (g, grp) in conv.groups.iter().enumerate() {
+        let w = &grp.weight[o * grp.cin * kk..(o + 1) * grp.cin * kk];
+        let wabs: i128 = w.iter().map(|&v| (v as i128).abs()).sum();
+        let m = (grp.mult[o] as i128).abs();
+        let xmax = if intensity == Some(g) { 32896 + 128 } else { 128 };
+        b += wabs * xmax * m;
+    }
+    b
+}
+
+/// The index of the intensity group of layer `l`'s `lstm` (the last group of layer 0).
+pub fn intensity_group(l: usize, conv: &Conv) -> Option<usize> {
+    (l == 0).then(|| conv.groups.len() - 1)
+}
+
+/// Halves multipliers and biases and lowers shifts (one step at a time, per output channel)
+/// until every partial sum of every requantisation fits in an i32 ([`requant_bound`]), or the
+/// shift reaches 1. The outputs change by the rounding of the halved values only; this is what
+/// an export for the int32 path would do. For tests and speed measurements.
+pub fn shrink_multipliers(m: &mut IntModel) {
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        let ig = intensity_group(l, &layer.lstm);
+        for (conv, ig) in [(&mut layer.lstm, ig), (&mut layer.ahat, None)].into_iter().chain(layer.a.as_mut().map(|a| (a, None))) {
+            for o in 0..conv.cout {
+                while requant_bound(conv, o, ig) >= 1i128 << 31 && conv.shift[o] > 1 {
+                    for g in &mut conv.groups {
+                        g.mult[o] = ((g.mult[o] as i64 + 1) >> 1) as i32;
+                    }
+                    conv.bias[o] = rshr(conv.bias[o], 1);
+                    conv.shift[o] -= 1;
+                }
+            }
+        }
+    }
 }
 
 /// A small deterministic generator (SplitMix64) for [`random`] and tests: no dependency, the

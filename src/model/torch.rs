@@ -26,7 +26,9 @@
 use super::file::{self, ModelFileError};
 use super::{layer_size, Conv, IntModel, CELL_LUT};
 use crate::codec::predict::{hash_hex, Geometry, Model, ModelHash, ModelState, PredictError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tch::{Device, Kind, TchError, Tensor};
 
 /// Pixels per band on the CPU: the int64 sums of a 32-channel band of this size (8 MB) stay in
@@ -64,7 +66,7 @@ struct TGroup {
     /// `[rows_pad, k_pad]` int8: row `o`, column `tap * c + j` is `w[o][j][tap]`; for the
     /// intensity rows `0..cout` read the high bytes, rows `cout..2 cout` the low bytes.
     weight: Tensor,
-    /// `[cout, 1, 1, 1]` int64.
+    /// `[cout, 1, 1, 1]`, int32 or int64 as the convolution's sums.
     mult: Tensor,
 }
 
@@ -74,11 +76,21 @@ struct TConv {
     lo: i64,
     hi: i64,
     groups: Vec<TGroup>,
-    /// `[cout, 1, 1, 1]` int64: `bias + 2^(shift - 1)`, plus `128 * sum(w) * mult` of the
-    /// intensity group.
+    /// `[cout, 1, 1, 1]`: `bias + 2^(shift - 1)`, plus `128 * sum(w) * mult` of the intensity
+    /// group.
     bias: Tensor,
-    /// `[cout, 1, 1, 1]` int64.
+    /// `[cout, 1, 1, 1]`.
     shift: Tensor,
+    /// The kind of the requantisation sums: int32 when [`requant_fits_i32`], else int64.
+    kind: Kind,
+}
+
+/// Whether every partial sum of `conv`'s requantisation provably fits in an i32
+/// ([`file::requant_bound`] below 2^31 for every output channel). The torch backend then
+/// requantises in int32, about four times cheaper on a CPU without 64-bit vector multiplies,
+/// with the same result; otherwise in int64. `intensity` is the index of the i16 group.
+pub fn requant_fits_i32(conv: &Conv, intensity: Option<usize>) -> bool {
+    (0..conv.cout).all(|o| file::requant_bound(conv, o, intensity) < 1i128 << 31)
 }
 
 impl TConv {
@@ -86,6 +98,7 @@ impl TConv {
     fn new(conv: &Conv, intensity: Option<usize>, dev: Device) -> Result<TConv, TchError> {
         let cout = conv.cout;
         let kk = conv.k * conv.k;
+        let kind = if requant_fits_i32(conv, intensity) { Kind::Int } else { Kind::Int64 };
         let mut bias: Vec<i64> = (0..cout).map(|o| conv.bias[o] + (1i64 << (conv.shift[o] - 1))).collect();
         let mut groups = Vec::new();
         for (g, grp) in conv.groups.iter().enumerate() {
@@ -116,7 +129,7 @@ impl TConv {
             }
             let weight = Tensor::f_from_slice(&w)?.f_view([rpad, k_pad])?.f_to_device(dev)?;
             let mult: Vec<i64> = grp.mult.iter().map(|&m| m as i64).collect();
-            let mult = Tensor::f_from_slice(&mult)?.f_view([cout as i64, 1, 1, 1])?.f_to_device(dev)?;
+            let mult = Tensor::f_from_slice(&mult)?.f_view([cout as i64, 1, 1, 1])?.f_to_kind(kind)?.f_to_device(dev)?;
             groups.push(TGroup { c: c as i64, intensity: is_i, k_rows, k_pad, weight, mult });
         }
         let shift: Vec<i64> = conv.shift.iter().map(|&s| s as i64).collect();
@@ -126,8 +139,9 @@ impl TConv {
             lo: conv.lo as i64,
             hi: conv.hi as i64,
             groups,
-            bias: Tensor::f_from_slice(&bias)?.f_view([cout as i64, 1, 1, 1])?.f_to_device(dev)?,
-            shift: Tensor::f_from_slice(&shift)?.f_view([cout as i64, 1, 1, 1])?.f_to_device(dev)?,
+            bias: Tensor::f_from_slice(&bias)?.f_view([cout as i64, 1, 1, 1])?.f_to_kind(kind)?.f_to_device(dev)?,
+            shift: Tensor::f_from_slice(&shift)?.f_view([cout as i64, 1, 1, 1])?.f_to_kind(kind)?.f_to_device(dev)?,
+            kind,
         })
     }
 }
@@ -185,6 +199,57 @@ fn bands(n: i64, h: i64, w: i64, target: i64) -> Vec<Band> {
     v
 }
 
+/// Scratch tensors reused across bands and frames, one set per concurrent call (a pool in the
+/// model). On the CPU a fresh allocation of a few MB is fresh pages, and the page faults cost
+/// more than the arithmetic done in them; the arena makes every temporary of a band and every
+/// padded input an existing buffer.
+#[derive(Default)]
+struct Arena {
+    slots: Vec<Option<Tensor>>,
+}
+
+/// What each arena buffer holds. Buffers in use at the same time have different slots.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// A group's im2col matrix (one group at a time).
+    B,
+    /// A group's int32 product.
+    Acc,
+    /// The int64 requantisation sum of a band.
+    Sum,
+    /// Table indices.
+    Idx,
+    Gates,
+    Cell,
+    Tanh,
+    Hid,
+    /// Frame-sized int64 work (intensity, errors).
+    Work,
+    /// Padded inputs of a convolution's groups (`Pad0 + g`).
+    Pad0,
+}
+
+const SLOTS: usize = Slot::Pad0 as usize + super::MAX_LAYERS;
+
+impl Arena {
+    /// A tensor of `shape` in buffer `slot` (grown when too small; contents undefined).
+    fn get(&mut self, slot: usize, kind: Kind, dev: Device, shape: &[i64]) -> Result<Tensor, TchError> {
+        if self.slots.len() < SLOTS {
+            self.slots.resize_with(SLOTS, || None);
+        }
+        let numel: i64 = shape.iter().product();
+        let fits = match &self.slots[slot] {
+            Some(t) => t.f_kind()? == kind && t.size()[0] >= numel,
+            None => false,
+        };
+        if !fits {
+            self.slots[slot] = None;
+            self.slots[slot] = Some(Tensor::f_empty([numel.max(1)], (kind, dev))?);
+        }
+        self.slots[slot].as_ref().expect("filled above").f_narrow(0, 0, numel)?.f_view(shape)
+    }
+}
+
 /// A layer's state: `[C, N, H, W]` tensors.
 struct TLayerState {
     /// int8 `[R, ..]`.
@@ -238,6 +303,40 @@ pub struct TorchModel {
     /// int32 `[65535]`: `TANHC[clamp(s >> 5, -1024, 1023) + 1024]` at `s + 32767`.
     cell_tanh: Tensor,
     band: i64,
+    profile: Profile,
+    /// Scratch buffers of calls not running.
+    arenas: Mutex<Vec<Arena>>,
+}
+
+/// Where the time goes, when asked ([`TorchModel::set_profile`]): seconds per named part, in
+/// the order the parts first ran. CPU operations are synchronous, so wall-clock laps are the
+/// parts' times there (on CUDA they would need a synchronisation).
+#[derive(Default)]
+struct Profile {
+    on: AtomicBool,
+    parts: Mutex<Vec<(String, f64)>>,
+}
+
+/// Laps of a stopwatch that only runs when profiling.
+struct Laps {
+    on: bool,
+    last: Instant,
+}
+
+impl Laps {
+    fn new(on: bool) -> Laps {
+        Laps { on, last: Instant::now() }
+    }
+    /// Seconds since the last lap (0 when not profiling).
+    fn lap(&mut self) -> f64 {
+        if !self.on {
+            return 0.0;
+        }
+        let now = Instant::now();
+        let d = (now - self.last).as_secs_f64();
+        self.last = now;
+        d
+    }
 }
 
 // SAFETY: the model's tensors are created once in `new` and afterwards only read (used as
@@ -283,7 +382,7 @@ impl TorchModel {
         let mut layers = Vec::new();
         for (l, layer) in m.layers.iter().enumerate() {
             let r = m.arch.layers[l].r;
-            let intensity = (l == 0).then(|| layer.lstm.groups.len() - 1);
+            let intensity = file::intensity_group(l, &layer.lstm);
             let mut gates = Vec::with_capacity(4 * r * 256);
             for c in 0..4 * r {
                 if c < 3 * r {
@@ -314,6 +413,8 @@ impl TorchModel {
             cell_tanh: Tensor::f_from_slice(&cell_tanh)?.f_to_device(device)?,
             band,
             model,
+            profile: Profile::default(),
+            arenas: Mutex::new(Vec::new()),
         })
     }
 
@@ -325,9 +426,41 @@ impl TorchModel {
         self.device
     }
 
+    /// How many of the model's convolutions requantise in int32 ([`requant_fits_i32`]), and
+    /// how many there are.
+    pub fn int32_convs(&self) -> (usize, usize) {
+        let convs: Vec<&TConv> = self.layers.iter().flat_map(|l| [Some(&l.lstm), Some(&l.ahat), l.a.as_ref()]).flatten().collect();
+        (convs.iter().filter(|c| c.kind == Kind::Int).count(), convs.len())
+    }
+
     /// Pixels per band (for measurements; any value gives the same integers).
     pub fn set_band_pixels(&mut self, pixels: i64) {
         self.band = pixels.max(1);
+    }
+
+    /// Start (or stop) recording where the time goes; [`TorchModel::take_profile`] returns it.
+    pub fn set_profile(&self, on: bool) {
+        self.profile.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Seconds spent per part since profiling started or was last taken, and resets them.
+    pub fn take_profile(&self) -> Vec<(String, f64)> {
+        std::mem::take(&mut *self.profile.parts.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn profiling(&self) -> bool {
+        self.profile.on.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, part: &str, secs: f64) {
+        if !self.profiling() {
+            return;
+        }
+        let mut parts = self.profile.parts.lock().unwrap_or_else(|e| e.into_inner());
+        match parts.iter_mut().find(|(p, _)| p == part) {
+            Some((_, t)) => *t += secs,
+            None => parts.push((part.to_string(), secs)),
+        }
     }
 
     fn err(&self, why: impl Into<String>) -> PredictError {
@@ -342,81 +475,115 @@ impl TorchModel {
         Ok(s)
     }
 
-    /// `conv` over `inputs` (one `[C_g, N, H, W]` tensor per group: int8, the intensity int32),
-    /// band by band; each band's output (int64, requantised and clamped, `[cout, nb, bh, W]`)
-    /// goes to `sink`.
-    fn conv_bands(&self, conv: &TConv, inputs: &[&Tensor], sink: &mut dyn FnMut(Band, Tensor) -> Result<(), TchError>) -> Result<(), TchError> {
-        let size = inputs[0].size();
-        let (n, h, w) = (size[1], size[2], size[3]);
+    /// A padded copy of `x` (`[C, N, H, W]`) in arena buffer `slot`: `[C, N, H + 2p + 1,
+    /// W + 2p + 1]`, `x` at `(p, p)`, zeros around. The extra row and column (never read by a
+    /// convolution) let [`Self::pad_up`] write whole 2 x 2 blocks.
+    fn pad(&self, arena: &mut Arena, slot: usize, x: &Tensor, p: i64) -> Result<Tensor, TchError> {
+        let sz = x.size();
+        let (c, n, h, w) = (sz[0], sz[1], sz[2], sz[3]);
+        let buf = arena.get(slot, x.f_kind()?, self.device, &[c, n, h + 2 * p + 1, w + 2 * p + 1])?;
+        buf.f_narrow(2, p, h)?.f_narrow(3, p, w)?.f_copy_(x)?;
+        zero_border(&buf, p, h, w, 0)?;
+        Ok(buf)
+    }
+
+    /// `up(h1)` cropped to `h x w`, padded as [`Self::pad`] pads.
+    fn pad_up(&self, arena: &mut Arena, slot: usize, h1: &Tensor, h: i64, w: i64, p: i64) -> Result<Tensor, TchError> {
+        let sz = h1.size();
+        let (c, n, h1h, h1w) = (sz[0], sz[1], sz[2], sz[3]);
+        let buf = arena.get(slot, Kind::Int8, self.device, &[c, n, h + 2 * p + 1, w + 2 * p + 1])?;
+        // 2 h1h <= h + 1: the blocks may hang one row/column over the crop, into the border
+        // (zeroed after).
+        let blocks = buf.f_narrow(2, p, 2 * h1h)?.f_narrow(3, p, 2 * h1w)?.f_view([c, n, h1h, 2, h1w, 2])?;
+        blocks.shallow_clone().f_copy_(&h1.f_view([c, n, h1h, 1, h1w, 1])?.f_expand([c, n, h1h, 2, h1w, 2], false)?)?;
+        zero_border(&buf, p, h, w, 0)?;
+        Ok(buf)
+    }
+
+    /// The intensity `i` (int32 `[1, N, H, W]`) padded with zeros and split into its high and
+    /// low bytes (`[2, N, ..]` int8, laid out as [`Self::pad`]): `v = 256 * hi + lo + 128`
+    /// everywhere, the padding included (hi 0, lo -128).
+    fn pad_intensity(&self, arena: &mut Arena, slot: usize, i: &Tensor, p: i64) -> Result<Tensor, TchError> {
+        let sz = i.size();
+        let (n, h, w) = (sz[1], sz[2], sz[3]);
+        let buf = arena.get(slot, Kind::Int8, self.device, &[2, n, h + 2 * p + 1, w + 2 * p + 1])?;
+        let hi = buf.f_narrow(0, 0, 1)?;
+        let lo = buf.f_narrow(0, 1, 1)?;
+        hi.f_narrow(2, p, h)?.f_narrow(3, p, w)?.f_copy_(&i.f_bitwise_right_shift_tensor_scalar(8)?)?;
+        lo.f_narrow(2, p, h)?.f_narrow(3, p, w)?.f_copy_(&i.f_bitwise_and(255)?.f_sub_scalar_(128)?)?;
+        zero_border(&hi, p, h, w, 0)?;
+        zero_border(&lo, p, h, w, -128)?;
+        Ok(buf)
+    }
+
+    /// `conv` over `padded` (one buffer per group from [`Self::pad`] and its kin, all of an
+    /// `n x h x w` input), band by band; each band's output (int32 or int64, requantised and clamped,
+    /// `[cout, nb, bh, w]`, an arena buffer) goes to `sink`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bands(&self, label: &str, conv: &TConv, padded: &[Tensor], (n, h, w): (i64, i64, i64), arena: &mut Arena, sink: &mut dyn FnMut(Band, &Tensor, &mut Arena) -> Result<(), TchError>) -> Result<(), TchError> {
+        let mut laps = Laps::new(self.profiling());
+        let mut t = [0.0f64; 4];
         let (k, p) = (conv.k, conv.k / 2);
-        let padded = conv
-            .groups
-            .iter()
-            .zip(inputs)
-            .map(|(g, x)| {
-                if g.intensity {
-                    let xp = x.f_constant_pad_nd([p, p, p, p])?;
-                    let hi = xp.f_bitwise_right_shift_tensor_scalar(8)?.f_to_kind(Kind::Int8)?;
-                    let lo = xp.f_bitwise_and(255)?.f_sub_scalar(128)?.f_to_kind(Kind::Int8)?;
-                    Tensor::f_cat(&[hi, lo], 0)
-                } else if p > 0 {
-                    x.f_constant_pad_nd([p, p, p, p])
-                } else {
-                    Ok(x.shallow_clone())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for band in bands(n, h, w, self.band) {
+        let dev = self.device;
+        // Big products are efficient at any band size; keep their im2col matrix near 8 MB.
+        let k_max = conv.groups.iter().map(|g| g.k_pad).max().unwrap_or(8);
+        let target = self.band.min(((8 << 20) / k_max).max(4096));
+        for band in bands(n, h, w, target) {
             let pix = band.nb * band.bh * w;
             let pix8 = pad8(pix);
-            let mut sum: Option<Tensor> = None;
-            for (g, xp) in conv.groups.iter().zip(&padded) {
-                let b = Tensor::f_empty([g.k_pad, pix8], (Kind::Int8, self.device))?;
+            let sum = arena.get(Slot::Sum as usize, conv.kind, dev, &[conv.cout, band.nb, band.bh, w])?;
+            for (gi, (g, xp)) in conv.groups.iter().zip(padded).enumerate() {
+                // im2col: row tap * c + j of B is input channel j shifted by the tap, all taps
+                // in one strided copy.
+                let b = arena.get(Slot::B as usize, Kind::Int8, dev, &[g.k_pad, pix8])?;
                 if g.k_pad > g.k_rows {
                     b.f_narrow(0, g.k_rows, g.k_pad - g.k_rows)?.f_zero_().in_place()?;
                 }
                 if pix8 > pix {
                     b.f_narrow(1, pix, pix8 - pix)?.f_zero_().in_place()?;
                 }
-                let src = xp.f_narrow(1, band.n0, band.nb)?;
-                for dy in 0..k {
-                    let rows = src.f_narrow(2, band.y0 + dy, band.bh)?;
-                    for dx in 0..k {
-                        let tap = dy * k + dx;
-                        let mut dst = b.f_narrow(0, tap * g.c, g.c)?.f_narrow(1, 0, pix)?.f_view([g.c, band.nb, band.bh, w])?;
-                        dst.f_copy_(&rows.f_narrow(3, dx, w)?)?;
-                    }
+                let st = xp.stride();
+                let src = xp.f_narrow(1, band.n0, band.nb)?.f_narrow(2, band.y0, band.bh + 2 * p)?;
+                let src = src.f_as_strided([k, k, g.c, band.nb, band.bh, w], [st[2], st[3], st[0], st[1], st[2], st[3]], None)?;
+                let mut dst = b.f_as_strided([k, k, g.c, band.nb, band.bh, w], [k * g.c * pix8, g.c * pix8, pix8, band.bh * w, w, 1], None)?;
+                dst.f_copy_(&src)?;
+                t[0] += laps.lap();
+                let acc = arena.get(Slot::Acc as usize, Kind::Int, dev, &[g.weight.size()[0], pix8])?;
+                g.weight.f_internal_int_mm_out(&acc, &b).in_place()?;
+                t[1] += laps.lap();
+                if g.intensity {
+                    let mut hi = acc.f_narrow(0, 0, conv.cout)?;
+                    hi.f_mul_scalar_(256).in_place()?;
+                    hi.f_add_(&acc.f_narrow(0, conv.cout, conv.cout)?).in_place()?;
                 }
-                let acc = g.weight.f_internal_int_mm(&b)?;
-                let acc = if g.intensity {
-                    let hi = acc.f_narrow(0, 0, conv.cout)?;
-                    let lo = acc.f_narrow(0, conv.cout, conv.cout)?;
-                    hi.f_mul_scalar(256)?.f_add_(&lo)?
+                let acc = acc.f_narrow(0, 0, conv.cout)?.f_narrow(1, 0, pix)?.f_view([conv.cout, band.nb, band.bh, w])?;
+                if gi == 0 {
+                    conv.bias.f_addcmul_out(&sum, &acc, &g.mult).in_place()?;
                 } else {
-                    acc.f_narrow(0, 0, conv.cout)?
-                };
-                let acc = acc.f_narrow(1, 0, pix)?.f_view([conv.cout, band.nb, band.bh, w])?;
-                sum = Some(match sum {
-                    None => conv.bias.f_addcmul(&acc, &g.mult)?,
-                    Some(mut s) => {
-                        s.f_addcmul_(&acc, &g.mult).in_place()?;
-                        s
-                    }
-                });
+                    sum.shallow_clone().f_addcmul_(&acc, &g.mult).in_place()?;
+                }
+                t[2] += laps.lap();
             }
-            let mut s = sum.expect("a convolution has at least one group");
-            s.f_bitwise_right_shift_(&conv.shift).in_place()?;
-            s.f_clamp_(conv.lo, conv.hi).in_place()?;
-            sink(band, s)?;
+            let mut z = sum;
+            z.f_bitwise_right_shift_(&conv.shift).in_place()?;
+            z.f_clamp_(conv.lo, conv.hi).in_place()?;
+            t[2] += laps.lap();
+            sink(band, &z, arena)?;
+            t[3] += laps.lap();
+        }
+        for (part, secs) in ["im2col", "int_mm", "requant", "consumer"].iter().zip(t) {
+            self.record(&format!("{label} {part}"), secs);
         }
         Ok(())
     }
 
-    /// `conv` over `inputs` into a new int32 `[cout, N, H, W]` tensor.
-    fn conv_full(&self, conv: &TConv, inputs: &[&Tensor]) -> Result<Tensor, TchError> {
-        let size = inputs[0].size();
-        let out = Tensor::f_empty([conv.cout, size[1], size[2], size[3]], (Kind::Int, self.device))?;
-        self.conv_bands(conv, inputs, &mut |band, z| band.of(&out)?.f_copy_(&z))?;
+    /// `conv` over `x` (`[cin, N, H, W]` int8) into a new int32 `[cout, N, H, W]` tensor.
+    fn conv_full(&self, label: &str, conv: &TConv, x: &Tensor, arena: &mut Arena) -> Result<Tensor, TchError> {
+        let sz = x.size();
+        let (n, h, w) = (sz[1], sz[2], sz[3]);
+        let xp = self.pad(arena, Slot::Pad0 as usize, x, conv.k / 2)?;
+        let out = Tensor::f_empty([conv.cout, n, h, w], (Kind::Int, self.device))?;
+        self.conv_bands(label, conv, &[xp], (n, h, w), arena, &mut |band, z, _| band.of(&out)?.f_copy_(z))?;
         Ok(out)
     }
 
@@ -429,68 +596,93 @@ impl TorchModel {
         Tensor::f_cat(&ts, 1)
     }
 
+    /// An arena from the pool (a new one if every arena is in use).
+    fn take_arena(&self) -> Arena {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give_arena(&self, a: Arena) {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+    }
+
     /// One batched prediction for states of one geometry that have all observed a frame.
-    fn predict_group(&self, states: &mut [&mut TorchState], outs: &mut [&mut [u32]]) -> Result<(), TchError> {
+    fn predict_group(&self, states: &mut [&mut TorchState], outs: &mut [&mut [u32]], arena: &mut Arena) -> Result<(), TchError> {
         let m = &*self.model;
+        let dev = self.device;
+        let mut laps = Laps::new(self.profiling());
         let nl = self.layers.len();
         let b = Self::stack(states, |s| s.b.as_ref().expect("checked: observed"))?;
         // I(b) = clamp(rshr((b - offset) * in_mult, in_shift), -32768, 32767)
-        let mut intensity = b.f_sub_scalar(m.norm.offset)?.f_mul_scalar(m.norm.in_mult)?.f_add_scalar(1i64 << (m.norm.in_shift - 1))?;
-        intensity.f_bitwise_right_shift_tensor_scalar_(m.norm.in_shift as i64).in_place()?;
-        let intensity = intensity.f_clamp_(-32768, 32767)?.f_to_kind(Kind::Int)?;
+        let mut work = arena.get(Slot::Work as usize, Kind::Int64, dev, &b.size())?;
+        b.f_sub_scalar_out(&work, m.norm.offset).in_place()?;
+        work.f_mul_scalar_(m.norm.in_mult).in_place()?;
+        work.f_add_scalar_(1i64 << (m.norm.in_shift - 1)).in_place()?;
+        work.f_bitwise_right_shift_tensor_scalar_(m.norm.in_shift as i64).in_place()?;
+        let intensity = work.f_clamp_(-32768, 32767)?.f_to_kind(Kind::Int)?;
         let mut hid: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
         let mut cell: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
         let mut ahat: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
+        self.record("intensity", laps.lap());
         for l in (0..nl).rev() {
+            let mut laps = Laps::new(self.profiling());
             let layer = &self.layers[l];
             let e = Self::stack(states, |s| &s.layers[l].e)?;
             let h_old = Self::stack(states, |s| &s.layers[l].h)?;
             let s_cell = Self::stack(states, |s| &s.layers[l].s)?;
             let size = h_old.size();
-            let (hh, ww) = (size[2], size[3]);
-            let upper = match hid.get(l + 1) {
-                Some(Some(h1)) => {
-                    let sz = h1.size();
-                    let (r1, n, h1h, h1w) = (sz[0], sz[1], sz[2], sz[3]);
-                    Some(h1.f_view([r1, n, h1h, 1, h1w, 1])?.f_expand([r1, n, h1h, 2, h1w, 2], false)?.f_reshape([r1, n, 2 * h1h, 2 * h1w])?.f_narrow(2, 0, hh)?.f_narrow(3, 0, ww)?)
-                }
-                _ => None,
-            };
-            let mut inputs = vec![&e, &h_old];
-            if let Some(u) = &upper {
-                inputs.push(u);
+            let (n, hh, ww) = (size[1], size[2], size[3]);
+            let p = layer.lstm.k / 2;
+            let mut padded = vec![self.pad(arena, Slot::Pad0 as usize, &e, p)?, self.pad(arena, Slot::Pad0 as usize + 1, &h_old, p)?];
+            if let Some(Some(h1)) = hid.get(l + 1) {
+                padded.push(self.pad_up(arena, Slot::Pad0 as usize + 2, h1, hh, ww, p)?);
             }
             if l == 0 {
-                inputs.push(&intensity);
+                let slot = Slot::Pad0 as usize + padded.len();
+                padded.push(self.pad_intensity(arena, slot, &intensity, p)?);
             }
-            let h_new = Tensor::f_empty(size.as_slice(), (Kind::Int8, self.device))?;
+            let h_new = Tensor::f_empty(size.as_slice(), (Kind::Int8, dev))?;
             let r = layer.r;
-            self.conv_bands(&layer.lstm, &inputs, &mut |band, z| {
-                let idx = z.f_to_kind(Kind::Int)?.f_add_(&layer.gate_offset)?;
-                let gates = layer.gates.f_index_select(0, &idx.f_view([-1])?)?.f_view([4 * r, band.nb, band.bh, ww])?;
+            self.record(&format!("L{l} inputs"), laps.lap());
+            self.conv_bands(&format!("L{l} lstm"), &layer.lstm, &padded, (n, hh, ww), arena, &mut |band, z, arena| {
+                let (nb, bh) = (band.nb, band.bh);
+                let idx = arena.get(Slot::Idx as usize, Kind::Int, dev, &[4 * r, nb, bh, ww])?;
+                z.f_add_out(&idx, &layer.gate_offset).in_place()?;
+                let gates = arena.get(Slot::Gates as usize, Kind::Int, dev, &[4 * r * nb * bh * ww])?;
+                layer.gates.f_index_select_out(&gates, 0, &idx.f_view([-1])?).in_place()?;
+                let gates = gates.f_view([4 * r, nb, bh, ww])?;
                 let (i, f, o, g) = (gates.f_narrow(0, 0, r)?, gates.f_narrow(0, r, r)?, gates.f_narrow(0, 2 * r, r)?, gates.f_narrow(0, 3 * r, r)?);
+                // S = clamp((f * S + ((i * g) << 5)) >> 7, -32767, 32767), the << 5 in the table.
                 let mut s_band = band.of(&s_cell)?;
-                // S = clamp((f * S + ((i * g) << 5)) >> 7, -32767, 32767), the shift in the table.
-                let mut s_new = f.f_mul(&s_band)?;
+                let mut s_new = arena.get(Slot::Cell as usize, Kind::Int, dev, &[r, nb, bh, ww])?;
+                f.f_mul_out(&s_new, &s_band).in_place()?;
                 s_new.f_addcmul_(&i, &g).in_place()?;
                 s_new.f_bitwise_right_shift_tensor_scalar_(7).in_place()?;
                 s_new.f_clamp_(-32767, 32767).in_place()?;
                 s_band.f_copy_(&s_new)?;
-                // H = clamp((o * TANHC[...]) >> 7, -127, 127)
-                let t = self.cell_tanh.f_index_select(0, &s_new.f_add_scalar(32767)?.f_view([-1])?)?.f_view([r, band.nb, band.bh, ww])?;
-                let mut hv = o.f_mul(&t)?;
+                // H = clamp((o * TANHC[clamp(S >> 5, -1024, 1023) + 1024]) >> 7, -127, 127),
+                // the table indexed by S + 32767.
+                let idx = arena.get(Slot::Idx as usize, Kind::Int, dev, &[r * nb * bh * ww])?;
+                s_new.f_view([-1])?.f_add_scalar_out(&idx, 32767).in_place()?;
+                let t = arena.get(Slot::Tanh as usize, Kind::Int, dev, &[r * nb * bh * ww])?;
+                self.cell_tanh.f_index_select_out(&t, 0, &idx).in_place()?;
+                let mut hv = arena.get(Slot::Hid as usize, Kind::Int, dev, &[r, nb, bh, ww])?;
+                o.f_mul_out(&hv, &t.f_view([r, nb, bh, ww])?).in_place()?;
                 hv.f_bitwise_right_shift_tensor_scalar_(7).in_place()?;
                 hv.f_clamp_(-127, 127).in_place()?;
                 band.of(&h_new)?.f_copy_(&hv)
             })?;
-            ahat[l] = Some(self.conv_full(&layer.ahat, &[&h_new])?);
+            ahat[l] = Some(self.conv_full(&format!("L{l} ahat"), &layer.ahat, &h_new, arena)?);
             hid[l] = Some(h_new);
             cell[l] = Some(s_cell);
         }
         // P' = clamp(b + C(Ahat_0), 0, mask)
+        let mut laps = Laps::new(self.profiling());
         let a0 = ahat[0].as_ref().expect("layer 0 computed");
-        let corr = self.correction.f_index_select(0, &a0.f_add_scalar(128)?.f_view([-1])?)?.f_view_as(&b)?;
-        let pred = b.f_add(&corr)?.f_clamp_(0, states[0].geom.mask() as i64)?.f_to_kind(Kind::Int)?.f_to_device(Device::Cpu)?;
+        let work = arena.get(Slot::Work as usize, Kind::Int64, dev, &b.size())?;
+        let idx = arena.get(Slot::Idx as usize, Kind::Int, dev, &[a0.numel() as i64])?;
+        a0.f_view([-1])?.f_add_scalar_out(&idx, 128).in_place()?;
+        self.correction.f_index_select_out(&work.f_view([-1])?, 0, &idx).in_place()?;
+        let pred = work.shallow_clone().f_add_(&b)?.f_clamp_(0, states[0].geom.mask() as i64)?.f_to_kind(Kind::Int)?.f_to_device(Device::Cpu)?;
         for (i, (s, out)) in states.iter_mut().zip(outs.iter_mut()).enumerate() {
             let i = i as i64;
             for (l, ls) in s.layers.iter_mut().enumerate() {
@@ -502,23 +694,31 @@ impl TorchModel {
             let n = out.len();
             pred.f_narrow(1, i, 1)?.f_copy_data(as_i32_mut(out), n)?;
         }
+        self.record("output", laps.lap());
         Ok(())
     }
 
     /// One batched observation for states of one geometry that have all made a prediction.
-    fn observe_group(&self, states: &mut [&mut TorchState], recons: &[Tensor]) -> Result<(), TchError> {
+    fn observe_group(&self, states: &mut [&mut TorchState], recons: &[Tensor], arena: &mut Arena) -> Result<(), TchError> {
         let m = &*self.model;
+        let mut laps = Laps::new(self.profiling());
         let r = if recons.len() == 1 { recons[0].shallow_clone() } else { Tensor::f_cat(recons, 1)? };
         let b = Self::stack(states, |s| s.b.as_ref().expect("checked: predicted"))?;
         // A_0 = U(R - b) = clamp(rshr((R - b) * err_mult, err_shift), -128, 127)
-        let mut a0 = r.f_sub(&b)?.f_mul_scalar(m.norm.err_mult)?.f_add_scalar(1i64 << (m.norm.err_shift - 1))?;
-        a0.f_bitwise_right_shift_tensor_scalar_(m.norm.err_shift as i64).in_place()?;
-        let a0 = a0.f_clamp_(-128, 127)?.f_to_kind(Kind::Int)?;
-        let mut errs = vec![errors(&a0, &Self::stack(states, |s| &s.layers[0].ahat)?)?];
+        let mut work = arena.get(Slot::Work as usize, Kind::Int64, self.device, &r.size())?;
+        r.f_sub_out(&work, &b).in_place()?;
+        work.f_mul_scalar_(m.norm.err_mult).in_place()?;
+        work.f_add_scalar_(1i64 << (m.norm.err_shift - 1)).in_place()?;
+        work.f_bitwise_right_shift_tensor_scalar_(m.norm.err_shift as i64).in_place()?;
+        work.f_clamp_(-128, 127).in_place()?;
+        let mut errs = vec![errors(&work, &Self::stack(states, |s| &s.layers[0].ahat)?)?];
+        self.record("L0 errors", laps.lap());
         for l in 1..self.layers.len() {
             let conv_a = self.layers[l].a.as_ref().expect("validated: layers above 0 have `a`");
-            let full = self.conv_full(conv_a, &[&errs[l - 1]])?;
+            let full = self.conv_full(&format!("L{l} a"), conv_a, &errs[l - 1], arena)?;
+            let mut laps = Laps::new(self.profiling());
             errs.push(errors(&pool(&full)?, &Self::stack(states, |s| &s.layers[l].ahat)?)?);
+            self.record(&format!("L{l} pool+errors"), laps.lap());
         }
         for (i, s) in states.iter_mut().enumerate() {
             let i = i as i64;
@@ -533,9 +733,22 @@ impl TorchModel {
 
     /// A frame as an int64 `[1, 1, H, W]` tensor on the device.
     fn frame(&self, geom: &Geometry, recon: &[u32]) -> Result<Tensor, TchError> {
-        let t = Tensor::f_from_slice(as_i32(recon))?.f_to_device(self.device)?.f_to_kind(Kind::Int64)?.f_bitwise_and(0xffff_ffffi64)?;
+        let t = Tensor::f_from_slice(as_i32(recon))?.f_to_device(self.device)?.f_to_kind(Kind::Int64)?.f_bitwise_and_(0xffff_ffffi64)?;
         t.f_view([1, 1, geom.height as i64, geom.width as i64])
     }
+}
+
+/// Sets the border of a buffer from [`TorchModel::pad`] (everything outside the `h x w`
+/// interior at `(p, p)`) to `v`.
+fn zero_border(buf: &Tensor, p: i64, h: i64, w: i64, v: i64) -> Result<(), TchError> {
+    let sz = buf.size();
+    let (hp, wp) = (sz[2], sz[3]);
+    for (dim, lo, len) in [(2, 0, p), (2, p + h, hp - p - h), (3, 0, p), (3, p + w, wp - p - w)] {
+        if len > 0 {
+            buf.f_narrow(dim, lo, len)?.f_fill_(v).in_place()?;
+        }
+    }
+    Ok(())
 }
 
 /// `E = [clamp(A - Ahat, 0, 127), clamp(Ahat - A, 0, 127)]` (int8).
@@ -633,7 +846,10 @@ impl Model for TorchModel {
                     rest_outs.push(o);
                 }
             }
-            self.predict_group(&mut group, &mut group_outs).map_err(|e| self.err(torch_err(e)))?;
+            let mut arena = self.take_arena();
+            let r = self.predict_group(&mut group, &mut group_outs, &mut arena);
+            self.give_arena(arena);
+            r.map_err(|e| self.err(torch_err(e)))?;
             ts = rest;
             outs = rest_outs;
         }
@@ -666,7 +882,10 @@ impl Model for TorchModel {
             let g = (predicted[0].0.geom.width, predicted[0].0.geom.height);
             let (group, rest): (Vec<_>, Vec<_>) = predicted.into_iter().partition(|(s, _)| (s.geom.width, s.geom.height) == g);
             let (mut group, frames): (Vec<&mut TorchState>, Vec<Tensor>) = group.into_iter().unzip();
-            self.observe_group(&mut group, &frames).map_err(|e| self.err(torch_err(e)))?;
+            let mut arena = self.take_arena();
+            let r = self.observe_group(&mut group, &frames, &mut arena);
+            self.give_arena(arena);
+            r.map_err(|e| self.err(torch_err(e)))?;
             predicted = rest;
         }
         Ok(())

@@ -1,1 +1,728 @@
-//! Training: the float PredNet with fake quantisation, in tch, and its export to an [`super::IntModel`].
+//! Training: the float PredNet with fake quantisation, in tch, and its export to an
+//! [`super::IntModel`].
+//!
+//! The network ([`net`]) mirrors the integer network of `docs/MODEL.md` step for step, so what
+//! training optimises is (up to a few rounding boundaries) what the codec runs. It learns from
+//! random crops of short runs of consecutive frames, each run treated as a window starting from
+//! a zero state: the first frame observed (the key frame), every later one predicted, then
+//! observed. What it observes is what a decoder reconstructs: under `abs:E` the originals plus
+//! uniform integer noise in `[-E, E]`; what it is scored against is the original. The loss is
+//! the mean absolute error of the corrected reference `P'` in error units.
+//!
+//! Before training, the normalisation ([`Norm`]) is chosen from the training frames: the
+//! intensity map from their robust value range, the error units from their noise (about
+//! [`Hyper::units`] units per standard deviation of what the network observes).
+//!
+//! [`eval`] measures a model (float or integer) against the previous frame on held-out frames.
+
+pub mod eval;
+pub mod net;
+
+use super::file::{self, ModelFileError};
+use super::{Arch, Conv, Group, IntModel, Layer, Luts, Meta, Norm, Size};
+use crate::codec::predict::{hash_hex, Geometry, Model, ModelHash, ModelState, PredictError};
+use crate::codec::{Bound, DType};
+use crate::fixtures::Rng;
+use net::{FState, FloatNet, QConv};
+use sha2::Digest;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training needs at least 2 frames (a key frame and one to predict), got {0}")]
+    TooFewFrames(usize),
+    #[error("frame {index} has {got} pixels, but the frames are {width}x{height} ({want} pixels)")]
+    Geometry { index: usize, got: usize, want: usize, width: usize, height: usize },
+    #[error("frames of {0}x{1} pixels are too small to train on (at least 8x8)")]
+    TooSmall(usize, usize),
+    #[error("a model is trained for a lossless or abs:E bound, not {0} (the noise of rel and pwrel reconstructions differs from frame to frame and pixel to pixel)")]
+    Bound(Bound),
+    #[error("CUDA was asked for but is not available (this build's libtorch sees no CUDA device)")]
+    NoCuda,
+    #[error("architecture: {0}")]
+    Arch(String),
+    #[error("training diverged at step {step} (loss {loss})")]
+    Diverged { step: u64, loss: f64 },
+    #[error("libtorch failed: {0}")]
+    Torch(String),
+    #[error("the exported model is invalid (a bug in the export): {0}")]
+    Export(#[from] ModelFileError),
+}
+
+/// Where to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a device, the CPU otherwise.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DeviceChoice, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(format!("unknown device {s:?} (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        })
+    }
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device, TrainError> {
+        match self {
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(TrainError::NoCuda),
+        }
+    }
+}
+
+/// What the loss measures of the prediction error `P' - x` (in error units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Mean absolute error.
+    Mae,
+    /// Mean squared error (scaled to error units).
+    Mse,
+    /// Mean of `log(1 + |e| / units)`: closer to what an entropy coder pays for a residual
+    /// (its cost grows with the logarithm of its magnitude).
+    Log,
+}
+
+impl FromStr for Loss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Loss, String> {
+        match s {
+            "mae" => Ok(Loss::Mae),
+            "mse" => Ok(Loss::Mse),
+            "log" => Ok(Loss::Log),
+            _ => Err(format!("unknown loss {s:?} (expected mae, mse or log)")),
+        }
+    }
+}
+
+/// Hyper-parameters (defaults: what worked best in the measurements of `docs/MODEL.md`).
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    /// Side of the square crops (clipped to the frame).
+    pub crop: usize,
+    /// Frames per training sequence: a key frame, then `seq - 1` predicted frames.
+    pub seq: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Adam's learning rate at its peak (cosine decay to 5% over the budget).
+    pub lr: f64,
+    pub loss: Loss,
+    /// Error units per standard deviation of the noise the network observes.
+    pub units: f64,
+    /// Random flips and transposes of the crops.
+    pub augment: bool,
+}
+
+impl Default for Hyper {
+    fn default() -> Hyper {
+        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true }
+    }
+}
+
+/// Options of [`train`].
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub size: Size,
+    /// Another architecture than `size`'s (experiments); the model is then named `custom`.
+    pub arch: Option<Arch>,
+    /// The bound the codec will code under: `lossless` or `abs:E`.
+    pub bound: Bound,
+    /// Wall-clock budget.
+    pub minutes: f64,
+    /// Stop after this many steps even if time is left.
+    pub max_steps: Option<u64>,
+    pub device: DeviceChoice,
+    pub seed: u64,
+    /// libtorch threads (default: every core).
+    pub threads: Option<usize>,
+    pub hyper: Hyper,
+}
+
+impl Default for TrainOptions {
+    fn default() -> TrainOptions {
+        TrainOptions { size: Size::Small, arch: None, bound: Bound::Lossless, minutes: 10.0, max_steps: None, device: DeviceChoice::Auto, seed: 1, threads: None, hyper: Hyper::default() }
+    }
+}
+
+/// What the progress callback is told after every step.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub step: u64,
+    pub elapsed: Duration,
+    /// The time budget (training stops at it or at the step limit, whichever comes first).
+    pub budget: Duration,
+    /// Fraction of the budget (time or steps) used, 0 to 1.
+    pub done: f64,
+    /// Running mean of the loss (error units).
+    pub loss: f64,
+    /// This step's loss (mean absolute error, error units).
+    pub step_loss: f64,
+    /// Frames predicted per second, counted in whole-frame equivalents (crop pixels / frame
+    /// pixels).
+    pub frames_per_sec: f64,
+}
+
+/// The reconstruction noise training simulates: `e` is the largest error (0 lossless; for
+/// integer types an integer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Degrade {
+    pub dtype: DType,
+    pub e: f64,
+}
+
+impl Degrade {
+    /// The noise of reconstructions under `bound` (as the codec applies it: an integer type's
+    /// `abs:E` is floored, below 1 it is lossless).
+    pub fn new(bound: Bound, dtype: DType) -> Result<Degrade, TrainError> {
+        let e = match bound {
+            Bound::Lossless => 0.0,
+            Bound::Abs(e) if dtype.is_float() => e,
+            Bound::Abs(e) => e.floor(),
+            b => return Err(TrainError::Bound(b)),
+        };
+        Ok(Degrade { dtype, e })
+    }
+
+    /// Variance of the added noise (integer-image units for integer types).
+    pub fn variance(&self) -> f64 {
+        if self.dtype.is_float() {
+            self.e * self.e / 3.0
+        } else {
+            self.e * (self.e + 1.0) / 3.0
+        }
+    }
+
+    /// What a decoder might reconstruct of `x`: `x` plus uniform noise in `[-e, e]` (integers for
+    /// integer types), clamped to the type's range.
+    #[inline]
+    pub fn apply(&self, x: u32, rng: &mut Rng) -> u32 {
+        if self.e <= 0.0 {
+            return x;
+        }
+        if !self.dtype.is_float() {
+            let e = self.e as u64;
+            let n = (rng.next_u64() % (2 * e + 1)) as i64 - e as i64;
+            return (x as i64 + n).clamp(0, self.dtype.mask() as i64) as u32;
+        }
+        let v = self.dtype.value(x);
+        if !v.is_finite() {
+            return x;
+        }
+        let y = (v + (2.0 * rng.uniform() - 1.0) * self.e) as f32;
+        self.dtype.to_image(y.to_bits())
+    }
+}
+
+/// `(mult, shift)` with `mult / 2^shift` as close to `ratio` as `mult <= max_mult` allows
+/// (`shift` in 1..=62, `mult >= 1`).
+pub fn fixed_point(ratio: f64, max_mult: i64) -> (i64, u8) {
+    let mut s = 62i32;
+    while s > 1 && ratio * 2f64.powi(s) > max_mult as f64 {
+        s -= 1;
+    }
+    let m = (ratio * 2f64.powi(s)).round().clamp(1.0, max_mult as f64) as i64;
+    (m, s as u8)
+}
+
+/// At most this many pixels are sampled to choose the normalisation.
+const NORM_SAMPLES: usize = 1 << 21;
+
+/// The standard deviation of the noise of the frames (integer-image units): a sigma-clipped
+/// standard deviation of the differences of consecutive frames, over `sqrt(2)`. Clipping at 3
+/// standard deviations until it settles keeps moving edges and bright features (whose Poisson
+/// noise is larger) out, so the result is the noise of the bulk of the pixels. Never below 0.5
+/// (the rounding of integer frames is noise of 0.29).
+pub fn noise_sigma(frames: &[Vec<u32>]) -> f64 {
+    let pairs = frames.len().saturating_sub(1);
+    if pairs == 0 {
+        return 1.0;
+    }
+    let px = frames[0].len();
+    let step = (pairs * px).div_ceil(NORM_SAMPLES).max(1);
+    let mut d: Vec<f64> = Vec::with_capacity(pairs * px / step + 1);
+    for p in 0..pairs {
+        let (a, b) = (&frames[p], &frames[p + 1]);
+        let mut i = p % step;
+        while i < px {
+            d.push(b[i] as f64 - a[i] as f64);
+            i += step;
+        }
+    }
+    let stats = |lim: f64, d: &[f64]| {
+        let (mut n, mut s, mut ss) = (0f64, 0f64, 0f64);
+        for &x in d {
+            if x.abs() <= lim {
+                n += 1.0;
+                s += x;
+                ss += x * x;
+            }
+        }
+        if n < 2.0 {
+            return 0.0;
+        }
+        (ss / n - (s / n).powi(2)).max(0.0).sqrt()
+    };
+    let mut sd = stats(f64::INFINITY, &d);
+    for _ in 0..50 {
+        let next = stats(3.0 * sd.max(0.5), &d);
+        if (next - sd).abs() <= 1e-4 * sd {
+            sd = next;
+            break;
+        }
+        sd = next;
+    }
+    (sd / std::f64::consts::SQRT_2).max(0.5)
+}
+
+/// The normalisation for frames like `frames` coded under `degrade`: the intensity maps the
+/// 0.01%..99.99% value range onto +-16384 (twice that before it saturates), the error units are
+/// `units` per standard deviation of the observed noise (the frames' own, plus the
+/// reconstruction noise), the correction is their inverse.
+pub fn choose_norm(frames: &[Vec<u32>], degrade: Degrade, units: f64) -> Norm {
+    let px = frames.first().map_or(0, |f| f.len());
+    let total = frames.len() * px;
+    let step = total.div_ceil(NORM_SAMPLES).max(1);
+    let mut v: Vec<u32> = Vec::with_capacity(total / step + 1);
+    let mut i = 0;
+    while i < total {
+        v.push(frames[i / px][i % px]);
+        i += step;
+    }
+    v.sort_unstable();
+    let q = |p: f64| v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0) as f64;
+    let (lo, hi) = (q(1e-4), q(1.0 - 1e-4));
+    let half = ((hi - lo) / 2.0).max(1.0);
+    let offset = ((lo + hi) / 2.0).round().clamp(0.0, u32::MAX as f64) as i64;
+    let (in_mult, in_shift) = fixed_point(net::UNITS_INTENSITY / half, file::MAX_NORM_MULT);
+    let sigma = (noise_sigma(frames).powi(2) + degrade.variance()).sqrt();
+    let (err_mult, err_shift) = fixed_point(units / sigma, file::MAX_NORM_MULT);
+    let (out_mult, out_shift) = fixed_point(sigma / units, file::MAX_NORM_MULT);
+    Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift }
+}
+
+/// SHA-256 of the frames' pixels, in order, each as the little-endian bytes of its type.
+pub fn fingerprint(frames: &[Vec<u32>], dtype: DType) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    let mut buf = Vec::new();
+    for f in frames {
+        dtype.encode_pixels(f, false, &mut buf);
+        h.update(&buf);
+    }
+    h.finalize().into()
+}
+
+/// The inputs of one training step, per time step `t` (`[T][B][1][h][w]`): the intensity of the
+/// observed frame `t`, and for `t >= 1` the observed error `U(R[t] - R[t-1])`, the target
+/// `x[t] - R[t-1]` (pixel units) and the range of a correction (`-R[t-1]` to `mask - R[t-1]`).
+struct Batch {
+    intensity: Tensor,
+    a0: Tensor,
+    target: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+}
+
+/// Draws training batches.
+struct Sampler<'a> {
+    frames: &'a [Vec<u32>],
+    geom: Geometry,
+    degrade: Degrade,
+    norm: Norm,
+    seq: usize,
+    batch: usize,
+    ch: usize,
+    cw: usize,
+    augment: bool,
+    rng: Rng,
+}
+
+impl Sampler<'_> {
+    fn next(&mut self, device: Device) -> Batch {
+        let (t_n, b_n, ch, cw) = (self.seq, self.batch, self.ch, self.cw);
+        let plane = ch * cw;
+        let len = t_n * b_n * plane;
+        let (mut inten, mut a0, mut target, mut lo, mut hi) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        let (w, h) = (self.geom.width, self.geom.height);
+        let mask = self.geom.mask() as f64;
+        let mut orig = vec![0u32; plane];
+        let mut obs = vec![0u32; plane];
+        let mut prev = vec![0u32; plane];
+        for b in 0..b_n {
+            let t0 = (self.rng.next_u64() % (self.frames.len() - t_n + 1) as u64) as usize;
+            let y0 = (self.rng.next_u64() % (h - ch + 1) as u64) as usize;
+            let x0 = (self.rng.next_u64() % (w - cw + 1) as u64) as usize;
+            let tf = if self.augment { self.rng.next_u64() % if ch == cw { 8 } else { 4 } } else { 0 };
+            for t in 0..t_n {
+                let f = &self.frames[t0 + t];
+                for i in 0..ch {
+                    for j in 0..cw {
+                        // Flips (bits 0, 1) and a transpose (bit 2, square crops only).
+                        let (mut a, mut c) = if tf & 4 != 0 { (j, i) } else { (i, j) };
+                        if tf & 1 != 0 {
+                            a = ch - 1 - a;
+                        }
+                        if tf & 2 != 0 {
+                            c = cw - 1 - c;
+                        }
+                        let x = f[(y0 + a) * w + x0 + c];
+                        orig[i * cw + j] = x;
+                        obs[i * cw + j] = self.degrade.apply(x, &mut self.rng);
+                    }
+                }
+                let at = (t * b_n + b) * plane;
+                for k in 0..plane {
+                    inten[at + k] = self.norm.intensity(obs[k]) as f32;
+                    if t > 0 {
+                        let p = prev[k] as i64;
+                        a0[at + k] = self.norm.error(obs[k] as i64 - p) as f32;
+                        target[at + k] = (orig[k] as i64 - p) as f32;
+                        lo[at + k] = -(p as f32);
+                        hi[at + k] = (mask - p as f64) as f32;
+                    }
+                }
+                std::mem::swap(&mut prev, &mut obs);
+            }
+        }
+        let dims = [t_n as i64, b_n as i64, 1, ch as i64, cw as i64];
+        let t = |v: Vec<f32>| Tensor::from_slice(&v).view(dims).to_device(device);
+        Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi) }
+    }
+}
+
+/// A trained float network with everything its export needs.
+pub struct Trained {
+    pub net: FloatNet,
+    pub norm: Norm,
+    pub dtype: DType,
+    pub meta: Meta,
+    /// How long the optimisation ran.
+    pub elapsed: Duration,
+}
+
+/// Trains a model on `frames` (integer images of `geom`, in order) and exports it.
+pub fn train(frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> Result<IntModel, TrainError> {
+    train_float(frames, geom, opts, progress)?.export()
+}
+
+/// Checks what the caller gave before any work.
+fn check_input(frames: &[Vec<u32>], geom: Geometry) -> Result<(), TrainError> {
+    if frames.len() < 2 {
+        return Err(TrainError::TooFewFrames(frames.len()));
+    }
+    if geom.width < 8 || geom.height < 8 {
+        return Err(TrainError::TooSmall(geom.width, geom.height));
+    }
+    if let Some(index) = frames.iter().position(|f| f.len() != geom.pixels()) {
+        return Err(TrainError::Geometry { index, got: frames[index].len(), want: geom.pixels(), width: geom.width, height: geom.height });
+    }
+    Ok(())
+}
+
+/// The message of a caught panic (libtorch reports its errors by panicking in tch).
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown error".into())
+}
+
+/// Trains the float network (the export is [`Trained::export`]).
+pub fn train_float(frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> Result<Trained, TrainError> {
+    check_input(frames, geom)?;
+    let arch = opts.arch.clone().unwrap_or_else(|| opts.size.arch());
+    file::check_arch(&arch).map_err(|e| TrainError::Arch(e.to_string()))?;
+    let degrade = Degrade::new(opts.bound, geom.dtype)?;
+    let device = opts.device.device()?;
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    tch::set_num_threads(threads as i32);
+    let hy = &opts.hyper;
+    let norm = choose_norm(frames, degrade, hy.units);
+    tracing::info!(?norm, sigma = noise_sigma(frames), e = degrade.e, ?device, threads, "training normalisation");
+    let meta = Meta {
+        size: if opts.arch.is_some() { "custom".into() } else { opts.size.to_string() },
+        bound: if degrade.e > 0.0 { format!("abs:{}", degrade.e) } else { "lossless".into() },
+        fingerprint: fingerprint(frames, geom.dtype),
+        frames: frames.len() as u64,
+        steps: 0,
+        loss: 0.0,
+    };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optimise(frames, geom, opts, &arch, degrade, norm, device, progress)));
+    let (net, steps, loss, elapsed) = match run {
+        Ok(r) => r?,
+        Err(p) => return Err(TrainError::Torch(panic_message(p))),
+    };
+    Ok(Trained { net, norm, dtype: geom.dtype, meta: Meta { steps, loss, ..meta }, elapsed })
+}
+
+/// The optimisation loop: returns the network, the steps taken, the final running loss and the
+/// time spent.
+#[allow(clippy::too_many_arguments)]
+fn optimise(
+    frames: &[Vec<u32>],
+    geom: Geometry,
+    opts: &TrainOptions,
+    arch: &Arch,
+    degrade: Degrade,
+    norm: Norm,
+    device: Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(FloatNet, u64, f64, Duration), TrainError> {
+    let hy = &opts.hyper;
+    tch::manual_seed(opts.seed as i64);
+    let net = FloatNet::new(arch, &Luts::standard(), hy.units, device);
+    let mut adam = tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &net.vs, hy.lr).map_err(|e| TrainError::Torch(e.to_string()))?;
+    let seq = hy.seq.clamp(2, frames.len());
+    let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
+    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
+    let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
+    let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
+    let budget = Duration::from_secs_f64((opts.minutes * 60.0).max(0.0));
+    let start = Instant::now();
+    let (mut step, mut ema) = (0u64, f64::NAN);
+    let frame_equiv = (sampler.batch * (seq - 1) * ch * cw) as f64 / geom.pixels() as f64;
+    loop {
+        let elapsed = start.elapsed();
+        let done = (elapsed.as_secs_f64() / budget.as_secs_f64().max(1e-9)).max(opts.max_steps.map_or(0.0, |m| if m == 0 { 1.0 } else { step as f64 / m as f64 }));
+        if done >= 1.0 {
+            break;
+        }
+        // Short warm-up, then cosine decay to 5% of the peak over the budget.
+        let warm = ((step + 1) as f64 / 20.0).min(1.0);
+        adam.set_lr(hy.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())));
+        let batch = sampler.next(device);
+        let mut st = net.zero_state(sampler.batch as i64, ch, cw);
+        let mut total = Tensor::zeros([], (Kind::Float, device));
+        let mut mae = Tensor::zeros([], (Kind::Float, device));
+        for t in 1..seq as i64 {
+            let ahat = net.predict(&mut st, &batch.intensity.get(t - 1));
+            // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
+            let corr = net::round_ste(&(&ahat * out_ratio)).clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t)));
+            let e = (corr - batch.target.get(t)) * err_ratio;
+            let abs = e.abs().mean(Kind::Float);
+            let l = match hy.loss {
+                Loss::Mae => abs.shallow_clone(),
+                Loss::Mse => (&e * &e).mean(Kind::Float) / hy.units,
+                Loss::Log => (e.abs() / hy.units).log1p().mean(Kind::Float) * hy.units,
+            };
+            total += l;
+            mae += abs.detach();
+            net.observe(&mut st, &batch.a0.get(t));
+        }
+        let n = (seq - 1) as f64;
+        let loss = total / n;
+        adam.zero_grad();
+        loss.backward();
+        adam.clip_grad_norm(100.0);
+        adam.step();
+        step += 1;
+        let m = mae.double_value(&[]) / n;
+        if !m.is_finite() {
+            return Err(TrainError::Diverged { step, loss: m });
+        }
+        ema = if ema.is_nan() { m } else { 0.98 * ema + 0.02 * m };
+        let elapsed = start.elapsed();
+        progress(&Progress { step, elapsed, budget, done, loss: ema, step_loss: m, frames_per_sec: frame_equiv * step as f64 / elapsed.as_secs_f64().max(1e-9) });
+        if step % 50 == 0 {
+            tracing::debug!(step, loss = ema, "training");
+        }
+    }
+    Ok((net, step, ema, start.elapsed()))
+}
+
+/// The largest multiplier the export writes: with |acc| < 2^28 a product stays below 2^58.
+const EXPORT_MULT: f64 = (1u64 << 30) as f64;
+/// The largest |bias| the export writes (the file allows 2^61).
+const EXPORT_BIAS: f64 = (1u64 << 60) as f64;
+
+/// A float tensor's values (any device) as f64.
+fn values(t: &Tensor) -> Vec<f64> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
+    Vec::<f64>::try_from(&t).unwrap_or_default()
+}
+
+/// The integer convolution of a fake-quantised one: the same rounded weights, the scales folded
+/// into per-channel multipliers with one shift per output channel chosen so that the largest
+/// multiplier is close to 2^30 (30 bits of precision for the largest group, as many as the
+/// ratio of the groups' scales leaves for the others).
+fn export_conv(q: &QConv) -> Conv {
+    let (cout, k) = (q.cout as usize, q.k as usize);
+    let per = |g: &net::QGroup| g.cin as usize * k * k;
+    // The same f32 arithmetic as the forward pass, so the same weights round the same way.
+    let scales: Vec<Vec<f64>> = q.groups.iter().map(|g| values(&QConv::weight_scale(&g.weight))).collect();
+    let ints: Vec<Vec<i8>> = q
+        .groups
+        .iter()
+        .map(|g| {
+            let s = QConv::weight_scale(&g.weight);
+            values(&(g.weight.detach() / s).round().clamp(-127.0, 127.0)).into_iter().map(|v| v as i8).collect()
+        })
+        .collect();
+    let bias = values(&q.bias);
+    let mut groups: Vec<Group> = q.groups.iter().map(|g| Group { cin: g.cin as usize, weight: vec![], mult: vec![0; cout] }).collect();
+    let (mut biases, mut shifts) = (vec![0i64; cout], vec![0u8; cout]);
+    for c in 0..cout {
+        // The real multiplier of each group (0 for a group whose weights are all zero).
+        let eff: Vec<f64> = q
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, grp)| {
+                let n = per(grp);
+                if ints[g][c * n..(c + 1) * n].iter().all(|&w| w == 0) {
+                    0.0
+                } else {
+                    scales[g][c] * grp.in_scale * q.out_scale
+                }
+            })
+            .collect();
+        let largest = eff.iter().cloned().fold(0.0, f64::max);
+        let b = bias[c] * q.out_scale;
+        let mut s: i32 = if largest > 0.0 { (EXPORT_MULT / largest).log2().floor().clamp(1.0, 62.0) as i32 } else { 24 };
+        while s > 1 && (largest * 2f64.powi(s) > EXPORT_MULT || (b * 2f64.powi(s)).abs() > EXPORT_BIAS) {
+            s -= 1;
+        }
+        shifts[c] = s as u8;
+        biases[c] = (b * 2f64.powi(s)).round() as i64;
+        for (g, grp) in groups.iter_mut().enumerate() {
+            grp.mult[c] = (eff[g] * 2f64.powi(s)).round().min(EXPORT_MULT) as i32;
+        }
+    }
+    for (grp, w) in groups.iter_mut().zip(ints) {
+        grp.weight = w;
+    }
+    Conv { cout, k, groups, bias: biases, shift: shifts, lo: q.lo as i32, hi: q.hi as i32 }
+}
+
+impl Trained {
+    /// The integer model: rounded weights, multipliers, shifts, biases, the standard tables, the
+    /// normalisation and what training recorded. Validated before it is returned.
+    pub fn export(&self) -> Result<IntModel, TrainError> {
+        let layers = self.net.layers.iter().map(|l| Layer { lstm: export_conv(&l.lstm), ahat: export_conv(&l.ahat), a: l.a.as_ref().map(export_conv) }).collect();
+        let m = IntModel { arch: self.net.arch.clone(), dtype: self.dtype, norm: self.norm, luts: Luts::standard(), layers, meta: self.meta.clone() };
+        file::validate(&m)?;
+        Ok(m)
+    }
+
+    /// The float network as a [`Model`] (for measurements: it is not integer-exact).
+    pub fn float_model(self) -> FloatModel {
+        FloatModel { net: Mutex::new(self.net), norm: self.norm, dtype: self.dtype }
+    }
+}
+
+/// The float network behind the codec's [`Model`] boundary: the same steps as the integer
+/// backends with float convolutions. Its references match the exported model's on all but a few
+/// pixels; it exists to measure that, never to code (it is not reproducible across machines).
+pub struct FloatModel {
+    /// tch tensors are not `Sync`; one window at a time is plenty for measurements.
+    net: Mutex<FloatNet>,
+    norm: Norm,
+    dtype: DType,
+}
+
+/// A window's state in the [`FloatModel`].
+pub struct FloatState {
+    st: FState,
+    geom: Geometry,
+    b: Option<Vec<u32>>,
+    predicted: bool,
+}
+
+impl ModelState for FloatState {
+    fn clone_box(&self) -> Box<dyn ModelState> {
+        Box::new(FloatState { st: self.st.copy(), geom: self.geom, b: self.b.clone(), predicted: self.predicted })
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl FloatModel {
+    fn err(why: impl Into<String>) -> PredictError {
+        PredictError::Model { model: hash_hex(&[0; 32]) + " (float)", why: why.into() }
+    }
+
+    fn state<'a>(s: &'a mut dyn ModelState) -> Result<&'a mut FloatState, PredictError> {
+        s.as_any_mut().downcast_mut::<FloatState>().ok_or_else(|| Self::err("the state belongs to another backend"))
+    }
+
+    fn plane(v: Vec<f32>, geom: Geometry, device: Device) -> Tensor {
+        Tensor::from_slice(&v).view([1, 1, geom.height as i64, geom.width as i64]).to_device(device)
+    }
+}
+
+impl Model for FloatModel {
+    fn hash(&self) -> ModelHash {
+        [0; 32]
+    }
+
+    fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
+        if geom.dtype != self.dtype {
+            return Err(Self::err(format!("the model is for {} pixels, the frames are {}", self.dtype, geom.dtype)));
+        }
+        let net = self.net.lock().map_err(|_| Self::err("poisoned"))?;
+        Ok(Box::new(FloatState { st: net.zero_state(1, geom.height, geom.width), geom, b: None, predicted: false }))
+    }
+
+    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
+        let net = self.net.lock().map_err(|_| Self::err("poisoned"))?;
+        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
+            let s = Self::state(*s)?;
+            let b = s.b.as_ref().ok_or_else(|| Self::err("predict before any frame was observed"))?;
+            let inten = Self::plane(b.iter().map(|&v| self.norm.intensity(v) as f32).collect(), s.geom, net.device());
+            let ahat = tch::no_grad(|| net.predict(&mut s.st, &inten));
+            let u = values(&ahat);
+            let mask = s.geom.mask();
+            for ((o, &b), &u) in out.iter_mut().zip(b).zip(&u) {
+                *o = self.norm.corrected(b, u as i32, mask);
+            }
+            s.predicted = true;
+        }
+        Ok(())
+    }
+
+    fn observe_batch(&self, states: &mut [&mut dyn ModelState], recons: &[&[u32]]) -> Result<(), PredictError> {
+        let net = self.net.lock().map_err(|_| Self::err("poisoned"))?;
+        for (s, r) in states.iter_mut().zip(recons) {
+            let s = Self::state(*s)?;
+            if let (Some(b), true) = (&s.b, s.predicted) {
+                let a0 = Self::plane(r.iter().zip(b).map(|(&r, &b)| self.norm.error(r as i64 - b as i64) as f32).collect(), s.geom, net.device());
+                tch::no_grad(|| net.observe(&mut s.st, &a0));
+            } else {
+                // A key frame: no error to take in (as the integer backends do).
+                s.st.e.iter_mut().for_each(|e| *e = e.zeros_like());
+            }
+            s.b = Some(r.to_vec());
+            s.predicted = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
