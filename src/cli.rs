@@ -54,10 +54,28 @@ pub struct CodecArgs {
     /// saves another 3%) or `best` (smallest output).
     #[arg(long, default_value = "balanced")]
     pub entropy: EntropyChoice,
+    /// A learned model file (`tezipfs model train`): under `--predictor auto` it is tried beside
+    /// the classical predictors on every window and kept where it codes smaller, under
+    /// `prednet` it is always used. The archive embeds it, so it decodes anywhere.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where the model runs: `auto` (CUDA when present), `cpu` or `cuda`. Same bytes on every
+    /// device.
+    #[arg(long, default_value = "auto")]
+    pub device: tezipfs::model::DeviceChoice,
 }
 
 impl CodecArgs {
-    pub fn options(&self) -> tezipfs::codec::Options {
+    /// The `--model` file: its hash and bytes, and the model running on `--device`.
+    pub fn load_model(&self) -> anyhow::Result<Option<(([u8; 32], Vec<u8>), tezipfs::codec::predict::ModelHandle)>> {
+        let Some(path) = &self.model else { return Ok(None) };
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read model file {}: {e}", path.display()))?;
+        let model = tezipfs::model::load(&bytes, tezipfs::model::Backend::Torch(self.device)).map_err(|e| anyhow::anyhow!("model file {}: {e}", path.display()))?;
+        Ok(Some(((tezipfs::model::file::hash(&bytes), bytes), tezipfs::codec::predict::ModelHandle(model))))
+    }
+
+    /// The codec options (`model`: the loaded `--model`, see [`CodecArgs::load_model`]).
+    pub fn options(&self, model: Option<tezipfs::codec::predict::ModelHandle>) -> tezipfs::codec::Options {
         tezipfs::codec::Options {
             format: self.format.clone(),
             bound: self.bound,
@@ -65,7 +83,7 @@ impl CodecArgs {
             level: self.level,
             exhaustive: self.exhaustive,
             entropy: self.entropy,
-            model: None,
+            model,
         }
     }
 }
@@ -90,6 +108,9 @@ pub enum Command {
         input: PathBuf,
         /// Directory to write the files into (created if missing).
         out_dir: PathBuf,
+        /// Where embedded models run: `auto`, `cpu` or `cuda`.
+        #[arg(long, default_value = "auto")]
+        device: tezipfs::model::DeviceChoice,
     },
     /// Decode an archive and check every checksum; with --against, compare with the originals
     /// (bit-exact, or the measured maximum error for error-bounded frames).
@@ -98,6 +119,9 @@ pub enum Command {
         /// Directory holding the original files.
         #[arg(long)]
         against: Option<PathBuf>,
+        /// Where embedded models run: `auto`, `cpu` or `cuda`.
+        #[arg(long, default_value = "auto")]
+        device: tezipfs::model::DeviceChoice,
     },
     /// Measure ratio and speed on frame sequences next to zstd-3 and zstd-19.
     Bench {
@@ -179,8 +203,8 @@ pub enum PolicyAction {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Compress { frames_dir, out, codec, threads } => offline::compress(&frames_dir, &out, &codec, threads),
-        Command::Decompress { input, out_dir } => offline::decompress(&input, &out_dir),
-        Command::Verify { input, against } => offline::verify(&input, against.as_deref()),
+        Command::Decompress { input, out_dir, device } => offline::decompress(&input, &out_dir, device),
+        Command::Verify { input, against, device } => offline::verify(&input, against.as_deref(), device),
         Command::Bench { dirs, no_fixtures, quick, window, level, json } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
         Command::Mount(args) => mount::run(args),

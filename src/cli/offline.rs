@@ -13,6 +13,7 @@ use tezipfs::archive;
 use tezipfs::codec::window::{encode_window, EntryReport, WindowPlanner};
 use tezipfs::codec::container::Body;
 use tezipfs::codec::quantizer::FrameBound;
+use tezipfs::codec::predict::{hash_hex, Model, ModelSource, PredictError};
 use tezipfs::codec::{analyze, Decoder};
 
 /// Regular files of a directory in natural name order.
@@ -46,9 +47,17 @@ struct Job {
 }
 
 pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>) -> anyhow::Result<()> {
-    let opts = args.options();
+    let loaded = args.load_model()?;
+    // Windows are coded in parallel: one libtorch thread each.
+    if loaded.is_some() {
+        tch::set_num_threads(1);
+    }
     // The model file the blobs may need, embedded before the first that does: (hash, bytes).
-    let model_file: Option<([u8; 32], Vec<u8>)> = None;
+    let (model_file, model) = match loaded {
+        Some((f, m)) => (Some(f), Some(m)),
+        None => (None, None),
+    };
+    let opts = args.options(model);
     let files = list_files(dir)?;
     if files.is_empty() {
         bail!("{} holds no files to compress", dir.display());
@@ -152,14 +161,40 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     Ok(())
 }
 
+/// The models an archive embeds, made into running models when a blob first needs them.
+struct Embedded {
+    files: std::collections::HashMap<[u8; 32], Vec<u8>>,
+    device: tezipfs::model::DeviceChoice,
+    loaded: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::sync::Arc<dyn Model>>>,
+}
+
+impl ModelSource for Embedded {
+    fn model(&self, hash: &[u8; 32]) -> Result<std::sync::Arc<dyn Model>, PredictError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = loaded.get(hash) {
+            return Ok(m.clone());
+        }
+        let bytes = self.files.get(hash).ok_or_else(|| PredictError::MissingModel(hash_hex(hash)))?;
+        let m = tezipfs::model::load(bytes, tezipfs::model::Backend::Torch(self.device)).map_err(|e| PredictError::Model { model: hash_hex(hash), why: e.to_string() })?;
+        loaded.insert(*hash, m.clone());
+        Ok(m)
+    }
+}
+
 /// Call `f(name, decoded bytes, decoder, entry)` for every file of an archive, in order.
-fn for_each_file(input: &Path, mut f: impl FnMut(&[u8], Vec<u8>, &Decoder, usize) -> anyhow::Result<()>) -> anyhow::Result<(u64, usize)> {
+fn for_each_file(input: &Path, device: tezipfs::model::DeviceChoice, mut f: impl FnMut(&[u8], Vec<u8>, &Decoder, usize) -> anyhow::Result<()>) -> anyhow::Result<(u64, usize)> {
     let file = std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
     let mut r = archive::Reader::new(BufReader::new(file))?;
     let (mut total, mut count) = (0u64, 0usize);
+    let mut models: Option<std::sync::Arc<Embedded>> = None;
     while let Some(rec) = r.next_record()? {
         let ri = r.records_read() - 1;
-        let mut dec = Decoder::new(&rec.blob).map_err(|e| archive::ArchiveError::Blob { record: ri, source: e })?;
+        // Models come before the first blob that needs them.
+        if models.as_ref().is_none_or(|m| m.files.len() != r.models().len()) {
+            models = Some(std::sync::Arc::new(Embedded { files: r.models().clone(), device, loaded: Default::default() }));
+        }
+        let source = models.clone().expect("set above");
+        let mut dec = Decoder::with_models(rec.blob.into(), source).map_err(|e| archive::ArchiveError::Blob { record: ri, source: e })?;
         if dec.len() != rec.names.len() {
             bail!("archive record {ri}: {} names for {} entries", rec.names.len(), dec.len());
         }
@@ -181,10 +216,10 @@ fn safe_name(name: &[u8]) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(std::ffi::OsString::from_vec(name.to_vec())))
 }
 
-pub fn decompress(input: &Path, out_dir: &Path) -> anyhow::Result<()> {
+pub fn decompress(input: &Path, out_dir: &Path, device: tezipfs::model::DeviceChoice) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let start = Instant::now();
-    let (total, count) = for_each_file(input, |name, bytes, _, _| {
+    let (total, count) = for_each_file(input, device, |name, bytes, _, _| {
         let path = out_dir.join(safe_name(name)?);
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
     })?;
@@ -194,10 +229,10 @@ pub fn decompress(input: &Path, out_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn verify(input: &Path, against: Option<&Path>) -> anyhow::Result<()> {
+pub fn verify(input: &Path, against: Option<&Path>, device: tezipfs::model::DeviceChoice) -> anyhow::Result<()> {
     let start = Instant::now();
     let (mut exact, mut bounded, mut max_err) = (0usize, 0usize, 0f64);
-    let (total, count) = for_each_file(input, |name, bytes, dec, i| {
+    let (total, count) = for_each_file(input, device, |name, bytes, dec, i| {
         let Some(dir) = against else { return Ok(()) };
         let path = dir.join(safe_name(name)?);
         let orig = std::fs::read(&path).with_context(|| format!("cannot read original {}", path.display()))?;
