@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_model;
 mod fixtures;
 mod model;
 mod mount;
@@ -143,6 +144,13 @@ pub enum Command {
         /// Also write the results as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Measure the learned predictor instead: train a model on the first half of each set
+        /// and code the second half with and without it, next to the oracle (fixtures) and the
+        /// noise floor (see --model-minutes, --model-bounds).
+        #[arg(long)]
+        model: bool,
+        #[command(flatten)]
+        model_args: bench_model::ModelBenchArgs,
     },
     /// Generate a deterministic detector-like frame sequence (raw frames + meta.json, or TIFF).
     Fixtures {
@@ -205,7 +213,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compress { frames_dir, out, codec, threads } => offline::compress(&frames_dir, &out, &codec, threads),
         Command::Decompress { input, out_dir, device } => offline::decompress(&input, &out_dir, device),
         Command::Verify { input, against, device } => offline::verify(&input, against.as_deref(), device),
-        Command::Bench { dirs, no_fixtures, quick, window, level, json } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
+        Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref()),
+        Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
         Command::Mount(args) => mount::run(args),
         Command::Stats { path, json } => admin::stats(&path, json),

@@ -10,26 +10,29 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::entropy::EntropyChoice;
+use tezipfs::codec::predict::{hash_hex, Model, ModelHash, ModelSource, PredictError};
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
 use tezipfs::fixtures::{generate_raw, noise_floor_bits, SequenceSpec};
 use tezipfs::noise::{self, NoiseFloor};
 
-struct Dataset {
-    name: String,
-    dtype: DType,
-    width: u32,
-    height: u32,
-    files: Vec<Vec<u8>>,
+pub(super) struct Dataset {
+    pub name: String,
+    pub dtype: DType,
+    pub width: u32,
+    pub height: u32,
+    pub files: Vec<Vec<u8>>,
     /// The generator's noise floor in bits per pixel (generated fixtures only).
-    floor_bits: Option<f64>,
+    pub floor_bits: Option<f64>,
+    /// The generator's spec (generated fixtures only: their noise-free frames are known).
+    pub spec: Option<SequenceSpec>,
 }
 
 impl Dataset {
-    fn bytes(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.len() as u64).sum()
     }
     /// The noise floor estimated from the frames (integer types only).
-    fn noise_floor(&self) -> Option<NoiseFloor> {
+    pub fn noise_floor(&self) -> Option<NoiseFloor> {
         let images: Vec<Vec<u32>> = self
             .files
             .iter()
@@ -42,16 +45,16 @@ impl Dataset {
         noise::estimate(&images, self.width as usize, self.height as usize, self.dtype)
     }
 
-    fn format(&self) -> FormatSpec {
+    pub fn format(&self) -> FormatSpec {
         FormatSpec::Raw(tezipfs::codec::RawSpec { width: self.width, height: self.height, dtype: self.dtype, skip: 0 })
     }
 }
 
-fn shared_dir(sub: &str) -> Option<PathBuf> {
+pub(super) fn shared_dir(sub: &str) -> Option<PathBuf> {
     [PathBuf::from("../shared").join(sub), Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(sub)].into_iter().find(|p| p.is_dir())
 }
 
-fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
+pub(super) fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
     let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).with_context(|| format!("{}: no meta.json", dir.display()))?)?;
     let get = |k: &str| meta[k].as_u64().with_context(|| format!("meta.json: missing {k}"));
     let dtype: DType = meta["dtype"].as_str().unwrap_or("?").parse().map_err(anyhow::Error::msg)?;
@@ -64,20 +67,21 @@ fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
         height: get("height")? as u32,
         files: files.iter().map(std::fs::read).collect::<Result<_, _>>()?,
         floor_bits: None,
+        spec: None,
     })
 }
 
-fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
+pub(super) fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
     let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, frames, seed) };
-    Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec), floor_bits: noise_floor_bits(&spec) }
+    Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec), floor_bits: noise_floor_bits(&spec), spec: Some(spec) }
 }
 
-struct Row {
-    method: String,
-    ratio: f64,
-    comp: f64,
-    dec: f64,
-    check: String,
+pub(super) struct Row {
+    pub method: String,
+    pub ratio: f64,
+    pub comp: f64,
+    pub dec: f64,
+    pub check: String,
 }
 
 fn zstd_row(d: &Dataset, level: i32) -> anyhow::Result<Row> {
@@ -91,21 +95,39 @@ fn zstd_row(d: &Dataset, level: i32) -> anyhow::Result<Row> {
     Ok(Row { method: format!("zstd-{level} (files)"), ratio: d.bytes() as f64 / size as f64, comp: d.bytes() as f64 / 1e6 / ct, dec: d.bytes() as f64 / 1e6 / dt, check: if ok { "bit-exact".into() } else { "MISMATCH".into() } })
 }
 
+/// The one model a bench row codes with, as the decoder's source of models.
+struct OneModel(Option<std::sync::Arc<dyn Model>>);
+
+impl ModelSource for OneModel {
+    fn model(&self, hash: &ModelHash) -> Result<std::sync::Arc<dyn Model>, PredictError> {
+        self.0.clone().filter(|m| m.hash() == *hash).ok_or_else(|| PredictError::MissingModel(hash_hex(hash)))
+    }
+}
+
 /// Code the dataset in windows, decode it, and compare with the originals.
-fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow::Result<Row> {
+pub(super) fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow::Result<Row> {
+    codec_row_with(d, opts, window, label, &|_| {})
+}
+
+/// [`codec_row`], calling `at(first file)` before each window is coded and decoded (how the
+/// oracle model knows which frames it predicts).
+pub(super) fn codec_row_with(d: &Dataset, opts: &Options, window: usize, label: &str, at: &dyn Fn(usize)) -> anyhow::Result<Row> {
     let analyses: Vec<_> = d.files.iter().map(|f| analyze(f, &opts.format)).collect();
     let windows = plan_windows(&analyses, window);
     let t = Instant::now();
     let mut blobs = Vec::new();
     for w in &windows {
+        at(w.start);
         let refs: Vec<&[u8]> = d.files[w.clone()].iter().map(|f| &f[..]).collect();
         blobs.push(encode_window(&refs, opts)?.blob);
     }
     let ct = t.elapsed().as_secs_f64();
+    let models = std::sync::Arc::new(OneModel(opts.model.as_ref().map(|m| m.0.clone())));
     let t = Instant::now();
     let mut decoded = Vec::with_capacity(d.files.len());
-    for b in &blobs {
-        decoded.extend(Decoder::new(b)?.decode_all()?);
+    for (w, b) in windows.iter().zip(&blobs) {
+        at(w.start);
+        decoded.extend(Decoder::with_models(b[..].into(), models.clone())?.decode_all()?);
     }
     let dt = t.elapsed().as_secs_f64();
     // What the windows chose: predictor and entropy stages, with the number of frames of each.
@@ -113,9 +135,10 @@ fn codec_row(d: &Dataset, opts: &Options, window: usize, label: &str) -> anyhow:
     for b in &blobs {
         let dec = Decoder::new(b)?;
         let Some(p) = &dec.header().params else { continue };
+        let model = if p.model == [0; 32] { "" } else { "prednet+" };
         for e in &dec.header().entries {
             if let tezipfs::codec::container::Body::Frame(f) = &e.body {
-                *used.entry(format!("{}+{}", p.predictor, f.stage)).or_default() += 1;
+                *used.entry(format!("{model}{}+{}", p.predictor, f.stage)).or_default() += 1;
             }
         }
     }
