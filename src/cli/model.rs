@@ -1,5 +1,6 @@
 //! `tezipfs model ...`: the learned predictor's models (training; more subcommands will join).
 
+use super::admin::{getxattr, setxattr};
 use super::offline::list_files;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -18,6 +19,34 @@ pub enum ModelCommand {
     /// Train a model on a directory of frames (in natural name order) and write it to a file.
     /// Train on frames like the ones it will code, under the bound it will code them with.
     Train(TrainArgs),
+    /// Store a model file in a mounted filesystem under a name (the daemon reads and checks
+    /// the file; an existing name is moved to the new model, blobs coded with the old one keep
+    /// reading).
+    Import {
+        /// The mount point (or any directory of the mount).
+        mountpoint: PathBuf,
+        model_file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Make a directory (and everything below it without its own setting) use a model:
+    /// sets `user.tezip.model` to NAME (`auto`: train one for the directory; `none`: no model).
+    Assign { dir: PathBuf, name: String },
+    /// The models of a mounted filesystem: names, hash, blobs that need each, what they were
+    /// trained for.
+    List {
+        mountpoint: PathBuf,
+        /// The listing as JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model of a mounted filesystem, by name or hash.
+    Show { mountpoint: PathBuf, name: String },
+    /// Copy a model of a mounted filesystem to a file (read from the store, so it needs read
+    /// access to the store directory).
+    Export { mountpoint: PathBuf, name: String, out: PathBuf },
+    /// Remove a model's name; the model itself goes once no blob, name or directory needs it.
+    Remove { mountpoint: PathBuf, name: String },
 }
 
 #[derive(clap::Args)]
@@ -58,7 +87,99 @@ pub struct TrainArgs {
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Train(args) => train_cmd(&args),
+        ModelCommand::Import { mountpoint, model_file, name } => {
+            let abs = model_file.canonicalize().with_context(|| format!("model file {}", model_file.display()))?;
+            let v = format!("{name}={}", abs.display());
+            setxattr(&mountpoint, "user.tezip.model.import", v.as_bytes())?;
+            let m = find_model(&mountpoint, &name)?;
+            println!("imported {} as {name}: model {}", model_file.display(), m["hash"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        ModelCommand::Assign { dir, name } => {
+            setxattr(&dir, "user.tezip.model", name.as_bytes())?;
+            println!("{}: user.tezip.model={name} (frames compressed from now on)", dir.display());
+            Ok(())
+        }
+        ModelCommand::List { mountpoint, json } => {
+            let models = listing(&mountpoint)?;
+            if json {
+                for m in &models {
+                    println!("{m}");
+                }
+                return Ok(());
+            }
+            println!("{:<24} {:<16} {:>7} {:>9} {:<8} {:<10} {:>6} {:>9}", "name", "hash", "blobs", "bytes", "size", "bound", "dtype", "loss");
+            for m in &models {
+                let names: Vec<String> = m["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(String::from)).chain(m["trained_for_dirs"].as_array().into_iter().flatten().map(|d| format!("auto:dir {d}"))).collect();
+                let i = &m["model"];
+                println!(
+                    "{:<24} {:<16} {:>7} {:>9} {:<8} {:<10} {:>6} {:>9}",
+                    if names.is_empty() { "(unnamed)".to_string() } else { names.join(",") },
+                    &m["hash"].as_str().unwrap_or("?")[..16],
+                    m["blobs"],
+                    m["bytes"],
+                    i["size"].as_str().unwrap_or("-"),
+                    i["bound"].as_str().unwrap_or("-"),
+                    i["dtype"].as_str().unwrap_or("-"),
+                    i["loss"].as_f64().map_or("-".into(), |l| format!("{l:.3}")),
+                );
+            }
+            Ok(())
+        }
+        ModelCommand::Show { mountpoint, name } => {
+            println!("{}", serde_json::to_string_pretty(&find_model(&mountpoint, &name)?)?);
+            Ok(())
+        }
+        ModelCommand::Export { mountpoint, name, out } => {
+            let m = find_model(&mountpoint, &name)?;
+            let hash = m["hash"].as_str().unwrap_or_default().to_string();
+            let path = store_of(&mountpoint)?.join("models").join(&hash);
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {} (exporting needs read access to the store)", path.display()))?;
+            if file::hash(&bytes) != tezipfs::model::registry::parse_hash(&hash).unwrap_or_default() {
+                bail!("{}: the stored model does not match its hash", path.display());
+            }
+            write_durably(&out, &bytes)?;
+            println!("exported model {name} ({hash}) to {}", out.display());
+            Ok(())
+        }
+        ModelCommand::Remove { mountpoint, name } => {
+            setxattr(&mountpoint, "user.tezip.model.remove", name.as_bytes())?;
+            println!("removed the name {name}");
+            Ok(())
+        }
     }
+}
+
+/// The models of a mount (`user.tezip.models`, one JSON object per line).
+fn listing(mountpoint: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let raw = getxattr(mountpoint, "user.tezip.models")?;
+    String::from_utf8_lossy(&raw).lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).context("a malformed model listing")).collect()
+}
+
+/// A model by name or (a prefix of at least 8 digits of) its hash.
+fn find_model(mountpoint: &Path, name: &str) -> anyhow::Result<serde_json::Value> {
+    let models = listing(mountpoint)?;
+    let hit = models.iter().find(|m| m["names"].as_array().into_iter().flatten().any(|n| n.as_str() == Some(name))).or_else(|| models.iter().find(|m| name.len() >= 8 && m["hash"].as_str().is_some_and(|h| h.starts_with(name))));
+    hit.cloned().with_context(|| format!("{}: no model named {name:?} (tezipfs model list shows the models)", mountpoint.display()))
+}
+
+/// The store directory of the tezipfs mount holding `path` (from the mount table: the file
+/// system is named `tezipfs:<store>`).
+fn store_of(path: &Path) -> anyhow::Result<PathBuf> {
+    let canon = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut best: Option<(usize, PathBuf)> = None;
+    for l in mounts.lines() {
+        let mut f = l.split(' ');
+        let (Some(src), Some(dir)) = (f.next(), f.next()) else { continue };
+        let dir = dir.replace("\\040", " ");
+        if let Some(store) = src.strip_prefix("tezipfs:") {
+            if canon.starts_with(&dir) && best.as_ref().is_none_or(|b| dir.len() > b.0) {
+                best = Some((dir.len(), PathBuf::from(store.replace("\\040", " "))));
+            }
+        }
+    }
+    best.map(|b| b.1).with_context(|| format!("{} is not on a tezipfs mount", path.display()))
 }
 
 /// The frames of a directory: every file that `format` finds a frame in, in natural name order,

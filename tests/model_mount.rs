@@ -1,0 +1,206 @@
+//! The learned predictor through a real mount: models imported and named, a directory coding
+//! with its model, round trips lossless and under a bound across a remount, a corrupt or missing
+//! model file, blobs of an old model after the directory moves to a new one, and the refusals.
+//!
+//! The models here are real model files with random weights (`model::file::random`): they make
+//! poor predictions, which is beside the point; `user.tezip.predictor=prednet` makes the codec
+//! use them anyway, so every frame goes through the model on the way in and out.
+
+mod common;
+
+use common::{assert_files, set_policy, wait_compressed, write_frames, xattr_get, xattr_set, Fs, BIN};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tezipfs::codec::DType;
+use tezipfs::fixtures::{generate_raw, SequenceSpec};
+use tezipfs::model::{file, Size};
+
+fn tezipfs(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env("NO_COLOR", "1").output().expect("run tezipfs")
+}
+
+/// A random model file for u16 frames, written beside the store.
+fn model_file(fs: &Fs, name: &str, seed: u64) -> (PathBuf, String) {
+    let bytes = file::to_bytes(&file::random(&Size::Small.arch(), DType::U16, seed));
+    let path = fs.tmp.path().join(format!("{name}.tzm"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, tezipfs::codec::predict::hash_hex(&file::hash(&bytes)))
+}
+
+fn import(fs: &Fs, path: &Path, name: &str) {
+    let out = tezipfs(&["model", "import", fs.mnt.to_str().unwrap(), path.to_str().unwrap(), "--name", name]);
+    assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn predictor(path: &Path) -> String {
+    String::from_utf8_lossy(&xattr_get(path, "user.tezip.predictor").unwrap()).into_owned()
+}
+
+/// A directory that codes 64x48 u16 frames with model `name` (forced: `prednet`).
+fn model_dir(fs: &Fs, dir: &str, name: &str, bound: &str) -> PathBuf {
+    let d = fs.path(dir);
+    std::fs::create_dir(&d).unwrap();
+    set_policy(&d, Some("raw:64x48:u16"), Some(bound), Some(4));
+    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
+    xattr_set(&d, "user.tezip.model", name.as_bytes()).unwrap();
+    d
+}
+
+fn frames(n: usize, seed: u64) -> Vec<Vec<u8>> {
+    generate_raw(&SequenceSpec::detector_u16(64, 48, n, seed))
+}
+
+#[test]
+fn a_named_model_codes_a_directory_and_reads_back_across_a_remount() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let (path, hash) = model_file(&fs, "m1", 1);
+    import(&fs, &path, "beam1");
+    let lossless = model_dir(&fs, "lossless", "beam1", "lossless");
+    let bounded = model_dir(&fs, "bounded", "beam1", "abs:2");
+    let files = write_frames(&lossless, &frames(8, 3), "raw");
+    let lossy = write_frames(&bounded, &frames(8, 4), "raw");
+    let all: Vec<PathBuf> = files.keys().chain(lossy.keys()).cloned().collect();
+    wait_compressed(&all);
+    for p in &all {
+        assert!(predictor(p).starts_with("prednet:beam1+"), "{}: {}", p.display(), predictor(p));
+    }
+    assert_files(&files);
+    let check_bounded = || {
+        for (p, want) in &lossy {
+            let got = std::fs::read(p).unwrap();
+            assert_eq!(got.len(), want.len());
+            let worst = common::u16s(&got).iter().zip(common::u16s(want)).map(|(a, b)| (*a as i32 - b as i32).abs()).max().unwrap();
+            assert!(worst <= 2, "{}: error {worst} over abs:2", p.display());
+        }
+    };
+    check_bounded();
+    // The model is listed with the blobs that need it.
+    let list = String::from_utf8_lossy(&tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]).stdout).into_owned();
+    let m: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    assert_eq!((m["hash"].as_str().unwrap(), m["names"][0].as_str().unwrap()), (hash.as_str(), "beam1"));
+    assert!(m["blobs"].as_u64().unwrap() >= 2, "{m}");
+    fs.remount();
+    assert_files(&files);
+    check_bounded();
+    // Exported from the store, the same bytes as imported.
+    let out = fs.tmp.path().join("exported.tzm");
+    let e = tezipfs(&["model", "export", fs.mnt.to_str().unwrap(), "beam1", out.to_str().unwrap()]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&path).unwrap());
+    fs.assert_log_clean();
+}
+
+#[test]
+fn blobs_of_an_old_model_still_read_after_the_directory_gets_a_new_one() {
+    require_fuse!();
+    let fs = Fs::new();
+    let (m1, h1) = model_file(&fs, "m1", 1);
+    let (m2, h2) = model_file(&fs, "m2", 2);
+    import(&fs, &m1, "current");
+    let d = model_dir(&fs, "run", "current", "lossless");
+    let old = write_frames(&d, &frames(4, 5), "raw");
+    wait_compressed(&old.keys().cloned().collect::<Vec<_>>());
+    // The name moves to the new model; the old one stays for the blobs that need it.
+    import(&fs, &m2, "current");
+    let newer: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(4, 6).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    for (p, b) in &newer {
+        std::fs::write(p, b).unwrap();
+    }
+    wait_compressed(&newer.keys().cloned().collect::<Vec<_>>());
+    assert_files(&old);
+    assert_files(&newer);
+    let list = String::from_utf8_lossy(&tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]).stdout).into_owned();
+    let models: Vec<serde_json::Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |h: &str| models.iter().find(|m| m["hash"] == h).unwrap_or_else(|| panic!("{h} not listed: {list}")).clone();
+    assert!(of(&h1)["names"].as_array().unwrap().is_empty() && of(&h1)["blobs"].as_u64().unwrap() >= 1, "{list}");
+    assert_eq!(of(&h2)["names"][0], "current");
+    // Removing the name of a model that blobs need keeps the model.
+    let r = tezipfs(&["model", "remove", fs.mnt.to_str().unwrap(), "current"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(fs.store.join("models").join(&h2).exists());
+    assert_files(&newer);
+}
+
+#[test]
+fn a_corrupt_model_is_refused_logged_and_nothing_is_lost() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let (path, hash) = model_file(&fs, "m1", 1);
+    import(&fs, &path, "beam1");
+    let d = model_dir(&fs, "run", "beam1", "lossless");
+    let coded = write_frames(&d, &frames(4, 7), "raw");
+    wait_compressed(&coded.keys().cloned().collect::<Vec<_>>());
+    fs.stop();
+    // One flipped bit in the stored model file.
+    let stored = fs.store.join("models").join(&hash);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&stored, &bytes).unwrap();
+    fs.start();
+    // Frames coded with it cannot be read: EIO, and the log names the model.
+    for p in coded.keys() {
+        let e = std::fs::read(p).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}", p.display());
+    }
+    let log = fs.log_text();
+    assert!(log.contains(&hash) && log.contains("corrupt"), "the log should name the corrupt model {hash}:\n{log}");
+    // New frames of the directory are coded classically and read back: nothing lost.
+    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(4, 8).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    for (p, b) in &later {
+        std::fs::write(p, b).unwrap();
+    }
+    wait_compressed(&later.keys().cloned().collect::<Vec<_>>());
+    for p in later.keys() {
+        assert!(!predictor(p).starts_with("prednet"), "{}: {}", p.display(), predictor(p));
+    }
+    assert_files(&later);
+    assert!(fs.log_text().contains("coding its frames classically"));
+}
+
+#[test]
+fn a_missing_model_reads_eio_with_a_log_line_that_names_it() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let (path, hash) = model_file(&fs, "m1", 1);
+    import(&fs, &path, "beam1");
+    let d = model_dir(&fs, "run", "beam1", "lossless");
+    let coded = write_frames(&d, &frames(4, 9), "raw");
+    wait_compressed(&coded.keys().cloned().collect::<Vec<_>>());
+    fs.stop();
+    std::fs::remove_file(fs.store.join("models").join(&hash)).unwrap();
+    fs.start();
+    let p = coded.keys().next().unwrap();
+    assert_eq!(std::fs::read(p).unwrap_err().raw_os_error(), Some(libc::EIO));
+    let log = fs.log_text();
+    assert!(log.contains(&format!("model {hash} is not available")), "{log}");
+}
+
+#[test]
+fn bad_model_administration_is_refused_with_a_reason() {
+    require_fuse!();
+    let fs = Fs::new();
+    // Not a model file.
+    let junk = fs.tmp.path().join("junk.tzm");
+    std::fs::write(&junk, b"TZIPMODL but not really").unwrap();
+    let out = tezipfs(&["model", "import", fs.mnt.to_str().unwrap(), junk.to_str().unwrap(), "--name", "junk"]);
+    assert!(!out.status.success());
+    assert!(fs.log_text().contains("model administration refused"), "{}", fs.log_text());
+    // A reserved or malformed name.
+    let (path, _) = model_file(&fs, "m1", 1);
+    for bad in ["auto", "none", "a/b", ""] {
+        assert!(!tezipfs(&["model", "import", fs.mnt.to_str().unwrap(), path.to_str().unwrap(), "--name", bad]).status.success(), "{bad:?}");
+    }
+    // A policy naming a model the store does not have.
+    let d = fs.path("run");
+    std::fs::create_dir(&d).unwrap();
+    assert_eq!(xattr_set(&d, "user.tezip.model", b"nosuchmodel").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    let assign = tezipfs(&["model", "assign", d.to_str().unwrap(), "nosuchmodel"]);
+    assert!(!assign.status.success());
+    // `none` and `auto` always may be set; the listing is empty.
+    xattr_set(&d, "user.tezip.model", b"none").unwrap();
+    xattr_set(&d, "user.tezip.model", b"auto").unwrap();
+    assert!(tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]).stdout.is_empty());
+    assert!(!tezipfs(&["model", "remove", fs.mnt.to_str().unwrap(), "nosuchmodel"]).status.success());
+}
