@@ -4,6 +4,8 @@
 //! write the blob durably, then one index batch switches the window's files to the blob.
 //! The queue is the index itself (every staged file is pending), so a restart resumes it.
 
+pub mod autotrain;
+
 use crate::codec::container::Body;
 use crate::codec::window::{encode_window, EntryReport};
 use crate::codec::{decode_window_with, Bound};
@@ -41,6 +43,7 @@ pub struct Job {
 
 struct Shared {
     vfs: Arc<Vfs>,
+    trainer: Arc<autotrain::Trainer>,
     in_flight: Mutex<HashSet<u64>>,
     failed: Mutex<HashMap<u64, Instant>>,
     invalidate: Mutex<Option<Invalidate>>,
@@ -62,7 +65,7 @@ impl Engine {
             .enable_time()
             .build()?;
         let s = stop.clone();
-        let shared = Arc::new(Shared { vfs, in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()), invalidate: Mutex::new(None) });
+        let shared = Arc::new(Shared { vfs, trainer: Default::default(), in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()), invalidate: Mutex::new(None) });
         let sh = shared.clone();
         let thread = std::thread::Builder::new().name("tezipfs-engine".into()).spawn(move || {
             rt.block_on(run(sh, s, threads.max(1)));
@@ -95,6 +98,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             if staging > shared.vfs.config.staging_budget {
                 tracing::warn!(staging_bytes = staging, budget = shared.vfs.config.staging_budget, "staging is over its budget: compression is behind ingest (writes go on)");
             }
+            shared.trainer.recode_if_idle(&shared.vfs);
         }
         let jobs = {
             let in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -118,7 +122,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 let inos: Vec<u64> = job.members.iter().map(|m| m.ino).collect();
                 let dir = job.dir;
                 let invalidate = sh.invalidate.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref())));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer))));
                 let failed = match r {
                     Ok(Ok(())) => false,
                     Ok(Err(e)) => {
@@ -209,7 +213,8 @@ pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>,
 /// Compress one window: encode, verify, write the blob, commit. Files whose bytes change (lossy
 /// frames) are handed to `invalidate` just before the commit (dropping the pages cached by their
 /// writes) and again just after it (pages read while it was being made).
-pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResult<()> {
+/// `trainer`: where a directory under `model=auto` without a model gets one trained.
+pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, trainer: Option<&Arc<autotrain::Trainer>>) -> FsResult<()> {
     let start = Instant::now();
     let mut members = Vec::with_capacity(job.members.len());
     let mut files = Vec::with_capacity(job.members.len());
@@ -228,7 +233,21 @@ pub fn compress(vfs: &Vfs, job: Job, invalidate: Option<&Invalidate>) -> FsResul
     }
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let mut opts = job.policy.codec_options();
-    opts.model = vfs.model_for(job.dir, &ModelPolicy::of(job.policy.model.as_deref()));
+    let model_policy = ModelPolicy::of(job.policy.model.as_deref());
+    opts.model = vfs.model_for(job.dir, &model_policy);
+    if let (ModelPolicy::Auto, None, Some(t)) = (&model_policy, &opts.model, trainer) {
+        t.maybe_start(vfs, job.dir, &files, &job.policy, &vfs.config.auto_train);
+    }
+    // A model is slower than the classical predictors: when compression is behind, the window
+    // is coded without it (a lossless one is re-coded with it once the engine is idle).
+    if opts.model.is_some() && vfs.store.bytes_in("staging") > vfs.config.model_backlog {
+        opts.model = None;
+        vfs.counters.model_skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(dir = job.dir, "backlog over its limit: window coded without its model");
+        if let (Some(t), Bound::Lossless) = (trainer, job.policy.bound) {
+            t.recode_later(job.dir);
+        }
+    }
     let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
     // Verify by decoding before anything is committed (rule 1 of DESIGN.md).
     let decoded = decode_window_with(&enc.blob, vfs.models.clone()).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;

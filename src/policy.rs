@@ -132,6 +132,10 @@ pub struct MountSection {
     pub passthrough_min_free_mib: Option<u64>,
     /// Where learned models run: `auto` (CUDA when present), `cpu` or `cuda`.
     pub device: Option<String>,
+    pub auto_train_frames: Option<usize>,
+    pub auto_train_minutes: Option<f64>,
+    pub auto_train_threads: Option<usize>,
+    pub model_backlog_mib: Option<u64>,
 }
 
 impl ConfigFile {

@@ -97,6 +97,11 @@ pub struct Config {
     pub passthrough_min_free: u64,
     /// What runs the learned models (`--device`).
     pub model_backend: crate::model::Backend,
+    /// Training under `user.tezip.model=auto`.
+    pub auto_train: crate::engine::autotrain::AutoTrain,
+    /// Above this many staged bytes, windows are coded without their model (it is slower) and
+    /// lossless ones are re-coded with it later.
+    pub model_backlog: u64,
 }
 
 impl Default for Config {
@@ -109,6 +114,8 @@ impl Default for Config {
             root_policy: Policy::default(),
             passthrough_min_free: 1 << 30,
             model_backend: crate::model::Backend::Torch(crate::model::DeviceChoice::Auto),
+            auto_train: Default::default(),
+            model_backlog: 1 << 30,
         }
     }
 }
@@ -161,6 +168,10 @@ pub struct Counters {
     pub rehydrated: AtomicU64,
     pub passthrough_opens: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Windows coded without their model because the backlog was over its limit.
+    pub model_skipped: AtomicU64,
+    /// Directories whose model is being trained (or whose training failed): (dir, status).
+    pub model_training: Mutex<Vec<(u64, String)>>,
 }
 
 pub struct Vfs {

@@ -204,3 +204,42 @@ fn bad_model_administration_is_refused_with_a_reason() {
     assert!(tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]).stdout.is_empty());
     assert!(!tezipfs(&["model", "remove", fs.mnt.to_str().unwrap(), "nosuchmodel"]).status.success());
 }
+
+/// `model=auto`: the directory's first windows are coded classically while a model is trained
+/// on its first frames in the background; the model is stored and listed as the directory's;
+/// new windows use it (forced here with `prednet`), the earlier lossless windows are re-coded
+/// with it, and every file reads back bit-exact, also after a remount.
+#[test]
+fn model_auto_trains_one_for_the_directory_and_recodes_its_first_windows() {
+    require_fuse!();
+    let extra = ["--auto-train-minutes", "0.05", "--auto-train-frames", "6"].map(String::from).to_vec();
+    let mut fs = Fs::with(common::Opts { extra, ..common::Opts::default() });
+    let d = model_dir(&fs, "run", "auto", "lossless");
+    let first = write_frames(&d, &frames(8, 11), "raw");
+    let first_paths: Vec<PathBuf> = first.keys().cloned().collect();
+    wait_compressed(&first_paths);
+    // The model appears, trained for this directory.
+    let trained = || {
+        let out = tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|m| !m["trained_for_dirs"].as_array().unwrap().is_empty())
+    };
+    common::wait_for("the directory's model to be trained", std::time::Duration::from_secs(120), || trained().is_some());
+    let m = trained().unwrap();
+    assert_eq!(m["model"]["size"], "small", "{m}");
+    assert_eq!(m["model"]["bound"], "lossless", "{m}");
+    // New frames use it, and the first windows are re-coded with it.
+    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(8, 12).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    for (p, b) in &later {
+        std::fs::write(p, b).unwrap();
+    }
+    let all: Vec<PathBuf> = first_paths.iter().chain(later.keys()).cloned().collect();
+    common::wait_for("every file to be coded with the directory's model", std::time::Duration::from_secs(120), || all.iter().all(|p| common::state(p) == "compressed" && predictor(p).starts_with("prednet:auto:")));
+    assert_files(&first);
+    assert_files(&later);
+    let stats = fs.stats(&fs.mnt);
+    assert!(stats["model_training"].as_array().unwrap().is_empty(), "{stats}");
+    fs.remount();
+    assert_files(&first);
+    assert_files(&later);
+    fs.assert_log_clean();
+}

@@ -59,6 +59,20 @@ pub struct MountArgs {
     /// or `cuda` (refused when there is none). Decoded bytes are the same on every device.
     #[arg(long)]
     pub device: Option<tezipfs::model::DeviceChoice>,
+    /// `model=auto`: frames a directory's model is trained on (its first ones; default 16).
+    #[arg(long)]
+    pub auto_train_frames: Option<usize>,
+    /// `model=auto`: training budget in minutes of wall clock (default 5).
+    #[arg(long)]
+    pub auto_train_minutes: Option<f64>,
+    /// `model=auto`: libtorch threads of a training (default 1; it runs at the lowest priority).
+    #[arg(long)]
+    pub auto_train_threads: Option<usize>,
+    /// Above this many MiB of staged bytes, windows are coded without their model (it is slower
+    /// than the classical predictors) and lossless ones are re-coded with it when the engine is
+    /// idle (default 1024).
+    #[arg(long)]
+    pub model_backlog_mib: Option<u64>,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -112,7 +126,16 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         root_policy: file.root_policy().map_err(anyhow::Error::msg)?,
         passthrough_min_free: args.passthrough_min_free_mib.or(m.passthrough_min_free_mib).unwrap_or(1024) << 20,
         model_backend: tezipfs::model::Backend::Torch(device),
+        auto_train: tezipfs::engine::autotrain::AutoTrain {
+            frames: args.auto_train_frames.or(m.auto_train_frames).unwrap_or(16).max(2),
+            minutes: args.auto_train_minutes.or(m.auto_train_minutes).unwrap_or(5.0),
+            threads: args.auto_train_threads.or(m.auto_train_threads).unwrap_or(1).max(1),
+        },
+        model_backlog: args.model_backlog_mib.or(m.model_backlog_mib).unwrap_or(1024) << 20,
     };
+    // Windows are coded in parallel by the engine's workers: libtorch uses one thread in each
+    // (a training thread too; see --auto-train-threads).
+    tch::set_num_threads(1);
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let store = Store::open(&args.store)?;
     let index = Index::open(Box::new(SledStore::open(&store.index_dir())?)).context("cannot open the index")?;

@@ -43,6 +43,12 @@ pub struct Stats {
     pub cache_budget: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Where learned models run.
+    pub model_device: String,
+    /// Windows coded without their model because the backlog was over its limit.
+    pub model_skipped_windows: u64,
+    /// Directories whose model is being trained (`model=auto`), or whose training failed.
+    pub model_training: Vec<serde_json::Value>,
 }
 
 impl Vfs {
@@ -121,7 +127,27 @@ impl Vfs {
             cache_budget,
             cache_hits: hits,
             cache_misses: misses,
+            model_device: match self.config.model_backend {
+                crate::model::Backend::Torch(d) => d.device().map(|d| format!("{d:?}")).unwrap_or_else(|e| e),
+                crate::model::Backend::Reference => "reference (CPU)".into(),
+            },
+            model_skipped_windows: c.model_skipped.load(Ordering::Relaxed),
+            model_training: c.model_training.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(d, s)| serde_json::json!({"dir": d, "status": s})).collect(),
         })
+    }
+
+    /// Re-code the compressed files directly in `dir` (not below it: subdirectories have their
+    /// own models) under today's policy.
+    pub fn request_recompress_files(&self, dir: u64) -> FsResult<()> {
+        let mut n = 0;
+        for (_, ino, kind) in self.index.dirents(dir)? {
+            if kind == Kind::File && self.index.inode(ino)?.is_some_and(|i| matches!(i.data, Data::Compressed { .. })) {
+                self.rehydrate(ino)?;
+                n += 1;
+            }
+        }
+        tracing::info!(dir, files = n, "files returned to staging to be coded again with the directory's model");
+        Ok(())
     }
 
     /// Re-code the compressed files below `dir` under today's policy: they go back to staging

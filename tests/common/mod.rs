@@ -54,11 +54,13 @@ pub struct Opts {
     pub threads: Option<usize>,
     /// FUSE passthrough for writers (the daemon's default); false mounts with --no-passthrough.
     pub passthrough: bool,
+    /// More `tezipfs mount` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None, passthrough: true }
+        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None, passthrough: true, extra: Vec::new() }
     }
 }
 
@@ -129,6 +131,7 @@ impl Fs {
         if !self.opts.passthrough {
             a.push("--no-passthrough".into());
         }
+        a.extend(self.opts.extra.iter().cloned());
         a
     }
 
