@@ -1,0 +1,151 @@
+//! The learned predictor in the codec: a window coded with a model through one backend decodes
+//! through the other bit for bit (rule 2 of DESIGN.md), lossless and under every bound, for every
+//! pixel type and odd frame sizes; the blob names its model (container version 6) and cannot be
+//! decoded without it; damage to a model blob is caught.
+
+use std::sync::Arc;
+use tezipfs::codec::container::{Blob, BlobError};
+use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, PredictError};
+use tezipfs::codec::window::{decode_window_with, encode_window};
+use tezipfs::codec::{Bound, DType, FormatSpec, Options, PredictorChoice, RawSpec};
+use tezipfs::fixtures::{generate_raw, SequenceSpec};
+use tezipfs::model::file;
+use tezipfs::model::reference::ReferenceModel;
+use tezipfs::model::torch::TorchModel;
+use tezipfs::model::{Arch, LayerArch, Size};
+
+/// A source that has exactly one model.
+struct Only(Arc<dyn Model>);
+
+impl ModelSource for Only {
+    fn model(&self, hash: &ModelHash) -> Result<Arc<dyn Model>, PredictError> {
+        if self.0.hash() == *hash {
+            Ok(self.0.clone())
+        } else {
+            Err(PredictError::MissingModel(hash_hex(hash)))
+        }
+    }
+}
+
+fn backends(dtype: DType, seed: u64, arch: &Arch) -> (Arc<dyn Model>, Arc<dyn Model>, Vec<u8>) {
+    let bytes = file::to_bytes(&file::random(arch, dtype, seed));
+    let torch: Arc<dyn Model> = Arc::new(TorchModel::from_bytes(&bytes, tch::Device::Cpu).unwrap());
+    let reference: Arc<dyn Model> = Arc::new(ReferenceModel::from_bytes(&bytes).unwrap());
+    assert_eq!(torch.hash(), reference.hash());
+    (torch, reference, bytes)
+}
+
+fn frames(dtype: DType, w: u32, h: u32, n: usize, seed: u64) -> Vec<Vec<u8>> {
+    generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, n, seed) })
+}
+
+fn opts(dtype: DType, w: u32, h: u32, bound: Bound, model: &Arc<dyn Model>, predictor: PredictorChoice) -> Options {
+    Options { format: FormatSpec::Raw(RawSpec { width: w, height: h, dtype, skip: 0 }), bound, predictor, model: Some(ModelHandle(model.clone())), ..Options::default() }
+}
+
+/// Values of a frame of `dtype` (for the error-bound check).
+fn values(dtype: DType, bytes: &[u8]) -> Vec<f64> {
+    let mut img = Vec::new();
+    dtype.decode_pixels(bytes, false, &mut img);
+    img.iter().map(|&v| dtype.value(v)).collect()
+}
+
+#[test]
+fn a_window_coded_through_one_backend_decodes_through_the_other() {
+    let two = Arch { layers: vec![LayerArch { a: 1, r: 4, k_lstm: 3, k_ahat: 3, k_a: 3 }, LayerArch { a: 4, r: 6, k_lstm: 3, k_ahat: 1, k_a: 3 }] };
+    let cases = [(DType::U8, 37, 23), (DType::U16, 64, 48), (DType::U32, 20, 9), (DType::I16, 33, 17), (DType::F32, 24, 16)];
+    for (k, &(dtype, w, h)) in cases.iter().enumerate() {
+        let arch = if k % 2 == 0 { Size::Small.arch() } else { two.clone() };
+        let (torch, reference, _) = backends(dtype, 10 + k as u64, &arch);
+        let files = frames(dtype, w, h, 6, 20 + k as u64);
+        let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+        let bounds: Vec<Bound> = if dtype.is_float() { vec![Bound::Lossless, Bound::Abs(0.5)] } else { vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01)] };
+        for bound in bounds {
+            for (enc, dec, way) in [(&torch, &reference, "torch -> reference"), (&reference, &torch, "reference -> torch")] {
+                let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Prednet)).unwrap();
+                assert_eq!(e.model, Some(enc.hash()), "{dtype} {bound}: the model must be used under prednet");
+                assert_eq!(u16::from_le_bytes([e.blob[8], e.blob[9]]), 6, "a blob with a model is version 6");
+                let other = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {w}x{h} {bound} {way}: {err}"));
+                let same = decode_window_with(&e.blob, Arc::new(Only(enc.clone()))).unwrap();
+                assert_eq!(other, same, "{dtype} {w}x{h} {bound} {way}: the backends decode differently");
+                for (i, (o, d)) in files.iter().zip(&other).enumerate() {
+                    if bound == Bound::Lossless {
+                        assert!(o == d, "{dtype} {w}x{h} {way}: frame {i} is not bit-exact");
+                    } else if let Bound::Abs(eb) = bound {
+                        let worst = values(dtype, o).iter().zip(values(dtype, d)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        assert!(worst <= eb, "{dtype} {way} frame {i}: error {worst} over {bound}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_keeps_the_model_only_where_it_codes_smaller() {
+    // A random model predicts badly: auto must code without it, and no larger than without a
+    // model at all.
+    let (torch, _, _) = backends(DType::U16, 3, &Size::Small.arch());
+    let files = frames(DType::U16, 64, 48, 8, 4);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let with = encode_window(&refs, &opts(DType::U16, 64, 48, Bound::Lossless, &torch, PredictorChoice::Auto)).unwrap();
+    let without = encode_window(&refs, &Options { model: None, ..opts(DType::U16, 64, 48, Bound::Lossless, &torch, PredictorChoice::Auto) }).unwrap();
+    assert_eq!(with.model, None, "a random model should lose to the classical predictors");
+    assert!(with.blob.len() <= without.blob.len() * 1005 / 1000, "{} vs {}", with.blob.len(), without.blob.len());
+}
+
+#[test]
+fn a_blob_that_names_a_model_needs_it() {
+    let (torch, _, _) = backends(DType::U16, 5, &Size::Small.arch());
+    let (other, _, _) = backends(DType::U16, 6, &Size::Small.arch());
+    let files = frames(DType::U16, 64, 48, 4, 7);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let e = encode_window(&refs, &opts(DType::U16, 64, 48, Bound::Lossless, &torch, PredictorChoice::Prednet)).unwrap();
+    // No model, or another model: an error that names the model, never wrong bytes.
+    let err = tezipfs::codec::decode_window(&e.blob).unwrap_err().to_string();
+    assert!(err.contains(&hash_hex(&torch.hash())) && err.contains("not available"), "{err}");
+    let err = decode_window_with(&e.blob, Arc::new(Only(other))).unwrap_err().to_string();
+    assert!(err.contains(&hash_hex(&torch.hash())), "{err}");
+    // A model made for another pixel type is refused when the frames are decoded.
+    let (u8_model, _, _) = backends(DType::U8, 5, &Size::Small.arch());
+    struct Liar(Arc<dyn Model>, ModelHash);
+    impl ModelSource for Liar {
+        fn model(&self, _: &ModelHash) -> Result<Arc<dyn Model>, PredictError> {
+            let _ = self.1;
+            Ok(self.0.clone())
+        }
+    }
+    let err = decode_window_with(&e.blob, Arc::new(Liar(u8_model, torch.hash()))).unwrap_err().to_string();
+    assert!(err.contains("entry 0"), "{err}");
+    // A version-6 blob read as version 5 (a flipped version bit) is refused, as is a model
+    // hash moved onto a predictor that cannot take one.
+    let mut v5 = e.blob.clone();
+    v5[8] = 5;
+    assert!(Blob::parse(&v5).is_err());
+    let header_len = u32::from_le_bytes(e.blob[12..16].try_into().unwrap()) as usize;
+    let mut motion = e.blob.clone();
+    motion[16 + 9] = 7; // predictor id `motion`
+    let crc = crc32c::crc32c(&motion[16..16 + header_len]);
+    motion[16 + header_len..20 + header_len].copy_from_slice(&crc.to_le_bytes());
+    match Blob::parse(&motion) {
+        Err(BlobError::Malformed(m)) => assert!(m.contains("learned model"), "{m}"),
+        other => panic!("a model on `motion` must be malformed, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn every_bit_flip_of_a_model_blob_is_caught() {
+    let (torch, _, _) = backends(DType::U8, 8, &Size::Small.arch());
+    let files = frames(DType::U8, 24, 16, 3, 9);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let e = encode_window(&refs, &opts(DType::U8, 24, 16, Bound::Lossless, &torch, PredictorChoice::Prednet)).unwrap();
+    let source = Arc::new(Only(torch.clone()));
+    assert_eq!(decode_window_with(&e.blob, source.clone()).unwrap(), files);
+    for i in (0..e.blob.len() * 8).step_by(3) {
+        let mut b = e.blob.clone();
+        b[i / 8] ^= 1 << (i % 8);
+        if let Ok(d) = decode_window_with(&b, source.clone()) {
+            panic!("bit {i} flipped and the blob still decoded ({} files)", d.len());
+        }
+    }
+}
