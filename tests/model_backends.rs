@@ -151,9 +151,10 @@ fn batched_banded_and_cloned_states_agree() {
     let geoms = [Geometry::of(37, 23, DType::U8), Geometry::of(37, 23, DType::U8), Geometry::of(19, 5, DType::U8), Geometry::of(37, 23, DType::U8)];
     let seqs: Vec<Vec<Vec<u32>>> = geoms.iter().enumerate().map(|(i, &g)| frames(g, 5, 40 + i as u64)).collect();
     let want: Vec<Vec<Vec<u32>>> = geoms.iter().zip(&seqs).map(|(&g, s)| run(&r, g, s)).collect();
-    // Band sizes: rows of one image, whole images two by two, everything at once.
-    for band in [50, 2000, 1 << 20] {
-        t.set_band_pixels(band);
+    // Band sizes: two rows of one image, a few rows, whole images two by two, everything at
+    // once.
+    for band in [1, 2_000, 200_000, 1 << 40] {
+        t.set_band_bytes(band);
         let mut states: Vec<Box<dyn ModelState>> = geoms.iter().map(|&g| t.start(g).unwrap()).collect();
         // The last window starts one frame late: its key frame is observed with the others'
         // predicted frames.
