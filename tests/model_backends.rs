@@ -89,19 +89,26 @@ fn compare(m: &IntModel, geom: Geometry, seq: &[Vec<u32>], what: &str) -> usize 
     changed
 }
 
-/// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64)
-/// and shrunk so that every requantisation fits in int32 (the torch backend's int32 path).
-fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 2] {
+/// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64),
+/// shrunk so that every requantisation fits in int32 (the torch backend's int32 path), and with
+/// one multiplier per output channel for all i8 groups (the torch backend merges them into one
+/// product).
+fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 3] {
     let m = file::random(arch, dtype, seed);
     let mut small = m.clone();
     file::shrink_multipliers(&mut small);
+    let mut shared = m.clone();
+    file::share_multipliers(&mut shared);
     let (_, t) = backends(&m);
     let (n32, n) = t.int32_convs();
     assert!(n32 < n, "random models take the int64 path ({n32} of {n} convolutions in int32)");
+    let products = t.products();
     let (_, t) = backends(&small);
     let (n32, n) = t.int32_convs();
     assert_eq!(n32, n, "shrunk models take the int32 path");
-    [m, small]
+    let (_, t) = backends(&shared);
+    assert!(t.products() < products, "groups with equal multipliers share a product");
+    [m, small, shared]
 }
 
 #[test]
