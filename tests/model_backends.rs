@@ -235,6 +235,8 @@ fn misuse_is_refused_not_a_panic() {
     for (model, same_other, other_backend) in [(&r as &dyn Model, &r2 as &dyn Model, &t as &dyn Model), (&t, &t2, &r)] {
         assert!(model.start(Geometry::of(8, 5, DType::U8)).is_err(), "another pixel type");
         assert!(model.start(Geometry::of(0, 5, DType::U16)).is_err(), "empty frames");
+        assert!(model.start(Geometry::of(1 << 40, 1 << 40, DType::U16)).is_err(), "overflowing size");
+        assert!(model.start(Geometry::of(1 << 20, 1 << 20, DType::U16)).is_err(), "absurd size");
         let mut s = model.start(geom).unwrap();
         let mut out = vec![0; 40];
         assert!(model.predict_batch(&mut [s.as_mut()], &mut [&mut out]).is_err(), "predict before observe");

@@ -324,6 +324,22 @@ pub fn validate(m: &IntModel) -> Result<(), ModelFileError> {
     Ok(())
 }
 
+/// The largest frame a backend takes (2^32 pixels): beyond it the state alone would not fit in
+/// memory, and refusing is better than an allocation that aborts.
+pub const MAX_PIXELS: usize = 1 << 32;
+
+/// Whether `m` can run on frames of `geom`: the pixel type it was trained for, a frame of 1 to
+/// [`MAX_PIXELS`] pixels. Both backends' `start` check it.
+pub fn check_frames(m: &IntModel, geom: &crate::codec::predict::Geometry) -> Result<(), String> {
+    if geom.dtype != m.dtype {
+        return Err(format!("the model is for {} pixels, the frames are {}", m.dtype, geom.dtype));
+    }
+    match geom.width.checked_mul(geom.height) {
+        Some(n) if (1..=MAX_PIXELS).contains(&n) => Ok(()),
+        _ => Err(format!("frames of {} x {} pixels (1 to 2^32 pixels allowed)", geom.width, geom.height)),
+    }
+}
+
 /// The header of `m` (tensor lengths from its vectors).
 fn header_of(m: &IntModel) -> ModelHeader {
     let mut tensors = vec![m.luts.sigmoid.len() as u64 * 2, m.luts.tanh.len() as u64 * 2, m.luts.tanh_cell.len() as u64 * 2];

@@ -4,24 +4,34 @@
 //! It computes exactly what [`super::reference`] computes (tested), by other means:
 //!
 //! - Tensors are laid out `C x N x H x W` ("CNHW"): channel-major, so that the im2col matrix of
-//!   a convolution is built by copying whole shifted rows of each channel plane (memcpy speed),
-//!   and the batch dimension `N` (several windows' states stacked) sits inside the pixel
-//!   dimension of the product.
+//!   a convolution is built by copying whole shifted rows of each channel plane (one strided
+//!   copy per input for all taps), and the batch dimension `N` (several windows' states
+//!   stacked) sits inside the pixel dimension of the product.
 //! - A convolution group is one `torch._int_mm` (int8 x int8 -> int32, exact):
 //!   `acc[cout, pixels] = W[cout, k*k*cin] @ B[k*k*cin, pixels]`, `B` row `tap * cin + j` the
 //!   input channel `j` shifted by the tap. CUDA's int8 product needs more than 16 rows and both
 //!   other dimensions multiples of 8; the rows, `K` and the pixel count are padded with zeros
-//!   on every device, so CPU and CUDA run one code path.
+//!   on every device, so CPU and CUDA run one code path. Input groups whose multipliers are
+//!   equal share one product (their channels side by side in `B`).
 //! - The i16 intensity group is two int8 products: after zero padding, every value `v` is
 //!   `256 * (v >> 8) + ((v & 255) - 128) + 128` with both parts in -128..=127, so
 //!   `acc = 256 * acc_hi + acc_lo + 128 * sum(w)`; the constant goes into the bias.
-//! - Requantisation is int64 tensor arithmetic (`addcmul` per group, an arithmetic right shift,
-//!   a clamp); the gate nonlinearities are one `index_select` into a per-channel table, the cell
-//!   nonlinearity one into a table indexed by the cell value itself, `C(u)` one into a 256-entry
-//!   table.
+//! - Requantisation is tensor arithmetic (`addcmul` per group, an arithmetic right shift, a
+//!   clamp) in int64, or in int32 where the model's integers prove every partial sum fits
+//!   ([`requant_fits_i32`]; four times cheaper on a CPU). The gate nonlinearities are one
+//!   `index_select` into a per-channel table, the cell nonlinearity one into a table indexed
+//!   by the cell value itself, `C(u)` one into a 256-entry table; 2 x 2 pooling two
+//!   elementwise maxima, up-sampling a byte-doubling int16 widening and a row copy.
 //! - A convolution runs in bands of rows (or of whole small images) of about
 //!   [`CPU_BAND_BYTES`] of temporaries, so that its intermediates stay in the CPU's cache;
-//!   each band's output is consumed at once (LSTM cell, store). On CUDA the band is the batch.
+//!   each band's output is consumed at once (LSTM cell, pooling and errors, store). Every
+//!   temporary lives in an [`Arena`] reused across bands and frames: fresh multi-megabyte
+//!   allocations are fresh pages, whose faults cost more than the arithmetic. On CUDA the band
+//!   is the batch.
+//!
+//! libtorch's OpenMP threads busy-wait between operations: with more torch threads than free
+//! cores (another process on the machine) a step can take ten times longer; run inference at
+//! one torch thread per free core, or with `OMP_WAIT_POLICY=PASSIVE`.
 
 use super::file::{self, ModelFileError};
 use super::{layer_size, Conv, IntModel, CELL_LUT};
@@ -892,12 +902,7 @@ impl Model for TorchModel {
     }
 
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        if geom.dtype != self.model.dtype {
-            return Err(self.err(format!("the model is for {} pixels, the frames are {}", self.model.dtype, geom.dtype)));
-        }
-        if geom.width == 0 || geom.height == 0 {
-            return Err(self.err(format!("empty frames ({} x {})", geom.width, geom.height)));
-        }
+        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))?;
         let layers = self.zero_layers(geom).map_err(|e| self.err(torch_err(e)))?;
         Ok(Box::new(TorchState { model: self.hash, geom, layers, b: None, predicted: false }))
     }
