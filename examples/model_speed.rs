@@ -3,7 +3,7 @@
 //! and frame sizes given (reference at 1 thread, torch at 1 and 2 threads).
 //!
 //! `cargo run --release --example model_speed -- [small|prednet|all] [--frames N] [--no-reference]
-//! [--profile] [--threads 1,2] [--arch A,R,KL,KH,KA/A,R,KL,KH,KA/...] [--size WxH:dtype ...] [--band PIXELS]`
+//! [--profile] [--threads 1,2] [--variants int64,int32,shared] [--arch A,R,KL,KH,KA/A,R,KL,KH,KA/...] [--size WxH:dtype ...] [--band BYTES]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -98,6 +98,7 @@ fn main() {
     let mut profile = false;
     let mut band = None;
     let mut thread_counts = vec![1, 2];
+    let mut variants: Vec<String> = vec!["int64".into(), "int32".into(), "shared".into()];
     let mut sizes: Vec<(usize, usize, DType)> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -116,7 +117,8 @@ fn main() {
             "--no-reference" => reference = false,
             "--profile" => profile = true,
             "--threads" => thread_counts = it.next().expect("--threads 1,2").split(',').map(|t| t.parse().expect("thread count")).collect(),
-            "--band" => band = Some(it.next().and_then(|v| v.parse().ok()).expect("--band PIXELS")),
+            "--variants" => variants = it.next().expect("--variants int64,int32,shared").split(',').map(String::from).collect(),
+            "--band" => band = Some(it.next().and_then(|v| v.parse().ok()).expect("--band BYTES")),
             "--size" => {
                 let s = it.next().expect("--size WxH:dtype");
                 let (wh, dt) = s.split_once(':').expect("WxH:dtype");
@@ -134,35 +136,54 @@ fn main() {
     }
     nframes = nframes.max(3);
     println!("# ms/frame: fastest frame (wall), median (wall), median CPU time; rates from the fastest frame");
-    println!("{:<10} {:>14} {:<16} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "model", "frame", "backend", "ms/frame", "(median)", "(cpu)", "frames/s", "Mpix/s", "MB/s");
+    println!("# torch backend: threads, variant, convolutions requantised in int32 / convolutions / int8 products a step");
+    println!("{:<10} {:>14} {:<24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "model", "frame", "backend", "ms/frame", "(median)", "(cpu)", "frames/s", "Mpix/s", "MB/s");
     for (name, arch) in &archs {
         println!("# {name}: {:.0} MAC per pixel", macs_per_pixel(arch));
         for &(w, h, dtype) in &sizes {
             let geom = Geometry::of(w, h, dtype);
-            let m = Arc::new(file::random(arch, dtype, 1));
+            let m = file::random(arch, dtype, 1);
             let seq = frames(geom, nframes);
             let mb = (geom.pixels() * dtype.bytes()) as f64 / 1e6;
             let report = |backend: &str, (secs, median, cpu): (f64, f64, f64)| {
-                println!("{name:<10} {:>14} {backend:<16} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>8.2} {:>8.2}", format!("{w}x{h}:{dtype}"), secs * 1e3, median * 1e3, cpu * 1e3, 1.0 / secs, geom.pixels() as f64 / secs / 1e6, mb / secs);
+                println!("{name:<10} {:>14} {backend:<24} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>8.2} {:>8.2}", format!("{w}x{h}:{dtype}"), secs * 1e3, median * 1e3, cpu * 1e3, 1.0 / secs, geom.pixels() as f64 / secs / 1e6, mb / secs);
             };
-            let mut t = TorchModel::new(m.clone(), tch::Device::Cpu).expect("model");
-            if let Some(b) = band {
-                t.set_band_pixels(b);
-            }
-            for &threads in &thread_counts {
-                tch::set_num_threads(threads);
-                t.set_profile(profile && threads == 1);
-                report(&format!("torch {threads} thread"), time(&t, geom, &seq));
-                if profile && threads == 1 {
-                    let steps = (nframes - 1) as f64;
-                    let mut total = 0.0;
-                    for (k, secs) in t.take_profile() {
-                        total += secs;
-                        println!("    {k:<28} {:>8.2} ms/frame {:>7.1} ns/pixel", secs / steps * 1e3, secs / steps / geom.pixels() as f64 * 1e9);
+            for variant in &variants {
+                // Random multipliers reach 2^31 (int64 requantisation); shrunk ones prove the
+                // int32 path exact, as a model exported for it would; shared ones (one
+                // multiplier per output channel for all i8 inputs, then shrunk) let the i8
+                // groups share one product.
+                let mut mv = m.clone();
+                match variant.as_str() {
+                    "int64" => {}
+                    "int32" => file::shrink_multipliers(&mut mv),
+                    "shared" => {
+                        file::share_multipliers(&mut mv);
+                        file::shrink_multipliers(&mut mv);
                     }
-                    println!("    {:<28} {:>8.2} ms/frame", "(profiled total)", total / steps * 1e3);
+                    other => panic!("unknown variant {other}"),
+                }
+                let mut t = TorchModel::new(Arc::new(mv), tch::Device::Cpu).expect("model");
+                if let Some(b) = band {
+                    t.set_band_bytes(b);
+                }
+                let (n32, nconv) = t.int32_convs();
+                for &threads in &thread_counts {
+                    tch::set_num_threads(threads);
+                    t.set_profile(profile && threads == 1);
+                    report(&format!("torch {threads}t {variant} {n32}/{nconv}/{}", t.products()), time(&t, geom, &seq));
+                    if profile && threads == 1 {
+                        let steps = (nframes - 1) as f64;
+                        let mut total = 0.0;
+                        for (k, secs) in t.take_profile() {
+                            total += secs;
+                            println!("    {k:<28} {:>8.2} ms/frame {:>7.1} ns/pixel", secs / steps * 1e3, secs / steps / geom.pixels() as f64 * 1e9);
+                        }
+                        println!("    {:<28} {:>8.2} ms/frame", "(profiled total)", total / steps * 1e3);
+                    }
                 }
             }
+            let m = Arc::new(m);
             tch::set_num_threads(1);
             if reference {
                 let r = ReferenceModel::new(m.clone()).expect("model");

@@ -89,19 +89,26 @@ fn compare(m: &IntModel, geom: Geometry, seq: &[Vec<u32>], what: &str) -> usize 
     changed
 }
 
-/// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64)
-/// and shrunk so that every requantisation fits in int32 (the torch backend's int32 path).
-fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 2] {
+/// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64),
+/// shrunk so that every requantisation fits in int32 (the torch backend's int32 path), and with
+/// one multiplier per output channel for all i8 groups (the torch backend merges them into one
+/// product).
+fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 3] {
     let m = file::random(arch, dtype, seed);
     let mut small = m.clone();
     file::shrink_multipliers(&mut small);
+    let mut shared = m.clone();
+    file::share_multipliers(&mut shared);
     let (_, t) = backends(&m);
     let (n32, n) = t.int32_convs();
     assert!(n32 < n, "random models take the int64 path ({n32} of {n} convolutions in int32)");
+    let products = t.products();
     let (_, t) = backends(&small);
     let (n32, n) = t.int32_convs();
     assert_eq!(n32, n, "shrunk models take the int32 path");
-    [m, small]
+    let (_, t) = backends(&shared);
+    assert!(t.products() < products, "groups with equal multipliers share a product");
+    [m, small, shared]
 }
 
 #[test]
@@ -151,9 +158,10 @@ fn batched_banded_and_cloned_states_agree() {
     let geoms = [Geometry::of(37, 23, DType::U8), Geometry::of(37, 23, DType::U8), Geometry::of(19, 5, DType::U8), Geometry::of(37, 23, DType::U8)];
     let seqs: Vec<Vec<Vec<u32>>> = geoms.iter().enumerate().map(|(i, &g)| frames(g, 5, 40 + i as u64)).collect();
     let want: Vec<Vec<Vec<u32>>> = geoms.iter().zip(&seqs).map(|(&g, s)| run(&r, g, s)).collect();
-    // Band sizes: rows of one image, whole images two by two, everything at once.
-    for band in [50, 2000, 1 << 20] {
-        t.set_band_pixels(band);
+    // Band sizes: two rows of one image, a few rows, whole images two by two, everything at
+    // once.
+    for band in [1, 2_000, 200_000, 1 << 40] {
+        t.set_band_bytes(band);
         let mut states: Vec<Box<dyn ModelState>> = geoms.iter().map(|&g| t.start(g).unwrap()).collect();
         // The last window starts one frame late: its key frame is observed with the others'
         // predicted frames.
@@ -227,6 +235,8 @@ fn misuse_is_refused_not_a_panic() {
     for (model, same_other, other_backend) in [(&r as &dyn Model, &r2 as &dyn Model, &t as &dyn Model), (&t, &t2, &r)] {
         assert!(model.start(Geometry::of(8, 5, DType::U8)).is_err(), "another pixel type");
         assert!(model.start(Geometry::of(0, 5, DType::U16)).is_err(), "empty frames");
+        assert!(model.start(Geometry::of(1 << 40, 1 << 40, DType::U16)).is_err(), "overflowing size");
+        assert!(model.start(Geometry::of(1 << 20, 1 << 20, DType::U16)).is_err(), "absurd size");
         let mut s = model.start(geom).unwrap();
         let mut out = vec![0; 40];
         assert!(model.predict_batch(&mut [s.as_mut()], &mut [&mut out]).is_err(), "predict before observe");

@@ -145,14 +145,27 @@ pub fn lstm_groups(arch: &Arch, l: usize) -> Vec<usize> {
     g
 }
 
-/// The shape every convolution of layer `l` must have: `(name, cout, k, group cins, lo, hi)`
-/// for `lstm`, `ahat` and (layers 1 and up) `a`.
-fn conv_shapes(arch: &Arch, l: usize) -> Vec<(&'static str, usize, usize, Vec<usize>, i32, i32)> {
+/// The shape a convolution must have.
+struct ConvShape {
+    name: &'static str,
+    cout: usize,
+    k: usize,
+    /// Input channels of each group.
+    cins: Vec<usize>,
+    lo: i32,
+    hi: i32,
+}
+
+/// The shapes of layer `l`'s convolutions: `lstm`, `ahat` and (layers 1 and up) `a`.
+fn conv_shapes(arch: &Arch, l: usize) -> Vec<ConvShape> {
     let la = &arch.layers[l];
     let ahat_lo = if l == 0 { -128 } else { 0 };
-    let mut v = vec![("lstm", 4 * la.r, la.k_lstm, lstm_groups(arch, l), -128, 127), ("ahat", la.a, la.k_ahat, vec![la.r], ahat_lo, 127)];
+    let mut v = vec![
+        ConvShape { name: "lstm", cout: 4 * la.r, k: la.k_lstm, cins: lstm_groups(arch, l), lo: -128, hi: 127 },
+        ConvShape { name: "ahat", cout: la.a, k: la.k_ahat, cins: vec![la.r], lo: ahat_lo, hi: 127 },
+    ];
     if l > 0 {
-        v.push(("a", la.a, la.k_a, vec![2 * arch.layers[l - 1].a], 0, 127));
+        v.push(ConvShape { name: "a", cout: la.a, k: la.k_a, cins: vec![2 * arch.layers[l - 1].a], lo: 0, hi: 127 });
     }
     v
 }
@@ -164,8 +177,9 @@ pub fn tensor_layout(arch: &Arch) -> Vec<TensorSpec> {
     let t = |name: String, elem, count| TensorSpec { name, elem, count };
     let mut v = vec![t("sigmoid table".into(), Elem::I16, GATE_LUT), t("tanh table".into(), Elem::I16, GATE_LUT), t("cell tanh table".into(), Elem::I16, CELL_LUT)];
     for l in 0..arch.layers.len() {
-        for (name, cout, k, cins, _, _) in conv_shapes(arch, l) {
-            for (g, cin) in cins.iter().enumerate() {
+        for cs in conv_shapes(arch, l) {
+            let (name, cout, k) = (cs.name, cs.cout, cs.k);
+            for (g, cin) in cs.cins.iter().enumerate() {
                 v.push(t(format!("layer {l} {name} group {g} weights"), Elem::I8, cout * cin * k * k));
                 v.push(t(format!("layer {l} {name} group {g} multipliers"), Elem::I32, cout));
             }
@@ -245,7 +259,8 @@ fn check_luts(luts: &Luts) -> Result<(), ModelFileError> {
     Ok(())
 }
 
-fn check_conv(conv: &Conv, name: &str, cout: usize, k: usize, cins: &[usize], lo: i32, hi: i32) -> Result<(), ModelFileError> {
+fn check_conv(conv: &Conv, name: &str, shape: &ConvShape) -> Result<(), ModelFileError> {
+    let (cout, k, cins, lo, hi) = (shape.cout, shape.k, &shape.cins, shape.lo, shape.hi);
     let inc = |what: String| Err(ModelFileError::Inconsistent(format!("{name}: {what}")));
     if conv.cout != cout {
         return inc(format!("{} output channels, the architecture says {cout}", conv.cout));
@@ -300,13 +315,29 @@ pub fn validate(m: &IntModel) -> Result<(), ModelFileError> {
         if l == 0 && layer.a.is_some() {
             return Err(ModelFileError::Inconsistent("layer 0 has an `a` convolution".into()));
         }
-        for (i, (name, cout, k, cins, lo, hi)) in shapes.iter().enumerate() {
-            let label = format!("layer {l} {name}");
+        for (i, cs) in shapes.iter().enumerate() {
+            let label = format!("layer {l} {}", cs.name);
             let conv = convs[i].ok_or_else(|| ModelFileError::Inconsistent(format!("{label} is missing")))?;
-            check_conv(conv, &label, *cout, *k, cins, *lo, *hi)?;
+            check_conv(conv, &label, cs)?;
         }
     }
     Ok(())
+}
+
+/// The largest frame a backend takes (2^32 pixels): beyond it the state alone would not fit in
+/// memory, and refusing is better than an allocation that aborts.
+pub const MAX_PIXELS: usize = 1 << 32;
+
+/// Whether `m` can run on frames of `geom`: the pixel type it was trained for, a frame of 1 to
+/// [`MAX_PIXELS`] pixels. Both backends' `start` check it.
+pub fn check_frames(m: &IntModel, geom: &crate::codec::predict::Geometry) -> Result<(), String> {
+    if geom.dtype != m.dtype {
+        return Err(format!("the model is for {} pixels, the frames are {}", m.dtype, geom.dtype));
+    }
+    match geom.width.checked_mul(geom.height) {
+        Some(n) if (1..=MAX_PIXELS).contains(&n) => Ok(()),
+        _ => Err(format!("frames of {} x {} pixels (1 to 2^32 pixels allowed)", geom.width, geom.height)),
+    }
 }
 
 /// The header of `m` (tensor lengths from its vectors).
@@ -496,7 +527,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     let luts = Luts { sigmoid: r.i16s(GATE_LUT), tanh: r.i16s(GATE_LUT), tanh_cell: r.i16s(CELL_LUT) };
     let mut layers = Vec::with_capacity(arch.layers.len());
     for l in 0..arch.layers.len() {
-        let mut convs = conv_shapes(&arch, l).into_iter().map(|(_, cout, k, cins, lo, hi)| r.conv(cout, k, &cins, lo, hi)).collect::<Vec<_>>();
+        let mut convs = conv_shapes(&arch, l).into_iter().map(|cs| r.conv(cs.cout, cs.k, &cs.cins, cs.lo, cs.hi)).collect::<Vec<_>>();
         let a = if l > 0 { convs.pop() } else { None };
         let ahat = convs.pop().expect("conv_shapes lists ahat");
         let lstm = convs.pop().expect("conv_shapes lists lstm");
@@ -556,6 +587,23 @@ pub fn shrink_multipliers(m: &mut IntModel) {
                     }
                     conv.bias[o] = rshr(conv.bias[o], 1);
                     conv.shift[o] -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Gives every i8 input group of every convolution the multipliers of its first group (what an
+/// export with one scale per output channel for all i8 inputs would give; the torch backend then
+/// makes one product for them). For tests and speed measurements.
+pub fn share_multipliers(m: &mut IntModel) {
+    for (l, layer) in m.layers.iter_mut().enumerate() {
+        let ig = intensity_group(l, &layer.lstm);
+        for (conv, ig) in [(&mut layer.lstm, ig), (&mut layer.ahat, None)].into_iter().chain(layer.a.as_mut().map(|a| (a, None))) {
+            let first = conv.groups[0].mult.clone();
+            for (g, grp) in conv.groups.iter_mut().enumerate() {
+                if Some(g) != ig {
+                    grp.mult = first.clone();
                 }
             }
         }

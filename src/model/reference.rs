@@ -279,12 +279,7 @@ impl Model for ReferenceModel {
     }
 
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        if geom.dtype != self.model.dtype {
-            return Err(self.err(format!("the model is for {} pixels, the frames are {}", self.model.dtype, geom.dtype)));
-        }
-        if geom.width == 0 || geom.height == 0 {
-            return Err(self.err(format!("empty frames ({} x {})", geom.width, geom.height)));
-        }
+        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))?;
         let layers = self
             .model
             .arch
