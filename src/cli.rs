@@ -226,6 +226,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);
             println!("libtorch: linked; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
+            println!("model file version {}; learned models run on {:?} (--device auto), {} libtorch threads", tezipfs::model::file::VERSION, tch::Device::cuda_if_available(), tch::get_num_threads());
             Ok(())
         }
     }

@@ -5,6 +5,12 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // libtorch's OpenMP threads spin while they wait by default; on a machine shared with the
+    // detector software (or with the engine's other workers) that spinning costs 5-10x.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // SAFETY: the process has one thread here; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("OMP_WAIT_POLICY", "PASSIVE") };
+    }
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEZIPFS_LOG").unwrap_or_else(|_| "info".into()))
