@@ -102,10 +102,89 @@ fn candidates(opts: &Options, model_fits: bool) -> Vec<Candidate> {
 /// Coefficients of `linear`, fitted without and with the model.
 type Coefs = [Vec<i32>; 2];
 
-/// A fresh session for candidate `c` at the start of a window.
-fn session_for(c: Candidate, geom: Geometry, coefs: &Coefs, opts: &Options) -> Result<Session, PredictError> {
-    let model = if c.model { Some(opts.model.as_ref().ok_or_else(|| PredictError::Malformed("a model candidate without a model".into()))?.0.clone()) } else { None };
+/// The window's model, if it fits its frames: the real one (what closed-loop coding under a bound
+/// runs) and the one the probe estimates with (its replay when it fits in memory).
+#[derive(Clone, Copy)]
+struct Models<'a> {
+    real: Option<&'a ModelHandle>,
+    probe: Option<&'a ModelHandle>,
+}
+
+/// A fresh session for candidate `c` at the start of a window (`model`: the one a candidate with
+/// a model uses).
+fn session_for(c: Candidate, geom: Geometry, coefs: &Coefs, model: Option<&ModelHandle>) -> Result<Session, PredictError> {
+    let model = if c.model { Some(model.ok_or_else(|| PredictError::Malformed("a model candidate without a model".into()))?.0.clone()) } else { None };
     Session::new(c.pid, geom, &coefs[usize::from(c.model)], model)
+}
+
+/// Model references of a window's frames cached when they take at most this many bytes.
+const REPLAY_BYTES: usize = 256 << 20;
+
+/// A model's references of every frame of a window, computed once from the original frames and
+/// played back: what a lossless window is coded with (its reconstructions are the originals, so
+/// the decoder's model computes exactly these), and what the probe estimates every model
+/// candidate with. One inference pass instead of one per candidate and pass. It names itself by
+/// the model's hash, which is what the blob records.
+struct Replay {
+    hash: super::predict::ModelHash,
+    /// By chain position (position 0, the key frame, has none).
+    refs: Vec<Vec<u32>>,
+}
+
+#[derive(Clone)]
+struct ReplayState {
+    next: usize,
+}
+
+impl super::predict::ModelState for ReplayState {
+    fn clone_box(&self) -> Box<dyn super::predict::ModelState> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl super::predict::Model for Replay {
+    fn hash(&self) -> super::predict::ModelHash {
+        self.hash
+    }
+    fn start(&self, _geom: Geometry) -> Result<Box<dyn super::predict::ModelState>, PredictError> {
+        Ok(Box::new(ReplayState { next: 0 }))
+    }
+    fn predict_batch(&self, states: &mut [&mut dyn super::predict::ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
+        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
+            let k = s.as_any().downcast_ref::<ReplayState>().ok_or_else(|| PredictError::Malformed("not a replay state".into()))?.next;
+            out.copy_from_slice(self.refs.get(k).filter(|r| r.len() == out.len()).ok_or_else(|| PredictError::Malformed(format!("no cached reference of frame {k}")))?);
+        }
+        Ok(())
+    }
+    fn observe_batch(&self, states: &mut [&mut dyn super::predict::ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
+        for s in states.iter_mut() {
+            if let Some(s) = s.as_any_mut().downcast_mut::<ReplayState>() {
+                s.next += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The replay of `model` over the chain's original frames, if it fits [`REPLAY_BYTES`].
+fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<ModelHandle>, EncodeError> {
+    if chain.images.len() * geom.pixels() * 4 > REPLAY_BYTES {
+        return Ok(None);
+    }
+    let mut s = Session::new(PredictorId::Previous, geom, &[], Some(model.0.clone()))?;
+    let mut refs = Vec::with_capacity(chain.images.len());
+    for x in &chain.images {
+        s.begin()?;
+        refs.push(if s.position() > 0 { s.reference().to_vec() } else { Vec::new() });
+        s.observe(x)?;
+    }
+    Ok(Some(ModelHandle(Arc::new(Replay { hash: model.0.hash(), refs }))))
 }
 
 /// What happened to one file of a window.
@@ -297,22 +376,38 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     }
 
     let mut predictor = None;
-    let mut model = None;
+    let mut used_model = None;
     let mut coded: Vec<CodedFrame> = Vec::new();
     let mut coefs: Coefs = Default::default();
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
         let mut quantised = None;
-        let (chosen, stage) = choose(&chain, dtype, geom, opts, &mut coder, &mut coefs, &mut quantised)?;
+        // A model made for another pixel type is not tried (nor is one that fails to start).
+        let model = opts.model.as_ref().filter(|m| match m.0.start(geom) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "the model does not fit this window's frames; coded classically");
+                false
+            }
+        });
+        let replayed = match model {
+            Some(m) => replay(&chain, geom, m)?,
+            None => None,
+        };
+        let models = Models { real: model, probe: replayed.as_ref().or(model) };
+        let (chosen, stage) = choose(&chain, dtype, geom, opts, models, &mut coder, &mut coefs, &mut quantised)?;
         tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?stage, "window's predictor and stage chosen");
+        // Lossless, the replayed references are exactly what the model computes from the
+        // reconstructions; under a bound the model runs on them (closed loop).
+        let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
         let q = match quantised {
             Some(q) => q,
-            None => quantize_chain(&chain, dtype, geom, opts, session_for(chosen, geom, &coefs, opts)?, 0..chain.images.len())?,
+            None => quantize_chain(&chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
         };
         coded = code_chain(&chain, dtype, geom, opts, stage, &q, &mut coder)?;
         predictor = Some(chosen.pid);
-        model = chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
+        used_model = chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
         let kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
         coefs = [kept, Vec::new()];
         if chosen.pid != PredictorId::Linear {
@@ -368,36 +463,25 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         width: l.width,
         height: l.height,
         predictor: predictor.unwrap_or(PredictorId::None),
-        model: model.unwrap_or([0; 32]),
+        model: used_model.unwrap_or([0; 32]),
         coefs: coefs[0].clone(),
         bound: opts.bound,
     });
     let blob = w.finish(&Header { params, entries });
-    Ok(Encoded { blob, predictor, model, entries: reports })
+    Ok(Encoded { blob, predictor, model: used_model, entries: reports })
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
 /// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate),
 /// `quantised` the chosen predictor's quantisation of the whole window when the choice made it.
-fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &mut Coder, coefs: &mut Coefs, quantised: &mut Option<Quantised>) -> Result<(Candidate, Option<Stage>), EncodeError> {
-    // A model made for another pixel type is not tried (nor is one that fails to start).
-    let model_fits = match &opts.model {
-        Some(m) => match m.0.start(geom) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "the model does not fit this window's frames; coded classically");
-                false
-            }
-        },
-        None => false,
-    };
-    let mut candidates = candidates(opts, model_fits);
+fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, coder: &mut Coder, coefs: &mut Coefs, quantised: &mut Option<Quantised>) -> Result<(Candidate, Option<Stage>), EncodeError> {
+    let mut candidates = candidates(opts, models.real.is_some());
     for with_model in [false, true] {
         if !candidates.contains(&Candidate { pid: PredictorId::Linear, model: with_model }) {
             continue;
         }
         let fitted = if with_model {
-            let refs = open_loop_references(chain, geom, opts, PROBE_FRAMES)?;
+            let refs = open_loop_references(chain, geom, models.probe, PROBE_FRAMES)?;
             let pairs: Vec<(&[u32], &[u32])> = refs.iter().zip(&chain.images[1..]).map(|(r, x)| (&r[..], &x[..])).collect();
             linear::fit_pairs(&pairs, geom.width)
         } else {
@@ -451,7 +535,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     for &c in &candidates {
         let session = if c.model {
             if warmed.is_none() {
-                let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, opts)?;
+                let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, models.probe)?;
                 for x in &chain.images[..probe_at] {
                     s.begin()?;
                     s.observe(x)?;
@@ -460,7 +544,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
             }
             warmed.as_ref().expect("made above").fork(c.pid, &coefs[1])?
         } else {
-            session_for(c, geom, coefs, opts)?
+            session_for(c, geom, coefs, None)?
         };
         let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
         ranked.push((size_under(&q, proxy, skip)?, c, q));
@@ -509,9 +593,10 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
     let far = DRIFT_PROBE.min(chain.images.len());
     if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
-            let lin_q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, coefs, opts)?, 0..far)?;
+            // (Under a bound the model runs on the reconstructions: these may be the final coding.)
+            let lin_q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, coefs, models.real)?, 0..far)?;
             let lin = size_under(&lin_q, proxy, skip)?;
-            let other_q = quantize_chain(chain, dtype, geom, opts, session_for(alt, geom, coefs, opts)?, 0..far)?;
+            let other_q = quantize_chain(chain, dtype, geom, opts, session_for(alt, geom, coefs, models.real)?, 0..far)?;
             let other = size_under(&other_q, proxy, skip)?;
             let kept = if other <= lin {
                 (chosen, stage) = (alt, alt_stage);
@@ -531,8 +616,8 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, coder: &m
 
 /// The model's references of frames 1 to `n - 1` of the window predicted from its original frames
 /// (what `linear` is fitted on when the model corrects its reference).
-fn open_loop_references(chain: &Chain, geom: Geometry, opts: &Options, n: usize) -> Result<Vec<Vec<u32>>, EncodeError> {
-    let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, &Default::default(), opts)?;
+fn open_loop_references(chain: &Chain, geom: Geometry, model: Option<&ModelHandle>, n: usize) -> Result<Vec<Vec<u32>>, EncodeError> {
+    let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, &Default::default(), model)?;
     let mut refs = Vec::new();
     for (k, x) in chain.images.iter().take(n).enumerate() {
         s.begin()?;
