@@ -6,6 +6,7 @@
 //! [`torch`] (libtorch, int8 matrix products on CPU or CUDA). Both implement
 //! [`crate::codec::predict::Model`] and give the same integers (tested).
 
+pub mod batch;
 pub mod file;
 pub mod reference;
 pub mod registry;
@@ -299,10 +300,19 @@ pub enum LoadError {
     Device(String),
 }
 
-/// A running model from the bytes of a model file (validated; named by their SHA-256).
+/// A running model from the bytes of a model file (validated; named by their SHA-256). On CUDA
+/// the calls of concurrent windows are gathered into batches ([`batch::Batched`]).
 pub fn load(bytes: &[u8], backend: Backend) -> Result<std::sync::Arc<dyn crate::codec::predict::Model>, LoadError> {
     Ok(match backend {
-        Backend::Torch(d) => std::sync::Arc::new(torch::TorchModel::from_bytes(bytes, d.device().map_err(LoadError::Device)?)?),
+        Backend::Torch(d) => {
+            let device = d.device().map_err(LoadError::Device)?;
+            let model: std::sync::Arc<dyn crate::codec::predict::Model> = std::sync::Arc::new(torch::TorchModel::from_bytes(bytes, device)?);
+            if device.is_cuda() {
+                std::sync::Arc::new(batch::Batched::new(model, std::time::Duration::from_millis(2), 64))
+            } else {
+                model
+            }
+        }
         Backend::Reference => std::sync::Arc::new(reference::ReferenceModel::from_bytes(bytes)?),
     })
 }
