@@ -142,6 +142,8 @@ impl Trainer {
                 tracing::info!(dir, frames = frames.len(), width = geom.width, height = geom.height, %bound, minutes = opts.minutes, "training a model for the directory (model=auto); its windows are coded classically meanwhile");
                 let t = Instant::now();
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::train(&frames, geom, &opts, &mut |_| {})));
+                // libtorch's thread count is process-wide: back to the engine's one per worker.
+                tch::set_num_threads(1);
                 let outcome = match r {
                     Ok(Ok(model)) => {
                         let bytes = crate::model::file::to_bytes(&model);
