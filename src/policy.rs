@@ -91,7 +91,7 @@ impl Policy {
             PREDICTOR => self.predictor.to_string(),
             FORMAT => self.format.to_string(),
             WINDOW => self.window.to_string(),
-            MODEL => self.model.clone().unwrap_or_default(),
+            MODEL => self.model.clone().unwrap_or_else(|| "none".into()),
             ENTROPY => self.entropy.to_string(),
             _ => return None,
         })

@@ -1652,8 +1652,13 @@ fn s36_directory_attributes() {
     assert!(lines.contains(&"user.tezip.window=1") && lines.contains(&"user.tezip.bound=lossless"), "{eff}");
 
     let names = listx(&d);
-    assert!(!names.iter().any(|n| n == "user.tezip.stats" || n == "user.tezip.policy"), "{names:?}");
-    for n in ["user.tezip.stats", "user.tezip.policy"] {
+    assert!(!names.iter().any(|n| ["user.tezip.stats", "user.tezip.policy", "user.tezip.models"].contains(&n.as_str())), "{names:?}");
+    for key in ["model_device", "model_training", "model_skipped_windows"] {
+        assert!(st.get(key).is_some(), "stats have {key}");
+    }
+    // No model yet: the listing is empty.
+    assert_eq!(getx_str(&d, "user.tezip.models"), "");
+    for n in ["user.tezip.stats", "user.tezip.policy", "user.tezip.models"] {
         assert_eq!(setx(&d, n, b"{}", 0), Err(libc::EPERM), "{n}");
     }
 }
@@ -1666,10 +1671,10 @@ fn s37_policy_values_are_checked() {
     let (_s, d) = shared_dir!("s37");
     let good: [(&str, &[&str]); 6] = [
         ("bound", &["lossless", "abs:2", "rel:0.001", "pwrel:0.01"]),
-        ("predictor", &["auto", "previous", "none"]),
+        ("predictor", &["auto", "prednet", "previous", "motion+med", "none"]),
         ("format", &["auto", "tiff", "raw:640x480:u16", "raw:64x64:f32:skip=128"]),
         ("window", &["1", "4096", "16"]),
-        ("model", &["detector-a"]),
+        ("model", &["none", "auto"]),
         ("entropy", &["fast", "best", "balanced"]),
     ];
     for (name, values) in good {
@@ -1681,10 +1686,10 @@ fn s37_policy_values_are_checked() {
     let long_model = "m".repeat(256);
     let bad: [(&str, &[&str]); 7] = [
         ("bound", &["abs:-1", "lossy", "abs:x"]),
-        ("predictor", &["prednet", "magic"]),
+        ("predictor", &["prednet:x", "magic"]),
         ("format", &["png", "raw:0x5:u8", "raw:5x5"]),
         ("window", &["0", "4097", "x"]),
-        ("model", &["", long_model.as_str()]),
+        ("model", &["", long_model.as_str(), "detector-a"]),
         ("entropy", &["max"]),
         ("nope", &["1"]),
     ];
@@ -1709,7 +1714,7 @@ fn s38_policy_inheritance() {
     let eff = |p: &Path| getx_str(p, "user.tezip.policy");
     assert!(eff(&c_).contains("user.tezip.bound=abs:2\n") && eff(&c_).contains("user.tezip.window=4\n"), "{}", eff(&c_));
     assert!(eff(&a).contains("user.tezip.window=8\n"));
-    assert_eq!(eff(&d), "user.tezip.bound=lossless\nuser.tezip.predictor=auto\nuser.tezip.format=auto\nuser.tezip.window=32\nuser.tezip.model=\nuser.tezip.entropy=balanced\n", "built-in defaults");
+    assert_eq!(eff(&d), "user.tezip.bound=lossless\nuser.tezip.predictor=auto\nuser.tezip.format=auto\nuser.tezip.window=32\nuser.tezip.model=none\nuser.tezip.entropy=balanced\n", "built-in defaults");
 
     // Read at compression time, for the directory the file is in then.
     let raw = d.join("raw");
@@ -1729,6 +1734,60 @@ fn s38_policy_inheritance() {
     assert_eq!(wait_coded(&plain.join("stays")), "stored");
     policy(&plain, "format", "raw:64x64:u16");
     assert_eq!(state(&plain.join("stays")), "stored", "a policy change is not retroactive");
+}
+
+#[test]
+fn s49_model_administration() {
+    let mut m = own_mount!("s49");
+    let dir = m.dir.as_ref().unwrap().path().to_path_buf();
+    let model = tezipfs::model::file::to_bytes(&tezipfs::model::file::random(&tezipfs::model::Size::Small.arch(), tezipfs::codec::DType::U16, 4));
+    let hash = tezipfs::codec::predict::hash_hex(&tezipfs::model::file::hash(&model));
+    let file = dir.join("beam.tzm");
+    fs::write(&file, &model).unwrap();
+    let d = m.p("run");
+    fs::create_dir(&d).unwrap();
+    let import = |v: &str| setx(&d, "user.tezip.model.import", v.as_bytes(), 0);
+    // Refused: not a model, relative path, bad names; nothing stored, nothing listed.
+    let junk = dir.join("junk");
+    fs::write(&junk, b"not a model").unwrap();
+    for bad in [format!("x={}", junk.display()), "x=beam.tzm".to_string(), format!("auto={}", file.display()), format!("a/b={}", file.display()), format!("{hash}={}", file.display()), "no-equals-sign".to_string()] {
+        assert_eq!(import(&bad), Err(libc::EINVAL), "{bad}");
+    }
+    assert_eq!(getx_str(&d, "user.tezip.models"), "");
+    assert!(fs::read_to_string(&m.log).unwrap().contains("model administration refused"));
+    // Imported, named, listed; the attributes are not stored.
+    import(&format!("beam={}", file.display())).unwrap();
+    assert_eq!(getx(&d, "user.tezip.model.import"), Err(libc::ENODATA));
+    assert!(!listx(&d).iter().any(|n| n.starts_with("user.tezip.")));
+    let listing = getx_str(&m.mnt, "user.tezip.models");
+    assert!(listing.contains(&hash) && listing.contains("\"beam\""), "{listing}");
+    // A directory coded with it; its files read EIO while the model file is gone, with a log
+    // line naming it, and read back once it is imported again.
+    policy(&d, "format", "raw:64x48:u16");
+    policy(&d, "predictor", "prednet");
+    policy(&d, "model", "beam");
+    let frames: Vec<Vec<u8>> = (0..4u32).map(|k| (0..64 * 48u32).flat_map(|i| (((i * 7 + k * 3) % 900) as u16).to_le_bytes()).collect()).collect();
+    for (k, f) in frames.iter().enumerate() {
+        fs::write(d.join(format!("f{k}.raw")), f).unwrap();
+    }
+    for k in 0..4 {
+        wait_coded(&d.join(format!("f{k}.raw")));
+    }
+    assert!(getx_str(&d.join("f0.raw"), "user.tezip.predictor").starts_with("prednet:beam+"));
+    m.stop_with(libc::SIGTERM);
+    fs::remove_file(m.store.join("models").join(&hash)).unwrap();
+    m.start();
+    let e = fs::read(d.join("f1.raw")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(fs::read_to_string(&m.log).unwrap().contains(&format!("model {hash} is not available")));
+    import(&format!("beam={}", file.display())).unwrap();
+    for (k, f) in frames.iter().enumerate() {
+        assert_eq!(&fs::read(d.join(format!("f{k}.raw"))).unwrap(), f, "f{k}");
+    }
+    // Removing the name of a model that blobs need keeps the model file.
+    setx(&d, "user.tezip.model.remove", b"beam", 0).unwrap();
+    assert!(m.store.join("models").join(&hash).exists());
+    assert_eq!(setx(&d, "user.tezip.model.remove", b"beam", 0), Err(libc::EINVAL));
 }
 
 #[test]
@@ -1849,7 +1908,9 @@ fn s42_allow_other_off_by_default() {
     }
     let f = s.mnt.join("s42-public");
     fs::write(&f, b"p").unwrap();
-    let out = run_as(NOBODY, "stat", &[&s.mnt]);
+    // A name nobody has looked up, so the kernel has to ask the daemon (the mount point's own
+    // attributes may be answered from the kernel's cache, filled by other tests' requests).
+    let out = run_as(NOBODY, "stat", &[&s.mnt.join("s42-never-looked-up")]);
     assert!(!out.status.success(), "another user is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!run_as(NOBODY, "cat", &[&f]).status.success());
