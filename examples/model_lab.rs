@@ -47,6 +47,9 @@ struct Args {
     units: Option<f64>,
     #[arg(long)]
     no_augment: bool,
+    /// Export for i64 requantisation (30-bit multipliers) instead of i32.
+    #[arg(long)]
+    i64: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 2)]
@@ -54,7 +57,6 @@ struct Args {
     /// Skip the integer model's measurement.
     #[arg(long)]
     no_int: bool,
-    /// Also measure these bounds (abs:E) with the same model (default: only the trained one).
     #[arg(long)]
     save: Option<std::path::PathBuf>,
     /// A label for the JSON line.
@@ -118,6 +120,7 @@ fn main() {
         loss: a.loss.unwrap_or(d.loss),
         units: a.units.unwrap_or(d.units),
         augment: !a.no_augment,
+        int32: !a.i64,
     };
     let arch = a.arch.as_deref().map(parse_arch);
     let opts = TrainOptions { size: a.size, arch: arch.clone(), bound: a.bound, minutes: a.minutes, max_steps: a.max_steps, device: DeviceChoice::Cpu, seed: a.seed, threads: Some(a.threads), hyper: hyper.clone() };
@@ -137,6 +140,13 @@ fn main() {
         std::fs::write(p, &bytes).expect("save");
     }
     let (steps, loss) = (model.meta.steps, model.meta.loss);
+    let (mut convs, mut fit) = (0, 0);
+    for (l, layer) in model.layers.iter().enumerate() {
+        for (conv, ig) in [(&layer.lstm, file::intensity_group(l, &layer.lstm)), (&layer.ahat, None)].into_iter().chain(layer.a.as_ref().map(|a| (a, None))) {
+            convs += 1;
+            fit += (0..conv.cout).all(|o| file::requant_bound(conv, o, ig) < 1 << 31) as usize;
+        }
+    }
     let degrade = Degrade::new(a.bound, geom.dtype).expect("bound");
     let float = trained.float_model();
     let window = 32;
@@ -146,7 +156,7 @@ fn main() {
     let mut out = serde_json::json!({
         "tag": a.tag, "set": a.set, "bound": a.bound.to_string(), "arch": format!("{:?}", model.arch.layers.iter().map(|l| (l.a, l.r, l.k_lstm, l.k_ahat, l.k_a)).collect::<Vec<_>>()),
         "crop": hyper.crop, "seq": hyper.seq, "batch": hyper.batch, "lr": hyper.lr, "loss_kind": format!("{:?}", hyper.loss), "units": hyper.units, "augment": hyper.augment,
-        "minutes": a.minutes, "train_secs": train_secs, "steps": steps, "train_loss": loss,
+        "int32_convs": format!("{fit}/{convs}"), "minutes": a.minutes, "train_secs": train_secs, "steps": steps, "train_loss": loss,
         "prev": json(&fc.previous), "float": json(&fc.model), "gain_float": fc.gain(), "float_eval_secs": float_secs,
         "hash": tezipfs::codec::predict::hash_hex(&file::hash(&bytes)),
     });

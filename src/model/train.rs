@@ -137,11 +137,13 @@ pub struct Hyper {
     pub units: f64,
     /// Random flips and transposes of the crops.
     pub augment: bool,
+    /// Export for i32 requantisation (faster inference, coarser multipliers; see [`net::Plan`]).
+    pub int32: bool,
 }
 
 impl Default for Hyper {
     fn default() -> Hyper {
-        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true }
+        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true, int32: true }
     }
 }
 
@@ -492,7 +494,7 @@ fn optimise(
 ) -> Result<(FloatNet, u64, f64, Duration), TrainError> {
     let hy = &opts.hyper;
     tch::manual_seed(opts.seed as i64);
-    let net = FloatNet::new(arch, &Luts::standard(), hy.units, device);
+    let net = FloatNet::new(arch, &Luts::standard(), hy.units, hy.int32, device);
     let mut adam = tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &net.vs, hy.lr).map_err(|e| TrainError::Torch(e.to_string()))?;
     let seq = hy.seq.clamp(2, frames.len());
     let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
@@ -513,6 +515,7 @@ fn optimise(
         let warm = ((step + 1) as f64 / 20.0).min(1.0);
         adam.set_lr(hy.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())));
         let batch = sampler.next(device);
+        net.prepare();
         let mut st = net.zero_state(sampler.batch as i64, ch, cw);
         let mut total = Tensor::zeros([], (Kind::Float, device));
         let mut mae = Tensor::zeros([], (Kind::Float, device));
@@ -552,68 +555,18 @@ fn optimise(
     Ok((net, step, ema, start.elapsed()))
 }
 
-/// The largest multiplier the export writes: with |acc| < 2^28 a product stays below 2^58.
-const EXPORT_MULT: f64 = (1u64 << 30) as f64;
-/// The largest |bias| the export writes (the file allows 2^61).
-const EXPORT_BIAS: f64 = (1u64 << 60) as f64;
-
 /// A float tensor's values (any device) as f64.
 fn values(t: &Tensor) -> Vec<f64> {
     let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
     Vec::<f64>::try_from(&t).unwrap_or_default()
 }
 
-/// The integer convolution of a fake-quantised one: the same rounded weights, the scales folded
-/// into per-channel multipliers with one shift per output channel chosen so that the largest
-/// multiplier is close to 2^30 (30 bits of precision for the largest group, as many as the
-/// ratio of the groups' scales leaves for the others).
+/// The integer convolution of a fake-quantised one: its [`net::Plan`], which the forward pass
+/// computed with.
 fn export_conv(q: &QConv) -> Conv {
-    let (cout, k) = (q.cout as usize, q.k as usize);
-    let per = |g: &net::QGroup| g.cin as usize * k * k;
-    // The same f32 arithmetic as the forward pass, so the same weights round the same way.
-    let scales: Vec<Vec<f64>> = q.groups.iter().map(|g| values(&QConv::weight_scale(&g.weight))).collect();
-    let ints: Vec<Vec<i8>> = q
-        .groups
-        .iter()
-        .map(|g| {
-            let s = QConv::weight_scale(&g.weight);
-            values(&(g.weight.detach() / s).round().clamp(-127.0, 127.0)).into_iter().map(|v| v as i8).collect()
-        })
-        .collect();
-    let bias = values(&q.bias);
-    let mut groups: Vec<Group> = q.groups.iter().map(|g| Group { cin: g.cin as usize, weight: vec![], mult: vec![0; cout] }).collect();
-    let (mut biases, mut shifts) = (vec![0i64; cout], vec![0u8; cout]);
-    for c in 0..cout {
-        // The real multiplier of each group (0 for a group whose weights are all zero).
-        let eff: Vec<f64> = q
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(g, grp)| {
-                let n = per(grp);
-                if ints[g][c * n..(c + 1) * n].iter().all(|&w| w == 0) {
-                    0.0
-                } else {
-                    scales[g][c] * grp.in_scale * q.out_scale
-                }
-            })
-            .collect();
-        let largest = eff.iter().cloned().fold(0.0, f64::max);
-        let b = bias[c] * q.out_scale;
-        let mut s: i32 = if largest > 0.0 { (EXPORT_MULT / largest).log2().floor().clamp(1.0, 62.0) as i32 } else { 24 };
-        while s > 1 && (largest * 2f64.powi(s) > EXPORT_MULT || (b * 2f64.powi(s)).abs() > EXPORT_BIAS) {
-            s -= 1;
-        }
-        shifts[c] = s as u8;
-        biases[c] = (b * 2f64.powi(s)).round() as i64;
-        for (g, grp) in groups.iter_mut().enumerate() {
-            grp.mult[c] = (eff[g] * 2f64.powi(s)).round().min(EXPORT_MULT) as i32;
-        }
-    }
-    for (grp, w) in groups.iter_mut().zip(ints) {
-        grp.weight = w;
-    }
-    Conv { cout, k, groups, bias: biases, shift: shifts, lo: q.lo as i32, hi: q.hi as i32 }
+    let p = q.plan();
+    let groups = q.groups.iter().enumerate().map(|(g, grp)| Group { cin: grp.cin as usize, weight: p.wint[g].clone(), mult: p.mult[g].iter().map(|&m| m as i32).collect() }).collect();
+    Conv { cout: q.cout as usize, k: q.k as usize, groups, bias: p.bias, shift: p.shift, lo: q.lo as i32, hi: q.hi as i32 }
 }
 
 impl Trained {
@@ -628,6 +581,7 @@ impl Trained {
 
     /// The float network as a [`Model`] (for measurements: it is not integer-exact).
     pub fn float_model(self) -> FloatModel {
+        tch::no_grad(|| self.net.prepare());
         FloatModel { net: Mutex::new(self.net), norm: self.norm, dtype: self.dtype }
     }
 }

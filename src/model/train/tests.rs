@@ -97,11 +97,14 @@ fn float_cell_is_the_integer_cell() {
 fn exported_conv_matches_the_float_conv() {
     tch::manual_seed(3);
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let mut q = QConv::new(&vs.root(), "c", 12, 3, &[(2, 1.0 / 16.0), (5, 1.0 / 128.0), (1, 1.0 / 16384.0)], 16.0, (-128, 127), net::Init::Default);
+    for int32 in [true, false] {
+    let mut q = QConv::new(&vs.root(), &format!("c{int32}"), 12, 3, &[(2, 1.0 / 16.0, net::XMAX_I8), (5, 1.0 / 128.0, net::XMAX_I8), (1, 1.0 / 16384.0, net::XMAX_I16)], 16.0, (-128, 127), net::Init::Default, int32);
     tch::no_grad(|| {
         let _ = q.bias.uniform_(-1.0, 1.0);
     });
     let conv = export_conv(&q);
+    let fits = (0..conv.cout).all(|o| file::requant_bound(&conv, o, Some(2)) < 1 << 31);
+    assert_eq!(fits, int32, "the i32 plan fits, the i64 one (30-bit multipliers) does not");
     let (h, w) = (9usize, 11usize);
     let mut rng = Rng::new(8);
     let mut planes = vec![];
@@ -117,6 +120,7 @@ fn exported_conv_matches_the_float_conv() {
     let differ = got.iter().zip(&want.v).filter(|(a, b)| **a as i32 != **b).count();
     let max = got.iter().zip(&want.v).map(|(a, b)| (*a as i32 - b).abs()).max().unwrap();
     assert!(differ * 100 <= got.len() && max <= 1, "{differ} of {} differ, by up to {max}", got.len());
+    }
 }
 
 /// An untrained model (its bottom `ahat` is zero) predicts exactly the previous frame, in the
