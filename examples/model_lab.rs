@@ -169,6 +169,12 @@ fn main() {
         out["gain_int"] = serde_json::json!(ic.gain());
         out["int_eval_secs"] = serde_json::json!(t2.elapsed().as_secs_f64());
         out["differ"] = serde_json::json!(ag.differ);
+        // Closed loop (what the codec would see), integer model against the previous frame.
+        let e = degrade.e as u32;
+        let cp = eval::residuals(test_f, &eval::closed_loop(None, test_f, geom, degrade, 98, window).expect("closed loop"), geom.width, e);
+        let cm = eval::residuals(test_f, &eval::closed_loop(Some(&r), test_f, geom, degrade, 98, window).expect("closed loop"), geom.width, e);
+        out["closed_prev"] = json(&cp);
+        out["closed_int"] = json(&cm);
         out["max_diff"] = serde_json::json!(ag.max_abs);
     }
     if let Some(means) = means {

@@ -178,3 +178,17 @@ fn bad_input_is_refused() {
     let bad = Arch { layers: vec![LayerArch { a: 2, r: 4, k_lstm: 3, k_ahat: 3, k_a: 3 }] };
     assert!(matches!(train(&frames, geom, &TrainOptions { arch: Some(bad), ..quick(Bound::Lossless, 1) }, none), Err(TrainError::Arch(_))));
 }
+
+/// Closed loop without a model is the previous reconstruction, and it keeps the bound.
+#[test]
+fn closed_loop_reconstructs_within_the_bound() {
+    let (frames, geom) = tiny(DType::U8, 6);
+    let d = Degrade::new(Bound::Abs(2.0), DType::U8).unwrap();
+    let refs = eval::closed_loop(None, &frames, geom, d, 1, 4).unwrap();
+    assert_eq!(refs.iter().filter(|r| r.is_none()).count(), 2, "key frames at 0 and 4");
+    // The reference of frame 2 is frame 1's reconstruction: within 2 of the original.
+    let r2 = refs[2].as_ref().unwrap();
+    assert!(r2.iter().zip(&frames[1]).all(|(&r, &x)| (r as i64 - x as i64).abs() <= 2));
+    let lossless = eval::closed_loop(None, &frames, geom, Degrade::new(Bound::Lossless, DType::U8).unwrap(), 1, 32).unwrap();
+    assert_eq!(lossless, previous_references(&frames, 32));
+}
