@@ -139,11 +139,16 @@ pub struct Hyper {
     pub augment: bool,
     /// Export for i32 requantisation (faster inference, coarser multipliers; see [`net::Plan`]).
     pub int32: bool,
+    /// Under `abs:E`, train as the codec codes: each predicted frame quantised against the
+    /// prediction, the network observing that reconstruction (the gradient does not flow
+    /// through the quantisation). Otherwise (and for lossless, floats and 32-bit types) the
+    /// network observes the originals plus independent uniform noise.
+    pub closed_loop: bool,
 }
 
 impl Default for Hyper {
     fn default() -> Hyper {
-        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true, int32: true }
+        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true, int32: true, closed_loop: false }
     }
 }
 
@@ -348,6 +353,9 @@ struct Batch {
     target: Tensor,
     lo: Tensor,
     hi: Tensor,
+    /// Closed loop only: the originals and the key frame's observation (pixel values).
+    orig: Option<Tensor>,
+    key: Option<Tensor>,
 }
 
 /// Draws training batches.
@@ -361,6 +369,8 @@ struct Sampler<'a> {
     ch: usize,
     cw: usize,
     augment: bool,
+    /// Also hand out the originals (closed-loop training).
+    closed: bool,
     rng: Rng,
 }
 
@@ -370,6 +380,7 @@ impl Sampler<'_> {
         let plane = ch * cw;
         let len = t_n * b_n * plane;
         let (mut inten, mut a0, mut target, mut lo, mut hi) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        let (mut origs, mut key) = (vec![0f32; if self.closed { len } else { 0 }], vec![0f32; if self.closed { b_n * plane } else { 0 }]);
         let (w, h) = (self.geom.width, self.geom.height);
         let mask = self.geom.mask() as f64;
         let mut orig = vec![0u32; plane];
@@ -398,6 +409,14 @@ impl Sampler<'_> {
                     }
                 }
                 let at = (t * b_n + b) * plane;
+                if self.closed {
+                    for k in 0..plane {
+                        origs[at + k] = orig[k] as f32;
+                        if t == 0 {
+                            key[b * plane + k] = obs[k] as f32;
+                        }
+                    }
+                }
                 for k in 0..plane {
                     inten[at + k] = self.norm.intensity(obs[k]) as f32;
                     if t > 0 {
@@ -413,7 +432,8 @@ impl Sampler<'_> {
         }
         let dims = [t_n as i64, b_n as i64, 1, ch as i64, cw as i64];
         let t = |v: Vec<f32>| Tensor::from_slice(&v).view(dims).to_device(device);
-        Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi) }
+        let (orig, key) = if self.closed { (Some(t(origs)), Some(Tensor::from_slice(&key).view([b_n as i64, 1, ch as i64, cw as i64]).to_device(device))) } else { (None, None) };
+        Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi), orig, key }
     }
 }
 
@@ -498,9 +518,13 @@ fn optimise(
     let mut adam = tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &net.vs, hy.lr).map_err(|e| TrainError::Torch(e.to_string()))?;
     let seq = hy.seq.clamp(2, frames.len());
     let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
-    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
+    // Closed loop needs exact pixel values in f32 (types up to 16 bits) and integer steps.
+    let closed = hy.closed_loop && degrade.e > 0.0 && geom.dtype.bits() <= 16 && !geom.dtype.is_float();
+    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, closed, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
     let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
     let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
+    let in_ratio = norm.in_mult as f64 / 2f64.powi(norm.in_shift as i32);
+    let (ed, qstep, mask) = (degrade.e, 2.0 * degrade.e + 1.0, geom.mask() as f64);
     let budget = Duration::from_secs_f64((opts.minutes * 60.0).max(0.0));
     let start = Instant::now();
     let (mut step, mut ema) = (0u64, f64::NAN);
@@ -519,11 +543,17 @@ fn optimise(
         let mut st = net.zero_state(sampler.batch as i64, ch, cw);
         let mut total = Tensor::zeros([], (Kind::Float, device));
         let mut mae = Tensor::zeros([], (Kind::Float, device));
+        // Closed loop: the last reconstruction and its intensity, as tensors.
+        let mut b = batch.key.as_ref().map(|k| k.shallow_clone());
+        let mut inten = batch.intensity.get(0);
         for t in 1..seq as i64 {
-            let ahat = net.predict(&mut st, &batch.intensity.get(t - 1));
+            let ahat = net.predict(&mut st, &inten);
+            let c = net::round_ste(&(&ahat * out_ratio));
             // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
-            let corr = net::round_ste(&(&ahat * out_ratio)).clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t)));
-            let e = (corr - batch.target.get(t)) * err_ratio;
+            let e = match (&b, &batch.orig) {
+                (Some(b), Some(orig)) => (b + c).clamp(0.0, mask) - orig.get(t),
+                _ => c.clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t))) - batch.target.get(t),
+            } * err_ratio;
             let abs = e.abs().mean(Kind::Float);
             let l = match hy.loss {
                 Loss::Mae => abs.shallow_clone(),
@@ -532,7 +562,22 @@ fn optimise(
             };
             total += l;
             mae += abs.detach();
-            net.observe(&mut st, &batch.a0.get(t));
+            match (&mut b, &batch.orig) {
+                (Some(bt), Some(orig)) => {
+                    // What the codec reconstructs when it quantises x against P'.
+                    let x = orig.get(t);
+                    let p = (e.detach() / err_ratio + &x).round();
+                    let r = (&p + ((&x - &p + ed) / qstep).floor() * qstep).clamp(0.0, mask);
+                    let a0 = ((&r - &*bt) * err_ratio + 0.5).floor().clamp(-128.0, 127.0);
+                    net.observe(&mut st, &a0);
+                    inten = ((&r - norm.offset as f64) * in_ratio + 0.5).floor().clamp(-32768.0, 32767.0);
+                    *bt = r;
+                }
+                _ => {
+                    net.observe(&mut st, &batch.a0.get(t));
+                    inten = batch.intensity.get(t);
+                }
+            }
         }
         let n = (seq - 1) as f64;
         let loss = total / n;

@@ -192,3 +192,19 @@ fn closed_loop_reconstructs_within_the_bound() {
     let lossless = eval::closed_loop(None, &frames, geom, Degrade::new(Bound::Lossless, DType::U8).unwrap(), 1, 32).unwrap();
     assert_eq!(lossless, previous_references(&frames, 32));
 }
+
+/// Closed-loop training (reconstructions quantised against the network's own predictions) runs
+/// and learns.
+#[test]
+fn closed_loop_training_learns() {
+    let (frames, geom) = tiny(DType::U8, 8);
+    let arch = Arch { layers: vec![LayerArch { a: 1, r: 4, k_lstm: 3, k_ahat: 3, k_a: 3 }] };
+    let mut opts = TrainOptions { arch: Some(arch), ..quick(Bound::Abs(2.0), 100) };
+    opts.hyper.closed_loop = true;
+    let mut losses = vec![];
+    let trained = train_float(&frames, geom, &opts, &mut |p| losses.push(p.step_loss)).unwrap();
+    let first = losses[..20].iter().sum::<f64>() / 20.0;
+    let last = losses[80..].iter().sum::<f64>() / 20.0;
+    assert!(last < 0.95 * first, "loss {first} -> {last}");
+    trained.export().unwrap();
+}
