@@ -47,6 +47,13 @@ struct Args {
     units: Option<f64>,
     #[arg(long)]
     no_augment: bool,
+    /// Export for i64 requantisation (30-bit multipliers) instead of i32.
+    #[arg(long)]
+    i64: bool,
+    /// Closed-loop training (the network observes reconstructions quantised against its own
+    /// predictions).
+    #[arg(long)]
+    closed: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 2)]
@@ -54,9 +61,17 @@ struct Args {
     /// Skip the integer model's measurement.
     #[arg(long)]
     no_int: bool,
-    /// Also measure these bounds (abs:E) with the same model (default: only the trained one).
     #[arg(long)]
     save: Option<std::path::PathBuf>,
+    /// Frames of the generated fixtures.
+    #[arg(long, default_value_t = 32)]
+    fixture_frames: usize,
+    /// Frames to train on (default: the first half); the rest are measured.
+    #[arg(long)]
+    train_frames: Option<usize>,
+    /// Frames per window in the measurements.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
     /// A label for the JSON line.
     #[arg(long, default_value = "")]
     tag: String,
@@ -75,11 +90,11 @@ fn parse_arch(s: &str) -> Arch {
 }
 
 /// Frames, geometry, and the noise-free means when known.
-fn load(set: &str) -> (Vec<Vec<u32>>, Geometry, Option<Vec<Vec<f64>>>) {
+fn load(set: &str, n: usize) -> (Vec<Vec<u32>>, Geometry, Option<Vec<Vec<f64>>>) {
     match set {
         "u16" | "u8" => {
             let dtype = if set == "u16" { DType::U16 } else { DType::U8 };
-            let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(512, 512, 32, 1) };
+            let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(512, 512, n, 1) };
             (generate_images(&spec), Geometry::of(512, 512, dtype), Some(generate_means(&spec)))
         }
         _ => {
@@ -106,8 +121,8 @@ fn json(r: &Residuals) -> serde_json::Value {
 fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEZIPFS_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
     let a = Args::parse();
-    let (frames, geom, means) = load(&a.set);
-    let half = frames.len() / 2;
+    let (frames, geom, means) = load(&a.set, a.fixture_frames);
+    let half = a.train_frames.unwrap_or(frames.len() / 2);
     let (train_f, test_f) = (&frames[..half], &frames[half..]);
     let d = Hyper::default();
     let hyper = Hyper {
@@ -118,6 +133,8 @@ fn main() {
         loss: a.loss.unwrap_or(d.loss),
         units: a.units.unwrap_or(d.units),
         augment: !a.no_augment,
+        int32: !a.i64,
+        closed_loop: a.closed,
     };
     let arch = a.arch.as_deref().map(parse_arch);
     let opts = TrainOptions { size: a.size, arch: arch.clone(), bound: a.bound, minutes: a.minutes, max_steps: a.max_steps, device: DeviceChoice::Cpu, seed: a.seed, threads: Some(a.threads), hyper: hyper.clone() };
@@ -137,17 +154,35 @@ fn main() {
         std::fs::write(p, &bytes).expect("save");
     }
     let (steps, loss) = (model.meta.steps, model.meta.loss);
+    let (mut convs, mut fit) = (0, 0);
+    for (l, layer) in model.layers.iter().enumerate() {
+        for (conv, ig) in [(&layer.lstm, file::intensity_group(l, &layer.lstm)), (&layer.ahat, None)].into_iter().chain(layer.a.as_ref().map(|a| (a, None))) {
+            convs += 1;
+            fit += (0..conv.cout).all(|o| file::requant_bound(conv, o, ig) < 1 << 31) as usize;
+        }
+    }
     let degrade = Degrade::new(a.bound, geom.dtype).expect("bound");
     let float = trained.float_model();
-    let window = 32;
+    let window = a.window;
     let t1 = Instant::now();
     let fc = eval::compare(&float, test_f, geom, degrade, 99, window).expect("float eval");
     let float_secs = t1.elapsed().as_secs_f64();
+    // Per frame: the model's context entropy over the previous frame's (drift over a window).
+    let obs = eval::observed(test_f, degrade, 99);
+    let prev_refs = eval::previous_references(&obs, window);
+    let per_frame: Vec<String> = (0..test_f.len())
+        .filter(|&t| fc.refs[t].is_some())
+        .map(|t| {
+            let m = eval::residuals(&test_f[t..t + 1], &fc.refs[t..t + 1], geom.width, degrade.e as u32).ctx_bits;
+            let p = eval::residuals(&test_f[t..t + 1], &prev_refs[t..t + 1], geom.width, degrade.e as u32).ctx_bits;
+            format!("{:.2}", m / p)
+        })
+        .collect();
     let mut out = serde_json::json!({
         "tag": a.tag, "set": a.set, "bound": a.bound.to_string(), "arch": format!("{:?}", model.arch.layers.iter().map(|l| (l.a, l.r, l.k_lstm, l.k_ahat, l.k_a)).collect::<Vec<_>>()),
-        "crop": hyper.crop, "seq": hyper.seq, "batch": hyper.batch, "lr": hyper.lr, "loss_kind": format!("{:?}", hyper.loss), "units": hyper.units, "augment": hyper.augment,
-        "minutes": a.minutes, "train_secs": train_secs, "steps": steps, "train_loss": loss,
-        "prev": json(&fc.previous), "float": json(&fc.model), "gain_float": fc.gain(), "float_eval_secs": float_secs,
+        "crop": hyper.crop, "seq": hyper.seq, "batch": hyper.batch, "lr": hyper.lr, "loss_kind": format!("{:?}", hyper.loss), "units": hyper.units, "augment": hyper.augment, "closed_loop": hyper.closed_loop,
+        "int32_convs": format!("{fit}/{convs}"), "minutes": a.minutes, "train_secs": train_secs, "steps": steps, "train_loss": loss,
+        "prev": json(&fc.previous), "float": json(&fc.model), "gain_float": fc.gain(), "float_eval_secs": float_secs, "per_frame": per_frame.join(" "),
         "hash": tezipfs::codec::predict::hash_hex(&file::hash(&bytes)),
     });
     if !a.no_int {
@@ -159,6 +194,12 @@ fn main() {
         out["gain_int"] = serde_json::json!(ic.gain());
         out["int_eval_secs"] = serde_json::json!(t2.elapsed().as_secs_f64());
         out["differ"] = serde_json::json!(ag.differ);
+        // Closed loop (what the codec would see), integer model against the previous frame.
+        let e = degrade.e as u32;
+        let cp = eval::residuals(test_f, &eval::closed_loop(None, test_f, geom, degrade, 98, window).expect("closed loop"), geom.width, e);
+        let cm = eval::residuals(test_f, &eval::closed_loop(Some(&r), test_f, geom, degrade, 98, window).expect("closed loop"), geom.width, e);
+        out["closed_prev"] = json(&cp);
+        out["closed_int"] = json(&cm);
         out["max_diff"] = serde_json::json!(ag.max_abs);
     }
     if let Some(means) = means {

@@ -137,11 +137,18 @@ pub struct Hyper {
     pub units: f64,
     /// Random flips and transposes of the crops.
     pub augment: bool,
+    /// Export for i32 requantisation (faster inference, coarser multipliers; see [`net::Plan`]).
+    pub int32: bool,
+    /// Under `abs:E`, train as the codec codes: each predicted frame quantised against the
+    /// prediction, the network observing that reconstruction (the gradient does not flow
+    /// through the quantisation). Otherwise (and for lossless, floats and 32-bit types) the
+    /// network observes the originals plus independent uniform noise.
+    pub closed_loop: bool,
 }
 
 impl Default for Hyper {
     fn default() -> Hyper {
-        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true }
+        Hyper { crop: 96, seq: 6, batch: 8, lr: 3e-3, loss: Loss::Mae, units: 16.0, augment: true, int32: true, closed_loop: false }
     }
 }
 
@@ -346,6 +353,9 @@ struct Batch {
     target: Tensor,
     lo: Tensor,
     hi: Tensor,
+    /// Closed loop only: the originals and the key frame's observation (pixel values).
+    orig: Option<Tensor>,
+    key: Option<Tensor>,
 }
 
 /// Draws training batches.
@@ -359,6 +369,8 @@ struct Sampler<'a> {
     ch: usize,
     cw: usize,
     augment: bool,
+    /// Also hand out the originals (closed-loop training).
+    closed: bool,
     rng: Rng,
 }
 
@@ -368,6 +380,7 @@ impl Sampler<'_> {
         let plane = ch * cw;
         let len = t_n * b_n * plane;
         let (mut inten, mut a0, mut target, mut lo, mut hi) = (vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+        let (mut origs, mut key) = (vec![0f32; if self.closed { len } else { 0 }], vec![0f32; if self.closed { b_n * plane } else { 0 }]);
         let (w, h) = (self.geom.width, self.geom.height);
         let mask = self.geom.mask() as f64;
         let mut orig = vec![0u32; plane];
@@ -396,6 +409,14 @@ impl Sampler<'_> {
                     }
                 }
                 let at = (t * b_n + b) * plane;
+                if self.closed {
+                    for k in 0..plane {
+                        origs[at + k] = orig[k] as f32;
+                        if t == 0 {
+                            key[b * plane + k] = obs[k] as f32;
+                        }
+                    }
+                }
                 for k in 0..plane {
                     inten[at + k] = self.norm.intensity(obs[k]) as f32;
                     if t > 0 {
@@ -411,7 +432,8 @@ impl Sampler<'_> {
         }
         let dims = [t_n as i64, b_n as i64, 1, ch as i64, cw as i64];
         let t = |v: Vec<f32>| Tensor::from_slice(&v).view(dims).to_device(device);
-        Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi) }
+        let (orig, key) = if self.closed { (Some(t(origs)), Some(Tensor::from_slice(&key).view([b_n as i64, 1, ch as i64, cw as i64]).to_device(device))) } else { (None, None) };
+        Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi), orig, key }
     }
 }
 
@@ -492,13 +514,17 @@ fn optimise(
 ) -> Result<(FloatNet, u64, f64, Duration), TrainError> {
     let hy = &opts.hyper;
     tch::manual_seed(opts.seed as i64);
-    let net = FloatNet::new(arch, &Luts::standard(), hy.units, device);
+    let net = FloatNet::new(arch, &Luts::standard(), hy.units, hy.int32, device);
     let mut adam = tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &net.vs, hy.lr).map_err(|e| TrainError::Torch(e.to_string()))?;
     let seq = hy.seq.clamp(2, frames.len());
     let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
-    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
+    // Closed loop needs exact pixel values in f32 (types up to 16 bits) and integer steps.
+    let closed = hy.closed_loop && degrade.e > 0.0 && geom.dtype.bits() <= 16 && !geom.dtype.is_float();
+    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, closed, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
     let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
     let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
+    let in_ratio = norm.in_mult as f64 / 2f64.powi(norm.in_shift as i32);
+    let (ed, qstep, mask) = (degrade.e, 2.0 * degrade.e + 1.0, geom.mask() as f64);
     let budget = Duration::from_secs_f64((opts.minutes * 60.0).max(0.0));
     let start = Instant::now();
     let (mut step, mut ema) = (0u64, f64::NAN);
@@ -513,14 +539,21 @@ fn optimise(
         let warm = ((step + 1) as f64 / 20.0).min(1.0);
         adam.set_lr(hy.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())));
         let batch = sampler.next(device);
+        net.prepare();
         let mut st = net.zero_state(sampler.batch as i64, ch, cw);
         let mut total = Tensor::zeros([], (Kind::Float, device));
         let mut mae = Tensor::zeros([], (Kind::Float, device));
+        // Closed loop: the last reconstruction and its intensity, as tensors.
+        let mut b = batch.key.as_ref().map(|k| k.shallow_clone());
+        let mut inten = batch.intensity.get(0);
         for t in 1..seq as i64 {
-            let ahat = net.predict(&mut st, &batch.intensity.get(t - 1));
+            let ahat = net.predict(&mut st, &inten);
+            let c = net::round_ste(&(&ahat * out_ratio));
             // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
-            let corr = net::round_ste(&(&ahat * out_ratio)).clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t)));
-            let e = (corr - batch.target.get(t)) * err_ratio;
+            let e = match (&b, &batch.orig) {
+                (Some(b), Some(orig)) => (b + c).clamp(0.0, mask) - orig.get(t),
+                _ => c.clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t))) - batch.target.get(t),
+            } * err_ratio;
             let abs = e.abs().mean(Kind::Float);
             let l = match hy.loss {
                 Loss::Mae => abs.shallow_clone(),
@@ -529,7 +562,22 @@ fn optimise(
             };
             total += l;
             mae += abs.detach();
-            net.observe(&mut st, &batch.a0.get(t));
+            match (&mut b, &batch.orig) {
+                (Some(bt), Some(orig)) => {
+                    // What the codec reconstructs when it quantises x against P'.
+                    let x = orig.get(t);
+                    let p = (e.detach() / err_ratio + &x).round();
+                    let r = (&p + ((&x - &p + ed) / qstep).floor() * qstep).clamp(0.0, mask);
+                    let a0 = ((&r - &*bt) * err_ratio + 0.5).floor().clamp(-128.0, 127.0);
+                    net.observe(&mut st, &a0);
+                    inten = ((&r - norm.offset as f64) * in_ratio + 0.5).floor().clamp(-32768.0, 32767.0);
+                    *bt = r;
+                }
+                _ => {
+                    net.observe(&mut st, &batch.a0.get(t));
+                    inten = batch.intensity.get(t);
+                }
+            }
         }
         let n = (seq - 1) as f64;
         let loss = total / n;
@@ -552,68 +600,18 @@ fn optimise(
     Ok((net, step, ema, start.elapsed()))
 }
 
-/// The largest multiplier the export writes: with |acc| < 2^28 a product stays below 2^58.
-const EXPORT_MULT: f64 = (1u64 << 30) as f64;
-/// The largest |bias| the export writes (the file allows 2^61).
-const EXPORT_BIAS: f64 = (1u64 << 60) as f64;
-
 /// A float tensor's values (any device) as f64.
 fn values(t: &Tensor) -> Vec<f64> {
     let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Double).contiguous().view([-1]);
     Vec::<f64>::try_from(&t).unwrap_or_default()
 }
 
-/// The integer convolution of a fake-quantised one: the same rounded weights, the scales folded
-/// into per-channel multipliers with one shift per output channel chosen so that the largest
-/// multiplier is close to 2^30 (30 bits of precision for the largest group, as many as the
-/// ratio of the groups' scales leaves for the others).
+/// The integer convolution of a fake-quantised one: its [`net::Plan`], which the forward pass
+/// computed with.
 fn export_conv(q: &QConv) -> Conv {
-    let (cout, k) = (q.cout as usize, q.k as usize);
-    let per = |g: &net::QGroup| g.cin as usize * k * k;
-    // The same f32 arithmetic as the forward pass, so the same weights round the same way.
-    let scales: Vec<Vec<f64>> = q.groups.iter().map(|g| values(&QConv::weight_scale(&g.weight))).collect();
-    let ints: Vec<Vec<i8>> = q
-        .groups
-        .iter()
-        .map(|g| {
-            let s = QConv::weight_scale(&g.weight);
-            values(&(g.weight.detach() / s).round().clamp(-127.0, 127.0)).into_iter().map(|v| v as i8).collect()
-        })
-        .collect();
-    let bias = values(&q.bias);
-    let mut groups: Vec<Group> = q.groups.iter().map(|g| Group { cin: g.cin as usize, weight: vec![], mult: vec![0; cout] }).collect();
-    let (mut biases, mut shifts) = (vec![0i64; cout], vec![0u8; cout]);
-    for c in 0..cout {
-        // The real multiplier of each group (0 for a group whose weights are all zero).
-        let eff: Vec<f64> = q
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(g, grp)| {
-                let n = per(grp);
-                if ints[g][c * n..(c + 1) * n].iter().all(|&w| w == 0) {
-                    0.0
-                } else {
-                    scales[g][c] * grp.in_scale * q.out_scale
-                }
-            })
-            .collect();
-        let largest = eff.iter().cloned().fold(0.0, f64::max);
-        let b = bias[c] * q.out_scale;
-        let mut s: i32 = if largest > 0.0 { (EXPORT_MULT / largest).log2().floor().clamp(1.0, 62.0) as i32 } else { 24 };
-        while s > 1 && (largest * 2f64.powi(s) > EXPORT_MULT || (b * 2f64.powi(s)).abs() > EXPORT_BIAS) {
-            s -= 1;
-        }
-        shifts[c] = s as u8;
-        biases[c] = (b * 2f64.powi(s)).round() as i64;
-        for (g, grp) in groups.iter_mut().enumerate() {
-            grp.mult[c] = (eff[g] * 2f64.powi(s)).round().min(EXPORT_MULT) as i32;
-        }
-    }
-    for (grp, w) in groups.iter_mut().zip(ints) {
-        grp.weight = w;
-    }
-    Conv { cout, k, groups, bias: biases, shift: shifts, lo: q.lo as i32, hi: q.hi as i32 }
+    let p = q.plan();
+    let groups = q.groups.iter().enumerate().map(|(g, grp)| Group { cin: grp.cin as usize, weight: p.wint[g].clone(), mult: p.mult[g].iter().map(|&m| m as i32).collect() }).collect();
+    Conv { cout: q.cout as usize, k: q.k as usize, groups, bias: p.bias, shift: p.shift, lo: q.lo as i32, hi: q.hi as i32 }
 }
 
 impl Trained {
@@ -628,6 +626,7 @@ impl Trained {
 
     /// The float network as a [`Model`] (for measurements: it is not integer-exact).
     pub fn float_model(self) -> FloatModel {
+        tch::no_grad(|| self.net.prepare());
         FloatModel { net: Mutex::new(self.net), norm: self.norm, dtype: self.dtype }
     }
 }

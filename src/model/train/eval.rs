@@ -159,3 +159,42 @@ pub fn compare(model: &dyn Model, frames: &[Vec<u32>], geom: Geometry, degrade: 
     let model = residuals(frames, &refs, geom.width, e);
     Ok(Comparison { previous, model, refs })
 }
+
+/// Closed loop, as the codec codes: every frame after a window's key frame is quantised against
+/// the reference (`q = floor((x - P' + E) / (2E + 1))`, reconstruction `clamp(P' + q (2E + 1))`)
+/// and the model observes that reconstruction; the key frames are the originals plus the
+/// reconstruction noise. Returns the references (`None` for key frames).
+pub fn closed_loop(model: Option<&dyn Model>, frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, seed: u64, window: usize) -> Result<Vec<Option<Vec<u32>>>, PredictError> {
+    let mut rng = Rng::new(seed ^ 0x636c_6f73);
+    let e = degrade.e as i64;
+    let step = 2 * e + 1;
+    let mask = geom.mask() as i64;
+    let mut out = Vec::with_capacity(frames.len());
+    for chunk in frames.chunks(window.max(1)) {
+        let mut state = model.map(|m| m.start(geom)).transpose()?;
+        let mut recon: Vec<u32> = chunk[0].iter().map(|&x| degrade.apply(x, &mut rng)).collect();
+        if let (Some(m), Some(s)) = (model, state.as_mut()) {
+            m.observe_batch(&mut [s.as_mut()], &[&recon])?;
+        }
+        out.push(None);
+        for x in &chunk[1..] {
+            let p = match (model, state.as_mut()) {
+                (Some(m), Some(s)) => {
+                    let mut p = vec![0u32; geom.pixels()];
+                    m.predict_batch(&mut [s.as_mut()], &mut [&mut p])?;
+                    p
+                }
+                _ => recon.clone(),
+            };
+            for ((r, &x), &p) in recon.iter_mut().zip(x).zip(&p) {
+                let q = (x as i64 - p as i64 + e).div_euclid(step);
+                *r = (p as i64 + q * step).clamp(0, mask) as u32;
+            }
+            if let (Some(m), Some(s)) = (model, state.as_mut()) {
+                m.observe_batch(&mut [s.as_mut()], &[&recon])?;
+            }
+            out.push(Some(p));
+        }
+    }
+    Ok(out)
+}

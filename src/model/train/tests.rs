@@ -97,11 +97,14 @@ fn float_cell_is_the_integer_cell() {
 fn exported_conv_matches_the_float_conv() {
     tch::manual_seed(3);
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let mut q = QConv::new(&vs.root(), "c", 12, 3, &[(2, 1.0 / 16.0), (5, 1.0 / 128.0), (1, 1.0 / 16384.0)], 16.0, (-128, 127), net::Init::Default);
+    for int32 in [true, false] {
+    let mut q = QConv::new(&vs.root(), &format!("c{int32}"), 12, 3, &[(2, 1.0 / 16.0, net::XMAX_I8), (5, 1.0 / 128.0, net::XMAX_I8), (1, 1.0 / 16384.0, net::XMAX_I16)], 16.0, (-128, 127), net::Init::Default, int32);
     tch::no_grad(|| {
         let _ = q.bias.uniform_(-1.0, 1.0);
     });
     let conv = export_conv(&q);
+    let fits = (0..conv.cout).all(|o| file::requant_bound(&conv, o, Some(2)) < 1 << 31);
+    assert_eq!(fits, int32, "the i32 plan fits, the i64 one (30-bit multipliers) does not");
     let (h, w) = (9usize, 11usize);
     let mut rng = Rng::new(8);
     let mut planes = vec![];
@@ -117,6 +120,7 @@ fn exported_conv_matches_the_float_conv() {
     let differ = got.iter().zip(&want.v).filter(|(a, b)| **a as i32 != **b).count();
     let max = got.iter().zip(&want.v).map(|(a, b)| (*a as i32 - b).abs()).max().unwrap();
     assert!(differ * 100 <= got.len() && max <= 1, "{differ} of {} differ, by up to {max}", got.len());
+    }
 }
 
 /// An untrained model (its bottom `ahat` is zero) predicts exactly the previous frame, in the
@@ -173,4 +177,34 @@ fn bad_input_is_refused() {
     assert!(matches!(train(&frames, geom, &quick(Bound::Rel(0.1), 1), none), Err(TrainError::Bound(_))));
     let bad = Arch { layers: vec![LayerArch { a: 2, r: 4, k_lstm: 3, k_ahat: 3, k_a: 3 }] };
     assert!(matches!(train(&frames, geom, &TrainOptions { arch: Some(bad), ..quick(Bound::Lossless, 1) }, none), Err(TrainError::Arch(_))));
+}
+
+/// Closed loop without a model is the previous reconstruction, and it keeps the bound.
+#[test]
+fn closed_loop_reconstructs_within_the_bound() {
+    let (frames, geom) = tiny(DType::U8, 6);
+    let d = Degrade::new(Bound::Abs(2.0), DType::U8).unwrap();
+    let refs = eval::closed_loop(None, &frames, geom, d, 1, 4).unwrap();
+    assert_eq!(refs.iter().filter(|r| r.is_none()).count(), 2, "key frames at 0 and 4");
+    // The reference of frame 2 is frame 1's reconstruction: within 2 of the original.
+    let r2 = refs[2].as_ref().unwrap();
+    assert!(r2.iter().zip(&frames[1]).all(|(&r, &x)| (r as i64 - x as i64).abs() <= 2));
+    let lossless = eval::closed_loop(None, &frames, geom, Degrade::new(Bound::Lossless, DType::U8).unwrap(), 1, 32).unwrap();
+    assert_eq!(lossless, previous_references(&frames, 32));
+}
+
+/// Closed-loop training (reconstructions quantised against the network's own predictions) runs
+/// and learns.
+#[test]
+fn closed_loop_training_learns() {
+    let (frames, geom) = tiny(DType::U8, 8);
+    let arch = Arch { layers: vec![LayerArch { a: 1, r: 4, k_lstm: 3, k_ahat: 3, k_a: 3 }] };
+    let mut opts = TrainOptions { arch: Some(arch), ..quick(Bound::Abs(2.0), 100) };
+    opts.hyper.closed_loop = true;
+    let mut losses = vec![];
+    let trained = train_float(&frames, geom, &opts, &mut |p| losses.push(p.step_loss)).unwrap();
+    let first = losses[..20].iter().sum::<f64>() / 20.0;
+    let last = losses[80..].iter().sum::<f64>() / 20.0;
+    assert!(last < 0.95 * first, "loss {first} -> {last}");
+    trained.export().unwrap();
 }
