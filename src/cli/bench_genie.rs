@@ -55,22 +55,33 @@ pub struct GenieArgs {
     /// set: it sees originals, so every bound uses the same one).
     #[arg(long, default_value_t = 10.0)]
     pub genie_minutes: f64,
+    /// Train the genie for exactly this many steps instead (ignores --genie-minutes): the
+    /// same genie on any machine, however loaded.
+    #[arg(long)]
+    pub genie_steps: Option<u64>,
     /// Radius of the neighbourhood the genie sees in each frame.
     #[arg(long, default_value_t = 3)]
     pub genie_radius: usize,
     /// Width of the genie's two hidden layers.
     #[arg(long, default_value_t = 64)]
     pub genie_width: i64,
-    /// The genie's loss: `mse` or `mae`.
+    /// The genie's loss: `mse`, `mae`, or `nll` (Laplace negative log-likelihood with a
+    /// learned scale: the bulk weighed as a context coder weighs it).
     #[arg(long, default_value = "mse")]
     pub genie_loss: GenieLoss,
 }
 
-/// What the genie minimises of its error (both estimate a centre of the pixel's distribution).
+/// What the genie minimises of its error (each estimates a centre of the pixel's distribution).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GenieLoss {
     Mse,
     Mae,
+    /// The negative log-likelihood of a Laplace distribution whose scale the network predicts
+    /// too (a second output, used only in training): MAE weighted by the inverse of the local
+    /// spread. The context coders pay about that: a residual costs its size relative to the
+    /// spread of its neighbourhood, so an error in a quiet background costs more bits than the
+    /// same error on a moving edge, where MSE and MAE spend the network's capacity.
+    Nll,
 }
 
 impl FromStr for GenieLoss {
@@ -79,7 +90,8 @@ impl FromStr for GenieLoss {
         match s {
             "mse" => Ok(GenieLoss::Mse),
             "mae" => Ok(GenieLoss::Mae),
-            _ => Err(format!("unknown genie loss {s:?} (expected mse or mae)")),
+            "nll" => Ok(GenieLoss::Nll),
+            _ => Err(format!("unknown genie loss {s:?} (expected mse, mae or nll)")),
         }
     }
 }
@@ -89,6 +101,7 @@ impl fmt::Display for GenieLoss {
         f.write_str(match self {
             GenieLoss::Mse => "mse",
             GenieLoss::Mae => "mae",
+            GenieLoss::Nll => "nll",
         })
     }
 }
@@ -271,7 +284,7 @@ impl Genie {
             .add_fn(|x| x.relu())
             .add(nn::linear(&root / "l1", width, width, Default::default()))
             .add_fn(|x| x.relu())
-            .add(nn::linear(&root / "l2", width, 1, zero));
+            .add(nn::linear(&root / "l2", width, if args.genie_loss == GenieLoss::Nll { 2 } else { 1 }, zero));
         let lr = 1e-3;
         let mut adam = nn::Adam::default().build(&vs, lr)?;
         let budget = Duration::from_secs_f64((args.genie_minutes * 60.0).max(0.0));
@@ -297,10 +310,16 @@ impl Genie {
             targets.extend(picks.iter().zip(&bases).map(|(&(t, p), b)| (seq[t][p] - b) / features.scale));
             let x = Tensor::from_slice(&feats).view([BATCH as i64, c]);
             let y = Tensor::from_slice(&targets).view([BATCH as i64, 1]);
-            let e = net.forward(&x) - y;
+            let out = net.forward(&x);
+            let e = out.narrow(1, 0, 1) - y;
             let loss = match args.genie_loss {
                 GenieLoss::Mse => (&e * &e).mean(Kind::Float),
                 GenieLoss::Mae => e.abs().mean(Kind::Float),
+                GenieLoss::Nll => {
+                    // log b, kept within e^-4..e^4 units so an exact fit cannot run away.
+                    let log_b = out.narrow(1, 1, 1).clamp(-4.0, 4.0);
+                    (e.abs() * (-&log_b).exp() + log_b).mean(Kind::Float)
+                }
             };
             adam.backward_step(&loss);
             steps += 1;
@@ -323,7 +342,8 @@ impl Genie {
             feats.clear();
             bases.clear();
             self.features.gather(seq, w, h, (lo..hi).map(|p| (t, p)), &mut feats, &mut bases)?;
-            let r = tch::no_grad(|| self.net.forward(&Tensor::from_slice(&feats).view([(hi - lo) as i64, c])));
+            // The first output is the residual (under `nll` the second is its scale).
+            let r = tch::no_grad(|| self.net.forward(&Tensor::from_slice(&feats).view([(hi - lo) as i64, c])).narrow(1, 0, 1).contiguous());
             let r = Vec::<f32>::try_from(&r.view([-1]))?;
             out.extend(bases.iter().zip(&r).map(|(b, r)| b + r * self.features.scale));
         }
@@ -448,7 +468,7 @@ pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h
         return Ok(None);
     };
     let t0 = Instant::now();
-    let genie = Genie::train(&seq[..half], w, h, args, None, 1)?;
+    let genie = Genie::train(&seq[..half], w, h, args, args.genie_steps, 1)?;
     let mut learned = Vec::new();
     let mut simple = Vec::new();
     for t in half..seq.len() {
@@ -526,7 +546,7 @@ mod tests {
     use super::*;
 
     fn args(minutes: f64) -> GenieArgs {
-        GenieArgs { genie: true, genie_minutes: minutes, genie_radius: 2, genie_width: 16, genie_loss: GenieLoss::Mse }
+        GenieArgs { genie: true, genie_minutes: minutes, genie_steps: None, genie_radius: 2, genie_width: 16, genie_loss: GenieLoss::Mse }
     }
 
     fn images(d: &Dataset) -> Vec<Vec<u32>> {
