@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_genie;
 mod bench_model;
 mod fixtures;
 mod model;

@@ -30,6 +30,8 @@ pub struct ModelBenchArgs {
     /// Error bounds to measure (0: lossless), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub model_bounds: Vec<u32>,
+    #[command(flatten)]
+    pub genie: super::bench_genie::GenieArgs,
 }
 
 /// The first and second halves of a set.
@@ -155,6 +157,9 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             let means = generate_means(spec)[half..].iter().map(|m| m.iter().map(|&v| v.round().clamp(0.0, mask) as u32).collect()).collect();
             Arc::new(Oracle { means, window_start: AtomicUsize::new(0) })
         });
+        // The genies see originals, so one serves every bound (see bench_genie).
+        tch::set_num_threads(cores as i32);
+        let genie = if args.genie.genie { super::bench_genie::prepare(&d.name, &images(d), d.dtype, d.width as usize, d.height as usize, half, &args.genie, oracle.as_ref().map(|o| &o.means[..]))? } else { None };
         let mut set_report = Vec::new();
         for &e in &args.model_bounds {
             let bound = if e == 0 { Bound::Lossless } else { Bound::Abs(e as f64) };
@@ -184,6 +189,10 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
                 }
                 None => None,
             };
+            let genie_report = match &genie {
+                Some(g) => Some(super::bench_genie::rows(g, &second, &base, window, &classical, oracle_row.as_ref(), &print_row)?),
+                None => None,
+            };
             let limit = floor.as_ref().and_then(|f| f.ratio_limit(d.dtype, e));
             if let Some(l) = limit {
                 println!("{:<42} {l:>8.3} {:>10} {:>10}  estimated from the second half's frames", format!("{bound}: noise-floor limit"), "-", "-");
@@ -211,13 +220,13 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
                 "bound": bound.to_string(), "classical": classical.ratio, "with_model": with.ratio, "model_alone": only.ratio,
                 "oracle": oracle_row.as_ref().map(|r| r.ratio), "noise_floor_limit": limit, "train_seconds": trained_secs,
                 "train_steps": model.meta.steps, "train_loss": model.meta.loss, "model_bytes": bytes.len(),
-                "comp_MBps": with.comp, "dec_MBps": with.dec, "checks": [classical.check, with.check, only.check], "verdicts": verdicts,
+                "comp_MBps": with.comp, "dec_MBps": with.dec, "checks": [classical.check, with.check, only.check], "verdicts": verdicts, "genie": genie_report,
             }));
             if speed_frames.is_none() || d.dtype == DType::U8 {
                 speed_frames = Some((geom, test_frames.clone(), bytes.clone()));
             }
         }
-        report.push(json!({"dataset": d.name, "frames": d.files.len(), "trained_on": half, "bounds": set_report}));
+        report.push(json!({"dataset": d.name, "frames": d.files.len(), "trained_on": half, "bounds": set_report, "genie": genie.map(|g| g.report)}));
     }
     // Inference speed of each size on this CPU, one libtorch thread (the per-core figure).
     if let Some((geom, frames, small)) = speed_frames {

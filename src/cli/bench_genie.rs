@@ -1,0 +1,631 @@
+//! `tezipfs bench --model --genie`: an upper bound, measured, on what any causal predictor can
+//! do for the codec on a set without ground truth.
+//!
+//! The oracle of the fixtures (the noise-free frames as the reference) is the limit of every
+//! predictor, but real sets have no noise-free frames. The strongest honest stand-in is a
+//! *genie*: a predictor given strictly more than any causal predictor has, and far more compute
+//! than a model gets. For frame `t` it sees
+//!
+//! * the ORIGINAL frame `t` within radius `R` of the pixel, EXCEPT the pixel itself (so the
+//!   pixel's own noise never reaches its prediction), and
+//! * the ORIGINAL frames `t-2, t-1, t+1, t+2` within radius `R`, centre included (frames that do
+//!   not exist are replaced by the nearest that does, never by `t`).
+//!
+//! A causal predictor has only half of frame `t`'s neighbourhood (the pixels already coded),
+//! none of the future frames, and reconstructions in place of originals under a bound; a
+//! genie that codes no smaller than it is no limit, so the bench reports the best of the genie
+//! rows and classical `auto` as the measured limit.
+//!
+//! The learned genie is a float per-pixel MLP (features -> width -> width -> 1, ReLU): the
+//! features of a pixel are gathered here in Rust from the shifted frames ([`Features`]), and the
+//! network mixes only the channels of one pixel (it is the same as 1x1 convolutions), so
+//! nothing can bring `x_t[i]` back into the prediction of pixel `i`: the gathering never reads
+//! it, and no layer mixes pixels. It predicts `x_t` as the mean of the pixel's 8 neighbours in
+//! frame `t` plus a learned residual, in units of the training frames' residual spread; trained
+//! with Adam (MSE or MAE) on random pixels of the set's first half, then its rounded
+//! predictions of the second half are the reference of a [`Reference`] model, coded as the
+//! oracle is (`prednet`: the model-able predictors only, the best per window).
+//!
+//! The simple genie is parameter-free: the mean of the pixel's 8 neighbours in frame `t`,
+//! averaged with the 3x3 means of frames `t-1` and `t+1` (what a first lab measured), so the
+//! learned one can be seen to beat it.
+
+use super::bench::{codec_row_with, Dataset, Row};
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+use tezipfs::codec::predict::{Geometry, Model, ModelHandle, ModelHash, ModelState, PredictError};
+use tezipfs::codec::{Bound, DType, Options, PredictorChoice};
+use tezipfs::model::file::Rng;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenieArgs {
+    /// Also measure the GENIE rows: the codec given, as its reference, the prediction of a
+    /// non-causal network that sees the original frame t around the pixel (not the pixel) and
+    /// the original frames t-2..t+2; a measured limit for sets without noise-free frames.
+    #[arg(long)]
+    pub genie: bool,
+    /// Training budget of the learned genie, in minutes of wall clock on every core (one per
+    /// set: it sees originals, so every bound uses the same one).
+    #[arg(long, default_value_t = 10.0)]
+    pub genie_minutes: f64,
+    /// Train the genie for exactly this many steps instead (ignores --genie-minutes): the
+    /// same genie on any machine, however loaded.
+    #[arg(long)]
+    pub genie_steps: Option<u64>,
+    /// Radius of the neighbourhood the genie sees in each frame.
+    #[arg(long, default_value_t = 3)]
+    pub genie_radius: usize,
+    /// Width of the genie's two hidden layers.
+    #[arg(long, default_value_t = 64)]
+    pub genie_width: i64,
+    /// The genie's loss: `mse`, `mae`, or `nll` (Laplace negative log-likelihood with a
+    /// learned scale: the bulk weighed as a context coder weighs it).
+    #[arg(long, default_value = "mse")]
+    pub genie_loss: GenieLoss,
+}
+
+/// What the genie minimises of its error (each estimates a centre of the pixel's distribution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenieLoss {
+    Mse,
+    Mae,
+    /// The negative log-likelihood of a Laplace distribution whose scale the network predicts
+    /// too (a second output, used only in training): MAE weighted by the inverse of the local
+    /// spread. The context coders pay about that: a residual costs its size relative to the
+    /// spread of its neighbourhood, so an error in a quiet background costs more bits than the
+    /// same error on a moving edge, where MSE and MAE spend the network's capacity.
+    Nll,
+}
+
+impl FromStr for GenieLoss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GenieLoss, String> {
+        match s {
+            "mse" => Ok(GenieLoss::Mse),
+            "mae" => Ok(GenieLoss::Mae),
+            "nll" => Ok(GenieLoss::Nll),
+            _ => Err(format!("unknown genie loss {s:?} (expected mse, mae or nll)")),
+        }
+    }
+}
+
+impl fmt::Display for GenieLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GenieLoss::Mse => "mse",
+            GenieLoss::Mae => "mae",
+            GenieLoss::Nll => "nll",
+        })
+    }
+}
+
+/// The frames `t-2, t-1, t+1, t+2` of a sequence of `n` frames as the genie sees them: one that
+/// does not exist is replaced by the nearest that does on its side (`t-1` for `t-2`), else by
+/// its mirror on the other side (`t+1` for `t-1` at `t = 0`), never by `t` itself. `None` for a
+/// single frame (no neighbours at all).
+pub(super) fn temporal_neighbours(t: usize, n: usize) -> Option<[usize; 4]> {
+    let pick = |d: i64| -> Option<usize> {
+        let side = d.signum();
+        [t as i64 + d, t as i64 + side, t as i64 - d, t as i64 - side].into_iter().find(|&s| s >= 0 && (s as usize) < n && s as usize != t).map(|s| s as usize)
+    };
+    Some([pick(-2)?, pick(-1)?, pick(1)?, pick(2)?])
+}
+
+/// Mean of the in-frame pixels of `f` at the given offsets from `(y, x)`.
+fn mean_at(f: &[f32], w: usize, h: usize, y: usize, x: usize, offsets: &[(i64, i64)]) -> f32 {
+    let (mut sum, mut n) = (0f32, 0u32);
+    for &(dy, dx) in offsets {
+        let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+        if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+            sum += f[yy as usize * w + xx as usize];
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f32
+}
+
+/// The 8 neighbours of a pixel (the pixel excluded).
+const RING: [(i64, i64); 8] = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)];
+/// The 3x3 block around a pixel.
+const BLOCK: [(i64, i64); 9] = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1)];
+
+/// The base of a prediction: the mean of the pixel's in-frame 8 neighbours in frame `t` (never
+/// the pixel).
+fn base(cur: &[f32], w: usize, h: usize, p: usize) -> f32 {
+    mean_at(cur, w, h, p / w, p % w, &RING)
+}
+
+/// The parameter-free genie: the 8-neighbour mean of frame `t` averaged with the 3x3 means of
+/// frames `t-1` and `t+1` (as [`temporal_neighbours`] picks them).
+pub(super) fn simple_genie(seq: &[Vec<f32>], w: usize, h: usize, t: usize) -> anyhow::Result<Vec<f32>> {
+    let nb = temporal_neighbours(t, seq.len()).context("the genie needs at least 2 frames")?;
+    let (cur, prev, next) = (&seq[t], &seq[nb[1]], &seq[nb[2]]);
+    Ok((0..w * h).map(|p| (base(cur, w, h, p) + mean_at(prev, w, h, p / w, p % w, &BLOCK) + mean_at(next, w, h, p / w, p % w, &BLOCK)) / 3.0).collect())
+}
+
+/// How the learned genie's features are laid out and scaled.
+#[derive(Clone, Debug)]
+pub(super) struct Features {
+    pub radius: usize,
+    /// Residual units: a robust spread of `x_t - base` on the training frames.
+    pub scale: f32,
+    /// Mean and spread of the base on the training frames (the pixel's level, one feature).
+    pub level_mean: f32,
+    pub level_scale: f32,
+}
+
+impl Features {
+    /// Offsets of the current frame's channels: the square of radius `R`, the centre omitted.
+    fn current_offsets(&self) -> Vec<(i64, i64)> {
+        self.square().into_iter().filter(|&o| o != (0, 0)).collect()
+    }
+
+    fn square(&self) -> Vec<(i64, i64)> {
+        let r = self.radius as i64;
+        (-r..=r).flat_map(|dy| (-r..=r).map(move |dx| (dy, dx))).collect()
+    }
+
+    /// Channels: the level, the current frame's `(2R+1)^2 - 1` offsets, and four temporal
+    /// frames' `(2R+1)^2`.
+    pub fn channels(&self) -> usize {
+        let side = 2 * self.radius + 1;
+        1 + (side * side - 1) + 4 * side * side
+    }
+
+    /// Choose the scales from the training frames (a sample of their pixels).
+    fn fit(radius: usize, seq: &[Vec<f32>], w: usize, h: usize, rng: &mut Rng) -> Features {
+        let (mut resid, mut levels) = (Vec::new(), Vec::new());
+        for _ in 0..20_000 {
+            let t = rng.range(0, seq.len() as i64 - 1) as usize;
+            let p = rng.range(0, (w * h) as i64 - 1) as usize;
+            let b = base(&seq[t], w, h, p);
+            resid.push((seq[t][p] - b).abs());
+            levels.push(b);
+        }
+        let median = |v: &mut Vec<f32>| {
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        };
+        // Median absolute residual to a standard deviation (Gaussian), never zero.
+        let scale = (1.4826 * median(&mut resid)).max(0.5);
+        let level_mean = levels.iter().sum::<f32>() / levels.len() as f32;
+        let level_scale = (levels.iter().map(|l| (l - level_mean) * (l - level_mean)).sum::<f32>() / levels.len() as f32).sqrt().max(1.0);
+        Features { radius, scale, level_mean, level_scale }
+    }
+
+    /// The base and the features of pixel `p` of frame `t` into `out` (`channels()` floats).
+    /// Frame `t` is read only at in-frame offsets other than `(0, 0)`; out-of-frame offsets of
+    /// frame `t` read as the base (0 after normalisation: never the border pixel again, which
+    /// could be the pixel itself). Other frames clamp at the border.
+    fn pixel(&self, seq: &[Vec<f32>], nb: &[usize; 4], w: usize, h: usize, t: usize, p: usize, current: &[(i64, i64)], square: &[(i64, i64)], out: &mut [f32]) -> f32 {
+        let (y, x) = ((p / w) as i64, (p % w) as i64);
+        let cur = &seq[t];
+        let b = base(cur, w, h, p);
+        let inv = 1.0 / self.scale;
+        out[0] = (b - self.level_mean) / self.level_scale;
+        let mut k = 1;
+        for &(dy, dx) in current {
+            let (yy, xx) = (y + dy, x + dx);
+            out[k] = if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w { (cur[yy as usize * w + xx as usize] - b) * inv } else { 0.0 };
+            k += 1;
+        }
+        for &s in nb {
+            let f = &seq[s];
+            for &(dy, dx) in square {
+                let yy = (y + dy).clamp(0, h as i64 - 1) as usize;
+                let xx = (x + dx).clamp(0, w as i64 - 1) as usize;
+                out[k] = (f[yy * w + xx] - b) * inv;
+                k += 1;
+            }
+        }
+        b
+    }
+
+    /// Features of the pixels `(t, p)` (pixel `p` of frame `t`), appended to `feats`
+    /// (`[n][channels]`), and their bases to `bases`.
+    fn gather(&self, seq: &[Vec<f32>], w: usize, h: usize, pixels: impl Iterator<Item = (usize, usize)>, feats: &mut Vec<f32>, bases: &mut Vec<f32>) -> anyhow::Result<()> {
+        let (current, square, c) = (self.current_offsets(), self.square(), self.channels());
+        for (t, p) in pixels {
+            let nb = temporal_neighbours(t, seq.len()).context("the genie needs at least 2 frames")?;
+            let at = feats.len();
+            feats.resize(at + c, 0.0);
+            bases.push(self.pixel(seq, &nb, w, h, t, p, &current, &square, &mut feats[at..]));
+        }
+        Ok(())
+    }
+}
+
+/// The learned genie: features, then a per-pixel MLP predicting the residual over the base.
+pub(super) struct Genie {
+    pub features: Features,
+    _vs: nn::VarStore,
+    net: nn::Sequential,
+    pub steps: u64,
+    pub secs: f64,
+    /// Running mean of the training loss (residual units; MSE or MAE).
+    pub loss: f64,
+    pub width: i64,
+    pub loss_kind: GenieLoss,
+}
+
+/// Pixels per training step.
+const BATCH: usize = 4096;
+/// Pixels per inference call.
+const CHUNK: usize = 16_384;
+
+impl Genie {
+    /// Train on `seq` (every frame a target, its neighbours from `seq` itself) for `minutes`, or
+    /// `max_steps` steps when given.
+    pub fn train(seq: &[Vec<f32>], w: usize, h: usize, args: &GenieArgs, max_steps: Option<u64>, seed: u64) -> anyhow::Result<Genie> {
+        if seq.len() < 2 {
+            bail!("the genie needs at least 2 training frames, got {}", seq.len());
+        }
+        if w < 3 || h < 3 {
+            bail!("frames of {w}x{h} are too small for the genie");
+        }
+        let mut rng = Rng(seed);
+        tch::manual_seed(seed as i64);
+        let features = Features::fit(args.genie_radius, seq, w, h, &mut rng);
+        let c = features.channels() as i64;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let width = args.genie_width.max(1);
+        // The last layer starts at zero: an untrained genie predicts the 8-neighbour mean.
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let net = nn::seq()
+            .add(nn::linear(&root / "l0", c, width, Default::default()))
+            .add_fn(|x| x.relu())
+            .add(nn::linear(&root / "l1", width, width, Default::default()))
+            .add_fn(|x| x.relu())
+            .add(nn::linear(&root / "l2", width, if args.genie_loss == GenieLoss::Nll { 2 } else { 1 }, zero));
+        let lr = 1e-3;
+        let mut adam = nn::Adam::default().build(&vs, lr)?;
+        let budget = Duration::from_secs_f64((args.genie_minutes * 60.0).max(0.0));
+        let start = Instant::now();
+        let (mut steps, mut ema) = (0u64, f64::NAN);
+        let (mut feats, mut bases, mut targets) = (Vec::with_capacity(BATCH * c as usize), Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+        loop {
+            let done = match max_steps {
+                Some(m) => steps as f64 / m.max(1) as f64,
+                None => start.elapsed().as_secs_f64() / budget.as_secs_f64().max(1e-9),
+            };
+            if done >= 1.0 {
+                break;
+            }
+            // Warm-up, then cosine decay to 5% of the peak over the budget.
+            let warm = ((steps + 1) as f64 / 100.0).min(1.0);
+            adam.set_lr(lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())));
+            feats.clear();
+            bases.clear();
+            targets.clear();
+            let picks: Vec<(usize, usize)> = (0..BATCH).map(|_| (rng.range(0, seq.len() as i64 - 1) as usize, rng.range(0, (w * h) as i64 - 1) as usize)).collect();
+            features.gather(seq, w, h, picks.iter().copied(), &mut feats, &mut bases)?;
+            targets.extend(picks.iter().zip(&bases).map(|(&(t, p), b)| (seq[t][p] - b) / features.scale));
+            let x = Tensor::from_slice(&feats).view([BATCH as i64, c]);
+            let y = Tensor::from_slice(&targets).view([BATCH as i64, 1]);
+            let out = net.forward(&x);
+            let e = out.narrow(1, 0, 1) - y;
+            let loss = match args.genie_loss {
+                GenieLoss::Mse => (&e * &e).mean(Kind::Float),
+                GenieLoss::Mae => e.abs().mean(Kind::Float),
+                GenieLoss::Nll => {
+                    // log b, kept within e^-4..e^4 units so an exact fit cannot run away.
+                    let log_b = out.narrow(1, 1, 1).clamp(-4.0, 4.0);
+                    (e.abs() * (-&log_b).exp() + log_b).mean(Kind::Float)
+                }
+            };
+            adam.backward_step(&loss);
+            steps += 1;
+            let l = loss.double_value(&[]);
+            if !l.is_finite() {
+                bail!("the genie's training diverged at step {steps} (loss {l})");
+            }
+            ema = if ema.is_nan() { l } else { 0.99 * ema + 0.01 * l };
+        }
+        Ok(Genie { features, _vs: vs, net, steps, secs: start.elapsed().as_secs_f64(), loss: ema, width, loss_kind: args.genie_loss })
+    }
+
+    /// The genie's prediction of frame `t` of `seq` (every pixel, in pixel units).
+    pub fn predict(&self, seq: &[Vec<f32>], w: usize, h: usize, t: usize) -> anyhow::Result<Vec<f32>> {
+        let c = self.features.channels() as i64;
+        let mut out = Vec::with_capacity(w * h);
+        let (mut feats, mut bases) = (Vec::new(), Vec::new());
+        for lo in (0..w * h).step_by(CHUNK) {
+            let hi = (lo + CHUNK).min(w * h);
+            feats.clear();
+            bases.clear();
+            self.features.gather(seq, w, h, (lo..hi).map(|p| (t, p)), &mut feats, &mut bases)?;
+            // The first output is the residual (under `nll` the second is its scale).
+            let r = tch::no_grad(|| self.net.forward(&Tensor::from_slice(&feats).view([(hi - lo) as i64, c])).narrow(1, 0, 1).contiguous());
+            let r = Vec::<f32>::try_from(&r.view([-1]))?;
+            out.extend(bases.iter().zip(&r).map(|(b, r)| b + r * self.features.scale));
+        }
+        Ok(out)
+    }
+}
+
+/// A "model" whose reference of every frame is precomputed (a genie's prediction, rounded):
+/// what the codec is given in place of a learned correction. Like the oracle, it is told which
+/// window it serves before each is coded or decoded.
+pub(super) struct Reference {
+    name: String,
+    refs: Vec<Vec<u32>>,
+    /// The first frame of the window being coded or decoded.
+    pub window_start: AtomicUsize,
+}
+
+impl Reference {
+    /// From float predictions: rounded and clamped to the pixel type's integer image.
+    pub fn new(name: &str, preds: &[Vec<f32>], dtype: DType) -> Reference {
+        let mask = dtype.mask() as f32;
+        let refs = preds.iter().map(|f| f.iter().map(|&v| v.round().clamp(0.0, mask) as u32).collect()).collect();
+        Reference { name: name.into(), refs, window_start: AtomicUsize::new(0) }
+    }
+}
+
+#[derive(Clone)]
+struct ReferenceState {
+    first: usize,
+    seen: usize,
+}
+
+impl ModelState for ReferenceState {
+    fn clone_box(&self) -> Box<dyn ModelState> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Model for Reference {
+    fn hash(&self) -> ModelHash {
+        sha2::Sha256::digest(self.name.as_bytes()).into()
+    }
+    fn start(&self, _geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
+        Ok(Box::new(ReferenceState { first: self.window_start.load(Ordering::SeqCst), seen: 0 }))
+    }
+    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
+        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
+            let s = s.as_any().downcast_ref::<ReferenceState>().ok_or_else(|| PredictError::Malformed("not a reference state".into()))?;
+            let r = self.refs.get(s.first + s.seen).ok_or_else(|| PredictError::Malformed(format!("{}: asked past the sequence", self.name)))?;
+            if r.len() != out.len() {
+                return Err(PredictError::Malformed(format!("{}: frames of {} pixels, asked for {}", self.name, r.len(), out.len())));
+            }
+            out.copy_from_slice(r);
+        }
+        Ok(())
+    }
+    fn observe_batch(&self, states: &mut [&mut dyn ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
+        for s in states.iter_mut() {
+            if let Some(s) = s.as_any_mut().downcast_mut::<ReferenceState>() {
+                s.seen += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A set's frames as f32 (the integer images), when the genie can work on them: integer types
+/// of at most 16 bits (f32 holds their images exactly; the image of a wider or float type is
+/// not a linear scale).
+pub(super) fn float_frames(images: &[Vec<u32>], dtype: DType) -> Option<Vec<Vec<f32>>> {
+    matches!(dtype, DType::U8 | DType::U16 | DType::I8 | DType::I16).then(|| images.iter().map(|f| f.iter().map(|&v| v as f32).collect()).collect())
+}
+
+/// Root mean square of `a - b` over all frames.
+fn rmse(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut s, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for (u, v) in x.iter().zip(y) {
+            s += ((u - v) as f64).powi(2);
+            n += 1;
+        }
+    }
+    (s / n.max(1) as f64).sqrt()
+}
+
+/// Zeroth-order entropy (bits per pixel) of the residuals `x - round(ref)` over all frames,
+/// quantised as the codec quantises under `abs:e` (bins of `2e + 1`; `e = 0`: lossless). A
+/// predictor's RMSE is dominated by its largest errors (moving edges); what the coder pays
+/// follows the bulk, which this shows.
+fn residual_entropy(refs: &[Vec<f32>], truth: &[Vec<f32>], e: u32) -> f64 {
+    let step = (2 * e + 1) as f64;
+    let mut counts: std::collections::HashMap<i64, u64> = Default::default();
+    let mut n = 0u64;
+    for (r, x) in refs.iter().zip(truth) {
+        for (&p, &v) in r.iter().zip(x) {
+            *counts.entry(((v as f64 - p.round() as f64) / step).round() as i64).or_default() += 1;
+            n += 1;
+        }
+    }
+    counts.values().map(|&c| c as f64 / n as f64).map(|q| -q * q.log2()).sum()
+}
+
+/// A set's genies, trained and applied: the references of its second half.
+pub(super) struct SetGenie {
+    pub learned: Arc<Reference>,
+    pub simple: Arc<Reference>,
+    pub report: Value,
+}
+
+/// Train the learned genie on the first `half` frames of `images` (a sequence of its own: its
+/// neighbours never come from the coded half) and predict frames `half..` from the whole set
+/// (a genie has every original). `None` (with a printed note) for pixel types it cannot take.
+pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h: usize, half: usize, args: &GenieArgs, oracle: Option<&[Vec<u32>]>) -> anyhow::Result<Option<SetGenie>> {
+    let Some(seq) = float_frames(images, dtype) else {
+        println!("GENIE: skipped ({dtype} images are not a linear scale in f32)");
+        return Ok(None);
+    };
+    let t0 = Instant::now();
+    let genie = Genie::train(&seq[..half], w, h, args, args.genie_steps, 1)?;
+    let mut learned = Vec::new();
+    let mut simple = Vec::new();
+    for t in half..seq.len() {
+        learned.push(genie.predict(&seq, w, h, t)?);
+        simple.push(simple_genie(&seq, w, h, t)?);
+    }
+    let truth = &seq[half..];
+    let previous: Vec<Vec<f32>> = (half..seq.len()).map(|t| seq[t - 1].clone()).collect();
+    let round = |v: &[Vec<f32>]| v.iter().map(|f| f.iter().map(|x| x.round()).collect()).collect::<Vec<Vec<f32>>>();
+    let (r_learned, r_simple, r_prev) = (rmse(&round(&learned), truth), rmse(&round(&simple), truth), rmse(&previous, truth));
+    let r_oracle = oracle.map(|o| rmse(&o.iter().map(|f| f.iter().map(|&v| v as f32).collect()).collect::<Vec<_>>(), truth));
+    println!(
+        "GENIE (learned): R={} ({} channels), MLP {}-{w2}-{w2}-1, {} loss, trained {:.0} s ({} steps of {BATCH} pixels, final loss {:.3} in units of {:.2}) on frames 0-{}; took {:.0} s in all",
+        genie.features.radius,
+        genie.features.channels(),
+        genie.features.channels(),
+        genie.loss_kind,
+        genie.secs,
+        genie.steps,
+        genie.loss,
+        genie.features.scale,
+        half - 1,
+        t0.elapsed().as_secs_f64(),
+        w2 = genie.width,
+    );
+    for (label, refs) in [("learned", &learned), ("simple", &simple), ("previous frame", &previous)] {
+        let h: Vec<String> = [0, 1, 2, 4].iter().map(|&e| format!("{} {:.3}", if e == 0 { "lossless".to_string() } else { format!("abs:{e}") }, residual_entropy(refs, truth, e))).collect();
+        println!("GENIE references, zeroth-order entropy of the residual (bits/pixel), {label}: {}", h.join(", "));
+    }
+    println!(
+        "GENIE references, RMSE against the coded frames: learned {r_learned:.3}, simple {r_simple:.3}, previous frame {r_prev:.3}{}",
+        r_oracle.map_or(String::new(), |r| format!(", oracle {r:.3} (the noise)"))
+    );
+    let report = json!({
+        "radius": genie.features.radius, "channels": genie.features.channels(), "width": genie.width, "loss": genie.loss_kind.to_string(),
+        "train_seconds": genie.secs, "train_steps": genie.steps, "train_loss": genie.loss, "units": genie.features.scale,
+        "rmse": {"learned": r_learned, "simple": r_simple, "previous": r_prev, "oracle": r_oracle},
+    });
+    Ok(Some(SetGenie { learned: Arc::new(Reference::new(&format!("genie: learned, non-causal, {name}"), &learned, dtype)), simple: Arc::new(Reference::new(&format!("genie: simple, non-causal, {name}"), &simple, dtype)), report }))
+}
+
+/// Code `second` with a reference model as the oracle row is coded: the model-able predictors
+/// only, the best per window.
+pub(super) fn reference_row(second: &Dataset, base: &Options, window: usize, r: &Arc<Reference>, label: &str) -> anyhow::Result<Row> {
+    let opts = Options { model: Some(ModelHandle(r.clone())), predictor: PredictorChoice::Prednet, ..base.clone() };
+    codec_row_with(second, &opts, window, label, &|start| r.window_start.store(start, Ordering::SeqCst))
+}
+
+/// The genie rows of one bound, printed, and a summary: the measured limit (the best of the
+/// genie rows and classical auto), 90% of it, and what 1.3x classical would be.
+pub(super) fn rows(g: &SetGenie, second: &Dataset, base: &Options, window: usize, classical: &Row, oracle: Option<&Row>, print: &dyn Fn(&Row)) -> anyhow::Result<Value> {
+    let bound = base.bound;
+    let simple = reference_row(second, base, window, &g.simple, &format!("{bound}: GENIE (non-causal, simple)"))?;
+    print(&simple);
+    let learned = reference_row(second, base, window, &g.learned, &format!("{bound}: GENIE (non-causal, learned)"))?;
+    print(&learned);
+    let limit = learned.ratio.max(simple.ratio).max(classical.ratio);
+    let target = if bound == Bound::Lossless { classical.ratio / 0.97 } else { 1.3 * classical.ratio };
+    println!(
+        "  GENIE limit (best of the genie rows and classical auto) {limit:.3}; 90% of it {:.3}; {} classical auto would be {target:.3} ({} the measured limit){}",
+        0.9 * limit,
+        if bound == Bound::Lossless { "3% fewer bits than" } else { "1.3x" },
+        if target > limit { "BEYOND" } else { "within" },
+        oracle.map_or(String::new(), |o| format!("; the oracle codes {:.3} (learned genie at {:.0}% of it)", o.ratio, 100.0 * learned.ratio / o.ratio)),
+    );
+    Ok(json!({
+        "simple": simple.ratio, "learned": learned.ratio, "limit": limit, "limit_90": 0.9 * limit, "target": target,
+        "checks": [simple.check, learned.check],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bench::fixture;
+    use super::*;
+
+    fn args(minutes: f64) -> GenieArgs {
+        GenieArgs { genie: true, genie_minutes: minutes, genie_steps: None, genie_radius: 2, genie_width: 16, genie_loss: GenieLoss::Mse }
+    }
+
+    fn images(d: &Dataset) -> Vec<Vec<u32>> {
+        d.files
+            .iter()
+            .map(|f| {
+                let mut v = Vec::new();
+                d.dtype.decode_pixels(f, false, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn neighbours_never_the_frame_itself() {
+        for n in 2..7 {
+            for t in 0..n {
+                let nb = temporal_neighbours(t, n).expect("two frames or more");
+                assert!(nb.iter().all(|&s| s != t && s < n), "t={t} n={n}: {nb:?}");
+            }
+        }
+        assert_eq!(temporal_neighbours(5, 10), Some([3, 4, 6, 7]));
+        assert_eq!(temporal_neighbours(0, 10), Some([2, 1, 1, 2]));
+        assert_eq!(temporal_neighbours(1, 10), Some([0, 0, 2, 3]));
+        assert_eq!(temporal_neighbours(9, 10), Some([7, 8, 8, 7]));
+        assert_eq!(temporal_neighbours(0, 1), None);
+    }
+
+    /// A trained genie's prediction at a pixel does not move when that pixel of frame t
+    /// changes (it never sees it), but does at its neighbours (it does see them): at the
+    /// corners, edges and inside, and for the simple genie too.
+    #[test]
+    fn no_leak_of_the_pixel_itself() {
+        let d = fixture("t", DType::U16, 40, 24, 6, 3);
+        let seq = float_frames(&images(&d), d.dtype).expect("u16");
+        let (w, h) = (40, 24);
+        let genie = Genie::train(&seq, w, h, &args(1.0), Some(150), 7).expect("trains");
+        assert!(genie.steps == 150);
+        let t = 2;
+        let before = genie.predict(&seq, w, h, t).expect("predicts");
+        let simple_before = simple_genie(&seq, w, h, t).expect("simple");
+        for (y, x) in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (0, 17), (11, 0), (1, 1), (12, 20), (h - 2, w - 3)] {
+            let p = y * w + x;
+            let mut changed = seq.clone();
+            changed[t][p] += 5000.0;
+            let after = genie.predict(&changed, w, h, t).expect("predicts");
+            assert_eq!(after[p], before[p], "the prediction at ({y},{x}) moved with the pixel itself");
+            let nbr = if x + 1 < w { p + 1 } else { p - 1 };
+            assert_ne!(after[nbr], before[nbr], "the prediction at the neighbour of ({y},{x}) ignores it: the test sees nothing");
+            let simple_after = simple_genie(&changed, w, h, t).expect("simple");
+            assert_eq!(simple_after[p], simple_before[p]);
+            assert_ne!(simple_after[nbr], simple_before[nbr]);
+        }
+    }
+
+    /// The genie rows decode bit-exact lossless and within the bound under abs:E, on a fixture
+    /// (a window longer than the half, and one shorter).
+    #[test]
+    fn genie_rows_decode() {
+        tch::set_num_threads(1);
+        let d = fixture("t", DType::U16, 48, 40, 10, 5);
+        let imgs = images(&d);
+        let half = 5;
+        let second = Dataset { name: "t (second half)".into(), dtype: d.dtype, width: d.width, height: d.height, files: d.files[half..].to_vec(), floor_bits: None, spec: None };
+        let a = GenieArgs { genie_minutes: 0.05, ..args(0.05) };
+        let g = prepare("t", &imgs, d.dtype, 48, 40, half, &a, None).expect("prepares").expect("u16 is taken");
+        for window in [32, 3] {
+            for bound in [Bound::Lossless, Bound::Abs(2.0), Bound::Abs(7.0)] {
+                let base = Options { format: second.format(), bound, ..Options::default() };
+                for r in [&g.learned, &g.simple] {
+                    let row = reference_row(&second, &base, window, r, "genie").expect("codes");
+                    let ok = match bound {
+                        Bound::Lossless => row.check.starts_with("bit-exact"),
+                        _ => row.check.starts_with("maxerr=") && !row.check.contains("VIOLATES"),
+                    };
+                    assert!(ok, "{bound} window {window}: {}", row.check);
+                    assert!(row.check.contains("prednet+"), "the reference was not used: {}", row.check);
+                }
+            }
+        }
+    }
+}
