@@ -254,7 +254,7 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    a.device.device()?;
+    a.device.device().map_err(anyhow::Error::msg)?;
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!("cannot write {}: {} is not a directory", a.out.display(), parent.display());
