@@ -378,11 +378,10 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     let mut predictor = None;
     let mut used_model = None;
     let mut coded: Vec<CodedFrame> = Vec::new();
-    let mut coefs: Coefs = Default::default();
+    let mut coefs: Vec<i32> = Vec::new();
     if let Some(first) = chain.layouts.first() {
         let dtype = first.dtype;
         let geom = Geometry::of(first.width as usize, first.height as usize, dtype);
-        let mut quantised = None;
         // A model made for another pixel type is not tried (nor is one that fails to start).
         let model = opts.model.as_ref().filter(|m| match m.0.start(geom) {
             Ok(_) => true,
@@ -396,23 +395,28 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             None => None,
         };
         let models = Models { real: model, probe: replayed.as_ref().or(model) };
-        let (chosen, stage) = choose(&chain, dtype, geom, opts, models, &mut coder, &mut coefs, &mut quantised)?;
-        tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?stage, "window's predictor and stage chosen");
-        // Lossless, the replayed references are exactly what the model computes from the
-        // reconstructions; under a bound the model runs on them (closed loop).
-        let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
-        let q = match quantised {
-            Some(q) => q,
-            None => quantize_chain(&chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
+        let coding = match model {
+            // `auto` with a model codes the window twice, as classical `auto` would and with the
+            // model's candidates only, and keeps the smaller: a model never makes a window larger
+            // than it is without one (the probe cannot promise that: under a bound it estimates
+            // the model on the originals, which the closed loop does not see, and its entropy
+            // stages are chosen on a few frames).
+            Some(_) if opts.predictor == PredictorChoice::Auto => {
+                let classical = code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, &mut coder)?;
+                let learned = code_with(&chain, dtype, geom, &Options { predictor: PredictorChoice::Prednet, ..opts.clone() }, models, &mut coder)?;
+                tracing::debug!(classical = %classical.chosen, classical_bytes = classical.bytes(), model = %learned.chosen, model_bytes = learned.bytes(), "window coded with and without the model");
+                if learned.bytes() < classical.bytes() {
+                    learned
+                } else {
+                    classical
+                }
+            }
+            _ => code_with(&chain, dtype, geom, opts, models, &mut coder)?,
         };
-        coded = code_chain(&chain, dtype, geom, opts, stage, &q, &mut coder)?;
-        predictor = Some(chosen.pid);
-        used_model = chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
-        let kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
-        coefs = [kept, Vec::new()];
-        if chosen.pid != PredictorId::Linear {
-            coefs[0].clear();
-        }
+        predictor = Some(coding.chosen.pid);
+        used_model = coding.chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
+        coded = coding.coded;
+        coefs = coding.coefs;
         for (k, &m) in chain.members.iter().enumerate() {
             reports[m] = EntryReport::Frame { escapes: coded[k].n_escapes };
         }
@@ -464,11 +468,47 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         height: l.height,
         predictor: predictor.unwrap_or(PredictorId::None),
         model: used_model.unwrap_or([0; 32]),
-        coefs: coefs[0].clone(),
+        coefs,
         bound: opts.bound,
     });
     let blob = w.finish(&Header { params, entries });
     Ok(Encoded { blob, predictor, model: used_model, entries: reports })
+}
+
+/// A window's frames coded with one candidate.
+struct Coding {
+    chosen: Candidate,
+    coded: Vec<CodedFrame>,
+    /// The coefficients of `linear` (empty for the other predictors).
+    coefs: Vec<i32>,
+}
+
+impl Coding {
+    /// The bytes that differ between two codings of the same window.
+    fn bytes(&self) -> usize {
+        self.coded.iter().map(|c| c.codes.len() + c.escapes.len() + c.motion.len()).sum::<usize>() + 4 * self.coefs.len()
+    }
+}
+
+/// Choose a window's candidate and stage among those `opts` and `models` allow, and code it.
+fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, coder: &mut Coder) -> Result<Coding, EncodeError> {
+    let mut coefs: Coefs = Default::default();
+    let mut quantised = None;
+    let (chosen, stage) = choose(chain, dtype, geom, opts, models, coder, &mut coefs, &mut quantised)?;
+    tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?stage, "window's predictor and stage chosen");
+    // Lossless, the replayed references are exactly what the model computes from the
+    // reconstructions; under a bound the model runs on them (closed loop).
+    let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
+    let q = match quantised {
+        Some(q) => q,
+        None => quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
+    };
+    let coded = code_chain(chain, dtype, geom, opts, stage, &q, coder)?;
+    let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
+    if chosen.pid != PredictorId::Linear {
+        kept.clear();
+    }
+    Ok(Coding { chosen, coded, coefs: kept })
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
@@ -527,18 +567,29 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: M
     };
     // Classical candidates start the probe with a key frame. A model's state is the window's
     // history (a recurrent model estimates the scene from every frame it has seen), so its
-    // candidates start from a state warmed on the window's frames before the probe (original
-    // frames: a reconstruction when lossless, an estimate of one under a bound), made once and
-    // forked for each of them.
+    // candidates start from a state warmed on the window's frames before the probe, made once
+    // and forked for each of them. Lossless, the warming observes the original frames (the
+    // reconstructions) through the replay. Under a bound it runs the real model in closed loop,
+    // as `previous` with the model would code those frames: a model that observed the originals
+    // instead would be estimated on cleaner frames than it will see (on ctc at abs:4 the probe
+    // then chose `prednet+previous`, which coded 38% larger than `linear`), and so would the
+    // forked candidates, which run in closed loop from there.
     let mut warmed: Option<Session> = None;
     let mut ranked: Vec<(f64, Candidate, Quantised)> = Vec::with_capacity(candidates.len());
     for &c in &candidates {
         let session = if c.model {
             if warmed.is_none() {
-                let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, models.probe)?;
+                let lossless = opts.bound == Bound::Lossless;
+                let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, if lossless { models.probe } else { models.real })?;
                 for x in &chain.images[..probe_at] {
                     s.begin()?;
-                    s.observe(x)?;
+                    match opts.bound.for_frame(dtype, x) {
+                        FrameBound::Lossless => s.observe(x)?,
+                        b => {
+                            let c = quantizer::encode(dtype, b, x, s.prediction());
+                            s.observe(&c.recon)?;
+                        }
+                    }
                 }
                 warmed = Some(s);
             }
