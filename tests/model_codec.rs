@@ -8,7 +8,7 @@ use tezipfs::codec::container::{Blob, BlobError};
 use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, PredictError};
 use tezipfs::codec::window::{decode_window_with, encode_window};
 use tezipfs::codec::{Bound, DType, FormatSpec, Options, PredictorChoice, RawSpec};
-use tezipfs::fixtures::{generate_raw, SequenceSpec};
+use tezipfs::fixtures::{generate_means, generate_raw, SequenceSpec};
 use tezipfs::model::file;
 use tezipfs::model::reference::ReferenceModel;
 use tezipfs::model::torch::TorchModel;
@@ -83,15 +83,83 @@ fn a_window_coded_through_one_backend_decodes_through_the_other() {
 
 #[test]
 fn auto_keeps_the_model_only_where_it_codes_smaller() {
-    // A random model predicts badly: auto must code without it, and no larger than without a
-    // model at all.
+    // A random model predicts badly: auto must code exactly as without a model, lossless and
+    // under bounds (it codes the window both ways and keeps the smaller).
     let (torch, _, _) = backends(DType::U16, 3, &Size::Small.arch());
     let files = frames(DType::U16, 64, 48, 8, 4);
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-    let with = encode_window(&refs, &opts(DType::U16, 64, 48, Bound::Lossless, &torch, PredictorChoice::Auto)).unwrap();
-    let without = encode_window(&refs, &Options { model: None, ..opts(DType::U16, 64, 48, Bound::Lossless, &torch, PredictorChoice::Auto) }).unwrap();
-    assert_eq!(with.model, None, "a random model should lose to the classical predictors");
-    assert!(with.blob.len() <= without.blob.len() * 1005 / 1000, "{} vs {}", with.blob.len(), without.blob.len());
+    for bound in [Bound::Lossless, Bound::Abs(2.0), Bound::Abs(8.0)] {
+        let with = encode_window(&refs, &opts(DType::U16, 64, 48, bound, &torch, PredictorChoice::Auto)).unwrap();
+        let without = encode_window(&refs, &Options { model: None, ..opts(DType::U16, 64, 48, bound, &torch, PredictorChoice::Auto) }).unwrap();
+        assert_eq!(with.model, None, "{bound}: a random model should lose to the classical predictors");
+        assert!(with.blob == without.blob, "{bound}: {} vs {} bytes", with.blob.len(), without.blob.len());
+    }
+}
+
+/// A "model" that knows the noise-free frames of a fixture: a prediction better than any
+/// classical one, which `auto` must keep.
+struct Oracle(Vec<Vec<u32>>);
+
+#[derive(Clone)]
+struct Seen(usize);
+
+impl tezipfs::codec::predict::ModelState for Seen {
+    fn clone_box(&self) -> Box<dyn tezipfs::codec::predict::ModelState> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Model for Oracle {
+    fn hash(&self) -> ModelHash {
+        [7; 32]
+    }
+    fn start(&self, _: tezipfs::codec::predict::Geometry) -> Result<Box<dyn tezipfs::codec::predict::ModelState>, PredictError> {
+        Ok(Box::new(Seen(0)))
+    }
+    fn predict_batch(&self, states: &mut [&mut dyn tezipfs::codec::predict::ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
+        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
+            let k = s.as_any().downcast_ref::<Seen>().unwrap().0;
+            out.copy_from_slice(&self.0[k]);
+        }
+        Ok(())
+    }
+    fn observe_batch(&self, states: &mut [&mut dyn tezipfs::codec::predict::ModelState], _: &[&[u32]]) -> Result<(), PredictError> {
+        for s in states.iter_mut() {
+            s.as_any_mut().downcast_mut::<Seen>().unwrap().0 += 1;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn auto_keeps_a_model_that_codes_smaller_and_the_blob_decodes_with_it() {
+    let spec = SequenceSpec { dtype: DType::U16, ..SequenceSpec::detector_u16(64, 48, 8, 5) };
+    let files = generate_raw(&spec);
+    let means: Vec<Vec<u32>> = generate_means(&spec).iter().map(|m| m.iter().map(|&v| v.round().clamp(0.0, 65535.0) as u32).collect()).collect();
+    let oracle: Arc<dyn Model> = Arc::new(Oracle(means));
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    for bound in [Bound::Lossless, Bound::Abs(2.0), Bound::Abs(8.0)] {
+        let with = encode_window(&refs, &opts(DType::U16, 64, 48, bound, &oracle, PredictorChoice::Auto)).unwrap();
+        let without = encode_window(&refs, &Options { model: None, ..opts(DType::U16, 64, 48, bound, &oracle, PredictorChoice::Auto) }).unwrap();
+        assert_eq!(with.model, Some([7; 32]), "{bound}: the noise-free frames predict better than any classical predictor");
+        assert!(with.blob.len() < without.blob.len(), "{bound}: {} vs {} bytes", with.blob.len(), without.blob.len());
+        let back = decode_window_with(&with.blob, Arc::new(Only(oracle.clone()))).unwrap();
+        for (k, (a, b)) in files.iter().zip(&back).enumerate() {
+            let (a, b) = (values(DType::U16, a), values(DType::U16, b));
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            let e = match bound {
+                Bound::Abs(e) => e,
+                _ => 0.0,
+            };
+            assert!(err <= e, "{bound}: frame {k} is off by {err}");
+        }
+    }
 }
 
 #[test]
