@@ -30,6 +30,9 @@ pub struct ModelBenchArgs {
     /// Error bounds to measure (0: lossless), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub model_bounds: Vec<u32>,
+    /// Only the sets whose name contains one of these words (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub model_sets: Vec<String>,
     #[command(flatten)]
     pub genie: super::bench_genie::GenieArgs,
 }
@@ -138,6 +141,12 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
     if !no_fixtures {
         sets.push(fixture("fixture-detector-u16", DType::U16, 512, 512, 32, 1));
         sets.push(fixture("fixture-detector-u8", DType::U8, 512, 512, 32, 2));
+    }
+    if !args.model_sets.is_empty() {
+        sets.retain(|d| args.model_sets.iter().any(|w| d.name.contains(w.as_str())));
+        if sets.is_empty() {
+            anyhow::bail!("--model-sets {}: no set has such a name", args.model_sets.join(","));
+        }
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("tezipfs bench --model: a `small` model per set and bound, trained {:.1} min on {cores} cores on the first half of each set; the second half coded single-threaded (window {window})", args.model_minutes);
