@@ -30,10 +30,11 @@ pub struct ModelBenchArgs {
     /// Error bounds to measure (0: lossless), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub model_bounds: Vec<u32>,
-    /// Train in closed loop under a bound (the network observes reconstructions quantised
-    /// against its own predictions, as in the codec) instead of originals plus noise.
+    /// Train open loop under a bound (the network observes the originals plus noise) instead of
+    /// the default closed loop (reconstructions quantised against its own predictions, as in
+    /// the codec).
     #[arg(long)]
-    pub model_closed_loop: bool,
+    pub model_open_loop: bool,
     /// Only the sets whose name contains one of these words (comma-separated; default: all).
     #[arg(long, value_delimiter = ',')]
     pub model_sets: Vec<String>,
@@ -183,7 +184,7 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             // Train on every core, then code on one.
             tch::set_num_threads(cores as i32);
             let t = Instant::now();
-            let opts = TrainOptions { size: Size::Small, bound, minutes: args.model_minutes, device: train::DeviceChoice::Cpu, threads: Some(cores), hyper: train::Hyper { closed_loop: args.model_closed_loop, ..train::Hyper::default() }, ..TrainOptions::default() };
+            let opts = TrainOptions { size: Size::Small, bound, minutes: args.model_minutes, device: train::DeviceChoice::Cpu, threads: Some(cores), hyper: train::Hyper { closed_loop: !args.model_open_loop, ..train::Hyper::default() }, ..TrainOptions::default() };
             let model = train::train(&train_frames, geom, &opts, &mut |_| {})?;
             let trained_secs = t.elapsed().as_secs_f64();
             let bytes = file::to_bytes(&model);
