@@ -572,7 +572,7 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: M
     // reconstructions) through the replay. Under a bound it runs the real model in closed loop,
     // as `previous` with the model would code those frames: a model that observed the originals
     // instead would be estimated on cleaner frames than it will see (on ctc at abs:4 the probe
-    // then chose `prednet+previous`, which coded 38% larger than `linear`), and so would the
+    // then chose `prednet+previous`, which coded 64% more bits than `prednet+linear`), and so would the
     // forked candidates, which run in closed loop from there.
     let mut warmed: Option<Session> = None;
     let mut ranked: Vec<(f64, Candidate, Quantised)> = Vec::with_capacity(candidates.len());
