@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use tezipfs::codec::container::{Blob, BlobError};
-use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, PredictError};
+use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, Playback, PredictError};
 use tezipfs::codec::window::{decode_window_with, encode_window};
 use tezipfs::codec::{Bound, DType, FormatSpec, Options, PredictorChoice, RawSpec};
 use tezipfs::fixtures::{generate_means, generate_raw, SequenceSpec};
@@ -96,53 +96,13 @@ fn auto_keeps_the_model_only_where_it_codes_smaller() {
     }
 }
 
-/// A "model" that knows the noise-free frames of a fixture: a prediction better than any
-/// classical one, which `auto` must keep.
-struct Oracle(Vec<Vec<u32>>);
-
-#[derive(Clone)]
-struct Seen(usize);
-
-impl tezipfs::codec::predict::ModelState for Seen {
-    fn clone_box(&self) -> Box<dyn tezipfs::codec::predict::ModelState> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl Model for Oracle {
-    fn hash(&self) -> ModelHash {
-        [7; 32]
-    }
-    fn start(&self, _: tezipfs::codec::predict::Geometry) -> Result<Box<dyn tezipfs::codec::predict::ModelState>, PredictError> {
-        Ok(Box::new(Seen(0)))
-    }
-    fn predict_batch(&self, states: &mut [&mut dyn tezipfs::codec::predict::ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
-        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
-            let k = s.as_any().downcast_ref::<Seen>().unwrap().0;
-            out.copy_from_slice(&self.0[k]);
-        }
-        Ok(())
-    }
-    fn observe_batch(&self, states: &mut [&mut dyn tezipfs::codec::predict::ModelState], _: &[&[u32]]) -> Result<(), PredictError> {
-        for s in states.iter_mut() {
-            s.as_any_mut().downcast_mut::<Seen>().unwrap().0 += 1;
-        }
-        Ok(())
-    }
-}
-
 #[test]
 fn auto_keeps_a_model_that_codes_smaller_and_the_blob_decodes_with_it() {
     let spec = SequenceSpec { dtype: DType::U16, ..SequenceSpec::detector_u16(64, 48, 8, 5) };
     let files = generate_raw(&spec);
     let means: Vec<Vec<u32>> = generate_means(&spec).iter().map(|m| m.iter().map(|&v| v.round().clamp(0.0, 65535.0) as u32).collect()).collect();
-    let oracle: Arc<dyn Model> = Arc::new(Oracle(means));
+    // A "model" that knows the noise-free frames: a prediction better than any classical one.
+    let oracle: Arc<dyn Model> = Arc::new(Playback::new([7; 32], means));
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     for bound in [Bound::Lossless, Bound::Abs(2.0), Bound::Abs(8.0)] {
         let with = encode_window(&refs, &opts(DType::U16, 64, 48, bound, &oracle, PredictorChoice::Auto)).unwrap();

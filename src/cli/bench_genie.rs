@@ -23,7 +23,7 @@
 //! it, and no layer mixes pixels. It predicts `x_t` as the mean of the pixel's 8 neighbours in
 //! frame `t` plus a learned residual, in units of the training frames' residual spread; trained
 //! with Adam (MSE or MAE) on random pixels of the set's first half, then its rounded
-//! predictions of the second half are the reference of a [`Reference`] model, coded as the
+//! predictions of the second half are the reference of a [`Playback`] model, coded as the
 //! oracle is (`prednet`: the model-able predictors only, the best per window).
 //!
 //! The simple genie is parameter-free: the mean of the pixel's 8 neighbours in frame `t`,
@@ -36,11 +36,11 @@ use serde_json::{json, Value};
 use sha2::Digest;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
-use tezipfs::codec::predict::{Geometry, Model, ModelHandle, ModelHash, ModelState, PredictError};
+use tezipfs::codec::predict::{ModelHandle, Playback};
 use tezipfs::codec::{Bound, DType, Options, PredictorChoice};
 use tezipfs::model::file::Rng;
 
@@ -351,69 +351,12 @@ impl Genie {
     }
 }
 
-/// A "model" whose reference of every frame is precomputed (a genie's prediction, rounded):
-/// what the codec is given in place of a learned correction. Like the oracle, it is told which
-/// window it serves before each is coded or decoded.
-pub(super) struct Reference {
-    name: String,
-    refs: Vec<Vec<u32>>,
-    /// The first frame of the window being coded or decoded.
-    pub window_start: AtomicUsize,
-}
-
-impl Reference {
-    /// From float predictions: rounded and clamped to the pixel type's integer image.
-    pub fn new(name: &str, preds: &[Vec<f32>], dtype: DType) -> Reference {
-        let mask = dtype.mask() as f32;
-        let refs = preds.iter().map(|f| f.iter().map(|&v| v.round().clamp(0.0, mask) as u32).collect()).collect();
-        Reference { name: name.into(), refs, window_start: AtomicUsize::new(0) }
-    }
-}
-
-#[derive(Clone)]
-struct ReferenceState {
-    first: usize,
-    seen: usize,
-}
-
-impl ModelState for ReferenceState {
-    fn clone_box(&self) -> Box<dyn ModelState> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl Model for Reference {
-    fn hash(&self) -> ModelHash {
-        sha2::Sha256::digest(self.name.as_bytes()).into()
-    }
-    fn start(&self, _geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        Ok(Box::new(ReferenceState { first: self.window_start.load(Ordering::SeqCst), seen: 0 }))
-    }
-    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
-        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
-            let s = s.as_any().downcast_ref::<ReferenceState>().ok_or_else(|| PredictError::Malformed("not a reference state".into()))?;
-            let r = self.refs.get(s.first + s.seen).ok_or_else(|| PredictError::Malformed(format!("{}: asked past the sequence", self.name)))?;
-            if r.len() != out.len() {
-                return Err(PredictError::Malformed(format!("{}: frames of {} pixels, asked for {}", self.name, r.len(), out.len())));
-            }
-            out.copy_from_slice(r);
-        }
-        Ok(())
-    }
-    fn observe_batch(&self, states: &mut [&mut dyn ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
-        for s in states.iter_mut() {
-            if let Some(s) = s.as_any_mut().downcast_mut::<ReferenceState>() {
-                s.seen += 1;
-            }
-        }
-        Ok(())
-    }
+/// A reference made elsewhere, played back to the codec, named by the SHA-256 of `name`: from
+/// float predictions, rounded and clamped to the pixel type's integer image.
+pub(super) fn reference(name: &str, preds: &[Vec<f32>], dtype: DType) -> Playback {
+    let mask = dtype.mask() as f32;
+    let refs = preds.iter().map(|f| f.iter().map(|&v| v.round().clamp(0.0, mask) as u32).collect()).collect();
+    Playback::new(sha2::Sha256::digest(name.as_bytes()).into(), refs)
 }
 
 /// A set's frames as f32 (the integer images), when the genie can work on them: integer types
@@ -454,8 +397,8 @@ fn residual_entropy(refs: &[Vec<f32>], truth: &[Vec<f32>], e: u32) -> f64 {
 
 /// A set's genies, trained and applied: the references of its second half.
 pub(super) struct SetGenie {
-    pub learned: Arc<Reference>,
-    pub simple: Arc<Reference>,
+    pub learned: Arc<Playback>,
+    pub simple: Arc<Playback>,
     pub report: Value,
 }
 
@@ -507,12 +450,12 @@ pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h
         "train_seconds": genie.secs, "train_steps": genie.steps, "train_loss": genie.loss, "units": genie.features.scale,
         "rmse": {"learned": r_learned, "simple": r_simple, "previous": r_prev, "oracle": r_oracle},
     });
-    Ok(Some(SetGenie { learned: Arc::new(Reference::new(&format!("genie: learned, non-causal, {name}"), &learned, dtype)), simple: Arc::new(Reference::new(&format!("genie: simple, non-causal, {name}"), &simple, dtype)), report }))
+    Ok(Some(SetGenie { learned: Arc::new(reference(&format!("genie: learned, non-causal, {name}"), &learned, dtype)), simple: Arc::new(reference(&format!("genie: simple, non-causal, {name}"), &simple, dtype)), report }))
 }
 
 /// Code `second` with a reference model as the oracle row is coded: the model-able predictors
 /// only, the best per window.
-pub(super) fn reference_row(second: &Dataset, base: &Options, window: usize, r: &Arc<Reference>, label: &str) -> anyhow::Result<Row> {
+pub(super) fn reference_row(second: &Dataset, base: &Options, window: usize, r: &Arc<Playback>, label: &str) -> anyhow::Result<Row> {
     let opts = Options { model: Some(ModelHandle(r.clone())), predictor: PredictorChoice::Prednet, ..base.clone() };
     codec_row_with(second, &opts, window, label, &|start| r.window_start.store(start, Ordering::SeqCst))
 }

@@ -12,10 +12,10 @@
 use super::bench::{codec_row, codec_row_with, fixture, load_dir, shared_dir, Dataset, Row};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tezipfs::codec::predict::{Geometry, Model, ModelHandle, ModelHash, ModelState, PredictError};
+use tezipfs::codec::predict::{Geometry, Model, ModelHandle, Playback};
 use tezipfs::codec::{Bound, DType, Options, PredictorChoice};
 use tezipfs::fixtures::generate_means;
 use tezipfs::model::train::{self, TrainOptions};
@@ -58,57 +58,6 @@ fn images(d: &Dataset) -> Vec<Vec<u32>> {
             img
         })
         .collect()
-}
-
-/// The oracle: a "model" whose reference of every frame is the generator's noise-free frame
-/// (rounded to the pixel type). Not a predictor anyone can have; the limit of all of them.
-struct Oracle {
-    means: Vec<Vec<u32>>,
-    /// The first frame of the window being coded or decoded (set by the bench before each).
-    window_start: AtomicUsize,
-}
-
-#[derive(Clone)]
-struct OracleState {
-    first: usize,
-    seen: usize,
-}
-
-impl ModelState for OracleState {
-    fn clone_box(&self) -> Box<dyn ModelState> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl Model for Oracle {
-    fn hash(&self) -> ModelHash {
-        *b"oracle: the noise-free frames!!!"
-    }
-    fn start(&self, _geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        Ok(Box::new(OracleState { first: self.window_start.load(Ordering::SeqCst), seen: 0 }))
-    }
-    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
-        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
-            let s = s.as_any().downcast_ref::<OracleState>().ok_or_else(|| PredictError::Malformed("not an oracle state".into()))?;
-            let mean = self.means.get(s.first + s.seen).ok_or_else(|| PredictError::Malformed("oracle asked past the sequence".into()))?;
-            out.copy_from_slice(mean);
-        }
-        Ok(())
-    }
-    fn observe_batch(&self, states: &mut [&mut dyn ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
-        for s in states.iter_mut() {
-            if let Some(s) = s.as_any_mut().downcast_mut::<OracleState>() {
-                s.seen += 1;
-            }
-        }
-        Ok(())
-    }
 }
 
 fn print_row(r: &Row) {
@@ -165,15 +114,17 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
         println!("\n# {}: {}x{} {}, trained on frames 0-{} , coded frames {}-{} ({:.1} MB)", d.name, d.width, d.height, d.dtype, half - 1, half, d.files.len() - 1, second.bytes() as f64 / 1e6);
         println!("{:<42} {:>8} {:>10} {:>10}  check [windows: predictor+stage:frames]", "method", "ratio", "comp MB/s", "dec MB/s");
         let floor = second.noise_floor().filter(|f| f.white());
-        // The oracle's references: the generator's noise-free frames of the second half.
+        // The oracle: a "model" whose references are the generator's noise-free frames of the
+        // second half (rounded to the pixel type). Not a predictor anyone can have; the limit of
+        // all of them.
         let oracle = d.spec.as_ref().map(|spec| {
             let mask = d.dtype.mask() as f64;
             let means = generate_means(spec)[half..].iter().map(|m| m.iter().map(|&v| v.round().clamp(0.0, mask) as u32).collect()).collect();
-            Arc::new(Oracle { means, window_start: AtomicUsize::new(0) })
+            Arc::new(Playback::new(*b"oracle: the noise-free frames!!!", means))
         });
         // The genies see originals, so one serves every bound (see bench_genie).
         tch::set_num_threads(cores as i32);
-        let genie = if args.genie.genie { super::bench_genie::prepare(&d.name, &images(d), d.dtype, d.width as usize, d.height as usize, half, &args.genie, oracle.as_ref().map(|o| &o.means[..]))? } else { None };
+        let genie = if args.genie.genie { super::bench_genie::prepare(&d.name, &images(d), d.dtype, d.width as usize, d.height as usize, half, &args.genie, oracle.as_ref().map(|o| &o.refs[..]))? } else { None };
         let mut set_report = Vec::new();
         for &e in &args.model_bounds {
             let bound = if e == 0 { Bound::Lossless } else { Bound::Abs(e as f64) };

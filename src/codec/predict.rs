@@ -244,6 +244,64 @@ impl ModelSource for NoModels {
     }
 }
 
+/// A "model" that plays back given references, frame by frame: the encoder's replay of a real
+/// model's references, and the benches' oracle and genie references. A window's state starts at
+/// `window_start` (the sequence position of the window's first frame, set before each coding
+/// when the references cover a whole sequence; 0 when they are the window's own).
+pub struct Playback {
+    pub hash: ModelHash,
+    /// By sequence position.
+    pub refs: Vec<Vec<u32>>,
+    pub window_start: std::sync::atomic::AtomicUsize,
+}
+
+impl Playback {
+    pub fn new(hash: ModelHash, refs: Vec<Vec<u32>>) -> Playback {
+        Playback { hash, refs, window_start: std::sync::atomic::AtomicUsize::new(0) }
+    }
+}
+
+#[derive(Clone)]
+struct PlaybackState {
+    next: usize,
+}
+
+impl ModelState for PlaybackState {
+    fn clone_box(&self) -> Box<dyn ModelState> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Model for Playback {
+    fn hash(&self) -> ModelHash {
+        self.hash
+    }
+    fn start(&self, _geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
+        Ok(Box::new(PlaybackState { next: self.window_start.load(std::sync::atomic::Ordering::SeqCst) }))
+    }
+    fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
+        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
+            let k = s.as_any().downcast_ref::<PlaybackState>().ok_or_else(|| PredictError::Malformed("not a playback state".into()))?.next;
+            out.copy_from_slice(self.refs.get(k).filter(|r| r.len() == out.len()).ok_or_else(|| PredictError::Malformed(format!("no reference of frame {k} of {} pixels", out.len())))?);
+        }
+        Ok(())
+    }
+    fn observe_batch(&self, states: &mut [&mut dyn ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
+        for s in states.iter_mut() {
+            if let Some(s) = s.as_any_mut().downcast_mut::<PlaybackState>() {
+                s.next += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A model and its state for one window.
 struct ModelRun {
     model: std::sync::Arc<dyn Model>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
-use super::predict::{linear, motion, Geometry, ModelHandle, ModelSource, NoModels, PredictError, PredictorChoice, PredictorId, Session};
+use super::predict::{linear, motion, Geometry, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
@@ -120,57 +120,12 @@ fn session_for(c: Candidate, geom: Geometry, coefs: &Coefs, model: Option<&Model
 /// Model references of a window's frames cached when they take at most this many bytes.
 const REPLAY_BYTES: usize = 256 << 20;
 
-/// A model's references of every frame of a window, computed once from the original frames and
-/// played back: what a lossless window is coded with (its reconstructions are the originals, so
-/// the decoder's model computes exactly these), and what the probe estimates every model
-/// candidate with. One inference pass instead of one per candidate and pass. It names itself by
-/// the model's hash, which is what the blob records.
-struct Replay {
-    hash: super::predict::ModelHash,
-    /// By chain position (position 0, the key frame, has none).
-    refs: Vec<Vec<u32>>,
-}
-
-#[derive(Clone)]
-struct ReplayState {
-    next: usize,
-}
-
-impl super::predict::ModelState for ReplayState {
-    fn clone_box(&self) -> Box<dyn super::predict::ModelState> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl super::predict::Model for Replay {
-    fn hash(&self) -> super::predict::ModelHash {
-        self.hash
-    }
-    fn start(&self, _geom: Geometry) -> Result<Box<dyn super::predict::ModelState>, PredictError> {
-        Ok(Box::new(ReplayState { next: 0 }))
-    }
-    fn predict_batch(&self, states: &mut [&mut dyn super::predict::ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
-        for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
-            let k = s.as_any().downcast_ref::<ReplayState>().ok_or_else(|| PredictError::Malformed("not a replay state".into()))?.next;
-            out.copy_from_slice(self.refs.get(k).filter(|r| r.len() == out.len()).ok_or_else(|| PredictError::Malformed(format!("no cached reference of frame {k}")))?);
-        }
-        Ok(())
-    }
-    fn observe_batch(&self, states: &mut [&mut dyn super::predict::ModelState], _recons: &[&[u32]]) -> Result<(), PredictError> {
-        for s in states.iter_mut() {
-            if let Some(s) = s.as_any_mut().downcast_mut::<ReplayState>() {
-                s.next += 1;
-            }
-        }
-        Ok(())
-    }
-}
+// The replay: a model's references of every frame of a window, computed once from the original
+// frames and played back ([`Playback`], named by the model's hash, which is what the blob
+// records): what a lossless window is coded with (its reconstructions are the originals, so the
+// decoder's model computes exactly these), and what the probe estimates every model candidate
+// with. One inference pass instead of one per candidate and pass. (Position 0, the key frame,
+// has no reference.)
 
 /// The replay of `model` over the chain's original frames, if it fits [`REPLAY_BYTES`].
 fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<ModelHandle>, EncodeError> {
@@ -184,7 +139,7 @@ fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<M
         refs.push(if s.position() > 0 { s.reference().to_vec() } else { Vec::new() });
         s.observe(x)?;
     }
-    Ok(Some(ModelHandle(Arc::new(Replay { hash: model.0.hash(), refs }))))
+    Ok(Some(ModelHandle(Arc::new(Playback::new(model.0.hash(), refs)))))
 }
 
 /// What happened to one file of a window.
