@@ -41,19 +41,32 @@ fn main() {
                     quantizer::encode(dtype, FrameBound::Lossless, x, p).codes
                 })
                 .collect();
-            let stages: &[Stage] = if std::env::var("LAB_ALL").is_ok() { &[Stage::ContextRans, Stage::Adaptive, Stage::BitShuffleZstd] } else { &[Stage::Adaptive] };
+            let stages: &[Stage] =
+                if std::env::var("LAB_ALL").is_ok() { &[Stage::ContextRans, Stage::Adaptive, Stage::BitShuffleZstd] } else { &[Stage::Adaptive] };
             for &stage in stages {
                 let t = Instant::now();
                 let enc: Vec<Vec<u8>> = codes
                     .iter()
                     .enumerate()
-                    .map(|(k, c)| coder.encode(stage, c, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None }).unwrap())
+                    .map(|(k, c)| {
+                        coder
+                            .encode(
+                                stage,
+                                c,
+                                dtype.bytes(),
+                                w,
+                                Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None },
+                            )
+                            .unwrap()
+                    })
                     .collect();
                 let te = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let mut out = Vec::new();
                 for (k, e) in enc.iter().enumerate() {
-                    coder.decode(stage, e, w * h, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), ..Side::default() }, &mut out).unwrap();
+                    coder
+                        .decode(stage, e, w * h, dtype.bytes(), w, Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), ..Side::default() }, &mut out)
+                        .unwrap();
                     assert_eq!(out, codes[k]);
                 }
                 let td = t.elapsed().as_secs_f64();
@@ -61,7 +74,12 @@ fn main() {
                 if stage == Stage::Adaptive {
                     total += (size as f64).ln();
                 }
-                println!("{d:22} {label:9} {stage:16} ratio {:6.3}  enc {:6.1} MB/s  dec {:6.1} MB/s", raw_bytes as f64 / size as f64, raw_bytes as f64 / 1e6 / te, raw_bytes as f64 / 1e6 / td);
+                println!(
+                    "{d:22} {label:9} {stage:16} ratio {:6.3}  enc {:6.1} MB/s  dec {:6.1} MB/s",
+                    raw_bytes as f64 / size as f64,
+                    raw_bytes as f64 / 1e6 / te,
+                    raw_bytes as f64 / 1e6 / td
+                );
             }
         }
     }

@@ -119,7 +119,10 @@ fn json(r: &Residuals) -> serde_json::Value {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEZIPFS_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEZIPFS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let a = Args::parse();
     let (frames, geom, means) = load(&a.set, a.fixture_frames);
     let half = a.train_frames.unwrap_or(frames.len() / 2);
@@ -137,7 +140,17 @@ fn main() {
         closed_loop: a.closed,
     };
     let arch = a.arch.as_deref().map(parse_arch);
-    let opts = TrainOptions { size: a.size, arch: arch.clone(), bound: a.bound, minutes: a.minutes, max_steps: a.max_steps, device: DeviceChoice::Cpu, seed: a.seed, threads: Some(a.threads), hyper: hyper.clone() };
+    let opts = TrainOptions {
+        size: a.size,
+        arch: arch.clone(),
+        bound: a.bound,
+        minutes: a.minutes,
+        max_steps: a.max_steps,
+        device: DeviceChoice::Cpu,
+        seed: a.seed,
+        threads: Some(a.threads),
+        hyper: hyper.clone(),
+    };
     let t0 = Instant::now();
     let mut last = 0u64;
     let trained = train::train_float(train_f, geom, &opts, &mut |p| {
@@ -205,7 +218,8 @@ fn main() {
     if let Some(means) = means {
         let mask = geom.mask() as f64;
         let tm = &means[half..];
-        let refs: Vec<Option<Vec<u32>>> = (0..tm.len()).map(|t| (t % window != 0).then(|| tm[t].iter().map(|&m| m.min(mask).round() as u32).collect())).collect();
+        let refs: Vec<Option<Vec<u32>>> =
+            (0..tm.len()).map(|t| (t % window != 0).then(|| tm[t].iter().map(|&m| m.min(mask).round() as u32).collect())).collect();
         let o = eval::residuals(test_f, &refs, geom.width, degrade.e as u32);
         out["oracle"] = json(&o);
     }

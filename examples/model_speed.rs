@@ -137,7 +137,10 @@ fn main() {
     nframes = nframes.max(3);
     println!("# ms/frame: fastest frame (wall), median (wall), median CPU time; rates from the fastest frame");
     println!("# torch backend: threads, variant, convolutions requantised in int32 / convolutions / int8 products a step");
-    println!("{:<10} {:>14} {:<24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}", "model", "frame", "backend", "ms/frame", "(median)", "(cpu)", "frames/s", "Mpix/s", "MB/s");
+    println!(
+        "{:<10} {:>14} {:<24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "model", "frame", "backend", "ms/frame", "(median)", "(cpu)", "frames/s", "Mpix/s", "MB/s"
+    );
     for (name, arch) in &archs {
         println!("# {name}: {:.0} MAC per pixel", macs_per_pixel(arch));
         for &(w, h, dtype) in &sizes {
@@ -146,7 +149,16 @@ fn main() {
             let seq = frames(geom, nframes);
             let mb = (geom.pixels() * dtype.bytes()) as f64 / 1e6;
             let report = |backend: &str, (secs, median, cpu): (f64, f64, f64)| {
-                println!("{name:<10} {:>14} {backend:<24} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>8.2} {:>8.2}", format!("{w}x{h}:{dtype}"), secs * 1e3, median * 1e3, cpu * 1e3, 1.0 / secs, geom.pixels() as f64 / secs / 1e6, mb / secs);
+                println!(
+                    "{name:<10} {:>14} {backend:<24} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>8.2} {:>8.2}",
+                    format!("{w}x{h}:{dtype}"),
+                    secs * 1e3,
+                    median * 1e3,
+                    cpu * 1e3,
+                    1.0 / secs,
+                    geom.pixels() as f64 / secs / 1e6,
+                    mb / secs
+                );
             };
             for variant in &variants {
                 // Random multipliers reach 2^31 (int64 requantisation); shrunk ones prove the

@@ -72,7 +72,8 @@ impl CodecArgs {
     pub fn load_model(&self) -> anyhow::Result<Option<(([u8; 32], Vec<u8>), tezipfs::codec::predict::ModelHandle)>> {
         let Some(path) = &self.model else { return Ok(None) };
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read model file {}: {e}", path.display()))?;
-        let model = tezipfs::model::load(&bytes, tezipfs::model::Backend::Torch(self.device)).map_err(|e| anyhow::anyhow!("model file {}: {e}", path.display()))?;
+        let model =
+            tezipfs::model::load(&bytes, tezipfs::model::Backend::Torch(self.device)).map_err(|e| anyhow::anyhow!("model file {}: {e}", path.display()))?;
         Ok(Some(((tezipfs::model::file::hash(&bytes), bytes), tezipfs::codec::predict::ModelHandle(model))))
     }
 
@@ -214,7 +215,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compress { frames_dir, out, codec, threads } => offline::compress(&frames_dir, &out, &codec, threads),
         Command::Decompress { input, out_dir, device } => offline::decompress(&input, &out_dir, device),
         Command::Verify { input, against, device } => offline::verify(&input, against.as_deref(), device),
-        Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref()),
+        Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => {
+            bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref())
+        }
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
         Command::Mount(args) => mount::run(args),
@@ -227,7 +230,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);
             println!("libtorch: linked; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
-            println!("model file version {}; learned models run on {:?} (--device auto), {} libtorch threads", tezipfs::model::file::VERSION, tch::Device::cuda_if_available(), tch::get_num_threads());
+            println!(
+                "model file version {}; learned models run on {:?} (--device auto), {} libtorch threads",
+                tezipfs::model::file::VERSION,
+                tch::Device::cuda_if_available(),
+                tch::get_num_threads()
+            );
             Ok(())
         }
     }

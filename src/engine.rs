@@ -65,7 +65,13 @@ impl Engine {
             .enable_time()
             .build()?;
         let s = stop.clone();
-        let shared = Arc::new(Shared { vfs, trainer: Default::default(), in_flight: Mutex::new(HashSet::new()), failed: Mutex::new(HashMap::new()), invalidate: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            vfs,
+            trainer: Default::default(),
+            in_flight: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+            invalidate: Mutex::new(None),
+        });
         let sh = shared.clone();
         let thread = std::thread::Builder::new().name("tezipfs-engine".into()).spawn(move || {
             rt.block_on(run(sh, s, threads.max(1)));
@@ -96,7 +102,11 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             last_budget_check = Instant::now();
             let staging = shared.vfs.store.bytes_in("staging");
             if staging > shared.vfs.config.staging_budget {
-                tracing::warn!(staging_bytes = staging, budget = shared.vfs.config.staging_budget, "staging is over its budget: compression is behind ingest (writes go on)");
+                tracing::warn!(
+                    staging_bytes = staging,
+                    budget = shared.vfs.config.staging_budget,
+                    "staging is over its budget: compression is behind ingest (writes go on)"
+                );
             }
             shared.trainer.recode_if_idle(&shared.vfs);
         }
@@ -179,7 +189,9 @@ pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>,
         let newest = staged.iter().map(|i| age(i.mtime, now)).min().unwrap_or(Duration::ZERO);
         let eligible: HashMap<u64, Inode> = staged
             .into_iter()
-            .filter(|i| !in_flight.contains(&i.ino) && !vfs.is_open(i.ino) && age(i.mtime, now) >= quiet && failed.get(&i.ino).is_none_or(|t| t.elapsed() > RETRY_AFTER))
+            .filter(|i| {
+                !in_flight.contains(&i.ino) && !vfs.is_open(i.ino) && age(i.mtime, now) >= quiet && failed.get(&i.ino).is_none_or(|t| t.elapsed() > RETRY_AFTER)
+            })
             .map(|i| (i.ino, i))
             .collect();
         if eligible.is_empty() {
@@ -250,7 +262,8 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     }
     let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
     // Verify by decoding before anything is committed (rule 1 of DESIGN.md).
-    let decoded = decode_window_with(&enc.blob, vfs.models.clone()).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
+    let decoded =
+        decode_window_with(&enc.blob, vfs.models.clone()).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
     for (k, (d, f)) in decoded.iter().zip(&files).enumerate() {
         let lossless = opts.bound == Bound::Lossless || matches!(enc.entries[k], EntryReport::Opaque { .. });
         if d.len() != f.len() || (lossless && d != f) {
@@ -266,7 +279,8 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     let id = vfs.alloc_blob_id()?;
     vfs.store.write_blob(id, &enc.blob)?;
     let rec = Blob { id, entries: members.len() as u32, live: 0, bytes: enc.blob.len() as u64 };
-    let plan: Vec<(Inode, u32, u64, bool)> = members.iter().enumerate().map(|(k, m)| (m.clone(), k as u32, shares[k], matches!(enc.entries[k], EntryReport::Frame { .. }))).collect();
+    let plan: Vec<(Inode, u32, u64, bool)> =
+        members.iter().enumerate().map(|(k, m)| (m.clone(), k as u32, shares[k], matches!(enc.entries[k], EntryReport::Frame { .. }))).collect();
     let changed: Vec<u64> = members.iter().zip(decoded.iter().zip(&files)).filter(|(_, (d, f))| d != f).map(|(m, _)| m.ino).collect();
     if let (Some(f), false) = (invalidate, changed.is_empty()) {
         f(&changed);

@@ -5,14 +5,15 @@
 use crate::index::{Kind, Timestamp};
 use crate::vfs::{Attr, Ctx, FsError, FsResult, NewNode, OpenFlags, Opened, SetAttr, TimeSet, Vfs};
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -178,7 +179,13 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
-        for cap in [InitFlags::FUSE_ATOMIC_O_TRUNC, InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO, InitFlags::FUSE_BIG_WRITES, InitFlags::FUSE_MAX_PAGES] {
+        for cap in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
             if let Err(e) = config.add_capabilities(cap) {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
             }
@@ -284,7 +291,9 @@ impl Filesystem for FuseFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        match run("symlink", parent.0, || self.vfs.create_node(ctx(req), parent.0, link_name.as_bytes(), NewNode::Symlink(target.as_os_str().as_bytes()), 0o777, 0)) {
+        match run("symlink", parent.0, || {
+            self.vfs.create_node(ctx(req), parent.0, link_name.as_bytes(), NewNode::Symlink(target.as_os_str().as_bytes()), 0o777, 0)
+        }) {
             Ok(a) => reply.entry(&ttl(&a), &fuse_attr(&a), Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -325,7 +334,18 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn write(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, data: &[u8], _wf: WriteFlags, _flags: fuser::OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: fuser::OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         match run("write", ino.0, || self.vfs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),

@@ -274,7 +274,9 @@ impl Index {
     /// A 32-byte model hash stored under `key`.
     fn hash_at(&self, key: &[u8]) -> Result<Option<[u8; 32]>, IndexError> {
         match self.store.get(key)? {
-            Some(v) => Ok(Some(v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(key), why: format!("{} bytes, not a model hash", v.len()) })?)),
+            Some(v) => Ok(Some(
+                v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(key), why: format!("{} bytes, not a model hash", v.len()) })?,
+            )),
             None => Ok(None),
         }
     }
@@ -296,7 +298,16 @@ impl Index {
     /// Every model name, in name order.
     pub fn model_names(&self) -> Result<Vec<(Vec<u8>, [u8; 32])>, IndexError> {
         let p = keys::MODEL_NAME;
-        self.store.scan_prefix(p)?.into_iter().map(|(k, v)| Ok((k[p.len()..].to_vec(), v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(&k), why: "not a model hash".into() })?))).collect()
+        self.store
+            .scan_prefix(p)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    k[p.len()..].to_vec(),
+                    v.as_slice().try_into().map_err(|_| IndexError::Corrupt { key: keys::describe(&k), why: "not a model hash".into() })?,
+                ))
+            })
+            .collect()
     }
 
     /// The model trained for a directory under `model=auto`.

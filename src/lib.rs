@@ -2,16 +2,16 @@
 //! prediction and error-bounded residual coding. See `docs/ARCHITECTURE.md`.
 
 pub mod archive;
+pub mod cache;
 pub mod codec;
+pub mod engine;
 #[path = "../fixtures/generator.rs"]
 pub mod fixtures;
-pub mod noise;
-pub mod sortname;
-pub mod index;
-pub mod store;
-pub mod cache;
-pub mod policy;
-pub mod vfs;
 pub mod fs;
-pub mod engine;
+pub mod index;
 pub mod model;
+pub mod noise;
+pub mod policy;
+pub mod sortname;
+pub mod store;
+pub mod vfs;

@@ -186,7 +186,18 @@ pub fn integer_noise_entropy(s: f64) -> f64 {
     let p = |k: f64| {
         const STEPS: usize = 64;
         let h = 1.0 / STEPS as f64;
-        let sum: f64 = (0..=STEPS).map(|i| density(k - 0.5 + i as f64 * h) * if i == 0 || i == STEPS { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 }).sum();
+        let sum: f64 = (0..=STEPS)
+            .map(|i| {
+                density(k - 0.5 + i as f64 * h)
+                    * if i == 0 || i == STEPS {
+                        1.0
+                    } else if i % 2 == 1 {
+                        4.0
+                    } else {
+                        2.0
+                    }
+            })
+            .sum();
         sum * h / 3.0
     };
     // The tails by the rule, the centre as what they leave (exact where the rule is coarse).

@@ -148,7 +148,14 @@ impl ConfigFile {
     pub fn root_policy(&self) -> Result<Policy, String> {
         let mut p = Policy::default();
         let d = &self.defaults;
-        let pairs = [(BOUND, d.bound.clone()), (PREDICTOR, d.predictor.clone()), (FORMAT, d.format.clone()), (WINDOW, d.window.map(|w| w.to_string())), (MODEL, d.model.clone()), (ENTROPY, d.entropy.clone())];
+        let pairs = [
+            (BOUND, d.bound.clone()),
+            (PREDICTOR, d.predictor.clone()),
+            (FORMAT, d.format.clone()),
+            (WINDOW, d.window.map(|w| w.to_string())),
+            (MODEL, d.model.clone()),
+            (ENTROPY, d.entropy.clone()),
+        ];
         for (k, v) in pairs {
             if let Some(v) = v {
                 p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults]: {e}"))?;

@@ -217,7 +217,8 @@ impl Store {
 
     /// statvfs(2) of the filesystem the store lives on.
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {
-        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.root.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let c =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.root.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -241,11 +242,17 @@ impl Store {
     /// Bytes used by a directory tree of the store (for `stats`).
     pub fn bytes_in(&self, sub: &str) -> u64 {
         fn walk(p: &Path) -> u64 {
-            std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => walk(&e.path()),
-                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-                Err(_) => 0,
-            }).sum()).unwrap_or(0)
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
         }
         walk(&self.root.join(sub))
     }

@@ -125,8 +125,16 @@ impl Default for Config {
 enum Handle {
     /// `passthrough`: the kernel reads and writes the staging file itself (FUSE passthrough), so
     /// no READ or WRITE reaches us; size and mtime are taken from the staging file.
-    File { ino: u64, write: bool, append: bool, dirty: bool, passthrough: bool },
-    Dir { entries: Arc<Vec<DirEntry>> },
+    File {
+        ino: u64,
+        write: bool,
+        append: bool,
+        dirty: bool,
+        passthrough: bool,
+    },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -305,7 +313,9 @@ impl Vfs {
     fn index_attr(&self, i: &Inode) -> Attr {
         let blocks = match &i.data {
             Data::Compressed { stored, .. } => stored.div_ceil(512),
-            Data::Staged => std::fs::metadata(self.store.staging_path(i.ino)).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap_or(i.size.div_ceil(512)),
+            Data::Staged => {
+                std::fs::metadata(self.store.staging_path(i.ino)).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap_or(i.size.div_ceil(512))
+            }
             Data::None => 0,
         };
         Attr {

@@ -21,14 +21,7 @@ fn text(b: &[u8]) -> String {
 /// Run and require success; returns stdout.
 fn ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(
-        out.status.success(),
-        "tezipfs {} failed ({}):\nstdout: {}\nstderr: {}",
-        args.join(" "),
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "tezipfs {} failed ({}):\nstdout: {}\nstderr: {}", args.join(" "), out.status, text(&out.stdout), text(&out.stderr));
     text(&out.stdout)
 }
 
@@ -387,7 +380,23 @@ fn model_train_writes_a_model_that_loads() {
     let src = tmp.path().join("frames");
     ok(&["fixtures", s(&src), "--size", "48x40", "--frames", "5"]);
     let out = tmp.path().join("m.tzm");
-    let stdout = ok(&["model", "train", s(&src), "--out", s(&out), "--format", "raw:48x40:u16", "--bound", "abs:1", "--device", "cpu", "--threads", "1", "--max-steps", "3"]);
+    let stdout = ok(&[
+        "model",
+        "train",
+        s(&src),
+        "--out",
+        s(&out),
+        "--format",
+        "raw:48x40:u16",
+        "--bound",
+        "abs:1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--max-steps",
+        "3",
+    ]);
     let bytes = std::fs::read(&out).unwrap();
     let m = tezipfs::model::file::from_bytes(&bytes).unwrap();
     assert_eq!((m.meta.steps, m.meta.frames, m.meta.bound.as_str(), m.dtype), (3, 5, "abs:1", DType::U16));

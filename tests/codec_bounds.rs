@@ -83,8 +83,8 @@ fn pixel(dtype: DType, kind: u8, bits: u32, x: u32, y: u32, t: u32, slope: i32) 
             let v = mid + scale * (slope as i64 * x as i64 + 2 * y as i64 + 3 * t as i64) + (bits % 9) as i64 - 4;
             v.clamp(0, mask as i64) as u32
         }
-        60..=69 => 0,    // the lowest value of the type
-        70..=79 => mask, // the highest value of the type
+        60..=69 => 0,                 // the lowest value of the type
+        70..=79 => mask,              // the highest value of the type
         80..=84 => dtype.to_image(0), // numeric zero
         _ => bits & mask,
     }
@@ -103,13 +103,10 @@ fn case_strategy(dtypes: &'static [DType]) -> impl Strategy<Value = Case> {
         Just(PredictorChoice::Fixed(PredictorId::MotionMed)),
     ];
     let entropy = proptest::sample::select(&[EntropyChoice::Fast, EntropyChoice::Balanced, EntropyChoice::Best][..]);
-    (proptest::sample::select(dtypes), 1u32..=40, 1u32..=40, 1usize..=5, (predictor, entropy), -3i32..=3).prop_flat_map(|(dtype, w, h, n, (predictor, entropy), slope)| {
-        let px = (w * h) as usize * n;
-        (
-            proptest::collection::vec((0u8..100, any::<u32>()), px),
-            proptest::collection::vec(any::<[u8; SKIP]>(), n),
-        )
-            .prop_map(move |(pixels, headers)| {
+    (proptest::sample::select(dtypes), 1u32..=40, 1u32..=40, 1usize..=5, (predictor, entropy), -3i32..=3).prop_flat_map(
+        |(dtype, w, h, n, (predictor, entropy), slope)| {
+            let px = (w * h) as usize * n;
+            (proptest::collection::vec((0u8..100, any::<u32>()), px), proptest::collection::vec(any::<[u8; SKIP]>(), n)).prop_map(move |(pixels, headers)| {
                 let npx = (w * h) as usize;
                 let images = (0..n)
                     .map(|t| {
@@ -123,7 +120,8 @@ fn case_strategy(dtypes: &'static [DType]) -> impl Strategy<Value = Case> {
                     .collect();
                 Case { dtype, width: w, height: h, predictor, entropy, images, headers }
             })
-    })
+        },
+    )
 }
 
 fn abs_bound() -> impl Strategy<Value = Bound> {
@@ -174,13 +172,7 @@ fn check(case: &Case, bound: Bound) -> Result<(), TestCaseError> {
         for (i, (&g, &x)) in img.iter().zip(x_img).enumerate() {
             let (gv, xv) = (dtype.value(g), dtype.value(x));
             if !xv.is_finite() {
-                prop_assert_eq!(
-                    dtype.from_image(g),
-                    dtype.from_image(x),
-                    "frame {} pixel {}: non-finite value must come back bit-exact",
-                    t,
-                    i
-                );
+                prop_assert_eq!(dtype.from_image(g), dtype.from_image(x), "frame {} pixel {}: non-finite value must come back bit-exact", t, i);
                 continue;
             }
             let e = match bound {
@@ -251,7 +243,8 @@ fn coarse_bounds_are_actually_lossy() {
         let (w, h) = (48u32, 32u32);
         let spec = SequenceSpec { dtype, peak: 200.0, dark: 20.0, ..SequenceSpec::detector_u16(w, h, 4, 5) };
         let images = generate_images(&spec);
-        let case = Case { dtype, width: w, height: h, predictor: PredictorChoice::Auto, entropy: EntropyChoice::default(), images, headers: vec![[1, 2, 3]; 4] };
+        let case =
+            Case { dtype, width: w, height: h, predictor: PredictorChoice::Auto, entropy: EntropyChoice::default(), images, headers: vec![[1, 2, 3]; 4] };
         let bound = if dtype.is_float() { Bound::Abs(1.0) } else { Bound::Abs(3.0) };
         check(&case, bound).unwrap();
         let files = case.files();
@@ -285,7 +278,11 @@ fn linear_and_adaptive_keep_bounds_at_limits() {
                 vec![vec![0; n]; 3],
                 vec![vec![max; n]; 3],
                 (0..3).map(|t| (0..n).map(|i| if (i + t) % 2 == 0 { 0 } else { max }).collect()).collect(),
-                (0..3).map(|t| (0..n).map(|i| pixel(dtype, (i * 37 % 100) as u8, (i * 2654435761usize) as u32, i as u32 % w, i as u32 / w, t as u32, 1)).collect()).collect(),
+                (0..3)
+                    .map(|t| {
+                        (0..n).map(|i| pixel(dtype, (i * 37 % 100) as u8, (i * 2654435761usize) as u32, i as u32 % w, i as u32 / w, t as u32, 1)).collect()
+                    })
+                    .collect(),
             ];
             for images in patterns {
                 for (predictor, entropy) in [

@@ -7,9 +7,7 @@ use std::path::Path;
 
 use tezipfs::codec::format::tiff;
 use tezipfs::codec::window::{plan_windows, EntryReport};
-use tezipfs::codec::{
-    analyze, decode_window, encode_window, Bound, DType, Decoder, Encoded, FormatSpec, Options, PredictorChoice, PredictorId, RawSpec,
-};
+use tezipfs::codec::{analyze, decode_window, encode_window, Bound, DType, Decoder, Encoded, FormatSpec, Options, PredictorChoice, PredictorId, RawSpec};
 use tezipfs::fixtures::{generate_images, generate_raw, Rng, SequenceSpec};
 
 const PREDICTORS: [PredictorChoice; 9] = [
@@ -191,11 +189,7 @@ fn generated_sequences_every_dtype_predictor_and_mode() {
         let plain = generate_raw(&spec);
         assert_eq!(plain[0].len(), 37 * 23 * dtype.bytes());
         for skip in [0usize, 5, 64] {
-            let files: Vec<Vec<u8>> = plain
-                .iter()
-                .enumerate()
-                .map(|(k, f)| [random_bytes(skip, 1000 * skip as u64 + k as u64), f.clone()].concat())
-                .collect();
+            let files: Vec<Vec<u8>> = plain.iter().enumerate().map(|(k, f)| [random_bytes(skip, 1000 * skip as u64 + k as u64), f.clone()].concat()).collect();
             for predictor in PREDICTORS {
                 for exhaustive in [false, true] {
                     let what = format!("{dtype} skip={skip} {predictor} exhaustive={exhaustive}");
@@ -273,7 +267,13 @@ fn constant_and_extreme_frames() {
     for dtype in DType::ALL {
         let (w, h) = (11usize, 6usize);
         let mask = dtype.mask();
-        let imgs = vec![vec![0u32; w * h], vec![mask; w * h], vec![0u32; w * h], (0..w * h).map(|i| if i % 2 == 0 { 0 } else { mask }).collect(), vec![mask / 2 + 1; w * h]];
+        let imgs = vec![
+            vec![0u32; w * h],
+            vec![mask; w * h],
+            vec![0u32; w * h],
+            (0..w * h).map(|i| if i % 2 == 0 { 0 } else { mask }).collect(),
+            vec![mask / 2 + 1; w * h],
+        ];
         let files = raw_files(dtype, &imgs, None);
         for predictor in PREDICTORS {
             for exhaustive in [false, true] {
@@ -460,11 +460,7 @@ fn shared_data_sets_round_trip() {
 /// A window of TIFF files of one geometry in various layouts, from generated detector frames.
 fn tiff_window(dtype: DType, w: u32, h: u32, layouts: &[(bool, u32, bool)], seed: u64) -> Vec<Vec<u8>> {
     let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, layouts.len(), seed) };
-    generate_images(&spec)
-        .iter()
-        .zip(layouts)
-        .map(|(img, &(be, rps, rev))| tiff::write(w, h, dtype, be, rps, rev, img))
-        .collect()
+    generate_images(&spec).iter().zip(layouts).map(|(img, &(be, rps, rev))| tiff::write(w, h, dtype, be, rps, rev, img)).collect()
 }
 
 #[test]
@@ -472,10 +468,10 @@ fn tiff_layouts_round_trip_as_frames() {
     let (w, h) = (23u32, 17u32);
     // (big_endian, rows_per_strip, reverse_strips)
     let layouts: Vec<Vec<(bool, u32, bool)>> = vec![
-        vec![(false, h, false); 3],                                          // LE, one strip
-        vec![(true, h, false); 3],                                           // BE, one strip
-        vec![(false, 1, false); 3],                                          // a strip per row
-        vec![(true, 4, true); 3],                                            // BE, strips reversed
+        vec![(false, h, false); 3],                                                   // LE, one strip
+        vec![(true, h, false); 3],                                                    // BE, one strip
+        vec![(false, 1, false); 3],                                                   // a strip per row
+        vec![(true, 4, true); 3],                                                     // BE, strips reversed
         vec![(false, 5, true), (false, 3, false), (true, 1, true), (true, h, false)], // mixed in one window
     ];
     for dtype in [DType::U8, DType::U16, DType::U32, DType::F32, DType::I16, DType::I8, DType::I32] {
@@ -526,13 +522,20 @@ fn custom_tiff(be: bool, w: u32, h: u32, dtype: DType, img: &[u32], rps: u32, ga
         out.extend(std::iter::repeat_n(0xEEu8, gap));
     }
     out.extend(std::iter::repeat_n(0x11u8, slack as usize)); // the slack exists in the file
-    // (tag, type, values): values inline when they fit in 4 bytes, else in an array
+                                                             // (tag, type, values): values inline when they fit in 4 bytes, else in an array
     let off_type = if short_offsets { 3u16 } else { 4 };
-    let mut entries: Vec<(u16, u16, Vec<u32>)> = vec![(256, 4, vec![w]), (257, 3, vec![h]), (258, 3, vec![dtype.bits()]), (273, off_type, offs), (279, 4, counts)];
+    let mut entries: Vec<(u16, u16, Vec<u32>)> =
+        vec![(256, 4, vec![w]), (257, 3, vec![h]), (258, 3, vec![dtype.bits()]), (273, off_type, offs), (279, 4, counts)];
     if !minimal_tags || rps < h {
         entries.push((278, 4, vec![rps]));
     }
-    let fmt = if dtype.is_float() { 3 } else if dtype.is_signed_int() { 2 } else { 1 };
+    let fmt = if dtype.is_float() {
+        3
+    } else if dtype.is_signed_int() {
+        2
+    } else {
+        1
+    };
     if !minimal_tags || fmt != 1 {
         entries.push((339, 3, vec![fmt]));
     }
@@ -546,7 +549,11 @@ fn custom_tiff(be: bool, w: u32, h: u32, dtype: DType, img: &[u32], rps: u32, ga
         if vals.len() * size <= 4 {
             let mut b = Vec::new();
             for &v in vals {
-                if size == 2 { p16(&mut b, v as u16) } else { p32(&mut b, v) }
+                if size == 2 {
+                    p16(&mut b, v as u16)
+                } else {
+                    p32(&mut b, v)
+                }
             }
             b.resize(4, 0);
             inline.push(b);
@@ -556,7 +563,11 @@ fn custom_tiff(be: bool, w: u32, h: u32, dtype: DType, img: &[u32], rps: u32, ga
             }
             let at = out.len() as u32;
             for &v in vals {
-                if size == 2 { p16(&mut out, v as u16) } else { p32(&mut out, v) }
+                if size == 2 {
+                    p16(&mut out, v as u16)
+                } else {
+                    p32(&mut out, v)
+                }
             }
             let mut b = Vec::new();
             p32(&mut b, at);
@@ -586,7 +597,14 @@ fn hand_built_tiff_layouts_round_trip() {
     for dtype in [DType::U8, DType::U16, DType::I16, DType::F32, DType::U32] {
         let imgs = generate_images(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, 3, 31) });
         for be in [false, true] {
-            for (rps, gap, slack, short, minimal) in [(3u32, 0usize, 0u32, false, false), (3, 0, 0, true, true), (1, 0, 5, false, false), (4, 3, 2, true, false), (h, 0, 7, false, true), (2, 1, 0, false, true)] {
+            for (rps, gap, slack, short, minimal) in [
+                (3u32, 0usize, 0u32, false, false),
+                (3, 0, 0, true, true),
+                (1, 0, 5, false, false),
+                (4, 3, 2, true, false),
+                (h, 0, 7, false, true),
+                (2, 1, 0, false, true),
+            ] {
                 let files: Vec<Vec<u8>> = imgs.iter().map(|img| custom_tiff(be, w, h, dtype, img, rps, gap, slack, short, minimal)).collect();
                 let what = format!("hand-built {dtype} be={be} rps={rps} gap={gap} slack={slack} short={short} minimal={minimal}");
                 let layout = tiff::parse(&files[0]).unwrap_or_else(|e| panic!("{what}: does not parse: {e}"));
@@ -685,7 +703,11 @@ fn ifd_entry(file: &[u8], tag: u16) -> usize {
     let rd16 = |o: usize| if be { u16::from_be_bytes([file[o], file[o + 1]]) } else { u16::from_le_bytes([file[o], file[o + 1]]) };
     let rd32 = |o: usize| {
         let a = [file[o], file[o + 1], file[o + 2], file[o + 3]];
-        if be { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+        if be {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
     };
     let ifd = rd32(4) as usize;
     let n = rd16(ifd) as usize;
@@ -715,7 +737,9 @@ fn opaque_zoo() -> Vec<(String, Vec<u8>)> {
         for cut in 0..good.len() {
             zoo.push((format!("{name} tiff cut at {cut}"), good[..cut].to_vec()));
         }
-        for (tag, v, what) in [(259u16, 5u16, "LZW compression"), (259, 8, "deflate"), (262, 2, "RGB"), (277, 3, "3 samples"), (258, 12, "12-bit"), (339, 4, "sample format 4")] {
+        for (tag, v, what) in
+            [(259u16, 5u16, "LZW compression"), (259, 8, "deflate"), (262, 2, "RGB"), (277, 3, "3 samples"), (258, 12, "12-bit"), (339, 4, "sample format 4")]
+        {
             let mut f = good.clone();
             patch_short(&mut f, tag, v);
             zoo.push((format!("{name} tiff {what}"), f));
@@ -733,7 +757,11 @@ fn opaque_zoo() -> Vec<(String, Vec<u8>)> {
         let e = ifd_entry(&f, 279);
         let arr = {
             let a = [f[e + 8], f[e + 9], f[e + 10], f[e + 11]];
-            if name == "be" { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+            if name == "be" {
+                u32::from_be_bytes(a)
+            } else {
+                u32::from_le_bytes(a)
+            }
         } as usize;
         set_u32(&mut f, arr, 3); // first strip claims 3 bytes
         zoo.push((format!("{name} short strip"), f));
@@ -1042,7 +1070,9 @@ fn crafted_blobs_do_not_panic() {
                         // they name reference frames, which the first predicted frame lacks.
                         let refs = fill == 0x55;
                         let per = if refs { 3 } else { 2 };
-                        let vectors: Vec<u8> = (0..per * tezipfs::codec::predict::motion::blocks(w as usize, h as usize)).map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101)).collect();
+                        let vectors: Vec<u8> = (0..per * tezipfs::codec::predict::motion::blocks(w as usize, h as usize))
+                            .map(|i| (fill as u8).wrapping_mul(37).wrapping_add(i as u8 * 101))
+                            .collect();
                         let motion = if k == 1 { wr.section(&zstd::bulk::compress(&vectors, 3).unwrap()) } else { Section::default() };
                         entries.push(Entry {
                             original_len: (n * dtype.bytes()) as u64,
@@ -1165,7 +1195,9 @@ fn adaptive_stage_and_linear_predictor_round_trip() {
             for (k, imgs) in limit_images(dtype, w, h, 4, (w * 31 + h) as u64).into_iter().enumerate() {
                 let files = raw_files(dtype, &imgs, None);
                 for predictor in [PredictorChoice::Fixed(PredictorId::Linear), PredictorChoice::Fixed(PredictorId::Previous), PredictorChoice::Auto] {
-                    for (entropy, exhaustive) in [(tezipfs::codec::entropy::EntropyChoice::Best, true), (tezipfs::codec::entropy::EntropyChoice::Balanced, false)] {
+                    for (entropy, exhaustive) in
+                        [(tezipfs::codec::entropy::EntropyChoice::Best, true), (tezipfs::codec::entropy::EntropyChoice::Balanced, false)]
+                    {
                         let opts = Options { format: raw(w as u32, h as u32, dtype, 0), predictor, entropy, exhaustive, ..Options::default() };
                         let what = format!("{dtype} {w}x{h} pattern {k} {predictor} {entropy} exhaustive {exhaustive}");
                         let enc = round_trip(&files, &opts, &what);
@@ -1201,7 +1233,9 @@ fn adaptive_stage_codes_every_width_directly() {
             for (a, codes) in patterns.iter().enumerate() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
-                    for side in [Side { prev: None, quantised, carry: false, gradient: None }, Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev) }] {
+                    for side in
+                        [Side { prev: None, quantised, carry: false, gradient: None }, Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev) }]
+                    {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
                         coder.decode(Stage::Adaptive, &enc, n, width, cols, side, &mut back).unwrap();
@@ -1231,7 +1265,12 @@ fn old_version_1_blobs_still_decode() {
     // than linear, stages 1 to 4). Build one by hand from a version-2 blob.
     let imgs = wide_range_images(DType::U16, 7, 5, 3, 9);
     let files = raw_files(DType::U16, &imgs, None);
-    let opts = Options { format: raw(7, 5, DType::U16, 0), predictor: PredictorChoice::Fixed(PredictorId::Previous), entropy: tezipfs::codec::entropy::EntropyChoice::Fast, ..Options::default() };
+    let opts = Options {
+        format: raw(7, 5, DType::U16, 0),
+        predictor: PredictorChoice::Fixed(PredictorId::Previous),
+        entropy: tezipfs::codec::entropy::EntropyChoice::Fast,
+        ..Options::default()
+    };
     let enc = round_trip(&files, &opts, "v2");
     let b = &enc.blob;
     let hlen = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
@@ -1392,7 +1431,10 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
         for (moving, still) in [(PredictorId::Motion, PredictorId::Previous), (PredictorId::MotionMed, PredictorId::PreviousMed)] {
             let ((moved, version), (kept, _)) = (size(moving), size(still));
             assert!(moved * 10 < kept * 8, "{dtype}: {moving} {moved} bytes, {still} {kept}: the frame before was not used");
-            assert!((4..=5).contains(&version), "{dtype}: {moving}: vectors that name reference frames need version 4 (5 with sub-pixel phases), got {version}");
+            assert!(
+                (4..=5).contains(&version),
+                "{dtype}: {moving}: vectors that name reference frames need version 4 (5 with sub-pixel phases), got {version}"
+            );
         }
     }
 }
@@ -1430,7 +1472,8 @@ fn motion_predictor_corrects_by_block() {
             let what = format!("{dtype} glow, {p}");
             round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what).blob.len()
         };
-        let (by_block, plain, corrected, spatial) = (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed), size(PredictorId::Spatial));
+        let (by_block, plain, corrected, spatial) =
+            (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed), size(PredictorId::Spatial));
         let what = format!("{dtype}: motion {by_block} bytes, previous {plain}, previous+med {corrected}, spatial {spatial}");
         assert!(by_block * 100 < plain.min(spatial) * 97, "{what}");
         // (Without the spatial blocks, `motion` is no smaller than this.)
@@ -1564,8 +1607,10 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     // Unmoved blocks of mode `r` (reference and correction bits), as stored.
     use tezipfs::codec::predict::motion::{INTRA, MED, REF};
     let triples = |r: u8| zstd::bulk::compress(&[0, 0, r].repeat(vectors / 2), 3).unwrap();
-    let with_refs = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: false, ..f.clone() };
-    let with_phases = |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: true, ..f.clone() };
+    let with_refs =
+        |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: false, ..f.clone() };
+    let with_phases =
+        |f: &tezipfs::codec::container::FrameEntry, s| tezipfs::codec::container::FrameEntry { motion: s, block_modes: true, subpel: true, ..f.clone() };
     use tezipfs::codec::predict::motion::PHASE_SHIFT;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("vectors under another predictor", rebuild(&[], &|hd, _| hd.params.as_mut().unwrap().predictor = PredictorId::PreviousMed)),

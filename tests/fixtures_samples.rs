@@ -30,11 +30,7 @@ fn committed_samples_match_the_generator() {
 
 #[test]
 fn samples_round_trip_as_frames() {
-    for (dir, ext, format) in [
-        ("detector-u16", "raw", "raw:64x48:u16"),
-        ("detector-f32", "raw", "raw:32x16:f32"),
-        ("detector-u16-tiff", "tif", "auto"),
-    ] {
+    for (dir, ext, format) in [("detector-u16", "raw", "raw:64x48:u16"), ("detector-f32", "raw", "raw:32x16:f32"), ("detector-u16-tiff", "tif", "auto")] {
         let files = read_sorted(&samples().join(dir), ext);
         let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
         let opts = Options { format: format.parse::<FormatSpec>().unwrap(), ..Options::default() };

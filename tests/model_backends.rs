@@ -117,16 +117,16 @@ fn backends_agree_on_every_arch_dtype_and_odd_size() {
     let sizes = [(37, 23), (1, 17), (13, 1), (1, 1), (2, 3)];
     for (ai, arch) in archs().iter().enumerate() {
         for dtype in DType::ALL {
-          for m in models(arch, dtype, 1000 + ai as u64 * 10 + dtype.id() as u64) {
-            let mut changed = 0;
-            for (si, &(w, h)) in sizes.iter().enumerate() {
-                let geom = Geometry::of(w, h, dtype);
-                // The first size runs long enough for cells and H to reach their limits.
-                let seq = frames(geom, if si == 0 { 14 } else { 6 }, (ai * 100 + si) as u64 + dtype.id() as u64);
-                changed += compare(&m, geom, &seq, &format!("arch {ai} {dtype} {w}x{h}"));
+            for m in models(arch, dtype, 1000 + ai as u64 * 10 + dtype.id() as u64) {
+                let mut changed = 0;
+                for (si, &(w, h)) in sizes.iter().enumerate() {
+                    let geom = Geometry::of(w, h, dtype);
+                    // The first size runs long enough for cells and H to reach their limits.
+                    let seq = frames(geom, if si == 0 { 14 } else { 6 }, (ai * 100 + si) as u64 + dtype.id() as u64);
+                    changed += compare(&m, geom, &seq, &format!("arch {ai} {dtype} {w}x{h}"));
+                }
+                assert!(changed > 0, "arch {ai} {dtype}: the model never changed the reference");
             }
-            assert!(changed > 0, "arch {ai} {dtype}: the model never changed the reference");
-          }
         }
     }
 }

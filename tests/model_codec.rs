@@ -40,7 +40,13 @@ fn frames(dtype: DType, w: u32, h: u32, n: usize, seed: u64) -> Vec<Vec<u8>> {
 }
 
 fn opts(dtype: DType, w: u32, h: u32, bound: Bound, model: &Arc<dyn Model>, predictor: PredictorChoice) -> Options {
-    Options { format: FormatSpec::Raw(RawSpec { width: w, height: h, dtype, skip: 0 }), bound, predictor, model: Some(ModelHandle(model.clone())), ..Options::default() }
+    Options {
+        format: FormatSpec::Raw(RawSpec { width: w, height: h, dtype, skip: 0 }),
+        bound,
+        predictor,
+        model: Some(ModelHandle(model.clone())),
+        ..Options::default()
+    }
 }
 
 /// Values of a frame of `dtype` (for the error-bound check).
@@ -59,7 +65,11 @@ fn a_window_coded_through_one_backend_decodes_through_the_other() {
         let (torch, reference, _) = backends(dtype, 10 + k as u64, &arch);
         let files = frames(dtype, w, h, 6, 20 + k as u64);
         let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-        let bounds: Vec<Bound> = if dtype.is_float() { vec![Bound::Lossless, Bound::Abs(0.5)] } else { vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01)] };
+        let bounds: Vec<Bound> = if dtype.is_float() {
+            vec![Bound::Lossless, Bound::Abs(0.5)]
+        } else {
+            vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01)]
+        };
         for bound in bounds {
             for (enc, dec, way) in [(&torch, &reference, "torch -> reference"), (&reference, &torch, "reference -> torch")] {
                 let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Prednet)).unwrap();

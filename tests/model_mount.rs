@@ -103,7 +103,8 @@ fn blobs_of_an_old_model_still_read_after_the_directory_gets_a_new_one() {
     wait_compressed(&old.keys().cloned().collect::<Vec<_>>());
     // The name moves to the new model; the old one stays for the blobs that need it.
     import(&fs, &m2, "current");
-    let newer: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(4, 6).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    let newer: std::collections::BTreeMap<PathBuf, Vec<u8>> =
+        frames(4, 6).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
     for (p, b) in &newer {
         std::fs::write(p, b).unwrap();
     }
@@ -147,7 +148,8 @@ fn a_corrupt_model_is_refused_logged_and_nothing_is_lost() {
     let log = fs.log_text();
     assert!(log.contains(&hash) && log.contains("corrupt"), "the log should name the corrupt model {hash}:\n{log}");
     // New frames of the directory are coded classically and read back: nothing lost.
-    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(4, 8).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> =
+        frames(4, 8).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
     for (p, b) in &later {
         std::fs::write(p, b).unwrap();
     }
@@ -221,19 +223,25 @@ fn model_auto_trains_one_for_the_directory_and_recodes_its_first_windows() {
     // The model appears, trained for this directory.
     let trained = || {
         let out = tezipfs(&["model", "list", fs.mnt.to_str().unwrap(), "--json"]);
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|m| !m["trained_for_dirs"].as_array().unwrap().is_empty())
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|m| !m["trained_for_dirs"].as_array().unwrap().is_empty())
     };
     common::wait_for("the directory's model to be trained", std::time::Duration::from_secs(120), || trained().is_some());
     let m = trained().unwrap();
     assert_eq!(m["model"]["size"], "small", "{m}");
     assert_eq!(m["model"]["bound"], "lossless", "{m}");
     // New frames use it, and the first windows are re-coded with it.
-    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> = frames(8, 12).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
+    let later: std::collections::BTreeMap<PathBuf, Vec<u8>> =
+        frames(8, 12).into_iter().enumerate().map(|(i, f)| (d.join(format!("later_{i}.raw")), f)).collect();
     for (p, b) in &later {
         std::fs::write(p, b).unwrap();
     }
     let all: Vec<PathBuf> = first_paths.iter().chain(later.keys()).cloned().collect();
-    common::wait_for("every file to be coded with the directory's model", std::time::Duration::from_secs(120), || all.iter().all(|p| common::state(p) == "compressed" && predictor(p).starts_with("prednet:auto:")));
+    common::wait_for("every file to be coded with the directory's model", std::time::Duration::from_secs(120), || {
+        all.iter().all(|p| common::state(p) == "compressed" && predictor(p).starts_with("prednet:auto:"))
+    });
     assert_files(&first);
     assert_files(&later);
     let stats = fs.stats(&fs.mnt);

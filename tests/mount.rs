@@ -178,7 +178,8 @@ fn changes_during_compression_keep_the_last_content() {
     dirs.sort();
     dirs.dedup();
     for d in &dirs {
-        let mut want: Vec<String> = model.files.keys().filter(|p| p.parent() == Some(d)).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let mut want: Vec<String> =
+            model.files.keys().filter(|p| p.parent() == Some(d)).map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         want.sort();
         assert_eq!(names(d), want, "entries of {}", d.display());
     }
@@ -707,7 +708,13 @@ fn invalid_policy_values_are_refused() {
     let d = fs.path("d");
     mkdir(&d);
     set_policy(&d, Some(RAW_FORMAT), Some("abs:2"), Some(4));
-    for (name, value) in [("user.tezip.bound", "abs:-1"), ("user.tezip.window", "0"), ("user.tezip.format", "raw:0x1:u8"), ("user.tezip.window", "x"), ("user.tezip.bound", "sideways")] {
+    for (name, value) in [
+        ("user.tezip.bound", "abs:-1"),
+        ("user.tezip.window", "0"),
+        ("user.tezip.format", "raw:0x1:u8"),
+        ("user.tezip.window", "x"),
+        ("user.tezip.bound", "sideways"),
+    ] {
         assert_eq!(errno_of(xattr_set(&d, name, value.as_bytes())), Some(libc::EINVAL), "{name}={value}");
     }
     assert_eq!(xattr_get(&d, "user.tezip.bound").unwrap(), b"abs:2");
@@ -808,7 +815,10 @@ fn writers_by_passthrough_and_by_the_daemon_agree() {
             let m = std::fs::metadata(&p).unwrap();
             assert_eq!(m.len(), want.len() as u64, "size while open (passthrough {passthrough})");
             let (mt, ct) = ((m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec()));
-            assert!(mt > last_mtime && ct > last_ctime, "a write moves mtime and ctime forward (passthrough {passthrough}): {last_mtime:?} -> {mt:?}, {last_ctime:?} -> {ct:?}");
+            assert!(
+                mt > last_mtime && ct > last_ctime,
+                "a write moves mtime and ctime forward (passthrough {passthrough}): {last_mtime:?} -> {mt:?}, {last_ctime:?} -> {ct:?}"
+            );
             (last_mtime, last_ctime) = (mt, ct);
         }
         // A header written last, by seeking back; a reader opened beside the writer sees it.
@@ -839,7 +849,11 @@ fn writers_by_passthrough_and_by_the_daemon_agree() {
         let before = std::fs::metadata(&p).unwrap();
         wait_states(&[p.clone()], &["stored"]);
         let after = std::fs::metadata(&p).unwrap();
-        assert_eq!((after.len(), after.mtime(), after.mtime_nsec(), after.ino()), (before.len(), before.mtime(), before.mtime_nsec(), before.ino()), "compression changes no attribute");
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec(), after.ino()),
+            (before.len(), before.mtime(), before.mtime_nsec(), before.ino()),
+            "compression changes no attribute"
+        );
         assert_file(&p, &want);
         let opens = fs.stats(&d)["passthrough_opens"].as_u64().expect("passthrough_opens in stats");
         if passthrough {

@@ -922,7 +922,9 @@ fn s11_timestamps() {
     assert!(t(stx(&g).stx_ctime) > before, "rename sets ctime");
 
     // The directory's mtime and ctime follow its entries.
-    for (what, op) in [("create", Box::new(|| fs::write(d.join("new"), b"").unwrap()) as Box<dyn FnOnce()>), ("unlink", Box::new(|| fs::remove_file(d.join("new")).unwrap()))] {
+    for (what, op) in
+        [("create", Box::new(|| fs::write(d.join("new"), b"").unwrap()) as Box<dyn FnOnce()>), ("unlink", Box::new(|| fs::remove_file(d.join("new")).unwrap()))]
+    {
         utimens(&d, OMIT, old);
         sets_ctime(&d, what, op);
         assert!(stx(&d).stx_mtime.tv_sec > old.tv_sec, "{what} sets the directory's mtime");
@@ -1750,7 +1752,14 @@ fn s49_model_administration() {
     // Refused: not a model, relative path, bad names; nothing stored, nothing listed.
     let junk = dir.join("junk");
     fs::write(&junk, b"not a model").unwrap();
-    for bad in [format!("x={}", junk.display()), "x=beam.tzm".to_string(), format!("auto={}", file.display()), format!("a/b={}", file.display()), format!("{hash}={}", file.display()), "no-equals-sign".to_string()] {
+    for bad in [
+        format!("x={}", junk.display()),
+        "x=beam.tzm".to_string(),
+        format!("auto={}", file.display()),
+        format!("a/b={}", file.display()),
+        format!("{hash}={}", file.display()),
+        "no-equals-sign".to_string(),
+    ] {
         assert_eq!(import(&bad), Err(libc::EINVAL), "{bad}");
     }
     assert_eq!(getx_str(&d, "user.tezip.models"), "");
@@ -2105,7 +2114,9 @@ fn s48_writers_through_passthrough() {
         eprintln!("s48: not root: writes as another user skipped");
         return;
     }
-    for (name, mode, writer, kept) in [("suid", 0o4777, NOBODY, 0o777), ("sgid", 0o2777, NOBODY, 0o777), ("sgid-noexec", 0o2766, NOBODY, 0o2766), ("suid-root", 0o4777, 0, 0o4777)] {
+    for (name, mode, writer, kept) in
+        [("suid", 0o4777, NOBODY, 0o777), ("sgid", 0o2777, NOBODY, 0o777), ("sgid-noexec", 0o2766, NOBODY, 0o2766), ("suid-root", 0o4777, 0, 0o4777)]
+    {
         let p = d.join(name);
         fs::write(&p, b"0123456789").unwrap();
         fs::set_permissions(&p, Permissions::from_mode(mode)).unwrap();

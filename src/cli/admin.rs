@@ -57,9 +57,32 @@ pub fn stats(path: &Path, json: bool) -> anyhow::Result<()> {
     }
     let mb = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1e6;
     println!();
-    println!("backlog: {} files, {:.2} MB staged (staging uses {:.2} MB of a {:.0} MB budget{})", v["backlog_files"], mb("backlog_bytes"), mb("staging_bytes"), mb("staging_budget"), if v["staging_over_budget"].as_bool() == Some(true) { ", OVER BUDGET" } else { "" });
-    println!("compressed since mount: {} files, {:.2} MB -> {:.2} MB at {:.1} MB/s; {} rehydrated; {} opens for writing by passthrough", v["compressed_files"], mb("compress_input_bytes"), mb("compress_output_bytes"), v["compress_mb_per_s"].as_f64().unwrap_or(0.0), v["rehydrated_files"], v["passthrough_opens"]);
-    println!("index {:.2} MB on disk, blobs {:.2} MB; cache {:.1} of {:.0} MB, {} hits, {} misses", mb("index_bytes_on_disk"), mb("blob_bytes"), mb("cache_bytes"), mb("cache_budget"), v["cache_hits"], v["cache_misses"]);
+    println!(
+        "backlog: {} files, {:.2} MB staged (staging uses {:.2} MB of a {:.0} MB budget{})",
+        v["backlog_files"],
+        mb("backlog_bytes"),
+        mb("staging_bytes"),
+        mb("staging_budget"),
+        if v["staging_over_budget"].as_bool() == Some(true) { ", OVER BUDGET" } else { "" }
+    );
+    println!(
+        "compressed since mount: {} files, {:.2} MB -> {:.2} MB at {:.1} MB/s; {} rehydrated; {} opens for writing by passthrough",
+        v["compressed_files"],
+        mb("compress_input_bytes"),
+        mb("compress_output_bytes"),
+        v["compress_mb_per_s"].as_f64().unwrap_or(0.0),
+        v["rehydrated_files"],
+        v["passthrough_opens"]
+    );
+    println!(
+        "index {:.2} MB on disk, blobs {:.2} MB; cache {:.1} of {:.0} MB, {} hits, {} misses",
+        mb("index_bytes_on_disk"),
+        mb("blob_bytes"),
+        mb("cache_bytes"),
+        mb("cache_budget"),
+        v["cache_hits"],
+        v["cache_misses"]
+    );
     println!("errors: {}{}", v["errors"], v["last_error"].as_str().map(|e| format!(" (last: {e})")).unwrap_or_default());
     Ok(())
 }

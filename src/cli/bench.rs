@@ -8,9 +8,9 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::predict::{hash_hex, Model, ModelHash, ModelSource, PredictError};
+use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
 use tezipfs::fixtures::{generate_raw, noise_floor_bits, SequenceSpec};
 use tezipfs::noise::{self, NoiseFloor};
@@ -58,7 +58,8 @@ pub(super) fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
     let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).with_context(|| format!("{}: no meta.json", dir.display()))?)?;
     let get = |k: &str| meta[k].as_u64().with_context(|| format!("meta.json: missing {k}"));
     let dtype: DType = meta["dtype"].as_str().unwrap_or("?").parse().map_err(anyhow::Error::msg)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "raw")).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "raw")).collect();
     files.sort_by(|a, b| tezipfs::sortname::natural_cmp(a.as_os_str().as_encoded_bytes(), b.as_os_str().as_encoded_bytes()));
     Ok(Dataset {
         name: dir.file_name().unwrap_or_default().to_string_lossy().into_owned(),
@@ -92,7 +93,13 @@ fn zstd_row(d: &Dataset, level: i32) -> anyhow::Result<Row> {
     let ok = comp.iter().zip(&d.files).all(|(c, f)| zstd::bulk::decompress(c, f.len()).is_ok_and(|b| &b == f));
     let dt = t.elapsed().as_secs_f64();
     let size: usize = comp.iter().map(|c| c.len()).sum();
-    Ok(Row { method: format!("zstd-{level} (files)"), ratio: d.bytes() as f64 / size as f64, comp: d.bytes() as f64 / 1e6 / ct, dec: d.bytes() as f64 / 1e6 / dt, check: if ok { "bit-exact".into() } else { "MISMATCH".into() } })
+    Ok(Row {
+        method: format!("zstd-{level} (files)"),
+        ratio: d.bytes() as f64 / size as f64,
+        comp: d.bytes() as f64 / 1e6 / ct,
+        dec: d.bytes() as f64 / 1e6 / dt,
+        check: if ok { "bit-exact".into() } else { "MISMATCH".into() },
+    })
 }
 
 /// The one model a bench row codes with, as the decoder's source of models.
@@ -178,13 +185,29 @@ fn anchors(name: &str) -> Vec<(String, f64, f64, f64)> {
     // Python's json writes bare NaN / Infinity (PSNR of exact results); JSON has no such tokens.
     let text = String::from_utf8_lossy(&bytes).replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null");
     let Ok(v) = serde_json::from_str::<Value>(&text) else { return vec![] };
-    let wanted = ["tdelta-nativezz+bitshuffle+zstd-19", "tdelta-i32zz+bitshuffle+zstd-19", "ffv1-l3-gN", "jpegxl-cjxl-d0-e7", "x265-lossless", "sz3-3d-abs1", "sz3-3d-abs2", "sz3-3d-abs4"];
+    let wanted = [
+        "tdelta-nativezz+bitshuffle+zstd-19",
+        "tdelta-i32zz+bitshuffle+zstd-19",
+        "ffv1-l3-gN",
+        "jpegxl-cjxl-d0-e7",
+        "x265-lossless",
+        "sz3-3d-abs1",
+        "sz3-3d-abs2",
+        "sz3-3d-abs4",
+    ];
     v["results"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|r| r["ok"].as_bool() == Some(true) && wanted.contains(&r["name"].as_str().unwrap_or("")))
-        .map(|r| (r["name"].as_str().unwrap_or("").to_string(), r["ratio"].as_f64().unwrap_or(0.0), r["comp_MBps"].as_f64().unwrap_or(0.0), r["decomp_MBps"].as_f64().unwrap_or(0.0)))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or("").to_string(),
+                r["ratio"].as_f64().unwrap_or(0.0),
+                r["comp_MBps"].as_f64().unwrap_or(0.0),
+                r["decomp_MBps"].as_f64().unwrap_or(0.0),
+            )
+        })
         .collect()
 }
 
@@ -203,13 +226,22 @@ fn best_ratio(rows: &[Row], prefix: &str) -> f64 {
 /// The noise floor estimated from the frames (see `tezipfs::noise`): the ratio no coder can
 /// beat on average when the noise is white, lossless and under each bound.
 fn print_noise_floor(f: &NoiseFloor, dtype: DType, rows: &[Row]) {
-    let whiteness = format!("row corr {:.2} (white {:.2}), frame corr {}", f.row_correlation, noise::WHITE_ROW_CORRELATION, f.frame_correlation.map_or("-".into(), |c| format!("{c:.2}")));
+    let whiteness = format!(
+        "row corr {:.2} (white {:.2}), frame corr {}",
+        f.row_correlation,
+        noise::WHITE_ROW_CORRELATION,
+        f.frame_correlation.map_or("-".into(), |c| format!("{c:.2}"))
+    );
     if !f.white() {
         println!("{:<38} {:>8} {:>10} {:>10}  noise is not white ({whiteness}): no limit", "noise floor, estimated", "-", "-", "-");
         return;
     }
     for e in BOUNDS {
-        let (label, prefix) = if e == 0 { ("noise floor, estimated (lossless)".to_string(), "tezip lossless".to_string()) } else { (format!("noise floor, estimated (abs:{e})"), bound_label(e)) };
+        let (label, prefix) = if e == 0 {
+            ("noise floor, estimated (lossless)".to_string(), "tezip lossless".to_string())
+        } else {
+            (format!("noise floor, estimated (abs:{e})"), bound_label(e))
+        };
         match f.ratio_limit(dtype, e) {
             Some(limit) => {
                 let extra = if e == 0 { format!("; {:.3} bits/pixel, {whiteness}", f.bits) } else { String::new() };
@@ -226,25 +258,51 @@ fn print_issue3_targets(rows: &[Row], anchors: &[(String, f64, f64, f64)], floor
     let anchor = |name: &str| anchors.iter().find(|a| a.0 == name).map(|a| a.1);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let limit = |e: u32| floor.filter(|f| f.white()).and_then(|f| f.ratio_limit(dtype, e));
-    let beside_limit = |target: f64, e: u32| limit(e).map_or(String::new(), |l| format!("; the noise floor allows {l:.3}, the target is {:.0}% of it", 100.0 * target / l));
-    let lossless = ["ffv1-l3-gN", "jpegxl-cjxl-d0-e7", "x265-lossless"].into_iter().filter_map(|n| anchor(n).map(|r| (r, n))).fold(None, |b: Option<(f64, &str)>, a| if b.is_none_or(|b| a.0 > b.0) { Some(a) } else { b });
+    let beside_limit =
+        |target: f64, e: u32| limit(e).map_or(String::new(), |l| format!("; the noise floor allows {l:.3}, the target is {:.0}% of it", 100.0 * target / l));
+    let lossless = ["ffv1-l3-gN", "jpegxl-cjxl-d0-e7", "x265-lossless"]
+        .into_iter()
+        .filter_map(|n| anchor(n).map(|r| (r, n)))
+        .fold(None, |b: Option<(f64, &str)>, a| if b.is_none_or(|b| a.0 > b.0) { Some(a) } else { b });
     let Some((best, name)) = lossless else { return };
     let default = rows.iter().find(|r| r.method == "tezip lossless auto (default)").expect("default row");
     let target = 1.1 * best;
-    println!("target #3: lossless auto {:.3} vs 1.1 x {name} {best:.3} = {target:.3}: {}{}", default.ratio, verdict(default.ratio >= target), beside_limit(target, 0));
+    println!(
+        "target #3: lossless auto {:.3} vs 1.1 x {name} {best:.3} = {target:.3}: {}{}",
+        default.ratio,
+        verdict(default.ratio >= target),
+        beside_limit(target, 0)
+    );
     for e in BOUNDS.into_iter().filter(|&e| e > 0) {
         let (Some(sz3), Some(row)) = (anchor(&format!("sz3-3d-abs{e}")), rows.iter().find(|r| r.method == bound_label(e))) else { continue };
         let target = 1.2 * sz3;
-        println!("target #3: abs:{e} {:.3} vs 1.2 x sz3-3d {sz3:.3} = {target:.3}: {}{}", row.ratio, verdict(row.ratio >= target && !row.check.contains("VIOLATES")), beside_limit(target, e));
+        println!(
+            "target #3: abs:{e} {:.3} vs 1.2 x sz3-3d {sz3:.3} = {target:.3}: {}{}",
+            row.ratio,
+            verdict(row.ratio >= target && !row.check.contains("VIOLATES")),
+            beside_limit(target, e)
+        );
     }
-    let slow: Vec<String> = rows.iter().filter(|r| r.method == default.method || r.method.starts_with("tezip abs:")).filter(|r| r.comp < 40.0 || r.dec < 40.0).map(|r| format!("{} c{:.0} d{:.0}", r.method.trim_start_matches("tezip "), r.comp, r.dec)).collect();
-    println!("target #3: compress and decompress >= 40 MB/s (default and abs rows): {}", if slow.is_empty() { "met".to_string() } else { format!("MISSED ({})", slow.join(", ")) });
+    let slow: Vec<String> = rows
+        .iter()
+        .filter(|r| r.method == default.method || r.method.starts_with("tezip abs:"))
+        .filter(|r| r.comp < 40.0 || r.dec < 40.0)
+        .map(|r| format!("{} c{:.0} d{:.0}", r.method.trim_start_matches("tezip "), r.comp, r.dec))
+        .collect();
+    println!(
+        "target #3: compress and decompress >= 40 MB/s (default and abs rows): {}",
+        if slow.is_empty() { "met".to_string() } else { format!("MISSED ({})", slow.join(", ")) }
+    );
 }
 
 pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, level: i32, json_out: Option<&Path>) -> anyhow::Result<()> {
     let mut sets = Vec::new();
     let dirs = if dirs.is_empty() {
-        let mut v: Vec<PathBuf> = shared_dir("data").map(|d| std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()).unwrap_or_default();
+        let mut v: Vec<PathBuf> = shared_dir("data")
+            .map(|d| {
+                std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()
+            })
+            .unwrap_or_default();
         v.sort();
         v
     } else {
@@ -291,7 +349,14 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
             // No lossless coder can beat it on average: how close the rows above come.
             let best = best_ratio(&rows, "tezip lossless");
             let limit = 8.0 * d.dtype.bytes() as f64 / bits;
-            println!("{:<38} {:>8.3} {:>10} {:>10}  generator's photon-noise entropy {bits:.3} bits/pixel; best lossless row at {:.0}% of it", "noise floor (lossless limit)", limit, "-", "-", 100.0 * best / limit);
+            println!(
+                "{:<38} {:>8.3} {:>10} {:>10}  generator's photon-noise entropy {bits:.3} bits/pixel; best lossless row at {:.0}% of it",
+                "noise floor (lossless limit)",
+                limit,
+                "-",
+                "-",
+                100.0 * best / limit
+            );
         }
         let floor = d.noise_floor();
         if let Some(f) = &floor {
@@ -309,7 +374,12 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         }
         if d.dtype.bytes() == 2 {
             let ok = prev.comp >= 100.0 && prev.dec >= 300.0;
-            println!("target: 16-bit previous compress {:.0} MB/s (>= 100), decompress {:.0} MB/s (>= 300): {}", prev.comp, prev.dec, if ok { "met" } else { "MISSED" });
+            println!(
+                "target: 16-bit previous compress {:.0} MB/s (>= 100), decompress {:.0} MB/s (>= 300): {}",
+                prev.comp,
+                prev.dec,
+                if ok { "met" } else { "MISSED" }
+            );
         }
         report.push(json!({
             "dataset": d.name, "dtype": d.dtype.to_string(), "width": d.width, "height": d.height, "frames": d.files.len(),

@@ -204,7 +204,18 @@ impl Features {
     /// Frame `t` is read only at in-frame offsets other than `(0, 0)`; out-of-frame offsets of
     /// frame `t` read as the base (0 after normalisation: never the border pixel again, which
     /// could be the pixel itself). Other frames clamp at the border.
-    fn pixel(&self, seq: &[Vec<f32>], nb: &[usize; 4], w: usize, h: usize, t: usize, p: usize, current: &[(i64, i64)], square: &[(i64, i64)], out: &mut [f32]) -> f32 {
+    fn pixel(
+        &self,
+        seq: &[Vec<f32>],
+        nb: &[usize; 4],
+        w: usize,
+        h: usize,
+        t: usize,
+        p: usize,
+        current: &[(i64, i64)],
+        square: &[(i64, i64)],
+        out: &mut [f32],
+    ) -> f32 {
         let (y, x) = ((p / w) as i64, (p % w) as i64);
         let cur = &seq[t];
         let b = base(cur, w, h, p);
@@ -230,7 +241,15 @@ impl Features {
 
     /// Features of the pixels `(t, p)` (pixel `p` of frame `t`), appended to `feats`
     /// (`[n][channels]`), and their bases to `bases`.
-    fn gather(&self, seq: &[Vec<f32>], w: usize, h: usize, pixels: impl Iterator<Item = (usize, usize)>, feats: &mut Vec<f32>, bases: &mut Vec<f32>) -> anyhow::Result<()> {
+    fn gather(
+        &self,
+        seq: &[Vec<f32>],
+        w: usize,
+        h: usize,
+        pixels: impl Iterator<Item = (usize, usize)>,
+        feats: &mut Vec<f32>,
+        bases: &mut Vec<f32>,
+    ) -> anyhow::Result<()> {
         let (current, square, c) = (self.current_offsets(), self.square(), self.channels());
         for (t, p) in pixels {
             let nb = temporal_neighbours(t, seq.len()).context("the genie needs at least 2 frames")?;
@@ -305,7 +324,8 @@ impl Genie {
             feats.clear();
             bases.clear();
             targets.clear();
-            let picks: Vec<(usize, usize)> = (0..BATCH).map(|_| (rng.range(0, seq.len() as i64 - 1) as usize, rng.range(0, (w * h) as i64 - 1) as usize)).collect();
+            let picks: Vec<(usize, usize)> =
+                (0..BATCH).map(|_| (rng.range(0, seq.len() as i64 - 1) as usize, rng.range(0, (w * h) as i64 - 1) as usize)).collect();
             features.gather(seq, w, h, picks.iter().copied(), &mut feats, &mut bases)?;
             targets.extend(picks.iter().zip(&bases).map(|(&(t, p), b)| (seq[t][p] - b) / features.scale));
             let x = Tensor::from_slice(&feats).view([BATCH as i64, c]);
@@ -405,7 +425,16 @@ pub(super) struct SetGenie {
 /// Train the learned genie on the first `half` frames of `images` (a sequence of its own: its
 /// neighbours never come from the coded half) and predict frames `half..` from the whole set
 /// (a genie has every original). `None` (with a printed note) for pixel types it cannot take.
-pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h: usize, half: usize, args: &GenieArgs, oracle: Option<&[Vec<u32>]>) -> anyhow::Result<Option<SetGenie>> {
+pub(super) fn prepare(
+    name: &str,
+    images: &[Vec<u32>],
+    dtype: DType,
+    w: usize,
+    h: usize,
+    half: usize,
+    args: &GenieArgs,
+    oracle: Option<&[Vec<u32>]>,
+) -> anyhow::Result<Option<SetGenie>> {
     let Some(seq) = float_frames(images, dtype) else {
         println!("GENIE: skipped ({dtype} images are not a linear scale in f32)");
         return Ok(None);
@@ -438,7 +467,10 @@ pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h
         w2 = genie.width,
     );
     for (label, refs) in [("learned", &learned), ("simple", &simple), ("previous frame", &previous)] {
-        let h: Vec<String> = [0, 1, 2, 4].iter().map(|&e| format!("{} {:.3}", if e == 0 { "lossless".to_string() } else { format!("abs:{e}") }, residual_entropy(refs, truth, e))).collect();
+        let h: Vec<String> = [0, 1, 2, 4]
+            .iter()
+            .map(|&e| format!("{} {:.3}", if e == 0 { "lossless".to_string() } else { format!("abs:{e}") }, residual_entropy(refs, truth, e)))
+            .collect();
         println!("GENIE references, zeroth-order entropy of the residual (bits/pixel), {label}: {}", h.join(", "));
     }
     println!(
@@ -450,7 +482,11 @@ pub(super) fn prepare(name: &str, images: &[Vec<u32>], dtype: DType, w: usize, h
         "train_seconds": genie.secs, "train_steps": genie.steps, "train_loss": genie.loss, "units": genie.features.scale,
         "rmse": {"learned": r_learned, "simple": r_simple, "previous": r_prev, "oracle": r_oracle},
     });
-    Ok(Some(SetGenie { learned: Arc::new(reference(&format!("genie: learned, non-causal, {name}"), &learned, dtype)), simple: Arc::new(reference(&format!("genie: simple, non-causal, {name}"), &simple, dtype)), report }))
+    Ok(Some(SetGenie {
+        learned: Arc::new(reference(&format!("genie: learned, non-causal, {name}"), &learned, dtype)),
+        simple: Arc::new(reference(&format!("genie: simple, non-causal, {name}"), &simple, dtype)),
+        report,
+    }))
 }
 
 /// Code `second` with a reference model as the oracle row is coded: the model-able predictors
@@ -462,7 +498,15 @@ pub(super) fn reference_row(second: &Dataset, base: &Options, window: usize, r: 
 
 /// The genie rows of one bound, printed, and a summary: the measured limit (the best of the
 /// genie rows and classical auto), 90% of it, and what 1.3x classical would be.
-pub(super) fn rows(g: &SetGenie, second: &Dataset, base: &Options, window: usize, classical: &Row, oracle: Option<&Row>, print: &dyn Fn(&Row)) -> anyhow::Result<Value> {
+pub(super) fn rows(
+    g: &SetGenie,
+    second: &Dataset,
+    base: &Options,
+    window: usize,
+    classical: &Row,
+    oracle: Option<&Row>,
+    print: &dyn Fn(&Row),
+) -> anyhow::Result<Value> {
     let bound = base.bound;
     let simple = reference_row(second, base, window, &g.simple, &format!("{bound}: GENIE (non-causal, simple)"))?;
     print(&simple);
@@ -553,7 +597,15 @@ mod tests {
         let d = fixture("t", DType::U16, 48, 40, 10, 5);
         let imgs = images(&d);
         let half = 5;
-        let second = Dataset { name: "t (second half)".into(), dtype: d.dtype, width: d.width, height: d.height, files: d.files[half..].to_vec(), floor_bits: None, spec: None };
+        let second = Dataset {
+            name: "t (second half)".into(),
+            dtype: d.dtype,
+            width: d.width,
+            height: d.height,
+            files: d.files[half..].to_vec(),
+            floor_bits: None,
+            spec: None,
+        };
         let a = GenieArgs { genie_minutes: 0.05, ..args(0.05) };
         let g = prepare("t", &imgs, d.dtype, 48, 40, half, &a, None).expect("prepares").expect("u16 is taken");
         for window in [32, 3] {

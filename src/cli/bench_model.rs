@@ -45,7 +45,15 @@ pub struct ModelBenchArgs {
 /// The first and second halves of a set.
 fn halves(d: &Dataset) -> (Dataset, Dataset, usize) {
     let half = d.files.len() / 2;
-    let part = |files: &[Vec<u8>], tag: &str| Dataset { name: format!("{} ({tag})", d.name), dtype: d.dtype, width: d.width, height: d.height, files: files.to_vec(), floor_bits: None, spec: None };
+    let part = |files: &[Vec<u8>], tag: &str| Dataset {
+        name: format!("{} ({tag})", d.name),
+        dtype: d.dtype,
+        width: d.width,
+        height: d.height,
+        files: files.to_vec(),
+        floor_bits: None,
+        spec: None,
+    };
     (part(&d.files[..half], "first half"), part(&d.files[half..], "second half"), half)
 }
 
@@ -82,7 +90,11 @@ fn inference_speed(model: &dyn Model, geom: Geometry, frames: &[Vec<u32>]) -> an
 
 pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window: usize, json_out: Option<&Path>) -> anyhow::Result<()> {
     let dirs = if dirs.is_empty() {
-        let mut v: Vec<PathBuf> = shared_dir("data").map(|d| std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()).unwrap_or_default();
+        let mut v: Vec<PathBuf> = shared_dir("data")
+            .map(|d| {
+                std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()
+            })
+            .unwrap_or_default();
         v.sort();
         v
     } else {
@@ -111,7 +123,17 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
         let geom = Geometry::of(d.width as usize, d.height as usize, d.dtype);
         let train_frames = images(&first);
         let test_frames = images(&second);
-        println!("\n# {}: {}x{} {}, trained on frames 0-{} , coded frames {}-{} ({:.1} MB)", d.name, d.width, d.height, d.dtype, half - 1, half, d.files.len() - 1, second.bytes() as f64 / 1e6);
+        println!(
+            "\n# {}: {}x{} {}, trained on frames 0-{} , coded frames {}-{} ({:.1} MB)",
+            d.name,
+            d.width,
+            d.height,
+            d.dtype,
+            half - 1,
+            half,
+            d.files.len() - 1,
+            second.bytes() as f64 / 1e6
+        );
         println!("{:<42} {:>8} {:>10} {:>10}  check [windows: predictor+stage:frames]", "method", "ratio", "comp MB/s", "dec MB/s");
         let floor = second.noise_floor().filter(|f| f.white());
         // The oracle: a "model" whose references are the generator's noise-free frames of the
@@ -124,7 +146,20 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
         });
         // The genies see originals, so one serves every bound (see bench_genie).
         tch::set_num_threads(cores as i32);
-        let genie = if args.genie.genie { super::bench_genie::prepare(&d.name, &images(d), d.dtype, d.width as usize, d.height as usize, half, &args.genie, oracle.as_ref().map(|o| &o.refs[..]))? } else { None };
+        let genie = if args.genie.genie {
+            super::bench_genie::prepare(
+                &d.name,
+                &images(d),
+                d.dtype,
+                d.width as usize,
+                d.height as usize,
+                half,
+                &args.genie,
+                oracle.as_ref().map(|o| &o.refs[..]),
+            )?
+        } else {
+            None
+        };
         let mut set_report = Vec::new();
         for &e in &args.model_bounds {
             let bound = if e == 0 { Bound::Lossless } else { Bound::Abs(e as f64) };
@@ -135,7 +170,15 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             // Train on every core, then code on one.
             tch::set_num_threads(cores as i32);
             let t = Instant::now();
-            let opts = TrainOptions { size: Size::Small, bound, minutes: args.model_minutes, device: train::DeviceChoice::Cpu, threads: Some(cores), hyper: train::Hyper { closed_loop: !args.model_open_loop, ..train::Hyper::default() }, ..TrainOptions::default() };
+            let opts = TrainOptions {
+                size: Size::Small,
+                bound,
+                minutes: args.model_minutes,
+                device: train::DeviceChoice::Cpu,
+                threads: Some(cores),
+                hyper: train::Hyper { closed_loop: !args.model_open_loop, ..train::Hyper::default() },
+                ..TrainOptions::default()
+            };
             let model = train::train(&train_frames, geom, &opts, &mut |_| {})?;
             let trained_secs = t.elapsed().as_secs_f64();
             let bytes = file::to_bytes(&model);
@@ -143,12 +186,26 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             tch::set_num_threads(1);
             let with = codec_row(&second, &Options { model: Some(handle.clone()), ..base.clone() }, window, &format!("{bound}: auto with the model"))?;
             print_row(&with);
-            let only = codec_row(&second, &Options { model: Some(handle.clone()), predictor: PredictorChoice::Prednet, ..base.clone() }, window, &format!("{bound}: the model's predictors alone"))?;
+            let only = codec_row(
+                &second,
+                &Options { model: Some(handle.clone()), predictor: PredictorChoice::Prednet, ..base.clone() },
+                window,
+                &format!("{bound}: the model's predictors alone"),
+            )?;
             print_row(&only);
-            println!("{:<42} {:>8} {:>10} {:>10}  trained {trained_secs:.0} s on {cores} cores, {} steps, final loss {:.2} error units", "  (its training)", "-", "-", "-", model.meta.steps, model.meta.loss);
+            println!(
+                "{:<42} {:>8} {:>10} {:>10}  trained {trained_secs:.0} s on {cores} cores, {} steps, final loss {:.2} error units",
+                "  (its training)", "-", "-", "-", model.meta.steps, model.meta.loss
+            );
             let oracle_row = match &oracle {
                 Some(o) => {
-                    let row = codec_row_with(&second, &Options { model: Some(ModelHandle(o.clone())), predictor: PredictorChoice::Prednet, ..base.clone() }, window, &format!("{bound}: ORACLE (noise-free reference)"), &|start| o.window_start.store(start, Ordering::SeqCst))?;
+                    let row = codec_row_with(
+                        &second,
+                        &Options { model: Some(ModelHandle(o.clone())), predictor: PredictorChoice::Prednet, ..base.clone() },
+                        window,
+                        &format!("{bound}: ORACLE (noise-free reference)"),
+                        &|start| o.window_start.store(start, Ordering::SeqCst),
+                    )?;
                     print_row(&row);
                     Some(row)
                 }
@@ -164,7 +221,11 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             }
             // Verdicts: bits saved by the model against classical auto.
             let saved = 1.0 - classical.ratio / with.ratio;
-            let mut verdicts = vec![format!("auto with the model codes {:+.2}% of classical auto's bits ({})", -100.0 * saved, if with.ratio >= classical.ratio / 1.005 { "never more than 0.5% larger: met" } else { "MORE than 0.5% larger: MISSED" })];
+            let mut verdicts = vec![format!(
+                "auto with the model codes {:+.2}% of classical auto's bits ({})",
+                -100.0 * saved,
+                if with.ratio >= classical.ratio / 1.005 { "never more than 0.5% larger: met" } else { "MORE than 0.5% larger: MISSED" }
+            )];
             if let Some(o) = &oracle_row {
                 // The gap in bits between classical auto and the oracle, and how much of it the
                 // model closes (target: at least half).
@@ -202,7 +263,15 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
         for (name, bytes) in [("small (trained)", small), ("prednet (random weights)", prednet)] {
             let model = load(&bytes, Backend::Torch(DeviceChoice::Cpu))?;
             let (fps, mbps) = inference_speed(&*model, geom, &frames)?;
-            let verdict = if name.starts_with("small") { if mbps >= 5.0 { " (target 5 MB/s per core: met)" } else { " (target 5 MB/s per core: MISSED)" } } else { "" };
+            let verdict = if name.starts_with("small") {
+                if mbps >= 5.0 {
+                    " (target 5 MB/s per core: met)"
+                } else {
+                    " (target 5 MB/s per core: MISSED)"
+                }
+            } else {
+                ""
+            };
             println!("{name:<26} {fps:>8.2} frames/s {mbps:>8.2} MB/s{verdict}");
             speeds.push(json!({"size": name, "frames_per_s": fps, "MBps": mbps}));
         }

@@ -110,7 +110,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             }
             println!("{:<24} {:<16} {:>7} {:>9} {:<8} {:<10} {:>6} {:>9}", "name", "hash", "blobs", "bytes", "size", "bound", "dtype", "loss");
             for m in &models {
-                let names: Vec<String> = m["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(String::from)).chain(m["trained_for_dirs"].as_array().into_iter().flatten().map(|d| format!("auto:dir {d}"))).collect();
+                let names: Vec<String> = m["names"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .chain(m["trained_for_dirs"].as_array().into_iter().flatten().map(|d| format!("auto:dir {d}")))
+                    .collect();
                 let i = &m["model"];
                 println!(
                     "{:<24} {:<16} {:>7} {:>9} {:<8} {:<10} {:>6} {:>9}",
@@ -159,7 +165,10 @@ fn listing(mountpoint: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 /// A model by name or (a prefix of at least 8 digits of) its hash.
 fn find_model(mountpoint: &Path, name: &str) -> anyhow::Result<serde_json::Value> {
     let models = listing(mountpoint)?;
-    let hit = models.iter().find(|m| m["names"].as_array().into_iter().flatten().any(|n| n.as_str() == Some(name))).or_else(|| models.iter().find(|m| name.len() >= 8 && m["hash"].as_str().is_some_and(|h| h.starts_with(name))));
+    let hit = models
+        .iter()
+        .find(|m| m["names"].as_array().into_iter().flatten().any(|n| n.as_str() == Some(name)))
+        .or_else(|| models.iter().find(|m| name.len() >= 8 && m["hash"].as_str().is_some_and(|h| h.starts_with(name))));
     hit.cloned().with_context(|| format!("{}: no model named {name:?} (tezipfs model list shows the models)", mountpoint.display()))
 }
 
@@ -203,7 +212,15 @@ fn read_frames(dir: &Path, format: &FormatSpec) -> anyhow::Result<(Vec<Vec<u32>>
             Analysis::Frame(layout) => {
                 if let Some(l) = &first {
                     if !l.same_geometry(&layout) {
-                        tracing::info!("skipping {name}: {}x{} {} frame, the first frame is {}x{} {}", layout.width, layout.height, layout.dtype, l.width, l.height, l.dtype);
+                        tracing::info!(
+                            "skipping {name}: {}x{} {} frame, the first frame is {}x{} {}",
+                            layout.width,
+                            layout.height,
+                            layout.dtype,
+                            l.width,
+                            l.height,
+                            l.dtype
+                        );
                         skipped += 1;
                         continue;
                     }
@@ -219,7 +236,12 @@ fn read_frames(dir: &Path, format: &FormatSpec) -> anyhow::Result<(Vec<Vec<u32>>
         bail!("none of the {} files in {} is a frame under --format {format} (raw frames need --format raw:WxH:TYPE)", files.len(), dir.display());
     };
     if frames.len() < 2 {
-        bail!("{} holds only {} frame ({} files skipped): training needs at least 2 (a key frame and a frame to predict)", dir.display(), frames.len(), skipped);
+        bail!(
+            "{} holds only {} frame ({} files skipped): training needs at least 2 (a key frame and a frame to predict)",
+            dir.display(),
+            frames.len(),
+            skipped
+        );
     }
     if skipped > 0 {
         eprintln!("note: {skipped} of {} files are not {}x{} {} frames and were skipped", files.len(), l.width, l.height, l.dtype);
@@ -261,8 +283,27 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     let (frames, geom) = read_frames(&a.frames_dir, &a.format)?;
-    let opts = TrainOptions { size: a.size, arch: None, bound: a.bound, minutes: a.minutes, max_steps: a.max_steps, device: a.device, seed: a.seed, threads: a.threads, hyper: Default::default() };
-    eprintln!("training a {} model on {} frames of {}x{} {} for {} ({} minutes at most)", a.size, frames.len(), geom.width, geom.height, geom.dtype, a.bound, a.minutes);
+    let opts = TrainOptions {
+        size: a.size,
+        arch: None,
+        bound: a.bound,
+        minutes: a.minutes,
+        max_steps: a.max_steps,
+        device: a.device,
+        seed: a.seed,
+        threads: a.threads,
+        hyper: Default::default(),
+    };
+    eprintln!(
+        "training a {} model on {} frames of {}x{} {} for {} ({} minutes at most)",
+        a.size,
+        frames.len(),
+        geom.width,
+        geom.height,
+        geom.dtype,
+        a.bound,
+        a.minutes
+    );
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ProgressBar::new(1000) } else { ProgressBar::hidden() };
     pb.set_style(ProgressStyle::with_template("train [{bar:40}] {msg}").expect("valid template").progress_chars("=> "));
     let trained = train::train_float(&frames, geom, &opts, &mut |p| {

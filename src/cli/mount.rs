@@ -154,7 +154,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     fuse.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::RootAndOwner };
     fuse.n_threads = Some(args.fuse_threads.max(1));
     let mountpoint = args.mountpoint.canonicalize().with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-    let session = fuser::spawn_mount(FuseFs::new(vfs.clone(), !(args.no_passthrough || m.passthrough == Some(false))), &args.mountpoint, &fuse).with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
+    let session = fuser::spawn_mount(FuseFs::new(vfs.clone(), !(args.no_passthrough || m.passthrough == Some(false))), &args.mountpoint, &fuse)
+        .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     // Lossy windows change what a file reads back: drop the kernel's cached pages of those files.
     let notifier = session.notifier();
     engine.set_invalidate(Arc::new(move |inos: &[u64]| {
@@ -242,7 +243,9 @@ fn unmount(mountpoint: &Path) -> anyhow::Result<()> {
         };
         match r {
             Ok(()) => return Ok(()),
-            Err(e) if !lazy => tracing::warn!(error = %e, "cannot unmount (busy?): detaching the mount lazily; the daemon exits once its last open file is closed"),
+            Err(e) if !lazy => {
+                tracing::warn!(error = %e, "cannot unmount (busy?): detaching the mount lazily; the daemon exits once its last open file is closed")
+            }
             Err(e) => return Err(e),
         }
     }

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 use tezipfs::archive;
-use tezipfs::codec::window::{encode_window, EntryReport, WindowPlanner};
 use tezipfs::codec::container::Body;
-use tezipfs::codec::quantizer::FrameBound;
 use tezipfs::codec::predict::{hash_hex, Model, ModelSource, PredictError};
+use tezipfs::codec::quantizer::FrameBound;
+use tezipfs::codec::window::{encode_window, EntryReport, WindowPlanner};
 use tezipfs::codec::{analyze, Decoder};
 
 /// Regular files of a directory in natural name order.
@@ -31,7 +31,9 @@ pub fn list_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 fn bar(total: u64, what: &str) -> ProgressBar {
     let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    pb.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "),
+    );
     pb.set_message(what.to_string());
     pb
 }
@@ -65,7 +67,8 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     let total: u64 = files.iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
     let tmp = out.with_extension("partial");
-    let mut w = archive::Writer::new(BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?), opts.model.is_some())?;
+    let mut w =
+        archive::Writer::new(BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?), opts.model.is_some())?;
     let pb = bar(total, "compress");
     let start = Instant::now();
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads);
@@ -175,14 +178,19 @@ impl ModelSource for Embedded {
             return Ok(m.clone());
         }
         let bytes = self.files.get(hash).ok_or_else(|| PredictError::MissingModel(hash_hex(hash)))?;
-        let m = tezipfs::model::load(bytes, tezipfs::model::Backend::Torch(self.device)).map_err(|e| PredictError::Model { model: hash_hex(hash), why: e.to_string() })?;
+        let m = tezipfs::model::load(bytes, tezipfs::model::Backend::Torch(self.device))
+            .map_err(|e| PredictError::Model { model: hash_hex(hash), why: e.to_string() })?;
         loaded.insert(*hash, m.clone());
         Ok(m)
     }
 }
 
 /// Call `f(name, decoded bytes, decoder, entry)` for every file of an archive, in order.
-fn for_each_file(input: &Path, device: tezipfs::model::DeviceChoice, mut f: impl FnMut(&[u8], Vec<u8>, &Decoder, usize) -> anyhow::Result<()>) -> anyhow::Result<(u64, usize)> {
+fn for_each_file(
+    input: &Path,
+    device: tezipfs::model::DeviceChoice,
+    mut f: impl FnMut(&[u8], Vec<u8>, &Decoder, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, usize)> {
     let file = std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
     let mut r = archive::Reader::new(BufReader::new(file))?;
     let (mut total, mut count) = (0u64, 0usize);
@@ -225,7 +233,14 @@ pub fn decompress(input: &Path, out_dir: &Path, device: tezipfs::model::DeviceCh
     })?;
     let secs = start.elapsed().as_secs_f64();
     let size = std::fs::metadata(input)?.len();
-    println!("decompressed {count} files ({:.1} MB) from {} ({:.1} MB): ratio {:.3}, {:.1} MB/s", total as f64 / 1e6, input.display(), size as f64 / 1e6, total as f64 / size as f64, mbps(total, secs));
+    println!(
+        "decompressed {count} files ({:.1} MB) from {} ({:.1} MB): ratio {:.3}, {:.1} MB/s",
+        total as f64 / 1e6,
+        input.display(),
+        size as f64 / 1e6,
+        total as f64 / size as f64,
+        mbps(total, secs)
+    );
     Ok(())
 }
 

@@ -101,7 +101,10 @@ pub struct FrameEntry {
 pub enum Body {
     Frame(FrameEntry),
     /// Whole file, zstd-compressed (`compressed`) or as is.
-    Opaque { compressed: bool, data: Section },
+    Opaque {
+        compressed: bool,
+        data: Section,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -443,7 +446,22 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                     let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
                     return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
                 }
-                Body::Frame(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
+                Body::Frame(FrameEntry {
+                    big_endian,
+                    key,
+                    bound,
+                    ranges,
+                    stage,
+                    skeleton,
+                    codes,
+                    escapes,
+                    n_escapes,
+                    motion,
+                    block_modes,
+                    subpel,
+                    carry,
+                    moved_context,
+                })
             }
             k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
         };
@@ -463,7 +481,10 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         _ => true,
     };
     if !used {
-        return Err(bad(format!("version {version} blob without {}", ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models", "a learned model"][version as usize - 3])));
+        return Err(bad(format!(
+            "version {version} blob without {}",
+            ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models", "a learned model"][version as usize - 3]
+        )));
     }
     Ok(Header { params, entries })
 }

@@ -129,18 +129,10 @@ impl DType {
         out.reserve(bytes.len() / self.bytes());
         match (self.bytes(), big_endian) {
             (1, _) => out.extend(bytes.iter().map(|&b| self.to_image(b as u32))),
-            (2, false) => out.extend(
-                bytes.chunks_exact(2).map(|c| self.to_image(u16::from_le_bytes([c[0], c[1]]) as u32)),
-            ),
-            (2, true) => out.extend(
-                bytes.chunks_exact(2).map(|c| self.to_image(u16::from_be_bytes([c[0], c[1]]) as u32)),
-            ),
-            (_, false) => out.extend(
-                bytes.chunks_exact(4).map(|c| self.to_image(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            ),
-            (_, true) => out.extend(
-                bytes.chunks_exact(4).map(|c| self.to_image(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))),
-            ),
+            (2, false) => out.extend(bytes.chunks_exact(2).map(|c| self.to_image(u16::from_le_bytes([c[0], c[1]]) as u32))),
+            (2, true) => out.extend(bytes.chunks_exact(2).map(|c| self.to_image(u16::from_be_bytes([c[0], c[1]]) as u32))),
+            (_, false) => out.extend(bytes.chunks_exact(4).map(|c| self.to_image(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))),
+            (_, true) => out.extend(bytes.chunks_exact(4).map(|c| self.to_image(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))),
         }
     }
 
@@ -181,10 +173,7 @@ impl fmt::Display for DType {
 impl FromStr for DType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        DType::ALL
-            .into_iter()
-            .find(|d| d.to_string() == s)
-            .ok_or_else(|| format!("unknown pixel type {s:?} (expected one of u8, u16, u32, i8, i16, i32, f32)"))
+        DType::ALL.into_iter().find(|d| d.to_string() == s).ok_or_else(|| format!("unknown pixel type {s:?} (expected one of u8, u16, u32, i8, i16, i32, f32)"))
     }
 }
 

@@ -195,13 +195,7 @@ pub fn analyze(file: &[u8], spec: &FormatSpec) -> Analysis {
                     r.pixel_bytes()
                 ));
             }
-            Analysis::Frame(Layout {
-                width: r.width,
-                height: r.height,
-                dtype: r.dtype,
-                big_endian: false,
-                ranges: vec![r.skip..want],
-            })
+            Analysis::Frame(Layout { width: r.width, height: r.height, dtype: r.dtype, big_endian: false, ranges: vec![r.skip..want] })
         }
         FormatSpec::Tiff | FormatSpec::Auto => {
             if !tiff::has_tiff_header(file) {

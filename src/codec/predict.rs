@@ -117,7 +117,16 @@ pub enum PredictorId {
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 8] = [PredictorId::None, PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::Linear, PredictorId::MotionMed, PredictorId::Motion];
+    pub const ALL: [PredictorId; 8] = [
+        PredictorId::None,
+        PredictorId::Previous,
+        PredictorId::PreviousMed,
+        PredictorId::Blend,
+        PredictorId::Spatial,
+        PredictorId::Linear,
+        PredictorId::MotionMed,
+        PredictorId::Motion,
+    ];
 
     /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
     /// `motion`, already moved) and the window's predictor coefficients (`linear` only).
@@ -188,7 +197,9 @@ impl PredictorChoice {
         match self {
             // `motion` and `motion+med` stand in for `previous` and `previous+med`: without
             // motion they code the same bytes.
-            PredictorChoice::Auto | PredictorChoice::Prednet => vec![PredictorId::Motion, PredictorId::MotionMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear],
+            PredictorChoice::Auto | PredictorChoice::Prednet => {
+                vec![PredictorId::Motion, PredictorId::MotionMed, PredictorId::Blend, PredictorId::Spatial, PredictorId::None, PredictorId::Linear]
+            }
             PredictorChoice::Fixed(p) => vec![p],
         }
     }
@@ -212,11 +223,9 @@ impl FromStr for PredictorChoice {
             "prednet" => return Ok(PredictorChoice::Prednet),
             _ => {}
         }
-        PredictorId::ALL
-            .into_iter()
-            .find(|p| p.to_string() == s)
-            .map(PredictorChoice::Fixed)
-            .ok_or_else(|| format!("unknown predictor {s:?} (expected auto, prednet, previous, previous+med, motion, motion+med, blend, spatial, linear or none)"))
+        PredictorId::ALL.into_iter().find(|p| p.to_string() == s).map(PredictorChoice::Fixed).ok_or_else(|| {
+            format!("unknown predictor {s:?} (expected auto, prednet, previous, previous+med, motion, motion+med, blend, spatial, linear or none)")
+        })
     }
 }
 
@@ -288,7 +297,12 @@ impl Model for Playback {
     fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
         for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
             let k = s.as_any().downcast_ref::<PlaybackState>().ok_or_else(|| PredictError::Malformed("not a playback state".into()))?.next;
-            out.copy_from_slice(self.refs.get(k).filter(|r| r.len() == out.len()).ok_or_else(|| PredictError::Malformed(format!("no reference of frame {k} of {} pixels", out.len())))?);
+            out.copy_from_slice(
+                self.refs
+                    .get(k)
+                    .filter(|r| r.len() == out.len())
+                    .ok_or_else(|| PredictError::Malformed(format!("no reference of frame {k} of {} pixels", out.len())))?,
+            );
         }
         Ok(())
     }
@@ -352,7 +366,20 @@ impl Session {
             None => None,
         };
         let own_reference = if pid == PredictorId::None { vec![geom.zero; geom.pixels()] } else { Vec::new() };
-        Ok(Session { pid, geom, coefs: coefs.to_vec(), model, k: 0, prev: Vec::new(), older: Vec::new(), own_reference, begun: false, moved: Vec::new(), moving: false, modes: None })
+        Ok(Session {
+            pid,
+            geom,
+            coefs: coefs.to_vec(),
+            model,
+            k: 0,
+            prev: Vec::new(),
+            older: Vec::new(),
+            own_reference,
+            begun: false,
+            moved: Vec::new(),
+            moving: false,
+            modes: None,
+        })
     }
 
     /// A session for predictor `pid` (with `coefs`) that continues from where this one is: the
@@ -435,7 +462,10 @@ impl Session {
         let reference = if self.model.is_some() { &self.own_reference } else { &self.prev };
         if motion::apply(reference, older, vectors, w, h, subpel, &mut self.moved).is_err() {
             self.moving = false;
-            return Err(PredictError::Malformed(format!("motion vectors do not fit the frame{}", if older.is_none() { " (or name a reference before the key frame)" } else { "" })));
+            return Err(PredictError::Malformed(format!(
+                "motion vectors do not fit the frame{}",
+                if older.is_none() { " (or name a reference before the key frame)" } else { "" }
+            )));
         }
         self.mark_blocks(vectors)
     }

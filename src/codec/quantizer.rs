@@ -9,10 +9,10 @@
 //! break (clamping, NaN, infinities, float rounding, a `pwrel` step that overshoots) gets code 0,
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
+use super::dtype::DType;
 use super::predict::motion::blocks;
 use super::predict::pixel::{block_mode_at, for_each_block_mode};
 pub use super::predict::Prediction;
-use super::dtype::DType;
 use std::fmt;
 use std::str::FromStr;
 
@@ -207,14 +207,12 @@ pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> C
 pub fn lossless_codes(dtype: DType, x: &[u32], pred: Prediction) -> Vec<u32> {
     let mask = dtype.mask();
     match pred {
-        Prediction::Frame(p) => x
-            .iter()
-            .zip(p)
-            .map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask))
-            .collect(),
+        Prediction::Frame(p) => x.iter().zip(p).map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask)).collect(),
         Prediction::BlockModes { prev, width, modes } if prev.len() == x.len() && width > 0 && modes.len() == blocks(width, x.len() / width) => {
             let mut codes = vec![0; x.len()];
-            for_each_block_mode(width, x.len(), modes, |i, mode| codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask));
+            for_each_block_mode(width, x.len(), modes, |i, mode| {
+                codes[i] = zigzag_native(x[i].wrapping_sub(block_mode_at(mode, prev, x, i, width, mask)) & mask, mask)
+            });
             codes
         }
         other => (0..x.len()).map(|i| zigzag_native(x[i].wrapping_sub(other.at(x, i, mask)) & mask, mask)).collect(),
@@ -318,7 +316,9 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
             }
             // (`len_ok` above checked the modes' count.)
             Prediction::BlockModes { prev, width, modes } => {
-                for_each_block_mode(width, codes.len(), modes, |i, mode| out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask);
+                for_each_block_mode(width, codes.len(), modes, |i, mode| {
+                    out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask
+                });
             }
             other => {
                 for i in 0..codes.len() {

@@ -8,12 +8,12 @@
 //! prediction + plain zstd", and the winner codes the rest.
 
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
-use std::sync::Arc;
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predict::{linear, motion, Geometry, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
+use std::sync::Arc;
 
 /// Coefficients of `linear` that predict the previous frame (when there is nothing to fit on).
 fn identity_coefs() -> Vec<i32> {
@@ -92,7 +92,11 @@ const MODEL_PREDICTORS: [PredictorId; 4] = [PredictorId::Previous, PredictorId::
 /// predict its frames (it was made for their pixel type).
 fn candidates(opts: &Options, model_fits: bool) -> Vec<Candidate> {
     let with_model = model_fits && matches!(opts.predictor, PredictorChoice::Auto | PredictorChoice::Prednet);
-    let mut out: Vec<Candidate> = if with_model && opts.predictor == PredictorChoice::Prednet { Vec::new() } else { opts.predictor.candidates().into_iter().map(Candidate::classical).collect() };
+    let mut out: Vec<Candidate> = if with_model && opts.predictor == PredictorChoice::Prednet {
+        Vec::new()
+    } else {
+        opts.predictor.candidates().into_iter().map(Candidate::classical).collect()
+    };
     if with_model {
         out.extend(MODEL_PREDICTORS.map(|pid| Candidate { pid, model: true }));
     }
@@ -145,9 +149,13 @@ fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<M
 /// What happened to one file of a window.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EntryReport {
-    Frame { escapes: u32 },
+    Frame {
+        escapes: u32,
+    },
     /// Stored whole; the reason it is not coded as a frame.
-    Opaque { reason: String },
+    Opaque {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -232,7 +240,8 @@ impl Quantised {
                     previous
                 } else {
                     let older = k.checked_sub(2).map(|j| self.recon(chain, j));
-                    motion::apply(previous, older, &self.motion[k], geom.width, geom.height, true, &mut buf.prediction).expect("the search's own vectors fit the frame");
+                    motion::apply(previous, older, &self.motion[k], geom.width, geom.height, true, &mut buf.prediction)
+                        .expect("the search's own vectors fit the frame");
                     &buf.prediction[..]
                 };
                 Side { prev: Some(&buf.codes[..]), quantised, carry, gradient: Some(gradient) }
@@ -469,7 +478,16 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
 /// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate),
 /// `quantised` the chosen predictor's quantisation of the whole window when the choice made it.
-fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, coder: &mut Coder, coefs: &mut Coefs, quantised: &mut Option<Quantised>) -> Result<(Candidate, Option<Stage>), EncodeError> {
+fn choose(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    models: Models,
+    coder: &mut Coder,
+    coefs: &mut Coefs,
+    quantised: &mut Option<Quantised>,
+) -> Result<(Candidate, Option<Stage>), EncodeError> {
     let mut candidates = candidates(opts, models.real.is_some());
     for with_model in [false, true] {
         if !candidates.contains(&Candidate { pid: PredictorId::Linear, model: with_model }) {
@@ -512,7 +530,8 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: M
             // Frames are coded in order here, so the adaptive models carry over from the one
             // before (except on the first, whose predecessor was not coded).
             // (Only the adaptive stage reads the side information.)
-            let side = if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
+            let side =
+                if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
             size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
             if !q.motion[k].is_empty() {
                 size += coder.compress_bytes(&q.motion[k])?.len();
@@ -580,7 +599,11 @@ fn choose(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: M
         // The adaptive stage is the slow one to try. Under `balanced` it must beat the zstd
         // stages by BALANCED_MARGIN and context rANS by ADAPTIVE_MARGIN; where context rANS does
         // not even gain ADAPTIVE_SKIP over zstd (noise-limited data) it has never done so.
-        let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() { 1.0 - proxy_size * (1.0 - crate::codec::entropy::BALANCED_MARGIN) / best_zstd } else { 1.0 };
+        let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() {
+            1.0 - proxy_size * (1.0 - crate::codec::entropy::BALANCED_MARGIN) / best_zstd
+        } else {
+            1.0
+        };
         tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, "finalist");
         if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
             let weighed = size_under(q, Stage::Adaptive, from)?;
@@ -640,7 +663,14 @@ fn open_loop_references(chain: &Chain, geom: Geometry, model: Option<&ModelHandl
 /// is made on, and, from the window's start, what it is coded with. A probe that starts later
 /// predicts from the original frames before it: exact when lossless (a reconstruction is then
 /// the frame itself), a close estimate under a bound.
-fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, mut session: Session, frames: std::ops::Range<usize>) -> Result<Quantised, EncodeError> {
+fn quantize_chain(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    mut session: Session,
+    frames: std::ops::Range<usize>,
+) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
     let pid = session.predictor();
     let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
@@ -662,7 +692,8 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, m
         if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
             let alt = match &coarse {
                 Some(c) => {
-                    motion::apply(session.reference(), session.older(), c, geom.width, geom.height, true, &mut unrefined).map_err(|_| PredictError::Malformed("the search's own vectors do not fit the frame".into()))?;
+                    motion::apply(session.reference(), session.older(), c, geom.width, geom.height, true, &mut unrefined)
+                        .map_err(|_| PredictError::Malformed("the search's own vectors do not fit the frame".into()))?;
                     Some((&unrefined[..], &c[..]))
                 }
                 None => None,
@@ -689,7 +720,15 @@ fn quantize_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, m
 
 /// Entropy-code the chain's frames as quantised in `q` (from the window's start); `stage: None`
 /// tries every stage on every frame.
-fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, stage: Option<Stage>, q: &Quantised, coder: &mut Coder) -> Result<Vec<CodedFrame>, EncodeError> {
+fn code_chain(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    stage: Option<Stage>,
+    q: &Quantised,
+    coder: &mut Coder,
+) -> Result<Vec<CodedFrame>, EncodeError> {
     let width = dtype.bytes();
     let mut out = Vec::with_capacity(q.frames.len());
     let mut last_stage = None;
@@ -699,7 +738,11 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, stage
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
-        let side = if stage.is_none_or(|s| s == Stage::Adaptive) { q.side(chain, k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut side_buffers) } else { Side::default() };
+        let side = if stage.is_none_or(|s| s == Stage::Adaptive) {
+            q.side(chain, k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut side_buffers)
+        } else {
+            Side::default()
+        };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
@@ -719,7 +762,10 @@ fn code_chain(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, stage
         };
         let motion = if q.motion[k].is_empty() { Vec::new() } else { coder.compress_bytes(&q.motion[k])? };
         let block_modes = q.motion[k].len() == motion::TRIPLE * motion::blocks(geom.width, geom.height);
-        let subpel = block_modes && q.motion[k].chunks_exact(motion::TRIPLE).any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
+        let subpel = block_modes
+            && q.motion[k]
+                .chunks_exact(motion::TRIPLE)
+                .any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
         let carry = side.carry && stage == Stage::Adaptive;
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         last_stage = Some(stage);
@@ -773,7 +819,22 @@ impl Decoder {
         let header = blob.header;
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
-        Ok(Decoder { bytes, header, payload_start, coder, models, model: None, session: None, frame_entries, codes: Vec::new(), prev_codes: Vec::new(), recon: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None })
+        Ok(Decoder {
+            bytes,
+            header,
+            payload_start,
+            coder,
+            models,
+            model: None,
+            session: None,
+            frame_entries,
+            codes: Vec::new(),
+            prev_codes: Vec::new(),
+            recon: Vec::new(),
+            older_codes: Vec::new(),
+            moved_codes: Vec::new(),
+            models_of: None,
+        })
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -894,7 +955,8 @@ impl Decoder {
         // The moved context: the previous frame's codes moved by this frame's whole-pixel vectors.
         if f.moved_context {
             let older = (k >= 2).then_some(&self.older_codes[..]);
-            motion::apply_whole(&self.prev_codes, older, &vectors, geom.width, geom.height, &mut self.moved_codes).map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
+            motion::apply_whole(&self.prev_codes, older, &vectors, geom.width, geom.height, &mut self.moved_codes)
+                .map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
         }
 
         let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;

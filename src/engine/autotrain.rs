@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 /// A directory whose training failed is tried again after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -134,7 +133,8 @@ impl Trainer {
                 b @ (Bound::Lossless | Bound::Abs(_)) => b,
                 _ => Bound::Lossless,
             };
-            let opts = TrainOptions { bound, minutes: settings.minutes, threads: Some(settings.threads.max(1)), device: device_of(vfs), ..TrainOptions::default() };
+            let opts =
+                TrainOptions { bound, minutes: settings.minutes, threads: Some(settings.threads.max(1)), device: device_of(vfs), ..TrainOptions::default() };
             let (me, vfs, lossless) = (self.clone(), vfs.clone(), policy.bound == Bound::Lossless);
             let spawned = std::thread::Builder::new().name(format!("tezipfs-train-{dir}")).spawn(move || {
                 // SAFETY: setpriority on the calling thread only (Linux nice values are per thread).

@@ -126,7 +126,8 @@ mod tests {
         let inner: Arc<dyn Model> = Arc::new(ReferenceModel::from_bytes(&bytes).unwrap());
         let batched = Arc::new(Batched::new(inner.clone(), Duration::from_millis(50), 8));
         let geom = Geometry::of(19, 11, DType::U8);
-        let frames: Vec<Vec<Vec<u32>>> = (0..4).map(|w| (0..3).map(|k| (0..geom.pixels() as u32).map(|i| (i * 7 + k * 13 + w * 31) % 256).collect()).collect()).collect();
+        let frames: Vec<Vec<Vec<u32>>> =
+            (0..4).map(|w| (0..3).map(|k| (0..geom.pixels() as u32).map(|i| (i * 7 + k * 13 + w * 31) % 256).collect()).collect()).collect();
         let run = |m: &dyn Model, frames: &[Vec<u32>]| -> Vec<Vec<u32>> {
             let mut s = m.start(geom).unwrap();
             let mut refs = Vec::new();
@@ -141,10 +142,13 @@ mod tests {
         };
         let alone: Vec<_> = frames.iter().map(|f| run(&*inner, f)).collect();
         let together: Vec<_> = std::thread::scope(|sc| {
-            let hs: Vec<_> = frames.iter().map(|f| {
-                let b = batched.clone();
-                sc.spawn(move || run(&*b, f))
-            }).collect();
+            let hs: Vec<_> = frames
+                .iter()
+                .map(|f| {
+                    let b = batched.clone();
+                    sc.spawn(move || run(&*b, f))
+                })
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(alone, together);

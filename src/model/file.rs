@@ -175,7 +175,8 @@ fn conv_shapes(arch: &Arch, l: usize) -> Vec<ConvShape> {
 /// [`check_arch`] (so the counts are small).
 pub fn tensor_layout(arch: &Arch) -> Vec<TensorSpec> {
     let t = |name: String, elem, count| TensorSpec { name, elem, count };
-    let mut v = vec![t("sigmoid table".into(), Elem::I16, GATE_LUT), t("tanh table".into(), Elem::I16, GATE_LUT), t("cell tanh table".into(), Elem::I16, CELL_LUT)];
+    let mut v =
+        vec![t("sigmoid table".into(), Elem::I16, GATE_LUT), t("tanh table".into(), Elem::I16, GATE_LUT), t("cell tanh table".into(), Elem::I16, CELL_LUT)];
     for l in 0..arch.layers.len() {
         for cs in conv_shapes(arch, l) {
             let (name, cout, k) = (cs.name, cs.cout, cs.k);
@@ -356,10 +357,23 @@ fn header_of(m: &IntModel) -> ModelHeader {
     let n = &m.norm;
     ModelHeader {
         size: m.meta.size.clone(),
-        layers: m.arch.layers.iter().map(|l| LayerHeader { a: l.a as u32, r: l.r as u32, k_lstm: l.k_lstm as u32, k_ahat: l.k_ahat as u32, k_a: l.k_a as u32 }).collect(),
+        layers: m
+            .arch
+            .layers
+            .iter()
+            .map(|l| LayerHeader { a: l.a as u32, r: l.r as u32, k_lstm: l.k_lstm as u32, k_ahat: l.k_ahat as u32, k_a: l.k_a as u32 })
+            .collect(),
         dtype: m.dtype.id(),
         bits: m.dtype.bits(),
-        norm: NormHeader { offset: n.offset, in_mult: n.in_mult, in_shift: n.in_shift, err_mult: n.err_mult, err_shift: n.err_shift, out_mult: n.out_mult, out_shift: n.out_shift },
+        norm: NormHeader {
+            offset: n.offset,
+            in_mult: n.in_mult,
+            in_shift: n.in_shift,
+            err_mult: n.err_mult,
+            err_shift: n.err_shift,
+            out_mult: n.out_mult,
+            out_shift: n.out_shift,
+        },
         bound: m.meta.bound.clone(),
         fingerprint: m.meta.fingerprint,
         frames: m.meta.frames,
@@ -490,7 +504,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         return Err(range_err(format!("{} layers (1 to {MAX_LAYERS} allowed)", h.layers.len())));
     }
     let arch = Arch {
-        layers: h.layers.iter().map(|l| LayerArch { a: l.a as usize, r: l.r as usize, k_lstm: l.k_lstm as usize, k_ahat: l.k_ahat as usize, k_a: l.k_a as usize }).collect(),
+        layers: h
+            .layers
+            .iter()
+            .map(|l| LayerArch { a: l.a as usize, r: l.r as usize, k_lstm: l.k_lstm as usize, k_ahat: l.k_ahat as usize, k_a: l.k_a as usize })
+            .collect(),
     };
     check_arch(&arch)?;
     let dtype = DType::from_id(h.dtype).ok_or(ModelFileError::UnknownDType(h.dtype))?;
@@ -538,7 +556,15 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     let model = IntModel {
         arch,
         dtype,
-        norm: Norm { offset: n.offset, in_mult: n.in_mult, in_shift: n.in_shift, err_mult: n.err_mult, err_shift: n.err_shift, out_mult: n.out_mult, out_shift: n.out_shift },
+        norm: Norm {
+            offset: n.offset,
+            in_mult: n.in_mult,
+            in_shift: n.in_shift,
+            err_mult: n.err_mult,
+            err_shift: n.err_shift,
+            out_mult: n.out_mult,
+            out_shift: n.out_shift,
+        },
         luts,
         layers,
         meta: Meta { size: h.size, bound: h.bound, fingerprint: h.fingerprint, frames: h.frames, steps: h.steps, loss: h.loss },
@@ -654,7 +680,10 @@ fn random_conv(rng: &mut Rng, cout: usize, k: usize, groups: &[(usize, f64)], lo
     let target = (hi - lo) as f64 / 3.0;
     let centre = (hi + lo) as f64 / 2.0;
     let ng = groups.len() as f64;
-    let mut gs: Vec<Group> = groups.iter().map(|&(cin, _)| Group { cin, weight: (0..cout * cin * k * k).map(|_| rng.range(-127, 127) as i8).collect(), mult: vec![0; cout] }).collect();
+    let mut gs: Vec<Group> = groups
+        .iter()
+        .map(|&(cin, _)| Group { cin, weight: (0..cout * cin * k * k).map(|_| rng.range(-127, 127) as i8).collect(), mult: vec![0; cout] })
+        .collect();
     let mut bias = vec![0; cout];
     let mut shift = vec![0; cout];
     for c in 0..cout {
@@ -669,7 +698,15 @@ fn random_conv(rng: &mut Rng, cout: usize, k: usize, groups: &[(usize, f64)], lo
                 grp.mult[c] = m as i32;
             }
             shift[c] = s;
-            bias[c] = if rng.chance(0.3) { if rng.chance(0.5) { MAX_BIAS } else { -MAX_BIAS } } else { (centre * 2f64.powi(s as i32)) as i64 };
+            bias[c] = if rng.chance(0.3) {
+                if rng.chance(0.5) {
+                    MAX_BIAS
+                } else {
+                    -MAX_BIAS
+                }
+            } else {
+                (centre * 2f64.powi(s as i32)) as i64
+            };
             continue;
         }
         let s = ((-(smallest.log2())).ceil() + 8.0 + rng.range(0, 6) as f64).clamp(1.0, 40.0) as u8;
@@ -712,7 +749,11 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
     let offset = (range * (0.4 + 0.2 * rng.unit())) as i64;
     let norm = Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift };
     let std = Luts::standard();
-    let luts = Luts { sigmoid: perturbed_table(&mut rng, &std.sigmoid, 0), tanh: perturbed_table(&mut rng, &std.tanh, -128), tanh_cell: perturbed_table(&mut rng, &std.tanh_cell, -128) };
+    let luts = Luts {
+        sigmoid: perturbed_table(&mut rng, &std.sigmoid, 0),
+        tanh: perturbed_table(&mut rng, &std.tanh, -128),
+        tanh_cell: perturbed_table(&mut rng, &std.tanh_cell, -128),
+    };
     // Typical magnitudes of the inputs: errors are small and often zero, H spreads over i8,
     // the intensity over i16.
     let (e_typ, h_typ, i_typ) = (20.0, 50.0, 12000.0);
@@ -741,7 +782,14 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
     }
     let mut fingerprint = [0u8; 32];
     fingerprint.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
-    let meta = Meta { size: "random".into(), bound: "lossless".into(), fingerprint, frames: rng.range(1, 1000) as u64, steps: rng.range(1, 100000) as u64, loss: rng.unit() };
+    let meta = Meta {
+        size: "random".into(),
+        bound: "lossless".into(),
+        fingerprint,
+        frames: rng.range(1, 1000) as u64,
+        steps: rng.range(1, 100000) as u64,
+        loss: rng.unit(),
+    };
     let m = IntModel { arch: arch.clone(), dtype, norm, luts, layers, meta };
     debug_assert_eq!(validate(&m), Ok(()));
     m
@@ -899,7 +947,13 @@ mod tests {
         refuse(&edit(&|h| h.norm.offset = -1), &t, range);
         refuse(&edit(&|h| h.norm.offset = 1 << 32), &t, range);
         refuse(&edit(&|h| h.tensors[0] += 2), &t, inconsistent);
-        refuse(&edit(&|h| { h.tensors.pop(); }), &t, inconsistent);
+        refuse(
+            &edit(&|h| {
+                h.tensors.pop();
+            }),
+            &t,
+            inconsistent,
+        );
         // Tensor values: find each tensor's offset from the layout.
         let layout = tensor_layout(&m.arch);
         let offset = |i: usize| layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>();

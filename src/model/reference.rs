@@ -288,7 +288,12 @@ impl Model for ReferenceModel {
             .enumerate()
             .map(|(l, la)| {
                 let (h, w) = layer_size(geom.height, geom.width, l);
-                LayerState { hid: Planes::zeros(la.r, h, w), cell: Planes::zeros(la.r, h, w), err: Planes::zeros(2 * la.a, h, w), ahat: Planes::zeros(la.a, h, w) }
+                LayerState {
+                    hid: Planes::zeros(la.r, h, w),
+                    cell: Planes::zeros(la.r, h, w),
+                    err: Planes::zeros(2 * la.a, h, w),
+                    ahat: Planes::zeros(la.a, h, w),
+                }
             })
             .collect();
         Ok(Box::new(ReferenceState { model: self.hash, geom, layers, b: None, predicted: false }))
@@ -340,8 +345,23 @@ mod tests {
         for &(k, h, w) in &[(1, 3, 4), (3, 5, 7), (5, 2, 9), (7, 4, 3), (3, 1, 1), (5, 1, 6)] {
             let cins = [2usize, 3];
             let cout = 3;
-            let groups = cins.iter().map(|&cin| super::super::Group { cin, weight: (0..cout * cin * k * k).map(|_| rng.range(-127, 127) as i8).collect(), mult: (0..cout).map(|_| rng.range(-1000, 1000) as i32).collect() }).collect();
-            let c = Conv { cout, k, groups, bias: (0..cout).map(|_| rng.range(-5000, 5000)).collect(), shift: (0..cout).map(|_| rng.range(1, 12) as u8).collect(), lo: -128, hi: 127 };
+            let groups = cins
+                .iter()
+                .map(|&cin| super::super::Group {
+                    cin,
+                    weight: (0..cout * cin * k * k).map(|_| rng.range(-127, 127) as i8).collect(),
+                    mult: (0..cout).map(|_| rng.range(-1000, 1000) as i32).collect(),
+                })
+                .collect();
+            let c = Conv {
+                cout,
+                k,
+                groups,
+                bias: (0..cout).map(|_| rng.range(-5000, 5000)).collect(),
+                shift: (0..cout).map(|_| rng.range(1, 12) as u8).collect(),
+                lo: -128,
+                hi: 127,
+            };
             let ins: Vec<Planes> = cins.iter().map(|&cin| planes(cin, h, w, |_, _, _| rng.range(-128, 127) as i32)).collect();
             let got = conv(&c, &[&ins[0], &ins[1]]);
             let p = (k / 2) as isize;
@@ -356,7 +376,8 @@ mod tests {
                                     for dx in 0..k {
                                         let (sy, sx) = (y as isize + dy as isize - p, x as isize + dx as isize - p);
                                         if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
-                                            acc += grp.weight[((o * grp.cin + j) * k + dy) * k + dx] as i64 * ins[g].v[(j * h + sy as usize) * w + sx as usize] as i64;
+                                            acc += grp.weight[((o * grp.cin + j) * k + dy) * k + dx] as i64
+                                                * ins[g].v[(j * h + sy as usize) * w + sx as usize] as i64;
                                         }
                                     }
                                 }
@@ -423,7 +444,13 @@ mod activity {
                 }
                 corr.extend(st.layers[0].ahat.v.iter().cloned());
             }
-            eprintln!("{dtype}: H saturated {:.3}, H mid {:.3}, distinct Ahat_0 {}, E nonzero {:.3}, S at -/+32767 {s_lo}/{s_hi}, H at -/+127 {h_lo}/{h_hi}", h_sat as f64 / h_n as f64, h_mid as f64 / h_n as f64, corr.len(), err_nz as f64 / err_n as f64);
+            eprintln!(
+                "{dtype}: H saturated {:.3}, H mid {:.3}, distinct Ahat_0 {}, E nonzero {:.3}, S at -/+32767 {s_lo}/{s_hi}, H at -/+127 {h_lo}/{h_hi}",
+                h_sat as f64 / h_n as f64,
+                h_mid as f64 / h_n as f64,
+                corr.len(),
+                err_nz as f64 / err_n as f64
+            );
             assert!(s_lo > 0 && s_hi > 0 && h_lo > 0 && h_hi > 0, "{dtype}: cells and H reach both limits");
             assert!(h_sat * 50 > h_n && h_mid * 5 > h_n, "{dtype}: H saturated {h_sat}, mid {h_mid} of {h_n}");
             assert!(corr.len() > 30, "{dtype}: {} distinct corrections", corr.len());

@@ -319,7 +319,13 @@ pub struct TorchState {
 impl ModelState for TorchState {
     fn clone_box(&self) -> Box<dyn ModelState> {
         // Deep copies: the cell state is updated in place.
-        Box::new(TorchState { model: self.model, geom: self.geom, layers: self.layers.iter().map(TLayerState::deep_copy).collect(), b: self.b.as_ref().map(Tensor::copy), predicted: self.predicted })
+        Box::new(TorchState {
+            model: self.model,
+            geom: self.geom,
+            layers: self.layers.iter().map(TLayerState::deep_copy).collect(),
+            b: self.b.as_ref().map(Tensor::copy),
+            predicted: self.predicted,
+        })
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -578,7 +584,15 @@ impl TorchModel {
     /// `n x h x w` input), band by band; each band's output (int32 or int64, requantised and clamped,
     /// `[cout, nb, bh, w]`, an arena buffer) goes to `sink`.
     #[allow(clippy::too_many_arguments)]
-    fn conv_bands(&self, label: &str, conv: &TConv, padded: &[Tensor], (n, h, w): (i64, i64, i64), arena: &mut Arena, sink: &mut dyn FnMut(Band, &Tensor, &mut Arena) -> Result<(), TchError>) -> Result<(), TchError> {
+    fn conv_bands(
+        &self,
+        label: &str,
+        conv: &TConv,
+        padded: &[Tensor],
+        (n, h, w): (i64, i64, i64),
+        arena: &mut Arena,
+        sink: &mut dyn FnMut(Band, &Tensor, &mut Arena) -> Result<(), TchError>,
+    ) -> Result<(), TchError> {
         let mut laps = Laps::new(self.profiling());
         let mut t = [0.0f64; 4];
         let (k, p) = (conv.k, conv.k / 2);

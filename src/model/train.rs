@@ -39,7 +39,9 @@ pub enum TrainError {
     Geometry { index: usize, got: usize, want: usize, width: usize, height: usize },
     #[error("frames of {0}x{1} pixels are too small to train on (at least 8x8)")]
     TooSmall(usize, usize),
-    #[error("a model is trained for a lossless or abs:E bound, not {0} (the noise of rel and pwrel reconstructions differs from frame to frame and pixel to pixel)")]
+    #[error(
+        "a model is trained for a lossless or abs:E bound, not {0} (the noise of rel and pwrel reconstructions differs from frame to frame and pixel to pixel)"
+    )]
     Bound(Bound),
     #[error("CUDA was asked for but is not available (this build's libtorch sees no CUDA device)")]
     NoCuda,
@@ -136,7 +138,17 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> TrainOptions {
-        TrainOptions { size: Size::Small, arch: None, bound: Bound::Lossless, minutes: 10.0, max_steps: None, device: DeviceChoice::Auto, seed: 1, threads: None, hyper: Hyper::default() }
+        TrainOptions {
+            size: Size::Small,
+            arch: None,
+            bound: Bound::Lossless,
+            minutes: 10.0,
+            max_steps: None,
+            device: DeviceChoice::Auto,
+            seed: 1,
+            threads: None,
+            hyper: Hyper::default(),
+        }
     }
 }
 
@@ -395,7 +407,11 @@ impl Sampler<'_> {
         }
         let dims = [t_n as i64, b_n as i64, 1, ch as i64, cw as i64];
         let t = |v: Vec<f32>| Tensor::from_slice(&v).view(dims).to_device(device);
-        let (orig, key) = if self.closed { (Some(t(origs)), Some(Tensor::from_slice(&key).view([b_n as i64, 1, ch as i64, cw as i64]).to_device(device))) } else { (None, None) };
+        let (orig, key) = if self.closed {
+            (Some(t(origs)), Some(Tensor::from_slice(&key).view([b_n as i64, 1, ch as i64, cw as i64]).to_device(device)))
+        } else {
+            (None, None)
+        };
         Batch { intensity: t(inten), a0: t(a0), target: t(target), lo: t(lo), hi: t(hi), orig, key }
     }
 }
@@ -483,7 +499,8 @@ fn optimise(
     let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
     // Closed loop needs exact pixel values in f32 (types up to 16 bits) and integer steps.
     let closed = hy.closed_loop && degrade.e > 0.0 && geom.dtype.bits() <= 16 && !geom.dtype.is_float();
-    let mut sampler = Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, closed, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
+    let mut sampler =
+        Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, closed, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
     let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
     let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
     let in_ratio = norm.in_mult as f64 / 2f64.powi(norm.in_shift as i32);
@@ -494,7 +511,8 @@ fn optimise(
     let frame_equiv = (sampler.batch * (seq - 1) * ch * cw) as f64 / geom.pixels() as f64;
     loop {
         let elapsed = start.elapsed();
-        let done = (elapsed.as_secs_f64() / budget.as_secs_f64().max(1e-9)).max(opts.max_steps.map_or(0.0, |m| if m == 0 { 1.0 } else { step as f64 / m as f64 }));
+        let done =
+            (elapsed.as_secs_f64() / budget.as_secs_f64().max(1e-9)).max(opts.max_steps.map_or(0.0, |m| if m == 0 { 1.0 } else { step as f64 / m as f64 }));
         if done >= 1.0 {
             break;
         }
@@ -555,7 +573,15 @@ fn optimise(
         }
         ema = if ema.is_nan() { m } else { 0.98 * ema + 0.02 * m };
         let elapsed = start.elapsed();
-        progress(&Progress { step, elapsed, budget, done, loss: ema, step_loss: m, frames_per_sec: frame_equiv * step as f64 / elapsed.as_secs_f64().max(1e-9) });
+        progress(&Progress {
+            step,
+            elapsed,
+            budget,
+            done,
+            loss: ema,
+            step_loss: m,
+            frames_per_sec: frame_equiv * step as f64 / elapsed.as_secs_f64().max(1e-9),
+        });
         if step % 50 == 0 {
             tracing::debug!(step, loss = ema, "training");
         }
@@ -573,7 +599,12 @@ fn values(t: &Tensor) -> Vec<f64> {
 /// computed with.
 fn export_conv(q: &QConv) -> Conv {
     let p = q.plan();
-    let groups = q.groups.iter().enumerate().map(|(g, grp)| Group { cin: grp.cin as usize, weight: p.wint[g].clone(), mult: p.mult[g].iter().map(|&m| m as i32).collect() }).collect();
+    let groups = q
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(g, grp)| Group { cin: grp.cin as usize, weight: p.wint[g].clone(), mult: p.mult[g].iter().map(|&m| m as i32).collect() })
+        .collect();
     Conv { cout: q.cout as usize, k: q.k as usize, groups, bias: p.bias, shift: p.shift, lo: q.lo as i32, hi: q.hi as i32 }
 }
 
@@ -581,7 +612,8 @@ impl Trained {
     /// The integer model: rounded weights, multipliers, shifts, biases, the standard tables, the
     /// normalisation and what training recorded. Validated before it is returned.
     pub fn export(&self) -> Result<IntModel, TrainError> {
-        let layers = self.net.layers.iter().map(|l| Layer { lstm: export_conv(&l.lstm), ahat: export_conv(&l.ahat), a: l.a.as_ref().map(export_conv) }).collect();
+        let layers =
+            self.net.layers.iter().map(|l| Layer { lstm: export_conv(&l.lstm), ahat: export_conv(&l.ahat), a: l.a.as_ref().map(export_conv) }).collect();
         let m = IntModel { arch: self.net.arch.clone(), dtype: self.dtype, norm: self.norm, luts: Luts::standard(), layers, meta: self.meta.clone() };
         file::validate(&m)?;
         Ok(m)

@@ -2,11 +2,11 @@
 //! its two homes (a staging file while it is written, a blob entry once compressed).
 
 use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, State, Txn, Vfs};
-use std::sync::atomic::Ordering;
 use crate::codec::Decoder;
 use crate::index::{Data, Index, Inode, Kind};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Flags of an open, reduced to what the filesystem needs.
@@ -22,7 +22,12 @@ pub struct OpenFlags {
 impl OpenFlags {
     pub fn from_raw(flags: i32) -> OpenFlags {
         let acc = flags & libc::O_ACCMODE;
-        OpenFlags { write: acc == libc::O_WRONLY || acc == libc::O_RDWR, append: flags & libc::O_APPEND != 0, truncate: flags & libc::O_TRUNC != 0, direct: flags & libc::O_DIRECT != 0 }
+        OpenFlags {
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            direct: flags & libc::O_DIRECT != 0,
+        }
     }
 }
 
@@ -216,7 +221,9 @@ impl Vfs {
                     Ok(f) => f,
                     // Compressed (its staging file deleted) between the inode read above and
                     // the open: read it from where it lives now.
-                    Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && self.inode(ino)?.data != Data::Staged => return self.read(fh, offset, size),
+                    Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && self.inode(ino)?.data != Data::Staged => {
+                        return self.read(fh, offset, size)
+                    }
                     Err(e) => return Err(e),
                 };
                 let mut buf = vec![0u8; len];

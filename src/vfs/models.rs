@@ -168,7 +168,14 @@ impl Vfs {
     /// How a model is shown to people: its names (or the directories it was trained for), else
     /// its hash.
     pub fn model_label(&self, hash: &ModelHash) -> String {
-        let names: Vec<String> = self.index.model_names().unwrap_or_default().into_iter().filter(|(_, h)| h == hash).map(|(n, _)| String::from_utf8_lossy(&n).into_owned()).collect();
+        let names: Vec<String> = self
+            .index
+            .model_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, h)| h == hash)
+            .map(|(n, _)| String::from_utf8_lossy(&n).into_owned())
+            .collect();
         if !names.is_empty() {
             return names.join(",");
         }

@@ -383,10 +383,7 @@ impl Vfs {
     pub fn readdir(&self, ino: u64, fh: u64, offset: usize) -> FsResult<Arc<Vec<DirEntry>>> {
         if offset == 0 {
             let d = self.dir(ino)?;
-            let mut entries = vec![
-                DirEntry { ino, kind: Kind::Dir, name: b".".to_vec() },
-                DirEntry { ino: d.parent, kind: Kind::Dir, name: b"..".to_vec() },
-            ];
+            let mut entries = vec![DirEntry { ino, kind: Kind::Dir, name: b".".to_vec() }, DirEntry { ino: d.parent, kind: Kind::Dir, name: b"..".to_vec() }];
             for (name, child, kind) in self.index.dirents(ino)? {
                 entries.push(DirEntry { ino: child, kind, name });
             }

@@ -132,7 +132,13 @@ impl Vfs {
                 crate::model::Backend::Reference => "reference (CPU)".into(),
             },
             model_skipped_windows: c.model_skipped.load(Ordering::Relaxed),
-            model_training: c.model_training.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(d, s)| serde_json::json!({"dir": d, "status": s})).collect(),
+            model_training: c
+                .model_training
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(d, s)| serde_json::json!({"dir": d, "status": s}))
+                .collect(),
         })
     }
 

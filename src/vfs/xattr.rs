@@ -146,17 +146,21 @@ impl Vfs {
                 .as_bytes()
                 .to_vec(),
             ),
-            policy::RATIO => Some(match &i.data {
-                Data::Compressed { stored, .. } if *stored > 0 => format!("{:.3}", i.size as f64 / *stored as f64),
-                _ => "1.000".into(),
-            }
-            .into_bytes()),
-            policy::FILE_PREDICTOR => Some(match &i.data {
-                Data::Compressed { blob, frame: true, .. } => self.blob_predictor(*blob),
-                Data::Compressed { .. } => "none (stored whole)".into(),
-                _ => "none (staged)".into(),
-            }
-            .into_bytes()),
+            policy::RATIO => Some(
+                match &i.data {
+                    Data::Compressed { stored, .. } if *stored > 0 => format!("{:.3}", i.size as f64 / *stored as f64),
+                    _ => "1.000".into(),
+                }
+                .into_bytes(),
+            ),
+            policy::FILE_PREDICTOR => Some(
+                match &i.data {
+                    Data::Compressed { blob, frame: true, .. } => self.blob_predictor(*blob),
+                    Data::Compressed { .. } => "none (stored whole)".into(),
+                    _ => "none (staged)".into(),
+                }
+                .into_bytes(),
+            ),
             _ => None,
         })
     }

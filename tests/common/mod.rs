@@ -367,7 +367,13 @@ pub fn check_bytes(what: &str, got: &[u8], want: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    Err(format!("{what}: content differs: {} bytes (crc32c {:08x}) read, {} bytes (crc32c {:08x}) expected; first difference at byte {first}", got.len(), crc(got), want.len(), crc(want)))
+    Err(format!(
+        "{what}: content differs: {} bytes (crc32c {:08x}) read, {} bytes (crc32c {:08x}) expected; first difference at byte {first}",
+        got.len(),
+        crc(got),
+        want.len(),
+        crc(want)
+    ))
 }
 
 /// Read a file through the mount and require exactly `want`.
@@ -403,7 +409,10 @@ pub fn usage(paths: &[PathBuf]) -> (u64, u64) {
 
 /// Names of the entries of a directory, sorted.
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())).map(|e| e.expect("dirent").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.expect("dirent").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }

@@ -301,7 +301,13 @@ struct Models {
 
 impl Models {
     fn new() -> Models {
-        Models { mean: vec![0; MCTX], ctx: vec![CtxModel::NEW; MCTX], ctx2: vec![CtxModel::NEW; MCTX2], sign: [Bit::NEW; SCTX], man: vec![ManTree([Bit::NEW; 16]); QA * TOKENS] }
+        Models {
+            mean: vec![0; MCTX],
+            ctx: vec![CtxModel::NEW; MCTX],
+            ctx2: vec![CtxModel::NEW; MCTX2],
+            sign: [Bit::NEW; SCTX],
+            man: vec![ManTree([Bit::NEW; 16]); QA * TOKENS],
+        }
     }
 
     fn reset(&mut self) {
@@ -517,12 +523,7 @@ fn context(a: i32, b: i32, c: i32, d: i32, v: u8, shift: u32) -> Cx {
     let qa = qlog4_23(act >> shift);
     let v = v as usize;
     let (hi, lo) = (ma.max(mb), ma.min(mb));
-    Cx {
-        mc: qa * QT + (v >> 2),
-        mc2: qlog4_23((4 * hi) >> shift) * Q2 + qlog4_23((4 * lo) >> shift),
-        sc: sign3(a) + 3 * sign3(b) + 9 * (v & 3),
-        qa,
-    }
+    Cx { mc: qa * QT + (v >> 2), mc2: qlog4_23((4 * hi) >> shift) * Q2 + qlog4_23((4 * lo) >> shift), sc: sign3(a) + 3 * sign3(b) + 9 * (v & 3), qa }
 }
 
 /// Buffers and models reused from frame to frame (large per-frame allocations cost page
@@ -721,11 +722,8 @@ pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, side: Side,
     let mut dec = Dec::new(inp.take(len)?);
     let mut raw = BitReader { b: &data[inp.pos..], pos: 0, acc: 0, n: 0 };
     let map = mapping(flags & FLAG_QUANTISED != 0, width);
-    let prev = if flags & FLAG_TEMPORAL != 0 {
-        Some(prev.filter(|p| p.len() == n).ok_or(RansError("temporal context without a previous frame"))?)
-    } else {
-        None
-    };
+    let prev =
+        if flags & FLAG_TEMPORAL != 0 { Some(prev.filter(|p| p.len() == n).ok_or(RansError("temporal context without a previous frame"))?) } else { None };
     let shift = shift as u32;
     out.clear();
     out.resize(n, 0);
@@ -811,7 +809,13 @@ mod tests {
             let (n, cols) = (3000usize, 61usize);
             // Mostly small codes, some of every exponent.
             let mut frame = || -> Vec<u32> {
-                (0..n).map(|_| { let r = next(); let e = if r % 8 == 0 { next() % 32 } else { next() % 4 }; (next() & ((1u32 << e) | ((1u32 << e) - 1))) & mask }).collect()
+                (0..n)
+                    .map(|_| {
+                        let r = next();
+                        let e = if r % 8 == 0 { next() % 32 } else { next() % 4 };
+                        (next() & ((1u32 << e) | ((1u32 << e) - 1))) & mask
+                    })
+                    .collect()
             };
             let (a, b) = (frame(), frame());
             for q in [false, true] {

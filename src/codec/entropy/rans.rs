@@ -70,7 +70,13 @@ const fn token_base(token: usize) -> (u32, u32) {
 #[inline]
 fn context(codes: &[u32], i: usize, x: usize, cols: usize) -> usize {
     let up = i >= cols;
-    let a = if x > 0 { codes[i - 1] as u64 } else if up { codes[i - cols] as u64 } else { 0 };
+    let a = if x > 0 {
+        codes[i - 1] as u64
+    } else if up {
+        codes[i - cols] as u64
+    } else {
+        0
+    };
     let b = if up { codes[i - cols] as u64 } else { a };
     let c = if up && x > 0 { codes[i - cols - 1] as u64 } else { b };
     let d = if up && x + 1 < cols { codes[i - cols + 1] as u64 } else { b };

@@ -158,19 +158,13 @@ pub fn parse(file: &[u8]) -> Result<Layout, String> {
         (32, 3) => DType::F32,
         (b, f) => return Err(format!("{b}-bit samples of format {f} are not supported")),
     };
-    let row_bytes = (width as usize)
-        .checked_mul(dtype.bytes())
-        .ok_or_else(|| "image too large".to_string())?;
+    let row_bytes = (width as usize).checked_mul(dtype.bytes()).ok_or_else(|| "image too large".to_string())?;
     let rows_per_strip = opt_single(TAG_ROWS_PER_STRIP, u32::MAX as u64)?.clamp(1, height);
     let offsets = need(TAG_STRIP_OFFSETS, "StripOffsets")?.values(&r)?;
     let counts = need(TAG_STRIP_COUNTS, "StripByteCounts")?.values(&r)?;
     let strips = height.div_ceil(rows_per_strip) as usize;
     if offsets.len() != strips || counts.len() != strips {
-        return Err(format!(
-            "{} strip offsets and {} byte counts for {strips} strips",
-            offsets.len(),
-            counts.len()
-        ));
+        return Err(format!("{} strip offsets and {} byte counts for {strips} strips", offsets.len(), counts.len()));
     }
     let mut ranges: Vec<Range<usize>> = Vec::with_capacity(strips);
     for (i, (&off, &count)) in offsets.iter().zip(&counts).enumerate() {
@@ -236,7 +230,16 @@ pub fn write(width: u32, height: u32, dtype: DType, big_endian: bool, rows_per_s
         out.push(0);
     }
     let ifd_at = out.len() as u32;
-    let (bits, fmt) = (dtype.bits() as u16, if dtype.is_float() { 3 } else if dtype.is_signed_int() { 2 } else { 1 });
+    let (bits, fmt) = (
+        dtype.bits() as u16,
+        if dtype.is_float() {
+            3
+        } else if dtype.is_signed_int() {
+            2
+        } else {
+            1
+        },
+    );
     let strip_vals = |first: u32| if strips == 1 { None } else { Some(first) };
     let entries: Vec<(u16, u16, u32, u32)> = vec![
         (TAG_WIDTH, 4, 1, width),

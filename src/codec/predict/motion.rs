@@ -40,7 +40,10 @@ fn row_sad(a: &[u32], b: &[u32], narrow: bool) -> u64 {
 fn sad(prev: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by: usize, dx: i32, dy: i32, narrow: bool, limit: u64) -> u64 {
     let (x0, y0) = (bx * BLOCK, by * BLOCK);
     let (bw, bh) = ((width - x0).min(BLOCK), (height - y0).min(BLOCK));
-    let inside = x0 as i64 + dx as i64 >= 0 && (x0 + bw) as i64 + dx as i64 <= width as i64 && y0 as i64 + dy as i64 >= 0 && (y0 + bh) as i64 + dy as i64 <= height as i64;
+    let inside = x0 as i64 + dx as i64 >= 0
+        && (x0 + bw) as i64 + dx as i64 <= width as i64
+        && y0 as i64 + dy as i64 >= 0
+        && (y0 + bh) as i64 + dy as i64 <= height as i64;
     let mut s = 0u64;
     if inside && narrow && bw == BLOCK {
         // The common case, rows of a fixed length (unrolled, no bounds checks inside).
@@ -173,7 +176,15 @@ fn bilinear_narrow<const FX: u32, const FY: u32>(r0: &[u32], r1: &[u32], out: &m
 /// [`sad_phase`]'s common case: a full-width block at `(x0, y0)` of `bh` rows, values below
 /// 2^28, whose samples' four pixels (upper-left at `(sx, sy)`) all lie in the frame.
 #[inline(always)]
-fn sad_block_phase<const FX: u32, const FY: u32>(from: &[u32], cur: &[u32], width: usize, (sx, sy): (usize, usize), (x0, y0): (usize, usize), bh: usize, limit: u64) -> u64 {
+fn sad_block_phase<const FX: u32, const FY: u32>(
+    from: &[u32],
+    cur: &[u32],
+    width: usize,
+    (sx, sy): (usize, usize),
+    (x0, y0): (usize, usize),
+    bh: usize,
+    limit: u64,
+) -> u64 {
     let mut s = 0u64;
     let mut p = [0u32; BLOCK];
     for r in 0..bh {
@@ -243,7 +254,8 @@ fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by:
     while step_i < REFINE_STEPS.len() {
         let step = REFINE_STEPS[step_i];
         let centre = best.0;
-        let around: &[(i64, i64)] = if step == 1 { &[(0, -1), (-1, 0), (1, 0), (0, 1)] } else { &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] };
+        let around: &[(i64, i64)] =
+            if step == 1 { &[(0, -1), (-1, 0), (1, 0), (0, 1)] } else { &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] };
         for &(sx, sy) in around {
             let o = (centre.0 + sx * step, centre.1 + sy * step);
             if tried.contains(&o) {
@@ -252,7 +264,11 @@ fn refine(from: &[u32], cur: &[u32], width: usize, height: usize, bx: usize, by:
             tried.push(o);
             let limit = best.1.saturating_sub(cost_of_moving);
             let (wv, phase) = split(o);
-            let c = if phase == 0 { sad(from, cur, width, height, bx, by, wv[0], wv[1], narrow, limit) } else { sad_phase(from, cur, width, height, bx, by, wv, phase, narrow, limit) };
+            let c = if phase == 0 {
+                sad(from, cur, width, height, bx, by, wv[0], wv[1], narrow, limit)
+            } else {
+                sad_phase(from, cur, width, height, bx, by, wv, phase, narrow, limit)
+            };
             if c < limit {
                 best = (o, c + cost_of_moving);
             }
@@ -364,7 +380,13 @@ pub fn search_both(prev: &[u32], older: Option<&[u32]>, cur: &[u32], width: usiz
         // light) is not worth the search.
         let searched = still[b] > (2 * px).max(typical + typical / 2);
         if searched {
-            let cost = |v: [i32; 2], limit: u64| if v == [0, 0] { still[b] } else { sad(prev, cur, width, height, bx, by, v[0], v[1], narrow, limit).saturating_add(penalty) };
+            let cost = |v: [i32; 2], limit: u64| {
+                if v == [0, 0] {
+                    still[b]
+                } else {
+                    sad(prev, cur, width, height, bx, by, v[0], v[1], narrow, limit).saturating_add(penalty)
+                }
+            };
             let mut seeds = Vec::with_capacity(2);
             if bx > 0 && vectors[b - 1].1 == 0 {
                 seeds.push(vectors[b - 1].0);
@@ -583,7 +605,13 @@ pub fn choose_modes(moved: &[u32], alt: Option<(&[u32], &[u8])>, cur: &[u32], wi
             // A correction must win by a little more than noise.
             let px = ((width - (b % nx) * BLOCK).min(BLOCK) * (height - (b / nx) * BLOCK).min(BLOCK)) as u64;
             let (med, intra) = (s[1] + px / 64, s[2] + px / 64);
-            let mut best = if intra < s[0].min(med) { (intra, INTRA) } else if med < s[0] { (med, MED) } else { (s[0], 0) };
+            let mut best = if intra < s[0].min(med) {
+                (intra, INTRA)
+            } else if med < s[0] {
+                (med, MED)
+            } else {
+                (s[0], 0)
+            };
             if s[5] + px / 64 < best.0 {
                 best = (s[5] + px / 64, MED | INTRA);
             }
@@ -745,7 +773,9 @@ mod tests {
         assert_eq!(refs.iter().filter(|&&r| r == 1).count(), 1, "only the flickering block: {refs:?}");
         let mut moved = Vec::new();
         apply(&prev, Some(&older), &v, w, h, false, &mut moved).unwrap();
-        let block = |img: &[u32], bx: usize, by: usize| -> Vec<u32> { (0..BLOCK * BLOCK).map(|i| img[(by * BLOCK + i / BLOCK) * w + bx * BLOCK + i % BLOCK]).collect() };
+        let block = |img: &[u32], bx: usize, by: usize| -> Vec<u32> {
+            (0..BLOCK * BLOCK).map(|i| img[(by * BLOCK + i / BLOCK) * w + bx * BLOCK + i % BLOCK]).collect()
+        };
         assert_eq!(block(&moved, 1, 1), block(&cur, 1, 1));
         assert_eq!(block(&moved, 0, 0), block(&prev, 0, 0));
         // Without the frame before, the same search names no references.
@@ -785,7 +815,9 @@ mod tests {
             assert!(ox.abs() <= 2 && oy.abs() <= 2 && (p == 0) == (ox == 0 && oy == 0));
         }
         // A smooth texture moved by half a pixel: its inner blocks take a half-pixel phase.
-        let smooth = |ox: f64| -> Vec<u32> { (0..w * h).map(|i| (1000.0 + 400.0 * (0.2 * ((i % w) as f64 + ox)).sin() + 300.0 * (0.15 * (i / w) as f64).cos()) as u32).collect() };
+        let smooth = |ox: f64| -> Vec<u32> {
+            (0..w * h).map(|i| (1000.0 + 400.0 * (0.2 * ((i % w) as f64 + ox)).sin() + 300.0 * (0.15 * (i / w) as f64).cos()) as u32).collect()
+        };
         let (prev, cur) = (smooth(0.0), smooth(0.5));
         let v = search(&prev, None, &cur, w, h, true);
         assert_eq!(v.len(), TRIPLE * blocks(w, h));

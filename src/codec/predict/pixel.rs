@@ -2,8 +2,8 @@
 //! pixels before it: the per-pixel rules that the quantiser's encoder and decoder both walk
 //! ([`Prediction`]), and the spatial building blocks they use (MED, temporal MED).
 
-use super::motion::{blocks, BLENDED, BLOCK, CORRECTED, SPATIAL};
 use super::linear;
+use super::motion::{blocks, BLENDED, BLOCK, CORRECTED, SPATIAL};
 
 /// The median edge detector of JPEG-LS (LOCO-I): the intra prediction of pixel `i` from its
 /// already reconstructed left, upper and upper-left neighbours in `img`.

@@ -164,7 +164,14 @@ pub fn compare(model: &dyn Model, frames: &[Vec<u32>], geom: Geometry, degrade: 
 /// the reference (`q = floor((x - P' + E) / (2E + 1))`, reconstruction `clamp(P' + q (2E + 1))`)
 /// and the model observes that reconstruction; the key frames are the originals plus the
 /// reconstruction noise. Returns the references (`None` for key frames).
-pub fn closed_loop(model: Option<&dyn Model>, frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, seed: u64, window: usize) -> Result<Vec<Option<Vec<u32>>>, PredictError> {
+pub fn closed_loop(
+    model: Option<&dyn Model>,
+    frames: &[Vec<u32>],
+    geom: Geometry,
+    degrade: Degrade,
+    seed: u64,
+    window: usize,
+) -> Result<Vec<Option<Vec<u32>>>, PredictError> {
     let mut rng = Rng::new(seed ^ 0x636c_6f73);
     let e = degrade.e as i64;
     let step = 2 * e + 1;

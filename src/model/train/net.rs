@@ -112,7 +112,17 @@ fn floats(t: &Tensor) -> Vec<f32> {
 
 impl QConv {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(path: &nn::Path, name: &str, cout: usize, k: usize, groups: &[(usize, f64, f64)], out_scale: f64, (lo, hi): (i32, i32), init: Init, int32: bool) -> QConv {
+    pub fn new(
+        path: &nn::Path,
+        name: &str,
+        cout: usize,
+        k: usize,
+        groups: &[(usize, f64, f64)],
+        out_scale: f64,
+        (lo, hi): (i32, i32),
+        init: Init,
+        int32: bool,
+    ) -> QConv {
         let fan_in: usize = groups.iter().map(|&(cin, _, _)| cin * k * k).sum();
         let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
         let (k, cout) = (k as i64, cout as i64);
@@ -181,7 +191,8 @@ impl QConv {
                     mult[g][c] = (eff[g] * p).round() as i64;
                 }
                 biases[c] = (b * p).round() as i64;
-                let bound: f64 = biases[c].unsigned_abs() as f64 + p / 2.0 + (0..ws.len()).map(|g| abs[g] * self.groups[g].xmax * mult[g][c] as f64).sum::<f64>();
+                let bound: f64 =
+                    biases[c].unsigned_abs() as f64 + p / 2.0 + (0..ws.len()).map(|g| abs[g] * self.groups[g].xmax * mult[g][c] as f64).sum::<f64>();
                 if !self.int32 || bound < 2f64.powi(31) - 1.0 || s == 1 {
                     break;
                 }
@@ -203,7 +214,9 @@ impl QConv {
         for (g, grp) in self.groups.iter().enumerate() {
             // Backward: the float weight times its nominal scale (a weight whose multiplier
             // rounds to zero, or the zero-initialised bottom `ahat`, still learns).
-            let eff = Tensor::from_slice(&(0..cout as usize).map(|c| (plan.mult[g][c] as f64 / 2f64.powi(plan.shift[c] as i32)) as f32).collect::<Vec<f32>>()).view([cout, 1, 1, 1]).to_device(dev);
+            let eff = Tensor::from_slice(&(0..cout as usize).map(|c| (plan.mult[g][c] as f64 / 2f64.powi(plan.shift[c] as i32)) as f32).collect::<Vec<f32>>())
+                .view([cout, 1, 1, 1])
+                .to_device(dev);
             let wint = Tensor::from_slice(&plan.wint[g].iter().map(|&q| q as f32).collect::<Vec<f32>>()).view_as(&grp.weight).to_device(dev);
             let nominal = &grp.weight * (grp.in_scale * self.out_scale);
             weights.push(&nominal + (wint * eff - nominal.detach()));

@@ -98,28 +98,38 @@ fn exported_conv_matches_the_float_conv() {
     tch::manual_seed(3);
     let vs = tch::nn::VarStore::new(Device::Cpu);
     for int32 in [true, false] {
-    let mut q = QConv::new(&vs.root(), &format!("c{int32}"), 12, 3, &[(2, 1.0 / 16.0, net::XMAX_I8), (5, 1.0 / 128.0, net::XMAX_I8), (1, 1.0 / 16384.0, net::XMAX_I16)], 16.0, (-128, 127), net::Init::Default, int32);
-    tch::no_grad(|| {
-        let _ = q.bias.uniform_(-1.0, 1.0);
-    });
-    let conv = export_conv(&q);
-    let fits = (0..conv.cout).all(|o| file::requant_bound(&conv, o, Some(2)) < 1 << 31);
-    assert_eq!(fits, int32, "the i32 plan fits, the i64 one (30-bit multipliers) does not");
-    let (h, w) = (9usize, 11usize);
-    let mut rng = Rng::new(8);
-    let mut planes = vec![];
-    let mut tensors = vec![];
-    for (cin, lo, hi) in [(2usize, 0i64, 127i64), (5, -127, 127), (1, -32768, 32767)] {
-        let v: Vec<i32> = (0..cin * h * w).map(|_| rng.next_u64() as i64 % (hi - lo + 1)).map(|x| (x.abs() + lo) as i32).collect();
-        tensors.push(Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>()).view([1, cin as i64, h as i64, w as i64]));
-        planes.push(Planes { c: cin, h, w, v });
-    }
-    let want = reference::conv(&conv, &planes.iter().collect::<Vec<_>>());
-    let got = tch::no_grad(|| q.forward(&tensors.iter().collect::<Vec<_>>()));
-    let got: Vec<f32> = Vec::try_from(&got.view([-1])).unwrap();
-    let differ = got.iter().zip(&want.v).filter(|(a, b)| **a as i32 != **b).count();
-    let max = got.iter().zip(&want.v).map(|(a, b)| (*a as i32 - b).abs()).max().unwrap();
-    assert!(differ * 100 <= got.len() && max <= 1, "{differ} of {} differ, by up to {max}", got.len());
+        let mut q = QConv::new(
+            &vs.root(),
+            &format!("c{int32}"),
+            12,
+            3,
+            &[(2, 1.0 / 16.0, net::XMAX_I8), (5, 1.0 / 128.0, net::XMAX_I8), (1, 1.0 / 16384.0, net::XMAX_I16)],
+            16.0,
+            (-128, 127),
+            net::Init::Default,
+            int32,
+        );
+        tch::no_grad(|| {
+            let _ = q.bias.uniform_(-1.0, 1.0);
+        });
+        let conv = export_conv(&q);
+        let fits = (0..conv.cout).all(|o| file::requant_bound(&conv, o, Some(2)) < 1 << 31);
+        assert_eq!(fits, int32, "the i32 plan fits, the i64 one (30-bit multipliers) does not");
+        let (h, w) = (9usize, 11usize);
+        let mut rng = Rng::new(8);
+        let mut planes = vec![];
+        let mut tensors = vec![];
+        for (cin, lo, hi) in [(2usize, 0i64, 127i64), (5, -127, 127), (1, -32768, 32767)] {
+            let v: Vec<i32> = (0..cin * h * w).map(|_| rng.next_u64() as i64 % (hi - lo + 1)).map(|x| (x.abs() + lo) as i32).collect();
+            tensors.push(Tensor::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>()).view([1, cin as i64, h as i64, w as i64]));
+            planes.push(Planes { c: cin, h, w, v });
+        }
+        let want = reference::conv(&conv, &planes.iter().collect::<Vec<_>>());
+        let got = tch::no_grad(|| q.forward(&tensors.iter().collect::<Vec<_>>()));
+        let got: Vec<f32> = Vec::try_from(&got.view([-1])).unwrap();
+        let differ = got.iter().zip(&want.v).filter(|(a, b)| **a as i32 != **b).count();
+        let max = got.iter().zip(&want.v).map(|(a, b)| (*a as i32 - b).abs()).max().unwrap();
+        assert!(differ * 100 <= got.len() && max <= 1, "{differ} of {} differ, by up to {max}", got.len());
     }
 }
 
