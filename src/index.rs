@@ -55,12 +55,17 @@ impl Batch {
 }
 
 /// What the index needs from a key-value store.
+/// A key and its value, as read from the index.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+/// A model's SHA-256.
+type ModelHash = [u8; 32];
+
 pub trait MetaStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, IndexError>;
     /// Up to `limit` entries with keys starting with `prefix` and greater than `after`.
-    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError>;
+    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<KeyValue>, IndexError>;
     fn apply(&self, batch: Batch) -> Result<(), IndexError>;
     /// Make every applied batch durable.
     fn flush(&self) -> Result<(), IndexError>;
@@ -98,11 +103,11 @@ impl MetaStore for SledStore {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, IndexError> {
         self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)).collect()
     }
 
-    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+    fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<KeyValue>, IndexError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let start = if after.is_empty() { Included(prefix.to_vec()) } else { Excluded(after.to_vec()) };
         let mut out = Vec::new();
@@ -239,7 +244,7 @@ impl Index {
         self.store.get(&keys::xattr(ino, name))
     }
 
-    pub fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+    pub fn xattrs(&self, ino: u64) -> Result<Vec<KeyValue>, IndexError> {
         let prefix = keys::xattr_prefix(ino);
         Ok(self.store.scan_prefix(&prefix)?.into_iter().map(|(k, v)| (k[prefix.len()..].to_vec(), v)).collect())
     }
@@ -296,7 +301,7 @@ impl Index {
     }
 
     /// Every model name, in name order.
-    pub fn model_names(&self) -> Result<Vec<(Vec<u8>, [u8; 32])>, IndexError> {
+    pub fn model_names(&self) -> Result<Vec<(Vec<u8>, ModelHash)>, IndexError> {
         let p = keys::MODEL_NAME;
         self.store
             .scan_prefix(p)?

@@ -2,6 +2,9 @@
 //! `decode_window` / `Decoder::decode`, every pixel type, raw and TIFF formats, opaque files, and
 //! corrupted or truncated blobs.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -398,13 +401,13 @@ fn f32_special_values_are_bit_exact() {
 fn shared_data_sets_round_trip() {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"));
     if !root.is_dir() {
-        println!("skipping: {} does not exist", root.display());
+        skip::skip(skip::Lack::Data, &format!("{} does not exist", root.display()));
         return;
     }
     let mut dirs: Vec<_> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("meta.json").is_file()).collect();
     dirs.sort();
     if dirs.is_empty() {
-        println!("skipping: no data sets (dir/meta.json) in {}", root.display());
+        skip::skip(skip::Lack::Data, &format!("no data sets (dir/meta.json) in {}", root.display()));
         return;
     }
     for dir in dirs {

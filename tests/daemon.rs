@@ -158,12 +158,7 @@ impl Drop for SmallDisk {
 }
 
 fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: mounting a small tmpfs for the store needs root");
-    }
-    root
+    common::skip::root_or_skip("mounting a small tmpfs for the store")
 }
 
 /// A full disk, writers served by the daemon (passthrough needs 1 GiB free by default): writes
@@ -313,7 +308,7 @@ fn policy_cli_and_recompress_apply_a_new_bound() {
 #[test]
 fn systemd_unit_verifies() {
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: systemd-analyze is not installed");
+        common::skip(common::Lack::Tool, "systemd-analyze is not installed");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -130,7 +130,7 @@ fn churn(dir: &Path, other: &Path, files: &mut Model, fresh: &[Vec<u8>]) {
 }
 
 /// 2. Changes made while a window is being compressed: the last write wins, removed names are
-/// gone, and everything ends compressed (or staged when small) and reads back exactly.
+///    gone, and everything ends compressed (or staged when small) and reads back exactly.
 #[test]
 fn changes_during_compression_keep_the_last_content() {
     require_fuse!();
@@ -198,7 +198,7 @@ fn changes_during_compression_keep_the_last_content() {
 }
 
 /// 3. Writers and readers at once on different directories; readers re-read compressed files
-/// and files that are being compressed. Everything is checked byte for byte.
+///    and files that are being compressed. Everything is checked byte for byte.
 #[test]
 fn concurrent_writers_and_readers() {
     require_fuse!();
@@ -353,7 +353,7 @@ fn concurrent_writers_and_readers() {
 }
 
 /// 4. Unmount and mount again: compressed files read back exactly, and files still staged at
-/// the unmount survive and are compressed after the remount.
+///    the unmount survive and are compressed after the remount.
 #[test]
 fn remount_keeps_compressed_and_staged_files() {
     require_fuse!();
@@ -392,7 +392,7 @@ fn remount_keeps_compressed_and_staged_files() {
 }
 
 /// 5. Appending to a compressed file brings it back to staging (rehydration) without touching
-/// its window-mates; later it is compressed again.
+///    its window-mates; later it is compressed again.
 #[test]
 fn append_rehydrates_then_compresses_again() {
     require_fuse!();
@@ -420,7 +420,7 @@ fn append_rehydrates_then_compresses_again() {
     let s = fs.stats(&d);
     assert!(s["rehydrated_files"].as_u64().unwrap_or(0) >= 1, "stats: {s}");
     // No longer a frame of the directory's format: it is compressed again, whole.
-    wait_states(&[target.clone()], &["stored"]);
+    wait_states(std::slice::from_ref(&target), &["stored"]);
     assert_files(&files);
 
     // Two writers open the same compressed file at once (both rehydrate it) and write at
@@ -604,7 +604,7 @@ fn tiff_reader_reads_compressed_tiffs() {
 }
 
 /// 8. kill -9 of the daemon: every closed file survives, whether still staged, just
-/// compressed, or in between.
+///    compressed, or in between.
 #[test]
 fn kill9_loses_no_closed_file() {
     require_fuse!();
@@ -651,7 +651,7 @@ fn kill9_loses_no_closed_file() {
 }
 
 /// 9. A corrupted blob: the files that depend on the damaged bytes fail with EIO (never wrong
-/// bytes), the log names inode and blob, and files of other blobs read fine.
+///    bytes), the log names inode and blob, and files of other blobs read fine.
 #[test]
 fn corrupt_blob_reads_fail_with_eio() {
     require_fuse!();
@@ -700,7 +700,7 @@ fn errno_of(r: std::io::Result<()>) -> Option<i32> {
 }
 
 /// 10. Invalid policy values are refused with EINVAL (and not stored); the state of a file
-/// cannot be set (EPERM).
+///     cannot be set (EPERM).
 #[test]
 fn invalid_policy_values_are_refused() {
     require_fuse!();
@@ -847,7 +847,7 @@ fn writers_by_passthrough_and_by_the_daemon_agree() {
         want.extend_from_slice(&extra);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), want.len() as u64);
         let before = std::fs::metadata(&p).unwrap();
-        wait_states(&[p.clone()], &["stored"]);
+        wait_states(std::slice::from_ref(&p), &["stored"]);
         let after = std::fs::metadata(&p).unwrap();
         assert_eq!(
             (after.len(), after.mtime(), after.mtime_nsec(), after.ino()),

@@ -1,6 +1,9 @@
 //! POSIX conformance: runs `scripts/pjdfstest` (pjdfstest inside a fresh mount) and requires
 //! that nothing fails. The skipped tests and why are listed in docs/SEMANTICS.md. Needs root
-//! (pjdfstest switches users) and /dev/fuse; otherwise it says why and passes.
+//! (pjdfstest switches users) and /dev/fuse; otherwise it is counted as skipped (tests/common/skip.rs).
+
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::path::Path;
 use std::process::Command;
@@ -26,13 +29,11 @@ fn run_suite(name: &str, mount_args: &str) {
 }
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED pjdfstest: needs root (pjdfstest runs parts of the suite as other users)");
+    if !skip::root_or_skip("pjdfstest (it runs parts of the suite as other users)") {
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED pjdfstest: /dev/fuse is missing: FUSE is not available here");
+        skip::skip(skip::Lack::Fuse, "/dev/fuse is missing: FUSE is not available here");
         return false;
     }
     true

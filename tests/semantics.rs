@@ -5,7 +5,10 @@
 //! inspect the store get a mount of their own. Compression is watched through the
 //! `user.tezip.state` attribute, polled (30 s at most), never waited for with fixed sleeps.
 //! Needs `/dev/fuse`; the parts that create devices or act as another user need root. Without
-//! FUSE every test prints why it is skipped and passes.
+//! FUSE every test is counted as skipped, with the reason (tests/common/skip.rs).
+
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
@@ -58,7 +61,7 @@ fn skip_reason() -> Option<String> {
 fn fuse_ok(test: &str) -> bool {
     match skip_reason() {
         Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            skip::skip(if why.contains("root") { skip::Lack::Root } else { skip::Lack::Fuse }, &format!("{test}: {why}"));
             false
         }
         None => true,
@@ -1077,7 +1080,7 @@ fn s16_namespace_changes_durable_at_next_flush() {
 fn s17_holes() {
     let (_s, d) = shared_dir!("s17");
     let p = d.join("sparse");
-    let f = OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+    let f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p).unwrap();
     let end = 8 * MIB as u64;
     f.write_all_at(b"end", end).unwrap();
     let st = stx(&p);
@@ -1880,7 +1883,7 @@ fn s41_kernel_permission_checks() {
     let m = own_mount!("s41", "--allow-other");
     assert!(mount_options(&m.mnt).split(',').any(|o| o == "default_permissions"));
     if !is_root() {
-        eprintln!("s41: not root: checks as another user skipped");
+        skip::skip(skip::Lack::Root, "s41: not root: the checks as another user");
         return;
     }
     let p = |n: &str| m.p(n);
@@ -1912,7 +1915,7 @@ fn s42_allow_other_off_by_default() {
     let Some(s) = shared("s42") else { return };
     assert!(mount_options(&s.mnt).split(',').any(|o| o == "allow_other"), "the kernel option is always there: {}", mount_options(&s.mnt));
     if !is_root() {
-        eprintln!("s42: not root: checks as another user skipped");
+        skip::skip(skip::Lack::Root, "s42: not root: the checks as another user");
         return;
     }
     let f = s.mnt.join("s42-public");
@@ -1952,7 +1955,7 @@ fn s43_mount_identity_and_statfs() {
 #[test]
 fn s44_fallocate() {
     let (_s, d) = shared_dir!("s44");
-    let f = OpenOptions::new().create(true).read(true).write(true).open(d.join("f")).unwrap();
+    let f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(d.join("f")).unwrap();
     // SAFETY: an open descriptor.
     assert_eq!(rc(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 8192) }), Err(libc::EOPNOTSUPP));
     // SAFETY: as above; posix_fallocate returns the error number.
@@ -1970,7 +1973,7 @@ fn s45_unsupported_operations() {
     let data = text(100 * KIB, 45);
     fs::write(d.join("src"), &data).unwrap();
     let src = File::open(d.join("src")).unwrap();
-    let dst = OpenOptions::new().create(true).write(true).open(d.join("dst")).unwrap();
+    let dst = OpenOptions::new().create(true).truncate(false).write(true).open(d.join("dst")).unwrap();
     // SAFETY: two open descriptors.
     assert_eq!(rc(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE as _, src.as_raw_fd()) }), Err(libc::EOPNOTSUPP), "FICLONE");
     let mut flags: libc::c_long = 0;
@@ -2111,7 +2114,7 @@ fn s48_writers_through_passthrough() {
     // Set-ID bits: cleared by a write of another user, kept by root's write and for a
     // set-group-ID file that is not group-executable.
     if !is_root() {
-        eprintln!("s48: not root: writes as another user skipped");
+        skip::skip(skip::Lack::Root, "s48: not root: the writes as another user");
         return;
     }
     for (name, mode, writer, kept) in

@@ -195,6 +195,7 @@ pub fn analyze(file: &[u8], spec: &FormatSpec) -> Analysis {
                     r.pixel_bytes()
                 ));
             }
+            #[allow(clippy::single_range_in_vec_init)] // one byte range of the file, not the numbers in it
             Analysis::Frame(Layout { width: r.width, height: r.height, dtype: r.dtype, big_endian: false, ranges: vec![r.skip..want] })
         }
         FormatSpec::Tiff | FormatSpec::Auto => {

@@ -478,6 +478,7 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
 /// `coefs` receives the fitted coefficients of the `linear` predictor (when it is a candidate),
 /// `quantised` the chosen predictor's quantisation of the whole window when the choice made it.
+#[allow(clippy::too_many_arguments)]
 fn choose(
     chain: &Chain,
     dtype: DType,

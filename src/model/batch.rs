@@ -12,11 +12,14 @@ use crate::codec::predict::{Geometry, Model, ModelHash, ModelState, PredictError
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// Where a request's result is posted, and the condition its thread waits on.
+type Done = (Mutex<Option<Result<(), PredictError>>>, Condvar);
+
 /// One thread's request: its state and output, lent to the leader while the thread waits.
 struct Request {
     state: *mut dyn ModelState,
     out: *mut [u32],
-    done: Arc<(Mutex<Option<Result<(), PredictError>>>, Condvar)>,
+    done: Arc<Done>,
 }
 
 // SAFETY: a request's pointers come from `&mut` borrows of the thread that queued it, which

@@ -661,7 +661,7 @@ impl FloatModel {
         PredictError::Model { model: hash_hex(&[0; 32]) + " (float)", why: why.into() }
     }
 
-    fn state<'a>(s: &'a mut dyn ModelState) -> Result<&'a mut FloatState, PredictError> {
+    fn state(s: &mut dyn ModelState) -> Result<&mut FloatState, PredictError> {
         s.as_any_mut().downcast_mut::<FloatState>().ok_or_else(|| Self::err("the state belongs to another backend"))
     }
 

@@ -1,7 +1,7 @@
 //! File contents: open, read, write, truncate, fsync, release, and the switch of a file between
 //! its two homes (a staging file while it is written, a blob entry once compressed).
 
-use super::{now, Attr, Ctx, FsError, FsResult, Handle, OpenCount, State, Txn, Vfs};
+use super::{now, Attr, Ctx, FsError, FsResult, Handle, State, Txn, Vfs};
 use crate::codec::Decoder;
 use crate::index::{Data, Index, Inode, Kind};
 use std::fs::File;
@@ -426,7 +426,7 @@ impl Vfs {
         let absorbed = if passthrough && write { self.absorb(ino).map(|_| ()) } else { Ok(()) };
         let mut st = self.lock();
         st.handles.remove(&fh);
-        let c = st.open.entry(ino).or_insert(OpenCount::default());
+        let c = st.open.entry(ino).or_default();
         c.handles = c.handles.saturating_sub(1);
         if write {
             c.writers = c.writers.saturating_sub(1);

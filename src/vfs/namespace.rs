@@ -410,11 +410,11 @@ impl Vfs {
         let sv = self.store.statvfs()?;
         let files = self.index.counter(crate::index::keys::NEXT_INO)?;
         Ok(Statfs {
-            blocks: sv.f_blocks as u64 * sv.f_frsize as u64 / super::BLOCK as u64,
-            bfree: sv.f_bfree as u64 * sv.f_frsize as u64 / super::BLOCK as u64,
-            bavail: sv.f_bavail as u64 * sv.f_frsize as u64 / super::BLOCK as u64,
-            files: files.max(sv.f_files as u64),
-            ffree: sv.f_ffree as u64,
+            blocks: sv.f_blocks * sv.f_frsize / super::BLOCK as u64,
+            bfree: sv.f_bfree * sv.f_frsize / super::BLOCK as u64,
+            bavail: sv.f_bavail * sv.f_frsize / super::BLOCK as u64,
+            files: files.max(sv.f_files),
+            ffree: sv.f_ffree,
             bsize: super::BLOCK,
             namelen: NAME_MAX as u32,
         })

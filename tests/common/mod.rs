@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod skip;
+pub use skip::{skip, Lack};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tezipfs");
 /// Limit for the mount to appear.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,14 +26,14 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
-/// Whether FUSE mounts can run here; prints why not (the caller then returns: a skip).
+/// Whether FUSE mounts can run here; records a skip saying why not (the caller then returns).
 pub fn fuse_available() -> bool {
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED: /dev/fuse is missing, so FUSE mount tests cannot run on this machine");
+        skip(Lack::Fuse, "/dev/fuse is missing, so FUSE mount tests cannot run on this machine");
         return false;
     }
     if Command::new("fusermount3").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        eprintln!("SKIPPED: fusermount3 is not installed (apt-get install fuse3), so FUSE mount tests cannot run");
+        skip(Lack::Fuse, "fusermount3 is not installed (apt-get install fuse3), so FUSE mount tests cannot run");
         return false;
     }
     true
