@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in fuse3 libfuse3-dev pkg-config build-essential python3-venv attr util-linux systemd; do
+for pkg in fuse3 libfuse3-dev pkg-config build-essential python3-venv attr util-linux systemd chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

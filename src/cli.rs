@@ -8,6 +8,8 @@ mod fixtures;
 mod model;
 mod mount;
 mod offline;
+mod probe;
+mod report;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -181,7 +183,14 @@ pub enum Command {
         /// Print JSON (for scripts).
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML page: ratio and stored bytes per directory, and the
+        /// backlog over the last hour.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
+    /// Choose an error bound: code a sample of a directory's frames lossless and under a range of
+    /// bounds, and print ratio, PSNR, largest error and speed for each, with the noise floor.
+    Probe(probe::ProbeArgs),
     /// Show or change the policy of a directory on a mount (wraps the user.tezip.* xattrs).
     Policy {
         #[command(subcommand)]
@@ -221,7 +230,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
         Command::Mount(args) => mount::run(args),
-        Command::Stats { path, json } => admin::stats(&path, json),
+        Command::Stats { path, json, html } => admin::stats(&path, json, html.as_deref()),
+        Command::Probe(args) => probe::run(&args),
         Command::Policy { action: PolicyAction::Get { path } } => admin::policy_get(&path),
         Command::Policy { action: PolicyAction::Set { path, settings } } => admin::policy_set(&path, &settings),
         Command::Recompress { path } => admin::recompress(&path),

@@ -98,9 +98,11 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_budget_check = Instant::now() - Duration::from_secs(3600);
     while !stop.load(Ordering::SeqCst) {
-        if last_budget_check.elapsed() > Duration::from_secs(10) {
+        if last_budget_check.elapsed() > Duration::from_secs(crate::vfs::stats::BACKLOG_SAMPLE_SECS) {
             last_budget_check = Instant::now();
-            let staging = shared.vfs.store.bytes_in("staging");
+            let (staged_files, staging) = shared.vfs.store.staging_usage();
+            let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            shared.vfs.counters.backlog.record(crate::vfs::stats::BacklogSample { unix_secs, files: staged_files, bytes: staging });
             if staging > shared.vfs.config.staging_budget {
                 tracing::warn!(
                     staging_bytes = staging,

@@ -239,6 +239,18 @@ impl Store {
         Ok(())
     }
 
+    /// Files in `staging/` and the space they take (the backlog, for `stats`).
+    pub fn staging_usage(&self) -> (u64, u64) {
+        let mut usage = (0, 0);
+        if let Ok(rd) = std::fs::read_dir(self.staging_dir()) {
+            for m in rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()) {
+                usage.0 += 1;
+                usage.1 += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+            }
+        }
+        usage
+    }
+
     /// Bytes used by a directory tree of the store (for `stats`).
     pub fn bytes_in(&self, sub: &str) -> u64 {
         fn walk(p: &Path) -> u64 {

@@ -10,7 +10,7 @@ mod error;
 mod models;
 mod namespace;
 mod passthrough;
-mod stats;
+pub mod stats;
 mod xattr;
 
 pub use data::{OpenFlags, Opened};
@@ -180,6 +180,8 @@ pub struct Counters {
     pub model_skipped: AtomicU64,
     /// Directories whose model is being trained (or whose training failed): (dir, status).
     pub model_training: Mutex<Vec<(u64, String)>>,
+    /// The backlog over the last hour, sampled by the engine.
+    pub backlog: stats::BacklogHistory,
 }
 
 pub struct Vfs {

@@ -405,3 +405,72 @@ fn model_train_writes_a_model_that_loads() {
     assert!(stdout.contains("3 steps"), "{stdout}");
     assert!(!tmp.path().join("m.tzm.partial").exists());
 }
+
+#[path = "common/browser.rs"]
+mod browser;
+#[path = "common/skip.rs"]
+mod skip;
+
+/// `probe` codes a sample under each bound and reports ratio, PSNR, the largest error (within
+/// the bound) and the noise floor's limit; its HTML page, opened in a real browser, plots one
+/// point per bound at the ratio the JSON gives.
+#[test]
+fn probe_reports_each_bound_and_its_page_plots_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = tmp.path().join("fx");
+    ok(&["fixtures", s(&fx), "--size", "128x96", "--frames", "24"]);
+    let html = tmp.path().join("probe.html");
+    let bounds = "lossless,abs:1,abs:4,rel:0.01";
+    let args = ["probe", s(&fx), "--format", "raw:128x96:u16", "--frames", "16", "--window", "8", "--bounds", bounds];
+    let json: serde_json::Value = serde_json::from_str(&ok(&[&args[..], &["--json", "--html", s(&html)]].concat())).unwrap();
+    assert_eq!(json["frames_in_dir"], 24);
+    assert_eq!(json["frames_coded"], 16);
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["bound"].as_str().unwrap()).collect::<Vec<_>>(), bounds.split(',').collect::<Vec<_>>());
+    let ratio = |i: usize| rows[i]["ratio"].as_f64().unwrap();
+    assert!(1.0 < ratio(0) && ratio(0) < ratio(1) && ratio(1) < ratio(2), "ratios {rows:?}");
+    assert!(rows.iter().all(|r| r["within_bound"] == true), "{rows:?}");
+    assert_eq!(rows[0]["max_error"], 0.0);
+    assert!(rows[0]["psnr_db"].is_null());
+    assert!(rows[1]["max_error"].as_f64().unwrap() <= 1.0 && rows[2]["max_error"].as_f64().unwrap() <= 4.0);
+    assert!(rows[2]["max_error"].as_f64().unwrap() >= 1.0, "abs:4 used none of its bound: {rows:?}");
+    let psnr = |i: usize| rows[i]["psnr_db"].as_f64().unwrap();
+    assert!(psnr(1) > psnr(2) && psnr(2) > 20.0, "{rows:?}");
+    for i in 0..3 {
+        assert!(rows[i]["noise_floor_ratio"].as_f64().is_some_and(|l| l > 1.0), "{rows:?}");
+    }
+    // The table says the same.
+    let table = ok(&args);
+    assert!(table.contains("noise floor:") && table.contains("abs:4") && table.contains("floor limit"), "{table}");
+
+    let Some(dom) = browser::dump_dom(&html) else { return };
+    let points = browser::marks(&dom, "point");
+    for r in rows {
+        let (b, v) = (r["bound"].as_str().unwrap(), r["ratio"].as_f64().unwrap());
+        assert!(points.iter().any(|(s, l, y)| s.starts_with("tezipfs ratio") && l == b && (y - v).abs() < 1e-9 * v), "no point for {b} at {v} in {points:?}");
+        if let Some(limit) = r["noise_floor_ratio"].as_f64() {
+            assert!(points.iter().any(|(s, l, y)| s == "noise-floor limit" && l == b && (y - limit).abs() < 1e-9 * limit), "no floor point for {b}");
+        }
+    }
+    // abs and rel lines, each from lossless: 3 + 2 ratio points, 3 floor points.
+    assert_eq!(points.iter().filter(|p| p.0.starts_with("tezipfs ratio")).count(), 5, "{points:?}");
+    assert_eq!(points.len(), 8, "{points:?}");
+}
+
+#[test]
+fn probe_refuses_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(fails(&["probe", s(&empty)]).contains("holds no files"));
+    assert!(fails(&["probe", s(&tmp.path().join("missing"))]).contains("cannot read directory"));
+    let junk = tmp.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("a.txt"), b"not a frame").unwrap();
+    let err = fails(&["probe", s(&junk)]);
+    assert!(err.contains("no file in") && err.contains("--format"), "{err}");
+    let err = fails(&["probe", s(&junk), "--format", "raw:4x4:u16"]);
+    assert!(err.contains("no file in") && err.contains("bytes"), "{err}");
+    assert!(fails(&["probe", s(&junk), "--bounds", "abs:-1"]).contains("bound"));
+    assert!(fails(&["probe", s(&junk), "--frames", "0"]).contains("at least 1"));
+}

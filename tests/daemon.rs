@@ -303,6 +303,47 @@ fn policy_cli_and_recompress_apply_a_new_bound() {
     assert!(after < before, "recompressed {after} >= lossless {before}");
 }
 
+/// `stats --html`: a page that a real browser draws with one bar per directory at the ratio
+/// the JSON gives, and the backlog history as points.
+#[test]
+fn stats_html_plots_directories_and_the_backlog() {
+    require_fuse!();
+    let fs = Fs::new();
+    let mut paths = Vec::new();
+    for (d, seed) in [("a", 1), ("b", 2)] {
+        let dir = fs.path(d);
+        std::fs::create_dir(&dir).unwrap();
+        common::set_policy(&dir, Some("raw:128x96:u16"), None, Some(4));
+        for (i, f) in generate_raw(&SequenceSpec::detector_u16(128, 96, 8, seed)).iter().enumerate() {
+            let p = dir.join(format!("f{i}.raw"));
+            std::fs::write(&p, f).unwrap();
+            paths.push(p);
+        }
+    }
+    wait_states(&paths, &["compressed"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let html = out_dir.path().join("stats.html");
+    let mnt = fs.path("");
+    let out = tezipfs(&["stats", mnt.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = stats(&mnt);
+    let dirs = v["directories"].as_array().unwrap();
+    assert_eq!(dirs.len(), 3, "/, /a, /b: {dirs:?}");
+    let history = v["backlog_history"].as_array().unwrap();
+    assert!(!history.is_empty(), "the engine samples the backlog when it starts");
+    let Some(dom) = common::browser::dump_dom(&html) else { return };
+    let bars = common::browser::marks(&dom, "bar");
+    for d in dirs {
+        let (path, ratio) = (d["path"].as_str().unwrap(), d["ratio"].as_f64().unwrap());
+        assert!(ratio > 1.5, "{d}");
+        assert!(bars.iter().any(|(s, l, y)| s == "ratio" && l == path && (y - ratio).abs() < 1e-9 * ratio), "no bar for {path} at {ratio}: {bars:?}");
+    }
+    assert_eq!(bars.iter().filter(|b| b.0 == "ratio").count(), 3);
+    assert_eq!(bars.len(), 9, "ratio, logical and stored bars: {bars:?}");
+    let points = common::browser::marks(&dom, "point");
+    assert_eq!(points.len(), 2 * history.len(), "files and MB per sample: {points:?}");
+}
+
 /// The systemd unit parses (systemd-analyze verify), apart from the binary not being installed
 /// at /usr/local/bin on a build machine.
 #[test]

@@ -34,8 +34,13 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn stats(path: &Path, json: bool) -> anyhow::Result<()> {
+pub fn stats(path: &Path, json: bool, html: Option<&Path>) -> anyhow::Result<()> {
     let raw = getxattr(path, "user.tezip.stats")?;
+    if let Some(out) = html {
+        let v: serde_json::Value = serde_json::from_slice(&raw)?;
+        std::fs::write(out, stats_html(path, &v)).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
     if json {
         println!("{}", String::from_utf8_lossy(&raw));
         return Ok(());
@@ -109,4 +114,74 @@ pub fn recompress(path: &Path) -> anyhow::Result<()> {
     setxattr(path, "user.tezip.recompress", b"1")?;
     println!("{}: compressed files returned to staging; they are re-coded under the current policy in the background", path.display());
     Ok(())
+}
+
+/// `stats --html`: ratio and stored bytes per directory, and the backlog over the last hour.
+fn stats_html(path: &Path, v: &serde_json::Value) -> String {
+    use super::report::{page, Chart, Series, Table};
+    let dirs: Vec<&serde_json::Value> = v["directories"].as_array().into_iter().flatten().collect();
+    let name = |d: &serde_json::Value| d["path"].as_str().unwrap_or("").to_string();
+    let num = |d: &serde_json::Value, k: &str| d[k].as_f64().unwrap_or(0.0);
+    let labels: Vec<String> = dirs.iter().map(|d| name(d)).collect();
+    let ratio = Chart {
+        id: "ratio".into(),
+        title: "Compression ratio per directory (with its subdirectories)".into(),
+        x_title: "directory".into(),
+        y_title: "ratio".into(),
+        labels: labels.clone(),
+        series: vec![Series { name: "ratio".into(), values: dirs.iter().map(|d| Some(num(d, "ratio"))).collect(), dashed: false }],
+        bars: true,
+    };
+    let bytes = Chart {
+        id: "bytes".into(),
+        title: "Logical and stored MB per directory".into(),
+        x_title: "directory".into(),
+        y_title: "MB".into(),
+        labels,
+        series: vec![
+            Series { name: "logical MB".into(), values: dirs.iter().map(|d| Some(num(d, "logical_bytes") / 1e6)).collect(), dashed: false },
+            Series { name: "stored MB".into(), values: dirs.iter().map(|d| Some(num(d, "stored_bytes") / 1e6)).collect(), dashed: false },
+        ],
+        bars: true,
+    };
+    let history: Vec<&serde_json::Value> = v["backlog_history"].as_array().into_iter().flatten().collect();
+    let last = history.last().and_then(|s| s["unix_secs"].as_u64()).unwrap_or(0);
+    let backlog = Chart {
+        id: "backlog".into(),
+        title: "Backlog over the last hour (files in staging, not yet compressed)".into(),
+        x_title: "minutes ago".into(),
+        y_title: "files / MB".into(),
+        labels: history.iter().map(|s| format!("-{:.1}", (last - s["unix_secs"].as_u64().unwrap_or(last).min(last)) as f64 / 60.0)).collect(),
+        series: vec![
+            Series { name: "files".into(), values: history.iter().map(|s| s["files"].as_f64()).collect(), dashed: false },
+            Series { name: "MB".into(), values: history.iter().map(|s| s["bytes"].as_f64().map(|b| b / 1e6)).collect(), dashed: true },
+        ],
+        bars: false,
+    };
+    let head = ["directory", "files", "staged", "compressed", "whole", "logical MB", "stored MB", "ratio"];
+    let rows = dirs
+        .iter()
+        .map(|d| {
+            vec![
+                name(d),
+                format!("{}", num(d, "files")),
+                format!("{}", num(d, "staged")),
+                format!("{}", num(d, "compressed")),
+                format!("{}", num(d, "stored_whole")),
+                format!("{:.2}", num(d, "logical_bytes") / 1e6),
+                format!("{:.2}", num(d, "stored_bytes") / 1e6),
+                format!("{:.3}", num(d, "ratio")),
+            ]
+        })
+        .collect();
+    let intro = format!(
+        "{}: backlog {} files ({:.2} MB); {} errors; cache {:.1} of {:.0} MB.",
+        path.display(),
+        v["backlog_files"],
+        num(v, "backlog_bytes") / 1e6,
+        v["errors"],
+        num(v, "cache_bytes") / 1e6,
+        num(v, "cache_budget") / 1e6
+    );
+    page(&format!("tezipfs stats: {}", path.display()), &intro, &[ratio, bytes, backlog], &[Table { head: head.map(String::from).to_vec(), rows }], v)
 }

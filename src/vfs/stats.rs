@@ -5,7 +5,44 @@
 use super::{FsResult, Vfs};
 use crate::index::{Data, Kind};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+/// How long the backlog history reaches back.
+pub const BACKLOG_KEEP_SECS: u64 = 3600;
+/// The engine samples the backlog this often.
+pub const BACKLOG_SAMPLE_SECS: u64 = 10;
+
+/// Files waiting in staging at one moment (staged files and the space they take).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogSample {
+    pub unix_secs: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The backlog over the last [`BACKLOG_KEEP_SECS`], for `stats --html` (at most one sample per
+/// [`BACKLOG_SAMPLE_SECS`]: 360 samples).
+#[derive(Default)]
+pub struct BacklogHistory(Mutex<VecDeque<BacklogSample>>);
+
+impl BacklogHistory {
+    pub fn record(&self, s: BacklogSample) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.back().is_some_and(|l| l.unix_secs + BACKLOG_SAMPLE_SECS > s.unix_secs) {
+            h.pop_back();
+        }
+        h.push_back(s);
+        while h.front().is_some_and(|f| f.unix_secs + BACKLOG_KEEP_SECS < s.unix_secs) {
+            h.pop_front();
+        }
+    }
+
+    pub fn samples(&self) -> Vec<BacklogSample> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+    }
+}
 
 #[derive(Serialize, Debug, Default, Clone)]
 pub struct DirStats {
@@ -49,6 +86,8 @@ pub struct Stats {
     pub model_skipped_windows: u64,
     /// Directories whose model is being trained (`model=auto`), or whose training failed.
     pub model_training: Vec<serde_json::Value>,
+    /// Files in staging (and their space on disk) over the last hour, oldest first.
+    pub backlog_history: Vec<BacklogSample>,
 }
 
 impl Vfs {
@@ -139,6 +178,7 @@ impl Vfs {
                 .iter()
                 .map(|(d, s)| serde_json::json!({"dir": d, "status": s}))
                 .collect(),
+            backlog_history: c.backlog.samples(),
         })
     }
 
@@ -179,5 +219,27 @@ impl Vfs {
         }
         tracing::info!(dir, files = n, "recompress: files returned to staging for re-coding");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_history_keeps_one_sample_per_period_for_an_hour() {
+        let h = BacklogHistory::default();
+        let at = |t: u64| BacklogSample { unix_secs: t, files: t, bytes: 2 * t };
+        h.record(at(1000));
+        h.record(at(1005)); // within the period: replaces the last sample
+        assert_eq!(h.samples(), vec![at(1005)]);
+        for t in (1015..=1005 + BACKLOG_KEEP_SECS + 20).step_by(10) {
+            h.record(at(t));
+        }
+        let s = h.samples();
+        let last = s.last().map(|x| x.unix_secs).unwrap_or(0);
+        assert!(s.iter().all(|x| x.unix_secs + BACKLOG_KEEP_SECS >= last), "{:?}", s.first());
+        assert_eq!(s.len() as u64, BACKLOG_KEEP_SECS / BACKLOG_SAMPLE_SECS + 1);
+        assert!(s.windows(2).all(|w| w[1].unix_secs - w[0].unix_secs == BACKLOG_SAMPLE_SECS));
     }
 }
