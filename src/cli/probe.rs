@@ -13,13 +13,14 @@ use serde::Serialize;
 use std::time::Instant;
 use tezipfs::codec::format::{Analysis, Layout};
 use tezipfs::codec::quantizer::FrameBound;
-use tezipfs::codec::{analyze, Bound, DType, Decoder, Options};
+use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options};
 
 #[derive(clap::Args, Clone)]
 pub struct ProbeArgs {
     /// A directory of frame files (TIFF, or raw with --format).
     pub frames_dir: std::path::PathBuf,
-    /// Where the pixels are: `auto` (TIFF by its header) or `raw:WxH:TYPE[:skip=N]`.
+    /// Where the pixels are: `auto` (TIFF by its header, or raw frames as a `meta.json` beside
+    /// them says) or `raw:WxH:TYPE[:skip=N]`.
     #[arg(long, default_value = "auto")]
     pub format: tezipfs::codec::FormatSpec,
     /// Frames to code: runs of --window consecutive frames spread evenly over the directory.
@@ -132,6 +133,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<Probe> {
         bail!("--frames and --window must be at least 1");
     }
     let paths = list_files(&args.frames_dir)?;
+    let format = format_of(args)?;
     if paths.is_empty() {
         bail!("{} holds no files", args.frames_dir.display());
     }
@@ -140,7 +142,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<Probe> {
     let mut refused = None;
     for p in &paths {
         let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        match analyze(&bytes, &args.format) {
+        match analyze(&bytes, &format) {
             Analysis::Frame(l) if frames.first().is_none_or(|(_, f)| f.same_geometry(&l)) => frames.push((p.clone(), l)),
             Analysis::Frame(_) => {}
             Analysis::Opaque(why) => {
@@ -152,7 +154,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<Probe> {
         bail!(
             "no file in {} is a frame of format {} ({}); give the format with --format raw:WxH:TYPE",
             args.frames_dir.display(),
-            args.format,
+            format,
             refused.unwrap_or_default()
         );
     };
@@ -184,7 +186,7 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<Probe> {
     let bar = super::offline::bar(sample_bytes * bounds.len() as u64, "probe");
     let mut rows = Vec::new();
     for &bound in &bounds {
-        let opts = Options { format: args.format.clone(), bound, entropy: args.entropy, ..Options::default() };
+        let opts = Options { format: format.clone(), bound, entropy: args.entropy, ..Options::default() };
         let m = measure(&files, &opts, &frames_layouts(&frames, &runs))?;
         bar.inc(sample_bytes);
         let mse = m.sq_err / m.pixels.max(1) as f64;
@@ -221,6 +223,20 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<Probe> {
         noise_white: floor.as_ref().map(|f| f.white()),
         rows,
     })
+}
+
+/// `--format`; under `auto`, a `meta.json` beside the frames (width, height, dtype: the layout
+/// of `tezipfs fixtures` and of `../shared/data`) says where the pixels of raw frames are.
+fn format_of(args: &ProbeArgs) -> anyhow::Result<FormatSpec> {
+    let meta = args.frames_dir.join("meta.json");
+    if !matches!(args.format, FormatSpec::Auto) || !meta.is_file() {
+        return Ok(args.format.clone());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta)?).with_context(|| format!("{}: not JSON", meta.display()))?;
+    let (Some(w), Some(h), Some(t)) = (v["width"].as_u64(), v["height"].as_u64(), v["dtype"].as_str()) else {
+        return Ok(args.format.clone());
+    };
+    format!("raw:{w}x{h}:{t}").parse().map_err(|e| anyhow::anyhow!("{}: {e}", meta.display()))
 }
 
 fn frames_layouts(frames: &[(std::path::PathBuf, Layout)], runs: &[std::ops::Range<usize>]) -> Vec<Vec<Layout>> {
