@@ -12,8 +12,40 @@ pub const FORMAT: &str = "user.tezip.format";
 pub const WINDOW: &str = "user.tezip.window";
 pub const MODEL: &str = "user.tezip.model";
 pub const ENTROPY: &str = "user.tezip.entropy";
+pub const SYNC: &str = "user.tezip.sync";
 /// Settable on directories.
-pub const SETTINGS: [&str; 6] = [BOUND, PREDICTOR, FORMAT, WINDOW, MODEL, ENTROPY];
+pub const SETTINGS: [&str; 7] = [BOUND, PREDICTOR, FORMAT, WINDOW, MODEL, ENTROPY, SYNC];
+
+/// When a written file becomes durable (SEMANTICS S13, S50), in the manner of ZFS `sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// close(2) after a write makes the file durable (the default).
+    #[default]
+    Close,
+    /// Only fsync(2)/fdatasync(2) do, as on a local filesystem: a crash may lose what was
+    /// written since the last fsync, never older data.
+    Fsync,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "close" => Ok(SyncMode::Close),
+            "fsync" => Ok(SyncMode::Fsync),
+            _ => Err(format!("bad sync mode {s:?}: expected close or fsync")),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Close => "close",
+            SyncMode::Fsync => "fsync",
+        })
+    }
+}
 
 /// Read-only attributes of files.
 pub const STATE: &str = "user.tezip.state";
@@ -29,6 +61,7 @@ pub struct Policy {
     pub window: usize,
     pub model: Option<String>,
     pub entropy: EntropyChoice,
+    pub sync: SyncMode,
 }
 
 impl Default for Policy {
@@ -40,6 +73,7 @@ impl Default for Policy {
             window: crate::codec::window::DEFAULT_WINDOW,
             model: None,
             entropy: EntropyChoice::default(),
+            sync: SyncMode::default(),
         }
     }
 }
@@ -75,6 +109,7 @@ impl Policy {
                 self.model = Some(v.to_string())
             }
             ENTROPY => self.entropy = v.parse()?,
+            SYNC => self.sync = v.parse()?,
             _ => return Err(format!("{name} is not a tezipfs setting")),
         }
         Ok(())
@@ -93,6 +128,7 @@ impl Policy {
             WINDOW => self.window.to_string(),
             MODEL => self.model.clone().unwrap_or_else(|| "none".into()),
             ENTROPY => self.entropy.to_string(),
+            SYNC => self.sync.to_string(),
             _ => return None,
         })
     }
@@ -117,6 +153,8 @@ pub struct DefaultsSection {
     pub window: Option<usize>,
     pub model: Option<String>,
     pub entropy: Option<String>,
+    /// `close` (default) or `fsync`: see SEMANTICS S13 and S50.
+    pub sync: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -155,6 +193,7 @@ impl ConfigFile {
             (WINDOW, d.window.map(|w| w.to_string())),
             (MODEL, d.model.clone()),
             (ENTROPY, d.entropy.clone()),
+            (SYNC, d.sync.clone()),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
@@ -177,7 +216,9 @@ mod tests {
         p.set(FORMAT, b"raw:64x48:u16").unwrap();
         assert_eq!(p.bound, Bound::Abs(2.0));
         assert_eq!(p.get(WINDOW).unwrap(), "16");
-        for (k, v) in [(BOUND, "abs:-1"), (WINDOW, "0"), (WINDOW, "x"), (FORMAT, "raw:1x1"), (PREDICTOR, "magic"), ("user.tezip.nope", "1")] {
+        for (k, v) in
+            [(SYNC, "always"), (SYNC, ""), (BOUND, "abs:-1"), (WINDOW, "0"), (WINDOW, "x"), (FORMAT, "raw:1x1"), (PREDICTOR, "magic"), ("user.tezip.nope", "1")]
+        {
             assert!(Policy::validate(k, v.as_bytes()).is_err(), "{k}={v}");
         }
     }

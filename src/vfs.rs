@@ -175,6 +175,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     pub rehydrated: AtomicU64,
     pub passthrough_opens: AtomicU64,
+    /// Files made durable by a close or an fsync (staging file, its directory, the index).
+    pub file_syncs: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Windows coded without their model because the backlog was over its limit.
     pub model_skipped: AtomicU64,

@@ -998,6 +998,42 @@ fn s13_closed_file_survives_kill9() {
     }
 }
 
+/// S50: `sync=fsync` (per directory, or the mount's default) leaves durability to fsync(2):
+/// a close after a write syncs nothing (the `file_syncs` counter does not move), fsync syncs,
+/// and what was fsynced survives a kill -9. `sync=close` keeps S13 for its directory.
+#[test]
+fn s50_sync_setting() {
+    let mut m = own_mount!("s50", "--sync", "fsync");
+    let syncs = |m: &Mount| stats(&m.mnt)["file_syncs"].as_u64().unwrap();
+    assert!(getx_str(&m.mnt, "user.tezip.policy").contains("user.tezip.sync=fsync"), "the mount's default");
+    fs::create_dir(m.p("close")).unwrap();
+    setx(&m.p("close"), "user.tezip.sync", b"close", 0).unwrap();
+    assert_eq!(setx(&m.p("close"), "user.tezip.sync", b"sometimes", 0), Err(libc::EINVAL));
+    let (a, b, d) = (noise(200 * KIB, 1), noise(3000, 2), noise(50 * KIB, 3));
+
+    let before = syncs(&m);
+    fs::write(m.p("lazy"), &a).unwrap();
+    fs::write(m.p("lazy2"), &b).unwrap();
+    assert_eq!(syncs(&m), before, "a close under sync=fsync synced");
+    let mut f = File::create(m.p("synced")).unwrap();
+    f.write_all(&d).unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(syncs(&m), before + 1, "fsync under sync=fsync");
+    drop(f);
+    assert_eq!(syncs(&m), before + 1, "the close after an fsync has nothing more to sync");
+    fs::write(m.p("close/eager"), &b).unwrap();
+    assert_eq!(syncs(&m), before + 2, "a close under sync=close (the directory's own setting)");
+
+    // A directory fsync makes the namespace durable (S15); the data of the files closed without
+    // fsync is in the kernel's page cache, which a kill -9 of the daemon does not lose.
+    File::open(&m.mnt).unwrap().sync_all().unwrap();
+    m.kill9();
+    m.start();
+    for (name, bytes) in [("lazy", &a), ("lazy2", &b), ("synced", &d), ("close/eager", &b)] {
+        assert!(fs::read(m.p(name)).unwrap() == *bytes, "{name} after kill -9");
+    }
+}
+
 #[test]
 fn s14_truncation_is_durable() {
     let mut m = own_mount!("s14");
@@ -1719,7 +1755,7 @@ fn s38_policy_inheritance() {
     let eff = |p: &Path| getx_str(p, "user.tezip.policy");
     assert!(eff(&c_).contains("user.tezip.bound=abs:2\n") && eff(&c_).contains("user.tezip.window=4\n"), "{}", eff(&c_));
     assert!(eff(&a).contains("user.tezip.window=8\n"));
-    assert_eq!(eff(&d), "user.tezip.bound=lossless\nuser.tezip.predictor=auto\nuser.tezip.format=auto\nuser.tezip.window=32\nuser.tezip.model=none\nuser.tezip.entropy=balanced\n", "built-in defaults");
+    assert_eq!(eff(&d), "user.tezip.bound=lossless\nuser.tezip.predictor=auto\nuser.tezip.format=auto\nuser.tezip.window=32\nuser.tezip.model=none\nuser.tezip.entropy=balanced\nuser.tezip.sync=close\n", "built-in defaults");
 
     // Read at compression time, for the directory the file is in then.
     let raw = d.join("raw");

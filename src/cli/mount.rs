@@ -51,6 +51,11 @@ pub struct MountArgs {
     /// reads and writes staging files itself where it can: Linux 6.9+, run as root).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// When a written file becomes durable: `close` (close(2) syncs it; the default) or `fsync`
+    /// (only fsync(2) does, as on a local filesystem). The default of every directory; a
+    /// directory's `user.tezip.sync` overrides it. Config: `sync` in `[defaults]`.
+    #[arg(long)]
+    pub sync: Option<tezipfs::policy::SyncMode>,
     /// Writers use passthrough only while the store's disk has this many MiB free (default
     /// 1024); below, the daemon serves them and keeps 16 MiB free for the index.
     #[arg(long)]
@@ -123,7 +128,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         tail_idle: Duration::from_millis(args.tail_idle_ms.or(m.tail_idle_ms).unwrap_or(20_000)),
         cache_bytes: args.cache_mib.or(m.cache_mib).unwrap_or(1024) << 20,
         staging_budget: args.staging_budget_mib.or(m.staging_budget_mib).unwrap_or(100 << 10) << 20,
-        root_policy: file.root_policy().map_err(anyhow::Error::msg)?,
+        root_policy: {
+            let mut p = file.root_policy().map_err(anyhow::Error::msg)?;
+            if let Some(s) = args.sync {
+                p.sync = s;
+            }
+            p
+        },
         passthrough_min_free: args.passthrough_min_free_mib.or(m.passthrough_min_free_mib).unwrap_or(1024) << 20,
         model_backend: tezipfs::model::Backend::Torch(device),
         auto_train: tezipfs::engine::autotrain::AutoTrain {

@@ -391,7 +391,7 @@ impl Vfs {
         if behind {
             self.absorb(ino)?;
         }
-        if dirty || behind {
+        if (dirty || behind) && self.sync_on_close(ino)? {
             self.sync_file(ino)?;
         }
         Ok(())
@@ -403,7 +403,15 @@ impl Vfs {
         self.sync_file(ino)
     }
 
+    /// Whether a close after a write makes the file durable: the `sync` setting of its
+    /// directory (S13, S50).
+    fn sync_on_close(&self, ino: u64) -> FsResult<bool> {
+        let parent = self.inode(ino)?.parent;
+        Ok(self.policy(parent)?.sync == crate::policy::SyncMode::Close)
+    }
+
     fn sync_file(&self, ino: u64) -> FsResult<()> {
+        self.counters.file_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = self.lock().staging.get(&ino).cloned();
         if let Some(f) = f {
             f.sync_data()?;
@@ -447,7 +455,7 @@ impl Vfs {
         }
         drop(st);
         let rest = absorbed.and_then(|()| {
-            if dirty {
+            if dirty && self.sync_on_close(ino)? {
                 self.sync_file(ino)?;
             }
             if last {

@@ -72,6 +72,8 @@ pub struct Stats {
     pub rehydrated_files: u64,
     /// Opens for writing served by FUSE passthrough since the mount.
     pub passthrough_opens: u64,
+    /// Files made durable by a close or an fsync since the mount (S13, S50).
+    pub file_syncs: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     pub index_bytes_on_disk: u64,
@@ -158,6 +160,7 @@ impl Vfs {
             compress_mb_per_s: if nanos > 0 { input as f64 / 1e6 / (nanos as f64 / 1e9) } else { 0.0 },
             rehydrated_files: c.rehydrated.load(Ordering::Relaxed),
             passthrough_opens: c.passthrough_opens.load(Ordering::Relaxed),
+            file_syncs: c.file_syncs.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             last_error: c.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             index_bytes_on_disk: self.index.store().size_on_disk().unwrap_or(0),
