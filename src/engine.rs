@@ -1,27 +1,50 @@
-//! Background compression. A tokio task looks for eligible files (closed, staged, not written
-//! for the quiet period), groups them per directory into windows in natural name order, and
-//! hands each window to the blocking pool (sized to the cores): encode, verify by decoding,
-//! write the blob durably, then one index batch switches the window's files to the blob.
-//! The queue is the index itself (every staged file is pending), so a restart resumes it.
+//! Background compression. The engine takes the directories that are due from the work queue
+//! ([`queue`]: events of the mount put them there; it never scans the index in steady state),
+//! finds their eligible files (closed, staged, not written for the quiet period), groups them
+//! into windows in natural name order, and hands each window to the blocking pool (sized to the
+//! cores): encode, verify by decoding, write the blob durably, then one index batch switches the
+//! window's files to the blob. The index is the durable record of the work (every staged file is
+//! pending): at mount the engine scans it once, so a restart resumes.
 
 pub mod autotrain;
+pub mod queue;
 
 use crate::codec::container::Body;
 use crate::codec::window::{encode_window, EntryReport};
 use crate::codec::{decode_window_with, Bound};
 use crate::index::{Blob, Data, Inode, Kind};
 use crate::vfs::{FsError, FsResult, ModelPolicy, Vfs};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often the engine looks for work.
-const TICK: Duration = Duration::from_millis(200);
+/// Housekeeping (staging budget, backlog sample, model re-coding, the store's reserve) runs this
+/// often; work itself is event-driven.
+const HOUSEKEEPING: Duration = Duration::from_secs(crate::vfs::stats::BACKLOG_SAMPLE_SECS);
 /// Files smaller than this stay as written: a blob's own overhead would outweigh the gain.
 pub const MIN_COMPRESS_BYTES: u64 = 4096;
-/// A window that failed is retried after this long.
+/// A window that failed is retried after this long, doubled at each further failure of the
+/// same file up to [`RETRY_MAX`].
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// At most this many failed files are remembered (the oldest are forgotten first: they are
+/// then retried sooner, nothing else).
+const FAILED_MAX: usize = 100_000;
+
+/// A file whose window failed: when, and how many times in a row.
+#[derive(Clone, Copy, Debug)]
+pub struct Failure {
+    pub at: Instant,
+    pub attempts: u32,
+}
+
+impl Failure {
+    /// When the file may be tried again.
+    pub fn retry_at(&self) -> Instant {
+        self.at + RETRY_AFTER.saturating_mul(1 << self.attempts.saturating_sub(1).min(6)).min(RETRY_MAX)
+    }
+}
 
 pub struct Engine {
     stop: Arc<AtomicBool>,
@@ -45,7 +68,7 @@ struct Shared {
     vfs: Arc<Vfs>,
     trainer: Arc<autotrain::Trainer>,
     in_flight: Mutex<HashSet<u64>>,
-    failed: Mutex<HashMap<u64, Instant>>,
+    failed: Mutex<HashMap<u64, Failure>>,
     invalidate: Mutex<Option<Invalidate>>,
 }
 
@@ -87,6 +110,7 @@ impl Engine {
     /// Stop taking new work and wait for the windows in progress.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.shared.vfs.work.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -96,33 +120,50 @@ impl Engine {
 async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     let permits = Arc::new(tokio::sync::Semaphore::new(threads));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut last_budget_check = Instant::now() - Duration::from_secs(3600);
+    let queue = shared.vfs.work.clone();
+    // Recovery: one look at every directory with staged files.
+    queue.rescan();
+    let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
+    let mut rescan_at: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
-        if last_budget_check.elapsed() > Duration::from_secs(crate::vfs::stats::BACKLOG_SAMPLE_SECS) {
-            last_budget_check = Instant::now();
-            let (staged_files, staging) = shared.vfs.store.staging_usage();
-            let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            shared.vfs.counters.backlog.record(crate::vfs::stats::BacklogSample { unix_secs, files: staged_files, bytes: staging });
-            if staging > shared.vfs.config.staging_budget {
-                tracing::warn!(
-                    staging_bytes = staging,
-                    budget = shared.vfs.config.staging_budget,
-                    "staging is over its budget: compression is behind ingest (writes go on)"
-                );
-            }
-            shared.trainer.recode_if_idle(&shared.vfs);
+        if last_housekeeping.elapsed() >= HOUSEKEEPING {
+            last_housekeeping = Instant::now();
+            housekeeping(&shared);
         }
-        let jobs = {
-            let in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match plan(&shared.vfs, &in_flight, &failed, SystemTime::now()) {
-                Ok(j) => j,
+        let due = queue.take_due(Instant::now());
+        let mut dirs = due.dirs;
+        if due.rescan || rescan_at.is_some_and(|t| t <= Instant::now()) {
+            rescan_at = None;
+            match staged_dirs(&shared.vfs) {
+                Ok(d) => dirs.extend(d),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot plan compression");
-                    Vec::new()
+                    tracing::error!(error = %e, "cannot find the directories with staged files; looking again later");
+                    rescan_at = Some(Instant::now() + RETRY_AFTER);
                 }
             }
-        };
+            dirs.sort_unstable();
+            dirs.dedup();
+        }
+        let mut jobs = Vec::new();
+        if !dirs.is_empty() {
+            let in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            shared.vfs.counters.dirs_planned.fetch_add(dirs.len() as u64, Ordering::Relaxed);
+            for dir in dirs {
+                match plan_dir(&shared.vfs, dir, &in_flight, &failed, SystemTime::now()) {
+                    Ok(p) => {
+                        jobs.extend(p.jobs);
+                        if let Some(t) = p.next {
+                            queue.at(dir, t);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(dir, error = %e, "cannot plan the compression of a directory; looking again later");
+                        queue.at(dir, Instant::now() + RETRY_AFTER);
+                    }
+                }
+            }
+        }
         for job in jobs {
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             {
@@ -146,24 +187,60 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                         true
                     }
                 };
-                if failed {
-                    let mut f = sh.failed.lock().unwrap_or_else(|e| e.into_inner());
-                    for i in &inos {
-                        f.insert(*i, Instant::now());
-                    }
-                }
+                note_outcome(&mut sh.failed.lock().unwrap_or_else(|e| e.into_inner()), &inos, failed, Instant::now());
                 let mut f = sh.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 for i in inos {
                     f.remove(&i);
                 }
+                drop(f);
                 drop(permit);
+                // Files of the directory that waited for this window (or its retry) are looked at
+                // again; a failed window's files come due when they may be retried.
+                sh.vfs.work.touch(dir);
             });
         }
         while tasks.try_join_next().is_some() {}
-        shared.vfs.store.restore_reserve();
-        tokio::time::sleep(TICK).await;
+        let q = queue.clone();
+        tokio::task::block_in_place(|| q.wait(HOUSEKEEPING));
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// What runs every [`HOUSEKEEPING`]: the staging budget's warning, the backlog sample, model
+/// re-coding when idle, the store's reserve.
+fn housekeeping(shared: &Shared) {
+    let (staged_files, staging) = shared.vfs.store.staging_usage();
+    let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    shared.vfs.counters.backlog.record(crate::vfs::stats::BacklogSample { unix_secs, files: staged_files, bytes: staging });
+    if staging > shared.vfs.config.staging_budget {
+        tracing::warn!(
+            staging_bytes = staging,
+            budget = shared.vfs.config.staging_budget,
+            "staging is over its budget: compression is behind ingest (writes go on)"
+        );
+    }
+    shared.trainer.recode_if_idle(&shared.vfs);
+    shared.vfs.store.restore_reserve();
+}
+
+/// Record how a window of `inos` ended: a success forgets their failures, a failure counts one
+/// more. The record stays bounded ([`FAILED_MAX`]).
+fn note_outcome(failed: &mut HashMap<u64, Failure>, inos: &[u64], was_failure: bool, now: Instant) {
+    for i in inos {
+        if was_failure {
+            let attempts = failed.get(i).map_or(1, |f| f.attempts.saturating_add(1));
+            failed.insert(*i, Failure { at: now, attempts });
+        } else {
+            failed.remove(i);
+        }
+    }
+    if failed.len() > FAILED_MAX {
+        let mut by_age: Vec<(Instant, u64)> = failed.iter().map(|(i, f)| (f.at, *i)).collect();
+        by_age.sort_unstable();
+        for (_, i) in by_age.into_iter().take(failed.len() - FAILED_MAX / 2) {
+            failed.remove(&i);
+        }
+    }
 }
 
 fn report(vfs: &Vfs, msg: String) {
@@ -176,52 +253,91 @@ fn age(t: crate::index::Timestamp, now: SystemTime) -> Duration {
     now.duration_since(SystemTime::from(t)).unwrap_or(Duration::ZERO)
 }
 
-/// The windows ready to compress now.
-pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>, now: SystemTime) -> FsResult<Vec<Job>> {
-    let quiet = vfs.config.quiet_period;
-    // Staged files per directory.
-    let mut per_dir: BTreeMap<u64, Vec<Inode>> = BTreeMap::new();
+/// The directories that hold staged files big enough to compress: one scan of the index, at
+/// mount (recovery) and after a policy change.
+pub fn staged_dirs(vfs: &Vfs) -> FsResult<Vec<u64>> {
+    let mut dirs = std::collections::BTreeSet::new();
     for i in vfs.index.inodes()? {
         if i.kind == Kind::File && i.data == Data::Staged && i.nlink > 0 && i.size >= MIN_COMPRESS_BYTES {
-            per_dir.entry(i.parent).or_default().push(i);
+            dirs.insert(i.parent);
         }
     }
-    let mut jobs = Vec::new();
-    for (dir, staged) in per_dir {
-        let newest = staged.iter().map(|i| age(i.mtime, now)).min().unwrap_or(Duration::ZERO);
-        let eligible: HashMap<u64, Inode> = staged
-            .into_iter()
-            .filter(|i| {
-                !in_flight.contains(&i.ino) && !vfs.is_open(i.ino) && age(i.mtime, now) >= quiet && failed.get(&i.ino).is_none_or(|t| t.elapsed() > RETRY_AFTER)
-            })
-            .map(|i| (i.ino, i))
-            .collect();
-        if eligible.is_empty() {
+    Ok(dirs.into_iter().collect())
+}
+
+/// A directory's windows that are ready now, and when to look at it again (`None`: not before
+/// an event of the mount, a close or a finished window, puts it back on the queue).
+#[derive(Default)]
+pub struct DirPlan {
+    pub jobs: Vec<Job>,
+    pub next: Option<Instant>,
+}
+
+/// Plan the compression of the staged files of `dir` (those it is the parent of).
+pub fn plan_dir(vfs: &Vfs, dir: u64, in_flight: &HashSet<u64>, failed: &HashMap<u64, Failure>, now: SystemTime) -> FsResult<DirPlan> {
+    let quiet = vfs.config.quiet_period;
+    let start = Instant::now();
+    let mut plan = DirPlan::default();
+    let mut later = |t: Instant| plan.next = Some(plan.next.map_or(t, |n: Instant| n.min(t)));
+    // A directory removed meanwhile (its files live on under other links) has nothing to do;
+    // nor has one whose policy cannot be read (logged).
+    let entries = vfs.index.dirents(dir)?;
+    let mut staged: Vec<(Vec<u8>, Inode)> = Vec::new();
+    for (name, ino, kind) in entries {
+        if kind != Kind::File {
             continue;
         }
-        // A directory removed meanwhile (its files live on under other links) is skipped; one
-        // such directory must not stop the planning of all the others.
-        let (policy, entries) = match (vfs.policy(dir), vfs.index.dirents(dir)) {
-            (Ok(p), Ok(e)) => (p, e),
-            (Err(e), _) => {
-                tracing::debug!(dir, error = %e, "no policy for a directory of staged files; they stay staged");
-                continue;
+        if let Some(i) = vfs.index.inode(ino)? {
+            if i.data == Data::Staged && i.nlink > 0 && i.size >= MIN_COMPRESS_BYTES && i.parent == dir {
+                staged.push((name, i));
             }
-            (_, Err(e)) => return Err(e.into()),
-        };
-        // Frame order: natural order of the names in the directory.
-        let mut ordered: Vec<(Vec<u8>, Inode)> = entries.into_iter().filter_map(|(name, ino, _)| eligible.get(&ino).map(|i| (name, i.clone()))).collect();
-        ordered.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
-        ordered.dedup_by_key(|(_, i)| i.ino);
-        let idle = newest >= vfs.config.tail_idle;
-        for chunk in ordered.chunks(policy.window) {
-            if chunk.len() < policy.window && !idle {
-                break; // a short tail waits for the directory to go idle
-            }
-            jobs.push(Job { dir, members: chunk.iter().map(|(_, i)| i.clone()).collect(), policy: policy.clone() });
         }
     }
-    Ok(jobs)
+    if staged.is_empty() {
+        return Ok(plan);
+    }
+    let newest = staged.iter().map(|(_, i)| age(i.mtime, now)).min().unwrap_or(Duration::ZERO);
+    let mut eligible: Vec<(Vec<u8>, Inode)> = Vec::new();
+    for (name, i) in staged {
+        if in_flight.contains(&i.ino) || vfs.is_open(i.ino) {
+            continue; // the window's end, or the last close, puts the directory back
+        }
+        let age = age(i.mtime, now);
+        if age < quiet {
+            later(start + (quiet - age));
+            continue;
+        }
+        if let Some(f) = failed.get(&i.ino) {
+            if f.retry_at() > start {
+                later(f.retry_at());
+                continue;
+            }
+        }
+        eligible.push((name, i));
+    }
+    if eligible.is_empty() {
+        return Ok(plan);
+    }
+    let policy = match vfs.policy(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(dir, error = %e, "no policy for a directory of staged files; they stay staged");
+            return Ok(plan);
+        }
+    };
+    // Frame order: natural order of the names in the directory.
+    eligible.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
+    eligible.dedup_by_key(|(_, i)| i.ino);
+    let idle = newest >= vfs.config.tail_idle;
+    for chunk in eligible.chunks(policy.window) {
+        if chunk.len() < policy.window && !idle {
+            // A short tail waits for the directory to go idle.
+            later(start + (vfs.config.tail_idle - newest));
+            break;
+        }
+        plan.jobs.push(Job { dir, members: chunk.iter().map(|(_, i)| i.clone()).collect(), policy: policy.clone() });
+    }
+    Ok(plan)
 }
 
 /// Compress one window: encode, verify, write the blob, commit. Files whose bytes change (lossy
@@ -316,4 +432,31 @@ fn entry_shares(blob: &[u8]) -> FsResult<Vec<u64>> {
         .collect();
     let overhead = (blob.len() as u64).saturating_sub(sections.iter().sum::<u64>());
     Ok(sections.iter().map(|s| s + overhead / n).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_and_their_record_stays_bounded() {
+        let t0 = Instant::now();
+        let mut failed = HashMap::new();
+        note_outcome(&mut failed, &[1, 2], true, t0);
+        assert_eq!(failed[&1].retry_at(), t0 + RETRY_AFTER);
+        note_outcome(&mut failed, &[1], true, t0);
+        note_outcome(&mut failed, &[1], true, t0);
+        assert_eq!(failed[&1].attempts, 3);
+        assert_eq!(failed[&1].retry_at(), t0 + 4 * RETRY_AFTER, "doubled at each failure");
+        for _ in 0..20 {
+            note_outcome(&mut failed, &[1], true, t0);
+        }
+        assert_eq!(failed[&1].retry_at(), t0 + RETRY_MAX, "capped");
+        note_outcome(&mut failed, &[1], false, t0);
+        assert!(!failed.contains_key(&1) && failed.contains_key(&2), "a success forgets");
+        let many: Vec<u64> = (10..10 + FAILED_MAX as u64 + 1).collect();
+        note_outcome(&mut failed, &many, true, t0 + Duration::from_secs(1));
+        assert!(failed.len() <= FAILED_MAX, "{}", failed.len());
+        assert!(!failed.contains_key(&2), "the oldest failure is forgotten first");
+    }
 }

@@ -184,6 +184,8 @@ pub struct Counters {
     pub model_training: Mutex<Vec<(u64, String)>>,
     /// The backlog over the last hour, sampled by the engine.
     pub backlog: stats::BacklogHistory,
+    /// Directories the engine planned (each time it looked at one).
+    pub dirs_planned: AtomicU64,
 }
 
 pub struct Vfs {
@@ -203,6 +205,8 @@ pub struct Vfs {
     /// here, since the writes never reach us. Lock order: `state` before this.
     written_behind: passthrough::WrittenBehind,
     pub counters: Counters,
+    /// The directories the engine must look at (see `engine::queue`).
+    pub work: Arc<crate::engine::queue::WorkQueue>,
 }
 
 fn now() -> Timestamp {
@@ -210,6 +214,16 @@ fn now() -> Timestamp {
 }
 
 impl Vfs {
+    /// Put the directory of file `ino` on the engine's queue: something happened that can make
+    /// the file compressible (see `engine::queue`).
+    pub(crate) fn queue_file(&self, ino: u64) {
+        if let Ok(Some(i)) = self.index.inode(ino) {
+            if i.kind == Kind::File {
+                self.work.touch(i.parent);
+            }
+        }
+    }
+
     /// Open a store (taking its lock) and its index; create the root directory on a new store.
     pub fn new(store: Store, index: Index, config: Config) -> FsResult<Vfs> {
         let models = Arc::new(crate::model::registry::Registry::open(&store.models_dir(), config.model_backend)?);
@@ -224,6 +238,7 @@ impl Vfs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
+            work: Default::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
             let t = now();

@@ -867,3 +867,44 @@ fn writers_by_passthrough_and_by_the_daemon_agree() {
         fs.assert_log_clean();
     }
 }
+
+/// The engine is event-driven: an idle mount plans no directory at all (no periodic scan of
+/// the index), and a close puts its directory on the queue at once.
+#[test]
+fn an_idle_mount_plans_nothing_and_a_close_wakes_the_engine() {
+    require_fuse!();
+    let fs = Fs::new();
+    let mut paths = Vec::new();
+    for d in ["a", "b", "c"] {
+        let dir = fs.path(d);
+        std::fs::create_dir(&dir).unwrap();
+        set_policy(&dir, Some("raw:64x48:u16"), None, Some(4));
+        for (i, f) in raw_frames(64, 48, 4, 3).iter().enumerate() {
+            let p = dir.join(format!("f{i}.raw"));
+            std::fs::write(&p, f).unwrap();
+            paths.push(p);
+        }
+    }
+    wait_states(&paths, &["compressed"]);
+    let planned = |fs: &Fs| fs.stats(&fs.path(""))["engine_dirs_planned"].as_u64().unwrap();
+    let queued = |fs: &Fs| fs.stats(&fs.path(""))["engine_queued_dirs"].as_u64().unwrap();
+    wait_for("the engine's queue to empty", common::STATE_TIMEOUT, || queued(&fs) == 0);
+    let before = planned(&fs);
+    // The old engine scanned every inode 5 times a second; this one must not look at all.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(planned(&fs), before, "an idle engine planned directories");
+    let more: Vec<PathBuf> = raw_frames(64, 48, 4, 4)
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let p = fs.path(&format!("b/g{i}.raw"));
+            std::fs::write(&p, f).unwrap();
+            p
+        })
+        .collect();
+    wait_states(&more, &["compressed"]);
+    assert!(planned(&fs) > before, "the closes put the directory on the queue");
+    for (p, f) in more.iter().zip(raw_frames(64, 48, 4, 4)) {
+        assert_file(p, &f);
+    }
+}

@@ -1689,7 +1689,7 @@ fn s36_directory_attributes() {
 
     let eff = getx_str(&d, "user.tezip.policy");
     let lines: Vec<&str> = eff.lines().collect();
-    assert_eq!(lines.len(), 6, "{eff}");
+    assert_eq!(lines.len(), 7, "{eff}");
     assert!(lines.contains(&"user.tezip.window=1") && lines.contains(&"user.tezip.bound=lossless"), "{eff}");
 
     let names = listx(&d);

@@ -377,6 +377,8 @@ impl Vfs {
         self.commit(t)?;
         self.index.flush()?;
         self.counters.rehydrated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(st);
+        self.queue_file(ino);
         tracing::debug!(ino, blob, slot, "rehydrated a compressed file for writing");
         Ok(())
     }
@@ -394,13 +396,18 @@ impl Vfs {
         if (dirty || behind) && self.sync_on_close(ino)? {
             self.sync_file(ino)?;
         }
+        if dirty || behind {
+            self.queue_file(ino);
+        }
         Ok(())
     }
 
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _, _) = self.handle_ino(fh)?;
         self.absorb(ino)?;
-        self.sync_file(ino)
+        self.sync_file(ino)?;
+        self.queue_file(ino);
+        Ok(())
     }
 
     /// Whether a close after a write makes the file durable: the `sync` setting of its
@@ -465,6 +472,9 @@ impl Vfs {
                         self.release_data(&mut t, &i)?;
                         self.index.delete_inode(&mut t.batch, ino)?;
                         self.commit(t)?;
+                    } else if i.kind == Kind::File {
+                        // Open files wait: the last close lets the engine look at it.
+                        self.work.touch(i.parent);
                     }
                 }
             }

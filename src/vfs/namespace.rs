@@ -205,11 +205,20 @@ impl Vfs {
         Index::put_inode(&mut t.batch, &i);
         Index::put_inode(&mut t.batch, &dir);
         self.commit(t)?;
+        self.work.touch(newparent);
         Ok(self.attr(&i))
     }
 
     /// rename(2) and renameat2(2) with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` in `flags`.
     pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<()> {
+        self.rename_entry(parent, name, newparent, newname, flags)?;
+        // A file moved into a directory joins its windows (frame order is by name too).
+        self.work.touch(parent);
+        self.work.touch(newparent);
+        Ok(())
+    }
+
+    fn rename_entry(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> FsResult<()> {
         check_name(newname)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -364,6 +373,9 @@ impl Vfs {
         // A file written through passthrough: from here on, changes of its staging file are
         // measured against what was just set.
         self.written_behind.rebaseline(&i)?;
+        if set.size.is_some() || set.mtime.is_some() {
+            self.queue_file(ino);
+        }
         Ok(self.attr(&i))
     }
 

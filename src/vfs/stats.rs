@@ -90,6 +90,11 @@ pub struct Stats {
     pub model_training: Vec<serde_json::Value>,
     /// Files in staging (and their space on disk) over the last hour, oldest first.
     pub backlog_history: Vec<BacklogSample>,
+    /// Directories on the engine's queue (waiting for a quiet period, a short tail, a retry).
+    pub engine_queued_dirs: u64,
+    /// Times the engine planned a directory since the mount (it looks at a directory only when
+    /// an event or a due time says so: this stays still on an idle mount).
+    pub engine_dirs_planned: u64,
 }
 
 impl Vfs {
@@ -182,6 +187,8 @@ impl Vfs {
                 .map(|(d, s)| serde_json::json!({"dir": d, "status": s}))
                 .collect(),
             backlog_history: c.backlog.samples(),
+            engine_queued_dirs: self.work.len() as u64,
+            engine_dirs_planned: c.dirs_planned.load(Ordering::Relaxed),
         })
     }
 

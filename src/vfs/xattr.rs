@@ -72,6 +72,8 @@ impl Vfs {
         self.commit(t)?;
         if n.starts_with("user.tezip.") {
             tracing::info!(ino, attribute = n, value = %String::from_utf8_lossy(value), "policy set; applies to frames compressed from now on");
+            // Staged files below may now form windows (a smaller window, say): look at them all.
+            self.work.rescan();
         }
         Ok(())
     }
@@ -114,7 +116,11 @@ impl Vfs {
         let mut t = Txn::default();
         t.batch.delete(keys::xattr(ino, name));
         Index::put_inode(&mut t.batch, &i);
-        self.commit(t)
+        self.commit(t)?;
+        if name.starts_with(b"user.tezip.") {
+            self.work.rescan(); // the inherited policy applies again (see setxattr)
+        }
+        Ok(())
     }
 
     fn computed_xattr(&self, i: &Inode, name: &[u8]) -> FsResult<Option<Vec<u8>>> {
