@@ -125,10 +125,15 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     queue.rescan();
     let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
     let mut rescan_at: Option<Instant> = None;
+    // When each directory was last planned: a directory being written to is planned at most once
+    // per half quiet period, however many closes it sees (planning reads all its entries).
+    let spacing = (shared.vfs.config.quiet_period / 2).max(Duration::from_millis(20));
+    let mut last_planned: HashMap<u64, Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
             housekeeping(&shared);
+            last_planned.retain(|_, t| t.elapsed() < spacing);
         }
         let due = queue.take_due(Instant::now());
         let mut dirs = due.dirs;
@@ -148,8 +153,17 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
         if !dirs.is_empty() {
             let in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let now = Instant::now();
+            dirs.retain(|d| match last_planned.get(d) {
+                Some(t) if now < *t + spacing => {
+                    queue.at(*d, *t + spacing);
+                    false
+                }
+                _ => true,
+            });
             shared.vfs.counters.dirs_planned.fetch_add(dirs.len() as u64, Ordering::Relaxed);
             for dir in dirs {
+                last_planned.insert(dir, now);
                 match plan_dir(&shared.vfs, dir, &in_flight, &failed, SystemTime::now()) {
                     Ok(p) => {
                         jobs.extend(p.jobs);
