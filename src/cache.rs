@@ -33,6 +33,11 @@ impl Cache {
         r
     }
 
+    /// Whether `key` is cached (not counted as a hit or a miss, not made more recent).
+    pub fn contains(&self, key: Key) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).lru.contains(&key)
+    }
+
     /// Insert, evicting least recently used entries beyond the budget. An entry larger than the
     /// whole budget is not kept.
     pub fn put(&self, key: Key, value: Arc<Vec<u8>>) {

@@ -10,6 +10,7 @@ mod error;
 mod models;
 mod namespace;
 mod passthrough;
+mod readahead;
 pub mod stats;
 mod xattr;
 
@@ -207,6 +208,8 @@ pub struct Vfs {
     pub counters: Counters,
     /// The directories the engine must look at (see `engine::queue`).
     pub work: Arc<crate::engine::queue::WorkQueue>,
+    /// Frames decoded ahead of their readers (see `readahead.rs`).
+    readahead: readahead::ReadAhead,
 }
 
 fn now() -> Timestamp {
@@ -239,6 +242,7 @@ impl Vfs {
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
             work: Default::default(),
+            readahead: Default::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
             let t = now();

@@ -908,3 +908,43 @@ fn an_idle_mount_plans_nothing_and_a_close_wakes_the_engine() {
         assert_file(p, &f);
     }
 }
+
+/// Read-ahead: a reader that opens the first frame of a window gets the rest of the window and
+/// the next window of the directory decoded into the cache in the background; readers of two
+/// directories at once both read back exactly.
+#[test]
+fn a_read_decodes_ahead_and_two_readers_read_at_once() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let mut want = BTreeMap::new();
+    for (d, seed) in [("a", 5), ("b", 6)] {
+        let dir = fs.path(d);
+        std::fs::create_dir(&dir).unwrap();
+        set_policy(&dir, Some("raw:64x48:u16"), None, Some(4));
+        want.extend(write_frames(&dir, &raw_frames(64, 48, 8, seed), "raw"));
+    }
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    fs.remount(); // an empty cache
+    let cached = |fs: &Fs| fs.stats(&fs.path(""))["cache_bytes"].as_u64().unwrap();
+    assert_eq!(cached(&fs), 0);
+    let first = fs.path("a").join(frame_name(0, "raw"));
+    assert_file(&first, &want[&first]);
+    let frame = want[&first].len() as u64;
+    // Frame 0 read, frames 1-3 read ahead, the next window (frames 4-7) read ahead.
+    wait_for("the two windows of a/ to be decoded ahead", STATE_TIMEOUT, || cached(&fs) >= 8 * frame);
+    let readers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|d| {
+            let files: Vec<(PathBuf, Vec<u8>)> = want.iter().filter(|(p, _)| p.parent() == Some(&fs.path(d))).map(|(p, b)| (p.clone(), b.clone())).collect();
+            std::thread::spawn(move || {
+                for (p, b) in files {
+                    assert_file(&p, &b);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+}

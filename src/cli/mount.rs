@@ -152,6 +152,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let index = Index::open(Box::new(SledStore::open(&store.index_dir())?)).context("cannot open the index")?;
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
     let engine = Engine::start(vfs.clone(), threads)?;
+    vfs.start_readahead(threads)?;
 
     let mut fuse = fuser::Config::default();
     fuse.mount_options.push(fuser::MountOption::FSName(format!("tezipfs:{}", args.store.display())));
@@ -212,6 +213,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else if let Err(e) = session.join() {
         tracing::warn!(error = %e, "session ended with an error");
     }
+    vfs.stop_readahead();
     engine.stop();
     vfs.flush_index()?;
     tracing::info!("unmounted cleanly");

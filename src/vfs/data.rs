@@ -239,6 +239,9 @@ impl Vfs {
             }
             Data::Compressed { blob, slot, .. } => {
                 let bytes = self.frame(ino, blob, slot)?;
+                if offset == 0 {
+                    self.after_read(ino, blob, slot);
+                }
                 let end = (offset as usize + len).min(bytes.len());
                 Ok(bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default())
             }
@@ -248,6 +251,11 @@ impl Vfs {
     /// The whole content of entry `slot` of `blob`, from the cache or decoded (with the frames
     /// before it in its window, which are cached too).
     pub(crate) fn frame(&self, ino: u64, blob: u64, slot: u32) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(b) = self.cache.get((blob, slot)) {
+            return Ok(b);
+        }
+        // Being decoded in the background: wait for it rather than decode the window twice.
+        self.readahead.wait_for(blob, || self.cache.contains((blob, slot)));
         if let Some(b) = self.cache.get((blob, slot)) {
             return Ok(b);
         }

@@ -1,0 +1,143 @@
+//! Read-ahead of compressed frames. A window decodes in order (frame k needs frame k-1), so one
+//! reader going through a directory keeps one core busy at most. When a reader gets a frame of
+//! a window, the workers here decode the rest of that window, and the next window of the same
+//! directory, into the cache, each on its own core, while the reader copies what is ready. A
+//! reader that asks for a frame being decoded in the background waits for it rather than
+//! decoding the window a second time. Errors are left to the reader's own decode (which logs
+//! and counts them): read-ahead only ever fills the cache.
+
+use super::Vfs;
+use crate::index::{Data, Kind};
+use std::collections::HashSet;
+use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
+
+/// Decode entries `from..` of `blob`.
+struct Task {
+    blob: u64,
+    from: u32,
+}
+
+#[derive(Default)]
+pub struct ReadAhead {
+    tx: Mutex<Option<mpsc::Sender<Task>>>,
+    /// Blobs being decoded in the background (queued or running).
+    busy: Mutex<HashSet<u64>>,
+    /// Signalled when a frame lands in the cache or a blob's task ends.
+    progress: Condvar,
+}
+
+impl ReadAhead {
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a task unless the blob is being read ahead already (or read-ahead is off).
+    fn submit(&self, blob: u64, from: u32) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = tx.as_ref() else { return };
+        if !self.busy().insert(blob) {
+            return;
+        }
+        if tx.send(Task { blob, from }).is_err() {
+            self.busy().remove(&blob);
+        }
+    }
+
+    /// Wait while `blob` is being decoded in the background and `ready()` is false.
+    pub(super) fn wait_for(&self, blob: u64, ready: impl Fn() -> bool) {
+        let mut busy = self.busy();
+        while busy.contains(&blob) && !ready() {
+            busy = self.progress.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(&self, blob: u64) {
+        self.busy().remove(&blob);
+        self.progress.notify_all();
+    }
+}
+
+impl Vfs {
+    /// Start `threads` read-ahead workers (none: read-ahead stays off).
+    pub fn start_readahead(self: &Arc<Self>, threads: usize) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel::<Task>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads {
+            let (rx, vfs): (_, Weak<Vfs>) = (rx.clone(), Arc::downgrade(self));
+            std::thread::Builder::new().name(format!("tezipfs-readahead-{n}")).spawn(move || loop {
+                let task = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                    Ok(t) => t,
+                    Err(_) => return, // the filesystem is gone
+                };
+                let Some(vfs) = vfs.upgrade() else { return };
+                vfs.read_ahead(&task);
+                vfs.readahead.done(task.blob);
+            })?;
+        }
+        *self.readahead.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Stop the workers (they end once the queue is empty).
+    pub fn stop_readahead(&self) {
+        self.readahead.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// A reader got entry `slot` of `blob` (file `ino`): read the rest of the window ahead, and
+    /// when it starts a window, the next window of its directory too.
+    pub(super) fn after_read(&self, ino: u64, blob: u64, slot: u32) {
+        self.readahead.submit(blob, slot + 1);
+        if slot == 0 {
+            if let Some(next) = self.next_blob(ino, blob) {
+                self.readahead.submit(next, 0);
+            }
+        }
+    }
+
+    /// The blob of the first file after the files of `blob`, in the natural name order of the
+    /// directory of `ino` (the next window a reader going through the directory will need).
+    fn next_blob(&self, ino: u64, blob: u64) -> Option<u64> {
+        let parent = self.index.inode(ino).ok()??.parent;
+        let mut entries: Vec<(Vec<u8>, u64)> =
+            self.index.dirents(parent).ok()?.into_iter().filter(|(_, _, k)| *k == Kind::File).map(|(name, ino, _)| (name, ino)).collect();
+        entries.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
+        let at = entries.iter().position(|(_, i)| *i == ino)?;
+        for (_, i) in &entries[at + 1..] {
+            match self.index.inode(*i).ok()?.map(|i| i.data) {
+                Some(Data::Compressed { blob: b, .. }) if b == blob => continue,
+                Some(Data::Compressed { blob: b, .. }) => return Some(b),
+                _ => return None, // a staged file: nothing to decode
+            }
+        }
+        None
+    }
+
+    /// Decode entries `task.from..` of a blob into the cache, from a kept decoder when one is
+    /// positioned before them.
+    fn read_ahead(&self, task: &Task) {
+        let blob = task.blob;
+        let Ok(Some(rec)) = self.index.blob(blob) else { return };
+        let last = rec.entries.saturating_sub(1) as usize;
+        if task.from as usize > last || (task.from as usize..=last).all(|i| self.cache.contains((blob, i as u32))) {
+            return;
+        }
+        let mut dec = self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&blob);
+        if !dec.as_ref().is_some_and(|d| d.chain_position(last).is_none_or(|p| p >= d.position())) {
+            let Ok(bytes) = self.store.read_blob(blob) else { return };
+            dec = crate::codec::Decoder::with_models(bytes.into(), self.models.clone()).ok();
+        }
+        let Some(mut dec) = dec else { return };
+        let cache = &self.cache;
+        let r = dec.decode(last, |i, bytes| {
+            cache.put((blob, i as u32), Arc::new(bytes));
+            // Under the lock a waiting reader checks the cache with: it either sees this frame
+            // or is already waiting when the signal comes.
+            let _busy = self.readahead.busy();
+            self.readahead.progress.notify_all();
+        });
+        if let Ok(bytes) = r {
+            self.cache.put((blob, last as u32), Arc::new(bytes));
+            self.decoders.lock().unwrap_or_else(|e| e.into_inner()).put(blob, dec);
+        }
+    }
+}
