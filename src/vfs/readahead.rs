@@ -122,7 +122,7 @@ impl Vfs {
             return;
         }
         let mut dec = self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&blob);
-        if !dec.as_ref().is_some_and(|d| d.chain_position(last).is_none_or(|p| p >= d.position())) {
+        if dec.as_ref().is_none_or(|d| d.chain_position(last).is_some_and(|p| p < d.position())) {
             let Ok(bytes) = self.store.read_blob(blob) else { return };
             dec = crate::codec::Decoder::with_models(bytes.into(), self.models.clone()).ok();
         }
