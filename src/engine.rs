@@ -178,8 +178,15 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 }
             }
         }
+        // Admission: a window waits for its working set to fit in the memory budget; one that
+        // can never fit is split into windows that do.
+        let room = shared.vfs.memory.total();
+        let jobs: Vec<Job> = jobs.into_iter().flat_map(|job| split_job(job, room)).collect();
         for job in jobs {
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let need = crate::memory::WINDOW_FACTOR * job.members.iter().map(|m| m.size).sum::<u64>();
+            let vfs = shared.vfs.clone();
+            let grant = tokio::task::block_in_place(|| vfs.reserve_memory(need));
             {
                 let mut f = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 f.extend(job.members.iter().map(|m| m.ino));
@@ -207,6 +214,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                     f.remove(&i);
                 }
                 drop(f);
+                drop(grant);
                 drop(permit);
                 // Files of the directory that waited for this window (or its retry) are looked at
                 // again; a failed window's files come due when they may be retried.
@@ -218,6 +226,17 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
         tokio::task::block_in_place(|| q.wait(HOUSEKEEPING));
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// `job` as windows whose working set fits in `room` bytes (itself when it fits).
+fn split_job(job: Job, room: u64) -> Vec<Job> {
+    let sizes: Vec<u64> = job.members.iter().map(|m| m.size).collect();
+    let runs = crate::memory::split_window(&sizes, room);
+    if runs.len() <= 1 {
+        return vec![job];
+    }
+    tracing::info!(dir = job.dir, files = sizes.len(), windows = runs.len(), "a window too large for the memory budget is split");
+    runs.into_iter().map(|r| Job { dir: job.dir, members: job.members[r].to_vec(), policy: job.policy.clone() }).collect()
 }
 
 /// What runs every [`HOUSEKEEPING`]: the staging budget's warning, the backlog sample, model

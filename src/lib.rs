@@ -9,6 +9,7 @@ pub mod engine;
 pub mod fixtures;
 pub mod fs;
 pub mod index;
+pub mod memory;
 pub mod model;
 pub mod noise;
 pub mod policy;

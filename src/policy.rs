@@ -163,6 +163,7 @@ pub struct MountSection {
     pub quiet_period_ms: Option<u64>,
     pub tail_idle_ms: Option<u64>,
     pub cache_mib: Option<u64>,
+    pub memory_mib: Option<u64>,
     pub staging_budget_mib: Option<u64>,
     pub threads: Option<usize>,
     /// FUSE passthrough for staged files (default true; see `tezipfs mount --no-passthrough`).

@@ -6,6 +6,7 @@
 //! compressed frames) happens outside it.
 
 mod data;
+mod decoders;
 mod error;
 mod models;
 mod namespace;
@@ -21,7 +22,6 @@ pub use namespace::{NewNode, Statfs};
 pub use stats::{DirStats, Stats};
 
 use crate::cache::Cache;
-use crate::codec::Decoder;
 use crate::index::{keys, Batch, Data, Index, Inode, Kind, Timestamp};
 use crate::policy::Policy;
 use crate::store::Store;
@@ -90,6 +90,9 @@ pub struct Config {
     /// A directory's last frames (fewer than a window) are compressed after this long idle.
     pub tail_idle: Duration,
     pub cache_bytes: u64,
+    /// The daemon's memory budget: the cache, windows being compressed, decoders (see
+    /// `crate::memory`).
+    pub memory_budget: u64,
     /// Staging above this many bytes is reported (writes go on until the disk is full).
     pub staging_budget: u64,
     /// Root policy (defaults from the config file).
@@ -111,6 +114,7 @@ impl Default for Config {
             quiet_period: Duration::from_secs(2),
             tail_idle: Duration::from_secs(20),
             cache_bytes: 1 << 30,
+            memory_budget: 4 << 30,
             staging_budget: 100 << 30,
             root_policy: Policy::default(),
             passthrough_min_free: 1 << 30,
@@ -199,7 +203,9 @@ pub struct Vfs {
     state: Mutex<State>,
     /// Decoders positioned in a blob's chain, so that reading a window in order decodes each
     /// frame once.
-    decoders: Mutex<lru::LruCache<u64, Decoder>>,
+    decoders: decoders::Decoders,
+    /// The daemon's memory budget, less the cache's share (see `crate::memory`).
+    pub(crate) memory: Arc<crate::memory::Budget>,
     /// Whether opens may use FUSE passthrough (the adapter turns it off when the kernel cannot).
     passthrough: std::sync::atomic::AtomicBool,
     /// Staging files of inodes with passthrough writers: their size and mtime are read from
@@ -229,6 +235,7 @@ impl Vfs {
 
     /// Open a store (taking its lock) and its index; create the root directory on a new store.
     pub fn new(store: Store, index: Index, config: Config) -> FsResult<Vfs> {
+        let memory = crate::memory::Budget::new(config.memory_budget.saturating_sub(config.cache_bytes));
         let models = Arc::new(crate::model::registry::Registry::open(&store.models_dir(), config.model_backend)?);
         let vfs = Vfs {
             index,
@@ -237,7 +244,8 @@ impl Vfs {
             cache: Cache::new(config.cache_bytes),
             config,
             state: Mutex::new(State { handles: HashMap::new(), next_fh: 1, open: HashMap::new(), staging: HashMap::new() }),
-            decoders: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(8).expect("8 > 0"))),
+            decoders: Default::default(),
+            memory,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
@@ -430,7 +438,7 @@ impl Vfs {
         self.index.flush()?;
         for id in dead {
             self.cache.forget_blob(id);
-            self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+            self.decoders.forget(id);
             self.store.delete_blob(id)?;
         }
         for ino in t.staging {

@@ -474,3 +474,12 @@ fn probe_refuses_bad_input_clearly() {
     assert!(fails(&["probe", s(&junk), "--bounds", "abs:-1"]).contains("bound"));
     assert!(fails(&["probe", s(&junk), "--frames", "0"]).contains("at least 1"));
 }
+
+#[test]
+fn mount_refuses_a_cache_larger_than_half_the_memory_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let err = fails(&["mount", "--store", s(&store), s(&mnt), "--memory-mib", "100", "--cache-mib", "80"]);
+    assert!(err.contains("--memory-mib 100") && err.contains("--cache-mib 80"), "{err}");
+}

@@ -948,3 +948,24 @@ fn a_read_decodes_ahead_and_two_readers_read_at_once() {
         r.join().unwrap();
     }
 }
+
+/// The memory budget: a window whose working set cannot fit in `--memory-mib` is split into
+/// windows that do; everything reads back exactly and `stats` shows the budget and its use.
+#[test]
+fn a_window_too_large_for_the_memory_budget_is_split() {
+    require_fuse!();
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "16".into()], ..Opts::default() });
+    let dir = fs.path("big");
+    std::fs::create_dir(&dir).unwrap();
+    set_policy(&dir, Some("raw:1024x1024:u16"), None, Some(8));
+    // 8 frames of 2 MiB: a 16 MiB window needs about 112 MiB, 48 MiB are there.
+    let want = write_frames(&dir, &raw_frames(1024, 1024, 8, 9), "raw");
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    assert_files(&want);
+    assert_eq!(fs.blobs().len(), 3, "split into windows of 3, 3 and 2 frames");
+    assert!(fs.log_text().contains("a window too large for the memory budget is split"));
+    let st = fs.stats(&dir);
+    assert_eq!(st["memory_budget"].as_u64(), Some(64 << 20));
+    assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
+}

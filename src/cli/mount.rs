@@ -34,9 +34,14 @@ pub struct MountArgs {
     /// Threads compressing in the background (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Decoded-frame cache budget in MiB (default 1024, or the config file's).
+    /// Decoded-frame cache budget in MiB, part of --memory-mib (default: a quarter of it, at most 1024).
     #[arg(long)]
     pub cache_mib: Option<u64>,
+    /// The daemon's memory budget in MiB (default 4096): the decoded-frame cache, windows being
+    /// compressed (a window waits for room; one too large is split) and kept decoders. About
+    /// 0.5 GiB more is fixed (the program, libtorch, the index's cache).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
     /// Milliseconds a closed file must stay unwritten before it is compressed (default 2000).
     #[arg(long)]
     pub quiet_ms: Option<u64>,
@@ -123,10 +128,18 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // Refuse `cuda` without a GPU now, not at the first model.
     let on = device.device().map_err(anyhow::Error::msg)?;
     tracing::info!(device = ?on, "learned models run on this device");
+    // The memory budget holds the cache (a quarter of it, at most 1 GiB, unless --cache-mib says)
+    // and everything else that grows with the data (see tezipfs::memory).
+    let memory_mib = args.memory_mib.or(m.memory_mib).unwrap_or(4096);
+    let cache_mib = args.cache_mib.or(m.cache_mib).unwrap_or((memory_mib / 4).min(1024));
+    if memory_mib < 64 || cache_mib > memory_mib / 2 {
+        anyhow::bail!("--memory-mib {memory_mib} must be at least 64 and twice --cache-mib {cache_mib} (the cache is part of the memory budget)");
+    }
     let config = Config {
         quiet_period: Duration::from_millis(args.quiet_ms.or(m.quiet_period_ms).unwrap_or(2000)),
         tail_idle: Duration::from_millis(args.tail_idle_ms.or(m.tail_idle_ms).unwrap_or(20_000)),
-        cache_bytes: args.cache_mib.or(m.cache_mib).unwrap_or(1024) << 20,
+        cache_bytes: cache_mib << 20,
+        memory_budget: memory_mib << 20,
         staging_budget: args.staging_budget_mib.or(m.staging_budget_mib).unwrap_or(100 << 10) << 20,
         root_policy: {
             let mut p = file.root_policy().map_err(anyhow::Error::msg)?;

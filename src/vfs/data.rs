@@ -2,7 +2,6 @@
 //! its two homes (a staging file while it is written, a blob entry once compressed).
 
 use super::{now, Attr, Ctx, FsError, FsResult, Handle, State, Txn, Vfs};
-use crate::codec::Decoder;
 use crate::index::{Data, Index, Inode, Kind};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -240,7 +239,7 @@ impl Vfs {
             Data::Compressed { blob, slot, .. } => {
                 let bytes = self.frame(ino, blob, slot)?;
                 if offset == 0 {
-                    self.after_read(ino, blob, slot);
+                    self.after_read(ino, blob, slot, i.size);
                 }
                 let end = (offset as usize + len).min(bytes.len());
                 Ok(bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default())
@@ -266,24 +265,18 @@ impl Vfs {
             e
         };
         // Reuse a decoder positioned in this blob when it has not passed the frame yet.
-        let mut dec = {
-            let mut d = self.decoders.lock().unwrap_or_else(|e| e.into_inner());
-            d.pop(&blob)
+        let mut kept = match self.decoders.take(blob) {
+            Some(k) if !k.dec.chain_position(slot as usize).is_some_and(|p| p < k.dec.position()) => k,
+            _ => {
+                let size = self.index.inode(ino)?.map_or(0, |i| i.size);
+                self.new_decoder(blob, size).map_err(|e| corrupt(e.to_string()))?
+            }
         };
-        let needs_new = match &dec {
-            Some(d) => d.chain_position(slot as usize).is_some_and(|p| p < d.position()),
-            None => true,
-        };
-        if needs_new {
-            let bytes = self.store.read_blob(blob).map_err(|e| corrupt(format!("blob file: {e}")))?;
-            dec = Some(Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| corrupt(e.to_string()))?);
-        }
-        let mut dec = dec.expect("decoder set above");
         let cache = &self.cache;
-        let out = dec.decode(slot as usize, |i, bytes| cache.put((blob, i as u32), Arc::new(bytes))).map_err(|e| corrupt(e.to_string()))?;
+        let out = kept.dec.decode(slot as usize, |i, bytes| cache.put((blob, i as u32), Arc::new(bytes))).map_err(|e| corrupt(e.to_string()))?;
         let out = Arc::new(out);
         self.cache.put((blob, slot), out.clone());
-        self.decoders.lock().unwrap_or_else(|e| e.into_inner()).put(blob, dec);
+        self.decoders.keep(blob, kept);
         Ok(out)
     }
 

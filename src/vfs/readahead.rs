@@ -15,6 +15,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
 struct Task {
     blob: u64,
     from: u32,
+    /// About how large its files are (for the decoder's memory).
+    frame_bytes: u64,
 }
 
 #[derive(Default)]
@@ -32,13 +34,13 @@ impl ReadAhead {
     }
 
     /// Queue a task unless the blob is being read ahead already (or read-ahead is off).
-    fn submit(&self, blob: u64, from: u32) {
+    fn submit(&self, blob: u64, from: u32, frame_bytes: u64) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else { return };
         if !self.busy().insert(blob) {
             return;
         }
-        if tx.send(Task { blob, from }).is_err() {
+        if tx.send(Task { blob, from, frame_bytes }).is_err() {
             self.busy().remove(&blob);
         }
     }
@@ -85,11 +87,11 @@ impl Vfs {
 
     /// A reader got entry `slot` of `blob` (file `ino`): read the rest of the window ahead, and
     /// when it starts a window, the next window of its directory too.
-    pub(super) fn after_read(&self, ino: u64, blob: u64, slot: u32) {
-        self.readahead.submit(blob, slot + 1);
+    pub(super) fn after_read(&self, ino: u64, blob: u64, slot: u32, frame_bytes: u64) {
+        self.readahead.submit(blob, slot + 1, frame_bytes);
         if slot == 0 {
             if let Some(next) = self.next_blob(ino, blob) {
-                self.readahead.submit(next, 0);
+                self.readahead.submit(next, 0, frame_bytes);
             }
         }
     }
@@ -121,14 +123,15 @@ impl Vfs {
         if task.from as usize > last || (task.from as usize..=last).all(|i| self.cache.contains((blob, i as u32))) {
             return;
         }
-        let mut dec = self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&blob);
-        if dec.as_ref().is_none_or(|d| d.chain_position(last).is_some_and(|p| p < d.position())) {
-            let Ok(bytes) = self.store.read_blob(blob) else { return };
-            dec = crate::codec::Decoder::with_models(bytes.into(), self.models.clone()).ok();
-        }
-        let Some(mut dec) = dec else { return };
+        let mut kept = match self.decoders.take(blob) {
+            Some(k) if !k.dec.chain_position(last).is_some_and(|p| p < k.dec.position()) => k,
+            _ => match self.new_decoder(blob, task.frame_bytes) {
+                Ok(k) => k,
+                Err(_) => return,
+            },
+        };
         let cache = &self.cache;
-        let r = dec.decode(last, |i, bytes| {
+        let r = kept.dec.decode(last, |i, bytes| {
             cache.put((blob, i as u32), Arc::new(bytes));
             // Under the lock a waiting reader checks the cache with: it either sees this frame
             // or is already waiting when the signal comes.
@@ -137,7 +140,7 @@ impl Vfs {
         });
         if let Ok(bytes) = r {
             self.cache.put((blob, last as u32), Arc::new(bytes));
-            self.decoders.lock().unwrap_or_else(|e| e.into_inner()).put(blob, dec);
+            self.decoders.keep(blob, kept);
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct Stats {
     pub cache_budget: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// The daemon's memory budget (`--memory-mib`) and what is held against it: the cache, the
+    /// windows being compressed and the kept decoders.
+    pub memory_budget: u64,
+    pub memory_used: u64,
     /// Where learned models run.
     pub model_device: String,
     /// Windows coded without their model because the backlog was over its limit.
@@ -174,6 +178,8 @@ impl Vfs {
             cache_budget,
             cache_hits: hits,
             cache_misses: misses,
+            memory_budget: self.config.memory_budget,
+            memory_used: self.memory.used() + cache_bytes,
             model_device: match self.config.model_backend {
                 crate::model::Backend::Torch(d) => d.device().map(|d| format!("{d:?}")).unwrap_or_else(|e| e),
                 crate::model::Backend::Reference => "reference (CPU)".into(),

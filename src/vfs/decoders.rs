@@ -1,0 +1,78 @@
+//! Decoders kept between reads (reading a window in order decodes each frame once), each holding
+//! its blob and frame buffers: counted against the daemon's memory budget (`crate::memory`).
+//! Making a decoder waits until its bytes fit; at most [`KEEP`] are kept, least recently used
+//! first out.
+
+use super::{FsError, FsResult, Vfs};
+use crate::codec::Decoder;
+use crate::memory::{Grant, DECODER_FRAMES};
+use std::sync::Mutex;
+
+/// Decoders kept at most.
+const KEEP: usize = 8;
+
+/// A decoder and the memory it holds.
+pub(super) struct Kept {
+    pub dec: Decoder,
+    _grant: Option<Grant>,
+}
+
+pub(super) struct Decoders(Mutex<lru::LruCache<u64, Kept>>);
+
+impl Default for Decoders {
+    fn default() -> Self {
+        Decoders(Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(KEEP).expect("KEEP > 0"))))
+    }
+}
+
+impl Decoders {
+    fn lru(&self) -> std::sync::MutexGuard<'_, lru::LruCache<u64, Kept>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn take(&self, blob: u64) -> Option<Kept> {
+        self.lru().pop(&blob)
+    }
+
+    pub fn keep(&self, blob: u64, kept: Kept) {
+        self.lru().put(blob, kept);
+    }
+
+    pub fn forget(&self, blob: u64) {
+        self.lru().pop(&blob);
+    }
+
+    /// Drop the least recently used decoder (to make room); whether there was one.
+    fn drop_oldest(&self) -> bool {
+        self.lru().pop_lru().is_some()
+    }
+}
+
+impl Vfs {
+    /// `bytes` of the memory budget: kept decoders are dropped to make room, then the caller
+    /// waits for windows and other decoders to give theirs back.
+    pub(crate) fn reserve_memory(&self, bytes: u64) -> Grant {
+        loop {
+            if let Some(g) = self.memory.try_acquire(bytes) {
+                return g;
+            }
+            if self.decoders.drop_oldest() {
+                continue;
+            }
+            // Decoders in use now may be kept when their reads end: look again soon.
+            if let Some(g) = self.memory.acquire_within(bytes, std::time::Duration::from_millis(100)) {
+                return g;
+            }
+        }
+    }
+
+    /// A new decoder of `blob`, whose files are about `frame_bytes` each, once its memory fits
+    /// in the budget (kept decoders are dropped first to make room).
+    pub(super) fn new_decoder(&self, blob: u64, frame_bytes: u64) -> FsResult<Kept> {
+        let blob_bytes = self.index.blob(blob)?.map_or(0, |b| b.bytes);
+        let grant = self.reserve_memory(blob_bytes + DECODER_FRAMES * frame_bytes);
+        let bytes = self.store.read_blob(blob)?;
+        let dec = Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| FsError::Corrupt { what: format!("blob {blob}"), why: e.to_string() })?;
+        Ok(Kept { dec, _grant: Some(grant) })
+    }
+}
