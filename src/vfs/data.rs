@@ -266,7 +266,7 @@ impl Vfs {
         };
         // Reuse a decoder positioned in this blob when it has not passed the frame yet.
         let mut kept = match self.decoders.take(blob) {
-            Some(k) if !k.dec.chain_position(slot as usize).is_some_and(|p| p < k.dec.position()) => k,
+            Some(k) if k.reaches(slot as usize) => k,
             _ => {
                 let size = self.index.inode(ino)?.map_or(0, |i| i.size);
                 self.new_decoder(blob, size).map_err(|e| corrupt(e.to_string()))?

@@ -17,6 +17,13 @@ pub(super) struct Kept {
     _grant: Option<Grant>,
 }
 
+impl Kept {
+    /// Whether the decoder can still decode entry `i` (it has not passed it in its chain).
+    pub fn reaches(&self, i: usize) -> bool {
+        self.dec.chain_position(i).is_none_or(|p| p >= self.dec.position())
+    }
+}
+
 pub(super) struct Decoders(Mutex<lru::LruCache<u64, Kept>>);
 
 impl Default for Decoders {

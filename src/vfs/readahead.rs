@@ -124,7 +124,7 @@ impl Vfs {
             return;
         }
         let mut kept = match self.decoders.take(blob) {
-            Some(k) if !k.dec.chain_position(last).is_some_and(|p| p < k.dec.position()) => k,
+            Some(k) if k.reaches(last) => k,
             _ => match self.new_decoder(blob, task.frame_bytes) {
                 Ok(k) => k,
                 Err(_) => return,
