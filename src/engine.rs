@@ -20,8 +20,6 @@ use std::time::{Duration, Instant, SystemTime};
 const TICK: Duration = Duration::from_millis(200);
 /// Files smaller than this stay as written: a blob's own overhead would outweigh the gain.
 pub const MIN_COMPRESS_BYTES: u64 = 4096;
-/// A window that failed is retried after this long.
-const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     stop: Arc<AtomicBool>,
@@ -190,7 +188,10 @@ pub fn plan(vfs: &Vfs, in_flight: &HashSet<u64>, failed: &HashMap<u64, Instant>,
         let eligible: HashMap<u64, Inode> = staged
             .into_iter()
             .filter(|i| {
-                !in_flight.contains(&i.ino) && !vfs.is_open(i.ino) && age(i.mtime, now) >= quiet && failed.get(&i.ino).is_none_or(|t| t.elapsed() > RETRY_AFTER)
+                !in_flight.contains(&i.ino)
+                    && !vfs.is_open(i.ino)
+                    && age(i.mtime, now) >= quiet
+                    && failed.get(&i.ino).is_none_or(|t| t.elapsed() > vfs.config.retry_after)
             })
             .map(|i| (i.ino, i))
             .collect();
