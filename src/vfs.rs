@@ -409,13 +409,23 @@ impl Vfs {
             return Ok(());
         }
         self.index.flush()?;
+        // The change is made and durable: a file it freed that cannot be deleted is garbage
+        // (logged and counted; a staging file goes at the next start), not a failed operation.
+        let leftover = |what: String, e: std::io::Error| {
+            tracing::error!(file = %what, error = %e, "committed, but a file no longer needed could not be deleted");
+            self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         for id in dead {
             self.cache.forget_blob(id);
             self.decoders.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
-            self.store.delete_blob(id)?;
+            if let Err(e) = self.store.delete_blob(id) {
+                leftover(self.store.blob_path(id).display().to_string(), e);
+            }
         }
         for ino in t.staging {
-            self.store.delete_staging(ino)?;
+            if let Err(e) = self.store.delete_staging(ino) {
+                leftover(self.store.staging_path(ino).display().to_string(), e);
+            }
         }
         Ok(())
     }
