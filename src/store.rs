@@ -231,16 +231,13 @@ impl Store {
             drop(f);
             let back = disk::read(&tmp)?;
             if back != bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    format!(
-                        "blob {id} reads back {} bytes (crc32c {:08x}) after its write of {} (crc32c {:08x})",
-                        back.len(),
-                        crc32c::crc32c(&back),
-                        bytes.len(),
-                        crc32c::crc32c(bytes)
-                    ),
-                ));
+                return Err(io::Error::other(format!(
+                    "blob {id} reads back {} bytes (crc32c {:08x}) after its write of {} (crc32c {:08x})",
+                    back.len(),
+                    crc32c::crc32c(&back),
+                    bytes.len(),
+                    crc32c::crc32c(bytes)
+                )));
             }
             Ok(())
         })();

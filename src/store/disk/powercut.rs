@@ -152,7 +152,7 @@ pub fn attach(root: &Path) {
     for d in DIRS {
         let mut entries = Entries::new();
         // The lock and the reserve (zeros) are not store data and are not followed.
-        for (name, path) in read_dir_files(&root.join(d)).into_iter().filter(|(n, _)| d != "" || (n != "LOCK" && n != "reserve")) {
+        for (name, path) in read_dir_files(&root.join(d)).into_iter().filter(|(n, _)| !d.is_empty() || (n != "LOCK" && n != "reserve")) {
             let (Ok(md), Ok(bytes)) = (std::fs::metadata(&path), std::fs::read(&path)) else { continue };
             let fid = st.files.len();
             st.files.push(Tracked { durable: bytes, pending: Vec::new() });
