@@ -1,5 +1,5 @@
 //! Power cuts, simulated at the store's disk-call layer (`TEZIPFS_POWERCUT`, see
-//! src/store/disk/powercut.rs): a daemon ingests, overwrites and deletes frames while its
+//! src/store/disk/powercut.rs): a daemon ingests, overwrites, appends to (rehydrating) and deletes frames while its
 //! compression engine commits windows; a `powercut` fault rule cuts the power at the N-th disk
 //! call, which keeps only what was made durable (fsync of the file, and of its directory for
 //! creates, renames and unlinks; the index as of its last flush), or with `tear` also a random
@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{check_bytes, raw_frames, set_policy, wait_compressed, wait_for, Fs, Opts};
+use common::{check_bytes, raw_frames, set_policy, wait_for, wait_states, Fs, Opts};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,9 +39,17 @@ fn rng(state: &mut u64) -> u64 {
 /// Create or truncate, write, close: Ok only if close(2) succeeded too (std::fs::write ignores
 /// the result of close, and a close is where tezipfs makes a file durable, S13).
 fn write_closed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    closed(std::fs::File::create(path)?, bytes)
+}
+
+/// Append, close: Ok only if close(2) succeeded too.
+fn append_closed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    closed(std::fs::OpenOptions::new().append(true).open(path)?, bytes)
+}
+
+fn closed(mut f: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::io::IntoRawFd;
-    let mut f = std::fs::File::create(path)?;
     f.write_all(bytes)?;
     // SAFETY: closing the descriptor we own, once (into_raw_fd gave it up).
     if unsafe { libc::close(f.into_raw_fd()) } != 0 {
@@ -83,12 +91,19 @@ fn round(seed: u64, at: &str, tear: bool, passthrough: bool) -> Outcome {
     let mut r = seed | 1;
     let mut died = false;
     for (k, frame) in frames.iter().enumerate() {
-        let choice = rng(&mut r) % 10;
+        let choice = rng(&mut r) % 12;
         let res = if choice == 0 && !acked.is_empty() {
             // Overwrite an earlier file (rehydrating it if compressed): not acknowledged until done.
             let (p, _) = acked.iter().nth(rng(&mut r) as usize % acked.len()).map(|(p, b)| (p.clone(), b.clone())).unwrap();
             acked.remove(&p);
             write_closed(&p, frame).map(|()| acked.insert(p, frame.clone())).map(|_| ())
+        } else if choice == 2 && !acked.is_empty() {
+            // Append to an earlier file (a compressed one is rehydrated first).
+            let (p, mut bytes) = acked.iter().nth(rng(&mut r) as usize % acked.len()).map(|(p, b)| (p.clone(), b.clone())).unwrap();
+            acked.remove(&p);
+            let tail = &frame[..100];
+            bytes.extend_from_slice(tail);
+            append_closed(&p, tail).map(|()| acked.insert(p, bytes)).map(|_| ())
         } else if choice == 1 && !acked.is_empty() {
             // Delete one (a delete is not promised durable before a directory fsync: unchecked).
             let p = acked.keys().nth(rng(&mut r) as usize % acked.len()).cloned().unwrap();
@@ -144,7 +159,7 @@ fn round(seed: u64, at: &str, tear: bool, passthrough: bool) -> Outcome {
     check(&mut out, "after the cut", true);
     // The engine takes up what was staged, and it all reads back after a clean remount.
     let frames_left: Vec<PathBuf> = acked.keys().cloned().collect();
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_compressed(&frames_left))).is_err() {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_states(&frames_left, &["compressed", "stored"]))).is_err() {
         out.problems.push("the engine did not compress the surviving files".into());
     }
     fs.remount();
