@@ -24,9 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 const HOUSEKEEPING: Duration = Duration::from_secs(crate::vfs::stats::BACKLOG_SAMPLE_SECS);
 /// Files smaller than this stay as written: a blob's own overhead would outweigh the gain.
 pub const MIN_COMPRESS_BYTES: u64 = 4096;
-/// A window that failed is retried after this long, doubled at each further failure of the
-/// same file up to [`RETRY_MAX`].
-const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// A window that failed is retried after `--retry-ms` (default 60 s), doubled at each further
+/// failure of the same file up to [`RETRY_MAX`].
 const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// At most this many failed files are remembered (the oldest are forgotten first: they are
 /// then retried sooner, nothing else).
@@ -40,9 +39,9 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// When the file may be tried again.
-    pub fn retry_at(&self) -> Instant {
-        self.at + RETRY_AFTER.saturating_mul(1 << self.attempts.saturating_sub(1).min(6)).min(RETRY_MAX)
+    /// When the file may be tried again, `first` after its first failure.
+    pub fn retry_at(&self, first: Duration) -> Instant {
+        self.at + first.saturating_mul(1 << self.attempts.saturating_sub(1).min(6)).min(RETRY_MAX.max(first))
     }
 }
 
@@ -126,8 +125,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
     let mut rescan_at: Option<Instant> = None;
     // When each directory was last planned: a directory being written to is planned at most once
-    // per half quiet period, however many closes it sees (planning reads all its entries).
-    let spacing = (shared.vfs.config.quiet_period / 2).max(Duration::from_millis(20));
+    // per `spacing` (half the quiet period, at most 250 ms), however many closes it sees
+    // (planning reads all its entries).
+    let spacing = (shared.vfs.config.quiet_period / 2).clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut last_planned: HashMap<u64, Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -143,7 +143,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 Ok(d) => dirs.extend(d),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot find the directories with staged files; looking again later");
-                    rescan_at = Some(Instant::now() + RETRY_AFTER);
+                    rescan_at = Some(Instant::now() + shared.vfs.config.retry_after);
                 }
             }
             dirs.sort_unstable();
@@ -173,7 +173,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                     }
                     Err(e) => {
                         tracing::error!(dir, error = %e, "cannot plan the compression of a directory; looking again later");
-                        queue.at(dir, Instant::now() + RETRY_AFTER);
+                        queue.at(dir, Instant::now() + shared.vfs.config.retry_after);
                     }
                 }
             }
@@ -341,8 +341,9 @@ pub fn plan_dir(vfs: &Vfs, dir: u64, in_flight: &HashSet<u64>, failed: &HashMap<
             continue;
         }
         if let Some(f) = failed.get(&i.ino) {
-            if f.retry_at() > start {
-                later(f.retry_at());
+            let retry = f.retry_at(vfs.config.retry_after);
+            if retry > start {
+                later(retry);
                 continue;
             }
         }
@@ -476,15 +477,16 @@ mod tests {
         let t0 = Instant::now();
         let mut failed = HashMap::new();
         note_outcome(&mut failed, &[1, 2], true, t0);
-        assert_eq!(failed[&1].retry_at(), t0 + RETRY_AFTER);
+        let first = Duration::from_secs(60);
+        assert_eq!(failed[&1].retry_at(first), t0 + first);
         note_outcome(&mut failed, &[1], true, t0);
         note_outcome(&mut failed, &[1], true, t0);
         assert_eq!(failed[&1].attempts, 3);
-        assert_eq!(failed[&1].retry_at(), t0 + 4 * RETRY_AFTER, "doubled at each failure");
+        assert_eq!(failed[&1].retry_at(first), t0 + 4 * first, "doubled at each failure");
         for _ in 0..20 {
             note_outcome(&mut failed, &[1], true, t0);
         }
-        assert_eq!(failed[&1].retry_at(), t0 + RETRY_MAX, "capped");
+        assert_eq!(failed[&1].retry_at(first), t0 + RETRY_MAX, "capped");
         note_outcome(&mut failed, &[1], false, t0);
         assert!(!failed.contains_key(&1) && failed.contains_key(&2), "a success forgets");
         let many: Vec<u64> = (10..10 + FAILED_MAX as u64 + 1).collect();

@@ -75,6 +75,10 @@ pub trait MetaStore: Send + Sync {
 /// sled 0.34.7, one tree, typed key prefixes.
 pub struct SledStore {
     db: sled::Db,
+    dir: std::path::PathBuf,
+    /// Under power-cut simulation (`store::disk::powercut`), the copy of the index taken at a
+    /// flush holds this exclusively, so that no batch is written into the middle of it.
+    copying: std::sync::RwLock<()>,
 }
 
 impl SledStore {
@@ -93,8 +97,11 @@ impl SledStore {
                 tracing::warn!(file = %p.display(), "removed a partial sled snapshot left by a crash");
             }
         }
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(500)).open()?;
-        Ok(SledStore { db })
+        // Under power-cut simulation only explicit flushes make the index durable (they are
+        // where its copy is taken), so sled's own timer flush is off.
+        let every = if crate::store::disk::powercut::on() { None } else { Some(500) };
+        let db = sled::Config::new().path(dir).flush_every_ms(every).open()?;
+        Ok(SledStore { db, dir: dir.to_path_buf(), copying: Default::default() })
     }
 }
 
@@ -129,11 +136,19 @@ impl MetaStore for SledStore {
                 None => b.remove(k),
             }
         }
+        let _g = self.copying.read().unwrap_or_else(|e| e.into_inner());
         Ok(self.db.apply_batch(b)?)
     }
 
     fn flush(&self) -> Result<(), IndexError> {
-        self.db.flush()?;
+        {
+            let _g = self.copying.read().unwrap_or_else(|e| e.into_inner());
+            self.db.flush()?;
+        }
+        if crate::store::disk::powercut::on() {
+            let _g = self.copying.write().unwrap_or_else(|e| e.into_inner());
+            crate::store::disk::powercut::index_flushed(&self.dir);
+        }
         Ok(())
     }
 
@@ -145,6 +160,8 @@ impl MetaStore for SledStore {
 /// The typed index over a [`MetaStore`].
 pub struct Index {
     store: Box<dyn MetaStore>,
+    /// Keys of records found corrupt, each logged once (`stats` counts them).
+    corrupt: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, IndexError> {
@@ -158,7 +175,7 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 impl Index {
     /// Open the index, creating the schema record on a new store and refusing an unknown one.
     pub fn open(store: Box<dyn MetaStore>) -> Result<Index, IndexError> {
-        let idx = Index { store };
+        let idx = Index { store, corrupt: Default::default() };
         match idx.store.get(keys::SCHEMA)? {
             Some(v) => {
                 let found: u32 = decode(keys::SCHEMA, &v)?;
@@ -271,9 +288,38 @@ impl Index {
         b.put(keys::blob(blob.id), encode(blob));
     }
 
-    /// Every inode (for scans at start-up and for `stats`).
+    /// Every inode whose record decodes (for scans at start-up and for the engine). A corrupt
+    /// record is logged once and left out: one bad record must not stop the mount or the
+    /// compression of every other file ([`Index::inodes_checked`] names them).
     pub fn inodes(&self) -> Result<Vec<Inode>, IndexError> {
-        self.store.scan_prefix(keys::INODE)?.iter().map(|(k, v)| decode(k, v)).collect()
+        Ok(self.inodes_checked()?.0)
+    }
+
+    /// Every inode whose record decodes, and the inode numbers of the records that do not.
+    pub fn inodes_checked(&self) -> Result<(Vec<Inode>, Vec<u64>), IndexError> {
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (k, v) in self.store.scan_prefix(keys::INODE)? {
+            match decode(&k, &v) {
+                Ok(i) => good.push(i),
+                Err(e) => {
+                    self.note_corrupt(&k, &e);
+                    bad.push(k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0));
+                }
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// Remember a record found corrupt; the first time, log it.
+    pub fn note_corrupt(&self, key: &[u8], e: &IndexError) {
+        if self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_vec()) {
+            tracing::error!(error = %e, "a corrupt index record: the file it describes reads EIO, the others are unaffected (run fsck)");
+        }
+    }
+
+    /// How many distinct corrupt records were met since the index was opened.
+    pub fn corrupt_records(&self) -> usize {
+        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A 32-byte model hash stored under `key`.

@@ -11,8 +11,13 @@
 //! <store>/reserve         RESERVE bytes of allocated space, given up for the index when the
 //!                         disk fills (see [`Store::keep_room_for_index`])
 //! ```
-//! A blob is written to `tmp/`, fsynced, renamed into `blobs/`, and `blobs/` is fsynced: it is
-//! either absent or whole.
+//! A blob is written to `tmp/`, fsynced, read back and compared, renamed into `blobs/`, and
+//! `blobs/` is fsynced: it is either absent or whole.
+//!
+//! Every disk call on staging files, blobs, tmp files and models, and the fsyncs of their
+//! directories, goes through [`disk`] (where tests inject faults and power cuts).
+
+pub mod disk;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -64,10 +69,11 @@ impl Store {
         }
         lock.set_len(0).map_err(io_at(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io_at(&lock_path))?;
+        disk::powercut::attach(root);
         // Blobs that never made it out of tmp/ are garbage.
         let tmp = root.join("tmp");
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+            let _ = disk::remove_file(&e.path());
         }
         let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_dir_dirty: false.into() };
         store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
@@ -167,7 +173,32 @@ impl Store {
         if create {
             self.staging_dir_dirty.store(true, std::sync::atomic::Ordering::Release);
         }
-        std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.staging_path(ino))
+        disk::open(&self.staging_path(ino), true, create)
+    }
+
+    /// pread of the staging file of `ino` (opened by [`Store::open_staging`]).
+    pub fn read_staging_at(&self, f: &File, ino: u64, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        disk::read_at(f, &self.staging_path(ino), buf, offset)
+    }
+
+    /// pwrite of all of `data` into the staging file of `ino`.
+    pub fn write_staging_at(&self, f: &File, ino: u64, data: &[u8], offset: u64) -> io::Result<()> {
+        disk::write_all_at(f, &self.staging_path(ino), data, offset)
+    }
+
+    /// ftruncate of the staging file of `ino`.
+    pub fn set_staging_len(&self, f: &File, ino: u64, len: u64) -> io::Result<()> {
+        disk::set_len(f, &self.staging_path(ino), len)
+    }
+
+    /// fdatasync of the staging file of `ino`.
+    pub fn sync_staging(&self, f: &File, ino: u64) -> io::Result<()> {
+        disk::sync_data(f, &self.staging_path(ino))
+    }
+
+    /// The whole staging file of `ino`.
+    pub fn read_staging(&self, ino: u64) -> io::Result<Vec<u8>> {
+        disk::read(&self.staging_path(ino))
     }
 
     /// fsync `staging/` if a staging file was created since the last time: with the file's own
@@ -186,33 +217,56 @@ impl Store {
         self.root.join("blobs").join(format!("{id}.tzb"))
     }
 
-    /// Write a blob durably: temp file, fsync, rename, fsync of the directory.
+    /// Write a blob durably: temp file, fsync, read back and compared (a write the disk
+    /// reported whole but stored short or wrong is caught here, before anything refers to the
+    /// blob), rename, fsync of the directory. On any failure nothing is left behind: no temp
+    /// file, and no blob that the index might not know of.
     pub fn write_blob(&self, id: u64, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.root.join("tmp").join(format!("{id}.tzb"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, self.blob_path(id))?;
-        fsync_dir(&self.root.join("blobs"))
+        let dest = self.blob_path(id);
+        let written = (|| {
+            let f = disk::create(&tmp)?;
+            disk::write_all(&f, &tmp, bytes)?;
+            disk::sync_all(&f, &tmp)?;
+            drop(f);
+            let back = disk::read(&tmp)?;
+            if back != bytes {
+                return Err(io::Error::other(format!(
+                    "blob {id} reads back {} bytes (crc32c {:08x}) after its write of {} (crc32c {:08x})",
+                    back.len(),
+                    crc32c::crc32c(&back),
+                    bytes.len(),
+                    crc32c::crc32c(bytes)
+                )));
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = disk::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = disk::rename(&tmp, &dest) {
+            let _ = disk::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fsync_dir(&self.root.join("blobs")) {
+            // Not known to be durable: the window is not committed, so the blob goes.
+            let _ = disk::remove_file(&dest);
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub fn read_blob(&self, id: u64) -> io::Result<Vec<u8>> {
-        std::fs::read(self.blob_path(id))
+        disk::read(&self.blob_path(id))
     }
 
     pub fn delete_blob(&self, id: u64) -> io::Result<()> {
-        match std::fs::remove_file(self.blob_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_there(&self.blob_path(id))
     }
 
     pub fn delete_staging(&self, ino: u64) -> io::Result<()> {
-        match std::fs::remove_file(self.staging_path(ino)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_if_there(&self.staging_path(ino))
     }
 
     /// statvfs(2) of the filesystem the store lives on.
@@ -271,7 +325,15 @@ impl Store {
 }
 
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+    disk::fsync_dir(path)
+}
+
+/// unlink(2), a missing file being no error.
+pub fn remove_if_there(path: &Path) -> io::Result<()> {
+    match disk::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,8 @@ pub struct Config {
     /// Above this many staged bytes, windows are coded without their model (it is slower) and
     /// lossless ones are re-coded with it later.
     pub model_backlog: u64,
+    /// A window whose compression failed (a disk error, say) is tried again after this long.
+    pub retry_after: Duration,
 }
 
 impl Default for Config {
@@ -121,6 +123,7 @@ impl Default for Config {
             model_backend: crate::model::Backend::Torch(crate::model::DeviceChoice::Auto),
             auto_train: Default::default(),
             model_backlog: 1 << 30,
+            retry_after: Duration::from_secs(60),
         }
     }
 }
@@ -288,9 +291,10 @@ impl Vfs {
     /// After a restart: files unlinked while open are deleted now; staging files that no inode
     /// needs any more (a crash between commit and cleanup) are removed.
     fn recover(&self) -> FsResult<()> {
-        let inodes = self.index.inodes()?;
+        let (inodes, corrupt) = self.index.inodes_checked()?;
         let mut t = Txn::default();
-        let mut staged = std::collections::HashSet::new();
+        // A corrupt record's staging file is kept: fsck may still rebuild the file from it.
+        let mut staged: std::collections::HashSet<String> = corrupt.iter().map(|i| i.to_string()).collect();
         for i in &inodes {
             if i.nlink == 0 && i.ino != ROOT {
                 tracing::info!(ino = i.ino, "removing a file that was unlinked while open before the restart");
@@ -306,7 +310,7 @@ impl Vfs {
             let name = e.file_name().to_string_lossy().into_owned();
             if !staged.contains(&name) {
                 tracing::info!(file = %e.path().display(), "removing a staging file no inode refers to");
-                let _ = std::fs::remove_file(e.path());
+                let _ = crate::store::disk::remove_file(&e.path());
             }
         }
         Ok(())
@@ -436,13 +440,23 @@ impl Vfs {
             return Ok(());
         }
         self.index.flush()?;
+        // The change is made and durable: a file it freed that cannot be deleted is garbage
+        // (logged and counted; a staging file goes at the next start), not a failed operation.
+        let leftover = |what: String, e: std::io::Error| {
+            tracing::error!(file = %what, error = %e, "committed, but a file no longer needed could not be deleted");
+            self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         for id in dead {
             self.cache.forget_blob(id);
             self.decoders.forget(id);
-            self.store.delete_blob(id)?;
+            if let Err(e) = self.store.delete_blob(id) {
+                leftover(self.store.blob_path(id).display().to_string(), e);
+            }
         }
         for ino in t.staging {
-            self.store.delete_staging(ino)?;
+            if let Err(e) = self.store.delete_staging(ino) {
+                leftover(self.store.staging_path(ino).display().to_string(), e);
+            }
         }
         Ok(())
     }

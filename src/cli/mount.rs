@@ -83,6 +83,10 @@ pub struct MountArgs {
     /// idle (default 1024).
     #[arg(long)]
     pub model_backlog_mib: Option<u64>,
+    /// Milliseconds before a window whose compression failed (a disk error, say) is tried
+    /// again; its files stay staged meanwhile (default 60000).
+    #[arg(long)]
+    pub retry_ms: Option<u64>,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -156,6 +160,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             threads: args.auto_train_threads.or(m.auto_train_threads).unwrap_or(1).max(1),
         },
         model_backlog: args.model_backlog_mib.or(m.model_backlog_mib).unwrap_or(1024) << 20,
+        retry_after: Duration::from_millis(args.retry_ms.unwrap_or(60_000)),
     };
     // Windows are coded in parallel by the engine's workers: libtorch uses one thread in each
     // (a training thread too; see --auto-train-threads).

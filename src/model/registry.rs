@@ -7,8 +7,9 @@
 
 use super::{load, Backend};
 use crate::codec::predict::{hash_hex, Model, ModelHash, ModelSource, PredictError};
+use crate::store::disk;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,7 +34,7 @@ impl Registry {
         // Model files that never made it out of their temporary name are garbage.
         for e in std::fs::read_dir(dir)?.flatten() {
             if e.file_name().to_string_lossy().ends_with(".partial") {
-                let _ = std::fs::remove_file(e.path());
+                let _ = disk::remove_file(&e.path());
             }
         }
         Ok(Registry { dir: dir.to_path_buf(), backend, loaded: Mutex::new(HashMap::new()) })
@@ -55,10 +56,10 @@ impl Registry {
         if !path.exists() {
             let io_err = |source| RegistryError::Io { path: path.display().to_string(), source };
             let tmp = path.with_extension("partial");
-            let mut f = std::fs::File::create(&tmp).map_err(io_err)?;
-            f.write_all(bytes).map_err(io_err)?;
-            f.sync_all().map_err(io_err)?;
-            std::fs::rename(&tmp, &path).map_err(io_err)?;
+            let f = disk::create(&tmp).map_err(io_err)?;
+            disk::write_all(&f, &tmp, bytes).map_err(io_err)?;
+            disk::sync_all(&f, &tmp).map_err(io_err)?;
+            disk::rename(&tmp, &path).map_err(io_err)?;
             crate::store::fsync_dir(&self.dir).map_err(io_err)?;
         }
         Ok(hash)
@@ -66,7 +67,7 @@ impl Registry {
 
     /// The bytes of a stored model file.
     pub fn bytes(&self, hash: &ModelHash) -> io::Result<Vec<u8>> {
-        std::fs::read(self.path(hash))
+        disk::read(&self.path(hash))
     }
 
     pub fn contains(&self, hash: &ModelHash) -> bool {
@@ -76,7 +77,7 @@ impl Registry {
     /// Delete a model file (the caller has checked that nothing needs it).
     pub fn remove(&self, hash: &ModelHash) -> io::Result<()> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
-        match std::fs::remove_file(self.path(hash)) {
+        match disk::remove_file(&self.path(hash)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => crate::store::fsync_dir(&self.dir),
         }
@@ -115,7 +116,7 @@ impl ModelSource for Registry {
             return Ok(m.clone());
         }
         let name = hash_hex(hash);
-        let bytes = match std::fs::read(self.path(hash)) {
+        let bytes = match disk::read(&self.path(hash)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PredictError::MissingModel(name)),
             Err(e) => return Err(PredictError::Model { model: name, why: format!("cannot read its file: {e}") }),

@@ -4,7 +4,6 @@
 use super::{now, Attr, Ctx, FsError, FsResult, Handle, State, Txn, Vfs};
 use crate::index::{Data, Index, Inode, Kind};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -228,7 +227,7 @@ impl Vfs {
                 let mut buf = vec![0u8; len];
                 let mut done = 0;
                 while done < len {
-                    let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+                    let n = self.store.read_staging_at(&f, ino, &mut buf[done..], offset + done as u64)?;
                     if n == 0 {
                         break; // a hole at the end of a sparse file reads as zeros
                     }
@@ -296,7 +295,7 @@ impl Vfs {
         }
         let at = if append { i.size } else { offset };
         self.store.ensure_room(data.len() as u64)?;
-        f.write_all_at(data, at)?;
+        self.store.write_staging_at(&f, ino, data, at)?;
         let ts = now();
         let size = i.size.max(at + data.len() as u64);
         note_write(&mut i, size, ts, ts);
@@ -328,7 +327,7 @@ impl Vfs {
             }
         }
         let f = self.store.open_staging(ino, true)?;
-        f.set_len(size)?;
+        self.store.set_staging_len(&f, ino, size)?;
         let ts = now();
         i.size = size;
         i.data = Data::Staged;
@@ -340,7 +339,7 @@ impl Vfs {
         self.written_behind.rebaseline(&i)?;
         // The staging file is cut at once, so the new size must be durable at once too: otherwise
         // a crash before the next index flush brings the old size back over zeros.
-        f.sync_data()?;
+        self.store.sync_staging(&f, ino)?;
         self.store.sync_staging_dir()?;
         self.index.flush()?;
         Ok(())
@@ -363,9 +362,9 @@ impl Vfs {
         self.store.ensure_room(bytes.len() as u64)?;
         {
             let f = self.store.open_staging(ino, true)?;
-            f.set_len(0)?;
-            f.write_all_at(&bytes, 0)?;
-            f.sync_all()?;
+            self.store.set_staging_len(&f, ino, 0)?;
+            self.store.write_staging_at(&f, ino, &bytes, 0)?;
+            self.store.sync_staging(&f, ino)?;
             self.store.sync_staging_dir()?;
         }
         // A descriptor cached for an earlier staging file of this inode is not this file.
@@ -422,7 +421,7 @@ impl Vfs {
         self.counters.file_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = self.lock().staging.get(&ino).cloned();
         if let Some(f) = f {
-            f.sync_data()?;
+            self.store.sync_staging(&f, ino)?;
         }
         self.store.sync_staging_dir()?;
         self.index.flush()?;
@@ -548,7 +547,7 @@ impl Vfs {
 
     /// Read a staged file whole (the engine's input).
     pub(crate) fn read_staged(&self, i: &Inode) -> FsResult<Vec<u8>> {
-        let mut bytes = std::fs::read(self.store.staging_path(i.ino))?;
+        let mut bytes = self.store.read_staging(i.ino)?;
         bytes.resize(i.size as usize, 0);
         Ok(bytes)
     }

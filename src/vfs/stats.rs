@@ -76,6 +76,8 @@ pub struct Stats {
     pub file_syncs: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Index records found corrupt since the mount (their files read EIO; see the log).
+    pub corrupt_index_records: u64,
     pub index_bytes_on_disk: u64,
     pub blob_bytes: u64,
     pub cache_bytes: u64,
@@ -119,7 +121,15 @@ impl Vfs {
                     s.stored_bytes += sub.stored_bytes;
                 }
                 Kind::File => {
-                    let Some(i) = self.index.inode(ino)? else { continue };
+                    let i = match self.index.inode(ino) {
+                        Ok(Some(i)) => i,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            // Counted in `corrupt_index_records`; the other files are still reported.
+                            self.index.note_corrupt(&crate::index::keys::inode(ino), &e);
+                            continue;
+                        }
+                    };
                     s.files += 1;
                     s.logical_bytes += i.size;
                     match i.data {
@@ -172,6 +182,7 @@ impl Vfs {
             file_syncs: c.file_syncs.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             last_error: c.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            corrupt_index_records: self.index.corrupt_records() as u64,
             index_bytes_on_disk: self.index.store().size_on_disk().unwrap_or(0),
             blob_bytes: self.store.bytes_in("blobs"),
             cache_bytes,

@@ -60,11 +60,13 @@ pub struct Opts {
     pub passthrough: bool,
     /// More `tezipfs mount` arguments.
     pub extra: Vec<String>,
+    /// More environment variables of the daemon (e.g. TEZIPFS_FAULTS).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None, passthrough: true, extra: Vec::new() }
+        Opts { quiet_ms: 200, tail_idle_ms: 1500, threads: None, passthrough: true, extra: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -148,6 +150,7 @@ impl Fs {
             .args(self.mount_args(&self.mnt))
             .env("NO_COLOR", "1")
             .env("TEZIPFS_LOG", "info")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
