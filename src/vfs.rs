@@ -204,6 +204,8 @@ pub struct Vfs {
     /// The store's learned models (what the decoders find a blob's model in).
     pub(crate) models: Arc<crate::model::registry::Registry>,
     state: Mutex<State>,
+    /// Per-file locks of data operations (see [`Vfs::data_lock`]).
+    data_locks: [Mutex<()>; DATA_LOCKS],
     /// Decoders positioned in a blob's chain, so that reading a window in order decodes each
     /// frame once.
     decoders: decoders::Decoders,
@@ -220,6 +222,9 @@ pub struct Vfs {
     /// Frames decoded ahead of their readers (see `readahead.rs`).
     readahead: readahead::ReadAhead,
 }
+
+/// Data locks, shared by inode number modulo this.
+const DATA_LOCKS: usize = 64;
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -247,6 +252,7 @@ impl Vfs {
             cache: Cache::new(config.cache_bytes),
             config,
             state: Mutex::new(State { handles: HashMap::new(), next_fh: 1, open: HashMap::new(), staging: HashMap::new() }),
+            data_locks: std::array::from_fn(|_| Mutex::new(())),
             decoders: Default::default(),
             memory,
             passthrough: std::sync::atomic::AtomicBool::new(false),
@@ -318,6 +324,13 @@ impl Vfs {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data lock of file `ino` (one of [`DATA_LOCKS`], by inode number): held across the
+    /// disk calls of a write, truncation or rehydration, so they are ordered per file while
+    /// other files go on. Lock order: a data lock before the namespace lock, never after.
+    fn data_lock(&self, ino: u64) -> MutexGuard<'_, ()> {
+        self.data_locks[(ino % DATA_LOCKS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn config(&self) -> &Config {
@@ -458,6 +471,9 @@ impl Vfs {
                 leftover(self.store.staging_path(ino).display().to_string(), e);
             }
         }
+        // Space was freed: a reserve given up on a full disk is made again now (cheap when it is
+        // held), so that passthrough writers come back at once.
+        self.store.restore_reserve();
         Ok(())
     }
 }

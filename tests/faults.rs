@@ -328,3 +328,43 @@ fn a_slow_fsync_slows_the_close_and_loses_nothing() {
     assert!(t0.elapsed() < Duration::from_millis(600), "close took {:?} without the rule", t0.elapsed());
     assert_files(&[(d.join("slow.raw"), bytes.clone()), (d.join("quick.raw"), bytes)].into_iter().collect());
 }
+
+/// A slow disk call of one file does not stall the others: while an fsync(2), or a truncation
+/// (durable at once, S14), of one file waits 3 s on its staging file's sync, a stat, a read and a
+/// listing of another file return at once (no disk call is made under the namespace lock).
+#[test]
+fn a_slow_fsync_of_one_file_does_not_delay_other_files() {
+    require_fuse!();
+    let f = Faulty::new(&[]);
+    let d = f.dir("run", 4);
+    let other = d.join("other.raw");
+    let bytes = frames(1, 12).remove(0);
+    std::fs::write(&other, &bytes).unwrap();
+    let slow = d.join("slow.raw");
+    std::fs::write(&slow, &bytes).unwrap();
+    f.arm("fsync kind=staging delay=3000\n");
+    for (what, op) in [("fsync", 0), ("ftruncate", 1)] {
+        let path = slow.clone();
+        let started = std::time::Instant::now();
+        let t = std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            if op == 0 {
+                use std::io::Write;
+                (&file).write_all(b"more").unwrap();
+                file.sync_all().unwrap();
+            } else {
+                file.set_len(100).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = std::time::Instant::now();
+        assert_eq!(std::fs::metadata(&other).unwrap().len(), bytes.len() as u64);
+        assert!(std::fs::read(&other).unwrap() == bytes);
+        assert!(common::names(&d).contains(&"other.raw".to_string()));
+        let took = t0.elapsed();
+        t.join().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(3000), "the {what} was not slowed: the rule did not fire");
+        assert!(took < Duration::from_millis(1500), "stat, read and readdir of another file took {took:?} during a slow {what}");
+    }
+    f.disarm();
+}

@@ -284,23 +284,28 @@ impl Vfs {
         if !write {
             return Err(FsError::BadHandle);
         }
+        // The file's data lock orders this write with other writes and truncations of the file;
+        // the namespace lock is held only to update the inode, never across the disk call.
+        let d = self.data_lock(ino);
         let f = self.staging_file(ino, true)?;
-        let _g = self.lock();
-        let mut i = self.inode(ino)?;
+        let i = self.inode(ino)?;
         if matches!(i.data, Data::Compressed { .. }) {
             // compressed since the open (only possible without writers; defensive)
-            drop(_g);
+            drop(d);
             self.rehydrate(ino)?;
             return self.write(fh, offset, data);
         }
         let at = if append { i.size } else { offset };
         self.store.ensure_room(data.len() as u64)?;
         self.store.write_staging_at(&f, ino, data, at)?;
+        let g = self.lock();
+        let mut i = self.inode(ino)?;
         let ts = now();
         let size = i.size.max(at + data.len() as u64);
         note_write(&mut i, size, ts, ts);
         self.put(&i)?;
-        drop(_g);
+        drop(g);
+        drop(d);
         if let Some(Handle::File { dirty, .. }) = self.lock().handles.get_mut(&fh) {
             *dirty = true;
         }
@@ -318,7 +323,12 @@ impl Vfs {
         if size != 0 && matches!(i.data, Data::Compressed { .. }) {
             self.rehydrate(ino)?;
         }
-        let _g = self.lock();
+        // The data lock orders this with the file's writes; the namespace lock is held only for
+        // the index update, not across the cut and its sync.
+        let _d = self.data_lock(ino);
+        let f = self.store.open_staging(ino, true)?;
+        self.store.set_staging_len(&f, ino, size)?;
+        let g = self.lock();
         let mut i = self.inode(ino)?;
         let mut t = Txn::default();
         if size == 0 {
@@ -326,8 +336,6 @@ impl Vfs {
                 self.unref_blob(&mut t, blob)?;
             }
         }
-        let f = self.store.open_staging(ino, true)?;
-        self.store.set_staging_len(&f, ino, size)?;
         let ts = now();
         i.size = size;
         i.data = Data::Staged;
@@ -337,6 +345,7 @@ impl Vfs {
         Index::put_inode(&mut t.batch, &i);
         self.commit(t)?;
         self.written_behind.rebaseline(&i)?;
+        drop(g);
         // The staging file is cut at once, so the new size must be durable at once too: otherwise
         // a crash before the next index flush brings the old size back over zeros.
         self.store.sync_staging(&f, ino)?;
@@ -348,17 +357,13 @@ impl Vfs {
     /// Bring a compressed file back to staging: decode it, write the staging file durably, and
     /// switch the inode (its other window-mates stay where they are).
     pub fn rehydrate(&self, ino: u64) -> FsResult<()> {
+        // The staging file is written under the file's data lock, once the file is known to be
+        // still compressed: a concurrent rehydration must not truncate it under a writer that
+        // already wrote to it. The namespace lock is held only for the index update.
+        let _d = self.data_lock(ino);
         let i = self.inode(ino)?;
         let Data::Compressed { blob, slot, .. } = i.data else { return Ok(()) };
         let bytes = self.frame(ino, blob, slot)?;
-        // The staging file is written under the lock, once the file is known to be still
-        // compressed: a concurrent rehydration must not truncate it under a writer that already
-        // wrote to it.
-        let mut st = self.lock();
-        let mut now_i = self.inode(ino)?;
-        if now_i.data != i.data {
-            return Ok(()); // someone else did it meanwhile
-        }
         self.store.ensure_room(bytes.len() as u64)?;
         {
             let f = self.store.open_staging(ino, true)?;
@@ -367,6 +372,17 @@ impl Vfs {
             self.store.sync_staging(&f, ino)?;
             self.store.sync_staging_dir()?;
         }
+        let mut st = self.lock();
+        let mut now_i = match self.inode(ino) {
+            Ok(n) if n.data == i.data => n,
+            // Deleted meanwhile (nothing else changes a compressed file's data while its data
+            // lock is held): the staging file goes with it.
+            other => {
+                drop(st);
+                let _ = self.store.delete_staging(ino);
+                return other.map(|_| ());
+            }
+        };
         // A descriptor cached for an earlier staging file of this inode is not this file.
         st.staging.remove(&ino);
         let mut t = Txn::default();
@@ -375,9 +391,9 @@ impl Vfs {
         now_i.generation += 1;
         Index::put_inode(&mut t.batch, &now_i);
         self.commit(t)?;
+        drop(st);
         self.index.flush()?;
         self.counters.rehydrated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        drop(st);
         self.queue_file(ino);
         tracing::debug!(ino, blob, slot, "rehydrated a compressed file for writing");
         Ok(())
