@@ -2,8 +2,12 @@
 //! no FUSE types here, so all of it is testable without a mount (`fs.rs` is the thin adapter).
 //!
 //! Concurrency: namespace changes and attribute updates hold one mutex (`state`) for the few
-//! index reads and the one index batch each does; data I/O (staging reads and writes, decoding
-//! compressed frames) happens outside it.
+//! index reads and the one index batch each does. Data operations of a file (write, truncate,
+//! rehydrate, the compression commit) hold that file's data lock (`data_lock`, one of 64 shared
+//! by inode number) across their disk calls and syncs, and `state` only for their index update:
+//! a slow disk call of one file stalls no other file. Lock order: data locks (ascending) before
+//! `state`. Reads and decoding take neither across their disk calls. (Namespace changes that
+//! free a file still flush the index under `state`.)
 
 mod data;
 mod decoders;
@@ -223,6 +227,13 @@ pub struct Vfs {
     readahead: readahead::ReadAhead,
 }
 
+/// Files an applied transaction freed: deleted once it is durable ([`Vfs::finish`]).
+#[must_use]
+struct Freed {
+    blobs: Vec<u64>,
+    staging: Vec<u64>,
+}
+
 /// Data locks, shared by inode number modulo this.
 const DATA_LOCKS: usize = 64;
 
@@ -333,6 +344,14 @@ impl Vfs {
         self.data_locks[(ino % DATA_LOCKS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The data locks of several files, taken in one order (so two callers cannot deadlock).
+    fn data_locks_of(&self, inos: impl Iterator<Item = u64>) -> Vec<MutexGuard<'_, ()>> {
+        let mut shards: Vec<usize> = inos.map(|i| (i % DATA_LOCKS as u64) as usize).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards.into_iter().map(|s| self.data_locks[s].lock().unwrap_or_else(|e| e.into_inner())).collect()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -423,7 +442,14 @@ impl Vfs {
     }
 
     /// Apply a transaction: one index batch, then (once it is durable) the file deletions.
-    fn commit(&self, mut t: Txn) -> FsResult<()> {
+    fn commit(&self, t: Txn) -> FsResult<()> {
+        let freed = self.apply(t)?;
+        self.finish(freed)
+    }
+
+    /// The first half of [`Vfs::commit`]: the index batch, applied (visible, not yet durable).
+    /// Returns what it freed, for [`Vfs::finish`].
+    fn apply(&self, mut t: Txn) -> FsResult<Freed> {
         let mut dead = Vec::new();
         // Blobs that die give up their model's reference (summed per model: several may share it).
         let mut released: HashMap<[u8; 32], u64> = HashMap::new();
@@ -449,7 +475,14 @@ impl Vfs {
         }
         self.store.keep_room_for_index();
         self.index.apply(t.batch)?;
-        if dead.is_empty() && t.staging.is_empty() {
+        Ok(Freed { blobs: dead, staging: t.staging })
+    }
+
+    /// The second half of [`Vfs::commit`]: make the batch durable if it freed files, then
+    /// delete them.
+    fn finish(&self, freed: Freed) -> FsResult<()> {
+        let Freed { blobs: dead, staging } = freed;
+        if dead.is_empty() && staging.is_empty() {
             return Ok(());
         }
         self.index.flush()?;
@@ -466,7 +499,7 @@ impl Vfs {
                 leftover(self.store.blob_path(id).display().to_string(), e);
             }
         }
-        for ino in t.staging {
+        for ino in staging {
             if let Err(e) = self.store.delete_staging(ino) {
                 leftover(self.store.staging_path(ino).display().to_string(), e);
             }

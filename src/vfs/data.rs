@@ -522,14 +522,17 @@ impl Vfs {
     /// staged at the generation that was compressed and has no writer. Returns the inodes
     /// switched. Their staging files are deleted after the batch is durable.
     ///
-    /// The namespace lock is held until the batch is applied and the staging files deleted: a
-    /// writer must not open and write a file between the check and the switch (its write would
-    /// be overwritten by the switch), and a reader must not cache a descriptor of a staging
-    /// file about to be deleted (a later writer would write into the deleted file).
+    /// The namespace lock is held until the batch is applied: a writer must not open and write a
+    /// file between the check and the switch (its write would be overwritten by the switch), and
+    /// a reader must not cache a descriptor of a staging file about to be deleted (a later
+    /// writer would write into the deleted file). The files' data locks are held until the batch
+    /// is durable and the staging files deleted: a write or truncation of one of them waits, and
+    /// so does reading its `user.tezip.state` (S35), while other files go on.
     /// Switch the window's files that are still as they were read to the new blob, in one
     /// batch; `model` is the model the blob was coded with (the blob then holds a reference to
     /// it, so that the model is kept while the blob lives).
     pub(crate) fn commit_compressed(&self, blob: crate::index::Blob, members: &[(Inode, u32, u64, bool)], model: Option<[u8; 32]>) -> FsResult<Vec<u64>> {
+        let _d = self.data_locks_of(members.iter().map(|m| m.0.ino));
         let mut st = self.lock();
         let mut t = Txn::default();
         let mut switched = Vec::new();
@@ -556,8 +559,9 @@ impl Vfs {
         for ino in &switched {
             st.staging.remove(ino);
         }
-        self.commit(t)?;
+        let freed = self.apply(t)?;
         drop(st);
+        self.finish(freed)?;
         Ok(switched)
     }
 

@@ -79,12 +79,12 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        // A file's state is read under the namespace lock: a compression commit holds it from
-        // its index batch until the batch is flushed, so `compressed` is only ever reported
-        // once it survives a crash (S35).
+        // A file's state is read under its data lock: a compression commit holds it from its
+        // index batch until the batch is flushed, so `compressed` is only ever reported once it
+        // survives a crash (S35).
         let durable = [policy::STATE, policy::RATIO, policy::FILE_PREDICTOR].iter().any(|n| n.as_bytes() == name);
         let i = if durable {
-            let _g = self.lock();
+            let _d = self.data_lock(ino);
             self.inode(ino)?
         } else {
             self.inode(ino)?
