@@ -124,16 +124,18 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     queue.rescan();
     let mut last_housekeeping = Instant::now() - Duration::from_secs(3600);
     let mut rescan_at: Option<Instant> = None;
-    // When each directory was last planned: a directory being written to is planned at most once
-    // per `spacing` (half the quiet period, at most 250 ms), however many closes it sees
-    // (planning reads all its entries).
+    // When each directory may be planned again: a directory being written to is planned at most
+    // once per `spacing` (half the quiet period, at most 250 ms) however many closes it sees,
+    // and, since planning reads all its entries, a large one at most a tenth of the time (a plan
+    // that took 300 ms waits 3 s).
     let spacing = (shared.vfs.config.quiet_period / 2).clamp(Duration::from_millis(20), Duration::from_millis(250));
-    let mut last_planned: HashMap<u64, Instant> = HashMap::new();
+    let mut not_before: HashMap<u64, Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
             housekeeping(&shared);
-            last_planned.retain(|_, t| t.elapsed() < spacing);
+            let now = Instant::now();
+            not_before.retain(|_, t| *t > now);
         }
         let due = queue.take_due(Instant::now());
         let mut dirs = due.dirs;
@@ -154,17 +156,19 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             let in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let failed = shared.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let now = Instant::now();
-            dirs.retain(|d| match last_planned.get(d) {
-                Some(t) if now < *t + spacing => {
-                    queue.at(*d, *t + spacing);
+            dirs.retain(|d| match not_before.get(d) {
+                Some(t) if now < *t => {
+                    queue.at(*d, *t);
                     false
                 }
                 _ => true,
             });
             shared.vfs.counters.dirs_planned.fetch_add(dirs.len() as u64, Ordering::Relaxed);
             for dir in dirs {
-                last_planned.insert(dir, now);
-                match plan_dir(&shared.vfs, dir, &in_flight, &failed, SystemTime::now()) {
+                let started = Instant::now();
+                let planned = plan_dir(&shared.vfs, dir, &in_flight, &failed, SystemTime::now());
+                not_before.insert(dir, started + spacing.max(started.elapsed() * 10));
+                match planned {
                     Ok(p) => {
                         jobs.extend(p.jobs);
                         if let Some(t) = p.next {
