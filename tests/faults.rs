@@ -328,3 +328,24 @@ fn a_slow_fsync_slows_the_close_and_loses_nothing() {
     assert!(t0.elapsed() < Duration::from_millis(600), "close took {:?} without the rule", t0.elapsed());
     assert_files(&[(d.join("slow.raw"), bytes.clone()), (d.join("quick.raw"), bytes)].into_iter().collect());
 }
+
+/// A staged file whose staging file is gone (deleted by hand, or lost with a disk): it reads
+/// EIO with a log line that names the missing file, not ENOENT for a name that `ls` shows; the
+/// other files are unaffected.
+#[test]
+fn a_missing_staging_file_reads_eio_with_a_log_line() {
+    require_fuse!();
+    let mut f = Faulty::new(&[]);
+    let (gone, kept) = (f.fs.path("gone.txt"), f.fs.path("kept.txt"));
+    std::fs::write(&gone, b"small files stay staged").unwrap();
+    std::fs::write(&kept, b"this one stays").unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&gone).unwrap());
+    f.fs.stop();
+    std::fs::remove_file(f.fs.store.join("staging").join(ino.to_string())).unwrap();
+    f.fs.start();
+    assert!(common::names(&f.fs.mnt).contains(&"gone.txt".to_string()));
+    let e = std::fs::read(&gone).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    common::assert_file(&kept, b"this one stays");
+    assert!(f.fs.log_text().contains(&format!("its staging file {} is missing", f.fs.store.join("staging").join(ino.to_string()).display())));
+}
