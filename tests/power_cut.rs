@@ -299,7 +299,7 @@ fn many_power_cuts() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1));
-    println!("seed {seed}");
+    println!("\nseed {seed}");
     let outcomes = rounds(n, seed);
     let line = totals(&outcomes);
     println!("{line}");
