@@ -183,9 +183,11 @@ fn a_short_blob_write_is_never_committed() {
     f.arm("write kind=tmp short count=1\n");
     let files = write_frames(&d, &frames(4, 3), "raw");
     let paths: Vec<PathBuf> = files.keys().cloned().collect();
-    wait_for("the short write to be caught", Duration::from_secs(20), || f.fs.log_text().contains("reads back"));
-    // count=1: the retry writes the blob whole.
+    // count=1: the retry writes the blob whole. (Without the read-back the short blob was
+    // committed, and these files read EIO.)
     wait_compressed(&paths);
+    assert_files(&files);
+    assert!(f.fs.log_text().contains("reads back"), "the short write was not caught:\n{}", f.fs.log_text());
     assert_eq!(f.fs.blobs().len(), 1, "only the good blob: {:?}", f.fs.blobs());
     f.fs.remount();
     assert_files(&files);
