@@ -44,8 +44,11 @@ pub struct Store {
     /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
     /// room).
     reserve_held: std::sync::atomic::AtomicBool,
-    /// A staging file may have been created since `staging/` was last fsynced.
-    staging_dir_dirty: std::sync::atomic::AtomicBool,
+    /// Staging files created so far (counted once each create has returned).
+    staging_created: std::sync::atomic::AtomicU64,
+    /// How many of them the last completed fsync of `staging/` covers. Held across that fsync,
+    /// so that a caller whose file it covers waits for it to complete rather than return early.
+    staging_synced: std::sync::Mutex<u64>,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -75,7 +78,7 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = disk::remove_file(&e.path());
         }
-        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_dir_dirty: false.into() };
+        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_created: 0.into(), staging_synced: 0.into() };
         store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
         store.restore_reserve();
         Ok(store)
@@ -170,10 +173,12 @@ impl Store {
     /// Open the staging file of `ino` for reading and writing, creating it if `create`. A new
     /// file's directory entry becomes durable at the next [`Store::sync_staging_dir`].
     pub fn open_staging(&self, ino: u64, create: bool) -> io::Result<File> {
+        let f = disk::open(&self.staging_path(ino), true, create)?;
         if create {
-            self.staging_dir_dirty.store(true, std::sync::atomic::Ordering::Release);
+            // After the create: an fsync of the directory that reads this count covers the file.
+            self.staging_created.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        disk::open(&self.staging_path(ino), true, create)
+        Ok(f)
     }
 
     /// pread of the staging file of `ino` (opened by [`Store::open_staging`]).
@@ -201,16 +206,28 @@ impl Store {
         disk::read(&self.staging_path(ino))
     }
 
-    /// fsync `staging/` if a staging file was created since the last time: with the file's own
-    /// fdatasync, this makes a new file survive a power cut (its name is in the directory).
+    /// fsync `staging/` unless a completed fsync already covers every staging file created
+    /// before this call: with the file's own fdatasync, this makes a new file survive a power
+    /// cut (its name is in the directory). Returns only once such an fsync has completed: a
+    /// caller never returns while another thread's fsync that covers its file is in flight (a
+    /// close would then be acknowledged before its file's name is durable).
     pub fn sync_staging_dir(&self) -> io::Result<()> {
-        if self.staging_dir_dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            if let Err(e) = fsync_dir(&self.staging_dir()) {
-                self.staging_dir_dirty.store(true, std::sync::atomic::Ordering::Release);
-                return Err(e);
-            }
+        use std::sync::atomic::Ordering::Acquire;
+        let want = self.staging_created.load(Acquire);
+        let mut synced = self.staging_synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= want {
+            return Ok(());
         }
+        let now = self.staging_created.load(Acquire);
+        fsync_dir(&self.staging_dir())?;
+        *synced = now;
         Ok(())
+    }
+
+    /// Whether a staging file was created since the last fsync of `staging/` that completed.
+    #[cfg(test)]
+    fn staging_dir_pending(&self) -> bool {
+        *self.staging_synced.lock().unwrap_or_else(|e| e.into_inner()) < self.staging_created.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn blob_path(&self, id: u64) -> PathBuf {
@@ -344,15 +361,14 @@ mod tests {
     fn a_created_staging_file_marks_the_directory_for_one_fsync() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        use std::sync::atomic::Ordering::Acquire;
-        assert!(!store.staging_dir_dirty.load(Acquire));
+        assert!(!store.staging_dir_pending());
         store.open_staging(5, false).unwrap_err(); // opening without create creates nothing
-        assert!(!store.staging_dir_dirty.load(Acquire));
+        assert!(!store.staging_dir_pending());
         store.open_staging(5, true).unwrap();
         assert!(store.staging_path(5).exists());
-        assert!(store.staging_dir_dirty.load(Acquire));
+        assert!(store.staging_dir_pending());
         store.sync_staging_dir().unwrap();
-        assert!(!store.staging_dir_dirty.load(Acquire));
+        assert!(!store.staging_dir_pending());
     }
 
     #[test]

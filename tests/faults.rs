@@ -183,9 +183,11 @@ fn a_short_blob_write_is_never_committed() {
     f.arm("write kind=tmp short count=1\n");
     let files = write_frames(&d, &frames(4, 3), "raw");
     let paths: Vec<PathBuf> = files.keys().cloned().collect();
-    wait_for("the short write to be caught", Duration::from_secs(20), || f.fs.log_text().contains("reads back"));
-    // count=1: the retry writes the blob whole.
+    // count=1: the retry writes the blob whole. (Without the read-back the short blob was
+    // committed, and these files read EIO.)
     wait_compressed(&paths);
+    assert_files(&files);
+    assert!(f.fs.log_text().contains("reads back"), "the short write was not caught:\n{}", f.fs.log_text());
     assert_eq!(f.fs.blobs().len(), 1, "only the good blob: {:?}", f.fs.blobs());
     f.fs.remount();
     assert_files(&files);
@@ -367,4 +369,25 @@ fn a_slow_fsync_of_one_file_does_not_delay_other_files() {
         assert!(took < Duration::from_millis(1500), "stat, read and readdir of another file took {took:?} during a slow {what}");
     }
     f.disarm();
+}
+
+/// A staged file whose staging file is gone (deleted by hand, or lost with a disk): it reads
+/// EIO with a log line that names the missing file, not ENOENT for a name that `ls` shows; the
+/// other files are unaffected.
+#[test]
+fn a_missing_staging_file_reads_eio_with_a_log_line() {
+    require_fuse!();
+    let mut f = Faulty::new(&[]);
+    let (gone, kept) = (f.fs.path("gone.txt"), f.fs.path("kept.txt"));
+    std::fs::write(&gone, b"small files stay staged").unwrap();
+    std::fs::write(&kept, b"this one stays").unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&gone).unwrap());
+    f.fs.stop();
+    std::fs::remove_file(f.fs.store.join("staging").join(ino.to_string())).unwrap();
+    f.fs.start();
+    assert!(common::names(&f.fs.mnt).contains(&"gone.txt".to_string()));
+    let e = std::fs::read(&gone).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    common::assert_file(&kept, b"this one stays");
+    assert!(f.fs.log_text().contains(&format!("its staging file {} is missing", f.fs.store.join("staging").join(ino.to_string()).display())));
 }

@@ -222,6 +222,17 @@ impl Vfs {
                     Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && self.inode(ino)?.data != Data::Staged => {
                         return self.read(fh, offset, size)
                     }
+                    // Staged, yet its bytes are gone (lost in a crash, deleted by hand): EIO with
+                    // a log line, not ENOENT for a name that lists.
+                    Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let e = FsError::Corrupt {
+                            what: format!("inode {ino}"),
+                            why: format!("its staging file {} is missing", self.store.staging_path(ino).display()),
+                        };
+                        tracing::error!(ino, error = %e, "cannot read a staged file");
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
                     Err(e) => return Err(e),
                 };
                 let mut buf = vec![0u8; len];
