@@ -200,7 +200,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 let inos: Vec<u64> = job.members.iter().map(|m| m.ino).collect();
                 let dir = job.dir;
                 let invalidate = sh.invalidate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let t0 = Instant::now();
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer))));
+                sh.vfs.counters.compress_seconds.observe(t0.elapsed());
                 let failed = match r {
                     Ok(Ok(())) => false,
                     Ok(Err(e)) => {
@@ -212,6 +214,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                         true
                     }
                 };
+                if failed {
+                    sh.vfs.counters.compress_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 note_outcome(&mut sh.failed.lock().unwrap_or_else(|e| e.into_inner()), &inos, failed, Instant::now());
                 let mut f = sh.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 for i in inos {

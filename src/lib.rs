@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod fs;
 pub mod index;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod noise;
 pub mod policy;

@@ -164,6 +164,8 @@ pub struct MountSection {
     pub tail_idle_ms: Option<u64>,
     pub cache_mib: Option<u64>,
     pub memory_mib: Option<u64>,
+    /// `HOST:PORT` to serve Prometheus metrics at (see `tezipfs mount --metrics`).
+    pub metrics: Option<String>,
     pub staging_budget_mib: Option<u64>,
     pub threads: Option<usize>,
     /// FUSE passthrough for staged files (default true; see `tezipfs mount --no-passthrough`).

@@ -198,6 +198,17 @@ pub struct Counters {
     pub backlog: stats::BacklogHistory,
     /// Directories the engine planned (each time it looked at one).
     pub dirs_planned: AtomicU64,
+    /// Bytes written into files (passthrough writers: what their files grew by).
+    pub ingested_bytes: AtomicU64,
+    /// Bytes read, by source.
+    pub read_staged_bytes: AtomicU64,
+    pub read_cache_bytes: AtomicU64,
+    pub read_decoded_bytes: AtomicU64,
+    /// Errors of the two kinds the metrics tell apart (all are in `errors` too).
+    pub compress_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub compress_seconds: crate::metrics::Histogram,
+    pub read_seconds: crate::metrics::Histogram,
 }
 
 pub struct Vfs {
@@ -221,6 +232,8 @@ pub struct Vfs {
     /// here, since the writes never reach us. Lock order: `state` before this.
     written_behind: passthrough::WrittenBehind,
     pub counters: Counters,
+    /// When the filesystem was opened.
+    started: std::time::Instant,
     /// The directories the engine must look at (see `engine::queue`).
     pub work: Arc<crate::engine::queue::WorkQueue>,
     /// Frames decoded ahead of their readers (see `readahead.rs`).
@@ -269,6 +282,7 @@ impl Vfs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
+            started: std::time::Instant::now(),
             work: Default::default(),
             readahead: Default::default(),
         };
@@ -350,6 +364,10 @@ impl Vfs {
         shards.sort_unstable();
         shards.dedup();
         shards.into_iter().map(|s| self.data_locks[s].lock().unwrap_or_else(|e| e.into_inner())).collect()
+    }
+
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     pub fn config(&self) -> &Config {

@@ -42,6 +42,10 @@ pub struct MountArgs {
     /// 0.5 GiB more is fixed (the program, libtorch, the index's cache).
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`HOST:PORT`, e.g. 127.0.0.1:9877; port 0
+    /// picks a free one, logged). Off by default.
+    #[arg(long)]
+    pub metrics: Option<String>,
     /// Milliseconds a closed file must stay unwritten before it is compressed (default 2000).
     #[arg(long)]
     pub quiet_ms: Option<u64>,
@@ -171,6 +175,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
     let engine = Engine::start(vfs.clone(), threads)?;
     vfs.start_readahead(threads)?;
+    let metrics = match args.metrics.clone().or(m.metrics.clone()) {
+        Some(addr) => Some(tezipfs::metrics::http::Server::start(&addr, vfs.clone()).with_context(|| format!("cannot serve metrics at {addr}"))?),
+        None => None,
+    };
 
     let mut fuse = fuser::Config::default();
     fuse.mount_options.push(fuser::MountOption::FSName(format!("tezipfs:{}", args.store.display())));
@@ -231,6 +239,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else if let Err(e) = session.join() {
         tracing::warn!(error = %e, "session ended with an error");
     }
+    drop(metrics);
     vfs.stop_readahead();
     engine.stop();
     vfs.flush_index()?;

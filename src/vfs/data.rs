@@ -166,6 +166,7 @@ impl Vfs {
         if (c.size, c.mtime, c.ctime) == (i.size, i.mtime, i.ctime) {
             return Ok(false);
         }
+        self.counters.ingested_bytes.fetch_add(c.size.saturating_sub(i.size), Ordering::Relaxed);
         note_write(i, c.size, c.mtime, c.ctime);
         Ok(true)
     }
@@ -206,6 +207,13 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let t0 = std::time::Instant::now();
+        let r = self.read_at(fh, offset, size);
+        self.counters.read_seconds.observe(t0.elapsed());
+        r
+    }
+
+    fn read_at(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _, _) = self.handle_ino(fh)?;
         let i = self.inode(ino)?;
         if offset >= i.size {
@@ -231,6 +239,7 @@ impl Vfs {
                         };
                         tracing::error!(ino, error = %e, "cannot read a staged file");
                         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
                         return Err(e);
                     }
                     Err(e) => return Err(e),
@@ -244,15 +253,19 @@ impl Vfs {
                     }
                     done += n;
                 }
+                self.counters.read_staged_bytes.fetch_add(done as u64, Ordering::Relaxed);
                 Ok(buf)
             }
             Data::Compressed { blob, slot, .. } => {
+                let source = if self.cache.contains((blob, slot)) { &self.counters.read_cache_bytes } else { &self.counters.read_decoded_bytes };
                 let bytes = self.frame(ino, blob, slot)?;
                 if offset == 0 {
                     self.after_read(ino, blob, slot, i.size);
                 }
                 let end = (offset as usize + len).min(bytes.len());
-                Ok(bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default())
+                let out = bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default();
+                source.fetch_add(out.len() as u64, Ordering::Relaxed);
+                Ok(out)
             }
         }
     }
@@ -272,6 +285,7 @@ impl Vfs {
             let e = FsError::Corrupt { what: format!("inode {ino} (blob {blob}, entry {slot})"), why };
             tracing::error!(ino, blob, slot, error = %e, "cannot read a compressed file");
             self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters.read_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             e
         };
         // Reuse a decoder positioned in this blob when it has not passed the frame yet.
@@ -309,6 +323,7 @@ impl Vfs {
         let at = if append { i.size } else { offset };
         self.store.ensure_room(data.len() as u64)?;
         self.store.write_staging_at(&f, ino, data, at)?;
+        self.counters.ingested_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         let g = self.lock();
         let mut i = self.inode(ino)?;
         let ts = now();
