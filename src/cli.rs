@@ -10,6 +10,7 @@ mod mount;
 mod offline;
 mod probe;
 mod report;
+mod service;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

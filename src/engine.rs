@@ -131,6 +131,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
     let spacing = (shared.vfs.config.quiet_period / 2).clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut not_before: HashMap<u64, Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
+        shared.vfs.counters.engine_heartbeat_ms.store(shared.vfs.started().elapsed().as_millis() as u64, Ordering::Relaxed);
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = Instant::now();
             housekeeping(&shared);
@@ -187,10 +188,12 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
         let room = shared.vfs.memory.total();
         let jobs: Vec<Job> = jobs.into_iter().flat_map(|job| split_job(job, room)).collect();
         for job in jobs {
+            shared.vfs.counters.engine_waiting.store(true, Ordering::Relaxed);
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             let need = crate::memory::WINDOW_FACTOR * job.members.iter().map(|m| m.size).sum::<u64>();
             let vfs = shared.vfs.clone();
             let grant = tokio::task::block_in_place(|| vfs.reserve_memory(need));
+            shared.vfs.counters.engine_waiting.store(false, Ordering::Relaxed);
             {
                 let mut f = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 f.extend(job.members.iter().map(|m| m.ino));

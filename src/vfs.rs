@@ -198,6 +198,10 @@ pub struct Counters {
     pub backlog: stats::BacklogHistory,
     /// Directories the engine planned (each time it looked at one).
     pub dirs_planned: AtomicU64,
+    /// When the engine's loop last ran (milliseconds since the mount; the watchdog checks it).
+    pub engine_heartbeat_ms: AtomicU64,
+    /// The engine's loop is waiting for its workers (a window being compressed) or for memory.
+    pub engine_waiting: std::sync::atomic::AtomicBool,
     /// Bytes written into files (passthrough writers: what their files grew by).
     pub ingested_bytes: AtomicU64,
     /// Bytes read, by source.
@@ -234,6 +238,8 @@ pub struct Vfs {
     pub counters: Counters,
     /// When the filesystem was opened.
     started: std::time::Instant,
+    /// The root policy (the config file's `[defaults]`), replaced by a reload.
+    root_policy: std::sync::RwLock<Policy>,
     /// The directories the engine must look at (see `engine::queue`).
     pub work: Arc<crate::engine::queue::WorkQueue>,
     /// Frames decoded ahead of their readers (see `readahead.rs`).
@@ -268,6 +274,7 @@ impl Vfs {
     /// Open a store (taking its lock) and its index; create the root directory on a new store.
     pub fn new(store: Store, index: Index, config: Config) -> FsResult<Vfs> {
         let memory = crate::memory::Budget::new(config.memory_budget.saturating_sub(config.cache_bytes));
+        let root_policy = config.root_policy.clone();
         let models = Arc::new(crate::model::registry::Registry::open(&store.models_dir(), config.model_backend)?);
         let vfs = Vfs {
             index,
@@ -283,6 +290,7 @@ impl Vfs {
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
             started: std::time::Instant::now(),
+            root_policy: std::sync::RwLock::new(root_policy),
             work: Default::default(),
             readahead: Default::default(),
         };
@@ -368,6 +376,18 @@ impl Vfs {
 
     pub fn started(&self) -> std::time::Instant {
         self.started
+    }
+
+    /// The root policy every directory inherits (the config file's `[defaults]`).
+    pub fn root_policy(&self) -> Policy {
+        self.root_policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the root policy (a reload of the config file): frames compressed from now on follow
+    /// it, and the engine looks at every directory with staged files again.
+    pub fn set_root_policy(&self, p: Policy) {
+        *self.root_policy.write().unwrap_or_else(|e| e.into_inner()) = p;
+        self.work.rescan();
     }
 
     pub fn config(&self) -> &Config {

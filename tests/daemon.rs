@@ -360,3 +360,111 @@ fn systemd_unit_verifies() {
     let problems: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.contains("/usr/local/bin/tezipfs is not executable")).collect();
     assert!(problems.is_empty(), "systemd-analyze verify: {problems:#?}");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`, `ExecReload=`): READY=1 comes once the mount
+/// answers, WATCHDOG=1 comes while it is healthy, SIGHUP rereads the config file's `[defaults]`
+/// (RELOADING=1 then READY=1; a file that does not parse changes nothing), SIGTERM says
+/// STOPPING=1. systemd's side is played by a socket of the test's own.
+#[test]
+fn systemd_notify_watchdog_and_reload() {
+    require_fuse!();
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt, cfg, sock) = (tmp.path().join("store"), tmp.path().join("mnt"), tmp.path().join("tezipfs.toml"), tmp.path().join("notify"));
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::write(&cfg, "[defaults]\nbound = \"lossless\"\n").unwrap();
+    let listener = UnixDatagram::bind(&sock).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let log = std::fs::File::create(tmp.path().join("daemon.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["mount", "--store", store.to_str().unwrap(), mnt.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock)
+        .env("WATCHDOG_USEC", "600000")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Guard<'a>(&'a mut std::process::Child, &'a Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(self.1).stderr(std::process::Stdio::null()).status();
+        }
+    }
+    let pid = child.id() as i32;
+    let guard = Guard(&mut child, &mnt);
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = listener.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("READY=1"), "{first}");
+    // Ready means answering: the mount is there and serves the root's policy.
+    assert!(is_mounted(&mnt));
+    let policy = || String::from_utf8(common::xattr_get(&mnt, "user.tezip.policy").unwrap()).unwrap();
+    assert!(policy().contains("user.tezip.bound=lossless"));
+    // WATCHDOG_USEC 0.6 s: a ping every 0.2 s.
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        if next() == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 4, "{pings} watchdog pings in 2 s");
+    let until = |want: &str, next: &mut dyn FnMut() -> String| {
+        for _ in 0..100 {
+            if next() == want {
+                return;
+            }
+        }
+        panic!("no {want}");
+    };
+    std::fs::write(&cfg, "[defaults]\nbound = \"abs:2\"\n").unwrap();
+    // SAFETY: kill(2) on the child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    until("RELOADING=1", &mut next);
+    until("READY=1", &mut next);
+    assert!(policy().contains("user.tezip.bound=abs:2"), "{}", policy());
+    std::fs::write(&cfg, "[defaults]\nbound = \"abs:-1\"\n").unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    until("READY=1", &mut next);
+    assert!(policy().contains("user.tezip.bound=abs:2"), "a bad file changes nothing: {}", policy());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    until("STOPPING=1", &mut next);
+    let status = guard.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap();
+    assert!(log.contains("configuration reloaded") && log.contains("configuration reload failed"), "{log}");
+}
+
+/// The unit started by a real systemd, where systemd is PID 1 (not in a container like CI's).
+#[test]
+fn systemd_starts_the_unit_for_real() {
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if init.trim() != "systemd" {
+        common::skip(common::Lack::Host, &format!("PID 1 is {:?}, not systemd: the unit cannot be started for real here", init.trim()));
+        return;
+    }
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/tezipfs@.service")).unwrap();
+    let unit = unit
+        .replace("EnvironmentFile=/etc/tezipfs/%i.env", &format!("Environment=STORE={} MOUNTPOINT={} TEZIPFS_OPTS=", store.display(), mnt.display()))
+        .replace("/usr/local/bin/tezipfs", BIN);
+    std::fs::write("/run/systemd/system/tezipfs-test@.service", unit).unwrap();
+    let ctl = |args: &[&str]| Command::new("systemctl").args(args).status().unwrap().success();
+    assert!(ctl(&["daemon-reload"]));
+    assert!(ctl(&["start", "tezipfs-test@t.service"]), "systemctl start");
+    assert!(ctl(&["is-active", "--quiet", "tezipfs-test@t.service"]));
+    assert!(is_mounted(&mnt));
+    assert!(ctl(&["reload", "tezipfs-test@t.service"]));
+    assert!(ctl(&["stop", "tezipfs-test@t.service"]));
+    let _ = std::fs::remove_file("/run/systemd/system/tezipfs-test@.service");
+    ctl(&["daemon-reload"]);
+}

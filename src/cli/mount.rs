@@ -11,6 +11,8 @@ use tezipfs::policy::ConfigFile;
 use tezipfs::store::Store;
 use tezipfs::vfs::{Config, Vfs};
 
+use super::service;
+
 #[derive(clap::Args, Clone)]
 pub struct MountArgs {
     /// Store directory: index, staging files and blobs live here (created if missing).
@@ -205,6 +207,25 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
     }));
     tracing::info!(store = %args.store.display(), mountpoint = %args.mountpoint.display(), threads, "mounted");
+    // systemd (Type=notify): ready once the mount answers; a watchdog if it asked for one.
+    if service::answers(&args.mountpoint, Duration::from_secs(30)) {
+        service::notify(&format!("READY=1\nSTATUS=serving {} from {}", args.mountpoint.display(), args.store.display()));
+    } else {
+        tracing::warn!(mountpoint = %args.mountpoint.display(), "the mount does not answer 30 s after mounting; not telling systemd it is ready");
+    }
+    let watchdog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let v = vfs.clone();
+    service::start_watchdog(
+        args.mountpoint.clone(),
+        Arc::new(move |interval: Duration| {
+            use std::sync::atomic::Ordering;
+            let c = &v.counters;
+            let beat = Duration::from_millis(c.engine_heartbeat_ms.load(Ordering::Relaxed));
+            // The loop runs at least every 10 s unless it waits for a window being compressed.
+            c.engine_waiting.load(Ordering::Relaxed) || v.started().elapsed().saturating_sub(beat) < interval + Duration::from_secs(10)
+        }),
+        watchdog_stop.clone(),
+    );
 
     // Serve until SIGINT/SIGTERM or an unmount from outside (fusermount3 -u).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -212,10 +233,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok::<bool, std::io::Error>(true),
                 _ = int.recv() => return Ok(true),
+                _ = hup.recv() => reload(&args, &vfs),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if session.guard.is_finished() {
                         return Ok(false);
@@ -239,6 +262,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else if let Err(e) = session.join() {
         tracing::warn!(error = %e, "session ended with an error");
     }
+    service::notify("STOPPING=1");
+    watchdog_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(metrics);
     vfs.stop_readahead();
     engine.stop();
@@ -321,4 +346,28 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("the daemon did not mount within 30 s; see {}", log.display())
+}
+
+/// SIGHUP (`systemctl reload`): reread the config file and apply what can change while mounted,
+/// the root policy (`[defaults]`; `--sync` still wins). The `[mount]` settings need a remount. A
+/// file that does not parse changes nothing (logged).
+fn reload(args: &MountArgs, vfs: &Vfs) {
+    service::notify("RELOADING=1");
+    let Some(path) = &args.config else {
+        tracing::info!("SIGHUP: no --config file to reread");
+        service::notify("READY=1");
+        return;
+    };
+    let policy = ConfigFile::load(path).and_then(|f| f.root_policy());
+    match policy {
+        Ok(mut p) => {
+            if let Some(s) = args.sync {
+                p.sync = s;
+            }
+            tracing::info!(config = %path.display(), bound = %p.bound, window = p.window, "configuration reloaded: the new [defaults] apply to frames compressed from now on ([mount] settings need a remount)");
+            vfs.set_root_policy(p);
+        }
+        Err(e) => tracing::error!(config = %path.display(), error = %e, "configuration reload failed; the settings in use stay"),
+    }
+    service::notify("READY=1");
 }

@@ -204,7 +204,7 @@ impl Vfs {
             }
             cur = self.inode(cur)?.parent;
         }
-        let mut p = self.config.root_policy.clone();
+        let mut p = self.root_policy();
         for d in chain.iter().rev() {
             for (name, value) in self.index.xattrs(*d)? {
                 let name = String::from_utf8_lossy(&name);

@@ -4,7 +4,8 @@
 //!
 //! On a machine where FUSE and root tests must run (CI: `.ci/run` sets `TEZIPFS_REQUIRE_FUSE=1`)
 //! a skip for want of FUSE, root or a system tool fails the test instead. A skip for want of the
-//! shared data sets (`../shared/data`, not part of a clone) is only reported.
+//! shared data sets (`../shared/data`, not part of a clone) or of a host property (systemd as
+//! PID 1) is only reported.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -20,6 +21,8 @@ pub enum Lack {
     Tool,
     /// Data that is not part of the repository.
     Data,
+    /// A property of the machine the tests cannot set up (systemd as PID 1 in a container).
+    Host,
 }
 
 /// Record that the running test is skipped because of `lack` (`why` says what exactly), or panic
@@ -27,7 +30,7 @@ pub enum Lack {
 pub fn skip(lack: Lack, why: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_string();
     let required = std::env::var("TEZIPFS_REQUIRE_FUSE").is_ok_and(|v| v == "1");
-    if required && lack != Lack::Data {
+    if required && !matches!(lack, Lack::Data | Lack::Host) {
         panic!("{test} cannot run here ({why}), and TEZIPFS_REQUIRE_FUSE=1 says it must: a skip is a failure on this machine");
     }
     eprintln!("SKIPPED {test}: {why}");
