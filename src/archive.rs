@@ -203,7 +203,8 @@ impl<R: Read> Reader<R> {
         if n > 1 << 24 {
             return Err(ArchiveError::RecordCrc(self.index));
         }
-        let mut names = Vec::with_capacity(n);
+        // Not `with_capacity(n)`: `n` is unchecked until the CRC, and each name takes 2 bytes.
+        let mut names = Vec::new();
         for _ in 0..n {
             let l = self.exact(2)?;
             let len = u16::from_le_bytes([l[0], l[1]]) as usize;

@@ -244,6 +244,47 @@ pub fn section_of<'p>(payload: &'p [u8], entry: usize, what: &'static str, s: Se
     Ok(bytes)
 }
 
+/// `bytes` with every checksum of the blob recomputed: the header's and (when the header parses)
+/// each section's. For fuzzing and damage tests: a mutated blob then reaches the parser's checks
+/// and the decoder behind the CRCs. `None` when `bytes` do not start like a blob whose header fits.
+/// (The entries' checksums of the decoded bytes stay as they are: only decoding can check them.)
+pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < PREAMBLE || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let hlen = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let hend = PREAMBLE.checked_add(hlen).filter(|&e| e + 4 <= bytes.len())?;
+    let mut out = bytes.to_vec();
+    out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&bytes[PREAMBLE..hend]).to_le_bytes());
+    // Version 1 headers have no coefficient count, which `write_header` always writes.
+    let mut header = match read_header(&bytes[PREAMBLE..hend], version) {
+        Ok(h) if version >= 2 => h,
+        _ => return Some(out),
+    };
+    let payload = &bytes[hend + 4..];
+    let fix = |s: &mut Section| {
+        let range = usize::try_from(s.offset).ok().zip(usize::try_from(s.len).ok()).and_then(|(o, l)| payload.get(o..o.checked_add(l)?));
+        if let Some(b) = range {
+            s.crc = crc32c::crc32c(b);
+        }
+    };
+    for e in &mut header.entries {
+        match &mut e.body {
+            Body::Frame(f) => [&mut f.skeleton, &mut f.codes, &mut f.escapes, &mut f.motion].into_iter().for_each(fix),
+            Body::Opaque { data, .. } => fix(data),
+        }
+    }
+    let mut h = Vec::with_capacity(hlen);
+    write_header(&header, version, &mut h);
+    if h.len() != hlen {
+        return Some(out);
+    }
+    out[PREAMBLE..hend].copy_from_slice(&h);
+    out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&h).to_le_bytes());
+    Some(out)
+}
+
 /// Whether a learned model corrects the frames' reference (what version 6 is for).
 fn uses_model(p: &Params) -> bool {
     p.model != [0; 32]
@@ -391,6 +432,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if width == 0 || height == 0 {
             return Err(bad("empty geometry"));
         }
+        // Before anything is sized by it (docs/FORMAT.md, Limits).
+        super::format::check_geometry(width as u64, height as u64).map_err(bad)?;
         Some(Params { dtype, width, height, predictor, model, coefs, bound })
     };
     let n = c.u32()? as usize;
