@@ -198,7 +198,7 @@ impl ConfigFile {
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
-                p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults]: {e}"))?;
+                p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults] {}: {e}", k.trim_start_matches("user.tezip.")))?;
             }
         }
         Ok(p)

@@ -268,32 +268,32 @@ fn fuzz(target: &str, mutations: usize) {
 
 #[test]
 fn fuzz_blob() {
-    fuzz("blob", 1500);
+    fuzz("blob", 4000);
 }
 
 #[test]
 fn fuzz_tiff() {
-    fuzz("tiff", 3000);
+    fuzz("tiff", 20000);
 }
 
 #[test]
 fn fuzz_archive() {
-    fuzz("archive", 600);
+    fuzz("archive", 3000);
 }
 
 #[test]
 fn fuzz_model() {
-    fuzz("model", 1500);
+    fuzz("model", 5000);
 }
 
 #[test]
 fn fuzz_policy() {
-    fuzz("policy", 3000);
+    fuzz("policy", 20000);
 }
 
 #[test]
 fn fuzz_config() {
-    fuzz("config", 3000);
+    fuzz("config", 20000);
 }
 
 #[test]
@@ -318,4 +318,141 @@ fn mutations_are_seeded() {
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
     assert!(run(1).iter().filter(|m| **m != base).count() > 40);
+}
+
+// ---- untrusted lengths, refused before they allocate ------------------------------------------------
+
+use tezipfs::codec::container::{reseal, BlobError};
+use tezipfs::codec::{analyze, Analysis, Decoder, FormatSpec};
+
+/// What refusing a length may allocate: its error message and the parser's small state.
+const SMALL: isize = 1 << 20;
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    corpus(target).into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fuzz/corpus/{target}/{name}")).1
+}
+
+#[test]
+fn a_blob_claiming_2_40_pixels_is_refused_before_allocating() {
+    let blob = seed("blob", "seed-u16-none.blob");
+    // Header: dtype (byte 16), width (17..21), height (21..25).
+    for (w, h) in [(1u32 << 20, 1u32 << 20), (1 << 14, (1 << 14) + 1), (u32::MAX, u32::MAX)] {
+        let mut b = blob.clone();
+        b[17..21].copy_from_slice(&w.to_le_bytes());
+        b[21..25].copy_from_slice(&h.to_le_bytes());
+        let b = reseal(&b).expect("a blob");
+        let (r, peak) = measure(|| Decoder::new(&b).map(|_| ()));
+        match r {
+            Err(BlobError::Malformed(why)) => assert!(why.contains("exceeds the limit of 2^28 pixels"), "{w}x{h}: {why}"),
+            other => panic!("{w}x{h}: {other:?}"),
+        }
+        assert!(peak < SMALL, "{w}x{h}: {peak} bytes live while refusing");
+    }
+    // The limit itself is accepted by the parser (it then fails on the pixel ranges of this blob).
+    let mut b = blob.clone();
+    b[17..21].copy_from_slice(&(1u32 << 14).to_le_bytes());
+    b[21..25].copy_from_slice(&(1u32 << 14).to_le_bytes());
+    let e = Decoder::new(&reseal(&b).expect("a blob")).err().expect("the ranges no longer hold the frame");
+    assert!(e.to_string().contains("pixel ranges hold"), "{e}");
+}
+
+#[test]
+fn a_section_claiming_more_than_it_can_hold_is_refused_before_allocating() {
+    let blob = seed("blob", "seed-opaque.blob");
+    // No frame parameters (byte 16 is 0), entry count (17..21), then the entries: kind (1 byte),
+    // original length (8), CRC (4), section (20). The second is compressed.
+    let at = 21 + 33;
+    assert_eq!((blob[16], blob[at]), (0, 1), "an opaque blob whose second entry is compressed");
+    let real = u64::from_le_bytes(blob[at + 1..at + 9].try_into().unwrap());
+    for claim in [1u64 << 40, u64::MAX, real + 1] {
+        let mut b = blob.clone();
+        b[at + 1..at + 9].copy_from_slice(&claim.to_le_bytes());
+        let b = reseal(&b).expect("a blob");
+        let (r, peak) = measure(|| Decoder::new(&b).expect("the header parses").decode(1, |_, _| {}).map(|_| ()));
+        let why = r.expect_err("refused").to_string();
+        assert!(why.contains("cannot hold") || why.contains("expected"), "claim {claim}: {why}");
+        assert!(peak < SMALL, "claim {claim}: {peak} bytes live while refusing");
+    }
+}
+
+#[test]
+fn archive_lengths_are_refused_before_allocating() {
+    let pre = |version: u16| {
+        let mut a = b"TZIPARCH".to_vec();
+        a.extend_from_slice(&version.to_le_bytes());
+        a.extend_from_slice(&[0, 0]);
+        a
+    };
+    // 2^24 names claimed, none there; then one more than the reader takes.
+    for (n, want) in [(1u32 << 24, "truncated"), ((1 << 24) + 1, "CRC")] {
+        let mut a = pre(1);
+        a.extend_from_slice(&n.to_le_bytes());
+        let (r, peak) = measure(|| tezipfs::archive::Reader::new(&a[..]).expect("an archive").next_record().map(|_| ()));
+        let why = r.expect_err("refused").to_string();
+        assert!(why.contains(want), "{n} names: {why}");
+        assert!(peak < SMALL, "{n} names: {peak} bytes live while refusing");
+    }
+    // A model of 1 GiB claimed in a short archive (right length checksum), and one over the limit.
+    for (len, want) in [(1u64 << 30, "truncated"), ((1 << 30) + 1, "bytes claimed")] {
+        let mut a = pre(2);
+        a.push(1);
+        a.extend_from_slice(&len.to_le_bytes());
+        a.extend_from_slice(&crc32c::crc32c(&len.to_le_bytes()).to_le_bytes());
+        a.extend_from_slice(&[0; 100]);
+        let (r, peak) = measure(|| tezipfs::archive::Reader::new(&a[..]).expect("an archive").next_record().map(|_| ()));
+        let why = r.expect_err("refused").to_string();
+        assert!(why.contains(want), "model of {len} bytes: {why}");
+        assert!(peak < SMALL, "model of {len} bytes: {peak} bytes live while refusing");
+    }
+}
+
+#[test]
+fn tiff_lengths_are_refused_before_allocating() {
+    let t = seed("tiff", "seed-u8-le-1.tif");
+    let ifd = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
+    // An IFD of 65535 entries in a short file.
+    let mut b = t.clone();
+    b[ifd..ifd + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+    let (r, peak) = measure(|| tezipfs::codec::format::tiff::parse(&b));
+    assert!(r.expect_err("refused").contains("IFD of 65535 entries"));
+    assert!(peak < SMALL, "{peak} bytes live while refusing");
+    // A frame of 2^20 x 2^20 pixels: refused by its geometry (stored whole, not coded).
+    let mut b = t.clone();
+    for e in 0..u16::from_le_bytes([t[ifd], t[ifd + 1]]) as usize {
+        let at = ifd + 2 + 12 * e;
+        if matches!(u16::from_le_bytes([t[at], t[at + 1]]), 256 | 257) {
+            b[at + 8..at + 12].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        }
+    }
+    match analyze(&b, &FormatSpec::Tiff) {
+        Analysis::Opaque(why) => assert!(why.contains("exceeds the limit of 2^28 pixels"), "{why}"),
+        Analysis::Frame(l) => panic!("a 2^40-pixel frame taken: {l:?}"),
+    }
+}
+
+#[test]
+fn settings_and_config_refuse_what_does_not_fit() {
+    use tezipfs::policy::{ConfigFile, Policy, FORMAT};
+    for (v, want) in
+        [("raw:65536x65536:u16", "exceeds the limit"), ("raw:4294967295x4294967295:u32", "exceeds the limit"), ("raw:4x4:u8:skip=1099511627776", "skip")]
+    {
+        let e = Policy::validate(FORMAT, v.as_bytes()).expect_err(v);
+        assert!(e.contains(want), "{v}: {e}");
+    }
+    assert!(Policy::validate(FORMAT, b"raw:16384x16384:u32").is_ok(), "the limit itself is a frame");
+    for (text, key) in [
+        ("[mount]\nauto_train_minutes = inf\n", "auto_train_minutes"),
+        ("[mount]\nauto_train_minutes = nan\n", "auto_train_minutes"),
+        ("[mount]\nauto_train_minutes = -1.0\n", "auto_train_minutes"),
+        ("[mount]\nthreads = 0\n", "threads"),
+        ("[mount]\nauto_train_threads = 100000\n", "auto_train_threads"),
+        ("[mount]\ncache_mib = 17592186044416\n", "cache_mib"),
+        ("[mount]\nstaging_budget_mib = 18446744073709551615\n", "staging_budget_mib"),
+        ("[mount]\ndevice = \"tpu\"\n", "device"),
+        ("[defaults]\nformat = \"raw:65536x65536:u16\"\n", "format"),
+    ] {
+        let e = ConfigFile::parse(text).expect_err(text);
+        assert!(e.contains(key), "{text:?}: {e}");
+    }
+    assert!(ConfigFile::parse("[mount]\ncache_mib = 17592186044415\nauto_train_minutes = 0.0\n").is_ok(), "the largest that fit");
 }
