@@ -437,7 +437,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         Some(Params { dtype, width, height, predictor, model, coefs, bound })
     };
     let n = c.u32()? as usize;
-    if n > h.len() {
+    // At least 33 bytes an entry (an opaque one): a count the header cannot hold sizes nothing.
+    if n > h.len() / 33 {
         return Err(bad(format!("{n} entries in a {}-byte header", h.len())));
     }
     let mut entries = Vec::with_capacity(n);
@@ -454,7 +455,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 let (bk, bv) = (c.u8()?, c.f64()?);
                 let bound = FrameBound::from_parts(bk, bv).ok_or_else(|| bad(format!("entry {i}: bad bound")))?;
                 let nr = c.u32()? as usize;
-                if nr > h.len() {
+                // 16 bytes a range: a count the header cannot hold sizes nothing.
+                if nr > h.len() / 16 {
                     return Err(bad(format!("entry {i}: {nr} pixel ranges")));
                 }
                 let mut ranges = Vec::with_capacity(nr);
@@ -462,7 +464,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 for _ in 0..nr {
                     let (start, len) = (c.u64()?, c.u64()?);
                     let end = start.checked_add(len).filter(|&e| e <= original_len).ok_or_else(|| bad(format!("entry {i}: pixel range outside the file")))?;
-                    total += len;
+                    // Each range lies in the file, but their sum may still overflow.
+                    total = total.checked_add(len).ok_or_else(|| bad(format!("entry {i}: pixel ranges hold more than 2^64 bytes")))?;
                     ranges.push(start as usize..end as usize);
                 }
                 let want = p.width as u64 * p.height as u64 * p.dtype.bytes() as u64;
