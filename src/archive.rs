@@ -203,7 +203,8 @@ impl<R: Read> Reader<R> {
         if n > 1 << 24 {
             return Err(ArchiveError::RecordCrc(self.index));
         }
-        let mut names = Vec::with_capacity(n);
+        // Not `with_capacity(n)`: `n` is unchecked until the CRC, and each name takes 2 bytes.
+        let mut names = Vec::new();
         for _ in 0..n {
             let l = self.exact(2)?;
             let len = u16::from_le_bytes([l[0], l[1]]) as usize;
@@ -227,4 +228,55 @@ impl<R: Read> Reader<R> {
     pub fn records_read(&self) -> usize {
         self.index
     }
+}
+
+/// `bytes` with every checksum of an archive recomputed: each record header's, each model
+/// length's, and those of each blob and model file ([`crate::codec::container::reseal`],
+/// [`crate::model::file::reseal`]). For fuzzing and damage
+/// tests: a mutated archive then reaches the checks behind the CRCs. Records are walked as the
+/// reader walks them; the walk stops at the first that does not fit, leaving the rest as it is.
+pub fn reseal(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return out;
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let mut at = 12;
+    let u64_at = |b: &[u8], at: usize| b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
+    while at < bytes.len() {
+        let kind = if version >= 2 {
+            at += 1;
+            bytes[at - 1]
+        } else {
+            0
+        };
+        let (start, blob_at) = match kind {
+            0 => {
+                let Some(n) = bytes.get(at..at + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes"))) else { break };
+                let mut p = at + 4;
+                for _ in 0..n.min(1 << 24) {
+                    let Some(l) = bytes.get(p..p + 2) else { break };
+                    p += 2 + u16::from_le_bytes([l[0], l[1]]) as usize;
+                }
+                (at, p)
+            }
+            1 => (at, at),
+            _ => break,
+        };
+        let Some(len) = u64_at(bytes, blob_at).and_then(|l| usize::try_from(l).ok()) else { break };
+        let crc_at = blob_at + 8;
+        if crc_at + 4 > bytes.len() {
+            break;
+        }
+        let crc = crc32c::crc32c(&bytes[start..crc_at]);
+        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        let body = crc_at + 4;
+        let Some(end) = body.checked_add(len).filter(|&e| e <= bytes.len()) else { break };
+        let inner = if kind == 0 { crate::codec::container::reseal(&bytes[body..end]) } else { crate::model::file::reseal(&bytes[body..end]) };
+        if let Some(inner) = inner {
+            out[body..end].copy_from_slice(&inner);
+        }
+        at = end;
+    }
+    out
 }

@@ -8,6 +8,7 @@ pub mod engine;
 #[path = "../fixtures/generator.rs"]
 pub mod fixtures;
 pub mod fs;
+pub mod fuzz;
 pub mod index;
 pub mod memory;
 pub mod metrics;

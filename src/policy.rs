@@ -179,10 +179,51 @@ pub struct MountSection {
     pub model_backlog_mib: Option<u64>,
 }
 
+impl MountSection {
+    fn check(&self) -> Result<(), String> {
+        let mib = [
+            ("cache_mib", self.cache_mib),
+            ("memory_mib", self.memory_mib),
+            ("staging_budget_mib", self.staging_budget_mib),
+            ("passthrough_min_free_mib", self.passthrough_min_free_mib),
+            ("model_backlog_mib", self.model_backlog_mib),
+        ];
+        for (key, v) in mib {
+            if v.is_some_and(|v| v.checked_mul(1 << 20).is_none()) {
+                return Err(format!("[mount] {key}: {} MiB does not fit in 64 bits of bytes", v.unwrap_or_default()));
+            }
+        }
+        for (key, v) in [("threads", self.threads), ("auto_train_threads", self.auto_train_threads)] {
+            if v.is_some_and(|v| !(1..=4096).contains(&v)) {
+                return Err(format!("[mount] {key}: {} threads (1 to 4096 allowed)", v.unwrap_or_default()));
+            }
+        }
+        if let Some(m) = self.auto_train_minutes {
+            if !m.is_finite() || m < 0.0 {
+                return Err(format!("[mount] auto_train_minutes: {m} (a finite number of minutes, 0 or more)"));
+            }
+        }
+        if let Some(d) = &self.device {
+            d.parse::<crate::model::DeviceChoice>().map_err(|e| format!("[mount] device: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+        ConfigFile::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and checks a config file's text: every value in its range (a size in MiB must fit
+    /// in bytes, thread counts at least 1, minutes finite and not negative, a known device) and
+    /// the `[defaults]` valid settings, so that a bad file is refused with the key that is wrong.
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        let c: ConfigFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.mount.check()?;
+        c.root_policy()?;
+        Ok(c)
     }
 
     /// The root policy: built-in defaults overridden by the `[defaults]` section.
@@ -200,7 +241,7 @@ impl ConfigFile {
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
-                p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults]: {e}"))?;
+                p.set(k, v.as_bytes()).map_err(|e| format!("config [defaults] {}: {e}", k.trim_start_matches("user.tezip.")))?;
             }
         }
         Ok(p)

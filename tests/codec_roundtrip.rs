@@ -1322,13 +1322,8 @@ mod fuzz {
                 b[8] = 2 + (b[11] & 1);
                 b[9] = 0;
             }
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                if let Ok(mut d) = Decoder::new(&b) {
-                    for i in 0..d.len() {
-                        let _ = d.decode(i, |_, _| {});
-                    }
-                }
-            }));
+            // The blob fuzz target (tests/fuzz.rs runs it on the corpus and mutations of it).
+            let r = catch_unwind(AssertUnwindSafe(|| tezipfs::fuzz::blob(&b)));
             prop_assert!(r.is_ok(), "decoder panicked on random bytes");
         }
 

@@ -142,7 +142,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // and everything else that grows with the data (see tezipfs::memory).
     let memory_mib = args.memory_mib.or(m.memory_mib).unwrap_or(4096);
     let cache_mib = args.cache_mib.or(m.cache_mib).unwrap_or((memory_mib / 4).min(1024));
-    if memory_mib < 64 || cache_mib > memory_mib / 2 {
+    if memory_mib < 64 || cache_mib > memory_mib / 2 || memory_mib.checked_mul(1 << 20).is_none() {
         anyhow::bail!("--memory-mib {memory_mib} must be at least 64 and twice --cache-mib {cache_mib} (the cache is part of the memory budget)");
     }
     let config = Config {

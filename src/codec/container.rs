@@ -244,6 +244,47 @@ pub fn section_of<'p>(payload: &'p [u8], entry: usize, what: &'static str, s: Se
     Ok(bytes)
 }
 
+/// `bytes` with every checksum of the blob recomputed: the header's and (when the header parses)
+/// each section's. For fuzzing and damage tests: a mutated blob then reaches the parser's checks
+/// and the decoder behind the CRCs. `None` when `bytes` do not start like a blob whose header fits.
+/// (The entries' checksums of the decoded bytes stay as they are: only decoding can check them.)
+pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < PREAMBLE || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    let hlen = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let hend = PREAMBLE.checked_add(hlen).filter(|&e| e + 4 <= bytes.len())?;
+    let mut out = bytes.to_vec();
+    out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&bytes[PREAMBLE..hend]).to_le_bytes());
+    // Version 1 headers have no coefficient count, which `write_header` always writes.
+    let mut header = match read_header(&bytes[PREAMBLE..hend], version) {
+        Ok(h) if version >= 2 => h,
+        _ => return Some(out),
+    };
+    let payload = &bytes[hend + 4..];
+    let fix = |s: &mut Section| {
+        let range = usize::try_from(s.offset).ok().zip(usize::try_from(s.len).ok()).and_then(|(o, l)| payload.get(o..o.checked_add(l)?));
+        if let Some(b) = range {
+            s.crc = crc32c::crc32c(b);
+        }
+    };
+    for e in &mut header.entries {
+        match &mut e.body {
+            Body::Frame(f) => [&mut f.skeleton, &mut f.codes, &mut f.escapes, &mut f.motion].into_iter().for_each(fix),
+            Body::Opaque { data, .. } => fix(data),
+        }
+    }
+    let mut h = Vec::with_capacity(hlen);
+    write_header(&header, version, &mut h);
+    if h.len() != hlen {
+        return Some(out);
+    }
+    out[PREAMBLE..hend].copy_from_slice(&h);
+    out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&h).to_le_bytes());
+    Some(out)
+}
+
 /// Whether a learned model corrects the frames' reference (what version 6 is for).
 fn uses_model(p: &Params) -> bool {
     p.model != [0; 32]
@@ -391,10 +432,13 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if width == 0 || height == 0 {
             return Err(bad("empty geometry"));
         }
+        // Before anything is sized by it (docs/FORMAT.md, Limits).
+        super::format::check_geometry(width as u64, height as u64).map_err(bad)?;
         Some(Params { dtype, width, height, predictor, model, coefs, bound })
     };
     let n = c.u32()? as usize;
-    if n > h.len() {
+    // At least 33 bytes an entry (an opaque one): a count the header cannot hold sizes nothing.
+    if n > h.len() / 33 {
         return Err(bad(format!("{n} entries in a {}-byte header", h.len())));
     }
     let mut entries = Vec::with_capacity(n);
@@ -411,7 +455,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 let (bk, bv) = (c.u8()?, c.f64()?);
                 let bound = FrameBound::from_parts(bk, bv).ok_or_else(|| bad(format!("entry {i}: bad bound")))?;
                 let nr = c.u32()? as usize;
-                if nr > h.len() {
+                // 16 bytes a range: a count the header cannot hold sizes nothing.
+                if nr > h.len() / 16 {
                     return Err(bad(format!("entry {i}: {nr} pixel ranges")));
                 }
                 let mut ranges = Vec::with_capacity(nr);
@@ -419,7 +464,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 for _ in 0..nr {
                     let (start, len) = (c.u64()?, c.u64()?);
                     let end = start.checked_add(len).filter(|&e| e <= original_len).ok_or_else(|| bad(format!("entry {i}: pixel range outside the file")))?;
-                    total += len;
+                    // Each range lies in the file, but their sum may still overflow.
+                    total = total.checked_add(len).ok_or_else(|| bad(format!("entry {i}: pixel ranges hold more than 2^64 bytes")))?;
                     ranges.push(start as usize..end as usize);
                 }
                 let want = p.width as u64 * p.height as u64 * p.dtype.bytes() as u64;

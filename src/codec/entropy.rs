@@ -107,6 +107,10 @@ impl fmt::Display for Stage {
     }
 }
 
+/// The most bytes a zstd frame can expand to per byte of it: a block holds at most 128 KiB and
+/// takes at least 4 bytes (a 3-byte header and the byte of a run-length block).
+pub const ZSTD_MAX_EXPANSION: usize = 1 << 15;
+
 /// Reusable zstd contexts and scratch buffers for one thread.
 pub struct Coder {
     level: i32,
@@ -123,6 +127,8 @@ pub enum EntropyError {
     Zstd(#[from] std::io::Error),
     #[error("decoded section has {got} bytes, expected {want}")]
     Length { got: usize, want: usize },
+    #[error("a section of {have} compressed bytes cannot hold the {len} bytes claimed")]
+    Claim { len: usize, have: usize },
     #[error(transparent)]
     Rans(#[from] rans::RansError),
 }
@@ -148,8 +154,19 @@ impl Coder {
         Ok(self.comp.compress(data)?)
     }
 
-    /// Inverse of [`Coder::compress_bytes`]; `len` is the exact original length.
+    /// Inverse of [`Coder::compress_bytes`]; `len` is the exact original length. `len` comes from
+    /// a container and is checked before it sizes the output: against zstd's largest expansion
+    /// ([`ZSTD_MAX_EXPANSION`] bytes out per byte in) and against the length the zstd frame
+    /// itself records, so a damaged or hostile length is refused, not allocated.
     pub fn decompress_bytes(&mut self, data: &[u8], len: usize) -> Result<Vec<u8>, EntropyError> {
+        if len > data.len().saturating_mul(ZSTD_MAX_EXPANSION) {
+            return Err(EntropyError::Claim { len, have: data.len() });
+        }
+        if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(data) {
+            if n != len as u64 {
+                return Err(EntropyError::Length { got: usize::try_from(n).unwrap_or(usize::MAX), want: len });
+            }
+        }
         let out = self.decomp.decompress(data, len)?;
         if out.len() != len {
             return Err(EntropyError::Length { got: out.len(), want: len });

@@ -11,6 +11,26 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
+/// The largest frame coded as a frame: 2^28 pixels (16384 x 16384; the largest detectors have
+/// about 2^24). A file with more pixels is stored whole (opaque), and a blob whose header claims
+/// more is refused before anything is allocated for it (`docs/FORMAT.md`, Limits), so a damaged
+/// or hostile header cannot make the decoder allocate and work without bound.
+pub const MAX_FRAME_PIXELS: u64 = 1 << 28;
+/// The largest header a raw format may skip (`raw:WxH:TYPE:skip=N`).
+pub const MAX_RAW_SKIP: usize = 1 << 32;
+
+/// Whether a frame of `width` x `height` pixels may be coded: both sides at least 1 and at most
+/// `u32::MAX`, at most [`MAX_FRAME_PIXELS`] pixels. The error says why not.
+pub fn check_geometry(width: u64, height: u64) -> Result<(), String> {
+    if width == 0 || height == 0 || width > u32::MAX as u64 || height > u32::MAX as u64 {
+        return Err(format!("bad geometry {width}x{height}"));
+    }
+    match width.checked_mul(height) {
+        Some(n) if n <= MAX_FRAME_PIXELS => Ok(()),
+        _ => Err(format!("a frame of {width}x{height} pixels exceeds the limit of 2^28 pixels")),
+    }
+}
+
 /// How to find the pixels in a file (`user.tezip.format`, `--format`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FormatSpec {
@@ -32,8 +52,9 @@ pub struct RawSpec {
 }
 
 impl RawSpec {
+    /// Bytes of the pixels (saturating: a spec beyond [`MAX_FRAME_PIXELS`] fits no file).
     pub fn pixel_bytes(&self) -> usize {
-        self.width as usize * self.height as usize * self.dtype.bytes()
+        (self.width as usize).saturating_mul(self.height as usize).saturating_mul(self.dtype.bytes())
     }
 }
 
@@ -73,11 +94,15 @@ impl FromStr for FormatSpec {
         if width == 0 || height == 0 {
             return Err(format!("geometry must be at least 1x1 in {s:?}"));
         }
+        check_geometry(width as u64, height as u64).map_err(|e| format!("{e} in {s:?}"))?;
         let dtype: DType = parts.next().ok_or_else(|| format!("missing pixel type in {s:?}: {usage}"))?.parse()?;
         let mut skip = 0usize;
         for p in parts {
             let v = p.strip_prefix("skip=").ok_or_else(|| format!("unknown option {p:?} in {s:?}: {usage}"))?;
             skip = v.parse().map_err(|_| format!("bad skip {v:?} in {s:?}"))?;
+            if skip > MAX_RAW_SKIP {
+                return Err(format!("skip {skip} in {s:?} exceeds the limit of 2^32 bytes"));
+            }
         }
         Ok(FormatSpec::Raw(RawSpec { width, height, dtype, skip }))
     }
@@ -184,7 +209,10 @@ pub enum Analysis {
 pub fn analyze(file: &[u8], spec: &FormatSpec) -> Analysis {
     match spec {
         FormatSpec::Raw(r) => {
-            let want = r.skip + r.pixel_bytes();
+            if let Err(why) = check_geometry(r.width as u64, r.height as u64) {
+                return Analysis::Opaque(format!("raw frame not coded: {why}"));
+            }
+            let want = r.skip.saturating_add(r.pixel_bytes());
             if file.len() != want {
                 return Analysis::Opaque(format!(
                     "raw file is {} bytes, but {} expects {} ({} header + {} pixels)",

@@ -416,6 +416,23 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
     out
 }
 
+/// `bytes` with both checksums of a model file recomputed (the header's and the tensors'), for
+/// fuzzing and damage tests: a mutated file then reaches the checks behind the CRCs. `None` when
+/// `bytes` do not start like a model file whose header fits.
+pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < PREFIX || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let hend = PREFIX.checked_add(le_u32(bytes, 12) as usize).filter(|&e| e + 8 <= bytes.len())?;
+    let mut out = bytes.to_vec();
+    let crc = crc32c::crc32c(&out[..hend]);
+    out[hend..hend + 4].copy_from_slice(&crc.to_le_bytes());
+    let end = out.len() - 4;
+    let crc = crc32c::crc32c(&out[hend + 4..end]);
+    out[end..].copy_from_slice(&crc.to_le_bytes());
+    Some(out)
+}
+
 /// A model's name: the SHA-256 of its file.
 pub fn hash(bytes: &[u8]) -> ModelHash {
     sha2::Sha256::digest(bytes).into()
@@ -499,6 +516,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     let (h, rest) = postcard::take_from_bytes::<ModelHeader>(&bytes[PREFIX..hend]).map_err(|e| ModelFileError::Header(e.to_string()))?;
     if !rest.is_empty() {
         return Err(ModelFileError::Header(format!("{} bytes after the header's last field", rest.len())));
+    }
+    // One encoding per header (postcard also reads over-long varints): a model's name, the hash
+    // of its file, then follows from the model alone.
+    if postcard::to_allocvec(&h).map_err(|e| ModelFileError::Header(e.to_string()))? != bytes[PREFIX..hend] {
+        return Err(ModelFileError::Header("not in canonical form (an over-long number)".into()));
     }
     if h.layers.is_empty() || h.layers.len() > MAX_LAYERS {
         return Err(range_err(format!("{} layers (1 to {MAX_LAYERS} allowed)", h.layers.len())));
@@ -910,6 +932,20 @@ mod tests {
         f.extend_from_slice(&crc.to_le_bytes());
         f.extend_from_slice(&[0; 4]);
         assert!(matches!(from_bytes(&f).unwrap_err(), ModelFileError::Header(_)));
+    }
+
+    #[test]
+    fn file_refuses_overlong_numbers() {
+        let bytes = to_bytes(&random(&tiny_arch(), DType::U8, 6));
+        // The header starts with the size name's length (one byte); write it in two.
+        let mut b = bytes[..16].to_vec();
+        b.extend_from_slice(&[bytes[16] | 0x80, 0]);
+        b.extend_from_slice(&bytes[17..]);
+        let hlen = le_u32(&bytes, 12) + 1;
+        b[12..16].copy_from_slice(&hlen.to_le_bytes());
+        let b = reseal(&b).unwrap();
+        assert!(matches!(from_bytes(&b).unwrap_err(), ModelFileError::Header(m) if m.contains("canonical")));
+        assert_eq!(reseal(&bytes).unwrap(), bytes, "resealing a sound file changes nothing");
     }
 
     #[test]

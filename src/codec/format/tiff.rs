@@ -105,6 +105,10 @@ pub fn parse(file: &[u8]) -> Result<Layout, String> {
     }
     let ifd = r.u32(4)? as usize;
     let n = r.u16(ifd)? as usize;
+    // The entries and the next-IFD offset must lie in the file before any is read or kept.
+    if ifd + 2 + 12 * n + 4 > file.len() {
+        return Err(format!("IFD of {n} entries at byte {ifd} runs past the end of the file"));
+    }
     let mut entries = Vec::with_capacity(n);
     for i in 0..n {
         let e = ifd + 2 + 12 * i;
@@ -143,9 +147,7 @@ pub fn parse(file: &[u8]) -> Result<Layout, String> {
     }
     let width = need(TAG_WIDTH, "ImageWidth")?.single(&r)?;
     let height = need(TAG_HEIGHT, "ImageLength")?.single(&r)?;
-    if width == 0 || height == 0 || width > u32::MAX as u64 || height > u32::MAX as u64 {
-        return Err(format!("bad geometry {width}x{height}"));
-    }
+    super::check_geometry(width, height)?;
     let bits = opt_single(TAG_BITS, 1)?;
     let format = opt_single(TAG_SAMPLE_FORMAT, 1)?;
     let dtype = match (bits, format) {
