@@ -54,6 +54,22 @@ impl Store {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
+        let lock = Store::lock(root)?;
+        // Blobs that never made it out of tmp/ are garbage.
+        let tmp = root.join("tmp");
+        for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_dir_dirty: false.into() };
+        store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
+        store.restore_reserve();
+        Ok(store)
+    }
+
+    /// Take the store's lock (`LOCK`, holding our pid) and nothing else: no layout made, no
+    /// file removed. The daemon takes it through [`Store::open`]; `tezipfs fsck` takes it alone,
+    /// so that it never checks a store a daemon is changing.
+    pub fn lock(root: &Path) -> Result<File, StoreError> {
         let lock_path = root.join("LOCK");
         let mut lock = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io_at(&lock_path))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
@@ -64,15 +80,7 @@ impl Store {
         }
         lock.set_len(0).map_err(io_at(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io_at(&lock_path))?;
-        // Blobs that never made it out of tmp/ are garbage.
-        let tmp = root.join("tmp");
-        for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_dir_dirty: false.into() };
-        store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
-        store.restore_reserve();
-        Ok(store)
+        Ok(lock)
     }
 
     fn free_bytes(&self) -> io::Result<u64> {

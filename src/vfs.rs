@@ -10,6 +10,7 @@ mod error;
 mod models;
 mod namespace;
 mod passthrough;
+pub mod scrub;
 mod stats;
 mod xattr;
 
@@ -17,6 +18,7 @@ pub use data::{OpenFlags, Opened};
 pub use error::{FsError, FsResult};
 pub use models::ModelPolicy;
 pub use namespace::{NewNode, Statfs};
+pub use scrub::Scrubber;
 pub use stats::{DirStats, Stats};
 
 use crate::cache::Cache;
@@ -199,6 +201,8 @@ pub struct Vfs {
     /// here, since the writes never reach us. Lock order: `state` before this.
     written_behind: passthrough::WrittenBehind,
     pub counters: Counters,
+    /// The online scrub's status and requests (`user.tezip.scrub`).
+    scrub: scrub::Scrub,
 }
 
 fn now() -> Timestamp {
@@ -220,6 +224,7 @@ impl Vfs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             written_behind: passthrough::WrittenBehind::default(),
             counters: Counters::default(),
+            scrub: Default::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
             let t = now();

@@ -141,6 +141,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let index = Index::open(Box::new(SledStore::open(&store.index_dir())?)).context("cannot open the index")?;
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
     let engine = Engine::start(vfs.clone(), threads)?;
+    let scrubber = tezipfs::vfs::Scrubber::start(vfs.clone())?;
 
     let mut fuse = fuser::Config::default();
     fuse.mount_options.push(fuser::MountOption::FSName(format!("tezipfs:{}", args.store.display())));
@@ -201,6 +202,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else if let Err(e) = session.join() {
         tracing::warn!(error = %e, "session ended with an error");
     }
+    scrubber.stop();
     engine.stop();
     vfs.flush_index()?;
     tracing::info!("unmounted cleanly");
