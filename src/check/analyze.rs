@@ -145,7 +145,13 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
         match s.inodes.get(&ino) {
             None if s.bad_inodes.contains_key(&ino) => {}
             None => {
-                out.push(problem("dirent-dangling", format!("the entry {at} names inode {ino}, which does not exist"), vec![at], "delete the entry", vec![Fix::DeleteKey(key)]));
+                out.push(problem(
+                    "dirent-dangling",
+                    format!("the entry {at} names inode {ino}, which does not exist"),
+                    vec![at],
+                    "delete the entry",
+                    vec![Fix::DeleteKey(key)],
+                ));
                 continue;
             }
             Some(i) if i.kind != kind => out.push(problem(
@@ -215,16 +221,14 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
             ));
         }
         match &i.data {
-            Data::Staged if i.kind == Kind::File => {
-                if !s.staging_files.contains_key(&i.ino.to_string()) && i.size > 0 {
-                    out.push(loss(problem(
-                        "staging-missing",
-                        format!("inode {} ({} bytes) is staged but staging/{} is missing", i.ino, i.size, i.ino),
-                        p,
-                        "none: its bytes are gone; the file stays and reads EIO",
-                        vec![],
-                    )));
-                }
+            Data::Staged if i.kind == Kind::File && i.size > 0 && !s.staging_files.contains_key(&i.ino.to_string()) => {
+                out.push(loss(problem(
+                    "staging-missing",
+                    format!("inode {} ({} bytes) is staged but staging/{} is missing", i.ino, i.size, i.ino),
+                    p,
+                    "none: its bytes are gone; the file stays and reads EIO",
+                    vec![],
+                )));
             }
             Data::Compressed { blob, slot, .. } => {
                 refs.entry(*blob).or_default().push((i.ino, *slot));
@@ -264,7 +268,8 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
     rebuild_inodes(s, &paths, &links, &subdirs, &refs, &cache.blobs, &mut out);
 
     // ----- blob records and files -----
-    let ids: BTreeSet<u64> = s.blob_files.keys().chain(s.blobs.keys()).chain(s.bad_blobs.keys()).chain(refs.keys()).chain(s.blob_models.keys()).copied().collect();
+    let ids: BTreeSet<u64> =
+        s.blob_files.keys().chain(s.blobs.keys()).chain(s.bad_blobs.keys()).chain(refs.keys()).chain(s.blob_models.keys()).copied().collect();
     let mut model_count: BTreeMap<[u8; 32], u64> = BTreeMap::new();
     let mut model_users: BTreeMap<[u8; 32], Vec<u64>> = BTreeMap::new();
     for id in ids {
@@ -283,7 +288,13 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
             } else if check.is_some() {
                 out.push(crash(problem("blob-orphan", format!("blob {id}: no file refers to it"), vec![], "delete it", vec![Fix::DeleteBlob(id)])));
             } else {
-                out.push(problem("blob-record-orphan", format!("blob {id}: a record without a file or a file in it"), vec![], "delete the record", vec![Fix::DeleteBlob(id)]));
+                out.push(problem(
+                    "blob-record-orphan",
+                    format!("blob {id}: a record without a file or a file in it"),
+                    vec![],
+                    "delete the record",
+                    vec![Fix::DeleteBlob(id)],
+                ));
             }
             continue;
         }
@@ -291,12 +302,17 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
         let old = s.blobs.get(&id);
         let entries = check.and_then(|c| c.entries).or(old.map(|b| b.entries)).unwrap_or_else(|| r.iter().map(|(_, sl)| sl + 1).max().unwrap_or(1));
         let bytes = s.blob_files.get(&id).copied().or(old.map(|b| b.bytes)).unwrap_or(0);
-        let want = Blob { id, entries, live: r.len() as u32, bytes };
+        // While an inode record is corrupt, a live count above the references found is kept:
+        // it is what finds the corrupt inode's data again.
+        let live = if s.bad_inodes.is_empty() { r.len() as u32 } else { old.map_or(0, |b| b.live).max(r.len() as u32) };
+        let want = Blob { id, entries, live, bytes };
         if old != Some(&want) {
             let what = match (old, s.bad_blobs.get(&id)) {
                 (_, Some(why)) => format!("blob {id}: its record does not decode ({why})"),
                 (None, None) => format!("blob {id}: {} file(s) are in it but it has no record", r.len()),
-                (Some(o), None) => format!("blob {id}: its record says {} entries, {} live, {} bytes; found {entries}, {}, {bytes}", o.entries, o.live, o.bytes, r.len()),
+                (Some(o), None) => {
+                    format!("blob {id}: its record says {} entries, {} live, {} bytes; found {entries}, {}, {bytes}", o.entries, o.live, o.bytes, r.len())
+                }
             };
             out.push(problem("blob-record", what, vec![], "write the record from the blob file and the inodes", vec![Fix::Put(keys::blob(id), enc(&want))]));
         }
@@ -311,7 +327,13 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
                 Some(h) => Fix::Put(keys::blob_model(id), h.to_vec()),
                 None => Fix::DeleteKey(keys::blob_model(id)),
             };
-            out.push(problem("blob-model", format!("blob {id}: the index's record of its model does not match its header"), vec![], "write it from the header", vec![fix]));
+            out.push(problem(
+                "blob-model",
+                format!("blob {id}: the index's record of its model does not match its header"),
+                vec![],
+                "write it from the header",
+                vec![fix],
+            ));
         }
         if let Some(h) = model {
             *model_count.entry(h).or_default() += 1;
@@ -325,7 +347,12 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
         if state != Some(true) {
             out.push(loss(problem(
                 if state.is_none() { "model-missing" } else { "model-corrupt" },
-                format!("model {} is {}; {} file(s) were coded with it", hash_hex(h), if state.is_none() { "missing" } else { "corrupt (its bytes do not hash to its name)" }, users.len()),
+                format!(
+                    "model {} is {}; {} file(s) were coded with it",
+                    hash_hex(h),
+                    if state.is_none() { "missing" } else { "corrupt (its bytes do not hash to its name)" },
+                    users.len()
+                ),
                 paths_of(&mut users.iter().copied()),
                 "none: import the model again (tezipfs model import) to read them; until then they read EIO",
                 vec![],
@@ -338,13 +365,25 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
         let have = s.model_refs.get(&h).copied();
         if have != Some(Some(want)) && !(want == 0 && have.is_none()) {
             let fix = if want == 0 { Fix::DeleteKey(keys::model_refs(&h)) } else { Fix::Put(keys::model_refs(&h), enc(&want)) };
-            out.push(problem("model-refs", format!("model {}: {want} blob(s) need it, the index counts {have:?}", hash_hex(&h)), vec![], "set the count", vec![fix]));
+            out.push(problem(
+                "model-refs",
+                format!("model {}: {want} blob(s) need it, the index counts {have:?}", hash_hex(&h)),
+                vec![],
+                "set the count",
+                vec![fix],
+            ));
         }
     }
     for (name, h) in &s.model_names {
         let shown = String::from_utf8_lossy(name);
         match h {
-            None => out.push(problem("model-name", format!("model name {shown:?}: its record does not decode"), vec![], "delete the name", vec![Fix::DeleteKey(keys::model_name(name))])),
+            None => out.push(problem(
+                "model-name",
+                format!("model name {shown:?}: its record does not decode"),
+                vec![],
+                "delete the name",
+                vec![Fix::DeleteKey(keys::model_name(name))],
+            )),
             Some(h) if model_state(h).is_none() => out.push(problem(
                 "model-name",
                 format!("model name {shown:?} points at model {}, which is missing", hash_hex(h)),
@@ -387,7 +426,13 @@ pub fn analyze(root: &Path, s: &Snapshot, level: Level, models: &Arc<dyn ModelSo
         }
     }
     for p in &s.tmp_files {
-        out.push(crash(problem("tmp-leftover", format!("{}: left in tmp/ by an interrupted write", p.display()), vec![], "delete it", vec![Fix::DeleteFile(p.clone())])));
+        out.push(crash(problem(
+            "tmp-leftover",
+            format!("{}: left in tmp/ by an interrupted write", p.display()),
+            vec![],
+            "delete it",
+            vec![Fix::DeleteFile(p.clone())],
+        )));
     }
     for p in &s.stray_blob_files {
         out.push(problem("blob-stray", format!("{}: not a blob file name", p.display()), vec![], "none (left for the administrator)", vec![]));
@@ -469,25 +514,22 @@ fn rebuild_inodes(
     out: &mut Vec<Problem>,
 ) {
     // Blob entries no inode claims, in blobs whose record counts more files than refer to them.
+    // (A blob whose record does not decode may have lost a reference too.)
     let mut unclaimed = Vec::new();
-    for (id, b) in &s.blobs {
+    for id in s.blobs.keys().chain(s.bad_blobs.keys()) {
         let r = refs.get(id).map(Vec::as_slice).unwrap_or(&[]);
-        if b.live as usize > r.len() {
-            if let Some((_, c)) = checks.get(id) {
+        if s.blobs.get(id).is_none_or(|b| b.live as usize > r.len()) {
+            if let Some((bytes, c)) = checks.get(id) {
                 for (slot, (len, frame)) in c.lens.iter().enumerate() {
                     if !r.iter().any(|(_, sl)| *sl as usize == slot) {
-                        unclaimed.push((*id, slot as u32, *len, *frame, b.bytes / u64::from(b.entries.max(1))));
+                        unclaimed.push((*id, slot as u32, *len, *frame, bytes / c.lens.len().max(1) as u64));
                     }
                 }
             }
         }
     }
-    let need_blob: Vec<u64> = s
-        .bad_inodes
-        .keys()
-        .filter(|ino| kind_of(s, **ino) == Some(Kind::File) && !s.staging_files.contains_key(&ino.to_string()))
-        .copied()
-        .collect();
+    let need_blob: Vec<u64> =
+        s.bad_inodes.keys().filter(|ino| kind_of(s, **ino) == Some(Kind::File) && !s.staging_files.contains_key(&ino.to_string())).copied().collect();
     let now = Timestamp::now();
     for (ino, why) in &s.bad_inodes {
         let p = paths.of(*ino);
@@ -517,7 +559,9 @@ fn rebuild_inodes(
         };
         let staged = s.staging_files.get(&ino.to_string()).copied();
         let rebuilt = match (kind, staged) {
-            (Some(Kind::Dir), _) => Some((base(Kind::Dir, 0o755, 2 + subdirs.get(ino).copied().unwrap_or(0), 0, Data::None, "directory"), "as a directory (mode 0755)".to_string())),
+            (Some(Kind::Dir), _) => {
+                Some((base(Kind::Dir, 0o755, 2 + subdirs.get(ino).copied().unwrap_or(0), 0, Data::None, "directory"), "as a directory (mode 0755)".to_string()))
+            }
             (Some(Kind::File), Some(len)) => Some((
                 base(Kind::File, 0o644, names.max(1), len, Data::Staged, "staged file"),
                 format!("as a staged file of {len} bytes from staging/{ino} (mode 0644; size from the staging file)"),

@@ -227,7 +227,10 @@ impl Vfs {
                     // Still staged and its staging file is gone: its bytes are lost (fsck
                     // reports it as staging-missing). EIO, never zeros or a short file.
                     Err(FsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let e = FsError::Corrupt { what: format!("inode {ino}"), why: format!("its staging file {} is missing", self.store.staging_path(ino).display()) };
+                        let e = FsError::Corrupt {
+                            what: format!("inode {ino}"),
+                            why: format!("its staging file {} is missing", self.store.staging_path(ino).display()),
+                        };
                         tracing::error!(ino, error = %e, "cannot read a staged file");
                         self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return Err(e);

@@ -210,7 +210,9 @@ impl Vfs {
         };
         let check = match &bytes {
             Some(b) => blobs::check(b, Level::Decode, Some(self.models.clone())),
-            None => blobs::BlobCheck { whole: Some(format!("blob file {} is missing or unreadable", self.store.blob_path(id).display())), ..Default::default() },
+            None => {
+                blobs::BlobCheck { whole: Some(format!("blob file {} is missing or unreadable", self.store.blob_path(id).display())), ..Default::default() }
+            }
         };
         if check.is_ok() {
             return Ok(None);
