@@ -271,9 +271,22 @@ impl Index {
         b.put(keys::blob(blob.id), encode(blob));
     }
 
-    /// Every inode (for scans at start-up and for `stats`).
+    /// Every inode (for scans at start-up and for `stats`). A record that does not decode is
+    /// left out (one corrupt record must not stop the engine or the mount; reading that inode
+    /// gives EIO, and `tezipfs fsck` reports it): see [`Index::corrupt_inodes`].
     pub fn inodes(&self) -> Result<Vec<Inode>, IndexError> {
-        self.store.scan_prefix(keys::INODE)?.iter().map(|(k, v)| decode(k, v)).collect()
+        Ok(self.store.scan_prefix(keys::INODE)?.iter().filter_map(|(k, v)| decode(k, v).ok()).collect())
+    }
+
+    /// Inode numbers whose record does not decode.
+    pub fn corrupt_inodes(&self) -> Result<Vec<u64>, IndexError> {
+        Ok(self
+            .store
+            .scan_prefix(keys::INODE)?
+            .iter()
+            .filter(|(k, v)| decode::<Inode>(k, v).is_err())
+            .filter_map(|(k, _)| Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
+            .collect())
     }
 
     /// A 32-byte model hash stored under `key`.

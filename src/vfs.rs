@@ -276,6 +276,11 @@ impl Vfs {
         }
         self.commit(t)?;
         self.index.flush()?;
+        // A corrupt inode record may be a staged file's: its staging file is kept for fsck.
+        for ino in self.index.corrupt_inodes()? {
+            tracing::error!(ino, "the index record of inode {ino} does not decode: it reads EIO (run tezipfs fsck on the store)");
+            staged.insert(ino.to_string());
+        }
         for e in std::fs::read_dir(self.store.staging_dir())?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !staged.contains(&name) {

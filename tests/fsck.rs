@@ -434,3 +434,25 @@ fn scrub_resumes_after_a_restart_and_can_restart_from_the_start() {
     assert_eq!(code, 0, "{st:#}");
     assert_eq!(st["blobs_done"].as_u64().unwrap(), total, "{st:#}");
 }
+
+#[test]
+fn an_inode_record_that_cannot_be_rebuilt_stays_and_reads_eio_and_the_store_mounts() {
+    require_fuse!();
+    let (mut fs, files) = populated();
+    std::os::unix::fs::symlink("docs/notes.txt", fs.path("link")).unwrap();
+    stop(&mut fs);
+    let link = inode_of(&fs.store, "link");
+    put_raw(&fs.store, keys::inode(link.ino), vec![0xff; 4]);
+    let (code, r) = fsck(&fs.store, &["--repair"]);
+    assert_eq!(code, 4, "{r:#}");
+    let p = problems(&r, "inode-corrupt");
+    assert_eq!(p.len(), 1, "{r:#}");
+    assert_eq!(paths_of(p[0]), vec!["/link"]);
+    assert_eq!(p[0]["loss"], true);
+    // The daemon starts on it, every other file reads, and the damaged one is EIO, not gone.
+    remount_and_check(&mut fs, &files, &[]);
+    let e = std::fs::symlink_metadata(fs.path("link")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(common::names(&fs.mnt).contains(&"link".to_string()));
+    assert!(fs.log_text().contains(&format!("inode {} does not decode", link.ino)));
+}
