@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod bench_genie;
 mod bench_model;
+mod check;
 mod fixtures;
 mod model;
 mod mount;
@@ -207,6 +208,45 @@ pub enum Command {
         #[command(subcommand)]
         action: model::ModelCommand,
     },
+    /// Check a store offline (no daemon on it): every blob's checksums, every index reference,
+    /// orphans, models, link counts; report problems by path. Exit status as e2fsck: 0 clean,
+    /// 1 errors corrected, 4 errors left uncorrected, 8 operational error.
+    Fsck {
+        /// The store directory (`mount --store`).
+        store: PathBuf,
+        /// Repair what can be repaired: remove what nothing refers to, fix link counts and
+        /// counters, rebuild records from the blobs. Never removes a file that cannot be read.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also decode every blob entry and check each file's CRC32C (slower; the default
+        /// checks the container and the CRC32C of every section).
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Verify every blob of a mounted store online (checksums and full decode), throttled and
+    /// resumable; reports damaged files by path. Exit status as fsck.
+    Scrub {
+        /// The mount point (its root directory).
+        mountpoint: PathBuf,
+        /// Read at most this many MB of blobs per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Start from the first blob (default: resume where the last scrub stopped).
+        #[arg(long, conflicts_with = "resume")]
+        restart: bool,
+        /// Resume where the last scrub stopped (the default).
+        #[arg(long)]
+        resume: bool,
+        /// Print the final status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Start (or resume) the scrub and return; `tezipfs scrub` again follows it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Show the build: version, formats, libtorch and CUDA.
     Info,
 }
@@ -236,6 +276,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy { action: PolicyAction::Get { path } } => admin::policy_get(&path),
         Command::Policy { action: PolicyAction::Set { path, settings } } => admin::policy_set(&path, &settings),
         Command::Recompress { path } => admin::recompress(&path),
+        Command::Fsck { store, repair, json, deep } => std::process::exit(check::fsck(&store, repair, json, deep)),
+        Command::Scrub { mountpoint, rate, restart, json, no_wait, .. } => std::process::exit(check::scrub(&mountpoint, rate, restart, json, no_wait)),
         Command::Model { action } => model::run(action),
         Command::Info => {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));

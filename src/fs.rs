@@ -142,6 +142,12 @@ fn ttl(a: &Attr) -> Duration {
     }
 }
 
+/// Attributes shown for an inode whose record cannot be read (never cached: TTL 0).
+fn unreadable_attr(ino: u64, kind: Kind) -> Attr {
+    let t = Timestamp::default();
+    Attr { ino, kind, perm: 0, nlink: 1, uid: 0, gid: 0, size: 0, blocks: 0, rdev: 0, atime: t, mtime: t, ctime: t, crtime: t, immutable: false }
+}
+
 fn ctx(req: &Request) -> Ctx {
     Ctx { uid: req.uid(), gid: req.gid() }
 }
@@ -402,8 +408,16 @@ impl Filesystem for FuseFs {
         match run("readdirplus", ino.0, || self.vfs.readdir(ino.0, fh.0, offset as usize)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let Ok(a) = self.vfs.getattr(e.ino) else { continue };
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, OsStr::from_bytes(&e.name), &ttl(&a), &fuse_attr(&a), Generation(0)) {
+                    // An inode whose attributes cannot be read (a corrupt record) is still listed,
+                    // with placeholder attributes the kernel must not keep: a lookup then gets EIO.
+                    let (a, t) = match self.vfs.getattr(e.ino) {
+                        Ok(a) => {
+                            let t = ttl(&a);
+                            (a, t)
+                        }
+                        Err(_) => (unreadable_attr(e.ino, e.kind), Duration::ZERO),
+                    };
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, OsStr::from_bytes(&e.name), &t, &fuse_attr(&a), Generation(0)) {
                         break;
                     }
                 }

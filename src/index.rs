@@ -322,6 +322,11 @@ impl Index {
         self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Inode numbers whose record does not decode (`tezipfs fsck`, start-up).
+    pub fn corrupt_inodes(&self) -> Result<Vec<u64>, IndexError> {
+        Ok(self.inodes_checked()?.1)
+    }
+
     /// A 32-byte model hash stored under `key`.
     fn hash_at(&self, key: &[u8]) -> Result<Option<[u8; 32]>, IndexError> {
         match self.store.get(key)? {

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod check;
 pub mod codec;
 pub mod engine;
 #[path = "../fixtures/generator.rs"]

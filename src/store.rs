@@ -62,16 +62,7 @@ impl Store {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
-        let lock_path = root.join("LOCK");
-        let mut lock = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io_at(&lock_path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let pid = std::fs::read_to_string(&lock_path).map(|s| format!(" (pid {})", s.trim())).unwrap_or_default();
-            return Err(StoreError::Locked { path: root.display().to_string(), pid });
-        }
-        lock.set_len(0).map_err(io_at(&lock_path))?;
-        write!(lock, "{}", std::process::id()).map_err(io_at(&lock_path))?;
+        let lock = Store::lock(root)?;
         disk::powercut::attach(root);
         // Blobs that never made it out of tmp/ are garbage.
         let tmp = root.join("tmp");
@@ -82,6 +73,23 @@ impl Store {
         store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
         store.restore_reserve();
         Ok(store)
+    }
+
+    /// Take the store's lock (`LOCK`, holding our pid) and nothing else: no layout made, no
+    /// file removed. The daemon takes it through [`Store::open`]; `tezipfs fsck` takes it alone,
+    /// so that it never checks a store a daemon is changing.
+    pub fn lock(root: &Path) -> Result<File, StoreError> {
+        let lock_path = root.join("LOCK");
+        let mut lock = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).map_err(io_at(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let pid = std::fs::read_to_string(&lock_path).map(|s| format!(" (pid {})", s.trim())).unwrap_or_default();
+            return Err(StoreError::Locked { path: root.display().to_string(), pid });
+        }
+        lock.set_len(0).map_err(io_at(&lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io_at(&lock_path))?;
+        Ok(lock)
     }
 
     fn free_bytes(&self) -> io::Result<u64> {

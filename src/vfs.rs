@@ -16,6 +16,7 @@ mod models;
 mod namespace;
 mod passthrough;
 mod readahead;
+pub mod scrub;
 pub mod stats;
 mod xattr;
 
@@ -23,6 +24,7 @@ pub use data::{OpenFlags, Opened};
 pub use error::{FsError, FsResult};
 pub use models::ModelPolicy;
 pub use namespace::{NewNode, Statfs};
+pub use scrub::Scrubber;
 pub use stats::{DirStats, Stats};
 
 use crate::cache::Cache;
@@ -244,6 +246,8 @@ pub struct Vfs {
     pub work: Arc<crate::engine::queue::WorkQueue>,
     /// Frames decoded ahead of their readers (see `readahead.rs`).
     readahead: readahead::ReadAhead,
+    /// The online scrub's status and requests (`user.tezip.scrub`).
+    scrub: scrub::Scrub,
 }
 
 /// Files an applied transaction freed: deleted once it is durable ([`Vfs::finish`]).
@@ -293,6 +297,7 @@ impl Vfs {
             root_policy: std::sync::RwLock::new(root_policy),
             work: Default::default(),
             readahead: Default::default(),
+            scrub: Default::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
             let t = now();

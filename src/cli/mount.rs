@@ -181,6 +181,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         Some(addr) => Some(tezipfs::metrics::http::Server::start(&addr, vfs.clone()).with_context(|| format!("cannot serve metrics at {addr}"))?),
         None => None,
     };
+    let scrubber = tezipfs::vfs::Scrubber::start(vfs.clone())?;
 
     let mut fuse = fuser::Config::default();
     fuse.mount_options.push(fuser::MountOption::FSName(format!("tezipfs:{}", args.store.display())));
@@ -266,6 +267,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     watchdog_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(metrics);
     vfs.stop_readahead();
+    scrubber.stop();
     engine.stop();
     vfs.flush_index()?;
     tracing::info!("unmounted cleanly");

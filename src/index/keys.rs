@@ -4,7 +4,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `S` | schema version (u32) |
-//! | `C` + name | counter (u64): `Cino` next inode, `Cblob` next blob id |
+//! | `C` + name | counter (u64): `Cino` next inode, `Cblob` next blob id, `Cscrub` the scrub's next blob |
 //! | `I` + ino | [`Inode`](super::Inode) |
 //! | `D` + parent ino + name | (child ino, [`Kind`](super::Kind)) |
 //! | `X` + ino + name | xattr value (raw bytes) |
@@ -17,6 +17,8 @@
 pub const SCHEMA: &[u8] = b"S";
 pub const NEXT_INO: &[u8] = b"Cino";
 pub const NEXT_BLOB: &[u8] = b"Cblob";
+/// The next blob id the daemon's scrub checks (absent: no scrub in progress).
+pub const SCRUB_NEXT: &[u8] = b"Cscrub";
 pub const INODE: &[u8] = b"I";
 pub const BLOB: &[u8] = b"B";
 pub const MODEL_NAME: &[u8] = b"N";

@@ -40,6 +40,11 @@ impl Registry {
         Ok(Registry { dir: dir.to_path_buf(), backend, loaded: Mutex::new(HashMap::new()) })
     }
 
+    /// The models of `dir` as they are: nothing made, nothing removed (`tezipfs fsck`).
+    pub fn at(dir: &Path, backend: Backend) -> Registry {
+        Registry { dir: dir.to_path_buf(), backend, loaded: Mutex::new(HashMap::new()) }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -31,6 +31,9 @@ impl Vfs {
             }
             return self.model_admin(n, value);
         }
+        if n == super::scrub::SCRUB {
+            return self.scrub_request(ino, value);
+        }
         if n == RECOMPRESS {
             if i.kind != Kind::Dir {
                 return Err(FsError::Invalid(format!("{RECOMPRESS} applies to directories")));
@@ -132,6 +135,7 @@ impl Vfs {
             return Ok(match n {
                 STATS => Some(serde_json::to_vec_pretty(&self.stats(i.ino)?).map_err(|e| FsError::Invalid(e.to_string()))?),
                 super::models::MODELS => Some(self.models_listing()?),
+                super::scrub::SCRUB if i.ino == super::ROOT => Some(self.scrub_status()?),
                 EFFECTIVE => {
                     let p = self.policy(i.ino)?;
                     Some(policy::SETTINGS.iter().map(|k| format!("{k}={}\n", p.get(k).unwrap_or_default())).collect::<String>().into_bytes())

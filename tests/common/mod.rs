@@ -199,12 +199,18 @@ impl Fs {
         status
     }
 
-    /// `kill -9` the daemon (no unmount by it), then `fusermount3 -u -z` the dead mount.
-    pub fn kill9(&mut self) {
+    /// `kill -9` the daemon and wait for it, leaving its dead mount in place (calls on it fail
+    /// with ENOTCONN until [`Fs::kill9`] or a lazy unmount removes it).
+    pub fn kill9_keep_mount(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
+    }
+
+    /// `kill -9` the daemon (no unmount by it), then `fusermount3 -u -z` the dead mount.
+    pub fn kill9(&mut self) {
+        self.kill9_keep_mount();
         lazy_unmount(&self.mnt);
         wait_for("the dead mount to go away", MOUNT_TIMEOUT, || !is_mounted(&self.mnt));
     }

@@ -1,0 +1,125 @@
+//! Checking one blob file (shared by `tezipfs fsck` and the daemon's scrub).
+//!
+//! Two levels: [`Level::Sections`] parses the container (magic, version, header CRC32C, the
+//! header's structure, no trailing bytes) and checks the CRC32C of every section of every
+//! entry; [`Level::Decode`] also decodes every entry and checks the length and CRC32C of the
+//! file it rebuilds (the strongest check: it is what a reader does). A damaged frame breaks the
+//! frames after it in its prediction chain, so those are reported too.
+
+use crate::codec::container::{section_of, Blob, Body, Section};
+use crate::codec::predict::ModelSource;
+use crate::codec::Decoder;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Container structure and every checksum of the stored bytes.
+    Sections,
+    /// As `Sections`, then every entry decoded and checked against its file's CRC32C.
+    Decode,
+}
+
+/// What a blob holds, as far as it could be read.
+#[derive(Clone, Debug, Default)]
+pub struct BlobCheck {
+    /// Entries in the header (`None`: the header cannot be read).
+    pub entries: Option<u32>,
+    /// The model the blob names, if any.
+    pub model: Option<[u8; 32]>,
+    /// Original length of each entry's file, and whether it is a frame (from the header).
+    pub lens: Vec<(u64, bool)>,
+    /// The whole blob is unreadable (bad magic, header CRC, malformed header), and why.
+    pub whole: Option<String>,
+    /// Entries that cannot be read, and why.
+    pub bad: BTreeMap<u32, String>,
+}
+
+impl BlobCheck {
+    pub fn is_ok(&self) -> bool {
+        self.whole.is_none() && self.bad.is_empty()
+    }
+
+    /// Whether entry `slot` cannot be read (why), including a slot the blob does not have.
+    pub fn entry_problem(&self, slot: u32) -> Option<String> {
+        if let Some(w) = &self.whole {
+            return Some(w.clone());
+        }
+        if let Some(n) = self.entries {
+            if slot >= n {
+                return Some(format!("entry {slot} does not exist (the blob holds {n})"));
+            }
+        }
+        self.bad.get(&slot).cloned()
+    }
+}
+
+/// Check the bytes of a blob at `level`. `models`: where a blob's learned model is found for a
+/// decode (a blob whose model is not there gets only the section checks: the missing model is a
+/// problem of its own, reported by the caller).
+pub fn check(bytes: &[u8], level: Level, models: Option<Arc<dyn ModelSource + Send + Sync>>) -> BlobCheck {
+    let blob = match Blob::parse(bytes) {
+        Ok(b) => b,
+        Err(e) => return BlobCheck { whole: Some(e.to_string()), ..Default::default() },
+    };
+    let header = &blob.header;
+    let model = header.params.as_ref().map(|p| p.model).filter(|m| *m != [0; 32]);
+    let lens = header.entries.iter().map(|e| (e.original_len, matches!(e.body, Body::Frame(_)))).collect();
+    let mut out = BlobCheck { entries: Some(header.entries.len() as u32), model, lens, ..Default::default() };
+    let payload = &bytes[blob.payload_offset(bytes)..];
+    // Frame entries in chain order: a bad frame makes every later frame unreadable.
+    let chain: Vec<usize> = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
+    let mut chain_broken: Option<(usize, String)> = None;
+    for (i, e) in header.entries.iter().enumerate() {
+        let sections: Vec<(&'static str, Section)> = match &e.body {
+            Body::Opaque { data, .. } => vec![("data", *data)],
+            Body::Frame(f) => vec![("skeleton", f.skeleton), ("codes", f.codes), ("escapes", f.escapes), ("motion", f.motion)],
+        };
+        let bad = sections.into_iter().find_map(|(what, s)| section_of(payload, i, what, s).err());
+        match (&e.body, bad) {
+            (Body::Frame(_), Some(err)) if chain_broken.is_none() => {
+                out.bad.insert(i as u32, err.to_string());
+                chain_broken = Some((i, err.to_string()));
+            }
+            (Body::Frame(_), _) => {
+                if let Some((k, _)) = &chain_broken {
+                    out.bad.insert(i as u32, format!("predicted from entry {k}, which is damaged"));
+                }
+            }
+            (Body::Opaque { .. }, Some(err)) => {
+                out.bad.insert(i as u32, err.to_string());
+            }
+            (Body::Opaque { .. }, None) => {}
+        }
+    }
+    if level == Level::Sections || !out.bad.is_empty() {
+        return out;
+    }
+    let models = match (model, models) {
+        (None, _) => Arc::new(crate::codec::predict::NoModels) as Arc<dyn ModelSource + Send + Sync>,
+        (Some(_), Some(m)) => m,
+        (Some(_), None) => return out,
+    };
+    let mut dec = match Decoder::with_models(Arc::from(bytes), models) {
+        Ok(d) => d,
+        Err(e) => {
+            out.whole = Some(e.to_string());
+            return out;
+        }
+    };
+    let mut first_bad_frame: Option<usize> = None;
+    for i in 0..header.entries.len() {
+        if let (Some(k), true) = (first_bad_frame, chain.contains(&i)) {
+            out.bad.insert(i as u32, format!("predicted from entry {k}, which does not decode"));
+            continue;
+        }
+        if let Err(e) = dec.decode(i, |_, _| {}) {
+            out.bad.insert(i as u32, e.to_string());
+            if chain.contains(&i) {
+                first_bad_frame = Some(i);
+            }
+        }
+    }
+    out
+}
