@@ -350,9 +350,17 @@ fn a_missing_model_is_damage_named_by_path() {
     assert!(p[0]["detail"].as_str().unwrap().contains(&hash));
     let lost: Vec<PathBuf> = files.keys().cloned().collect();
     remount_and_check(&mut fs, &files, &lost);
+    // A corrupt model file (its bytes no longer hash to its name): damage, named by path.
+    stop(&mut fs);
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(fs.store.join("models").join(&hash), &bad).unwrap();
+    let (code, r) = fsck(&fs.store, &["--repair"]);
+    assert_eq!(code, 4, "{r:#}");
+    assert_eq!(paths_of(problems(&r, "model-corrupt")[0]).len(), 4, "{r:#}");
     // The model imported again: everything reads, and the store is clean.
     std::fs::write(fs.store.join("models").join(&hash), &bytes).unwrap();
-    stop(&mut fs);
     let (code, r) = fsck(&fs.store, &["--repair", "--deep"]);
     assert!(code == 0 || code == 1, "{r:#}");
     assert_eq!(fsck(&fs.store, &[]).0, 0);
@@ -419,6 +427,11 @@ fn scrub_resumes_after_a_restart_and_can_restart_from_the_start() {
     assert_eq!(code, 0, "{st:#}");
     let status = |fs: &Fs| -> Value { serde_json::from_slice(&common::xattr_get(&fs.mnt, "user.tezip.scrub").unwrap()).unwrap() };
     wait_for("the scrub to check 3 blobs", Duration::from_secs(20), || status(&fs)["blobs_done"].as_u64().unwrap() >= 3);
+    // Readers are not held up by the scrub: every file reads back, quickly, while it runs.
+    let t = std::time::Instant::now();
+    common::assert_files(&files);
+    assert!(t.elapsed() < Duration::from_secs(5), "reads took {:?} during a scrub", t.elapsed());
+    assert_eq!(status(&fs)["state"], "running");
     let at = status(&fs)["next_blob"].as_u64().unwrap();
     // A restart (kill -9: the position is in the index, flushed by sled within 500 ms).
     std::thread::sleep(Duration::from_millis(700));

@@ -123,3 +123,55 @@ pub fn check(bytes: &[u8], level: Level, models: Option<Arc<dyn ModelSource + Se
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encode_window, DType, FormatSpec, Options, RawSpec};
+
+    /// Four frames and an opaque file, coded into one blob.
+    fn blob() -> Vec<u8> {
+        let frames = crate::fixtures::generate_raw(&crate::fixtures::SequenceSpec::detector_u16(32, 16, 4, 3));
+        let mut files: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let text = b"not a frame at all, stored whole".repeat(20);
+        files.push(&text);
+        let opts = Options { format: FormatSpec::Raw(RawSpec { width: 32, height: 16, dtype: DType::U16, skip: 0 }), ..Options::default() };
+        encode_window(&files, &opts).unwrap().blob
+    }
+
+    #[test]
+    fn a_sound_blob_passes_both_levels() {
+        let b = blob();
+        for level in [Level::Sections, Level::Decode] {
+            let c = check(&b, level, None);
+            assert!(c.is_ok(), "{level:?}: {c:?}");
+            assert_eq!(c.entries, Some(5));
+            assert_eq!(c.lens.len(), 5);
+        }
+    }
+
+    #[test]
+    fn damage_is_found_and_named_by_entry_and_chain() {
+        let b = blob();
+        let parsed = Blob::parse(&b).unwrap();
+        let start = parsed.payload_offset(&b);
+        // A byte of the codes of the second frame: that frame and the frames after it.
+        let Body::Frame(f) = &parsed.header.entries[1].body else { panic!("entry 1 is a frame") };
+        let at = start + f.codes.offset as usize + f.codes.len as usize / 2;
+        drop(parsed);
+        let mut bad = b.clone();
+        bad[at] ^= 0x10;
+        let c = check(&bad, Level::Sections, None);
+        assert_eq!(c.bad.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "{c:?}");
+        assert!(c.entry_problem(0).is_none() && c.entry_problem(4).is_none());
+        assert!(c.entry_problem(9).is_some(), "a slot the blob does not have");
+        // The header: the whole blob.
+        let mut bad = b.clone();
+        bad[20] ^= 1;
+        let c = check(&bad, Level::Decode, None);
+        assert!(c.whole.is_some() && c.entry_problem(0).is_some(), "{c:?}");
+        // Truncated.
+        let c = check(&b[..b.len() - 3], Level::Sections, None);
+        assert!(!c.is_ok());
+    }
+}
