@@ -38,7 +38,7 @@ pub const MODEL_DECODE_PIXELS: u64 = 1 << 10;
 /// starts the chain over); then the same with the checksums recomputed.
 pub fn blob(data: &[u8]) {
     decode_blob(data, Arc::new(crate::codec::predict::NoModels));
-    if let Some(sealed) = container::reseal(data) {
+    if let Some(sealed) = container::reseal(data).filter(|s| s != data) {
         decode_blob(&sealed, Arc::new(crate::codec::predict::NoModels));
     }
 }

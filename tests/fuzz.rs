@@ -268,32 +268,32 @@ fn fuzz(target: &str, mutations: usize) {
 
 #[test]
 fn fuzz_blob() {
-    fuzz("blob", 4000);
+    fuzz("blob", 16000);
 }
 
 #[test]
 fn fuzz_tiff() {
-    fuzz("tiff", 20000);
+    fuzz("tiff", 50000);
 }
 
 #[test]
 fn fuzz_archive() {
-    fuzz("archive", 3000);
+    fuzz("archive", 10000);
 }
 
 #[test]
 fn fuzz_model() {
-    fuzz("model", 5000);
+    fuzz("model", 20000);
 }
 
 #[test]
 fn fuzz_policy() {
-    fuzz("policy", 20000);
+    fuzz("policy", 50000);
 }
 
 #[test]
 fn fuzz_config() {
-    fuzz("config", 20000);
+    fuzz("config", 50000);
 }
 
 #[test]
