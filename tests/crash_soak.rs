@@ -7,7 +7,8 @@
 //! fsync of the directory, which makes it durable), while the engine compresses in the
 //! background (quiet period 200 ms); the daemon is killed with SIGKILL at a random moment;
 //! `tezipfs fsck --repair` runs on the crashed store and may only find what the design leaves
-//! behind after a crash (orphan blobs and staging files, tmp/ leftovers, inodes unlinked while
+//! behind after a crash (orphan blobs and staging files, tmp/ leftovers, a blob counter behind an
+//! orphan blob, inodes unlinked while
 //! open); the store is mounted again and every file whose close or fsync (or durable rename)
 //! returned before the kill must read back with the SHA-256 recorded then, and every durably
 //! deleted file must stay deleted.

@@ -216,6 +216,8 @@ fn orphans_and_leftovers_are_removed_and_nothing_else_changes() {
         assert_eq!(problems(&r, c).len(), 1, "{c}: {r:#}");
     }
     assert!(problems(&r, "blob-orphan")[0]["after_crash"] == true);
+    // Only an orphan blob is at or above the blob counter: what a kill -9 can leave.
+    assert!(problems(&r, "counter")[0]["after_crash"] == true, "{r:#}");
     let (code, r) = repair_then_clean(&fs.store);
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["status"], "repaired");
