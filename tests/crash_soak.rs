@@ -207,6 +207,8 @@ struct Totals {
     fsck_clean: u64,
     fsck_repaired: u64,
     fsck_damaged: u64,
+    /// Cycles whose store a second fsck (after the repair) found clean.
+    fsck_clean_after: u64,
     /// Problems repaired after crashes, by code.
     repaired_kinds: BTreeMap<String, u64>,
     unexpected: Vec<String>,
@@ -277,6 +279,13 @@ fn crash_soak() {
         if code > 1 {
             tot.unexpected.push(format!("cycle {cycle}: fsck exit {code}: {r:#}"));
         }
+        // Every cycle ends with a clean store: a repair leaves nothing for a second fsck.
+        let (again, r2) = if code == 0 { (0, r) } else { fsck(&fs.store, false) };
+        if again == 0 {
+            tot.fsck_clean_after += 1;
+        } else {
+            tot.unexpected.push(format!("cycle {cycle}: fsck after the repair: exit {again}: {r2:#}"));
+        }
 
         // Remount and check every acknowledged file.
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.start()));
@@ -335,6 +344,7 @@ fn crash_soak() {
         tot.fsck_damaged,
         tot.unexpected.len()
     );
+    println!("crash-soak: fsck clean after each kill (after the repair where one was needed): {} of {}", tot.fsck_clean_after, tot.cycles);
     println!("crash-soak: fsck after the last clean unmount: exit {final_code}");
     for l in tot.files_lost.iter().chain(&tot.resurrected).chain(&tot.unexpected) {
         println!("  {l}");

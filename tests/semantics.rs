@@ -966,7 +966,20 @@ fn s12_atime_not_updated_by_reads() {
     unsafe { libc::munmap(map, data.len()) };
     assert!(fs::read_dir(&d).unwrap().count() >= 1);
     if have_true {
-        assert!(Command::new(&exe).status().unwrap().success());
+        // Another test's thread may fork while `fs::copy` above holds the file open for writing:
+        // its child keeps that descriptor until it execs, and an exec meanwhile fails with ETXTBSY
+        // (the fork/exec race of every multithreaded process, not the mount's). Try again then.
+        let mut tries = 0;
+        let status = loop {
+            match Command::new(&exe).status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
+        assert!(status.success());
     }
 
     let mut checked = vec![&f, &d];
