@@ -344,6 +344,36 @@ fn stats_html_plots_directories_and_the_backlog() {
     assert_eq!(points.len(), 2 * history.len(), "files and MB per sample: {points:?}");
 }
 
+/// A store of many directories: their stats outgrow one attribute value (64 KiB), so the
+/// smallest subtrees are left out and counted, and `tezipfs stats` still answers (it failed with
+/// E2BIG on a store of 900 directories).
+#[test]
+fn stats_of_a_store_with_thousands_of_directories_fit_in_one_attribute() {
+    require_fuse!();
+    let fs = Fs::new();
+    let mnt = fs.path("");
+    for i in 0..2000 {
+        let d = fs.path(&format!("run-{i:04}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("f"), vec![i as u8; 100 + i]).unwrap();
+    }
+    let big = fs.path("big");
+    std::fs::create_dir(&big).unwrap();
+    std::fs::write(big.join("f"), vec![7u8; 1 << 20]).unwrap();
+    let raw = common::xattr_get(&mnt, "user.tezip.stats").unwrap();
+    assert!(raw.len() <= 65536, "{} bytes", raw.len());
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let dirs = v["directories"].as_array().unwrap();
+    assert_eq!(dirs.len() as u64 + v["directories_omitted"].as_u64().unwrap(), 2002, "/, 2000 runs and big");
+    assert!(v["directories_omitted"].as_u64().unwrap() > 0);
+    assert_eq!(dirs[0]["path"], "/");
+    assert_eq!(dirs[0]["files"], 2001, "the root's totals still count every file");
+    assert!(dirs.iter().any(|d| d["path"] == "/big"), "the largest subtree is listed");
+    let out = tezipfs(&["stats", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("smaller directories not listed"));
+}
+
 /// The systemd unit parses (systemd-analyze verify), apart from the binary not being installed
 /// at /usr/local/bin on a build machine.
 #[test]

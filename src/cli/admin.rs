@@ -41,11 +41,11 @@ pub fn stats(path: &Path, json: bool, html: Option<&Path>) -> anyhow::Result<()>
         std::fs::write(out, stats_html(path, &v)).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
+    let v: serde_json::Value = serde_json::from_slice(&raw)?;
     if json {
-        println!("{}", String::from_utf8_lossy(&raw));
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let v: serde_json::Value = serde_json::from_slice(&raw)?;
     println!("{:<40} {:>7} {:>7} {:>10} {:>7} {:>12} {:>12} {:>7}", "directory", "files", "staged", "compressed", "whole", "logical MB", "stored MB", "ratio");
     for d in v["directories"].as_array().into_iter().flatten() {
         println!(
@@ -59,6 +59,9 @@ pub fn stats(path: &Path, json: bool, html: Option<&Path>) -> anyhow::Result<()>
             d["stored_bytes"].as_f64().unwrap_or(0.0) / 1e6,
             d["ratio"].as_f64().unwrap_or(1.0)
         );
+    }
+    if let Some(n) = v["directories_omitted"].as_u64().filter(|&n| n > 0) {
+        println!("({n} smaller directories not listed: ask about a subdirectory to see them)");
     }
     let mb = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1e6;
     println!();

@@ -13,6 +13,9 @@ use std::sync::Mutex;
 pub const BACKLOG_KEEP_SECS: u64 = 3600;
 /// The engine samples the backlog this often.
 pub const BACKLOG_SAMPLE_SECS: u64 = 10;
+/// The most bytes an extended attribute's value may have (Linux's XATTR_SIZE_MAX): what
+/// `user.tezip.stats` must fit in, however many directories a store has.
+pub const XATTR_SIZE_MAX: usize = 65536;
 
 /// Files waiting in staging at one moment (staged files and the space they take).
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +59,14 @@ pub struct DirStats {
     pub ratio: f64,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Default)]
 pub struct Stats {
     /// The directory asked about, and its subdirectories (each with its own subtree totals).
     pub directories: Vec<DirStats>,
+    /// Subdirectories left out of `directories` so that the stats fit in one attribute value
+    /// ([`XATTR_SIZE_MAX`]): the smallest subtrees go first; their bytes are still in the totals
+    /// of the directories above them. Ask about a subdirectory to see its own.
+    pub directories_omitted: u64,
     pub backlog_files: u64,
     pub backlog_bytes: u64,
     pub staging_bytes: u64,
@@ -101,6 +108,47 @@ pub struct Stats {
     /// Times the engine planned a directory since the mount (it looks at a directory only when
     /// an event or a due time says so: this stays still on an idle mount).
     pub engine_dirs_planned: u64,
+}
+
+impl Stats {
+    /// The stats as compact JSON of at most `max` bytes: subdirectories are left out, smallest
+    /// subtree first (never the directory asked about), then the oldest backlog samples, until
+    /// they fit.
+    pub fn to_json_within(mut self, max: usize) -> Vec<u8> {
+        let json = |s: &Stats| serde_json::to_vec(s).unwrap_or_default();
+        let mut out = json(&self);
+        if out.len() <= max {
+            return out;
+        }
+        // What each subdirectory's entry takes (with its comma), and the room the count of
+        // omitted ones may need.
+        let sizes: Vec<usize> = self.directories.iter().map(|d| serde_json::to_vec(d).map_or(0, |v| v.len()) + 1).collect();
+        let mut order: Vec<usize> = (1..self.directories.len()).collect();
+        order.sort_by_key(|&i| (self.directories[i].logical_bytes, self.directories[i].files));
+        let mut over = out.len() + 20 - max.min(out.len() + 20);
+        let mut drop = vec![false; self.directories.len()];
+        for i in order {
+            if over == 0 {
+                break;
+            }
+            drop[i] = true;
+            over = over.saturating_sub(sizes[i]);
+        }
+        let omitted = drop.iter().filter(|&&d| d).count() as u64;
+        let mut k = 0;
+        self.directories.retain(|_| {
+            k += 1;
+            !drop[k - 1]
+        });
+        self.directories_omitted += omitted;
+        out = json(&self);
+        while out.len() > max && !self.backlog_history.is_empty() {
+            let n = self.backlog_history.len().div_ceil(4);
+            self.backlog_history.drain(..n);
+            out = json(&self);
+        }
+        out
+    }
 }
 
 impl Vfs {
@@ -168,6 +216,7 @@ impl Vfs {
         let (cache_bytes, cache_budget, hits, misses) = self.cache.usage();
         Ok(Stats {
             directories: dirs,
+            directories_omitted: 0,
             backlog_files: backlog.0,
             backlog_bytes: backlog.1,
             staging_bytes: staging,
@@ -252,6 +301,37 @@ impl Vfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dir(path: &str, files: u64) -> DirStats {
+        DirStats { path: path.into(), files, logical_bytes: files * 4608, stored_bytes: files * 1500, ratio: 3.07, ..Default::default() }
+    }
+
+    #[test]
+    fn stats_of_many_directories_fit_in_one_attribute_value() {
+        let h = BacklogHistory::default();
+        for t in 0..=BACKLOG_KEEP_SECS / BACKLOG_SAMPLE_SECS {
+            h.record(BacklogSample { unix_secs: 1_000_000 + t * BACKLOG_SAMPLE_SECS, files: 123_456, bytes: 987_654_321 });
+        }
+        let mut dirs = vec![dir("/", 1_000_000)];
+        // 5,000 subdirectories: far more than 64 KiB of entries; the big one must stay.
+        dirs.extend((0..5000).map(|i| dir(&format!("/run-{i:05}/frames"), 100 + i % 7)));
+        dirs.push(dir("/big", 100_000));
+        let n = dirs.len() as u64;
+        let s = Stats { directories: dirs, backlog_history: h.samples(), ..Default::default() };
+        let out = s.to_json_within(XATTR_SIZE_MAX);
+        assert!(out.len() <= XATTR_SIZE_MAX, "{} bytes", out.len());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let listed = v["directories"].as_array().unwrap();
+        assert_eq!(listed[0]["path"], "/", "the directory asked about stays first");
+        assert!(listed.iter().any(|d| d["path"] == "/big"), "the largest subtree stays");
+        assert_eq!(listed.len() as u64 + v["directories_omitted"].as_u64().unwrap(), n);
+        assert!(listed.len() > 100, "as many as fit are kept: {}", listed.len());
+        // Small stats are left whole.
+        let small = Stats { directories: vec![dir("/", 3), dir("/a", 3)], ..Default::default() };
+        let v: serde_json::Value = serde_json::from_slice(&small.to_json_within(XATTR_SIZE_MAX)).unwrap();
+        assert_eq!(v["directories"].as_array().unwrap().len(), 2);
+        assert_eq!(v["directories_omitted"], 0);
+    }
 
     #[test]
     fn the_backlog_history_keeps_one_sample_per_period_for_an_hour() {

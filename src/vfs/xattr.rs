@@ -133,7 +133,7 @@ impl Vfs {
         };
         if i.kind == Kind::Dir {
             return Ok(match n {
-                STATS => Some(serde_json::to_vec_pretty(&self.stats(i.ino)?).map_err(|e| FsError::Invalid(e.to_string()))?),
+                STATS => Some(self.stats(i.ino)?.to_json_within(super::stats::XATTR_SIZE_MAX)),
                 super::models::MODELS => Some(self.models_listing()?),
                 super::scrub::SCRUB if i.ino == super::ROOT => Some(self.scrub_status()?),
                 EFFECTIVE => {
