@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use std::path::Path;
 use tezipfs::codec::format::tiff;
 use tezipfs::codec::DType;
-use tezipfs::fixtures::{generate_images, write_raw_dir, SequenceSpec};
+use tezipfs::fixtures::{for_each_image, write_raw_dir, SequenceSpec};
 
 pub fn run(out: &Path, dtype: DType, size: &str, frames: usize, seed: u64, as_tiff: bool) -> anyhow::Result<()> {
     let (w, h) = size.split_once('x').with_context(|| format!("bad size {size:?}, expected WxH"))?;
@@ -15,10 +15,7 @@ pub fn run(out: &Path, dtype: DType, size: &str, frames: usize, seed: u64, as_ti
     let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(width, height, frames, seed) };
     if as_tiff {
         std::fs::create_dir_all(out)?;
-        for (i, img) in generate_images(&spec).iter().enumerate() {
-            let f = tiff::write(width, height, dtype, false, 64, false, img);
-            std::fs::write(out.join(format!("frame_{i:05}.tif")), f)?;
-        }
+        for_each_image(&spec, |i, img| std::fs::write(out.join(format!("frame_{i:05}.tif")), tiff::write(width, height, dtype, false, 64, false, &img)))?;
     } else {
         write_raw_dir(out, &spec)?;
     }
