@@ -52,6 +52,9 @@ pub struct Options {
     pub threads: usize,
     /// Return the reconstructions of frames coded under a bound in [`Encoded::recon`].
     pub reconstructions: bool,
+    /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
+    /// without a probe (how the slices of a window share the choice of one of them).
+    pub stage: Option<Stage>,
 }
 
 impl Default for Options {
@@ -67,6 +70,7 @@ impl Default for Options {
             slice_pixels: super::slices::DEFAULT_SLICE_PIXELS,
             threads: 0,
             reconstructions: false,
+            stage: None,
         }
     }
 }
@@ -538,6 +542,9 @@ fn choose(
     }
     if candidates.len() == 1 && opts.exhaustive {
         return Ok((candidates[0], None));
+    }
+    if let (1, Some(stage)) = (candidates.len(), opts.stage) {
+        return Ok((candidates[0], Some(stage)));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
     // The probe is taken from the middle of the window, which stands for the window better than
@@ -1024,10 +1031,40 @@ impl Decoder {
         let entry = self.entry(i)?.clone();
         let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
         let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
-        if let Some(s) = &mut self.slices {
-            s.decode_next(i, p.dtype, &mut self.recon)?;
-            return self.assemble(i, &entry, f, &p);
+        match &mut self.slices {
+            Some(s) => s.decode_next(i, &mut self.recon)?,
+            None => self.decode_next_image(k, i, f, &p)?,
         }
+        self.assemble(i, &entry, f, &p)
+    }
+
+    /// The integer image of the frame at chain position `k`, no file assembled (what a slice's
+    /// decoder gives: the outer blob's CRC of the whole file covers it).
+    pub(super) fn image(&mut self, k: usize) -> Result<&[u32], BlobError> {
+        let len = self.frame_entries.len();
+        if k >= len {
+            return Err(BlobError::NoEntry { entry: k, len });
+        }
+        // (The frame just decoded is asked for again as the slices are stacked.)
+        if k + 1 == self.position() {
+            return Ok(&self.recon);
+        }
+        if k < self.position() {
+            self.restart();
+        }
+        while self.position() <= k {
+            let pos = self.position();
+            let i = self.frame_entries[pos];
+            let entry = self.entry(i)?.clone();
+            let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
+            let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+            self.decode_next_image(pos, i, f, &p).inspect_err(|_| self.restart())?;
+        }
+        Ok(&self.recon)
+    }
+
+    /// Decode the frame at chain position `k` (entry `i`) into `self.recon`.
+    fn decode_next_image(&mut self, k: usize, i: usize, f: &FrameEntry, p: &Params) -> Result<(), BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
@@ -1039,7 +1076,7 @@ impl Decoder {
             let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
             self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?
         };
-        let session = self.session(i, &p)?;
+        let session = self.session(i, p)?;
         session.begin().map_err(|e| dec(e.to_string()))?;
         session.move_by(&vectors, f.subpel).map_err(|e| dec(e.to_string()))?;
         if f.moved_context && (!p.predictor.moves() || k == 0) {
@@ -1081,7 +1118,7 @@ impl Decoder {
         // This frame's codes are the next frame's temporal context (and the one after's older).
         std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
         std::mem::swap(&mut self.codes, &mut self.prev_codes);
-        self.assemble(i, &entry, f, &p)
+        Ok(())
     }
 
     /// The file of frame entry `i` from its skeleton and the reconstruction in `self.recon`.
