@@ -257,14 +257,26 @@ impl Slices {
     /// integer image of the whole frame.
     pub(super) fn decode_next(&mut self, entry: usize, image: &mut Vec<u32>) -> Result<(), BlobError> {
         let k = self.next;
-        let results = run(&mut self.decoders, threads(self.threads), |s, d| {
-            d.image(k).map(|_| ()).map_err(|e| BlobError::Decode { entry, why: format!("slice {s}: {e}") })
+        // Each slice's rows of the image, filled by the thread that decodes the slice.
+        let lens: Vec<usize> = self.decoders.iter().map(|d| d.header().params.as_ref().map_or(0, |p| p.width as usize * p.height as usize)).collect();
+        image.clear();
+        image.resize(lens.iter().sum(), 0);
+        let mut rest = &mut image[..];
+        let mut work = Vec::with_capacity(self.decoders.len());
+        for (d, &n) in self.decoders.iter_mut().zip(&lens) {
+            let (rows, tail) = rest.split_at_mut(n);
+            work.push((d, rows));
+            rest = tail;
+        }
+        let results = run(&mut work, threads(self.threads), |s, (d, rows)| {
+            let img = d.image(k).map_err(|e| BlobError::Decode { entry, why: format!("slice {s}: {e}") })?;
+            if img.len() != rows.len() {
+                return Err(BlobError::Decode { entry, why: format!("slice {s}: {} pixels for {}", img.len(), rows.len()) });
+            }
+            rows.copy_from_slice(img);
+            Ok(())
         });
         results.into_iter().collect::<Result<(), _>>()?;
-        image.clear();
-        for d in &mut self.decoders {
-            image.extend_from_slice(d.image(k)?);
-        }
         self.next += 1;
         Ok(())
     }
