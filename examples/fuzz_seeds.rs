@@ -79,6 +79,14 @@ fn main() {
     let opaque_blob = blob(&opaque, &Options::default());
     put(&dir, "blob", "opaque.blob", &opaque_blob);
     put(&dir, "blob", "motion-v4.blob", &std::fs::read("tests/data/moving_square_motion_v4.blob").expect("tests/data blob"));
+    // Sliced blobs (version 7): lossless u16 in 3 slices; abs:2 u8 in 2 slices with an opaque
+    // entry between the frames.
+    let sliced = Options { format: raw(DType::U16, 24, 40), slice_pixels: 24 * 16, ..Options::default() };
+    put(&dir, "blob", "sliced-u16.blob", &blob(&frames(DType::U16, 24, 40, 3, 61), &sliced));
+    let mut files = frames(DType::U8, 16, 32, 3, 62);
+    files.insert(1, b"not a frame".to_vec());
+    let sliced = Options { format: raw(DType::U8, 16, 32), bound: Bound::Abs(2.0), slice_pixels: 16 * 16, ..Options::default() };
+    put(&dir, "blob", "sliced-u8-abs2.blob", &blob(&files, &sliced));
 
     // A model blob (version 6), for the archive that embeds its model.
     let model_file = file::to_bytes(&file::random(&tiny_arch(), DType::U16, 3));

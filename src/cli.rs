@@ -69,6 +69,11 @@ pub struct CodecArgs {
     /// device.
     #[arg(long, default_value = "auto")]
     pub device: tezipfs::model::DeviceChoice,
+    /// Frames of more pixels than this are cut into horizontal slices of at most this many
+    /// pixels, coded independently, so that one frame is coded and decoded on every core (0:
+    /// never; `docs/results/slices.txt` measures the cost in ratio).
+    #[arg(long, default_value_t = tezipfs::codec::slices::DEFAULT_SLICE_PIXELS)]
+    pub slice_pixels: usize,
 }
 
 impl CodecArgs {
@@ -91,6 +96,8 @@ impl CodecArgs {
             exhaustive: self.exhaustive,
             entropy: self.entropy,
             model,
+            slice_pixels: self.slice_pixels,
+            ..Default::default()
         }
     }
 }

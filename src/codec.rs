@@ -10,6 +10,7 @@ pub mod entropy;
 pub mod format;
 pub mod predict;
 pub mod quantizer;
+pub mod slices;
 pub mod window;
 
 pub use container::BlobError;

@@ -61,6 +61,9 @@ pub struct Job {
     pub dir: u64,
     pub members: Vec<Inode>,
     pub policy: crate::policy::Policy,
+    /// Threads that may code the slices of the window's frames (`codec::slices`; 0: one per
+    /// core). Set as the window starts: the engine's workers that no other window holds then.
+    pub threads: usize,
 }
 
 struct Shared {
@@ -187,9 +190,13 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
         // can never fit is split into windows that do.
         let room = shared.vfs.memory.total();
         let jobs: Vec<Job> = jobs.into_iter().flat_map(|job| split_job(job, room)).collect();
-        for job in jobs {
+        for mut job in jobs {
             shared.vfs.counters.engine_waiting.store(true, Ordering::Relaxed);
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            // A window's slices take its own worker and those idle as it starts (a simple rule:
+            // at most twice the workers' threads run at once, when windows start while others
+            // run alone).
+            job.threads = permits.available_permits() + 1;
             let need = crate::memory::WINDOW_FACTOR * job.members.iter().map(|m| m.size).sum::<u64>();
             let vfs = shared.vfs.clone();
             let grant = tokio::task::block_in_place(|| vfs.reserve_memory(need));
@@ -248,7 +255,7 @@ fn split_job(job: Job, room: u64) -> Vec<Job> {
         return vec![job];
     }
     tracing::info!(dir = job.dir, files = sizes.len(), windows = runs.len(), "a window too large for the memory budget is split");
-    runs.into_iter().map(|r| Job { dir: job.dir, members: job.members[r].to_vec(), policy: job.policy.clone() }).collect()
+    runs.into_iter().map(|r| Job { dir: job.dir, members: job.members[r].to_vec(), policy: job.policy.clone(), threads: job.threads }).collect()
 }
 
 /// What runs every [`HOUSEKEEPING`]: the staging budget's warning, the backlog sample, model
@@ -381,7 +388,7 @@ pub fn plan_dir(vfs: &Vfs, dir: u64, in_flight: &HashSet<u64>, failed: &HashMap<
             later(start + (vfs.config.tail_idle - newest));
             break;
         }
-        plan.jobs.push(Job { dir, members: chunk.iter().map(|(_, i)| i.clone()).collect(), policy: policy.clone() });
+        plan.jobs.push(Job { dir, members: chunk.iter().map(|(_, i)| i.clone()).collect(), policy: policy.clone(), threads: 0 });
     }
     Ok(plan)
 }
@@ -409,6 +416,7 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     }
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let mut opts = job.policy.codec_options();
+    opts.threads = job.threads;
     let model_policy = ModelPolicy::of(job.policy.model.as_deref());
     opts.model = vfs.model_for(job.dir, &model_policy);
     if let (ModelPolicy::Auto, None, Some(t)) = (&model_policy, &opts.model, trainer) {

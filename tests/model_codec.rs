@@ -187,3 +187,28 @@ fn every_bit_flip_of_a_model_blob_is_caught() {
         }
     }
 }
+
+/// A window in slices (container version 7) with the model in every slice: each slice blob names
+/// it, the outer header names it once, and both backends decode the same bytes.
+#[test]
+fn sliced_windows_carry_the_model_in_their_slices() {
+    let (torch, reference, _) = backends(DType::U16, 31, &Size::Small.arch());
+    let (w, h) = (40, 50);
+    let files = frames(DType::U16, w, h, 4, 32);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+        let o = Options { slice_pixels: 40 * 16, ..opts(DType::U16, w, h, bound, &reference, PredictorChoice::Prednet) };
+        let e = encode_window(&refs, &o).unwrap();
+        assert_eq!(e.blob[8], 7, "{bound}: sliced");
+        assert_eq!(e.model, Some(reference.hash()), "{bound}");
+        let b = Blob::parse(&e.blob).unwrap();
+        assert_eq!(b.header.params.as_ref().unwrap().model, reference.hash(), "{bound}: the outer header names the model");
+        let one = decode_window_with(&e.blob, Arc::new(Only(torch.clone()))).unwrap_or_else(|err| panic!("{bound}: {err}"));
+        assert_eq!(one, decode_window_with(&e.blob, Arc::new(Only(reference.clone()))).unwrap(), "{bound}: backends differ");
+        if bound == Bound::Lossless {
+            assert_eq!(one, files);
+        }
+        let other: Arc<dyn Model> = backends(DType::U16, 99, &Size::Small.arch()).1;
+        assert!(matches!(decode_window_with(&e.blob, Arc::new(Only(other))), Err(BlobError::Decode { .. })), "{bound}: needs its model");
+    }
+}

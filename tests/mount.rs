@@ -969,3 +969,26 @@ fn a_window_too_large_for_the_memory_budget_is_split() {
     assert_eq!(st["memory_budget"].as_u64(), Some(64 << 20));
     assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
 }
+
+/// Frames above the slice size (1 Mpixel) are compressed by the engine into sliced blobs
+/// (container version 7) and read back byte for byte, before and after a remount.
+#[test]
+fn large_frames_are_sliced_and_read_back() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let d = fs.path("large");
+    mkdir(&d);
+    set_policy(&d, Some("raw:1100x1000:u16"), None, Some(4));
+    let want = write_frames(&d, &raw_frames(1100, 1000, 5, 90), "raw");
+    wait_compressed(&keys(&want));
+    assert_files(&want);
+    let blobs = fs.blobs();
+    assert!(!blobs.is_empty());
+    for b in &blobs {
+        let bytes = std::fs::read(b).unwrap();
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 7, "{}: a sliced blob", b.display());
+    }
+    fs.remount();
+    assert_files(&want);
+    fs.assert_log_clean();
+}

@@ -55,6 +55,14 @@ impl BlobCheck {
     }
 }
 
+/// The sections of an entry, named.
+fn frame_sections(body: &Body) -> Vec<(&'static str, Section)> {
+    match body {
+        Body::Opaque { data, .. } => vec![("data", *data)],
+        Body::Frame(f) => vec![("skeleton", f.skeleton), ("codes", f.codes), ("escapes", f.escapes), ("motion", f.motion)],
+    }
+}
+
 /// Check the bytes of a blob at `level`. `models`: where a blob's learned model is found for a
 /// decode (a blob whose model is not there gets only the section checks: the missing model is a
 /// problem of its own, reported by the caller).
@@ -70,17 +78,24 @@ pub fn check(bytes: &[u8], level: Level, models: Option<Arc<dyn ModelSource + Se
     let payload = &bytes[blob.payload_offset(bytes)..];
     // Frame entries in chain order: a bad frame makes every later frame unreadable.
     let chain: Vec<usize> = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
+    // A sliced blob (version 7): a frame is damaged where any slice's stripe of it is.
+    let mut stripe_bad: BTreeMap<usize, String> = BTreeMap::new();
+    for (s, &sec) in header.slices.iter().flat_map(|sl| sl.blobs.iter().enumerate()) {
+        let Some(inner) = payload.get(sec.offset as usize..sec.offset.saturating_add(sec.len) as usize).and_then(|b| Blob::parse(b).ok()) else { continue };
+        for (k, e) in inner.header.entries.iter().enumerate() {
+            if let Some(err) = frame_sections(&e.body).into_iter().find_map(|(what, x)| inner.section(k, what, x).err()) {
+                stripe_bad.entry(k).or_insert(format!("slice {s}: {err}"));
+            }
+        }
+    }
     let mut chain_broken: Option<(usize, String)> = None;
     for (i, e) in header.entries.iter().enumerate() {
-        let sections: Vec<(&'static str, Section)> = match &e.body {
-            Body::Opaque { data, .. } => vec![("data", *data)],
-            Body::Frame(f) => vec![("skeleton", f.skeleton), ("codes", f.codes), ("escapes", f.escapes), ("motion", f.motion)],
-        };
-        let bad = sections.into_iter().find_map(|(what, s)| section_of(payload, i, what, s).err());
+        let bad = frame_sections(&e.body).into_iter().find_map(|(what, s)| section_of(payload, i, what, s).err()).map(|e| e.to_string());
+        let bad = bad.or_else(|| chain.iter().position(|&c| c == i).and_then(|k| stripe_bad.get(&k).cloned()));
         match (&e.body, bad) {
             (Body::Frame(_), Some(err)) if chain_broken.is_none() => {
-                out.bad.insert(i as u32, err.to_string());
-                chain_broken = Some((i, err.to_string()));
+                out.bad.insert(i as u32, err.clone());
+                chain_broken = Some((i, err));
             }
             (Body::Frame(_), _) => {
                 if let Some((k, _)) = &chain_broken {
@@ -88,7 +103,7 @@ pub fn check(bytes: &[u8], level: Level, models: Option<Arc<dyn ModelSource + Se
                 }
             }
             (Body::Opaque { .. }, Some(err)) => {
-                out.bad.insert(i as u32, err.to_string());
+                out.bad.insert(i as u32, err);
             }
             (Body::Opaque { .. }, None) => {}
         }
@@ -173,5 +188,35 @@ mod tests {
         // Truncated.
         let c = check(&b[..b.len() - 3], Level::Sections, None);
         assert!(!c.is_ok());
+    }
+
+    #[test]
+    fn damage_to_a_slice_names_the_frame() {
+        // Frames of 32 x 64 in slices of 16 rows (container version 7), an opaque file second.
+        let frames = crate::fixtures::generate_raw(&crate::fixtures::SequenceSpec::detector_u16(32, 64, 4, 5));
+        let text = b"not a frame at all, stored whole".repeat(20);
+        let mut files: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        files.insert(1, &text);
+        let opts =
+            Options { format: FormatSpec::Raw(RawSpec { width: 32, height: 64, dtype: DType::U16, skip: 0 }), slice_pixels: 32 * 16, ..Options::default() };
+        let b = encode_window(&files, &opts).unwrap().blob;
+        assert_eq!(b[8], 7);
+        for level in [Level::Sections, Level::Decode] {
+            assert!(check(&b, level, None).is_ok(), "{level:?}");
+        }
+        // The codes of the third frame (entry 3) in slice 2.
+        let parsed = Blob::parse(&b).unwrap();
+        let sl = parsed.header.slices.as_ref().unwrap();
+        let slice_start = parsed.payload_offset(&b) + sl.blobs[2].offset as usize;
+        let inner = Blob::parse(&b[slice_start..slice_start + sl.blobs[2].len as usize]).unwrap();
+        let Body::Frame(f) = &inner.header.entries[2].body else { panic!("a frame") };
+        let at =
+            slice_start + inner.payload_offset(&b[slice_start..slice_start + sl.blobs[2].len as usize]) + f.codes.offset as usize + f.codes.len as usize / 2;
+        drop(parsed);
+        let mut bad = b.clone();
+        bad[at] ^= 0x10;
+        let c = check(&bad, Level::Sections, None);
+        assert_eq!(c.bad.keys().copied().collect::<Vec<_>>(), vec![3, 4], "{c:?}");
+        assert!(c.entry_problem(3).unwrap().contains("slice 2"), "{c:?}");
     }
 }

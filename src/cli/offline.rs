@@ -66,6 +66,10 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     }
     let total: u64 = files.iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    // Windows are coded in parallel; the slices of a window's frames take the threads that
+    // fewer windows than threads leave (one window: all of them).
+    let mut opts = opts;
+    opts.threads = (threads / files.len().div_ceil(args.window.max(1)).clamp(1, threads)).max(1);
     let tmp = out.with_extension("partial");
     let mut w =
         archive::Writer::new(BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?), opts.model.is_some())?;

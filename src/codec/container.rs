@@ -1,5 +1,7 @@
-//! The blob container (format versions 1 to 6, see `docs/FORMAT.md`): one window of files, self-
-//! describing, every byte covered by a CRC32C.
+//! The blob container (format versions 1 to 7, see `docs/FORMAT.md`): one window of files, self-
+//! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
+//! slices, each coded as a blob of its own (version 2 to 6) inside the outer one
+//! (`codec::slices`).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -17,8 +19,9 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
 /// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes, 5
 /// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
-/// the reference, so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 6;
+/// the reference, 7 only when the frames are cut into slices, so other blobs stay readable by
+/// builds that know an older version.
+pub const VERSION: u16 = 7;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -120,6 +123,36 @@ pub struct Header {
     /// `None` when the blob holds only opaque entries.
     pub params: Option<Params>,
     pub entries: Vec<Entry>,
+    /// Version 7: the frames are cut into horizontal slices, each coded as a blob of its own.
+    /// Its frame entries then hold only what belongs to the whole file (byte order, bound, pixel
+    /// ranges, skeleton); their codes, escapes and motion sections are empty, `stage` and `key`
+    /// are those of the first slice and `n_escapes` the sum over the slices, and `params` holds
+    /// the predictor of the first slice and the model the slices use.
+    pub slices: Option<Slicing>,
+}
+
+/// How the frames of a version-7 blob are cut (`docs/FORMAT.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slicing {
+    /// Rows of every slice but the last, which holds the rest (`ceil(height / rows)` slices).
+    pub rows: u32,
+    /// Each slice's blob: a section of the payload.
+    pub blobs: Vec<Section>,
+    /// Each slice blob's header (filled by [`Blob::parse`]; empty as [`Header`] is written).
+    pub headers: Vec<Header>,
+}
+
+impl Slicing {
+    /// Rows of slice `s` of a frame of `height` rows.
+    pub fn rows_of(&self, s: usize, height: u32) -> u32 {
+        let start = self.rows.saturating_mul(s as u32);
+        self.rows.min(height.saturating_sub(start))
+    }
+}
+
+/// The number of slices of `rows` rows a frame of `height` rows is cut into.
+pub fn slice_count(height: u32, rows: u32) -> usize {
+    height.div_ceil(rows.max(1)) as usize
 }
 
 /// Builds a blob: sections are appended to the payload as they are produced.
@@ -140,7 +173,9 @@ impl Writer {
     }
 
     pub fn finish(self, header: &Header) -> Vec<u8> {
-        let version = if header.params.as_ref().is_some_and(uses_model) {
+        let version = if header.slices.is_some() {
+            7
+        } else if header.params.as_ref().is_some_and(uses_model) {
             6
         } else if needs_v5(&header.entries) {
             5
@@ -196,24 +231,18 @@ impl<'a> Blob<'a> {
         if crc32c::crc32c(h) != crc {
             return Err(BlobError::HeaderCrc);
         }
-        let header = read_header(h, version)?;
+        let mut header = read_header(h, version)?;
         let payload = &bytes[hend + 4..];
-        let end = header
-            .entries
-            .iter()
-            .flat_map(|e| match &e.body {
-                Body::Frame(f) => vec![f.skeleton, f.codes, f.escapes, f.motion],
-                Body::Opaque { data, .. } => vec![*data],
-            })
-            .map(|s| s.offset.saturating_add(s.len))
-            .max()
-            .unwrap_or(0);
+        let end = sections(&header).map(|s| s.offset.saturating_add(s.len)).max().unwrap_or(0);
         if end != payload.len() as u64 {
             return Err(if end > payload.len() as u64 {
                 BlobError::Truncated
             } else {
                 BlobError::Malformed(format!("{} trailing bytes after the last section", payload.len() as u64 - end))
             });
+        }
+        if header.slices.is_some() {
+            parse_slices(&mut header, payload)?;
         }
         Ok(Blob { header, payload })
     }
@@ -231,6 +260,80 @@ impl<'a> Blob<'a> {
     pub fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
         self.header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: self.header.entries.len() })
     }
+}
+
+/// Every section of a header (a version-7 header's slice blobs included).
+fn sections(h: &Header) -> impl Iterator<Item = Section> + '_ {
+    let entries = h.entries.iter().flat_map(|e| match &e.body {
+        Body::Frame(f) => vec![f.skeleton, f.codes, f.escapes, f.motion],
+        Body::Opaque { data, .. } => vec![*data],
+    });
+    entries.chain(h.slices.iter().flat_map(|s| s.blobs.iter().copied()))
+}
+
+/// The bytes of `s` in `payload`, unchecked (`None`: outside it).
+fn section_bytes(payload: &[u8], s: Section) -> Option<&[u8]> {
+    let start = usize::try_from(s.offset).ok()?;
+    payload.get(start..start.checked_add(usize::try_from(s.len).ok()?)?)
+}
+
+/// Parse the slice blobs of a version-7 header (their headers only: each slice blob's sections
+/// are checked as it is decoded, the outer section's CRC by [`section_of`] where wanted) and check
+/// that they fit the outer header: versions 2 to 6 (slices do not nest), the outer pixel type and
+/// width, the slice's rows, one frame entry per outer frame entry under the same bound, one
+/// learned model at most. Fills what the outer frame entries and parameters take from the slices.
+fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
+    let slicing = header.slices.as_mut().expect("a version-7 header");
+    let p = header.params.as_mut().ok_or_else(|| bad("a sliced blob without frame parameters"))?;
+    let frames: Vec<usize> = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
+    let mut headers = Vec::with_capacity(slicing.blobs.len());
+    let mut model = [0u8; 32];
+    for (s, &sec) in slicing.blobs.iter().enumerate() {
+        let why = |w: String| bad(format!("slice {s}: {w}"));
+        let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
+        let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
+        if !(2..=6).contains(&version) {
+            return Err(why(format!("a slice blob of version {version}")));
+        }
+        let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
+        let ip = inner.params.as_ref().ok_or_else(|| why("no frames".into()))?;
+        let rows = slicing.rows_of(s, p.height);
+        if ip.dtype != p.dtype || ip.width != p.width || ip.height != rows {
+            return Err(why(format!("{}x{} {} frames in a slice of {}x{rows} {}", ip.width, ip.height, ip.dtype, p.width, p.dtype)));
+        }
+        if inner.entries.len() != frames.len() {
+            return Err(why(format!("{} entries for {} frames", inner.entries.len(), frames.len())));
+        }
+        if ip.model != [0; 32] {
+            if model != [0; 32] && model != ip.model {
+                return Err(why("a second learned model".into()));
+            }
+            model = ip.model;
+        }
+        for (k, (&i, e)) in frames.iter().zip(&inner.entries).enumerate() {
+            let (Body::Frame(f), Body::Frame(of)) = (&e.body, &mut header.entries[i].body) else {
+                return Err(why(format!("entry {k} is not a frame")));
+            };
+            let stripe = ip.width as u64 * ip.height as u64 * ip.dtype.bytes() as u64;
+            if e.original_len != stripe || f.big_endian || f.ranges.len() != 1 || f.ranges[0].start != 0 {
+                return Err(why(format!("entry {k} is not a raw little-endian stripe")));
+            }
+            if f.bound != of.bound {
+                return Err(why(format!("entry {k} is coded under {:?}, its frame under {:?}", f.bound, of.bound)));
+            }
+            if s == 0 {
+                (of.stage, of.key) = (f.stage, f.key);
+            }
+            of.n_escapes = of.n_escapes.saturating_add(f.n_escapes);
+        }
+        if s == 0 {
+            (p.predictor, p.coefs) = (ip.predictor, Vec::new());
+        }
+        headers.push(inner);
+    }
+    p.model = model;
+    slicing.headers = headers;
+    Ok(())
 }
 
 /// The bytes of section `s` of `payload`, after checking its CRC.
@@ -263,9 +366,18 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
         _ => return Some(out),
     };
     let payload = &bytes[hend + 4..];
+    // A version-7 blob's slices are blobs: sealed each on its own first.
+    if let Some(sl) = &header.slices {
+        for &sec in &sl.blobs {
+            // (Slices do not nest: a slice that claims version 7 is left as it is.)
+            let Some(sealed) = section_bytes(payload, sec).filter(|b| b.get(8..10) != Some(&[7, 0])).and_then(reseal) else { continue };
+            let start = hend + 4 + sec.offset as usize;
+            out[start..start + sealed.len()].copy_from_slice(&sealed);
+        }
+    }
+    let payload = &out[hend + 4..].to_vec();
     let fix = |s: &mut Section| {
-        let range = usize::try_from(s.offset).ok().zip(usize::try_from(s.len).ok()).and_then(|(o, l)| payload.get(o..o.checked_add(l)?));
-        if let Some(b) = range {
+        if let Some(b) = section_bytes(payload, *s) {
             s.crc = crc32c::crc32c(b);
         }
     };
@@ -274,6 +386,9 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
             Body::Frame(f) => [&mut f.skeleton, &mut f.codes, &mut f.escapes, &mut f.motion].into_iter().for_each(fix),
             Body::Opaque { data, .. } => fix(data),
         }
+    }
+    if let Some(sl) = &mut header.slices {
+        sl.blobs.iter_mut().for_each(fix);
     }
     let mut h = Vec::with_capacity(hlen);
     write_header(&header, version, &mut h);
@@ -315,6 +430,9 @@ fn put_section(out: &mut Vec<u8>, s: Section) {
 }
 
 fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
+    if version >= 7 {
+        return write_sliced_header(h, out);
+    }
     match &h.params {
         None => out.push(0),
         Some(p) => {
@@ -331,43 +449,76 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
             out.extend_from_slice(&p.bound.param().to_le_bytes());
         }
     }
-    out.extend_from_slice(&(h.entries.len() as u32).to_le_bytes());
-    for e in &h.entries {
-        match &e.body {
-            Body::Frame(_) => out.push(0),
-            Body::Opaque { compressed: true, .. } => out.push(1),
-            Body::Opaque { compressed: false, .. } => out.push(2),
+    write_entries(&h.entries, out, |f, out| {
+        out.push(f.big_endian as u8);
+        out.push(f.key as u8);
+        put_frame_bound_ranges(out, f);
+        out.push(f.stage as u8);
+        put_section(out, f.skeleton);
+        put_section(out, f.codes);
+        put_section(out, f.escapes);
+        out.extend_from_slice(&f.n_escapes.to_le_bytes());
+        if version >= 3 {
+            put_section(out, f.motion);
         }
+        if version >= 4 {
+            // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
+            // that the adaptive models carry over, bit 3 that its temporal context moves.
+            out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8));
+        }
+    });
+}
+
+/// The entry count and the entries (every version), `frame` writing what follows a frame
+/// entry's kind, length and CRC.
+fn write_entries(entries: &[Entry], out: &mut Vec<u8>, frame: impl Fn(&FrameEntry, &mut Vec<u8>)) {
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.push(match &e.body {
+            Body::Frame(_) => 0,
+            Body::Opaque { compressed: true, .. } => 1,
+            Body::Opaque { compressed: false, .. } => 2,
+        });
         out.extend_from_slice(&e.original_len.to_le_bytes());
         out.extend_from_slice(&e.crc.to_le_bytes());
         match &e.body {
             Body::Opaque { data, .. } => put_section(out, *data),
-            Body::Frame(f) => {
-                out.push(f.big_endian as u8);
-                out.push(f.key as u8);
-                let (kind, v) = f.bound.to_parts();
-                out.push(kind);
-                out.extend_from_slice(&v.to_le_bytes());
-                out.extend_from_slice(&(f.ranges.len() as u32).to_le_bytes());
-                for r in &f.ranges {
-                    out.extend_from_slice(&(r.start as u64).to_le_bytes());
-                    out.extend_from_slice(&(r.len() as u64).to_le_bytes());
-                }
-                out.push(f.stage as u8);
-                put_section(out, f.skeleton);
-                put_section(out, f.codes);
-                put_section(out, f.escapes);
-                out.extend_from_slice(&f.n_escapes.to_le_bytes());
-                if version >= 3 {
-                    put_section(out, f.motion);
-                }
-                if version >= 4 {
-                    // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
-                    // that the adaptive models carry over, bit 3 that its temporal context moves.
-                    out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8));
-                }
-            }
+            Body::Frame(f) => frame(f, out),
         }
+    }
+}
+
+/// A version-7 header: the geometry, the slicing, per entry what belongs to the whole file, the
+/// slice blobs.
+fn write_sliced_header(h: &Header, out: &mut Vec<u8>) {
+    let p = h.params.as_ref().expect("a sliced blob has frames");
+    let sl = h.slices.as_ref().expect("a version-7 header is sliced");
+    out.push(p.dtype.id());
+    out.extend_from_slice(&p.width.to_le_bytes());
+    out.extend_from_slice(&p.height.to_le_bytes());
+    out.extend_from_slice(&sl.rows.to_le_bytes());
+    out.push(p.bound.kind_id());
+    out.extend_from_slice(&p.bound.param().to_le_bytes());
+    write_entries(&h.entries, out, |f, out| {
+        out.push(f.big_endian as u8);
+        put_frame_bound_ranges(out, f);
+        put_section(out, f.skeleton);
+    });
+    out.extend_from_slice(&(sl.blobs.len() as u32).to_le_bytes());
+    for &b in &sl.blobs {
+        put_section(out, b);
+    }
+}
+
+/// A frame entry's bound and pixel ranges (every version).
+fn put_frame_bound_ranges(out: &mut Vec<u8>, f: &FrameEntry) {
+    let (kind, v) = f.bound.to_parts();
+    out.push(kind);
+    out.extend_from_slice(&v.to_le_bytes());
+    out.extend_from_slice(&(f.ranges.len() as u32).to_le_bytes());
+    for r in &f.ranges {
+        out.extend_from_slice(&(r.start as u64).to_le_bytes());
+        out.extend_from_slice(&(r.len() as u64).to_le_bytes());
     }
 }
 
@@ -403,15 +554,138 @@ fn bad(s: impl Into<String>) -> BlobError {
     BlobError::Malformed(s.into())
 }
 
+/// A frame entry's bound and pixel ranges, checked against the file length and the frame.
+fn read_bound_ranges(c: &mut Cursor, i: usize, original_len: u64, p: &Params) -> Result<(FrameBound, Vec<Range<usize>>), BlobError> {
+    let (bk, bv) = (c.u8()?, c.f64()?);
+    let bound = FrameBound::from_parts(bk, bv).ok_or_else(|| bad(format!("entry {i}: bad bound")))?;
+    let nr = c.u32()? as usize;
+    // 16 bytes a range: a count the header cannot hold sizes nothing.
+    if nr > c.b.len() / 16 {
+        return Err(bad(format!("entry {i}: {nr} pixel ranges")));
+    }
+    let mut ranges = Vec::with_capacity(nr);
+    let mut total = 0u64;
+    for _ in 0..nr {
+        let (start, len) = (c.u64()?, c.u64()?);
+        let end = start.checked_add(len).filter(|&e| e <= original_len).ok_or_else(|| bad(format!("entry {i}: pixel range outside the file")))?;
+        // Each range lies in the file, but their sum may still overflow.
+        total = total.checked_add(len).ok_or_else(|| bad(format!("entry {i}: pixel ranges hold more than 2^64 bytes")))?;
+        ranges.push(start as usize..end as usize);
+    }
+    let want = p.width as u64 * p.height as u64 * p.dtype.bytes() as u64;
+    if total != want {
+        return Err(bad(format!("entry {i}: pixel ranges hold {total} bytes, frame needs {want}")));
+    }
+    Ok((bound, ranges))
+}
+
+/// The pixel type and geometry that open a header with frames.
+fn read_geometry(c: &mut Cursor, dtype_id: u8) -> Result<(DType, u32, u32), BlobError> {
+    let dtype = DType::from_id(dtype_id).ok_or_else(|| bad(format!("unknown pixel type {dtype_id}")))?;
+    Ok((dtype, c.u32()?, c.u32()?))
+}
+
+/// Refuse an empty or oversized geometry, before anything is sized by it (docs/FORMAT.md,
+/// Limits).
+fn check_geometry(width: u32, height: u32) -> Result<(), BlobError> {
+    if width == 0 || height == 0 {
+        return Err(bad("empty geometry"));
+    }
+    super::format::check_geometry(width as u64, height as u64).map_err(bad)
+}
+
+/// The entry count and the entries of a header (every version), `frame` reading what follows a
+/// frame entry's kind, length and CRC.
+fn read_entries(c: &mut Cursor, mut frame: impl FnMut(&mut Cursor, usize, u64) -> Result<FrameEntry, BlobError>) -> Result<Vec<Entry>, BlobError> {
+    let n = c.u32()? as usize;
+    // At least 33 bytes an entry (an opaque one): a count the header cannot hold sizes nothing.
+    if n > c.b.len() / 33 {
+        return Err(bad(format!("{n} entries in a {}-byte header", c.b.len())));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for i in 0..n {
+        let kind = c.u8()?;
+        let original_len = c.u64()?;
+        let crc = c.u32()?;
+        let body = match kind {
+            1 | 2 => Body::Opaque { compressed: kind == 1, data: c.section()? },
+            0 => Body::Frame(frame(c, i, original_len)?),
+            k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
+        };
+        entries.push(Entry { original_len, crc, body });
+    }
+    Ok(entries)
+}
+
+/// A version-7 header (see [`write_sliced_header`]).
+fn read_sliced_header(h: &[u8]) -> Result<Header, BlobError> {
+    let mut c = Cursor { b: h, pos: 0 };
+    let dtype_id = c.u8()?;
+    if dtype_id == 0 {
+        return Err(bad("a sliced blob without frames"));
+    }
+    let (dtype, width, height) = read_geometry(&mut c, dtype_id)?;
+    let rows = c.u32()?;
+    let (kind, v) = (c.u8()?, c.f64()?);
+    let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
+    check_geometry(width, height)?;
+    if rows == 0 || rows >= height {
+        return Err(bad(format!("slices of {rows} rows in a frame of {height}")));
+    }
+    let p = Params { dtype, width, height, predictor: PredictorId::None, model: [0; 32], coefs: Vec::new(), bound };
+    let mut key = true;
+    let entries = read_entries(&mut c, |c, i, original_len| {
+        let big_endian = c.u8()? != 0;
+        let (bound, ranges) = read_bound_ranges(c, i, original_len, &p)?;
+        let skeleton = c.section()?;
+        let none = Section::default();
+        let f = FrameEntry {
+            big_endian,
+            key,
+            bound,
+            ranges,
+            stage: Stage::Zstd,
+            skeleton,
+            codes: none,
+            escapes: none,
+            n_escapes: 0,
+            motion: none,
+            block_modes: false,
+            subpel: false,
+            carry: false,
+            moved_context: false,
+        };
+        key = false;
+        Ok(f)
+    })?;
+    if key {
+        return Err(bad("a sliced blob without frames"));
+    }
+    let count = c.u32()? as usize;
+    if count != slice_count(height, rows) {
+        return Err(bad(format!("{count} slices of {rows} rows in a frame of {height}")));
+    }
+    // 20 bytes a section: checked before the vector is sized.
+    if count > h.len() / 20 {
+        return Err(bad(format!("{count} slices in a {}-byte header", h.len())));
+    }
+    let blobs = (0..count).map(|_| c.section()).collect::<Result<Vec<_>, _>>()?;
+    if c.pos != h.len() {
+        return Err(bad("trailing bytes in header"));
+    }
+    Ok(Header { params: Some(p), entries, slices: Some(Slicing { rows, blobs, headers: Vec::new() }) })
+}
+
 fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
+    if version >= 7 {
+        return read_sliced_header(h);
+    }
     let mut c = Cursor { b: h, pos: 0 };
     let dtype_id = c.u8()?;
     let params = if dtype_id == 0 {
         None
     } else {
-        let dtype = DType::from_id(dtype_id).ok_or_else(|| bad(format!("unknown pixel type {dtype_id}")))?;
-        let width = c.u32()?;
-        let height = c.u32()?;
+        let (dtype, width, height) = read_geometry(&mut c, dtype_id)?;
         let pid = c.u8()?;
         let predictor = PredictorId::from_id(pid).ok_or_else(|| bad(format!("unknown predictor {pid}")))?;
         let model: [u8; 32] = c.take(32)?.try_into().expect("32 bytes");
@@ -429,90 +703,36 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         }
         let (kind, v) = (c.u8()?, c.f64()?);
         let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
-        if width == 0 || height == 0 {
-            return Err(bad("empty geometry"));
-        }
-        // Before anything is sized by it (docs/FORMAT.md, Limits).
-        super::format::check_geometry(width as u64, height as u64).map_err(bad)?;
+        check_geometry(width, height)?;
         Some(Params { dtype, width, height, predictor, model, coefs, bound })
     };
-    let n = c.u32()? as usize;
-    // At least 33 bytes an entry (an opaque one): a count the header cannot hold sizes nothing.
-    if n > h.len() / 33 {
-        return Err(bad(format!("{n} entries in a {}-byte header", h.len())));
-    }
-    let mut entries = Vec::with_capacity(n);
-    for i in 0..n {
-        let kind = c.u8()?;
-        let original_len = c.u64()?;
-        let crc = c.u32()?;
-        let body = match kind {
-            1 | 2 => Body::Opaque { compressed: kind == 1, data: c.section()? },
-            0 => {
-                let p = params.as_ref().ok_or_else(|| bad("frame entry in a blob without frame parameters"))?;
-                let big_endian = c.u8()? != 0;
-                let key = c.u8()? != 0;
-                let (bk, bv) = (c.u8()?, c.f64()?);
-                let bound = FrameBound::from_parts(bk, bv).ok_or_else(|| bad(format!("entry {i}: bad bound")))?;
-                let nr = c.u32()? as usize;
-                // 16 bytes a range: a count the header cannot hold sizes nothing.
-                if nr > h.len() / 16 {
-                    return Err(bad(format!("entry {i}: {nr} pixel ranges")));
-                }
-                let mut ranges = Vec::with_capacity(nr);
-                let mut total = 0u64;
-                for _ in 0..nr {
-                    let (start, len) = (c.u64()?, c.u64()?);
-                    let end = start.checked_add(len).filter(|&e| e <= original_len).ok_or_else(|| bad(format!("entry {i}: pixel range outside the file")))?;
-                    // Each range lies in the file, but their sum may still overflow.
-                    total = total.checked_add(len).ok_or_else(|| bad(format!("entry {i}: pixel ranges hold more than 2^64 bytes")))?;
-                    ranges.push(start as usize..end as usize);
-                }
-                let want = p.width as u64 * p.height as u64 * p.dtype.bytes() as u64;
-                if total != want {
-                    return Err(bad(format!("entry {i}: pixel ranges hold {total} bytes, frame needs {want}")));
-                }
-                let sid = c.u8()?;
-                let stage = Stage::from_id(sid).ok_or_else(|| bad(format!("entry {i}: unknown entropy stage {sid}")))?;
-                let skeleton = c.section()?;
-                let codes = c.section()?;
-                let escapes = c.section()?;
-                let n_escapes = c.u32()?;
-                if n_escapes as u64 > p.width as u64 * p.height as u64 {
-                    return Err(bad(format!("entry {i}: {n_escapes} escapes")));
-                }
-                let motion = if version >= 3 { c.section()? } else { Section::default() };
-                let flags = if version >= 4 { c.u8()? } else { 0 };
-                let known = if version >= 5 { 15 } else { 1 };
-                let (block_modes, subpel, carry, moved_context) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
-                if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
-                    return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
-                }
-                if (carry || moved_context) && (key || stage != Stage::Adaptive) {
-                    let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
-                    return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
-                }
-                Body::Frame(FrameEntry {
-                    big_endian,
-                    key,
-                    bound,
-                    ranges,
-                    stage,
-                    skeleton,
-                    codes,
-                    escapes,
-                    n_escapes,
-                    motion,
-                    block_modes,
-                    subpel,
-                    carry,
-                    moved_context,
-                })
-            }
-            k => return Err(bad(format!("entry {i}: unknown kind {k}"))),
-        };
-        entries.push(Entry { original_len, crc, body });
-    }
+    let entries = read_entries(&mut c, |c, i, original_len| {
+        let p = params.as_ref().ok_or_else(|| bad("frame entry in a blob without frame parameters"))?;
+        let big_endian = c.u8()? != 0;
+        let key = c.u8()? != 0;
+        let (bound, ranges) = read_bound_ranges(c, i, original_len, p)?;
+        let sid = c.u8()?;
+        let stage = Stage::from_id(sid).ok_or_else(|| bad(format!("entry {i}: unknown entropy stage {sid}")))?;
+        let skeleton = c.section()?;
+        let codes = c.section()?;
+        let escapes = c.section()?;
+        let n_escapes = c.u32()?;
+        if n_escapes as u64 > p.width as u64 * p.height as u64 {
+            return Err(bad(format!("entry {i}: {n_escapes} escapes")));
+        }
+        let motion = if version >= 3 { c.section()? } else { Section::default() };
+        let flags = if version >= 4 { c.u8()? } else { 0 };
+        let known = if version >= 5 { 15 } else { 1 };
+        let (block_modes, subpel, carry, moved_context) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
+        if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
+            return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
+        }
+        if (carry || moved_context) && (key || stage != Stage::Adaptive) {
+            let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
+            return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
+        }
+        Ok(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
+    })?;
     if c.pos != h.len() {
         return Err(bad("trailing bytes in header"));
     }
@@ -532,5 +752,5 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
             ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models", "a learned model"][version as usize - 3]
         )));
     }
-    Ok(Header { params, entries })
+    Ok(Header { params, entries, slices: None })
 }

@@ -45,6 +45,16 @@ pub struct Options {
     /// A learned model that may correct the temporal reference (tried beside the classical
     /// predictors under `auto`, alone under `prednet`).
     pub model: Option<ModelHandle>,
+    /// Frames of more pixels than this are cut into horizontal slices coded independently
+    /// (container version 7, `codec::slices`); 0: never.
+    pub slice_pixels: usize,
+    /// Threads that code the slices of a window (0: one per core).
+    pub threads: usize,
+    /// Return the reconstructions of frames coded under a bound in [`Encoded::recon`].
+    pub reconstructions: bool,
+    /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
+    /// without a probe (how the slices of a window share the choice of one of them).
+    pub stage: Option<Stage>,
 }
 
 impl Default for Options {
@@ -57,6 +67,10 @@ impl Default for Options {
             exhaustive: false,
             entropy: EntropyChoice::default(),
             model: None,
+            slice_pixels: super::slices::DEFAULT_SLICE_PIXELS,
+            threads: 0,
+            reconstructions: false,
+            stage: None,
         }
     }
 }
@@ -166,6 +180,9 @@ pub struct Encoded {
     /// The model that corrected the reference, if the window used one.
     pub model: Option<super::predict::ModelHash>,
     pub entries: Vec<EntryReport>,
+    /// With [`Options::reconstructions`] under a bound: the integer image of each frame of the
+    /// chain as the decoder will rebuild it (empty for a lossless frame).
+    pub recon: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +211,8 @@ struct CodedFrame {
     carry: bool,
     /// The adaptive stage's temporal context was moved (container version 5).
     moved_context: bool,
+    /// The reconstruction under a bound, when [`Options::reconstructions`] asks for it.
+    recon: Vec<u32>,
 }
 
 /// The first frames of a chain predicted and quantised with one predictor.
@@ -317,6 +336,9 @@ pub fn plan_windows(analyses: &[Analysis], window: usize) -> Vec<std::ops::Range
 
 /// Code one window of files.
 pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeError> {
+    if let Some(sliced) = super::slices::encode(files, opts)? {
+        return Ok(sliced);
+    }
     let mut coder = Coder::new(opts.level)?;
     let analyses: Vec<Analysis> = files.iter().map(|f| analyze(f, &opts.format)).collect();
 
@@ -421,9 +443,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             });
             next += 1;
         } else {
-            let z = coder.compress_bytes(file)?;
-            let (compressed, bytes) = if z.len() < file.len() { (true, &z[..]) } else { (false, &file[..]) };
-            entries.push(Entry { original_len: file.len() as u64, crc: crc32c::crc32c(file), body: Body::Opaque { compressed, data: w.section(bytes) } });
+            entries.push(opaque_entry(file, &mut coder, &mut w)?);
         }
     }
     let params = chain.layouts.first().map(|l| Params {
@@ -435,8 +455,16 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         coefs,
         bound: opts.bound,
     });
-    let blob = w.finish(&Header { params, entries });
-    Ok(Encoded { blob, predictor, model: used_model, entries: reports })
+    let blob = w.finish(&Header { params, entries, slices: None });
+    let recon = coded.into_iter().map(|c| c.recon).collect();
+    Ok(Encoded { blob, predictor, model: used_model, entries: reports, recon })
+}
+
+/// A file stored whole: zstd, or as it is when zstd does not shrink it.
+pub(super) fn opaque_entry(file: &[u8], coder: &mut Coder, w: &mut container::Writer) -> Result<Entry, EncodeError> {
+    let z = coder.compress_bytes(file)?;
+    let (compressed, bytes) = if z.len() < file.len() { (true, &z[..]) } else { (false, file) };
+    Ok(Entry { original_len: file.len() as u64, crc: crc32c::crc32c(file), body: Body::Opaque { compressed, data: w.section(bytes) } })
 }
 
 /// A window's frames coded with one candidate.
@@ -467,7 +495,10 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
         Some(q) => q,
         None => quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
     };
-    let coded = code_chain(chain, dtype, geom, opts, stage, &q, coder)?;
+    let mut coded = code_chain(chain, dtype, geom, opts, stage, &q, coder)?;
+    if opts.reconstructions {
+        coded.iter_mut().zip(q.frames).for_each(|(c, f)| c.recon = f.recon);
+    }
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
     if chosen.pid != PredictorId::Linear {
         kept.clear();
@@ -511,6 +542,9 @@ fn choose(
     }
     if candidates.len() == 1 && opts.exhaustive {
         return Ok((candidates[0], None));
+    }
+    if let (1, Some(stage)) = (candidates.len(), opts.stage) {
+        return Ok((candidates[0], Some(stage)));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
     // The probe is taken from the middle of the window, which stands for the window better than
@@ -770,7 +804,20 @@ fn code_chain(
         let carry = side.carry && stage == Stage::Adaptive;
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         last_stage = Some(stage);
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry, moved_context });
+        out.push(CodedFrame {
+            stage,
+            codes,
+            escapes,
+            n_escapes: c.escapes.len() as u32,
+            bound: fb,
+            crc,
+            motion,
+            block_modes,
+            subpel,
+            carry,
+            moved_context,
+            recon: Vec::new(),
+        });
     }
     Ok(out)
 }
@@ -801,6 +848,9 @@ pub struct Decoder {
     /// Chain position of the frame whose adaptive models the coder holds (what a frame that
     /// carries them over needs: the one before it).
     models_of: Option<usize>,
+    /// A version-7 blob: a decoder per slice (the fields above then serve the skeletons and
+    /// opaque entries only).
+    slices: Option<super::slices::Slices>,
 }
 
 impl Decoder {
@@ -815,9 +865,19 @@ impl Decoder {
 
     /// A decoder that finds the blob's model, if it names one, in `models`.
     pub fn with_models(bytes: Arc<[u8]>, models: Arc<dyn ModelSource + Send + Sync>) -> Result<Decoder, BlobError> {
-        let blob = Blob::parse(&bytes)?;
-        let payload_start = blob.payload_offset(&bytes);
+        let all = 0..bytes.len();
+        Decoder::with_models_in(bytes, all, models)
+    }
+
+    /// A decoder of the blob at `range` of `bytes` (a slice of a version-7 blob).
+    pub(super) fn with_models_in(bytes: Arc<[u8]>, range: std::ops::Range<usize>, models: Arc<dyn ModelSource + Send + Sync>) -> Result<Decoder, BlobError> {
+        let blob = Blob::parse(&bytes[range.clone()])?;
+        let payload_start = range.start + blob.payload_offset(&bytes[range]);
         let header = blob.header;
+        let slices = match &header.slices {
+            Some(sl) => Some(super::slices::Slices::open(&bytes, payload_start, sl, &models)?),
+            None => None,
+        };
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
         Ok(Decoder {
@@ -835,7 +895,39 @@ impl Decoder {
             older_codes: Vec::new(),
             moved_codes: Vec::new(),
             models_of: None,
+            slices,
         })
+    }
+
+    /// Decode the slices of a frame of a version-7 blob on at most `n` threads (0: one per
+    /// core; the default). Other blobs decode on the calling thread.
+    pub fn set_threads(&mut self, n: usize) {
+        if let Some(s) = &mut self.slices {
+            s.threads = n;
+        }
+    }
+
+    /// The number of slices a frame of this blob is cut into (1: not sliced).
+    pub fn slice_count(&self) -> usize {
+        self.slices.as_ref().map_or(1, |s| s.len())
+    }
+
+    /// Bytes a sliced blob's decoder holds beyond the frame buffers an unsliced decoder of the
+    /// same frames holds (its slices' decoders together hold about those): each slice's image
+    /// of a frame, the whole frame's image, the stripes' bytes as decoded. 0 for other blobs.
+    pub fn slicing_bytes(&self) -> u64 {
+        match (&self.slices, &self.header.params) {
+            (Some(_), Some(p)) => p.width as u64 * p.height as u64 * (8 + p.dtype.bytes() as u64),
+            _ => 0,
+        }
+    }
+
+    /// Forget the chain's state: the next frame is decoded from the key frame on.
+    fn restart(&mut self) {
+        self.session = None;
+        if let Some(s) = &mut self.slices {
+            s.restart();
+        }
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
@@ -844,7 +936,10 @@ impl Decoder {
 
     /// Chain position of the next frame this decoder would decode (0: at the start).
     pub fn position(&self) -> usize {
-        self.session.as_ref().map_or(0, Session::position)
+        match &self.slices {
+            Some(s) => s.position(),
+            None => self.session.as_ref().map_or(0, Session::position),
+        }
     }
 
     /// Chain position of entry `i`, if it is a frame.
@@ -890,14 +985,14 @@ impl Decoder {
             Body::Frame(_) => {
                 let pos = self.frame_entries.iter().position(|&e| e == i).expect("frame entry is in the chain");
                 if pos < self.position() {
-                    self.session = None;
+                    self.restart();
                 }
                 loop {
                     let k = self.position();
                     let e = self.frame_entries[k];
                     // A frame that fails leaves the chain's state half made: start again from the
                     // key frame next time.
-                    let file = self.decode_next_frame().inspect_err(|_| self.session = None)?;
+                    let file = self.decode_next_frame().inspect_err(|_| self.restart())?;
                     if k == pos {
                         return Ok(file);
                     }
@@ -936,6 +1031,40 @@ impl Decoder {
         let entry = self.entry(i)?.clone();
         let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
         let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+        match &mut self.slices {
+            Some(s) => s.decode_next(i, &mut self.recon)?,
+            None => self.decode_next_image(k, i, f, &p)?,
+        }
+        self.assemble(i, &entry, f, &p)
+    }
+
+    /// The integer image of the frame at chain position `k`, no file assembled (what a slice's
+    /// decoder gives: the outer blob's CRC of the whole file covers it).
+    pub(super) fn image(&mut self, k: usize) -> Result<&[u32], BlobError> {
+        let len = self.frame_entries.len();
+        if k >= len {
+            return Err(BlobError::NoEntry { entry: k, len });
+        }
+        // (The frame just decoded is asked for again as the slices are stacked.)
+        if k + 1 == self.position() {
+            return Ok(&self.recon);
+        }
+        if k < self.position() {
+            self.restart();
+        }
+        while self.position() <= k {
+            let pos = self.position();
+            let i = self.frame_entries[pos];
+            let entry = self.entry(i)?.clone();
+            let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
+            let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+            self.decode_next_image(pos, i, f, &p).inspect_err(|_| self.restart())?;
+        }
+        Ok(&self.recon)
+    }
+
+    /// Decode the frame at chain position `k` (entry `i`) into `self.recon`.
+    fn decode_next_image(&mut self, k: usize, i: usize, f: &FrameEntry, p: &Params) -> Result<(), BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
@@ -947,7 +1076,7 @@ impl Decoder {
             let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
             self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?
         };
-        let session = self.session(i, &p)?;
+        let session = self.session(i, p)?;
         session.begin().map_err(|e| dec(e.to_string()))?;
         session.move_by(&vectors, f.subpel).map_err(|e| dec(e.to_string()))?;
         if f.moved_context && (!p.predictor.moves() || k == 0) {
@@ -989,7 +1118,13 @@ impl Decoder {
         // This frame's codes are the next frame's temporal context (and the one after's older).
         std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
         std::mem::swap(&mut self.codes, &mut self.prev_codes);
+        Ok(())
+    }
 
+    /// The file of frame entry `i` from its skeleton and the reconstruction in `self.recon`.
+    fn assemble(&mut self, i: usize, entry: &Entry, f: &FrameEntry, p: &Params) -> Result<Vec<u8>, BlobError> {
+        let dec = |why: String| BlobError::Decode { entry: i, why };
+        let n = p.width as usize * p.height as usize;
         let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
         let skeleton = if skeleton_len == 0 {
             Vec::new()
@@ -999,7 +1134,7 @@ impl Decoder {
         };
         let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
         let file = layout.assemble(entry.original_len as usize, &skeleton, &self.recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
-        check_len_crc(i, &entry, file)
+        check_len_crc(i, entry, file)
     }
 }
 

@@ -15,6 +15,8 @@ const KEEP: usize = 8;
 pub(super) struct Kept {
     pub dec: Decoder,
     _grant: Option<Grant>,
+    /// What a sliced blob's decoder holds beyond the others (`Decoder::slicing_bytes`).
+    _slicing: Option<Grant>,
 }
 
 impl Kept {
@@ -80,6 +82,10 @@ impl Vfs {
         let grant = self.reserve_memory(blob_bytes + DECODER_FRAMES * frame_bytes);
         let bytes = self.store.read_blob(blob)?;
         let dec = Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| FsError::Corrupt { what: format!("blob {blob}"), why: e.to_string() })?;
-        Ok(Kept { dec, _grant: Some(grant) })
+        let slicing = match dec.slicing_bytes() {
+            0 => None,
+            n => Some(self.reserve_memory(n)),
+        };
+        Ok(Kept { dec, _grant: Some(grant), _slicing: slicing })
     }
 }
