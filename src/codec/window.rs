@@ -45,6 +45,9 @@ pub struct Options {
     /// A learned model that may correct the temporal reference (tried beside the classical
     /// predictors under `auto`, alone under `prednet`).
     pub model: Option<ModelHandle>,
+    /// Threads one window's encoding may use (1: the calling thread only). The bytes coded do
+    /// not depend on it.
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             exhaustive: false,
             entropy: EntropyChoice::default(),
             model: None,
+            threads: 1,
         }
     }
 }
@@ -801,6 +805,8 @@ pub struct Decoder {
     /// Chain position of the frame whose adaptive models the coder holds (what a frame that
     /// carries them over needs: the one before it).
     models_of: Option<usize>,
+    /// Threads decoding may use (1: the calling thread only); the output does not depend on it.
+    threads: usize,
 }
 
 impl Decoder {
@@ -835,7 +841,13 @@ impl Decoder {
             older_codes: Vec::new(),
             moved_codes: Vec::new(),
             models_of: None,
+            threads: 1,
         })
+    }
+
+    /// Let decoding use up to `n` threads (at least 1); what it decodes does not change.
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
     }
 
     fn entry(&self, i: usize) -> Result<&Entry, BlobError> {
