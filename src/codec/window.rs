@@ -264,7 +264,7 @@ struct Chain<'a> {
     /// Lossless motion searches by (chain position, whether the frame before the previous one
     /// was a reference): their inputs are original frames then, the same for `motion` and
     /// `motion+med` and for the probe and the final coding, so each is done once.
-    searches: std::cell::RefCell<std::collections::HashMap<(usize, bool), Search>>,
+    searches: std::sync::Mutex<std::collections::HashMap<(usize, bool), Search>>,
     layouts: Vec<Layout>,
     images: Vec<Vec<u32>>,
     files: Vec<&'a [u8]>,
@@ -528,22 +528,7 @@ fn choose(
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut side_buffers = SideBuffers::default();
-    let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
-        let mut size = 0;
-        for (k, c) in q.frames.iter().enumerate().skip(from) {
-            // Frames are coded in order here, so the adaptive models carry over from the one
-            // before (except on the first, whose predecessor was not coded).
-            // (Only the adaptive stage reads the side information.)
-            let side =
-                if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
-            size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
-            if !q.motion[k].is_empty() {
-                size += coder.compress_bytes(&q.motion[k])?.len();
-            }
-        }
-        Ok(stage.weighed(size, opts.entropy))
-    };
+    let size_under = |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false);
     // Classical candidates start the probe with a key frame. A model's state is the window's
     // history (a recurrent model estimates the scene from every frame it has seen), so its
     // candidates start from a state warmed on the window's frames before the probe, made once
@@ -554,7 +539,7 @@ fn choose(
     // then chose `prednet+previous`, which coded 64% more bits than `prednet+linear`), and so would the
     // forked candidates, which run in closed loop from there.
     let mut warmed: Option<Session> = None;
-    let mut ranked: Vec<(f64, Candidate, Quantised)> = Vec::with_capacity(candidates.len());
+    let mut sessions: Vec<std::sync::Mutex<Option<Session>>> = Vec::with_capacity(candidates.len());
     for &c in &candidates {
         let session = if c.model {
             if warmed.is_none() {
@@ -576,9 +561,19 @@ fn choose(
         } else {
             session_for(c, geom, coefs, None)?
         };
-        let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
-        ranked.push((size_under(&q, proxy, skip)?, c, q));
+        sessions.push(std::sync::Mutex::new(Some(session)));
     }
+    // Each candidate's probe is independent of the others: with threads, they run side by side
+    // (each thread with its own coder; the sizes, and so the choice, are the same).
+    let probed = par_map(candidates.len(), opts.threads, coder, |i, coder| {
+        let session = sessions[i].lock().expect("not poisoned").take().expect("each candidate probed once");
+        let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
+        // (Ranked by an estimate of the proxy's size where the adaptive stage is among the
+        // stages: every finalist's stages are then weighed again by coding its last frame.)
+        let estimate = stages.contains(&Stage::Adaptive);
+        Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate)?, candidates[i], q))
+    })?;
+    let mut ranked: Vec<(f64, Candidate, Quantised)> = probed;
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     // `none` codes the values themselves, which the adaptive stage models far better than the
     // proxy does (its contexts then measure the local intensity): it is always a finalist.
@@ -587,15 +582,15 @@ fn choose(
     ranked.truncate(FINALISTS);
     ranked.extend(none);
     // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
-    // is among the stages (it is what the probe costs).
-    let mut finals: Vec<(f64, Candidate, Stage)> = Vec::with_capacity(ranked.len());
-    for (proxy_size, pid, q) in &ranked {
+    // is among the stages (it is what the probe costs). Finalists are independent too.
+    let finals: Vec<(f64, Candidate, Stage)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
+        let (proxy_size, pid, q) = &ranked[i];
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
-        let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
+        let proxy_size = if from == skip { *proxy_size } else { size_under(coder, q, proxy, from)? };
         let mut best = (proxy_size, *pid, proxy);
         let mut best_zstd = f64::INFINITY;
         for &stage in stages.iter().filter(|&&s| s != proxy && s != Stage::Adaptive) {
-            let weighed = size_under(q, stage, from)?;
+            let weighed = size_under(coder, q, stage, from)?;
             best_zstd = best_zstd.min(weighed);
             if weighed < best.0 {
                 best = (weighed, *pid, stage);
@@ -611,14 +606,15 @@ fn choose(
         };
         tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, "finalist");
         if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
-            let weighed = size_under(q, Stage::Adaptive, from)?;
+            let weighed = size_under(coder, q, Stage::Adaptive, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive");
             if weighed < best.0 {
                 best = (weighed, *pid, Stage::Adaptive);
             }
         }
-        finals.push(best);
-    }
+        Ok(best)
+    })?;
+    let mut finals = finals;
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (_, mut chosen, mut stage) = finals[0];
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
@@ -628,10 +624,14 @@ fn choose(
     if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
-            let lin_q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, coefs, models.real)?, 0..far)?;
-            let lin = size_under(&lin_q, proxy, skip)?;
-            let other_q = quantize_chain(chain, dtype, geom, opts, session_for(alt, geom, coefs, models.real)?, 0..far)?;
-            let other = size_under(&other_q, proxy, skip)?;
+            let pair = [chosen, alt];
+            let mut both = par_map(2, opts.threads, coder, |i, coder| {
+                let q = quantize_chain(chain, dtype, geom, opts, session_for(pair[i], geom, coefs, models.real)?, 0..far)?;
+                // (Compared by context rANS's estimated size, as the ranking.)
+                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true)?, q))
+            })?;
+            let (other, other_q) = both.pop().expect("two");
+            let (lin, lin_q) = both.pop().expect("two");
             let kept = if other <= lin {
                 (chosen, stage) = (alt, alt_stage);
                 other_q
@@ -646,6 +646,93 @@ fn choose(
         }
     }
     Ok((chosen, if opts.exhaustive { None } else { Some(stage) }))
+}
+
+/// The coded size of `q`'s frames from `from` on under `stage`, weighed as `opts.entropy`
+/// weighs it (escapes and motion vectors included).
+/// (`estimate`: context rANS's size estimated, [`Coder::estimate`].)
+fn size_under(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    coder: &mut Coder,
+    q: &Quantised,
+    stage: Stage,
+    from: usize,
+    estimate: bool,
+) -> Result<f64, EncodeError> {
+    let mut side_buffers = SideBuffers::default();
+    let mut size = 0;
+    for (k, c) in q.frames.iter().enumerate().skip(from) {
+        // Frames are coded in order here, so the adaptive models carry over from the one
+        // before (except on the first, whose predecessor was not coded: the result does not
+        // depend on what the coder coded before).
+        // (Only the adaptive stage reads the side information.)
+        let side = if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
+        size += 4 * c.escapes.len()
+            + if estimate {
+                coder.estimate(stage, &c.codes, dtype.bytes(), geom.width, side)?
+            } else {
+                coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len()
+            };
+        if !q.motion[k].is_empty() {
+            size += coder.compress_bytes(&q.motion[k])?.len();
+        }
+    }
+    Ok(stage.weighed(size, opts.entropy))
+}
+
+/// `f(i, coder)` for every `i` in `0..n`, in order of `i`, on up to `threads` threads: the
+/// calling one with `coder`, each other with a coder of its own (at `coder`'s level). `f` must
+/// not depend on what its coder did before (zstd and the stages are deterministic; the adaptive
+/// stage's carried models are only read by a frame that follows one coded on the same thread).
+fn par_map<T: Send>(
+    n: usize,
+    threads: usize,
+    coder: &mut Coder,
+    f: impl Fn(usize, &mut Coder) -> Result<T, EncodeError> + Sync,
+) -> Result<Vec<T>, EncodeError> {
+    let threads = threads.min(n);
+    if threads <= 1 {
+        return (0..n).map(|i| f(i, coder)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let level = coder.level();
+    let work = |coder: &mut Coder| {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            let r = f(i, coder);
+            let failed = r.is_err();
+            done.push((i, r));
+            if failed {
+                // The others stop at their next item.
+                next.store(n, std::sync::atomic::Ordering::Relaxed);
+                return done;
+            }
+        }
+    };
+    let mut results: Vec<(usize, Result<T, EncodeError>)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|_| {
+                scope.spawn(|| match Coder::new(level) {
+                    Ok(mut c) => work(&mut c),
+                    Err(e) => vec![(0, Err(EncodeError::from(e)))],
+                })
+            })
+            .collect();
+        let mut all = work(coder);
+        for h in others {
+            all.extend(h.join().expect("a probe thread panicked"));
+        }
+        all
+    });
+    results.sort_by_key(|r| r.0);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The model's references of frames 1 to `n - 1` of the window predicted from its original frames
@@ -687,7 +774,18 @@ fn quantize_chain(
         let (mut vectors, coarse) = match (pid.moves() && k > 0, opts.bound == Bound::Lossless) {
             (false, _) => (Vec::new(), None),
             (true, false) => search(),
-            (true, true) => chain.searches.borrow_mut().entry((start + k, session.older().is_some())).or_insert_with(search).clone(),
+            (true, true) => {
+                // (Two probe threads may search the same frame at once: the same vectors.)
+                let key = (start + k, session.older().is_some());
+                let found = chain.searches.lock().expect("not poisoned").get(&key).cloned();
+                match found {
+                    Some(v) => v,
+                    None => {
+                        let v = search();
+                        chain.searches.lock().expect("not poisoned").entry(key).or_insert(v).clone()
+                    }
+                }
+            }
         };
         session.move_by(&vectors, true)?;
         let bound = opts.bound.for_frame(dtype, x);
