@@ -467,11 +467,10 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
     // Lossless, the replayed references are exactly what the model computes from the
     // reconstructions; under a bound the model runs on them (closed loop).
     let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
-    let q = match quantised {
-        Some(q) => q,
-        None => quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
+    let coded = match quantised {
+        Some(q) => code_chain(chain, dtype, geom, opts, stage, &q, coder)?,
+        None => quantize_and_code(chain, dtype, geom, opts, stage, session_for(chosen, geom, &coefs, final_model)?, coder)?,
     };
-    let coded = code_chain(chain, dtype, geom, opts, stage, &q, coder)?;
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
     if chosen.pid != PredictorId::Linear {
         kept.clear();
@@ -760,8 +759,25 @@ fn quantize_chain(
     dtype: DType,
     geom: Geometry,
     opts: &Options,
+    session: Session,
+    frames: std::ops::Range<usize>,
+) -> Result<Quantised, EncodeError> {
+    quantize_frames(chain, dtype, geom, opts, session, frames, None)
+}
+
+/// A frame as [`quantize_frames`] hands it over: its quantisation and its stored vectors.
+type QuantisedFrame = (quantizer::Coded, Vec<u8>);
+
+/// [`quantize_chain`]; with a `sink`, each frame is sent there as soon as it is made instead of
+/// kept (the returned frames are then empty), and a closed sink stops the work.
+fn quantize_frames(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
     mut session: Session,
     frames: std::ops::Range<usize>,
+    sink: Option<&std::sync::mpsc::SyncSender<QuantisedFrame>>,
 ) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
     let pid = session.predictor();
@@ -815,8 +831,17 @@ fn quantize_chain(
             quantizer::encode(dtype, bound, x, session.prediction())
         };
         session.observe(if bound == FrameBound::Lossless { x } else { &c.recon })?;
-        out.frames.push(c);
-        out.motion.push(vectors);
+        match sink {
+            Some(tx) => {
+                if tx.send((c, vectors)).is_err() {
+                    break;
+                }
+            }
+            None => {
+                out.frames.push(c);
+                out.motion.push(vectors);
+            }
+        }
     }
     Ok(out)
 }
@@ -832,17 +857,39 @@ fn code_chain(
     q: &Quantised,
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
-    let width = dtype.bytes();
-    let mut out = Vec::with_capacity(q.frames.len());
-    let mut last_stage = None;
-    let mut side_buffers = SideBuffers::default();
-    for (k, c) in q.frames.iter().enumerate() {
+    let mut state = ChainCoding::default();
+    (0..q.frames.len()).map(|k| state.code_frame(chain, dtype, geom, opts, stage, q, k, coder)).collect()
+}
+
+/// What coding a chain's frames in order carries from one frame to the next.
+#[derive(Default)]
+struct ChainCoding {
+    last_stage: Option<Stage>,
+    side_buffers: SideBuffers,
+}
+
+impl ChainCoding {
+    /// Entropy-code frame `k` of `q` (which holds at least the frames up to `k`), after the
+    /// frames before it.
+    fn code_frame(
+        &mut self,
+        chain: &Chain,
+        dtype: DType,
+        geom: Geometry,
+        opts: &Options,
+        stage: Option<Stage>,
+        q: &Quantised,
+        k: usize,
+        coder: &mut Coder,
+    ) -> Result<CodedFrame, EncodeError> {
+        let width = dtype.bytes();
+        let c = &q.frames[k];
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
         let side = if stage.is_none_or(|s| s == Stage::Adaptive) {
-            q.side(chain, k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut side_buffers)
+            q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), geom, &mut self.side_buffers)
         } else {
             Side::default()
         };
@@ -871,10 +918,57 @@ fn code_chain(
                 .any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
         let carry = side.carry && stage == Stage::Adaptive;
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
-        last_stage = Some(stage);
-        out.push(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry, moved_context });
+        self.last_stage = Some(stage);
+        Ok(CodedFrame { stage, codes, escapes, n_escapes: c.escapes.len() as u32, bound: fb, crc, motion, block_modes, subpel, carry, moved_context })
     }
-    Ok(out)
+}
+
+/// Quantise the whole chain with `session` and entropy-code it under `stage`: with two threads
+/// or more, as a pipeline (one thread predicts and quantises frame `k + 1` while the calling one
+/// codes frame `k`); the same bytes either way.
+fn quantize_and_code(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    stage: Option<Stage>,
+    session: Session,
+    coder: &mut Coder,
+) -> Result<Vec<CodedFrame>, EncodeError> {
+    let n = chain.images.len();
+    if opts.threads <= 1 || n < 2 {
+        let q = quantize_chain(chain, dtype, geom, opts, session, 0..n)?;
+        return code_chain(chain, dtype, geom, opts, stage, &q, coder);
+    }
+    let moves = session.predictor().moves();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
+        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, opts, session, 0..n, Some(&tx)).map(|_| ()));
+        let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+        let mut state = ChainCoding::default();
+        let mut out = Vec::with_capacity(n);
+        let mut failed = None;
+        for (c, vectors) in rx.iter() {
+            q.frames.push(c);
+            q.motion.push(vectors);
+            match state.code_frame(chain, dtype, geom, opts, stage, &q, q.frames.len() - 1, coder) {
+                Ok(f) => out.push(f),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // (Dropping the receiver stops the producer at its next frame.)
+        drop(rx);
+        let produced = producer.join().expect("the quantising thread panicked");
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        produced?;
+        debug_assert_eq!(out.len(), n);
+        Ok(out)
+    })
 }
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
