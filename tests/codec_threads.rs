@@ -73,7 +73,10 @@ fn threads_code_and_decode_the_same_bytes() {
     ];
     for dtype in [DType::U8, DType::U16, DType::F32] {
         let (w, h) = (64, 48);
-        let sets = [("detector", generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, 12, 5) })), ("moving", moving(dtype, w as usize, h as usize, 12))];
+        let sets = [
+            ("detector", generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, 12, 5) })),
+            ("moving", moving(dtype, w as usize, h as usize, 12)),
+        ];
         for (name, files) in &sets {
             for bound in [Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0)] {
                 for predictor in predictors {

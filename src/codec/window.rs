@@ -977,7 +977,6 @@ pub struct Decoder {
     bytes: Arc<[u8]>,
     header: Header,
     payload_start: usize,
-    coder: Coder,
     /// Where the model the blob names comes from (looked up when a frame needs it).
     models: Arc<dyn ModelSource + Send + Sync>,
     model: Option<Arc<dyn super::predict::Model>>,
@@ -985,11 +984,20 @@ pub struct Decoder {
     /// frame.
     session: Option<Session>,
     frame_entries: Vec<usize>,
-    /// Buffers reused from frame to frame.
-    codes: Vec<u32>,
-    /// Codes of the previous frame of the chain (the adaptive stage's temporal context).
-    prev_codes: Vec<u32>,
+    /// The entropy half of the chain's state (what decoding the next frame's codes needs).
+    codes: CodeState,
+    /// Buffer reused from frame to frame.
     recon: Vec<u32>,
+    /// Threads decoding may use (1: the calling thread only); the output does not depend on it.
+    threads: usize,
+}
+
+/// What decoding a chain's codes carries from frame to frame: the entropy stages' coder (with
+/// the adaptive models), the previous frames' codes (the adaptive stage's temporal context).
+struct CodeState {
+    coder: Coder,
+    /// Codes of the previous frame of the chain.
+    prev_codes: Vec<u32>,
     /// Codes of the frame before the previous one, and the previous codes moved (the moved
     /// temporal context).
     older_codes: Vec<u32>,
@@ -997,8 +1005,14 @@ pub struct Decoder {
     /// Chain position of the frame whose adaptive models the coder holds (what a frame that
     /// carries them over needs: the one before it).
     models_of: Option<usize>,
-    /// Threads decoding may use (1: the calling thread only); the output does not depend on it.
-    threads: usize,
+}
+
+/// One frame's decoded sections: what the reconstruction needs besides the chain's state.
+struct FrameCodes {
+    vectors: Vec<u8>,
+    codes: Vec<u32>,
+    escapes: Vec<u32>,
+    skeleton: Vec<u8>,
 }
 
 impl Decoder {
@@ -1022,17 +1036,12 @@ impl Decoder {
             bytes,
             header,
             payload_start,
-            coder,
             models,
             model: None,
             session: None,
             frame_entries,
-            codes: Vec::new(),
-            prev_codes: Vec::new(),
+            codes: CodeState { coder, prev_codes: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None },
             recon: Vec::new(),
-            older_codes: Vec::new(),
-            moved_codes: Vec::new(),
-            models_of: None,
             threads: 1,
         })
     }
@@ -1085,7 +1094,7 @@ impl Decoder {
             Body::Opaque { compressed, data } => {
                 let bytes = container::section_of(&self.bytes[self.payload_start..], i, "data", *data)?;
                 let out = if *compressed {
-                    self.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
+                    self.codes.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
                 } else {
                     bytes.to_vec()
                 };
@@ -1095,6 +1104,9 @@ impl Decoder {
                 let pos = self.frame_entries.iter().position(|&e| e == i).expect("frame entry is in the chain");
                 if pos < self.position() {
                     self.session = None;
+                }
+                if self.threads > 1 && pos > self.position() {
+                    return self.decode_pipelined(pos, also).inspect_err(|_| self.session = None);
                 }
                 loop {
                     let k = self.position();
@@ -1113,47 +1125,180 @@ impl Decoder {
 
     /// Decode every entry, in order.
     pub fn decode_all(&mut self) -> Result<Vec<Vec<u8>>, BlobError> {
-        (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
-    }
-
-    /// The session of the window, made at its key frame (with the model the blob names).
-    fn session(&mut self, i: usize, p: &Params) -> Result<&mut Session, BlobError> {
-        if self.session.is_none() {
-            let dec = |why: String| BlobError::Decode { entry: i, why };
-            let model = if p.model == [0; 32] {
-                None
-            } else {
-                if self.model.is_none() {
-                    self.model = Some(self.models.model(&p.model).map_err(|e| dec(e.to_string()))?);
+        if self.threads > 1 {
+            // The whole chain in one call, so that its frames can be pipelined.
+            let mut out: Vec<Option<Vec<u8>>> = vec![None; self.len()];
+            if let Some(&last) = self.frame_entries.last() {
+                let file = self.decode(last, |e, f| out[e] = Some(f))?;
+                out[last] = Some(file);
+            }
+            for i in 0..self.len() {
+                if out[i].is_none() {
+                    out[i] = Some(self.decode(i, |_, _| {})?);
                 }
-                self.model.clone()
-            };
-            let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
-            self.session = Some(Session::new(p.predictor, geom, &p.coefs, model).map_err(|e| dec(e.to_string()))?);
+            }
+            return Ok(out.into_iter().map(|f| f.expect("every entry decoded")).collect());
         }
-        Ok(self.session.as_mut().expect("made above"))
+        (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
     }
 
     fn decode_next_frame(&mut self) -> Result<Vec<u8>, BlobError> {
         let k = self.position();
-        let i = self.frame_entries[k];
-        let entry = self.entry(i)?.clone();
-        let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
-        let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+        let Decoder { bytes, header, payload_start, models, model, session, frame_entries, codes, recon, .. } = self;
+        let payload = &bytes[*payload_start..];
+        let (i, f, p, geom) = frame_params(header, frame_entries, k)?;
+        let vectors = codes.vectors(payload, i, &f, geom)?;
+        let session = session_of(session, model, models, i, &p)?;
+        start_frame(session, i, &f, &vectors)?;
+        let gradient = f.moved_context.then(|| session.moved());
+        let fc = codes.decode(payload, i, k, (&f, header.entries[i].original_len), &p, vectors, gradient)?;
+        finish_frame(session, recon, &header.entries[i], i, &f, &p, &fc)
+    }
+
+    /// Frames from the next one to chain position `pos` (returned; the ones before it go to
+    /// `also`), on two threads: one decodes the codes of frame `k + 1` while the calling one
+    /// reconstructs frame `k` (the codes of a frame need the codes of the frame before, not its
+    /// reconstruction). A frame whose adaptive context is moved (container version 5) also needs
+    /// its moved prediction, made from the reconstruction before it: from there on the frames
+    /// are decoded in turn.
+    fn decode_pipelined(&mut self, pos: usize, mut also: impl FnMut(usize, Vec<u8>)) -> Result<Vec<u8>, BlobError> {
+        let from = self.position();
+        let Decoder { bytes, header, payload_start, models, model, session, frame_entries, codes, recon, .. } = self;
+        let payload = &bytes[*payload_start..];
+        let mut params = Vec::new();
+        for k in from..=pos {
+            let fp = frame_params(header, frame_entries, k)?;
+            if fp.1.moved_context {
+                break;
+            }
+            params.push(fp);
+        }
+        // The pipelined frames, all but the last one (decoded below, in turn): `pos` is returned.
+        params.truncate(pos - from);
+        if params.len() > 1 {
+            std::thread::scope(|scope| -> Result<(), BlobError> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<FrameCodes, BlobError>>(2);
+                let (params, entries) = (&params, &header.entries);
+                scope.spawn(move || {
+                    for (j, (i, f, p, geom)) in params.iter().enumerate() {
+                        let r =
+                            codes.vectors(payload, *i, f, *geom).and_then(|v| codes.decode(payload, *i, from + j, (f, entries[*i].original_len), p, v, None));
+                        let stop = r.is_err();
+                        if tx.send(r).is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+                for ((i, f, p, _), r) in params.iter().zip(rx.iter()) {
+                    let fc = r?;
+                    let s = session_of(session, model, models, *i, p)?;
+                    start_frame(s, *i, f, &fc.vectors)?;
+                    let file = finish_frame(s, recon, &header.entries[*i], *i, f, p, &fc)?;
+                    also(*i, file);
+                }
+                Ok(())
+            })?;
+        }
+        loop {
+            let k = self.position();
+            let e = self.frame_entries[k];
+            let file = self.decode_next_frame()?;
+            if k == pos {
+                return Ok(file);
+            }
+            also(e, file);
+        }
+    }
+}
+
+/// Entry index, frame entry, parameters and geometry of chain position `k`.
+fn frame_params(header: &Header, frame_entries: &[usize], k: usize) -> Result<(usize, FrameEntry, Params, Geometry), BlobError> {
+    let i = frame_entries[k];
+    let entry = header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: header.entries.len() })?;
+    let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
+    let p = header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+    let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+    Ok((i, f.clone(), p, geom))
+}
+
+/// The session of the window, made at its key frame (with the model the blob names).
+fn session_of<'a>(
+    slot: &'a mut Option<Session>,
+    model: &mut Option<Arc<dyn super::predict::Model>>,
+    models: &Arc<dyn ModelSource + Send + Sync>,
+    i: usize,
+    p: &Params,
+) -> Result<&'a mut Session, BlobError> {
+    if slot.is_none() {
+        let dec = |why: String| BlobError::Decode { entry: i, why };
+        let m = if p.model == [0; 32] {
+            None
+        } else {
+            if model.is_none() {
+                *model = Some(models.model(&p.model).map_err(|e| dec(e.to_string()))?);
+            }
+            model.clone()
+        };
+        let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+        *slot = Some(Session::new(p.predictor, geom, &p.coefs, m).map_err(|e| dec(e.to_string()))?);
+    }
+    Ok(slot.as_mut().expect("made above"))
+}
+
+/// The session's prediction of entry `i`'s frame, moved by its vectors.
+fn start_frame(session: &mut Session, i: usize, f: &FrameEntry, vectors: &[u8]) -> Result<(), BlobError> {
+    let dec = |why: String| BlobError::Decode { entry: i, why };
+    session.begin().map_err(|e| dec(e.to_string()))?;
+    session.move_by(vectors, f.subpel).map_err(|e| dec(e.to_string()))
+}
+
+/// Reconstruct entry `i`'s frame from its codes and the session's prediction (started by
+/// [`start_frame`]), and rebuild the file.
+fn finish_frame(
+    session: &mut Session,
+    recon: &mut Vec<u32>,
+    entry: &Entry,
+    i: usize,
+    f: &FrameEntry,
+    p: &Params,
+    fc: &FrameCodes,
+) -> Result<Vec<u8>, BlobError> {
+    let dec = |why: String| BlobError::Decode { entry: i, why };
+    quantizer::decode(p.dtype, f.bound, &fc.codes, &fc.escapes, session.prediction(), recon).map_err(|e| dec(e.0.into()))?;
+    session.observe(recon).map_err(|e| dec(e.to_string()))?;
+    let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
+    let file = layout.assemble(entry.original_len as usize, &fc.skeleton, recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
+    check_len_crc(i, entry, file)
+}
+
+impl CodeState {
+    /// Entry `i`'s motion vectors as stored (empty: none).
+    fn vectors(&mut self, payload: &[u8], i: usize, f: &FrameEntry, geom: Geometry) -> Result<Vec<u8>, BlobError> {
+        if f.motion.len == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = container::section_of(payload, i, "motion", f.motion)?;
+        let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
+        self.coder
+            .decompress_bytes(raw, per * motion::blocks(geom.width, geom.height))
+            .map_err(|e| BlobError::Decode { entry: i, why: format!("motion vectors: {e}") })
+    }
+
+    /// The codes, escapes and skeleton of entry `i`, chain position `k`, after those of the
+    /// frame before it; `gradient`: the frame's moved prediction, when its context is moved.
+    fn decode(
+        &mut self,
+        payload: &[u8],
+        i: usize,
+        k: usize,
+        (f, original_len): (&FrameEntry, u64),
+        p: &Params,
+        vectors: Vec<u8>,
+        gradient: Option<&[u32]>,
+    ) -> Result<FrameCodes, BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
-        // The motion first: the adaptive stage's moved temporal context needs it.
-        let vectors = if f.motion.len == 0 {
-            Vec::new()
-        } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
-            let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
-            self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?
-        };
-        let session = self.session(i, &p)?;
-        session.begin().map_err(|e| dec(e.to_string()))?;
-        session.move_by(&vectors, f.subpel).map_err(|e| dec(e.to_string()))?;
         if f.moved_context && (!p.predictor.moves() || k == 0) {
             return Err(dec(format!("a moved temporal context on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
         }
@@ -1163,47 +1308,42 @@ impl Decoder {
             motion::apply_whole(&self.prev_codes, older, &vectors, geom.width, geom.height, &mut self.moved_codes)
                 .map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
         }
-
-        let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
+        let code_bytes = container::section_of(payload, i, "codes", f.codes)?;
         if f.carry && (k == 0 || self.models_of != Some(k - 1)) {
             return Err(dec("adaptive models carried over from a frame that did not leave them".into()));
         }
         // Set again only once this frame's models are complete.
         self.models_of = None;
-        let session = self.session.as_mut().expect("made above");
         let side = Side {
             prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
             quantised: false,
             carry: f.carry,
-            gradient: f.moved_context.then_some(session.moved()),
+            gradient: if f.moved_context { Some(gradient.ok_or_else(|| dec("a moved context without its prediction".into()))?) } else { None },
         };
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut self.codes).map_err(|e| dec(e.to_string()))?;
+        // (The older codes' buffer is reused for this frame's.)
+        let mut codes = std::mem::take(&mut self.older_codes);
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut codes).map_err(|e| dec(e.to_string()))?;
         if f.stage == Stage::Adaptive {
             self.models_of = Some(k);
         }
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "escapes", f.escapes)?;
+            let raw = container::section_of(payload, i, "escapes", f.escapes)?;
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        quantizer::decode(p.dtype, f.bound, &self.codes, &escapes, session.prediction(), &mut self.recon).map_err(|e| dec(e.0.into()))?;
-        session.observe(&self.recon).map_err(|e| dec(e.to_string()))?;
-        // This frame's codes are the next frame's temporal context (and the one after's older).
-        std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
-        std::mem::swap(&mut self.codes, &mut self.prev_codes);
-
-        let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
+        let skeleton_len = (original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
         let skeleton = if skeleton_len == 0 {
             Vec::new()
         } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "skeleton", f.skeleton)?;
+            let raw = container::section_of(payload, i, "skeleton", f.skeleton)?;
             self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
         };
-        let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
-        let file = layout.assemble(entry.original_len as usize, &skeleton, &self.recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
-        check_len_crc(i, &entry, file)
+        let out = FrameCodes { vectors, codes: codes.clone(), escapes, skeleton };
+        // This frame's codes are the next frame's temporal context (and the one after's older).
+        self.older_codes = std::mem::replace(&mut self.prev_codes, codes);
+        Ok(out)
     }
 }
 
