@@ -1132,9 +1132,9 @@ impl Decoder {
                 let file = self.decode(last, |e, f| out[e] = Some(f))?;
                 out[last] = Some(file);
             }
-            for i in 0..self.len() {
-                if out[i].is_none() {
-                    out[i] = Some(self.decode(i, |_, _| {})?);
+            for (i, slot) in out.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = Some(self.decode(i, |_, _| {})?);
                 }
             }
             return Ok(out.into_iter().map(|f| f.expect("every entry decoded")).collect());
