@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod bench_genie;
 mod bench_model;
+mod bench_speed;
 mod check;
 mod fixtures;
 mod model;
@@ -97,6 +98,8 @@ impl CodecArgs {
             entropy: self.entropy,
             model,
             slice_pixels: self.slice_pixels,
+            // One thread: what `bench` measures; `compress` and the engine set their own.
+            threads: 1,
             ..Default::default()
         }
     }
@@ -164,6 +167,19 @@ pub enum Command {
         model: bool,
         #[command(flatten)]
         model_args: bench_model::ModelBenchArgs,
+        /// Measure speed only: the default codec (lossless and the `--bounds`) at each of
+        /// `--threads`, the median of `--repeat` runs, wall clock and CPU time.
+        #[arg(long)]
+        speed: bool,
+        /// With --speed: error bounds (0: lossless), comma-separated.
+        #[arg(long, default_value = "0,2", value_delimiter = ',')]
+        bounds: Vec<u32>,
+        /// With --speed: thread counts, comma-separated.
+        #[arg(long, default_value = "1,2", value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// With --speed: runs per row (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
     /// Generate a deterministic detector-like frame sequence (raw frames + meta.json, or TIFF).
     Fixtures {
@@ -274,6 +290,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { input, against, device } => offline::verify(&input, against.as_deref(), device),
         Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => {
             bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref())
+        }
+        Command::Bench { dirs, window, json, speed: true, bounds, threads, repeat, .. } => {
+            bench_speed::run(dirs, window, &bounds, &threads, repeat, json.as_deref())
         }
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),

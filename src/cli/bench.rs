@@ -295,19 +295,24 @@ fn print_issue3_targets(rows: &[Row], anchors: &[(String, f64, f64, f64)], floor
     );
 }
 
+/// `dirs`, or when none is given the sets in ../shared/data (directories with a meta.json), in
+/// name order.
+pub fn sets_or_shared(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    if !dirs.is_empty() {
+        return dirs;
+    }
+    let mut v: Vec<PathBuf> = shared_dir("data")
+        .map(|d| {
+            std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, level: i32, json_out: Option<&Path>) -> anyhow::Result<()> {
     let mut sets = Vec::new();
-    let dirs = if dirs.is_empty() {
-        let mut v: Vec<PathBuf> = shared_dir("data")
-            .map(|d| {
-                std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    } else {
-        dirs
-    };
+    let dirs = sets_or_shared(dirs);
     for d in &dirs {
         sets.push(load_dir(d)?);
     }

@@ -9,7 +9,7 @@
 //!
 //! Single-threaded coding (libtorch on one thread), MB/s of original bytes per core.
 
-use super::bench::{codec_row, codec_row_with, fixture, load_dir, shared_dir, Dataset, Row};
+use super::bench::{codec_row, codec_row_with, fixture, load_dir, sets_or_shared, Dataset, Row};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -89,17 +89,7 @@ fn inference_speed(model: &dyn Model, geom: Geometry, frames: &[Vec<u32>]) -> an
 }
 
 pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window: usize, json_out: Option<&Path>) -> anyhow::Result<()> {
-    let dirs = if dirs.is_empty() {
-        let mut v: Vec<PathBuf> = shared_dir("data")
-            .map(|d| {
-                std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("meta.json").exists()).collect()).unwrap_or_default()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    } else {
-        dirs
-    };
+    let dirs = sets_or_shared(dirs);
     let mut sets = Vec::new();
     for d in &dirs {
         sets.push(load_dir(d)?);

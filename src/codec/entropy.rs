@@ -197,6 +197,15 @@ impl Coder {
         Ok(out?)
     }
 
+    /// The size [`Coder::encode`] gives, or for context rANS a close estimate of it
+    /// ([`rans::estimate`]): what candidates are ranked by.
+    pub fn estimate(&mut self, stage: Stage, codes: &[u32], width: usize, cols: usize, side: Side) -> Result<usize, EntropyError> {
+        match stage {
+            Stage::ContextRans => Ok(rans::estimate(codes, cols)),
+            _ => Ok(self.encode(stage, codes, width, cols, side)?.len()),
+        }
+    }
+
     /// Encode with each candidate stage and keep the smallest.
     pub fn encode_best(&mut self, codes: &[u32], width: usize, cols: usize, choice: EntropyChoice, side: Side) -> Result<(Stage, Vec<u8>), EntropyError> {
         let mut best: Option<(f64, Stage, Vec<u8>)> = None;

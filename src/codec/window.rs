@@ -48,7 +48,9 @@ pub struct Options {
     /// Frames of more pixels than this are cut into horizontal slices coded independently
     /// (container version 7, `codec::slices`); 0: never.
     pub slice_pixels: usize,
-    /// Threads that code the slices of a window (0: one per core).
+    /// Threads one window's encoding may use: its slices, its candidates side by side, the final
+    /// coding as a pipeline (0: one per core; 1: the calling thread only). The bytes coded do not
+    /// depend on it.
     pub threads: usize,
     /// Return the reconstructions of frames coded under a bound in [`Encoded::recon`].
     pub reconstructions: bool,
@@ -279,7 +281,7 @@ struct Chain<'a> {
     /// Lossless motion searches by (chain position, whether the frame before the previous one
     /// was a reference): their inputs are original frames then, the same for `motion` and
     /// `motion+med` and for the probe and the final coding, so each is done once.
-    searches: std::cell::RefCell<std::collections::HashMap<(usize, bool), Search>>,
+    searches: std::sync::Mutex<std::collections::HashMap<(usize, bool), Search>>,
     layouts: Vec<Layout>,
     images: Vec<Vec<u32>>,
     files: Vec<&'a [u8]>,
@@ -339,6 +341,8 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     if let Some(sliced) = super::slices::encode(files, opts)? {
         return Ok(sliced);
     }
+    // (0 threads: one per core, as the slices count them.)
+    let opts = &Options { threads: super::slices::threads(opts.threads), ..opts.clone() };
     let mut coder = Coder::new(opts.level)?;
     let analyses: Vec<Analysis> = files.iter().map(|f| analyze(f, &opts.format)).collect();
 
@@ -491,14 +495,21 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
     // Lossless, the replayed references are exactly what the model computes from the
     // reconstructions; under a bound the model runs on them (closed loop).
     let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
-    let q = match quantised {
-        Some(q) => q,
-        None => quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?,
-    };
-    let mut coded = code_chain(chain, dtype, geom, opts, stage, &q, coder)?;
-    if opts.reconstructions {
+    // The reconstructions, when asked for, come from the whole chain's quantisation (the
+    // pipeline hands each frame on and keeps none).
+    let with_recon = |mut coded: Vec<CodedFrame>, q: Quantised| {
         coded.iter_mut().zip(q.frames).for_each(|(c, f)| c.recon = f.recon);
-    }
+        coded
+    };
+    let coded = match quantised {
+        Some(q) if opts.reconstructions => with_recon(code_chain(chain, dtype, geom, opts, stage, &q, coder)?, q),
+        Some(q) => code_chain(chain, dtype, geom, opts, stage, &q, coder)?,
+        None if opts.reconstructions => {
+            let q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?;
+            with_recon(code_chain(chain, dtype, geom, opts, stage, &q, coder)?, q)
+        }
+        None => quantize_and_code(chain, dtype, geom, opts, stage, session_for(chosen, geom, &coefs, final_model)?, coder)?,
+    };
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
     if chosen.pid != PredictorId::Linear {
         kept.clear();
@@ -558,22 +569,7 @@ fn choose(
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut side_buffers = SideBuffers::default();
-    let mut size_under = |q: &Quantised, stage: Stage, from: usize| -> Result<f64, EncodeError> {
-        let mut size = 0;
-        for (k, c) in q.frames.iter().enumerate().skip(from) {
-            // Frames are coded in order here, so the adaptive models carry over from the one
-            // before (except on the first, whose predecessor was not coded).
-            // (Only the adaptive stage reads the side information.)
-            let side =
-                if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
-            size += coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len() + 4 * c.escapes.len();
-            if !q.motion[k].is_empty() {
-                size += coder.compress_bytes(&q.motion[k])?.len();
-            }
-        }
-        Ok(stage.weighed(size, opts.entropy))
-    };
+    let size_under = |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false);
     // Classical candidates start the probe with a key frame. A model's state is the window's
     // history (a recurrent model estimates the scene from every frame it has seen), so its
     // candidates start from a state warmed on the window's frames before the probe, made once
@@ -584,7 +580,7 @@ fn choose(
     // then chose `prednet+previous`, which coded 64% more bits than `prednet+linear`), and so would the
     // forked candidates, which run in closed loop from there.
     let mut warmed: Option<Session> = None;
-    let mut ranked: Vec<(f64, Candidate, Quantised)> = Vec::with_capacity(candidates.len());
+    let mut sessions: Vec<std::sync::Mutex<Option<Session>>> = Vec::with_capacity(candidates.len());
     for &c in &candidates {
         let session = if c.model {
             if warmed.is_none() {
@@ -606,9 +602,19 @@ fn choose(
         } else {
             session_for(c, geom, coefs, None)?
         };
-        let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
-        ranked.push((size_under(&q, proxy, skip)?, c, q));
+        sessions.push(std::sync::Mutex::new(Some(session)));
     }
+    // Each candidate's probe is independent of the others: with threads, they run side by side
+    // (each thread with its own coder; the sizes, and so the choice, are the same).
+    let probed = par_map(candidates.len(), opts.threads, coder, |i, coder| {
+        let session = sessions[i].lock().expect("not poisoned").take().expect("each candidate probed once");
+        let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
+        // (Ranked by an estimate of the proxy's size where the adaptive stage is among the
+        // stages: every finalist's stages are then weighed again by coding its last frame.)
+        let estimate = stages.contains(&Stage::Adaptive);
+        Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate)?, candidates[i], q))
+    })?;
+    let mut ranked: Vec<(f64, Candidate, Quantised)> = probed;
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     // `none` codes the values themselves, which the adaptive stage models far better than the
     // proxy does (its contexts then measure the local intensity): it is always a finalist.
@@ -617,15 +623,15 @@ fn choose(
     ranked.truncate(FINALISTS);
     ranked.extend(none);
     // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
-    // is among the stages (it is what the probe costs).
-    let mut finals: Vec<(f64, Candidate, Stage)> = Vec::with_capacity(ranked.len());
-    for (proxy_size, pid, q) in &ranked {
+    // is among the stages (it is what the probe costs). Finalists are independent too.
+    let finals: Vec<(f64, Candidate, Stage)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
+        let (proxy_size, pid, q) = &ranked[i];
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
-        let proxy_size = if from == skip { *proxy_size } else { size_under(q, proxy, from)? };
+        let proxy_size = if from == skip { *proxy_size } else { size_under(coder, q, proxy, from)? };
         let mut best = (proxy_size, *pid, proxy);
         let mut best_zstd = f64::INFINITY;
         for &stage in stages.iter().filter(|&&s| s != proxy && s != Stage::Adaptive) {
-            let weighed = size_under(q, stage, from)?;
+            let weighed = size_under(coder, q, stage, from)?;
             best_zstd = best_zstd.min(weighed);
             if weighed < best.0 {
                 best = (weighed, *pid, stage);
@@ -641,14 +647,15 @@ fn choose(
         };
         tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, "finalist");
         if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
-            let weighed = size_under(q, Stage::Adaptive, from)?;
+            let weighed = size_under(coder, q, Stage::Adaptive, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive");
             if weighed < best.0 {
                 best = (weighed, *pid, Stage::Adaptive);
             }
         }
-        finals.push(best);
-    }
+        Ok(best)
+    })?;
+    let mut finals = finals;
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (_, mut chosen, mut stage) = finals[0];
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
@@ -658,10 +665,14 @@ fn choose(
     if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
         if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
-            let lin_q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, coefs, models.real)?, 0..far)?;
-            let lin = size_under(&lin_q, proxy, skip)?;
-            let other_q = quantize_chain(chain, dtype, geom, opts, session_for(alt, geom, coefs, models.real)?, 0..far)?;
-            let other = size_under(&other_q, proxy, skip)?;
+            let pair = [chosen, alt];
+            let mut both = par_map(2, opts.threads, coder, |i, coder| {
+                let q = quantize_chain(chain, dtype, geom, opts, session_for(pair[i], geom, coefs, models.real)?, 0..far)?;
+                // (Compared by context rANS's estimated size, as the ranking.)
+                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true)?, q))
+            })?;
+            let (other, other_q) = both.pop().expect("two");
+            let (lin, lin_q) = both.pop().expect("two");
             let kept = if other <= lin {
                 (chosen, stage) = (alt, alt_stage);
                 other_q
@@ -676,6 +687,93 @@ fn choose(
         }
     }
     Ok((chosen, if opts.exhaustive { None } else { Some(stage) }))
+}
+
+/// The coded size of `q`'s frames from `from` on under `stage`, weighed as `opts.entropy`
+/// weighs it (escapes and motion vectors included).
+/// (`estimate`: context rANS's size estimated, [`Coder::estimate`].)
+fn size_under(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    coder: &mut Coder,
+    q: &Quantised,
+    stage: Stage,
+    from: usize,
+    estimate: bool,
+) -> Result<f64, EncodeError> {
+    let mut side_buffers = SideBuffers::default();
+    let mut size = 0;
+    for (k, c) in q.frames.iter().enumerate().skip(from) {
+        // Frames are coded in order here, so the adaptive models carry over from the one
+        // before (except on the first, whose predecessor was not coded: the result does not
+        // depend on what the coder coded before).
+        // (Only the adaptive stage reads the side information.)
+        let side = if stage == Stage::Adaptive { q.side(chain, k, opts.bound != Bound::Lossless, k > from, geom, &mut side_buffers) } else { Side::default() };
+        size += 4 * c.escapes.len()
+            + if estimate {
+                coder.estimate(stage, &c.codes, dtype.bytes(), geom.width, side)?
+            } else {
+                coder.encode(stage, &c.codes, dtype.bytes(), geom.width, side)?.len()
+            };
+        if !q.motion[k].is_empty() {
+            size += coder.compress_bytes(&q.motion[k])?.len();
+        }
+    }
+    Ok(stage.weighed(size, opts.entropy))
+}
+
+/// `f(i, coder)` for every `i` in `0..n`, in order of `i`, on up to `threads` threads: the
+/// calling one with `coder`, each other with a coder of its own (at `coder`'s level). `f` must
+/// not depend on what its coder did before (zstd and the stages are deterministic; the adaptive
+/// stage's carried models are only read by a frame that follows one coded on the same thread).
+fn par_map<T: Send>(
+    n: usize,
+    threads: usize,
+    coder: &mut Coder,
+    f: impl Fn(usize, &mut Coder) -> Result<T, EncodeError> + Sync,
+) -> Result<Vec<T>, EncodeError> {
+    let threads = threads.min(n);
+    if threads <= 1 {
+        return (0..n).map(|i| f(i, coder)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let level = coder.level();
+    let work = |coder: &mut Coder| {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            let r = f(i, coder);
+            let failed = r.is_err();
+            done.push((i, r));
+            if failed {
+                // The others stop at their next item.
+                next.store(n, std::sync::atomic::Ordering::Relaxed);
+                return done;
+            }
+        }
+    };
+    let mut results: Vec<(usize, Result<T, EncodeError>)> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|_| {
+                scope.spawn(|| match Coder::new(level) {
+                    Ok(mut c) => work(&mut c),
+                    Err(e) => vec![(0, Err(EncodeError::from(e)))],
+                })
+            })
+            .collect();
+        let mut all = work(coder);
+        for h in others {
+            all.extend(h.join().expect("a probe thread panicked"));
+        }
+        all
+    });
+    results.sort_by_key(|r| r.0);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The model's references of frames 1 to `n - 1` of the window predicted from its original frames
@@ -703,8 +801,25 @@ fn quantize_chain(
     dtype: DType,
     geom: Geometry,
     opts: &Options,
+    session: Session,
+    frames: std::ops::Range<usize>,
+) -> Result<Quantised, EncodeError> {
+    quantize_frames(chain, dtype, geom, opts, session, frames, None)
+}
+
+/// A frame as [`quantize_frames`] hands it over: its quantisation and its stored vectors.
+type QuantisedFrame = (quantizer::Coded, Vec<u8>);
+
+/// [`quantize_chain`]; with a `sink`, each frame is sent there as soon as it is made instead of
+/// kept (the returned frames are then empty), and a closed sink stops the work.
+fn quantize_frames(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
     mut session: Session,
     frames: std::ops::Range<usize>,
+    sink: Option<&std::sync::mpsc::SyncSender<QuantisedFrame>>,
 ) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
     let pid = session.predictor();
@@ -717,7 +832,18 @@ fn quantize_chain(
         let (mut vectors, coarse) = match (pid.moves() && k > 0, opts.bound == Bound::Lossless) {
             (false, _) => (Vec::new(), None),
             (true, false) => search(),
-            (true, true) => chain.searches.borrow_mut().entry((start + k, session.older().is_some())).or_insert_with(search).clone(),
+            (true, true) => {
+                // (Two probe threads may search the same frame at once: the same vectors.)
+                let key = (start + k, session.older().is_some());
+                let found = chain.searches.lock().expect("not poisoned").get(&key).cloned();
+                match found {
+                    Some(v) => v,
+                    None => {
+                        let v = search();
+                        chain.searches.lock().expect("not poisoned").entry(key).or_insert(v).clone()
+                    }
+                }
+            }
         };
         session.move_by(&vectors, true)?;
         let bound = opts.bound.for_frame(dtype, x);
@@ -747,8 +873,17 @@ fn quantize_chain(
             quantizer::encode(dtype, bound, x, session.prediction())
         };
         session.observe(if bound == FrameBound::Lossless { x } else { &c.recon })?;
-        out.frames.push(c);
-        out.motion.push(vectors);
+        match sink {
+            Some(tx) => {
+                if tx.send((c, vectors)).is_err() {
+                    break;
+                }
+            }
+            None => {
+                out.frames.push(c);
+                out.motion.push(vectors);
+            }
+        }
     }
     Ok(out)
 }
@@ -764,17 +899,39 @@ fn code_chain(
     q: &Quantised,
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
-    let width = dtype.bytes();
-    let mut out = Vec::with_capacity(q.frames.len());
-    let mut last_stage = None;
-    let mut side_buffers = SideBuffers::default();
-    for (k, c) in q.frames.iter().enumerate() {
+    let mut state = ChainCoding::default();
+    (0..q.frames.len()).map(|k| state.code_frame(chain, dtype, geom, opts, stage, q, k, coder)).collect()
+}
+
+/// What coding a chain's frames in order carries from one frame to the next.
+#[derive(Default)]
+struct ChainCoding {
+    last_stage: Option<Stage>,
+    side_buffers: SideBuffers,
+}
+
+impl ChainCoding {
+    /// Entropy-code frame `k` of `q` (which holds at least the frames up to `k`), after the
+    /// frames before it.
+    fn code_frame(
+        &mut self,
+        chain: &Chain,
+        dtype: DType,
+        geom: Geometry,
+        opts: &Options,
+        stage: Option<Stage>,
+        q: &Quantised,
+        k: usize,
+        coder: &mut Coder,
+    ) -> Result<CodedFrame, EncodeError> {
+        let width = dtype.bytes();
+        let c = &q.frames[k];
         let fb = opts.bound.for_frame(dtype, &chain.images[k]);
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
         let side = if stage.is_none_or(|s| s == Stage::Adaptive) {
-            q.side(chain, k, fb != FrameBound::Lossless, last_stage == Some(Stage::Adaptive), geom, &mut side_buffers)
+            q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), geom, &mut self.side_buffers)
         } else {
             Side::default()
         };
@@ -803,8 +960,8 @@ fn code_chain(
                 .any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
         let carry = side.carry && stage == Stage::Adaptive;
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
-        last_stage = Some(stage);
-        out.push(CodedFrame {
+        self.last_stage = Some(stage);
+        Ok(CodedFrame {
             stage,
             codes,
             escapes,
@@ -817,9 +974,56 @@ fn code_chain(
             carry,
             moved_context,
             recon: Vec::new(),
-        });
+        })
     }
-    Ok(out)
+}
+
+/// Quantise the whole chain with `session` and entropy-code it under `stage`: with two threads
+/// or more, as a pipeline (one thread predicts and quantises frame `k + 1` while the calling one
+/// codes frame `k`); the same bytes either way.
+fn quantize_and_code(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    stage: Option<Stage>,
+    session: Session,
+    coder: &mut Coder,
+) -> Result<Vec<CodedFrame>, EncodeError> {
+    let n = chain.images.len();
+    if opts.threads <= 1 || n < 2 {
+        let q = quantize_chain(chain, dtype, geom, opts, session, 0..n)?;
+        return code_chain(chain, dtype, geom, opts, stage, &q, coder);
+    }
+    let moves = session.predictor().moves();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
+        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, opts, session, 0..n, Some(&tx)).map(|_| ()));
+        let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+        let mut state = ChainCoding::default();
+        let mut out = Vec::with_capacity(n);
+        let mut failed = None;
+        for (c, vectors) in rx.iter() {
+            q.frames.push(c);
+            q.motion.push(vectors);
+            match state.code_frame(chain, dtype, geom, opts, stage, &q, q.frames.len() - 1, coder) {
+                Ok(f) => out.push(f),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // (Dropping the receiver stops the producer at its next frame.)
+        drop(rx);
+        let produced = producer.join().expect("the quantising thread panicked");
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        produced?;
+        debug_assert_eq!(out.len(), n);
+        Ok(out)
+    })
 }
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
@@ -828,7 +1032,6 @@ pub struct Decoder {
     bytes: Arc<[u8]>,
     header: Header,
     payload_start: usize,
-    coder: Coder,
     /// Where the model the blob names comes from (looked up when a frame needs it).
     models: Arc<dyn ModelSource + Send + Sync>,
     model: Option<Arc<dyn super::predict::Model>>,
@@ -836,11 +1039,23 @@ pub struct Decoder {
     /// frame.
     session: Option<Session>,
     frame_entries: Vec<usize>,
-    /// Buffers reused from frame to frame.
-    codes: Vec<u32>,
-    /// Codes of the previous frame of the chain (the adaptive stage's temporal context).
-    prev_codes: Vec<u32>,
+    /// The entropy half of the chain's state (what decoding the next frame's codes needs).
+    codes: CodeState,
+    /// Buffer reused from frame to frame.
     recon: Vec<u32>,
+    /// Threads decoding may use (1: the calling thread only); the output does not depend on it.
+    threads: usize,
+    /// A version-7 blob: a decoder per slice (the fields above then serve the skeletons and
+    /// opaque entries only).
+    slices: Option<super::slices::Slices>,
+}
+
+/// What decoding a chain's codes carries from frame to frame: the entropy stages' coder (with
+/// the adaptive models), the previous frames' codes (the adaptive stage's temporal context).
+struct CodeState {
+    coder: Coder,
+    /// Codes of the previous frame of the chain.
+    prev_codes: Vec<u32>,
     /// Codes of the frame before the previous one, and the previous codes moved (the moved
     /// temporal context).
     older_codes: Vec<u32>,
@@ -848,9 +1063,14 @@ pub struct Decoder {
     /// Chain position of the frame whose adaptive models the coder holds (what a frame that
     /// carries them over needs: the one before it).
     models_of: Option<usize>,
-    /// A version-7 blob: a decoder per slice (the fields above then serve the skeletons and
-    /// opaque entries only).
-    slices: Option<super::slices::Slices>,
+}
+
+/// One frame's decoded sections: what the reconstruction needs besides the chain's state.
+struct FrameCodes {
+    vectors: Vec<u8>,
+    codes: Vec<u32>,
+    escapes: Vec<u32>,
+    skeleton: Vec<u8>,
 }
 
 impl Decoder {
@@ -884,24 +1104,22 @@ impl Decoder {
             bytes,
             header,
             payload_start,
-            coder,
             models,
             model: None,
             session: None,
             frame_entries,
-            codes: Vec::new(),
-            prev_codes: Vec::new(),
+            codes: CodeState { coder, prev_codes: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None },
             recon: Vec::new(),
-            older_codes: Vec::new(),
-            moved_codes: Vec::new(),
-            models_of: None,
+            threads: 1,
             slices,
         })
     }
 
-    /// Decode the slices of a frame of a version-7 blob on at most `n` threads (0: one per
-    /// core; the default). Other blobs decode on the calling thread.
+    /// Let decoding use up to `n` threads (0: one per core): the slices of a version-7 blob's
+    /// frames side by side (they use one per core unless told), other chains as a pipeline of
+    /// two (see [`Decoder::decode`]). What it decodes does not change.
     pub fn set_threads(&mut self, n: usize) {
+        self.threads = super::slices::threads(n);
         if let Some(s) = &mut self.slices {
             s.threads = n;
         }
@@ -976,7 +1194,7 @@ impl Decoder {
             Body::Opaque { compressed, data } => {
                 let bytes = container::section_of(&self.bytes[self.payload_start..], i, "data", *data)?;
                 let out = if *compressed {
-                    self.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
+                    self.codes.coder.decompress_bytes(bytes, entry.original_len as usize).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?
                 } else {
                     bytes.to_vec()
                 };
@@ -986,6 +1204,10 @@ impl Decoder {
                 let pos = self.frame_entries.iter().position(|&e| e == i).expect("frame entry is in the chain");
                 if pos < self.position() {
                     self.restart();
+                }
+                // (A sliced blob's frames are decoded slice by slice in parallel instead.)
+                if self.threads > 1 && self.slices.is_none() && pos > self.position() {
+                    return self.decode_pipelined(pos, also).inspect_err(|_| self.restart());
                 }
                 loop {
                     let k = self.position();
@@ -1004,38 +1226,50 @@ impl Decoder {
 
     /// Decode every entry, in order.
     pub fn decode_all(&mut self) -> Result<Vec<Vec<u8>>, BlobError> {
-        (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
-    }
-
-    /// The session of the window, made at its key frame (with the model the blob names).
-    fn session(&mut self, i: usize, p: &Params) -> Result<&mut Session, BlobError> {
-        if self.session.is_none() {
-            let dec = |why: String| BlobError::Decode { entry: i, why };
-            let model = if p.model == [0; 32] {
-                None
-            } else {
-                if self.model.is_none() {
-                    self.model = Some(self.models.model(&p.model).map_err(|e| dec(e.to_string()))?);
+        if self.threads > 1 {
+            // The whole chain in one call, so that its frames can be pipelined.
+            let mut out: Vec<Option<Vec<u8>>> = vec![None; self.len()];
+            if let Some(&last) = self.frame_entries.last() {
+                let file = self.decode(last, |e, f| out[e] = Some(f))?;
+                out[last] = Some(file);
+            }
+            for (i, slot) in out.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = Some(self.decode(i, |_, _| {})?);
                 }
-                self.model.clone()
-            };
-            let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
-            self.session = Some(Session::new(p.predictor, geom, &p.coefs, model).map_err(|e| dec(e.to_string()))?);
+            }
+            return Ok(out.into_iter().map(|f| f.expect("every entry decoded")).collect());
         }
-        Ok(self.session.as_mut().expect("made above"))
+        (0..self.len()).map(|i| self.decode(i, |_, _| {})).collect()
     }
 
     fn decode_next_frame(&mut self) -> Result<Vec<u8>, BlobError> {
         let k = self.position();
-        let i = self.frame_entries[k];
-        let entry = self.entry(i)?.clone();
-        let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
-        let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
-        match &mut self.slices {
-            Some(s) => s.decode_next(i, &mut self.recon)?,
-            None => self.decode_next_image(k, i, f, &p)?,
+        if let Some(s) = &mut self.slices {
+            let (i, f, p, _) = frame_params(&self.header, &self.frame_entries, k)?;
+            s.decode_next(i, &mut self.recon)?;
+            let entry = &self.header.entries[i];
+            let n = p.width as usize * p.height as usize;
+            let skeleton = self.codes.skeleton(&self.bytes[self.payload_start..], i, &f, entry.original_len, n * p.dtype.bytes())?;
+            return assemble(&self.recon, entry, i, &f, &p, &skeleton);
         }
-        self.assemble(i, &entry, f, &p)
+        let (i, f, p, fc) = self.decode_next_image(k)?;
+        assemble(&self.recon, &self.header.entries[i], i, &f, &p, &fc.skeleton)
+    }
+
+    /// Decode the frame at chain position `k` (the next one) into `self.recon`; its entry,
+    /// parameters and sections.
+    fn decode_next_image(&mut self, k: usize) -> Result<(usize, FrameEntry, Params, FrameCodes), BlobError> {
+        let Decoder { bytes, header, payload_start, models, model, session, frame_entries, codes, recon, .. } = self;
+        let payload = &bytes[*payload_start..];
+        let (i, f, p, geom) = frame_params(header, frame_entries, k)?;
+        let vectors = codes.vectors(payload, i, &f, geom)?;
+        let session = session_of(session, model, models, i, &p)?;
+        start_frame(session, i, &f, &vectors)?;
+        let gradient = f.moved_context.then(|| session.moved());
+        let fc = codes.decode(payload, i, k, (&f, header.entries[i].original_len), &p, vectors, gradient)?;
+        reconstruct(session, recon, i, &f, &p, &fc)?;
+        Ok((i, f, p, fc))
     }
 
     /// The integer image of the frame at chain position `k`, no file assembled (what a slice's
@@ -1054,31 +1288,165 @@ impl Decoder {
         }
         while self.position() <= k {
             let pos = self.position();
-            let i = self.frame_entries[pos];
-            let entry = self.entry(i)?.clone();
-            let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
-            let p = self.header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
-            self.decode_next_image(pos, i, f, &p).inspect_err(|_| self.restart())?;
+            self.decode_next_image(pos).inspect_err(|_| self.restart())?;
         }
         Ok(&self.recon)
     }
 
-    /// Decode the frame at chain position `k` (entry `i`) into `self.recon`.
-    fn decode_next_image(&mut self, k: usize, i: usize, f: &FrameEntry, p: &Params) -> Result<(), BlobError> {
+    /// Frames from the next one to chain position `pos` (returned; the ones before it go to
+    /// `also`), on two threads: one decodes the codes of frame `k + 1` while the calling one
+    /// reconstructs frame `k` (the codes of a frame need the codes of the frame before, not its
+    /// reconstruction). A frame whose adaptive context is moved (container version 5) also needs
+    /// its moved prediction, made from the reconstruction before it: from there on the frames
+    /// are decoded in turn.
+    fn decode_pipelined(&mut self, pos: usize, mut also: impl FnMut(usize, Vec<u8>)) -> Result<Vec<u8>, BlobError> {
+        let from = self.position();
+        let Decoder { bytes, header, payload_start, models, model, session, frame_entries, codes, recon, .. } = self;
+        let payload = &bytes[*payload_start..];
+        let mut params = Vec::new();
+        for k in from..=pos {
+            let fp = frame_params(header, frame_entries, k)?;
+            if fp.1.moved_context {
+                break;
+            }
+            params.push(fp);
+        }
+        // The pipelined frames, all but the last one (decoded below, in turn): `pos` is returned.
+        params.truncate(pos - from);
+        if params.len() > 1 {
+            std::thread::scope(|scope| -> Result<(), BlobError> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<FrameCodes, BlobError>>(2);
+                let (params, entries) = (&params, &header.entries);
+                scope.spawn(move || {
+                    for (j, (i, f, p, geom)) in params.iter().enumerate() {
+                        let r =
+                            codes.vectors(payload, *i, f, *geom).and_then(|v| codes.decode(payload, *i, from + j, (f, entries[*i].original_len), p, v, None));
+                        let stop = r.is_err();
+                        if tx.send(r).is_err() || stop {
+                            return;
+                        }
+                    }
+                });
+                for ((i, f, p, _), r) in params.iter().zip(rx.iter()) {
+                    let fc = r?;
+                    let s = session_of(session, model, models, *i, p)?;
+                    start_frame(s, *i, f, &fc.vectors)?;
+                    reconstruct(s, recon, *i, f, p, &fc)?;
+                    also(*i, assemble(recon, &header.entries[*i], *i, f, p, &fc.skeleton)?);
+                }
+                Ok(())
+            })?;
+        }
+        loop {
+            let k = self.position();
+            let e = self.frame_entries[k];
+            let file = self.decode_next_frame()?;
+            if k == pos {
+                return Ok(file);
+            }
+            also(e, file);
+        }
+    }
+}
+
+/// Entry index, frame entry, parameters and geometry of chain position `k`.
+fn frame_params(header: &Header, frame_entries: &[usize], k: usize) -> Result<(usize, FrameEntry, Params, Geometry), BlobError> {
+    let i = frame_entries[k];
+    let entry = header.entries.get(i).ok_or(BlobError::NoEntry { entry: i, len: header.entries.len() })?;
+    let Body::Frame(f) = &entry.body else { unreachable!("chain holds frames only") };
+    let p = header.params.clone().ok_or_else(|| BlobError::Malformed("frame without parameters".into()))?;
+    let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+    Ok((i, f.clone(), p, geom))
+}
+
+/// The session of the window, made at its key frame (with the model the blob names).
+fn session_of<'a>(
+    slot: &'a mut Option<Session>,
+    model: &mut Option<Arc<dyn super::predict::Model>>,
+    models: &Arc<dyn ModelSource + Send + Sync>,
+    i: usize,
+    p: &Params,
+) -> Result<&'a mut Session, BlobError> {
+    if slot.is_none() {
+        let dec = |why: String| BlobError::Decode { entry: i, why };
+        let m = if p.model == [0; 32] {
+            None
+        } else {
+            if model.is_none() {
+                *model = Some(models.model(&p.model).map_err(|e| dec(e.to_string()))?);
+            }
+            model.clone()
+        };
+        let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+        *slot = Some(Session::new(p.predictor, geom, &p.coefs, m).map_err(|e| dec(e.to_string()))?);
+    }
+    Ok(slot.as_mut().expect("made above"))
+}
+
+/// The session's prediction of entry `i`'s frame, moved by its vectors.
+fn start_frame(session: &mut Session, i: usize, f: &FrameEntry, vectors: &[u8]) -> Result<(), BlobError> {
+    let dec = |why: String| BlobError::Decode { entry: i, why };
+    session.begin().map_err(|e| dec(e.to_string()))?;
+    session.move_by(vectors, f.subpel).map_err(|e| dec(e.to_string()))
+}
+
+/// Reconstruct entry `i`'s frame into `recon` from its codes and the session's prediction
+/// (started by [`start_frame`]).
+fn reconstruct(session: &mut Session, recon: &mut Vec<u32>, i: usize, f: &FrameEntry, p: &Params, fc: &FrameCodes) -> Result<(), BlobError> {
+    let dec = |why: String| BlobError::Decode { entry: i, why };
+    quantizer::decode(p.dtype, f.bound, &fc.codes, &fc.escapes, session.prediction(), recon).map_err(|e| dec(e.0.into()))?;
+    session.observe(recon).map_err(|e| dec(e.to_string()))
+}
+
+/// The file of frame entry `i` from its skeleton and its reconstruction.
+fn assemble(recon: &[u32], entry: &Entry, i: usize, f: &FrameEntry, p: &Params, skeleton: &[u8]) -> Result<Vec<u8>, BlobError> {
+    let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
+    let file = layout
+        .assemble(entry.original_len as usize, skeleton, recon)
+        .ok_or_else(|| BlobError::Decode { entry: i, why: "pixel ranges do not fit the file".into() })?;
+    check_len_crc(i, entry, file)
+}
+
+impl CodeState {
+    /// Entry `i`'s bytes around its pixels (a TIFF's header, say), `pixel_bytes` of a file of
+    /// `original_len`.
+    fn skeleton(&mut self, payload: &[u8], i: usize, f: &FrameEntry, original_len: u64, pixel_bytes: usize) -> Result<Vec<u8>, BlobError> {
+        let dec = |why: String| BlobError::Decode { entry: i, why };
+        let skeleton_len = (original_len as usize).checked_sub(pixel_bytes).ok_or_else(|| dec("file shorter than its pixels".into()))?;
+        if skeleton_len == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = container::section_of(payload, i, "skeleton", f.skeleton)?;
+        self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))
+    }
+
+    /// Entry `i`'s motion vectors as stored (empty: none).
+    fn vectors(&mut self, payload: &[u8], i: usize, f: &FrameEntry, geom: Geometry) -> Result<Vec<u8>, BlobError> {
+        if f.motion.len == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = container::section_of(payload, i, "motion", f.motion)?;
+        let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
+        self.coder
+            .decompress_bytes(raw, per * motion::blocks(geom.width, geom.height))
+            .map_err(|e| BlobError::Decode { entry: i, why: format!("motion vectors: {e}") })
+    }
+
+    /// The codes, escapes and skeleton of entry `i`, chain position `k`, after those of the
+    /// frame before it; `gradient`: the frame's moved prediction, when its context is moved.
+    fn decode(
+        &mut self,
+        payload: &[u8],
+        i: usize,
+        k: usize,
+        (f, original_len): (&FrameEntry, u64),
+        p: &Params,
+        vectors: Vec<u8>,
+        gradient: Option<&[u32]>,
+    ) -> Result<FrameCodes, BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
         let n = geom.pixels();
-        // The motion first: the adaptive stage's moved temporal context needs it.
-        let vectors = if f.motion.len == 0 {
-            Vec::new()
-        } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "motion", f.motion)?;
-            let per = if f.block_modes { motion::TRIPLE } else { motion::PAIR };
-            self.coder.decompress_bytes(raw, per * motion::blocks(geom.width, geom.height)).map_err(|e| dec(format!("motion vectors: {e}")))?
-        };
-        let session = self.session(i, p)?;
-        session.begin().map_err(|e| dec(e.to_string()))?;
-        session.move_by(&vectors, f.subpel).map_err(|e| dec(e.to_string()))?;
         if f.moved_context && (!p.predictor.moves() || k == 0) {
             return Err(dec(format!("a moved temporal context on a {} frame", if k == 0 { "key".to_string() } else { p.predictor.to_string() })));
         }
@@ -1088,53 +1456,36 @@ impl Decoder {
             motion::apply_whole(&self.prev_codes, older, &vectors, geom.width, geom.height, &mut self.moved_codes)
                 .map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
         }
-
-        let code_bytes = container::section_of(&self.bytes[self.payload_start..], i, "codes", f.codes)?;
+        let code_bytes = container::section_of(payload, i, "codes", f.codes)?;
         if f.carry && (k == 0 || self.models_of != Some(k - 1)) {
             return Err(dec("adaptive models carried over from a frame that did not leave them".into()));
         }
         // Set again only once this frame's models are complete.
         self.models_of = None;
-        let session = self.session.as_mut().expect("made above");
         let side = Side {
             prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
             quantised: false,
             carry: f.carry,
-            gradient: f.moved_context.then_some(session.moved()),
+            gradient: if f.moved_context { Some(gradient.ok_or_else(|| dec("a moved context without its prediction".into()))?) } else { None },
         };
-        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut self.codes).map_err(|e| dec(e.to_string()))?;
+        // (The older codes' buffer is reused for this frame's.)
+        let mut codes = std::mem::take(&mut self.older_codes);
+        self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut codes).map_err(|e| dec(e.to_string()))?;
         if f.stage == Stage::Adaptive {
             self.models_of = Some(k);
         }
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
         } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "escapes", f.escapes)?;
+            let raw = container::section_of(payload, i, "escapes", f.escapes)?;
             let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
-        quantizer::decode(p.dtype, f.bound, &self.codes, &escapes, session.prediction(), &mut self.recon).map_err(|e| dec(e.0.into()))?;
-        session.observe(&self.recon).map_err(|e| dec(e.to_string()))?;
+        let skeleton = self.skeleton(payload, i, f, original_len, n * p.dtype.bytes())?;
+        let out = FrameCodes { vectors, codes: codes.clone(), escapes, skeleton };
         // This frame's codes are the next frame's temporal context (and the one after's older).
-        std::mem::swap(&mut self.older_codes, &mut self.prev_codes);
-        std::mem::swap(&mut self.codes, &mut self.prev_codes);
-        Ok(())
-    }
-
-    /// The file of frame entry `i` from its skeleton and the reconstruction in `self.recon`.
-    fn assemble(&mut self, i: usize, entry: &Entry, f: &FrameEntry, p: &Params) -> Result<Vec<u8>, BlobError> {
-        let dec = |why: String| BlobError::Decode { entry: i, why };
-        let n = p.width as usize * p.height as usize;
-        let skeleton_len = (entry.original_len as usize).checked_sub(n * p.dtype.bytes()).ok_or_else(|| dec("file shorter than its pixels".into()))?;
-        let skeleton = if skeleton_len == 0 {
-            Vec::new()
-        } else {
-            let raw = container::section_of(&self.bytes[self.payload_start..], i, "skeleton", f.skeleton)?;
-            self.coder.decompress_bytes(raw, skeleton_len).map_err(|e| dec(e.to_string()))?
-        };
-        let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
-        let file = layout.assemble(entry.original_len as usize, &skeleton, &self.recon).ok_or_else(|| dec("pixel ranges do not fit the file".into()))?;
-        check_len_crc(i, entry, file)
+        self.older_codes = std::mem::replace(&mut self.prev_codes, codes);
+        Ok(out)
     }
 }
 
