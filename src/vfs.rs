@@ -303,25 +303,7 @@ impl Vfs {
             let t = now();
             // SAFETY: getuid/getgid have no preconditions.
             let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-            let root = Inode {
-                ino: ROOT,
-                kind: Kind::Dir,
-                perm: 0o755,
-                uid,
-                gid,
-                nlink: 2,
-                size: 0,
-                rdev: 0,
-                atime: t,
-                mtime: t,
-                ctime: t,
-                crtime: t,
-                parent: ROOT,
-                data: Data::None,
-                generation: 0,
-                target: Vec::new(),
-                note: None,
-            };
+            let root = Inode::new(ROOT, Kind::Dir, 0o755, (uid, gid), ROOT, t);
             let mut b = Batch::default();
             Index::put_inode(&mut b, &root);
             Index::put_counter(&mut b, keys::NEXT_INO, ROOT + 1);

@@ -67,25 +67,7 @@ fn link_lost(index: &dyn MetaStore, s: &Snapshot, lost: &[u64], b: &mut Batch) -
             let t = Timestamp::now();
             let root = s.inodes.get(&ROOT);
             let name_taken = existing.is_some();
-            let i = Inode {
-                ino: next,
-                kind: Kind::Dir,
-                perm: 0o700,
-                uid: root.map(|r| r.uid).unwrap_or(0),
-                gid: root.map(|r| r.gid).unwrap_or(0),
-                nlink: 2,
-                size: 0,
-                rdev: 0,
-                atime: t,
-                mtime: t,
-                ctime: t,
-                crtime: t,
-                parent: ROOT,
-                data: crate::index::Data::None,
-                generation: 0,
-                target: Vec::new(),
-                note: None,
-            };
+            let i = Inode::new(next, Kind::Dir, 0o700, root.map_or((0, 0), |r| (r.uid, r.gid)), ROOT, t);
             if name_taken {
                 return Err(CheckError::Io {
                     path: "/lost+found".into(),

@@ -120,6 +120,32 @@ pub struct Inode {
     pub note: Option<String>,
 }
 
+impl Inode {
+    /// A new, empty inode made at `t` (nlink 2 for a directory, else 1; no data, no device,
+    /// no symlink target: set those after).
+    pub fn new(ino: u64, kind: Kind, perm: u32, (uid, gid): (u32, u32), parent: u64, t: Timestamp) -> Inode {
+        Inode {
+            ino,
+            kind,
+            perm,
+            uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            rdev: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            parent,
+            data: Data::None,
+            generation: 0,
+            target: Vec::new(),
+            note: None,
+        }
+    }
+}
+
 /// A blob file and how many files still point into it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Blob {

@@ -4,7 +4,7 @@
 //! set-group-ID inheritance.
 
 use super::{now, Attr, Ctx, DirEntry, FsError, FsResult, Handle, SetAttr, TimeSet, Txn, Vfs, LINK_MAX, NAME_MAX, ROOT};
-use crate::index::{Data, Index, Inode, Kind};
+use crate::index::{Index, Inode, Kind};
 use std::sync::Arc;
 
 /// What to create.
@@ -86,25 +86,7 @@ impl Vfs {
             }
             dir.nlink += 1;
         }
-        let inode = Inode {
-            ino,
-            kind,
-            perm,
-            uid: ctx.uid,
-            gid,
-            nlink: if kind == Kind::Dir { 2 } else { 1 },
-            size: 0,
-            rdev,
-            atime: ts,
-            mtime: ts,
-            ctime: ts,
-            crtime: ts,
-            parent,
-            data: Data::None,
-            generation: 0,
-            target,
-            note: None,
-        };
+        let inode = Inode { rdev, target, ..Inode::new(ino, kind, perm, (ctx.uid, gid), parent, ts) };
         dir.mtime = ts;
         dir.ctime = ts;
         Index::put_inode(&mut t.batch, &inode);

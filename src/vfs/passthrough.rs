@@ -119,25 +119,7 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     fn inode(ino: u64, t: Timestamp) -> Inode {
-        Inode {
-            ino,
-            kind: Kind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            size: 0,
-            rdev: 0,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            parent: 1,
-            data: Data::Staged,
-            generation: 0,
-            target: Vec::new(),
-            note: None,
-        }
+        Inode { data: Data::Staged, ..Inode::new(ino, Kind::File, 0o644, (0, 0), 1, t) }
     }
 
     #[test]
