@@ -673,6 +673,12 @@ fn daemon_threads(pid: u32) -> String {
         let wchan = fs::read_to_string(e.path().join("wchan")).unwrap_or_default();
         out.push_str(&format!("  {} waits in {wchan}\n", comm.trim()));
     }
+    // Where each thread stands, to tell a deadlock in sled from one in our own locks.
+    if let Ok(bt) = Command::new("gdb").args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"]).output() {
+        let text = String::from_utf8_lossy(&bt.stdout);
+        out.push_str("backtraces (gdb):\n");
+        out.extend(text.lines().filter(|l| l.starts_with('#') || l.starts_with("Thread")).take(400).map(|l| format!("  {l}\n")));
+    }
     out
 }
 

@@ -195,6 +195,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     fuse.acl = if args.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::RootAndOwner };
     fuse.n_threads = Some(args.fuse_threads.max(1));
     let mountpoint = args.mountpoint.canonicalize().with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    // The signals are caught from before the mount appears: a SIGTERM or SIGINT sent as soon as
+    // it is there (a test, systemd) unmounts cleanly instead of killing the daemon.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut term, mut int, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _enter = rt.enter();
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?)
+    };
     let session = fuser::spawn_mount(FuseFs::new(vfs.clone(), !(args.no_passthrough || m.passthrough == Some(false))), &args.mountpoint, &fuse)
         .with_context(|| format!("cannot mount on {}", args.mountpoint.display()))?;
     // Lossy windows change what a file reads back: drop the kernel's cached pages of those files.
@@ -229,12 +237,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     );
 
     // Serve until SIGINT/SIGTERM or an unmount from outside (fusermount3 -u).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let by_signal = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok::<bool, std::io::Error>(true),
