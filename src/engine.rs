@@ -66,6 +66,29 @@ pub struct Job {
     pub threads: usize,
 }
 
+impl Job {
+    /// Bytes its compression holds (`memory::window_bytes`), from the pixel type its format
+    /// policy names (TIFF and `auto`: not known before the files are read).
+    fn memory_bytes(&self, sizes: &[u64]) -> u64 {
+        crate::memory::window_bytes(sizes, self.pixel_bytes(), self.lossless())
+    }
+
+    fn pixel_bytes(&self) -> Option<usize> {
+        match &self.policy.format {
+            crate::codec::FormatSpec::Raw(r) => Some(r.dtype.bytes()),
+            _ => None,
+        }
+    }
+
+    fn lossless(&self) -> bool {
+        self.policy.bound == crate::codec::Bound::Lossless
+    }
+
+    fn sizes(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.size).collect()
+    }
+}
+
 struct Shared {
     vfs: Arc<Vfs>,
     trainer: Arc<autotrain::Trainer>,
@@ -197,7 +220,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             // at most twice the workers' threads run at once, when windows start while others
             // run alone).
             job.threads = permits.available_permits() + 1;
-            let need = crate::memory::WINDOW_FACTOR * job.members.iter().map(|m| m.size).sum::<u64>();
+            let need = job.memory_bytes(&job.sizes());
             let vfs = shared.vfs.clone();
             let grant = tokio::task::block_in_place(|| vfs.reserve_memory(need));
             shared.vfs.counters.engine_waiting.store(false, Ordering::Relaxed);
@@ -249,8 +272,8 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
 
 /// `job` as windows whose working set fits in `room` bytes (itself when it fits).
 fn split_job(job: Job, room: u64) -> Vec<Job> {
-    let sizes: Vec<u64> = job.members.iter().map(|m| m.size).collect();
-    let runs = crate::memory::split_window(&sizes, room);
+    let sizes = job.sizes();
+    let runs = crate::memory::split_window(&sizes, job.pixel_bytes(), job.lossless(), room);
     if runs.len() <= 1 {
         return vec![job];
     }

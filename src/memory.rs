@@ -7,14 +7,25 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Bytes a window of `n` raw bytes holds while it is compressed: the files, their pixels as
-/// 32-bit images, the predictions and residuals, the blob, and the decoded copy that verifies
-/// it (measured: 5.8x for 32 frames of 2048x2048 u16 with `tezipfs compress --threads 1`).
-pub const WINDOW_FACTOR: u64 = 7;
+/// What a window's compression holds besides its files, measured (one and two threads; u8,
+/// u16, f32; 8 to 24 frames; sliced and not: `tests/decoder_memory.rs`): per pixel of each frame,
+/// its planes (32-bit pixels, reconstruction, codes, the decoded copy that verifies the blob):
+/// 7-9 B; per pixel of one frame, the probe's candidates: 43-54 B lossless, 229 B under a bound.
+/// The probe of a sliced frame looks at one slice, so at most `slices::DEFAULT_SLICE_PIXELS`.
+const WINDOW_BYTES_PER_FRAME_PIXEL: u64 = 10;
+const PROBE_BYTES_PER_PIXEL_LOSSLESS: u64 = 64;
+const PROBE_BYTES_PER_PIXEL_BOUNDED: u64 = 240;
 
-/// What a decoder holds besides its blob: its frame buffers (previous frames, reconstruction,
-/// codes), in frames of the blob's size.
-pub const DECODER_FRAMES: u64 = 6;
+/// Bytes a window of files of `sizes` bytes holds while it is compressed, when its pixels are
+/// `pixel_bytes` bytes each (`None`: not known before the files are parsed; counted as bytes,
+/// the most pixels a file can hold).
+pub fn window_bytes(sizes: &[u64], pixel_bytes: Option<usize>, lossless: bool) -> u64 {
+    let px = pixel_bytes.unwrap_or(1).max(1) as u64;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let probe = if lossless { PROBE_BYTES_PER_PIXEL_LOSSLESS } else { PROBE_BYTES_PER_PIXEL_BOUNDED };
+    let frames: u64 = sizes.iter().map(|&s| s.saturating_add((s / px).saturating_mul(WINDOW_BYTES_PER_FRAME_PIXEL))).fold(0, u64::saturating_add);
+    frames.saturating_add((largest / px).min(crate::codec::slices::DEFAULT_SLICE_PIXELS as u64).saturating_mul(probe))
+}
 
 #[derive(Debug)]
 pub struct Budget {
@@ -93,20 +104,17 @@ impl Drop for Grant {
 }
 
 /// Split `sizes` (the raw bytes of a window's files, in order) into consecutive runs whose
-/// working set ([`WINDOW_FACTOR`] x their bytes) fits in `room`: the whole window when it fits,
-/// otherwise the longest runs that do (a file too large alone is a run of its own; it waits for
-/// the whole budget).
-pub fn split_window(sizes: &[u64], room: u64) -> Vec<std::ops::Range<usize>> {
+/// working set ([`window_bytes`]) fits in `room`: the whole window when it fits, otherwise the
+/// longest runs that do (a file too large alone is a run of its own; it waits for the whole
+/// budget).
+pub fn split_window(sizes: &[u64], pixel_bytes: Option<usize>, lossless: bool, room: u64) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, &s) in sizes.iter().enumerate() {
-        if i > start && (bytes + s).saturating_mul(WINDOW_FACTOR) > room {
+    for i in 0..sizes.len() {
+        if i > start && window_bytes(&sizes[start..=i], pixel_bytes, lossless) > room {
             runs.push(start..i);
             start = i;
-            bytes = 0;
         }
-        bytes += s;
     }
     if start < sizes.len() {
         runs.push(start..sizes.len());
@@ -139,10 +147,23 @@ mod tests {
     }
 
     #[test]
+    fn window_bytes_follow_the_pixels_and_the_bound() {
+        // 8 frames of 1000 u16 pixels: 8 x (2000 + 10 x 1000) + 64 x 1000 lossless.
+        assert_eq!(window_bytes(&[2000; 8], Some(2), true), 8 * 12_000 + 64_000);
+        assert_eq!(window_bytes(&[2000; 8], Some(2), false), 8 * 12_000 + 240_000);
+        assert_eq!(window_bytes(&[2000; 8], None, true), window_bytes(&[2000; 8], Some(1), true), "unknown pixels count as bytes");
+        // The probe of a frame larger than a slice looks at one slice.
+        let big = 4 * crate::codec::slices::DEFAULT_SLICE_PIXELS as u64;
+        assert_eq!(window_bytes(&[big], Some(1), true), big * 11 + 64 * big / 4);
+        assert_eq!(window_bytes(&[], Some(1), true), 0);
+    }
+
+    #[test]
     fn windows_are_split_to_fit() {
-        assert_eq!(split_window(&[10; 8], 7 * 80), vec![0..8]);
-        assert_eq!(split_window(&[10; 8], 7 * 30), vec![0..3, 3..6, 6..8]);
-        assert_eq!(split_window(&[10, 100, 10], 7 * 30), vec![0..1, 1..2, 2..3], "a file too large alone is a run of its own");
-        assert_eq!(split_window(&[], 100), Vec::<std::ops::Range<usize>>::new());
+        // A file of 10 u8 pixels costs 110 B, the probe 640 B lossless.
+        assert_eq!(split_window(&[10; 8], Some(1), true, 8 * 110 + 640), vec![0..8]);
+        assert_eq!(split_window(&[10; 8], Some(1), true, 3 * 110 + 640), vec![0..3, 3..6, 6..8]);
+        assert_eq!(split_window(&[10, 100, 10], Some(1), true, 2 * 110 + 640), vec![0..1, 1..2, 2..3], "a file too large alone is a run of its own");
+        assert_eq!(split_window(&[], Some(1), true, 100), Vec::<std::ops::Range<usize>>::new());
     }
 }

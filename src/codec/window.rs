@@ -1028,6 +1028,11 @@ fn quantize_and_code(
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
 /// each frame once. Owns the blob's bytes, so it can be kept between reads.
+/// Bytes a decoder holds per pixel of its frames besides two files' worth of pixels (see
+/// [`Decoder::memory_bytes`]): up to ten 32-bit planes (measured peak: 26 B/pixel lossless, 40
+/// under a bound with motion).
+pub const DECODER_BYTES_PER_PIXEL: u64 = 40;
+
 pub struct Decoder {
     bytes: Arc<[u8]>,
     header: Header,
@@ -1130,14 +1135,14 @@ impl Decoder {
         self.slices.as_ref().map_or(1, |s| s.len())
     }
 
-    /// Bytes a sliced blob's decoder holds beyond the frame buffers an unsliced decoder of the
-    /// same frames holds (its slices' decoders together hold about those): each slice's image
-    /// of a frame, the whole frame's image, the stripes' bytes as decoded. 0 for other blobs.
-    pub fn slicing_bytes(&self) -> u64 {
-        match (&self.slices, &self.header.params) {
-            (Some(_), Some(p)) => p.width as u64 * p.height as u64 * (8 + p.dtype.bytes() as u64),
-            _ => 0,
-        }
+    /// Bytes this decoder holds besides its blob, at its peak while it decodes: the chain's state
+    /// (previous reconstructions, references and codes as 32-bit planes), one frame's codes and
+    /// prediction, the file it builds and the one before it; a sliced blob's slice decoders hold
+    /// the same per pixel of their stripes. What the mount charges against its memory budget for
+    /// a decoder (measured per window kind, on one and two threads: `tests/decoder_memory.rs`).
+    pub fn memory_bytes(&self) -> u64 {
+        let Some(p) = &self.header.params else { return 0 };
+        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + 2 * p.dtype.bytes() as u64)
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.

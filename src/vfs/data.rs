@@ -260,7 +260,7 @@ impl Vfs {
                 let source = if self.cache.contains((blob, slot)) { &self.counters.read_cache_bytes } else { &self.counters.read_decoded_bytes };
                 let bytes = self.frame(ino, blob, slot)?;
                 if offset == 0 {
-                    self.after_read(ino, blob, slot, i.size);
+                    self.after_read(ino, blob, slot);
                 }
                 let end = (offset as usize + len).min(bytes.len());
                 let out = bytes.get(offset as usize..end).map(|s| s.to_vec()).unwrap_or_default();
@@ -291,10 +291,7 @@ impl Vfs {
         // Reuse a decoder positioned in this blob when it has not passed the frame yet.
         let mut kept = match self.decoders.take(blob) {
             Some(k) if k.reaches(slot as usize) => k,
-            _ => {
-                let size = self.index.inode(ino)?.map_or(0, |i| i.size);
-                self.new_decoder(blob, size).map_err(|e| corrupt(e.to_string()))?
-            }
+            _ => self.new_decoder(blob).map_err(|e| corrupt(e.to_string()))?,
         };
         let cache = &self.cache;
         let out = kept.dec.decode(slot as usize, |i, bytes| cache.put((blob, i as u32), Arc::new(bytes))).map_err(|e| corrupt(e.to_string()))?;

@@ -5,7 +5,7 @@
 
 use super::{FsError, FsResult, Vfs};
 use crate::codec::Decoder;
-use crate::memory::{Grant, DECODER_FRAMES};
+use crate::memory::Grant;
 use std::sync::Mutex;
 
 /// Decoders kept at most.
@@ -14,9 +14,10 @@ const KEEP: usize = 8;
 /// A decoder and the memory it holds.
 pub(super) struct Kept {
     pub dec: Decoder,
-    _grant: Option<Grant>,
-    /// What a sliced blob's decoder holds beyond the others (`Decoder::slicing_bytes`).
-    _slicing: Option<Grant>,
+    /// Its blob's bytes.
+    _blob: Grant,
+    /// Its frame buffers (`Decoder::memory_bytes`).
+    _state: Grant,
 }
 
 impl Kept {
@@ -75,17 +76,15 @@ impl Vfs {
         }
     }
 
-    /// A new decoder of `blob`, whose files are about `frame_bytes` each, once its memory fits
-    /// in the budget (kept decoders are dropped first to make room).
-    pub(super) fn new_decoder(&self, blob: u64, frame_bytes: u64) -> FsResult<Kept> {
+    /// A new decoder of `blob`, once its memory fits in the budget (kept decoders are dropped
+    /// first to make room): the blob's bytes before it is read, then the frame buffers its
+    /// header implies before it decodes.
+    pub(super) fn new_decoder(&self, blob: u64) -> FsResult<Kept> {
         let blob_bytes = self.index.blob(blob)?.map_or(0, |b| b.bytes);
-        let grant = self.reserve_memory(blob_bytes + DECODER_FRAMES * frame_bytes);
+        let blob_grant = self.reserve_memory(blob_bytes);
         let bytes = self.store.read_blob(blob)?;
         let dec = Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| FsError::Corrupt { what: format!("blob {blob}"), why: e.to_string() })?;
-        let slicing = match dec.slicing_bytes() {
-            0 => None,
-            n => Some(self.reserve_memory(n)),
-        };
-        Ok(Kept { dec, _grant: Some(grant), _slicing: slicing })
+        let state = self.reserve_memory(dec.memory_bytes());
+        Ok(Kept { dec, _blob: blob_grant, _state: state })
     }
 }

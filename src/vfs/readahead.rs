@@ -15,8 +15,6 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
 struct Task {
     blob: u64,
     from: u32,
-    /// About how large its files are (for the decoder's memory).
-    frame_bytes: u64,
 }
 
 #[derive(Default)]
@@ -34,13 +32,13 @@ impl ReadAhead {
     }
 
     /// Queue a task unless the blob is being read ahead already (or read-ahead is off).
-    fn submit(&self, blob: u64, from: u32, frame_bytes: u64) {
+    fn submit(&self, blob: u64, from: u32) {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = tx.as_ref() else { return };
         if !self.busy().insert(blob) {
             return;
         }
-        if tx.send(Task { blob, from, frame_bytes }).is_err() {
+        if tx.send(Task { blob, from }).is_err() {
             self.busy().remove(&blob);
         }
     }
@@ -87,11 +85,11 @@ impl Vfs {
 
     /// A reader got entry `slot` of `blob` (file `ino`): read the rest of the window ahead, and
     /// when it starts a window, the next window of its directory too.
-    pub(super) fn after_read(&self, ino: u64, blob: u64, slot: u32, frame_bytes: u64) {
-        self.readahead.submit(blob, slot + 1, frame_bytes);
+    pub(super) fn after_read(&self, ino: u64, blob: u64, slot: u32) {
+        self.readahead.submit(blob, slot + 1);
         if slot == 0 {
             if let Some(next) = self.next_blob(ino, blob) {
-                self.readahead.submit(next, 0, frame_bytes);
+                self.readahead.submit(next, 0);
             }
         }
     }
@@ -125,7 +123,7 @@ impl Vfs {
         }
         let mut kept = match self.decoders.take(blob) {
             Some(k) if k.reaches(last) => k,
-            _ => match self.new_decoder(blob, task.frame_bytes) {
+            _ => match self.new_decoder(blob) {
                 Ok(k) => k,
                 Err(_) => return,
             },

@@ -1,0 +1,195 @@
+//! What a decoder holds is what the mount charges for it (`Decoder::memory_bytes`, counted
+//! against `--memory-mib` by `vfs::decoders`): the peak of the heap while a decoder is made and
+//! decodes a window, in order, on one and two threads, measured by a counting allocator, stays
+//! within the charge, and the charge is not more than twice the peak (memory the budget holds back
+//! for nothing). Windows of every kind the decoder treats differently: u8, u16, f32, unsliced
+//! and sliced (container version 7), lossless and bounded, with motion and without.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tezipfs::codec::{encode_window, Bound, DType, Decoder, FormatSpec, Options, RawSpec};
+use tezipfs::fixtures::{generate_images, SequenceSpec};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call forwards to the system allocator with the caller's layout unchanged; the
+// counters are plain atomics touched after the allocation succeeded.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged (see the impl).
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged (see the impl).
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged (see the impl).
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            // Counted as the new block allocated before the old one is freed (what realloc may do).
+            let now = LIVE.fetch_add(new_size, Ordering::SeqCst) + new_size;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The counters are global: one measurement at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn raw(width: u32, height: u32, dtype: DType) -> FormatSpec {
+    FormatSpec::Raw(RawSpec { width, height, dtype, skip: 0 })
+}
+
+fn frames(width: u32, height: u32, n: usize, dtype: DType) -> Vec<Vec<u8>> {
+    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(width, height, n, 5) };
+    generate_images(&spec)
+        .iter()
+        .map(|img| {
+            let mut out = Vec::new();
+            dtype.encode_pixels(img, false, &mut out);
+            out
+        })
+        .collect()
+}
+
+/// Peak heap bytes above what was live before, while a decoder of `blob` is made and decodes
+/// every entry in order on `threads` (each decoded file dropped at once, as the mount hands it
+/// to its cache, which has its own budget); and the decoder's charge.
+fn measure(blob: &[u8], threads: usize) -> (usize, u64) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let shared: std::sync::Arc<[u8]> = blob.into();
+    let base = LIVE.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    let mut dec = Decoder::from_shared(shared).expect("decoder");
+    dec.set_threads(threads);
+    let charge = dec.memory_bytes();
+    for i in 0..dec.len() {
+        let out = dec.decode(i, |_, _| {}).expect("decode");
+        drop(out);
+    }
+    drop(dec);
+    (PEAK.load(Ordering::SeqCst) - base, charge)
+}
+
+/// Every case's figures are printed; the failures are returned (all cases run before the test fails).
+fn check(what: &str, width: u32, height: u32, dtype: DType, bound: Bound, slice_pixels: usize) -> Vec<String> {
+    let mut failures = Vec::new();
+    let files = frames(width, height, 4, dtype);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let opts = Options { format: raw(width, height, dtype), bound, slice_pixels, threads: 1, ..Options::default() };
+    let enc = encode_window(&refs, &opts).unwrap_or_else(|e| panic!("{what}: encode: {e}"));
+    let pixels = width as f64 * height as f64;
+    for threads in [1, 2] {
+        let (peak, charge) = measure(&enc.blob, threads);
+        println!("{what}, {threads} thread(s): peak {peak} B ({:.1} B/pixel), charge {charge} B ({:.1} B/pixel)", peak as f64 / pixels, charge as f64 / pixels);
+        if peak as u64 > charge {
+            failures.push(format!("{what} on {threads} thread(s): the decoder's peak {peak} B is more than its charge {charge} B"));
+        }
+        if charge > 2 * peak as u64 {
+            failures.push(format!("{what} on {threads} thread(s): the charge {charge} B is more than twice the peak {peak} B"));
+        }
+    }
+    failures
+}
+
+#[test]
+fn unsliced_decoders_stay_within_their_charge() {
+    let mut failures = check("u16 512x512 lossless", 512, 512, DType::U16, Bound::Lossless, 0);
+    failures.extend(check("u16 512x512 abs:2", 512, 512, DType::U16, Bound::Abs(2.0), 0));
+    failures.extend(check("u8 640x480 lossless", 640, 480, DType::U8, Bound::Lossless, 0));
+    failures.extend(check("u8 640x480 abs:2", 640, 480, DType::U8, Bound::Abs(2.0), 0));
+    failures.extend(check("u16 640x480 abs:2", 640, 480, DType::U16, Bound::Abs(2.0), 0));
+    failures.extend(check("u8 640x480 abs:4", 640, 480, DType::U8, Bound::Abs(4.0), 0));
+    failures.extend(check("f32 256x256 lossless", 256, 256, DType::F32, Bound::Lossless, 0));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn sliced_decoders_stay_within_their_charge() {
+    // 2048x1024: two slices at the default 1 Mpixel; smaller slices cut it into eight.
+    let mut failures = check("u16 2048x1024 sliced lossless", 2048, 1024, DType::U16, Bound::Lossless, 1 << 20);
+    failures.extend(check("u16 2048x1024 eight slices abs:2", 2048, 1024, DType::U16, Bound::Abs(2.0), 1 << 18));
+    failures.extend(check("u8 2048x1024 sliced lossless", 2048, 1024, DType::U8, Bound::Lossless, 1 << 20));
+    failures.extend(check("u8 2048x1024 sliced abs:2", 2048, 1024, DType::U8, Bound::Abs(2.0), 1 << 20));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Peak heap above what was live before while a window of `files` is compressed as the engine
+/// does it (`engine::compress`): the files held, `encode_window` on `threads`, then the blob
+/// decoded whole to verify it.
+fn measure_window(files: &[Vec<u8>], opts: &Options) -> usize {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let base = LIVE.load(Ordering::SeqCst);
+    PEAK.store(base, Ordering::SeqCst);
+    let held: Vec<Vec<u8>> = files.to_vec();
+    let refs: Vec<&[u8]> = held.iter().map(|f| &f[..]).collect();
+    let enc = encode_window(&refs, opts).expect("encode");
+    let decoded = tezipfs::codec::decode_window(&enc.blob).expect("decode");
+    assert_eq!(decoded.len(), held.len());
+    drop((decoded, enc, refs));
+    drop(held);
+    PEAK.load(Ordering::SeqCst) - base
+}
+
+fn check_window(what: &str, width: u32, height: u32, frames_n: usize, dtype: DType, bound: Bound) -> Vec<String> {
+    let files = frames(width, height, frames_n, dtype);
+    let raw_bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
+    let sizes: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
+    let mut failures = Vec::new();
+    for threads in [1, 2] {
+        let opts = Options { format: raw(width, height, dtype), bound, threads, ..Options::default() };
+        let peak = measure_window(&files, &opts);
+        let charge = tezipfs::memory::window_bytes(&sizes, Some(dtype.bytes()), bound == Bound::Lossless);
+        println!("{what}, {threads} thread(s): peak {peak} B ({:.1}x the raw bytes), charge {charge} B", peak as f64 / raw_bytes as f64);
+        if peak as u64 > charge {
+            failures.push(format!("{what} on {threads} thread(s): the window's peak {peak} B is more than its charge {charge} B"));
+        }
+        if charge > 2 * peak as u64 {
+            failures.push(format!("{what} on {threads} thread(s): the charge {charge} B is more than twice the peak {peak} B"));
+        }
+    }
+    failures
+}
+
+#[test]
+fn windows_in_compression_stay_within_their_charge() {
+    let mut failures = check_window("u16 512x512 x 8 lossless", 512, 512, 8, DType::U16, Bound::Lossless);
+    failures.extend(check_window("u16 512x512 x 8 abs:2", 512, 512, 8, DType::U16, Bound::Abs(2.0)));
+    failures.extend(check_window("u8 640x480 x 8 lossless", 640, 480, 8, DType::U8, Bound::Lossless));
+    failures.extend(check_window("u8 640x480 x 8 abs:2", 640, 480, 8, DType::U8, Bound::Abs(2.0)));
+    failures.extend(check_window("u16 2048x1024 x 4 sliced lossless", 2048, 1024, 4, DType::U16, Bound::Lossless));
+    failures.extend(check_window("u8 2048x1024 x 4 sliced abs:2", 2048, 1024, 4, DType::U8, Bound::Abs(2.0)));
+    failures.extend(check_window("u8 640x480 x 24 abs:2", 640, 480, 24, DType::U8, Bound::Abs(2.0)));
+    failures.extend(check_window("u8 640x480 x 24 lossless", 640, 480, 24, DType::U8, Bound::Lossless));
+    failures.extend(check_window("u16 512x512 x 24 abs:2", 512, 512, 24, DType::U16, Bound::Abs(2.0)));
+    failures.extend(check_window("u16 512x512 x 24 lossless", 512, 512, 24, DType::U16, Bound::Lossless));
+    failures.extend(check_window("u8 2048x1024 x 12 sliced abs:2", 2048, 1024, 12, DType::U8, Bound::Abs(2.0)));
+    failures.extend(check_window("f32 256x256 x 8 abs:0.5", 256, 256, 8, DType::F32, Bound::Abs(0.5)));
+    failures.extend(check_window("f32 256x256 x 8 lossless", 256, 256, 8, DType::F32, Bound::Lossless));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
