@@ -96,6 +96,15 @@ fn measure(blob: &[u8], threads: usize) -> (usize, u64) {
     (PEAK.load(Ordering::SeqCst) - base, charge)
 }
 
+/// A peak above its charge (the budget would not hold), or a charge above twice the peak (the
+/// budget would hold back memory for nothing).
+fn verdict(what: &str, peak: usize, charge: u64) -> Option<String> {
+    if peak as u64 > charge {
+        return Some(format!("{what}: the peak {peak} B is more than the charge {charge} B"));
+    }
+    (charge > 2 * peak as u64).then(|| format!("{what}: the charge {charge} B is more than twice the peak {peak} B"))
+}
+
 /// Every case's figures are printed; the failures are returned (all cases run before the test fails).
 fn check(what: &str, width: u32, height: u32, dtype: DType, bound: Bound, slice_pixels: usize) -> Vec<String> {
     let mut failures = Vec::new();
@@ -107,12 +116,7 @@ fn check(what: &str, width: u32, height: u32, dtype: DType, bound: Bound, slice_
     for threads in [1, 2] {
         let (peak, charge) = measure(&enc.blob, threads);
         println!("{what}, {threads} thread(s): peak {peak} B ({:.1} B/pixel), charge {charge} B ({:.1} B/pixel)", peak as f64 / pixels, charge as f64 / pixels);
-        if peak as u64 > charge {
-            failures.push(format!("{what} on {threads} thread(s): the decoder's peak {peak} B is more than its charge {charge} B"));
-        }
-        if charge > 2 * peak as u64 {
-            failures.push(format!("{what} on {threads} thread(s): the charge {charge} B is more than twice the peak {peak} B"));
-        }
+        failures.extend(verdict(&format!("{what} on {threads} thread(s)"), peak, charge));
     }
     failures
 }
@@ -166,12 +170,7 @@ fn check_window(what: &str, width: u32, height: u32, frames_n: usize, dtype: DTy
         let peak = measure_window(&files, &opts);
         let charge = tezipfs::memory::window_bytes(&sizes, Some(dtype.bytes()), bound == Bound::Lossless);
         println!("{what}, {threads} thread(s): peak {peak} B ({:.1}x the raw bytes), charge {charge} B", peak as f64 / raw_bytes as f64);
-        if peak as u64 > charge {
-            failures.push(format!("{what} on {threads} thread(s): the window's peak {peak} B is more than its charge {charge} B"));
-        }
-        if charge > 2 * peak as u64 {
-            failures.push(format!("{what} on {threads} thread(s): the charge {charge} B is more than twice the peak {peak} B"));
-        }
+        failures.extend(verdict(&format!("{what} on {threads} thread(s)"), peak, charge));
     }
     failures
 }
