@@ -58,7 +58,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// The counters are global: one measurement at a time.
+/// The counters are global: one test at a time (each holds this through all it does, since
+/// another test's allocations would count in its peak).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn raw(width: u32, height: u32, dtype: DType) -> FormatSpec {
@@ -81,7 +82,6 @@ fn frames(width: u32, height: u32, n: usize, dtype: DType) -> Vec<Vec<u8>> {
 /// every entry in order on `threads` (each decoded file dropped at once, as the mount hands it
 /// to its cache, which has its own budget); and the decoder's charge.
 fn measure(blob: &[u8], threads: usize) -> (usize, u64) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let shared: std::sync::Arc<[u8]> = blob.into();
     let base = LIVE.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);
@@ -123,6 +123,7 @@ fn check(what: &str, width: u32, height: u32, dtype: DType, bound: Bound, slice_
 
 #[test]
 fn unsliced_decoders_stay_within_their_charge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut failures = check("u16 512x512 lossless", 512, 512, DType::U16, Bound::Lossless, 0);
     failures.extend(check("u16 512x512 abs:2", 512, 512, DType::U16, Bound::Abs(2.0), 0));
     failures.extend(check("u8 640x480 lossless", 640, 480, DType::U8, Bound::Lossless, 0));
@@ -135,6 +136,7 @@ fn unsliced_decoders_stay_within_their_charge() {
 
 #[test]
 fn sliced_decoders_stay_within_their_charge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // 2048x1024: two slices at the default 1 Mpixel; smaller slices cut it into eight.
     let mut failures = check("u16 2048x1024 sliced lossless", 2048, 1024, DType::U16, Bound::Lossless, 1 << 20);
     failures.extend(check("u16 2048x1024 eight slices abs:2", 2048, 1024, DType::U16, Bound::Abs(2.0), 1 << 18));
@@ -147,7 +149,6 @@ fn sliced_decoders_stay_within_their_charge() {
 /// does it (`engine::compress`): the files held, `encode_window` on `threads`, then the blob
 /// decoded whole to verify it.
 fn measure_window(files: &[Vec<u8>], opts: &Options) -> usize {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let base = LIVE.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);
     let held: Vec<Vec<u8>> = files.to_vec();
@@ -177,6 +178,7 @@ fn check_window(what: &str, width: u32, height: u32, frames_n: usize, dtype: DTy
 
 #[test]
 fn windows_in_compression_stay_within_their_charge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut failures = check_window("u16 512x512 x 8 lossless", 512, 512, 8, DType::U16, Bound::Lossless);
     failures.extend(check_window("u16 512x512 x 8 abs:2", 512, 512, 8, DType::U16, Bound::Abs(2.0)));
     failures.extend(check_window("u8 640x480 x 8 lossless", 640, 480, 8, DType::U8, Bound::Lossless));
