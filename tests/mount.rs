@@ -954,11 +954,12 @@ fn a_read_decodes_ahead_and_two_readers_read_at_once() {
 #[test]
 fn a_window_too_large_for_the_memory_budget_is_split() {
     require_fuse!();
-    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "16".into()], ..Opts::default() });
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "120".into(), "--cache-mib".into(), "16".into()], ..Opts::default() });
     let dir = fs.path("big");
     std::fs::create_dir(&dir).unwrap();
     set_policy(&dir, Some("raw:1024x1024:u16"), None, Some(8));
-    // 8 frames of 2 MiB: a 16 MiB window needs about 112 MiB, 48 MiB are there.
+    // 8 frames of 1 Mpixel: a window of n needs n x (2 + 10) MiB + the probe's 64 MiB lossless
+    // (`memory::window_bytes`); 120 - 16 = 104 MiB are there, n = 3 fits, 4 does not.
     let want = write_frames(&dir, &raw_frames(1024, 1024, 8, 9), "raw");
     let paths: Vec<PathBuf> = want.keys().cloned().collect();
     wait_states(&paths, &["compressed"]);
@@ -966,8 +967,14 @@ fn a_window_too_large_for_the_memory_budget_is_split() {
     assert_eq!(fs.blobs().len(), 3, "split into windows of 3, 3 and 2 frames");
     assert!(fs.log_text().contains("a window too large for the memory budget is split"));
     let st = fs.stats(&dir);
-    assert_eq!(st["memory_budget"].as_u64(), Some(64 << 20));
-    assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
+    assert_eq!(st["memory_budget"].as_u64(), Some(120 << 20));
+    assert!(st["memory_used"].as_u64().unwrap() <= 120 << 20, "{st}");
+    // Every window was read to its end: no decoder is kept (a spent one gives its memory back),
+    // what is held is the cache.
+    wait_for("the spent decoders to give their memory back", STATE_TIMEOUT, || {
+        let st = fs.stats(&dir);
+        st["memory_used"] == st["cache_bytes"]
+    });
 }
 
 /// Frames above the slice size (1 Mpixel) are compressed by the engine into sliced blobs

@@ -1165,6 +1165,11 @@ impl Decoder {
         }
     }
 
+    /// The number of frames in the chain (the entries that are not opaque).
+    pub fn frame_count(&self) -> usize {
+        self.frame_entries.len()
+    }
+
     /// Chain position of entry `i`, if it is a frame.
     pub fn chain_position(&self, i: usize) -> Option<usize> {
         self.frame_entries.iter().position(|&e| e == i)

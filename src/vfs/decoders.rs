@@ -44,7 +44,12 @@ impl Decoders {
         self.lru().pop(&blob)
     }
 
+    /// Keep `kept` for the next read of `blob`, unless it has decoded the last frame of its chain
+    /// (no read can use it then; its memory goes back to the budget at once).
     pub fn keep(&self, blob: u64, kept: Kept) {
+        if kept.dec.position() >= kept.dec.frame_count() {
+            return;
+        }
         self.lru().put(blob, kept);
     }
 
