@@ -92,6 +92,34 @@ impl Grant {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// `bytes` more now, if they fit (never waits).
+    pub fn try_grow(&mut self, bytes: u64) -> bool {
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        if *used + bytes > self.budget.total {
+            return false;
+        }
+        *used += bytes;
+        self.bytes += bytes;
+        true
+    }
+
+    /// Give `bytes` of it back (at most all of it).
+    pub fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= bytes;
+        self.bytes -= bytes;
+        drop(used);
+        self.budget.freed.notify_all();
+    }
+}
+
+impl Budget {
+    /// A grant of nothing, to grow later ([`Grant::try_grow`]).
+    pub fn empty_grant(self: &Arc<Self>) -> Grant {
+        Grant { budget: self.clone(), bytes: 0 }
+    }
 }
 
 impl Drop for Grant {
@@ -156,6 +184,19 @@ mod tests {
         let big = 4 * crate::codec::slices::DEFAULT_SLICE_PIXELS as u64;
         assert_eq!(window_bytes(&[big], Some(1), true), big * 11 + 64 * big / 4);
         assert_eq!(window_bytes(&[], Some(1), true), 0);
+    }
+
+    #[test]
+    fn grants_grow_and_shrink_within_the_budget() {
+        let b = Budget::new(100);
+        let mut g = b.empty_grant();
+        assert!(g.try_grow(70));
+        assert!(!g.try_grow(40), "beyond the budget");
+        assert_eq!(b.used(), 70);
+        g.shrink(50);
+        assert_eq!((g.bytes(), b.used()), (20, 20));
+        g.shrink(1000);
+        assert_eq!((g.bytes(), b.used()), (0, 0));
     }
 
     #[test]

@@ -88,17 +88,18 @@ pub fn render(vfs: &Vfs) -> String {
     one(&mut out, "tezipfs_backlog_bytes", "gauge", "Space the staged files take (sampled every 10 s).", backlog.map_or(0.0, |b| b.bytes as f64));
     c.compress_seconds.render(&mut out, "tezipfs_compress_seconds", "Time to compress one window (encode, verify, write, commit).");
     c.read_seconds.render(&mut out, "tezipfs_read_seconds", "Time to serve one read request.");
-    let (cache_bytes, cache_budget, hits, misses) = vfs.cache.usage();
-    one(&mut out, "tezipfs_cache_hits_total", "counter", "Reads of a compressed file served from the decoded-frame cache.", hits as f64);
-    one(&mut out, "tezipfs_cache_misses_total", "counter", "Reads of a compressed file that had to decode.", misses as f64);
-    one(&mut out, "tezipfs_cache_bytes", "gauge", "Bytes held by the decoded-frame cache.", cache_bytes as f64);
-    one(&mut out, "tezipfs_cache_budget_bytes", "gauge", "The decoded-frame cache's budget.", cache_budget as f64);
+    let cache = vfs.cache.usage();
+    one(&mut out, "tezipfs_cache_hits_total", "counter", "Reads of a compressed file served from the decoded-frame cache.", cache.hits as f64);
+    one(&mut out, "tezipfs_cache_misses_total", "counter", "Reads of a compressed file that had to decode.", cache.misses as f64);
+    one(&mut out, "tezipfs_cache_bytes", "gauge", "Bytes held by the decoded-frame cache.", cache.bytes as f64);
+    one(&mut out, "tezipfs_cache_budget_bytes", "gauge", "The decoded-frame cache's own budget (--cache-mib).", cache.budget as f64);
+    one(&mut out, "tezipfs_cache_borrowed_bytes", "gauge", "Bytes the cache holds beyond its own budget, from the idle memory budget.", cache.borrowed as f64);
     one(
         &mut out,
         "tezipfs_memory_used_bytes",
         "gauge",
         "Memory held against the budget: the cache, windows being compressed, kept decoders.",
-        (vfs.memory.used() + cache_bytes) as f64,
+        (vfs.memory.used() + cache.bytes.saturating_sub(cache.borrowed)) as f64,
     );
     one(&mut out, "tezipfs_memory_budget_bytes", "gauge", "The daemon's memory budget (--memory-mib).", vfs.config().memory_budget as f64);
     let errors = n(&c.errors);

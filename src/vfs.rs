@@ -284,7 +284,7 @@ impl Vfs {
             index,
             models,
             store,
-            cache: Cache::new(config.cache_bytes),
+            cache: Cache::borrowing(config.cache_bytes, &memory),
             config,
             state: Mutex::new(State { handles: HashMap::new(), next_fh: 1, open: HashMap::new(), staging: HashMap::new() }),
             data_locks: std::array::from_fn(|_| Mutex::new(())),

@@ -977,6 +977,37 @@ fn a_window_too_large_for_the_memory_budget_is_split() {
     });
 }
 
+/// The decoded-frame cache borrows what the memory budget has idle: a reader going through more
+/// frames than the cache's own share finds them decoded; a window that needs the memory later
+/// takes it back (and is compressed, not kept waiting).
+#[test]
+fn the_cache_borrows_idle_memory_and_gives_it_back() {
+    require_fuse!();
+    let mut fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
+    let (a, b) = (fs.path("a"), fs.path("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).unwrap();
+        // Windows of 4 frames of 0.5 Mpixel (1 MiB): 4 x (1 + 5) MiB + the probe's 32 MiB
+        // (`memory::window_bytes`) of the 60 MiB left beside the cache's own 4.
+        set_policy(d, Some("raw:512x1024:u16"), None, Some(4));
+    }
+    let want_a = write_frames(&a, &raw_frames(512, 1024, 16, 21), "raw");
+    wait_states(&want_a.keys().cloned().collect::<Vec<_>>(), &["compressed"]);
+    fs.remount(); // an empty cache
+    assert_files(&want_a);
+    let st = fs.stats(&a);
+    let (cached, borrowed) = (st["cache_bytes"].as_u64().unwrap(), st["cache_borrowed"].as_u64().unwrap());
+    assert!(cached >= 12 << 20 && borrowed == cached - (4 << 20), "16 MiB read through a 4 MiB cache: {st}");
+    // A window of b/ needs 56 MiB: 60 - 12 borrowed do not hold it; the cache gives back.
+    let want_b = write_frames(&b, &raw_frames(512, 1024, 4, 22), "raw");
+    wait_states(&want_b.keys().cloned().collect::<Vec<_>>(), &["compressed"]);
+    let st = fs.stats(&b);
+    assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
+    assert!(st["cache_borrowed"].as_u64().unwrap() <= 8 << 20, "the cache gave back what the window needed: {st}");
+    assert_files(&want_b);
+    assert_files(&want_a);
+}
+
 /// Frames above the slice size (1 Mpixel) are compressed by the engine into sliced blobs
 /// (container version 7) and read back byte for byte, before and after a remount.
 #[test]

@@ -83,11 +83,12 @@ pub fn stats(path: &Path, json: bool, html: Option<&Path>) -> anyhow::Result<()>
         v["passthrough_opens"]
     );
     println!(
-        "index {:.2} MB on disk, blobs {:.2} MB; cache {:.1} of {:.0} MB, {} hits, {} misses",
+        "index {:.2} MB on disk, blobs {:.2} MB; cache {:.1} of {:.0} MB (+{:.0} MB borrowed from idle memory), {} hits, {} misses",
         mb("index_bytes_on_disk"),
         mb("blob_bytes"),
         mb("cache_bytes"),
         mb("cache_budget"),
+        mb("cache_borrowed"),
         v["cache_hits"],
         v["cache_misses"]
     );

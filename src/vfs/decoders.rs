@@ -64,12 +64,17 @@ impl Decoders {
 }
 
 impl Vfs {
-    /// `bytes` of the memory budget: kept decoders are dropped to make room, then the caller
-    /// waits for windows and other decoders to give theirs back.
+    /// `bytes` of the memory budget: the cache gives back what it borrowed and kept decoders
+    /// are dropped to make room, then the caller waits for windows and other decoders to give
+    /// theirs back.
     pub(crate) fn reserve_memory(&self, bytes: u64) -> Grant {
         loop {
             if let Some(g) = self.memory.try_acquire(bytes) {
                 return g;
+            }
+            let short = (self.memory.used() + bytes.min(self.memory.total())).saturating_sub(self.memory.total());
+            if self.cache.give_back(short.max(1)) > 0 {
+                continue;
             }
             if self.decoders.drop_oldest() {
                 continue;

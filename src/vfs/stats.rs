@@ -88,7 +88,10 @@ pub struct Stats {
     pub index_bytes_on_disk: u64,
     pub blob_bytes: u64,
     pub cache_bytes: u64,
+    /// The cache's own budget (`--cache-mib`), and what it holds beyond it, borrowed from the
+    /// idle memory budget (given back when windows or decoders need it).
     pub cache_budget: u64,
+    pub cache_borrowed: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// The daemon's memory budget (`--memory-mib`) and what is held against it: the cache, the
@@ -213,7 +216,7 @@ impl Vfs {
         let nanos = c.compress_nanos.load(Ordering::Relaxed);
         let input = c.compressed_in.load(Ordering::Relaxed);
         let staging = self.store.bytes_in("staging");
-        let (cache_bytes, cache_budget, hits, misses) = self.cache.usage();
+        let cache = self.cache.usage();
         Ok(Stats {
             directories: dirs,
             directories_omitted: 0,
@@ -234,12 +237,14 @@ impl Vfs {
             corrupt_index_records: self.index.corrupt_records() as u64,
             index_bytes_on_disk: self.index.store().size_on_disk().unwrap_or(0),
             blob_bytes: self.store.bytes_in("blobs"),
-            cache_bytes,
-            cache_budget,
-            cache_hits: hits,
-            cache_misses: misses,
+            cache_bytes: cache.bytes,
+            cache_budget: cache.budget,
+            cache_borrowed: cache.borrowed,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
             memory_budget: self.config.memory_budget,
-            memory_used: self.memory.used() + cache_bytes,
+            // What the cache borrowed is counted in the budget's use already.
+            memory_used: self.memory.used() + cache.bytes.saturating_sub(cache.borrowed),
             model_device: match self.config.model_backend {
                 crate::model::Backend::Torch(d) => d.device().map(|d| format!("{d:?}")).unwrap_or_else(|e| e),
                 crate::model::Backend::Reference => "reference (CPU)".into(),
