@@ -188,6 +188,13 @@ pub enum Command {
         /// Pixel type: u8, u16, u32 or f32.
         #[arg(long, default_value = "u16")]
         dtype: tezipfs::codec::DType,
+        /// What the frames show: `detector` (a few drifting, diffusing features on a dark
+        /// background), `particles` (many small bright particles moving a few pixels a frame),
+        /// `speckle:MEAN[:FRAMES]` (photon counting: speckle at MEAN photons per pixel,
+        /// decorrelating over FRAMES frames, default 30). meta.json holds the exact lossless
+        /// floor (`noise_floor_bits`) of integer types.
+        #[arg(long, default_value = "detector")]
+        scene: tezipfs::fixtures::Scene,
         /// Frame size as WxH.
         #[arg(long, default_value = "512x512")]
         size: String,
@@ -295,7 +302,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             bench_speed::run(dirs, window, &bounds, &threads, repeat, json.as_deref())
         }
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
-        Command::Fixtures { out_dir, dtype, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, &size, frames, seed, tiff),
+        Command::Fixtures { out_dir, dtype, scene, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, scene, &size, frames, seed, tiff),
         Command::Mount(args) => mount::run(args),
         Command::Stats { path, json, html } => admin::stats(&path, json, html.as_deref()),
         Command::Probe(args) => probe::run(&args),

@@ -12,7 +12,7 @@ use tezipfs::codec::entropy::EntropyChoice;
 use tezipfs::codec::predict::{hash_hex, Model, ModelHash, ModelSource, PredictError};
 use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
-use tezipfs::fixtures::{generate_raw, noise_floor_bits, SequenceSpec};
+use tezipfs::fixtures::{generate_raw, noise_floor_bits, Scene, SequenceSpec};
 use tezipfs::noise::{self, NoiseFloor};
 
 pub(super) struct Dataset {
@@ -67,14 +67,20 @@ pub(super) fn load_dir(dir: &Path) -> anyhow::Result<Dataset> {
         width: get("width")? as u32,
         height: get("height")? as u32,
         files: files.iter().map(std::fs::read).collect::<Result<_, _>>()?,
-        floor_bits: None,
+        // A generated set (`tezipfs fixtures`) states its exact floor; a recorded one does not.
+        floor_bits: meta["noise_floor_bits"].as_f64(),
         spec: None,
     })
 }
 
-pub(super) fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
-    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(w, h, frames, seed) };
+/// A generated sequence of `scene`.
+pub(super) fn scene_fixture(name: &str, scene: Scene, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
+    let spec = SequenceSpec::of_scene(scene, dtype, w, h, frames, seed);
     Dataset { name: name.into(), dtype, width: w, height: h, files: generate_raw(&spec), floor_bits: noise_floor_bits(&spec), spec: Some(spec) }
+}
+
+pub(super) fn fixture(name: &str, dtype: DType, w: u32, h: u32, frames: usize, seed: u64) -> Dataset {
+    scene_fixture(name, Scene::Detector, dtype, w, h, frames, seed)
 }
 
 pub(super) struct Row {
@@ -320,6 +326,10 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         sets.push(fixture("fixture-detector-u16", DType::U16, 512, 512, 32, 1));
         sets.push(fixture("fixture-detector-u8", DType::U8, 512, 512, 32, 2));
         sets.push(fixture("fixture-detector-f32", DType::F32, 256, 256, 16, 3));
+        sets.push(scene_fixture("fixture-particles-u16", Scene::Particles, DType::U16, 512, 512, 32, 4));
+        for (name, mean, seed) in [("fixture-photons-0.1", 0.1, 5), ("fixture-photons-1", 1.0, 6), ("fixture-photons-20", 20.0, 7)] {
+            sets.push(scene_fixture(name, Scene::Speckle { mean, frames: 30.0 }, DType::U16, 512, 512, 32, seed));
+        }
     }
     let mut report = Vec::new();
     println!("tezipfs bench: window {window}, zstd level {level}, single thread; MB/s of original bytes per second");

@@ -4,21 +4,21 @@ use anyhow::{bail, Context};
 use std::path::Path;
 use tezipfs::codec::format::tiff;
 use tezipfs::codec::DType;
-use tezipfs::fixtures::{for_each_image, write_raw_dir, SequenceSpec};
+use tezipfs::fixtures::{for_each_image, write_raw_dir, Scene, SequenceSpec};
 
-pub fn run(out: &Path, dtype: DType, size: &str, frames: usize, seed: u64, as_tiff: bool) -> anyhow::Result<()> {
+pub fn run(out: &Path, dtype: DType, scene: Scene, size: &str, frames: usize, seed: u64, as_tiff: bool) -> anyhow::Result<()> {
     let (w, h) = size.split_once('x').with_context(|| format!("bad size {size:?}, expected WxH"))?;
     let (width, height): (u32, u32) = (w.parse()?, h.parse()?);
     if width == 0 || height == 0 {
         bail!("size must be at least 1x1");
     }
-    let spec = SequenceSpec { dtype, ..SequenceSpec::detector_u16(width, height, frames, seed) };
+    let spec = SequenceSpec::of_scene(scene, dtype, width, height, frames, seed);
     if as_tiff {
         std::fs::create_dir_all(out)?;
         for_each_image(&spec, |i, img| std::fs::write(out.join(format!("frame_{i:05}.tif")), tiff::write(width, height, dtype, false, 64, false, &img)))?;
     } else {
         write_raw_dir(out, &spec)?;
     }
-    println!("wrote {frames} {dtype} frames of {width}x{height} to {}", out.display());
+    println!("wrote {frames} {dtype} frames of {width}x{height} ({scene}) to {}", out.display());
     Ok(())
 }
