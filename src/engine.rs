@@ -64,20 +64,20 @@ pub struct Job {
     /// Threads that may code the slices of the window's frames (`codec::slices`; 0: one per
     /// core). Set as the window starts: the engine's workers that no other window holds then.
     pub threads: usize,
+    /// Bytes a pixel of its frames takes (for its memory charge): from a raw format policy, or
+    /// from the first file of the directory's staged files parsed (TIFF, `auto`); `None` when
+    /// not known (counted as bytes, the most pixels a file can hold).
+    pub pixel_bytes: Option<usize>,
 }
 
 impl Job {
-    /// Bytes its compression holds (`memory::window_bytes`), from the pixel type its format
-    /// policy names (TIFF and `auto`: not known before the files are read).
+    /// Bytes its compression holds (`memory::window_bytes`).
     fn memory_bytes(&self, sizes: &[u64]) -> u64 {
         crate::memory::window_bytes(sizes, self.pixel_bytes(), self.lossless())
     }
 
     fn pixel_bytes(&self) -> Option<usize> {
-        match &self.policy.format {
-            crate::codec::FormatSpec::Raw(r) => Some(r.dtype.bytes()),
-            _ => None,
-        }
+        self.pixel_bytes
     }
 
     fn lossless(&self) -> bool {
@@ -278,7 +278,9 @@ fn split_job(job: Job, room: u64) -> Vec<Job> {
         return vec![job];
     }
     tracing::info!(dir = job.dir, files = sizes.len(), windows = runs.len(), "a window too large for the memory budget is split");
-    runs.into_iter().map(|r| Job { dir: job.dir, members: job.members[r].to_vec(), policy: job.policy.clone(), threads: job.threads }).collect()
+    runs.into_iter()
+        .map(|r| Job { dir: job.dir, members: job.members[r].to_vec(), policy: job.policy.clone(), threads: job.threads, pixel_bytes: job.pixel_bytes })
+        .collect()
 }
 
 /// What runs every [`HOUSEKEEPING`]: the staging budget's warning, the backlog sample, model
@@ -405,15 +407,36 @@ pub fn plan_dir(vfs: &Vfs, dir: u64, in_flight: &HashSet<u64>, failed: &HashMap<
     eligible.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
     eligible.dedup_by_key(|(_, i)| i.ino);
     let idle = newest >= vfs.config.tail_idle;
+    // Read (a file of a non-raw format) only once a window is ready, not at every look.
+    let mut pixel_bytes: Option<Option<usize>> = None;
     for chunk in eligible.chunks(policy.window) {
         if chunk.len() < policy.window && !idle {
             // A short tail waits for the directory to go idle.
             later(start + (vfs.config.tail_idle - newest));
             break;
         }
-        plan.jobs.push(Job { dir, members: chunk.iter().map(|(_, i)| i.clone()).collect(), policy: policy.clone(), threads: 0 });
+        plan.jobs.push(Job {
+            dir,
+            members: chunk.iter().map(|(_, i)| i.clone()).collect(),
+            policy: policy.clone(),
+            threads: 0,
+            pixel_bytes: *pixel_bytes.get_or_insert_with(|| pixel_bytes_of(vfs, &policy.format, &chunk[0].1)),
+        });
     }
     Ok(plan)
+}
+
+/// The bytes of a pixel of the frames a directory holds under `format`: the format's, or those
+/// of `first` (a staged file) as the codec will parse it. `None` when it is not a frame or cannot
+/// be read now.
+fn pixel_bytes_of(vfs: &Vfs, format: &crate::codec::FormatSpec, first: &Inode) -> Option<usize> {
+    match format {
+        crate::codec::FormatSpec::Raw(r) => Some(r.dtype.bytes()),
+        _ => match crate::codec::analyze(&vfs.read_staged(first).ok()?, format) {
+            crate::codec::Analysis::Frame(l) => Some(l.dtype.bytes()),
+            crate::codec::Analysis::Opaque(_) => None,
+        },
+    }
 }
 
 /// Compress one window: encode, verify, write the blob, commit. Files whose bytes change (lossy

@@ -1008,6 +1008,26 @@ fn the_cache_borrows_idle_memory_and_gives_it_back() {
     assert_files(&want_a);
 }
 
+/// A window of TIFF files is charged for the pixels its files hold (u16: two bytes each, read
+/// from the first file), not as if every byte were a pixel: with room for 4 u16 frames and their
+/// probe it is one window; charged as bytes it would be split into one window per file.
+#[test]
+fn a_tiff_window_is_charged_for_its_pixel_type() {
+    require_fuse!();
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
+    let dir = fs.path("tif");
+    std::fs::create_dir(&dir).unwrap();
+    // Format `auto` (the default): the pixel type is only in the files.
+    set_policy(&dir, None, None, Some(4));
+    // 4 u16 frames of 0.5 Mpixel: 4 x (1 + 5) MiB + the probe's 32 MiB = 56 of the 60 MiB room;
+    // counted as bytes, 4 x (1 + 10) + 64 = 108, and one file alone 75: four windows.
+    let want = write_frames(&dir, &tiff_files(512, 1024, &images(512, 1024, 4, 23), false), "tif");
+    wait_states(&want.keys().cloned().collect::<Vec<_>>(), &["compressed"]);
+    assert_eq!(fs.blobs().len(), 1, "one window of 4 TIFF frames");
+    assert!(!fs.log_text().contains("a window too large for the memory budget is split"));
+    assert_files(&want);
+}
+
 /// Frames above the slice size (1 Mpixel) are compressed by the engine into sliced blobs
 /// (container version 7) and read back byte for byte, before and after a remount.
 #[test]
