@@ -73,11 +73,7 @@ pub struct Job {
 impl Job {
     /// Bytes its compression holds (`memory::window_bytes`).
     fn memory_bytes(&self, sizes: &[u64]) -> u64 {
-        crate::memory::window_bytes(sizes, self.pixel_bytes(), self.lossless())
-    }
-
-    fn pixel_bytes(&self) -> Option<usize> {
-        self.pixel_bytes
+        crate::memory::window_bytes(sizes, self.pixel_bytes, self.lossless())
     }
 
     fn lossless(&self) -> bool {
@@ -273,7 +269,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
 /// `job` as windows whose working set fits in `room` bytes (itself when it fits).
 fn split_job(job: Job, room: u64) -> Vec<Job> {
     let sizes = job.sizes();
-    let runs = crate::memory::split_window(&sizes, job.pixel_bytes(), job.lossless(), room);
+    let runs = crate::memory::split_window(&sizes, job.pixel_bytes, job.lossless(), room);
     if runs.len() <= 1 {
         return vec![job];
     }

@@ -165,8 +165,8 @@ fn measure_window(files: &[Vec<u8>], opts: &Options) -> usize {
 
 fn check_window(what: &str, width: u32, height: u32, frames_n: usize, dtype: DType, bound: Bound) -> Vec<String> {
     let files = frames(width, height, frames_n, dtype);
-    let raw_bytes: u64 = files.iter().map(|f| f.len() as u64).sum();
     let sizes: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
+    let raw_bytes: u64 = sizes.iter().sum();
     let mut failures = Vec::new();
     for threads in [1, 2] {
         let opts = Options { format: raw(width, height, dtype), bound, threads, ..Options::default() };
