@@ -1359,6 +1359,19 @@ mod fuzz {
             }));
             prop_assert!(r.is_ok(), "adaptive decoder panicked");
         }
+
+        #[test]
+        fn counts_decoder_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..3000, cols in 1usize..80, width in proptest::sample::select(vec![1usize, 2, 4]), carry in any::<bool>()) {
+            use tezipfs::codec::entropy::{Coder, Side, Stage};
+            let mut coder = Coder::new(1).unwrap();
+            let mut out = Vec::new();
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let _ = coder.decode(Stage::Counts, &data, n, width, cols, Side::default(), &mut out);
+                // The rate estimate carried over from that (garbage) frame.
+                let _ = coder.decode(Stage::Counts, &data, n, width, cols, Side { carry, ..Side::default() }, &mut out);
+            }));
+            prop_assert!(r.is_ok(), "counts decoder panicked");
+        }
     }
 }
 
@@ -1709,4 +1722,73 @@ fn carried_adaptive_models_are_checked() {
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }
+}
+
+// ---- counts coded as counts (entropy stage 6, container version 8) ----------------------------
+
+/// Photon-counting frames (speckle at `mean` photons per pixel) as raw files.
+fn photon_files(dtype: DType, w: u32, h: u32, frames: usize, mean: f64, seed: u64) -> Vec<Vec<u8>> {
+    generate_raw(&SequenceSpec::of_scene(tezipfs::fixtures::Scene::Speckle { mean, frames: 30.0 }, dtype, w, h, frames, seed))
+}
+
+fn version_of(blob: &[u8]) -> u16 {
+    u16::from_le_bytes([blob[8], blob[9]])
+}
+
+/// Sparse photon counts choose the counts stage (`best`), in a version-8 blob that decodes bit
+/// for bit every way, on u8 and u16 and on frames cut into slices (a version-7 blob of version-8
+/// slices); bit flips and truncations are caught.
+#[test]
+fn photon_counts_are_coded_as_counts() {
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    for dtype in [DType::U8, DType::U16] {
+        let files = photon_files(dtype, 96, 64, 10, 0.3, 11);
+        let what = format!("photons {dtype}");
+        let opts = Options { entropy: EntropyChoice::Best, ..options(raw(96, 64, dtype, 0), PredictorChoice::Auto, false) };
+        let enc = round_trip(&files, &opts, &what);
+        assert_all_frames(&enc, &what);
+        assert_eq!(version_of(&enc.blob), 8, "{what}");
+        assert!(frame_choices(&enc.blob).iter().all(|&c| c == (PredictorId::None, Stage::Counts)), "{what}: {:?}", frame_choices(&enc.blob));
+        // Against the adaptive stage on the same values: the reason the stage exists.
+        let adaptive = Options { stage: Some(Stage::Adaptive), ..options(raw(96, 64, dtype, 0), PredictorChoice::Fixed(PredictorId::None), false) };
+        let other = encode_window(&refs(&files), &adaptive).unwrap();
+        assert!(enc.blob.len() < other.blob.len(), "{what}: counts {} bytes, adaptive {}", enc.blob.len(), other.blob.len());
+        flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 60).into_iter(), &what);
+        truncations(&enc.blob, &files, [17, enc.blob.len() / 2, enc.blob.len() - 1].into_iter(), &what);
+
+        let sliced = Options { slice_pixels: 96 * 20, ..opts };
+        let enc = round_trip(&files, &sliced, &format!("{what} sliced"));
+        assert_eq!(version_of(&enc.blob), 7, "{what} sliced");
+        let dec = Decoder::new(&enc.blob).unwrap();
+        assert!(dec.slice_count() > 1, "{what}: cut into slices");
+    }
+}
+
+/// The version rules of stage 6: a blob that says an older version is refused (an older build
+/// would not know the stage), and so is a version-8 blob without the stage (a flipped version).
+#[test]
+fn counts_stage_needs_version_8() {
+    use tezipfs::codec::container::reseal;
+    use tezipfs::codec::entropy::EntropyChoice;
+    let files = photon_files(DType::U16, 48, 32, 4, 0.5, 3);
+    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(48, 32, DType::U16, 0), PredictorChoice::Auto, false) };
+    let blob = encode_window(&refs(&files), &opts).unwrap().blob;
+    assert_eq!(version_of(&blob), 8);
+    for older in [5u16, 6] {
+        let mut b = blob.clone();
+        b[8..10].copy_from_slice(&older.to_le_bytes());
+        let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("stage 6") || err.contains("version"), "version {older}: {err:?}");
+    }
+    // (A version-5 blob: its header is laid out as version 8's.)
+    let carried = Options {
+        stage: Some(tezipfs::codec::entropy::Stage::Adaptive),
+        ..options(raw(48, 32, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Previous), false)
+    };
+    let plain = encode_window(&refs(&files), &carried).unwrap().blob;
+    assert_eq!(version_of(&plain), 5);
+    let mut b = plain.clone();
+    b[8..10].copy_from_slice(&8u16.to_le_bytes());
+    let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("counts"), "a version-8 blob without counts: {err:?}");
 }

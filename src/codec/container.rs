@@ -1,7 +1,7 @@
-//! The blob container (format versions 1 to 7, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 8, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
-//! slices, each coded as a blob of its own (version 2 to 6) inside the outer one
-//! (`codec::slices`).
+//! slices, each coded as a blob of its own (version 2 to 6 or 8) inside the outer one
+//! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -19,9 +19,10 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// Newest version this build reads and writes. A blob is written in the oldest version that can
 /// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes, 5
 /// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
-/// the reference, 7 only when the frames are cut into slices, so other blobs stay readable by
-/// builds that know an older version.
-pub const VERSION: u16 = 7;
+/// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
+/// coded as counts (entropy stage 6), so other blobs stay readable by builds that know an older
+/// version.
+pub const VERSION: u16 = 8;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -175,6 +176,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if uses_counts(&header.entries) {
+            8
         } else if header.params.as_ref().is_some_and(uses_model) {
             6
         } else if needs_v5(&header.entries) {
@@ -292,7 +295,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !(2..=6).contains(&version) {
+        if !matches!(version, 2..=6 | 8) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -405,6 +408,11 @@ fn uses_model(p: &Params) -> bool {
     p.model != [0; 32]
 }
 
+/// Whether some frame's counts are coded as counts (entropy stage 6: what version 8 is for).
+fn uses_counts(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Counts))
+}
+
 /// Whether some frame has motion vectors (what version 3 is for).
 fn has_motion(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.motion.len > 0))
@@ -430,7 +438,7 @@ fn put_section(out: &mut Vec<u8>, s: Section) {
 }
 
 fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
-    if version >= 7 {
+    if version == 7 {
         return write_sliced_header(h, out);
     }
     match &h.params {
@@ -677,7 +685,7 @@ fn read_sliced_header(h: &[u8]) -> Result<Header, BlobError> {
 }
 
 fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
-    if version >= 7 {
+    if version == 7 {
         return read_sliced_header(h);
     }
     let mut c = Cursor { b: h, pos: 0 };
@@ -727,9 +735,12 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
             return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
         }
-        if (carry || moved_context) && (key || stage != Stage::Adaptive) {
+        if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts))) || (moved_context && (key || stage != Stage::Adaptive)) {
             let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
-            return Err(bad(format!("entry {i}: adaptive models carried over or a moved context on {to}")));
+            return Err(bad(format!("entry {i}: a stage's state carried over or a moved context on {to}")));
+        }
+        if stage == Stage::Counts && version < 8 {
+            return Err(bad(format!("entry {i}: entropy stage 6 (counts) in a version {version} blob")));
         }
         Ok(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
     })?;
@@ -744,12 +755,19 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         4 => has_block_modes(&entries),
         5 => needs_v5(&entries),
         6 => params.as_ref().is_some_and(uses_model),
+        8 => uses_counts(&entries),
         _ => true,
     };
     if !used {
         return Err(bad(format!(
             "version {version} blob without {}",
-            ["motion vectors", "motion block modes", "sub-pixel motion or carried adaptive models", "a learned model"][version as usize - 3]
+            match version {
+                3 => "motion vectors",
+                4 => "motion block modes",
+                5 => "sub-pixel motion or carried adaptive models",
+                6 => "a learned model",
+                _ => "counts coded as counts",
+            }
         )));
     }
     Ok(Header { params, entries, slices: None })

@@ -4,6 +4,8 @@
 //! context-adaptive coder) slot in beside these.
 
 pub mod adaptive;
+pub mod counts;
+mod range;
 pub mod rans;
 
 pub use adaptive::Side;
@@ -23,16 +25,20 @@ pub enum Stage {
     ContextRans = 4,
     /// Context-adaptive binary range coder ([`adaptive`]).
     Adaptive = 5,
+    /// Photon counts coded as counts under a rate estimated from the past ([`counts`]; lossless
+    /// codes of the `none` predictor; container version 8).
+    Counts = 6,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans, Stage::Adaptive];
+    pub const ALL: [Stage; 6] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans, Stage::Adaptive, Stage::Counts];
 
     pub fn from_id(id: u8) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| *s as u8 == id)
     }
 
-    /// The stages worth trying for codes of `width` bytes under `choice`.
+    /// The stages worth trying for codes of `width` bytes under `choice` (the counts stage, which
+    /// only suits the `none` predictor's lossless codes, is tried apart: `window::choose`).
     pub fn candidates(width: usize, choice: EntropyChoice) -> &'static [Stage] {
         match (width == 1, choice == EntropyChoice::Fast) {
             (true, true) => &[Stage::BitShuffleZstd, Stage::Zstd],
@@ -45,11 +51,12 @@ impl Stage {
     /// The size a stage's output counts for when stages are compared under `choice`: the
     /// context rANS coder decodes at about half the speed of the zstd stages, so `balanced`
     /// takes it only where it saves at least [`BALANCED_MARGIN`]; the adaptive coder is slower
-    /// again and must also save [`ADAPTIVE_MARGIN`] over context rANS.
+    /// again and must also save [`ADAPTIVE_MARGIN`] over context rANS (the counts stage, as fast,
+    /// alike).
     pub fn weighed(self, size: usize, choice: EntropyChoice) -> f64 {
         match (self, choice) {
             (Stage::ContextRans, EntropyChoice::Balanced) => size as f64 / (1.0 - BALANCED_MARGIN),
-            (Stage::Adaptive, EntropyChoice::Balanced) => size as f64 / ((1.0 - BALANCED_MARGIN) * (1.0 - ADAPTIVE_MARGIN)),
+            (Stage::Adaptive | Stage::Counts, EntropyChoice::Balanced) => size as f64 / ((1.0 - BALANCED_MARGIN) * (1.0 - ADAPTIVE_MARGIN)),
             _ => size as f64,
         }
     }
@@ -103,6 +110,7 @@ impl fmt::Display for Stage {
             Stage::BitShuffleZstd => "bitshuffle+zstd",
             Stage::ContextRans => "context-rans",
             Stage::Adaptive => "adaptive",
+            Stage::Counts => "counts",
         })
     }
 }
@@ -119,6 +127,7 @@ pub struct Coder {
     scratch: Vec<u8>,
     rans: rans::Scratch,
     adaptive: adaptive::Scratch,
+    counts: counts::Scratch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +151,7 @@ impl Coder {
             scratch: Vec::new(),
             rans: rans::Scratch::default(),
             adaptive: adaptive::Scratch::default(),
+            counts: counts::Scratch::default(),
         })
     }
 
@@ -191,6 +201,10 @@ impl Coder {
                 self.scratch = packed;
                 return Ok(adaptive::encode_with(codes, width, cols, side, &mut self.adaptive));
             }
+            Stage::Counts => {
+                self.scratch = packed;
+                return Ok(counts::encode_with(codes, width, cols, side.carry, &mut self.counts));
+            }
         }
         let out = self.comp.compress(&packed);
         self.scratch = packed;
@@ -222,11 +236,15 @@ impl Coder {
 
     /// `side`: what the adaptive stage's encoder had besides the codes (its `quantised` is read
     /// from the stream; `carry` needs the models of the previous frame of the chain, which the
-    /// caller guarantees).
+    /// caller guarantees; for the counts stage, its estimator's state).
     #[allow(clippy::too_many_arguments)]
     pub fn decode(&mut self, stage: Stage, data: &[u8], n: usize, width: usize, cols: usize, side: Side, out: &mut Vec<u32>) -> Result<(), EntropyError> {
         if stage == Stage::Adaptive {
             adaptive::decode_with(data, n, width, cols, side, out, &mut self.adaptive)?;
+            return Ok(());
+        }
+        if stage == Stage::Counts {
+            counts::decode_with(data, n, width, cols, side.carry, out, &mut self.counts)?;
             return Ok(());
         }
         if stage == Stage::ContextRans {
@@ -245,7 +263,7 @@ impl Coder {
             Stage::Zstd => unpack(&packed, n, width, out),
             Stage::BytePlanesZstd => unbyte_planes(&packed, n, width, out),
             Stage::BitShuffleZstd => unbitshuffle(&packed, n, width, out),
-            Stage::ContextRans | Stage::Adaptive => unreachable!("handled above"),
+            Stage::ContextRans | Stage::Adaptive | Stage::Counts => unreachable!("handled above"),
         }
         Ok(())
     }

@@ -653,6 +653,13 @@ fn choose(
                 best = (weighed, *pid, Stage::Adaptive);
             }
         }
+        if counts_may_pay(*pid, dtype, opts, q) {
+            let weighed = size_under(coder, q, Stage::Counts, from)?;
+            tracing::trace!(predictor = %pid, weighed, best = best.0, "counts");
+            if weighed < best.0 {
+                best = (weighed, *pid, Stage::Counts);
+            }
+        }
         Ok(best)
     })?;
     let mut finals = finals;
@@ -689,8 +696,28 @@ fn choose(
     Ok((chosen, if opts.exhaustive { None } else { Some(stage) }))
 }
 
+/// Mean count above which the counts stage is not tried: its ladder then takes more decisions
+/// a pixel than the adaptive stage's token ladder, and such data are not photon counts.
+const COUNTS_MAX_MEAN: u64 = 32;
+
+/// Whether the counts stage is worth trying for finalist `c`: lossless codes of the `none`
+/// predictor (the values themselves) of an unsigned integer type, low counts on the probe's
+/// last frame, and a choice that allows the slow stages.
+fn counts_may_pay(c: Candidate, dtype: DType, opts: &Options, q: &Quantised) -> bool {
+    let low =
+        q.frames.last().is_some_and(|f| !f.codes.is_empty() && f.codes.iter().map(|&c| c as u64).sum::<u64>() / (f.codes.len() as u64) <= 2 * COUNTS_MAX_MEAN);
+    c == Candidate::classical(PredictorId::None)
+        && opts.bound == Bound::Lossless
+        && opts.entropy != EntropyChoice::Fast
+        && !dtype.is_float()
+        && !dtype.is_signed_int()
+        && low
+}
+
 /// The coded size of `q`'s frames from `from` on under `stage`, weighed as `opts.entropy`
-/// weighs it (escapes and motion vectors included).
+/// weighs it (escapes and motion vectors included). The counts stage's estimate of the rate
+/// rests on the frames before: it codes the earlier frames of `q` too (not counted), as the
+/// final coding will have.
 /// (`estimate`: context rANS's size estimated, [`Coder::estimate`].)
 fn size_under(
     chain: &Chain,
@@ -705,7 +732,15 @@ fn size_under(
 ) -> Result<f64, EncodeError> {
     let mut side_buffers = SideBuffers::default();
     let mut size = 0;
-    for (k, c) in q.frames.iter().enumerate().skip(from) {
+    let start = if stage == Stage::Counts { 0 } else { from };
+    for (k, c) in q.frames.iter().enumerate().skip(start) {
+        if stage == Stage::Counts {
+            let coded = coder.encode(stage, &c.codes, dtype.bytes(), geom.width, Side { carry: k > start, ..Side::default() })?.len();
+            if k >= from {
+                size += coded;
+            }
+            continue;
+        }
         // Frames are coded in order here, so the adaptive models carry over from the one
         // before (except on the first, whose predecessor was not coded: the result does not
         // depend on what the coder coded before).
@@ -930,10 +965,13 @@ impl ChainCoding {
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
-        let side = if stage.is_none_or(|s| s == Stage::Adaptive) {
-            q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), geom, &mut self.side_buffers)
-        } else {
-            Side::default()
+        let side = match stage {
+            None | Some(Stage::Adaptive) => {
+                q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), geom, &mut self.side_buffers)
+            }
+            // (The counts stage's state: the rate estimated from the frames before.)
+            Some(Stage::Counts) => Side { carry: self.last_stage == Some(Stage::Counts), ..Side::default() },
+            Some(_) => Side::default(),
         };
         let (stage, codes) = match stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
@@ -958,7 +996,7 @@ impl ChainCoding {
             && q.motion[k]
                 .chunks_exact(motion::TRIPLE)
                 .any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
-        let carry = side.carry && stage == Stage::Adaptive;
+        let carry = side.carry && matches!(stage, Stage::Adaptive | Stage::Counts);
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         self.last_stage = Some(stage);
         Ok(CodedFrame {
@@ -1065,9 +1103,10 @@ struct CodeState {
     /// temporal context).
     older_codes: Vec<u32>,
     moved_codes: Vec<u32>,
-    /// Chain position of the frame whose adaptive models the coder holds (what a frame that
-    /// carries them over needs: the one before it).
-    models_of: Option<usize>,
+    /// Chain position and stage of the frame whose models (adaptive stage) or rate estimate
+    /// (counts stage) the coder holds: what a frame that carries them over needs, the one before
+    /// it, of its own stage.
+    models_of: Option<(usize, Stage)>,
 }
 
 /// One frame's decoded sections: what the reconstruction needs besides the chain's state.
@@ -1467,8 +1506,8 @@ impl CodeState {
                 .map_err(|_| dec("motion vectors do not fit the previous codes".into()))?;
         }
         let code_bytes = container::section_of(payload, i, "codes", f.codes)?;
-        if f.carry && (k == 0 || self.models_of != Some(k - 1)) {
-            return Err(dec("adaptive models carried over from a frame that did not leave them".into()));
+        if f.carry && (k == 0 || self.models_of != Some((k - 1, f.stage))) {
+            return Err(dec("a stage's models carried over from a frame that did not leave them".into()));
         }
         // Set again only once this frame's models are complete.
         self.models_of = None;
@@ -1481,8 +1520,8 @@ impl CodeState {
         // (The older codes' buffer is reused for this frame's.)
         let mut codes = std::mem::take(&mut self.older_codes);
         self.coder.decode(f.stage, code_bytes, n, p.dtype.bytes(), geom.width, side, &mut codes).map_err(|e| dec(e.to_string()))?;
-        if f.stage == Stage::Adaptive {
-            self.models_of = Some(k);
+        if matches!(f.stage, Stage::Adaptive | Stage::Counts) {
+            self.models_of = Some((k, f.stage));
         }
         let escapes: Vec<u32> = if f.n_escapes == 0 {
             Vec::new()
