@@ -107,6 +107,7 @@ fn main() {
         println!("{name:<20} {floor:>10.4} {:>22} {:>22} {:>22}", pct(near), format!("{}, {k_past}", pct(past)), format!("{}, {k}", pct(both)));
         // The counts stage itself (entropy stage 6), frames coded in order with its state carried.
         let mut scratch = counts::Scratch::default();
+        let t0 = std::time::Instant::now();
         let bytes: usize = images
             .iter()
             .enumerate()
@@ -116,7 +117,8 @@ fn main() {
             })
             .sum();
         let b = 8.0 * bytes as f64 / (images.len() * w * h) as f64;
-        println!("{:<20} {:>10} counts stage (entropy stage 6): {}", "", "", pct(b));
+        let mpx = (images.len() * w * h) as f64 / t0.elapsed().as_secs_f64() / 1e6;
+        println!("{:<20} {:>10} counts stage (entropy stage 6): {} at {mpx:.0} Mpixel/s", "", "", pct(b));
         // A genie that knows the previous frame's true rate of every pixel and codes each count
         // at that Poisson rate: what knowing the past exactly is worth, before the speckle's
         // change from one frame to the next (not a bound: a coder may also use the neighbours).

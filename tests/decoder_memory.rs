@@ -136,6 +136,26 @@ fn unsliced_decoders_stay_within_their_charge() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A decoder of photon counts coded as counts (entropy stage 6 holds a rate estimate and the
+/// frame's counts, 12 B per pixel, besides the chain's planes).
+#[test]
+fn a_counts_decoder_stays_within_its_charge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = SequenceSpec::of_scene(tezipfs::fixtures::Scene::Speckle { mean: 1.0, frames: 30.0 }, DType::U16, 512, 512, 4, 5);
+    let files = tezipfs::fixtures::generate_raw(&spec);
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let opts = Options { format: raw(512, 512, DType::U16), threads: 1, entropy: tezipfs::codec::entropy::EntropyChoice::Best, ..Options::default() };
+    let enc = encode_window(&refs, &opts).expect("encode");
+    assert_eq!(enc.blob[8], 8, "coded as counts (container version 8)");
+    let mut failures = Vec::new();
+    for threads in [1, 2] {
+        let (peak, charge) = measure(&enc.blob, threads);
+        println!("u16 512x512 photon counts, {threads} thread(s): peak {peak} B ({:.1} B/pixel), charge {charge} B", peak as f64 / (512.0 * 512.0));
+        failures.extend(verdict(&format!("counts on {threads} thread(s)"), peak, charge));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn sliced_decoders_stay_within_their_charge() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

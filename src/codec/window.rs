@@ -653,7 +653,10 @@ fn choose(
                 best = (weighed, *pid, Stage::Adaptive);
             }
         }
-        if counts_may_pay(*pid, dtype, opts, q) {
+        // The counts stage decodes about as fast as the adaptive one: under `balanced` it is
+        // worth its probe only where a slow stage already won (photon counts near one per pixel;
+        // at 0.1 photon context rANS keeps them, 4% larger and twice as fast to decode).
+        if counts_may_pay(*pid, dtype, opts, q) && (opts.entropy != EntropyChoice::Balanced || best.2 == Stage::Adaptive) {
             let weighed = size_under(coder, q, Stage::Counts, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "counts");
             if weighed < best.0 {
@@ -698,7 +701,7 @@ fn choose(
 
 /// Mean count above which the counts stage is not tried: its ladder then takes more decisions
 /// a pixel than the adaptive stage's token ladder, and such data are not photon counts.
-const COUNTS_MAX_MEAN: u64 = 32;
+const COUNTS_MAX_MEAN: u64 = 4;
 
 /// Whether the counts stage is worth trying for finalist `c`: lossless codes of the `none`
 /// predictor (the values themselves) of an unsigned integer type, low counts on the probe's
@@ -1065,8 +1068,8 @@ fn quantize_and_code(
 }
 
 /// Bytes a decoder holds per pixel of its frames besides two files' worth of pixels (see
-/// [`Decoder::memory_bytes`]): up to ten 32-bit planes (measured peak: 26 B/pixel lossless, 40
-/// under a bound with motion).
+/// [`Decoder::memory_bytes`]): up to ten 32-bit planes (measured peak: 26 B/pixel lossless, 36
+/// with the counts stage, 40 under a bound with motion; `tests/decoder_memory.rs`).
 pub const DECODER_BYTES_PER_PIXEL: u64 = 40;
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
