@@ -88,6 +88,15 @@ fn main() {
     let sliced = Options { format: raw(DType::U8, 16, 32), bound: Bound::Abs(2.0), slice_pixels: 16 * 16, ..Options::default() };
     put(&dir, "blob", "sliced-u8-abs2.blob", &blob(&files, &sliced));
 
+    // Photon counts coded as counts (entropy stage 6, version 8), alone and in slices.
+    let photons = |dtype, w, h| generate_raw(&SequenceSpec::of_scene(tezipfs::fixtures::Scene::Speckle { mean: 0.5, frames: 30.0 }, dtype, w, h, 3, 63));
+    let counts = Options { format: raw(DType::U16, 24, 16), entropy: "best".parse().expect("entropy choice"), ..Options::default() };
+    let counts_blob = blob(&photons(DType::U16, 24, 16), &counts);
+    assert_eq!(u16::from_le_bytes([counts_blob[8], counts_blob[9]]), 8, "photon counts coded as counts");
+    put(&dir, "blob", "counts-u16.blob", &counts_blob);
+    let counts = Options { format: raw(DType::U8, 16, 32), slice_pixels: 16 * 16, ..counts };
+    put(&dir, "blob", "sliced-counts-u8.blob", &blob(&photons(DType::U8, 16, 32), &counts));
+
     // A model blob (version 6), for the archive that embeds its model.
     let model_file = file::to_bytes(&file::random(&tiny_arch(), DType::U16, 3));
     let model: Arc<dyn Model> = Arc::new(ReferenceModel::from_bytes(&model_file).expect("a valid model"));
