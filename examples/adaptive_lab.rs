@@ -55,7 +55,7 @@ fn main() {
                                 c,
                                 dtype.bytes(),
                                 w,
-                                Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None },
+                                Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None, intensity: None },
                             )
                             .unwrap()
                     })

@@ -97,6 +97,18 @@ fn main() {
     let counts = Options { format: raw(DType::U8, 16, 32), slice_pixels: 16 * 16, ..counts };
     put(&dir, "blob", "sliced-counts-u8.blob", &blob(&photons(DType::U8, 16, 32), &counts));
 
+    // The adaptive stage's intensity context under a bound (version 8).
+    let intensity = Options {
+        format: raw(DType::U16, 32, 24),
+        bound: Bound::Abs(2.0),
+        predictor: PredictorChoice::Fixed(PredictorId::Previous),
+        stage: Some(tezipfs::codec::entropy::Stage::Adaptive),
+        ..Options::default()
+    };
+    let intensity_blob = blob(&frames(DType::U16, 32, 24, 4, 64), &intensity);
+    assert_eq!(u16::from_le_bytes([intensity_blob[8], intensity_blob[9]]), 8, "the intensity context");
+    put(&dir, "blob", "intensity-u16-abs2.blob", &intensity_blob);
+
     // A model blob (version 6), for the archive that embeds its model.
     let model_file = file::to_bytes(&file::random(&tiny_arch(), DType::U16, 3));
     let model: Arc<dyn Model> = Arc::new(ReferenceModel::from_bytes(&model_file).expect("a valid model"));

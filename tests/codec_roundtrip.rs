@@ -1095,6 +1095,7 @@ fn crafted_blobs_do_not_panic() {
                                 subpel: refs && k == 1 && predictor == PredictorId::Motion,
                                 carry: false,
                                 moved_context: fill == 0x55 && k == 1,
+                                intensity: fill == 0x55 && k == 2,
                             }),
                         });
                     }
@@ -1236,9 +1237,10 @@ fn adaptive_stage_codes_every_width_directly() {
             for (a, codes) in patterns.iter().enumerate() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
-                    for side in
-                        [Side { prev: None, quantised, carry: false, gradient: None }, Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev) }]
-                    {
+                    for side in [
+                        Side { prev: None, quantised, carry: false, gradient: None, intensity: None },
+                        Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev), intensity: Some(prev) },
+                    ] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
                         coder.decode(Stage::Adaptive, &enc, n, width, cols, side, &mut back).unwrap();
@@ -1442,8 +1444,9 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
         for (moving, still) in [(PredictorId::Motion, PredictorId::Previous), (PredictorId::MotionMed, PredictorId::PreviousMed)] {
             let ((moved, version), (kept, _)) = (size(moving), size(still));
             assert!(moved * 10 < kept * 8, "{dtype}: {moving} {moved} bytes, {still} {kept}: the frame before was not used");
+            // (Version 8 when the adaptive stage weighs the reference's intensity.)
             assert!(
-                (4..=5).contains(&version),
+                matches!(version, 4 | 5 | 8),
                 "{dtype}: {moving}: vectors that name reference frames need version 4 (5 with sub-pixel phases), got {version}"
             );
         }
@@ -1510,8 +1513,9 @@ fn motion_predictor_follows_a_moving_object() {
             // Version 3 holds motion vectors, 4 vectors that also name reference frames (blocks
             // of noise may match the frame before a little better), 5 half-pixel phases; 2 blobs
             // without any.
-            // (Version 5 also holds carried adaptive models, with or without motion.)
-            assert!((3..=5).contains(&version) && [2, 5].contains(&still_version), "{dtype}: versions {version} (motion) and {still_version} (none)");
+            // (Version 5 also holds carried adaptive models, with or without motion; 8 the
+            // intensity context.)
+            assert!(matches!(version, 3..=5 | 8) && [2, 5, 8].contains(&still_version), "{dtype}: versions {version} (motion) and {still_version} (none)");
         }
         let (_, auto, _) = size(PredictorChoice::Auto);
         assert!(auto.is_some_and(|p| p.moves()), "{dtype}: auto chose {auto:?} on a moving scene");
@@ -1558,7 +1562,8 @@ fn motion_predictor_follows_half_pixel_motion() {
                 let enc = encode_within_bound(&files, &opts, dtype, &what);
                 // (The f32 frames hold the integers' bits: tiny floats, not a smooth image.)
                 if dtype != DType::F32 {
-                    assert_eq!(u16::from_le_bytes([enc.blob[8], enc.blob[9]]), 5, "{what}: half-pixel phases need version 5");
+                    let v = u16::from_le_bytes([enc.blob[8], enc.blob[9]]);
+                    assert!(matches!(v, 5 | 8), "{what}: half-pixel phases need version 5 (8 with the intensity context), got {v}");
                 }
             }
         }
@@ -1577,7 +1582,7 @@ fn motion_predictor_holds_bounds() {
                 // The flicker is far larger than either bound: its blocks take the frame before.
                 // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
                 if scene == "flicker" && dtype != DType::F32 {
-                    assert!((4..=5).contains(&u16::from_le_bytes([enc.blob[8], enc.blob[9]])), "{dtype} {scene} {bound} {pid}");
+                    assert!(matches!(u16::from_le_bytes([enc.blob[8], enc.blob[9]]), 4 | 5 | 8), "{dtype} {scene} {bound} {pid}");
                 }
             }
         }
@@ -1637,7 +1642,7 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
         ("an unknown sub-pixel phase", rebuild(&triples(25 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s))),
         ("sub-pixel phases in a version-4 blob", {
             let mut b = rebuild(&triples(1 << PHASE_SHIFT), &|hd, s| *frame(hd, 2) = with_phases(frame(hd, 2), s));
-            assert_eq!(b[8], 5, "phases are written as version 5");
+            assert!(matches!(b[8], 5 | 8), "phases are written as version 5 (8 with the intensity context)");
             b[8] = 4;
             b
         }),
@@ -1678,6 +1683,7 @@ fn carried_adaptive_models_are_checked() {
     let blob = Blob::parse(&enc.blob).unwrap();
     let carried: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.carry)).collect();
     assert!(!carried.is_empty(), "the adaptive frames carry their models over");
+    assert!(carried.iter().all(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)), "and weigh the reference's intensity");
     // Under `motion` the adaptive frames' temporal context moves with the vectors, and a seek
     // back decodes it again.
     let moving = Options { predictor: PredictorChoice::Fixed(PredictorId::Motion), ..opts.clone() };
@@ -1688,7 +1694,7 @@ fn carried_adaptive_models_are_checked() {
     let mut dec = Decoder::new(&enc_moving.blob).unwrap();
     dec.decode(files.len() - 1, |_, _| {}).unwrap();
     assert_eq!(dec.decode(moved[0], |_, _| {}).unwrap(), files[moved[0]]);
-    assert_eq!(enc.blob[8], 5, "carried models need version 5");
+    assert!(matches!(enc.blob[8], 5 | 8), "carried models need version 5 (8 with the intensity context)");
     // A seek back to a carried frame decodes the chain again from its key frame.
     let mut dec = Decoder::new(&enc.blob).unwrap();
     let last = *carried.last().unwrap();
@@ -1716,11 +1722,15 @@ fn carried_adaptive_models_are_checked() {
         ("carried models in a version-4 blob", v4),
         // (Written as version 8: the counts stage carrying a state an adaptive frame left.)
         ("a counts state carried from an adaptive frame", rebuild(&|_, f| f.stage = Stage::Counts)),
+        // The intensity context (version 8): never on a key frame, and the container's flag and
+        // the stream's agree.
+        ("an intensity context on the key frame", rebuild(&|key, _| key.intensity = true)),
+        ("a stream's intensity context without the container's flag", rebuild(&|_, f| f.intensity = false)),
     ];
     for (what, bad) in cases {
         match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
             Ok(Ok(_)) => panic!("{what}: decoded"),
-            Ok(Err(e)) => assert!(["carried over", "flag", "moved temporal context"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
+            Ok(Err(e)) => assert!(["carried over", "flag", "moved temporal context", "intensity"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }
@@ -1785,6 +1795,7 @@ fn counts_stage_needs_version_8() {
     // (A version-5 blob: its header is laid out as version 8's.)
     let carried = Options {
         stage: Some(tezipfs::codec::entropy::Stage::Adaptive),
+        intensity_context: false,
         ..options(raw(48, 32, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Previous), false)
     };
     let plain = encode_window(&refs(&files), &carried).unwrap().blob;

@@ -175,7 +175,8 @@ fn small_frames_are_not_sliced_and_unchanged() {
     let on = encode_window(&refs(&files), &Options { format: format.clone(), ..Options::default() }).unwrap();
     let off = encode_window(&refs(&files), &Options { format, slice_pixels: 0, ..Options::default() }).unwrap();
     assert_eq!(on.blob, off.blob);
-    assert!(version(&on.blob) <= 6);
+    // (Not version 7: 2 to 6, or 8 where the adaptive stage weighs the reference's intensity.)
+    assert!(version(&on.blob) != 7);
 }
 
 #[test]

@@ -99,6 +99,10 @@ pub struct FrameEntry {
     /// vectors, mixed with the gradient of the moved prediction (`motion` predictors). Version 5;
     /// needs stage 5 on a frame that is not the key.
     pub moved_context: bool,
+    /// The adaptive stage's second context weighs the local intensity of the frame's reference
+    /// (`entropy::adaptive::Side::intensity`). Version 8; needs stage 5 on a frame that is not
+    /// the key.
+    pub intensity: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -176,7 +180,7 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
-        } else if uses_counts(&header.entries) {
+        } else if needs_v8(&header.entries) {
             8
         } else if header.params.as_ref().is_some_and(uses_model) {
             6
@@ -408,9 +412,10 @@ fn uses_model(p: &Params) -> bool {
     p.model != [0; 32]
 }
 
-/// Whether some frame's counts are coded as counts (entropy stage 6: what version 8 is for).
-fn uses_counts(entries: &[Entry]) -> bool {
-    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Counts))
+/// Whether some frame's counts are coded as counts (entropy stage 6) or the adaptive stage weighs
+/// the intensity of some frame's reference (what version 8 is for).
+fn needs_v8(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Counts || f.intensity))
 }
 
 /// Whether some frame has motion vectors (what version 3 is for).
@@ -472,7 +477,10 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
         if version >= 4 {
             // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
             // that the adaptive models carry over, bit 3 that its temporal context moves.
-            out.push(f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8));
+            // Version 8: bit 4 says the adaptive stage weighs the reference's intensity.
+            out.push(
+                f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8) | (f.intensity as u8 * 16),
+            );
         }
     });
 }
@@ -662,6 +670,7 @@ fn read_sliced_header(h: &[u8]) -> Result<Header, BlobError> {
             subpel: false,
             carry: false,
             moved_context: false,
+            intensity: false,
         };
         key = false;
         Ok(f)
@@ -730,19 +739,39 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         }
         let motion = if version >= 3 { c.section()? } else { Section::default() };
         let flags = if version >= 4 { c.u8()? } else { 0 };
-        let known = if version >= 5 { 15 } else { 1 };
-        let (block_modes, subpel, carry, moved_context) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0);
+        let known = match version {
+            8.. => 31,
+            5.. => 15,
+            _ => 1,
+        };
+        let (block_modes, subpel, carry, moved_context, intensity) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0, flags & 16 != 0);
         if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
             return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
         }
-        if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts))) || (moved_context && (key || stage != Stage::Adaptive)) {
+        if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts))) || ((moved_context || intensity) && (key || stage != Stage::Adaptive)) {
             let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
-            return Err(bad(format!("entry {i}: a stage's state carried over or a moved context on {to}")));
+            return Err(bad(format!("entry {i}: a stage's state carried over, a moved context or an intensity context on {to}")));
         }
         if stage == Stage::Counts && version < 8 {
             return Err(bad(format!("entry {i}: entropy stage 6 (counts) in a version {version} blob")));
         }
-        Ok(FrameEntry { big_endian, key, bound, ranges, stage, skeleton, codes, escapes, n_escapes, motion, block_modes, subpel, carry, moved_context })
+        Ok(FrameEntry {
+            big_endian,
+            key,
+            bound,
+            ranges,
+            stage,
+            skeleton,
+            codes,
+            escapes,
+            n_escapes,
+            motion,
+            block_modes,
+            subpel,
+            carry,
+            moved_context,
+            intensity,
+        })
     })?;
     if c.pos != h.len() {
         return Err(bad("trailing bytes in header"));
@@ -755,7 +784,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         4 => has_block_modes(&entries),
         5 => needs_v5(&entries),
         6 => params.as_ref().is_some_and(uses_model),
-        8 => uses_counts(&entries),
+        8 => needs_v8(&entries),
         _ => true,
     };
     if !used {
@@ -766,7 +795,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 4 => "motion block modes",
                 5 => "sub-pixel motion or carried adaptive models",
                 6 => "a learned model",
-                _ => "counts coded as counts",
+                _ => "counts coded as counts or the intensity context",
             }
         )));
     }

@@ -196,6 +196,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
                 subpel: false,
                 carry: false,
                 moved_context: false,
+                intensity: false,
             }),
         });
         reports.push(EntryReport::Frame { escapes });
