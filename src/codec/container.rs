@@ -286,7 +286,7 @@ fn section_bytes(payload: &[u8], s: Section) -> Option<&[u8]> {
 
 /// Parse the slice blobs of a version-7 header (their headers only: each slice blob's sections
 /// are checked as it is decoded, the outer section's CRC by [`section_of`] where wanted) and check
-/// that they fit the outer header: versions 2 to 6 (slices do not nest), the outer pixel type and
+/// that they fit the outer header: versions 2 to 6 or 8 (slices do not nest), the outer pixel type and
 /// width, the slice's rows, one frame entry per outer frame entry under the same bound, one
 /// learned model at most. Fills what the outer frame entries and parameters take from the slices.
 fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
