@@ -1683,7 +1683,6 @@ fn carried_adaptive_models_are_checked() {
     let blob = Blob::parse(&enc.blob).unwrap();
     let carried: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.carry)).collect();
     assert!(!carried.is_empty(), "the adaptive frames carry their models over");
-    assert!(carried.iter().all(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)), "and weigh the reference's intensity");
     // Under `motion` the adaptive frames' temporal context moves with the vectors, and a seek
     // back decodes it again.
     let moving = Options { predictor: PredictorChoice::Fixed(PredictorId::Motion), ..opts.clone() };
@@ -1722,15 +1721,82 @@ fn carried_adaptive_models_are_checked() {
         ("carried models in a version-4 blob", v4),
         // (Written as version 8: the counts stage carrying a state an adaptive frame left.)
         ("a counts state carried from an adaptive frame", rebuild(&|_, f| f.stage = Stage::Counts)),
-        // The intensity context (version 8): never on a key frame, and the container's flag and
-        // the stream's agree.
         ("an intensity context on the key frame", rebuild(&|key, _| key.intensity = true)),
-        ("a stream's intensity context without the container's flag", rebuild(&|_, f| f.intensity = false)),
     ];
     for (what, bad) in cases {
         match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
             Ok(Ok(_)) => panic!("{what}: decoded"),
             Ok(Err(e)) => assert!(["carried over", "flag", "moved temporal context", "intensity"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
+            Err(_) => panic!("{what}: decoder panicked"),
+        }
+    }
+}
+
+/// Under a bound the adaptive frames weigh their reference's intensity (container version 8):
+/// they decode in order and after a seek back, also with two threads; the flag on a key frame, a
+/// container flag the stream does not have, or the stream's without the container's are errors;
+/// without the context (`intensity_context: false`) the blob is of an older version and decodes
+/// to the same reconstructions.
+#[test]
+fn intensity_context_is_checked() {
+    use tezipfs::codec::container::{Blob, Body, Writer};
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    let (w, h) = (64u32, 48u32);
+    let files = generate_raw(&SequenceSpec::detector_u16(w, h, 6, 21));
+    let opts = Options {
+        entropy: EntropyChoice::Best,
+        bound: Bound::Abs(2.0),
+        stage: Some(Stage::Adaptive),
+        ..options(raw(w, h, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Previous), false)
+    };
+    let enc = encode_window(&refs(&files), &opts).unwrap();
+    assert_eq!(version_of(&enc.blob), 8);
+    let blob = Blob::parse(&enc.blob).unwrap();
+    let flagged: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)).collect();
+    assert_eq!(flagged, (1..files.len()).collect::<Vec<_>>(), "every frame after the key weighs the intensity");
+    let all = decode_window(&enc.blob).unwrap();
+    for threads in [1, 2] {
+        let mut dec = Decoder::new(&enc.blob).unwrap();
+        dec.set_threads(threads);
+        assert_eq!(dec.decode(files.len() - 1, |_, _| {}).unwrap(), all[files.len() - 1]);
+        assert_eq!(dec.decode(2, |_, _| {}).unwrap(), all[2], "a seek back");
+    }
+    let older = encode_window(&refs(&files), &Options { intensity_context: false, ..opts.clone() }).unwrap();
+    assert!(version_of(&older.blob) < 8);
+    assert_eq!(decode_window(&older.blob).unwrap(), all, "the context changes the coding, not the reconstructions");
+    let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
+    let rebuild = |k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
+        let mut header = blob.header.clone();
+        if let Body::Frame(f) = &mut header.entries[k].body {
+            change(f);
+        }
+        let mut wr = Writer::default();
+        wr.section(payload);
+        wr.finish(&header)
+    };
+    let cases = [
+        ("an intensity context on the key frame", rebuild(0, &|f| f.intensity = true)),
+        ("a stream's intensity context without the container's flag", rebuild(1, &|f| f.intensity = false)),
+        ("an intensity context on a zstd frame", rebuild(1, &|f| f.stage = Stage::Zstd)),
+    ];
+    // The container's flag on a frame whose stream has no intensity context (a blob written
+    // without it, the flag set afterwards: version 8).
+    let older_blob = Blob::parse(&older.blob).unwrap();
+    let mut header = older_blob.header.clone();
+    if let Body::Frame(f) = &mut header.entries[1].body {
+        assert_eq!(f.stage, Stage::Adaptive);
+        f.intensity = true;
+    }
+    let mut wr = Writer::default();
+    wr.section(&older.blob[older_blob.payload_offset(&older.blob)..]);
+    let flag_only = wr.finish(&header);
+    assert_eq!(version_of(&flag_only), 8);
+    let mut cases = cases.to_vec();
+    cases.push(("a container flag the stream does not have", flag_only));
+    for (what, bad) in cases {
+        match catch_unwind(AssertUnwindSafe(|| decode_window(&bad))) {
+            Ok(Ok(_)) => panic!("{what}: decoded"),
+            Ok(Err(e)) => assert!(["intensity", "flag", "carried over"].iter().any(|w| e.to_string().contains(w)), "{what}: {e}"),
             Err(_) => panic!("{what}: decoder panicked"),
         }
     }

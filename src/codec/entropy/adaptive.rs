@@ -335,12 +335,8 @@ fn intensity_into(r: Option<&[u32]>, n: usize, cols: usize, out: &mut Vec<u8>) {
     };
     out.resize(n, 0);
     let rows = n / cols;
-    #[inline(always)]
-    fn level(s: u64) -> u8 {
-        let t = 64 - s.leading_zeros() as usize;
-        let level = if s < 4 { s as usize } else { 2 * t + ((s >> (t.max(2) - 2)) & 1) as usize - 2 };
-        level.min(23) as u8
-    }
+    // (Every `s` from 4095 on is level 23: a table of the first 4096.)
+    let level = |s: u64| INTENSITY_LEVEL[s.min(4095) as usize];
     for (y, o) in out.chunks_exact_mut(cols).enumerate() {
         let (up, row, down) = (&r[y.saturating_sub(1) * cols..][..cols], &r[y * cols..][..cols], &r[(y + 1).min(rows - 1) * cols..][..cols]);
         let s = |x: usize, l: usize, rr: usize| 2 * row[x] as u64 + row[l] as u64 + row[rr] as u64 + up[x] as u64 + down[x] as u64;
@@ -354,6 +350,27 @@ fn intensity_into(r: Option<&[u32]>, n: usize, cols: usize, out: &mut Vec<u8>) {
         }
     }
 }
+
+/// The intensity level of `s` below 4096 ([`intensity_into`]).
+const INTENSITY_LEVEL: [u8; 4096] = {
+    let mut t = [0u8; 4096];
+    let mut s = 0;
+    while s < 4096 {
+        t[s] = if s < 4 {
+            s as u8
+        } else {
+            let bits = 64 - (s as u64).leading_zeros() as usize;
+            let level = 2 * bits + ((s >> (bits - 2)) & 1) - 2;
+            if level > 23 {
+                23
+            } else {
+                level as u8
+            }
+        };
+        s += 1;
+    }
+    t
+};
 
 fn temporal_into(prev: Option<&[u32]>, map: Mapping, n: usize, cols: usize, shift: u32, out: &mut Vec<u8>, mags: &mut Vec<u32>) {
     out.clear();
@@ -759,6 +776,21 @@ mod tests {
         // A reference of another size is not used by the encoder.
         let short = Side { intensity: Some(&reference[1..]), ..Side::default() };
         assert_eq!(encode(&codes, 2, cols, short), plain);
+    }
+
+    /// The intensity levels of the table are those of the formula in FORMAT.md, for every sum.
+    #[test]
+    fn intensity_levels_match_the_formula() {
+        let formula = |s: u64| -> u8 {
+            if s < 4 {
+                return s as u8;
+            }
+            let t = 64 - s.leading_zeros() as u64;
+            (2 * t + ((s >> (t - 2)) & 1) - 2).min(23) as u8
+        };
+        for s in (0..70_000u64).chain([u32::MAX as u64 * 6, 1 << 40]) {
+            assert_eq!(INTENSITY_LEVEL[s.min(4095) as usize], formula(s), "s = {s}");
+        }
     }
 
     #[test]
