@@ -1,7 +1,8 @@
 //! The blob container (format versions 1 to 8, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6 or 8) inside the outer one
-//! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts).
+//! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
+//! whose adaptive stage weighs the intensity of their reference.
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -20,8 +21,8 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// hold it: 3 only when a frame has motion vectors, 4 only when vectors carry block modes, 5
 /// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
-/// coded as counts (entropy stage 6), so other blobs stay readable by builds that know an older
-/// version.
+/// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
+/// reference, so other blobs stay readable by builds that know an older version.
 pub const VERSION: u16 = 8;
 const PREAMBLE: usize = 16;
 
