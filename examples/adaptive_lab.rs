@@ -4,7 +4,6 @@
 use std::time::Instant;
 use tezipfs::codec::entropy::{Coder, Side, Stage};
 use tezipfs::codec::quantizer::{self, FrameBound, Prediction};
-use tezipfs::codec::DType;
 
 fn main() {
     let dirs: Vec<String> = std::env::args().skip(1).collect();
@@ -13,16 +12,8 @@ fn main() {
     let mut coder = Coder::new(3).unwrap();
     for d in dirs {
         let path = if d.starts_with('/') { d.clone() } else { format!("../shared/data/{d}") };
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{path}/meta.json")).unwrap()).unwrap();
-        let (w, h) = (meta["width"].as_u64().unwrap() as usize, meta["height"].as_u64().unwrap() as usize);
-        let dtype: DType = meta["dtype"].as_str().unwrap().parse().unwrap();
-        let mut frames = Vec::new();
-        for k in 0..10 {
-            let Ok(b) = std::fs::read(format!("{path}/frame_{k:05}.raw")) else { break };
-            let mut img = Vec::new();
-            dtype.decode_pixels(&b, false, &mut img);
-            frames.push(img);
-        }
+        let tezipfs::fixtures::RawDir { width: w, height: h, dtype, images: frames, .. } =
+            tezipfs::fixtures::read_raw_dir(std::path::Path::new(&path), 10).expect("a directory of raw frames");
         let raw_bytes = frames.len() * w * h * dtype.bytes();
         let refs: Vec<&[u32]> = frames.iter().map(|f| &f[..]).collect();
         let coefs = tezipfs::codec::predict::linear::fit(&refs[..3], w).unwrap();

@@ -6,7 +6,7 @@
 //! faster than the mean forgets.
 //! `cargo run --release --example mean_lab DIR...`
 use tezipfs::codec::entropy::{Coder, Side, Stage};
-use tezipfs::codec::DType;
+use tezipfs::fixtures::{read_raw_dir, RawDir};
 
 fn zz(r: i64) -> u32 {
     if r >= 0 {
@@ -19,16 +19,7 @@ fn zz(r: i64) -> u32 {
 fn main() {
     let mut coder = Coder::new(3).unwrap();
     for path in std::env::args().skip(1) {
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{path}/meta.json")).unwrap()).unwrap();
-        let (w, h) = (meta["width"].as_u64().unwrap() as usize, meta["height"].as_u64().unwrap() as usize);
-        let dtype: DType = meta["dtype"].as_str().unwrap().parse().unwrap();
-        let mut frames = Vec::new();
-        for k in 0..32 {
-            let Ok(b) = std::fs::read(format!("{path}/frame_{k:05}.raw")) else { break };
-            let mut img = Vec::new();
-            dtype.decode_pixels(&b, false, &mut img);
-            frames.push(img);
-        }
+        let RawDir { width: w, height: h, dtype, images: frames, .. } = read_raw_dir(std::path::Path::new(&path), 32).expect("a directory of raw frames");
         let n = w * h;
         let mut line = format!("{}:", path.rsplit('/').next().unwrap());
         // decay d/256 of the running mean; 0 = the previous frame; trend: add (mean_fast - mean_slow)

@@ -99,17 +99,8 @@ fn load(set: &str, n: usize) -> (Vec<Vec<u32>>, Geometry, Option<Vec<Vec<f64>>>)
         }
         _ => {
             let path = if set == "ctc" { "../shared/data/ctc-fluo-nuclei".to_string() } else { set.to_string() };
-            let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{path}/meta.json")).expect("meta.json")).expect("json");
-            let (w, h) = (meta["width"].as_u64().unwrap() as usize, meta["height"].as_u64().unwrap() as usize);
-            let dtype: DType = meta["dtype"].as_str().unwrap().parse().unwrap();
-            let mut frames = Vec::new();
-            for k in 0.. {
-                let Ok(b) = std::fs::read(format!("{path}/frame_{k:05}.raw")) else { break };
-                let mut img = Vec::new();
-                dtype.decode_pixels(&b, false, &mut img);
-                frames.push(img);
-            }
-            (frames, Geometry::of(w, h, dtype), None)
+            let d = tezipfs::fixtures::read_raw_dir(std::path::Path::new(&path), usize::MAX).expect("a directory of raw frames");
+            (d.images, Geometry::of(d.width, d.height, d.dtype), None)
         }
     }
 }

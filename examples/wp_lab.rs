@@ -6,7 +6,7 @@
 //! (whose neighbours then measure the intensity) beats both.
 //! `cargo run --release --example wp_lab DIR...` (raw frames + meta.json)
 use tezipfs::codec::entropy::{Coder, Side, Stage};
-use tezipfs::codec::DType;
+use tezipfs::fixtures::{read_raw_dir, RawDir};
 
 fn zz(r: i64) -> u32 {
     if r >= 0 {
@@ -117,16 +117,7 @@ fn med_codes(img: &[u32], w: usize, h: usize) -> Vec<u32> {
 fn main() {
     let mut coder = Coder::new(3).unwrap();
     for path in std::env::args().skip(1) {
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{path}/meta.json")).unwrap()).unwrap();
-        let (w, h) = (meta["width"].as_u64().unwrap() as usize, meta["height"].as_u64().unwrap() as usize);
-        let dtype: DType = meta["dtype"].as_str().unwrap().parse().unwrap();
-        let mut frames = Vec::new();
-        for k in 0..6 {
-            let Ok(b) = std::fs::read(format!("{path}/frame_{k:05}.raw")) else { break };
-            let mut img = Vec::new();
-            dtype.decode_pixels(&b, false, &mut img);
-            frames.push(img);
-        }
+        let RawDir { width: w, height: h, dtype, images: frames, .. } = read_raw_dir(std::path::Path::new(&path), 6).expect("a directory of raw frames");
         let size = |codes: &[u32], coder: &mut Coder| coder.encode(Stage::Adaptive, codes, dtype.bytes().max(2), w, Side::default()).unwrap().len();
         let (mut none, mut med, mut wp, mut wpt) = (0, 0, 0, 0);
         for (k, f) in frames.iter().enumerate().skip(1) {

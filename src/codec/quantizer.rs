@@ -348,7 +348,7 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
 /// Zig-zag of a residual wrapped to the native width (`mask` = 2^bits - 1): small magnitudes of
 /// either sign get small codes, and every code fits the native width.
 #[inline]
-fn zigzag_native(r: u32, mask: u32) -> u32 {
+pub(crate) fn zigzag_native(r: u32, mask: u32) -> u32 {
     // Above mask / 2, r stands for the negative residual r - 2^bits, of magnitude m in
     // 1..=2^(bits-1), whose code 2m - 1 = 2 (mask - r) + 1 is 2r with its bits flipped (within
     // the width): without a branch, so that the loops over a frame vectorise.
@@ -357,7 +357,7 @@ fn zigzag_native(r: u32, mask: u32) -> u32 {
 }
 
 #[inline]
-fn unzigzag_native(c: u32) -> u32 {
+pub(crate) fn unzigzag_native(c: u32) -> u32 {
     (c >> 1) ^ (0u32.wrapping_sub(c & 1))
 }
 

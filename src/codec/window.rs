@@ -719,8 +719,11 @@ const COUNTS_MAX_MEAN: u64 = 4;
 /// predictor (the values themselves) of an unsigned integer type, low counts on the probe's
 /// last frame, and a choice that allows the slow stages.
 fn counts_may_pay(c: Candidate, dtype: DType, opts: &Options, q: &Quantised) -> bool {
-    let low =
-        q.frames.last().is_some_and(|f| !f.codes.is_empty() && f.codes.iter().map(|&c| c as u64).sum::<u64>() / (f.codes.len() as u64) <= 2 * COUNTS_MAX_MEAN);
+    // (A `none` code is twice the count.)
+    let low = q
+        .frames
+        .last()
+        .is_some_and(|f| !f.codes.is_empty() && f.codes.iter().map(|&code| code as u64).sum::<u64>() / (f.codes.len() as u64) <= 2 * COUNTS_MAX_MEAN);
     c == Candidate::classical(PredictorId::None)
         && opts.bound == Bound::Lossless
         && opts.entropy != EntropyChoice::Fast

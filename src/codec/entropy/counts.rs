@@ -41,6 +41,7 @@
 
 use super::range::{Dec, Enc, PROB_BITS};
 use super::rans::{put_varint, In, RansError};
+use crate::codec::quantizer::{unzigzag_native, zigzag_native};
 
 /// Per-frame discount of the past, out of 256 (the rate's memory: about 1 / (1 - 224/256) = 8
 /// frames).
@@ -181,14 +182,13 @@ impl Scratch {
 /// `quantizer::lossless_codes`), i.e. the value of an unsigned pixel.
 #[inline(always)]
 fn count_of(code: u32, mask: u32) -> u32 {
-    ((code >> 1) ^ 0u32.wrapping_sub(code & 1)) & mask
+    unzigzag_native(code) & mask
 }
 
 /// Inverse of [`count_of`] (on `0..=mask`).
 #[inline(always)]
 fn code_of(count: u32, mask: u32) -> u32 {
-    let negative = 0u32.wrapping_sub(u32::from(count > mask / 2));
-    ((count << 1) ^ negative) & mask
+    zigzag_native(count, mask)
 }
 
 fn mask_of(width: usize) -> u32 {
