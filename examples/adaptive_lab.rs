@@ -16,7 +16,7 @@ fn main() {
             tezipfs::fixtures::read_raw_dir(std::path::Path::new(&path), 10).expect("a directory of raw frames");
         let raw_bytes = frames.len() * w * h * dtype.bytes();
         let refs: Vec<&[u32]> = frames.iter().map(|f| &f[..]).collect();
-        let coefs = tezipfs::codec::predict::linear::fit(&refs[..3], w).unwrap();
+        let coefs = tezipfs::codec::predict::linear::fit(&refs[..3], w, tezipfs::codec::predict::linear::Weighting::Uniform).unwrap();
         let zero = vec![0u32; w * h];
         for label in ["none", "spatial", "previous", "linear"] {
             let codes: Vec<Vec<u32>> = frames

@@ -70,7 +70,7 @@ fn main() {
             }
             let mid = refs.len() / 2;
             let pairs: Vec<(&[u32], &[u32])> = (mid..mid + 3).map(|k| (&refs[k][..], &frames[k + 1][..])).collect();
-            let coefs = tezipfs::codec::predict::linear::fit_pairs(&pairs, w).unwrap();
+            let coefs = tezipfs::codec::predict::linear::fit_pairs(&pairs, w, tezipfs::codec::predict::linear::Weighting::Uniform).unwrap();
             let mut prev_codes: Vec<u32> = vec![0; n];
             let mut bytes = 0usize;
             for (k, f) in frames.iter().enumerate().skip(1) {

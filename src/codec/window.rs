@@ -258,10 +258,17 @@ impl Quantised {
     /// version 8). The moved prediction is made again from the reconstructions (as
     /// `quantize_chain` made it) rather than kept for every frame of a window.
     #[allow(clippy::too_many_arguments)]
-    fn side<'a>(&'a self, chain: &'a Chain, k: usize, quantised: bool, carry: bool, intensity: bool, geom: Geometry, buf: &'a mut SideBuffers) -> Side<'a> {
-        // (Lossless, the intensity context gains 0.4% at best, and costs 4% of the decoding
-        // speed: it is used under a bound only.)
-        let intensity = intensity && quantised;
+    fn side<'a>(
+        &'a self,
+        chain: &'a Chain,
+        k: usize,
+        quantised: bool,
+        carry: bool,
+        intensity: Intensity,
+        geom: Geometry,
+        buf: &'a mut SideBuffers,
+    ) -> Side<'a> {
+        let intensity = if quantised { intensity.bounded } else { intensity.lossless };
         let prev = k.checked_sub(1).map(|j| &self.frames[j].codes[..]);
         match prev {
             Some(p) if self.moves => {
@@ -281,6 +288,30 @@ impl Quantised {
             _ => Side { prev, quantised, carry, gradient: None, intensity: k.checked_sub(1).filter(|_| intensity).map(|j| self.recon(chain, j)) },
         }
     }
+}
+
+/// Which frames' adaptive coding weighs the intensity of their reference (container version 8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Intensity {
+    /// Frames under an error bound (always, when [`Options::intensity_context`] allows it).
+    bounded: bool,
+    /// Lossless frames: only in windows where the probe measured that it pays
+    /// ([`LOSSLESS_INTENSITY_GAIN`]): it gains little on most data and costs decoding speed.
+    lossless: bool,
+}
+
+/// Under `balanced`, the share of the bits the intensity context must save on a lossless
+/// window's probe frame to be used there: it costs about 4% of the adaptive stage's decoding
+/// speed (and the two-thread decoding pipeline). Lossless it saves 1.3% on the u16 detector
+/// fixture, 0.8% on the u8 one, 0.36% on ctc-fluo-nuclei, 0.05% on visp-cube.
+const LOSSLESS_INTENSITY_GAIN: f64 = 0.005;
+
+/// How a window's frames are entropy-coded: the stage (`None`: the best one per frame, as
+/// [`Options::exhaustive`] asks) and where the adaptive stage weighs the intensity.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    stage: Option<Stage>,
+    intensity: Intensity,
 }
 
 /// A motion search's vectors, and those before its refinement ([`motion::search_both`]).
@@ -502,8 +533,8 @@ impl Coding {
 fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, coder: &mut Coder) -> Result<Coding, EncodeError> {
     let mut coefs: Coefs = Default::default();
     let mut quantised = None;
-    let (chosen, stage) = choose(chain, dtype, geom, opts, models, coder, &mut coefs, &mut quantised)?;
-    tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?stage, "window's predictor and stage chosen");
+    let (chosen, plan) = choose(chain, dtype, geom, opts, models, coder, &mut coefs, &mut quantised)?;
+    tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?plan.stage, intensity = ?plan.intensity, "window's predictor and stage chosen");
     // Lossless, the replayed references are exactly what the model computes from the
     // reconstructions; under a bound the model runs on them (closed loop).
     let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
@@ -514,13 +545,13 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
         coded
     };
     let coded = match quantised {
-        Some(q) if opts.reconstructions => with_recon(code_chain(chain, dtype, geom, opts, stage, &q, coder)?, q),
-        Some(q) => code_chain(chain, dtype, geom, opts, stage, &q, coder)?,
+        Some(q) if opts.reconstructions => with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q),
+        Some(q) => code_chain(chain, dtype, geom, opts, plan, &q, coder)?,
         None if opts.reconstructions => {
             let q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?;
-            with_recon(code_chain(chain, dtype, geom, opts, stage, &q, coder)?, q)
+            with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q)
         }
-        None => quantize_and_code(chain, dtype, geom, opts, stage, session_for(chosen, geom, &coefs, final_model)?, coder)?,
+        None => quantize_and_code(chain, dtype, geom, opts, plan, session_for(chosen, geom, &coefs, final_model)?, coder)?,
     };
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
     if chosen.pid != PredictorId::Linear {
@@ -542,7 +573,9 @@ fn choose(
     coder: &mut Coder,
     coefs: &mut Coefs,
     quantised: &mut Option<Quantised>,
-) -> Result<(Candidate, Option<Stage>), EncodeError> {
+) -> Result<(Candidate, Plan), EncodeError> {
+    let bounded_only = Intensity { bounded: opts.intensity_context, lossless: false };
+    let plan = |stage: Option<Stage>| Plan { stage, intensity: bounded_only };
     let mut candidates = candidates(opts, models.real.is_some());
     for with_model in [false, true] {
         if !candidates.contains(&Candidate { pid: PredictorId::Linear, model: with_model }) {
@@ -551,10 +584,10 @@ fn choose(
         let fitted = if with_model {
             let refs = open_loop_references(chain, geom, models.probe, PROBE_FRAMES)?;
             let pairs: Vec<(&[u32], &[u32])> = refs.iter().zip(&chain.images[1..]).map(|(r, x)| (&r[..], &x[..])).collect();
-            linear::fit_pairs(&pairs, geom.width)
+            linear::fit_pairs(&pairs, geom.width, linear::Weighting::of(dtype))
         } else {
             let fit_frames: Vec<&[u32]> = chain.images.iter().take(PROBE_FRAMES).map(|f| &f[..]).collect();
-            linear::fit(&fit_frames, geom.width)
+            linear::fit(&fit_frames, geom.width, linear::Weighting::of(dtype))
         };
         match fitted {
             Some(c) => coefs[usize::from(with_model)] = c,
@@ -564,10 +597,10 @@ fn choose(
         }
     }
     if candidates.len() == 1 && opts.exhaustive {
-        return Ok((candidates[0], None));
+        return Ok((candidates[0], plan(None)));
     }
     if let (1, Some(stage)) = (candidates.len(), opts.stage) {
-        return Ok((candidates[0], Some(stage)));
+        return Ok((candidates[0], plan(Some(stage))));
     }
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
     // The probe is taken from the middle of the window, which stands for the window better than
@@ -581,7 +614,8 @@ fn choose(
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let size_under = |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false);
+    let size_under =
+        |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false, bounded_only);
     // Classical candidates start the probe with a key frame. A model's state is the window's
     // history (a recurrent model estimates the scene from every frame it has seen), so its
     // candidates start from a state warmed on the window's frames before the probe, made once
@@ -624,7 +658,7 @@ fn choose(
         // (Ranked by an estimate of the proxy's size where the adaptive stage is among the
         // stages: every finalist's stages are then weighed again by coding its last frame.)
         let estimate = stages.contains(&Stage::Adaptive);
-        Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate)?, candidates[i], q))
+        Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate, bounded_only)?, candidates[i], q))
     })?;
     let mut ranked: Vec<(f64, Candidate, Quantised)> = probed;
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -636,7 +670,7 @@ fn choose(
     ranked.extend(none);
     // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
     // is among the stages (it is what the probe costs). Finalists are independent too.
-    let finals: Vec<(f64, Candidate, Stage)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
+    let finals: Vec<(f64, Candidate, Stage, Intensity)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
         let (proxy_size, pid, q) = &ranked[i];
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(coder, q, proxy, from)? };
@@ -675,28 +709,40 @@ fn choose(
                 best = (weighed, *pid, Stage::Counts);
             }
         }
-        Ok(best)
+        // Lossless, the intensity context is worth its decoding time only where it saves enough
+        // (wide-ranging photon noise: the detector fixtures, not ctc or visp-cube).
+        let mut intensity = bounded_only;
+        if best.2 == Stage::Adaptive && opts.bound == Bound::Lossless && opts.intensity_context {
+            let with = Intensity { lossless: true, ..bounded_only };
+            let weighed = self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, with)?;
+            let needed = if opts.entropy == EntropyChoice::Balanced { LOSSLESS_INTENSITY_GAIN } else { 0.0 };
+            tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive weighing the intensity");
+            if weighed < best.0 * (1.0 - needed) {
+                (best.0, intensity) = (weighed, with);
+            }
+        }
+        Ok((best.0, best.1, best.2, intensity))
     })?;
     let mut finals = finals;
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (_, mut chosen, mut stage) = finals[0];
+    let (_, mut chosen, mut stage, mut intensity) = finals[0];
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
     // smooths, and on a static scene it drifts away from the previous frame only after a few
     // frames. Confirm it against the best other finalist on a longer stretch of the window.
     let far = DRIFT_PROBE.min(chain.images.len());
     if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
-        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
+        if let Some(&(_, alt, alt_stage, alt_intensity)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
             let pair = [chosen, alt];
             let mut both = par_map(2, opts.threads, coder, |i, coder| {
                 let q = quantize_chain(chain, dtype, geom, opts, session_for(pair[i], geom, coefs, models.real)?, 0..far)?;
                 // (Compared by context rANS's estimated size, as the ranking.)
-                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true)?, q))
+                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true, bounded_only)?, q))
             })?;
             let (other, other_q) = both.pop().expect("two");
             let (lin, lin_q) = both.pop().expect("two");
             let kept = if other <= lin {
-                (chosen, stage) = (alt, alt_stage);
+                (chosen, stage, intensity) = (alt, alt_stage, alt_intensity);
                 other_q
             } else {
                 lin_q
@@ -708,7 +754,7 @@ fn choose(
             }
         }
     }
-    Ok((chosen, if opts.exhaustive { None } else { Some(stage) }))
+    Ok((chosen, Plan { stage: (!opts.exhaustive).then_some(stage), intensity }))
 }
 
 /// Mean count above which the counts stage is not tried: its ladder then takes more decisions
@@ -736,7 +782,8 @@ fn counts_may_pay(c: Candidate, dtype: DType, opts: &Options, q: &Quantised) -> 
 /// weighs it (escapes and motion vectors included). The counts stage's estimate of the rate
 /// rests on the frames before: it codes the earlier frames of `q` too (not counted), as the
 /// final coding will have.
-/// (`estimate`: context rANS's size estimated, [`Coder::estimate`].)
+/// (`estimate`: context rANS's size estimated, [`Coder::estimate`]; `intensity`: where the
+/// adaptive stage weighs the intensity.)
 fn size_under(
     chain: &Chain,
     dtype: DType,
@@ -747,6 +794,7 @@ fn size_under(
     stage: Stage,
     from: usize,
     estimate: bool,
+    intensity: Intensity,
 ) -> Result<f64, EncodeError> {
     let mut side_buffers = SideBuffers::default();
     let mut size = 0;
@@ -764,7 +812,7 @@ fn size_under(
         // depend on what the coder coded before).
         // (Only the adaptive stage reads the side information.)
         let side = if stage == Stage::Adaptive {
-            q.side(chain, k, opts.bound != Bound::Lossless, k > from, opts.intensity_context, geom, &mut side_buffers)
+            q.side(chain, k, opts.bound != Bound::Lossless, k > from, intensity, geom, &mut side_buffers)
         } else {
             Side::default()
         };
@@ -945,19 +993,19 @@ fn quantize_frames(
     Ok(out)
 }
 
-/// Entropy-code the chain's frames as quantised in `q` (from the window's start); `stage: None`
-/// tries every stage on every frame.
+/// Entropy-code the chain's frames as quantised in `q` (from the window's start) as `plan` says
+/// (`plan.stage: None` tries every stage on every frame).
 fn code_chain(
     chain: &Chain,
     dtype: DType,
     geom: Geometry,
     opts: &Options,
-    stage: Option<Stage>,
+    plan: Plan,
     q: &Quantised,
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
     let mut state = ChainCoding::default();
-    (0..q.frames.len()).map(|k| state.code_frame(chain, dtype, geom, opts, stage, q, k, coder)).collect()
+    (0..q.frames.len()).map(|k| state.code_frame(chain, dtype, geom, opts, plan, q, k, coder)).collect()
 }
 
 /// What coding a chain's frames in order carries from one frame to the next.
@@ -976,7 +1024,7 @@ impl ChainCoding {
         dtype: DType,
         geom: Geometry,
         opts: &Options,
-        stage: Option<Stage>,
+        plan: Plan,
         q: &Quantised,
         k: usize,
         coder: &mut Coder,
@@ -987,15 +1035,15 @@ impl ChainCoding {
         // The adaptive models carry over when the previous frame was coded by the adaptive stage
         // (the coder's scratch space then holds its models: an `encode_best` that tried the
         // adaptive stage on it and chose another is no such frame).
-        let side = match stage {
+        let side = match plan.stage {
             None | Some(Stage::Adaptive) => {
-                q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), opts.intensity_context, geom, &mut self.side_buffers)
+                q.side(chain, k, fb != FrameBound::Lossless, self.last_stage == Some(Stage::Adaptive), plan.intensity, geom, &mut self.side_buffers)
             }
             // (The counts stage's state: the rate estimated from the frames before.)
             Some(Stage::Counts) => Side { carry: self.last_stage == Some(Stage::Counts), ..Side::default() },
             Some(_) => Side::default(),
         };
-        let (stage, codes) = match stage {
+        let (stage, codes) = match plan.stage {
             Some(s) => (s, coder.encode(s, &c.codes, width, geom.width, side)?),
             None => coder.encode_best(&c.codes, width, geom.width, opts.entropy, side)?,
         };
@@ -1048,14 +1096,14 @@ fn quantize_and_code(
     dtype: DType,
     geom: Geometry,
     opts: &Options,
-    stage: Option<Stage>,
+    plan: Plan,
     session: Session,
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
     let n = chain.images.len();
     if opts.threads <= 1 || n < 2 {
         let q = quantize_chain(chain, dtype, geom, opts, session, 0..n)?;
-        return code_chain(chain, dtype, geom, opts, stage, &q, coder);
+        return code_chain(chain, dtype, geom, opts, plan, &q, coder);
     }
     let moves = session.predictor().moves();
     std::thread::scope(|scope| {
@@ -1068,7 +1116,7 @@ fn quantize_and_code(
         for (c, vectors) in rx.iter() {
             q.frames.push(c);
             q.motion.push(vectors);
-            match state.code_frame(chain, dtype, geom, opts, stage, &q, q.frames.len() - 1, coder) {
+            match state.code_frame(chain, dtype, geom, opts, plan, &q, q.frames.len() - 1, coder) {
                 Ok(f) => out.push(f),
                 Err(e) => {
                     failed = Some(e);

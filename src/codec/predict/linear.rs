@@ -6,6 +6,12 @@
 //! The weights are fitted by least squares on the window's first frames (floating point, in the
 //! encoder only), rounded to integers with [`SHIFT`] fractional bits and stored in the blob, so
 //! the prediction itself is integer-only and bit-exact on every machine.
+//!
+//! On counts (unsigned integer pixels) the fit weighs each pixel by `1 / (reference + 1)`:
+//! photon noise grows with the intensity, and a plain least-squares fit would follow the few
+//! bright pixels, whose errors are large but cost few bits each, at the expense of the dark
+//! majority (`examples/denoise_lab.rs`: lossless ctc-fluo-nuclei 2.2% smaller with `linear`,
+//! the detector fixtures 0.2-0.7%).
 
 /// Weights per tap, then the constant term.
 pub const TAPS: usize = 9;
@@ -53,17 +59,37 @@ pub fn predict(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usiz
     ((sum + (1 << (SHIFT - 1))) >> SHIFT).clamp(0, mask as i64) as u32
 }
 
+/// How the fit weighs the pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weighting {
+    /// Every pixel alike (signed and float images, whose integer images are not intensities).
+    Uniform,
+    /// By `1 / (reference + 1)`: counts, whose noise grows with the intensity.
+    Counts,
+}
+
+impl Weighting {
+    /// The weighting of a pixel type.
+    pub fn of(dtype: crate::codec::DType) -> Weighting {
+        if dtype.is_float() || dtype.is_signed_int() {
+            Weighting::Uniform
+        } else {
+            Weighting::Counts
+        }
+    }
+}
+
 /// Fit the weights on consecutive frame pairs (`frames[k - 1]` predicting `frames[k]`) by least
 /// squares (ridge-regularised), on every other pixel. None when there is no pair.
-pub fn fit(frames: &[&[u32]], width: usize) -> Option<Vec<i32>> {
+pub fn fit(frames: &[&[u32]], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
     let pairs: Vec<(&[u32], &[u32])> = frames.windows(2).map(|p| (p[0], p[1])).collect();
-    fit_pairs(&pairs, width)
+    fit_pairs(&pairs, width, weighting)
 }
 
 /// [`fit`] on pairs of (reference, frame): the reference is what the predictor reads as the
 /// previous frame (a learned model's correction of it, when the window has one).
 #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
-pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize) -> Option<Vec<i32>> {
+pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
     if pairs.is_empty() || width == 0 {
         return None;
     }
@@ -71,6 +97,7 @@ pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize) -> Option<Vec<i32>> {
     let mut ata = [[0f64; D]; D];
     let mut atb = [0f64; D];
     let mut count = 0usize;
+    let mut total_weight = 0f64;
     for &(prev, cur) in pairs {
         if prev.len() != cur.len() {
             return None;
@@ -85,13 +112,18 @@ pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize) -> Option<Vec<i32>> {
             }
             f[TAPS] = 1.0;
             let y = cur[i] as f64 - base;
+            let weight = match weighting {
+                Weighting::Uniform => 1.0,
+                Weighting::Counts => 1.0 / (base + 1.0),
+            };
             for r in 0..D {
-                atb[r] += f[r] * y;
+                atb[r] += weight * f[r] * y;
                 for c in r..D {
-                    ata[r][c] += f[r] * f[c];
+                    ata[r][c] += weight * f[r] * f[c];
                 }
             }
             count += 1;
+            total_weight += weight;
         }
     }
     if count < 2 * D {
@@ -101,7 +133,7 @@ pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize) -> Option<Vec<i32>> {
         for c in 0..r {
             ata[r][c] = ata[c][r];
         }
-        ata[r][r] += 1e-3 * count as f64;
+        ata[r][r] += 1e-3 * total_weight;
     }
     let w = solve(ata, atb)?;
     // The centred model predicts base + sum w_k (t_k - base) + w_c: the weight of the previous
@@ -162,7 +194,7 @@ mod tests {
             let left = if i % w > 0 { cur[i - 1] } else { prev[i] };
             cur[i] = (left + prev[i]) / 2;
         }
-        let c = fit(&[&prev, &cur], w).unwrap();
+        let c = fit(&[&prev, &cur], w, Weighting::Uniform).unwrap();
         assert!(valid(&c));
         assert!((c[0] - (1 << (SHIFT - 1))).abs() < 200, "{c:?}");
         assert!((c[4] - (1 << (SHIFT - 1))).abs() < 200, "{c:?}");
@@ -171,9 +203,35 @@ mod tests {
     }
 
     #[test]
+    fn counts_weigh_the_dark_majority() {
+        // Dark rows (7 of 8) follow cur = prev; bright rows another rule, cur = 2 prev - prev
+        // left, with noise: the plain fit follows the bright rows' large errors, the
+        // count-weighted one the dark majority.
+        let (w, h) = (64usize, 64usize);
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let bright = |i: usize| (i / w) % 8 == 0;
+        let prev: Vec<u32> = (0..w * h).map(|i| if bright(i) { 2000 + next() % 500 } else { 2 + next() % 6 }).collect();
+        let cur: Vec<u32> =
+            (0..w * h).map(|i| if bright(i) && i % w > 0 { (2 * prev[i] + next() % 40).saturating_sub(prev[i - 1]) } else { prev[i] }).collect();
+        let dark_error = |c: &[i32]| -> f64 {
+            let dark = (0..w * h).filter(|&i| !bright(i) && !bright(i + w) && !bright(i.wrapping_sub(w)));
+            dark.map(|i| (predict(c, &cur, &prev, i, w, u32::MAX) as f64 - cur[i] as f64).abs()).sum::<f64>()
+        };
+        let plain = fit(&[&prev, &cur], w, Weighting::Uniform).unwrap();
+        let counts = fit(&[&prev, &cur], w, Weighting::Counts).unwrap();
+        assert!(dark_error(&counts) < 0.6 * dark_error(&plain), "dark error weighted {} vs plain {}", dark_error(&counts), dark_error(&plain));
+        assert_eq!(Weighting::of(crate::codec::DType::U16), Weighting::Counts);
+        assert_eq!(Weighting::of(crate::codec::DType::F32), Weighting::Uniform);
+    }
+
+    #[test]
     fn degenerate_inputs_do_not_fit() {
-        assert!(fit(&[&[1, 2, 3]], 3).is_none());
-        assert!(fit(&[&[1], &[1]], 1).is_none());
+        assert!(fit(&[&[1, 2, 3]], 3, Weighting::Counts).is_none());
+        assert!(fit(&[&[1], &[1]], 1, Weighting::Counts).is_none());
         assert!(!valid(&[0; TAPS]));
         assert!(!valid(&[MAX_WEIGHT + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     }
