@@ -1802,6 +1802,32 @@ fn intensity_context_is_checked() {
     }
 }
 
+/// Lossless, a window weighs the intensity where its probe measured that it pays: on photon
+/// noise over a wide range of intensities (the detector scene) it does, and the blob decodes
+/// bit-exact, checked by checksum; switched off, the same window codes larger.
+#[test]
+fn lossless_windows_weigh_the_intensity_where_it_pays() {
+    use tezipfs::codec::container::{Blob, Body};
+    use tezipfs::codec::entropy::EntropyChoice;
+    let (w, h) = (128u32, 96u32);
+    let files = generate_raw(&SequenceSpec::detector_u16(w, h, 8, 23));
+    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) };
+    let enc = encode_window(&refs(&files), &opts).unwrap();
+    let blob = Blob::parse(&enc.blob).unwrap();
+    let flagged: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)).collect();
+    assert_eq!(flagged, (1..files.len()).collect::<Vec<_>>(), "every frame after the key weighs the intensity");
+    assert_eq!(version_of(&enc.blob), 8);
+    let decoded = decode_window(&enc.blob).unwrap();
+    for (file, out) in files.iter().zip(&decoded) {
+        assert_eq!(crc32c::crc32c(out), crc32c::crc32c(file), "bit-exact");
+    }
+    let without = encode_window(&refs(&files), &Options { intensity_context: false, ..opts.clone() }).unwrap();
+    let parsed = Blob::parse(&without.blob).unwrap();
+    assert!(parsed.header.entries.iter().all(|e| !matches!(&e.body, Body::Frame(f) if f.intensity)));
+    assert!(enc.blob.len() < without.blob.len(), "{} bytes with the context, {} without", enc.blob.len(), without.blob.len());
+    assert_eq!(decode_window(&without.blob).unwrap(), decoded);
+}
+
 // ---- counts coded as counts (entropy stage 6, container version 8) ----------------------------
 
 /// Photon-counting frames (speckle at `mean` photons per pixel) as raw files.

@@ -295,16 +295,9 @@ impl Quantised {
 struct Intensity {
     /// Frames under an error bound (always, when [`Options::intensity_context`] allows it).
     bounded: bool,
-    /// Lossless frames: only in windows where the probe measured that it pays
-    /// ([`LOSSLESS_INTENSITY_GAIN`]): it gains little on most data and costs decoding speed.
+    /// Lossless frames: under `best` only, in windows where the probe measured that it pays.
     lossless: bool,
 }
-
-/// Under `balanced`, the share of the bits the intensity context must save on a lossless
-/// window's probe frame to be used there: it costs about 4% of the adaptive stage's decoding
-/// speed (and the two-thread decoding pipeline). Lossless it saves 1.3% on the u16 detector
-/// fixture, 0.8% on the u8 one, 0.36% on ctc-fluo-nuclei, 0.05% on visp-cube.
-const LOSSLESS_INTENSITY_GAIN: f64 = 0.005;
 
 /// How a window's frames are entropy-coded: the stage (`None`: the best one per frame, as
 /// [`Options::exhaustive`] asks) and where the adaptive stage weighs the intensity.
@@ -670,7 +663,7 @@ fn choose(
     ranked.extend(none);
     // The best stage of each finalist, on the last probe frame only when the slow adaptive stage
     // is among the stages (it is what the probe costs). Finalists are independent too.
-    let finals: Vec<(f64, Candidate, Stage, Intensity)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
+    let finals: Vec<(f64, Candidate, Stage)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
         let (proxy_size, pid, q) = &ranked[i];
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(coder, q, proxy, from)? };
@@ -709,29 +702,32 @@ fn choose(
                 best = (weighed, *pid, Stage::Counts);
             }
         }
-        // Lossless, the intensity context is worth its decoding time only where it saves enough
-        // (wide-ranging photon noise: the detector fixtures, not ctc or visp-cube).
-        let mut intensity = bounded_only;
-        if best.2 == Stage::Adaptive && opts.bound == Bound::Lossless && opts.intensity_context {
-            let with = Intensity { lossless: true, ..bounded_only };
-            let weighed = self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, with)?;
-            let needed = if opts.entropy == EntropyChoice::Balanced { LOSSLESS_INTENSITY_GAIN } else { 0.0 };
-            tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive weighing the intensity");
-            if weighed < best.0 * (1.0 - needed) {
-                (best.0, intensity) = (weighed, with);
-            }
-        }
-        Ok((best.0, best.1, best.2, intensity))
+        Ok(best)
     })?;
     let mut finals = finals;
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (_, mut chosen, mut stage, mut intensity) = finals[0];
+    let (_, mut chosen, mut stage) = finals[0];
+    // Lossless, the intensity context gains little on most data (ctc 0.36%, visp-cube 0.05%)
+    // and costs 4% of the decoding speed: only `best` tries it (the winner's last probe frame
+    // coded again; the detector fixtures gain 0.8-1.3%).
+    let mut intensity = bounded_only;
+    if stage == Stage::Adaptive && opts.bound == Bound::Lossless && opts.intensity_context && opts.entropy == EntropyChoice::Best {
+        let (_, _, q) = ranked.iter().find(|r| r.1 == chosen).expect("the winner is a finalist");
+        let from = q.frames.len().saturating_sub(1).max(skip);
+        let with = Intensity { lossless: true, ..bounded_only };
+        let (without, weighed) =
+            (size_under(coder, q, Stage::Adaptive, from)?, self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, with)?);
+        tracing::trace!(predictor = %chosen, weighed, without, "adaptive weighing the intensity");
+        if weighed < without {
+            intensity = with;
+        }
+    }
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
     // smooths, and on a static scene it drifts away from the previous frame only after a few
     // frames. Confirm it against the best other finalist on a longer stretch of the window.
     let far = DRIFT_PROBE.min(chain.images.len());
     if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
-        if let Some(&(_, alt, alt_stage, alt_intensity)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
+        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
             let pair = [chosen, alt];
             let mut both = par_map(2, opts.threads, coder, |i, coder| {
@@ -742,7 +738,7 @@ fn choose(
             let (other, other_q) = both.pop().expect("two");
             let (lin, lin_q) = both.pop().expect("two");
             let kept = if other <= lin {
-                (chosen, stage, intensity) = (alt, alt_stage, alt_intensity);
+                (chosen, stage) = (alt, alt_stage);
                 other_q
             } else {
                 lin_q
