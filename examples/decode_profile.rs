@@ -1,15 +1,26 @@
 //! Profiling aid: encode a generated 16-bit sequence once, then decode it repeatedly.
-//! `cargo run --release --example decode_profile [predictor]`
+//! `cargo run --release --example decode_profile [predictor [entropy [DIR FORMAT [BOUND]]]]`
+//! (DIR: a directory of raw frames, FORMAT as `--format`, e.g. `raw:511x511:u8`; BOUND as
+//! `--bound`.)
 use std::time::Instant;
 use tezipfs::codec::{encode_window, Decoder, FormatSpec, Options};
 use tezipfs::fixtures::{generate_raw, SequenceSpec};
 
 fn main() {
     let pred = std::env::args().nth(1).unwrap_or_else(|| "previous".into());
-    let files = generate_raw(&SequenceSpec::detector_u16(512, 512, 32, 1));
+    let args: Vec<String> = std::env::args().collect();
+    let (files, format) = match (args.get(3), args.get(4)) {
+        (Some(dir), Some(format)) => {
+            let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "raw")).collect();
+            names.sort();
+            (names.iter().take(32).map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>(), format.clone())
+        }
+        _ => (generate_raw(&SequenceSpec::detector_u16(512, 512, 32, 1)), "raw:512x512:u16".to_string()),
+    };
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-    let entropy = std::env::args().nth(2).unwrap_or_else(|| "balanced".into()).parse().unwrap();
-    let opts = Options { format: "raw:512x512:u16".parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, ..Options::default() };
+    let entropy = args.get(2).map_or("balanced", |s| s).parse().unwrap();
+    let bound = args.get(5).map_or("lossless", |s| s).parse().unwrap();
+    let opts = Options { format: format.parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, bound, threads: 1, ..Options::default() };
     let t = Instant::now();
     let blob = encode_window(&refs, &opts).unwrap().blob;
     let bytes: usize = files.iter().map(|f| f.len()).sum();

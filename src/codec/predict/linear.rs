@@ -41,7 +41,8 @@ fn taps(recon: &[u32], prev: &[u32], i: usize, width: usize) -> [i64; TAPS] {
         g(u && r, recon, i.wrapping_sub(width).wrapping_add(1)),
         p as i64,
         g(l, prev, i.wrapping_sub(1)),
-        g(r, prev, i + 1),
+        // (A frame's last row may be partial: its right neighbour, then, is missing too.)
+        g(r && i + 1 < n, prev, i + 1),
         g(u, prev, i.wrapping_sub(width)),
         g(d, prev, i + width),
     ]
@@ -51,7 +52,29 @@ fn taps(recon: &[u32], prev: &[u32], i: usize, width: usize) -> [i64; TAPS] {
 /// previous reconstructed frame, clamped to `0..=mask`. `coefs` must be [`valid`].
 #[inline(always)]
 pub fn predict(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usize, mask: u32) -> u32 {
-    let t = taps(recon, prev, i, width);
+    blend(coefs, taps(recon, prev, i, width), mask)
+}
+
+/// [`predict`] for a pixel that has all its neighbours (not on the frame's border): the same
+/// value without the border tests.
+#[inline(always)]
+pub fn predict_interior(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    let t = [
+        recon[i - 1] as i64,
+        recon[i - width] as i64,
+        recon[i - width - 1] as i64,
+        recon[i - width + 1] as i64,
+        prev[i] as i64,
+        prev[i - 1] as i64,
+        prev[i + 1] as i64,
+        prev[i - width] as i64,
+        prev[i + width] as i64,
+    ];
+    blend(coefs, t, mask)
+}
+
+#[inline(always)]
+fn blend(coefs: &[i32], t: [i64; TAPS], mask: u32) -> u32 {
     let mut sum = coefs[TAPS] as i64;
     for k in 0..TAPS {
         sum += coefs[k] as i64 * t[k];

@@ -74,6 +74,31 @@ pub enum Prediction<'a> {
     Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
 }
 
+/// Where a walk over a frame is (`linear` only: whether a pixel is on the frame's border).
+struct Walker {
+    width: usize,
+    rows: usize,
+    x: usize,
+    y: usize,
+}
+
+impl Walker {
+    /// The prediction of pixel `i`, the next of the walk.
+    #[inline(always)]
+    fn next(&mut self, pred: &Prediction, recon: &[u32], i: usize, mask: u32) -> u32 {
+        let interior = self.y > 0 && self.y + 1 < self.rows && self.x > 0 && self.x + 1 < self.width;
+        self.x += 1;
+        if self.x == self.width {
+            (self.x, self.y) = (0, self.y + 1);
+        }
+        match *pred {
+            Prediction::Linear { prev, width, coefs } if interior => linear::predict_interior(coefs, recon, prev, i, width, mask),
+            Prediction::Frame(f) => f[i],
+            other => other.at(recon, i, mask),
+        }
+    }
+}
+
 /// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
 #[inline(always)]
 pub(crate) fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
@@ -119,6 +144,40 @@ impl Prediction<'_> {
         }
     }
 
+    /// `f(i, prediction of pixel i)` for every pixel in order, from a frame already whole in
+    /// `recon` (lossless coding, where the frame is its own reconstruction): the predictions
+    /// of [`Prediction::at`], with `linear`'s border tests only on the border.
+    #[inline(always)]
+    pub(crate) fn each(&self, recon: &[u32], mask: u32, mut f: impl FnMut(usize, u32)) {
+        let mut at = self.walker(recon.len());
+        for i in 0..recon.len() {
+            f(i, at.next(self, recon, i, mask));
+        }
+    }
+
+    /// Walk a frame in order: `out[i] = f(i, prediction of pixel i)`, each prediction made from
+    /// the values `f` gave the pixels before it (the quantiser's encoders and decoders): the
+    /// predictions of [`Prediction::at`], with `linear`'s border tests only on the border.
+    /// The first error of `f` ends the walk.
+    #[inline(always)]
+    pub(crate) fn walk<E>(&self, out: &mut [u32], mask: u32, mut f: impl FnMut(usize, u32) -> Result<u32, E>) -> Result<(), E> {
+        let mut at = self.walker(out.len());
+        for i in 0..out.len() {
+            let p = at.next(self, out, i, mask);
+            // (One call of `f` in the loop, so that it is inlined.)
+            out[i] = f(i, p)?;
+        }
+        Ok(())
+    }
+
+    fn walker(&self, n: usize) -> Walker {
+        let (width, rows) = match *self {
+            Prediction::Linear { prev, width, .. } if width > 2 && prev.len() == n => (width, n / width),
+            _ => (usize::MAX, 0),
+        };
+        Walker { width, rows, x: 0, y: 0 }
+    }
+
     pub(crate) fn len_ok(&self, n: usize) -> bool {
         match *self {
             Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
@@ -132,6 +191,52 @@ impl Prediction<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk predicts every pixel as `at` does, for every kind of prediction, on frames of
+    /// every small width, whole rows or not.
+    #[test]
+    fn walk_predicts_as_at() {
+        let mut seed = 3u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let coefs = [4000, 3000, -1000, 800, 9000, 500, 400, -300, 600, -77];
+        for width in 1..7 {
+            for n in [width * 5, width * 5 + width / 2] {
+                let mask = 0xffff;
+                let prev: Vec<u32> = (0..n).map(|_| next() & mask).collect();
+                let x: Vec<u32> = (0..n).map(|_| next() & mask).collect();
+                let modes = vec![0u8; blocks(width, n / width)];
+                let preds = [
+                    Prediction::Frame(&prev),
+                    Prediction::Intra { width },
+                    Prediction::TemporalMed { prev: &prev, width },
+                    Prediction::Blend { prev: &prev, width },
+                    Prediction::Linear { prev: &prev, width, coefs: &coefs },
+                    Prediction::BlockModes { prev: &prev, width, modes: &modes },
+                ];
+                for pred in preds {
+                    let mut walked = vec![0u32; n];
+                    let mut seen = Vec::new();
+                    let r: Result<(), ()> = pred.walk(&mut walked, mask, |i, p| {
+                        seen.push(p);
+                        Ok(x[i])
+                    });
+                    r.unwrap();
+                    let direct: Vec<u32> = (0..n).map(|i| pred.at(&x, i, mask)).collect();
+                    assert_eq!(seen, direct, "width {width} n {n}");
+                    assert_eq!(walked, x);
+                    let mut each = Vec::new();
+                    pred.each(&x, mask, |i, p| {
+                        assert_eq!(i, each.len());
+                        each.push(p)
+                    });
+                    assert_eq!(each, direct, "width {width} n {n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn med_picks_edges_and_planes() {
