@@ -1828,6 +1828,39 @@ fn lossless_windows_weigh_the_intensity_where_it_pays() {
     assert_eq!(decode_window(&without.blob).unwrap(), decoded);
 }
 
+/// Under a bound, a window weighs the intensity where its probe measured that it pays: photon
+/// noise over a wide range of intensities (the detector scene) yes, sparse particles on a dark
+/// level no (their window codes exactly as with the context switched off). Both decode within
+/// the bound.
+#[test]
+fn bounded_windows_weigh_the_intensity_where_it_pays() {
+    use tezipfs::codec::container::{Blob, Body};
+    use tezipfs::fixtures::Scene;
+    let (w, h) = (128u32, 96u32);
+    let flagged =
+        |blob: &[u8]| -> usize { Blob::parse(blob).unwrap().header.entries.iter().filter(|e| matches!(&e.body, Body::Frame(f) if f.intensity)).count() };
+    for (scene, weighs) in [(Scene::Detector, true), (Scene::Particles, false)] {
+        let spec = SequenceSpec::of_scene(scene, DType::U16, w, h, 12, 24);
+        let files = generate_raw(&spec);
+        let opts = Options { bound: Bound::Abs(2.0), ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) };
+        let enc = encode_window(&refs(&files), &opts).unwrap();
+        let off = encode_window(&refs(&files), &Options { intensity_context: false, ..opts.clone() }).unwrap();
+        assert_eq!(flagged(&enc.blob) > 0, weighs, "{scene}");
+        if weighs {
+            assert_eq!(flagged(&enc.blob), files.len() - 1, "every frame after the key");
+            assert!(enc.blob.len() < off.blob.len(), "{scene}: {} bytes with the context, {} without", enc.blob.len(), off.blob.len());
+        } else {
+            assert_eq!(enc.blob, off.blob, "{scene}: coded as without the context");
+        }
+        let images = generate_images(&spec);
+        for (k, out) in decode_window(&enc.blob).unwrap().iter().enumerate() {
+            let mut got = Vec::new();
+            DType::U16.decode_pixels(out, false, &mut got);
+            assert!(got.iter().zip(&images[k]).all(|(&a, &b)| a.abs_diff(b) <= 2), "{scene} frame {k} within the bound");
+        }
+    }
+}
+
 // ---- counts coded as counts (entropy stage 6, container version 8) ----------------------------
 
 /// Photon-counting frames (speckle at `mean` photons per pixel) as raw files.

@@ -119,7 +119,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
     // slice choosing on its own probe flips `balanced`'s choice of the adaptive stage from slice
     // to slice: ctc-fluo-nuclei in slices of 256 rows lost 10.5% that way, 0.8% with one choice.)
     let lossy = opts.bound != Bound::Lossless;
-    let code = |s: usize, frames: &mut Vec<Cow<[u8]>>, chosen: Option<(super::PredictorId, Stage)>| {
+    let code = |s: usize, frames: &mut Vec<Cow<[u8]>>, chosen: Option<(super::PredictorId, Stage, bool)>| {
         let mut inner = Options {
             format: FormatSpec::Raw(RawSpec { width, height: stripe_rows(s), dtype, skip: 0 }),
             slice_pixels: 0,
@@ -127,8 +127,11 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
             reconstructions: lossy,
             ..opts.clone()
         };
-        if let Some((pid, stage)) = chosen {
+        if let Some((pid, stage, intensity)) = chosen {
             (inner.predictor, inner.stage) = (super::PredictorChoice::Fixed(pid), Some(stage));
+            // (Under a bound, whether the middle slice's probe found the intensity context
+            // worth its decoding time.)
+            inner.intensity_context &= intensity || !lossy;
         }
         let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
         let enc = super::window::encode_window(&refs, &inner)?;
@@ -142,9 +145,12 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
     // (Not with a model, whose candidates are not a fixed predictor, nor under `exhaustive`,
     // which chooses per frame.)
     let chosen = match (&first.model, opts.exhaustive, first.predictor) {
-        (None, false, Some(pid)) => container::Blob::parse(&first.blob).ok().and_then(|b| match b.header.entries.first().map(|e| &e.body) {
-            Some(Body::Frame(f)) => Some((pid, f.stage)),
-            _ => None,
+        (None, false, Some(pid)) => container::Blob::parse(&first.blob).ok().and_then(|b| {
+            let intensity = b.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.intensity));
+            match b.header.entries.first().map(|e| &e.body) {
+                Some(Body::Frame(f)) => Some((pid, f.stage, intensity)),
+                _ => None,
+            }
         }),
         _ => None,
     };

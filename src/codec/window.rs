@@ -293,11 +293,17 @@ impl Quantised {
 /// Which frames' adaptive coding weighs the intensity of their reference (container version 8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Intensity {
-    /// Frames under an error bound (always, when [`Options::intensity_context`] allows it).
+    /// Frames under an error bound: where the probe measured that it pays, and in windows that
+    /// do not probe (a fixed predictor and stage, `exhaustive`) whenever
+    /// [`Options::intensity_context`] allows it.
     bounded: bool,
     /// Lossless frames: under `best` only, in windows where the probe measured that it pays.
     lossless: bool,
 }
+
+/// Under `balanced`, the share of the bits the intensity context must save on the probe to be
+/// used: it costs 3-4% of the adaptive stage's decoding speed.
+const INTENSITY_GAIN: f64 = 0.005;
 
 /// How a window's frames are entropy-coded: the stage (`None`: the best one per frame, as
 /// [`Options::exhaustive`] asks) and where the adaptive stage weighs the intensity.
@@ -707,21 +713,6 @@ fn choose(
     let mut finals = finals;
     finals.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (_, mut chosen, mut stage) = finals[0];
-    // Lossless, the intensity context gains little on most data (ctc 0.36%, visp-cube 0.05%)
-    // and costs 4% of the decoding speed: only `best` tries it (the winner's last probe frame
-    // coded again; the detector fixtures gain 0.8-1.3%).
-    let mut intensity = bounded_only;
-    if stage == Stage::Adaptive && opts.bound == Bound::Lossless && opts.intensity_context && opts.entropy == EntropyChoice::Best {
-        let (_, _, q) = ranked.iter().find(|r| r.1 == chosen).expect("the winner is a finalist");
-        let from = q.frames.len().saturating_sub(1).max(skip);
-        let with = Intensity { lossless: true, ..bounded_only };
-        let (without, weighed) =
-            (size_under(coder, q, Stage::Adaptive, from)?, self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, with)?);
-        tracing::trace!(predictor = %chosen, weighed, without, "adaptive weighing the intensity");
-        if weighed < without {
-            intensity = with;
-        }
-    }
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
     // smooths, and on a static scene it drifts away from the previous frame only after a few
     // frames. Confirm it against the best other finalist on a longer stretch of the window.
@@ -749,6 +740,32 @@ fn choose(
                 *quantised = Some(kept);
             }
         }
+    }
+    // Whether the adaptive stage weighs the intensity: the winner's last probe frame coded with
+    // and without it. Under a bound it gains where photon noise spans a wide range of
+    // intensities (ctc abs:2 +2.7%, abs:4 +4.6%, the detector fixtures 3-5%) and loses on
+    // sparse or clean scenes (particles -1.9%, visp-cube -0.1%), and it costs 3-4% of the
+    // decoding speed and the two-thread decoding pipeline: `balanced` wants 0.5% from it.
+    // Lossless it gains little on most data (ctc 0.36%, visp-cube 0.05%): only `best` tries it
+    // there (the detector fixtures gain 0.8-1.3%).
+    let lossless = opts.bound == Bound::Lossless;
+    let mut intensity = Intensity::default();
+    if stage == Stage::Adaptive && opts.intensity_context && !opts.exhaustive && (!lossless || opts.entropy == EntropyChoice::Best) {
+        let (_, _, q) = ranked.iter().find(|r| r.1 == chosen).expect("the winner is a finalist");
+        let from = q.frames.len().saturating_sub(1).max(skip);
+        let on = Intensity { bounded: true, lossless };
+        let size = |coder: &mut Coder, i: Intensity| self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, i);
+        // (The finalist's own probe of the adaptive stage coded it with the intensity context
+        // under a bound, without it lossless: only the other is coded here.)
+        let probed = finals.iter().find(|f| f.1 == chosen).map(|f| f.0).expect("the winner is a finalist");
+        let (with, without) = if lossless { (size(coder, on)?, probed) } else { (probed, size(coder, Intensity::default())?) };
+        let needed = if opts.entropy == EntropyChoice::Best { 0.0 } else { INTENSITY_GAIN };
+        tracing::trace!(predictor = %chosen, with, without, "adaptive weighing the intensity");
+        if with < without * (1.0 - needed) {
+            intensity = on;
+        }
+    } else if !lossless {
+        intensity = bounded_only;
     }
     Ok((chosen, Plan { stage: (!opts.exhaustive).then_some(stage), intensity }))
 }
