@@ -54,8 +54,9 @@ pub struct Options {
     pub threads: usize,
     /// Return the reconstructions of frames coded under a bound in [`Encoded::recon`].
     pub reconstructions: bool,
-    /// Let the adaptive stage weigh the intensity of each frame's reference (container version 8;
-    /// off: the blobs an older build reads, for comparisons and tests).
+    /// Let the adaptive stage weigh the intensity of each frame's reference where the probe
+    /// finds it pays (container version 8; off: the blobs an older build reads, for comparisons
+    /// and tests).
     pub intensity_context: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
