@@ -255,9 +255,11 @@ fn encode_quantised(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction
 /// Wider types (and steps beyond any 16-bit bound) divide in hardware.
 struct StepDiv {
     step: i64,
-    /// `ceil(2^64 / step)` and the offset (a multiple of `step`), or 0 for hardware division.
+    /// `ceil(2^64 / step)`, or 0 for hardware division.
     magic: u64,
+    /// A multiple of `step` that makes every numerator non-negative, and that multiple's factor.
     offset: i64,
+    offset_steps: i64,
 }
 
 impl StepDiv {
@@ -265,7 +267,8 @@ impl StepDiv {
         // (The offset then stays below 2^19, the offset numerator below 2^20.)
         let fast = mask <= 0xffff && (2..=1 << 18).contains(&step);
         let magic = if fast { u64::MAX / step as u64 + 1 } else { 0 };
-        StepDiv { step, magic, offset: ((1 << 17) / step + 1) * step }
+        let offset_steps = (1 << 17) / step + 1;
+        StepDiv { step, magic, offset: offset_steps * step, offset_steps }
     }
 
     /// `n.div_euclid(step)` (the floor: the step is positive).
@@ -275,7 +278,7 @@ impl StepDiv {
             return n.div_euclid(self.step);
         }
         let m = (n + self.offset) as u64;
-        ((m as u128 * self.magic as u128) >> 64) as i64 - self.offset / self.step
+        ((m as u128 * self.magic as u128) >> 64) as i64 - self.offset_steps
     }
 }
 
