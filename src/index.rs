@@ -11,6 +11,9 @@ pub mod records;
 pub use records::{Blob, Data, Inode, Kind, Timestamp};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Version of the key layout and record encodings; stored under [`keys::SCHEMA`].
 pub const SCHEMA_VERSION: u32 = 2;
@@ -72,21 +75,67 @@ pub trait MetaStore: Send + Sync {
     fn size_on_disk(&self) -> Result<u64, IndexError>;
 }
 
+/// How long an applied batch waits at most for the periodic flush to make it durable.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
 /// sled 0.34.7, one tree, typed key prefixes.
+///
+/// sled's own timer flush is off: it writes whenever it likes, also on a disk that a writer
+/// outside the daemon filled since the last index change, and sled does not recover from a
+/// write that failed with ENOSPC. A thread of ours flushes every [`FLUSH_EVERY`] instead, and
+/// every flush (that one, the explicit ones, the one at drop) first calls the `keep_room` given
+/// at open, which makes room for the index on a full disk ([`crate::store::Store::room_for_index`]).
 pub struct SledStore {
+    shared: Arc<Shared>,
+    /// The periodic flush (none under power-cut simulation): dropping the sender stops it.
+    flusher: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// What [`SledStore`] shares with its periodic flush.
+struct Shared {
     db: sled::Db,
     dir: std::path::PathBuf,
     /// Under power-cut simulation (`store::disk::powercut`), the copy of the index taken at a
     /// flush holds this exclusively, so that no batch is written into the middle of it.
     copying: std::sync::RwLock<()>,
+    /// Called before every flush.
+    keep_room: Box<dyn Fn() + Send + Sync>,
+    /// A batch was applied since the last flush began: the periodic flush has work (without
+    /// any, it neither writes nor calls `keep_room`).
+    dirty: AtomicBool,
+}
+
+impl Shared {
+    fn flush(&self) -> Result<(), IndexError> {
+        // Cleared before sled is asked to write: a batch applied after this is left for the
+        // next flush. (AcqRel: this flush then sees every batch whose flag it clears.)
+        self.dirty.swap(false, Ordering::AcqRel);
+        (self.keep_room)();
+        {
+            let _g = self.copying.read().unwrap_or_else(|e| e.into_inner());
+            self.db.flush()?;
+        }
+        if crate::store::disk::powercut::on() {
+            let _g = self.copying.write().unwrap_or_else(|e| e.into_inner());
+            crate::store::disk::powercut::index_flushed(&self.dir);
+        }
+        Ok(())
+    }
 }
 
 impl SledStore {
-    /// Open (or create) the database in `dir`. First removes the partial snapshot files that a
-    /// crash inside `sled::open` can leave (`snap.*.generating`, upstream issue #1527): sled would
-    /// otherwise take such a file as the newest snapshot and refuse to open for good. A snapshot
-    /// only becomes real when it is renamed, so these files never hold needed data.
+    /// [`SledStore::open_keeping_room`] with nothing to call before a flush (a store without
+    /// a reserve: offline tools, tests).
     pub fn open(dir: &Path) -> Result<SledStore, IndexError> {
+        SledStore::open_keeping_room(dir, || {})
+    }
+
+    /// Open (or create) the database in `dir`; `keep_room` is called before every flush. First
+    /// removes the partial snapshot files that a crash inside `sled::open` can leave
+    /// (`snap.*.generating`, upstream issue #1527): sled would otherwise take such a file as the
+    /// newest snapshot and refuse to open for good. A snapshot only becomes real when it is
+    /// renamed, so these files never hold needed data.
+    pub fn open_keeping_room(dir: &Path, keep_room: impl Fn() + Send + Sync + 'static) -> Result<SledStore, IndexError> {
         std::fs::create_dir_all(dir)?;
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
@@ -97,28 +146,61 @@ impl SledStore {
                 tracing::warn!(file = %p.display(), "removed a partial sled snapshot left by a crash");
             }
         }
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let shared = Arc::new(Shared { db, dir: dir.to_path_buf(), copying: Default::default(), keep_room: Box::new(keep_room), dirty: false.into() });
         // Under power-cut simulation only explicit flushes make the index durable (they are
-        // where its copy is taken), so sled's own timer flush is off.
-        let every = if crate::store::disk::powercut::on() { None } else { Some(500) };
-        let db = sled::Config::new().path(dir).flush_every_ms(every).open()?;
-        Ok(SledStore { db, dir: dir.to_path_buf(), copying: Default::default() })
+        // where its copy is taken): no periodic flush.
+        let flusher = if crate::store::disk::powercut::on() {
+            None
+        } else {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let s = shared.clone();
+            let thread = std::thread::Builder::new().name("index-flush".into()).spawn(move || {
+                // Until the sender goes (the store is dropped).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
+                    if s.dirty.load(Ordering::Acquire) {
+                        if let Err(e) = s.flush() {
+                            tracing::error!(error = %e, "periodic flush of the index failed");
+                        }
+                    }
+                }
+            })?;
+            Some((stop, thread))
+        };
+        Ok(SledStore { shared, flusher })
+    }
+}
+
+impl Drop for SledStore {
+    /// Stops the periodic flush. sled flushes what is left when the database is dropped, right
+    /// after this: room is made for that write first.
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.flusher.take() {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the index's periodic flush thread panicked");
+            }
+        }
+        if self.shared.dirty.load(Ordering::Acquire) {
+            (self.shared.keep_room)();
+        }
     }
 }
 
 impl MetaStore for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        Ok(self.shared.db.get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, IndexError> {
-        self.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)).collect()
+        self.shared.db.scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into)).collect()
     }
 
     fn scan_after(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Vec<KeyValue>, IndexError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let start = if after.is_empty() { Included(prefix.to_vec()) } else { Excluded(after.to_vec()) };
         let mut out = Vec::new();
-        for r in self.db.range::<Vec<u8>, _>((start, Unbounded)) {
+        for r in self.shared.db.range::<Vec<u8>, _>((start, Unbounded)) {
             let (k, v) = r?;
             if !k.starts_with(prefix) || out.len() == limit {
                 break;
@@ -136,24 +218,18 @@ impl MetaStore for SledStore {
                 None => b.remove(k),
             }
         }
-        let _g = self.copying.read().unwrap_or_else(|e| e.into_inner());
-        Ok(self.db.apply_batch(b)?)
+        let _g = self.shared.copying.read().unwrap_or_else(|e| e.into_inner());
+        let applied = self.shared.db.apply_batch(b);
+        self.shared.dirty.store(true, Ordering::Release);
+        Ok(applied?)
     }
 
     fn flush(&self) -> Result<(), IndexError> {
-        {
-            let _g = self.copying.read().unwrap_or_else(|e| e.into_inner());
-            self.db.flush()?;
-        }
-        if crate::store::disk::powercut::on() {
-            let _g = self.copying.write().unwrap_or_else(|e| e.into_inner());
-            crate::store::disk::powercut::index_flushed(&self.dir);
-        }
-        Ok(())
+        self.shared.flush()
     }
 
     fn size_on_disk(&self) -> Result<u64, IndexError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.shared.db.size_on_disk()?)
     }
 }
 
@@ -416,6 +492,36 @@ mod tests {
         let idx = Index::open(Box::new(SledStore::open(dir.path()).unwrap())).unwrap();
         assert!(!planted.exists());
         assert_eq!(idx.dirent(1, b"frame_1").unwrap(), Some((7, Kind::File)));
+    }
+
+    /// The periodic flush runs when a batch waits (and only then), makes room first, writes the
+    /// batch to disk, and stops with the store: the database opens again (sled locks it while
+    /// it is open).
+    #[test]
+    fn periodic_flush_makes_room_first_and_stops_with_the_store() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let s = SledStore::open_keeping_room(dir.path(), move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        std::thread::sleep(FLUSH_EVERY * 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing to flush, no room made");
+        let value = b"made durable by the periodic flush".to_vec();
+        let mut b = Batch::default();
+        b.put(b"k".to_vec(), value.clone());
+        s.apply(b).unwrap();
+        std::thread::sleep(FLUSH_EVERY * 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one periodic flush, room made first");
+        let log = std::fs::read(dir.path().join("db")).unwrap();
+        assert!(log.windows(value.len()).any(|w| w == value), "the batch is in sled's file");
+        s.flush().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "an explicit flush makes room first too");
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(value));
     }
 
     #[test]

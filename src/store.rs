@@ -38,12 +38,26 @@ pub const RESERVE: u64 = 16 << 20;
 /// The file that holds [`RESERVE`] bytes of the disk for the index.
 const RESERVE_FILE: &str = "reserve";
 
+/// Free space below which the reserve is given up before the index writes: room for what the
+/// index writes between two such checks, and small, because a passthrough writer may still be
+/// writing while the disk is this full, and eats a reserve given up under it (an index change
+/// can come in mid-write: an fsync, or the FUSE flush of a copy of its descriptor closed by
+/// another thread's fork and exec).
+const INDEX_ROOM: u64 = 1 << 20;
+
+/// The reserve file, shared by the store and the index's periodic flush
+/// ([`Store::room_for_index`]).
+struct Reserve {
+    root: PathBuf,
+    /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
+    /// room).
+    held: std::sync::atomic::AtomicBool,
+}
+
 pub struct Store {
     root: PathBuf,
     _lock: File,
-    /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
-    /// room).
-    reserve_held: std::sync::atomic::AtomicBool,
+    reserve: std::sync::Arc<Reserve>,
     /// Staging files created so far (counted once each create has returned).
     staging_created: std::sync::atomic::AtomicU64,
     /// How many of them the last completed fsync of `staging/` covers. Held across that fsync,
@@ -69,8 +83,8 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = disk::remove_file(&e.path());
         }
-        let store = Store { root: root.to_path_buf(), _lock: lock, reserve_held: false.into(), staging_created: 0.into(), staging_synced: 0.into() };
-        store.reserve_held.store(store.root.join(RESERVE_FILE).exists(), std::sync::atomic::Ordering::Relaxed);
+        let reserve = Reserve { root: root.to_path_buf(), held: root.join(RESERVE_FILE).exists().into() };
+        let store = Store { root: root.to_path_buf(), _lock: lock, reserve: reserve.into(), staging_created: 0.into(), staging_synced: 0.into() };
         store.restore_reserve();
         Ok(store)
     }
@@ -93,30 +107,23 @@ impl Store {
     }
 
     fn free_bytes(&self) -> io::Result<u64> {
-        let sv = self.statvfs()?;
-        Ok(sv.f_bavail * sv.f_frsize)
+        free_bytes(&self.root)
     }
 
-    /// Called before every index change. Writers through FUSE passthrough write the disk
-    /// without asking us, so they can fill it; sled cannot recover from a write that failed
-    /// with ENOSPC without a restart. When less than half the reserve is free, the reserve file
-    /// goes, and the index has room again.
+    /// Called before every index change (and, by the index itself, before every flush: see
+    /// [`Store::room_for_index`]). Writers through FUSE passthrough write the disk without
+    /// asking us, so they can fill it; sled cannot recover from a write that failed with ENOSPC
+    /// without a restart. When less than [`INDEX_ROOM`] is free, the reserve file goes, and the
+    /// index has room again.
     pub fn keep_room_for_index(&self) {
-        use std::sync::atomic::Ordering;
-        if !self.reserve_held.load(Ordering::Relaxed) || self.free_bytes().is_ok_and(|f| f >= RESERVE / 2) {
-            return;
-        }
-        if self.reserve_held.swap(false, Ordering::Relaxed) {
-            let path = self.root.join(RESERVE_FILE);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    // Blocks of a deleted file are free once the journal commits it.
-                    let _ = File::open(&self.root).and_then(|d| d.sync_all());
-                    tracing::warn!(store = %self.root.display(), "the store's disk is full: gave up the {} MiB reserve so that the index can still record changes", RESERVE >> 20);
-                }
-                Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot delete the reserve file of a full store"),
-            }
-        }
+        self.reserve.keep_room_for_index();
+    }
+
+    /// [`Store::keep_room_for_index`] for the index to call before it flushes, from any thread
+    /// and for as long as it lives.
+    pub fn room_for_index(&self) -> impl Fn() + Send + Sync + 'static {
+        let reserve = self.reserve.clone();
+        move || reserve.keep_room_for_index()
     }
 
     /// Whether a new writer may bypass the daemon (FUSE passthrough): only while the reserve is
@@ -124,13 +131,13 @@ impl Store {
     /// refused before the reserve is touched ([`Store::ensure_room`]); passthrough writers are
     /// not, so they are kept to a disk with room.
     pub fn passthrough_room(&self, min_free: u64) -> bool {
-        self.reserve_held.load(std::sync::atomic::Ordering::Relaxed) && self.free_bytes().is_ok_and(|f| f >= min_free)
+        self.reserve.held.load(std::sync::atomic::Ordering::Relaxed) && self.free_bytes().is_ok_and(|f| f >= min_free)
     }
 
     /// Make the reserve file again once the disk has room (at open, and after a full disk).
     pub fn restore_reserve(&self) {
         use std::sync::atomic::Ordering;
-        if self.reserve_held.load(Ordering::Relaxed) || !self.free_bytes().is_ok_and(|f| f > 2 * RESERVE) {
+        if self.reserve.held.load(Ordering::Relaxed) || !self.free_bytes().is_ok_and(|f| f > 2 * RESERVE) {
             return;
         }
         let tmp = self.root.join("tmp").join(RESERVE_FILE);
@@ -149,7 +156,7 @@ impl Store {
             std::fs::rename(&tmp, self.root.join(RESERVE_FILE))
         })();
         match made {
-            Ok(()) => self.reserve_held.store(true, Ordering::Relaxed),
+            Ok(()) => self.reserve.held.store(true, Ordering::Relaxed),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(store = %self.root.display(), error = %e, "cannot make the store's reserve file");
@@ -296,15 +303,7 @@ impl Store {
 
     /// statvfs(2) of the filesystem the store lives on.
     pub fn statvfs(&self) -> io::Result<libc::statvfs> {
-        let c =
-            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(self.root.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
-        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(sv)
+        statvfs(&self.root)
     }
 
     /// Refuse a write of `len` bytes with ENOSPC while it would leave less than [`RESERVE`]
@@ -347,6 +346,45 @@ impl Store {
         }
         walk(&self.root.join(sub))
     }
+}
+
+impl Reserve {
+    /// [`Store::keep_room_for_index`].
+    fn keep_room_for_index(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.held.load(Ordering::Relaxed) || free_bytes(&self.root).is_ok_and(|f| f >= INDEX_ROOM) {
+            return;
+        }
+        if self.held.swap(false, Ordering::Relaxed) {
+            let path = self.root.join(RESERVE_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    // Blocks of a deleted file are free once the journal commits it.
+                    let _ = File::open(&self.root).and_then(|d| d.sync_all());
+                    tracing::warn!(store = %self.root.display(), "the store's disk is full: gave up the {} MiB reserve so that the index can still record changes", RESERVE >> 20);
+                }
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot delete the reserve file of a full store"),
+            }
+        }
+    }
+}
+
+/// statvfs(2) of the filesystem `path` is on.
+fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is a valid C string.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut sv) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sv)
+}
+
+/// Bytes free to us on the filesystem `path` is on.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let sv = statvfs(path)?;
+    Ok(sv.f_bavail * sv.f_frsize)
 }
 
 pub fn fsync_dir(path: &Path) -> io::Result<()> {

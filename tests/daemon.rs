@@ -224,10 +224,19 @@ fn passthrough_writer_filling_the_disk_leaves_the_index_working() {
     let mut f = std::fs::File::create(&big).unwrap();
     let chunk = vec![0xabu8; 1 << 20];
     let mut written = 0u64;
+    let mut closed_a_copy = false;
     let err = loop {
         match f.write(&chunk) {
             Ok(n) => written += n as u64,
             Err(e) => break e,
+        }
+        // A copy of its descriptor closed in mid-write, with a few MiB left (what a fork and exec
+        // in another thread of the writer does): the daemon gets a FUSE flush, an index change,
+        // and must not give up the reserve then, or the writer eats it.
+        if !closed_a_copy && free_bytes(&disk.disk) < 4 << 20 {
+            drop(f.try_clone().unwrap());
+            closed_a_copy = true;
+            assert!(reserve.exists(), "the reserve was given up while the disk still had room");
         }
         assert!(written < 64 << 20, "a 48 MiB disk took 64 MiB");
     };
@@ -255,6 +264,52 @@ fn passthrough_writer_filling_the_disk_leaves_the_index_working() {
     });
     assert_eq!(std::fs::read(disk.mnt.join("after")).unwrap(), b"room again");
     disk.stop(child);
+}
+
+/// Free bytes of the filesystem at `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut sv) }, 0, "statvfs {}", p.display());
+    sv.f_bavail * sv.f_frsize
+}
+
+/// An index change is left for the periodic flush, then another program fills the disk: that
+/// flush gives up the reserve before it writes (sled does not recover from a write that failed
+/// with ENOSPC), and the index goes on recording changes.
+#[test]
+fn periodic_index_flush_on_a_filled_disk_gives_up_the_reserve_first() {
+    if !root_or_skip() {
+        return;
+    }
+    let disk = SmallDisk::new(48);
+    let store = tezipfs::store::Store::open(&disk.disk.join("store")).unwrap();
+    let sled = tezipfs::index::SledStore::open_keeping_room(&store.index_dir(), store.room_for_index()).unwrap();
+    let index = tezipfs::index::Index::open(Box::new(sled)).unwrap();
+    let reserve = disk.disk.join("store/reserve");
+    assert!(reserve.exists());
+    // A change large enough that writing it needs new blocks, left pending (as a metadata
+    // operation leaves its change for the periodic flush).
+    let mut b = tezipfs::index::Batch::default();
+    b.put(b"pending".to_vec(), vec![5u8; 64 << 10]);
+    store.keep_room_for_index();
+    index.apply(b).unwrap();
+    // Another program fills the disk to the last block.
+    let mut filler = std::fs::File::create(disk.disk.join("filler")).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while filler.write(&chunk).is_ok_and(|n| n > 0) {}
+    assert!(free_bytes(&disk.disk) < 1 << 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!reserve.exists(), "the periodic flush gave up the reserve before it wrote");
+    // The index still records changes, and what was pending is there.
+    let mut b = tezipfs::index::Batch::default();
+    b.put(b"after".to_vec(), b"full".to_vec());
+    store.keep_room_for_index();
+    index.apply(b).unwrap_or_else(|e| panic!("index change on a full disk: {e}"));
+    index.flush().unwrap_or_else(|e| panic!("index flush on a full disk: {e}"));
+    assert_eq!(index.store().get(b"pending").unwrap().map(|v| v.len()), Some(64 << 10));
 }
 
 #[test]

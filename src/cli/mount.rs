@@ -173,7 +173,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     tch::set_num_threads(1);
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let store = Store::open(&args.store)?;
-    let index = Index::open(Box::new(SledStore::open(&store.index_dir())?)).context("cannot open the index")?;
+    let index = Index::open(Box::new(SledStore::open_keeping_room(&store.index_dir(), store.room_for_index())?)).context("cannot open the index")?;
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
     let engine = Engine::start(vfs.clone(), threads)?;
     vfs.start_readahead(threads)?;
