@@ -160,6 +160,7 @@ impl Vfs {
         let _g = self.lock();
         let mut b = crate::index::Batch::default();
         b.put(keys::dir_model(dir), hash.to_vec());
+        self.store.keep_room_for_index();
         self.index.apply(b)?;
         self.index.flush()?;
         Ok(())

@@ -192,6 +192,7 @@ impl Vfs {
         }
         let mut batch = Batch::default();
         batch.delete(keys::SCRUB_NEXT.to_vec());
+        self.store.keep_room_for_index();
         self.index.apply(batch)?;
         self.index.flush()?;
         let n = self.scrub.status.lock().unwrap_or_else(|e| e.into_inner()).problems.len();
