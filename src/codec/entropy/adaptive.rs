@@ -31,7 +31,10 @@
 //! the intensity context above replaces one instead), a 16-symbol adaptive
 //! CDF instead of the binary ladder, and two interleaved slices for speed (two independent
 //! dependency chains did not decode faster: the time goes to mispredicted branches, not to
-//! latency, and they cost about 1% in size; the format keeps a slice count, always 1).
+//! latency, and they cost about 1% in size; the format keeps a slice count, always 1);
+//! logistic mixing of the four estimates instead of the average (0.1-1.9% smaller for 30-42% of
+//! the decoding speed) and update-count rates (larger on all but one set):
+//! `docs/results/issue14-mixing.txt`.
 //!
 //! Speed notes (the bitstream is fixed; these only change how it is computed): the range
 //! decoder computes both outcomes of a decision and selects, and renormalises its first byte
