@@ -52,7 +52,15 @@ struct Reserve {
     /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
     /// room).
     held: std::sync::atomic::AtomicBool,
+    /// sled's log file (opened on first use) and the length it had when blocks past its end
+    /// were last allocated for it ([`Reserve::preallocate_index`]).
+    index_log: std::sync::Mutex<(Option<File>, u64)>,
 }
+
+/// Blocks allocated past the end of sled's log file (`fallocate`, keeping its size): sled writes
+/// its next segments into them without asking the disk for room, so a writer that fills the disk
+/// between our room check and sled's write cannot make that write fail.
+const INDEX_PREALLOCATED: u64 = 8 << 20;
 
 pub struct Store {
     root: PathBuf,
@@ -83,7 +91,7 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = disk::remove_file(&e.path());
         }
-        let reserve = Reserve { root: root.to_path_buf(), held: root.join(RESERVE_FILE).exists().into() };
+        let reserve = Reserve { root: root.to_path_buf(), held: root.join(RESERVE_FILE).exists().into(), index_log: Default::default() };
         let store = Store { root: root.to_path_buf(), _lock: lock, reserve: reserve.into(), staging_created: 0.into(), staging_synced: 0.into() };
         store.restore_reserve();
         Ok(store)
@@ -352,6 +360,7 @@ impl Reserve {
     /// [`Store::keep_room_for_index`].
     fn keep_room_for_index(&self) {
         use std::sync::atomic::Ordering;
+        self.preallocate_index();
         if !self.held.load(Ordering::Relaxed) || free_bytes(&self.root).is_ok_and(|f| f >= INDEX_ROOM) {
             return;
         }
@@ -362,10 +371,35 @@ impl Reserve {
                     // Blocks of a deleted file are free once the journal commits it.
                     let _ = File::open(&self.root).and_then(|d| d.sync_all());
                     tracing::warn!(store = %self.root.display(), "the store's disk is full: gave up the {} MiB reserve so that the index can still record changes", RESERVE >> 20);
+                    self.preallocate_index();
                 }
                 Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot delete the reserve file of a full store"),
             }
         }
+    }
+}
+
+impl Reserve {
+    /// Make sure [`INDEX_PREALLOCATED`] bytes past the end of sled's log file are allocated
+    /// (again after it grew); whether they are. Fails quietly (no such file yet, a full disk, a
+    /// filesystem without `fallocate`): the reserve file is the fallback.
+    fn preallocate_index(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut g = self.index_log.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0.is_none() {
+            g.0 = File::options().write(true).open(self.root.join("index").join("db")).ok();
+            g.1 = u64::MAX;
+        }
+        let Some(f) = g.0.as_ref() else { return false };
+        let Ok(len) = f.metadata().map(|m| m.len()) else { return false };
+        if len == g.1 {
+            return true;
+        }
+        // SAFETY: fallocate(2) on a descriptor we own; KEEP_SIZE leaves the file's size (and so
+        // what sled reads) unchanged.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, len as libc::off_t, INDEX_PREALLOCATED as libc::off_t) };
+        g.1 = if r == 0 { len } else { u64::MAX };
+        r == 0
     }
 }
 
@@ -402,6 +436,37 @@ pub fn remove_if_there(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before an index change the blocks past the end of sled's log are allocated (its size
+    /// unchanged), and again after the log grew: sled's next writes need no room from the disk.
+    #[test]
+    fn room_for_index_allocates_blocks_past_the_end_of_its_log() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let index = crate::index::SledStore::open_keeping_room(&store.index_dir(), store.room_for_index()).unwrap();
+        let log = store.index_dir().join("db");
+        let allocated = || {
+            let m = std::fs::metadata(&log).unwrap();
+            (m.len(), m.blocks() * 512)
+        };
+        let (len0, _) = allocated();
+        store.keep_room_for_index();
+        let (len, blocks) = allocated();
+        assert_eq!(len, len0, "the log's size is sled's");
+        assert!(blocks >= len + INDEX_PREALLOCATED, "{blocks} bytes allocated for a log of {len}");
+        use crate::index::MetaStore;
+        for k in 0..64u32 {
+            let mut b = crate::index::Batch::default();
+            b.put(k.to_be_bytes().to_vec(), vec![k as u8; 64 << 10]);
+            index.apply(b).unwrap();
+        }
+        index.flush().unwrap();
+        store.keep_room_for_index();
+        let (grown, blocks) = allocated();
+        assert!(grown > len, "the log grew: {grown}");
+        assert!(blocks >= grown + INDEX_PREALLOCATED, "{blocks} bytes allocated for a log of {grown}");
+    }
 
     #[test]
     fn a_created_staging_file_marks_the_directory_for_one_fsync() {
