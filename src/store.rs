@@ -177,7 +177,7 @@ impl Store {
     }
 
     pub fn index_dir(&self) -> PathBuf {
-        self.root.join("index")
+        index_dir(&self.root)
     }
 
     /// Learned models, by hash (`crate::model::registry`).
@@ -377,30 +377,33 @@ impl Reserve {
             }
         }
     }
-}
 
-impl Reserve {
     /// Make sure [`INDEX_PREALLOCATED`] bytes past the end of sled's log file are allocated
-    /// (again after it grew); whether they are. Fails quietly (no such file yet, a full disk, a
-    /// filesystem without `fallocate`): the reserve file is the fallback.
-    fn preallocate_index(&self) -> bool {
+    /// (again after it grew). Fails quietly (no such file yet, a full disk, a filesystem without
+    /// `fallocate`): the reserve file is the fallback, and the next index change tries again.
+    fn preallocate_index(&self) {
         use std::os::fd::AsRawFd;
         let mut g = self.index_log.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.is_none() {
-            g.0 = File::options().write(true).open(self.root.join("index").join("db")).ok();
+            // (`db` is sled 0.34's log file.)
+            g.0 = File::options().write(true).open(index_dir(&self.root).join("db")).ok();
             g.1 = u64::MAX;
         }
-        let Some(f) = g.0.as_ref() else { return false };
-        let Ok(len) = f.metadata().map(|m| m.len()) else { return false };
+        let Some(f) = g.0.as_ref() else { return };
+        let Ok(len) = f.metadata().map(|m| m.len()) else { return };
         if len == g.1 {
-            return true;
+            return;
         }
         // SAFETY: fallocate(2) on a descriptor we own; KEEP_SIZE leaves the file's size (and so
         // what sled reads) unchanged.
         let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, len as libc::off_t, INDEX_PREALLOCATED as libc::off_t) };
         g.1 = if r == 0 { len } else { u64::MAX };
-        r == 0
     }
+}
+
+/// Where a store at `root` keeps its index.
+fn index_dir(root: &Path) -> PathBuf {
+    root.join("index")
 }
 
 /// statvfs(2) of the filesystem `path` is on.
