@@ -26,7 +26,7 @@ fn main() {
                     let p = match label {
                         "none" => Prediction::Frame(&zero),
                         "previous" if k > 0 => Prediction::Frame(&frames[k - 1]),
-                        "linear" if k > 0 => Prediction::Linear { prev: &frames[k - 1], width: w, coefs: &coefs },
+                        "linear" if k > 0 => Prediction::Linear { prev: &frames[k - 1], width: w, coefs: &coefs, boxes: &[] },
                         _ => Prediction::Intra { width: w },
                     };
                     quantizer::encode(dtype, FrameBound::Lossless, x, p).codes

@@ -74,7 +74,7 @@ fn main() {
             let mut prev_codes: Vec<u32> = vec![0; n];
             let mut bytes = 0usize;
             for (k, f) in frames.iter().enumerate().skip(1) {
-                let pred = tezipfs::codec::quantizer::Prediction::Linear { prev: &refs[k - 1], width: w, coefs: &coefs };
+                let pred = tezipfs::codec::quantizer::Prediction::Linear { prev: &refs[k - 1], width: w, coefs: &coefs, boxes: &[] };
                 let codes = tezipfs::codec::quantizer::lossless_codes(dtype, f, pred);
                 let side = Side { prev: (k > 1).then_some(&prev_codes[..]), carry: k > 1, ..Side::default() };
                 bytes += coder.encode(Stage::Adaptive, &codes, dtype.bytes(), w, side).unwrap().len();

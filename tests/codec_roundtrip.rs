@@ -1816,7 +1816,8 @@ fn lossless_windows_weigh_the_intensity_where_it_pays() {
     let blob = Blob::parse(&enc.blob).unwrap();
     let flagged: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)).collect();
     assert_eq!(flagged, (1..files.len()).collect::<Vec<_>>(), "every frame after the key weighs the intensity");
-    assert_eq!(version_of(&enc.blob), 8);
+    // (Version 9 when `linear` takes its wide taps too, as it does here.)
+    assert!(matches!(version_of(&enc.blob), 8 | 9), "version {}", version_of(&enc.blob));
     let decoded = decode_window(&enc.blob).unwrap();
     for (file, out) in files.iter().zip(&decoded) {
         assert_eq!(crc32c::crc32c(out), crc32c::crc32c(file), "bit-exact");
@@ -1929,4 +1930,71 @@ fn counts_stage_needs_version_8() {
     b[8..10].copy_from_slice(&8u16.to_le_bytes());
     let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("counts"), "a version-8 blob without counts: {err:?}");
+}
+
+// ---- linear's wide tap set (container version 9) ---------------------------------------------
+
+/// The coefficients a blob's `linear` predictor stores (empty for other predictors).
+fn linear_coefs(blob: &[u8]) -> Vec<i32> {
+    Decoder::new(blob).unwrap().header().params.as_ref().map(|p| p.coefs.clone()).unwrap_or_default()
+}
+
+/// Photon-noise frames, lossless under `best`, take linear's wide tap set (11 coefficients) in a
+/// version-9 blob that decodes bit for bit every way, also cut into slices (a version-7 blob of
+/// version-9 slices); bit flips and truncations are caught. `balanced`, and any bound, keep the
+/// narrow set and the older version.
+#[test]
+fn photon_noise_takes_linears_wide_taps_under_best() {
+    use tezipfs::codec::entropy::EntropyChoice;
+    for dtype in [DType::U16, DType::U8] {
+        let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(96, 64, 8, 5) });
+        let what = format!("detector {dtype}");
+        let best = Options { entropy: EntropyChoice::Best, ..options(raw(96, 64, dtype, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+        let enc = round_trip(&files, &best, &what);
+        assert_all_frames(&enc, &what);
+        assert_eq!(linear_coefs(&enc.blob).len(), 11, "{what}: the wide set");
+        assert_eq!(version_of(&enc.blob), 9, "{what}");
+        flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 60).into_iter(), &what);
+        truncations(&enc.blob, &files, [17, enc.blob.len() / 2, enc.blob.len() - 1].into_iter(), &what);
+
+        let sliced = Options { slice_pixels: 96 * 20, ..best.clone() };
+        let enc = round_trip(&files, &sliced, &format!("{what} sliced"));
+        assert_eq!(version_of(&enc.blob), 7, "{what} sliced");
+        assert!(Decoder::new(&enc.blob).unwrap().slice_count() > 1, "{what}: cut into slices");
+
+        let balanced = round_trip(&files, &Options { entropy: EntropyChoice::Balanced, ..best.clone() }, &format!("{what} balanced"));
+        let bounded = encode_within_bound(&files, &Options { bound: Bound::Abs(2.0), ..best.clone() }, dtype, &format!("{what} best abs:2"));
+        for (enc, label) in [(balanced, "balanced"), (bounded, "best abs:2")] {
+            assert_eq!(linear_coefs(&enc.blob).len(), 10, "{what} {label}: the narrow set");
+            assert!(version_of(&enc.blob) < 9, "{what} {label}");
+        }
+    }
+}
+
+/// The version rules of the wide set: a blob that says an older version is refused (an older
+/// build would take its coefficients for damage), and so is a version-9 blob without it.
+#[test]
+fn linears_wide_taps_need_version_9() {
+    use tezipfs::codec::container::reseal;
+    use tezipfs::codec::entropy::EntropyChoice;
+    let files = generate_raw(&SequenceSpec::detector_u16(96, 64, 6, 7));
+    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(96, 64, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+    let blob = encode_window(&refs(&files), &opts).unwrap().blob;
+    assert_eq!(version_of(&blob), 9);
+    for older in [2u16, 6, 8] {
+        let mut b = blob.clone();
+        b[8..10].copy_from_slice(&older.to_le_bytes());
+        let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("coefficients") || err.contains("version"), "version {older}: {err:?}");
+    }
+    // (A version-8 blob, counts coded as counts: its header is laid out as version 9's.)
+    let counts = photon_files(DType::U16, 48, 32, 4, 0.5, 3);
+    let v8 = encode_window(&refs(&counts), &Options { entropy: EntropyChoice::Best, ..options(raw(48, 32, DType::U16, 0), PredictorChoice::Auto, false) })
+        .unwrap()
+        .blob;
+    assert_eq!(version_of(&v8), 8);
+    let mut b = v8.clone();
+    b[8..10].copy_from_slice(&9u16.to_le_bytes());
+    let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("wide linear"), "a version-9 blob without the wide set: {err:?}");
 }

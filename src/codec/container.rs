@@ -1,8 +1,9 @@
-//! The blob container (format versions 1 to 8, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 9, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
-//! slices, each coded as a blob of its own (version 2 to 6 or 8) inside the outer one
+//! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
-//! whose adaptive stage weighs the intensity of their reference.
+//! whose adaptive stage weighs the intensity of their reference; version 9 is version 8 whose
+//! `linear` predictor uses the wide tap set.
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -23,7 +24,7 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
 /// reference, so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 8;
+pub const VERSION: u16 = 9;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -181,6 +182,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if header.params.as_ref().is_some_and(needs_v9) {
+            9
         } else if needs_v8(&header.entries) {
             8
         } else if header.params.as_ref().is_some_and(uses_model) {
@@ -287,7 +290,7 @@ fn section_bytes(payload: &[u8], s: Section) -> Option<&[u8]> {
 
 /// Parse the slice blobs of a version-7 header (their headers only: each slice blob's sections
 /// are checked as it is decoded, the outer section's CRC by [`section_of`] where wanted) and check
-/// that they fit the outer header: versions 2 to 6 or 8 (slices do not nest), the outer pixel type and
+/// that they fit the outer header: versions 2 to 6, 8 or 9 (slices do not nest), the outer pixel type and
 /// width, the slice's rows, one frame entry per outer frame entry under the same bound, one
 /// learned model at most. Fills what the outer frame entries and parameters take from the slices.
 fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
@@ -300,7 +303,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8) {
+        if !matches!(version, 2..=6 | 8 | 9) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -415,6 +418,11 @@ fn uses_model(p: &Params) -> bool {
 
 /// Whether some frame's counts are coded as counts (entropy stage 6) or the adaptive stage weighs
 /// the intensity of some frame's reference (what version 8 is for).
+/// Whether the window's `linear` predictor uses the wide tap set (what version 9 is for).
+fn needs_v9(p: &Params) -> bool {
+    p.predictor == PredictorId::Linear && super::predict::linear::is_wide(&p.coefs)
+}
+
 fn needs_v8(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Counts || f.intensity))
 }
@@ -713,8 +721,8 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 coefs.push(c.u32()? as i32);
             }
         }
-        if predictor == PredictorId::Linear && !super::predict::linear::valid(&coefs) {
-            return Err(bad("bad linear predictor coefficients"));
+        if predictor == PredictorId::Linear && (!super::predict::linear::valid(&coefs) || (super::predict::linear::is_wide(&coefs) && version < 9)) {
+            return Err(bad(format!("bad linear predictor coefficients ({} in a version {version} blob)", coefs.len())));
         }
         if model != [0; 32] && (version < 6 || !predictor.takes_model()) {
             return Err(bad(format!("a learned model on predictor {predictor} in a version {version} blob")));
@@ -786,6 +794,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         5 => needs_v5(&entries),
         6 => params.as_ref().is_some_and(uses_model),
         8 => needs_v8(&entries),
+        9 => params.as_ref().is_some_and(needs_v9),
         _ => true,
     };
     if !used {
@@ -796,6 +805,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 4 => "motion block modes",
                 5 => "sub-pixel motion or carried adaptive models",
                 6 => "a learned model",
+                9 => "the wide linear tap set",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

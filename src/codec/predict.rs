@@ -129,8 +129,9 @@ impl PredictorId {
     ];
 
     /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
-    /// `motion`, already moved) and the window's predictor coefficients (`linear` only).
-    pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32]) -> Prediction<'a> {
+    /// `motion`, already moved) and the window's predictor coefficients (`linear` only) with
+    /// the [`linear::box_means`] of `pred` (its wide tap set only).
+    pub fn prediction<'a>(self, k: usize, pred: &'a [u32], width: usize, coefs: &'a [i32], boxes: &'a [u32]) -> Prediction<'a> {
         if k == 0 && self.intra_key() {
             return Prediction::Intra { width };
         }
@@ -139,7 +140,7 @@ impl PredictorId {
             PredictorId::PreviousMed | PredictorId::MotionMed => Prediction::TemporalMed { prev: pred, width },
             PredictorId::Blend => Prediction::Blend { prev: pred, width },
             PredictorId::Spatial => Prediction::Intra { width },
-            PredictorId::Linear => Prediction::Linear { prev: pred, width, coefs },
+            PredictorId::Linear => Prediction::Linear { prev: pred, width, coefs, boxes },
         }
     }
 
@@ -351,6 +352,10 @@ pub struct Session {
     moved: Vec<u32>,
     moving: bool,
     modes: Option<Vec<u8>>,
+    /// `linear` with its wide tap set: the box means of frame `k`'s reference, and the sums
+    /// that make them.
+    boxes: Vec<u32>,
+    box_sums: Vec<u64>,
 }
 
 impl Session {
@@ -379,6 +384,8 @@ impl Session {
             moved: Vec::new(),
             moving: false,
             modes: None,
+            boxes: Vec::new(),
+            box_sums: Vec::new(),
         })
     }
 
@@ -495,7 +502,7 @@ impl Session {
     pub fn prediction(&self) -> Prediction<'_> {
         match &self.modes {
             Some(modes) => Prediction::BlockModes { prev: self.moved(), width: self.geom.width, modes },
-            None => self.pid.prediction(self.k, self.moved(), self.geom.width, &self.coefs),
+            None => self.pid.prediction(self.k, self.moved(), self.geom.width, &self.coefs, &self.boxes),
         }
     }
 
@@ -545,6 +552,13 @@ pub fn begin_batch(sessions: &mut [&mut Session]) -> Result<(), PredictError> {
         model.predict_batch(&mut states, &mut outs)?;
         for s in picked {
             s.begun = true;
+        }
+    }
+    for s in sessions.iter_mut() {
+        if s.pid == PredictorId::Linear && linear::is_wide(&s.coefs) && s.has_reference() {
+            let (mut boxes, mut sums) = (std::mem::take(&mut s.boxes), std::mem::take(&mut s.box_sums));
+            linear::box_means(s.reference(), s.geom.width, &mut boxes, &mut sums);
+            (s.boxes, s.box_sums) = (boxes, sums);
         }
     }
     Ok(())

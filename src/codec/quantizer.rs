@@ -516,8 +516,11 @@ mod tests {
             let coefs = [4000, 3000, -1000, 800, 9000, 500, 400, -300, 600, 77];
             for e in [1.0, 2.0, 2.5, 4.0, 1000.0, 1e12] {
                 let bound = FrameBound::Abs(e);
-                for pred in [Prediction::Frame(&p), Prediction::TemporalMed { prev: &p, width: 25 }, Prediction::Linear { prev: &p, width: 25, coefs: &coefs }]
-                {
+                for pred in [
+                    Prediction::Frame(&p),
+                    Prediction::TemporalMed { prev: &p, width: 25 },
+                    Prediction::Linear { prev: &p, width: 25, coefs: &coefs, boxes: &[] },
+                ] {
                     let (a, b) = (encode_int_abs(dtype, e, &x, pred), encode_quantised(dtype, bound, &x, pred));
                     assert!(a.codes == b.codes && a.recon == b.recon && a.escapes == b.escapes, "{dtype} abs:{e}");
                     // The decoder's integer path reconstructs as the general one, from the

@@ -1,7 +1,7 @@
 //! Frame slices (container version 7): the frames of a window with more pixels than
 //! [`Options::slice_pixels`] are cut into horizontal stripes, and each stripe sequence is coded
 //! as a window of its own (its own predictor choice, motion confined to the stripe, its own
-//! entropy models) into a blob of version 2 to 6 or 8 inside the outer blob. What belongs to the
+//! entropy models) into a blob of version 2 to 6, 8 or 9 inside the outer blob. What belongs to the
 //! whole file stays once, in the outer blob: the bytes outside the pixels (skeleton), the pixel
 //! ranges and byte order, the length and the CRC32C of the whole file, and the opaque entries.
 //!

@@ -1,8 +1,13 @@
 //! The per-window least-squares predictor (`linear`, predictor id 5).
 //!
-//! A predicted frame's pixel is a fixed-point linear blend of nine neighbours plus a constant:
-//! the already reconstructed left, up, up-left and up-right pixels of the current frame and the
-//! previous reconstructed frame at the pixel and its left, right, up and down neighbours.
+//! A predicted frame's pixel is a fixed-point linear blend of neighbours plus a constant. The
+//! *narrow* tap set (nine taps, every version): the already reconstructed left, up, up-left and
+//! up-right pixels of the current frame and the previous reconstructed frame at the pixel and its
+//! left, right, up and down neighbours. The *wide* set (ten taps, container version 9) adds the
+//! previous frame's 5x5 mean around the pixel: a denoised view of the previous frame, which pays
+//! on photon noise (the detector fixture u16 0.8% smaller lossless under `best`; the four
+//! diagonal neighbours and a 9x9 mean as well added 0.03% more, `examples/denoise_lab.rs`
+//! measured the like). The number of coefficients says which set a window uses.
 //! The weights are fitted by least squares on the window's first frames (floating point, in the
 //! encoder only), rounded to integers with [`SHIFT`] fractional bits and stored in the blob, so
 //! the prediction itself is integer-only and bit-exact on every machine.
@@ -13,22 +18,94 @@
 //! majority (`examples/denoise_lab.rs`: lossless ctc-fluo-nuclei 2.2% smaller with `linear`,
 //! the detector fixtures 0.2-0.7%).
 
-/// Weights per tap, then the constant term.
+/// Weights per tap of the narrow set, then the constant term.
 pub const TAPS: usize = 9;
 pub const COEFS: usize = TAPS + 1;
+/// Taps of the wide set (container version 9) and its coefficients.
+pub const WIDE_TAPS: usize = TAPS + 1;
+pub const WIDE_COEFS: usize = WIDE_TAPS + 1;
 /// Fractional bits of the weights.
 pub const SHIFT: u32 = 14;
 /// Largest weight magnitude a blob may hold (keeps the sums far inside i64).
 pub const MAX_WEIGHT: i32 = 1 << 20;
+/// Radius of the wide set's box mean (5x5).
+const BOX_RADIUS: usize = 2;
+const BOX_AREA: u64 = ((2 * BOX_RADIUS + 1) * (2 * BOX_RADIUS + 1)) as u64;
+/// The wide set is kept only where its fit leaves at least this share less weighted squared
+/// error than the narrow one's (it costs some decoding speed).
+const WIDE_GAIN: f64 = 0.02;
 
-/// Whether `coefs` is a valid coefficient set.
+/// Whether `coefs` is a valid coefficient set (narrow or wide).
 pub fn valid(coefs: &[i32]) -> bool {
-    coefs.len() == COEFS && coefs[..TAPS].iter().all(|w| w.unsigned_abs() <= MAX_WEIGHT as u32)
+    let taps = match coefs.len() {
+        COEFS => TAPS,
+        WIDE_COEFS => WIDE_TAPS,
+        _ => return false,
+    };
+    coefs[..taps].iter().all(|w| w.unsigned_abs() <= MAX_WEIGHT as u32)
 }
 
-/// The taps of pixel `i`: a missing neighbour (frame border) is replaced by `prev[i]`.
+/// Whether `coefs` use the wide tap set (container version 9).
+pub fn is_wide(coefs: &[i32]) -> bool {
+    coefs.len() == WIDE_COEFS
+}
+
+/// The 5x5 means of `prev` (frames of `width` columns), rounded to nearest, into `out` (as many
+/// as `prev`): the wide set's last tap. Pixels outside the frame take the value of the nearest
+/// one (coordinates clamped to the edges; a partial last row is completed from the row above,
+/// or by its last pixel in a frame of one row). Sliding sums along each row, then down each
+/// column; integer-only, the same on every machine. `scratch` is reused between calls.
+pub fn box_means(prev: &[u32], width: usize, out: &mut Vec<u32>, scratch: &mut Vec<u64>) {
+    const R: usize = BOX_RADIUS;
+    let n = prev.len();
+    // (Every value is written below: no need to clear.)
+    out.resize(n, 0);
+    if n == 0 || width == 0 {
+        return;
+    }
+    let rows = n.div_ceil(width);
+    scratch.resize(rows * width, 0);
+    let mut line = Vec::with_capacity(width);
+    for (y, h) in scratch.chunks_exact_mut(width).enumerate() {
+        line.clear();
+        line.extend_from_slice(&prev[y * width..((y + 1) * width).min(n)]);
+        let have = line.len();
+        if y > 0 {
+            line.extend_from_slice(&prev[y * width + have - width..][..width - have]);
+        } else {
+            line.resize(width, prev[n - 1]);
+        }
+        let at = |x: isize| line[x.clamp(0, width as isize - 1) as usize] as u64;
+        let mut s: u64 = (-(R as isize)..=R as isize).map(at).sum();
+        for (x, hx) in h.iter_mut().enumerate() {
+            *hx = s;
+            s += line[(x + R + 1).min(width - 1)] as u64;
+            s -= line[x.saturating_sub(R)] as u64;
+        }
+    }
+    let hrow = |y: isize| &scratch[y.clamp(0, rows as isize - 1) as usize * width..][..width];
+    let mut column: Vec<u64> = vec![0; width];
+    for dy in -(R as isize)..=R as isize {
+        for (c, v) in column.iter_mut().zip(hrow(dy)) {
+            *c += v;
+        }
+    }
+    for (y, means) in out.chunks_mut(width).enumerate() {
+        for (o, c) in means.iter_mut().zip(&column) {
+            *o = ((c + BOX_AREA / 2) / BOX_AREA) as u32;
+        }
+        let (add, sub) = (hrow(y as isize + R as isize + 1), hrow(y as isize - R as isize));
+        for ((c, a), s) in column.iter_mut().zip(add).zip(sub) {
+            *c = *c + a - s;
+        }
+    }
+}
+
+/// The taps of pixel `i`: a missing neighbour (frame border) is replaced by `prev[i]`. The
+/// first [`TAPS`] are the narrow set; the last is `boxes[i]` ([`box_means`] of `prev`), or
+/// `prev[i]` when `boxes` is empty.
 #[inline(always)]
-fn taps(recon: &[u32], prev: &[u32], i: usize, width: usize) -> [i64; TAPS] {
+fn taps(recon: &[u32], prev: &[u32], boxes: &[u32], i: usize, width: usize) -> [i64; WIDE_TAPS] {
     let n = prev.len();
     let x = i % width;
     let p = prev[i];
@@ -45,21 +122,42 @@ fn taps(recon: &[u32], prev: &[u32], i: usize, width: usize) -> [i64; TAPS] {
         g(r && i + 1 < n, prev, i + 1),
         g(u, prev, i.wrapping_sub(width)),
         g(d, prev, i + width),
+        boxes.get(i).map_or(p, |&b| b) as i64,
     ]
 }
 
-/// The prediction of pixel `i` from the reconstructed pixels before it (`recon`) and the
-/// previous reconstructed frame, clamped to `0..=mask`. `coefs` must be [`valid`].
+/// The prediction of pixel `i` from the reconstructed pixels before it (`recon`), the previous
+/// reconstructed frame and (wide set) its [`box_means`], clamped to `0..=mask`. `coefs` must be
+/// [`valid`]; `boxes` is read only by the wide set.
 #[inline(always)]
-pub fn predict(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usize, mask: u32) -> u32 {
-    blend(coefs, taps(recon, prev, i, width), mask)
+pub fn predict(coefs: &[i32], recon: &[u32], prev: &[u32], boxes: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    let t = taps(recon, prev, boxes, i, width);
+    if is_wide(coefs) {
+        blend::<WIDE_TAPS>(coefs, &t, mask)
+    } else {
+        blend::<TAPS>(coefs, &t, mask)
+    }
 }
 
-/// [`predict`] for a pixel that has all its neighbours (not on the frame's border): the same
-/// value without the border tests.
+/// [`predict`] for a pixel that has all its neighbours (not on the frame's border), narrow set:
+/// the same value without the border tests.
 #[inline(always)]
 pub fn predict_interior(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, width: usize, mask: u32) -> u32 {
-    let t = [
+    blend::<TAPS>(coefs, &interior_taps(recon, prev, i, width), mask)
+}
+
+/// [`predict_interior`] with the wide set.
+#[inline(always)]
+pub fn predict_wide_interior(coefs: &[i32], recon: &[u32], prev: &[u32], boxes: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    let t = interior_taps(recon, prev, i, width);
+    let sum = blend_sum::<TAPS>(coefs, &t) + coefs[TAPS] as i64 * boxes[i] as i64 + coefs[WIDE_TAPS] as i64;
+    round(sum, mask)
+}
+
+/// The narrow taps of a pixel that has all its neighbours.
+#[inline(always)]
+fn interior_taps(recon: &[u32], prev: &[u32], i: usize, width: usize) -> [i64; TAPS] {
+    [
         recon[i - 1] as i64,
         recon[i - width] as i64,
         recon[i - width - 1] as i64,
@@ -69,16 +167,29 @@ pub fn predict_interior(coefs: &[i32], recon: &[u32], prev: &[u32], i: usize, wi
         prev[i + 1] as i64,
         prev[i - width] as i64,
         prev[i + width] as i64,
-    ];
-    blend(coefs, t, mask)
+    ]
 }
 
+/// The weighted sum of the first `N` taps.
 #[inline(always)]
-fn blend(coefs: &[i32], t: [i64; TAPS], mask: u32) -> u32 {
-    let mut sum = coefs[TAPS] as i64;
-    for k in 0..TAPS {
+fn blend_sum<const N: usize>(coefs: &[i32], t: &[i64]) -> i64 {
+    let mut sum = 0i64;
+    for k in 0..N {
         sum += coefs[k] as i64 * t[k];
     }
+    sum
+}
+
+/// The blend of `N` taps with `coefs` (`N` weights, then the constant), rounded.
+#[inline(always)]
+fn blend<const N: usize>(coefs: &[i32], t: &[i64], mask: u32) -> u32 {
+    round(blend_sum::<N>(coefs, t) + coefs[N] as i64, mask)
+}
+
+/// A fixed-point sum rounded to a pixel value. (The sums are exact: weights below 2^20, taps
+/// below 2^32, at most eleven terms, far inside i64; the order of the terms does not matter.)
+#[inline(always)]
+fn round(sum: i64, mask: u32) -> u32 {
     ((sum + (1 << (SHIFT - 1))) >> SHIFT).clamp(0, mask as i64) as u32
 }
 
@@ -102,8 +213,8 @@ impl Weighting {
     }
 }
 
-/// Fit the weights on consecutive frame pairs (`frames[k - 1]` predicting `frames[k]`) by least
-/// squares (ridge-regularised), on every other pixel. None when there is no pair.
+/// Fit the narrow weights on consecutive frame pairs (`frames[k - 1]` predicting `frames[k]`)
+/// by least squares (ridge-regularised), on every other pixel. None when there is no pair.
 pub fn fit(frames: &[&[u32]], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
     let pairs: Vec<(&[u32], &[u32])> = frames.windows(2).map(|p| (p[0], p[1])).collect();
     fit_pairs(&pairs, width, weighting)
@@ -111,60 +222,142 @@ pub fn fit(frames: &[&[u32]], width: usize, weighting: Weighting) -> Option<Vec<
 
 /// [`fit`] on pairs of (reference, frame): the reference is what the predictor reads as the
 /// previous frame (a learned model's correction of it, when the window has one).
-#[allow(clippy::needless_range_loop)] // matrix code reads best with indices
 pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
-    if pairs.is_empty() || width == 0 {
-        return None;
+    let normal = Normal::of(pairs, width, weighting, false)?;
+    normal.coefs(&NARROW)
+}
+
+/// [`fit_pairs`] with both tap sets: the wide one where its fit leaves at least [`WIDE_GAIN`]
+/// less weighted squared error than the narrow one (frames of whole rows only).
+pub fn fit_pairs_either(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
+    let whole_rows = width > 0 && pairs.iter().all(|(p, _)| p.len() % width == 0);
+    let normal = Normal::of(pairs, width, weighting, whole_rows)?;
+    let narrow = normal.solve(&NARROW);
+    if !whole_rows {
+        return normal.coefs(&NARROW);
     }
-    const D: usize = COEFS;
-    let mut ata = [[0f64; D]; D];
-    let mut atb = [0f64; D];
-    let mut count = 0usize;
-    let mut total_weight = 0f64;
-    for &(prev, cur) in pairs {
-        if prev.len() != cur.len() {
+    let all = ALL;
+    match (normal.solve(&all), narrow) {
+        (Some(w), Some(nw)) if normal.error(&all, &w) < (1.0 - WIDE_GAIN) * normal.error(&NARROW, &nw) => Some(quantise(&w, WIDE_TAPS)),
+        (_, Some(nw)) => Some(quantise(&nw, TAPS)),
+        (Some(w), None) => Some(quantise(&w, WIDE_TAPS)),
+        (None, None) => None,
+    }
+}
+
+/// The narrow set's unknowns among the wide system's: its nine taps and the constant.
+const NARROW: [usize; COEFS] = [0, 1, 2, 3, 4, 5, 6, 7, 8, WIDE_TAPS];
+/// The wide set's unknowns.
+const ALL: [usize; WIDE_COEFS] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+/// The weighted normal equations of the wide system (the narrow one is a part of it), the values
+/// centred on the previous pixel so the sums stay well conditioned.
+struct Normal {
+    ata: Vec<Vec<f64>>,
+    atb: Vec<f64>,
+    /// Weighted sum of the squared targets (for the residual error of a solution).
+    yy: f64,
+    total_weight: f64,
+    /// Pixels sampled: a system of more unknowns than half of them is not solved.
+    count: usize,
+}
+
+impl Normal {
+    fn of(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting, wide: bool) -> Option<Normal> {
+        if wide {
+            Normal::over(pairs, width, weighting, ALL)
+        } else {
+            Normal::over(pairs, width, weighting, NARROW)
+        }
+    }
+
+    /// The system of the unknowns `active` (fixed-size: the accumulation is the fit's hot loop),
+    /// placed in the wide system's rows and columns.
+    #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
+    fn over<const N: usize>(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting, active: [usize; N]) -> Option<Normal> {
+        if pairs.is_empty() || width == 0 {
             return None;
         }
-        // Centre the values around the previous pixel so the sums stay well conditioned.
-        for i in (0..cur.len()).step_by(2) {
-            let t = taps(cur, prev, i, width);
-            let base = t[4] as f64;
-            let mut f = [0f64; D];
-            for k in 0..TAPS {
-                f[k] = t[k] as f64 - base;
+        let wide = active.contains(&TAPS);
+        let mut a = [[0f64; N]; N];
+        let mut b = [0f64; N];
+        let (mut yy, mut count, mut total_weight) = (0f64, 0usize, 0f64);
+        let (mut boxes, mut scratch) = (Vec::new(), Vec::new());
+        for &(prev, cur) in pairs {
+            if prev.len() != cur.len() {
+                return None;
             }
-            f[TAPS] = 1.0;
-            let y = cur[i] as f64 - base;
-            let weight = match weighting {
-                Weighting::Uniform => 1.0,
-                Weighting::Counts => 1.0 / (base + 1.0),
-            };
-            for r in 0..D {
-                atb[r] += weight * f[r] * y;
-                for c in r..D {
-                    ata[r][c] += weight * f[r] * f[c];
+            if wide {
+                box_means(prev, width, &mut boxes, &mut scratch);
+            }
+            for i in (0..cur.len()).step_by(2) {
+                let t = taps(cur, prev, &boxes, i, width);
+                let base = t[4] as f64;
+                let f: [f64; N] = std::array::from_fn(|j| if active[j] == WIDE_TAPS { 1.0 } else { t[active[j]] as f64 - base });
+                let y = cur[i] as f64 - base;
+                let weight = match weighting {
+                    Weighting::Uniform => 1.0,
+                    Weighting::Counts => 1.0 / (base + 1.0),
+                };
+                for r in 0..N {
+                    b[r] += weight * f[r] * y;
+                    for c in r..N {
+                        a[r][c] += weight * f[r] * f[c];
+                    }
                 }
+                yy += weight * y * y;
+                count += 1;
+                total_weight += weight;
             }
-            count += 1;
-            total_weight += weight;
         }
-    }
-    if count < 2 * D {
-        return None;
-    }
-    for r in 0..D {
-        for c in 0..r {
-            ata[r][c] = ata[c][r];
+        const D: usize = WIDE_COEFS;
+        let (mut ata, mut atb) = (vec![vec![0f64; D]; D], vec![0f64; D]);
+        for r in 0..N {
+            atb[active[r]] = b[r];
+            for c in 0..N {
+                ata[active[r]][active[c]] = if c >= r { a[r][c] } else { a[c][r] };
+            }
         }
-        ata[r][r] += 1e-3 * total_weight;
+        Some(Normal { ata, atb, yy, total_weight, count })
     }
-    let w = solve(ata, atb)?;
-    // The centred model predicts base + sum w_k (t_k - base) + w_c: the weight of the previous
-    // pixel gets 1 - sum of the others.
-    let mut coefs = vec![0i32; COEFS];
+
+    /// The ridge-regularised solution over the unknowns `idx`.
+    fn solve(&self, idx: &[usize]) -> Option<Vec<f64>> {
+        if self.count < 2 * idx.len() {
+            return None;
+        }
+        let mut a: Vec<Vec<f64>> = idx.iter().map(|&r| idx.iter().map(|&c| self.ata[r][c]).collect()).collect();
+        for (k, row) in a.iter_mut().enumerate() {
+            row[k] += 1e-3 * self.total_weight;
+        }
+        solve(a, idx.iter().map(|&r| self.atb[r]).collect())
+    }
+
+    /// The weighted squared error of solution `w` over the unknowns `idx`.
+    fn error(&self, idx: &[usize], w: &[f64]) -> f64 {
+        let mut e = self.yy;
+        for (j, &r) in idx.iter().enumerate() {
+            e -= 2.0 * w[j] * self.atb[r];
+            for (k, &c) in idx.iter().enumerate() {
+                e += w[j] * w[k] * self.ata[r][c];
+            }
+        }
+        e
+    }
+
+    fn coefs(&self, idx: &[usize]) -> Option<Vec<i32>> {
+        self.solve(idx).map(|w| quantise(&w, idx.len() - 1))
+    }
+}
+
+/// Fixed-point coefficients from a centred solution `w` of `taps` weights and a constant: the
+/// centred model predicts base + sum w_k (t_k - base) + w_c, so the weight of the previous pixel
+/// (tap 4) gets 1 - the sum of the others.
+fn quantise(w: &[f64], taps: usize) -> Vec<i32> {
+    let mut coefs = vec![0i32; taps + 1];
     let scale = (1u64 << SHIFT) as f64;
     let mut sum_other = 0i64;
-    for k in 0..TAPS {
+    for k in 0..taps {
         if k == 4 {
             continue;
         }
@@ -173,31 +366,32 @@ pub fn fit_pairs(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting)
         sum_other += q as i64;
     }
     coefs[4] = ((1i64 << SHIFT) - sum_other).clamp(-(MAX_WEIGHT as i64), MAX_WEIGHT as i64) as i32;
-    coefs[TAPS] = (w[TAPS] * scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32;
-    Some(coefs)
+    coefs[taps] = (w[taps] * scale).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32;
+    coefs
 }
 
 /// Gaussian elimination with partial pivoting.
 #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
-fn solve<const D: usize>(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; D]> {
-    for col in 0..D {
-        let piv = (col..D).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let d = b.len();
+    for col in 0..d {
+        let piv = (col..d).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
         if a[piv][col].abs() < 1e-12 {
             return None;
         }
         a.swap(col, piv);
         b.swap(col, piv);
-        for r in col + 1..D {
+        for r in col + 1..d {
             let f = a[r][col] / a[col][col];
-            for c in col..D {
+            for c in col..d {
                 a[r][c] -= f * a[col][c];
             }
             b[r] -= f * b[col];
         }
     }
-    let mut x = [0f64; D];
-    for r in (0..D).rev() {
-        let s: f64 = (r + 1..D).map(|c| a[r][c] * x[c]).sum();
+    let mut x = vec![0f64; d];
+    for r in (0..d).rev() {
+        let s: f64 = (r + 1..d).map(|c| a[r][c] * x[c]).sum();
         x[r] = (b[r] - s) / a[r][r];
     }
     x.iter().all(|v| v.is_finite()).then_some(x)
@@ -221,7 +415,7 @@ mod tests {
         assert!(valid(&c));
         assert!((c[0] - (1 << (SHIFT - 1))).abs() < 200, "{c:?}");
         assert!((c[4] - (1 << (SHIFT - 1))).abs() < 200, "{c:?}");
-        let p = predict(&c, &cur, &prev, 45, w, 255);
+        let p = predict(&c, &cur, &prev, &[], 45, w, 255);
         assert!((p as i64 - cur[45] as i64).abs() <= 1);
     }
 
@@ -242,7 +436,7 @@ mod tests {
             (0..w * h).map(|i| if bright(i) && i % w > 0 { (2 * prev[i] + next() % 40).saturating_sub(prev[i - 1]) } else { prev[i] }).collect();
         let dark_error = |c: &[i32]| -> f64 {
             let dark = (0..w * h).filter(|&i| !bright(i) && !bright(i + w) && !bright(i.wrapping_sub(w)));
-            dark.map(|i| (predict(c, &cur, &prev, i, w, u32::MAX) as f64 - cur[i] as f64).abs()).sum::<f64>()
+            dark.map(|i| (predict(c, &cur, &prev, &[], i, w, u32::MAX) as f64 - cur[i] as f64).abs()).sum::<f64>()
         };
         let plain = fit(&[&prev, &cur], w, Weighting::Uniform).unwrap();
         let counts = fit(&[&prev, &cur], w, Weighting::Counts).unwrap();
@@ -251,11 +445,106 @@ mod tests {
         assert_eq!(Weighting::of(crate::codec::DType::F32), Weighting::Uniform);
     }
 
+    fn noise(seed: &mut u64) -> u32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u32
+    }
+
+    /// The box means are those of their definition (the mean over the 5x5 box, rounded, of the
+    /// frame with its edges replicated and a partial last row completed from the row above, or
+    /// by its last pixel in a frame of one row), on every small width, whole rows or not.
+    #[test]
+    fn box_means_are_their_definition() {
+        let mut seed = 5u64;
+        for width in 1..12 {
+            for n in [width * 9, width * 9 + width / 2, width, 3] {
+                let prev: Vec<u32> = (0..n).map(|_| noise(&mut seed) & 0xffff).collect();
+                let mut out = Vec::new();
+                box_means(&prev, width, &mut out, &mut Vec::new());
+                let rows = n.div_ceil(width) as i64;
+                let at = |x: i64, y: i64| {
+                    let i = (y.clamp(0, rows - 1) * width as i64 + x.clamp(0, width as i64 - 1)) as usize;
+                    (if i < n {
+                        prev[i]
+                    } else if i >= width {
+                        prev[i - width]
+                    } else {
+                        prev[n - 1]
+                    }) as u64
+                };
+                assert_eq!(out.len(), n);
+                for (i, &o) in out.iter().enumerate() {
+                    let (x, y) = ((i % width) as i64, (i / width) as i64);
+                    let sum: u64 = (-2..=2).flat_map(|dy| (-2..=2).map(move |dx| (dx, dy))).map(|(dx, dy)| at(x + dx, y + dy)).sum();
+                    assert_eq!(o as u64, (sum + 12) / 25, "width {width} n {n} pixel {i}");
+                }
+            }
+        }
+    }
+
+    /// Both sets predict the plain sum of their taps on every pixel (borders, partial rows,
+    /// every small width), the interior shortcuts included.
+    #[test]
+    fn predictions_are_the_sums_of_their_taps() {
+        let mut seed = 9u64;
+        let narrow = [4000, 3000, -1000, 800, 6000, 500, 400, -300, 600, -77];
+        let wide = [4000, 3000, -1000, 800, 6000, 500, 400, -300, 600, 1500, -77];
+        assert!(valid(&narrow) && !is_wide(&narrow) && valid(&wide) && is_wide(&wide));
+        for width in 1..9 {
+            for n in [width * 6, width * 6 + width / 2] {
+                let (prev, recon): (Vec<u32>, Vec<u32>) = (0..n).map(|_| (noise(&mut seed) & 0xffff, noise(&mut seed) & 0xffff)).unzip();
+                let mut boxes = Vec::new();
+                box_means(&prev, width, &mut boxes, &mut Vec::new());
+                for i in 0..n {
+                    let t = taps(&recon, &prev, &boxes, i, width);
+                    for coefs in [&narrow[..], &wide[..]] {
+                        let k = coefs.len() - 1;
+                        let sum = coefs[k] as i64 + (0..k).map(|j| coefs[j] as i64 * t[j]).sum::<i64>();
+                        assert_eq!(predict(coefs, &recon, &prev, &boxes, i, width, 0xffff), round(sum, 0xffff), "width {width} n {n} pixel {i}");
+                        let (x, y) = (i % width, i / width);
+                        if x > 0 && x + 1 < width && y > 0 && i + width < n {
+                            let interior = if k == TAPS {
+                                predict_interior(coefs, &recon, &prev, i, width, 0xffff)
+                            } else {
+                                predict_wide_interior(coefs, &recon, &prev, &boxes, i, width, 0xffff)
+                            };
+                            assert_eq!(interior, round(sum, 0xffff), "interior, width {width} n {n} pixel {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The wide set is fitted where the frame follows the previous frame's neighbourhood mean
+    /// (a denoised reference), not where it follows the previous pixel; the narrow fit it falls
+    /// back to is the one `fit_pairs` makes.
+    #[test]
+    fn the_wide_set_is_taken_where_it_pays() {
+        let (w, h) = (48usize, 40usize);
+        let mut seed = 3u64;
+        let prev: Vec<u32> = (0..w * h).map(|_| 1000 + noise(&mut seed) % 400).collect();
+        let mut boxes = Vec::new();
+        box_means(&prev, w, &mut boxes, &mut Vec::new());
+        let smooth: Vec<u32> = boxes.iter().map(|&b| b + noise(&mut seed) % 3).collect();
+        let same: Vec<u32> = prev.iter().map(|&p| p + noise(&mut seed) % 3).collect();
+        let wide = fit_pairs_either(&[(&prev, &smooth)], w, Weighting::Counts).unwrap();
+        assert!(is_wide(&wide), "{wide:?}");
+        assert!(wide[TAPS] > 1 << (SHIFT - 1), "the 5x5 mean carries the prediction: {wide:?}");
+        let narrow = fit_pairs_either(&[(&prev, &same)], w, Weighting::Counts).unwrap();
+        assert_eq!(narrow, fit_pairs(&[(&prev, &same)], w, Weighting::Counts).unwrap());
+        // Frames of a partial last row keep the narrow set.
+        let cut = &prev[..w * h - w / 2];
+        assert!(!is_wide(&fit_pairs_either(&[(cut, &smooth[..cut.len()])], w, Weighting::Counts).unwrap()));
+    }
+
     #[test]
     fn degenerate_inputs_do_not_fit() {
         assert!(fit(&[&[1, 2, 3]], 3, Weighting::Counts).is_none());
         assert!(fit(&[&[1], &[1]], 1, Weighting::Counts).is_none());
         assert!(!valid(&[0; TAPS]));
+        assert!(valid(&[0; WIDE_COEFS]) && !valid(&[0; WIDE_COEFS + 1]));
+        assert!(!valid(&[MAX_WEIGHT + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
         assert!(!valid(&[MAX_WEIGHT + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     }
 }

@@ -69,9 +69,10 @@ pub enum Prediction<'a> {
     BlockModes { prev: &'a [u32], width: usize, modes: &'a [u8] },
     /// The mean of the previous frame and the intra MED prediction.
     Blend { prev: &'a [u32], width: usize },
-    /// Least-squares blend of spatial and temporal neighbours ([`linear`]); `coefs` must
-    /// be valid.
-    Linear { prev: &'a [u32], width: usize, coefs: &'a [i32] },
+    /// Least-squares blend of spatial and temporal neighbours ([`linear`]); `coefs` must be
+    /// valid, and with the wide tap set (container version 9) `boxes` holds the
+    /// [`linear::box_means`] of `prev` (empty with the narrow set).
+    Linear { prev: &'a [u32], width: usize, coefs: &'a [i32], boxes: &'a [u32] },
 }
 
 /// Where a walk over a frame is (`linear` only: whether a pixel is on the frame's border).
@@ -92,7 +93,13 @@ impl Walker {
             (self.x, self.y) = (0, self.y + 1);
         }
         match *pred {
-            Prediction::Linear { prev, width, coefs } if interior => linear::predict_interior(coefs, recon, prev, i, width, mask),
+            Prediction::Linear { prev, width, coefs, boxes } if interior => {
+                if boxes.is_empty() {
+                    linear::predict_interior(coefs, recon, prev, i, width, mask)
+                } else {
+                    linear::predict_wide_interior(coefs, recon, prev, boxes, i, width, mask)
+                }
+            }
             Prediction::Frame(f) => f[i],
             other => other.at(recon, i, mask),
         }
@@ -140,7 +147,7 @@ impl Prediction<'_> {
                 block_mode_at(modes[(i / width / BLOCK) * nx + (i % width) / BLOCK], prev, recon, i, width, mask)
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
-            Prediction::Linear { prev, width, coefs } => linear::predict(coefs, recon, prev, i, width, mask),
+            Prediction::Linear { prev, width, coefs, boxes } => linear::predict(coefs, recon, prev, boxes, i, width, mask),
         }
     }
 
@@ -182,7 +189,9 @@ impl Prediction<'_> {
         match *self {
             Prediction::Frame(f) | Prediction::TemporalMed { prev: f, .. } | Prediction::Blend { prev: f, .. } => f.len() == n,
             Prediction::BlockModes { prev, width, modes } => prev.len() == n && width > 0 && modes.len() == blocks(width, n / width),
-            Prediction::Linear { prev, coefs, .. } => prev.len() == n && linear::valid(coefs),
+            Prediction::Linear { prev, coefs, boxes, .. } => {
+                prev.len() == n && linear::valid(coefs) && boxes.len() == if linear::is_wide(coefs) { n } else { 0 }
+            }
             Prediction::Intra { .. } => true,
         }
     }
@@ -202,18 +211,22 @@ mod tests {
             (seed >> 33) as u32
         };
         let coefs = [4000, 3000, -1000, 800, 9000, 500, 400, -300, 600, -77];
+        let wide = [4000, 3000, -1000, 800, 6000, 500, 400, -300, 600, 1500, -77];
         for width in 1..7 {
             for n in [width * 5, width * 5 + width / 2] {
                 let mask = 0xffff;
                 let prev: Vec<u32> = (0..n).map(|_| next() & mask).collect();
                 let x: Vec<u32> = (0..n).map(|_| next() & mask).collect();
                 let modes = vec![0u8; blocks(width, n / width)];
+                let mut boxes = Vec::new();
+                linear::box_means(&prev, width, &mut boxes, &mut Vec::new());
                 let preds = [
                     Prediction::Frame(&prev),
                     Prediction::Intra { width },
                     Prediction::TemporalMed { prev: &prev, width },
                     Prediction::Blend { prev: &prev, width },
-                    Prediction::Linear { prev: &prev, width, coefs: &coefs },
+                    Prediction::Linear { prev: &prev, width, coefs: &coefs, boxes: &[] },
+                    Prediction::Linear { prev: &prev, width, coefs: &wide, boxes: &boxes },
                     Prediction::BlockModes { prev: &prev, width, modes: &modes },
                 ];
                 for pred in preds {
