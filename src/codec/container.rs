@@ -23,7 +23,8 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
-/// reference, so other blobs stay readable by builds that know an older version.
+/// reference, 9 only when `linear` uses its wide tap set, so other blobs stay readable by
+/// builds that know an older version.
 pub const VERSION: u16 = 9;
 const PREAMBLE: usize = 16;
 
@@ -416,13 +417,13 @@ fn uses_model(p: &Params) -> bool {
     p.model != [0; 32]
 }
 
-/// Whether some frame's counts are coded as counts (entropy stage 6) or the adaptive stage weighs
-/// the intensity of some frame's reference (what version 8 is for).
 /// Whether the window's `linear` predictor uses the wide tap set (what version 9 is for).
 fn needs_v9(p: &Params) -> bool {
     p.predictor == PredictorId::Linear && super::predict::linear::is_wide(&p.coefs)
 }
 
+/// Whether some frame's counts are coded as counts (entropy stage 6) or the adaptive stage weighs
+/// the intensity of some frame's reference (what version 8 is for).
 fn needs_v8(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Counts || f.intensity))
 }

@@ -236,9 +236,8 @@ pub fn fit_pairs_either(pairs: &[(&[u32], &[u32])], width: usize, weighting: Wei
     if !whole_rows {
         return normal.coefs(&NARROW);
     }
-    let all = ALL;
-    match (normal.solve(&all), narrow) {
-        (Some(w), Some(nw)) if normal.error(&all, &w) < (1.0 - WIDE_GAIN) * normal.error(&NARROW, &nw) => Some(quantise(&w, WIDE_TAPS)),
+    match (normal.solve(&ALL), narrow) {
+        (Some(w), Some(nw)) if normal.error(&ALL, &w) < (1.0 - WIDE_GAIN) * normal.error(&NARROW, &nw) => Some(quantise(&w, WIDE_TAPS)),
         (_, Some(nw)) => Some(quantise(&nw, TAPS)),
         (Some(w), None) => Some(quantise(&w, WIDE_TAPS)),
         (None, None) => None,
