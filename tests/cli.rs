@@ -483,3 +483,29 @@ fn mount_refuses_a_cache_larger_than_half_the_memory_budget() {
     let err = fails(&["mount", "--store", s(&store), s(&mnt), "--memory-mib", "100", "--cache-mib", "80"]);
     assert!(err.contains("--memory-mib 100") && err.contains("--cache-mib 80"), "{err}");
 }
+
+/// `bench --model --model-steps N` trains each model for exactly N steps, whatever the machine's
+/// load: two runs print the same ratios and the same final training loss.
+#[test]
+fn model_bench_with_a_step_budget_is_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("set");
+    ok(&["fixtures", s(&src), "--size", "64x48", "--frames", "8"]);
+    let bench = || ok(&["bench", "--model", "--no-fixtures", s(&src), "--model-steps", "2", "--model-bounds", "0"]);
+    // The label and ratio of every coded row, and what the training reports of itself.
+    let figures = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| {
+                if let Some(t) = l.split("trained ").nth(1).filter(|_| l.contains("(its training)")) {
+                    return Some(t.split_once("cores, ").map_or(t, |(_, rest)| rest).to_string());
+                }
+                let fields: Vec<&str> = l.split("  ").map(str::trim).filter(|f| !f.is_empty()).collect();
+                (l.starts_with("lossless:") && fields.len() > 1).then(|| format!("{} {}", fields[0], fields[1]))
+            })
+            .collect()
+    };
+    let (a, b) = (figures(&bench()), figures(&bench()));
+    assert!(a.iter().any(|f| f.starts_with("2 steps, final loss")), "{a:?}");
+    assert!(a.iter().filter(|f| f.starts_with("lossless:")).count() >= 3, "{a:?}");
+    assert_eq!(a, b, "two runs of the same step budget");
+}

@@ -27,6 +27,11 @@ pub struct ModelBenchArgs {
     /// and bound; the issue allows at most 10 minutes of 2 cores per model).
     #[arg(long, default_value_t = 2.5)]
     pub model_minutes: f64,
+    /// Train each model for exactly this many steps instead (ignores --model-minutes): the same
+    /// models, so the same figures, on any machine however loaded (on the same CPU type and
+    /// thread count).
+    #[arg(long)]
+    pub model_steps: Option<u64>,
     /// Error bounds to measure (0: lossless), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub model_bounds: Vec<u32>,
@@ -105,7 +110,11 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
         }
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("tezipfs bench --model: a `small` model per set and bound, trained {:.1} min on {cores} cores on the first half of each set; the second half coded single-threaded (window {window})", args.model_minutes);
+    let budget = match args.model_steps {
+        Some(n) => format!("{n} steps"),
+        None => format!("{:.1} min", args.model_minutes),
+    };
+    println!("tezipfs bench --model: a `small` model per set and bound, trained {budget} on {cores} cores on the first half of each set; the second half coded single-threaded (window {window})");
     let mut report = Vec::new();
     let mut speed_frames: Option<(Geometry, Vec<Vec<u32>>, Vec<u8>)> = None;
     for d in &sets {
@@ -163,7 +172,9 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             let opts = TrainOptions {
                 size: Size::Small,
                 bound,
-                minutes: args.model_minutes,
+                // (A step budget alone: a year of wall clock never runs out first.)
+                minutes: if args.model_steps.is_some() { 525_600.0 } else { args.model_minutes },
+                max_steps: args.model_steps,
                 device: train::DeviceChoice::Cpu,
                 threads: Some(cores),
                 hyper: train::Hyper { closed_loop: !args.model_open_loop, ..train::Hyper::default() },
