@@ -26,6 +26,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether this runs the daemon (a mount) rather than a command that reports and exits.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Mount(_))
+    }
+}
+
 /// Codec settings shared by the commands that compress.
 #[derive(clap::Args, Clone)]
 pub struct CodecArgs {

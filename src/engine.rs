@@ -7,6 +7,7 @@
 //! pending): at mount the engine scans it once, so a restart resumes.
 
 pub mod autotrain;
+pub mod priority;
 pub mod queue;
 
 use crate::codec::container::Body;
@@ -101,11 +102,8 @@ impl Engine {
             .worker_threads(1)
             .max_blocking_threads(threads.max(1))
             .thread_name("tezipfs-engine")
-            // Ingest first: compression runs at nice 10, so FUSE requests win the cores.
-            // SAFETY: setpriority on the calling thread only (Linux nice values are per thread).
-            .on_thread_start(|| unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-            })
+            // Ingest first: the engine runs at nice 10 and encodes under SCHED_IDLE (`priority`).
+            .on_thread_start(priority::background)
             .enable_time()
             .build()?;
         let s = stop.clone();
@@ -474,10 +472,14 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
             t.recode_later(job.dir);
         }
     }
-    let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
-    // Verify by decoding before anything is committed (rule 1 of DESIGN.md).
-    let decoded =
-        decode_window_with(&enc.blob, vfs.models.clone()).map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
+    // The CPU-heavy part (encoding, and decoding to verify it before anything is committed: rule
+    // 1 of DESIGN.md) runs on idle CPU only; the commit below does not.
+    let (enc, decoded) = priority::run_idle(|| -> FsResult<_> {
+        let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
+        let decoded = decode_window_with(&enc.blob, vfs.models.clone())
+            .map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;
+        Ok((enc, decoded))
+    })?;
     for (k, (d, f)) in decoded.iter().zip(&files).enumerate() {
         let lossless = opts.bound == Bound::Lossless || matches!(enc.entries[k], EntryReport::Opaque { .. });
         if d.len() != f.len() || (lossless && d != f) {

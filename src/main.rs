@@ -18,6 +18,13 @@ fn main() -> std::process::ExitCode {
         unsafe { std::env::set_var("OMP_WAIT_POLICY", "PASSIVE") };
     }
     let args = cli::Cli::parse();
+    if !args.is_daemon() {
+        // A report piped into `head` or `grep -q` ends quietly when the reader goes, as other
+        // command-line tools do, instead of panicking on the broken pipe. The daemon keeps
+        // Rust's default (SIGPIPE ignored): a metrics client that hangs up must not kill it.
+        // SAFETY: the process has one thread here; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEZIPFS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

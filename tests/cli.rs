@@ -509,3 +509,16 @@ fn model_bench_with_a_step_budget_is_reproducible() {
     assert!(a.iter().filter(|f| f.starts_with("lossless:")).count() >= 3, "{a:?}");
     assert_eq!(a, b, "two runs of the same step budget");
 }
+
+/// A report piped into a reader that has gone (`tezipfs stats | head -1`, `| grep -q`) ends as
+/// other command-line tools do, by SIGPIPE, not with a panic on the broken pipe.
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN).arg("info").stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr: {stderr}", out.status);
+}
