@@ -146,7 +146,7 @@ impl SledStore {
                 tracing::warn!(file = %p.display(), "removed a partial sled snapshot left by a crash");
             }
         }
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let db = open_sled(dir)?;
         let shared = Arc::new(Shared { db, dir: dir.to_path_buf(), copying: Default::default(), keep_room: Box::new(keep_room), dirty: false.into() });
         // Under power-cut simulation only explicit flushes make the index durable (they are
         // where its copy is taken): no periodic flush.
@@ -168,6 +168,22 @@ impl SledStore {
             Some((stop, thread))
         };
         Ok(SledStore { shared, flusher })
+    }
+}
+
+/// `sled::open`, waiting up to 2 s for sled's file lock when it is held: the lock of a
+/// database this process has just closed is released only when the last of sled's I/O threads
+/// lets go of it, a moment after the close (another process holding a store is refused earlier,
+/// by the store's own lock file).
+fn open_sled(dir: &Path) -> Result<sled::Db, IndexError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
     }
 }
 

@@ -52,8 +52,8 @@ struct Reserve {
     /// Whether `reserve` exists (it is given up when the disk fills, made again when there is
     /// room).
     held: std::sync::atomic::AtomicBool,
-    /// sled's log file (opened on first use) and the length it had when blocks past its end
-    /// were last allocated for it ([`Reserve::preallocate_index`]).
+    /// sled's log file (opened on first use) and the end of the blocks last allocated for it
+    /// ([`Reserve::preallocate_index`]; 0: none known).
     index_log: std::sync::Mutex<(Option<File>, u64)>,
 }
 
@@ -378,26 +378,28 @@ impl Reserve {
         }
     }
 
-    /// Make sure [`INDEX_PREALLOCATED`] bytes past the end of sled's log file are allocated
-    /// (again after it grew). Fails quietly (no such file yet, a full disk, a filesystem without
-    /// `fallocate`): the reserve file is the fallback, and the next index change tries again.
+    /// Make sure at least half of [`INDEX_PREALLOCATED`] past the end of sled's log file is
+    /// allocated, topping it up to the whole when less is left (a log that grows by a batch at a
+    /// time costs a fallocate(2) every few MiB, not at every index change). Fails quietly (no
+    /// such file yet, a full disk, a filesystem without `fallocate`): the reserve file is the
+    /// fallback, and the next index change tries again.
     fn preallocate_index(&self) {
         use std::os::fd::AsRawFd;
         let mut g = self.index_log.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.is_none() {
             // (`db` is sled 0.34's log file.)
             g.0 = File::options().write(true).open(index_dir(&self.root).join("db")).ok();
-            g.1 = u64::MAX;
+            g.1 = 0;
         }
         let Some(f) = g.0.as_ref() else { return };
         let Ok(len) = f.metadata().map(|m| m.len()) else { return };
-        if len == g.1 {
+        if len + INDEX_PREALLOCATED / 2 <= g.1 {
             return;
         }
         // SAFETY: fallocate(2) on a descriptor we own; KEEP_SIZE leaves the file's size (and so
         // what sled reads) unchanged.
         let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, len as libc::off_t, INDEX_PREALLOCATED as libc::off_t) };
-        g.1 = if r == 0 { len } else { u64::MAX };
+        g.1 = if r == 0 { len + INDEX_PREALLOCATED } else { 0 };
     }
 }
 
@@ -468,7 +470,7 @@ mod tests {
         store.keep_room_for_index();
         let (grown, blocks) = allocated();
         assert!(grown > len, "the log grew: {grown}");
-        assert!(blocks >= grown + INDEX_PREALLOCATED, "{blocks} bytes allocated for a log of {grown}");
+        assert!(blocks >= grown + INDEX_PREALLOCATED / 2, "{blocks} bytes allocated for a log of {grown}");
     }
 
     #[test]
