@@ -28,8 +28,11 @@ pub fn background() {
 pub fn run_idle<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let f = std::sync::Mutex::new(Some(f));
     let take = || f.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // The encoding's log lines keep the caller's span (its window, its directory).
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         let worker = std::thread::Builder::new().name("tezipfs-encode".into()).spawn_scoped(s, || {
+            let _span = span.enter();
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the calling thread.
             if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
