@@ -56,7 +56,7 @@ impl Floor {
             return i;
         }
         t.next_ino += 1;
-        let i = t.next_ino + 1;
+        let i = t.next_ino + 1; // from 2: inode 1 is the root
         t.names.insert(name.to_owned(), i);
         t.inos.insert(i, name.to_owned());
         i
@@ -71,7 +71,7 @@ impl Floor {
 
     fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
         let p = self.path(ino).ok_or(Errno::ENOENT)?;
-        let m = std::fs::symlink_metadata(&p).map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let m = std::fs::symlink_metadata(&p).map_err(errno)?;
         let t = |s: i64, ns: i64| UNIX_EPOCH + Duration::new(s.max(0) as u64, ns as u32);
         Ok(FileAttr {
             ino: INodeNo(ino),
