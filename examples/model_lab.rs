@@ -45,6 +45,9 @@ struct Args {
     loss: Option<Loss>,
     #[arg(long)]
     units: Option<f64>,
+    /// One error unit everywhere, even where the noise grows with the signal.
+    #[arg(long)]
+    no_noise_scale: bool,
     #[arg(long)]
     no_augment: bool,
     /// Export for i64 requantisation (30-bit multipliers) instead of i32.
@@ -129,6 +132,7 @@ fn main() {
         augment: !a.no_augment,
         int32: !a.i64,
         closed_loop: a.closed,
+        noise_scale: !a.no_noise_scale,
     };
     let arch = a.arch.as_deref().map(parse_arch);
     let opts = TrainOptions {

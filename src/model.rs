@@ -130,7 +130,7 @@ pub struct Layer {
 }
 
 /// The fixed-point maps between pixel values and the network (`docs/MODEL.md`, Values).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Norm {
     pub offset: i64,
     pub in_mult: i64,
@@ -139,6 +139,23 @@ pub struct Norm {
     pub err_shift: u8,
     pub out_mult: i64,
     pub out_shift: u8,
+    /// Model file version 2: error units that follow the noise, one multiplier per intensity
+    /// bucket ([`Scale`]); `None` (version 1): `err_mult` and `out_mult` everywhere.
+    pub scale: Option<Box<Scale>>,
+}
+
+/// Buckets of the noise scale: the intensity `I(b)` (i16) in steps of 64.
+pub const SCALE_BUCKETS: usize = 1024;
+
+/// Per intensity bucket `k = (I(b) + 32768) >> 6` of the frame a difference is taken from, the
+/// multipliers of the error and correction maps (shifts `err_shift` and `out_shift` as without
+/// a scale). Data whose noise grows with the signal (photon counts: Poisson) then has its errors
+/// in units of the local noise, where a global unit either saturates the bright pixels' errors
+/// at +-127 units or leaves the dark ones a unit of several grey levels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scale {
+    pub err_mult: Vec<i64>,
+    pub out_mult: Vec<i64>,
 }
 
 /// `(x + 2^(s-1)) >> s`: rounds half up (`s >= 1`).
@@ -153,20 +170,36 @@ impl Norm {
     pub fn intensity(&self, v: u32) -> i32 {
         rshr((v as i64 - self.offset) * self.in_mult, self.in_shift).clamp(-32768, 32767) as i32
     }
-    /// A difference of integer images in error units (i8).
+    /// The noise-scale bucket of an intensity.
     #[inline]
-    pub fn error(&self, d: i64) -> i32 {
-        rshr(d * self.err_mult, self.err_shift).clamp(-128, 127) as i32
+    pub fn bucket(intensity: i32) -> usize {
+        ((intensity + 32768) >> 6) as usize
     }
-    /// `u` error units as a difference of integer images.
+    /// The error and correction multipliers for differences taken from integer image `b`.
     #[inline]
-    pub fn correction(&self, u: i32) -> i64 {
-        rshr(u as i64 * self.out_mult, self.out_shift)
+    pub fn mults_at(&self, b: u32) -> (i64, i64) {
+        match &self.scale {
+            None => (self.err_mult, self.out_mult),
+            Some(s) => {
+                let k = Norm::bucket(self.intensity(b));
+                (s.err_mult[k], s.out_mult[k])
+            }
+        }
+    }
+    /// The difference `d = r - b` of integer images in error units (i8).
+    #[inline]
+    pub fn error(&self, d: i64, b: u32) -> i32 {
+        rshr(d * self.mults_at(b).0, self.err_shift).clamp(-128, 127) as i32
+    }
+    /// `u` error units, as a difference of integer images from `b`.
+    #[inline]
+    pub fn correction(&self, u: i32, b: u32) -> i64 {
+        rshr(u as i64 * self.mults_at(b).1, self.out_shift)
     }
     /// The reference `clamp(b + C(u), 0, mask)`.
     #[inline]
     pub fn corrected(&self, b: u32, u: i32, mask: u32) -> u32 {
-        (b as i64 + self.correction(u)).clamp(0, mask as i64) as u32
+        (b as i64 + self.correction(u, b)).clamp(0, mask as i64) as u32
     }
 }
 

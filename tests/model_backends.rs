@@ -93,7 +93,7 @@ fn compare(m: &IntModel, geom: Geometry, seq: &[Vec<u32>], what: &str) -> usize 
 /// shrunk so that every requantisation fits in int32 (the torch backend's int32 path), and with
 /// one multiplier per output channel for all i8 groups (the torch backend merges them into one
 /// product).
-fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 3] {
+fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 6] {
     let m = file::random(arch, dtype, seed);
     let mut small = m.clone();
     file::shrink_multipliers(&mut small);
@@ -108,7 +108,8 @@ fn models(arch: &Arch, dtype: DType, seed: u64) -> [IntModel; 3] {
     assert_eq!(n32, n, "shrunk models take the int32 path");
     let (_, t) = backends(&shared);
     assert!(t.products() < products, "groups with equal multipliers share a product");
-    [m, small, shared]
+    // Each with and without a noise scale (model file versions 2 and 1).
+    [m, small, shared].into_iter().enumerate().flat_map(|(i, m)| [file::toggle_scale(&m, i as u64), m]).collect::<Vec<_>>().try_into().expect("six models")
 }
 
 #[test]

@@ -28,7 +28,11 @@ impl ModelSource for Only {
 }
 
 fn backends(dtype: DType, seed: u64, arch: &Arch) -> (Arc<dyn Model>, Arc<dyn Model>, Vec<u8>) {
-    let bytes = file::to_bytes(&file::random(arch, dtype, seed));
+    backends_of(&file::random(arch, dtype, seed))
+}
+
+fn backends_of(m: &tezipfs::model::IntModel) -> (Arc<dyn Model>, Arc<dyn Model>, Vec<u8>) {
+    let bytes = file::to_bytes(m);
     let torch: Arc<dyn Model> = Arc::new(TorchModel::from_bytes(&bytes, tch::Device::Cpu).unwrap());
     let reference: Arc<dyn Model> = Arc::new(ReferenceModel::from_bytes(&bytes).unwrap());
     assert_eq!(torch.hash(), reference.hash());
@@ -62,30 +66,34 @@ fn a_window_coded_through_one_backend_decodes_through_the_other() {
     let cases = [(DType::U8, 37, 23), (DType::U16, 64, 48), (DType::U32, 20, 9), (DType::I16, 33, 17), (DType::F32, 24, 16)];
     for (k, &(dtype, w, h)) in cases.iter().enumerate() {
         let arch = if k % 2 == 0 { Size::Small.arch() } else { two.clone() };
-        let (torch, reference, _) = backends(dtype, 10 + k as u64, &arch);
         let files = frames(dtype, w, h, 6, 20 + k as u64);
-        let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
-        let bounds: Vec<Bound> = if dtype.is_float() {
-            vec![Bound::Lossless, Bound::Abs(0.5)]
-        } else {
-            vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01)]
-        };
-        for bound in bounds {
-            for (enc, dec, way) in [(&torch, &reference, "torch -> reference"), (&reference, &torch, "reference -> torch")] {
-                let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Prednet)).unwrap();
-                assert_eq!(e.model, Some(enc.hash()), "{dtype} {bound}: the model must be used under prednet");
-                // (Version 8 where, under a bound, the adaptive stage also weighs the intensity.)
-                let version = u16::from_le_bytes([e.blob[8], e.blob[9]]);
-                assert!(version == 6 || (version == 8 && bound != Bound::Lossless), "a blob with a model is version 6 (8): {version}");
-                let other = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {w}x{h} {bound} {way}: {err}"));
-                let same = decode_window_with(&e.blob, Arc::new(Only(enc.clone()))).unwrap();
-                assert_eq!(other, same, "{dtype} {w}x{h} {bound} {way}: the backends decode differently");
-                for (i, (o, d)) in files.iter().zip(&other).enumerate() {
-                    if bound == Bound::Lossless {
-                        assert!(o == d, "{dtype} {w}x{h} {way}: frame {i} is not bit-exact");
-                    } else if let Bound::Abs(eb) = bound {
-                        let worst = values(dtype, o).iter().zip(values(dtype, d)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-                        assert!(worst <= eb, "{dtype} {way} frame {i}: error {worst} over {bound}");
+        // The model with and without a noise scale (model file versions 2 and 1).
+        let m = file::random(&arch, dtype, 10 + k as u64);
+        for m in [file::toggle_scale(&m, k as u64), m] {
+            let (torch, reference, _) = backends_of(&m);
+            let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+            let bounds: Vec<Bound> = if dtype.is_float() {
+                vec![Bound::Lossless, Bound::Abs(0.5)]
+            } else {
+                vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(2.0), Bound::Abs(4.0), Bound::Rel(0.01)]
+            };
+            for bound in bounds {
+                for (enc, dec, way) in [(&torch, &reference, "torch -> reference"), (&reference, &torch, "reference -> torch")] {
+                    let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Prednet)).unwrap();
+                    assert_eq!(e.model, Some(enc.hash()), "{dtype} {bound}: the model must be used under prednet");
+                    // (Version 8 where, under a bound, the adaptive stage also weighs the intensity.)
+                    let version = u16::from_le_bytes([e.blob[8], e.blob[9]]);
+                    assert!(version == 6 || (version == 8 && bound != Bound::Lossless), "a blob with a model is version 6 (8): {version}");
+                    let other = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {w}x{h} {bound} {way}: {err}"));
+                    let same = decode_window_with(&e.blob, Arc::new(Only(enc.clone()))).unwrap();
+                    assert_eq!(other, same, "{dtype} {w}x{h} {bound} {way}: the backends decode differently");
+                    for (i, (o, d)) in files.iter().zip(&other).enumerate() {
+                        if bound == Bound::Lossless {
+                            assert!(o == d, "{dtype} {w}x{h} {way}: frame {i} is not bit-exact");
+                        } else if let Bound::Abs(eb) = bound {
+                            let worst = values(dtype, o).iter().zip(values(dtype, d)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                            assert!(worst <= eb, "{dtype} {way} frame {i}: error {worst} over {bound}");
+                        }
                     }
                 }
             }

@@ -316,8 +316,9 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
     let bytes = file::to_bytes(&model);
     write_durably(&a.out, &bytes)?;
     println!(
-        "trained {} model ({} frames, {} steps in {:.1} s, final loss {:.3} error units) -> {} ({} bytes)",
+        "trained {} model{} ({} frames, {} steps in {:.1} s, final loss {:.3} error units) -> {} ({} bytes)",
         model.meta.size,
+        if model.norm.scale.is_some() { " with a noise scale" } else { "" },
         model.meta.frames,
         model.meta.steps,
         trained.elapsed.as_secs_f64(),

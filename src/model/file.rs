@@ -9,13 +9,17 @@
 //!
 //! [`random`] builds a valid random model for tests and speed measurements.
 
-use super::{rshr, Arch, Conv, Group, IntModel, Layer, LayerArch, Luts, Meta, Norm, CELL_LUT, GATE_LUT, MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS};
+use super::{
+    rshr, Arch, Conv, Group, IntModel, Layer, LayerArch, Luts, Meta, Norm, Scale, CELL_LUT, GATE_LUT, MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS, SCALE_BUCKETS,
+};
 use crate::codec::predict::ModelHash;
 use crate::codec::DType;
 use sha2::Digest;
 
 pub const MAGIC: &[u8; 8] = b"TZIPMODL";
-pub const VERSION: u16 = 1;
+/// The newest version: 2 adds the noise scale ([`crate::model::Scale`]). A model without one is
+/// written as version 1 (so its file, and its name, are what they were).
+pub const VERSION: u16 = 2;
 /// The largest header a reader accepts.
 pub const MAX_HEADER: usize = 1 << 20;
 /// Bytes before the header: magic, version, reserved, header length.
@@ -31,7 +35,7 @@ pub const MAX_NORM_MULT: i64 = 1 << 30;
 pub enum ModelFileError {
     #[error("not a tezipfs model file (bad magic)")]
     BadMagic,
-    #[error("model file version {0} is not supported (this build reads version {VERSION})")]
+    #[error("model file version {0} is not supported (this build reads versions 1 to {VERSION})")]
     UnsupportedVersion(u16),
     #[error("model file: reserved field is {0}, expected 0")]
     Reserved(u16),
@@ -170,13 +174,18 @@ fn conv_shapes(arch: &Arch, l: usize) -> Vec<ConvShape> {
     v
 }
 
-/// The tensors of a model of `arch`, in file order (LUTs, then per layer lstm, ahat, a: per
-/// group weights then multipliers, then bias and shift). `arch` must have passed
-/// [`check_arch`] (so the counts are small).
-pub fn tensor_layout(arch: &Arch) -> Vec<TensorSpec> {
+/// The tensors of a model of `arch`, in file order (LUTs, in version 2 the noise scale's error
+/// and correction multipliers, then per layer lstm, ahat, a: per group weights then
+/// multipliers, then bias and shift). `arch` must have passed [`check_arch`] (so the counts are
+/// small).
+pub fn tensor_layout(arch: &Arch, version: u16) -> Vec<TensorSpec> {
     let t = |name: String, elem, count| TensorSpec { name, elem, count };
     let mut v =
         vec![t("sigmoid table".into(), Elem::I16, GATE_LUT), t("tanh table".into(), Elem::I16, GATE_LUT), t("cell tanh table".into(), Elem::I16, CELL_LUT)];
+    if version >= 2 {
+        v.push(t("noise scale error multipliers".into(), Elem::I64, SCALE_BUCKETS));
+        v.push(t("noise scale correction multipliers".into(), Elem::I64, SCALE_BUCKETS));
+    }
     for l in 0..arch.layers.len() {
         for cs in conv_shapes(arch, l) {
             let (name, cout, k) = (cs.name, cs.cout, cs.k);
@@ -242,7 +251,26 @@ fn check_norm(n: &Norm) -> Result<(), ModelFileError> {
             return Err(range_err(format!("{what} shift {s} (1 to 62 allowed)")));
         }
     }
+    if let Some(sc) = &n.scale {
+        for (what, t) in [("error", &sc.err_mult), ("correction", &sc.out_mult)] {
+            if t.len() != SCALE_BUCKETS {
+                return Err(ModelFileError::Inconsistent(format!("noise scale has {} {what} multipliers, expected {SCALE_BUCKETS}", t.len())));
+            }
+            if let Some(k) = t.iter().position(|m| !(1..=MAX_NORM_MULT).contains(m)) {
+                return Err(range_err(format!("noise scale {what} multiplier {k} is {} (1 to 2^30 allowed)", t[k])));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The version a model's file has: 2 with a noise scale, 1 without.
+pub fn version_of(m: &IntModel) -> u16 {
+    if m.norm.scale.is_some() {
+        2
+    } else {
+        1
+    }
 }
 
 fn check_luts(luts: &Luts) -> Result<(), ModelFileError> {
@@ -344,6 +372,10 @@ pub fn check_frames(m: &IntModel, geom: &crate::codec::predict::Geometry) -> Res
 /// The header of `m` (tensor lengths from its vectors).
 fn header_of(m: &IntModel) -> ModelHeader {
     let mut tensors = vec![m.luts.sigmoid.len() as u64 * 2, m.luts.tanh.len() as u64 * 2, m.luts.tanh_cell.len() as u64 * 2];
+    if let Some(sc) = &m.norm.scale {
+        tensors.push(sc.err_mult.len() as u64 * 8);
+        tensors.push(sc.out_mult.len() as u64 * 8);
+    }
     for layer in &m.layers {
         for conv in [Some(&layer.lstm), Some(&layer.ahat), layer.a.as_ref()].into_iter().flatten() {
             for g in &conv.groups {
@@ -390,7 +422,7 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
     let header = postcard::to_allocvec(&header_of(m)).expect("postcard encodes a ModelHeader");
     let mut out = Vec::with_capacity(PREFIX + header.len() + 8);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version_of(m).to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
@@ -401,6 +433,11 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
     put16(&mut out, &m.luts.sigmoid);
     put16(&mut out, &m.luts.tanh);
     put16(&mut out, &m.luts.tanh_cell);
+    if let Some(sc) = &m.norm.scale {
+        for t in [&sc.err_mult, &sc.out_mult] {
+            t.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        }
+    }
     for layer in &m.layers {
         for conv in [Some(&layer.lstm), Some(&layer.ahat), layer.a.as_ref()].into_iter().flatten() {
             for g in &conv.groups {
@@ -491,7 +528,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         return Err(ModelFileError::BadMagic);
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(ModelFileError::UnsupportedVersion(version));
     }
     let reserved = u16::from_le_bytes([bytes[10], bytes[11]]);
@@ -537,7 +574,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     if h.bits != dtype.bits() {
         return Err(ModelFileError::Inconsistent(format!("{} bits for pixel type {dtype} (which has {})", h.bits, dtype.bits())));
     }
-    let layout = tensor_layout(&arch);
+    let layout = tensor_layout(&arch, version);
     if h.tensors.len() != layout.len() {
         return Err(ModelFileError::Inconsistent(format!("the header lists {} tensors, the architecture has {}", h.tensors.len(), layout.len())));
     }
@@ -565,6 +602,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     }
     let mut r = Reader { bytes: &bytes[..tend], at: tstart };
     let luts = Luts { sigmoid: r.i16s(GATE_LUT), tanh: r.i16s(GATE_LUT), tanh_cell: r.i16s(CELL_LUT) };
+    let scale = (version >= 2).then(|| Box::new(Scale { err_mult: r.i64s(SCALE_BUCKETS), out_mult: r.i64s(SCALE_BUCKETS) }));
     let mut layers = Vec::with_capacity(arch.layers.len());
     for l in 0..arch.layers.len() {
         let mut convs = conv_shapes(&arch, l).into_iter().map(|cs| r.conv(cs.cout, cs.k, &cs.cins, cs.lo, cs.hi)).collect::<Vec<_>>();
@@ -586,6 +624,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
             err_shift: n.err_shift,
             out_mult: n.out_mult,
             out_shift: n.out_shift,
+            scale,
         },
         luts,
         layers,
@@ -769,7 +808,7 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
     let (err_mult, err_shift) = fixed_point(1500.0 / range * (0.8 + 0.4 * rng.unit()), MAX_NORM_MULT);
     let (out_mult, out_shift) = fixed_point(range / 3000.0 * (0.5 + rng.unit()), MAX_NORM_MULT);
     let offset = (range * (0.4 + 0.2 * rng.unit())) as i64;
-    let norm = Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift };
+    let mut norm = Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift, scale: None };
     let std = Luts::standard();
     let luts = Luts {
         sigmoid: perturbed_table(&mut rng, &std.sigmoid, 0),
@@ -812,9 +851,41 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
         steps: rng.range(1, 100000) as u64,
         loss: rng.unit(),
     };
+    // Drawn last, so that the models without a scale are the ones this function always made.
+    if rng.chance(0.5) {
+        norm.scale = Some(Box::new(random_scale(&mut rng, &norm)));
+    }
     let m = IntModel { arch: arch.clone(), dtype, norm, luts, layers, meta };
     debug_assert_eq!(validate(&m), Ok(()));
     m
+}
+
+/// `m` with its noise scale taken away, or a random one given (deterministic in `seed`), so
+/// that tests cover both versions of every model they draw.
+pub fn toggle_scale(m: &IntModel, seed: u64) -> IntModel {
+    let mut t = m.clone();
+    t.norm.scale = match &m.norm.scale {
+        Some(_) => None,
+        None => Some(Box::new(random_scale(&mut Rng(seed ^ 0x5ca1e), &m.norm))),
+    };
+    t
+}
+
+/// A noise scale that wanders (a random walk in the logarithm) between a quarter and four times
+/// the model's global multipliers, as the noise of photon counts does over their intensities.
+fn random_scale(rng: &mut Rng, norm: &Norm) -> Scale {
+    let mut walk = |base: i64| {
+        let mut f = 1f64;
+        (0..SCALE_BUCKETS)
+            .map(|_| {
+                f = (f * (1.0 + 0.1 * (rng.unit() - 0.5))).clamp(0.25, 4.0);
+                ((base as f64 * f).round() as i64).clamp(1, MAX_NORM_MULT)
+            })
+            .collect::<Vec<i64>>()
+    };
+    let err_mult = walk(norm.err_mult);
+    let out_mult = walk(norm.out_mult);
+    Scale { err_mult, out_mult }
 }
 
 #[cfg(test)]
@@ -877,10 +948,12 @@ mod tests {
 
     /// A file whose header says what the test wants, with correct CRCs: what the reader must
     /// refuse on content alone.
+    /// (Version 2 when the header lists the noise scale's two tables after the LUTs.)
     fn file_with(h: &ModelHeader, tensors: &[u8]) -> Vec<u8> {
         let header = postcard::to_allocvec(h).unwrap();
         let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        let scaled = h.tensors.get(3..5) == Some(&[SCALE_BUCKETS as u64 * 8; 2][..]);
+        out.extend_from_slice(&(if scaled { 2u16 } else { 1 }).to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&header);
@@ -991,7 +1064,7 @@ mod tests {
             inconsistent,
         );
         // Tensor values: find each tensor's offset from the layout.
-        let layout = tensor_layout(&m.arch);
+        let layout = tensor_layout(&m.arch, version_of(&m));
         let offset = |i: usize| layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>();
         let find = |name: &str| layout.iter().position(|s| s.name == name).unwrap();
         let poke = |i: usize, at: usize, v: &[u8]| {
@@ -1026,12 +1099,81 @@ mod tests {
         b[0] = b'X';
         assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::BadMagic);
         let mut b = bytes.clone();
-        b[8] = 2;
-        assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(2));
+        b[8] = 3;
+        assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(3));
+        let mut b = bytes.clone();
+        b[8] = 0;
+        assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(0));
         let mut b = bytes.clone();
         b[10] = 1;
         assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::Reserved(1));
         assert_eq!(from_bytes(b"NOTAMODELFILE-----------").unwrap_err(), ModelFileError::BadMagic);
+    }
+
+    /// A random model with a noise scale (version 2) and the same model without (version 1).
+    fn scaled_pair() -> (IntModel, IntModel) {
+        let m = (0..64).map(|seed| random(&tiny_arch(), DType::U16, seed)).find(|m| m.norm.scale.is_some()).expect("half the random models have a scale");
+        let mut plain = m.clone();
+        plain.norm.scale = None;
+        (m, plain)
+    }
+
+    #[test]
+    fn file_version_2_holds_the_noise_scale_and_version_1_stays_as_it_was() {
+        let (m, plain) = scaled_pair();
+        let (b2, b1) = (to_bytes(&m), to_bytes(&plain));
+        assert_eq!((u16::from_le_bytes([b2[8], b2[9]]), u16::from_le_bytes([b1[8], b1[9]])), (2, 1));
+        // Two tables of i64 more, and their two lengths in the header.
+        assert_eq!(b2.len(), b1.len() + 2 * SCALE_BUCKETS * 8 + 2 * postcard::to_allocvec(&(SCALE_BUCKETS as u64 * 8)).unwrap().len());
+        assert_eq!(from_bytes(&b2).unwrap(), m);
+        assert_eq!(from_bytes(&b1).unwrap(), plain);
+        assert!(random(&tiny_arch(), DType::U16, 0).norm.scale.is_none() || random(&tiny_arch(), DType::U16, 1).norm.scale.is_none());
+        // The version number decides how the tensors are read: swapped, both files are refused
+        // by their tensor lengths.
+        for (b, v) in [(&b2, 1u16), (&b1, 2)] {
+            let mut x = b.clone();
+            x[8..10].copy_from_slice(&v.to_le_bytes());
+            assert!(matches!(from_bytes(&x).unwrap_err(), ModelFileError::HeaderCrc { .. }), "the header's CRC covers the version");
+            let x = reseal(&x).unwrap();
+            assert!(matches!(from_bytes(&x).unwrap_err(), ModelFileError::Inconsistent(_)), "version {v}");
+        }
+        // Every entry of both tables in range, tested per table at a bucket in the middle.
+        let (h, t) = split(&b2);
+        let layout = tensor_layout(&m.arch, 2);
+        for name in ["noise scale error multipliers", "noise scale correction multipliers"] {
+            let i = layout.iter().position(|s| s.name == name).unwrap();
+            let o = layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>() + 8 * 500;
+            for bad in [0i64, -5, MAX_NORM_MULT + 1] {
+                let mut t2 = t.clone();
+                t2[o..o + 8].copy_from_slice(&bad.to_le_bytes());
+                let e = from_bytes(&file_with(&h, &t2)).unwrap_err();
+                assert!(matches!(&e, ModelFileError::OutOfRange(msg) if msg.contains("noise scale") && msg.contains("500")), "{e}");
+            }
+        }
+        let mut short = m.clone();
+        short.norm.scale.as_mut().unwrap().out_mult.pop();
+        assert!(matches!(validate(&short), Err(ModelFileError::Inconsistent(_))));
+    }
+
+    #[test]
+    fn the_noise_scale_maps_each_bucket_with_its_own_multipliers() {
+        let (m, plain) = scaled_pair();
+        let n = &m.norm;
+        let sc = n.scale.as_ref().unwrap();
+        let mask = DType::U16.mask();
+        let mut seen = std::collections::HashSet::new();
+        for b in (0..=mask).step_by(97) {
+            let k = Norm::bucket(n.intensity(b));
+            seen.insert(k);
+            for d in [-3000i64, -7, 0, 1, 250] {
+                assert_eq!(n.error(d, b), rshr(d * sc.err_mult[k], n.err_shift).clamp(-128, 127) as i32);
+            }
+            for u in [-128, -1, 0, 5, 127] {
+                assert_eq!(n.corrected(b, u, mask), (b as i64 + rshr(u as i64 * sc.out_mult[k], n.out_shift)).clamp(0, mask as i64) as u32);
+                assert_eq!(plain.norm.correction(u, b), rshr(u as i64 * n.out_mult, n.out_shift), "no scale: the global multiplier");
+            }
+        }
+        assert!(seen.len() > 100, "the pixel range spreads over many buckets ({})", seen.len());
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl ReferenceModel {
             (Some(b), true) => {
                 let mut a = Planes::zeros(1, geom.height, geom.width);
                 for ((a, &r), &b) in a.v.iter_mut().zip(recon).zip(b) {
-                    *a = m.norm.error(r as i64 - b as i64);
+                    *a = m.norm.error(r as i64 - b as i64, b);
                 }
                 s.layers[0].err = errors(&a, &s.layers[0].ahat);
                 for l in 1..m.layers.len() {

@@ -34,7 +34,7 @@
 //! one torch thread per free core, or with `OMP_WAIT_POLICY=PASSIVE`.
 
 use super::file::{self, ModelFileError};
-use super::{layer_size, Conv, IntModel, CELL_LUT};
+use super::{layer_size, rshr, Conv, IntModel, CELL_LUT};
 use crate::codec::predict::{hash_hex, Geometry, Model, ModelHash, ModelState, PredictError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -341,8 +341,10 @@ pub struct TorchModel {
     hash: ModelHash,
     device: Device,
     layers: Vec<TLayer>,
-    /// int64 `[256]`: `C(u)` at `u + 128`.
+    /// int64 `[256]`: `C(u)` at `u + 128` (a model without a noise scale).
     correction: Tensor,
+    /// A model with a noise scale: its error and correction multipliers, int64 `[SCALE_BUCKETS]`.
+    scale: Option<(Tensor, Tensor)>,
     /// int32 `[65535]`: `TANHC[clamp(s >> 5, -1024, 1023) + 1024]` at `s + 32767`.
     cell_tanh: Tensor,
     band: i64,
@@ -444,7 +446,11 @@ impl TorchModel {
                 gate_offset: Tensor::f_from_slice(&offs)?.f_view([4 * r as i64, 1, 1, 1])?.f_to_device(device)?,
             });
         }
-        let correction: Vec<i64> = (-128..128).map(|u| m.norm.correction(u)).collect();
+        let correction: Vec<i64> = (-128..128).map(|u| rshr(u as i64 * m.norm.out_mult, m.norm.out_shift)).collect();
+        let scale = match &m.norm.scale {
+            Some(sc) => Some((Tensor::f_from_slice(&sc.err_mult)?.f_to_device(device)?, Tensor::f_from_slice(&sc.out_mult)?.f_to_device(device)?)),
+            None => None,
+        };
         let cell_tanh: Vec<i32> = (-32767..=32767).map(|s: i32| m.luts.tanh_cell[((s >> 5).clamp(-1024, 1023) + 1024) as usize] as i32).collect();
         debug_assert_eq!(m.luts.tanh_cell.len(), CELL_LUT);
         let band = if device == Device::Cpu { CPU_BAND_BYTES } else { CUDA_BAND_BYTES };
@@ -453,12 +459,18 @@ impl TorchModel {
             device,
             layers,
             correction: Tensor::f_from_slice(&correction)?.f_to_device(device)?,
+            scale,
             cell_tanh: Tensor::f_from_slice(&cell_tanh)?.f_to_device(device)?,
             band,
             model,
             profile: Profile::default(),
             arenas: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The noise-scale bucket `(I + 32768) >> 6` of every element of an intensity tensor, flat.
+    fn buckets(intensity: &Tensor) -> Result<Tensor, TchError> {
+        intensity.f_to_kind(Kind::Int64)?.f_add_scalar(32768)?.f_bitwise_right_shift_tensor_scalar(6)?.f_view([-1])
     }
 
     pub fn model(&self) -> &Arc<IntModel> {
@@ -695,6 +707,11 @@ impl TorchModel {
         work.f_add_scalar_(1i64 << (m.norm.in_shift - 1)).in_place()?;
         work.f_bitwise_right_shift_tensor_scalar_(m.norm.in_shift as i64).in_place()?;
         let intensity = work.f_clamp_(-32768, 32767)?.f_to_kind(Kind::Int)?;
+        // The noise scale's correction multiplier of every pixel, from its bucket.
+        let out_mult = match &self.scale {
+            Some((_, out)) => Some(out.f_index_select(0, &Self::buckets(&intensity)?)?),
+            None => None,
+        };
         let mut hid: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
         let mut cell: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
         let mut ahat: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
@@ -755,9 +772,19 @@ impl TorchModel {
         let mut laps = Laps::new(self.profiling());
         let a0 = ahat[0].as_ref().expect("layer 0 computed");
         let work = arena.get(Slot::Work as usize, Kind::Int64, dev, &b.size())?;
-        let idx = arena.get(Slot::Idx as usize, Kind::Int, dev, &[a0.numel() as i64])?;
-        a0.f_view([-1])?.f_add_scalar_out(&idx, 128).in_place()?;
-        self.correction.f_index_select_out(&work.f_view([-1])?, 0, &idx).in_place()?;
+        match &out_mult {
+            // C(u) = rshr(u * out_mult[k], out_shift)
+            Some(om) => {
+                let mut flat = work.f_view([-1])?;
+                a0.f_view([-1])?.f_to_kind(Kind::Int64)?.f_mul_out(&flat, om).in_place()?;
+                flat.f_add_scalar_(1i64 << (m.norm.out_shift - 1))?.f_bitwise_right_shift_tensor_scalar_(m.norm.out_shift as i64).in_place()?;
+            }
+            None => {
+                let idx = arena.get(Slot::Idx as usize, Kind::Int, dev, &[a0.numel() as i64])?;
+                a0.f_view([-1])?.f_add_scalar_out(&idx, 128).in_place()?;
+                self.correction.f_index_select_out(&work.f_view([-1])?, 0, &idx).in_place()?;
+            }
+        }
         let pred = work.shallow_clone().f_add_(&b)?.f_clamp_(0, states[0].geom.mask() as i64)?.f_to_kind(Kind::Int)?.f_to_device(Device::Cpu)?;
         for (i, (s, out)) in states.iter_mut().zip(outs.iter_mut()).enumerate() {
             let i = i as i64;
@@ -785,7 +812,15 @@ impl TorchModel {
         let size = r.size();
         let mut work = arena.get(Slot::Work as usize, Kind::Int64, dev, &size)?;
         r.f_sub_out(&work, &b).in_place()?;
-        work.f_mul_scalar_(m.norm.err_mult).in_place()?;
+        match &self.scale {
+            // The error multiplier of each pixel's bucket, from the intensity of `b`.
+            Some((err, _)) => {
+                let i = b.f_to_kind(Kind::Int64)?.f_sub_scalar(m.norm.offset)?.f_mul_scalar(m.norm.in_mult)?;
+                let i = i.f_add_scalar(1i64 << (m.norm.in_shift - 1))?.f_bitwise_right_shift_tensor_scalar(m.norm.in_shift as i64)?.f_clamp(-32768, 32767)?;
+                work.f_mul_(&err.f_index_select(0, &Self::buckets(&i)?)?.f_view_as(&work)?).in_place()?;
+            }
+            None => work.f_mul_scalar_(m.norm.err_mult).in_place()?,
+        }
         work.f_add_scalar_(1i64 << (m.norm.err_shift - 1)).in_place()?;
         work.f_bitwise_right_shift_tensor_scalar_(m.norm.err_shift as i64).in_place()?;
         work.f_clamp_(-128, 127).in_place()?;

@@ -19,7 +19,7 @@ pub mod eval;
 pub mod net;
 
 use super::file::{self, ModelFileError};
-use super::{Arch, Conv, Group, IntModel, Layer, Luts, Meta, Norm, Size};
+use super::{Arch, Conv, Group, IntModel, Layer, Luts, Meta, Norm, Scale, Size, SCALE_BUCKETS};
 use crate::codec::predict::{hash_hex, Geometry, Model, ModelHash, ModelState, PredictError};
 use crate::codec::{Bound, DType};
 use crate::fixtures::Rng;
@@ -105,6 +105,9 @@ pub struct Hyper {
     /// through the quantisation). Otherwise (and for lossless, floats and 32-bit types) the
     /// network observes the originals plus independent uniform noise.
     pub closed_loop: bool,
+    /// Error units that follow the noise where it grows with the signal (a noise scale, model
+    /// file version 2; see [`choose_norm`]).
+    pub noise_scale: bool,
 }
 
 impl Default for Hyper {
@@ -113,7 +116,7 @@ impl Default for Hyper {
         // Closed loop: in `bench --model` (2.5 minutes) ctc abs:2 -3.4% of classical auto's bits
         // against -1.8% open loop, abs:4 -3.9% against -3.2%; the u16 fixture abs:4 closes 61%
         // of the oracle gap against 44% (abs:1 37% both ways, abs:2 39% against 43%).
-        Hyper { crop: 96, seq: 6, batch: 8, lr: 1e-2, loss: Loss::Mae, units: 16.0, augment: true, int32: true, closed_loop: true }
+        Hyper { crop: 96, seq: 6, batch: 8, lr: 1e-2, loss: Loss::Mae, units: 16.0, augment: true, int32: true, closed_loop: true, noise_scale: true }
     }
 }
 
@@ -256,7 +259,12 @@ pub fn noise_sigma(frames: &[Vec<u32>]) -> f64 {
             i += step;
         }
     }
-    let stats = |lim: f64, d: &[f64]| {
+    (clipped_sd(&d) / std::f64::consts::SQRT_2).max(0.5)
+}
+
+/// The standard deviation of `d` clipped at 3 standard deviations until it settles.
+fn clipped_sd(d: &[f64]) -> f64 {
+    let stats = |lim: f64| {
         let (mut n, mut s, mut ss) = (0f64, 0f64, 0f64);
         for &x in d {
             if x.abs() <= lim {
@@ -270,23 +278,84 @@ pub fn noise_sigma(frames: &[Vec<u32>]) -> f64 {
         }
         (ss / n - (s / n).powi(2)).max(0.0).sqrt()
     };
-    let mut sd = stats(f64::INFINITY, &d);
+    let mut sd = stats(f64::INFINITY);
     for _ in 0..50 {
-        let next = stats(3.0 * sd.max(0.5), &d);
+        let next = stats(3.0 * sd.max(0.5));
         if (next - sd).abs() <= 1e-4 * sd {
             sd = next;
             break;
         }
         sd = next;
     }
-    (sd / std::f64::consts::SQRT_2).max(0.5)
+    sd
 }
+
+/// Value bins of [`noise_profile`], and the fewest samples a bin needs to count.
+const PROFILE_BINS: usize = 32;
+const PROFILE_MIN_SAMPLES: usize = 200;
+
+/// The noise of the frames as a function of the pixel value `v` in `lo..=hi`: the variance
+/// `a + g v` (read noise plus a gain times the signal, as photon-counting detectors have),
+/// fitted by weighted least squares to sigma-clipped variances of consecutive frames'
+/// differences in value bins (each difference binned by the first frame's value). `g = 0`
+/// when fewer than two bins have enough samples; `a >= 0.25`, `g >= 0`.
+pub fn noise_profile(frames: &[Vec<u32>], lo: f64, hi: f64) -> (f64, f64) {
+    let pairs = frames.len().saturating_sub(1);
+    let px = frames.first().map_or(0, |f| f.len());
+    let mut bins: Vec<(f64, Vec<f64>)> = vec![(0.0, Vec::new()); PROFILE_BINS];
+    let width = ((hi - lo) / PROFILE_BINS as f64).max(1e-9);
+    let step = (pairs * px).div_ceil(NORM_SAMPLES).max(1);
+    for p in 0..pairs {
+        let (a, b) = (&frames[p], &frames[p + 1]);
+        let mut i = p % step;
+        while i < px {
+            let v = a[i] as f64;
+            if (lo..=hi).contains(&v) {
+                let k = (((v - lo) / width) as usize).min(PROFILE_BINS - 1);
+                bins[k].0 += v;
+                bins[k].1.push(b[i] as f64 - v);
+            }
+            i += step;
+        }
+    }
+    // (mean value, variance of a pixel, weight)
+    let pts: Vec<(f64, f64, f64)> = bins
+        .iter()
+        .filter(|(_, d)| d.len() >= PROFILE_MIN_SAMPLES)
+        .map(|(sum, d)| (sum / d.len() as f64, clipped_sd(d).powi(2) / 2.0, d.len() as f64))
+        .collect();
+    let global = |pts: &[(f64, f64, f64)]| {
+        let w: f64 = pts.iter().map(|p| p.2).sum();
+        (pts.iter().map(|p| p.1 * p.2).sum::<f64>() / w.max(1.0)).max(0.25)
+    };
+    if pts.len() < 2 {
+        return (if pts.is_empty() { 1.0 } else { global(&pts) }, 0.0);
+    }
+    let w: f64 = pts.iter().map(|p| p.2).sum();
+    let mv = pts.iter().map(|p| p.0 * p.2).sum::<f64>() / w;
+    let my = pts.iter().map(|p| p.1 * p.2).sum::<f64>() / w;
+    let sxx: f64 = pts.iter().map(|p| p.2 * (p.0 - mv).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| p.2 * (p.0 - mv) * (p.1 - my)).sum();
+    let g = if sxx > 0.0 { (sxy / sxx).max(0.0) } else { 0.0 };
+    if g == 0.0 {
+        return (global(&pts), 0.0);
+    }
+    ((my - g * mv).max(0.25), g)
+}
+
+/// The noise must grow at least this much over the value range for a model to get a noise
+/// scale: below, one unit everywhere does as well.
+const SCALE_MIN_RATIO: f64 = 1.5;
 
 /// The normalisation for frames like `frames` coded under `degrade`: the intensity maps the
 /// 0.01%..99.99% value range onto +-16384 (twice that before it saturates), the error units are
 /// `units` per standard deviation of the observed noise (the frames' own, plus the
 /// reconstruction noise), the correction is their inverse.
-pub fn choose_norm(frames: &[Vec<u32>], degrade: Degrade, units: f64) -> Norm {
+///
+/// With `scaled`, integer frames whose noise grows by at least [`SCALE_MIN_RATIO`] over their
+/// value range ([`noise_profile`]) get a noise scale: per intensity bucket, `units` per standard
+/// deviation of the noise at that value (clamped to the range), plus the reconstruction noise.
+pub fn choose_norm(frames: &[Vec<u32>], degrade: Degrade, units: f64, scaled: bool) -> Norm {
     let px = frames.first().map_or(0, |f| f.len());
     let total = frames.len() * px;
     let step = total.div_ceil(NORM_SAMPLES).max(1);
@@ -305,7 +374,27 @@ pub fn choose_norm(frames: &[Vec<u32>], degrade: Degrade, units: f64) -> Norm {
     let sigma = (noise_sigma(frames).powi(2) + degrade.variance()).sqrt();
     let (err_mult, err_shift) = fixed_point(units / sigma, file::MAX_NORM_MULT);
     let (out_mult, out_shift) = fixed_point(sigma / units, file::MAX_NORM_MULT);
-    Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift }
+    let norm = Norm { offset, in_mult, in_shift, err_mult, err_shift, out_mult, out_shift, scale: None };
+    if !scaled || degrade.dtype.is_float() {
+        return norm;
+    }
+    let (a, g) = noise_profile(frames, lo, hi);
+    let sd_at = |v: f64| ((a + g * v.clamp(lo, hi)).max(0.25) + degrade.variance()).sqrt();
+    if sd_at(hi) < SCALE_MIN_RATIO * sd_at(lo) {
+        return norm;
+    }
+    // Bucket k holds intensities k * 64 - 32768 .. +63: its value at the middle.
+    let in_ratio = in_mult as f64 / 2f64.powi(in_shift as i32);
+    let sds: Vec<f64> = (0..SCALE_BUCKETS).map(|k| sd_at(offset as f64 + ((k * 64) as f64 - 32768.0 + 32.0) / in_ratio)).collect();
+    let sd_min = sds.iter().copied().fold(f64::INFINITY, f64::min);
+    let sd_max = sds.iter().copied().fold(0.0, f64::max);
+    // One shift per map, from its largest ratio; every bucket's multiplier at that shift.
+    let (_, err_shift) = fixed_point(units / sd_min, file::MAX_NORM_MULT);
+    let (_, out_shift) = fixed_point(sd_max / units, file::MAX_NORM_MULT);
+    let at = |r: f64, s: u8| (r * 2f64.powi(s as i32)).round().clamp(1.0, file::MAX_NORM_MULT as f64) as i64;
+    let scale =
+        Scale { err_mult: sds.iter().map(|&sd| at(units / sd, err_shift)).collect(), out_mult: sds.iter().map(|&sd| at(sd / units, out_shift)).collect() };
+    Norm { err_mult: at(units / sigma, err_shift), err_shift, out_mult: at(sigma / units, out_shift), out_shift, scale: Some(Box::new(scale)), ..norm }
 }
 
 /// SHA-256 of the frames' pixels, in order, each as the little-endian bytes of its type.
@@ -396,7 +485,7 @@ impl Sampler<'_> {
                     inten[at + k] = self.norm.intensity(obs[k]) as f32;
                     if t > 0 {
                         let p = prev[k] as i64;
-                        a0[at + k] = self.norm.error(obs[k] as i64 - p) as f32;
+                        a0[at + k] = self.norm.error(obs[k] as i64 - p, prev[k]) as f32;
                         target[at + k] = (orig[k] as i64 - p) as f32;
                         lo[at + k] = -(p as f32);
                         hi[at + k] = (mask - p as f64) as f32;
@@ -460,8 +549,8 @@ pub fn train_float(frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions, pro
     let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     tch::set_num_threads(threads as i32);
     let hy = &opts.hyper;
-    let norm = choose_norm(frames, degrade, hy.units);
-    tracing::info!(?norm, sigma = noise_sigma(frames), e = degrade.e, ?device, threads, "training normalisation");
+    let norm = choose_norm(frames, degrade, hy.units, hy.noise_scale);
+    tracing::info!(norm = ?Norm { scale: None, ..norm.clone() }, scaled = norm.scale.is_some(), sigma = noise_sigma(frames), e = degrade.e, ?device, threads, "training normalisation");
     let meta = Meta {
         size: if opts.arch.is_some() { "custom".into() } else { opts.size.to_string() },
         bound: if degrade.e > 0.0 { format!("abs:{}", degrade.e) } else { "lossless".into() },
@@ -470,7 +559,7 @@ pub fn train_float(frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions, pro
         steps: 0,
         loss: 0.0,
     };
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optimise(frames, geom, opts, &arch, degrade, norm, device, progress)));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optimise(frames, geom, opts, &arch, degrade, norm.clone(), device, progress)));
     let (net, steps, loss, elapsed) = match run {
         Ok(r) => r?,
         Err(p) => return Err(TrainError::Torch(panic_message(p))),
@@ -499,11 +588,37 @@ fn optimise(
     let (ch, cw) = (hy.crop.clamp(8, geom.height), hy.crop.clamp(8, geom.width));
     // Closed loop needs exact pixel values in f32 (types up to 16 bits) and integer steps.
     let closed = hy.closed_loop && degrade.e > 0.0 && geom.dtype.bits() <= 16 && !geom.dtype.is_float();
-    let mut sampler =
-        Sampler { frames, geom, degrade, norm, seq, batch: hy.batch.max(1), ch, cw, augment: hy.augment, closed, rng: Rng::new(opts.seed ^ 0x7472_6169_6e00) };
+    let mut sampler = Sampler {
+        frames,
+        geom,
+        degrade,
+        norm: norm.clone(),
+        seq,
+        batch: hy.batch.max(1),
+        ch,
+        cw,
+        augment: hy.augment,
+        closed,
+        rng: Rng::new(opts.seed ^ 0x7472_6169_6e00),
+    };
     let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
     let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
     let in_ratio = norm.in_mult as f64 / 2f64.powi(norm.in_shift as i32);
+    // The error and correction ratios of every pixel, from the intensity of the frame the
+    // difference is taken from (one value everywhere without a noise scale).
+    let tables = norm.scale.as_ref().map(|sc| {
+        let t = |v: &[i64], s: u8| Tensor::from_slice(&v.iter().map(|&m| (m as f64 / 2f64.powi(s as i32)) as f32).collect::<Vec<f32>>()).to_device(device);
+        (t(&sc.err_mult, norm.err_shift), t(&sc.out_mult, norm.out_shift))
+    });
+    let ratios = |inten: &Tensor| -> (Tensor, Tensor) {
+        match &tables {
+            Some((et, ot)) => {
+                let k = ((inten + 32768.0) / 64.0).floor().clamp(0.0, (SCALE_BUCKETS - 1) as f64).to_kind(Kind::Int64).view([-1]);
+                (et.index_select(0, &k).view_as(inten), ot.index_select(0, &k).view_as(inten))
+            }
+            None => (Tensor::from(err_ratio as f32).to_device(device), Tensor::from(out_ratio as f32).to_device(device)),
+        }
+    };
     let (ed, qstep, mask) = (degrade.e, 2.0 * degrade.e + 1.0, geom.mask() as f64);
     let budget = Duration::from_secs_f64((opts.minutes * 60.0).max(0.0));
     let start = Instant::now();
@@ -529,12 +644,13 @@ fn optimise(
         let mut inten = batch.intensity.get(0);
         for t in 1..seq as i64 {
             let ahat = net.predict(&mut st, &inten);
-            let c = net::round_ste(&(&ahat * out_ratio));
+            let (err_ratio, out_ratio) = ratios(&inten);
+            let c = net::round_ste(&(&ahat * &out_ratio));
             // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
             let e = match (&b, &batch.orig) {
                 (Some(b), Some(orig)) => (b + c).clamp(0.0, mask) - orig.get(t),
                 _ => c.clamp_tensor(Some(batch.lo.get(t)), Some(batch.hi.get(t))) - batch.target.get(t),
-            } * err_ratio;
+            } * &err_ratio;
             let abs = e.abs().mean(Kind::Float);
             let l = match hy.loss {
                 Loss::Mae => abs.shallow_clone(),
@@ -547,9 +663,9 @@ fn optimise(
                 (Some(bt), Some(orig)) => {
                     // What the codec reconstructs when it quantises x against P'.
                     let x = orig.get(t);
-                    let p = (e.detach() / err_ratio + &x).round();
+                    let p = (e.detach() / &err_ratio + &x).round();
                     let r = (&p + ((&x - &p + ed) / qstep).floor() * qstep).clamp(0.0, mask);
-                    let a0 = ((&r - &*bt) * err_ratio + 0.5).floor().clamp(-128.0, 127.0);
+                    let a0 = ((&r - &*bt) * &err_ratio + 0.5).floor().clamp(-128.0, 127.0);
                     net.observe(&mut st, &a0);
                     inten = ((&r - norm.offset as f64) * in_ratio + 0.5).floor().clamp(-32768.0, 32767.0);
                     *bt = r;
@@ -614,7 +730,7 @@ impl Trained {
     pub fn export(&self) -> Result<IntModel, TrainError> {
         let layers =
             self.net.layers.iter().map(|l| Layer { lstm: export_conv(&l.lstm), ahat: export_conv(&l.ahat), a: l.a.as_ref().map(export_conv) }).collect();
-        let m = IntModel { arch: self.net.arch.clone(), dtype: self.dtype, norm: self.norm, luts: Luts::standard(), layers, meta: self.meta.clone() };
+        let m = IntModel { arch: self.net.arch.clone(), dtype: self.dtype, norm: self.norm.clone(), luts: Luts::standard(), layers, meta: self.meta.clone() };
         file::validate(&m)?;
         Ok(m)
     }
@@ -622,7 +738,7 @@ impl Trained {
     /// The float network as a [`Model`] (for measurements: it is not integer-exact).
     pub fn float_model(self) -> FloatModel {
         tch::no_grad(|| self.net.prepare());
-        FloatModel { net: Mutex::new(self.net), norm: self.norm, dtype: self.dtype }
+        FloatModel { net: Mutex::new(self.net), norm: self.norm.clone(), dtype: self.dtype }
     }
 }
 
@@ -705,7 +821,7 @@ impl Model for FloatModel {
         for (s, r) in states.iter_mut().zip(recons) {
             let s = Self::state(*s)?;
             if let (Some(b), true) = (&s.b, s.predicted) {
-                let a0 = Self::plane(r.iter().zip(b).map(|(&r, &b)| self.norm.error(r as i64 - b as i64) as f32).collect(), s.geom, net.device());
+                let a0 = Self::plane(r.iter().zip(b).map(|(&r, &b)| self.norm.error(r as i64 - b as i64, b) as f32).collect(), s.geom, net.device());
                 tch::no_grad(|| net.observe(&mut s.st, &a0));
             } else {
                 // A key frame: no error to take in (as the integer backends do).

@@ -197,6 +197,7 @@ impl Vfs {
                 serde_json::json!({
                     "size": m.meta.size, "bound": m.meta.bound, "dtype": m.dtype.to_string(), "frames": m.meta.frames,
                     "steps": m.meta.steps, "loss": m.meta.loss, "fingerprint": hash_hex(&m.meta.fingerprint),
+                    "file_version": crate::model::file::version_of(&m), "noise_scale": m.norm.scale.is_some(),
                 })
             });
             let j = serde_json::json!({

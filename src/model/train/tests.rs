@@ -44,6 +44,41 @@ fn noise_is_estimated_from_frame_differences() {
 }
 
 #[test]
+fn photon_counts_get_a_noise_scale_and_constant_noise_does_not() {
+    // Poisson counts: the variance is the mean (a gain of 1).
+    let spec = SequenceSpec { spots: 12, ..SequenceSpec::detector_u16(128, 128, 6, 9) };
+    let frames = generate_images(&spec);
+    let hi = frames.iter().flatten().copied().max().unwrap() as f64;
+    let (a, g) = noise_profile(&frames, 0.0, hi);
+    assert!((0.7..1.4).contains(&g) && a < 10.0, "a {a} g {g}");
+    let lossless = Degrade::new(Bound::Lossless, DType::U16).unwrap();
+    let norm = choose_norm(&frames, lossless, 16.0, true);
+    let sc = norm.scale.as_ref().expect("a scale");
+    // Bright pixels get larger units (smaller error multipliers), dark ones finer.
+    let (dark, bright) = (Norm::bucket(norm.intensity(3)), Norm::bucket(norm.intensity(2000)));
+    assert!(sc.err_mult[dark] > 8 * sc.err_mult[bright], "{} {}", sc.err_mult[dark], sc.err_mult[bright]);
+    assert!(sc.out_mult[dark] * 8 < sc.out_mult[bright]);
+    // About `units` per standard deviation: 4 sigma at 2000 (sqrt(2000) each) is about 64
+    // units, at 200 as well; with the global unit it was 127 (saturated) at both.
+    for v in [200u32, 2000] {
+        let four = (4.0 * (v as f64).sqrt()).round() as i64;
+        let u = norm.error(four, v);
+        assert!((48..=80).contains(&u), "{v}: {u} units");
+        assert_eq!(Norm { scale: None, ..norm.clone() }.error(four, v), 127);
+    }
+    assert!(file::validate(&IntModel { norm: norm.clone(), ..file::random(&Size::Small.arch(), DType::U16, 1) }).is_ok());
+    // Not asked for: none.
+    assert!(choose_norm(&frames, lossless, 16.0, false).scale.is_none());
+    // Noise of one standard deviation at every level: no scale.
+    let mut rng = crate::fixtures::Rng::new(4);
+    let flat: Vec<Vec<u32>> =
+        (0..6).map(|_| (0..128 * 128).map(|i| ((i % 128) as f64 * 300.0 + 5.0 * rng.normal()).round().max(0.0) as u32).collect()).collect();
+    let (_, g) = noise_profile(&flat, 0.0, 128.0 * 300.0);
+    assert!(g < 0.01, "g {g}");
+    assert!(choose_norm(&flat, lossless, 16.0, true).scale.is_none());
+}
+
+#[test]
 fn bounds_are_checked() {
     assert_eq!(Degrade::new(Bound::Abs(2.7), DType::U16).unwrap().e, 2.0);
     assert_eq!(Degrade::new(Bound::Abs(0.5), DType::U8).unwrap().e, 0.0);
