@@ -152,10 +152,16 @@ pub const SCALE_BUCKETS: usize = 1024;
 /// a scale). Data whose noise grows with the signal (photon counts: Poisson) then has its errors
 /// in units of the local noise, where a global unit either saturates the bright pixels' errors
 /// at +-127 units or leaves the dark ones a unit of several grey levels.
+///
+/// The network's intensity input is then *stabilised*: `stab` holds, at each bucket boundary
+/// (`SCALE_BUCKETS + 1` entries, non-decreasing i16 values), the integral of `1 / sigma` (the
+/// generalised Anscombe transform), linearly interpolated inside a bucket, so that one step of
+/// the input is about the same fraction of the noise at every intensity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scale {
     pub err_mult: Vec<i64>,
     pub out_mult: Vec<i64>,
+    pub stab: Vec<i32>,
 }
 
 /// `(x + 2^(s-1)) >> s`: rounds half up (`s >= 1`).
@@ -169,6 +175,20 @@ impl Norm {
     #[inline]
     pub fn intensity(&self, v: u32) -> i32 {
         rshr((v as i64 - self.offset) * self.in_mult, self.in_shift).clamp(-32768, 32767) as i32
+    }
+    /// The intensity the network sees: `I(v)`, stabilised by the noise scale when there is one
+    /// (`S = stab[k] + rshr(j * (stab[k + 1] - stab[k]), 6)`, `k` the bucket of `I`, `j` its
+    /// place in it, `0..64`).
+    #[inline]
+    pub fn net_intensity(&self, v: u32) -> i32 {
+        let i = self.intensity(v);
+        match &self.scale {
+            None => i,
+            Some(s) => {
+                let (k, j) = (Norm::bucket(i), ((i + 32768) & 63) as i64);
+                (s.stab[k] as i64 + rshr(j * (s.stab[k + 1] - s.stab[k]) as i64, 6)) as i32
+            }
+        }
     }
     /// The noise-scale bucket of an intensity.
     #[inline]

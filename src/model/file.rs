@@ -185,6 +185,7 @@ pub fn tensor_layout(arch: &Arch, version: u16) -> Vec<TensorSpec> {
     if version >= 2 {
         v.push(t("noise scale error multipliers".into(), Elem::I64, SCALE_BUCKETS));
         v.push(t("noise scale correction multipliers".into(), Elem::I64, SCALE_BUCKETS));
+        v.push(t("noise scale stabilised intensity".into(), Elem::I32, SCALE_BUCKETS + 1));
     }
     for l in 0..arch.layers.len() {
         for cs in conv_shapes(arch, l) {
@@ -259,6 +260,15 @@ fn check_norm(n: &Norm) -> Result<(), ModelFileError> {
             if let Some(k) = t.iter().position(|m| !(1..=MAX_NORM_MULT).contains(m)) {
                 return Err(range_err(format!("noise scale {what} multiplier {k} is {} (1 to 2^30 allowed)", t[k])));
             }
+        }
+        if sc.stab.len() != SCALE_BUCKETS + 1 {
+            return Err(ModelFileError::Inconsistent(format!("noise scale has {} stabilised intensities, expected {}", sc.stab.len(), SCALE_BUCKETS + 1)));
+        }
+        if let Some(k) = sc.stab.iter().position(|v| !(-32768..=32767).contains(v)) {
+            return Err(range_err(format!("noise scale stabilised intensity {k} is {} (-32768 to 32767 allowed)", sc.stab[k])));
+        }
+        if let Some(k) = sc.stab.windows(2).position(|w| w[1] < w[0]) {
+            return Err(range_err(format!("noise scale stabilised intensity decreases at entry {}", k + 1)));
         }
     }
     Ok(())
@@ -375,6 +385,7 @@ fn header_of(m: &IntModel) -> ModelHeader {
     if let Some(sc) = &m.norm.scale {
         tensors.push(sc.err_mult.len() as u64 * 8);
         tensors.push(sc.out_mult.len() as u64 * 8);
+        tensors.push(sc.stab.len() as u64 * 4);
     }
     for layer in &m.layers {
         for conv in [Some(&layer.lstm), Some(&layer.ahat), layer.a.as_ref()].into_iter().flatten() {
@@ -437,6 +448,7 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
         for t in [&sc.err_mult, &sc.out_mult] {
             t.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         }
+        sc.stab.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
     }
     for layer in &m.layers {
         for conv in [Some(&layer.lstm), Some(&layer.ahat), layer.a.as_ref()].into_iter().flatten() {
@@ -602,7 +614,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     }
     let mut r = Reader { bytes: &bytes[..tend], at: tstart };
     let luts = Luts { sigmoid: r.i16s(GATE_LUT), tanh: r.i16s(GATE_LUT), tanh_cell: r.i16s(CELL_LUT) };
-    let scale = (version >= 2).then(|| Box::new(Scale { err_mult: r.i64s(SCALE_BUCKETS), out_mult: r.i64s(SCALE_BUCKETS) }));
+    let scale = (version >= 2).then(|| Box::new(Scale { err_mult: r.i64s(SCALE_BUCKETS), out_mult: r.i64s(SCALE_BUCKETS), stab: r.i32s(SCALE_BUCKETS + 1) }));
     let mut layers = Vec::with_capacity(arch.layers.len());
     for l in 0..arch.layers.len() {
         let mut convs = conv_shapes(&arch, l).into_iter().map(|cs| r.conv(cs.cout, cs.k, &cs.cins, cs.lo, cs.hi)).collect::<Vec<_>>();
@@ -885,7 +897,15 @@ fn random_scale(rng: &mut Rng, norm: &Norm) -> Scale {
     };
     let err_mult = walk(norm.err_mult);
     let out_mult = walk(norm.out_mult);
-    Scale { err_mult, out_mult }
+    // Non-decreasing steps of 0 to 80 (a random slope), started low enough to reach both ends.
+    let mut v = -32768 - rng.range(0, 8000) as i32;
+    let stab = (0..=SCALE_BUCKETS)
+        .map(|_| {
+            v += rng.range(0, 80) as i32;
+            v.clamp(-32768, 32767)
+        })
+        .collect();
+    Scale { err_mult, out_mult, stab }
 }
 
 #[cfg(test)]
@@ -1123,8 +1143,9 @@ mod tests {
         let (m, plain) = scaled_pair();
         let (b2, b1) = (to_bytes(&m), to_bytes(&plain));
         assert_eq!((u16::from_le_bytes([b2[8], b2[9]]), u16::from_le_bytes([b1[8], b1[9]])), (2, 1));
-        // Two tables of i64 more, and their two lengths in the header.
-        assert_eq!(b2.len(), b1.len() + 2 * SCALE_BUCKETS * 8 + 2 * postcard::to_allocvec(&(SCALE_BUCKETS as u64 * 8)).unwrap().len());
+        // Three tables more (two of i64, one of i32), and their lengths in the header.
+        let varint = |n: usize| postcard::to_allocvec(&(n as u64)).unwrap().len();
+        assert_eq!(b2.len(), b1.len() + 2 * SCALE_BUCKETS * 8 + (SCALE_BUCKETS + 1) * 4 + 2 * varint(SCALE_BUCKETS * 8) + varint((SCALE_BUCKETS + 1) * 4));
         assert_eq!(from_bytes(&b2).unwrap(), m);
         assert_eq!(from_bytes(&b1).unwrap(), plain);
         assert!(random(&tiny_arch(), DType::U16, 0).norm.scale.is_none() || random(&tiny_arch(), DType::U16, 1).norm.scale.is_none());
@@ -1150,6 +1171,19 @@ mod tests {
                 assert!(matches!(&e, ModelFileError::OutOfRange(msg) if msg.contains("noise scale") && msg.contains("500")), "{e}");
             }
         }
+        // The stabilised intensity: in i16, non-decreasing.
+        let i = layout.iter().position(|s| s.name == "noise scale stabilised intensity").unwrap();
+        let o = layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>();
+        let st = &m.norm.scale.as_ref().unwrap().stab;
+        for (at, bad, what) in [(700, st[699] - 1, "decreases at entry 700"), (0, -40000, "entry 0 is -40000"), (1024, 40000, "1024 is 40000")] {
+            let mut t2 = t.clone();
+            t2[o + 4 * at..o + 4 * at + 4].copy_from_slice(&bad.to_le_bytes());
+            let e = from_bytes(&file_with(&h, &t2)).unwrap_err();
+            assert!(matches!(&e, ModelFileError::OutOfRange(msg) if msg.contains("stabilised") && msg.contains(what.split(' ').next_back().unwrap())), "{e}");
+        }
+        let mut short = m.clone();
+        short.norm.scale.as_mut().unwrap().stab.pop();
+        assert!(matches!(validate(&short), Err(ModelFileError::Inconsistent(_))));
         let mut short = m.clone();
         short.norm.scale.as_mut().unwrap().out_mult.pop();
         assert!(matches!(validate(&short), Err(ModelFileError::Inconsistent(_))));
@@ -1174,6 +1208,18 @@ mod tests {
             }
         }
         assert!(seen.len() > 100, "the pixel range spreads over many buckets ({})", seen.len());
+        // The network's intensity: the stabilised one, interpolated inside each bucket, never
+        // decreasing with the pixel value; without a scale, I(v).
+        let mut last = i32::MIN;
+        for b in (0..=mask).step_by(7) {
+            let i = n.intensity(b);
+            let (k, j) = (Norm::bucket(i), ((i + 32768) & 63) as i64);
+            let want = sc.stab[k] as i64 + rshr(j * (sc.stab[k + 1] - sc.stab[k]) as i64, 6);
+            assert_eq!(n.net_intensity(b) as i64, want);
+            assert!(n.net_intensity(b) >= last);
+            last = n.net_intensity(b);
+            assert_eq!(plain.norm.net_intensity(b), i);
+        }
     }
 
     #[test]

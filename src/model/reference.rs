@@ -205,7 +205,7 @@ impl ReferenceModel {
         let b = s.b.as_ref().ok_or_else(|| self.err("predict before any frame was observed"))?;
         let mut intensity = Planes::zeros(1, geom.height, geom.width);
         for (i, &v) in intensity.v.iter_mut().zip(b) {
-            *i = m.norm.intensity(v);
+            *i = m.norm.net_intensity(v);
         }
         let nl = m.layers.len();
         for l in (0..nl).rev() {
@@ -414,7 +414,11 @@ mod activity {
     #[test]
     fn random_models_exercise_the_ranges() {
         for dtype in [DType::U8, DType::U16, DType::F32] {
-            let m = ReferenceModel::new(Arc::new(file::random(&Size::Small.arch(), dtype, 5))).unwrap();
+            // Without a noise scale: its random stabilised intensity (tested against the torch
+            // backend in tests/model_backends.rs) moves the activity this test tunes for.
+            let mut rm = file::random(&Size::Small.arch(), dtype, 5);
+            rm.norm.scale = None;
+            let m = ReferenceModel::new(Arc::new(rm)).unwrap();
             let geom = Geometry::of(40, 30, dtype);
             let mut s = m.start(geom).unwrap();
             let mut rng = file::Rng(3);

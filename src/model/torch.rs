@@ -343,8 +343,9 @@ pub struct TorchModel {
     layers: Vec<TLayer>,
     /// int64 `[256]`: `C(u)` at `u + 128` (a model without a noise scale).
     correction: Tensor,
-    /// A model with a noise scale: its error and correction multipliers, int64 `[SCALE_BUCKETS]`.
-    scale: Option<(Tensor, Tensor)>,
+    /// A model with a noise scale: its error and correction multipliers, int64 `[SCALE_BUCKETS]`,
+    /// and its stabilised intensities, int64 `[SCALE_BUCKETS + 1]`.
+    scale: Option<(Tensor, Tensor, Tensor)>,
     /// int32 `[65535]`: `TANHC[clamp(s >> 5, -1024, 1023) + 1024]` at `s + 32767`.
     cell_tanh: Tensor,
     band: i64,
@@ -448,7 +449,11 @@ impl TorchModel {
         }
         let correction: Vec<i64> = (-128..128).map(|u| rshr(u as i64 * m.norm.out_mult, m.norm.out_shift)).collect();
         let scale = match &m.norm.scale {
-            Some(sc) => Some((Tensor::f_from_slice(&sc.err_mult)?.f_to_device(device)?, Tensor::f_from_slice(&sc.out_mult)?.f_to_device(device)?)),
+            Some(sc) => {
+                let stab: Vec<i64> = sc.stab.iter().map(|&v| v as i64).collect();
+                let t = |v: &[i64]| Tensor::f_from_slice(v)?.f_to_device(device);
+                Some((t(&sc.err_mult)?, t(&sc.out_mult)?, t(&stab)?))
+            }
             None => None,
         };
         let cell_tanh: Vec<i32> = (-32767..=32767).map(|s: i32| m.luts.tanh_cell[((s >> 5).clamp(-1024, 1023) + 1024) as usize] as i32).collect();
@@ -709,8 +714,20 @@ impl TorchModel {
         let intensity = work.f_clamp_(-32768, 32767)?.f_to_kind(Kind::Int)?;
         // The noise scale's correction multiplier of every pixel, from its bucket.
         let out_mult = match &self.scale {
-            Some((_, out)) => Some(out.f_index_select(0, &Self::buckets(&intensity)?)?),
+            Some((_, out, _)) => Some(out.f_index_select(0, &Self::buckets(&intensity)?)?),
             None => None,
+        };
+        // What the network sees: S = stab[k] + rshr(j * (stab[k + 1] - stab[k]), 6).
+        let intensity = match &self.scale {
+            Some((_, _, stab)) => {
+                let k = Self::buckets(&intensity)?;
+                let j = intensity.f_to_kind(Kind::Int64)?.f_add_scalar(32768)?.f_bitwise_and(63)?.f_view([-1])?;
+                let lo = stab.f_index_select(0, &k)?;
+                let step = stab.f_index_select(0, &k.f_add_scalar(1)?)?.f_sub(&lo)?;
+                let s = lo.f_add(&j.f_mul(&step)?.f_add_scalar(32)?.f_bitwise_right_shift_tensor_scalar(6)?)?;
+                s.f_view_as(&intensity)?.f_to_kind(Kind::Int)?
+            }
+            None => intensity,
         };
         let mut hid: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
         let mut cell: Vec<Option<Tensor>> = (0..nl).map(|_| None).collect();
@@ -814,7 +831,7 @@ impl TorchModel {
         r.f_sub_out(&work, &b).in_place()?;
         match &self.scale {
             // The error multiplier of each pixel's bucket, from the intensity of `b`.
-            Some((err, _)) => {
+            Some((err, _, _)) => {
                 let i = b.f_to_kind(Kind::Int64)?.f_sub_scalar(m.norm.offset)?.f_mul_scalar(m.norm.in_mult)?;
                 let i = i.f_add_scalar(1i64 << (m.norm.in_shift - 1))?.f_bitwise_right_shift_tensor_scalar(m.norm.in_shift as i64)?.f_clamp(-32768, 32767)?;
                 work.f_mul_(&err.f_index_select(0, &Self::buckets(&i)?)?.f_view_as(&work)?).in_place()?;

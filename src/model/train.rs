@@ -392,8 +392,21 @@ pub fn choose_norm(frames: &[Vec<u32>], degrade: Degrade, units: f64, scaled: bo
     let (_, err_shift) = fixed_point(units / sd_min, file::MAX_NORM_MULT);
     let (_, out_shift) = fixed_point(sd_max / units, file::MAX_NORM_MULT);
     let at = |r: f64, s: u8| (r * 2f64.powi(s as i32)).round().clamp(1.0, file::MAX_NORM_MULT as f64) as i64;
-    let scale =
-        Scale { err_mult: sds.iter().map(|&sd| at(units / sd, err_shift)).collect(), out_mult: sds.iter().map(|&sd| at(sd / units, out_shift)).collect() };
+    // The stabilised intensity: the integral of 1 / sigma, (2 / g) sqrt(g v + a + reconstruction
+    // noise), at each bucket boundary, mapped as the intensity maps the value range (+-16384).
+    let f = |v: f64| 2.0 / g * (g * v.max(0.0) + a + degrade.variance()).sqrt();
+    let (mid, half_s) = ((f(lo) + f(hi)) / 2.0, ((f(hi) - f(lo)) / 2.0).max(1e-9));
+    let stab = (0..=SCALE_BUCKETS)
+        .map(|m| {
+            let v = offset as f64 + ((m * 64) as f64 - 32768.0) / in_ratio;
+            ((f(v) - mid) * net::UNITS_INTENSITY / half_s).round().clamp(-32768.0, 32767.0) as i32
+        })
+        .collect();
+    let scale = Scale {
+        err_mult: sds.iter().map(|&sd| at(units / sd, err_shift)).collect(),
+        out_mult: sds.iter().map(|&sd| at(sd / units, out_shift)).collect(),
+        stab,
+    };
     Norm { err_mult: at(units / sigma, err_shift), err_shift, out_mult: at(sigma / units, out_shift), out_shift, scale: Some(Box::new(scale)), ..norm }
 }
 
@@ -610,6 +623,22 @@ fn optimise(
         let t = |v: &[i64], s: u8| Tensor::from_slice(&v.iter().map(|&m| (m as f64 / 2f64.powi(s as i32)) as f32).collect::<Vec<f32>>()).to_device(device);
         (t(&sc.err_mult, norm.err_shift), t(&sc.out_mult, norm.out_shift))
     });
+    // The stabilised intensity the network sees, as the integer backends compute it (every
+    // value an integer below 2^24: exact in f32).
+    let stab = norm.scale.as_ref().map(|sc| Tensor::from_slice(&sc.stab.iter().map(|&v| v as f32).collect::<Vec<f32>>()).to_device(device));
+    let net_in = |inten: &Tensor| -> Tensor {
+        match &stab {
+            Some(st) => {
+                let k = ((inten + 32768.0) / 64.0).floor();
+                let j = inten + 32768.0 - &k * 64.0;
+                let k = k.to_kind(Kind::Int64).view([-1]);
+                let lo = st.index_select(0, &k).view_as(inten);
+                let hi = st.index_select(0, &(k + 1)).view_as(inten);
+                &lo + ((j * (hi - &lo) + 32.0) / 64.0).floor()
+            }
+            None => inten.shallow_clone(),
+        }
+    };
     let ratios = |inten: &Tensor| -> (Tensor, Tensor) {
         match &tables {
             Some((et, ot)) => {
@@ -643,7 +672,7 @@ fn optimise(
         let mut b = batch.key.as_ref().map(|k| k.shallow_clone());
         let mut inten = batch.intensity.get(0);
         for t in 1..seq as i64 {
-            let ahat = net.predict(&mut st, &inten);
+            let ahat = net.predict(&mut st, &net_in(&inten));
             let (err_ratio, out_ratio) = ratios(&inten);
             let c = net::round_ste(&(&ahat * &out_ratio));
             // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
@@ -804,7 +833,7 @@ impl Model for FloatModel {
         for (s, out) in states.iter_mut().zip(outs.iter_mut()) {
             let s = Self::state(*s)?;
             let b = s.b.as_ref().ok_or_else(|| Self::err("predict before any frame was observed"))?;
-            let inten = Self::plane(b.iter().map(|&v| self.norm.intensity(v) as f32).collect(), s.geom, net.device());
+            let inten = Self::plane(b.iter().map(|&v| self.norm.net_intensity(v) as f32).collect(), s.geom, net.device());
             let ahat = tch::no_grad(|| net.predict(&mut s.st, &inten));
             let u = values(&ahat);
             let mask = s.geom.mask();

@@ -67,6 +67,13 @@ fn photon_counts_get_a_noise_scale_and_constant_noise_does_not() {
         assert_eq!(Norm { scale: None, ..norm.clone() }.error(four, v), 127);
     }
     assert!(file::validate(&IntModel { norm: norm.clone(), ..file::random(&Size::Small.arch(), DType::U16, 1) }).is_ok());
+    // The stabilised intensity rises like sqrt(v): a grey level moves it about sqrt(2000 / 30)
+    // times further at 30 than at 2000, and it spans about the i16 range over the values.
+    let slope = |v: u32| (norm.net_intensity(v + 20) - norm.net_intensity(v)) as f64;
+    let r = slope(30) / slope(2000);
+    assert!((4.0..12.0).contains(&r), "slope ratio {r}");
+    let hi_v = frames.iter().flatten().copied().max().unwrap();
+    assert!(norm.net_intensity(0) < -15000 && norm.net_intensity(hi_v) > 15000, "{} {}", norm.net_intensity(0), norm.net_intensity(hi_v));
     // Not asked for: none.
     assert!(choose_norm(&frames, lossless, 16.0, false).scale.is_none());
     // Noise of one standard deviation at every level: no scale.
