@@ -195,8 +195,14 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             )?;
             print_row(&only);
             println!(
-                "{:<42} {:>8} {:>10} {:>10}  trained {trained_secs:.0} s on {cores} cores, {} steps, final loss {:.2} error units",
-                "  (its training)", "-", "-", "-", model.meta.steps, model.meta.loss
+                "{:<42} {:>8} {:>10} {:>10}  trained {trained_secs:.0} s on {cores} cores, {} steps, final loss {:.2} error units{}",
+                "  (its training)",
+                "-",
+                "-",
+                "-",
+                model.meta.steps,
+                model.meta.loss,
+                if model.norm.scale.is_some() { " (noise scale)" } else { "" }
             );
             let oracle_row = match &oracle {
                 Some(o) => {
@@ -246,7 +252,7 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             set_report.push(json!({
                 "bound": bound.to_string(), "classical": classical.ratio, "with_model": with.ratio, "model_alone": only.ratio,
                 "oracle": oracle_row.as_ref().map(|r| r.ratio), "noise_floor_limit": limit, "train_seconds": trained_secs,
-                "train_steps": model.meta.steps, "train_loss": model.meta.loss, "model_bytes": bytes.len(),
+                "train_steps": model.meta.steps, "train_loss": model.meta.loss, "noise_scale": model.norm.scale.is_some(), "model_bytes": bytes.len(),
                 "comp_MBps": with.comp, "dec_MBps": with.dec, "checks": [classical.check, with.check, only.check], "verdicts": verdicts, "genie": genie_report,
             }));
             if speed_frames.is_none() || d.dtype == DType::U8 {
