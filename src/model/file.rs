@@ -1148,7 +1148,7 @@ mod tests {
         assert_eq!(b2.len(), b1.len() + 2 * SCALE_BUCKETS * 8 + (SCALE_BUCKETS + 1) * 4 + 2 * varint(SCALE_BUCKETS * 8) + varint((SCALE_BUCKETS + 1) * 4));
         assert_eq!(from_bytes(&b2).unwrap(), m);
         assert_eq!(from_bytes(&b1).unwrap(), plain);
-        assert!(random(&tiny_arch(), DType::U16, 0).norm.scale.is_none() || random(&tiny_arch(), DType::U16, 1).norm.scale.is_none());
+        assert!((0..64).any(|seed| random(&tiny_arch(), DType::U16, seed).norm.scale.is_none()), "random() still makes version-1 models");
         // The version number decides how the tensors are read: swapped, both files are refused
         // by their tensor lengths.
         for (b, v) in [(&b2, 1u16), (&b1, 2)] {

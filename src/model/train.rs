@@ -622,35 +622,26 @@ fn optimise(
     let err_ratio = norm.err_mult as f64 / 2f64.powi(norm.err_shift as i32);
     let out_ratio = norm.out_mult as f64 / 2f64.powi(norm.out_shift as i32);
     let in_ratio = norm.in_mult as f64 / 2f64.powi(norm.in_shift as i32);
-    // The error and correction ratios of every pixel, from the intensity of the frame the
-    // difference is taken from (one value everywhere without a noise scale).
+    // From the (linear) intensity of the frame a difference is taken from: the intensity the
+    // network sees and the error and correction ratios of every pixel, as the integer backends
+    // compute them (with a noise scale, per bucket; every stabilised value is an integer below
+    // 2^24, exact in f32). Without a scale: the intensity itself and one ratio everywhere.
     let tables = norm.scale.as_ref().map(|sc| {
-        let t = |v: &[i64], s: u8| Tensor::from_slice(&v.iter().map(|&m| (m as f64 / 2f64.powi(s as i32)) as f32).collect::<Vec<f32>>()).to_device(device);
-        (t(&sc.err_mult, norm.err_shift), t(&sc.out_mult, norm.out_shift))
+        let t = |v: Vec<f32>| Tensor::from_slice(&v).to_device(device);
+        let ratio = |v: &[i64], s: u8| t(v.iter().map(|&m| (m as f64 / 2f64.powi(s as i32)) as f32).collect());
+        (ratio(&sc.err_mult, norm.err_shift), ratio(&sc.out_mult, norm.out_shift), t(sc.stab.iter().map(|&v| v as f32).collect()))
     });
-    // The stabilised intensity the network sees, as the integer backends compute it (every
-    // value an integer below 2^24: exact in f32).
-    let stab = norm.scale.as_ref().map(|sc| Tensor::from_slice(&sc.stab.iter().map(|&v| v as f32).collect::<Vec<f32>>()).to_device(device));
-    let net_in = |inten: &Tensor| -> Tensor {
-        match &stab {
-            Some(st) => {
+    let per_pixel = |inten: &Tensor| -> (Tensor, Tensor, Tensor) {
+        match &tables {
+            Some((et, ot, st)) => {
                 let k = ((inten + 32768.0) / 64.0).floor();
                 let j = inten + 32768.0 - &k * 64.0;
                 let k = k.to_kind(Kind::Int64).view([-1]);
-                let lo = st.index_select(0, &k).view_as(inten);
-                let hi = st.index_select(0, &(k + 1)).view_as(inten);
-                &lo + ((j * (hi - &lo) + 32.0) / 64.0).floor()
+                let at = |t: &Tensor, k: &Tensor| t.index_select(0, k).view_as(inten);
+                let (lo, hi) = (at(st, &k), at(st, &(&k + 1)));
+                (&lo + ((j * (hi - &lo) + 32.0) / 64.0).floor(), at(et, &k), at(ot, &k))
             }
-            None => inten.shallow_clone(),
-        }
-    };
-    let ratios = |inten: &Tensor| -> (Tensor, Tensor) {
-        match &tables {
-            Some((et, ot)) => {
-                let k = ((inten + 32768.0) / 64.0).floor().clamp(0.0, (SCALE_BUCKETS - 1) as f64).to_kind(Kind::Int64).view([-1]);
-                (et.index_select(0, &k).view_as(inten), ot.index_select(0, &k).view_as(inten))
-            }
-            None => (Tensor::from(err_ratio as f32).to_device(device), Tensor::from(out_ratio as f32).to_device(device)),
+            None => (inten.shallow_clone(), Tensor::from(err_ratio as f32).to_device(device), Tensor::from(out_ratio as f32).to_device(device)),
         }
     };
     let (ed, qstep, mask) = (degrade.e, 2.0 * degrade.e + 1.0, geom.mask() as f64);
@@ -677,8 +668,8 @@ fn optimise(
         let mut b = batch.key.as_ref().map(|k| k.shallow_clone());
         let mut inten = batch.intensity.get(0);
         for t in 1..seq as i64 {
-            let ahat = net.predict(&mut st, &net_in(&inten));
-            let (err_ratio, out_ratio) = ratios(&inten);
+            let (net_in, err_ratio, out_ratio) = per_pixel(&inten);
+            let ahat = net.predict(&mut st, &net_in);
             let c = net::round_ste(&(&ahat * &out_ratio));
             // P' - x = clamp(b + C(Ahat_0), 0, mask) - x, in error units.
             let e = match (&b, &batch.orig) {
