@@ -219,7 +219,7 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
                 None => None,
             };
             let genie_report = match &genie {
-                Some(g) => Some(super::bench_genie::rows(g, &second, &base, window, &classical, oracle_row.as_ref(), &print_row)?),
+                Some(g) => Some(super::bench_genie::rows(g, &second, &base, window, &classical, &with, oracle_row.as_ref(), &print_row)?),
                 None => None,
             };
             let limit = floor.as_ref().and_then(|f| f.ratio_limit(d.dtype, e));
