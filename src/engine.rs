@@ -473,8 +473,14 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
         }
     }
     // The CPU-heavy part (encoding, and decoding to verify it before anything is committed: rule
-    // 1 of DESIGN.md) runs on idle CPU only; the commit below does not.
-    let (enc, decoded) = priority::run_idle(|| -> FsResult<_> {
+    // 1 of DESIGN.md) runs on idle CPU only while the backlog is small (at nice 10 above it, so
+    // that busy CPUs cannot stop compression); the commit below runs at nice 10.
+    let how = priority::Encoding::for_backlog(vfs.store.bytes_in("staging"), vfs.config.idle_backlog);
+    if how == priority::Encoding::Nice {
+        vfs.counters.encoded_not_idle.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(dir = job.dir, "backlog over idle_backlog: window encoded at nice 10");
+    }
+    let (enc, decoded) = priority::run_encoding(how, || -> FsResult<_> {
         let enc = encode_window(&refs, &opts).map_err(|e| FsError::Corrupt { what: "window".into(), why: e.to_string() })?;
         let decoded = decode_window_with(&enc.blob, vfs.models.clone())
             .map_err(|e| FsError::Corrupt { what: "fresh blob".into(), why: format!("does not decode: {e}") })?;

@@ -128,6 +128,13 @@ pub fn render(vfs: &Vfs) -> String {
         "Windows coded without their model because the backlog was over its limit.",
         n(&c.model_skipped),
     );
+    one(
+        &mut out,
+        "tezipfs_encoded_not_idle_windows_total",
+        "counter",
+        "Windows encoded at nice 10 instead of idle priority because the backlog was over idle_backlog_mib.",
+        n(&c.encoded_not_idle),
+    );
     one(&mut out, "tezipfs_rehydrated_files_total", "counter", "Compressed files brought back to staging to be written.", n(&c.rehydrated));
     one(&mut out, "tezipfs_file_syncs_total", "counter", "Files made durable by a close or an fsync.", n(&c.file_syncs));
     one(&mut out, "tezipfs_passthrough_opens_total", "counter", "Opens for writing served by FUSE passthrough.", n(&c.passthrough_opens));

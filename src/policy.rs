@@ -177,6 +177,7 @@ pub struct MountSection {
     pub auto_train_minutes: Option<f64>,
     pub auto_train_threads: Option<usize>,
     pub model_backlog_mib: Option<u64>,
+    pub idle_backlog_mib: Option<u64>,
 }
 
 impl MountSection {
@@ -187,6 +188,7 @@ impl MountSection {
             ("staging_budget_mib", self.staging_budget_mib),
             ("passthrough_min_free_mib", self.passthrough_min_free_mib),
             ("model_backlog_mib", self.model_backlog_mib),
+            ("idle_backlog_mib", self.idle_backlog_mib),
         ];
         for (key, v) in mib {
             if v.is_some_and(|v| v.checked_mul(1 << 20).is_none()) {

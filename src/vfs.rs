@@ -112,6 +112,10 @@ pub struct Config {
     /// Above this many staged bytes, windows are coded without their model (it is slower) and
     /// lossless ones are re-coded with it later.
     pub model_backlog: u64,
+    /// Encoding runs under `SCHED_IDLE` (on CPU nothing else wants) while staging holds at most
+    /// this many bytes; above it at nice 10, so that compression still progresses on a node
+    /// whose CPUs other work keeps busy (`crate::engine::priority`).
+    pub idle_backlog: u64,
     /// A window whose compression failed (a disk error, say) is tried again after this long.
     pub retry_after: Duration,
 }
@@ -129,6 +133,7 @@ impl Default for Config {
             model_backend: crate::model::Backend::Torch(crate::model::DeviceChoice::Auto),
             auto_train: Default::default(),
             model_backlog: 1 << 30,
+            idle_backlog: 256 << 20,
             retry_after: Duration::from_secs(60),
         }
     }
@@ -194,6 +199,8 @@ pub struct Counters {
     pub last_error: Mutex<Option<String>>,
     /// Windows coded without their model because the backlog was over its limit.
     pub model_skipped: AtomicU64,
+    /// Windows encoded at nice 10 instead of `SCHED_IDLE` (staging was over `idle_backlog`).
+    pub encoded_not_idle: AtomicU64,
     /// Directories whose model is being trained (or whose training failed): (dir, status).
     pub model_training: Mutex<Vec<(u64, String)>>,
     /// The backlog over the last hour, sampled by the engine.

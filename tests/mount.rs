@@ -977,6 +977,41 @@ fn a_window_too_large_for_the_memory_budget_is_split() {
     });
 }
 
+/// Compression progresses while normal-priority work keeps every core busy: over
+/// `--idle-backlog-mib` the engine encodes at nice 10, not under `SCHED_IDLE` (which a busy
+/// core never serves), and `stats` counts such windows. (0 MiB: any staged file is over.)
+#[test]
+fn over_the_idle_backlog_busy_cores_do_not_stop_compression() {
+    require_fuse!();
+    let fs = Fs::with(Opts { extra: vec!["--idle-backlog-mib".into(), "0".into()], ..Opts::default() });
+    let dir = fs.path("busy");
+    std::fs::create_dir(&dir).unwrap();
+    set_policy(&dir, Some("raw:1024x1024:u16"), None, Some(4));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let spinners: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let want = write_frames(&dir, &raw_frames(1024, 1024, 4, 31), "raw");
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert_files(&want);
+    let st = fs.stats(&dir);
+    assert!(st["encoded_not_idle_windows"].as_u64().unwrap_or(0) >= 1, "the window was not encoded at nice 10: {st}");
+}
+
 /// The decoded-frame cache borrows what the memory budget has idle: a reader going through more
 /// frames than the cache's own share finds them decoded; a window that needs the memory later
 /// takes it back (and is compressed, not kept waiting).

@@ -1713,9 +1713,10 @@ fn s36_directory_attributes() {
 
     let names = listx(&d);
     assert!(!names.iter().any(|n| ["user.tezip.stats", "user.tezip.policy", "user.tezip.models"].contains(&n.as_str())), "{names:?}");
-    for key in ["model_device", "model_training", "model_skipped_windows"] {
+    for key in ["model_device", "model_training", "model_skipped_windows", "encoded_not_idle_windows"] {
         assert!(st.get(key).is_some(), "stats have {key}");
     }
+    assert_eq!(st["encoded_not_idle_windows"].as_u64(), Some(0), "a small backlog is encoded at idle priority");
     // No model yet: the listing is empty.
     assert_eq!(getx_str(&d, "user.tezip.models"), "");
     for n in ["user.tezip.stats", "user.tezip.policy", "user.tezip.models"] {

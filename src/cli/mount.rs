@@ -89,6 +89,11 @@ pub struct MountArgs {
     /// idle (default 1024).
     #[arg(long)]
     pub model_backlog_mib: Option<u64>,
+    /// Encoding runs at idle CPU priority (SCHED_IDLE: only on CPU nothing else wants) while
+    /// staging holds at most this many MiB; above it at nice 10, so that compression still
+    /// progresses when other work keeps every CPU busy (default 256).
+    #[arg(long)]
+    pub idle_backlog_mib: Option<u64>,
     /// Milliseconds before a window whose compression failed (a disk error, say) is tried
     /// again; its files stay staged meanwhile (default 60000).
     #[arg(long)]
@@ -166,6 +171,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             threads: args.auto_train_threads.or(m.auto_train_threads).unwrap_or(1).max(1),
         },
         model_backlog: args.model_backlog_mib.or(m.model_backlog_mib).unwrap_or(1024) << 20,
+        idle_backlog: args.idle_backlog_mib.or(m.idle_backlog_mib).unwrap_or(256) << 20,
         retry_after: Duration::from_millis(args.retry_ms.unwrap_or(60_000)),
     };
     // Windows are coded in parallel by the engine's workers: libtorch uses one thread in each

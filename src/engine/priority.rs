@@ -10,6 +10,33 @@
 //! foreground threads; encoding holds no lock a request needs.
 //!
 //! Threads an encoding spawns (the codec's slice threads) inherit its policy.
+//!
+//! `SCHED_IDLE` never gets a core that a normal thread wants: on a node whose CPUs other work
+//! keeps busy, an idle encoding would never run and staging would only grow (seen: two
+//! normal-priority processes on two cores stopped a mount's compression entirely). So the engine
+//! encodes idle only while the backlog is small (`Config::idle_backlog`); above it, at nice 10
+//! ([`Encoding::Nice`]), which still yields most of a busy core to foreground work but always
+//! progresses.
+
+/// How a window's encoding is scheduled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// Under `SCHED_IDLE`: only on CPU nothing else wants (the backlog is small).
+    Idle,
+    /// At the engine's nice value, competing for CPU (the backlog is over its limit).
+    Nice,
+}
+
+impl Encoding {
+    /// The scheduling for a backlog of `staged` bytes against a limit of `idle_backlog`.
+    pub fn for_backlog(staged: u64, idle_backlog: u64) -> Encoding {
+        if staged <= idle_backlog {
+            Encoding::Idle
+        } else {
+            Encoding::Nice
+        }
+    }
+}
 
 /// Nice value of the engine's threads outside [`run_idle`].
 pub const BACKGROUND_NICE: i32 = 10;
@@ -19,6 +46,15 @@ pub fn background() {
     // SAFETY: setpriority on the calling thread only (Linux nice values are per thread).
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) } != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the priority of an engine thread");
+    }
+}
+
+/// `f` scheduled as `how` says: [`Encoding::Nice`] on the calling thread, [`Encoding::Idle`]
+/// through [`run_idle`].
+pub fn run_encoding<R: Send>(how: Encoding, f: impl FnOnce() -> R + Send) -> R {
+    match how {
+        Encoding::Idle => run_idle(f),
+        Encoding::Nice => f(),
     }
 }
 
@@ -80,6 +116,22 @@ mod tests {
             assert_eq!(child, libc::SCHED_IDLE, "a thread the encoding starts");
             assert_eq!(policy(), libc::SCHED_OTHER, "the caller keeps its policy");
             assert_eq!(nice(), BACKGROUND_NICE, "and its nice value");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn over_its_backlog_limit_encoding_runs_at_nice_10_not_idle() {
+        assert_eq!(Encoding::for_backlog(0, 0), Encoding::Idle);
+        assert_eq!(Encoding::for_backlog(100, 100), Encoding::Idle);
+        assert_eq!(Encoding::for_backlog(101, 100), Encoding::Nice);
+        std::thread::spawn(|| {
+            background();
+            let (inside, inside_nice) = run_encoding(Encoding::Nice, || (policy(), nice()));
+            assert_eq!(inside, libc::SCHED_OTHER);
+            assert_eq!(inside_nice, BACKGROUND_NICE);
+            assert_eq!(run_encoding(Encoding::Idle, policy), libc::SCHED_IDLE);
         })
         .join()
         .unwrap();

@@ -102,6 +102,9 @@ pub struct Stats {
     pub model_device: String,
     /// Windows coded without their model because the backlog was over its limit.
     pub model_skipped_windows: u64,
+    /// Windows encoded at nice 10 instead of idle priority because the backlog was over
+    /// `idle_backlog_mib` (compression was behind).
+    pub encoded_not_idle_windows: u64,
     /// Directories whose model is being trained (`model=auto`), or whose training failed.
     pub model_training: Vec<serde_json::Value>,
     /// Files in staging (and their space on disk) over the last hour, oldest first.
@@ -250,6 +253,7 @@ impl Vfs {
                 crate::model::Backend::Reference => "reference (CPU)".into(),
             },
             model_skipped_windows: c.model_skipped.load(Ordering::Relaxed),
+            encoded_not_idle_windows: c.encoded_not_idle.load(Ordering::Relaxed),
             model_training: c
                 .model_training
                 .lock()
