@@ -318,6 +318,9 @@ impl Features {
         for (t, p) in pixels {
             let at = feats.len();
             feats.resize(at + c, 0.0);
+            if t < self.first_target() {
+                bail!("the causal genie has no frame before frame {t} to predict it from");
+            }
             let b = if self.causal {
                 self.causal_pixel(seq, w, h, t, p, &current, &square, &mut feats[at..])
             } else {
@@ -700,6 +703,7 @@ mod tests {
         let seq = float_frames(&images(&d), d.dtype).expect("u16");
         let (w, h) = (40, 24);
         let genie = Genie::train(&seq, w, h, &args(1.0), true, Some(150), 7).expect("trains");
+        assert!(genie.predict(&seq, w, h, 0).is_err(), "frame 0 has no past to be predicted from");
         let t = 4;
         let before = genie.predict(&seq, w, h, t).expect("predicts");
         for (y, x) in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (1, 1), (12, 20), (h - 2, w - 3)] {

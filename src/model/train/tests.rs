@@ -74,6 +74,13 @@ fn photon_counts_get_a_noise_scale_and_constant_noise_does_not() {
     assert!((4.0..12.0).contains(&r), "slope ratio {r}");
     let hi_v = frames.iter().flatten().copied().max().unwrap();
     assert!(norm.net_intensity(0) < -15000 && norm.net_intensity(hi_v) > 15000, "{} {}", norm.net_intensity(0), norm.net_intensity(hi_v));
+    // Under a coarse bound too: the decision is the frames' noise, the bound's only widens the
+    // units (a dark pixel's unit now covers its quantisation noise as well).
+    let abs4 = choose_norm(&frames, Degrade::new(Bound::Abs(4.0), DType::U16).unwrap(), 16.0, true);
+    assert!(abs4.scale.is_some(), "a scale under abs:4");
+    let four = (4.0 * 2000f64.sqrt()).round() as i64;
+    assert!((48..=80).contains(&abs4.error(four, 2000)), "{}", abs4.error(four, 2000));
+    assert!(abs4.error(6, 3) < norm.error(6, 3), "{} {}", abs4.error(6, 3), norm.error(6, 3));
     // Not asked for: none.
     assert!(choose_norm(&frames, lossless, 16.0, false).scale.is_none());
     // Noise of one standard deviation at every level: no scale.
