@@ -265,14 +265,30 @@ impl Features {
         usize::from(self.sight.causal())
     }
 
-    /// The base and the features of pixel `p` of frame `t` into `out` (`channels()` floats).
-    /// Frame `t` is read only at in-frame offsets other than `(0, 0)`; out-of-frame offsets of
-    /// frame `t` read as the base (0 after normalisation: never the border pixel again, which
-    /// could be the pixel itself). Other frames clamp at the border.
+    /// The other frames a genie sees around pixels of frame `t`: `t-2, t-1, t+1, t+2` (non-causal,
+    /// [`temporal_neighbours`]), `t-1..t-4` (causal; before frame 0, frame 0).
+    fn frames_for(&self, t: usize, n: usize) -> anyhow::Result<[usize; 4]> {
+        if !self.sight.causal() {
+            return temporal_neighbours(t, n).context("the genie needs at least 2 frames");
+        }
+        if t < self.first_target() {
+            bail!("a causal genie has no frame before frame {t} to predict it from");
+        }
+        Ok([1, 2, 3, 4].map(|back| t.saturating_sub(back)))
+    }
+
+    /// The base and the features of pixel `p` of frame `t` into `out` (`channels()` floats):
+    /// the level; frame `t` at the `current` offsets ([`Self::current_offsets`]: never the pixel,
+    /// for a causal genie nothing below or right of it); the `frames` around the pixel
+    /// (`square`); for a causal genie the 3x3 blocks of the means of frames `t-8..t-1` and
+    /// `t-16..t-1` (those that exist). Out-of-frame offsets of frame `t` read as the base (0 after
+    /// normalisation: never the border pixel again, which could be the pixel itself). Other
+    /// frames clamp at the border.
+    #[allow(clippy::too_many_arguments)]
     fn pixel(
         &self,
         seq: &[Vec<f32>],
-        nb: &[usize; 4],
+        frames: &[usize; 4],
         w: usize,
         h: usize,
         t: usize,
@@ -283,34 +299,6 @@ impl Features {
     ) -> f32 {
         let (y, x) = ((p / w) as i64, (p % w) as i64);
         let cur = &seq[t];
-        let b = base(cur, w, h, p);
-        let inv = 1.0 / self.scale;
-        out[0] = (b - self.level_mean) / self.level_scale;
-        let mut k = 1;
-        for &(dy, dx) in current {
-            let (yy, xx) = (y + dy, x + dx);
-            out[k] = if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w { (cur[yy as usize * w + xx as usize] - b) * inv } else { 0.0 };
-            k += 1;
-        }
-        for &s in nb {
-            let f = &seq[s];
-            for &(dy, dx) in square {
-                let yy = (y + dy).clamp(0, h as i64 - 1) as usize;
-                let xx = (x + dx).clamp(0, w as i64 - 1) as usize;
-                out[k] = (f[yy * w + xx] - b) * inv;
-                k += 1;
-            }
-        }
-        b
-    }
-
-    /// The causal genie's features of pixel `p` of frame `t`: frame `t` only where a raster-order
-    /// coder has already coded it (`current`; never the pixel, nothing below or to its right),
-    /// frames `t-1..t-4` around the pixel (`square`; before frame 0, frame 0), and the 3x3 blocks
-    /// of the means of frames `t-8..t-1` and `t-16..t-1` (those that exist). Nothing after `t`.
-    #[allow(clippy::too_many_arguments)]
-    fn causal_pixel(&self, seq: &[Vec<f32>], w: usize, h: usize, t: usize, p: usize, current: &[(i64, i64)], square: &[(i64, i64)], out: &mut [f32]) -> f32 {
-        let (y, x) = ((p / w) as i64, (p % w) as i64);
         let b = self.base_of(seq, w, h, t, p);
         let inv = 1.0 / self.scale;
         let at = |f: &[f32], dy: i64, dx: i64| {
@@ -320,25 +308,24 @@ impl Features {
         };
         out[0] = (b - self.level_mean) / self.level_scale;
         let mut k = 1;
-        let cur = &seq[t];
         for &(dy, dx) in current {
             let (yy, xx) = (y + dy, x + dx);
             out[k] = if yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w { (cur[yy as usize * w + xx as usize] - b) * inv } else { 0.0 };
             k += 1;
         }
-        for back in 1..=4 {
-            let f = &seq[t.saturating_sub(back)];
+        for &s in frames {
             for &(dy, dx) in square {
-                out[k] = (at(f, dy, dx) - b) * inv;
+                out[k] = (at(&seq[s], dy, dx) - b) * inv;
                 k += 1;
             }
         }
-        for span in [8, 16] {
-            let frames = &seq[t.saturating_sub(span)..t.max(1)];
-            for &(dy, dx) in &BLOCK {
-                let mean = frames.iter().map(|f| at(f, dy, dx)).sum::<f32>() / frames.len() as f32;
-                out[k] = (mean - b) * inv;
-                k += 1;
+        if self.sight.causal() {
+            for span in [8, 16] {
+                let past = &seq[t.saturating_sub(span)..t];
+                for &(dy, dx) in &BLOCK {
+                    out[k] = (past.iter().map(|f| at(f, dy, dx)).sum::<f32>() / past.len() as f32 - b) * inv;
+                    k += 1;
+                }
             }
         }
         b
@@ -359,16 +346,8 @@ impl Features {
         for (t, p) in pixels {
             let at = feats.len();
             feats.resize(at + c, 0.0);
-            if t < self.first_target() {
-                bail!("the causal genie has no frame before frame {t} to predict it from");
-            }
-            let b = if self.sight.causal() {
-                self.causal_pixel(seq, w, h, t, p, &current, &square, &mut feats[at..])
-            } else {
-                let nb = temporal_neighbours(t, seq.len()).context("the genie needs at least 2 frames")?;
-                self.pixel(seq, &nb, w, h, t, p, &current, &square, &mut feats[at..])
-            };
-            bases.push(b);
+            let frames = self.frames_for(t, seq.len())?;
+            bases.push(self.pixel(seq, &frames, w, h, t, p, &current, &square, &mut feats[at..]));
         }
         Ok(())
     }
