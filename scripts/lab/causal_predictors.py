@@ -7,7 +7,13 @@ per pixel) of several predictors of ctc's frames 15-29 at abs:B, each reading *r
 codec's) and predicting the originals. Learned predictors are small MLPs trained only on frames
 1-14 (the first half, as `tezipfs bench --model` trains) for a fixed number of steps.
 
-    .venv/bin/python scripts/lab/causal_predictors.py [--bound 2] [--steps 12000] [--data DIR]
+    .venv/bin/python scripts/lab/causal_predictors.py [--bound 2] [--steps 12000] [--data DIR] [--only ROWS]
+
+With --closed-loop, the row-parallel MLPs (mlp-above, mlp-lean-above) are also run as a
+near-lossless coder would run them: row by row, each row predicted from the reconstructions of
+the rows above and of the past frames *as coded* (quantised to the bound's bins, reconstructed,
+clamped), not from originals plus a simulated error. The figure beside the open-loop one says
+whether the lab's stand-in for reconstructions holds.
 
 Rows (inputs of each pixel, relative to the previous frame's pixel):
   med                MED over the reconstructed left/up/up-left neighbours (JPEG-LS)
@@ -29,6 +35,7 @@ ap.add_argument("--bound", type=int, default=2)
 ap.add_argument("--steps", type=int, default=12000)
 ap.add_argument("--data", default="../shared/data/ctc-fluo-nuclei")
 ap.add_argument("--only", default="")
+ap.add_argument("--closed-loop", action="store_true")
 a = ap.parse_args()
 torch.manual_seed(0); torch.set_num_threads(2)
 W = H = 511; N = 30; B = a.bound
@@ -86,6 +93,39 @@ def feats(t, c):
     if c["mean"]: cols.append(unf(torch.stack([rec[max(t - 16, 0):t].mean(0), rec[max(t - 8, 0):t].mean(0)]), 1))
     base = unf(rec[t - 1], 1)[4]
     return (torch.cat(cols, 0) - base[None]).T.contiguous() / 8.0, orig[t].flatten() - base
+def closed_loop(net, c):
+    """Code frames 15-29 row by row with `net` (a row-parallel config): returns the residuals."""
+    assert c["cur"] in ("above", "none")
+    R = c["R"]; K = 2 * R + 1; step = 2 * B + 1
+    recon = rec.clone()  # frames before 15: the simulated reconstructions (the lab's stand-in)
+    rs = []
+    with torch.no_grad():
+        for t in TEST:
+            cur = torch.zeros(H, W)
+            past = []
+            if c["np"]: past.append(unf(torch.stack([recon[max(t - k, 0)] for k in range(1, c["np"] + 1)]), c["Rp"]))
+            if c["mean"]: past.append(unf(torch.stack([recon[max(t - 16, 0):t].mean(0), recon[max(t - 8, 0):t].mean(0)]), 1))
+            past = torch.cat(past, 0) if past else None
+            base = unf(recon[t - 1], 1)[4]
+            for y in range(H):
+                cols = []
+                if c["cur"] == "above":
+                    # Rows y-R..y-1 of frame t as reconstructed so far (replicated at the top edge).
+                    # (Above the first row: the first row once coded, or the previous frame's.)
+                    rows = torch.stack([cur[y - R + j] if y - R + j >= 0 else (cur[0] if y > 0 else recon[t - 1][0]) for j in range(R)])
+                    padded = F.pad(rows[None, None], (R, R, 0, 0), mode="replicate")[0, 0]
+                    cols.append(torch.stack([padded[j, i:i + W] for j in range(R) for i in range(K)]))
+                sl = slice(y * W, (y + 1) * W)
+                if past is not None: cols.append(past[:, sl])
+                x = ((torch.cat(cols, 0) - base[None, sl]).T / 8.0)
+                p = (base[sl] + net(x)[:, 0] * 8).round().clamp(0, 255)
+                truth = orig[t, y]
+                q = torch.round((truth - p) / step) if B > 0 else truth - p
+                cur[y] = (p + q * step).clamp(0, 255)
+                rs.append(truth - p)
+            recon[t] = cur
+    return torch.cat(rs)
+
 def mlp(name, c):
     X, Y = zip(*[feats(t, c) for t in TRAIN]); X = torch.cat(X); Y = torch.cat(Y)
     layers = []; d = X.shape[1]
@@ -100,6 +140,8 @@ def mlp(name, c):
             x, y = feats(t, c); rs.append(y - net(x)[:, 0] * 8)
     macs = sum(m.weight.numel() for m in net if isinstance(m, nn.Linear))
     report(name, torch.cat(rs), f"({macs} multiply-adds per pixel, {a.steps} steps in {time.time() - t0:.0f} s)")
+    if a.closed_loop and c["cur"] in ("above", "none"):
+        report(name + " closed", closed_loop(net, c), "(coded row by row from its own reconstructions)")
 
 want = lambda n: not a.only or n in a.only.split(",")
 print(f"# ctc-fluo-nuclei frames 15-29 at abs:{B}, reconstructions simulated; MLPs trained on frames 1-14, {a.steps} steps of 4096 pixels")
