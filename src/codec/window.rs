@@ -576,7 +576,21 @@ fn choose(
 ) -> Result<(Candidate, Plan), EncodeError> {
     let bounded_only = Intensity { bounded: opts.intensity_context, lossless: false };
     let plan = |stage: Option<Stage>| Plan { stage, intensity: bounded_only };
+    let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
+    // The probe is taken from the middle of the window, which stands for the window better than
+    // its first frames (a scene starts to move, a detector settles).
+    let probe_at = (chain.images.len() - probe) / 2;
+    // Predictors are ranked under a fast proxy stage (the first candidate that is not the
+    // adaptive coder), then the best few are tried under every stage.
+    let stages = Stage::candidates(dtype.bytes(), opts.entropy);
+    let proxy = stages.iter().copied().find(|&s| s != Stage::Adaptive).unwrap_or(stages[0]);
+    // The key frame is coded alike by every predictor but `none`, and it stands for one frame of
+    // a whole window: compare the predicted frames of the probe when there are any.
+    // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
+    let skip = usize::from(probe > 1);
     let mut candidates = candidates(opts, models.real.is_some());
+    // The classical `linear`'s alternative coefficients (see below), tried in the probe.
+    let mut l1_coefs: Option<Vec<i32>> = None;
     for with_model in [false, true] {
         if !candidates.contains(&Candidate { pid: PredictorId::Linear, model: with_model }) {
             continue;
@@ -601,7 +615,13 @@ fn choose(
         } else {
             let frames: Vec<&Vec<u32>> = chain.images.iter().take(PROBE_FRAMES).collect();
             let pairs: Vec<(&[u32], &[u32])> = frames.windows(2).map(|p| (&p[0][..], &p[1][..])).collect();
-            fit(&pairs)
+            let squares = fit(&pairs);
+            // Under a bound, the fit of least absolute errors too, when it differs: the probe
+            // keeps whichever of the two codes it smaller.
+            if let (Some(l2), false) = (&squares, opts.bound == Bound::Lossless) {
+                l1_coefs = linear::fit_pairs_l1(&pairs, geom.width, weighting).filter(|l1| l1 != l2);
+            }
+            squares
         };
         match fitted {
             Some(c) => coefs[usize::from(with_model)] = c,
@@ -616,18 +636,6 @@ fn choose(
     if let (1, Some(stage)) = (candidates.len(), opts.stage) {
         return Ok((candidates[0], plan(Some(stage))));
     }
-    let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
-    // The probe is taken from the middle of the window, which stands for the window better than
-    // its first frames (a scene starts to move, a detector settles).
-    let probe_at = (chain.images.len() - probe) / 2;
-    // Predictors are ranked under a fast proxy stage (the first candidate that is not the
-    // adaptive coder), then the best few are tried under every stage.
-    let stages = Stage::candidates(dtype.bytes(), opts.entropy);
-    let proxy = stages.iter().copied().find(|&s| s != Stage::Adaptive).unwrap_or(stages[0]);
-    // The key frame is coded alike by every predictor but `none`, and it stands for one frame of
-    // a whole window: compare the predicted frames of the probe when there are any.
-    // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
-    let skip = usize::from(probe > 1);
     let size_under =
         |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false, bounded_only);
     // Classical candidates start the probe with a key frame. A model's state is the window's
@@ -666,15 +674,29 @@ fn choose(
     }
     // Each candidate's probe is independent of the others: with threads, they run side by side
     // (each thread with its own coder; the sizes, and so the choice, are the same).
+    let classical_linear = Candidate { pid: PredictorId::Linear, model: false };
     let probed = par_map(candidates.len(), opts.threads, coder, |i, coder| {
         let session = sessions[i].lock().expect("not poisoned").take().expect("each candidate probed once");
         let q = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
         // (Ranked by an estimate of the proxy's size where the adaptive stage is among the
         // stages: every finalist's stages are then weighed again by coding its last frame.)
         let estimate = stages.contains(&Stage::Adaptive);
-        Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate, bounded_only)?, candidates[i], q))
+        let size = self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, estimate, bounded_only)?;
+        // `linear` with its alternative coefficients, where it has them: the smaller is kept.
+        if let (true, Some(l1)) = (candidates[i] == classical_linear, &l1_coefs) {
+            let session = session_for(classical_linear, geom, &[l1.clone(), Vec::new()], None)?;
+            let q1 = quantize_chain(chain, dtype, geom, opts, session, probe_at..probe_at + probe)?;
+            let size1 = self::size_under(chain, dtype, geom, opts, coder, &q1, proxy, skip, estimate, bounded_only)?;
+            if size1 < size {
+                return Ok((size1, candidates[i], q1, true));
+            }
+        }
+        Ok((size, candidates[i], q, false))
     })?;
-    let mut ranked: Vec<(f64, Candidate, Quantised)> = probed;
+    if probed.iter().any(|p| p.3) {
+        coefs[0] = l1_coefs.take().expect("only with alternative coefficients");
+    }
+    let mut ranked: Vec<(f64, Candidate, Quantised)> = probed.into_iter().map(|(s, c, q, _)| (s, c, q)).collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     // `none` codes the values themselves, which the adaptive stage models far better than the
     // proxy does (its contexts then measure the local intensity): it is always a finalist.
