@@ -693,8 +693,8 @@ fn choose(
         }
         Ok((size, candidates[i], q, false))
     })?;
-    if probed.iter().any(|p| p.3) {
-        coefs[0] = l1_coefs.take().expect("only with alternative coefficients");
+    if let Some(l1) = l1_coefs.filter(|_| probed.iter().any(|p| p.3)) {
+        coefs[0] = l1;
     }
     let mut ranked: Vec<(f64, Candidate, Quantised)> = probed.into_iter().map(|(s, c, q, _)| (s, c, q)).collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
