@@ -291,11 +291,10 @@ impl Normal {
     }
 
     /// The system of the unknowns `active` (fixed-size: the accumulation is the fit's hot loop),
-    /// placed in the wide system's rows and columns.
+    /// placed in the wide system's rows and columns. With `prior` (a solution over `active`, a
+    /// stride), each sampled pixel's weight is divided by the absolute value of its residual
+    /// under it, at least 1 (a round of [`fit_pairs_l1`]); without, every other pixel is sampled.
     #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
-    /// With `prior` (a solution over `active`, a stride), each sampled pixel's weight is divided
-    /// by the absolute value of its residual under it, at least 1 (a round of [`fit_pairs_l1`]);
-    /// without, every other pixel is sampled.
     fn over<const N: usize>(
         pairs: &[(&[u32], &[u32])],
         width: usize,
