@@ -615,13 +615,15 @@ fn choose(
         } else {
             let frames: Vec<&Vec<u32>> = chain.images.iter().take(PROBE_FRAMES).collect();
             let pairs: Vec<(&[u32], &[u32])> = frames.windows(2).map(|p| (&p[0][..], &p[1][..])).collect();
-            let squares = fit(&pairs);
-            // Under a bound, the fit of least absolute errors too, when it differs: the probe
-            // keeps whichever of the two codes it smaller.
-            if let (Some(l2), false) = (&squares, opts.bound == Bound::Lossless) {
-                l1_coefs = linear::fit_pairs_l1(&pairs, geom.width, weighting).filter(|l1| l1 != l2);
+            if opts.bound == Bound::Lossless {
+                fit(&pairs)
+            } else {
+                // Under a bound (where `fit` is the narrow least-squares fit) the fit of least
+                // absolute errors too, when it differs: the probe keeps whichever codes it smaller.
+                let (squares, l1) = linear::fit_pairs_l1(&pairs, geom.width, weighting).unzip();
+                l1_coefs = l1.flatten().filter(|l1| Some(l1) != squares.as_ref());
+                squares
             }
-            squares
         };
         match fitted {
             Some(c) => coefs[usize::from(with_model)] = c,

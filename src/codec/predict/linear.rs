@@ -236,15 +236,20 @@ const L1_STRIDE: usize = 6;
 /// rounds, each pixel's weight divided by `max(|residual|, 1)`. The few large errors (edges,
 /// moving features) then pull the weights less, and the bulk of the pixels, whose small
 /// residuals are what an error bound's zero bin and the entropy coder reward, more. The rounds
-/// sample every [`L1_STRIDE`]th pixel. Under a bound the encoder tries both fits and keeps the
-/// one that codes its probe smaller (ctc-fluo-nuclei at abs:2 8.98 -> 9.43; forced everywhere it
-/// also loses, e.g. 168 -> 148 on the photons-1 fixture at abs:4; ARCHITECTURE.md).
-pub fn fit_pairs_l1(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting) -> Option<Vec<i32>> {
-    let mut w = Normal::of(pairs, width, weighting, false)?.solve(&NARROW)?;
+/// sample every [`L1_STRIDE`]th pixel. Returns the least-squares fit (what [`fit_pairs`] gives)
+/// and, when the rounds solve, the least-absolute one: under a bound the encoder tries both and
+/// keeps the one that codes its probe smaller (ctc-fluo-nuclei at abs:2 8.98 -> 9.43; forced
+/// everywhere it also loses, e.g. 168 -> 148 on the photons-1 fixture at abs:4; ARCHITECTURE.md).
+pub fn fit_pairs_l1(pairs: &[(&[u32], &[u32])], width: usize, weighting: Weighting) -> Option<(Vec<i32>, Option<Vec<i32>>)> {
+    let squares = Normal::of(pairs, width, weighting, false)?.solve(&NARROW)?;
+    let mut w = squares.clone();
     for _ in 0..L1_ROUNDS {
-        w = Normal::over(pairs, width, weighting, NARROW, Some((&w, L1_STRIDE)))?.solve(&NARROW)?;
+        match Normal::over(pairs, width, weighting, NARROW, Some((&w, L1_STRIDE))).and_then(|n| n.solve(&NARROW)) {
+            Some(next) => w = next,
+            None => return Some((quantise(&squares, TAPS), None)),
+        }
     }
-    Some(quantise(&w, TAPS))
+    Some((quantise(&squares, TAPS), Some(quantise(&w, TAPS))))
 }
 
 /// [`fit_pairs`] with both tap sets: the wide one where its fit leaves at least [`WIDE_GAIN`]
@@ -588,11 +593,12 @@ mod tests {
                 .map(|i| (predict(c, &cur, &prev, &[], i, w, u32::MAX) as f64 - cur[i] as f64).abs())
                 .sum()
         };
-        let l2 = fit_pairs(&[(&prev, &cur)], w, Weighting::Uniform).unwrap();
-        let l1 = fit_pairs_l1(&[(&prev, &cur)], w, Weighting::Uniform).unwrap();
+        let (l2, l1) = fit_pairs_l1(&[(&prev, &cur)], w, Weighting::Uniform).unwrap();
+        assert_eq!(l2, fit_pairs(&[(&prev, &cur)], w, Weighting::Uniform).unwrap(), "the least-squares fit is fit_pairs'");
+        let l1 = l1.unwrap();
         assert!(valid(&l1) && l1.len() == COEFS);
         assert!(error_on_rule(&l1) < 0.5 * error_on_rule(&l2), "l1 {} vs l2 {}", error_on_rule(&l1), error_on_rule(&l2));
-        assert_eq!(fit_pairs_l1(&[(&prev, &cur)], w, Weighting::Uniform).unwrap(), l1, "deterministic");
+        assert_eq!(fit_pairs_l1(&[(&prev, &cur)], w, Weighting::Uniform).unwrap().1, Some(l1), "deterministic");
         assert!(fit_pairs_l1(&[(&prev[..3], &cur[..3])], w, Weighting::Uniform).is_none());
     }
 
