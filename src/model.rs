@@ -280,6 +280,8 @@ pub struct IntModel {
     pub luts: Luts,
     pub layers: Vec<Layer>,
     pub meta: Meta,
+    /// The causal stage (model file version 3), what predictor `causal` runs.
+    pub causal: Option<crate::codec::predict::causal::CausalNet>,
 }
 
 /// Height and width of layer `l` of a `h` x `w` frame.

@@ -222,3 +222,71 @@ fn sliced_windows_carry_the_model_in_their_slices() {
         assert!(matches!(decode_window_with(&e.blob, Arc::new(Only(other))), Err(BlobError::Decode { .. })), "{bound}: needs its model");
     }
 }
+
+/// The causal stage (predictor `causal`, container version 10, model file version 3): a window
+/// coded through one backend's model decodes bit-exact through the other's, lossless and under
+/// bounds, for every pixel type, and the model file keeps the stage as it was.
+#[test]
+fn a_window_coded_by_the_causal_stage_decodes_through_either_backend() {
+    use tezipfs::codec::predict::{causal, PredictorId};
+    let cases = [(DType::U8, 37, 23), (DType::U16, 64, 48), (DType::U32, 20, 9), (DType::I16, 33, 17), (DType::F32, 24, 16)];
+    for (k, &(dtype, w, h)) in cases.iter().enumerate() {
+        let files = frames(dtype, w, h, 6, 40 + k as u64);
+        let base = file::random(&Size::Small.arch(), dtype, 30 + k as u64);
+        let net = causal::CausalNet { shift_px: (k % 3) as u8, shift_mean: (k % 2) as u8 * 3, ..causal::random(k as u64) };
+        let m = tezipfs::model::IntModel { causal: Some(net), ..base };
+        let (torch, reference, bytes) = backends_of(&m);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 3, "a model with a causal stage is version 3");
+        assert_eq!(file::from_bytes(&bytes).unwrap(), m, "the file keeps the stage");
+        let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+        let bounds: Vec<Bound> =
+            if dtype.is_float() { vec![Bound::Lossless, Bound::Abs(0.5)] } else { vec![Bound::Lossless, Bound::Abs(1.0), Bound::Abs(4.0)] };
+        for bound in bounds {
+            for (enc, dec) in [(&torch, &reference), (&reference, &torch)] {
+                let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Fixed(PredictorId::Causal))).unwrap();
+                assert_eq!((e.predictor, e.model), (Some(PredictorId::Causal), Some(enc.hash())), "{dtype} {bound}");
+                assert_eq!(u16::from_le_bytes([e.blob[8], e.blob[9]]), 10, "{dtype} {bound}: the causal predictor is version 10");
+                let back = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {bound}: {err}"));
+                for (i, (o, d)) in files.iter().zip(&back).enumerate() {
+                    if bound == Bound::Lossless {
+                        assert!(o == d, "{dtype} {w}x{h}: frame {i} is not bit-exact");
+                    } else if let Bound::Abs(eb) = bound {
+                        let worst = values(dtype, o).iter().zip(values(dtype, d)).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        assert!(worst <= eb, "{dtype} frame {i}: error {worst} over {bound}");
+                    }
+                }
+                // Without the model the blob does not decode, and says which model it needs.
+                let err = decode_window_with(&e.blob, Arc::new(Only(Arc::new(Playback::new([1; 32], Vec::new()))))).unwrap_err();
+                assert!(err.to_string().contains(&hash_hex(&enc.hash())), "{err}");
+            }
+        }
+        // A model without the stage: `causal` falls back to `linear`.
+        let (plain, _, _) = backends(dtype, 50 + k as u64, &Size::Small.arch());
+        let e = encode_window(&refs, &opts(dtype, w, h, Bound::Lossless, &plain, PredictorChoice::Fixed(PredictorId::Causal))).unwrap();
+        assert_eq!((e.predictor, e.model), (Some(PredictorId::Linear), None), "{dtype}");
+    }
+}
+
+/// A model file's causal stage is checked like the rest: a weight out of range, or a header that
+/// claims another shape, is refused with a message that names it.
+#[test]
+fn a_model_files_causal_stage_is_validated() {
+    use tezipfs::codec::predict::causal;
+    let m = tezipfs::model::IntModel { causal: Some(causal::random(9)), ..file::random(&Size::Small.arch(), DType::U8, 9) };
+    let bytes = file::to_bytes(&m);
+    // The last tensors: output weights (16 x i16), bias (i32), shift (u8), then the CRC.
+    let mut bad = bytes.clone();
+    let shift_at = bad.len() - 4 - 1;
+    bad[shift_at] = causal::MAX_SHIFT + 1;
+    let err = file::from_bytes(&file::reseal(&bad).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("causal stage: output shift"), "{err}");
+    let mut bad = bytes.clone();
+    let w_at = bad.len() - 4 - 1 - 4 - 2 * causal::H2;
+    bad[w_at..w_at + 2].copy_from_slice(&(causal::MAX_W as i16 + 1).to_le_bytes());
+    let err = file::from_bytes(&file::reseal(&bad).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("output weight 0"), "{err}");
+    // Truncated inside the stage.
+    assert!(file::from_bytes(&bytes[..bytes.len() - 10]).is_err());
+    // Every model without the stage keeps its version (1 or 2).
+    assert!(u16::from_le_bytes([file::to_bytes(&tezipfs::model::IntModel { causal: None, ..m })[8], 0]) <= 2);
+}

@@ -1,9 +1,10 @@
-//! The blob container (format versions 1 to 9, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 10, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
 //! whose adaptive stage weighs the intensity of their reference; version 9 is version 8 whose
-//! `linear` predictor uses the wide tap set.
+//! `linear` predictor uses the wide tap set; version 10 is version 9 whose predictor is `causal`
+//! (predictor id 8, a model's causal stage).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -23,9 +24,9 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// only for sub-pixel motion or carried adaptive models, 6 only when a learned model corrects
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
-/// reference, 9 only when `linear` uses its wide tap set, so other blobs stay readable by
-/// builds that know an older version.
-pub const VERSION: u16 = 9;
+/// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
+/// model's causal stage), so other blobs stay readable by builds that know an older version.
+pub const VERSION: u16 = 10;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -183,6 +184,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if header.params.as_ref().is_some_and(needs_v10) {
+            10
         } else if header.params.as_ref().is_some_and(needs_v9) {
             9
         } else if needs_v8(&header.entries) {
@@ -304,7 +307,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8 | 9) {
+        if !matches!(version, 2..=6 | 8..=10) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -420,6 +423,11 @@ fn uses_model(p: &Params) -> bool {
 /// Whether the window's `linear` predictor uses the wide tap set (what version 9 is for).
 fn needs_v9(p: &Params) -> bool {
     p.predictor == PredictorId::Linear && super::predict::linear::is_wide(&p.coefs)
+}
+
+/// Whether the window is predicted by a model's causal stage (what version 10 is for).
+fn needs_v10(p: &Params) -> bool {
+    p.predictor == PredictorId::Causal
 }
 
 /// Whether some frame's counts are coded as counts (entropy stage 6) or the adaptive stage weighs
@@ -728,6 +736,9 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if model != [0; 32] && (version < 6 || !predictor.takes_model()) {
             return Err(bad(format!("a learned model on predictor {predictor} in a version {version} blob")));
         }
+        if predictor.needs_model() && (version < 10 || model == [0; 32]) {
+            return Err(bad(format!("predictor {predictor} without a learned model, or in a version {version} blob")));
+        }
         let (kind, v) = (c.u8()?, c.f64()?);
         let bound = Bound::from_parts(kind, v).ok_or_else(|| bad("bad bound"))?;
         check_geometry(width, height)?;
@@ -796,6 +807,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         6 => params.as_ref().is_some_and(uses_model),
         8 => needs_v8(&entries),
         9 => params.as_ref().is_some_and(needs_v9),
+        10 => params.as_ref().is_some_and(needs_v10),
         _ => true,
     };
     if !used {
@@ -807,6 +819,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 5 => "sub-pixel motion or carried adaptive models",
                 6 => "a learned model",
                 9 => "the wide linear tap set",
+                10 => "the causal predictor",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

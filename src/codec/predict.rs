@@ -11,6 +11,7 @@
 //! Only the encoder searches (motion vectors, `linear` coefficients); what it found is stored in
 //! the blob, and the decoder only applies it.
 
+pub mod causal;
 pub mod linear;
 pub mod motion;
 pub mod pixel;
@@ -85,6 +86,11 @@ pub trait Model: Send + Sync {
     /// Take in the reconstruction of the frame just coded (the key frame included), for each
     /// window.
     fn observe_batch(&self, states: &mut [&mut dyn ModelState], recons: &[&[u32]]) -> Result<(), PredictError>;
+    /// The model's causal stage, if it has one (model file version 3): what predictor
+    /// [`PredictorId::Causal`] runs.
+    fn causal(&self) -> Option<&causal::CausalNet> {
+        None
+    }
 }
 
 /// A model's state for one window. Backends downcast it to their own type.
@@ -114,10 +120,14 @@ pub enum PredictorId {
     MotionMed = 6,
     /// The previous frame moved per block (as `previous`, moved).
     Motion = 7,
+    /// The learned causal stage of the window's model ([`causal`]): frame `t`'s reconstructed
+    /// neighbours, the previous frame and running means through a small integer network.
+    /// Container version 10.
+    Causal = 8,
 }
 
 impl PredictorId {
-    pub const ALL: [PredictorId; 8] = [
+    pub const ALL: [PredictorId; 9] = [
         PredictorId::None,
         PredictorId::Previous,
         PredictorId::PreviousMed,
@@ -126,6 +136,7 @@ impl PredictorId {
         PredictorId::Linear,
         PredictorId::MotionMed,
         PredictorId::Motion,
+        PredictorId::Causal,
     ];
 
     /// How frame `k` of a window is predicted, given the temporal predictor's output `pred` (for
@@ -136,7 +147,9 @@ impl PredictorId {
             return Prediction::Intra { width };
         }
         match self {
-            PredictorId::None | PredictorId::Previous | PredictorId::Motion => Prediction::Frame(pred),
+            // (`causal` without its network: the session makes its prediction, see
+            // `Session::prediction`.)
+            PredictorId::None | PredictorId::Previous | PredictorId::Motion | PredictorId::Causal => Prediction::Frame(pred),
             PredictorId::PreviousMed | PredictorId::MotionMed => Prediction::TemporalMed { prev: pred, width },
             PredictorId::Blend => Prediction::Blend { prev: pred, width },
             PredictorId::Spatial => Prediction::Intra { width },
@@ -161,7 +174,12 @@ impl PredictorId {
     /// Whether a learned model may correct this predictor's reference (`docs/MODEL.md`): the
     /// predictors that read the previous frame unmoved.
     pub fn takes_model(self) -> bool {
-        matches!(self, PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear)
+        matches!(self, PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend | PredictorId::Linear | PredictorId::Causal)
+    }
+
+    /// Whether the predictor is the model itself (its causal stage), so it cannot run without one.
+    pub fn needs_model(self) -> bool {
+        self == PredictorId::Causal
     }
 }
 
@@ -176,6 +194,7 @@ impl fmt::Display for PredictorId {
             PredictorId::Linear => "linear",
             PredictorId::MotionMed => "motion+med",
             PredictorId::Motion => "motion",
+            PredictorId::Causal => "causal",
         })
     }
 }
@@ -225,7 +244,7 @@ impl FromStr for PredictorChoice {
             _ => {}
         }
         PredictorId::ALL.into_iter().find(|p| p.to_string() == s).map(PredictorChoice::Fixed).ok_or_else(|| {
-            format!("unknown predictor {s:?} (expected auto, prednet, previous, previous+med, motion, motion+med, blend, spatial, linear or none)")
+            format!("unknown predictor {s:?} (expected auto, prednet, previous, previous+med, motion, motion+med, blend, spatial, linear, causal or none)")
         })
     }
 }
@@ -263,11 +282,13 @@ pub struct Playback {
     /// By sequence position.
     pub refs: Vec<Vec<u32>>,
     pub window_start: std::sync::atomic::AtomicUsize,
+    /// The model replayed, whose causal stage this one offers (a replay stands for it).
+    pub replayed: Option<std::sync::Arc<dyn Model>>,
 }
 
 impl Playback {
     pub fn new(hash: ModelHash, refs: Vec<Vec<u32>>) -> Playback {
-        Playback { hash, refs, window_start: std::sync::atomic::AtomicUsize::new(0) }
+        Playback { hash, refs, window_start: std::sync::atomic::AtomicUsize::new(0), replayed: None }
     }
 }
 
@@ -315,6 +336,9 @@ impl Model for Playback {
         }
         Ok(())
     }
+    fn causal(&self) -> Option<&causal::CausalNet> {
+        self.replayed.as_ref().and_then(|m| m.causal())
+    }
 }
 
 /// A model and its state for one window.
@@ -340,6 +364,8 @@ pub struct Session {
     geom: Geometry,
     coefs: Vec<i32>,
     model: Option<ModelRun>,
+    /// `causal`: the model whose causal stage predicts, and what the stage keeps of the past.
+    causal: Option<(std::sync::Arc<dyn Model>, causal::Past)>,
     /// Chain position of the frame being predicted.
     k: usize,
     /// Reconstructions of frames `k - 1` and `k - 2` (empty before them).
@@ -365,10 +391,19 @@ impl Session {
         if pid == PredictorId::Linear && !linear::valid(coefs) {
             return Err(PredictError::Malformed("linear predictor coefficients are invalid".into()));
         }
-        let model = match model {
+        let (model, causal) = match model {
             Some(_) if !pid.takes_model() => return Err(PredictError::Malformed(format!("a learned model cannot correct predictor {pid}"))),
-            Some(model) => Some(ModelRun { state: model.start(geom)?, model }),
-            None => None,
+            Some(model) if pid.needs_model() => {
+                if model.causal().is_none() {
+                    return Err(PredictError::Model { model: hash_hex(&model.hash()), why: "it has no causal stage (predictor causal)".into() });
+                }
+                // (Checks the pixel type; the stage keeps no state of the model's.)
+                model.start(geom)?;
+                (None, Some((model, causal::Past::default())))
+            }
+            Some(model) => (Some(ModelRun { state: model.start(geom)?, model }), None),
+            None if pid.needs_model() => return Err(PredictError::Malformed(format!("predictor {pid} without a learned model"))),
+            None => (None, None),
         };
         let own_reference = if pid == PredictorId::None { vec![geom.zero; geom.pixels()] } else { Vec::new() };
         Ok(Session {
@@ -376,6 +411,7 @@ impl Session {
             geom,
             coefs: coefs.to_vec(),
             model,
+            causal,
             k: 0,
             prev: Vec::new(),
             older: Vec::new(),
@@ -395,6 +431,9 @@ impl Session {
     pub fn fork(&self, pid: PredictorId, coefs: &[i32]) -> Result<Session, PredictError> {
         if self.begun {
             return Err(PredictError::Malformed("a session forked in the middle of a frame".into()));
+        }
+        if pid.needs_model() || self.causal.is_some() {
+            return Err(PredictError::Malformed(format!("a session of {} forked into {pid}", self.pid)));
         }
         let mut s = Session::new(pid, self.geom, coefs, None)?;
         if let Some(run) = &self.model {
@@ -422,7 +461,7 @@ impl Session {
 
     /// The hash of the model correcting the reference, if any.
     pub fn model_hash(&self) -> Option<ModelHash> {
-        self.model.as_ref().map(|m| m.model.hash())
+        self.model.as_ref().map(|m| m.model.hash()).or_else(|| self.causal.as_ref().map(|c| c.0.hash()))
     }
 
     /// Whether frame `k` has a temporal reference (every frame but an intra key frame).
@@ -500,9 +539,14 @@ impl Session {
 
     /// How each pixel of the frame being predicted is predicted.
     pub fn prediction(&self) -> Prediction<'_> {
-        match &self.modes {
-            Some(modes) => Prediction::BlockModes { prev: self.moved(), width: self.geom.width, modes },
-            None => self.pid.prediction(self.k, self.moved(), self.geom.width, &self.coefs, &self.boxes),
+        match (&self.modes, &self.causal) {
+            (Some(modes), _) => Prediction::BlockModes { prev: self.moved(), width: self.geom.width, modes },
+            (None, Some((model, past))) if self.k > 0 => match model.causal() {
+                Some(net) => Prediction::Causal { net, past, width: self.geom.width },
+                // (`Session::new` checked that the model has its stage.)
+                None => Prediction::Frame(&self.prev),
+            },
+            (None, _) => self.pid.prediction(self.k, self.moved(), self.geom.width, &self.coefs, &self.boxes),
         }
     }
 
@@ -596,6 +640,9 @@ pub fn observe_batch(sessions: &mut [&mut Session], recons: &[&[u32]]) -> Result
         model.observe_batch(&mut states, &rs)?;
     }
     for (s, r) in sessions.iter_mut().zip(recons) {
+        if let Some((_, past)) = &mut s.causal {
+            past.observe(r, s.geom.width);
+        }
         std::mem::swap(&mut s.older, &mut s.prev);
         s.prev.clear();
         s.prev.extend_from_slice(r);

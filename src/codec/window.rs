@@ -109,17 +109,24 @@ impl std::fmt::Display for Candidate {
 /// The predictors a model corrects when it is tried (`docs/MODEL.md`).
 const MODEL_PREDICTORS: [PredictorId; 4] = [PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Linear, PredictorId::Blend];
 
-/// The candidates of a window under `opts`; `model_fits` says whether the options' model can
-/// predict its frames (it was made for their pixel type).
-fn candidates(opts: &Options, model_fits: bool) -> Vec<Candidate> {
-    let with_model = model_fits && matches!(opts.predictor, PredictorChoice::Auto | PredictorChoice::Prednet);
-    let mut out: Vec<Candidate> = if with_model && opts.predictor == PredictorChoice::Prednet {
-        Vec::new()
-    } else {
-        opts.predictor.candidates().into_iter().map(Candidate::classical).collect()
+/// The candidates of a window under `opts`; `model` is the options' model when it can predict
+/// the window's frames (it was made for their pixel type).
+fn candidates(opts: &Options, model: Option<&ModelHandle>) -> Vec<Candidate> {
+    let with_model = model.is_some() && matches!(opts.predictor, PredictorChoice::Auto | PredictorChoice::Prednet);
+    let causal = model.is_some_and(|m| m.0.causal().is_some());
+    let mut out: Vec<Candidate> = match opts.predictor {
+        _ if with_model && opts.predictor == PredictorChoice::Prednet => Vec::new(),
+        // The causal stage is the model itself (without one, `linear` stands in for it).
+        PredictorChoice::Fixed(p) if p.needs_model() => {
+            return vec![if causal { Candidate { pid: p, model: true } } else { Candidate::classical(PredictorId::Linear) }];
+        }
+        _ => opts.predictor.candidates().into_iter().map(Candidate::classical).collect(),
     };
     if with_model {
         out.extend(MODEL_PREDICTORS.map(|pid| Candidate { pid, model: true }));
+        if causal {
+            out.push(Candidate { pid: PredictorId::Causal, model: true });
+        }
     }
     out
 }
@@ -164,7 +171,7 @@ fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<M
         refs.push(if s.position() > 0 { s.reference().to_vec() } else { Vec::new() });
         s.observe(x)?;
     }
-    Ok(Some(ModelHandle(Arc::new(Playback::new(model.0.hash(), refs)))))
+    Ok(Some(ModelHandle(Arc::new(Playback { replayed: Some(model.0.clone()), ..Playback::new(model.0.hash(), refs) }))))
 }
 
 /// What happened to one file of a window.
@@ -588,7 +595,7 @@ fn choose(
     // a whole window: compare the predicted frames of the probe when there are any.
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
-    let mut candidates = candidates(opts, models.real.is_some());
+    let mut candidates = candidates(opts, models.real);
     // The classical `linear`'s alternative coefficients (see below), tried in the probe.
     let mut l1_coefs: Option<Vec<i32>> = None;
     for with_model in [false, true] {
@@ -652,7 +659,9 @@ fn choose(
     let mut warmed: Option<Session> = None;
     let mut sessions: Vec<std::sync::Mutex<Option<Session>>> = Vec::with_capacity(candidates.len());
     for &c in &candidates {
-        let session = if c.model {
+        // (The causal stage keeps nothing of the model's recurrent state: it starts with a key
+        // frame as the classical candidates do.)
+        let session = if c.model && !c.pid.needs_model() {
             if warmed.is_none() {
                 let lossless = opts.bound == Bound::Lossless;
                 let mut s = session_for(Candidate { pid: PredictorId::Previous, model: true }, geom, coefs, if lossless { models.probe } else { models.real })?;
@@ -670,7 +679,7 @@ fn choose(
             }
             warmed.as_ref().expect("made above").fork(c.pid, &coefs[1])?
         } else {
-            session_for(c, geom, coefs, None)?
+            session_for(c, geom, coefs, models.real)?
         };
         sessions.push(std::sync::Mutex::new(Some(session)));
     }

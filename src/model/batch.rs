@@ -68,6 +68,10 @@ impl Model for Batched {
         self.inner.start(geom)
     }
 
+    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalNet> {
+        self.inner.causal()
+    }
+
     fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError> {
         if states.len() != 1 {
             // Already a batch: pass it on.

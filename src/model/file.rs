@@ -12,14 +12,17 @@
 use super::{
     rshr, Arch, Conv, Group, IntModel, Layer, LayerArch, Luts, Meta, Norm, Scale, CELL_LUT, GATE_LUT, MAX_CHANNELS, MAX_KERNEL, MAX_LAYERS, SCALE_BUCKETS,
 };
+use crate::codec::predict::causal::{self, CausalNet};
 use crate::codec::predict::ModelHash;
 use crate::codec::DType;
 use sha2::Digest;
 
 pub const MAGIC: &[u8; 8] = b"TZIPMODL";
-/// The newest version: 2 adds the noise scale ([`crate::model::Scale`]). A model without one is
-/// written as version 1 (so its file, and its name, are what they were).
-pub const VERSION: u16 = 2;
+/// The newest version: 2 adds the noise scale ([`crate::model::Scale`]), 3 the causal stage
+/// ([`CausalNet`]; its header extension says whether a noise scale is there too). A model
+/// without either is written as version 1, one with only a noise scale as version 2 (so their
+/// files, and their names, are what they were).
+pub const VERSION: u16 = 3;
 /// The largest header a reader accepts.
 pub const MAX_HEADER: usize = 1 << 20;
 /// Bytes before the header: magic, version, reserved, header length.
@@ -106,6 +109,32 @@ pub struct ModelHeader {
     pub tensors: Vec<u64>,
 }
 
+/// What a version-3 header holds after [`ModelHeader`] (postcard, inside the header's length).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CausalHeader {
+    /// Whether the noise scale's tensors are there (version 2 says so by its number).
+    pub scale: bool,
+    /// The stage's shape, checked against this build's ([`causal::INPUTS`], `H1`, `H2`).
+    pub inputs: u32,
+    pub h1: u32,
+    pub h2: u32,
+    pub shift_px: u8,
+    pub shift_mean: u8,
+}
+
+/// The optional parts of a model, which decide its file's tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parts {
+    pub scale: bool,
+    pub causal: bool,
+}
+
+impl Parts {
+    pub fn of(m: &IntModel) -> Parts {
+        Parts { scale: m.norm.scale.is_some(), causal: m.causal.is_some() }
+    }
+}
+
 /// Element type of a stored tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Elem {
@@ -178,11 +207,11 @@ fn conv_shapes(arch: &Arch, l: usize) -> Vec<ConvShape> {
 /// and correction multipliers, then per layer lstm, ahat, a: per group weights then
 /// multipliers, then bias and shift). `arch` must have passed [`check_arch`] (so the counts are
 /// small).
-pub fn tensor_layout(arch: &Arch, version: u16) -> Vec<TensorSpec> {
+pub fn tensor_layout(arch: &Arch, parts: Parts) -> Vec<TensorSpec> {
     let t = |name: String, elem, count| TensorSpec { name, elem, count };
     let mut v =
         vec![t("sigmoid table".into(), Elem::I16, GATE_LUT), t("tanh table".into(), Elem::I16, GATE_LUT), t("cell tanh table".into(), Elem::I16, CELL_LUT)];
-    if version >= 2 {
+    if parts.scale {
         v.push(t("noise scale error multipliers".into(), Elem::I64, SCALE_BUCKETS));
         v.push(t("noise scale correction multipliers".into(), Elem::I64, SCALE_BUCKETS));
         v.push(t("noise scale stabilised intensity".into(), Elem::I32, SCALE_BUCKETS + 1));
@@ -196,6 +225,14 @@ pub fn tensor_layout(arch: &Arch, version: u16) -> Vec<TensorSpec> {
             }
             v.push(t(format!("layer {l} {name} bias"), Elem::I64, cout));
             v.push(t(format!("layer {l} {name} shift"), Elem::U8, cout));
+        }
+    }
+    if parts.causal {
+        use causal::{H1, H2, INPUTS};
+        for (name, w, n) in [("first", INPUTS, H1), ("second", H1, H2), ("output", H2, 1)] {
+            v.push(t(format!("causal stage {name} layer weights"), Elem::I16, w * n));
+            v.push(t(format!("causal stage {name} layer biases"), Elem::I32, n));
+            v.push(t(format!("causal stage {name} layer shifts"), Elem::U8, n));
         }
     }
     v
@@ -274,9 +311,11 @@ fn check_norm(n: &Norm) -> Result<(), ModelFileError> {
     Ok(())
 }
 
-/// The version a model's file has: 2 with a noise scale, 1 without.
+/// The version a model's file has: 3 with a causal stage, else 2 with a noise scale, 1 without.
 pub fn version_of(m: &IntModel) -> u16 {
-    if m.norm.scale.is_some() {
+    if m.causal.is_some() {
+        3
+    } else if m.norm.scale.is_some() {
         2
     } else {
         1
@@ -360,6 +399,9 @@ pub fn validate(m: &IntModel) -> Result<(), ModelFileError> {
             check_conv(conv, &label, cs)?;
         }
     }
+    if let Some(c) = &m.causal {
+        c.validate().map_err(range_err)?;
+    }
     Ok(())
 }
 
@@ -397,6 +439,11 @@ fn header_of(m: &IntModel) -> ModelHeader {
             tensors.push(conv.shift.len() as u64);
         }
     }
+    if let Some(c) = &m.causal {
+        for (w, b, s) in [(&c.w1, &c.b1[..], &c.s1[..]), (&c.w2, &c.b2[..], &c.s2[..]), (&c.w3, std::slice::from_ref(&c.b3), std::slice::from_ref(&c.s3))] {
+            tensors.extend([w.len() as u64 * 2, b.len() as u64 * 4, s.len() as u64]);
+        }
+    }
     let n = &m.norm;
     ModelHeader {
         size: m.meta.size.clone(),
@@ -430,7 +477,18 @@ fn header_of(m: &IntModel) -> ModelHeader {
 /// read; callers that build models check [`validate`] first.
 pub fn to_bytes(m: &IntModel) -> Vec<u8> {
     // postcard of plain integers, strings and vectors cannot fail.
-    let header = postcard::to_allocvec(&header_of(m)).expect("postcard encodes a ModelHeader");
+    let mut header = postcard::to_allocvec(&header_of(m)).expect("postcard encodes a ModelHeader");
+    if let Some(c) = &m.causal {
+        let ext = CausalHeader {
+            scale: m.norm.scale.is_some(),
+            inputs: causal::INPUTS as u32,
+            h1: causal::H1 as u32,
+            h2: causal::H2 as u32,
+            shift_px: c.shift_px,
+            shift_mean: c.shift_mean,
+        };
+        header.extend(postcard::to_allocvec(&ext).expect("postcard encodes a CausalHeader"));
+    }
     let mut out = Vec::with_capacity(PREFIX + header.len() + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version_of(m).to_le_bytes());
@@ -458,6 +516,14 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
             }
             conv.bias.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
             out.extend_from_slice(&conv.shift);
+        }
+    }
+    if let Some(c) = &m.causal {
+        for (w, b, s) in [(&c.w1, &c.b1[..], &c.s1[..]), (&c.w2, &c.b2[..], &c.s2[..]), (&c.w3, std::slice::from_ref(&c.b3), std::slice::from_ref(&c.s3))] {
+            // (Validated models' weights fit i16: |w| <= 8191.)
+            w.iter().for_each(|&x| out.extend_from_slice(&(x as i16).to_le_bytes()));
+            b.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            out.extend_from_slice(s);
         }
     }
     let crc = crc32c::crc32c(&out[start..]);
@@ -563,13 +629,36 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         return Err(ModelFileError::HeaderCrc { stored, computed });
     }
     let (h, rest) = postcard::take_from_bytes::<ModelHeader>(&bytes[PREFIX..hend]).map_err(|e| ModelFileError::Header(e.to_string()))?;
+    let (ext, rest) = if version >= 3 {
+        let (e, r) = postcard::take_from_bytes::<CausalHeader>(rest).map_err(|e| ModelFileError::Header(format!("causal stage: {e}")))?;
+        (Some(e), r)
+    } else {
+        (None, rest)
+    };
     if !rest.is_empty() {
         return Err(ModelFileError::Header(format!("{} bytes after the header's last field", rest.len())));
     }
     // One encoding per header (postcard also reads over-long varints): a model's name, the hash
     // of its file, then follows from the model alone.
-    if postcard::to_allocvec(&h).map_err(|e| ModelFileError::Header(e.to_string()))? != bytes[PREFIX..hend] {
+    let mut canonical = postcard::to_allocvec(&h).map_err(|e| ModelFileError::Header(e.to_string()))?;
+    if let Some(e) = &ext {
+        canonical.extend(postcard::to_allocvec(e).map_err(|e| ModelFileError::Header(e.to_string()))?);
+    }
+    if canonical != bytes[PREFIX..hend] {
         return Err(ModelFileError::Header("not in canonical form (an over-long number)".into()));
+    }
+    if let Some(e) = &ext {
+        if (e.inputs, e.h1, e.h2) != (causal::INPUTS as u32, causal::H1 as u32, causal::H2 as u32) {
+            return Err(ModelFileError::Inconsistent(format!(
+                "a causal stage of {}-{}-{}-1 (this build runs {}-{}-{}-1)",
+                e.inputs,
+                e.h1,
+                e.h2,
+                causal::INPUTS,
+                causal::H1,
+                causal::H2
+            )));
+        }
     }
     if h.layers.is_empty() || h.layers.len() > MAX_LAYERS {
         return Err(range_err(format!("{} layers (1 to {MAX_LAYERS} allowed)", h.layers.len())));
@@ -586,7 +675,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     if h.bits != dtype.bits() {
         return Err(ModelFileError::Inconsistent(format!("{} bits for pixel type {dtype} (which has {})", h.bits, dtype.bits())));
     }
-    let layout = tensor_layout(&arch, version);
+    let parts = Parts { scale: ext.as_ref().map_or(version >= 2, |e| e.scale), causal: ext.is_some() };
+    let layout = tensor_layout(&arch, parts);
     if h.tensors.len() != layout.len() {
         return Err(ModelFileError::Inconsistent(format!("the header lists {} tensors, the architecture has {}", h.tensors.len(), layout.len())));
     }
@@ -614,7 +704,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     }
     let mut r = Reader { bytes: &bytes[..tend], at: tstart };
     let luts = Luts { sigmoid: r.i16s(GATE_LUT), tanh: r.i16s(GATE_LUT), tanh_cell: r.i16s(CELL_LUT) };
-    let scale = (version >= 2).then(|| Box::new(Scale { err_mult: r.i64s(SCALE_BUCKETS), out_mult: r.i64s(SCALE_BUCKETS), stab: r.i32s(SCALE_BUCKETS + 1) }));
+    let scale = parts.scale.then(|| Box::new(Scale { err_mult: r.i64s(SCALE_BUCKETS), out_mult: r.i64s(SCALE_BUCKETS), stab: r.i32s(SCALE_BUCKETS + 1) }));
     let mut layers = Vec::with_capacity(arch.layers.len());
     for l in 0..arch.layers.len() {
         let mut convs = conv_shapes(&arch, l).into_iter().map(|cs| r.conv(cs.cout, cs.k, &cs.cins, cs.lo, cs.hi)).collect::<Vec<_>>();
@@ -623,6 +713,14 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         let lstm = convs.pop().expect("conv_shapes lists lstm");
         layers.push(Layer { lstm, ahat, a });
     }
+    let causal = ext.map(|e| {
+        use causal::{H1, H2, INPUTS};
+        let mut layer = |w: usize, n: usize| (r.i16s(w * n).into_iter().map(i32::from).collect::<Vec<i32>>(), r.i32s(n), r.u8s(n));
+        let (w1, b1, s1) = layer(INPUTS, H1);
+        let (w2, b2, s2) = layer(H1, H2);
+        let (w3, b3, s3) = layer(H2, 1);
+        CausalNet { shift_px: e.shift_px, shift_mean: e.shift_mean, w1, b1, s1, w2, b2, s2, w3, b3: b3[0], s3: s3[0] }
+    });
     debug_assert_eq!(r.at, tend);
     let n = &h.norm;
     let model = IntModel {
@@ -641,6 +739,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         luts,
         layers,
         meta: Meta { size: h.size, bound: h.bound, fingerprint: h.fingerprint, frames: h.frames, steps: h.steps, loss: h.loss },
+        causal,
     };
     validate(&model)?;
     Ok(model)
@@ -867,7 +966,7 @@ pub fn random(arch: &Arch, dtype: DType, seed: u64) -> IntModel {
     if rng.chance(0.5) {
         norm.scale = Some(Box::new(random_scale(&mut rng, &norm)));
     }
-    let m = IntModel { arch: arch.clone(), dtype, norm, luts, layers, meta };
+    let m = IntModel { arch: arch.clone(), dtype, norm, luts, layers, meta, causal: None };
     debug_assert_eq!(validate(&m), Ok(()));
     m
 }
@@ -1084,7 +1183,7 @@ mod tests {
             inconsistent,
         );
         // Tensor values: find each tensor's offset from the layout.
-        let layout = tensor_layout(&m.arch, version_of(&m));
+        let layout = tensor_layout(&m.arch, Parts::of(&m));
         let offset = |i: usize| layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>();
         let find = |name: &str| layout.iter().position(|s| s.name == name).unwrap();
         let poke = |i: usize, at: usize, v: &[u8]| {
@@ -1119,8 +1218,8 @@ mod tests {
         b[0] = b'X';
         assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::BadMagic);
         let mut b = bytes.clone();
-        b[8] = 3;
-        assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(3));
+        b[8] = VERSION as u8 + 1;
+        assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(VERSION + 1));
         let mut b = bytes.clone();
         b[8] = 0;
         assert_eq!(from_bytes(&b).unwrap_err(), ModelFileError::UnsupportedVersion(0));
@@ -1160,7 +1259,7 @@ mod tests {
         }
         // Every entry of both tables in range, tested per table at a bucket in the middle.
         let (h, t) = split(&b2);
-        let layout = tensor_layout(&m.arch, 2);
+        let layout = tensor_layout(&m.arch, Parts { scale: true, causal: false });
         for name in ["noise scale error multipliers", "noise scale correction multipliers"] {
             let i = layout.iter().position(|s| s.name == name).unwrap();
             let o = layout[..i].iter().map(|s| s.count * s.elem.bytes()).sum::<usize>() + 8 * 500;

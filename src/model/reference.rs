@@ -278,6 +278,10 @@ impl Model for ReferenceModel {
         self.hash
     }
 
+    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalNet> {
+        self.model.causal.as_ref()
+    }
+
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
         file::check_frames(&self.model, &geom).map_err(|why| self.err(why))?;
         let layers = self

@@ -759,7 +759,15 @@ impl Trained {
     pub fn export(&self) -> Result<IntModel, TrainError> {
         let layers =
             self.net.layers.iter().map(|l| Layer { lstm: export_conv(&l.lstm), ahat: export_conv(&l.ahat), a: l.a.as_ref().map(export_conv) }).collect();
-        let m = IntModel { arch: self.net.arch.clone(), dtype: self.dtype, norm: self.norm.clone(), luts: Luts::standard(), layers, meta: self.meta.clone() };
+        let m = IntModel {
+            arch: self.net.arch.clone(),
+            dtype: self.dtype,
+            norm: self.norm.clone(),
+            luts: Luts::standard(),
+            layers,
+            meta: self.meta.clone(),
+            causal: None,
+        };
         file::validate(&m)?;
         Ok(m)
     }

@@ -2,8 +2,8 @@
 //! pixels before it: the per-pixel rules that the quantiser's encoder and decoder both walk
 //! ([`Prediction`]), and the spatial building blocks they use (MED, temporal MED).
 
-use super::linear;
 use super::motion::{blocks, BLENDED, BLOCK, CORRECTED, SPATIAL};
+use super::{causal, linear};
 
 /// The median edge detector of JPEG-LS (LOCO-I): the intra prediction of pixel `i` from its
 /// already reconstructed left, upper and upper-left neighbours in `img`.
@@ -73,6 +73,8 @@ pub enum Prediction<'a> {
     /// valid, and with the wide tap set (container version 9) `boxes` holds the
     /// [`linear::box_means`] of `prev` (empty with the narrow set).
     Linear { prev: &'a [u32], width: usize, coefs: &'a [i32], boxes: &'a [u32] },
+    /// The learned causal stage ([`causal`]): its network and what it keeps of the past.
+    Causal { net: &'a causal::CausalNet, past: &'a causal::Past, width: usize },
 }
 
 /// Where a walk over a frame is (`linear` only: whether a pixel is on the frame's border).
@@ -148,6 +150,7 @@ impl Prediction<'_> {
             }
             Prediction::Blend { prev, width } => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
             Prediction::Linear { prev, width, coefs, boxes } => linear::predict(coefs, recon, prev, boxes, i, width, mask),
+            Prediction::Causal { net, past, width } => net.predict(past, recon, i, width, mask),
         }
     }
 
@@ -192,6 +195,7 @@ impl Prediction<'_> {
             Prediction::Linear { prev, coefs, boxes, .. } => {
                 prev.len() == n && linear::valid(coefs) && boxes.len() == if linear::is_wide(coefs) { n } else { 0 }
             }
+            Prediction::Causal { past, width, .. } => past.fits(n) && past.width == width,
             Prediction::Intra { .. } => true,
         }
     }
