@@ -145,6 +145,8 @@ fn main() {
         seed: a.seed,
         threads: Some(a.threads),
         hyper: hyper.clone(),
+        // (The lab measures the PredNet: `train_float` never trains the causal stage.)
+        causal: None,
     };
     let t0 = Instant::now();
     let mut last = 0u64;

@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// Stop after this many steps even if time is left.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Steps of 4096 pixels for the causal stage (predictor `causal`, trained after the PredNet
+    /// within a quarter of `--minutes` and at most two minutes); 0: a model without it.
+    #[arg(long, default_value_t = 6000)]
+    pub causal_steps: u64,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
@@ -293,6 +297,7 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
         seed: a.seed,
         threads: a.threads,
         hyper: Default::default(),
+        causal: (a.causal_steps > 0).then(|| train::causal::CausalOptions { steps: a.causal_steps, ..Default::default() }),
     };
     eprintln!(
         "training a {} model on {} frames of {}x{} {} for {} ({} minutes at most)",
@@ -312,7 +317,11 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
         pb.set_message(format!("step {} loss {:.3} {:.1} frames/s {}s left", p.step, p.loss, p.frames_per_sec, left.as_secs()));
     })?;
     pb.finish_and_clear();
-    let model = trained.export()?;
+    let mut model = trained.export()?;
+    if opts.causal.is_some() {
+        eprintln!("training the causal stage ({} steps at most)", a.causal_steps);
+    }
+    let causal = train::add_causal(&mut model, &frames, geom, &opts)?;
     let bytes = file::to_bytes(&model);
     write_durably(&a.out, &bytes)?;
     println!(
@@ -326,6 +335,16 @@ fn train_cmd(a: &TrainArgs) -> anyhow::Result<()> {
         a.out.display(),
         bytes.len()
     );
+    if let Some(r) = causal {
+        println!(
+            "causal stage: {} steps in {:.1} s; rms error on its training pixels {:.3} (float {:.3}, the previous frame {:.3})",
+            r.steps,
+            r.elapsed.as_secs_f64(),
+            r.rmse_int,
+            r.rmse_float,
+            r.rmse_previous
+        );
+    }
     println!("model hash {}", hash_hex(&file::hash(&bytes)));
     Ok(())
 }

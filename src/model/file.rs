@@ -120,6 +120,8 @@ pub struct CausalHeader {
     pub h2: u32,
     pub shift_px: u8,
     pub shift_mean: u8,
+    /// Whether the running means are inputs.
+    pub means: bool,
 }
 
 /// The optional parts of a model, which decide its file's tensors.
@@ -486,6 +488,7 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
             h2: causal::H2 as u32,
             shift_px: c.shift_px,
             shift_mean: c.shift_mean,
+            means: c.means,
         };
         header.extend(postcard::to_allocvec(&ext).expect("postcard encodes a CausalHeader"));
     }
@@ -719,7 +722,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
         let (w1, b1, s1) = layer(INPUTS, H1);
         let (w2, b2, s2) = layer(H1, H2);
         let (w3, b3, s3) = layer(H2, 1);
-        CausalNet { shift_px: e.shift_px, shift_mean: e.shift_mean, w1, b1, s1, w2, b2, s2, w3, b3: b3[0], s3: s3[0] }
+        CausalNet { means: e.means, shift_px: e.shift_px, shift_mean: e.shift_mean, w1, b1, s1, w2, b2, s2, w3, b3: b3[0], s3: s3[0] }
     });
     debug_assert_eq!(r.at, tend);
     let n = &h.norm;

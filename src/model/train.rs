@@ -15,6 +15,7 @@
 //!
 //! [`eval`] measures a model (float or integer) against the previous frame on held-out frames.
 
+pub mod causal;
 pub mod eval;
 pub mod net;
 
@@ -137,6 +138,9 @@ pub struct TrainOptions {
     /// libtorch threads (default: every core).
     pub threads: Option<usize>,
     pub hyper: Hyper,
+    /// The causal stage (model file version 3), trained after the PredNet within at most a
+    /// quarter of `minutes`; `None`: a model without it.
+    pub causal: Option<causal::CausalOptions>,
 }
 
 impl Default for TrainOptions {
@@ -151,6 +155,7 @@ impl Default for TrainOptions {
             seed: 1,
             threads: None,
             hyper: Hyper::default(),
+            causal: Some(causal::CausalOptions::default()),
         }
     }
 }
@@ -539,7 +544,21 @@ pub struct Trained {
 
 /// Trains a model on `frames` (integer images of `geom`, in order) and exports it.
 pub fn train(frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions, progress: &mut dyn FnMut(&Progress)) -> Result<IntModel, TrainError> {
-    train_float(frames, geom, opts, progress)?.export()
+    let mut m = train_float(frames, geom, opts, progress)?.export()?;
+    add_causal(&mut m, frames, geom, opts)?;
+    Ok(m)
+}
+
+/// Trains the causal stage of `opts` (if any) on `frames` and adds it to `m`.
+pub fn add_causal(m: &mut IntModel, frames: &[Vec<u32>], geom: Geometry, opts: &TrainOptions) -> Result<Option<causal::CausalReport>, TrainError> {
+    let Some(c) = &opts.causal else { return Ok(None) };
+    check_input(frames, geom)?;
+    let budget = c.budget.min(Duration::from_secs_f64((opts.minutes * 15.0).clamp(0.0, 1e9)));
+    let (net, report) =
+        causal::train_causal(frames, geom, Degrade::new(opts.bound, geom.dtype)?, &causal::CausalOptions { budget, seed: opts.seed, ..c.clone() })?;
+    m.causal = Some(net);
+    file::validate(m)?;
+    Ok(Some(report))
 }
 
 /// Checks what the caller gave before any work.

@@ -43,13 +43,16 @@ pub const FAST: u32 = 3;
 /// The integer network (what the model file's causal section holds, version 3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CausalNet {
+    /// Whether the running means are inputs (otherwise their inputs are 0: training keeps the
+    /// means only where they help on frames it held out, see `model::train::causal`).
+    pub means: bool,
     pub shift_px: u8,
     pub shift_mean: u8,
-    /// `[H1][INPUTS]`, row-major.
+    /// `[INPUTS][H1]`: input-major (the sums of one input run over contiguous units).
     pub w1: Vec<i32>,
     pub b1: Vec<i32>,
     pub s1: Vec<u8>,
-    /// `[H2][H1]`.
+    /// `[H1][H2]`.
     pub w2: Vec<i32>,
     pub b2: Vec<i32>,
     pub s2: Vec<u8>,
@@ -111,16 +114,20 @@ impl CausalNet {
     #[inline(always)]
     pub fn eval(&self, f: &[i32; INPUTS]) -> i32 {
         let mut h1 = [0i32; H1];
-        for (o, h) in h1.iter_mut().enumerate() {
-            let w = &self.w1[o * INPUTS..(o + 1) * INPUTS];
-            let acc = w.iter().zip(f).fold(self.b1[o], |a, (&w, &x)| a + w * x);
-            *h = requant(acc, self.s1[o]).clamp(0, MAX_ACT);
+        h1.copy_from_slice(&self.b1);
+        for (&x, row) in f.iter().zip(self.w1.chunks_exact(H1)) {
+            h1.iter_mut().zip(row).for_each(|(a, &w)| *a += w * x);
+        }
+        for (h, &s) in h1.iter_mut().zip(&self.s1) {
+            *h = requant(*h, s).clamp(0, MAX_ACT);
         }
         let mut h2 = [0i32; H2];
-        for (o, h) in h2.iter_mut().enumerate() {
-            let w = &self.w2[o * H1..(o + 1) * H1];
-            let acc = w.iter().zip(&h1).fold(self.b2[o], |a, (&w, &x)| a + w * x);
-            *h = requant(acc, self.s2[o]).clamp(0, MAX_ACT);
+        h2.copy_from_slice(&self.b2);
+        for (&x, row) in h1.iter().zip(self.w2.chunks_exact(H2)) {
+            h2.iter_mut().zip(row).for_each(|(a, &w)| *a += w * x);
+        }
+        for (h, &s) in h2.iter_mut().zip(&self.s2) {
+            *h = requant(*h, s).clamp(0, MAX_ACT);
         }
         let acc = self.w3.iter().zip(&h2).fold(self.b3, |a, (&w, &x)| a + w * x);
         requant(acc, self.s3)
@@ -193,10 +200,15 @@ impl Past {
                 for dx in -1isize..=1 {
                     let at = (i as isize + dy * w + dx) as usize;
                     f[j] = clamp_in(self.prev[at] as i64 - b, net.shift_px);
-                    f[j + 9] = clamp_in(self.slow[at] - (b << MEAN_FRAC), net.shift_mean);
-                    f[j + 18] = clamp_in(self.fast[at] - (b << MEAN_FRAC), net.shift_mean);
+                    if net.means {
+                        f[j + 9] = clamp_in(self.slow[at] - (b << MEAN_FRAC), net.shift_mean);
+                        f[j + 18] = clamp_in(self.fast[at] - (b << MEAN_FRAC), net.shift_mean);
+                    }
                     j += 1;
                 }
+            }
+            if !net.means {
+                f[CAUSAL.len() + 9..].fill(0);
             }
             return;
         }
@@ -211,8 +223,9 @@ impl Past {
             for dx in -1isize..=1 {
                 let at = ((yi + dy).clamp(0, h - 1) * w + (xi + dx).clamp(0, w - 1)) as usize;
                 f[j] = clamp_in(self.prev[at] as i64 - b, net.shift_px);
-                f[j + 9] = clamp_in(self.slow[at] - (b << MEAN_FRAC), net.shift_mean);
-                f[j + 18] = clamp_in(self.fast[at] - (b << MEAN_FRAC), net.shift_mean);
+                let (s, q) = if net.means { (self.slow[at] - (b << MEAN_FRAC), self.fast[at] - (b << MEAN_FRAC)) } else { (0, 0) };
+                f[j + 9] = clamp_in(s, net.shift_mean);
+                f[j + 18] = clamp_in(q, net.shift_mean);
                 j += 1;
             }
         }
@@ -230,6 +243,7 @@ pub fn random(seed: u64) -> CausalNet {
     };
     let mut v = |n: usize, lo: i32, hi: i32| (0..n).map(|_| next(lo, hi)).collect::<Vec<i32>>();
     CausalNet {
+        means: seed % 3 != 1,
         shift_px: 0,
         shift_mean: 0,
         w1: v(H1 * INPUTS, -300, 300),
@@ -295,27 +309,31 @@ mod tests {
             past.observe(&f, w);
         }
         let recon: Vec<u32> = (0..w * h).map(|_| next()).collect();
-        let net = CausalNet { shift_px: 1, shift_mean: 2, ..random(3) };
-        for i in 0..w * h {
-            let (x, y) = (i % w, i / w);
-            let mut fast = [0; INPUTS];
-            past.inputs(&net, &recon, i, w, &mut fast);
-            // The general rule, written out.
-            let b = past.prev[i] as i64;
-            let mut want = [0; INPUTS];
-            for (j, &(dy, dx)) in CAUSAL.iter().enumerate() {
-                let (yy, xx) = (y as isize + dy, x as isize + dx);
-                let v = if yy >= 0 && xx >= 0 && (xx as usize) < w { recon[yy as usize * w + xx as usize] as i64 } else { b };
-                want[j] = clamp_in(v - b, 1);
+        for means in [true, false] {
+            let net = CausalNet { shift_px: 1, shift_mean: 2, means, ..random(3) };
+            for i in 0..w * h {
+                let (x, y) = (i % w, i / w);
+                let mut fast = [0; INPUTS];
+                past.inputs(&net, &recon, i, w, &mut fast);
+                // The general rule, written out.
+                let b = past.prev[i] as i64;
+                let mut want = [0; INPUTS];
+                for (j, &(dy, dx)) in CAUSAL.iter().enumerate() {
+                    let (yy, xx) = (y as isize + dy, x as isize + dx);
+                    let v = if yy >= 0 && xx >= 0 && (xx as usize) < w { recon[yy as usize * w + xx as usize] as i64 } else { b };
+                    want[j] = clamp_in(v - b, 1);
+                }
+                for k in 0..9 {
+                    let (yy, xx) = ((y as isize + k / 3 - 1).clamp(0, h as isize - 1) as usize, (x as isize + k % 3 - 1).clamp(0, w as isize - 1) as usize);
+                    let at = yy * w + xx;
+                    want[12 + k as usize] = clamp_in(past.prev[at] as i64 - b, 1);
+                    if means {
+                        want[21 + k as usize] = clamp_in(past.slow[at] - (b << 4), 2);
+                        want[30 + k as usize] = clamp_in(past.fast[at] - (b << 4), 2);
+                    }
+                }
+                assert_eq!(fast, want, "pixel ({x}, {y}), means {means}");
             }
-            for k in 0..9 {
-                let (yy, xx) = ((y as isize + k / 3 - 1).clamp(0, h as isize - 1) as usize, (x as isize + k % 3 - 1).clamp(0, w as isize - 1) as usize);
-                let at = yy * w + xx;
-                want[12 + k as usize] = clamp_in(past.prev[at] as i64 - b, 1);
-                want[21 + k as usize] = clamp_in(past.slow[at] - (b << 4), 2);
-                want[30 + k as usize] = clamp_in(past.fast[at] - (b << 4), 2);
-            }
-            assert_eq!(fast, want, "pixel ({x}, {y})");
         }
     }
 

@@ -19,6 +19,7 @@ fn quick(bound: Bound, steps: u64) -> TrainOptions {
         device: DeviceChoice::Cpu,
         threads: Some(1),
         hyper: Hyper { crop: 24, seq: 4, batch: 4, ..Hyper::default() },
+        causal: Some(super::causal::CausalOptions { steps: 20, batch: 256, samples: 1 << 14, ..Default::default() }),
         ..TrainOptions::default()
     }
 }
@@ -266,4 +267,26 @@ fn closed_loop_training_learns() {
     let last = losses[80..].iter().sum::<f64>() / 20.0;
     assert!(last < 0.95 * first, "loss {first} -> {last}");
     trained.export().unwrap();
+}
+
+/// The causal stage learns: on moving spots with noise, its integer export predicts the training
+/// pixels better than the previous frame does, stays close to its float network, and chooses
+/// whether to use the running means on held-out frames; the model file keeps it.
+#[test]
+fn the_causal_stage_learns_and_exports_a_matching_stage() {
+    let (frames, geom) = tiny(DType::U16, 12);
+    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+        let opts = causal::CausalOptions { steps: 300, batch: 512, samples: 1 << 14, ..Default::default() };
+        let (net, r) = causal::train_causal(&frames, geom, Degrade::new(bound, DType::U16).unwrap(), &opts).unwrap();
+        net.validate().unwrap();
+        assert!(r.rmse_int < 0.8 * r.rmse_previous, "{bound}: {r:?}");
+        assert!(r.rmse_int < 1.1 * r.rmse_float + 0.5, "{bound}: the integer stage strays from the float one: {r:?}");
+        let (with, without) = r.held_out.expect("12 frames: the means are decided on held-out frames");
+        assert_eq!(r.means, with < without, "{r:?}");
+    }
+    let none = &mut |_: &Progress| {};
+    let m = train(&frames, geom, &quick(Bound::Abs(2.0), 2), none).unwrap();
+    assert!(m.causal.is_some(), "training adds the stage by default");
+    assert_eq!(file::from_bytes(&file::to_bytes(&m)).unwrap(), m);
+    assert!(train(&frames, geom, &TrainOptions { causal: None, ..quick(Bound::Abs(2.0), 2) }, none).unwrap().causal.is_none());
 }
