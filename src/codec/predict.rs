@@ -88,7 +88,7 @@ pub trait Model: Send + Sync {
     fn observe_batch(&self, states: &mut [&mut dyn ModelState], recons: &[&[u32]]) -> Result<(), PredictError>;
     /// The model's causal stage, if it has one (model file version 3): what predictor
     /// [`PredictorId::Causal`] runs.
-    fn causal(&self) -> Option<&causal::CausalNet> {
+    fn causal(&self) -> Option<&causal::CausalStage> {
         None
     }
 }
@@ -336,7 +336,7 @@ impl Model for Playback {
         }
         Ok(())
     }
-    fn causal(&self) -> Option<&causal::CausalNet> {
+    fn causal(&self) -> Option<&causal::CausalStage> {
         self.replayed.as_ref().and_then(|m| m.causal())
     }
 }

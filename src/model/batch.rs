@@ -68,7 +68,7 @@ impl Model for Batched {
         self.inner.start(geom)
     }
 
-    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalNet> {
+    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
         self.inner.causal()
     }
 

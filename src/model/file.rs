@@ -523,8 +523,7 @@ pub fn to_bytes(m: &IntModel) -> Vec<u8> {
     }
     if let Some(c) = &m.causal {
         for (w, b, s) in [(&c.w1, &c.b1[..], &c.s1[..]), (&c.w2, &c.b2[..], &c.s2[..]), (&c.w3, std::slice::from_ref(&c.b3), std::slice::from_ref(&c.s3))] {
-            // (Validated models' weights fit i16: |w| <= 8191.)
-            w.iter().for_each(|&x| out.extend_from_slice(&(x as i16).to_le_bytes()));
+            w.iter().for_each(|&x| out.extend_from_slice(&x.to_le_bytes()));
             b.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
             out.extend_from_slice(s);
         }
@@ -718,7 +717,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<IntModel, ModelFileError> {
     }
     let causal = ext.map(|e| {
         use causal::{H1, H2, INPUTS};
-        let mut layer = |w: usize, n: usize| (r.i16s(w * n).into_iter().map(i32::from).collect::<Vec<i32>>(), r.i32s(n), r.u8s(n));
+        let mut layer = |w: usize, n: usize| (r.i16s(w * n), r.i32s(n), r.u8s(n));
         let (w1, b1, s1) = layer(INPUTS, H1);
         let (w2, b2, s2) = layer(H1, H2);
         let (w3, b3, s3) = layer(H2, 1);

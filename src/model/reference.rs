@@ -9,6 +9,7 @@
 
 use super::file::{self, ModelFileError};
 use super::{layer_size, Conv, IntModel};
+use crate::codec::predict::causal::CausalStage;
 use crate::codec::predict::{hash_hex, Geometry, Model, ModelHash, ModelState, PredictError};
 use std::sync::Arc;
 
@@ -164,6 +165,8 @@ impl ModelState for ReferenceState {
 pub struct ReferenceModel {
     model: Arc<IntModel>,
     hash: ModelHash,
+    /// The model's causal stage, laid out to run.
+    stage: Option<CausalStage>,
 }
 
 impl ReferenceModel {
@@ -171,12 +174,13 @@ impl ReferenceModel {
     pub fn new(model: Arc<IntModel>) -> Result<ReferenceModel, ModelFileError> {
         file::validate(&model)?;
         let hash = file::hash(&file::to_bytes(&model));
-        Ok(ReferenceModel { model, hash })
+        Ok(ReferenceModel { stage: model.causal.clone().map(CausalStage::new), model, hash })
     }
 
     /// The model of a model file.
     pub fn from_bytes(bytes: &[u8]) -> Result<ReferenceModel, ModelFileError> {
-        Ok(ReferenceModel { model: Arc::new(file::from_bytes(bytes)?), hash: file::hash(bytes) })
+        let model = file::from_bytes(bytes)?;
+        Ok(ReferenceModel { stage: model.causal.clone().map(CausalStage::new), model: Arc::new(model), hash: file::hash(bytes) })
     }
 
     pub fn model(&self) -> &Arc<IntModel> {
@@ -278,8 +282,8 @@ impl Model for ReferenceModel {
         self.hash
     }
 
-    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalNet> {
-        self.model.causal.as_ref()
+    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
+        self.stage.as_ref()
     }
 
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {

@@ -338,6 +338,8 @@ impl ModelState for TorchState {
 /// The libtorch backend of a model.
 pub struct TorchModel {
     model: Arc<IntModel>,
+    /// The model's causal stage, laid out to run (plain Rust: it is per pixel).
+    stage: Option<crate::codec::predict::causal::CausalStage>,
     hash: ModelHash,
     device: Device,
     layers: Vec<TLayer>,
@@ -460,6 +462,7 @@ impl TorchModel {
         debug_assert_eq!(m.luts.tanh_cell.len(), CELL_LUT);
         let band = if device == Device::Cpu { CPU_BAND_BYTES } else { CUDA_BAND_BYTES };
         Ok(TorchModel {
+            stage: model.causal.clone().map(crate::codec::predict::causal::CausalStage::new),
             hash,
             device,
             layers,
@@ -967,8 +970,8 @@ impl Model for TorchModel {
         self.hash
     }
 
-    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalNet> {
-        self.model.causal.as_ref()
+    fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
+        self.stage.as_ref()
     }
 
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {

@@ -48,16 +48,16 @@ pub struct CausalNet {
     pub means: bool,
     pub shift_px: u8,
     pub shift_mean: u8,
-    /// `[INPUTS][H1]`: input-major (the sums of one input run over contiguous units).
-    pub w1: Vec<i32>,
+    /// `[H1][INPUTS]`, unit-major (each unit's sum is a dot product of i16 vectors).
+    pub w1: Vec<i16>,
     pub b1: Vec<i32>,
     pub s1: Vec<u8>,
-    /// `[H1][H2]`.
-    pub w2: Vec<i32>,
+    /// `[H2][H1]`.
+    pub w2: Vec<i16>,
     pub b2: Vec<i32>,
     pub s2: Vec<u8>,
     /// `[H2]`.
-    pub w3: Vec<i32>,
+    pub w3: Vec<i16>,
     pub b3: i32,
     pub s3: u8,
 }
@@ -90,7 +90,7 @@ impl CausalNet {
             }
         }
         for (what, w) in [("first layer", &self.w1), ("second layer", &self.w2), ("output", &self.w3)] {
-            if let Some(j) = w.iter().position(|v| v.abs() > MAX_W) {
+            if let Some(j) = w.iter().position(|&v| i32::from(v).abs() > MAX_W) {
                 return Err(format!("causal stage: {what} weight {j} is {} (|w| <= {MAX_W} allowed)", w[j]));
             }
         }
@@ -110,34 +110,139 @@ impl CausalNet {
         Ok(())
     }
 
-    /// The correction of `b` the network gives for inputs `f`.
+    /// The correction of `b` the network gives for inputs `f`: the definition, unit by unit
+    /// (what [`CausalStage`] computes faster).
+    pub fn eval(&self, f: &[i16; INPUTS]) -> i32 {
+        // (Integer sums in any order: the ranges keep every partial sum exact, so the
+        // vectorised reductions give every machine the same result.)
+        let dot = |w: &[i16], x: &[i16]| w.iter().zip(x).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum::<i32>();
+        let mut h1 = [0i16; H1];
+        for (o, h) in h1.iter_mut().enumerate() {
+            *h = requant(dot(&self.w1[o * INPUTS..(o + 1) * INPUTS], f) + self.b1[o], self.s1[o]).clamp(0, MAX_ACT) as i16;
+        }
+        let mut h2 = [0i16; H2];
+        for (o, h) in h2.iter_mut().enumerate() {
+            *h = requant(dot(&self.w2[o * H1..(o + 1) * H1], &h1) + self.b2[o], self.s2[o]).clamp(0, MAX_ACT) as i16;
+        }
+        requant(dot(&self.w3, &h2) + self.b3, self.s3)
+    }
+}
+
+/// A [`CausalNet`] laid out to run: the weights by input (column), so that each input's
+/// products with every unit's weight are one vector operation. The same integers as
+/// [`CausalNet::eval`] (tested).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CausalStage {
+    pub net: CausalNet,
+    w1t: Vec<[i32; H1]>,
+    w2t: Vec<[i32; H2]>,
+    b1: [i32; H1],
+    b2: [i32; H2],
+    /// Each unit's rounding term `2^(s-1)` (0 for `s = 0`) and shift, as i32 lanes.
+    r1: [i32; H1],
+    r2: [i32; H2],
+    sh1: [i32; H1],
+    sh2: [i32; H2],
+}
+
+impl CausalStage {
+    /// The stage of a valid net (see [`CausalNet::validate`]).
+    pub fn new(net: CausalNet) -> CausalStage {
+        let w1t = (0..INPUTS).map(|j| std::array::from_fn(|o| i32::from(net.w1[o * INPUTS + j]))).collect();
+        let w2t = (0..H1).map(|j| std::array::from_fn(|o| i32::from(net.w2[o * H1 + j]))).collect();
+        let (b1, b2) = (std::array::from_fn(|o| net.b1[o]), std::array::from_fn(|o| net.b2[o]));
+        let round = |s: u8| if s == 0 { 0 } else { 1i32 << (s - 1) };
+        let (r1, r2) = (std::array::from_fn(|o| round(net.s1[o])), std::array::from_fn(|o| round(net.s2[o])));
+        let (sh1, sh2) = (std::array::from_fn(|o| i32::from(net.s1[o])), std::array::from_fn(|o| i32::from(net.s2[o])));
+        CausalStage { net, w1t, w2t, b1, b2, r1, r2, sh1, sh2 }
+    }
+
+    /// [`CausalNet::eval`], by columns.
     #[inline(always)]
-    pub fn eval(&self, f: &[i32; INPUTS]) -> i32 {
-        let mut h1 = [0i32; H1];
-        h1.copy_from_slice(&self.b1);
-        for (&x, row) in f.iter().zip(self.w1.chunks_exact(H1)) {
-            h1.iter_mut().zip(row).for_each(|(a, &w)| *a += w * x);
+    pub fn eval(&self, f: &[i16; INPUTS]) -> i32 {
+        let n = &self.net;
+        let mut a1 = self.b1;
+        for (col, &x) in self.w1t.iter().zip(f) {
+            let x = i32::from(x);
+            a1.iter_mut().zip(col).for_each(|(a, &w)| *a += w * x);
         }
-        for (h, &s) in h1.iter_mut().zip(&self.s1) {
-            *h = requant(*h, s).clamp(0, MAX_ACT);
+        let mut a2 = self.b2;
+        for ((col, &a), &s) in self.w2t.iter().zip(&a1).zip(&n.s1) {
+            let h = requant(a, s).clamp(0, MAX_ACT);
+            a2.iter_mut().zip(col).for_each(|(a, &w)| *a += w * h);
         }
-        let mut h2 = [0i32; H2];
-        h2.copy_from_slice(&self.b2);
-        for (&x, row) in h1.iter().zip(self.w2.chunks_exact(H2)) {
-            h2.iter_mut().zip(row).for_each(|(a, &w)| *a += w * x);
-        }
-        for (h, &s) in h2.iter_mut().zip(&self.s2) {
-            *h = requant(*h, s).clamp(0, MAX_ACT);
-        }
-        let acc = self.w3.iter().zip(&h2).fold(self.b3, |a, (&w, &x)| a + w * x);
-        requant(acc, self.s3)
+        let out = a2.iter().zip(&n.s2).zip(&n.w3).fold(n.b3, |acc, ((&a, &s), &w)| acc + i32::from(w) * requant(a, s).clamp(0, MAX_ACT));
+        requant(out, n.s3)
     }
 
     /// The prediction of pixel `i` of a `width`-wide frame.
-    #[inline(always)]
+    #[inline]
     pub fn predict(&self, past: &Past, recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
-        let mut f = [0i32; INPUTS];
-        past.inputs(self, recon, i, width, &mut f);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above), all `predict_avx2` requires. The
+            // arithmetic is integer, so both paths give the same prediction (tested).
+            return unsafe { self.predict_avx2(past, recon, i, width, mask) };
+        }
+        self.predict_here(past, recon, i, width, mask)
+    }
+
+    /// [`CausalStage::predict`] with AVX2: eight units' products per instruction.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn predict_avx2(&self, past: &Past, recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+        let mut f = [0i16; INPUTS];
+        past.inputs(&self.net, recon, i, width, &mut f);
+        // SAFETY: the caller checked AVX2, all `eval_avx2` requires.
+        let c = unsafe { self.eval_avx2(&f) };
+        (past.prev[i] as i64 + c as i64).clamp(0, mask as i64) as u32
+    }
+
+    /// [`CausalStage::eval`] in AVX2 intrinsics: the same sums (exact in i32), requantisation
+    /// by a variable arithmetic shift, clamps by min and max.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn eval_avx2(&self, f: &[i16; INPUTS]) -> i32 {
+        use std::arch::x86_64::*;
+        // SAFETY (every load and store below): unaligned 8-lane accesses at offsets 0, 8, 16, 24
+        // of arrays of H1 = 32 or H2 = 16 i32, all within them.
+        let load = |p: &[i32], k: usize| unsafe { _mm256_loadu_si256(p.as_ptr().add(8 * k) as *const __m256i) };
+        let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(MAX_ACT));
+        let mut a1 = [load(&self.b1, 0), load(&self.b1, 1), load(&self.b1, 2), load(&self.b1, 3)];
+        for (col, &x) in self.w1t.iter().zip(f) {
+            let xv = _mm256_set1_epi32(i32::from(x));
+            for (k, a) in a1.iter_mut().enumerate() {
+                *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(load(col, k), xv));
+            }
+        }
+        let mut h1 = [0i32; H1];
+        for (k, a) in a1.iter().enumerate() {
+            let v = _mm256_srav_epi32(_mm256_add_epi32(*a, load(&self.r1, k)), load(&self.sh1, k));
+            // SAFETY: as above (a store of 8 lanes at offset 8k of 32).
+            unsafe { _mm256_storeu_si256(h1.as_mut_ptr().add(8 * k) as *mut __m256i, _mm256_min_epi32(_mm256_max_epi32(v, zero), top)) };
+        }
+        let mut a2 = [load(&self.b2, 0), load(&self.b2, 1)];
+        for (col, &h) in self.w2t.iter().zip(&h1) {
+            let hv = _mm256_set1_epi32(h);
+            for (k, a) in a2.iter_mut().enumerate() {
+                *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(load(col, k), hv));
+            }
+        }
+        let mut h2 = [0i32; H2];
+        for (k, a) in a2.iter().enumerate() {
+            let v = _mm256_srav_epi32(_mm256_add_epi32(*a, load(&self.r2, k)), load(&self.sh2, k));
+            // SAFETY: as above (8 lanes at offset 8k of 16).
+            unsafe { _mm256_storeu_si256(h2.as_mut_ptr().add(8 * k) as *mut __m256i, _mm256_min_epi32(_mm256_max_epi32(v, zero), top)) };
+        }
+        let n = &self.net;
+        requant(h2.iter().zip(&n.w3).fold(n.b3, |acc, (&h, &w)| acc + i32::from(w) * h), n.s3)
+    }
+
+    /// [`CausalStage::predict`] for the build's baseline instruction set.
+    #[inline(always)]
+    pub fn predict_here(&self, past: &Past, recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+        let mut f = [0i16; INPUTS];
+        past.inputs(&self.net, recon, i, width, &mut f);
         (past.prev[i] as i64 + self.eval(&f) as i64).clamp(0, mask as i64) as u32
     }
 }
@@ -154,8 +259,8 @@ pub struct Past {
 }
 
 #[inline(always)]
-fn clamp_in(v: i64, shift: u8) -> i32 {
-    (v >> shift).clamp(-(MAX_IN as i64), MAX_IN as i64) as i32
+fn clamp_in(v: i64, shift: u8) -> i16 {
+    (v >> shift).clamp(-(MAX_IN as i64), MAX_IN as i64) as i16
 }
 
 impl Past {
@@ -185,7 +290,7 @@ impl Past {
 
     /// The inputs of pixel `i`, given frame `t`'s reconstruction so far in `recon`.
     #[inline(always)]
-    pub fn inputs(&self, net: &CausalNet, recon: &[u32], i: usize, width: usize, f: &mut [i32; INPUTS]) {
+    pub fn inputs(&self, net: &CausalNet, recon: &[u32], i: usize, width: usize, f: &mut [i16; INPUTS]) {
         let (x, y) = (i % width, i / width);
         let (w, h) = (width as isize, self.height as isize);
         let b = self.prev[i] as i64;
@@ -242,17 +347,18 @@ pub fn random(seed: u64) -> CausalNet {
         lo + (s % (hi - lo + 1) as u64) as i32
     };
     let mut v = |n: usize, lo: i32, hi: i32| (0..n).map(|_| next(lo, hi)).collect::<Vec<i32>>();
+    let w = |v: Vec<i32>| v.into_iter().map(|x| x as i16).collect::<Vec<i16>>();
     CausalNet {
         means: seed % 3 != 1,
         shift_px: 0,
         shift_mean: 0,
-        w1: v(H1 * INPUTS, -300, 300),
+        w1: w(v(H1 * INPUTS, -300, 300)),
         b1: v(H1, -5000, 5000),
         s1: vec![6; H1],
-        w2: v(H2 * H1, -600, 600),
+        w2: w(v(H2 * H1, -600, 600)),
         b2: v(H2, -5000, 5000),
         s2: vec![9; H2],
-        w3: v(H2, -400, 400),
+        w3: w(v(H2, -400, 400)),
         b3: 100,
         s3: 10,
     }
@@ -270,13 +376,64 @@ mod tests {
         assert!(worst1 < i32::MAX as i64 && worst2 < worst1, "{worst1}");
         // And the network evaluates the extremes without overflowing (debug builds panic).
         let mut net = random(1);
-        net.w1.iter_mut().for_each(|w| *w = MAX_W);
+        net.w1.iter_mut().for_each(|w| *w = MAX_W as i16);
         net.b1.iter_mut().for_each(|b| *b = MAX_BIAS);
-        net.w2.iter_mut().for_each(|w| *w = -MAX_W);
+        net.w2.iter_mut().for_each(|w| *w = -MAX_W as i16);
         net.s1.iter_mut().for_each(|s| *s = MAX_SHIFT);
         net.validate().unwrap();
-        let _ = net.eval(&[MAX_IN; INPUTS]);
-        let _ = net.eval(&[-MAX_IN; INPUTS]);
+        for x in [MAX_IN as i16, -MAX_IN as i16] {
+            assert_eq!(net.eval(&[x; INPUTS]) as i64, wide(&net, &[x; INPUTS]), "{x}");
+        }
+        let mut other = random(4);
+        other.w1.iter_mut().step_by(2).for_each(|w| *w = -MAX_W as i16);
+        other.b2.iter_mut().for_each(|b| *b = -MAX_BIAS);
+        for x in [MAX_IN as i16, -MAX_IN as i16, 7] {
+            assert_eq!(other.eval(&[x; INPUTS]) as i64, wide(&other, &[x; INPUTS]), "{x}");
+        }
+    }
+
+    /// The stage computes the net's integers, on either instruction set.
+    #[test]
+    fn the_stage_is_the_net() {
+        let (w, h) = (13usize, 9usize);
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 40) as u32 & 0x3ff
+        };
+        for k in 0..6 {
+            let mut net = random(k);
+            net.shift_px = (k % 3) as u8;
+            if k == 5 {
+                net.w1.iter_mut().for_each(|w| *w = MAX_W as i16);
+                net.b1.iter_mut().for_each(|b| *b = MAX_BIAS);
+            }
+            let stage = CausalStage::new(net.clone());
+            let mut past = Past::default();
+            past.observe(&(0..w * h).map(|_| next()).collect::<Vec<u32>>(), w);
+            past.observe(&(0..w * h).map(|_| next()).collect::<Vec<u32>>(), w);
+            let recon: Vec<u32> = (0..w * h).map(|_| next()).collect();
+            for i in 0..w * h {
+                let mut f = [0i16; INPUTS];
+                past.inputs(&net, &recon, i, w, &mut f);
+                assert_eq!(stage.eval(&f), net.eval(&f), "net {k} pixel {i}");
+                assert_eq!(stage.eval(&f) as i64, wide(&net, &f), "net {k} pixel {i}");
+                let p = stage.predict(&past, &recon, i, w, 0x3ff);
+                assert_eq!(p, stage.predict_here(&past, &recon, i, w, 0x3ff), "net {k} pixel {i}: the instruction sets differ");
+                assert_eq!(p as i64, (past.prev[i] as i64 + wide(&net, &f)).clamp(0, 0x3ff));
+            }
+        }
+    }
+
+    /// [`CausalNet::eval`] in i64 (no sum can overflow).
+    fn wide(n: &CausalNet, f: &[i16; INPUTS]) -> i64 {
+        let rq = |x: i64, s: u8| if s == 0 { x } else { (x + (1 << (s - 1))) >> s };
+        let h1: Vec<i64> = (0..H1)
+            .map(|o| rq((0..INPUTS).map(|j| n.w1[o * INPUTS + j] as i64 * f[j] as i64).sum::<i64>() + n.b1[o] as i64, n.s1[o]).clamp(0, MAX_ACT as i64))
+            .collect();
+        let h2: Vec<i64> =
+            (0..H2).map(|o| rq((0..H1).map(|j| n.w2[o * H1 + j] as i64 * h1[j]).sum::<i64>() + n.b2[o] as i64, n.s2[o]).clamp(0, MAX_ACT as i64)).collect();
+        rq((0..H2).map(|j| n.w3[j] as i64 * h2[j]).sum::<i64>() + n.b3 as i64, n.s3)
     }
 
     #[test]
@@ -284,7 +441,7 @@ mod tests {
         let good = random(2);
         good.validate().unwrap();
         let mut n = good.clone();
-        n.w2[5] = MAX_W + 1;
+        n.w2[5] = MAX_W as i16 + 1;
         assert!(n.validate().unwrap_err().contains("second layer weight 5"));
         let mut n = good.clone();
         n.s3 = MAX_SHIFT + 1;
@@ -313,11 +470,11 @@ mod tests {
             let net = CausalNet { shift_px: 1, shift_mean: 2, means, ..random(3) };
             for i in 0..w * h {
                 let (x, y) = (i % w, i / w);
-                let mut fast = [0; INPUTS];
+                let mut fast = [0i16; INPUTS];
                 past.inputs(&net, &recon, i, w, &mut fast);
                 // The general rule, written out.
                 let b = past.prev[i] as i64;
-                let mut want = [0; INPUTS];
+                let mut want = [0i16; INPUTS];
                 for (j, &(dy, dx)) in CAUSAL.iter().enumerate() {
                     let (yy, xx) = (y as isize + dy, x as isize + dx);
                     let v = if yy >= 0 && xx >= 0 && (xx as usize) < w { recon[yy as usize * w + xx as usize] as i64 } else { b };

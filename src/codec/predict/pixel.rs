@@ -74,7 +74,7 @@ pub enum Prediction<'a> {
     /// [`linear::box_means`] of `prev` (empty with the narrow set).
     Linear { prev: &'a [u32], width: usize, coefs: &'a [i32], boxes: &'a [u32] },
     /// The learned causal stage ([`causal`]): its network and what it keeps of the past.
-    Causal { net: &'a causal::CausalNet, past: &'a causal::Past, width: usize },
+    Causal { net: &'a causal::CausalStage, past: &'a causal::Past, width: usize },
 }
 
 /// Where a walk over a frame is (`linear` only: whether a pixel is on the frame's border).

@@ -15,7 +15,7 @@
 //! are then the largest power-of-two scaling that keeps them within the stage's ranges.
 
 use super::{panic_message, Degrade, Loss, TrainError};
-use crate::codec::predict::causal::{self, CausalNet, Past, H1, H2, INPUTS};
+use crate::codec::predict::causal::{self, CausalNet, CausalStage, Past, H1, H2, INPUTS};
 use crate::codec::predict::{Geometry, Prediction};
 use crate::codec::quantizer::{self, Bound};
 use crate::fixtures::Rng;
@@ -83,6 +83,10 @@ pub struct CausalReport {
     pub held_out: Option<(f64, f64)>,
 }
 
+/// The standard deviation below which a training input counts as constant (it is then
+/// standardised to 0 and gets no weight).
+const CONSTANT: f64 = 1e-3;
+
 /// The smallest right shift that brings `v` to at most 1024.
 fn shift_for(v: f64) -> u8 {
     let mut s = 0u8;
@@ -105,7 +109,7 @@ fn samples(frames: &[Vec<u32>], degraded: &[Vec<u32>], geom: Geometry, net: &Cau
     let mut s = Samples { x: Vec::with_capacity(per * (frames.len() - 1) * INPUTS), y: Vec::new(), n: 0 };
     let mut past = Past::default();
     past.observe(&degraded[0], geom.width);
-    let mut f = [0i32; INPUTS];
+    let mut f = [0i16; INPUTS];
     for t in 1..frames.len() {
         for _ in 0..per {
             let i = (rng.next_u64() % geom.pixels() as u64) as usize;
@@ -159,6 +163,7 @@ pub fn train_causal(frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, opts:
 fn held_out_entropy(net: &CausalNet, key: &[u32], test: &[Vec<u32>], geom: Geometry, degrade: Degrade, seed: u64) -> f64 {
     let mut rng = Rng::new(seed ^ 0x5eed);
     let step = if degrade.dtype.is_float() { 1 } else { 2 * degrade.e as i64 + 1 };
+    let stage = CausalStage::new(net.clone());
     let mut past = Past::default();
     past.observe(&key.iter().map(|&v| degrade.apply(v, &mut rng)).collect::<Vec<u32>>(), geom.width);
     let mut counts = std::collections::HashMap::<i64, u64>::new();
@@ -166,7 +171,7 @@ fn held_out_entropy(net: &CausalNet, key: &[u32], test: &[Vec<u32>], geom: Geome
     for x in test {
         let d: Vec<u32> = x.iter().map(|&v| degrade.apply(v, &mut rng)).collect();
         for (i, &v) in x.iter().enumerate() {
-            let p = net.predict(&past, &d, i, geom.width, geom.mask()) as i64;
+            let p = stage.predict(&past, &d, i, geom.width, geom.mask()) as i64;
             *counts.entry((v as i64 - p + step / 2).div_euclid(step)).or_default() += 1;
             n += 1;
         }
@@ -202,7 +207,7 @@ fn train_inner(frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, opts: &Cau
                 b += v * v;
             }
             let m = a / s.n as f64;
-            (m, (b / s.n as f64 - m * m).max(0.0).sqrt().max(1e-3))
+            (m, (b / s.n as f64 - m * m).max(0.0).sqrt().max(CONSTANT))
         })
         .unzip();
     let ymu = s.y.iter().map(|&v| v as f64).sum::<f64>() / s.n as f64;
@@ -297,6 +302,8 @@ impl Float {
 /// The training frames as the codec reconstructs them under the bound with `net` (key frame
 /// intra, every later frame predicted by the stage).
 fn closed_loop(frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, net: &CausalNet) -> Vec<Vec<u32>> {
+    let stage = CausalStage::new(net.clone());
+    let net = &stage;
     let mut past = Past::default();
     let mut out = Vec::with_capacity(frames.len());
     for (t, x) in frames.iter().enumerate() {
@@ -335,14 +342,14 @@ fn export(float: &Float, std: &Standard, s: &Samples, shifts: &CausalNet) -> Res
     let (a1, a2) = (scales(&mut acts1), scales(&mut acts2));
     // One unit: real weights (on the integer inputs) and bias, to integers with the largest
     // shift that keeps them in range.
-    let unit = |ws: &[f64], b: f64| -> (Vec<i32>, i32, u8) {
+    let unit = |ws: &[f64], b: f64| -> (Vec<i16>, i32, u8) {
         let big = ws.iter().fold(0.0f64, |m, w| m.max(w.abs()));
         let mut sh = causal::MAX_SHIFT;
         while sh > 0 && (big * f64::from(1u32 << sh) > causal::MAX_W as f64 || b.abs() * f64::from(1u32 << sh) > causal::MAX_BIAS as f64) {
             sh -= 1;
         }
         let k = f64::from(1u32 << sh);
-        let q = ws.iter().map(|w| (w * k).round().clamp(-(causal::MAX_W as f64), causal::MAX_W as f64) as i32).collect();
+        let q = ws.iter().map(|w| (w * k).round().clamp(-(causal::MAX_W as f64), causal::MAX_W as f64) as i16).collect();
         (q, (b * k).round().clamp(-(causal::MAX_BIAS as f64), causal::MAX_BIAS as f64) as i32, sh)
     };
     let mut net = CausalNet {
@@ -357,24 +364,26 @@ fn export(float: &Float, std: &Standard, s: &Samples, shifts: &CausalNet) -> Res
         s3: 0,
         ..shifts.clone()
     };
-    // (tch's weights are `[out][in]`; the stage's are input-major.)
-    let (mut q1, mut q2) = (vec![0; INPUTS * H1], vec![0; H1 * H2]);
+    // (tch's weights are `[out][in]`, as the stage's.)
     for o in 0..H1 {
-        let ws: Vec<f64> = (0..INPUTS).map(|j| w1[o * INPUTS + j] as f64 / sd[j] * a1[o]).collect();
-        let b = (b1[o] as f64 - (0..INPUTS).map(|j| w1[o * INPUTS + j] as f64 * mu[j] / sd[j]).sum::<f64>()) * a1[o];
+        // (An input constant on the training pixels, such as the previous frame's centre, always
+        // 0, or the means when they are off, was standardised to 0: its weight is 0, rather than
+        // a huge one that would leave the unit's other weights no precision.)
+        let live = |j: usize| sd[j] > CONSTANT * 1.5;
+        let ws: Vec<f64> = (0..INPUTS).map(|j| if live(j) { w1[o * INPUTS + j] as f64 / sd[j] * a1[o] } else { 0.0 }).collect();
+        let b = (b1[o] as f64 - (0..INPUTS).filter(|&j| live(j)).map(|j| w1[o * INPUTS + j] as f64 * mu[j] / sd[j]).sum::<f64>()) * a1[o];
         let (q, bq, sh) = unit(&ws, b);
-        q.iter().enumerate().for_each(|(j, &v)| q1[j * H1 + o] = v);
+        net.w1.extend(q);
         net.b1.push(bq);
         net.s1.push(sh);
     }
     for o in 0..H2 {
         let ws: Vec<f64> = (0..H1).map(|j| w2[o * H1 + j] as f64 * a2[o] / a1[j]).collect();
         let (q, bq, sh) = unit(&ws, b2[o] as f64 * a2[o]);
-        q.iter().enumerate().for_each(|(j, &v)| q2[j * H2 + o] = v);
+        net.w2.extend(q);
         net.b2.push(bq);
         net.s2.push(sh);
     }
-    (net.w1, net.w2) = (q1, q2);
     let ws: Vec<f64> = (0..H2).map(|j| w3[j] as f64 * ysd / a2[j]).collect();
     let (q, bq, sh) = unit(&ws, b3[0] as f64 * ysd + ymu);
     (net.w3, net.b3, net.s3) = (q, bq, sh);
@@ -387,9 +396,9 @@ fn export(float: &Float, std: &Standard, s: &Samples, shifts: &CausalNet) -> Res
 fn errors(net: &CausalNet, float: &Float, std: &Standard, s: &Samples) -> (f64, f64, f64) {
     let cal = s.n.min(1 << 16);
     let (mut ef, mut ei, mut ep) = (0.0, 0.0, 0.0);
-    let mut f = [0i32; INPUTS];
+    let mut f = [0i16; INPUTS];
     for r in 0..cal {
-        f.iter_mut().enumerate().for_each(|(j, v)| *v = s.x[r * INPUTS + j] as i32);
+        f.iter_mut().enumerate().for_each(|(j, v)| *v = s.x[r * INPUTS + j] as i16);
         let y = s.y[r] as f64;
         ef += (y - float.eval(std, s, r).2).powi(2);
         ei += (y - net.eval(&f) as f64).powi(2);
