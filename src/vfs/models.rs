@@ -198,6 +198,7 @@ impl Vfs {
                     "size": m.meta.size, "bound": m.meta.bound, "dtype": m.dtype.to_string(), "frames": m.meta.frames,
                     "steps": m.meta.steps, "loss": m.meta.loss, "fingerprint": hash_hex(&m.meta.fingerprint),
                     "file_version": crate::model::file::version_of(&m), "noise_scale": m.norm.scale.is_some(),
+                    "causal_stage": m.causal.as_ref().map(|c| serde_json::json!({"means": c.means})),
                 })
             });
             let j = serde_json::json!({
