@@ -22,6 +22,27 @@ use tezipfs::codec::DType;
 use tezipfs::model::train::causal::{train_causal, CausalOptions};
 use tezipfs::model::train::{Degrade, Loss};
 
+/// Entropy of each frame's codes given a context of their left and upper neighbours' codes
+/// (the sum of their magnitudes, in 12 levels): how much a context-adaptive coder can still take
+/// out of the residual.
+fn context_entropy(codes: &[u32], w: usize) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for (i, &c) in codes.iter().enumerate() {
+        let mag = |j: usize| codes[j].saturating_sub(1).div_ceil(2);
+        let (x, y) = (i % w, (i / w) % w);
+        let a = if x > 0 { mag(i - 1) } else { 0 };
+        let b = if y > 0 { mag(i - w) } else { 0 };
+        let ctx = (a + b).min(11);
+        *counts.entry((ctx, c)).or_insert(0usize) += 1;
+    }
+    let mut per: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for (&(k, _), &n) in &counts {
+        *per.entry(k).or_default() += n;
+    }
+    let n = codes.len() as f64;
+    counts.iter().map(|(&(k, _), &c)| -(c as f64 / n) * (c as f64 / per[&k] as f64).log2()).sum()
+}
+
 fn entropy(codes: &[u32]) -> f64 {
     let mut counts = std::collections::HashMap::new();
     for &c in codes {
@@ -52,6 +73,7 @@ fn main() {
             steps,
             loss: std::env::var("LOSS").ok().and_then(|l| l.parse().ok()).unwrap_or(Loss::Log),
             closed_loop: std::env::var("CLOSED").is_ok(),
+            log_unit: std::env::var("UNIT").ok().and_then(|u| u.parse().ok()).unwrap_or(1.0),
             ..Default::default()
         },
     )
@@ -119,6 +141,10 @@ fn main() {
             prev = c.recon;
         }
         let mbs = (15 * w * h) as f64 / 1e6 / t0.elapsed().as_secs_f64();
-        println!("{bound}: {kind:<8} closed loop     {:.3} bits/pixel  (quantised at {mbs:.1} MB/s, one core)", entropy(&codes));
+        println!(
+            "{bound}: {kind:<8} closed loop     {:.3} bits/pixel, {:.3} given its neighbours' codes  (quantised at {mbs:.1} MB/s, one core)",
+            entropy(&codes),
+            context_entropy(&codes, w)
+        );
     }
 }

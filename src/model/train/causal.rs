@@ -41,6 +41,8 @@ pub struct CausalOptions {
     /// What training minimises of the residual (`Log`: `log(1 + |r| / u)`, `u` half the
     /// quantiser's step, at least one grey level).
     pub loss: Loss,
+    /// `Log`'s unit `u`, as a multiple of half the quantiser's step.
+    pub log_unit: f64,
     /// Under a bound, a second round of training on the training frames as the first round's
     /// stage reconstructs them when it codes them (closed loop). Off: on ctc it made the closed
     /// loop worse (abs:2 1.089 -> 1.112, abs:4 0.638 -> 0.763 bits per pixel,
@@ -62,6 +64,7 @@ impl Default for CausalOptions {
             seed: 1,
             means: None,
             loss: Loss::Log,
+            log_unit: 1.0,
             closed_loop: false,
         }
     }
@@ -223,7 +226,7 @@ fn train_inner(frames: &[Vec<u32>], geom: Geometry, degrade: Degrade, opts: &Cau
     let mut opt = nn::Adam::default().build(&vs, opts.lr).map_err(|e| TrainError::Torch(e.to_string()))?;
     let forward = |x: &Tensor| l3.forward(&l2.forward(&l1.forward(x).relu()).relu()).squeeze_dim(1);
     // (`Log`'s unit in standardised target units.)
-    let unit = (if degrade.dtype.is_float() { 1.0 } else { (degrade.e + 0.5).max(1.0) }) / std.ysd;
+    let unit = (if degrade.dtype.is_float() { 1.0 } else { (degrade.e + 0.5).max(1.0) }) * opts.log_unit / std.ysd;
     let mu_t = Tensor::from_slice(&std.mu.iter().map(|&v| v as f32).collect::<Vec<f32>>());
     let sd_t = Tensor::from_slice(&std.sd.iter().map(|&v| v as f32).collect::<Vec<f32>>());
     // (A second round on closed-loop reconstructions, when asked for: see `closed_loop`.)
