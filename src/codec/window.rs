@@ -1201,6 +1201,9 @@ fn quantize_and_code(
 /// [`Decoder::memory_bytes`]): up to ten 32-bit planes (measured peak: 26 B/pixel lossless, 36
 /// with the counts stage, 40 under a bound with motion; `tests/decoder_memory.rs`).
 pub const DECODER_BYTES_PER_PIXEL: u64 = 40;
+/// What the causal stage keeps besides (`causal::Past`: the previous frame again and two i64
+/// running means), per pixel.
+pub const CAUSAL_BYTES_PER_PIXEL: u64 = 20;
 
 /// Decodes entries of one blob; keeps the chain's state so that reading frames in order decodes
 /// each frame once. Owns the blob's bytes, so it can be kept between reads.
@@ -1314,7 +1317,8 @@ impl Decoder {
     /// a decoder (measured per window kind, on one and two threads: `tests/decoder_memory.rs`).
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
-        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + 2 * p.dtype.bytes() as u64)
+        let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
+        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64)
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.
