@@ -8,7 +8,13 @@
 //!   from the reconstructions the codec made (what a decoder sees).
 //!
 //! Beside them: `linear` fitted on the first test frames (least squares, as the codec fits it)
-//! in the same closed loop, and the previous frame alone.
+//! in the same closed loop, and the previous frame alone; and `mix`: the stage's prediction as
+//! one more tap of `linear`'s narrow set, the weights fitted per window on the test frames'
+//! originals (the stage open loop on them) and coded in closed loop by a quantiser written
+//! here (`mixlin`: the same code without the stage's tap, which reproduces `linear`). Session
+//! 16, abs:2: mix 1.091 bits per pixel against the stage alone 1.088 (the fit gives the stage a
+//! weight of 0.80 and learns nothing the stage lacks): a per-window linear fit on top does not
+//! pay.
 //!
 //!     cargo run --release --example causal_lab -- [DIR] [BOUND] [STEPS]
 //!
@@ -118,6 +124,142 @@ fn main() {
         let pairs: Vec<(&[u32], &[u32])> = (15..22).map(|t| (&frames[t - 1][..], &frames[t][..])).collect();
         linear::fit_pairs(&pairs, w, linear::Weighting::of(DType::U8)).expect("fit")
     };
+    // The stage mixed with linear's taps, the weights fitted per window (least squares on the
+    // originals of frames 15-22, the stage open loop on them): does a per-window fit of the
+    // stage's prediction with the classical taps pay?
+    {
+        let n = w * h;
+        let taps = |img: &[u32], prev: &[u32], i: usize| -> [f64; 9] {
+            let x = i % w;
+            let p = prev[i];
+            let (l, u, r, d) = (x > 0, i >= w, x + 1 < w, i + w < n);
+            let g = |ok: bool, im: &[u32], j: usize| if ok { im[j] } else { p } as f64;
+            [
+                g(l, img, i.wrapping_sub(1)),
+                g(u, img, i.wrapping_sub(w)),
+                g(l && u, img, i.wrapping_sub(w + 1)),
+                g(u && r, img, i.wrapping_sub(w).wrapping_add(1)),
+                p as f64,
+                g(l, prev, i.wrapping_sub(1)),
+                g(r, prev, i + 1),
+                g(u, prev, i.wrapping_sub(w)),
+                g(d, prev, i + w),
+            ]
+        };
+        // Features: taps but the centre (centred on it), the stage, 1.
+        const K: usize = 10;
+        let feats = |t: &[f64; 9], s: f64, use_stage: bool| -> [f64; K] {
+            let b = t[4];
+            let mut f = [0.0; K];
+            let mut j = 0;
+            for (k, &v) in t.iter().enumerate() {
+                if k != 4 {
+                    f[j] = v - b;
+                    j += 1;
+                }
+            }
+            f[8] = if use_stage { s - b } else { 0.0 };
+            f[9] = 1.0;
+            f
+        };
+        let fit = |use_stage: bool| -> [f64; K] {
+            let mut a = [[0f64; K]; K];
+            let mut bb = [0f64; K];
+            let mut past = Past::default();
+            past.observe(&frames[15], w);
+            for t in 16..23 {
+                for i in (0..n).step_by(2) {
+                    let s = net.predict(&past, &frames[t], i, w, 255) as f64;
+                    let tp = taps(&frames[t], &frames[t - 1], i);
+                    let f = feats(&tp, s, use_stage);
+                    let y = frames[t][i] as f64 - tp[4];
+                    let wt = 1.0 / (tp[4] + 1.0);
+                    for r in 0..K {
+                        bb[r] += wt * f[r] * y;
+                        for c in 0..K {
+                            a[r][c] += wt * f[r] * f[c];
+                        }
+                    }
+                }
+                past.observe(&frames[t], w);
+            }
+            for (k, row) in a.iter_mut().enumerate() {
+                row[k] += 1e-6 * row[k].abs().max(1.0);
+            }
+            // Gauss-Jordan.
+            let mut m: Vec<Vec<f64>> = (0..K)
+                .map(|r| {
+                    let mut v = a[r].to_vec();
+                    v.push(bb[r]);
+                    v
+                })
+                .collect();
+            for c in 0..K {
+                let p = (c..K).max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs())).unwrap();
+                m.swap(c, p);
+                if m[c][c].abs() < 1e-12 {
+                    continue;
+                }
+                for r in 0..K {
+                    if r != c {
+                        let q = m[r][c] / m[c][c];
+                        for k in c..=K {
+                            m[r][k] -= q * m[c][k];
+                        }
+                    }
+                }
+            }
+            std::array::from_fn(|r| if m[r][r].abs() < 1e-12 { 0.0 } else { m[r][K] / m[r][r] })
+        };
+        for (label, use_stage) in [("mix", true), ("mixlin", false)] {
+            let wts = fit(use_stage);
+            let q: Vec<i64> = wts.iter().map(|&v| (v * 16384.0).round() as i64).collect();
+            let e_i = e as i64;
+            let step = 2 * e_i + 1;
+            let mut past = Past::default();
+            let mut codes = Vec::new();
+            let mut prev: Vec<u32> = Vec::new();
+            for t in 15..30 {
+                let recon = if t == 15 {
+                    quantizer::encode(DType::U8, fb, &frames[t], Prediction::Intra { width: w }).recon
+                } else {
+                    let mut r = vec![0u32; n];
+                    for i in 0..n {
+                        let s = net.predict(&past, &r, i, w, 255) as f64;
+                        let tp = taps(&r, &prev, i);
+                        let f = feats(&tp, s, use_stage);
+                        let sum: i64 = (0..K).map(|k| q[k] * (f[k] as i64)).sum();
+                        let p = (tp[4] as i64 + ((sum + 8192) >> 14)).clamp(0, 255);
+                        let x = frames[t][i] as i64;
+                        if e_i == 0 {
+                            codes.push(quantizer::zigzag((x - p) as i8 as i64) as u32);
+                            r[i] = x as u32;
+                        } else {
+                            let d = x - p;
+                            let qq = if d >= 0 { (d + e_i) / step } else { -((-d + e_i) / step) };
+                            let rv = (p + qq * step).clamp(0, 255);
+                            if (rv - x).abs() <= e_i {
+                                codes.push(quantizer::zigzag(qq) as u32 + 1);
+                                r[i] = rv as u32;
+                            } else {
+                                codes.push(0);
+                                r[i] = x as u32;
+                            }
+                        }
+                    }
+                    r
+                };
+                past.observe(&recon, w);
+                prev = recon;
+            }
+            println!(
+                "{bound}: {label:<8} closed loop     {:.3} bits/pixel, {:.3} given its neighbours' codes  (weights {:?})",
+                entropy(&codes),
+                context_entropy(&codes, w),
+                wts.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            );
+        }
+    }
     for kind in ["causal", "linear", "previous"] {
         let t0 = std::time::Instant::now();
         let mut past = Past::default();

@@ -80,6 +80,11 @@ pub trait Model: Send + Sync {
     /// A fresh state for a window of frames of `geom` (an error when the model was made for
     /// another pixel type).
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError>;
+    /// Whether the model takes frames of `geom` (the error [`Model::start`] would give), without
+    /// making a state: what the causal stage, which keeps none of the model's, needs to know.
+    fn fits(&self, geom: Geometry) -> Result<(), PredictError> {
+        self.start(geom).map(|_| ())
+    }
     /// The reference of the next frame of each window, into `outs` (one frame each). Every state
     /// must have observed at least one frame.
     fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError>;
@@ -90,6 +95,41 @@ pub trait Model: Send + Sync {
     /// [`PredictorId::Causal`] runs.
     fn causal(&self) -> Option<&causal::CausalStage> {
         None
+    }
+    /// Which of frame `t`'s own pixels its reference was made from: none for a model (it
+    /// predicts from the reconstructions before `t`); the benches' genies see some of them, and
+    /// the encoder then keeps away the predictors that would read the reference where it saw
+    /// the pixel being coded ([`SeesFrame`]).
+    fn sees_frame(&self) -> SeesFrame {
+        SeesFrame::No
+    }
+}
+
+/// What a reference saw of the frame it predicts ([`Model::sees_frame`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SeesFrame {
+    /// Nothing (every model).
+    #[default]
+    No,
+    /// Its value at pixel `j` saw frame `t`'s pixels before `j` in raster order (a causal
+    /// genie): a predictor may read it at the pixel and left of it or above it, not right of it
+    /// on the rows above (`linear` reads it right of and below the pixel: not allowed).
+    Causal,
+    /// Its value at pixel `j` saw all of frame `t` but pixel `j` (a non-causal genie): a
+    /// predictor may read it at the pixel only.
+    AllButThePixel,
+}
+
+impl SeesFrame {
+    /// Whether a predictor may correct this reference without reading, at a neighbour, what the
+    /// reference saw of the pixel being coded.
+    pub fn allows(self, pid: PredictorId) -> bool {
+        match self {
+            SeesFrame::No => true,
+            // (`previous+med` reads it left, above and above-left; `blend` at the pixel.)
+            SeesFrame::Causal => matches!(pid, PredictorId::Previous | PredictorId::PreviousMed | PredictorId::Blend),
+            SeesFrame::AllButThePixel => matches!(pid, PredictorId::Previous | PredictorId::Blend),
+        }
     }
 }
 
@@ -284,11 +324,13 @@ pub struct Playback {
     pub window_start: std::sync::atomic::AtomicUsize,
     /// The model replayed, whose causal stage this one offers (a replay stands for it).
     pub replayed: Option<std::sync::Arc<dyn Model>>,
+    /// What the references saw of their own frames (a genie's: [`Model::sees_frame`]).
+    pub sees: SeesFrame,
 }
 
 impl Playback {
     pub fn new(hash: ModelHash, refs: Vec<Vec<u32>>) -> Playback {
-        Playback { hash, refs, window_start: std::sync::atomic::AtomicUsize::new(0), replayed: None }
+        Playback { hash, refs, window_start: std::sync::atomic::AtomicUsize::new(0), replayed: None, sees: SeesFrame::No }
     }
 }
 
@@ -335,6 +377,9 @@ impl Model for Playback {
             }
         }
         Ok(())
+    }
+    fn sees_frame(&self) -> SeesFrame {
+        self.sees
     }
     fn causal(&self) -> Option<&causal::CausalStage> {
         self.replayed.as_ref().and_then(|m| m.causal())
@@ -397,8 +442,8 @@ impl Session {
                 if model.causal().is_none() {
                     return Err(PredictError::Model { model: hash_hex(&model.hash()), why: "it has no causal stage (predictor causal)".into() });
                 }
-                // (Checks the pixel type; the stage keeps no state of the model's.)
-                model.start(geom)?;
+                // (The stage keeps no state of the model's.)
+                model.fits(geom)?;
                 (None, Some((model, causal::Past::default())))
             }
             Some(model) => (Some(ModelRun { state: model.start(geom)?, model }), None),

@@ -122,8 +122,10 @@ fn candidates(opts: &Options, model: Option<&ModelHandle>) -> Vec<Candidate> {
         }
         _ => opts.predictor.candidates().into_iter().map(Candidate::classical).collect(),
     };
-    if with_model {
-        out.extend(MODEL_PREDICTORS.map(|pid| Candidate { pid, model: true }));
+    if let (true, Some(m)) = (with_model, model) {
+        // (A genie's reference may be read only where it did not see the pixel being coded.)
+        let sees = m.0.sees_frame();
+        out.extend(MODEL_PREDICTORS.into_iter().filter(|&pid| sees.allows(pid)).map(|pid| Candidate { pid, model: true }));
         if causal {
             out.push(Candidate { pid: PredictorId::Causal, model: true });
         }
@@ -171,7 +173,7 @@ fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<M
         refs.push(if s.position() > 0 { s.reference().to_vec() } else { Vec::new() });
         s.observe(x)?;
     }
-    Ok(Some(ModelHandle(Arc::new(Playback { replayed: Some(model.0.clone()), ..Playback::new(model.0.hash(), refs) }))))
+    Ok(Some(ModelHandle(Arc::new(Playback { replayed: Some(model.0.clone()), sees: model.0.sees_frame(), ..Playback::new(model.0.hash(), refs) }))))
 }
 
 /// What happened to one file of a window.
@@ -1723,5 +1725,65 @@ mod tests {
         let enc = encode_window(&[&img], &opts).unwrap();
         assert!(matches!(enc.entries[0], EntryReport::Frame { escapes: 0 }), "{:?}", enc.entries);
         assert_eq!(decode_window(&enc.blob).unwrap()[0].len(), img.len());
+    }
+
+    /// A reference that saw its own frame (a bench's genie) is corrected only by the predictors
+    /// that read it where it did not see the pixel being coded: never `linear` (whose taps read
+    /// it right of and below the pixel), only `previous` and `blend` when it saw all the frame
+    /// but the pixel; every model predictor for a real model's reference.
+    #[test]
+    fn a_reference_that_saw_its_frame_keeps_linear_away() {
+        use crate::codec::predict::{Playback, SeesFrame};
+        let opts = Options { predictor: PredictorChoice::Prednet, ..Options::default() };
+        let with = |sees| {
+            let m = ModelHandle(Arc::new(Playback { sees, ..Playback::new([7; 32], Vec::new()) }));
+            candidates(&opts, Some(&m)).into_iter().map(|c| (c.pid, c.model)).collect::<Vec<_>>()
+        };
+        let model = |pids: &[PredictorId]| pids.iter().map(|&p| (p, true)).collect::<Vec<_>>();
+        assert_eq!(with(SeesFrame::No), model(&MODEL_PREDICTORS));
+        assert_eq!(with(SeesFrame::Causal), model(&[PredictorId::Previous, PredictorId::PreviousMed, PredictorId::Blend]));
+        assert_eq!(with(SeesFrame::AllButThePixel), model(&[PredictorId::Previous, PredictorId::Blend]));
+        // Under `auto` the classical candidates stay.
+        let auto = Options::default();
+        let m = ModelHandle(Arc::new(Playback { sees: SeesFrame::Causal, ..Playback::new([7; 32], Vec::new()) }));
+        let got = candidates(&auto, Some(&m));
+        assert!(got.contains(&Candidate::classical(PredictorId::Linear)) && !got.contains(&Candidate { pid: PredictorId::Linear, model: true }));
+    }
+
+    /// Why: a reference made from frame `t`'s pixels before each one (here the original left
+    /// neighbour, a caricature of a causal genie) holds, right of each pixel, the pixel itself.
+    /// With `linear` among the candidates the encoder reads it there and codes noise to almost
+    /// nothing; kept away, the noise stays noise.
+    #[test]
+    fn a_causal_reference_cannot_leak_the_pixel_through_linear() {
+        use crate::codec::predict::{Playback, SeesFrame};
+        let (w, h, n) = (64usize, 48usize, 6usize);
+        let mut seed = 11u64;
+        let frames: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                (0..w * h)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        (seed >> 56) as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<Vec<u32>> = frames.iter().map(|f| (0..w * h).map(|j| if j % w == 0 { 0 } else { u32::from(f[j - 1]) }).collect()).collect();
+        let size = |sees| {
+            let model = ModelHandle(Arc::new(Playback { sees, ..Playback::new([9; 32], refs.clone()) }));
+            let opts = Options {
+                format: FormatSpec::Raw(RawSpec { width: w as u32, height: h as u32, dtype: DType::U8, skip: 0 }),
+                predictor: PredictorChoice::Prednet,
+                model: Some(model),
+                ..Options::default()
+            };
+            let files: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+            encode_window(&files, &opts).expect("encodes").blob.len()
+        };
+        let (leaky, kept) = (size(SeesFrame::No), size(SeesFrame::Causal));
+        let raw = w * h * n;
+        assert!(leaky * 2 < raw, "the leak this guards against: {leaky} of {raw} bytes");
+        assert!(kept * 10 > raw * 9, "noise coded from a reference that saw it: {kept} of {raw} bytes");
     }
 }

@@ -68,6 +68,10 @@ impl Model for Batched {
         self.inner.start(geom)
     }
 
+    fn fits(&self, geom: Geometry) -> Result<(), PredictError> {
+        self.inner.fits(geom)
+    }
+
     fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
         self.inner.causal()
     }

@@ -286,8 +286,12 @@ impl Model for ReferenceModel {
         self.stage.as_ref()
     }
 
+    fn fits(&self, geom: Geometry) -> Result<(), PredictError> {
+        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))
+    }
+
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))?;
+        self.fits(geom)?;
         let layers = self
             .model
             .arch

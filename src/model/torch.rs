@@ -974,8 +974,12 @@ impl Model for TorchModel {
         self.stage.as_ref()
     }
 
+    fn fits(&self, geom: Geometry) -> Result<(), PredictError> {
+        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))
+    }
+
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
-        file::check_frames(&self.model, &geom).map_err(|why| self.err(why))?;
+        self.fits(geom)?;
         let layers = self.zero_layers(geom).map_err(|e| self.err(torch_err(e)))?;
         Ok(Box::new(TorchState { model: self.hash, geom, layers, b: None, predicted: false }))
     }
