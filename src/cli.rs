@@ -65,8 +65,7 @@ pub struct CodecArgs {
     pub exhaustive: bool,
     /// Entropy stages: `fast` (zstd stages only, fastest to read), `balanced` (context rANS
     /// where it saves at least 10% of the size over zstd, the adaptive context coder where it
-    /// saves another 3%; windows coded with a learned model, which decode at a few MB/s in any
-    /// case, take the smallest) or `best` (smallest output).
+    /// saves another 3%) or `best` (smallest output).
     #[arg(long, default_value = "balanced")]
     pub entropy: EntropyChoice,
     /// A learned model file (`tezipfs model train`): under `--predictor auto` it is tried beside

@@ -73,9 +73,7 @@ pub enum EntropyChoice {
     /// zstd stages only: the fastest to code and decode.
     Fast,
     /// Every stage; the context rANS coder where it saves at least [`BALANCED_MARGIN`] of the
-    /// size, the adaptive coder where it saves [`ADAPTIVE_MARGIN`]; a window coded with a
-    /// learned model takes the smallest, as under `Best` (`window::weighing`: its model, not its
-    /// stage, sets its decoding speed).
+    /// size, the adaptive coder where it saves [`ADAPTIVE_MARGIN`].
     #[default]
     Balanced,
     /// Every stage; the smallest output wins.

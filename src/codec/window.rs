@@ -709,8 +709,8 @@ fn choose(
     if let Some(l1) = l1_coefs.filter(|_| probed.iter().any(|p| p.3)) {
         coefs[0] = l1;
     }
-    let mut ranked: Vec<(usize, Candidate, Quantised)> = probed.into_iter().map(|(s, c, q, _)| (s, c, q)).collect();
-    ranked.sort_by_key(|r| r.0);
+    let mut ranked: Vec<(f64, Candidate, Quantised)> = probed.into_iter().map(|(s, c, q, _)| (s, c, q)).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     // `none` codes the values themselves, which the adaptive stage models far better than the
     // proxy does (its contexts then measure the local intensity): it is always a finalist.
     let none_at = ranked.iter().position(|r| r.1.pid == PredictorId::None).filter(|&i| i >= FINALISTS && stages.contains(&Stage::Adaptive));
@@ -721,13 +721,12 @@ fn choose(
     // is among the stages (it is what the probe costs). Finalists are independent too.
     let finals: Vec<(f64, Candidate, Stage)> = par_map(ranked.len(), opts.threads, coder, |i, coder| {
         let (proxy_size, pid, q) = &ranked[i];
-        let choice = weighing(opts.entropy, *pid);
         let from = if stages.contains(&Stage::Adaptive) { q.frames.len().saturating_sub(1).max(skip) } else { skip };
         let proxy_size = if from == skip { *proxy_size } else { size_under(coder, q, proxy, from)? };
-        let mut best = (proxy.weighed(proxy_size, choice), *pid, proxy);
+        let mut best = (proxy_size, *pid, proxy);
         let mut best_zstd = f64::INFINITY;
         for &stage in stages.iter().filter(|&&s| s != proxy && s != Stage::Adaptive) {
-            let weighed = stage.weighed(size_under(coder, q, stage, from)?, choice);
+            let weighed = size_under(coder, q, stage, from)?;
             best_zstd = best_zstd.min(weighed);
             if weighed < best.0 {
                 best = (weighed, *pid, stage);
@@ -736,10 +735,14 @@ fn choose(
         // The adaptive stage is the slow one to try. Under `balanced` it must beat the zstd
         // stages by BALANCED_MARGIN and context rANS by ADAPTIVE_MARGIN; where context rANS does
         // not even gain ADAPTIVE_SKIP over zstd (noise-limited data) it has never done so.
-        let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() { 1.0 - proxy_size as f64 / best_zstd } else { 1.0 };
-        tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, ?choice, "finalist");
-        if stages.contains(&Stage::Adaptive) && (choice != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
-            let weighed = Stage::Adaptive.weighed(size_under(coder, q, Stage::Adaptive, from)?, choice);
+        let context_gain = if proxy == Stage::ContextRans && best_zstd.is_finite() {
+            1.0 - proxy_size * (1.0 - crate::codec::entropy::BALANCED_MARGIN) / best_zstd
+        } else {
+            1.0
+        };
+        tracing::trace!(predictor = %pid, proxy_size, best_zstd, context_gain, from, "finalist");
+        if stages.contains(&Stage::Adaptive) && (opts.entropy != EntropyChoice::Balanced || context_gain >= ADAPTIVE_SKIP) {
+            let weighed = size_under(coder, q, Stage::Adaptive, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "adaptive");
             if weighed < best.0 {
                 best = (weighed, *pid, Stage::Adaptive);
@@ -748,8 +751,8 @@ fn choose(
         // The counts stage decodes about as fast as the adaptive one: under `balanced` it is
         // worth its probe only where a slow stage already won (photon counts near one per pixel;
         // at 0.1 photon context rANS keeps them, 4% larger and twice as fast to decode).
-        if counts_may_pay(*pid, dtype, opts, q) && (choice != EntropyChoice::Balanced || best.2 == Stage::Adaptive) {
-            let weighed = Stage::Counts.weighed(size_under(coder, q, Stage::Counts, from)?, choice);
+        if counts_may_pay(*pid, dtype, opts, q) && (opts.entropy != EntropyChoice::Balanced || best.2 == Stage::Adaptive) {
+            let weighed = size_under(coder, q, Stage::Counts, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "counts");
             if weighed < best.0 {
                 best = (weighed, *pid, Stage::Counts);
@@ -797,17 +800,16 @@ fn choose(
     // there (the detector fixtures gain 0.8-1.3%).
     let lossless = opts.bound == Bound::Lossless;
     let mut intensity = Intensity::default();
-    let choice = weighing(opts.entropy, chosen);
-    if stage == Stage::Adaptive && opts.intensity_context && !opts.exhaustive && (!lossless || choice == EntropyChoice::Best) {
+    if stage == Stage::Adaptive && opts.intensity_context && !opts.exhaustive && (!lossless || opts.entropy == EntropyChoice::Best) {
         let (_, _, q) = ranked.iter().find(|r| r.1 == chosen).expect("the winner is a finalist");
         let from = q.frames.len().saturating_sub(1).max(skip);
         let on = Intensity { bounded: true, lossless };
         let size = |coder: &mut Coder, i: Intensity| self::size_under(chain, dtype, geom, opts, coder, q, Stage::Adaptive, from, false, i);
         // (The finalist's own probe of the adaptive stage coded it with the intensity context
         // under a bound, without it lossless: only the other is coded here.)
-        let probed = finals.iter().find(|f| f.1 == chosen).map(|f| f.0 / Stage::Adaptive.weighed(1, choice)).expect("the winner is a finalist");
-        let (with, without) = if lossless { (size(coder, on)? as f64, probed) } else { (probed, size(coder, Intensity::default())? as f64) };
-        let needed = if choice == EntropyChoice::Best { 0.0 } else { INTENSITY_GAIN };
+        let probed = finals.iter().find(|f| f.1 == chosen).map(|f| f.0).expect("the winner is a finalist");
+        let (with, without) = if lossless { (size(coder, on)?, probed) } else { (probed, size(coder, Intensity::default())?) };
+        let needed = if opts.entropy == EntropyChoice::Best { 0.0 } else { INTENSITY_GAIN };
         tracing::trace!(predictor = %chosen, with, without, "adaptive weighing the intensity");
         if with < without * (1.0 - needed) {
             intensity = on;
@@ -816,21 +818,6 @@ fn choose(
         intensity = bounded_only;
     }
     Ok((chosen, Plan { stage: (!opts.exhaustive).then_some(stage), intensity }))
-}
-
-/// How the stages of a window coded by candidate `c` are weighed: as `choice` says, except that
-/// under `balanced` a candidate that runs a learned model is weighed by size alone, as under
-/// `best`. `balanced` makes the slower stages save 10-13% to pay for decoding at a fraction of the
-/// zstd stages' speed (3-5x the decoding time of a classical window), but a model's window
-/// decodes at a few MB/s whatever its stage (the PredNet or the causal stage runs for every
-/// pixel), so there the adaptive stage adds about half to its decoding time (ctc lossless with
-/// the causal stage: 2.365 -> 2.680, decoding 8.9 -> 5.9 MB/s, where classical windows decode
-/// at 99 MB/s; `docs/results/bench-model-ctc-s16.txt`).
-fn weighing(choice: EntropyChoice, c: Candidate) -> EntropyChoice {
-    match choice {
-        EntropyChoice::Balanced if c.model => EntropyChoice::Best,
-        other => other,
-    }
 }
 
 /// Mean count above which the counts stage is not tried: its ladder then takes more decisions
@@ -854,8 +841,8 @@ fn counts_may_pay(c: Candidate, dtype: DType, opts: &Options, q: &Quantised) -> 
         && low
 }
 
-/// The coded size of `q`'s frames from `from` on under `stage`, in bytes (escapes and motion
-/// vectors included; [`Stage::weighed`] weighs it for a choice between stages). The counts stage's estimate of the rate
+/// The coded size of `q`'s frames from `from` on under `stage`, weighed as `opts.entropy`
+/// weighs it (escapes and motion vectors included). The counts stage's estimate of the rate
 /// rests on the frames before: it codes the earlier frames of `q` too (not counted), as the
 /// final coding will have.
 /// (`estimate`: context rANS's size estimated, [`Coder::estimate`]; `intensity`: where the
@@ -871,7 +858,7 @@ fn size_under(
     from: usize,
     estimate: bool,
     intensity: Intensity,
-) -> Result<usize, EncodeError> {
+) -> Result<f64, EncodeError> {
     let mut side_buffers = SideBuffers::default();
     let mut size = 0;
     let start = if stage == Stage::Counts { 0 } else { from };
@@ -902,7 +889,7 @@ fn size_under(
             size += coder.compress_bytes(&q.motion[k])?.len();
         }
     }
-    Ok(size)
+    Ok(stage.weighed(size, opts.entropy))
 }
 
 /// `f(i, coder)` for every `i` in `0..n`, in order of `i`, on up to `threads` threads: the
@@ -1798,63 +1785,5 @@ mod tests {
         let raw = w * h * n;
         assert!(leaky * 2 < raw, "the leak this guards against: {leaky} of {raw} bytes");
         assert!(kept * 10 > raw * 9, "noise coded from a reference that saw it: {kept} of {raw} bytes");
-    }
-
-    /// Under `balanced`, the stages of a window coded with a learned model are weighed by size
-    /// alone, as under `best` (its model dominates its decoding time): on noise, where the slow
-    /// stages save less than `balanced`'s margins, a model's window is coded as `best` codes it,
-    /// while the classical codec's keeps a zstd stage.
-    #[test]
-    fn a_models_window_takes_the_smallest_stage_under_balanced() {
-        use crate::codec::predict::Playback;
-        assert_eq!(weighing(EntropyChoice::Balanced, Candidate { pid: PredictorId::Previous, model: true }), EntropyChoice::Best);
-        assert_eq!(weighing(EntropyChoice::Balanced, Candidate::classical(PredictorId::Linear)), EntropyChoice::Balanced);
-        assert_eq!(weighing(EntropyChoice::Fast, Candidate { pid: PredictorId::Causal, model: true }), EntropyChoice::Fast);
-        let (w, h, n) = (96usize, 64usize, 6usize);
-        // Photon-like noise: its spread grows with the intensity, which rises across the frame
-        // (the adaptive stage's contexts see the spread, zstd does not).
-        let mut seed = 5u64;
-        let mut unit = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
-        let frames: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                (0..w * h)
-                    .map(|j| {
-                        let m = 2.0 + 200.0 * ((j % w) as f64 / w as f64).powi(3);
-                        (m + m.sqrt() * 2.0 * (unit() + unit() + unit())).round().clamp(0.0, 255.0) as u8
-                    })
-                    .collect()
-            })
-            .collect();
-        let refs: Vec<Vec<u32>> = (0..n).map(|k| frames[k.saturating_sub(1)].iter().map(|&v| u32::from(v)).collect()).collect();
-        // (Stages of the predicted frames and the blob's size.)
-        let code = |entropy, with_model: bool| {
-            let model = with_model.then(|| ModelHandle(Arc::new(Playback::new([3; 32], refs.clone()))));
-            let opts = Options {
-                format: FormatSpec::Raw(RawSpec { width: w as u32, height: h as u32, dtype: DType::U8, skip: 0 }),
-                predictor: if with_model { PredictorChoice::Prednet } else { PredictorChoice::Fixed(PredictorId::Previous) },
-                entropy,
-                model,
-                ..Options::default()
-            };
-            let files: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-            let blob = encode_window(&files, &opts).expect("encodes").blob;
-            let dec = Decoder::new(&blob).expect("decodes");
-            let stages: Vec<Stage> =
-                dec.header().entries.iter().skip(1).filter_map(|e| if let Body::Frame(f) = &e.body { Some(f.stage) } else { None }).collect();
-            (stages, blob.len())
-        };
-        let (fast, slow) =
-            (|s: &[Stage]| s.iter().all(|s| matches!(s, Stage::Zstd | Stage::BitShuffleZstd)), |s: &[Stage]| s.iter().all(|&s| s == Stage::Adaptive));
-        let (classical, classical_best) = (code(EntropyChoice::Balanced, false), code(EntropyChoice::Best, false));
-        assert!(
-            fast(&classical.0) && slow(&classical_best.0) && classical_best.1 < classical.1,
-            "classical: balanced keeps zstd: {classical:?} {classical_best:?}"
-        );
-        let (model, model_best) = (code(EntropyChoice::Balanced, true), code(EntropyChoice::Best, true));
-        assert!(slow(&model.0) && slow(&model_best.0), "a model's window: the adaptive stage under both: {model:?} {model_best:?}");
-        assert!(model.1 < classical.1);
     }
 }
