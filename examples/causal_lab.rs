@@ -129,22 +129,10 @@ fn main() {
     // stage's prediction with the classical taps pay?
     {
         let n = w * h;
+        // (`linear`'s narrow taps, as the codec reads them.)
         let taps = |img: &[u32], prev: &[u32], i: usize| -> [f64; 9] {
-            let x = i % w;
-            let p = prev[i];
-            let (l, u, r, d) = (x > 0, i >= w, x + 1 < w, i + w < n);
-            let g = |ok: bool, im: &[u32], j: usize| if ok { im[j] } else { p } as f64;
-            [
-                g(l, img, i.wrapping_sub(1)),
-                g(u, img, i.wrapping_sub(w)),
-                g(l && u, img, i.wrapping_sub(w + 1)),
-                g(u && r, img, i.wrapping_sub(w).wrapping_add(1)),
-                p as f64,
-                g(l, prev, i.wrapping_sub(1)),
-                g(r, prev, i + 1),
-                g(u, prev, i.wrapping_sub(w)),
-                g(d, prev, i + w),
-            ]
+            let t = linear::taps(img, prev, &[], i, w);
+            std::array::from_fn(|k| t[k] as f64)
         };
         // Features: taps but the centre (centred on it), the stage, 1.
         const K: usize = 10;

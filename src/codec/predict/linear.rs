@@ -105,7 +105,7 @@ pub fn box_means(prev: &[u32], width: usize, out: &mut Vec<u32>, scratch: &mut V
 /// first [`TAPS`] are the narrow set; the last is `boxes[i]` ([`box_means`] of `prev`), or
 /// `prev[i]` when `boxes` is empty.
 #[inline(always)]
-fn taps(recon: &[u32], prev: &[u32], boxes: &[u32], i: usize, width: usize) -> [i64; WIDE_TAPS] {
+pub fn taps(recon: &[u32], prev: &[u32], boxes: &[u32], i: usize, width: usize) -> [i64; WIDE_TAPS] {
     let n = prev.len();
     let x = i % width;
     let p = prev[i];
