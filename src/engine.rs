@@ -25,6 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 const HOUSEKEEPING: Duration = Duration::from_secs(crate::vfs::stats::BACKLOG_SAMPLE_SECS);
 /// Files smaller than this stay as written: a blob's own overhead would outweigh the gain.
 pub const MIN_COMPRESS_BYTES: u64 = 4096;
+/// How long a window waits for its model's share of the memory budget before it is coded
+/// without its model.
+const MODEL_MEMORY_WAIT: Duration = Duration::from_secs(10);
 /// A window that failed is retried after `--retry-ms` (default 60 s), doubled at each further
 /// failure of the same file up to [`RETRY_MAX`].
 const RETRY_MAX: Duration = Duration::from_secs(3600);
@@ -439,6 +442,7 @@ fn pixel_bytes_of(vfs: &Vfs, format: &crate::codec::FormatSpec, first: &Inode) -
 /// `trainer`: where a directory under `model=auto` without a model gets one trained.
 pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, trainer: Option<&Arc<autotrain::Trainer>>) -> FsResult<()> {
     let start = Instant::now();
+    let window_bytes = job.memory_bytes(&job.sizes());
     let mut members = Vec::with_capacity(job.members.len());
     let mut files = Vec::with_capacity(job.members.len());
     for m in job.members {
@@ -470,6 +474,27 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
         tracing::debug!(dir = job.dir, "backlog over its limit: window coded without its model");
         if let (Some(t), Bound::Lossless) = (trainer, job.policy.bound) {
             t.recode_later(job.dir);
+        }
+    }
+    // The model's states are charged apart from the window's classical working set (admitted
+    // before the model was known): a window whose model does not fit beside what is held is
+    // coded without it, as above.
+    let mut _model_grant = None;
+    if let Some(m) = &opts.model {
+        let largest = files.iter().map(|f| f.len() as u64).max().unwrap_or(0);
+        let pixels = largest / job.pixel_bytes.unwrap_or(1).max(1) as u64;
+        let need = crate::codec::window::model_window_bytes(&*m.0, pixels, files.len() as u64, job.policy.bound == Bound::Lossless);
+        let fits = need.saturating_add(window_bytes) <= vfs.memory.total();
+        match if fits { vfs.reserve_memory_within(need, MODEL_MEMORY_WAIT) } else { None } {
+            Some(g) => _model_grant = Some(g),
+            None => {
+                opts.model = None;
+                vfs.counters.model_skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(dir = job.dir, bytes = need, "the model's states do not fit in the memory budget: window coded without its model");
+                if let (Some(t), Bound::Lossless) = (trainer, job.policy.bound) {
+                    t.recode_later(job.dir);
+                }
+            }
         }
     }
     // The CPU-heavy part (encoding, and decoding to verify it before anything is committed: rule

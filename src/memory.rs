@@ -2,7 +2,10 @@
 //! big users hold, enforced by admission. The decoded-frame cache has its share (its own byte
 //! budget, carved out of this one); a window waits for its estimated working set before it is
 //! compressed, and a window too large for the budget is split; a decoder kept between reads
-//! (its blob and frame buffers) is kept only while it fits. What is not counted is fixed: the
+//! (its blob and frame buffers) is kept only while it fits. A window coded with a learned model
+//! is charged its model's states apart, once the model is known (`codec::window::
+//! model_window_bytes`, reserved in `engine::compress`; coded without the model when they do not
+//! fit). What is not counted is fixed: the
 //! program, libtorch and the index's cache (about 0.5 GiB, measured by `scripts/bench-mount`).
 
 use std::sync::{Arc, Condvar, Mutex};

@@ -125,7 +125,7 @@ pub fn render(vfs: &Vfs) -> String {
         &mut out,
         "tezipfs_model_skipped_windows_total",
         "counter",
-        "Windows coded without their model because the backlog was over its limit.",
+        "Windows coded without their model because the backlog was over its limit or its states did not fit in the memory budget.",
         n(&c.model_skipped),
     );
     one(

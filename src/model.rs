@@ -284,6 +284,33 @@ pub struct IntModel {
     pub causal: Option<crate::codec::predict::causal::CausalNet>,
 }
 
+/// Bytes a backend's state keeps per value of each of its planes ([`state_bytes`]).
+pub struct PlaneBytes {
+    pub hid: u64,
+    pub cell: u64,
+    pub err: u64,
+    pub ahat: u64,
+    /// Per pixel of the frame: the last reconstruction.
+    pub frame: u64,
+}
+
+/// Bytes of one window's state of `arch` for frames of `geom`: per layer `R` hidden and `R` cell
+/// planes, `2 A` error and `A` prediction planes at the layer's size, and the last
+/// reconstruction.
+pub fn state_bytes(arch: &Arch, geom: crate::codec::predict::Geometry, b: &PlaneBytes) -> u64 {
+    let layers: u64 = arch
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, la)| {
+            let (h, w) = layer_size(geom.height, geom.width, l);
+            let (r, a) = (la.r as u64, la.a as u64);
+            (h * w) as u64 * (r * (b.hid + b.cell) + a * (2 * b.err + b.ahat))
+        })
+        .sum();
+    layers + geom.pixels() as u64 * b.frame
+}
+
 /// Height and width of layer `l` of a `h` x `w` frame.
 pub fn layer_size(h: usize, w: usize, l: usize) -> (usize, usize) {
     let (mut h, mut w) = (h, w);

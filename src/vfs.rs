@@ -197,7 +197,8 @@ pub struct Counters {
     /// Files made durable by a close or an fsync (staging file, its directory, the index).
     pub file_syncs: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    /// Windows coded without their model because the backlog was over its limit.
+    /// Windows coded without their model because the backlog was over its limit or its
+    /// states did not fit in the memory budget.
     pub model_skipped: AtomicU64,
     /// Windows encoded at nice 10 instead of `SCHED_IDLE` (staging was over `idle_backlog`).
     pub encoded_not_idle: AtomicU64,

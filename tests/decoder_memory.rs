@@ -7,7 +7,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
+use tezipfs::codec::predict::{Model, ModelHandle, ModelHash, ModelSource, PredictError};
 use tezipfs::codec::{encode_window, Bound, DType, Decoder, FormatSpec, Options, RawSpec};
 use tezipfs::fixtures::{generate_images, SequenceSpec};
 
@@ -214,5 +216,55 @@ fn windows_in_compression_stay_within_their_charge() {
     failures.extend(check_window("u8 2048x1024 x 12 sliced abs:2", 2048, 1024, 12, DType::U8, Bound::Abs(2.0)));
     failures.extend(check_window("f32 256x256 x 8 abs:0.5", 256, 256, 8, DType::F32, Bound::Abs(0.5)));
     failures.extend(check_window("f32 256x256 x 8 lossless", 256, 256, 8, DType::F32, Bound::Lossless));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The one model a test decodes with.
+struct Only(Arc<dyn Model>);
+
+impl ModelSource for Only {
+    fn model(&self, hash: &ModelHash) -> Result<Arc<dyn Model>, PredictError> {
+        if self.0.hash() == *hash {
+            Ok(self.0.clone())
+        } else {
+            Err(PredictError::MissingModel(tezipfs::codec::predict::hash_hex(hash)))
+        }
+    }
+}
+
+/// A window coded with a learned model holds the model's states besides the classical working
+/// set: the probe's warmed state, its forks, the causal stage, the replay of the originals. The
+/// plain-Rust backend's allocations are the ones this allocator sees (libtorch allocates on its
+/// own; its states are of the same shapes in narrower types: `Model::state_bytes`). The charge
+/// `window_bytes + model_window_bytes` holds the peak, and the classical share alone would not.
+#[test]
+fn a_window_coded_with_a_model_stays_within_its_charge() {
+    use tezipfs::model::{file, reference::ReferenceModel, Size};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (w, h, n) = (256u32, 256u32, 8usize);
+    let model: Arc<dyn Model> = Arc::new(ReferenceModel::new(Arc::new(file::random(&Size::Small.arch(), DType::U16, 3))).expect("a model"));
+    let files = frames(w, h, n, DType::U16);
+    let sizes: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
+    let mut failures = Vec::new();
+    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+        let model_share = tezipfs::codec::window::model_window_bytes(&*model, u64::from(w * h), n as u64, bound == Bound::Lossless);
+        let opts = Options { format: raw(w, h, DType::U16), bound, threads: 1, model: Some(ModelHandle(model.clone())), ..Options::default() };
+        let base = LIVE.load(Ordering::SeqCst);
+        PEAK.store(base, Ordering::SeqCst);
+        let held: Vec<Vec<u8>> = files.clone();
+        let refs: Vec<&[u8]> = held.iter().map(|f| &f[..]).collect();
+        let enc = encode_window(&refs, &opts).expect("encode");
+        let decoded = tezipfs::codec::decode_window_with(&enc.blob, Arc::new(Only(model.clone()))).expect("decode");
+        assert_eq!(decoded.len(), n);
+        drop((decoded, enc, refs));
+        drop(held);
+        let peak = PEAK.load(Ordering::SeqCst) - base;
+        let classical = tezipfs::memory::window_bytes(&sizes, Some(2), bound == Bound::Lossless);
+        println!("u16 {w}x{h} x {n} {bound} with a model: peak {peak} B, charge {classical} + {model_share} B");
+        if peak as u64 <= classical {
+            failures.push(format!("{bound}: the peak {peak} B fits the classical charge {classical} B: the model's share is not needed"));
+        }
+        failures.extend(verdict(&format!("{bound} with a model"), peak, classical + model_share));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

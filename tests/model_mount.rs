@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_files, set_policy, wait_compressed, write_frames, xattr_get, xattr_set, Fs, BIN};
+use common::{assert_files, set_policy, wait_compressed, write_frames, xattr_get, xattr_set, Fs, Opts, BIN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tezipfs::codec::DType;
@@ -250,4 +250,32 @@ fn model_auto_trains_one_for_the_directory_and_recodes_its_first_windows() {
     assert_files(&first);
     assert_files(&later);
     fs.assert_log_clean();
+}
+
+/// A window whose model's states do not fit in the memory budget beside its classical working
+/// set is coded without its model (counted in `model_skipped_windows`), and nothing is lost.
+#[test]
+fn a_model_whose_states_do_not_fit_the_memory_budget_is_left_out() {
+    require_fuse!();
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
+    let (path, _) = model_file(&fs, "m", 1);
+    import(&fs, &path, "wide");
+    let d = fs.path("wide");
+    std::fs::create_dir(&d).unwrap();
+    // Windows of 4 frames of 0.5 Mpixel: 56 MiB of classical working set (`memory::window_bytes`)
+    // of the 60 beside the cache; the model's replay and states another 62 MiB
+    // (`window::model_window_bytes`: two states of 54 B a pixel, lossless).
+    set_policy(&d, Some("raw:512x1024:u16"), None, Some(4));
+    xattr_set(&d, "user.tezip.model", b"wide").unwrap();
+    // (Forced, so that the window would take the model whatever it predicts.)
+    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
+    let files = write_frames(&d, &generate_raw(&SequenceSpec::detector_u16(512, 1024, 4, 7)), "raw");
+    wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
+    let st = fs.stats(&d);
+    for p in files.keys() {
+        assert!(!predictor(p).starts_with("prednet"), "{}: {}", p.display(), predictor(p));
+    }
+    assert_files(&files);
+    assert!(st["model_skipped_windows"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
 }

@@ -85,6 +85,12 @@ pub trait Model: Send + Sync {
     fn fits(&self, geom: Geometry) -> Result<(), PredictError> {
         self.start(geom).map(|_| ())
     }
+    /// Bytes one window's state holds for frames of `geom` (what [`Model::start`] allocates and
+    /// a step keeps), for the memory budget (`window::model_window_bytes`). 0 for a model that
+    /// holds nothing per window beyond what its caller counts (the benches' playbacks).
+    fn state_bytes(&self, _geom: Geometry) -> u64 {
+        0
+    }
     /// The reference of the next frame of each window, into `outs` (one frame each). Every state
     /// must have observed at least one frame.
     fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError>;

@@ -11,7 +11,7 @@ use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, P
 use super::dtype::DType;
 use super::entropy::{Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
-use super::predict::{linear, motion, Geometry, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
+use super::predict::{linear, motion, Geometry, Model, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
 use std::sync::Arc;
 
@@ -160,6 +160,23 @@ const REPLAY_BYTES: usize = 256 << 20;
 // decoder's model computes exactly these), and what the probe estimates every model candidate
 // with. One inference pass instead of one per candidate and pass. (Position 0, the key frame,
 // has no reference.)
+
+/// Bytes a window of `frames` frames of `pixels` pixels each holds for its learned model while
+/// it is encoded (`auto` or `prednet`), beyond what `memory::window_bytes` counts: the replay of
+/// the model over the originals (4 B per pixel of every frame, at most [`REPLAY_BYTES`]); under
+/// a bound the probe's warmed state, its fork for each model predictor and the causal stage's
+/// state, all alive at once (lossless, the probe plays the replay back and holds no state of
+/// the model's); and the coding's own state and its step's temporaries (two states).
+/// `tests/decoder_memory.rs` measures it with the plain-Rust backend. (Frame sizes are taken as
+/// squares: a layer's rounding differs by a row or a column.)
+pub fn model_window_bytes(model: &dyn Model, pixels: u64, frames: u64, lossless: bool) -> u64 {
+    let side = (pixels as f64).sqrt().ceil() as usize;
+    let geom = Geometry::of(side, side, crate::codec::DType::U8);
+    let replay = frames.saturating_mul(pixels).saturating_mul(4).min(REPLAY_BYTES as u64);
+    let probe = if lossless { 0 } else { 1 + MODEL_PREDICTORS.len() as u64 };
+    let causal = if model.causal().is_some() && !lossless { pixels.saturating_mul(CAUSAL_BYTES_PER_PIXEL) } else { 0 };
+    replay.saturating_add((probe + 2).saturating_mul(model.state_bytes(geom))).saturating_add(causal)
+}
 
 /// The replay of `model` over the chain's original frames, if it fits [`REPLAY_BYTES`].
 fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<ModelHandle>, EncodeError> {

@@ -72,6 +72,10 @@ impl Model for Batched {
         self.inner.fits(geom)
     }
 
+    fn state_bytes(&self, geom: Geometry) -> u64 {
+        self.inner.state_bytes(geom)
+    }
+
     fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
         self.inner.causal()
     }

@@ -290,6 +290,11 @@ impl Model for ReferenceModel {
         file::check_frames(&self.model, &geom).map_err(|why| self.err(why))
     }
 
+    fn state_bytes(&self, geom: Geometry) -> u64 {
+        // i32 planes and a u32 reconstruction (`ReferenceState`).
+        super::state_bytes(&self.model.arch, geom, &super::PlaneBytes { hid: 4, cell: 4, err: 4, ahat: 4, frame: 4 })
+    }
+
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
         self.fits(geom)?;
         let layers = self
@@ -337,6 +342,20 @@ impl Model for ReferenceModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `state_bytes` is what a state that observed a frame holds, on every layer's size (odd
+    /// sizes round up at each halving).
+    #[test]
+    fn state_bytes_is_what_a_state_holds() {
+        let m = ReferenceModel::new(Arc::new(file::random(&crate::model::Size::Prednet.arch(), crate::codec::DType::U16, 4))).unwrap();
+        let geom = Geometry::of(37, 29, crate::codec::DType::U16);
+        let mut st = m.start(geom).unwrap();
+        m.observe_batch(&mut [&mut *st], &[&vec![1000u32; geom.pixels()]]).unwrap();
+        let s = st.as_any().downcast_ref::<ReferenceState>().unwrap();
+        let planes: usize = s.layers.iter().map(|l| l.hid.v.len() + l.cell.v.len() + l.err.v.len() + l.ahat.v.len()).sum();
+        let held = 4 * (planes + s.b.as_ref().map_or(0, Vec::len));
+        assert_eq!(m.state_bytes(geom), held as u64);
+    }
 
     fn planes(c: usize, h: usize, w: usize, mut f: impl FnMut(usize, usize, usize) -> i32) -> Planes {
         let mut p = Planes::zeros(c, h, w);

@@ -978,6 +978,12 @@ impl Model for TorchModel {
         file::check_frames(&self.model, &geom).map_err(|why| self.err(why))
     }
 
+    fn state_bytes(&self, geom: Geometry) -> u64 {
+        // int8 hidden and error planes, int32 cells and predictions, an int64 reconstruction
+        // (`TorchState`).
+        super::state_bytes(&self.model.arch, geom, &super::PlaneBytes { hid: 1, cell: 4, err: 1, ahat: 4, frame: 8 })
+    }
+
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
         self.fits(geom)?;
         let layers = self.zero_layers(geom).map_err(|e| self.err(torch_err(e)))?;
@@ -1057,5 +1063,24 @@ impl Model for TorchModel {
             predicted = rest;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `state_bytes` is what a state that observed a frame holds in its tensors, on every
+    /// layer's size (odd sizes round up at each halving).
+    #[test]
+    fn state_bytes_is_what_a_state_holds() {
+        let m = TorchModel::new(Arc::new(file::random(&crate::model::Size::Prednet.arch(), crate::codec::DType::U16, 4)), Device::Cpu).unwrap();
+        let geom = Geometry::of(37, 29, crate::codec::DType::U16);
+        let mut st = m.start(geom).unwrap();
+        m.observe_batch(&mut [&mut *st], &[&vec![1000u32; geom.pixels()]]).unwrap();
+        let s = st.as_any().downcast_ref::<TorchState>().unwrap();
+        let bytes = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        let layers: u64 = s.layers.iter().map(|l| bytes(&l.h) + bytes(&l.s) + bytes(&l.e) + bytes(&l.ahat)).sum();
+        assert_eq!(m.state_bytes(geom), layers + s.b.as_ref().map_or(0, bytes));
     }
 }

@@ -86,6 +86,31 @@ impl Vfs {
         }
     }
 
+    /// As [`Self::reserve_memory`], but only `bytes` that fit beside what the caller already
+    /// holds: `None` when they do not fit within `wait` (the caller then does without them).
+    pub(crate) fn reserve_memory_within(&self, bytes: u64, wait: std::time::Duration) -> Option<Grant> {
+        if bytes > self.memory.total() {
+            return None;
+        }
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(g) = self.memory.try_acquire(bytes) {
+                return Some(g);
+            }
+            let short = (self.memory.used() + bytes).saturating_sub(self.memory.total());
+            if self.cache.give_back(short.max(1)) > 0 || self.decoders.drop_oldest() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(g) = self.memory.acquire_within(bytes, left.min(std::time::Duration::from_millis(100))) {
+                return Some(g);
+            }
+        }
+    }
+
     /// A new decoder of `blob`, once its memory fits in the budget (kept decoders are dropped
     /// first to make room): the blob's bytes before it is read, then the frame buffers its
     /// header implies before it decodes.

@@ -100,7 +100,8 @@ pub struct Stats {
     pub memory_used: u64,
     /// Where learned models run.
     pub model_device: String,
-    /// Windows coded without their model because the backlog was over its limit.
+    /// Windows coded without their model because the backlog was over its limit or its
+    /// states did not fit in the memory budget.
     pub model_skipped_windows: u64,
     /// Windows encoded at nice 10 instead of idle priority because the backlog was over
     /// `idle_backlog_mib` (compression was behind).
