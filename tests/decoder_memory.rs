@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
-use tezipfs::codec::predict::{Model, ModelHandle, ModelHash, ModelSource, PredictError};
+use tezipfs::codec::predict::{Model, ModelHandle, OneModel};
 use tezipfs::codec::{encode_window, Bound, DType, Decoder, FormatSpec, Options, RawSpec};
 use tezipfs::fixtures::{generate_images, SequenceSpec};
 
@@ -219,19 +219,6 @@ fn windows_in_compression_stay_within_their_charge() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The one model a test decodes with.
-struct Only(Arc<dyn Model>);
-
-impl ModelSource for Only {
-    fn model(&self, hash: &ModelHash) -> Result<Arc<dyn Model>, PredictError> {
-        if self.0.hash() == *hash {
-            Ok(self.0.clone())
-        } else {
-            Err(PredictError::MissingModel(tezipfs::codec::predict::hash_hex(hash)))
-        }
-    }
-}
-
 /// A window coded with a learned model holds the model's states besides the classical working
 /// set: the probe's warmed state, its forks, the causal stage, the replay of the originals. The
 /// plain-Rust backend's allocations are the ones this allocator sees (libtorch allocates on its
@@ -254,7 +241,7 @@ fn a_window_coded_with_a_model_stays_within_its_charge() {
         let held: Vec<Vec<u8>> = files.clone();
         let refs: Vec<&[u8]> = held.iter().map(|f| &f[..]).collect();
         let enc = encode_window(&refs, &opts).expect("encode");
-        let decoded = tezipfs::codec::decode_window_with(&enc.blob, Arc::new(Only(model.clone()))).expect("decode");
+        let decoded = tezipfs::codec::decode_window_with(&enc.blob, Arc::new(OneModel::of(model.clone()))).expect("decode");
         assert_eq!(decoded.len(), n);
         drop((decoded, enc, refs));
         drop(held);

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use tezipfs::codec::container::{Blob, BlobError};
-use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, Playback, PredictError};
+use tezipfs::codec::predict::{hash_hex, Model, ModelHandle, ModelHash, ModelSource, OneModel, Playback, PredictError};
 use tezipfs::codec::window::{decode_window_with, encode_window};
 use tezipfs::codec::{Bound, DType, FormatSpec, Options, PredictorChoice, RawSpec};
 use tezipfs::fixtures::{generate_means, generate_raw, SequenceSpec};
@@ -15,18 +15,6 @@ use tezipfs::model::torch::TorchModel;
 use tezipfs::model::{Arch, LayerArch, Size};
 
 /// A source that has exactly one model.
-struct Only(Arc<dyn Model>);
-
-impl ModelSource for Only {
-    fn model(&self, hash: &ModelHash) -> Result<Arc<dyn Model>, PredictError> {
-        if self.0.hash() == *hash {
-            Ok(self.0.clone())
-        } else {
-            Err(PredictError::MissingModel(hash_hex(hash)))
-        }
-    }
-}
-
 fn backends(dtype: DType, seed: u64, arch: &Arch) -> (Arc<dyn Model>, Arc<dyn Model>, Vec<u8>) {
     backends_of(&file::random(arch, dtype, seed))
 }
@@ -84,8 +72,9 @@ fn a_window_coded_through_one_backend_decodes_through_the_other() {
                     // (Version 8 where, under a bound, the adaptive stage also weighs the intensity.)
                     let version = u16::from_le_bytes([e.blob[8], e.blob[9]]);
                     assert!(version == 6 || (version == 8 && bound != Bound::Lossless), "a blob with a model is version 6 (8): {version}");
-                    let other = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {w}x{h} {bound} {way}: {err}"));
-                    let same = decode_window_with(&e.blob, Arc::new(Only(enc.clone()))).unwrap();
+                    let other =
+                        decode_window_with(&e.blob, Arc::new(OneModel::of(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {w}x{h} {bound} {way}: {err}"));
+                    let same = decode_window_with(&e.blob, Arc::new(OneModel::of(enc.clone()))).unwrap();
                     assert_eq!(other, same, "{dtype} {w}x{h} {bound} {way}: the backends decode differently");
                     for (i, (o, d)) in files.iter().zip(&other).enumerate() {
                         if bound == Bound::Lossless {
@@ -129,7 +118,7 @@ fn auto_keeps_a_model_that_codes_smaller_and_the_blob_decodes_with_it() {
         let without = encode_window(&refs, &Options { model: None, ..opts(DType::U16, 64, 48, bound, &oracle, PredictorChoice::Auto) }).unwrap();
         assert_eq!(with.model, Some([7; 32]), "{bound}: the noise-free frames predict better than any classical predictor");
         assert!(with.blob.len() < without.blob.len(), "{bound}: {} vs {} bytes", with.blob.len(), without.blob.len());
-        let back = decode_window_with(&with.blob, Arc::new(Only(oracle.clone()))).unwrap();
+        let back = decode_window_with(&with.blob, Arc::new(OneModel::of(oracle.clone()))).unwrap();
         for (k, (a, b)) in files.iter().zip(&back).enumerate() {
             let (a, b) = (values(DType::U16, a), values(DType::U16, b));
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
@@ -152,7 +141,7 @@ fn a_blob_that_names_a_model_needs_it() {
     // No model, or another model: an error that names the model, never wrong bytes.
     let err = tezipfs::codec::decode_window(&e.blob).unwrap_err().to_string();
     assert!(err.contains(&hash_hex(&torch.hash())) && err.contains("not available"), "{err}");
-    let err = decode_window_with(&e.blob, Arc::new(Only(other))).unwrap_err().to_string();
+    let err = decode_window_with(&e.blob, Arc::new(OneModel::of(other))).unwrap_err().to_string();
     assert!(err.contains(&hash_hex(&torch.hash())), "{err}");
     // A model made for another pixel type is refused when the frames are decoded.
     let (u8_model, _, _) = backends(DType::U8, 5, &Size::Small.arch());
@@ -187,7 +176,7 @@ fn every_bit_flip_of_a_model_blob_is_caught() {
     let files = frames(DType::U8, 24, 16, 3, 9);
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let e = encode_window(&refs, &opts(DType::U8, 24, 16, Bound::Lossless, &torch, PredictorChoice::Prednet)).unwrap();
-    let source = Arc::new(Only(torch.clone()));
+    let source = Arc::new(OneModel::of(torch.clone()));
     assert_eq!(decode_window_with(&e.blob, source.clone()).unwrap(), files);
     for i in (0..e.blob.len() * 8).step_by(3) {
         let mut b = e.blob.clone();
@@ -213,13 +202,13 @@ fn sliced_windows_carry_the_model_in_their_slices() {
         assert_eq!(e.model, Some(reference.hash()), "{bound}");
         let b = Blob::parse(&e.blob).unwrap();
         assert_eq!(b.header.params.as_ref().unwrap().model, reference.hash(), "{bound}: the outer header names the model");
-        let one = decode_window_with(&e.blob, Arc::new(Only(torch.clone()))).unwrap_or_else(|err| panic!("{bound}: {err}"));
-        assert_eq!(one, decode_window_with(&e.blob, Arc::new(Only(reference.clone()))).unwrap(), "{bound}: backends differ");
+        let one = decode_window_with(&e.blob, Arc::new(OneModel::of(torch.clone()))).unwrap_or_else(|err| panic!("{bound}: {err}"));
+        assert_eq!(one, decode_window_with(&e.blob, Arc::new(OneModel::of(reference.clone()))).unwrap(), "{bound}: backends differ");
         if bound == Bound::Lossless {
             assert_eq!(one, files);
         }
         let other: Arc<dyn Model> = backends(DType::U16, 99, &Size::Small.arch()).1;
-        assert!(matches!(decode_window_with(&e.blob, Arc::new(Only(other))), Err(BlobError::Decode { .. })), "{bound}: needs its model");
+        assert!(matches!(decode_window_with(&e.blob, Arc::new(OneModel::of(other))), Err(BlobError::Decode { .. })), "{bound}: needs its model");
     }
 }
 
@@ -246,7 +235,7 @@ fn a_window_coded_by_the_causal_stage_decodes_through_either_backend() {
                 let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Fixed(PredictorId::Causal))).unwrap();
                 assert_eq!((e.predictor, e.model), (Some(PredictorId::Causal), Some(enc.hash())), "{dtype} {bound}");
                 assert_eq!(u16::from_le_bytes([e.blob[8], e.blob[9]]), 10, "{dtype} {bound}: the causal predictor is version 10");
-                let back = decode_window_with(&e.blob, Arc::new(Only(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {bound}: {err}"));
+                let back = decode_window_with(&e.blob, Arc::new(OneModel::of(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {bound}: {err}"));
                 for (i, (o, d)) in files.iter().zip(&back).enumerate() {
                     if bound == Bound::Lossless {
                         assert!(o == d, "{dtype} {w}x{h}: frame {i} is not bit-exact");
@@ -256,7 +245,7 @@ fn a_window_coded_by_the_causal_stage_decodes_through_either_backend() {
                     }
                 }
                 // Without the model the blob does not decode, and says which model it needs.
-                let err = decode_window_with(&e.blob, Arc::new(Only(Arc::new(Playback::new([1; 32], Vec::new()))))).unwrap_err();
+                let err = decode_window_with(&e.blob, Arc::new(OneModel::of(Arc::new(Playback::new([1; 32], Vec::new()))))).unwrap_err();
                 assert!(err.to_string().contains(&hash_hex(&enc.hash())), "{err}");
             }
         }

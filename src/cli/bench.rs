@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tezipfs::codec::entropy::EntropyChoice;
-use tezipfs::codec::predict::{hash_hex, Model, ModelHash, ModelSource, PredictError};
+use tezipfs::codec::predict::OneModel;
 use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
 use tezipfs::fixtures::{generate_raw, noise_floor_bits, Scene, SequenceSpec};
@@ -106,15 +106,6 @@ fn zstd_row(d: &Dataset, level: i32) -> anyhow::Result<Row> {
         dec: d.bytes() as f64 / 1e6 / dt,
         check: if ok { "bit-exact".into() } else { "MISMATCH".into() },
     })
-}
-
-/// The one model a bench row codes with, as the decoder's source of models.
-struct OneModel(Option<std::sync::Arc<dyn Model>>);
-
-impl ModelSource for OneModel {
-    fn model(&self, hash: &ModelHash) -> Result<std::sync::Arc<dyn Model>, PredictError> {
-        self.0.clone().filter(|m| m.hash() == *hash).ok_or_else(|| PredictError::MissingModel(hash_hex(hash)))
-    }
 }
 
 /// Code the dataset in windows, decode it, and compare with the originals.

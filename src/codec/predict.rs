@@ -319,6 +319,21 @@ impl ModelSource for NoModels {
     }
 }
 
+/// One model (or none): a blob that names another cannot be decoded here.
+pub struct OneModel(pub Option<std::sync::Arc<dyn Model>>);
+
+impl OneModel {
+    pub fn of(model: std::sync::Arc<dyn Model>) -> OneModel {
+        OneModel(Some(model))
+    }
+}
+
+impl ModelSource for OneModel {
+    fn model(&self, hash: &ModelHash) -> Result<std::sync::Arc<dyn Model>, PredictError> {
+        self.0.clone().filter(|m| m.hash() == *hash).ok_or_else(|| PredictError::MissingModel(hash_hex(hash)))
+    }
+}
+
 /// A "model" that plays back given references, frame by frame: the encoder's replay of a real
 /// model's references, and the benches' oracle and genie references. A window's state starts at
 /// `window_start` (the sequence position of the window's first frame, set before each coding
