@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use tezipfs::codec::predict::{Model, ModelHandle, OneModel};
-use tezipfs::codec::{encode_window, Bound, DType, Decoder, FormatSpec, Options, RawSpec};
+use tezipfs::codec::{encode_window, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, RawSpec};
 use tezipfs::fixtures::{generate_images, SequenceSpec};
 
 struct Counting;
@@ -233,9 +233,11 @@ fn a_window_coded_with_a_model_stays_within_its_charge() {
     let files = frames(w, h, n, DType::U16);
     let sizes: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
     let mut failures = Vec::new();
-    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+    // (`prednet` forced as well: a random model's window is then coded with it, whatever it
+    // predicts, and its decoder runs it.)
+    for (bound, predictor) in [Bound::Lossless, Bound::Abs(2.0)].into_iter().flat_map(|b| [(b, PredictorChoice::Auto), (b, PredictorChoice::Prednet)]) {
         let model_share = tezipfs::codec::window::model_window_bytes(&*model, u64::from(w * h), n as u64, bound == Bound::Lossless);
-        let opts = Options { format: raw(w, h, DType::U16), bound, threads: 1, model: Some(ModelHandle(model.clone())), ..Options::default() };
+        let opts = Options { format: raw(w, h, DType::U16), bound, predictor, threads: 1, model: Some(ModelHandle(model.clone())), ..Options::default() };
         let base = LIVE.load(Ordering::SeqCst);
         PEAK.store(base, Ordering::SeqCst);
         let held: Vec<Vec<u8>> = files.clone();
@@ -243,15 +245,31 @@ fn a_window_coded_with_a_model_stays_within_its_charge() {
         let enc = encode_window(&refs, &opts).expect("encode");
         let decoded = tezipfs::codec::decode_window_with(&enc.blob, Arc::new(OneModel::of(model.clone()))).expect("decode");
         assert_eq!(decoded.len(), n);
+        let blob = enc.blob.clone();
         drop((decoded, enc, refs));
         drop(held);
         let peak = PEAK.load(Ordering::SeqCst) - base;
         let classical = tezipfs::memory::window_bytes(&sizes, Some(2), bound == Bound::Lossless);
-        println!("u16 {w}x{h} x {n} {bound} with a model: peak {peak} B, charge {classical} + {model_share} B");
+        println!("u16 {w}x{h} x {n} {bound} {predictor:?} with a model: peak {peak} B, charge {classical} + {model_share} B");
         if peak as u64 <= classical {
             failures.push(format!("{bound}: the peak {peak} B fits the classical charge {classical} B: the model's share is not needed"));
         }
         failures.extend(verdict(&format!("{bound} with a model"), peak, classical + model_share));
+        // Its decoder, as the mount keeps one, charged the model's state besides the chain's.
+        for threads in [1, 2] {
+            let base = LIVE.load(Ordering::SeqCst);
+            PEAK.store(base, Ordering::SeqCst);
+            let mut dec = Decoder::with_models(blob.clone().into(), Arc::new(OneModel::of(model.clone()))).expect("decoder");
+            dec.set_threads(threads);
+            let charge = dec.memory_bytes();
+            for i in 0..dec.len() {
+                drop(dec.decode(i, |_, _| {}).expect("decode"));
+            }
+            drop(dec);
+            let peak = PEAK.load(Ordering::SeqCst) - base;
+            println!("  its decoder on {threads} thread(s): peak {peak} B, charge {charge} B");
+            failures.extend(verdict(&format!("{bound} decoder with a model on {threads} thread(s)"), peak, charge));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -263,8 +263,8 @@ fn a_model_whose_states_do_not_fit_the_memory_budget_is_left_out() {
     let d = fs.path("wide");
     std::fs::create_dir(&d).unwrap();
     // Windows of 4 frames of 0.5 Mpixel: 56 MiB of classical working set (`memory::window_bytes`)
-    // of the 60 beside the cache; the model's replay and states another 62 MiB
-    // (`window::model_window_bytes`: two states of 54 B a pixel, lossless).
+    // of the 60 beside the cache; the model's replay and states another 89 MiB
+    // (`window::model_window_bytes`: three states of 54 B a pixel, lossless).
     set_policy(&d, Some("raw:512x1024:u16"), None, Some(4));
     xattr_set(&d, "user.tezip.model", b"wide").unwrap();
     // (Forced, so that the window would take the model whatever it predicts.)

@@ -166,17 +166,22 @@ const REPLAY_BYTES: usize = 256 << 20;
 /// the model over the originals (4 B per pixel of every frame, at most [`REPLAY_BYTES`]); under
 /// a bound the probe's warmed state, its fork for each model predictor and the causal stage's
 /// state, all alive at once (lossless, the probe plays the replay back and holds no state of
-/// the model's); and the coding's own state and its step's temporaries (two states).
-/// `tests/decoder_memory.rs` measures it with the plain-Rust backend. (Frame sizes are taken as
-/// squares: a layer's rounding differs by a row or a column.)
+/// the model's); and the coding's own state and its step's temporaries
+/// ([`MODEL_STEP_STATES`]). `tests/decoder_memory.rs` measures it with the plain-Rust backend.
+/// (Frame sizes are taken as squares: a layer's rounding differs by a row or a column.)
 pub fn model_window_bytes(model: &dyn Model, pixels: u64, frames: u64, lossless: bool) -> u64 {
     let side = (pixels as f64).sqrt().ceil() as usize;
     let geom = Geometry::of(side, side, crate::codec::DType::U8);
     let replay = frames.saturating_mul(pixels).saturating_mul(4).min(REPLAY_BYTES as u64);
     let probe = if lossless { 0 } else { 1 + MODEL_PREDICTORS.len() as u64 };
     let causal = if model.causal().is_some() && !lossless { pixels.saturating_mul(CAUSAL_BYTES_PER_PIXEL) } else { 0 };
-    replay.saturating_add((probe + 2).saturating_mul(model.state_bytes(geom))).saturating_add(causal)
+    replay.saturating_add((probe + MODEL_STEP_STATES).saturating_mul(model.state_bytes(geom))).saturating_add(causal)
 }
+
+/// What a session running a learned model holds, in states of the model: its own and its step's
+/// temporaries (the plain-Rust backend's step holds almost two states' worth, measured in
+/// `tests/decoder_memory.rs`; libtorch's arena less).
+const MODEL_STEP_STATES: u64 = 3;
 
 /// The replay of `model` over the chain's original frames, if it fits [`REPLAY_BYTES`].
 fn replay(chain: &Chain, geom: Geometry, model: &ModelHandle) -> Result<Option<ModelHandle>, EncodeError> {
@@ -1348,10 +1353,19 @@ impl Decoder {
     /// prediction, the file it builds and the one before it; a sliced blob's slice decoders hold
     /// the same per pixel of their stripes. What the mount charges against its memory budget for
     /// a decoder (measured per window kind, on one and two threads: `tests/decoder_memory.rs`).
+    /// A window coded with a learned model's recurrent state also holds that state and its step's
+    /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`]; a model this
+    /// decoder cannot find adds nothing: it will not decode).
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
         let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
-        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64)
+        let model = if p.model != [0; 32] && !p.predictor.needs_model() {
+            let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+            self.models.model(&p.model).map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom))
+        } else {
+            0
+        };
+        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.
