@@ -86,8 +86,9 @@ impl Vfs {
         }
     }
 
-    /// As [`Self::reserve_memory`], but only `bytes` that fit beside what the caller already
-    /// holds: `None` when they do not fit within `wait` (the caller then does without them).
+    /// `bytes` of the memory budget, room made as [`Self::reserve_memory`] makes it, but waiting
+    /// at most `wait`: `None` when they did not come free by then or never could (more than the
+    /// whole budget); the caller then does without them.
     pub(crate) fn reserve_memory_within(&self, bytes: u64, wait: std::time::Duration) -> Option<Grant> {
         if bytes > self.memory.total() {
             return None;
