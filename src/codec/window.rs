@@ -1318,12 +1318,15 @@ impl Decoder {
         };
         let frame_entries = header.entries.iter().enumerate().filter(|(_, e)| matches!(e.body, Body::Frame(_))).map(|(i, _)| i).collect();
         let coder = Coder::new(1).map_err(|e| BlobError::Malformed(e.to_string()))?;
+        // The model a window's recurrent state runs, looked up once here (its memory is charged
+        // by `memory_bytes`); one that cannot be found fails the first frame that needs it.
+        let model = header.params.as_ref().filter(|p| p.model != [0; 32] && !p.predictor.needs_model()).and_then(|p| models.model(&p.model).ok());
         Ok(Decoder {
             bytes,
             header,
             payload_start,
             models,
-            model: None,
+            model,
             session: None,
             frame_entries,
             codes: CodeState { coder, prev_codes: Vec::new(), older_codes: Vec::new(), moved_codes: Vec::new(), models_of: None },
@@ -1359,12 +1362,8 @@ impl Decoder {
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
         let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
-        let model = if p.model != [0; 32] && !p.predictor.needs_model() {
-            let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
-            self.models.model(&p.model).map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom))
-        } else {
-            0
-        };
+        let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+        let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom));
         p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model
     }
 
