@@ -71,22 +71,24 @@ fn backends(m: &IntModel) -> (ReferenceModel, TorchModel) {
     (ReferenceModel::new(m.clone()).unwrap(), TorchModel::new(m, tch::Device::Cpu).unwrap())
 }
 
-/// Compares the backends on one sequence; returns how many predicted pixels differ from the
-/// previous frame (so the caller can check that the model did something).
+/// Compares the backends on one sequence, torch with its CPU kernels and on the
+/// device-generic path CUDA runs; returns how many predicted pixels differ from the previous
+/// frame (so the caller can check that the model did something).
 fn compare(m: &IntModel, geom: Geometry, seq: &[Vec<u32>], what: &str) -> usize {
-    let (r, t) = backends(m);
+    let (r, mut t) = backends(m);
     assert_eq!(r.hash(), t.hash());
     let pr = run(&r, geom, seq);
-    let pt = run(&t, geom, seq);
-    let mut changed = 0;
-    for (step, (a, b)) in pr.iter().zip(&pt).enumerate() {
-        if a != b {
-            let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap();
-            panic!("{what}: step {step}: pixel {i} reference {} torch {}", a[i], b[i]);
+    for cpu_kernels in [true, false] {
+        t.set_cpu_kernels(cpu_kernels);
+        let pt = run(&t, geom, seq);
+        for (step, (a, b)) in pr.iter().zip(&pt).enumerate() {
+            if a != b {
+                let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap();
+                panic!("{what}: step {step}: pixel {i} reference {} torch (CPU kernels {cpu_kernels}) {}", a[i], b[i]);
+            }
         }
-        changed += a.iter().zip(&seq[step]).filter(|(p, b)| p != b).count();
     }
-    changed
+    pr.iter().zip(seq).map(|(a, f)| a.iter().zip(f).filter(|(p, b)| p != b).count()).sum()
 }
 
 /// Random models as they are (multipliers up to 2^31: the torch backend requantises in int64),
@@ -138,11 +140,14 @@ fn backends_agree_at_one_and_two_threads() {
     let geom = Geometry::of(301, 203, DType::U16);
     let seq = frames(geom, 4, 5);
     for m in models(&Size::Small.arch(), DType::U16, 77) {
-        let (r, t) = backends(&m);
+        let (r, mut t) = backends(&m);
         let want = run(&r, geom, &seq);
         for threads in [1, 2] {
             tch::set_num_threads(threads);
-            assert!(run(&t, geom, &seq) == want, "{threads} threads");
+            for cpu_kernels in [true, false] {
+                t.set_cpu_kernels(cpu_kernels);
+                assert!(run(&t, geom, &seq) == want, "{threads} threads, CPU kernels {cpu_kernels}");
+            }
         }
     }
     tch::set_num_threads(1);
@@ -160,9 +165,10 @@ fn batched_banded_and_cloned_states_agree() {
     let seqs: Vec<Vec<Vec<u32>>> = geoms.iter().enumerate().map(|(i, &g)| frames(g, 5, 40 + i as u64)).collect();
     let want: Vec<Vec<Vec<u32>>> = geoms.iter().zip(&seqs).map(|(&g, s)| run(&r, g, s)).collect();
     // Band sizes: two rows of one image, a few rows, whole images two by two, everything at
-    // once.
-    for band in [1, 2_000, 200_000, 1 << 40] {
+    // once; with the CPU kernels and on the device-generic path.
+    for (band, cpu_kernels) in [1, 2_000, 200_000, 1 << 40].into_iter().flat_map(|b| [(b, true), (b, false)]) {
         t.set_band_bytes(band);
+        t.set_cpu_kernels(cpu_kernels);
         let mut states: Vec<Box<dyn ModelState>> = geoms.iter().map(|&g| t.start(g).unwrap()).collect();
         // The last window starts one frame late: its key frame is observed with the others'
         // predicted frames.
@@ -180,14 +186,16 @@ fn batched_banded_and_cloned_states_agree() {
             }
             for (i, out) in outs.iter().enumerate() {
                 let k = if i == 3 { step - 2 } else { step - 1 };
-                assert!(*out == want[i][k], "band {band} step {step} window {i}");
+                assert!(*out == want[i][k], "band {band} CPU kernels {cpu_kernels} step {step} window {i}");
             }
             let mut refs: Vec<&mut dyn ModelState> = states.iter_mut().map(|s| s.as_mut()).collect();
             let recons: Vec<&[u32]> = (0..4).map(|i| if i == 3 { &seqs[3][step - 1][..] } else { &seqs[i][step][..] }).collect();
             t.observe_batch(&mut refs, &recons).unwrap();
         }
     }
-    // A clone continues like the original, and the original is not changed by the clone.
+    // A clone continues like the original, and the original is not changed by the clone (the
+    // CPU kernels update the cell in place).
+    t.set_cpu_kernels(true);
     let g = geoms[0];
     let mut s = t.start(g).unwrap();
     t.observe_batch(&mut [s.as_mut()], &[&seqs[0][0]]).unwrap();
