@@ -91,6 +91,12 @@ pub trait Model: Send + Sync {
     fn state_bytes(&self, _geom: Geometry) -> u64 {
         0
     }
+    /// Bytes of scratch a running call of the model may hold whatever the frame size (the torch
+    /// backend's band buffers, kept between calls), on top of [`Model::state_bytes`]' share;
+    /// counted once per window or decoder. 0 by default.
+    fn scratch_bytes(&self) -> u64 {
+        0
+    }
     /// The reference of the next frame of each window, into `outs` (one frame each). Every state
     /// must have observed at least one frame.
     fn predict_batch(&self, states: &mut [&mut dyn ModelState], outs: &mut [&mut [u32]]) -> Result<(), PredictError>;

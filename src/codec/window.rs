@@ -167,7 +167,9 @@ const REPLAY_BYTES: usize = 256 << 20;
 /// a bound the probe's warmed state, its fork for each model predictor and the causal stage's
 /// state, all alive at once (lossless, the probe plays the replay back and holds no state of
 /// the model's); and the coding's own state and its step's temporaries
-/// ([`MODEL_STEP_STATES`]). `tests/decoder_memory.rs` measures it with the plain-Rust backend.
+/// ([`MODEL_STEP_STATES`], plus the backend's fixed scratch, `Model::scratch_bytes`).
+/// `tests/decoder_memory.rs` measures it with the plain-Rust backend,
+/// `tests/model_step_memory.rs` a torch state's share.
 /// (Frame sizes are taken as squares: a layer's rounding differs by a row or a column.)
 pub fn model_window_bytes(model: &dyn Model, pixels: u64, frames: u64, lossless: bool) -> u64 {
     let side = (pixels as f64).sqrt().ceil() as usize;
@@ -175,12 +177,14 @@ pub fn model_window_bytes(model: &dyn Model, pixels: u64, frames: u64, lossless:
     let replay = frames.saturating_mul(pixels).saturating_mul(4).min(REPLAY_BYTES as u64);
     let probe = if lossless { 0 } else { 1 + MODEL_PREDICTORS.len() as u64 };
     let causal = if model.causal().is_some() && !lossless { pixels.saturating_mul(CAUSAL_BYTES_PER_PIXEL) } else { 0 };
-    replay.saturating_add((probe + MODEL_STEP_STATES).saturating_mul(model.state_bytes(geom))).saturating_add(causal)
+    replay.saturating_add((probe + MODEL_STEP_STATES).saturating_mul(model.state_bytes(geom))).saturating_add(causal).saturating_add(model.scratch_bytes())
 }
 
 /// What a session running a learned model holds, in states of the model: its own and its step's
 /// temporaries (the plain-Rust backend's step holds almost two states' worth, measured in
-/// `tests/decoder_memory.rs`; libtorch's arena less).
+/// `tests/decoder_memory.rs`; a libtorch state with its steps peaks at 2.5-2.9 states at 0.25-1
+/// Mpixel, and above 3 on smaller frames only by less than its fixed scratch,
+/// `tests/model_step_memory.rs`).
 const MODEL_STEP_STATES: u64 = 3;
 
 /// The replay of `model` over the chain's original frames, if it fits [`REPLAY_BYTES`].
@@ -1357,13 +1361,13 @@ impl Decoder {
     /// the same per pixel of their stripes. What the mount charges against its memory budget for
     /// a decoder (measured per window kind, on one and two threads: `tests/decoder_memory.rs`).
     /// A window coded with a learned model's recurrent state also holds that state and its step's
-    /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`]; a model this
-    /// decoder cannot find adds nothing: it will not decode).
+    /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`], and the
+    /// model's fixed scratch; a model this decoder cannot find adds nothing: it will not decode).
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
         let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
-        let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom));
+        let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + m.scratch_bytes());
         p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model
     }
 

@@ -75,6 +75,9 @@ impl Model for Batched {
     fn state_bytes(&self, geom: Geometry) -> u64 {
         self.inner.state_bytes(geom)
     }
+    fn scratch_bytes(&self) -> u64 {
+        self.inner.scratch_bytes()
+    }
 
     fn causal(&self) -> Option<&crate::codec::predict::causal::CausalStage> {
         self.inner.causal()

@@ -55,6 +55,9 @@ mod lstm_cpu;
 /// small enough for the caches, large enough that torch's per-operation overhead (a few
 /// microseconds) is small against the band's work.
 pub const CPU_BAND_BYTES: i64 = 4 << 20;
+/// How many band-sized buffers a call's arena holds at most ([`Model::scratch_bytes`]; measured
+/// by `examples/model_memory.rs` and `tests/model_step_memory.rs`).
+const SCRATCH_BANDS: u64 = 8;
 /// On CUDA the whole batch is one band (memory permitting).
 pub const CUDA_BAND_BYTES: i64 = 1 << 34;
 
@@ -1116,6 +1119,19 @@ impl Model for TorchModel {
         // int8 hidden and error planes, int32 cells and predictions, an int64 reconstruction
         // (`TorchState`).
         super::state_bytes(&self.model.arch, geom, &super::PlaneBytes { hid: 1, cell: 4, err: 1, ahat: 4, frame: 8 })
+    }
+
+    fn scratch_bytes(&self) -> u64 {
+        // The arena's buffers that scale with the band, not the frame ([`Slot`]: the im2col
+        // matrix, the products, the sums, the tables' indices and outputs, the cell and hidden
+        // temporaries, pooling), each at most about `band` bytes; the frame-sized ones are in the
+        // step's share of states. On CUDA they are device memory, which the host budget does not
+        // hold (the states charged for it are already an over-count there).
+        if self.device == Device::Cpu {
+            SCRATCH_BANDS * self.band as u64
+        } else {
+            0
+        }
     }
 
     fn start(&self, geom: Geometry) -> Result<Box<dyn ModelState>, PredictError> {
