@@ -479,11 +479,27 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     // The model's states are charged apart from the window's classical working set (admitted
     // before the model was known): a window whose model does not fit beside what is held is
     // coded without it, as above.
+    // A sliced window runs a state of the model per stripe, as many stripes at once as it has
+    // threads: it gets as many threads as the budget holds stripes beside its working set (at
+    // least one: then its stripes run one after another, with the model).
     let mut _model_grant = None;
     if let Some(m) = &opts.model {
-        let largest = files.iter().map(|f| f.len() as u64).max().unwrap_or(0);
-        let pixels = largest / job.pixel_bytes.unwrap_or(1).max(1) as u64;
-        let need = crate::codec::window::model_window_bytes(&*m.0, pixels, files.len() as u64, job.policy.bound == Bound::Lossless);
+        let largest = files.iter().max_by_key(|f| f.len());
+        let (stripe_pixels, stripes) = match largest.map(|f| crate::codec::analyze(f, &opts.format)) {
+            Some(crate::codec::Analysis::Frame(l)) => crate::codec::slices::stripes(l.width, l.height, &opts),
+            _ => (largest.map_or(0, |f| f.len() as u64) / job.pixel_bytes.unwrap_or(1).max(1) as u64, 1),
+        };
+        let per_stripe = crate::codec::window::model_window_bytes(&*m.0, stripe_pixels, files.len() as u64, job.policy.bound == Bound::Lossless);
+        let threads = crate::codec::slices::threads(opts.threads) as u64;
+        let mut at_once = threads.min(stripes).max(1);
+        while at_once > 1 && per_stripe.saturating_mul(at_once).saturating_add(window_bytes) > vfs.memory.total() {
+            at_once -= 1;
+        }
+        if at_once < threads.min(stripes) {
+            tracing::debug!(dir = job.dir, stripes, at_once, "the model's states of every stripe do not fit at once: fewer stripes coded at a time");
+            opts.threads = at_once as usize;
+        }
+        let need = per_stripe.saturating_mul(at_once);
         let fits = need.saturating_add(window_bytes) <= vfs.memory.total();
         match if fits { vfs.reserve_memory_within(need, MODEL_MEMORY_WAIT) } else { None } {
             Some(g) => _model_grant = Some(g),

@@ -279,3 +279,33 @@ fn a_model_whose_states_do_not_fit_the_memory_budget_is_left_out() {
     assert!(st["model_skipped_windows"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["memory_used"].as_u64().unwrap() <= 64 << 20, "{st}");
 }
+
+/// A sliced window runs a state of its model per stripe, as many at once as it has threads;
+/// when the states of every stripe do not fit beside its working set but one stripe's do, it
+/// codes its stripes one after another with the model instead of leaving the model out.
+#[test]
+fn a_sliced_window_runs_fewer_stripes_at_once_rather_than_leave_its_model_out() {
+    require_fuse!();
+    // 420 MiB beside the cache. Windows of 2 frames of 2048x1024 u16 (2 Mpixel: two stripes of
+    // 1 Mpixel): a classical working set of about 117 MB (`memory::window_bytes`), the model's
+    // share per stripe 212 MB (`window::model_window_bytes`: replay 8 MB, three states of 54 B a
+    // pixel, 34 MB of scratch): one stripe at a time fits (329 MB), both at once do not (541 MB),
+    // and neither does the whole frame's charge the engine made before stripes counted (507 MB).
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "424".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
+    let (path, _) = model_file(&fs, "m", 1);
+    import(&fs, &path, "wide");
+    let d = fs.path("wide");
+    std::fs::create_dir(&d).unwrap();
+    set_policy(&d, Some("raw:2048x1024:u16"), None, Some(2));
+    xattr_set(&d, "user.tezip.model", b"wide").unwrap();
+    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
+    let files = write_frames(&d, &generate_raw(&SequenceSpec::detector_u16(2048, 1024, 2, 7)), "raw");
+    wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
+    let st = fs.stats(&d);
+    for p in files.keys() {
+        assert!(predictor(p).starts_with("prednet"), "{}: {} ({st})", p.display(), predictor(p));
+    }
+    assert_files(&files);
+    assert_eq!(st["model_skipped_windows"].as_u64().unwrap(), 0, "{st}");
+    assert!(st["memory_used"].as_u64().unwrap() <= 424 << 20, "{st}");
+}

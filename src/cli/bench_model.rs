@@ -43,6 +43,10 @@ pub struct ModelBenchArgs {
     /// Only the sets whose name contains one of these words (comma-separated; default: all).
     #[arg(long, value_delimiter = ',')]
     pub model_sets: Vec<String>,
+    /// Also write each trained model to this directory (`<set>-<bound>.model`), to code with it
+    /// again (`tezipfs compress --model`).
+    #[arg(long)]
+    pub save_models: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub genie: super::bench_genie::GenieArgs,
 }
@@ -202,6 +206,12 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
             let model = train::train(&train_frames, geom, &opts, &mut |_| {})?;
             let trained_secs = t.elapsed().as_secs_f64();
             let bytes = file::to_bytes(&model);
+            if let Some(dir) = &args.save_models {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(format!("{}-{}.model", d.name, bound.to_string().replace(':', "")));
+                std::fs::write(&path, &bytes)?;
+                println!("  (saved to {})", path.display());
+            }
             let handle = ModelHandle(load(&bytes, Backend::Torch(DeviceChoice::Cpu))?);
             tch::set_num_threads(1);
             let with = codec_row(&second, &Options { model: Some(handle.clone()), ..base.clone() }, window, &format!("{bound}: auto with the model"))?;

@@ -40,6 +40,27 @@ pub fn slice_rows(width: u32, height: u32, max_pixels: usize) -> Option<u32> {
     (rows < height).then_some(rows)
 }
 
+/// The rows of a stripe when a window of `width x height` frames is sliced under `opts`
+/// (`None`: coded whole). A window under a `rel` bound is not sliced: the bound is resolved over
+/// the whole frame's range, which a stripe does not see.
+fn sliced_rows(width: u32, height: u32, opts: &Options) -> Option<u32> {
+    if opts.slice_pixels == 0 || matches!(opts.bound, Bound::Rel(_)) {
+        return None;
+    }
+    slice_rows(width, height, opts.slice_pixels)
+}
+
+/// How a window of `width x height` frames is coded under `opts`: the pixels of a stripe and
+/// the number of stripes (`(width * height, 1)` when it is not sliced). The stripes run on up to
+/// `opts.threads` threads at once, each holding what a window of its size holds (for the
+/// memory budget: `engine::compress`).
+pub fn stripes(width: u32, height: u32, opts: &Options) -> (u64, u64) {
+    match sliced_rows(width, height, opts) {
+        Some(rows) => (rows as u64 * width as u64, container::slice_count(height, rows) as u64),
+        None => (width as u64 * height as u64, 1),
+    }
+}
+
 /// A thread count as the options give it (0: one per core).
 pub fn threads(n: usize) -> usize {
     match n {
@@ -67,16 +88,15 @@ fn run<T: Send, R: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mut
     })
 }
 
-/// Code a window as slices when its frames are large enough (`None`: code it whole). A window
-/// under a `rel` bound is not sliced: the bound is resolved over the whole frame's range, which
-/// a stripe does not see.
+/// Code a window as slices when its frames are large enough (`None`: code it whole; see
+/// [`sliced_rows`]).
 pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>, EncodeError> {
     if opts.slice_pixels == 0 || matches!(opts.bound, Bound::Rel(_)) {
         return Ok(None);
     }
     let analyses: Vec<Analysis> = files.iter().map(|f| analyze(f, &opts.format)).collect();
     let Some(first) = analyses.iter().find_map(|a| if let Analysis::Frame(l) = a { Some(l.clone()) } else { None }) else { return Ok(None) };
-    let Some(rows) = slice_rows(first.width, first.height, opts.slice_pixels) else { return Ok(None) };
+    let Some(rows) = sliced_rows(first.width, first.height, opts) else { return Ok(None) };
     let (width, height, dtype) = (first.width, first.height, first.dtype);
     let count = container::slice_count(height, rows);
     let stripe_rows = |s: usize| rows.min(height - rows * s as u32);

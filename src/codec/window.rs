@@ -28,7 +28,7 @@ pub const DEFAULT_LEVEL: i32 = 3;
 pub const PROBE_FRAMES: usize = 3;
 /// Predictors (the best under the fast proxy stage) that are tried under every entropy stage.
 pub const FINALISTS: usize = 3;
-/// Under an error bound, frames a `linear` choice is confirmed on.
+/// Under an error bound, frames a `linear` or `causal` choice is confirmed on.
 pub const DRIFT_PROBE: usize = 10;
 
 #[derive(Clone, Debug)]
@@ -791,10 +791,13 @@ fn choose(
     let (_, mut chosen, mut stage) = finals[0];
     // Under an error bound a predictor's reconstructions feed its later predictions: `linear`
     // smooths, and on a static scene it drifts away from the previous frame only after a few
-    // frames. Confirm it against the best other finalist on a longer stretch of the window.
+    // frames; the causal stage predicts from the frame's own reconstructed neighbours and starts
+    // the probe from a key frame. Confirm either against the best other finalist on a longer
+    // stretch of the window.
     let far = DRIFT_PROBE.min(chain.images.len());
-    if chosen.pid == PredictorId::Linear && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
-        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != PredictorId::Linear) {
+    let drifts = matches!(chosen.pid, PredictorId::Linear | PredictorId::Causal);
+    if drifts && opts.bound != Bound::Lossless && !opts.exhaustive && far > probe {
+        if let Some(&(_, alt, alt_stage)) = finals.iter().find(|f| f.1.pid != chosen.pid) {
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
             let pair = [chosen, alt];
             let mut both = par_map(2, opts.threads, coder, |i, coder| {
@@ -803,12 +806,12 @@ fn choose(
                 Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true, bounded_only)?, q))
             })?;
             let (other, other_q) = both.pop().expect("two");
-            let (lin, lin_q) = both.pop().expect("two");
-            let kept = if other <= lin {
+            let (first, first_q) = both.pop().expect("two");
+            let kept = if other <= first {
                 (chosen, stage) = (alt, alt_stage);
                 other_q
             } else {
-                lin_q
+                first_q
             };
             // Where the confirmation covered the whole window (hoechst's 10 frames), the winner's
             // frames are those the final coding would compute again.

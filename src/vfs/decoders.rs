@@ -120,7 +120,20 @@ impl Vfs {
         let blob_grant = self.reserve_memory(blob_bytes);
         let bytes = self.store.read_blob(blob)?;
         let dec = Decoder::with_models(bytes.into(), self.models.clone()).map_err(|e| FsError::Corrupt { what: format!("blob {blob}"), why: e.to_string() })?;
-        let state = self.reserve_memory(dec.memory_bytes());
+        // A decoder larger than the whole budget (a sliced window of huge frames with a learned
+        // model's states) takes all of it beside its blob: it waits until nothing else holds
+        // any, and does not wait forever for memory its own blob holds.
+        let want = dec.memory_bytes();
+        let room = self.memory.total().saturating_sub(blob_bytes);
+        if want > room {
+            tracing::warn!(
+                blob,
+                bytes = want,
+                budget = self.memory.total(),
+                "a decoder larger than the memory budget: it takes the whole budget while it decodes"
+            );
+        }
+        let state = self.reserve_memory(want.min(room));
         Ok(Kept { dec, _blob: blob_grant, _state: state })
     }
 }
