@@ -21,6 +21,7 @@ pub(super) struct Products<'a> {
 
 /// The integer type of the requantisation sums: `i32` where the model's integers prove that
 /// every partial sum fits ([`super::requant_fits_i32`]; vectorises on every x86-64), else `i64`.
+/// (That proof counts the rounding term `2^(shift - 1)`, so every shift is then below 32.)
 trait Sum:
     Copy + Ord + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Shr<u32, Output = Self> + From<i32> + TryFrom<i64> + Into<i64>
 {
