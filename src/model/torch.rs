@@ -55,8 +55,8 @@ mod lstm_cpu;
 /// small enough for the caches, large enough that torch's per-operation overhead (a few
 /// microseconds) is small against the band's work.
 pub const CPU_BAND_BYTES: i64 = 4 << 20;
-/// How many band-sized buffers a call's arena holds at most ([`Model::scratch_bytes`]; measured
-/// by `examples/model_memory.rs` and `tests/model_step_memory.rs`).
+/// How many band-sized buffers a call's arena holds at most ([`Model::scratch_bytes`]; the
+/// resident set measured in `tests/model_step_memory.rs`).
 const SCRATCH_BANDS: u64 = 8;
 /// On CUDA the whole batch is one band (memory permitting).
 pub const CUDA_BAND_BYTES: i64 = 1 << 34;
