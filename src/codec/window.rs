@@ -1365,12 +1365,15 @@ impl Decoder {
     /// a decoder (measured per window kind, on one and two threads: `tests/decoder_memory.rs`).
     /// A window coded with a learned model's recurrent state also holds that state and its step's
     /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`], and the
-    /// model's fixed scratch; a model this decoder cannot find adds nothing: it will not decode).
+    /// model's fixed scratch once per stripe decoded at a time; a model this decoder cannot find
+    /// adds nothing: it will not decode).
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
         let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
         let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
-        let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + m.scratch_bytes());
+        // (A sliced blob's stripes are decoded side by side, each model call with its scratch.)
+        let side_by_side = self.slices.as_ref().map_or(1, |s| super::slices::threads(s.threads).min(s.len())) as u64;
+        let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + side_by_side * m.scratch_bytes());
         p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model
     }
 
