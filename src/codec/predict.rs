@@ -93,7 +93,8 @@ pub trait Model: Send + Sync {
     }
     /// Bytes of scratch a running call of the model may hold whatever the frame size (the torch
     /// backend's band buffers, kept between calls), on top of [`Model::state_bytes`]' share;
-    /// counted once per window or decoder. 0 by default.
+    /// counted once per call that may run at once (a window or decoder, or each of its stripes
+    /// coded or decoded side by side). 0 by default.
     fn scratch_bytes(&self) -> u64 {
         0
     }

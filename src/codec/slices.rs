@@ -44,10 +44,12 @@ pub fn slice_rows(width: u32, height: u32, max_pixels: usize) -> Option<u32> {
 /// (`None`: coded whole). A window under a `rel` bound is not sliced: the bound is resolved over
 /// the whole frame's range, which a stripe does not see.
 fn sliced_rows(width: u32, height: u32, opts: &Options) -> Option<u32> {
-    if opts.slice_pixels == 0 || matches!(opts.bound, Bound::Rel(_)) {
-        return None;
-    }
-    slice_rows(width, height, opts.slice_pixels)
+    may_slice(opts).then(|| slice_rows(width, height, opts.slice_pixels)).flatten()
+}
+
+/// Whether `opts` let a window be sliced at all (see [`sliced_rows`]).
+fn may_slice(opts: &Options) -> bool {
+    opts.slice_pixels != 0 && !matches!(opts.bound, Bound::Rel(_))
 }
 
 /// How a window of `width x height` frames is coded under `opts`: the pixels of a stripe and
@@ -91,7 +93,8 @@ fn run<T: Send, R: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mut
 /// Code a window as slices when its frames are large enough (`None`: code it whole; see
 /// [`sliced_rows`]).
 pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>, EncodeError> {
-    if opts.slice_pixels == 0 || matches!(opts.bound, Bound::Rel(_)) {
+    // (Before the files are analysed.)
+    if !may_slice(opts) {
         return Ok(None);
     }
     let analyses: Vec<Analysis> = files.iter().map(|f| analyze(f, &opts.format)).collect();
