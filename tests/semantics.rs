@@ -718,7 +718,7 @@ fn s5_hard_links() {
             let threads = daemon_threads(m.pid());
             m.kill9(); // fails the blocked link(2) with ENOTCONN
             let _ = worker.join();
-            panic!("the daemon stopped answering while making links (sled 0.34 deadlock, spacejam/sled#1412?); its threads:\n{threads}");
+            panic!("the daemon stopped answering while making links (once sled 0.34.7 deadlocked here, spacejam/sled#1412, patched in vendor/sled); its threads:\n{threads}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
