@@ -4,6 +4,11 @@
 //! 5.838, weighted 6.029; ctc-fluo-nuclei 2.753 / 2.532 / 2.585; scratch-hoechst-u16 2.114 /
 //! 2.037 / 2.060: the weighted predictor beats MED by 1-3%, and coding the values themselves
 //! (whose neighbours then measure the intensity) beats both.
+//! With temporal sub-predictors mixed in (2026-12-06, session 19; particles-u16 seed 4, frames
+//! 1-5): the previous frame 5.983, its 3x3 mean 5.997, previous + 3x3 + 5x5 means 6.069, the 5x5
+//! mean alone 5.323, against `none` 7.628: on sparse spots over a Poisson background no mix of
+//! predictors comes near coding the counts themselves (the lever there is the coder's
+//! conditioning on the intensity: `docs/results/issue14-particles-lab.txt`).
 //! `cargo run --release --example wp_lab DIR...` (raw frames + meta.json)
 use tezipfs::codec::entropy::{Coder, Side, Stage};
 use tezipfs::fixtures::{read_raw_dir, RawDir};
@@ -17,9 +22,9 @@ fn zz(r: i64) -> u32 {
 }
 
 /// Weighted prediction of every pixel (values scaled by 8 inside), residual codes out.
-fn wp_codes(img: &[u32], w: usize, h: usize, temporal: Option<&[u32]>) -> Vec<u32> {
+fn wp_codes(img: &[u32], w: usize, h: usize, temporal: &[&[u32]]) -> Vec<u32> {
     let n = w * h;
-    let np = if temporal.is_some() { 5 } else { 4 };
+    let np = 4 + temporal.len();
     let mut err = vec![vec![0i64; n]; np];
     let mut te = vec![0i64; n];
     let mut out = Vec::with_capacity(n);
@@ -59,10 +64,10 @@ fn wp_codes(img: &[u32], w: usize, h: usize, temporal: Option<&[u32]>) -> Vec<u3
                 ww - (((te_w + te_n + te_nw) * 10) >> 5),
                 nn_ - ((te_nw * 7 + te_n * 7 + te_ne * 7) >> 5),
             ];
-            if let Some(t) = temporal {
+            for t in temporal {
                 p.push((t[i] as i64) << 3);
             }
-            let wts = [13i64, 12, 12, 12, 12];
+            let wts = [13i64, 12, 12, 12, 12, 12, 12, 12];
             let mut sum_w = 0i64;
             let mut sum_p = 0i64;
             for k in 0..np {
@@ -74,7 +79,7 @@ fn wp_codes(img: &[u32], w: usize, h: usize, temporal: Option<&[u32]>) -> Vec<u3
             let mut pred = if sum_w > 0 { (sum_p + sum_w / 2) / sum_w } else { p[0] };
             let lo = ww.min(nn_).min(ne);
             let hi = ww.max(nn_).max(ne);
-            if temporal.is_none() {
+            if temporal.is_empty() {
                 pred = pred.clamp(lo, hi);
             }
             let actual = (img[i] as i64) << 3;
@@ -84,6 +89,27 @@ fn wp_codes(img: &[u32], w: usize, h: usize, temporal: Option<&[u32]>) -> Vec<u3
             for k in 0..np {
                 err[k][i] = ((p[k] - actual).abs() + 3) >> 3;
             }
+        }
+    }
+    out
+}
+
+/// The mean of `img` over a (2r+1)^2 box (edges clamped), rounded.
+fn box_mean(img: &[u32], w: usize, h: usize, r: isize) -> Vec<u32> {
+    let mut out = vec![0u32; w * h];
+    for y in 0..h as isize {
+        for x in 0..w as isize {
+            let (mut s, mut c) = (0u64, 0u64);
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (xx, yy) = (x + dx, y + dy);
+                    if xx >= 0 && yy >= 0 && xx < w as isize && yy < h as isize {
+                        s += img[yy as usize * w + xx as usize] as u64;
+                        c += 1;
+                    }
+                }
+            }
+            out[y as usize * w + x as usize] = ((s + c / 2) / c) as u32;
         }
     }
     out
@@ -120,15 +146,23 @@ fn main() {
         let RawDir { width: w, height: h, dtype, images: frames, .. } = read_raw_dir(std::path::Path::new(&path), 6).expect("a directory of raw frames");
         let size = |codes: &[u32], coder: &mut Coder| coder.encode(Stage::Adaptive, codes, dtype.bytes().max(2), w, Side::default()).unwrap().len();
         let (mut none, mut med, mut wp, mut wpt) = (0, 0, 0, 0);
+        let (mut mean5, mut wpm, mut wpall) = (0, 0, 0);
         for (k, f) in frames.iter().enumerate().skip(1) {
             let none_codes: Vec<u32> = f.iter().map(|&v| 2 * v).collect();
             none += size(&none_codes, &mut coder);
             med += size(&med_codes(f, w, h), &mut coder);
-            wp += size(&wp_codes(f, w, h, None), &mut coder);
-            wpt += size(&wp_codes(f, w, h, Some(&frames[k - 1])), &mut coder);
+            wp += size(&wp_codes(f, w, h, &[]), &mut coder);
+            wpt += size(&wp_codes(f, w, h, &[&frames[k - 1]]), &mut coder);
+            let m3 = box_mean(&frames[k - 1], w, h, 1);
+            let m5 = box_mean(&frames[k - 1], w, h, 2);
+            let smooth: Vec<u32> = m5.clone();
+            mean5 += size(&smooth.iter().zip(f).map(|(&p, &v)| zz(v as i64 - p as i64)).collect::<Vec<_>>(), &mut coder);
+            wpm += size(&wp_codes(f, w, h, &[&m3]), &mut coder);
+            wpall += size(&wp_codes(f, w, h, &[&frames[k - 1], &m3, &m5]), &mut coder);
         }
         let raw = (frames.len() - 1) * w * h * dtype.bytes();
         let r = |b: usize| raw as f64 / b as f64;
         println!("{path}: ratio (adaptive stage, no temporal context) none {:.3}  med {:.3}  wp {:.3}  wp+previous {:.3}", r(none), r(med), r(wp), r(wpt));
+        println!("{path}:   previous 5x5 mean {:.3}  wp+previous 3x3 mean {:.3}  wp+previous+3x3+5x5 {:.3}", r(mean5), r(wpm), r(wpall));
     }
 }
