@@ -17,6 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod resident;
 pub mod skip;
 pub use skip::{skip, Lack};
 
