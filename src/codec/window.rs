@@ -1367,7 +1367,8 @@ impl Decoder {
     /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`], and the
     /// model's fixed scratch once per stripe decoded at a time; a model this decoder cannot find
     /// adds nothing: it will not decode. Measured for torch by the resident set:
-    /// `tests/model_step_memory.rs`, also a sliced window's decoder on one and two threads).
+    /// `tests/model_step_memory.rs`, and a sliced window's decoder on one and two threads in
+    /// `tests/model_sliced_memory.rs`).
     pub fn memory_bytes(&self) -> u64 {
         let Some(p) = &self.header.params else { return 0 };
         let causal = if p.predictor == PredictorId::Causal { CAUSAL_BYTES_PER_PIXEL } else { 0 };
