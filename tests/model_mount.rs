@@ -9,6 +9,7 @@
 mod common;
 
 use common::{assert_files, set_policy, wait_compressed, write_frames, xattr_get, xattr_set, Fs, Opts, BIN};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tezipfs::codec::DType;
@@ -252,26 +253,34 @@ fn model_auto_trains_one_for_the_directory_and_recodes_its_first_windows() {
     fs.assert_log_clean();
 }
 
+/// A mount with a memory budget of `memory_mib` (4 MiB of it for the cache) and a model,
+/// `wide`, assigned to a directory with `prednet` forced (so that a window takes the model
+/// whatever it predicts); one window of `frames` u16 frames of `width x height` written there
+/// and compressed. The mount (kept alive), the files and the directory's stats.
+fn one_window_with_a_forced_model(memory_mib: u64, width: u32, height: u32, frames: usize) -> (Fs, BTreeMap<PathBuf, Vec<u8>>, serde_json::Value) {
+    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), memory_mib.to_string(), "--cache-mib".into(), "4".into()], ..Opts::default() });
+    let (path, _) = model_file(&fs, "m", 1);
+    import(&fs, &path, "wide");
+    let d = fs.path("wide");
+    std::fs::create_dir(&d).unwrap();
+    set_policy(&d, Some(&format!("raw:{width}x{height}:u16")), None, Some(frames));
+    xattr_set(&d, "user.tezip.model", b"wide").unwrap();
+    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
+    let files = write_frames(&d, &generate_raw(&SequenceSpec::detector_u16(width, height, frames, 7)), "raw");
+    wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
+    let st = fs.stats(&d);
+    (fs, files, st)
+}
+
 /// A window whose model's states do not fit in the memory budget beside its classical working
 /// set is coded without its model (counted in `model_skipped_windows`), and nothing is lost.
 #[test]
 fn a_model_whose_states_do_not_fit_the_memory_budget_is_left_out() {
     require_fuse!();
-    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "64".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
-    let (path, _) = model_file(&fs, "m", 1);
-    import(&fs, &path, "wide");
-    let d = fs.path("wide");
-    std::fs::create_dir(&d).unwrap();
     // Windows of 4 frames of 0.5 Mpixel: 56 MiB of classical working set (`memory::window_bytes`)
     // of the 60 beside the cache; the model's replay and states another 89 MiB
     // (`window::model_window_bytes`: three states of 54 B a pixel, lossless).
-    set_policy(&d, Some("raw:512x1024:u16"), None, Some(4));
-    xattr_set(&d, "user.tezip.model", b"wide").unwrap();
-    // (Forced, so that the window would take the model whatever it predicts.)
-    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
-    let files = write_frames(&d, &generate_raw(&SequenceSpec::detector_u16(512, 1024, 4, 7)), "raw");
-    wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
-    let st = fs.stats(&d);
+    let (_fs, files, st) = one_window_with_a_forced_model(64, 512, 1024, 4);
     for p in files.keys() {
         assert!(!predictor(p).starts_with("prednet"), "{}: {}", p.display(), predictor(p));
     }
@@ -291,17 +300,7 @@ fn a_sliced_window_runs_fewer_stripes_at_once_rather_than_leave_its_model_out() 
     // share per stripe 212 MB (`window::model_window_bytes`: replay 8 MB, three states of 54 B a
     // pixel, 34 MB of scratch): one stripe at a time fits (329 MB), both at once do not (541 MB),
     // and neither does the whole frame's charge the engine made before stripes counted (507 MB).
-    let fs = Fs::with(Opts { extra: vec!["--memory-mib".into(), "424".into(), "--cache-mib".into(), "4".into()], ..Opts::default() });
-    let (path, _) = model_file(&fs, "m", 1);
-    import(&fs, &path, "wide");
-    let d = fs.path("wide");
-    std::fs::create_dir(&d).unwrap();
-    set_policy(&d, Some("raw:2048x1024:u16"), None, Some(2));
-    xattr_set(&d, "user.tezip.model", b"wide").unwrap();
-    xattr_set(&d, "user.tezip.predictor", b"prednet").unwrap();
-    let files = write_frames(&d, &generate_raw(&SequenceSpec::detector_u16(2048, 1024, 2, 7)), "raw");
-    wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
-    let st = fs.stats(&d);
+    let (_fs, files, st) = one_window_with_a_forced_model(424, 2048, 1024, 2);
     for p in files.keys() {
         assert!(predictor(p).starts_with("prednet"), "{}: {} ({st})", p.display(), predictor(p));
     }
