@@ -46,7 +46,14 @@ fn main() {
                                 c,
                                 dtype.bytes(),
                                 w,
-                                Side { prev: k.checked_sub(1).map(|j| &codes[j][..]), quantised: false, carry: false, gradient: None, intensity: None },
+                                Side {
+                                    prev: k.checked_sub(1).map(|j| &codes[j][..]),
+                                    quantised: false,
+                                    carry: false,
+                                    gradient: None,
+                                    intensity: None,
+                                    sliced: false,
+                                },
                             )
                             .unwrap()
                     })

@@ -1096,6 +1096,7 @@ fn crafted_blobs_do_not_panic() {
                                 carry: false,
                                 moved_context: fill == 0x55 && k == 1,
                                 intensity: fill == 0x55 && k == 2,
+                                sliced: false,
                             }),
                         });
                     }
@@ -1238,8 +1239,8 @@ fn adaptive_stage_codes_every_width_directly() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
                     for side in [
-                        Side { prev: None, quantised, carry: false, gradient: None, intensity: None },
-                        Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev), intensity: Some(prev) },
+                        Side { prev: None, quantised, carry: false, gradient: None, intensity: None, sliced: false },
+                        Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev), intensity: Some(prev), sliced: true },
                     ] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
@@ -1997,4 +1998,90 @@ fn linears_wide_taps_need_version_9() {
     b[8..10].copy_from_slice(&9u16.to_le_bytes());
     let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("wide linear"), "a version-9 blob without the wide set: {err:?}");
+}
+
+// ---- the adaptive stage's row slices (container version 11) -----------------------------------
+
+/// Frames of 196,608 pixels or more are coded by the adaptive stage in row slices (version 11):
+/// the same bytes on any thread count, bit-exact lossless and within the bound under one,
+/// identical reconstructions to the unsliced coding (an older version); a slicing flag the
+/// stream does not match, or one on a frame of another stage, is refused.
+#[test]
+fn row_slices_round_trip_and_are_checked() {
+    use tezipfs::codec::container::{Blob, Body, Writer};
+    use tezipfs::codec::entropy::{adaptive, Stage};
+    let (w, h) = (512u32, 400u32);
+    assert_eq!(adaptive::slices_for((w * h) as usize, w as usize), 2);
+    let spec = SequenceSpec::of_scene(tezipfs::fixtures::Scene::Detector, DType::U8, w, h, 4, 31);
+    let files = generate_raw(&spec);
+    let images = generate_images(&spec);
+    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+        let opts = Options {
+            bound,
+            stage: Some(Stage::Adaptive),
+            threads: 1,
+            ..options(raw(w, h, DType::U8, 0), PredictorChoice::Fixed(PredictorId::Previous), false)
+        };
+        let enc = encode_window(&refs(&files), &opts).unwrap();
+        assert_eq!(version_of(&enc.blob), 11, "{bound}");
+        assert_eq!(encode_window(&refs(&files), &Options { threads: 2, ..opts.clone() }).unwrap().blob, enc.blob, "{bound}: 2 threads code the same bytes");
+        let blob = Blob::parse(&enc.blob).unwrap();
+        assert!(blob.header.entries.iter().all(|e| matches!(&e.body, Body::Frame(f) if f.sliced)), "{bound}: every frame in slices");
+        let all = decode_window(&enc.blob).unwrap();
+        for (k, out) in all.iter().enumerate() {
+            if bound == Bound::Lossless {
+                assert_eq!(crc32c::crc32c(out), crc32c::crc32c(&files[k]), "frame {k} bit-exact");
+            } else {
+                let mut got = Vec::new();
+                DType::U8.decode_pixels(out, false, &mut got);
+                assert!(got.iter().zip(&images[k]).all(|(&a, &b)| a.abs_diff(b) <= 2), "frame {k} within the bound");
+            }
+        }
+        for threads in [1, 2, 3] {
+            let mut dec = Decoder::new(&enc.blob).unwrap();
+            dec.set_threads(threads);
+            assert_eq!(dec.decode(files.len() - 1, |_, _| {}).unwrap(), all[files.len() - 1], "{bound}, {threads} threads");
+            assert_eq!(dec.decode(1, |_, _| {}).unwrap(), all[1], "{bound}, {threads} threads, a seek back");
+        }
+        let older = encode_window(&refs(&files), &Options { row_slices: false, ..opts.clone() }).unwrap();
+        assert!(version_of(&older.blob) < 11, "{bound}");
+        assert_eq!(decode_window(&older.blob).unwrap(), all, "{bound}: slicing changes the coding, not the reconstructions");
+        // The flag changed in the header (the payload as coded).
+        let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
+        let rebuild = |blob: &Blob, payload: &[u8], k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
+            let mut header = blob.header.clone();
+            if let Body::Frame(f) = &mut header.entries[k].body {
+                change(f);
+            }
+            let mut wr = Writer::default();
+            wr.section(payload);
+            wr.finish(&header)
+        };
+        let older_blob = Blob::parse(&older.blob).unwrap();
+        let older_payload = &older.blob[older_blob.payload_offset(&older.blob)..];
+        let cases = [
+            ("a sliced stream without the container's flag", rebuild(&blob, payload, 1, &|f| f.sliced = false)),
+            ("the key frame's sliced stream without the flag", rebuild(&blob, payload, 0, &|f| f.sliced = false)),
+            ("the flag on a stream of one slice", rebuild(&older_blob, older_payload, 2, &|f| f.sliced = true)),
+        ];
+        for (what, bad) in cases {
+            assert_eq!(version_of(&bad), 11, "{what}");
+            assert!(decode_window(&bad).is_err(), "{bound}: {what} decoded");
+        }
+        let zstd = rebuild(&blob, payload, 1, &|f| f.stage = Stage::Zstd);
+        assert!(Blob::parse(&zstd).is_err(), "{bound}: row slices on a zstd frame parsed");
+        // A version-11 blob relabelled 10 (the flag is unknown there).
+        let mut relabelled = enc.blob.clone();
+        relabelled[8..10].copy_from_slice(&10u16.to_le_bytes());
+        assert!(Blob::parse(&relabelled).is_err(), "{bound}: version 10 with the slicing flag parsed");
+        // Every byte of the first frame's codes flipped in turn (sampled): an error, never a panic.
+        if let Body::Frame(f) = &blob.header.entries[0].body {
+            let start = enc.blob.len() - payload.len() + f.codes.offset as usize;
+            for i in (start..start + f.codes.len as usize).step_by(997) {
+                let mut flipped = enc.blob.clone();
+                flipped[i] ^= 0x20;
+                assert!(decode_window(&flipped).is_err(), "{bound}: a flipped byte at {i} decoded");
+            }
+        }
+    }
 }

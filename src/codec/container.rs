@@ -26,7 +26,7 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
 /// model's causal stage), so other blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 10;
+pub const VERSION: u16 = 11;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +107,9 @@ pub struct FrameEntry {
     /// (`entropy::adaptive::Side::intensity`). Version 8; needs stage 5 on a frame that is not
     /// the key.
     pub intensity: bool,
+    /// The adaptive stage cuts the frame into row slices, each a stream of its own
+    /// (`entropy::adaptive::Side::sliced`). Version 11; needs stage 5.
+    pub sliced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -184,6 +187,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if needs_v11(&header.entries) {
+            11
         } else if header.params.as_ref().is_some_and(needs_v10) {
             10
         } else if header.params.as_ref().is_some_and(needs_v9) {
@@ -307,7 +312,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8..=10) {
+        if !matches!(version, 2..=6 | 8..=11) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -425,6 +430,11 @@ fn needs_v9(p: &Params) -> bool {
     p.predictor == PredictorId::Linear && super::predict::linear::is_wide(&p.coefs)
 }
 
+/// Whether some frame's adaptive stage cuts it into row slices (what version 11 is for).
+fn needs_v11(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.sliced))
+}
+
 /// Whether the window is predicted by a model's causal stage (what version 10 is for).
 fn needs_v10(p: &Params) -> bool {
     p.predictor == PredictorId::Causal
@@ -496,8 +506,14 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
             // Version 5: bit 1 says the modes carry phases (only with bit 0), bit 2
             // that the adaptive models carry over, bit 3 that its temporal context moves.
             // Version 8: bit 4 says the adaptive stage weighs the reference's intensity.
+            // Version 11: bit 5 that the adaptive stage cuts the frame into row slices.
             out.push(
-                f.block_modes as u8 | ((f.subpel && f.block_modes) as u8 * 2) | (f.carry as u8 * 4) | (f.moved_context as u8 * 8) | (f.intensity as u8 * 16),
+                f.block_modes as u8
+                    | ((f.subpel && f.block_modes) as u8 * 2)
+                    | (f.carry as u8 * 4)
+                    | (f.moved_context as u8 * 8)
+                    | (f.intensity as u8 * 16)
+                    | (f.sliced as u8 * 32),
             );
         }
     });
@@ -689,6 +705,7 @@ fn read_sliced_header(h: &[u8]) -> Result<Header, BlobError> {
             carry: false,
             moved_context: false,
             intensity: false,
+            sliced: false,
         };
         key = false;
         Ok(f)
@@ -761,13 +778,18 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         let motion = if version >= 3 { c.section()? } else { Section::default() };
         let flags = if version >= 4 { c.u8()? } else { 0 };
         let known = match version {
+            11.. => 63,
             8.. => 31,
             5.. => 15,
             _ => 1,
         };
-        let (block_modes, subpel, carry, moved_context, intensity) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0, flags & 16 != 0);
+        let (block_modes, subpel, carry, moved_context, intensity, sliced) =
+            (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0, flags & 16 != 0, flags & 32 != 0);
         if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
             return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
+        }
+        if sliced && stage != Stage::Adaptive {
+            return Err(bad(format!("entry {i}: row slices on a frame of entropy stage {}", stage as u8)));
         }
         if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts))) || ((moved_context || intensity) && (key || stage != Stage::Adaptive)) {
             let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
@@ -792,6 +814,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
             carry,
             moved_context,
             intensity,
+            sliced,
         })
     })?;
     if c.pos != h.len() {
@@ -808,6 +831,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         8 => needs_v8(&entries),
         9 => params.as_ref().is_some_and(needs_v9),
         10 => params.as_ref().is_some_and(needs_v10),
+        11 => needs_v11(&entries),
         _ => true,
     };
     if !used {
@@ -820,6 +844,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 6 => "a learned model",
                 9 => "the wide linear tap set",
                 10 => "the causal predictor",
+                11 => "adaptive row slices",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

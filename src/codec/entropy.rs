@@ -159,6 +159,17 @@ impl Coder {
         self.level
     }
 
+    /// Threads the adaptive stage may code and decode a frame's row slices on (0 and 1: the
+    /// caller's only); the bytes do not depend on it.
+    pub fn set_threads(&mut self, n: usize) {
+        self.adaptive.threads = n;
+    }
+
+    /// See [`Coder::set_threads`].
+    pub fn threads(&self) -> usize {
+        self.adaptive.threads
+    }
+
     /// zstd of arbitrary bytes.
     pub fn compress_bytes(&mut self, data: &[u8]) -> Result<Vec<u8>, EntropyError> {
         Ok(self.comp.compress(data)?)

@@ -147,6 +147,9 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
             format: FormatSpec::Raw(RawSpec { width, height: stripe_rows(s), dtype, skip: 0 }),
             slice_pixels: 0,
             threads: 1,
+            // (The stripes are what runs side by side: row slices in them would cost ratio
+            // and gain no speed.)
+            row_slices: false,
             reconstructions: lossy,
             ..opts.clone()
         };
@@ -226,6 +229,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
                 carry: false,
                 moved_context: false,
                 intensity: false,
+                sliced: false,
             }),
         });
         reports.push(EntryReport::Frame { escapes });

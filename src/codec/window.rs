@@ -9,7 +9,7 @@
 
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
 use super::dtype::DType;
-use super::entropy::{Coder, EntropyChoice, Side, Stage};
+use super::entropy::{adaptive, Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predict::{linear, motion, Geometry, Model, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
@@ -58,6 +58,10 @@ pub struct Options {
     /// finds it pays (container version 8; off: the blobs an older build reads, for comparisons
     /// and tests).
     pub intensity_context: bool,
+    /// Let the adaptive stage cut frames of 196,608 pixels or more into row slices, coded and
+    /// decoded side by side on `threads` (container version 11, `entropy::adaptive::slices_for`;
+    /// off: one chain per frame, the blobs an older build reads, for comparisons and tests).
+    pub row_slices: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
@@ -77,6 +81,7 @@ impl Default for Options {
             threads: 0,
             reconstructions: false,
             intensity_context: true,
+            row_slices: true,
             stage: None,
         }
     }
@@ -255,6 +260,8 @@ struct CodedFrame {
     moved_context: bool,
     /// The adaptive stage weighed the reference's intensity (container version 8).
     intensity: bool,
+    /// The adaptive stage cut the frame into row slices (container version 11).
+    sliced: bool,
     /// The reconstruction under a bound, when [`Options::reconstructions`] asks for it.
     recon: Vec<u32>,
 }
@@ -269,6 +276,8 @@ struct Quantised {
     frames: Vec<quantizer::Coded>,
     /// Motion vectors of each frame as stored (before zstd; empty: none).
     motion: Vec<Vec<u8>>,
+    /// The adaptive stage cuts the frames into row slices ([`Options::row_slices`]).
+    sliced: bool,
 }
 
 /// Buffers of [`Quantised::side`]: the moved codes and the moved prediction.
@@ -319,9 +328,16 @@ impl Quantised {
                         .expect("the search's own vectors fit the frame");
                     &buf.prediction[..]
                 };
-                Side { prev: Some(&buf.codes[..]), quantised, carry, gradient: Some(gradient), intensity: intensity.then_some(gradient) }
+                Side { prev: Some(&buf.codes[..]), quantised, carry, gradient: Some(gradient), intensity: intensity.then_some(gradient), sliced: self.sliced }
             }
-            _ => Side { prev, quantised, carry, gradient: None, intensity: k.checked_sub(1).filter(|_| intensity).map(|j| self.recon(chain, j)) },
+            _ => Side {
+                prev,
+                quantised,
+                carry,
+                gradient: None,
+                intensity: k.checked_sub(1).filter(|_| intensity).map(|j| self.recon(chain, j)),
+                sliced: self.sliced,
+            },
         }
     }
 }
@@ -521,6 +537,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     carry: c.carry,
                     moved_context: c.moved_context,
                     intensity: c.intensity,
+                    sliced: c.sliced,
                 }),
             });
             next += 1;
@@ -1034,7 +1051,7 @@ fn quantize_frames(
 ) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
     let pid = session.predictor();
-    let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+    let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
     // The reference moved by the search's vectors before their refinement (block modes' fallback).
     let mut unrefined = Vec::new();
     for (k, x) in chain.images[frames].iter().enumerate() {
@@ -1175,6 +1192,7 @@ impl ChainCoding {
         let carry = side.carry && matches!(stage, Stage::Adaptive | Stage::Counts);
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         let intensity = side.intensity.is_some() && stage == Stage::Adaptive;
+        let sliced = side.sliced && stage == Stage::Adaptive && adaptive::slices_for(c.codes.len(), geom.width) > 1;
         self.last_stage = Some(stage);
         Ok(CodedFrame {
             stage,
@@ -1189,6 +1207,7 @@ impl ChainCoding {
             carry,
             moved_context,
             intensity,
+            sliced,
             recon: Vec::new(),
         })
     }
@@ -1211,11 +1230,31 @@ fn quantize_and_code(
         let q = quantize_chain(chain, dtype, geom, opts, session, 0..n)?;
         return code_chain(chain, dtype, geom, opts, plan, &q, coder);
     }
+    // The adaptive stage codes a frame's row slices side by side (the probe's coders do not:
+    // their candidates already run side by side).
+    let before = coder.threads();
+    coder.set_threads(opts.threads);
+    let coded = quantize_and_code_pipelined(chain, dtype, geom, opts, plan, session, coder);
+    coder.set_threads(before);
+    coded
+}
+
+/// [`quantize_and_code`] with two threads or more.
+fn quantize_and_code_pipelined(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    plan: Plan,
+    session: Session,
+    coder: &mut Coder,
+) -> Result<Vec<CodedFrame>, EncodeError> {
+    let n = chain.images.len();
     let moves = session.predictor().moves();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
         let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, opts, session, 0..n, Some(&tx)).map(|_| ()));
-        let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n) };
+        let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
         let mut state = ChainCoding::default();
         let mut out = Vec::with_capacity(n);
         let mut failed = None;
@@ -1348,6 +1387,8 @@ impl Decoder {
     /// two (see [`Decoder::decode`]). What it decodes does not change.
     pub fn set_threads(&mut self, n: usize) {
         self.threads = super::slices::threads(n);
+        // (The adaptive stage's row slices of a frame side by side.)
+        self.codes.coder.set_threads(self.threads);
         if let Some(s) = &mut self.slices {
             s.threads = n;
         }
@@ -1723,6 +1764,7 @@ impl CodeState {
             } else {
                 None
             },
+            sliced: f.sliced,
         };
         // (The older codes' buffer is reused for this frame's.)
         let mut codes = std::mem::take(&mut self.older_codes);

@@ -25,13 +25,21 @@
 //! stream gives wrong codes (caught by the container's CRC) or an error, never a panic or a hang:
 //! the decoder reads zeros past the end (then reports it) and every loop is bounded.
 //!
+//! Row slices (container version 11): a frame of 196,608 pixels or more may be cut into up to
+//! four runs of rows ([`slices_for`]), each a stream of its own with models of its own (carried
+//! slice by slice from frame to frame), coded and decoded on as many threads
+//! ([`Scratch::threads`]): the serial chain below is cut without cutting the frame's other
+//! contexts (temporal, gradient and intensity stay the whole frame's; only a slice's first row
+//! loses the row above). On the shared sets two slices cost 0.2-0.5% in size
+//! (`docs/results/row-slices.txt`).
+//!
 //! The stream layout is in `docs/FORMAT.md` (stage 5). Tried and dropped (they did not pay on
 //! the shared data sets): JPEG-LS bias cancellation per context, local gradients of the
 //! reconstruction and the previous frame's intensity as extra contexts (an extra dimension;
 //! the intensity context above replaces one instead), a 16-symbol adaptive
-//! CDF instead of the binary ladder, and two interleaved slices for speed (two independent
-//! dependency chains did not decode faster: the time goes to mispredicted branches, not to
-//! latency, and they cost about 1% in size; the format keeps a slice count, always 1);
+//! CDF instead of the binary ladder, and two interleaved slices on one thread for speed (two
+//! independent dependency chains did not decode faster: the time goes to mispredicted branches,
+//! not to latency, and they cost about 1% in size);
 //! logistic mixing of the four estimates instead of the average (0.1-1.9% smaller for 30-42% of
 //! the decoding speed) and update-count rates (larger on all but one set):
 //! `docs/results/issue14-mixing.txt`.
@@ -52,6 +60,7 @@
 
 use super::range::{Dec, Enc};
 use super::rans::{put_varint, BitReader, BitWriter, In, RansError};
+use std::ops::Range;
 
 /// Largest exponent of a magnitude: |residual| < 2^34 (32-bit residual minus nothing larger).
 const MAX_EXP: usize = 34;
@@ -322,26 +331,23 @@ fn sign3(s: i32) -> usize {
     (s > 0) as usize + 2 * (s < 0) as usize
 }
 
-/// Per-pixel temporal context from the previous frame's codes `p` (mapped to residuals like
-/// the current frame's): `level(2|p[i]| + |p[left]| + |p[right]| + |p[up]| + |p[down]|) << 2 |
-/// sign(p[i])` (missing neighbours 0), into `out`; all zero without a previous frame. `mags`
-/// is scratch space.
-/// The intensity level of every pixel from the frame's reference `r` (`None`: [`NO_INTENSITY`]):
-/// `s = 2 r[i] + r[left] + r[right] + r[up] + r[down]` (edges replicated), two levels an
-/// octave (`s` below 4 is its own level, else `2t + h - 2` with `t` the bit length of `s` and `h`
-/// the bit below its top one), at most 23.
-fn intensity_into(r: Option<&[u32]>, n: usize, cols: usize, out: &mut Vec<u8>) {
+/// The intensity level of the pixels of `rows` from the frame's reference `r` (`None`:
+/// [`NO_INTENSITY`]): `s = 2 r[i] + r[left] + r[right] + r[up] + r[down]` (edges of the frame
+/// replicated), two levels an octave (`s` below 4 is its own level, else `2t + h - 2` with `t`
+/// the bit length of `s` and `h` the bit below its top one), at most 23. With a reference, `n`
+/// is a whole number of rows.
+fn intensity_into(r: Option<&[u32]>, n: usize, cols: usize, rows: Range<usize>, out: &mut Vec<u8>) {
     out.clear();
     let Some(r) = r else {
-        out.resize(n, NO_INTENSITY);
+        out.resize(n.min(rows.end * cols) - rows.start * cols, NO_INTENSITY);
         return;
     };
-    out.resize(n, 0);
-    let rows = n / cols;
+    out.resize(rows.len() * cols, 0);
+    let last = n / cols - 1;
     // (Every `s` from 4095 on is level 23: a table of the first 4096.)
     let level = |s: u64| INTENSITY_LEVEL[s.min(4095) as usize];
-    for (y, o) in out.chunks_exact_mut(cols).enumerate() {
-        let (up, row, down) = (&r[y.saturating_sub(1) * cols..][..cols], &r[y * cols..][..cols], &r[(y + 1).min(rows - 1) * cols..][..cols]);
+    for (y, o) in rows.zip(out.chunks_exact_mut(cols)) {
+        let (up, row, down) = (&r[y.saturating_sub(1) * cols..][..cols], &r[y * cols..][..cols], &r[(y + 1).min(last) * cols..][..cols]);
         let s = |x: usize, l: usize, rr: usize| 2 * row[x] as u64 + row[l] as u64 + row[rr] as u64 + up[x] as u64 + down[x] as u64;
         o[0] = level(s(0, 0, 1.min(cols - 1)));
         if cols > 1 {
@@ -375,22 +381,30 @@ const INTENSITY_LEVEL: [u8; 4096] = {
     t
 };
 
-fn temporal_into(prev: Option<&[u32]>, map: Mapping, n: usize, cols: usize, shift: u32, out: &mut Vec<u8>, mags: &mut Vec<u32>) {
+/// The temporal context of the pixels of `rows` from the previous frame's codes `p` (mapped to
+/// residuals like the current frame's): `level(2|p[i]| + |p[left]| + |p[right]| + |p[up]| +
+/// |p[down]|) << 2 | sign(p[i])` (neighbours outside the frame 0), into `out`; all zero without
+/// a previous frame. `mags` is scratch space.
+#[allow(clippy::too_many_arguments)]
+fn temporal_into(prev: Option<&[u32]>, map: Mapping, n: usize, cols: usize, shift: u32, rows: Range<usize>, out: &mut Vec<u8>, mags: &mut Vec<u32>) {
+    let (first, end) = (rows.start * cols, n.min(rows.end * cols));
     out.clear();
-    out.resize(n, 0);
+    out.resize(end - first, 0);
     let Some(p) = prev.filter(|p| p.len() == n) else { return };
-    let rows = n.div_ceil(cols);
-    // Magnitudes (|clipped residual| < 2^31) with a border of zeros: a row of `cols + 2`
-    // above, below and around the frame.
+    // Magnitudes (|clipped residual| < 2^31) of the rows `lo..hi` (those of `rows` and one more
+    // on each side where the frame has it) with a border of zeros: a row of `cols + 2` above,
+    // below and around them.
+    let (lo, hi) = (rows.start.saturating_sub(1), (rows.end + 1).min(n.div_ceil(cols)));
     let stride = cols + 2;
     mags.clear();
-    mags.resize((rows + 2) * stride, 0);
-    for (src, dst) in p.chunks(cols).zip(mags[stride..].chunks_mut(stride)) {
+    mags.resize((hi - lo + 2) * stride, 0);
+    for (src, dst) in p[lo * cols..n.min(hi * cols)].chunks(cols).zip(mags[stride..].chunks_mut(stride)) {
         for (&c, m) in src.iter().zip(&mut dst[1..]) {
             *m = clip(map.signed(c)).unsigned_abs();
         }
     }
-    for ((src, o), w) in p.chunks(cols).zip(out.chunks_mut(cols)).zip(mags.windows(3 * stride).step_by(stride)) {
+    let windows = mags[(rows.start - lo) * stride..].windows(3 * stride).step_by(stride);
+    for ((src, o), w) in p[first..end].chunks(cols).zip(out.chunks_mut(cols)).zip(windows) {
         let (u, c, d) = (&w[..stride], &w[stride..2 * stride], &w[2 * stride..]);
         // Entry `x + 1` of a bordered row is column `x`: windows of three give the left,
         // centre and right magnitudes; `u[1..]` and `d[1..]` the ones above and below.
@@ -407,11 +421,11 @@ fn temporal_into(prev: Option<&[u32]>, map: Mapping, n: usize, cols: usize, shif
 /// (from [`temporal_into`]): the level becomes the rounded mean of the temporal level and
 /// `level(g >> shift, 11)`, `g` the sum of the absolute differences between the prediction and
 /// its four neighbours (0 on the frame's border); the sign bits stay.
-fn mix_gradient(pred: &[u32], cols: usize, shift: u32, qts: &mut [u8]) {
-    let rows = pred.len() / cols;
-    for y in 1..rows.saturating_sub(1) {
+fn mix_gradient(pred: &[u32], cols: usize, shift: u32, rows: Range<usize>, qts: &mut [u8]) {
+    let all = pred.len() / cols;
+    for y in rows.start.max(1)..rows.end.min(all.saturating_sub(1)) {
         let (up, row, down) = (&pred[(y - 1) * cols..y * cols], &pred[y * cols..(y + 1) * cols], &pred[(y + 1) * cols..(y + 2) * cols]);
-        let q = &mut qts[y * cols..(y + 1) * cols];
+        let q = &mut qts[(y - rows.start) * cols..(y - rows.start + 1) * cols];
         for x in 1..cols.saturating_sub(1) {
             let c = row[x];
             let g = c.abs_diff(row[x - 1]) as u64 + c.abs_diff(row[x + 1]) as u64 + c.abs_diff(up[x]) as u64 + c.abs_diff(down[x]) as u64;
@@ -462,6 +476,12 @@ pub struct Side<'a> {
     /// the second context (container version 8: photon noise grows with the intensity; ctc at
     /// abs:4 4.6% smaller, the detector fixtures at abs:2 3-5%).
     pub intensity: Option<&'a [u32]>,
+    /// The frame's rows are cut into [`slices_for`] row slices, each coded as a stream of its
+    /// own with models of its own (container version 11), so that the slices of a frame are
+    /// coded and decoded side by side. A slice's first row has no row above it (as a frame's
+    /// first row); its temporal, gradient and intensity contexts are the whole frame's. With
+    /// `carry`, slice `j` continues the models of slice `j` of the previous frame.
+    pub sliced: bool,
 }
 
 /// The contexts of one pixel.
@@ -494,31 +514,121 @@ fn context(a: i32, b: i32, c: i32, d: i32, v: u8, shift: u32, qi: u8) -> Cx {
 /// faults).
 #[derive(Default)]
 pub struct Scratch {
+    /// One per row slice of the last frame coded: its models and buffers.
+    slices: Vec<SliceState>,
+    /// Threads the slices of a frame are coded on (at most one per slice; 0 and 1: the caller's).
+    pub threads: usize,
+}
+
+/// What one row slice's coder keeps: its models (carried to the same slice of the next frame)
+/// and its buffers.
+struct SliceState {
+    models: Models,
+    /// Temporal context of the slice's pixels ([`temporal_into`]).
     qts: Vec<u8>,
-    /// Intensity levels of the frame's pixels ([`intensity_into`]).
+    /// Intensity levels of the slice's pixels ([`intensity_into`]).
     qis: Vec<u8>,
     mags: Vec<u32>,
     /// Clipped residuals of the previous and the current row, with a zero border (entry
     /// `x + 1` is column `x`).
     up: Vec<i32>,
     cur: Vec<i32>,
-    models: Option<Models>,
 }
 
 impl Scratch {
-    /// Fresh models (or, with `carry`, the ones left by the last frame) and zeroed row buffers
-    /// for a frame of `cols` columns.
-    fn fresh(&mut self, cols: usize, carry: bool) {
-        match &mut self.models {
-            Some(m) if !carry => m.reset(),
-            Some(_) => {}
-            None => self.models = Some(Models::new()),
+    /// `count` slice states for a frame of `cols` columns: fresh models (or, with `carry`, the
+    /// ones the last frame left, which must have had as many slices) and zeroed row buffers.
+    fn fresh(&mut self, cols: usize, count: usize, carry: bool) -> Result<(), RansError> {
+        if carry && !self.slices.is_empty() && self.slices.len() != count {
+            return Err(RansError("adaptive models carried over from a frame of another slice count"));
         }
-        for r in [&mut self.up, &mut self.cur] {
-            r.clear();
-            r.resize(cols + 2, 0);
+        self.slices.truncate(count);
+        for s in &mut self.slices {
+            if !carry {
+                s.models.reset();
+            }
+        }
+        while self.slices.len() < count {
+            self.slices.push(SliceState { models: Models::new(), qts: Vec::new(), qis: Vec::new(), mags: Vec::new(), up: Vec::new(), cur: Vec::new() });
+        }
+        for s in &mut self.slices {
+            for r in [&mut s.up, &mut s.cur] {
+                r.clear();
+                r.resize(cols + 2, 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the contexts of a frame's pixels are made from, besides the codes.
+#[derive(Clone, Copy)]
+struct Frame<'a> {
+    n: usize,
+    cols: usize,
+    map: Mapping,
+    shift: u32,
+    /// The previous frame's codes (the temporal context), checked.
+    prev: Option<&'a [u32]>,
+    /// The prediction whose gradient is mixed into the temporal context.
+    gradient: Option<&'a [u32]>,
+    /// The reference whose local intensity is the second context, checked.
+    intensity: Option<&'a [u32]>,
+}
+
+impl Frame<'_> {
+    /// The temporal and intensity contexts of the pixels of `rows` into `st`'s buffers.
+    fn contexts(&self, rows: Range<usize>, st: &mut SliceState) {
+        let Frame { n, cols, map, shift, prev, gradient, intensity } = *self;
+        intensity_into(intensity, n, cols, rows.clone(), &mut st.qis);
+        temporal_into(prev, map, n, cols, shift, rows.clone(), &mut st.qts, &mut st.mags);
+        if prev.is_some() {
+            if let Some(g) = gradient.filter(|g| g.len() == n) {
+                mix_gradient(g, cols, shift, rows, &mut st.qts);
+            }
         }
     }
+}
+
+/// Pixels per row slice the encoder aims at.
+pub const SLICE_PIXELS: usize = 1 << 17;
+/// Most row slices of a frame.
+pub const MAX_SLICES: usize = 4;
+
+/// The number of row slices a frame of `n` codes in rows of `cols` is cut into when it is sliced
+/// ([`Side::sliced`]): `n / SLICE_PIXELS` rounded to the nearest, at most [`MAX_SLICES`] and at
+/// most one per 16 rows. 1: not sliced (frames below 196,608 pixels).
+pub fn slices_for(n: usize, cols: usize) -> usize {
+    let rows = n / cols.max(1);
+    ((n + SLICE_PIXELS / 2) / SLICE_PIXELS).min(MAX_SLICES).min(rows / 16).max(1)
+}
+
+/// Where the encoder cuts a frame's rows into `count` slices: at equal shares of the work its
+/// codes are expected to take (per pixel 2 plus the magnitude token, about the decisions a
+/// pixel takes), so that slices coded side by side finish together. Every slice gets a row
+/// at least. Returns the first row of each slice and the frame's row count at the end.
+fn cut_rows(codes: &[u32], cols: usize, map: Mapping, count: usize) -> Vec<usize> {
+    let rows = codes.len() / cols;
+    let work: Vec<u64> = codes.chunks(cols).map(|row| row.iter().map(|&c| 2 + token(map.signed(c).unsigned_abs()) as u64).sum()).collect();
+    let total: u64 = work.iter().sum();
+    let mut cuts = vec![0usize];
+    let mut acc = 0u64;
+    for (y, w) in work.iter().enumerate() {
+        let j = cuts.len();
+        // Cut before row `y` once the rows before hold slice `j`'s share, leaving a row for
+        // every slice still to come.
+        if j < count && y > cuts[j - 1] && acc * count as u64 >= total * j as u64 && rows - y >= count - j {
+            cuts.push(y);
+        }
+        acc += w;
+    }
+    // (Rows too few for equal shares: the last slices one row each.)
+    while cuts.len() < count {
+        let last = *cuts.last().expect("starts with row 0");
+        cuts.push(last + 1);
+    }
+    cuts.push(rows);
+    cuts
 }
 
 fn mapping(quantised: bool, width: usize) -> Mapping {
@@ -636,17 +746,72 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
     let intensity = side.intensity.filter(|r| r.len() == n && n % cols == 0);
     let flags =
         if side.quantised { FLAG_QUANTISED } else { 0 } | if prev.is_some() { FLAG_TEMPORAL } else { 0 } | if intensity.is_some() { FLAG_INTENSITY } else { 0 };
-    intensity_into(intensity, n, cols, &mut scratch.qis);
-    temporal_into(prev, map, n, cols, shift, &mut scratch.qts, &mut scratch.mags);
-    if prev.is_some() {
-        if let Some(g) = side.gradient.filter(|g| g.len() == n) {
-            mix_gradient(g, cols, shift, &mut scratch.qts);
-        }
+    let frame = Frame { n, cols, map, shift, prev, gradient: side.gradient, intensity };
+    // Slices need whole rows too.
+    let count = if side.sliced && n % cols == 0 { slices_for(n, cols) } else { 1 };
+    // The models of the previous frame had the same slice count (the caller guarantees it).
+    scratch.fresh(cols, count, side.carry).expect("the encoder's previous frame had this slice count");
+    let cuts = if count == 1 { vec![0, n.div_ceil(cols)] } else { cut_rows(codes, cols, map, count) };
+    let job = |j: usize, st: &mut SliceState| {
+        let rows = cuts[j]..cuts[j + 1];
+        frame.contexts(rows.clone(), st);
+        encode_rows(&codes[rows.start * cols..n.min(rows.end * cols)], frame, st)
+    };
+    let parts: Vec<(Vec<u8>, Vec<u8>)> = on_threads(scratch.slices.iter_mut().collect(), scratch.threads, job);
+    let mut out = Vec::with_capacity(parts.iter().map(|(a, b)| a.len() + b.len() + 8).sum::<usize>() + 8);
+    out.push(flags);
+    out.push(shift as u8);
+    out.push(count as u8);
+    if count == 1 {
+        let (stream, raw) = &parts[0];
+        put_varint(&mut out, stream.len() as u64);
+        out.extend_from_slice(stream);
+        out.extend_from_slice(raw);
+        return out;
     }
-    scratch.fresh(cols, side.carry);
-    let Scratch { qts, qis, up, cur, models, .. } = scratch;
-    let m = models.get_or_insert_with(Models::new);
-    let mut enc = Enc::new(Vec::with_capacity(n / 2 + 16));
+    // Several slices: every slice's rows and two lengths, then their bytes in order.
+    for ((stream, raw), rows) in parts.iter().zip(cuts.windows(2)) {
+        put_varint(&mut out, (rows[1] - rows[0]) as u64);
+        put_varint(&mut out, stream.len() as u64);
+        put_varint(&mut out, raw.len() as u64);
+    }
+    for (stream, raw) in &parts {
+        out.extend_from_slice(stream);
+        out.extend_from_slice(raw);
+    }
+    out
+}
+
+/// Run `job` on every item (one per slice), on up to `threads` threads (item `j` on thread `j %
+/// threads`, the first group on the calling one), and return the results in item order.
+fn on_threads<I: Send, T: Send>(items: Vec<I>, threads: usize, job: impl Fn(usize, I) -> T + Sync) -> Vec<T> {
+    let t = threads.clamp(1, items.len().max(1));
+    if t == 1 {
+        return items.into_iter().enumerate().map(|(j, it)| job(j, it)).collect();
+    }
+    let mut groups: Vec<Vec<(usize, I)>> = (0..t).map(|_| Vec::new()).collect();
+    for (j, it) in items.into_iter().enumerate() {
+        groups[j % t].push((j, it));
+    }
+    let job = &job;
+    let mine = groups.remove(0);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups.into_iter().map(|g| scope.spawn(move || g.into_iter().map(|(j, it)| (j, job(j, it))).collect::<Vec<_>>())).collect();
+        let mut done: Vec<(usize, T)> = mine.into_iter().map(|(j, it)| (j, job(j, it))).collect();
+        for h in handles {
+            done.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        done
+    });
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|d| d.1).collect()
+}
+
+/// Code the rows of one slice (`codes`; its contexts are in `st`) with `st`'s models.
+fn encode_rows(codes: &[u32], f: Frame, st: &mut SliceState) -> (Vec<u8>, Vec<u8>) {
+    let (cols, map, shift) = (f.cols, f.map, f.shift);
+    let SliceState { models: m, qts, qis, up, cur, .. } = st;
+    let mut enc = Enc::new(Vec::with_capacity(codes.len() / 2 + 16));
     let mut raw = BitWriter { out: Vec::new(), acc: 0, n: 0 };
     for ((row, qrow), irow) in codes.chunks(cols).zip(qts.chunks(cols)).zip(qis.chunks(cols)) {
         // `up` holds the row above (zeros on the first row); `cur[x + 1]` gets this row's
@@ -660,16 +825,7 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
         }
         std::mem::swap(up, cur);
     }
-    let stream = enc.finish();
-    let raw = raw.finish();
-    let mut out = Vec::with_capacity(stream.len() + raw.len() + 16);
-    out.push(flags);
-    out.push(shift as u8);
-    out.push(1); // slices
-    put_varint(&mut out, stream.len() as u64);
-    out.extend_from_slice(&stream);
-    out.extend_from_slice(&raw);
-    out
+    (enc.finish(), raw.finish())
 }
 
 /// Decode `n` codes of a frame (`width` bytes each, `cols` per row); `prev` are the previous
@@ -681,40 +837,84 @@ pub fn decode(data: &[u8], n: usize, width: usize, cols: usize, prev: Option<&[u
 /// [`decode`] with reused buffers.
 /// `side` as the encoder had it (its `quantised` is read from the stream).
 pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, side: Side, out: &mut Vec<u32>, scratch: &mut Scratch) -> Result<(), RansError> {
-    let (prev, carry) = (side.prev, side.carry);
     let cols = cols.max(1);
     let mut inp = In { b: data, pos: 0 };
-    let (flags, shift, count) = (inp.byte()?, inp.byte()?, inp.byte()?);
-    if flags & !(FLAG_QUANTISED | FLAG_TEMPORAL | FLAG_INTENSITY) != 0 || shift > 40 || count != 1 {
+    let (flags, shift, count) = (inp.byte()?, inp.byte()?, inp.byte()? as usize);
+    if flags & !(FLAG_QUANTISED | FLAG_TEMPORAL | FLAG_INTENSITY) != 0 || shift > 40 {
         return Err(RansError("bad adaptive stream header"));
     }
-    let len = inp.varint()? as usize;
-    let mut dec = Dec::new(inp.take(len)?);
-    let mut raw = BitReader { b: &data[inp.pos..], pos: 0, acc: 0, n: 0 };
+    // A sliced frame has the count its geometry gives; any other frame one slice.
+    let want = if side.sliced && n % cols == 0 { slices_for(n, cols) } else { 1 };
+    if count != want {
+        return Err(RansError("adaptive stream with a slice count its frame does not have"));
+    }
+    // Each slice's first row (and the frame's rows at the end), range-coded stream and raw bits.
+    let mut cuts = vec![0usize];
+    let mut parts: Vec<(&[u8], &[u8])> = Vec::with_capacity(count);
+    if count == 1 {
+        let len = inp.varint()? as usize;
+        parts.push((inp.take(len)?, &data[inp.pos..]));
+        cuts.push(n.div_ceil(cols));
+    } else {
+        let rows = n / cols;
+        let mut lens = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (r, last) = (inp.varint()?, *cuts.last().expect("starts with row 0"));
+            if r == 0 || r > (rows - last) as u64 {
+                return Err(RansError("adaptive row slices that do not tile the frame"));
+            }
+            cuts.push(last + r as usize);
+            lens.push((inp.varint()? as usize, inp.varint()? as usize));
+        }
+        if cuts.last() != Some(&rows) {
+            return Err(RansError("adaptive row slices that do not tile the frame"));
+        }
+        for (a, b) in lens {
+            parts.push((inp.take(a)?, inp.take(b)?));
+        }
+        if inp.pos != data.len() {
+            return Err(RansError("trailing bytes after the adaptive stream's slices"));
+        }
+    }
     let map = mapping(flags & FLAG_QUANTISED != 0, width);
-    let prev =
-        if flags & FLAG_TEMPORAL != 0 { Some(prev.filter(|p| p.len() == n).ok_or(RansError("temporal context without a previous frame"))?) } else { None };
+    let prev = match flags & FLAG_TEMPORAL != 0 {
+        true => Some(side.prev.filter(|p| p.len() == n).ok_or(RansError("temporal context without a previous frame"))?),
+        false => None,
+    };
     let intensity = match (flags & FLAG_INTENSITY != 0, side.intensity) {
         (true, Some(r)) if r.len() == n && n % cols == 0 => Some(r),
         (false, None) => None,
         (true, _) => return Err(RansError("intensity context without the frame's reference")),
         (false, Some(_)) => return Err(RansError("a reference given for a stream without the intensity context")),
     };
-    intensity_into(intensity, n, cols, &mut scratch.qis);
-    let shift = shift as u32;
+    let frame = Frame { n, cols, map, shift: shift as u32, prev, gradient: side.gradient, intensity };
+    scratch.fresh(cols, count, side.carry)?;
     out.clear();
     out.resize(n, 0);
-    temporal_into(prev, map, n, cols, shift, &mut scratch.qts, &mut scratch.mags);
-    if prev.is_some() {
-        if let Some(g) = side.gradient.filter(|g| g.len() == n) {
-            mix_gradient(g, cols, shift, &mut scratch.qts);
-        }
+    // The output cut into each slice's rows.
+    let mut outs: Vec<&mut [u32]> = Vec::with_capacity(count);
+    let mut rest = &mut out[..];
+    for r in cuts.windows(2) {
+        let len = n.min(r[1] * cols) - r[0] * cols;
+        let (a, b) = std::mem::take(&mut rest).split_at_mut(len);
+        outs.push(a);
+        rest = b;
     }
-    scratch.fresh(cols, carry);
-    let Scratch { qts, qis, up, cur, models, .. } = scratch;
-    let m = models.get_or_insert_with(Models::new);
+    let job = |j: usize, (st, o): (&mut SliceState, &mut [u32])| {
+        frame.contexts(cuts[j]..cuts[j + 1], st);
+        decode_rows(parts[j], frame, st, o)
+    };
+    on_threads(scratch.slices.iter_mut().zip(outs).collect(), scratch.threads, job).into_iter().collect()
+}
+
+/// Inverse of [`encode_rows`]: decode one slice's rows into `out` (its codes).
+fn decode_rows((stream, raw): (&[u8], &[u8]), f: Frame, st: &mut SliceState, out: &mut [u32]) -> Result<(), RansError> {
+    let (cols, map, shift) = (f.cols, f.map, f.shift);
+    let SliceState { models: m, qts, qis, up, cur, .. } = st;
+    let mut dec = Dec::new(stream);
+    let mut raw = BitReader { b: raw, pos: 0, acc: 0, n: 0 };
     for ((row, qrow), irow) in out.chunks_mut(cols).zip(qts.chunks(cols)).zip(qis.chunks(cols)) {
-        // As in `encode_with`.
+        // As in `encode_rows`.
         let mut left = 0i32;
         for ((((o, &v), w), c), &qi) in row.iter_mut().zip(qrow).zip(up.windows(3)).zip(&mut cur[1..]).zip(irow) {
             let s = get(&mut dec, &mut raw, m, context(left, w[1], w[0], w[2], v, shift, qi))?;
@@ -753,12 +953,46 @@ mod tests {
                     let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
                     let ext: Vec<u32> = (0..n).map(|i| [0, mask, 1, mask - 1][i % 4]).collect();
                     for q in [false, true] {
-                        round_trip(&codes, width, cols, Side { prev: None, quantised: q, carry: false, gradient: None, intensity: None });
-                        round_trip(&ext, width, cols, Side { prev: Some(&codes), quantised: q, carry: false, gradient: None, intensity: None });
+                        round_trip(&codes, width, cols, Side { prev: None, quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
+                        round_trip(&ext, width, cols, Side { prev: Some(&codes), quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
                     }
                 }
             }
         }
+    }
+
+    /// Frames cut into row slices decode back on any thread count, continue each slice's
+    /// models from the frame before, and refuse a decoder told otherwise about the slicing.
+    #[test]
+    fn row_slices_round_trip() {
+        let (cols, rows) = (512usize, 600usize);
+        let n = cols * rows;
+        assert_eq!(slices_for(n, cols), 2);
+        let frame =
+            |seed: u32| -> Vec<u32> { (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) >> 27) * ((i / cols as u32) % 7) & 0xff).collect() };
+        let (a, b) = (frame(1), frame(2));
+        let mut enc_scratch = Scratch::default();
+        let key = Side { sliced: true, ..Side::default() };
+        let ea = encode_with(&a, 1, cols, key, &mut enc_scratch);
+        let next = Side { prev: Some(&a), intensity: Some(&a), carry: true, sliced: true, ..Side::default() };
+        let eb = encode_with(&b, 1, cols, next, &mut enc_scratch);
+        assert_eq!(ea[2], 2, "two slices");
+        for threads in [1, 2, 3] {
+            let mut sc = Scratch { threads, ..Scratch::default() };
+            let mut out = Vec::new();
+            decode_with(&ea, n, 1, cols, key, &mut out, &mut sc).unwrap();
+            assert_eq!(out, a, "{threads} threads");
+            decode_with(&eb, n, 1, cols, next, &mut out, &mut sc).unwrap();
+            assert_eq!(out, b, "{threads} threads");
+        }
+        let mut out = Vec::new();
+        assert!(decode_with(&ea, n, 1, cols, Side::default(), &mut out, &mut Scratch::default()).is_err(), "not sliced");
+        let plain = encode(&a, 1, cols, Side::default());
+        assert!(decode_with(&plain, n, 1, cols, key, &mut out, &mut Scratch::default()).is_err(), "sliced");
+        // Slices that do not tile the frame: the first slice's row count changed.
+        let mut bad = ea.clone();
+        bad[3] ^= 1;
+        assert!(decode_with(&bad, n, 1, cols, key, &mut out, &mut Scratch::default()).is_err());
     }
 
     /// With the intensity context the stream decodes back only with the same reference; without
@@ -832,7 +1066,7 @@ mod tests {
             let (a, b) = (frame(), frame());
             for q in [false, true] {
                 for prev in [None, Some(&a[..])] {
-                    let enc = encode(&b, width, cols, Side { prev, quantised: q, carry: false, gradient: None, intensity: None });
+                    let enc = encode(&b, width, cols, Side { prev, quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
                     let mut back = Vec::new();
                     decode(&enc, n, width, cols, prev, &mut back).unwrap();
                     assert_eq!(back, b);
@@ -855,7 +1089,7 @@ mod tests {
     #[test]
     fn corrupt_streams_error_or_decode() {
         let codes: Vec<u32> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 27) & 31).collect();
-        let enc = encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false, carry: false, gradient: None, intensity: None });
+        let enc = encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false, carry: false, gradient: None, intensity: None, sliced: false });
         let mut out = Vec::new();
         for cut in [0, 1, 2, 3, enc.len() / 2, enc.len() - 6] {
             let _ = decode(&enc[..cut], codes.len(), 2, 50, Some(&codes), &mut out);
