@@ -1765,16 +1765,7 @@ fn intensity_context_is_checked() {
     let older = encode_window(&refs(&files), &Options { intensity_context: false, ..opts.clone() }).unwrap();
     assert!(version_of(&older.blob) < 8);
     assert_eq!(decode_window(&older.blob).unwrap(), all, "the context changes the coding, not the reconstructions");
-    let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
-    let rebuild = |k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
-        let mut header = blob.header.clone();
-        if let Body::Frame(f) = &mut header.entries[k].body {
-            change(f);
-        }
-        let mut wr = Writer::default();
-        wr.section(payload);
-        wr.finish(&header)
-    };
+    let rebuild = |k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)| with_entry_changed(&enc.blob, k, change);
     let cases = [
         ("an intensity context on the key frame", rebuild(0, &|f| f.intensity = true)),
         ("a stream's intensity context without the container's flag", rebuild(1, &|f| f.intensity = false)),
@@ -1868,6 +1859,19 @@ fn bounded_windows_weigh_the_intensity_where_it_pays() {
 /// Photon-counting frames (speckle at `mean` photons per pixel) as raw files.
 fn photon_files(dtype: DType, w: u32, h: u32, frames: usize, mean: f64, seed: u64) -> Vec<Vec<u8>> {
     generate_raw(&SequenceSpec::of_scene(tezipfs::fixtures::Scene::Speckle { mean, frames: 30.0 }, dtype, w, h, frames, seed))
+}
+
+/// `blob` with frame entry `k` of its header changed by `change` (the payload as coded).
+fn with_entry_changed(blob: &[u8], k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)) -> Vec<u8> {
+    use tezipfs::codec::container::{Blob, Body, Writer};
+    let parsed = Blob::parse(blob).unwrap();
+    let mut header = parsed.header.clone();
+    if let Body::Frame(f) = &mut header.entries[k].body {
+        change(f);
+    }
+    let mut wr = Writer::default();
+    wr.section(&blob[parsed.payload_offset(blob)..]);
+    wr.finish(&header)
 }
 
 fn version_of(blob: &[u8]) -> u16 {
@@ -2008,7 +2012,7 @@ fn linears_wide_taps_need_version_9() {
 /// stream does not match, or one on a frame of another stage, is refused.
 #[test]
 fn row_slices_round_trip_and_are_checked() {
-    use tezipfs::codec::container::{Blob, Body, Writer};
+    use tezipfs::codec::container::{Blob, Body};
     use tezipfs::codec::entropy::{adaptive, Stage};
     let (w, h) = (512u32, 400u32);
     assert_eq!(adaptive::slices_for((w * h) as usize, w as usize), 2);
@@ -2047,28 +2051,16 @@ fn row_slices_round_trip_and_are_checked() {
         assert!(version_of(&older.blob) < 11, "{bound}");
         assert_eq!(decode_window(&older.blob).unwrap(), all, "{bound}: slicing changes the coding, not the reconstructions");
         // The flag changed in the header (the payload as coded).
-        let payload = &enc.blob[blob.payload_offset(&enc.blob)..];
-        let rebuild = |blob: &Blob, payload: &[u8], k: usize, change: &dyn Fn(&mut tezipfs::codec::container::FrameEntry)| -> Vec<u8> {
-            let mut header = blob.header.clone();
-            if let Body::Frame(f) = &mut header.entries[k].body {
-                change(f);
-            }
-            let mut wr = Writer::default();
-            wr.section(payload);
-            wr.finish(&header)
-        };
-        let older_blob = Blob::parse(&older.blob).unwrap();
-        let older_payload = &older.blob[older_blob.payload_offset(&older.blob)..];
         let cases = [
-            ("a sliced stream without the container's flag", rebuild(&blob, payload, 1, &|f| f.sliced = false)),
-            ("the key frame's sliced stream without the flag", rebuild(&blob, payload, 0, &|f| f.sliced = false)),
-            ("the flag on a stream of one slice", rebuild(&older_blob, older_payload, 2, &|f| f.sliced = true)),
+            ("a sliced stream without the container's flag", with_entry_changed(&enc.blob, 1, &|f| f.sliced = false)),
+            ("the key frame's sliced stream without the flag", with_entry_changed(&enc.blob, 0, &|f| f.sliced = false)),
+            ("the flag on a stream of one slice", with_entry_changed(&older.blob, 2, &|f| f.sliced = true)),
         ];
         for (what, bad) in cases {
             assert_eq!(version_of(&bad), 11, "{what}");
             assert!(decode_window(&bad).is_err(), "{bound}: {what} decoded");
         }
-        let zstd = rebuild(&blob, payload, 1, &|f| f.stage = Stage::Zstd);
+        let zstd = with_entry_changed(&enc.blob, 1, &|f| f.stage = Stage::Zstd);
         assert!(Blob::parse(&zstd).is_err(), "{bound}: row slices on a zstd frame parsed");
         // A version-11 blob relabelled 10 (the flag is unknown there).
         let mut relabelled = enc.blob.clone();
@@ -2076,7 +2068,7 @@ fn row_slices_round_trip_and_are_checked() {
         assert!(Blob::parse(&relabelled).is_err(), "{bound}: version 10 with the slicing flag parsed");
         // Every byte of the first frame's codes flipped in turn (sampled): an error, never a panic.
         if let Body::Frame(f) = &blob.header.entries[0].body {
-            let start = enc.blob.len() - payload.len() + f.codes.offset as usize;
+            let start = blob.payload_offset(&enc.blob) + f.codes.offset as usize;
             for i in (start..start + f.codes.len as usize).step_by(997) {
                 let mut flipped = enc.blob.clone();
                 flipped[i] ^= 0x20;

@@ -1234,24 +1234,8 @@ fn quantize_and_code(
     // their candidates already run side by side).
     let before = coder.threads();
     coder.set_threads(opts.threads);
-    let coded = quantize_and_code_pipelined(chain, dtype, geom, opts, plan, session, coder);
-    coder.set_threads(before);
-    coded
-}
-
-/// [`quantize_and_code`] with two threads or more.
-fn quantize_and_code_pipelined(
-    chain: &Chain,
-    dtype: DType,
-    geom: Geometry,
-    opts: &Options,
-    plan: Plan,
-    session: Session,
-    coder: &mut Coder,
-) -> Result<Vec<CodedFrame>, EncodeError> {
-    let n = chain.images.len();
     let moves = session.predictor().moves();
-    std::thread::scope(|scope| {
+    let coded = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
         let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, opts, session, 0..n, Some(&tx)).map(|_| ()));
         let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
@@ -1278,7 +1262,9 @@ fn quantize_and_code_pipelined(
         produced?;
         debug_assert_eq!(out.len(), n);
         Ok(out)
-    })
+    });
+    coder.set_threads(before);
+    coded
 }
 
 /// Bytes a decoder holds per pixel of its frames besides two files' worth of pixels (see

@@ -969,7 +969,7 @@ mod tests {
         let n = cols * rows;
         assert_eq!(slices_for(n, cols), 2);
         let frame =
-            |seed: u32| -> Vec<u32> { (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) >> 27) * ((i / cols as u32) % 7) & 0xff).collect() };
+            |seed: u32| -> Vec<u32> { (0..n as u32).map(|i| (((i.wrapping_mul(2_654_435_761) ^ seed) >> 27) * ((i / cols as u32) % 7)) & 0xff).collect() };
         let (a, b) = (frame(1), frame(2));
         let mut enc_scratch = Scratch::default();
         let key = Side { sliced: true, ..Side::default() };
