@@ -187,6 +187,10 @@ pub enum Command {
         /// With --speed: runs per row (the median is printed).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// With --speed: code without the adaptive stage's row slices (container version 10 and
+        /// older, one chain per frame), to compare ratio and speed with the default.
+        #[arg(long)]
+        no_row_slices: bool,
     },
     /// Generate a deterministic detector-like frame sequence (raw frames + meta.json, or TIFF).
     Fixtures {
@@ -305,8 +309,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => {
             bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref())
         }
-        Command::Bench { dirs, window, json, speed: true, bounds, threads, repeat, .. } => {
-            bench_speed::run(dirs, window, &bounds, &threads, repeat, json.as_deref())
+        Command::Bench { dirs, window, json, speed: true, bounds, threads, repeat, no_row_slices, .. } => {
+            bench_speed::run(dirs, window, &bounds, &threads, repeat, !no_row_slices, json.as_deref())
         }
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, scene, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, scene, &size, frames, seed, tiff),

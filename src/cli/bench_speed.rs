@@ -52,10 +52,19 @@ fn run_once(d: &Dataset, opts: &Options, window: usize) -> anyhow::Result<(usize
     Ok((blobs.iter().map(|b| b.len()).sum(), [ct, cc, dt, dc]))
 }
 
-pub fn run(dirs: Vec<PathBuf>, window: usize, bounds: &[u32], threads: &[usize], repeat: usize, json_out: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(
+    dirs: Vec<PathBuf>,
+    window: usize,
+    bounds: &[u32],
+    threads: &[usize],
+    repeat: usize,
+    row_slices: bool,
+    json_out: Option<&Path>,
+) -> anyhow::Result<()> {
     let dirs = sets_or_shared(dirs);
     let repeat = repeat.max(1);
-    println!("tezipfs bench --speed: window {window}, default codec (auto, balanced), median of {repeat} runs; MB/s of original bytes");
+    let slicing = if row_slices { "" } else { ", without row slices" };
+    println!("tezipfs bench --speed: window {window}, default codec (auto, balanced{slicing}), median of {repeat} runs; MB/s of original bytes");
     println!("(wall: elapsed time; cpu: CPU time of every thread of the process, i.e. MB/s per core used)");
     println!("{:<22} {:<9} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}", "set", "bound", "thr", "ratio", "comp wall", "comp cpu", "dec wall", "dec cpu");
     let mut report = Vec::new();
@@ -66,7 +75,7 @@ pub fn run(dirs: Vec<PathBuf>, window: usize, bounds: &[u32], threads: &[usize],
             let bound = if e == 0 { Bound::Lossless } else { Bound::Abs(e as f64) };
             let mut sizes = std::collections::BTreeSet::new();
             for &n in threads {
-                let opts = Options { format: d.format(), bound, threads: n.max(1), ..Options::default() };
+                let opts = Options { format: d.format(), bound, threads: n.max(1), row_slices, ..Options::default() };
                 let mut runs: [Vec<f64>; 4] = Default::default();
                 for _ in 0..repeat {
                     let (size, t) = run_once(&d, &opts, window)?;
@@ -79,8 +88,10 @@ pub fn run(dirs: Vec<PathBuf>, window: usize, bounds: &[u32], threads: &[usize],
                 let size = *sizes.iter().next().expect("one run at least");
                 let label = if e == 0 { "lossless".to_string() } else { format!("abs:{e}") };
                 println!("{:<22} {:<9} {:>3} {:>8.4} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", d.name, label, n, d.bytes() as f64 / size as f64, cw, cc, dw, dc);
-                report.push(json!({"dataset": d.name, "bound": label, "threads": n, "bytes": size, "ratio": d.bytes() as f64 / size as f64,
-                    "comp_wall_MBps": cw, "comp_cpu_MBps": cc, "dec_wall_MBps": dw, "dec_cpu_MBps": dc}));
+                report.push(
+                    json!({"dataset": d.name, "bound": label, "threads": n, "row_slices": row_slices, "bytes": size, "ratio": d.bytes() as f64 / size as f64,
+                    "comp_wall_MBps": cw, "comp_cpu_MBps": cc, "dec_wall_MBps": dw, "dec_cpu_MBps": dc}),
+                );
             }
             if sizes.len() > 1 {
                 anyhow::bail!("{}: the coded size depends on the thread count ({sizes:?})", d.name);

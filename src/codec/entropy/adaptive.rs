@@ -206,6 +206,7 @@ fn learn(mean: &mut u16, t: usize) {
 struct ManTree([Bit; 16]);
 
 /// The adaptive models of one frame.
+#[derive(Clone)]
 struct Models {
     /// Running mean token of each magnitude context.
     mean: Vec<u16>,
@@ -480,7 +481,8 @@ pub struct Side<'a> {
     /// own with models of its own (container version 11), so that the slices of a frame are
     /// coded and decoded side by side. A slice's first row has no row above it (as a frame's
     /// first row); its temporal, gradient and intensity contexts are the whole frame's. With
-    /// `carry`, slice `j` continues the models of slice `j` of the previous frame.
+    /// `carry`, slice `j` continues the models of slice `j` of the previous frame, or every
+    /// slice those of a previous frame coded whole.
     pub sliced: bool,
 }
 
@@ -540,7 +542,14 @@ impl Scratch {
     /// ones the last frame left, which must have had as many slices) and zeroed row buffers.
     fn fresh(&mut self, cols: usize, count: usize, carry: bool) -> Result<(), RansError> {
         if carry && !self.slices.is_empty() && self.slices.len() != count {
-            return Err(RansError("adaptive models carried over from a frame of another slice count"));
+            // From a frame in one slice, every slice continues its models.
+            if self.slices.len() != 1 {
+                return Err(RansError("adaptive models carried over from a frame of another slice count"));
+            }
+            let models = self.slices[0].models.clone();
+            while self.slices.len() < count {
+                self.slices.push(SliceState { models: models.clone(), qts: Vec::new(), qis: Vec::new(), mags: Vec::new(), up: Vec::new(), cur: Vec::new() });
+            }
         }
         self.slices.truncate(count);
         for s in &mut self.slices {
