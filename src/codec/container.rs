@@ -1,10 +1,11 @@
-//! The blob container (format versions 1 to 10, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 11, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
 //! whose adaptive stage weighs the intensity of their reference; version 9 is version 8 whose
 //! `linear` predictor uses the wide tap set; version 10 is version 9 whose predictor is `causal`
-//! (predictor id 8, a model's causal stage).
+//! (predictor id 8, a model's causal stage); version 11 is version 10 whose frames of the
+//! adaptive stage may be coded in row slices (frame flag bit 5).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -25,7 +26,8 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
-/// model's causal stage), so other blobs stay readable by builds that know an older version.
+/// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, so other
+/// blobs stay readable by builds that know an older version.
 pub const VERSION: u16 = 11;
 const PREAMBLE: usize = 16;
 
