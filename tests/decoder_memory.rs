@@ -134,6 +134,8 @@ fn unsliced_decoders_stay_within_their_charge() {
     failures.extend(check("u8 640x480 abs:2", 640, 480, DType::U8, Bound::Abs(2.0), 0));
     failures.extend(check("u16 640x480 abs:2", 640, 480, DType::U16, Bound::Abs(2.0), 0));
     failures.extend(check("u8 640x480 abs:4", 640, 480, DType::U8, Bound::Abs(4.0), 0));
+    // (Four row slices of the adaptive stage.)
+    failures.extend(check("u8 1024x512 abs:2", 1024, 512, DType::U8, Bound::Abs(2.0), 0));
     failures.extend(check("f32 256x256 lossless", 256, 256, DType::F32, Bound::Lossless, 0));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

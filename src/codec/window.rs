@@ -1404,7 +1404,8 @@ impl Decoder {
     /// A window coded with a learned model's recurrent state also holds that state and its step's
     /// temporaries ([`MODEL_STEP_STATES`] of [`super::predict::Model::state_bytes`], and the
     /// model's fixed scratch once per stripe decoded at a time; a model this decoder cannot find
-    /// adds nothing: it will not decode. Measured for torch by the resident set:
+    /// adds nothing: it will not decode. Frames in row slices add each further slice's models.
+    /// Measured for torch by the resident set:
     /// `tests/model_step_memory.rs`, and a sliced window's decoder on one and two threads in
     /// `tests/model_sliced_memory.rs`).
     pub fn memory_bytes(&self) -> u64 {
@@ -1414,7 +1415,10 @@ impl Decoder {
         // (A sliced blob's stripes are decoded side by side, each model call with its scratch.)
         let side_by_side = self.slices.as_ref().map_or(1, |s| super::slices::threads(s.threads).min(s.len())) as u64;
         let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + side_by_side * m.scratch_bytes());
-        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model
+        // (Row slices: the models of each slice beyond the first.)
+        let row_sliced = self.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.sliced));
+        let slice_models = if row_sliced { (adaptive::slices_for(geom.pixels(), geom.width) as u64 - 1) * adaptive::MODELS_BYTES } else { 0 };
+        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model + slice_models
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.

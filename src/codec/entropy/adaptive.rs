@@ -30,7 +30,7 @@
 //! slice by slice from frame to frame), coded and decoded on as many threads
 //! ([`Scratch::threads`]): the serial chain below is cut without cutting the frame's other
 //! contexts (temporal, gradient and intensity stay the whole frame's; only a slice's first row
-//! loses the row above). On the shared sets two slices cost 0.2-0.5% in size
+//! loses the row above). On the shared sets two slices cost 0.1-0.4% in size
 //! (`docs/results/row-slices.txt`).
 //!
 //! The stream layout is in `docs/FORMAT.md` (stage 5). Tried and dropped (they did not pay on
@@ -599,6 +599,10 @@ impl Frame<'_> {
     }
 }
 
+/// Bytes of one row slice's models ([`Models`]): what each slice beyond the first holds more.
+pub const MODELS_BYTES: u64 =
+    (MCTX * 2 + (MCTX + MCTX2) * std::mem::size_of::<CtxModel>() + QA * TOKENS * std::mem::size_of::<ManTree>() + SCTX * std::mem::size_of::<Bit>()) as u64;
+
 /// Pixels per row slice the encoder aims at.
 pub const SLICE_PIXELS: usize = 1 << 17;
 /// Most row slices of a frame.
@@ -758,7 +762,8 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
     let frame = Frame { n, cols, map, shift, prev, gradient: side.gradient, intensity };
     // Slices need whole rows too.
     let count = if side.sliced && n % cols == 0 { slices_for(n, cols) } else { 1 };
-    // The models of the previous frame had the same slice count (the caller guarantees it).
+    // The models of the previous frame had this slice count or one (the caller guarantees it:
+    // the frames of a chain share their geometry).
     scratch.fresh(cols, count, side.carry).expect("the encoder's previous frame had this slice count");
     let cuts = if count == 1 { vec![0, n.div_ceil(cols)] } else { cut_rows(codes, cols, map, count) };
     let job = |j: usize, st: &mut SliceState| {
