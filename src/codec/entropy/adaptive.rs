@@ -1003,6 +1003,14 @@ mod tests {
         assert!(decode_with(&ea, n, 1, cols, Side::default(), &mut out, &mut Scratch::default()).is_err(), "not sliced");
         let plain = encode(&a, 1, cols, Side::default());
         assert!(decode_with(&plain, n, 1, cols, key, &mut out, &mut Scratch::default()).is_err(), "sliced");
+        // Models carried from a frame in two slices into a frame in one: refused.
+        let mut one = Scratch::default();
+        encode_with(&a, 1, cols, Side::default(), &mut one);
+        let whole_next = Side { sliced: false, ..next };
+        let eb_whole = encode_with(&b, 1, cols, whole_next, &mut one);
+        let mut sc = Scratch::default();
+        decode_with(&ea, n, 1, cols, key, &mut out, &mut sc).unwrap();
+        assert!(decode_with(&eb_whole, n, 1, cols, whole_next, &mut out, &mut sc).is_err(), "two slices carried into one");
         // Slices that do not tile the frame: the first slice's row count changed.
         let mut bad = ea.clone();
         bad[3] ^= 1;
