@@ -15,6 +15,7 @@ use super::entropy::{Coder, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout, RawSpec};
 use super::predict::ModelSource;
 use super::quantizer::{Bound, FrameBound};
+use super::side_by_side;
 use super::window::{opaque_entry, Decoder, EncodeError, Encoded, EntryReport, Options};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -69,25 +70,6 @@ pub fn threads(n: usize) -> usize {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
-}
-
-/// `f` on every item, on up to `threads` scoped threads (contiguous runs of items each; the
-/// items are slices of equal size), results in item order.
-fn run<T: Send, R: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mut T) -> R + Sync) -> Vec<R> {
-    let t = threads.clamp(1, items.len().max(1));
-    if t == 1 {
-        return items.iter_mut().enumerate().map(|(s, x)| f(s, x)).collect();
-    }
-    let per = items.len().div_ceil(t);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(c, chunk)| scope.spawn(move || chunk.iter_mut().enumerate().map(|(j, x)| f(c * per + j, x)).collect::<Vec<R>>()))
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    })
 }
 
 /// Code a window as slices when its frames are large enough (`None`: code it whole; see
@@ -180,7 +162,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
         }),
         _ => None,
     };
-    let coded = run(&mut jobs, threads(opts.threads), |s, frames| if s == middle { Ok(None) } else { code(s, frames, chosen).map(Some) });
+    let coded = side_by_side(&mut jobs, threads(opts.threads), |s, frames| if s == middle { Ok(None) } else { code(s, frames, chosen).map(Some) });
     let mut first = Some(first);
     let slices = coded.into_iter().map(|r| r.map(|e| e.or_else(|| first.take()).expect("the middle slice"))).collect::<Result<Vec<Encoded>, _>>()?;
 
@@ -302,7 +284,7 @@ impl Slices {
             work.push((d, rows));
             rest = tail;
         }
-        let results = run(&mut work, threads(self.threads), |s, (d, rows)| {
+        let results = side_by_side(&mut work, threads(self.threads), |s, (d, rows)| {
             let img = d.image(k).map_err(|e| BlobError::Decode { entry, why: format!("slice {s}: {e}") })?;
             if img.len() != rows.len() {
                 return Err(BlobError::Decode { entry, why: format!("slice {s}: {} pixels for {}", img.len(), rows.len()) });

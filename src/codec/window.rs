@@ -1203,7 +1203,7 @@ impl ChainCoding {
         let carry = side.carry && matches!(stage, Stage::Adaptive | Stage::Counts);
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         let intensity = side.intensity.is_some() && stage == Stage::Adaptive;
-        let sliced = side.sliced && stage == Stage::Adaptive && adaptive::slices_for(c.codes.len(), geom.width) > 1;
+        let sliced = stage == Stage::Adaptive && adaptive::slice_count(&codes) > 1;
         self.last_stage = Some(stage);
         Ok(CodedFrame {
             stage,

@@ -58,6 +58,7 @@
 //! decoder. The remaining time is the serial chain per pixel (left residual -> context ->
 //! model load -> 2 to 8 dependent decisions), which the format fixes.
 
+use super::super::side_by_side;
 use super::range::{Dec, Enc};
 use super::rans::{put_varint, BitReader, BitWriter, In, RansError};
 use std::ops::Range;
@@ -616,6 +617,11 @@ pub fn slices_for(n: usize, cols: usize) -> usize {
     ((n + SLICE_PIXELS / 2) / SLICE_PIXELS).min(MAX_SLICES).min(rows / 16).max(1)
 }
 
+/// The number of row slices of a coded stream (its header's third byte; 1 for an empty one).
+pub fn slice_count(stream: &[u8]) -> usize {
+    stream.get(2).map_or(1, |&c| c as usize)
+}
+
 /// Where the encoder cuts a frame's rows into `count` slices: at equal shares of the work its
 /// codes are expected to take (per pixel 2 plus the magnitude token, about the decisions a
 /// pixel takes), so that slices coded side by side finish together. Every slice gets a row
@@ -771,7 +777,7 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
         frame.contexts(rows.clone(), st);
         encode_rows(&codes[rows.start * cols..n.min(rows.end * cols)], frame, st)
     };
-    let parts: Vec<(Vec<u8>, Vec<u8>)> = on_threads(scratch.slices.iter_mut().collect(), scratch.threads, job);
+    let parts: Vec<(Vec<u8>, Vec<u8>)> = side_by_side(&mut scratch.slices, scratch.threads, job);
     let mut out = Vec::with_capacity(parts.iter().map(|(a, b)| a.len() + b.len() + 8).sum::<usize>() + 8);
     out.push(flags);
     out.push(shift as u8);
@@ -794,31 +800,6 @@ pub fn encode_with(codes: &[u32], width: usize, cols: usize, side: Side, scratch
         out.extend_from_slice(raw);
     }
     out
-}
-
-/// Run `job` on every item (one per slice), on up to `threads` threads (item `j` on thread `j %
-/// threads`, the first group on the calling one), and return the results in item order.
-fn on_threads<I: Send, T: Send>(items: Vec<I>, threads: usize, job: impl Fn(usize, I) -> T + Sync) -> Vec<T> {
-    let t = threads.clamp(1, items.len().max(1));
-    if t == 1 {
-        return items.into_iter().enumerate().map(|(j, it)| job(j, it)).collect();
-    }
-    let mut groups: Vec<Vec<(usize, I)>> = (0..t).map(|_| Vec::new()).collect();
-    for (j, it) in items.into_iter().enumerate() {
-        groups[j % t].push((j, it));
-    }
-    let job = &job;
-    let mine = groups.remove(0);
-    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = groups.into_iter().map(|g| scope.spawn(move || g.into_iter().map(|(j, it)| (j, job(j, it))).collect::<Vec<_>>())).collect();
-        let mut done: Vec<(usize, T)> = mine.into_iter().map(|(j, it)| (j, job(j, it))).collect();
-        for h in handles {
-            done.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        done
-    });
-    done.sort_by_key(|d| d.0);
-    done.into_iter().map(|d| d.1).collect()
 }
 
 /// Code the rows of one slice (`codes`; its contexts are in `st`) with `st`'s models.
@@ -914,11 +895,12 @@ pub fn decode_with(data: &[u8], n: usize, width: usize, cols: usize, side: Side,
         outs.push(a);
         rest = b;
     }
-    let job = |j: usize, (st, o): (&mut SliceState, &mut [u32])| {
+    let mut work: Vec<(&mut SliceState, &mut [u32])> = scratch.slices.iter_mut().zip(outs).collect();
+    let job = |j: usize, (st, o): &mut (&mut SliceState, &mut [u32])| {
         frame.contexts(cuts[j]..cuts[j + 1], st);
         decode_rows(parts[j], frame, st, o)
     };
-    on_threads(scratch.slices.iter_mut().zip(outs).collect(), scratch.threads, job).into_iter().collect()
+    side_by_side(&mut work, scratch.threads, job).into_iter().collect()
 }
 
 /// Inverse of [`encode_rows`]: decode one slice's rows into `out` (its codes).
