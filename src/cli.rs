@@ -82,6 +82,16 @@ pub struct CodecArgs {
     /// never; `docs/results/slices.txt` measures the cost in ratio).
     #[arg(long, default_value_t = tezipfs::codec::slices::DEFAULT_SLICE_PIXELS)]
     pub slice_pixels: usize,
+    /// Write blobs of at most this blob format version, which an older build reads (10: no row
+    /// slices; default: the newest, see `tezipfs info`).
+    #[arg(long, default_value_t = tezipfs::codec::container::VERSION, value_parser = write_version)]
+    pub write_version: u16,
+}
+
+/// A `--write-version` value (see [`tezipfs::codec::window::check_write_version`]).
+pub fn write_version(s: &str) -> Result<u16, String> {
+    let v: u16 = s.parse().map_err(|_| format!("{s:?} is not a version number"))?;
+    tezipfs::codec::window::check_write_version(v)
 }
 
 impl CodecArgs {
@@ -96,7 +106,7 @@ impl CodecArgs {
 
     /// The codec options (`model`: the loaded `--model`, see [`CodecArgs::load_model`]).
     pub fn options(&self, model: Option<tezipfs::codec::predict::ModelHandle>) -> tezipfs::codec::Options {
-        tezipfs::codec::Options {
+        let mut opts = tezipfs::codec::Options {
             format: self.format.clone(),
             bound: self.bound,
             predictor: self.predictor,
@@ -108,7 +118,9 @@ impl CodecArgs {
             // One thread: what `bench` measures; `compress` and the engine set their own.
             threads: 1,
             ..Default::default()
-        }
+        };
+        opts.write_at_most(self.write_version);
+        opts
     }
 }
 
@@ -326,6 +338,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);
+            println!(
+                "writes blob format version {} (at most {} with --write-version {1}, which builds before it read); reads 1 to {0}",
+                tezipfs::codec::container::VERSION,
+                tezipfs::codec::window::OLDEST_WRITABLE
+            );
             println!("libtorch: linked; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
             println!(
                 "model file version {}; learned models run on {:?} (--device auto), {} libtorch threads",

@@ -461,6 +461,7 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let mut opts = job.policy.codec_options();
     opts.threads = job.threads;
+    opts.write_at_most(vfs.config.write_version);
     let model_policy = ModelPolicy::of(job.policy.model.as_deref());
     opts.model = vfs.model_for(job.dir, &model_policy);
     if let (ModelPolicy::Auto, None, Some(t)) = (&model_policy, &opts.model, trainer) {

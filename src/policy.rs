@@ -178,6 +178,8 @@ pub struct MountSection {
     pub auto_train_threads: Option<usize>,
     pub model_backlog_mib: Option<u64>,
     pub idle_backlog_mib: Option<u64>,
+    /// Blob format version to write at most (see `tezipfs mount --write-version`).
+    pub write_version: Option<u16>,
 }
 
 impl MountSection {
@@ -207,6 +209,9 @@ impl MountSection {
         }
         if let Some(d) = &self.device {
             d.parse::<crate::model::DeviceChoice>().map_err(|e| format!("[mount] device: {e}"))?;
+        }
+        if let Some(v) = self.write_version {
+            crate::codec::window::check_write_version(v).map_err(|e| format!("[mount] write_version: {e}"))?;
         }
         Ok(())
     }

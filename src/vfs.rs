@@ -118,6 +118,10 @@ pub struct Config {
     pub idle_backlog: u64,
     /// A window whose compression failed (a disk error, say) is tried again after this long.
     pub retry_after: Duration,
+    /// Blobs are written in this blob format version or an older one
+    /// ([`crate::codec::Options::write_at_most`]; checked by
+    /// [`crate::codec::window::check_write_version`]).
+    pub write_version: u16,
 }
 
 impl Default for Config {
@@ -135,6 +139,7 @@ impl Default for Config {
             model_backlog: 1 << 30,
             idle_backlog: 256 << 20,
             retry_after: Duration::from_secs(60),
+            write_version: crate::codec::container::VERSION,
         }
     }
 }

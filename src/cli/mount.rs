@@ -98,6 +98,11 @@ pub struct MountArgs {
     /// again; its files stay staged meanwhile (default 60000).
     #[arg(long)]
     pub retry_ms: Option<u64>,
+    /// Write blobs of at most this blob format version, for a store that may go back to an
+    /// older build (10: what builds before row slices read; default: the newest, see `tezipfs
+    /// info`). Config: `write_version` in `[mount]`.
+    #[arg(long, value_parser = crate::cli::write_version)]
+    pub write_version: Option<u16>,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -173,6 +178,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         model_backlog: args.model_backlog_mib.or(m.model_backlog_mib).unwrap_or(1024) << 20,
         idle_backlog: args.idle_backlog_mib.or(m.idle_backlog_mib).unwrap_or(256) << 20,
         retry_after: Duration::from_millis(args.retry_ms.unwrap_or(60_000)),
+        write_version: args.write_version.or(m.write_version).unwrap_or(tezipfs::codec::container::VERSION),
     };
     // Windows are coded in parallel by the engine's workers: libtorch uses one thread in each
     // (a training thread too; see --auto-train-threads).

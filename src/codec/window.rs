@@ -67,6 +67,36 @@ pub struct Options {
     pub stage: Option<Stage>,
 }
 
+/// The oldest container version this build can be told to write at most
+/// ([`Options::write_at_most`]): the one before row slices. Older builds read it.
+pub const OLDEST_WRITABLE: u16 = 10;
+
+/// `version` if a build can be told to write blobs of at most that container version
+/// ([`OLDEST_WRITABLE`] to the newest, [`container::VERSION`]), else why not.
+pub fn check_write_version(version: u16) -> Result<u16, String> {
+    if (OLDEST_WRITABLE..=container::VERSION).contains(&version) {
+        Ok(version)
+    } else {
+        Err(format!(
+            "blob format version {version}: this build can be told to write at most version {OLDEST_WRITABLE} to {} (an older build reads up to the \
+             version its `tezipfs info` prints)",
+            container::VERSION
+        ))
+    }
+}
+
+impl Options {
+    /// Code so that every blob is of container version `version` or older (see
+    /// [`check_write_version`]; a version below [`OLDEST_WRITABLE`] is taken as it): the blobs
+    /// an older build reads, for a store that may go back to one. Version 10 codes without
+    /// row slices (version 11).
+    pub fn write_at_most(&mut self, version: u16) {
+        if version < 11 {
+            self.row_slices = false;
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
