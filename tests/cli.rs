@@ -522,3 +522,30 @@ fn a_report_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr: {stderr}", out.status);
 }
+
+/// `compress --write-version 10` writes blobs of version 10 or older where the default writes
+/// version 11 for the same frames (u8 512x400 under `best`: row slices), both restore bit for
+/// bit, and a version this build cannot write is refused with the reason.
+#[test]
+fn compress_write_version_limits_the_blob_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("frames");
+    ok(&["fixtures", s(&src), "--dtype", "u8", "--size", "512x400", "--frames", "4", "--seed", "31"]);
+    let newest = |extra: &[&str]| -> u16 {
+        let (arc, out) = (tmp.path().join("a.tza"), tmp.path().join("out"));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args = vec!["compress", s(&src), s(&arc), "--format", "raw:512x400:u8", "--entropy", "best", "--window", "4"];
+        args.extend_from_slice(extra);
+        ok(&args);
+        ok(&["decompress", s(&arc), s(&out)]);
+        assert_eq!(read_dir(&out), read_dir(&src), "{extra:?}: restored bit for bit");
+        records(&arc).iter().filter(|(_, b)| b.starts_with(b"TZIPBLOB")).map(|(_, b)| u16::from_le_bytes([b[8], b[9]])).max().expect("a blob")
+    };
+    assert_eq!(newest(&[]), 11, "the default writes row slices on these frames (the premise of the test)");
+    let v = newest(&["--write-version", "10"]);
+    assert!(v <= 10, "--write-version 10 wrote version {v}");
+    for bad in ["9", "12"] {
+        let e = fails(&["compress", s(&src), s(&tmp.path().join("b.tza")), "--write-version", bad]);
+        assert!(e.contains("--write-version") && e.contains("at most version 10 to 11"), "{bad}: {e}");
+    }
+}
