@@ -525,7 +525,8 @@ fn a_report_into_a_closed_pipe_ends_quietly() {
 
 /// `compress --write-version 10` writes blobs of version 10 or older where the default writes
 /// version 11 for the same frames (u8 512x400 under `best`: row slices), both restore bit for
-/// bit, and a version this build cannot write is refused with the reason.
+/// bit, `info` says what the build writes, and a version this build cannot write is refused
+/// with the reason.
 #[test]
 fn compress_write_version_limits_the_blob_format() {
     let tmp = tempfile::tempdir().unwrap();
@@ -544,6 +545,8 @@ fn compress_write_version_limits_the_blob_format() {
     assert_eq!(newest(&[]), 11, "the default writes row slices on these frames (the premise of the test)");
     let v = newest(&["--write-version", "10"]);
     assert!(v <= 10, "--write-version 10 wrote version {v}");
+    let info = ok(&["info"]);
+    assert!(info.contains("writes blob format version 11, or at most 10 with --write-version 10"), "{info}");
     for bad in ["9", "12"] {
         let e = fails(&["compress", s(&src), s(&tmp.path().join("b.tza")), "--write-version", bad]);
         assert!(e.contains("--write-version") && e.contains("at most version 10 to 11"), "{bad}: {e}");

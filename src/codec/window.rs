@@ -91,6 +91,7 @@ impl Options {
     /// an older build reads, for a store that may go back to one. Version 10 codes without
     /// row slices (version 11).
     pub fn write_at_most(&mut self, version: u16) {
+        // (Row slices came with version 11.)
         if version < 11 {
             self.row_slices = false;
         }
