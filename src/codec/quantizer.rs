@@ -11,6 +11,7 @@
 
 use super::dtype::DType;
 use super::predict::motion::blocks;
+use super::predict::motion::{BLOCK, PLAIN};
 use super::predict::pixel::{block_mode_at, for_each_block_mode};
 pub use super::predict::Prediction;
 use std::fmt;
@@ -360,11 +361,7 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
                 }
             }
             // (`len_ok` above checked the modes' count.)
-            Prediction::BlockModes { prev, width, modes } => {
-                for_each_block_mode(width, codes.len(), modes, |i, mode| {
-                    out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask
-                });
-            }
+            Prediction::BlockModes { prev, width, modes } => decode_block_modes(prev, width, modes, codes, mask, out),
             other => other.walk(out, mask, |i, p| Ok::<u32, BadCodes>(p.wrapping_add(unzigzag_native(codes[i])) & mask))?,
         },
         // Integer types under `abs:E`: the general path's reconstructions in integer arithmetic
@@ -372,11 +369,27 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
         FrameBound::Abs(e) if !dtype.is_float() => {
             let e = e.min(mask as f64) as i64;
             let step = 2 * e + 1;
+            // (Saturating: a corrupt code may be far out of range; the clamp makes it exact.)
+            let value = |c: u32, p: u32| unzigzag(c as u64 - 1).saturating_mul(step).saturating_add(p as i64).clamp(0, mask as i64) as u32;
+            if let Prediction::Frame(f) = pred {
+                // No pixel reads another: every value in one pass (it vectorises), then the
+                // escapes (zero codes) in order.
+                for ((o, &c), &p) in out.iter_mut().zip(codes).zip(f) {
+                    *o = value(c.max(1), p);
+                }
+                let mut esc = escapes.iter();
+                for (o, _) in out.iter_mut().zip(codes).filter(|(_, &c)| c == 0) {
+                    *o = *esc.next().ok_or(BadCodes("too few escapes"))?;
+                }
+                if esc.next().is_some() {
+                    return Err(BadCodes("too many escapes"));
+                }
+                return Ok(());
+            }
             let mut esc = escapes.iter();
             pred.walk(out, mask, |i, p| match codes[i] {
                 0 => esc.next().copied().ok_or(BadCodes("too few escapes")),
-                // (Saturating: a corrupt code may be far out of range; the clamp makes it exact.)
-                c => Ok(unzigzag(c as u64 - 1).saturating_mul(step).saturating_add(p as i64).clamp(0, mask as i64) as u32),
+                c => Ok(value(c, p)),
             })?;
             if esc.next().is_some() {
                 return Err(BadCodes("too many escapes"));
@@ -385,6 +398,34 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
         _ => decode_quantised(dtype, bound, codes, escapes, pred, out)?,
     }
     Ok(())
+}
+
+/// The lossless reconstruction of a frame predicted per motion block ([`Prediction::BlockModes`]):
+/// the plain blocks first (the moved frame plus the residual: no pixel reads another, so it
+/// vectorises), then the corrected, spatial and blended blocks in raster order, whose pixels read
+/// their left and upper neighbours, which are then either in a plain block or before them. The
+/// same values as the walk of [`for_each_block_mode`] in one pass (tested).
+fn decode_block_modes(prev: &[u32], width: usize, modes: &[u8], codes: &[u32], mask: u32, out: &mut [u32]) {
+    let nx = width.div_ceil(BLOCK);
+    let rows = codes.len() / width.max(1);
+    let segments = |y: usize| {
+        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
+        row_modes.iter().take(nx).enumerate().map(move |(bx, &mode)| (mode, y * width + bx * BLOCK..y * width + ((bx + 1) * BLOCK).min(width)))
+    };
+    for y in 0..rows {
+        for (_, run) in segments(y).filter(|(m, _)| *m == PLAIN) {
+            for ((o, &c), &p) in out[run.clone()].iter_mut().zip(&codes[run.clone()]).zip(&prev[run]) {
+                *o = p.wrapping_add(unzigzag_native(c)) & mask;
+            }
+        }
+    }
+    for y in 0..rows {
+        for (mode, run) in segments(y).filter(|(m, _)| *m != PLAIN) {
+            for i in run {
+                out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask;
+            }
+        }
+    }
 }
 
 /// [`decode`] under a bound, for any type and bound.
@@ -543,6 +584,41 @@ mod tests {
                     more.push(0);
                     let mut out = Vec::new();
                     assert!(decode(dtype, bound, &a.codes, &more, pred, &mut out).is_err(), "too many escapes");
+                }
+            }
+        }
+    }
+
+    /// Lossless frames predicted per motion block decode (plain blocks first, then the others)
+    /// to the frame the codes were made from, for every mix of modes, at widths and heights that
+    /// are and are not multiples of the block.
+    #[test]
+    fn block_modes_decode_plain_blocks_first_to_the_frame() {
+        use crate::codec::predict::motion::{blocks, BLENDED, CORRECTED, SPATIAL};
+        let mut seed = 3u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for (w, h) in [(48, 32), (50, 37), (17, 5), (3, 40)] {
+            for dtype in [DType::U8, DType::U16] {
+                let mask = dtype.mask();
+                let prev: Vec<u32> = (0..w * h).map(|_| next() & mask).collect();
+                let x: Vec<u32> =
+                    prev.iter().map(|&p| if next() % 5 == 0 { next() & mask } else { p.wrapping_add(next() % 7).wrapping_sub(3) & mask }).collect();
+                for mix in 0..4 {
+                    let modes: Vec<u8> = (0..blocks(w, h))
+                        .map(|b| match mix {
+                            0 => PLAIN,
+                            1 => SPATIAL,
+                            _ => [PLAIN, CORRECTED, SPATIAL, BLENDED][(next() as usize + b) % 4],
+                        })
+                        .collect();
+                    let pred = Prediction::BlockModes { prev: &prev, width: w, modes: &modes };
+                    let codes = lossless_codes(dtype, &x, pred);
+                    let mut out = vec![1; 3];
+                    decode(dtype, FrameBound::Lossless, &codes, &[], pred, &mut out).unwrap();
+                    assert_eq!(out, x, "{w}x{h} {dtype} mix {mix}");
                 }
             }
         }
