@@ -10,9 +10,8 @@
 //! the escape, and its exact value goes to the escape list. Other codes are `zigzag(q) + 1`.
 
 use super::dtype::DType;
-use super::predict::motion::blocks;
-use super::predict::motion::{BLOCK, PLAIN};
-use super::predict::pixel::{block_mode_at, for_each_block_mode};
+use super::predict::motion::{blocks, PLAIN};
+use super::predict::pixel::{block_mode_at, block_mode_runs, for_each_block_mode};
 pub use super::predict::Prediction;
 use std::fmt;
 use std::str::FromStr;
@@ -406,21 +405,16 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
 /// their left and upper neighbours, which are then either in a plain block or before them. The
 /// same values as the walk of [`for_each_block_mode`] in one pass (tested).
 fn decode_block_modes(prev: &[u32], width: usize, modes: &[u8], codes: &[u32], mask: u32, out: &mut [u32]) {
-    let nx = width.div_ceil(BLOCK);
     let rows = codes.len() / width.max(1);
-    let segments = |y: usize| {
-        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
-        row_modes.iter().take(nx).enumerate().map(move |(bx, &mode)| (mode, y * width + bx * BLOCK..y * width + ((bx + 1) * BLOCK).min(width)))
-    };
     for y in 0..rows {
-        for (_, run) in segments(y).filter(|(m, _)| *m == PLAIN) {
+        for (_, run) in block_mode_runs(width, modes, y).filter(|(m, _)| *m == PLAIN) {
             for ((o, &c), &p) in out[run.clone()].iter_mut().zip(&codes[run.clone()]).zip(&prev[run]) {
                 *o = p.wrapping_add(unzigzag_native(c)) & mask;
             }
         }
     }
     for y in 0..rows {
-        for (mode, run) in segments(y).filter(|(m, _)| *m != PLAIN) {
+        for (mode, run) in block_mode_runs(width, modes, y).filter(|(m, _)| *m != PLAIN) {
             for i in run {
                 out[i] = block_mode_at(mode, prev, out, i, width, mask).wrapping_add(unzigzag_native(codes[i])) & mask;
             }
@@ -594,12 +588,9 @@ mod tests {
     /// are and are not multiples of the block.
     #[test]
     fn block_modes_decode_plain_blocks_first_to_the_frame() {
-        use crate::codec::predict::motion::{blocks, BLENDED, CORRECTED, SPATIAL};
-        let mut seed = 3u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
+        use crate::codec::predict::motion::{BLENDED, CORRECTED, SPATIAL};
+        let mut rng = crate::fixtures::Rng::new(3);
+        let mut next = || (rng.next_u64() >> 32) as u32;
         for (w, h) in [(48, 32), (50, 37), (17, 5), (3, 40)] {
             for dtype in [DType::U8, DType::U16] {
                 let mask = dtype.mask();

@@ -123,17 +123,24 @@ pub(crate) fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, wid
 /// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
 #[inline(always)]
 pub(crate) fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
-    let nx = width.div_ceil(BLOCK);
     // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
     for y in 0..n / width.max(1) {
-        let row = y * width;
-        let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
-        for (bx, &mode) in row_modes.iter().take(nx).enumerate() {
-            for i in row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width) {
+        for (mode, run) in block_mode_runs(width, modes, y) {
+            for i in run {
                 f(i, mode);
             }
         }
     }
+}
+
+/// The runs of pixels of row `y` (frame indices) that lie in one block each, with that block's
+/// mode, left to right (see [`Prediction::BlockModes`]).
+#[inline(always)]
+pub(crate) fn block_mode_runs(width: usize, modes: &[u8], y: usize) -> impl Iterator<Item = (u8, std::ops::Range<usize>)> + '_ {
+    let nx = width.div_ceil(BLOCK);
+    let row = y * width;
+    let row_modes = modes.get((y / BLOCK) * nx..).unwrap_or(&[]);
+    row_modes.iter().take(nx).enumerate().map(move |(bx, &mode)| (mode, row + bx * BLOCK..row + ((bx + 1) * BLOCK).min(width)))
 }
 
 impl Prediction<'_> {
