@@ -7,6 +7,7 @@
 //! pending): at mount the engine scans it once, so a restart resumes.
 
 pub mod autotrain;
+pub mod carry;
 pub mod priority;
 pub mod queue;
 
@@ -94,6 +95,7 @@ struct Shared {
     trainer: Arc<autotrain::Trainer>,
     in_flight: Mutex<HashSet<u64>>,
     failed: Mutex<HashMap<u64, Failure>>,
+    choices: carry::Choices,
     invalidate: Mutex<Option<Invalidate>>,
 }
 
@@ -115,6 +117,7 @@ impl Engine {
             trainer: Default::default(),
             in_flight: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
+            choices: Default::default(),
             invalidate: Mutex::new(None),
         });
         let sh = shared.clone();
@@ -231,7 +234,7 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 let dir = job.dir;
                 let invalidate = sh.invalidate.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let t0 = Instant::now();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer))));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer), Some(&sh.choices))));
                 sh.vfs.counters.compress_seconds.observe(t0.elapsed());
                 let failed = match r {
                     Ok(Ok(())) => false,
@@ -439,8 +442,15 @@ fn pixel_bytes_of(vfs: &Vfs, format: &crate::codec::FormatSpec, first: &Inode) -
 /// Compress one window: encode, verify, write the blob, commit. Files whose bytes change (lossy
 /// frames) are handed to `invalidate` just before the commit (dropping the pages cached by their
 /// writes) and again just after it (pages read while it was being made).
-/// `trainer`: where a directory under `model=auto` without a model gets one trained.
-pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, trainer: Option<&Arc<autotrain::Trainer>>) -> FsResult<()> {
+/// `trainer`: where a directory under `model=auto` without a model gets one trained; `choices`:
+/// where the choice of the directory's last window is kept for its next one ([`carry`]).
+pub fn compress(
+    vfs: &Arc<Vfs>,
+    job: Job,
+    invalidate: Option<&Invalidate>,
+    trainer: Option<&Arc<autotrain::Trainer>>,
+    choices: Option<&carry::Choices>,
+) -> FsResult<()> {
     let start = Instant::now();
     let window_bytes = job.memory_bytes(&job.sizes());
     let mut members = Vec::with_capacity(job.members.len());
@@ -517,6 +527,7 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
     // The CPU-heavy part (encoding, and decoding to verify it before anything is committed: rule
     // 1 of DESIGN.md) runs on idle CPU only while the backlog is small (at nice 10 above it, so
     // that busy CPUs cannot stop compression); the commit below runs at nice 10.
+    opts.carry = choices.and_then(|c| c.get(job.dir));
     let how = priority::Encoding::for_backlog(vfs.store.bytes_in("staging"), vfs.config.idle_backlog);
     if how == priority::Encoding::Nice {
         vfs.counters.encoded_not_idle.fetch_add(1, Ordering::Relaxed);
@@ -533,6 +544,15 @@ pub fn compress(vfs: &Arc<Vfs>, job: Job, invalidate: Option<&Invalidate>, train
         if d.len() != f.len() || (lossless && d != f) {
             return Err(FsError::Corrupt { what: "fresh blob".into(), why: format!("entry {k} decodes to different bytes") });
         }
+    }
+    if let Some(c) = &enc.choice {
+        tracing::debug!(dir = job.dir, choice = %c, carried = c.carried(), "window's choice");
+        if c.carried() > 0 {
+            vfs.counters.carried_windows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(c) = choices {
+        c.put(job.dir, enc.choice.clone());
     }
     for (m, rep) in members.iter().zip(&enc.entries) {
         if let EntryReport::Opaque { reason } = rep {

@@ -123,6 +123,13 @@ pub fn render(vfs: &Vfs) -> String {
     );
     one(
         &mut out,
+        "tezipfs_carried_windows_total",
+        "counter",
+        "Windows coded with the choice of predictor and entropy stage of their directory's window before, without a probe.",
+        n(&c.carried_windows),
+    );
+    one(
+        &mut out,
         "tezipfs_model_skipped_windows_total",
         "counter",
         "Windows coded without their model because the backlog was over its limit or its states did not fit in the memory budget.",

@@ -207,6 +207,9 @@ pub struct Counters {
     pub model_skipped: AtomicU64,
     /// Windows encoded at nice 10 instead of `SCHED_IDLE` (staging was over `idle_backlog`).
     pub encoded_not_idle: AtomicU64,
+    /// Windows coded with the choice (predictor, entropy stage) of their directory's window
+    /// before, without a probe (`engine::carry`).
+    pub carried_windows: AtomicU64,
     /// Directories whose model is being trained (or whose training failed): (dir, status).
     pub model_training: Mutex<Vec<(u64, String)>>,
     /// The backlog over the last hour, sampled by the engine.

@@ -124,6 +124,8 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
     // slice choosing on its own probe flips `balanced`'s choice of the adaptive stage from slice
     // to slice: ctc-fluo-nuclei in slices of 256 rows lost 10.5% that way, 0.8% with one choice.)
     let lossy = opts.bound != Bound::Lossless;
+    let mut jobs: Vec<Vec<Cow<[u8]>>> = stripes;
+    let middle = count / 2;
     let code = |s: usize, frames: &mut Vec<Cow<[u8]>>, chosen: Option<(super::PredictorId, Stage, bool)>| {
         let mut inner = Options {
             format: FormatSpec::Raw(RawSpec { width, height: stripe_rows(s), dtype, skip: 0 }),
@@ -135,6 +137,10 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
             reconstructions: lossy,
             ..opts.clone()
         };
+        // (Only the middle slice chooses, or carries the choice of the stream's window before.)
+        if s != middle {
+            inner.carry = None;
+        }
         if let Some((pid, stage, intensity)) = chosen {
             (inner.predictor, inner.stage) = (super::PredictorChoice::Fixed(pid), Some(stage));
             // (Under a bound, whether the middle slice's probe found the intensity context
@@ -147,9 +153,8 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
         frames.clear();
         Ok::<_, EncodeError>(enc)
     };
-    let mut jobs: Vec<Vec<Cow<[u8]>>> = stripes;
-    let middle = count / 2;
     let first = code(middle, &mut jobs[middle], None)?;
+    let choice = first.choice.clone();
     // (Not with a model, whose candidates are not a fixed predictor, nor under `exhaustive`,
     // which chooses per frame.)
     let chosen = match (&first.model, opts.exhaustive, first.predictor) {
@@ -230,7 +235,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
         bound: opts.bound,
     };
     let blob = w.finish(&Header { params: Some(params), entries, slices: Some(Slicing { rows, blobs, headers: Vec::new() }) });
-    Ok(Some(Encoded { blob, predictor, model, entries: reports, recon: Vec::new() }))
+    Ok(Some(Encoded { blob, choice, predictor, model, entries: reports, recon: Vec::new() }))
 }
 
 /// The decoders of a version-7 blob's slices, positioned together.

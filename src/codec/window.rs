@@ -65,6 +65,10 @@ pub struct Options {
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
+    /// The choice of the stream's previous window ([`Encoded::choice`]): this window is coded
+    /// with it, without a probe, where it was made under the same options for frames of the same
+    /// geometry and is still fresh ([`Choice`]).
+    pub carry: Option<Choice>,
 }
 
 /// The oldest container version this build can be told to write at most
@@ -114,6 +118,7 @@ impl Default for Options {
             intensity_context: true,
             row_slices: true,
             stage: None,
+            carry: None,
         }
     }
 }
@@ -253,6 +258,9 @@ pub enum EntryReport {
 #[derive(Clone, Debug)]
 pub struct Encoded {
     pub blob: Vec<u8>,
+    /// The window's choice, for the stream's next window ([`Options::carry`]); `None` when it
+    /// holds no frame or chose per frame (`exhaustive`).
+    pub choice: Option<Choice>,
     /// `None` when the window holds no frame.
     pub predictor: Option<PredictorId>,
     /// The model that corrected the reference, if the window used one.
@@ -407,6 +415,89 @@ struct Plan {
     intensity: Intensity,
 }
 
+/// A choice is made again at least every this many windows of a stream (see [`Choice`]).
+pub const CARRY_WINDOWS: u32 = 8;
+/// A window coded with a carried choice whose bits per pixel differ from those of the window
+/// that made the choice by more than this share makes the next window choose again.
+pub const CARRY_DRIFT: f64 = 0.2;
+
+/// What a window chose (predictor, entropy stage, intensity context, `linear`'s fit), handed to
+/// the next window of the same stream through [`Options::carry`]: frames of one acquisition look
+/// alike from window to window, and the choice is half of what the encoder does (ctc-fluo-nuclei
+/// abs:2: probe, finalists, drift confirmation and intensity check 289 of 591 ms). A carried
+/// window codes the same bytes as that window would have under the same choice; the choice is
+/// made again every [`CARRY_WINDOWS`] windows, when a carried window's bits per pixel drift by
+/// more than [`CARRY_DRIFT`], and whenever the options, the frames' geometry or the model change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    candidate: Candidate,
+    stage: Stage,
+    intensity: Intensity,
+    /// `linear`'s fit of least absolute errors won the probe (under a bound).
+    l1: bool,
+    /// What the choice was made for: it is carried only to windows of the same.
+    key: ChoiceKey,
+    /// Bits per pixel of the window that made it.
+    bits: f64,
+    /// Windows coded with it after the one that made it (0: made by this window).
+    carried: u32,
+}
+
+impl Choice {
+    /// Windows coded with this choice after the one that made it (0: made by this window).
+    pub fn carried(&self) -> u32 {
+        self.carried
+    }
+
+    /// Whether the next window may use it (else it chooses again).
+    pub fn fresh(&self) -> bool {
+        self.carried < CARRY_WINDOWS
+    }
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} + {:?}", self.candidate, self.stage)?;
+        if self.intensity != Intensity::default() {
+            f.write_str(" + intensity")?;
+        }
+        if self.l1 {
+            f.write_str(" (l1 fit)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The options and frames a [`Choice`] holds for.
+#[derive(Clone, Debug, PartialEq)]
+struct ChoiceKey {
+    width: usize,
+    height: usize,
+    dtype: DType,
+    bound: Bound,
+    entropy: EntropyChoice,
+    predictor: PredictorChoice,
+    model: Option<super::predict::ModelHash>,
+    intensity_context: bool,
+    row_slices: bool,
+}
+
+impl ChoiceKey {
+    fn of(opts: &Options, geom: Geometry, dtype: DType, model: Option<&ModelHandle>) -> ChoiceKey {
+        ChoiceKey {
+            width: geom.width,
+            height: geom.height,
+            dtype,
+            bound: opts.bound,
+            entropy: opts.entropy,
+            predictor: opts.predictor,
+            model: model.map(|m| m.0.hash()),
+            intensity_context: opts.intensity_context,
+            row_slices: opts.row_slices,
+        }
+    }
+}
+
 /// A motion search's vectors, and those before its refinement ([`motion::search_both`]).
 type Search = (Vec<u8>, Option<Vec<u8>>);
 
@@ -501,6 +592,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     }
 
     let mut predictor = None;
+    let mut choice = None;
     let mut used_model = None;
     let mut coded: Vec<CodedFrame> = Vec::new();
     let mut coefs: Vec<i32> = Vec::new();
@@ -520,15 +612,22 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             None => None,
         };
         let models = Models { real: model, probe: replayed.as_ref().or(model) };
-        let coding = match model {
+        let key = ChoiceKey::of(opts, geom, dtype, model);
+        let carry = opts.carry.as_ref().filter(|c| c.fresh() && c.key == key && !opts.exhaustive && opts.stage.is_none());
+        let coding = match (model, carry) {
+            // A carried choice says which of the two codings below to make.
+            (Some(_), Some(c)) if opts.predictor == PredictorChoice::Auto && c.candidate.model => {
+                code_with(&chain, dtype, geom, &Options { predictor: PredictorChoice::Prednet, ..opts.clone() }, models, carry, &mut coder)?
+            }
+            (Some(_), Some(_)) if opts.predictor == PredictorChoice::Auto => code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, carry, &mut coder)?,
             // `auto` with a model codes the window twice, as classical `auto` would and with the
             // model's candidates only, and keeps the smaller: a model never makes a window larger
             // than it is without one (the probe cannot promise that: under a bound it estimates
             // the model on the originals, which the closed loop does not see, and its entropy
             // stages are chosen on a few frames).
-            Some(_) if opts.predictor == PredictorChoice::Auto => {
-                let classical = code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, &mut coder)?;
-                let learned = code_with(&chain, dtype, geom, &Options { predictor: PredictorChoice::Prednet, ..opts.clone() }, models, &mut coder)?;
+            (Some(_), _) if opts.predictor == PredictorChoice::Auto => {
+                let classical = code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, None, &mut coder)?;
+                let learned = code_with(&chain, dtype, geom, &Options { predictor: PredictorChoice::Prednet, ..opts.clone() }, models, None, &mut coder)?;
                 tracing::debug!(classical = %classical.chosen, classical_bytes = classical.bytes(), model = %learned.chosen, model_bytes = learned.bytes(), "window coded with and without the model");
                 if learned.bytes() < classical.bytes() {
                     learned
@@ -536,8 +635,23 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     classical
                 }
             }
-            _ => code_with(&chain, dtype, geom, opts, models, &mut coder)?,
+            _ => code_with(&chain, dtype, geom, opts, models, carry, &mut coder)?,
         };
+        if !opts.exhaustive {
+            let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
+            let bits = 8.0 * coding.bytes() as f64 / pixels;
+            let made = Choice { candidate: coding.chosen, stage: coding.plan.stage.unwrap_or(Stage::Adaptive), intensity: coding.plan.intensity, l1: coding.l1, key, bits, carried: 0 };
+            choice = Some(match carry.filter(|c| c.candidate == made.candidate) {
+                // (A carried window that codes much smaller or larger than the one that chose
+                // says the frames changed: the next window chooses again.)
+                Some(c) if (bits / c.bits - 1.0).abs() <= CARRY_DRIFT => Choice { carried: c.carried + 1, ..c.clone() },
+                Some(c) => {
+                    tracing::debug!(choice = %c, bits, chose_at = c.bits, "a carried choice codes this window differently: the next one chooses again");
+                    Choice { carried: CARRY_WINDOWS, ..c.clone() }
+                }
+                None => made,
+            });
+        }
         predictor = Some(coding.chosen.pid);
         used_model = coding.chosen.model.then(|| opts.model.as_ref().map(|m| m.0.hash())).flatten();
         coded = coding.coded;
@@ -598,7 +712,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     });
     let blob = w.finish(&Header { params, entries, slices: None });
     let recon = coded.into_iter().map(|c| c.recon).collect();
-    Ok(Encoded { blob, predictor, model: used_model, entries: reports, recon })
+    Ok(Encoded { blob, choice, predictor, model: used_model, entries: reports, recon })
 }
 
 /// A file stored whole: zstd, or as it is when zstd does not shrink it.
@@ -611,6 +725,9 @@ pub(super) fn opaque_entry(file: &[u8], coder: &mut Coder, w: &mut container::Wr
 /// A window's frames coded with one candidate.
 struct Coding {
     chosen: Candidate,
+    plan: Plan,
+    /// `linear` with its fit of least absolute errors.
+    l1: bool,
     coded: Vec<CodedFrame>,
     /// The coefficients of `linear` (empty for the other predictors).
     coefs: Vec<i32>,
@@ -624,10 +741,11 @@ impl Coding {
 }
 
 /// Choose a window's candidate and stage among those `opts` and `models` allow, and code it.
-fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, coder: &mut Coder) -> Result<Coding, EncodeError> {
+/// (`carry`: a choice to code with instead of choosing, where it is among the candidates.)
+fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, carry: Option<&Choice>, coder: &mut Coder) -> Result<Coding, EncodeError> {
     let mut coefs: Coefs = Default::default();
     let mut quantised = None;
-    let (chosen, plan) = choose(chain, dtype, geom, opts, models, coder, &mut coefs, &mut quantised)?;
+    let (chosen, plan, l1) = choose(chain, dtype, geom, opts, models, carry, coder, &mut coefs, &mut quantised)?;
     tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?plan.stage, intensity = ?plan.intensity, "window's predictor and stage chosen");
     // Lossless, the replayed references are exactly what the model computes from the
     // reconstructions; under a bound the model runs on them (closed loop).
@@ -651,7 +769,7 @@ fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models
     if chosen.pid != PredictorId::Linear {
         kept.clear();
     }
-    Ok(Coding { chosen, coded, coefs: kept })
+    Ok(Coding { chosen, plan, l1, coded, coefs: kept })
 }
 
 /// Choose the predictor and entropy stage of a window by coded size on its probe frames.
@@ -664,10 +782,11 @@ fn choose(
     geom: Geometry,
     opts: &Options,
     models: Models,
+    carry: Option<&Choice>,
     coder: &mut Coder,
     coefs: &mut Coefs,
     quantised: &mut Option<Quantised>,
-) -> Result<(Candidate, Plan), EncodeError> {
+) -> Result<(Candidate, Plan, bool), EncodeError> {
     let bounded_only = Intensity { bounded: opts.intensity_context, lossless: false };
     let plan = |stage: Option<Stage>| Plan { stage, intensity: bounded_only };
     let probe = if opts.exhaustive { chain.images.len() } else { PROBE_FRAMES.min(chain.images.len()) };
@@ -683,6 +802,11 @@ fn choose(
     // Each predictor's codes are computed once; only the entropy coding is repeated per stage.
     let skip = usize::from(probe > 1);
     let mut candidates = candidates(opts, models.real);
+    // A carried choice: only its candidate is fitted, and nothing is probed.
+    let carry = carry.filter(|c| candidates.contains(&c.candidate));
+    if let Some(c) = carry {
+        candidates.retain(|&x| x == c.candidate);
+    }
     // The classical `linear`'s alternative coefficients (see below), tried in the probe.
     let mut l1_coefs: Option<Vec<i32>> = None;
     for with_model in [false, true] {
@@ -726,11 +850,18 @@ fn choose(
             None => candidates.retain(|&c| c != Candidate { pid: PredictorId::Linear, model: with_model }),
         }
     }
+    if let (Some(c), [only]) = (carry, &candidates[..]) {
+        let l1 = c.l1 && l1_coefs.is_some();
+        if let Some(l1) = l1_coefs.filter(|_| c.l1) {
+            coefs[0] = l1;
+        }
+        return Ok((*only, Plan { stage: Some(c.stage), intensity: c.intensity }, l1));
+    }
     if candidates.len() == 1 && opts.exhaustive {
-        return Ok((candidates[0], plan(None)));
+        return Ok((candidates[0], plan(None), false));
     }
     if let (1, Some(stage)) = (candidates.len(), opts.stage) {
-        return Ok((candidates[0], plan(Some(stage))));
+        return Ok((candidates[0], plan(Some(stage)), false));
     }
     let size_under =
         |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false, bounded_only);
@@ -791,7 +922,8 @@ fn choose(
         }
         Ok((size, candidates[i], q, false))
     })?;
-    if let Some(l1) = l1_coefs.filter(|_| probed.iter().any(|p| p.3)) {
+    let l1_won = probed.iter().any(|p| p.3);
+    if let Some(l1) = l1_coefs.filter(|_| l1_won) {
         coefs[0] = l1;
     }
     let mut ranked: Vec<(f64, Candidate, Quantised)> = probed.into_iter().map(|(s, c, q, _)| (s, c, q)).collect();
@@ -905,7 +1037,7 @@ fn choose(
     } else if !lossless {
         intensity = bounded_only;
     }
-    Ok((chosen, Plan { stage: (!opts.exhaustive).then_some(stage), intensity }))
+    Ok((chosen, Plan { stage: (!opts.exhaustive).then_some(stage), intensity }, l1_won && chosen == classical_linear))
 }
 
 /// Mean count above which the counts stage is not tried: its ladder then takes more decisions
@@ -1966,5 +2098,122 @@ mod tests {
         let raw = w * h * n;
         assert!(leaky * 2 < raw, "the leak this guards against: {leaky} of {raw} bytes");
         assert!(kept * 10 > raw * 9, "noise coded from a reference that saw it: {kept} of {raw} bytes");
+    }
+}
+
+#[cfg(test)]
+mod carry_tests {
+    use super::*;
+    use crate::codec::{DType, RawSpec};
+    use crate::fixtures::{generate_raw, SequenceSpec};
+
+    fn opts(w: u32, h: u32, bound: Bound) -> Options {
+        Options { format: FormatSpec::Raw(RawSpec { width: w, height: h, dtype: DType::U16, skip: 0 }), bound, threads: 1, ..Options::default() }
+    }
+
+    fn refs(files: &[Vec<u8>]) -> Vec<&[u8]> {
+        files.iter().map(|f| &f[..]).collect()
+    }
+
+    /// A window coded with the choice its stream's window before made codes the very bytes it
+    /// would have coded had it chosen the same itself (the predictor, the stage, the intensity
+    /// context and, under a bound, `linear`'s fit of least absolute errors are carried).
+    #[test]
+    fn a_carried_choice_codes_the_bytes_the_window_would_choose() {
+        let frames = generate_raw(&SequenceSpec::detector_u16(96, 80, 16, 3));
+        for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+            let o = opts(96, 80, bound);
+            let first = encode_window(&refs(&frames[..8]), &o).unwrap();
+            let made = first.choice.clone().expect("a window of frames makes a choice");
+            assert_eq!(made.carried(), 0);
+            let own = encode_window(&refs(&frames[8..]), &o).unwrap();
+            let own_choice = own.choice.clone().unwrap();
+            // (The premise: both halves of the sequence choose alike.)
+            assert_eq!((own_choice.candidate, own_choice.stage, own_choice.intensity, own_choice.l1), (made.candidate, made.stage, made.intensity, made.l1), "{bound:?}");
+            let carried = encode_window(&refs(&frames[8..]), &Options { carry: Some(made.clone()), ..o.clone() }).unwrap();
+            assert_eq!(carried.blob, own.blob, "{bound:?}: a carried choice codes other bytes");
+            let c = carried.choice.unwrap();
+            assert_eq!(c.carried(), 1, "{bound:?}: the choice was not carried");
+            let decoded = decode_window(&carried.blob).unwrap();
+            if bound == Bound::Lossless {
+                assert_eq!(decoded, frames[8..].to_vec());
+            }
+        }
+    }
+
+    /// Frames of smooth spots with sparse large outliers (cosmic-ray hits): under a bound,
+    /// `linear`'s fit of least absolute errors codes them smaller than that of least squares.
+    fn with_hits(w: u32, h: u32, n: usize) -> Vec<Vec<u8>> {
+        let mut rng = crate::fixtures::Rng::new(17);
+        generate_raw(&SequenceSpec::detector_u16(w, h, n, 3))
+            .into_iter()
+            .map(|f| {
+                f.chunks(2)
+                    .flat_map(|p| {
+                        let v = u16::from_le_bytes([p[0], p[1]]);
+                        (if rng.next_u64() % 50 == 0 { v.wrapping_add(400 + (rng.next_u64() % 2000) as u16) } else { v }).to_le_bytes()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The same with `linear`'s fit of least absolute errors carried (the premise: the probe
+    /// chose it).
+    #[test]
+    fn a_carried_l1_fit_codes_the_bytes_the_window_would_choose() {
+        let frames = with_hits(96, 80, 16);
+        let o = opts(96, 80, Bound::Abs(2.0));
+        let made = encode_window(&refs(&frames[..8]), &o).unwrap().choice.unwrap();
+        assert!(made.l1 && made.candidate.pid == PredictorId::Linear, "the premise: {made}");
+        let own = encode_window(&refs(&frames[8..]), &o).unwrap();
+        assert!(own.choice.unwrap().l1, "the premise: both halves choose the l1 fit");
+        let carried = encode_window(&refs(&frames[8..]), &Options { carry: Some(made), ..o.clone() }).unwrap();
+        assert_eq!(carried.choice.unwrap().carried(), 1);
+        assert_eq!(carried.blob, own.blob, "the carried l1 fit codes other bytes");
+    }
+
+    /// A choice is carried only to windows coded under the same options, of frames of the same
+    /// geometry: anything else chooses again.
+    #[test]
+    fn a_choice_is_not_carried_to_other_options_or_frames() {
+        let frames = generate_raw(&SequenceSpec::detector_u16(96, 80, 16, 3));
+        let o = opts(96, 80, Bound::Lossless);
+        let made = encode_window(&refs(&frames[..8]), &o).unwrap().choice.unwrap();
+        let again = |o: &Options, files: &[Vec<u8>]| encode_window(&refs(files), &Options { carry: Some(made.clone()), ..o.clone() }).unwrap().choice.unwrap();
+        assert_eq!(again(&o, &frames[8..]).carried(), 1);
+        assert_eq!(again(&opts(96, 80, Bound::Abs(2.0)), &frames[8..]).carried(), 0, "carried to another bound");
+        assert_eq!(again(&Options { entropy: EntropyChoice::Best, ..o.clone() }, &frames[8..]).carried(), 0, "carried to another entropy choice");
+        let exhaustive = Options { exhaustive: true, carry: Some(made.clone()), ..o.clone() };
+        assert!(encode_window(&refs(&frames[8..]), &exhaustive).unwrap().choice.is_none(), "an exhaustive window (it chooses per frame) has a choice");
+        let other = generate_raw(&SequenceSpec::detector_u16(64, 80, 4, 3));
+        assert_eq!(again(&opts(64, 80, Bound::Lossless), &other).carried(), 0, "carried to frames of another geometry");
+    }
+
+    /// The choice is made again every CARRY_WINDOWS windows, and in the window after one whose
+    /// bits per pixel moved by more than CARRY_DRIFT from those of the window that chose.
+    #[test]
+    fn a_choice_is_made_again_when_old_or_when_the_frames_change() {
+        let frames = generate_raw(&SequenceSpec::detector_u16(96, 80, 8, 3));
+        let o = opts(96, 80, Bound::Lossless);
+        let mut c = encode_window(&refs(&frames), &o).unwrap().choice.unwrap();
+        for k in 1..=CARRY_WINDOWS {
+            assert!(c.fresh());
+            c = encode_window(&refs(&frames), &Options { carry: Some(c), ..o.clone() }).unwrap().choice.unwrap();
+            assert_eq!(c.carried(), k);
+        }
+        assert!(!c.fresh());
+        let c = encode_window(&refs(&frames), &Options { carry: Some(c), ..o.clone() }).unwrap().choice.unwrap();
+        assert_eq!(c.carried(), 0, "an old choice was carried");
+        // The same predictor and stage on frames twice as noisy: the window is coded with the
+        // carried choice, which is then marked for choosing again.
+        let mut rng = crate::fixtures::Rng::new(9);
+        let noisy: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| f.chunks(2).flat_map(|p| (u16::from_le_bytes([p[0], p[1]]).wrapping_add((rng.next_u64() % 64) as u16)).to_le_bytes()).collect())
+            .collect();
+        let stale = encode_window(&refs(&noisy), &Options { carry: Some(c.clone()), ..o.clone() }).unwrap().choice.unwrap();
+        assert_eq!((stale.candidate, stale.stage), (c.candidate, c.stage));
+        assert!(!stale.fresh(), "a window that codes {:.2} bits a pixel carried a choice made at {:.2}", stale.bits, c.bits);
     }
 }

@@ -106,6 +106,9 @@ pub struct Stats {
     /// Windows encoded at nice 10 instead of idle priority because the backlog was over
     /// `idle_backlog_mib` (compression was behind).
     pub encoded_not_idle_windows: u64,
+    /// Windows coded with the choice (predictor, entropy stage) of their directory's window
+    /// before, without a probe.
+    pub carried_windows: u64,
     /// Directories whose model is being trained (`model=auto`), or whose training failed.
     pub model_training: Vec<serde_json::Value>,
     /// Files in staging (and their space on disk) over the last hour, oldest first.
@@ -255,6 +258,7 @@ impl Vfs {
             },
             model_skipped_windows: c.model_skipped.load(Ordering::Relaxed),
             encoded_not_idle_windows: c.encoded_not_idle.load(Ordering::Relaxed),
+            carried_windows: c.carried_windows.load(Ordering::Relaxed),
             model_training: c
                 .model_training
                 .lock()
