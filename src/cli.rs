@@ -203,6 +203,11 @@ pub enum Command {
         /// older, one chain per frame), to compare ratio and speed with the default.
         #[arg(long)]
         no_row_slices: bool,
+        /// With --speed: code each set's windows as one stream that carries each window's choice
+        /// of predictor and entropy stage to the next (as the mount does for a directory's
+        /// windows), instead of choosing in every window.
+        #[arg(long)]
+        carry: bool,
     },
     /// Generate a deterministic detector-like frame sequence (raw frames + meta.json, or TIFF).
     Fixtures {
@@ -321,8 +326,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { dirs, no_fixtures, window, json, model: true, model_args, .. } => {
             bench_model::run(&model_args, dirs, no_fixtures, window, json.as_deref())
         }
-        Command::Bench { dirs, window, json, speed: true, bounds, threads, repeat, no_row_slices, .. } => {
-            bench_speed::run(dirs, window, &bounds, &threads, repeat, !no_row_slices, json.as_deref())
+        Command::Bench { dirs, window, json, speed: true, bounds, threads, repeat, no_row_slices, carry, .. } => {
+            bench_speed::run(dirs, window, &bounds, &threads, repeat, !no_row_slices, carry, json.as_deref())
         }
         Command::Bench { dirs, no_fixtures, quick, window, level, json, .. } => bench::run(dirs, no_fixtures, quick, window, level, json.as_deref()),
         Command::Fixtures { out_dir, dtype, scene, size, frames, seed, tiff } => fixtures::run(&out_dir, dtype, scene, &size, frames, seed, tiff),

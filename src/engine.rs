@@ -234,7 +234,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
                 let dir = job.dir;
                 let invalidate = sh.invalidate.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let t0 = Instant::now();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer), Some(&sh.choices))));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    compress(&sh.vfs, job, invalidate.as_ref(), Some(&sh.trainer), Some(&sh.choices))
+                }));
                 sh.vfs.counters.compress_seconds.observe(t0.elapsed());
                 let failed = match r {
                     Ok(Ok(())) => false,

@@ -1130,3 +1130,46 @@ fn write_version_keeps_blobs_readable_by_older_builds() {
         assert!(!is_mounted(&mnt), "--write-version {bad} mounted");
     }
 }
+
+/// A directory's windows carry the choice (predictor, entropy stage) of the window before: the
+/// second window of a directory is coded without a probe (`carried_windows` in `stats`), and
+/// every file reads back exactly; a window under another bound chooses again.
+#[test]
+fn windows_of_a_directory_carry_their_choice() {
+    require_fuse!();
+    let fs = Fs::new();
+    let d = raw_dir(&fs, "run", 4);
+    let frames = raw_frames(W, H, 16, 130);
+    let carried = || fs.stats(&fs.mnt)["carried_windows"].as_u64().expect("stats have carried_windows");
+    let mut all = BTreeMap::new();
+    for (k, batch) in frames[..12].chunks(4).enumerate() {
+        for (i, f) in batch.iter().enumerate() {
+            let p = d.join(frame_name(4 * k + i, "raw"));
+            write_file(&p, f);
+            all.insert(p, f.clone());
+        }
+        wait_compressed(&keys(&all));
+        match k {
+            0 => assert_eq!(carried(), 0, "the first window carried a choice"),
+            1 => assert_eq!(carried(), 1, "the second window of the directory chose again"),
+            _ => assert!(carried() >= 1),
+        }
+    }
+    assert_files(&all);
+    // Another bound: the next window chooses.
+    let before = carried();
+    set_policy(&d, None, Some("abs:2"), None);
+    let lossy: Vec<PathBuf> = frames[12..]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let p = d.join(frame_name(12 + i, "raw"));
+            write_file(&p, f);
+            p
+        })
+        .collect();
+    wait_compressed(&lossy);
+    assert_eq!(carried(), before, "a window under abs:2 carried the choice made under lossless");
+    assert_files(&all);
+    fs.assert_log_clean();
+}

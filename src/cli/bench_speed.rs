@@ -28,14 +28,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One run: the blobs' total size, then (wall, cpu) seconds of the encoding and of the decoding.
-fn run_once(d: &Dataset, opts: &Options, window: usize) -> anyhow::Result<(usize, [f64; 4])> {
+/// (`carry`: each window's choice is carried to the next, [`Options::carry`].)
+fn run_once(d: &Dataset, opts: &Options, window: usize, carry: bool) -> anyhow::Result<(usize, [f64; 4])> {
     let analyses: Vec<_> = d.files.iter().map(|f| analyze(f, &opts.format)).collect();
     let windows = plan_windows(&analyses, window);
     let (t, c) = (Instant::now(), cpu_seconds());
     let mut blobs = Vec::new();
+    let mut choice = None;
     for w in &windows {
         let refs: Vec<&[u8]> = d.files[w.clone()].iter().map(|f| &f[..]).collect();
-        blobs.push(encode_window(&refs, opts)?.blob);
+        let enc = if carry { encode_window(&refs, &Options { carry: choice.take(), ..opts.clone() })? } else { encode_window(&refs, opts)? };
+        choice = enc.choice;
+        blobs.push(enc.blob);
     }
     let (ct, cc) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
     let (t, c) = (Instant::now(), cpu_seconds());
@@ -59,11 +63,17 @@ pub fn run(
     threads: &[usize],
     repeat: usize,
     row_slices: bool,
+    carry: bool,
     json_out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let dirs = sets_or_shared(dirs);
     let repeat = repeat.max(1);
-    let slicing = if row_slices { "" } else { ", without row slices" };
+    let slicing = match (row_slices, carry) {
+        (true, false) => "",
+        (false, false) => ", without row slices",
+        (true, true) => ", each window's choice carried to the next",
+        (false, true) => ", without row slices, each window's choice carried to the next",
+    };
     println!("tezipfs bench --speed: window {window}, default codec (auto, balanced{slicing}), median of {repeat} runs; MB/s of original bytes");
     println!("(wall: elapsed time; cpu: CPU time of every thread of the process, i.e. MB/s per core used)");
     println!("{:<22} {:<9} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}", "set", "bound", "thr", "ratio", "comp wall", "comp cpu", "dec wall", "dec cpu");
@@ -78,7 +88,7 @@ pub fn run(
                 let opts = Options { format: d.format(), bound, threads: n.max(1), row_slices, ..Options::default() };
                 let mut runs: [Vec<f64>; 4] = Default::default();
                 for _ in 0..repeat {
-                    let (size, t) = run_once(&d, &opts, window)?;
+                    let (size, t) = run_once(&d, &opts, window, carry)?;
                     sizes.insert(size);
                     for (r, x) in runs.iter_mut().zip(t) {
                         r.push(mb / x);
@@ -89,7 +99,7 @@ pub fn run(
                 let label = if e == 0 { "lossless".to_string() } else { format!("abs:{e}") };
                 println!("{:<22} {:<9} {:>3} {:>8.4} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", d.name, label, n, d.bytes() as f64 / size as f64, cw, cc, dw, dc);
                 report.push(
-                    json!({"dataset": d.name, "bound": label, "threads": n, "row_slices": row_slices, "bytes": size, "ratio": d.bytes() as f64 / size as f64,
+                    json!({"dataset": d.name, "bound": label, "threads": n, "row_slices": row_slices, "carry": carry, "bytes": size, "ratio": d.bytes() as f64 / size as f64,
                     "comp_wall_MBps": cw, "comp_cpu_MBps": cc, "dec_wall_MBps": dw, "dec_cpu_MBps": dc}),
                 );
             }

@@ -619,7 +619,9 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             (Some(_), Some(c)) if opts.predictor == PredictorChoice::Auto && c.candidate.model => {
                 code_with(&chain, dtype, geom, &Options { predictor: PredictorChoice::Prednet, ..opts.clone() }, models, carry, &mut coder)?
             }
-            (Some(_), Some(_)) if opts.predictor == PredictorChoice::Auto => code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, carry, &mut coder)?,
+            (Some(_), Some(_)) if opts.predictor == PredictorChoice::Auto => {
+                code_with(&chain, dtype, geom, opts, Models { real: None, probe: None }, carry, &mut coder)?
+            }
             // `auto` with a model codes the window twice, as classical `auto` would and with the
             // model's candidates only, and keeps the smaller: a model never makes a window larger
             // than it is without one (the probe cannot promise that: under a bound it estimates
@@ -640,7 +642,15 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         if !opts.exhaustive {
             let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
             let bits = 8.0 * coding.bytes() as f64 / pixels;
-            let made = Choice { candidate: coding.chosen, stage: coding.plan.stage.unwrap_or(Stage::Adaptive), intensity: coding.plan.intensity, l1: coding.l1, key, bits, carried: 0 };
+            let made = Choice {
+                candidate: coding.chosen,
+                stage: coding.plan.stage.unwrap_or(Stage::Adaptive),
+                intensity: coding.plan.intensity,
+                l1: coding.l1,
+                key,
+                bits,
+                carried: 0,
+            };
             choice = Some(match carry.filter(|c| c.candidate == made.candidate) {
                 // (A carried window that codes much smaller or larger than the one that chose
                 // says the frames changed: the next window chooses again.)
@@ -742,7 +752,15 @@ impl Coding {
 
 /// Choose a window's candidate and stage among those `opts` and `models` allow, and code it.
 /// (`carry`: a choice to code with instead of choosing, where it is among the candidates.)
-fn code_with(chain: &Chain, dtype: DType, geom: Geometry, opts: &Options, models: Models, carry: Option<&Choice>, coder: &mut Coder) -> Result<Coding, EncodeError> {
+fn code_with(
+    chain: &Chain,
+    dtype: DType,
+    geom: Geometry,
+    opts: &Options,
+    models: Models,
+    carry: Option<&Choice>,
+    coder: &mut Coder,
+) -> Result<Coding, EncodeError> {
     let mut coefs: Coefs = Default::default();
     let mut quantised = None;
     let (chosen, plan, l1) = choose(chain, dtype, geom, opts, models, carry, coder, &mut coefs, &mut quantised)?;
@@ -2129,7 +2147,11 @@ mod carry_tests {
             let own = encode_window(&refs(&frames[8..]), &o).unwrap();
             let own_choice = own.choice.clone().unwrap();
             // (The premise: both halves of the sequence choose alike.)
-            assert_eq!((own_choice.candidate, own_choice.stage, own_choice.intensity, own_choice.l1), (made.candidate, made.stage, made.intensity, made.l1), "{bound:?}");
+            assert_eq!(
+                (own_choice.candidate, own_choice.stage, own_choice.intensity, own_choice.l1),
+                (made.candidate, made.stage, made.intensity, made.l1),
+                "{bound:?}"
+            );
             let carried = encode_window(&refs(&frames[8..]), &Options { carry: Some(made.clone()), ..o.clone() }).unwrap();
             assert_eq!(carried.blob, own.blob, "{bound:?}: a carried choice codes other bytes");
             let c = carried.choice.unwrap();
