@@ -13,8 +13,8 @@ use tezipfs::archive;
 use tezipfs::codec::container::Body;
 use tezipfs::codec::predict::{hash_hex, Model, ModelSource, PredictError};
 use tezipfs::codec::quantizer::FrameBound;
-use tezipfs::codec::window::{encode_window, EntryReport, WindowPlanner};
-use tezipfs::codec::{analyze, Decoder};
+use tezipfs::codec::window::{encode_window, Choice, EntryReport, WindowPlanner, CARRY_WINDOWS};
+use tezipfs::codec::{analyze, Decoder, Options};
 
 /// Regular files of a directory in natural name order.
 pub fn list_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -46,6 +46,67 @@ struct Job {
     seq: usize,
     names: Vec<Vec<u8>>,
     files: Vec<Vec<u8>>,
+}
+
+/// The choices of the windows that lead each group of [`CARRY_WINDOWS`] windows: the others of
+/// the group are coded with their leader's choice (`codec::window::Choice`), whichever thread
+/// codes them, so the archive does not depend on the number of threads. (The mount carries a
+/// directory's choice from each window to the next instead, and the window after one whose bits a
+/// pixel moved by more than `CARRY_DRIFT` chooses again; here the windows of a group are coded
+/// side by side, so only the codec's own guard holds: a carried window is never larger than its
+/// frames under plain zstd.)
+#[derive(Default)]
+struct Leaders {
+    /// By group: `None` until its leader is done, then its choice (`None` inside: none to carry).
+    choices: std::sync::Mutex<Vec<Option<Option<Choice>>>>,
+    done: std::sync::Condvar,
+}
+
+impl Leaders {
+    fn group(seq: usize) -> usize {
+        seq / CARRY_WINDOWS as usize
+    }
+
+    fn leads(seq: usize) -> bool {
+        seq % CARRY_WINDOWS as usize == 0
+    }
+
+    fn publish(&self, seq: usize, choice: Option<Choice>) {
+        let mut m = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        let g = Self::group(seq);
+        if m.len() <= g {
+            m.resize(g + 1, None);
+        }
+        // (Only a group's leader publishes; its first word stands.)
+        m[g].get_or_insert(choice);
+        self.done.notify_all();
+    }
+
+    /// The choice of `seq`'s leader, once it is coded.
+    fn wait(&self, seq: usize) -> Option<Choice> {
+        let g = Self::group(seq);
+        let mut m = self.choices.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(Some(c)) = m.get(g) {
+                return c.clone();
+            }
+            m = self.done.wait(m).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Publishes "no choice" for a leader whose coding ended without publishing one (an error, a
+/// panic), so that its followers do not wait for ever.
+struct Publish<'a> {
+    leaders: &'a Leaders,
+    seq: usize,
+    choice: Option<Option<Choice>>,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        self.leaders.publish(self.seq, self.choice.take().flatten());
+    }
 }
 
 pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>) -> anyhow::Result<()> {
@@ -80,9 +141,11 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     let (res_tx, res_rx) = mpsc::channel::<anyhow::Result<(usize, Vec<Vec<u8>>, Vec<u8>, u64, usize, bool)>>();
     let mut written = 0u64;
     let mut opaque = 0usize;
+    let leaders = Leaders::default();
+    let carried = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| -> anyhow::Result<()> {
         for _ in 0..threads {
-            let (job_rx, res_tx, opts) = (&job_rx, res_tx.clone(), &opts);
+            let (job_rx, res_tx, opts, leaders, carried) = (&job_rx, res_tx.clone(), &opts, &leaders, &carried);
             s.spawn(move || loop {
                 let job = match job_rx.lock().map(|rx| rx.recv()) {
                     Ok(Ok(j)) => j,
@@ -90,7 +153,23 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
                 };
                 let refs: Vec<&[u8]> = job.files.iter().map(|f| &f[..]).collect();
                 let bytes: u64 = refs.iter().map(|f| f.len() as u64).sum();
-                let r = encode_window(&refs, opts).map(|e| {
+                // A group's leader chooses; the others wait for its choice and code with it.
+                let mut publish = Leaders::leads(job.seq).then(|| Publish { leaders, seq: job.seq, choice: None });
+                let r = if publish.is_some() {
+                    encode_window(&refs, opts)
+                } else {
+                    encode_window(&refs, &Options { carry: leaders.wait(job.seq), ..opts.clone() })
+                };
+
+                match (&r, &mut publish) {
+                    (Ok(e), Some(p)) => p.choice = Some(e.choice.clone()),
+                    (Ok(e), None) if e.choice.as_ref().is_some_and(|c| c.carried() > 0) => {
+                        carried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                drop(publish);
+                let r = r.map(|e| {
                     let mut opaque = 0;
                     for (n, rep) in job.names.iter().zip(&e.entries) {
                         if let EntryReport::Opaque { reason } = rep {
@@ -154,7 +233,8 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     let secs = start.elapsed().as_secs_f64();
     let size = std::fs::metadata(out)?.len();
     println!(
-        "compressed {} files ({:.1} MB) into {} ({:.1} MB, blobs {:.1} MB): ratio {:.3}, {:.1} MB/s with {} threads; {} stored whole",
+        "compressed {} files ({:.1} MB) into {} ({:.1} MB, blobs {:.1} MB): ratio {:.3}, {:.1} MB/s with {} threads; {} stored whole; \
+         {} windows coded with the choice of their group's first",
         files.len(),
         total as f64 / 1e6,
         out.display(),
@@ -163,7 +243,8 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
         total as f64 / size as f64,
         mbps(total, secs),
         threads,
-        opaque
+        opaque,
+        carried.into_inner()
     );
     Ok(())
 }

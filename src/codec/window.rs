@@ -639,6 +639,15 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             }
             _ => code_with(&chain, dtype, geom, opts, models, carry, &mut coder)?,
         };
+        // Rule 4 of DESIGN.md, which the probe keeps by trying plain zstd: a window coded with a
+        // carried choice that is larger than its frames under plain zstd chooses after all.
+        let (coding, carry) = match carry {
+            Some(c) if !smaller_than_zstd(&chain, coding.bytes(), &mut coder)? => {
+                tracing::debug!(choice = %c, "a carried choice codes this window larger than plain zstd: chosen again");
+                (code_with(&chain, dtype, geom, opts, models, None, &mut coder)?, None)
+            }
+            _ => (coding, carry),
+        };
         if !opts.exhaustive {
             let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
             let bits = 8.0 * coding.bytes() as f64 / pixels;
@@ -723,6 +732,19 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
     let blob = w.finish(&Header { params, entries, slices: None });
     let recon = coded.into_iter().map(|c| c.recon).collect();
     Ok(Encoded { blob, choice, predictor, model: used_model, entries: reports, recon })
+}
+
+/// Whether `bytes` is less than the chain's frames take under plain zstd (at the coder's level;
+/// the frames are compressed one by one until their sum reaches `bytes`).
+fn smaller_than_zstd(chain: &Chain, bytes: usize, coder: &mut Coder) -> Result<bool, EncodeError> {
+    let mut zstd = 0;
+    for f in &chain.files {
+        zstd += coder.compress_bytes(f)?.len();
+        if zstd > bytes {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A file stored whole: zstd, or as it is when zstd does not shrink it.
@@ -2178,6 +2200,24 @@ mod carry_tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// A carried choice never codes a window larger than plain zstd would (DESIGN.md rule 4,
+    /// which the probe keeps by trying it): frames of white noise carried the choice made on a
+    /// detector sequence are chosen for again.
+    #[test]
+    fn a_carried_choice_never_codes_larger_than_plain_zstd() {
+        let frames = generate_raw(&SequenceSpec::detector_u16(96, 80, 8, 3));
+        let o = opts(96, 80, Bound::Lossless);
+        let made = encode_window(&refs(&frames), &o).unwrap().choice.unwrap();
+        let mut rng = crate::fixtures::Rng::new(21);
+        let noise: Vec<Vec<u8>> = (0..8).map(|_| (0..96 * 80 * 2).map(|_| rng.next_u64() as u8).collect()).collect();
+        let own = encode_window(&refs(&noise), &o).unwrap();
+        let carried = encode_window(&refs(&noise), &Options { carry: Some(made.clone()), ..o.clone() }).unwrap();
+        let c = carried.choice.unwrap();
+        assert_eq!(c.carried(), 0, "white noise kept the carried {made}: coded {} bytes, its own choice {}", carried.blob.len(), own.blob.len());
+        assert_eq!(carried.blob, own.blob);
+        assert_eq!(decode_window(&carried.blob).unwrap(), noise);
     }
 
     /// The same with `linear`'s fit of least absolute errors carried (the premise: the probe
