@@ -142,10 +142,11 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
     let mut written = 0u64;
     let mut opaque = 0usize;
     let leaders = Leaders::default();
+    let all_threads = threads;
     let carried = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| -> anyhow::Result<()> {
         for _ in 0..threads {
-            let (job_rx, res_tx, opts, leaders, carried) = (&job_rx, res_tx.clone(), &opts, &leaders, &carried);
+            let (job_rx, res_tx, opts, leaders, carried, all_threads) = (&job_rx, res_tx.clone(), &opts, &leaders, &carried, all_threads);
             s.spawn(move || loop {
                 let job = match job_rx.lock().map(|rx| rx.recv()) {
                     Ok(Ok(j)) => j,
@@ -156,7 +157,8 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
                 // A group's leader chooses; the others wait for its choice and code with it.
                 let mut publish = Leaders::leads(job.seq).then(|| Publish { leaders, seq: job.seq, choice: None });
                 let r = if publish.is_some() {
-                    encode_window(&refs, opts)
+                    // (The group's other windows wait for it: it takes every thread.)
+                    encode_window(&refs, &Options { threads: all_threads, ..opts.clone() })
                 } else {
                     encode_window(&refs, &Options { carry: leaders.wait(job.seq), ..opts.clone() })
                 };

@@ -639,17 +639,21 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
             }
             _ => code_with(&chain, dtype, geom, opts, models, carry, &mut coder)?,
         };
-        // Rule 4 of DESIGN.md, which the probe keeps by trying plain zstd: a window coded with a
-        // carried choice that is larger than its frames under plain zstd chooses after all.
+        // Rule 4 of DESIGN.md, which the probe keeps by trying plain zstd on the probe frames: a
+        // window coded with a carried choice into more bits a pixel than the window that chose
+        // (by CARRY_DRIFT) is compared with its frames under plain zstd, and chooses after all
+        // where it is larger. (Not at every window: where the carried stage is a zstd one,
+        // plain zstd of the frames costs a third of the encoding.)
+        let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
+        let grew = |c: &Choice| 8.0 * coding.bytes() as f64 / pixels > c.bits * (1.0 + CARRY_DRIFT);
         let (coding, carry) = match carry {
-            Some(c) if !smaller_than_zstd(&chain, coding.bytes(), &mut coder)? => {
+            Some(c) if grew(c) && !smaller_than_zstd(&chain, coding.bytes(), &mut coder)? => {
                 tracing::debug!(choice = %c, "a carried choice codes this window larger than plain zstd: chosen again");
                 (code_with(&chain, dtype, geom, opts, models, None, &mut coder)?, None)
             }
             _ => (coding, carry),
         };
         if !opts.exhaustive {
-            let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
             let bits = 8.0 * coding.bytes() as f64 / pixels;
             let made = Choice {
                 candidate: coding.chosen,
