@@ -529,6 +529,7 @@ pub fn compress(
     // The CPU-heavy part (encoding, and decoding to verify it before anything is committed: rule
     // 1 of DESIGN.md) runs on idle CPU only while the backlog is small (at nice 10 above it, so
     // that busy CPUs cannot stop compression); the commit below runs at nice 10.
+    let choices = choices.filter(|_| vfs.config.carry_choices);
     opts.carry = choices.and_then(|c| c.get(job.dir));
     let how = priority::Encoding::for_backlog(vfs.store.bytes_in("staging"), vfs.config.idle_backlog);
     if how == priority::Encoding::Nice {

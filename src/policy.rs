@@ -180,6 +180,8 @@ pub struct MountSection {
     pub idle_backlog_mib: Option<u64>,
     /// Blob format version to write at most (see `tezipfs mount --write-version`).
     pub write_version: Option<u16>,
+    /// Every window chooses its predictor and stage (see `tezipfs mount --choose-every-window`).
+    pub choose_every_window: Option<bool>,
 }
 
 impl MountSection {

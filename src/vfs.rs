@@ -122,6 +122,9 @@ pub struct Config {
     /// ([`crate::codec::Options::write_at_most`]; checked by
     /// [`crate::codec::window::check_write_version`]).
     pub write_version: u16,
+    /// A directory's windows carry the choice of predictor and entropy stage of the window
+    /// before (`engine::carry`); off: every window chooses.
+    pub carry_choices: bool,
 }
 
 impl Default for Config {
@@ -140,6 +143,7 @@ impl Default for Config {
             idle_backlog: 256 << 20,
             retry_after: Duration::from_secs(60),
             write_version: crate::codec::container::VERSION,
+            carry_choices: true,
         }
     }
 }

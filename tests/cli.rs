@@ -139,6 +139,9 @@ fn fixtures_compress_decompress_verify_lossless() {
     let out3 = ok(&["compress", s(&src), s(&arc3), "--format", "raw:128x96:u16", "--threads", "3", "--window", "3"]);
     assert!(out3.contains("; 3 windows coded with the choice of their group's first"), "{out3}");
     assert!(std::fs::read(&arc1).unwrap() == std::fs::read(&arc3).unwrap(), "archives differ between 1 and 3 threads");
+    let every = tmp.path().join("every-window.tza");
+    let out = ok(&["compress", s(&src), s(&every), "--format", "raw:128x96:u16", "--window", "3", "--choose-every-window"]);
+    assert!(out.contains("; 0 windows coded with the choice of their group's first"), "{out}");
     assert_eq!(records(&arc1).len(), 4, "10 frames in windows of 3 make 4 records");
     let out3 = tmp.path().join("restored3");
     ok(&["decompress", s(&arc3), s(&out3)]);

@@ -458,4 +458,6 @@ fn settings_and_config_refuse_what_does_not_fit() {
     }
     assert!(ConfigFile::parse("[mount]\ncache_mib = 17592186044415\nauto_train_minutes = 0.0\n").is_ok(), "the largest that fit");
     assert!(ConfigFile::parse("[mount]\nwrite_version = 10\n").is_ok(), "the version before row slices");
+    assert!(ConfigFile::parse("[mount]\nchoose_every_window = true\n").is_ok());
+    assert!(ConfigFile::parse("[mount]\nchoose_every_window = 3\n").is_err(), "a number for a switch");
 }

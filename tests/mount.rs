@@ -1173,3 +1173,24 @@ fn windows_of_a_directory_carry_their_choice() {
     assert_files(&all);
     fs.assert_log_clean();
 }
+
+/// `--choose-every-window`: no window carries its directory's choice.
+#[test]
+fn choose_every_window_carries_nothing() {
+    require_fuse!();
+    let fs = Fs::with(Opts { extra: vec!["--choose-every-window".into()], ..Opts::default() });
+    let d = raw_dir(&fs, "run", 4);
+    let frames = raw_frames(W, H, 8, 130);
+    let mut all = BTreeMap::new();
+    for (k, batch) in frames.chunks(4).enumerate() {
+        for (i, f) in batch.iter().enumerate() {
+            let p = d.join(frame_name(4 * k + i, "raw"));
+            write_file(&p, f);
+            all.insert(p, f.clone());
+        }
+        wait_compressed(&keys(&all));
+    }
+    assert_eq!(fs.stats(&fs.mnt)["carried_windows"].as_u64(), Some(0));
+    assert_files(&all);
+    fs.assert_log_clean();
+}

@@ -103,6 +103,12 @@ pub struct MountArgs {
     /// info`). Config: `write_version` in `[mount]`.
     #[arg(long, value_parser = crate::cli::write_version)]
     pub write_version: Option<u16>,
+    /// Choose the predictor and entropy stage in every window, instead of carrying a
+    /// directory's choice from one window to the next (made again every 8 windows and when a
+    /// window codes differently; about a third less encoding time on a steady acquisition).
+    /// Config: `choose_every_window` in `[mount]`.
+    #[arg(long)]
+    pub choose_every_window: bool,
     /// TOML config file with [defaults] (root policy) and [mount] settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -179,6 +185,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         idle_backlog: args.idle_backlog_mib.or(m.idle_backlog_mib).unwrap_or(256) << 20,
         retry_after: Duration::from_millis(args.retry_ms.unwrap_or(60_000)),
         write_version: args.write_version.or(m.write_version).unwrap_or(tezipfs::codec::container::VERSION),
+        carry_choices: !(args.choose_every_window || m.choose_every_window.unwrap_or(false)),
     };
     // Windows are coded in parallel by the engine's workers: libtorch uses one thread in each
     // (a training thread too; see --auto-train-threads).

@@ -155,8 +155,10 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
                 let refs: Vec<&[u8]> = job.files.iter().map(|f| &f[..]).collect();
                 let bytes: u64 = refs.iter().map(|f| f.len() as u64).sum();
                 // A group's leader chooses; the others wait for its choice and code with it.
-                let mut publish = Leaders::leads(job.seq).then(|| Publish { leaders, seq: job.seq, choice: None });
-                let r = if publish.is_some() {
+                let mut publish = (Leaders::leads(job.seq) && !args.choose_every_window).then(|| Publish { leaders, seq: job.seq, choice: None });
+                let r = if args.choose_every_window {
+                    encode_window(&refs, opts)
+                } else if publish.is_some() {
                     // (The group's other windows wait for it: it takes every thread.)
                     encode_window(&refs, &Options { threads: all_threads, ..opts.clone() })
                 } else {
