@@ -646,13 +646,13 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         // plain zstd of the frames costs a third of the encoding.)
         let pixels = (geom.pixels() * chain.images.len()).max(1) as f64;
         let grew = |c: &Choice| 8.0 * coding.bytes() as f64 / pixels > c.bits * (1.0 + CARRY_DRIFT);
-        let (coding, carry) = match carry {
-            Some(c) if grew(c) && !smaller_than_zstd(&chain, coding.bytes(), &mut coder)? => {
+        if let Some(c) = carry.filter(|c| grew(c)) {
+            if !smaller_than_zstd(&chain, coding.bytes(), &mut coder)? {
                 tracing::debug!(choice = %c, "a carried choice codes this window larger than plain zstd: chosen again");
-                (code_with(&chain, dtype, geom, opts, models, None, &mut coder)?, None)
+                // (Coded as if nothing were carried; with a model both ways, as `auto` codes.)
+                return encode_window(files, &Options { carry: None, ..opts.clone() });
             }
-            _ => (coding, carry),
-        };
+        }
         if !opts.exhaustive {
             let bits = 8.0 * coding.bytes() as f64 / pixels;
             let made = Choice {

@@ -367,14 +367,19 @@ pub fn state(path: &Path) -> String {
 /// Wait until every file is in one of the `want` states (30 s limit); the panic lists the
 /// files that are not.
 pub fn wait_states(paths: &[PathBuf], want: &[&str]) {
+    wait_states_within(paths, want, STATE_TIMEOUT)
+}
+
+/// [`wait_states`] with a limit of `limit` (for windows a learned model codes on the CPU).
+pub fn wait_states_within(paths: &[PathBuf], want: &[&str], limit: Duration) {
     let t0 = Instant::now();
     loop {
         let behind: Vec<(String, String)> = paths.iter().map(|p| (p.display().to_string(), state(p))).filter(|(_, s)| !want.contains(&s.as_str())).collect();
         if behind.is_empty() {
             return;
         }
-        if t0.elapsed() > STATE_TIMEOUT {
-            panic!("after {STATE_TIMEOUT:?}, {} file(s) are not {want:?}: {behind:?}", behind.len());
+        if t0.elapsed() > limit {
+            panic!("after {limit:?}, {} file(s) are not {want:?}: {behind:?}", behind.len());
         }
         std::thread::sleep(POLL);
     }
