@@ -164,7 +164,6 @@ pub fn compress(dir: &Path, out: &Path, args: &CodecArgs, threads: Option<usize>
                 } else {
                     encode_window(&refs, &Options { carry: leaders.wait(job.seq), ..opts.clone() })
                 };
-
                 match (&r, &mut publish) {
                     (Ok(e), Some(p)) => p.choice = Some(e.choice.clone()),
                     (Ok(e), None) if e.choice.as_ref().is_some_and(|c| c.carried() > 0) => {

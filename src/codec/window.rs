@@ -418,7 +418,8 @@ struct Plan {
 /// A choice is made again at least every this many windows of a stream (see [`Choice`]).
 pub const CARRY_WINDOWS: u32 = 8;
 /// A window coded with a carried choice whose bits per pixel differ from those of the window
-/// that made the choice by more than this share makes the next window choose again.
+/// that made the choice by more than this share makes the next window choose again (and, where
+/// they grew by more, is compared with plain zstd: see `encode_window`).
 pub const CARRY_DRIFT: f64 = 0.2;
 
 /// What a window chose (predictor, entropy stage, intensity context, `linear`'s fit), handed to
