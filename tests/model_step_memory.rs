@@ -43,7 +43,9 @@ fn a_torch_state_and_its_steps_stay_within_their_charge() {
         (Size::Small, 1024, 1024, DType::U8),
         (Size::Small, 1024, 512, DType::U16),
         (Size::Prednet, 256, 256, DType::U8),
-        (Size::Prednet, 512, 512, DType::U16),
+        // PredNet on 16-bit frames at 256x256, not larger: at 512x512 this one case took 517 s of
+        // CI on an AVX2-only host (torch's integer convolutions), 8x the u8 case.
+        (Size::Prednet, 256, 256, DType::U16),
     ];
     let mut failures = Vec::new();
     for (size, w, h, dtype) in cases {
