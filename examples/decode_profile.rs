@@ -20,7 +20,10 @@ fn main() {
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let entropy = args.get(2).map_or("balanced", |s| s).parse().unwrap();
     let bound = args.get(5).map_or("lossless", |s| s).parse().unwrap();
-    let opts = Options { format: format.parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, bound, threads: 1, ..Options::default() };
+    // (STAGE=N: code every frame under entropy stage N, without the probe; needs a fixed predictor.)
+    let stage = std::env::var("STAGE").ok().map(|v| tezipfs::codec::entropy::Stage::from_id(v.parse().unwrap()).unwrap());
+    let opts =
+        Options { format: format.parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, bound, threads: 1, stage, ..Options::default() };
     // (ENCODES=N: encode N times, to profile the encoder.)
     let encodes: usize = std::env::var("ENCODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let t = Instant::now();

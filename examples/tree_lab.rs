@@ -1,0 +1,479 @@
+//! Lab (issues 12 and 14): could a context tree learned per window, with static multi-symbol
+//! tables (JPEG-XL's modular mode: an MA tree, hybrid-uint tokens, ANS), code a window's residuals
+//! as small as the adaptive stage does? Static tables decode with one table lookup a symbol
+//! instead of the adaptive stage's two to eight dependent binary decisions, so where the size
+//! holds, that is the road to the 40 MB/s a core of issue 12; and the tree is issue 14's
+//! "context choice, data-driven".
+//!
+//! For each frame: residuals of a simple predictor (`none`: the values; `prev`: the previous
+//! frame; `med`: MED; `lsq`: a least-squares fit over the window of W, N, NW, NE, the previous
+//! frame's pixel and its four neighbours and a constant, a stand-in for the codec's `linear`),
+//! hybrid-uint tokens (16 direct, then exponent + 2 mantissa bits, the rest raw), causal
+//! properties of each pixel (neighbour residual magnitudes, the previous frame's residuals,
+//! values, gradients, position, the prediction). A tree is grown best first on every STRIDE-th
+//! pixel of the window (the leaf whose split saves most static bits, less a table's cost, goes
+//! next), then every pixel is costed: static (each leaf's histogram over the whole window, plus
+//! its table at 16 + 6 bits a used token) and adaptive (the same leaves, counts learned as the
+//! pixels come: a code an adaptive multi-symbol arithmetic coder reaches, no tables), each with
+//! the tree's own bits (26 a split) and the raw bits. Beside them, the adaptive stage's real bytes
+//! for the same residuals (`Coder::encode(Stage::Adaptive)`, with the temporal context and
+//! carried models, as the codec codes a chain; and with the intensity context taken from the
+//! prediction).
+//! `cargo run --release --example tree_lab DIR PREDICTOR [LEAVES]` (raw frames + meta.json;
+//! env: STRIDE=N learning sample, default 7; LIMIT=N halve a leaf's adaptive counts past N;
+//! DIAG=1 the costliest leaves). Results: `docs/results/issue14-tree-lab.txt`.
+use tezipfs::codec::entropy::{Coder, Side, Stage};
+use tezipfs::fixtures::read_raw_dir;
+
+const PROPS: usize = 18;
+const NAMES: [&str; PROPS] = [
+    "|rW|",
+    "|rN|",
+    "|rNW|",
+    "|rNE|",
+    "|rN|+|rW|",
+    "|rWW|",
+    "|rP|",
+    "sum|rP3x3|",
+    "vW",
+    "vN",
+    "vP",
+    "vW-vNW",
+    "vN-vNW",
+    "vN-vNE",
+    "y",
+    "max|r|nb",
+    "x",
+    "pred",
+];
+
+fn zz(r: i64) -> u32 {
+    if r >= 0 {
+        (2 * r) as u32
+    } else {
+        (-2 * r - 1) as u32
+    }
+}
+
+/// Hybrid uint (JPEG-XL's 4/2/0): a token and its count of raw bits.
+fn token(z: u32) -> (u16, u32) {
+    if z < 16 {
+        return (z as u16, 0);
+    }
+    let n = 31 - z.leading_zeros(); // >= 4
+    let m = (z >> (n - 2)) & 3;
+    ((16 + (n - 4) * 4 + m) as u16, n - 2)
+}
+
+const TOKENS: usize = 16 + 30 * 4;
+
+struct Sample {
+    props: [i32; PROPS],
+    tok: u16,
+}
+
+fn entropy(h: &[u32]) -> f64 {
+    let n: u32 = h.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    h.iter().filter(|&&c| c > 0).map(|&c| c as f64 * (nf / c as f64).log2()).sum()
+}
+
+/// Bits to send a leaf's table (a rough JPEG-XL-like figure: 6 bits a used token, 16 more).
+fn table_bits(h: &[u32]) -> f64 {
+    16.0 + 6.0 * h.iter().filter(|&&c| c > 0).count() as f64
+}
+
+enum Node {
+    Leaf(usize),
+    Split { prop: usize, thr: i32, lo: Box<Node>, hi: Box<Node> },
+}
+
+fn hist(samples: &[&Sample]) -> Vec<u32> {
+    let mut h = vec![0u32; TOKENS];
+    for s in samples {
+        h[s.tok as usize] += 1;
+    }
+    h
+}
+
+/// The best split of `samples` (scaled by `scale` to the whole window's counts): (bits saved,
+/// property, threshold).
+fn best_split(samples: &[&Sample], scale: f64) -> Option<(f64, usize, i32)> {
+    let h = hist(samples);
+    let base = entropy(&h) * scale + table_bits(&h);
+    let mut best: Option<(f64, usize, i32)> = None;
+    if samples.len() <= 256 {
+        return None;
+    }
+    for p in 0..PROPS {
+        let mut vals: Vec<i32> = samples.iter().map(|s| s.props[p]).collect();
+        vals.sort_unstable();
+        vals.dedup();
+        if vals.len() < 2 {
+            continue;
+        }
+        // Up to 32 candidate thresholds: quantiles of the distinct values.
+        let mut cands: Vec<i32> = (1..=32).map(|i| vals[(i * (vals.len() - 1)) / 33]).collect();
+        cands.dedup();
+        let nb = cands.len() + 1;
+        let mut bh = vec![vec![0u32; TOKENS]; nb];
+        for s in samples.iter() {
+            let b = cands.partition_point(|&t| t < s.props[p]);
+            bh[b][s.tok as usize] += 1;
+        }
+        let mut lo = vec![0u32; TOKENS];
+        for (b, &t) in cands.iter().enumerate() {
+            for (l, v) in lo.iter_mut().zip(bh[b].iter()) {
+                *l += v;
+            }
+            let hi: Vec<u32> = h.iter().zip(lo.iter()).map(|(a, b)| a - b).collect();
+            let nlo: u32 = lo.iter().sum();
+            let nhi: u32 = hi.iter().sum();
+            if nlo < 64 || nhi < 64 {
+                continue;
+            }
+            let cost = (entropy(&lo) + entropy(&hi)) * scale + table_bits(&lo) + table_bits(&hi) + 16.0;
+            if cost < base && best.is_none_or(|(g, _, _)| base - cost > g) {
+                best = Some((base - cost, p, t));
+            }
+        }
+    }
+    best
+}
+
+/// Grow a tree best first (the leaf whose split saves most goes next), at most `max_leaves`.
+fn grow(samples: Vec<&Sample>, scale: f64, max_leaves: usize) -> Node {
+    enum Slot<'a> {
+        Open(Vec<&'a Sample>, Option<(f64, usize, i32)>),
+        Split(usize, i32, usize, usize),
+    }
+    let first = best_split(&samples, scale);
+    let mut slots = vec![Slot::Open(samples, first)];
+    let mut leaves = 1;
+    while leaves < max_leaves {
+        let pick = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Slot::Open(_, Some((g, _, _))) => Some((*g, i)),
+                _ => None,
+            })
+            .max_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        let Some((_, i)) = pick else { break };
+        let Slot::Open(samples, Some((_, prop, thr))) = std::mem::replace(&mut slots[i], Slot::Split(0, 0, 0, 0)) else { unreachable!() };
+        let (lo, hi): (Vec<&Sample>, Vec<&Sample>) = samples.into_iter().partition(|s| s.props[prop] <= thr);
+        let (blo, bhi) = (best_split(&lo, scale), best_split(&hi, scale));
+        let j = slots.len();
+        slots.push(Slot::Open(lo, blo));
+        slots.push(Slot::Open(hi, bhi));
+        slots[i] = Slot::Split(prop, thr, j, j + 1);
+        leaves += 1;
+    }
+    fn build(slots: &[Slot], i: usize) -> Node {
+        match &slots[i] {
+            Slot::Open(..) => Node::Leaf(usize::MAX),
+            Slot::Split(prop, thr, lo, hi) => Node::Split { prop: *prop, thr: *thr, lo: Box::new(build(slots, *lo)), hi: Box::new(build(slots, *hi)) },
+        }
+    }
+    build(&slots, 0)
+}
+
+/// Number the leaves; count how often each property splits.
+fn number(n: &mut Node, next: &mut usize, uses: &mut [usize; PROPS]) {
+    match n {
+        Node::Leaf(i) => {
+            *i = *next;
+            *next += 1;
+        }
+        Node::Split { prop, lo, hi, .. } => {
+            uses[*prop] += 1;
+            number(lo, next, uses);
+            number(hi, next, uses);
+        }
+    }
+}
+
+fn leaf(n: &Node, p: &[i32; PROPS]) -> usize {
+    match n {
+        Node::Leaf(i) => *i,
+        Node::Split { prop, thr, lo, hi } => {
+            if p[*prop] <= *thr {
+                leaf(lo, p)
+            } else {
+                leaf(hi, p)
+            }
+        }
+    }
+}
+
+fn med(f: &[u32], w: usize, i: usize) -> i64 {
+    let (x, y) = (i % w, i / w);
+    let a = if x > 0 {
+        f[i - 1] as i64
+    } else if y > 0 {
+        f[i - w] as i64
+    } else {
+        0
+    };
+    let b = if y > 0 { f[i - w] as i64 } else { a };
+    let c = if x > 0 && y > 0 { f[i - w - 1] as i64 } else { b };
+    if c >= a.max(b) {
+        a.min(b)
+    } else if c <= a.min(b) {
+        a.max(b)
+    } else {
+        a + b - c
+    }
+}
+
+const NT: usize = 10;
+
+/// A `linear`-like tap set: W, N, NW, NE of the frame; the previous frame at the pixel and its
+/// four neighbours; a constant.
+fn taps(f: &[u32], p: &[u32], w: usize, h: usize, i: usize) -> [f64; NT] {
+    let (x, y) = ((i % w) as isize, (i / w) as isize);
+    let at = |img: &[u32], dx: isize, dy: isize| -> f64 {
+        let (xx, yy) = ((x + dx).clamp(0, w as isize - 1) as usize, (y + dy).clamp(0, h as isize - 1) as usize);
+        img[yy * w + xx] as f64
+    };
+    let cur = |dx: isize, dy: isize| -> f64 {
+        // Causal only: outside the frame or below, the previous frame stands in.
+        if y + dy < 0 || x + dx < 0 || x + dx >= w as isize {
+            at(p, dx, dy)
+        } else {
+            at(f, dx, dy)
+        }
+    };
+    [cur(-1, 0), cur(0, -1), cur(-1, -1), cur(1, -1), at(p, 0, 0), at(p, -1, 0), at(p, 1, 0), at(p, 0, -1), at(p, 0, 1), 1.0]
+}
+
+/// Least squares of the taps over the window (a lab's stand-in for the codec's fit).
+fn fit_lsq(frames: &[Vec<u32>], w: usize, h: usize) -> [f64; NT] {
+    let mut a = [[0f64; NT]; NT];
+    let mut b = [0f64; NT];
+    for k in 1..frames.len() {
+        for i in (0..w * h).step_by(3) {
+            let t = taps(&frames[k], &frames[k - 1], w, h, i);
+            let v = frames[k][i] as f64;
+            for r in 0..NT {
+                b[r] += t[r] * v;
+                for c in 0..NT {
+                    a[r][c] += t[r] * t[c];
+                }
+            }
+        }
+    }
+    for r in 0..NT {
+        a[r][r] += 1e-6 * a[r][r].max(1.0);
+    }
+    // Gaussian elimination with partial pivoting.
+    for c in 0..NT {
+        let piv = (c..NT).max_by(|&i, &j| a[i][c].abs().partial_cmp(&a[j][c].abs()).unwrap()).unwrap();
+        a.swap(c, piv);
+        b.swap(c, piv);
+        for r in c + 1..NT {
+            let f = a[r][c] / a[c][c];
+            for cc in c..NT {
+                a[r][cc] -= f * a[c][cc];
+            }
+            b[r] -= f * b[c];
+        }
+    }
+    let mut x = [0f64; NT];
+    for r in (0..NT).rev() {
+        x[r] = (b[r] - (r + 1..NT).map(|c| a[r][c] * x[c]).sum::<f64>()) / a[r][r];
+    }
+    x
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(args.get(1).expect("DIR"));
+    let pred = args.get(2).map_or("none", |s| s.as_str()).to_string();
+    let max_leaves: usize = args.get(3).map_or(256, |s| s.parse().expect("LEAVES"));
+    let raw = read_raw_dir(&dir, 32).expect("raw dir");
+    let (w, h) = (raw.width, raw.height);
+    let n = w * h;
+    let bytes_px = raw.dtype.bytes();
+    let frames = &raw.images;
+    // Predictions of every frame, then residuals.
+    let lsq_w = if pred == "lsq" { Some(fit_lsq(frames, w, h)) } else { None };
+    let preds: Vec<Vec<i64>> = frames
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            (0..n)
+                .map(|i| match pred.as_str() {
+                    "none" => 0,
+                    "prev" => {
+                        if k == 0 {
+                            0
+                        } else {
+                            frames[k - 1][i] as i64
+                        }
+                    }
+                    "med" => med(f, w, i),
+                    "lsq" => {
+                        if k == 0 {
+                            med(f, w, i)
+                        } else {
+                            let t = taps(f, &frames[k - 1], w, h, i);
+                            let c = lsq_w.as_ref().expect("fit");
+                            let v: f64 = t.iter().zip(c.iter()).map(|(a, b)| a * b).sum();
+                            (v.round() as i64).clamp(0, raw.dtype.mask() as i64)
+                        }
+                    }
+                    other => panic!("predictor {other}: none, prev, med or lsq"),
+                })
+                .collect()
+        })
+        .collect();
+    let res: Vec<Vec<i64>> = frames.iter().zip(preds.iter()).map(|(f, p)| f.iter().zip(p.iter()).map(|(&v, &p)| v as i64 - p).collect()).collect();
+    // The adaptive stage's bytes for the same residuals, as a chain.
+    let mut coder = Coder::new(3).expect("coder");
+    let mut adaptive = 0usize;
+    let codes: Vec<Vec<u32>> = res.iter().map(|r| r.iter().map(|&v| zz(v)).collect()).collect();
+    for k in 0..codes.len() {
+        let side = Side { prev: (k > 0).then(|| &codes[k - 1][..]), carry: k > 0, ..Side::default() };
+        adaptive += coder.encode(Stage::Adaptive, &codes[k], bytes_px, w, side).expect("adaptive").len();
+    }
+    // And with the intensity context taken from the prediction (the reference).
+    let mut adaptive_i = 0usize;
+    let refs: Vec<Vec<u32>> = preds.iter().map(|p| p.iter().map(|&v| v.max(0) as u32).collect()).collect();
+    for k in 0..codes.len() {
+        let side = Side { prev: (k > 0).then(|| &codes[k - 1][..]), carry: k > 0, intensity: (k > 0).then(|| &refs[k][..]), ..Side::default() };
+        adaptive_i += coder.encode(Stage::Adaptive, &codes[k], bytes_px, w, side).expect("adaptive").len();
+    }
+    // Samples: every pixel's properties and token; raw bits counted apart.
+    let mut samples = Vec::with_capacity(n * frames.len());
+    let mut raw_bits = 0u64;
+    for (k, r) in res.iter().enumerate() {
+        let f = &frames[k];
+        let a = |x: isize, y: isize| -> i32 {
+            if x < 0 || y < 0 || x >= w as isize {
+                0
+            } else {
+                (r[y as usize * w + x as usize].unsigned_abs().min(1 << 20)) as i32
+            }
+        };
+        let val = |x: isize, y: isize| -> i32 {
+            if x < 0 || y < 0 || x >= w as isize {
+                0
+            } else {
+                f[y as usize * w + x as usize] as i32
+            }
+        };
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let i = y as usize * w + x as usize;
+                let (t, extra) = token(zz(r[i]));
+                raw_bits += extra as u64;
+                let (pr, pv) = if k > 0 {
+                    let pr = &res[k - 1];
+                    let pa = |dx: isize, dy: isize| -> i32 {
+                        let (xx, yy) = ((x + dx).clamp(0, w as isize - 1) as usize, (y + dy).clamp(0, h as isize - 1) as usize);
+                        pr[yy * w + xx].unsigned_abs().min(1 << 20) as i32
+                    };
+                    let s3: i32 = (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).map(|(dx, dy)| pa(dx, dy)).sum();
+                    ((pa(0, 0), s3), frames[k - 1][i] as i32)
+                } else {
+                    ((-1, -1), -1)
+                };
+                let (rw, rn, rnw, rne) = (a(x - 1, y), a(x, y - 1), a(x - 1, y - 1), a(x + 1, y - 1));
+                let props = [
+                    rw,
+                    rn,
+                    rnw,
+                    rne,
+                    rn + rw,
+                    a(x - 2, y),
+                    pr.0,
+                    pr.1,
+                    val(x - 1, y),
+                    val(x, y - 1),
+                    pv,
+                    val(x - 1, y) - val(x - 1, y - 1),
+                    val(x, y - 1) - val(x - 1, y - 1),
+                    val(x, y - 1) - val(x + 1, y - 1),
+                    y as i32,
+                    rw.max(rn).max(rnw).max(rne),
+                    x as i32,
+                    preds[k][i] as i32,
+                ];
+                samples.push(Sample { props, tok: t });
+            }
+        }
+    }
+    // Learn on every 7th pixel.
+    let stride: usize = std::env::var("STRIDE").ok().map_or(7, |v| v.parse().expect("STRIDE"));
+    let learn: Vec<&Sample> = samples.iter().step_by(stride).collect();
+    let t0 = std::time::Instant::now();
+    let mut tree = grow(learn, stride as f64, max_leaves);
+    let mut count = 0;
+    let mut uses = [0usize; PROPS];
+    number(&mut tree, &mut count, &mut uses);
+    let grow_s = t0.elapsed().as_secs_f64();
+    // Cost every pixel: static (per-leaf histograms + tables) and adaptive counts per leaf.
+    let mut hs = vec![vec![0u32; TOKENS]; count];
+    let mut adaptive_bits = 0.0;
+    let mut ac = vec![vec![0u32; TOKENS]; count];
+    let mut at = vec![0u32; count];
+    let limit: u32 = std::env::var("LIMIT").ok().map_or(u32::MAX, |v| v.parse().expect("LIMIT"));
+    for s in samples.iter() {
+        let l = leaf(&tree, &s.props);
+        hs[l][s.tok as usize] += 1;
+        // KT-like adaptive estimate: counts of 1/2 each for the tokens seen in the window's range.
+        let c = ac[l][s.tok as usize] as f64 + 1.0;
+        let tot = at[l] as f64 + TOKENS as f64;
+        adaptive_bits += (tot / c).log2();
+        ac[l][s.tok as usize] += 32;
+        at[l] += 32;
+        if at[l] > limit {
+            at[l] = 0;
+            for c in ac[l].iter_mut() {
+                *c -= *c / 2;
+                at[l] += *c;
+            }
+        }
+    }
+    if std::env::var("DIAG").is_ok() {
+        let mut v: Vec<(f64, usize)> = hs.iter().enumerate().map(|(i, h)| (entropy(h), i)).collect();
+        v.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+        let tot_n: u32 = hs.iter().map(|h| h.iter().sum::<u32>()).sum();
+        let z: u32 = hs.iter().map(|h| h[0]).sum();
+        println!("  zeros {:.1}% of the pixels", 100.0 * z as f64 / tot_n as f64);
+        for (e, i) in v.iter().take(8) {
+            let nn: u32 = hs[*i].iter().sum();
+            println!(
+                "  leaf {i}: {nn} px, P(0) {:.3}, {:.3} b/px, {:.1}% of the bits",
+                hs[*i][0] as f64 / nn as f64,
+                e / nn as f64,
+                100.0 * e / v.iter().map(|x| x.0).sum::<f64>()
+            );
+        }
+    }
+    let stat: f64 = hs.iter().map(|h| entropy(h) + table_bits(h)).sum();
+    let one = {
+        let mut h = vec![0u32; TOKENS];
+        for s in samples.iter() {
+            h[s.tok as usize] += 1;
+        }
+        entropy(&h) + table_bits(&h)
+    };
+    let orig = (n * frames.len() * bytes_px) as f64;
+    // The tree itself: a property (5 bits) and a threshold (20 bits) a split, 1 bit a node.
+    let tree_bits = (count.saturating_sub(1) * 26 + count) as f64;
+    let kb = |bits: f64| (bits + raw_bits as f64 + tree_bits) / 8.0;
+    println!("{} {pred}: {} frames {w}x{h}, tree of {count} leaves grown in {grow_s:.1} s", dir.display(), frames.len());
+    println!("  adaptive stage (real bytes)        ratio {:7.4}", orig / adaptive as f64);
+    println!("  adaptive + intensity of the pred.  ratio {:7.4}", orig / adaptive_i as f64);
+    println!("  one static table                   ratio {:7.4}", orig / kb(one));
+    println!("  tree, static tables                ratio {:7.4}  ({:+.2}% against adaptive)", orig / kb(stat), 100.0 * (adaptive as f64 / kb(stat) - 1.0));
+    println!("  tree, adaptive counts per leaf     ratio {:7.4}  ({:+.2}%)", orig / kb(adaptive_bits), 100.0 * (adaptive as f64 / kb(adaptive_bits) - 1.0));
+    println!("  raw bits {:.1}% of the static size", 100.0 * raw_bits as f64 / 8.0 / kb(stat));
+    let used: Vec<String> = NAMES.iter().zip(uses.iter()).filter(|(_, &u)| u > 0).map(|(n, u)| format!("{n}:{u}")).collect();
+    println!("  splits: {}", used.join(" "));
+}
