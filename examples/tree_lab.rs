@@ -209,24 +209,9 @@ fn leaf(n: &Node, p: &[i32; PROPS]) -> usize {
     }
 }
 
+/// The codec's MED (JPEG-LS), as the intra predictor.
 fn med(f: &[u32], w: usize, i: usize) -> i64 {
-    let (x, y) = (i % w, i / w);
-    let a = if x > 0 {
-        f[i - 1] as i64
-    } else if y > 0 {
-        f[i - w] as i64
-    } else {
-        0
-    };
-    let b = if y > 0 { f[i - w] as i64 } else { a };
-    let c = if x > 0 && y > 0 { f[i - w - 1] as i64 } else { b };
-    if c >= a.max(b) {
-        a.min(b)
-    } else if c <= a.min(b) {
-        a.max(b)
-    } else {
-        a + b - c
-    }
+    tezipfs::codec::predict::pixel::med(f, i, w) as i64
 }
 
 const NT: usize = 10;
