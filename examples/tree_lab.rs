@@ -236,6 +236,8 @@ fn taps(f: &[u32], p: &[u32], w: usize, h: usize, i: usize) -> [f64; NT] {
 }
 
 /// Least squares of the taps over the window (a lab's stand-in for the codec's fit).
+// (Row and column indices read as the matrix algebra they are.)
+#[allow(clippy::needless_range_loop)]
 fn fit_lsq(frames: &[Vec<u32>], w: usize, h: usize) -> [f64; NT] {
     let mut a = [[0f64; NT]; NT];
     let mut b = [0f64; NT];
