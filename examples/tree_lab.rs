@@ -72,6 +72,46 @@ struct Sample {
     tok: u16,
 }
 
+/// The properties the tree may split on (env KEEP: their names, comma-separated; all by default).
+fn kept() -> &'static [bool; PROPS] {
+    static KEPT: std::sync::OnceLock<[bool; PROPS]> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| match std::env::var("KEEP") {
+        Ok(list) => {
+            let names: Vec<&str> = list.split(',').collect();
+            for n in &names {
+                assert!(NAMES.contains(n), "KEEP: no property {n}; they are {NAMES:?}");
+            }
+            std::array::from_fn(|p| names.contains(&NAMES[p]))
+        }
+        Err(_) => [true; PROPS],
+    })
+}
+
+/// The adaptive stage's bit model: two estimates of P(0) in 16 bits, adapting at 1/16 and 1/128.
+#[derive(Clone, Copy)]
+struct Bit {
+    fast: u16,
+    slow: u16,
+}
+
+impl Bit {
+    const NEW: Bit = Bit { fast: 1 << 15, slow: 1 << 15 };
+
+    /// The bits of coding `bit`, then the update.
+    fn code(&mut self, bit: bool) -> f64 {
+        let p0 = ((self.fast as u32 + self.slow as u32) >> 2).clamp(1, 32767) as f64 / 32768.0;
+        let (f, s) = (self.fast, self.slow);
+        if bit {
+            self.fast = f - (f >> 4);
+            self.slow = s - (s >> 7);
+        } else {
+            self.fast = f + ((65535 - f) >> 4);
+            self.slow = s + ((65535 - s) >> 7);
+        }
+        -(if bit { 1.0 - p0 } else { p0 }).log2()
+    }
+}
+
 fn entropy(h: &[u32]) -> f64 {
     let n: u32 = h.iter().sum();
     if n == 0 {
@@ -108,7 +148,7 @@ fn best_split(samples: &[&Sample], scale: f64) -> Option<(f64, usize, i32)> {
     if samples.len() <= 256 {
         return None;
     }
-    for p in 0..PROPS {
+    for p in (0..PROPS).filter(|&p| kept()[p]) {
         let mut vals: Vec<i32> = samples.iter().map(|s| s.props[p]).collect();
         vals.sort_unstable();
         vals.dedup();
@@ -409,9 +449,19 @@ fn main() {
     let mut ac = vec![vec![0u32; TOKENS]; count];
     let mut at = vec![0u32; count];
     let limit: u32 = std::env::var("LIMIT").ok().map_or(u32::MAX, |v| v.parse().expect("LIMIT"));
+    // And binary: a leaf's token as 8 bits, most significant first, each an adaptive bit of the
+    // leaf and the bits above it (a binary tree of 255 models a leaf).
+    let mut binary_bits = 0.0;
+    let mut models = vec![[Bit::NEW; 256]; count];
     for s in samples.iter() {
         let l = leaf(&tree, &s.props);
         hs[l][s.tok as usize] += 1;
+        let mut node = 1usize;
+        for b in (0..8).rev() {
+            let bit = (s.tok >> b) & 1 == 1;
+            binary_bits += models[l][node].code(bit);
+            node = 2 * node + bit as usize;
+        }
         // KT-like adaptive estimate: counts of 1/2 each for the tokens seen in the window's range.
         let c = ac[l][s.tok as usize] as f64 + 1.0;
         let tot = at[l] as f64 + TOKENS as f64;
@@ -460,6 +510,7 @@ fn main() {
     println!("  one static table                   ratio {:7.4}", orig / kb(one));
     println!("  tree, static tables                ratio {:7.4}  ({:+.2}% against adaptive)", orig / kb(stat), 100.0 * (adaptive as f64 / kb(stat) - 1.0));
     println!("  tree, adaptive counts per leaf     ratio {:7.4}  ({:+.2}%)", orig / kb(adaptive_bits), 100.0 * (adaptive as f64 / kb(adaptive_bits) - 1.0));
+    println!("  tree, adaptive bits per leaf       ratio {:7.4}  ({:+.2}%)", orig / kb(binary_bits), 100.0 * (adaptive as f64 / kb(binary_bits) - 1.0));
     println!("  raw bits {:.1}% of the static size", 100.0 * raw_bits as f64 / 8.0 / kb(stat));
     let used: Vec<String> = NAMES.iter().zip(uses.iter()).filter(|(_, &u)| u > 0).map(|(n, u)| format!("{n}:{u}")).collect();
     println!("  splits: {}", used.join(" "));
