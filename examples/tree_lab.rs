@@ -316,6 +316,274 @@ fn fit_lsq(frames: &[Vec<u32>], w: usize, h: usize) -> [f64; NT] {
     x
 }
 
+/// The prediction of pixel `i` of frame `f` (only its causal pixels are read) from `prev`.
+#[allow(clippy::too_many_arguments)]
+fn predict(kind: &str, f: &[u32], prev: Option<&[u32]>, w: usize, h: usize, i: usize, lsq: &[f64; NT], mask: u32) -> i64 {
+    match (kind, prev) {
+        ("none", _) => 0,
+        ("prev", Some(p)) => p[i] as i64,
+        ("prev", None) => 0,
+        ("lsq", Some(p)) => {
+            let t = taps(f, p, w, h, i);
+            let v: f64 = t.iter().zip(lsq.iter()).map(|(a, b)| a * b).sum();
+            (v.round() as i64).clamp(0, mask as i64)
+        }
+        ("med", _) | ("lsq", None) => med(f, w, i),
+        (other, _) => panic!("predictor {other}: none, prev, med or lsq"),
+    }
+}
+
+/// The properties of pixel `i` (only causal pixels of `r` and `f` are read; `pr`/`pf`: the
+/// previous frame's residuals and values).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn props_at(i: usize, w: usize, h: usize, r: &[i64], f: &[u32], pr: Option<&[i64]>, pf: Option<&[u32]>, pred: i64) -> [i32; PROPS] {
+    let (x, y) = ((i % w) as isize, (i / w) as isize);
+    let a = |x: isize, y: isize| -> i32 {
+        if x < 0 || y < 0 || x >= w as isize {
+            0
+        } else {
+            (r[y as usize * w + x as usize].unsigned_abs().min(1 << 20)) as i32
+        }
+    };
+    let val = |x: isize, y: isize| -> i32 {
+        if x < 0 || y < 0 || x >= w as isize {
+            0
+        } else {
+            f[y as usize * w + x as usize] as i32
+        }
+    };
+    let (prev, pv) = match (pr, pf) {
+        (Some(pr), Some(pf)) => {
+            let pa = |dx: isize, dy: isize| -> i32 {
+                let (xx, yy) = ((x + dx).clamp(0, w as isize - 1) as usize, (y + dy).clamp(0, h as isize - 1) as usize);
+                pr[yy * w + xx].unsigned_abs().min(1 << 20) as i32
+            };
+            let s3: i32 = (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).map(|(dx, dy)| pa(dx, dy)).sum();
+            ((pa(0, 0), s3), pf[i] as i32)
+        }
+        _ => ((-1, -1), -1),
+    };
+    let (rw, rn, rnw, rne) = (a(x - 1, y), a(x, y - 1), a(x - 1, y - 1), a(x + 1, y - 1));
+    [
+        rw,
+        rn,
+        rnw,
+        rne,
+        rn + rw,
+        a(x - 2, y),
+        prev.0,
+        prev.1,
+        val(x - 1, y),
+        val(x, y - 1),
+        pv,
+        val(x - 1, y) - val(x - 1, y - 1),
+        val(x, y - 1) - val(x - 1, y - 1),
+        val(x, y - 1) - val(x + 1, y - 1),
+        y as i32,
+        rw.max(rn).max(rnw).max(rne),
+        x as i32,
+        pred as i32,
+    ]
+}
+
+const SCALE_BITS: u32 = 12;
+const SCALE: u32 = 1 << SCALE_BITS;
+const RANS_L: u32 = 1 << 16;
+
+/// A histogram normalised to [`SCALE`], every used token at least 1.
+fn normalise(h: &[u32]) -> Vec<u32> {
+    let total: u64 = h.iter().map(|&c| c as u64).sum();
+    if total == 0 {
+        return vec![0; h.len()];
+    }
+    let mut f: Vec<u32> = h.iter().map(|&c| if c == 0 { 0 } else { ((c as u64 * SCALE as u64) / total).max(1) as u32 }).collect();
+    loop {
+        let sum: u32 = f.iter().sum();
+        let imax = (0..f.len()).max_by_key(|&i| f[i]).expect("tokens");
+        match sum.cmp(&SCALE) {
+            std::cmp::Ordering::Equal => return f,
+            std::cmp::Ordering::Less => f[imax] += SCALE - sum,
+            std::cmp::Ordering::Greater => f[imax] -= (sum - SCALE).min(f[imax] - 1),
+        }
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(b: &[u8], pos: &mut usize) -> u64 {
+    let (mut v, mut sh) = (0u64, 0);
+    loop {
+        let c = b[*pos];
+        *pos += 1;
+        v |= ((c & 0x7f) as u64) << sh;
+        if c < 0x80 {
+            return v;
+        }
+        sh += 7;
+    }
+}
+
+fn put_tree(n: &Node, out: &mut Vec<u8>) {
+    match n {
+        Node::Leaf(_) => out.push(0),
+        Node::Split { prop, thr, lo, hi } => {
+            out.push(1 + *prop as u8);
+            varint(out, zz(*thr as i64) as u64);
+            put_tree(lo, out);
+            put_tree(hi, out);
+        }
+    }
+}
+
+fn get_tree(b: &[u8], pos: &mut usize, next: &mut usize) -> Node {
+    let tag = b[*pos];
+    *pos += 1;
+    if tag == 0 {
+        *next += 1;
+        return Node::Leaf(*next - 1);
+    }
+    let z = read_varint(b, pos) as i64;
+    let thr = if z & 1 == 0 { z / 2 } else { -(z + 1) / 2 } as i32;
+    let lo = get_tree(b, pos, next);
+    let hi = get_tree(b, pos, next);
+    Node::Split { prop: tag as usize - 1, thr, lo: Box::new(lo), hi: Box::new(hi) }
+}
+
+/// The window coded for real: [tree][tables][rANS words][raw bits], lengths as varints.
+fn real_encode(tree: &Node, hs: &[Vec<u32>], leaves: &[usize], samples: &[Sample], res: &[Vec<i64>]) -> Vec<u8> {
+    let freqs: Vec<Vec<u32>> = hs.iter().map(|h| normalise(h)).collect();
+    let cums: Vec<Vec<u32>> = freqs.iter().map(|f| f.iter().scan(0, |c, &v| Some(std::mem::replace(c, *c + v))).collect()).collect();
+    let mut head = Vec::new();
+    put_tree(tree, &mut head);
+    for f in &freqs {
+        let used: Vec<usize> = (0..TOKENS).filter(|&t| f[t] > 0).collect();
+        varint(&mut head, used.len() as u64);
+        let mut last = 0;
+        for t in used {
+            varint(&mut head, (t - last) as u64);
+            varint(&mut head, f[t] as u64 - 1);
+            last = t;
+        }
+    }
+    // Raw bits forward, rANS backward.
+    let (mut acc, mut nacc, mut rawb) = (0u64, 0u32, Vec::new());
+    for r in res.iter().flatten() {
+        let z = zz(*r);
+        let (_, extra) = token(z);
+        if extra > 0 {
+            acc |= ((z & ((1 << extra) - 1)) as u64) << nacc;
+            nacc += extra;
+            while nacc >= 8 {
+                rawb.push(acc as u8);
+                acc >>= 8;
+                nacc -= 8;
+            }
+        }
+    }
+    rawb.push(acc as u8);
+    let mut words: Vec<u16> = Vec::new();
+    let mut x: u32 = RANS_L;
+    for (s, &l) in samples.iter().zip(leaves).rev() {
+        let (f, c) = (freqs[l][s.tok as usize], cums[l][s.tok as usize]);
+        let x_max = ((RANS_L >> SCALE_BITS) << 16) * f;
+        while x >= x_max {
+            words.push(x as u16);
+            x >>= 16;
+        }
+        x = ((x / f) << SCALE_BITS) + (x % f) + c;
+    }
+    words.push(x as u16);
+    words.push((x >> 16) as u16);
+    words.reverse();
+    let mut out = Vec::new();
+    varint(&mut out, head.len() as u64);
+    out.extend_from_slice(&head);
+    varint(&mut out, words.len() as u64);
+    out.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+    out.extend_from_slice(&rawb);
+    out
+}
+
+/// Decode [`real_encode`]'s window: prediction, properties, tree, rANS, raw bits, value.
+fn real_decode(b: &[u8], kind: &str, w: usize, h: usize, frames: usize, lsq: &[f64; NT], mask: u32) -> Vec<Vec<u32>> {
+    let n = w * h;
+    let mut pos = 0;
+    let head_len = read_varint(b, &mut pos) as usize;
+    let head_end = pos + head_len;
+    let mut count = 0;
+    let tree = get_tree(b, &mut pos, &mut count);
+    let mut freqs = vec![[0u32; TOKENS]; count];
+    let mut cums = vec![[0u32; TOKENS]; count];
+    let mut lut = vec![vec![0u8; SCALE as usize]; count];
+    for l in 0..count {
+        let used = read_varint(b, &mut pos) as usize;
+        let mut t = 0;
+        let mut c = 0u32;
+        for _ in 0..used {
+            t += read_varint(b, &mut pos) as usize;
+            let f = read_varint(b, &mut pos) as u32 + 1;
+            freqs[l][t] = f;
+            cums[l][t] = c;
+            lut[l][c as usize..(c + f) as usize].fill(t as u8);
+            c += f;
+        }
+    }
+    assert_eq!(pos, head_end);
+    let nwords = read_varint(b, &mut pos) as usize;
+    let words: Vec<u16> = b[pos..pos + 2 * nwords].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let rawb = &b[pos + 2 * nwords..];
+    let (mut rpos, mut acc, mut nacc) = (0usize, 0u64, 0u32);
+    let mut x = ((words[0] as u32) << 16) | words[1] as u32;
+    let mut wpos = 2;
+    let mut out: Vec<Vec<u32>> = Vec::with_capacity(frames);
+    let mut res: Vec<Vec<i64>> = Vec::with_capacity(frames);
+    for k in 0..frames {
+        let mut f = vec![0u32; n];
+        let mut r = vec![0i64; n];
+        for i in 0..n {
+            let prev = (k > 0).then(|| &out[k - 1][..]);
+            let p = predict(kind, &f, prev, w, h, i, lsq, mask);
+            let props = props_at(i, w, h, &r, &f, (k > 0).then(|| &res[k - 1][..]), prev, p);
+            let l = leaf(&tree, &props);
+            let slot = x & (SCALE - 1);
+            let t = lut[l][slot as usize] as usize;
+            x = freqs[l][t] * (x >> SCALE_BITS) + slot - cums[l][t];
+            while x < RANS_L {
+                x = (x << 16) | words[wpos] as u32;
+                wpos += 1;
+            }
+            let z = if t < 16 {
+                t as u32
+            } else {
+                let (e, m) = ((t - 16) / 4 + 4, (t - 16) % 4);
+                let extra = e as u32 - 2;
+                while nacc < extra {
+                    acc |= (rawb.get(rpos).copied().unwrap_or(0) as u64) << nacc;
+                    rpos += 1;
+                    nacc += 8;
+                }
+                let low = (acc & ((1 << extra) - 1)) as u32;
+                acc >>= extra;
+                nacc -= extra;
+                ((4 | m as u32) << extra) | low
+            };
+            let rr = if z & 1 == 0 { (z / 2) as i64 } else { -((z as i64 + 1) / 2) };
+            r[i] = rr;
+            f[i] = (p + rr) as u32;
+        }
+        out.push(f);
+        res.push(r);
+    }
+    out
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(args.get(1).expect("DIR"));
@@ -328,110 +596,54 @@ fn main() {
     let frames = &raw.images;
     // Predictions of every frame, then residuals.
     let lsq_w = if pred == "lsq" { Some(fit_lsq(frames, w, h)) } else { None };
+    let lsq = lsq_w.unwrap_or([0.0; NT]);
     let preds: Vec<Vec<i64>> = frames
         .iter()
         .enumerate()
-        .map(|(k, f)| {
-            (0..n)
-                .map(|i| match pred.as_str() {
-                    "none" => 0,
-                    "prev" => {
-                        if k == 0 {
-                            0
-                        } else {
-                            frames[k - 1][i] as i64
-                        }
-                    }
-                    "med" => med(f, w, i),
-                    "lsq" => {
-                        if k == 0 {
-                            med(f, w, i)
-                        } else {
-                            let t = taps(f, &frames[k - 1], w, h, i);
-                            let c = lsq_w.as_ref().expect("fit");
-                            let v: f64 = t.iter().zip(c.iter()).map(|(a, b)| a * b).sum();
-                            (v.round() as i64).clamp(0, raw.dtype.mask() as i64)
-                        }
-                    }
-                    other => panic!("predictor {other}: none, prev, med or lsq"),
-                })
-                .collect()
-        })
+        .map(|(k, f)| (0..n).map(|i| predict(&pred, f, (k > 0).then(|| &frames[k - 1][..]), w, h, i, &lsq, raw.dtype.mask())).collect())
         .collect();
     let res: Vec<Vec<i64>> = frames.iter().zip(preds.iter()).map(|(f, p)| f.iter().zip(p.iter()).map(|(&v, &p)| v as i64 - p).collect()).collect();
     // The adaptive stage's bytes for the same residuals, as a chain.
     let mut coder = Coder::new(3).expect("coder");
     let mut adaptive = 0usize;
     let codes: Vec<Vec<u32>> = res.iter().map(|r| r.iter().map(|&v| zz(v)).collect()).collect();
+    // (Residuals of a clamped prediction can need a bit more than the pixel type: then the
+    // adaptive stage gets codes of the next width.)
+    let acw = if codes.iter().flatten().any(|&c| c > raw.dtype.mask()) { 2 * bytes_px } else { bytes_px };
+    let mut blobs = Vec::new();
     for k in 0..codes.len() {
         let side = Side { prev: (k > 0).then(|| &codes[k - 1][..]), carry: k > 0, ..Side::default() };
-        adaptive += coder.encode(Stage::Adaptive, &codes[k], bytes_px, w, side).expect("adaptive").len();
+        blobs.push(coder.encode(Stage::Adaptive, &codes[k], acw, w, side).expect("adaptive"));
+        adaptive += blobs[k].len();
     }
+    // The adaptive stage's decoding of them, timed (entropy decoding only: no prediction).
+    let t0 = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut last: Vec<u32> = Vec::new();
+    for (k, blob) in blobs.iter().enumerate() {
+        let side = Side { prev: (k > 0).then_some(&last[..]), carry: k > 0, ..Side::default() };
+        coder.decode(Stage::Adaptive, blob, n, acw, w, side, &mut out).expect("adaptive decode");
+        assert_eq!(out, codes[k]);
+        std::mem::swap(&mut last, &mut out);
+    }
+    let adaptive_dec_s = t0.elapsed().as_secs_f64();
     // And with the intensity context taken from the prediction (the reference).
     let mut adaptive_i = 0usize;
     let refs: Vec<Vec<u32>> = preds.iter().map(|p| p.iter().map(|&v| v.max(0) as u32).collect()).collect();
     for k in 0..codes.len() {
         let side = Side { prev: (k > 0).then(|| &codes[k - 1][..]), carry: k > 0, intensity: (k > 0).then(|| &refs[k][..]), ..Side::default() };
-        adaptive_i += coder.encode(Stage::Adaptive, &codes[k], bytes_px, w, side).expect("adaptive").len();
+        adaptive_i += coder.encode(Stage::Adaptive, &codes[k], acw, w, side).expect("adaptive").len();
     }
     // Samples: every pixel's properties and token; raw bits counted apart.
     let mut samples = Vec::with_capacity(n * frames.len());
     let mut raw_bits = 0u64;
     for (k, r) in res.iter().enumerate() {
-        let f = &frames[k];
-        let a = |x: isize, y: isize| -> i32 {
-            if x < 0 || y < 0 || x >= w as isize {
-                0
-            } else {
-                (r[y as usize * w + x as usize].unsigned_abs().min(1 << 20)) as i32
-            }
-        };
-        let val = |x: isize, y: isize| -> i32 {
-            if x < 0 || y < 0 || x >= w as isize {
-                0
-            } else {
-                f[y as usize * w + x as usize] as i32
-            }
-        };
-        for y in 0..h as isize {
-            for x in 0..w as isize {
-                let i = y as usize * w + x as usize;
-                let (t, extra) = token(zz(r[i]));
-                raw_bits += extra as u64;
-                let (pr, pv) = if k > 0 {
-                    let pr = &res[k - 1];
-                    let pa = |dx: isize, dy: isize| -> i32 {
-                        let (xx, yy) = ((x + dx).clamp(0, w as isize - 1) as usize, (y + dy).clamp(0, h as isize - 1) as usize);
-                        pr[yy * w + xx].unsigned_abs().min(1 << 20) as i32
-                    };
-                    let s3: i32 = (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).map(|(dx, dy)| pa(dx, dy)).sum();
-                    ((pa(0, 0), s3), frames[k - 1][i] as i32)
-                } else {
-                    ((-1, -1), -1)
-                };
-                let (rw, rn, rnw, rne) = (a(x - 1, y), a(x, y - 1), a(x - 1, y - 1), a(x + 1, y - 1));
-                let props = [
-                    rw,
-                    rn,
-                    rnw,
-                    rne,
-                    rn + rw,
-                    a(x - 2, y),
-                    pr.0,
-                    pr.1,
-                    val(x - 1, y),
-                    val(x, y - 1),
-                    pv,
-                    val(x - 1, y) - val(x - 1, y - 1),
-                    val(x, y - 1) - val(x - 1, y - 1),
-                    val(x, y - 1) - val(x + 1, y - 1),
-                    y as i32,
-                    rw.max(rn).max(rnw).max(rne),
-                    x as i32,
-                    preds[k][i] as i32,
-                ];
-                samples.push(Sample { props, tok: t });
-            }
+        let (pr, pf) = if k > 0 { (Some(&res[k - 1][..]), Some(&frames[k - 1][..])) } else { (None, None) };
+        for i in 0..n {
+            let (t, extra) = token(zz(r[i]));
+            raw_bits += extra as u64;
+            let props = props_at(i, w, h, r, &frames[k], pr, pf, preds[k][i]);
+            samples.push(Sample { props, tok: t });
         }
     }
     // Learn on every 7th pixel.
@@ -504,6 +716,15 @@ fn main() {
     // The tree itself: a property (5 bits) and a threshold (20 bits) a split, 1 bit a node.
     let tree_bits = (count.saturating_sub(1) * 26 + count) as f64;
     let kb = |bits: f64| (bits + raw_bits as f64 + tree_bits) / 8.0;
+    let real = std::env::var("CODE").is_ok().then(|| {
+        let leaves: Vec<usize> = samples.iter().map(|s| leaf(&tree, &s.props)).collect();
+        let coded = real_encode(&tree, &hs, &leaves, &samples, &res);
+        let t0 = std::time::Instant::now();
+        let decoded = real_decode(&coded, &pred, w, h, frames.len(), &lsq, raw.dtype.mask());
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(decoded == *frames, "the tree coder's frames differ from the originals");
+        (coded.len(), secs)
+    });
     println!("{} {pred}: {} frames {w}x{h}, tree of {count} leaves grown in {grow_s:.1} s", dir.display(), frames.len());
     println!("  adaptive stage (real bytes)        ratio {:7.4}", orig / adaptive as f64);
     println!("  adaptive + intensity of the pred.  ratio {:7.4}", orig / adaptive_i as f64);
@@ -511,6 +732,15 @@ fn main() {
     println!("  tree, static tables                ratio {:7.4}  ({:+.2}% against adaptive)", orig / kb(stat), 100.0 * (adaptive as f64 / kb(stat) - 1.0));
     println!("  tree, adaptive counts per leaf     ratio {:7.4}  ({:+.2}%)", orig / kb(adaptive_bits), 100.0 * (adaptive as f64 / kb(adaptive_bits) - 1.0));
     println!("  tree, adaptive bits per leaf       ratio {:7.4}  ({:+.2}%)", orig / kb(binary_bits), 100.0 * (adaptive as f64 / kb(binary_bits) - 1.0));
+    println!("  adaptive stage decoding            {:7.1} MB/s (entropy decoding only)", orig / 1e6 / adaptive_dec_s);
+    if let Some((bytes, secs)) = real {
+        println!(
+            "  tree, static tables, REAL bytes    ratio {:7.4}  ({:+.2}%), decoded bit-exact at {:.1} MB/s (prediction included)",
+            orig / bytes as f64,
+            100.0 * (adaptive as f64 / bytes as f64 - 1.0),
+            orig / 1e6 / secs
+        );
+    }
     println!("  raw bits {:.1}% of the static size", 100.0 * raw_bits as f64 / 8.0 / kb(stat));
     let used: Vec<String> = NAMES.iter().zip(uses.iter()).filter(|(_, &u)| u > 0).map(|(n, u)| format!("{n}:{u}")).collect();
     println!("  splits: {}", used.join(" "));
