@@ -7,7 +7,8 @@
 //!
 //! For each frame: residuals of a simple predictor (`none`: the values; `prev`: the previous
 //! frame; `med`: MED; `lsq`: a least-squares fit over the window of W, N, NW, NE, the previous
-//! frame's pixel and its four neighbours and a constant, a stand-in for the codec's `linear`),
+//! frame's pixel and its four neighbours and a constant, a stand-in for the codec's `linear`;
+//! `ilsq`: the same weights in 12-bit fixed point, integer arithmetic),
 //! hybrid-uint tokens (16 direct, then exponent + 2 mantissa bits, the rest raw), causal
 //! properties of each pixel (neighbour residual magnitudes, the previous frame's residuals,
 //! values, gradients, position, the prediction). A tree is grown best first on every STRIDE-th
@@ -21,7 +22,9 @@
 //! prediction).
 //! `cargo run --release --example tree_lab DIR PREDICTOR [LEAVES]` (raw frames + meta.json;
 //! env: STRIDE=N learning sample, default 7; LIMIT=N halve a leaf's adaptive counts past N;
-//! DIAG=1 the costliest leaves). Results: `docs/results/issue14-tree-lab.txt`.
+//! DIAG=1 the costliest leaves; KEEP=a,b the properties the tree may use; CODE=1 code the
+//! window for real and decode it, bit-exact and timed, and with KEEP=qa,qp and `ilsq` also with
+//! the tree compiled into a table). Results: `docs/results/issue14-tree-lab.txt`.
 use tezipfs::codec::entropy::{Coder, Side, Stage};
 use tezipfs::fixtures::read_raw_dir;
 
@@ -258,6 +261,11 @@ fn med(f: &[u32], w: usize, i: usize) -> i64 {
 
 const NT: usize = 10;
 
+/// The weights in 12-bit fixed point (the `ilsq` predictor: integer arithmetic, as a codec's).
+fn fixed(lsq: &[f64; NT]) -> [i64; NT] {
+    std::array::from_fn(|j| (lsq[j] * 4096.0).round() as i64)
+}
+
 /// A `linear`-like tap set: W, N, NW, NE of the frame; the previous frame at the pixel and its
 /// four neighbours; a constant.
 fn taps(f: &[u32], p: &[u32], w: usize, h: usize, i: usize) -> [f64; NT] {
@@ -330,7 +338,13 @@ fn predict(kind: &str, f: &[u32], prev: Option<&[u32]>, w: usize, h: usize, i: u
             let v: f64 = t.iter().zip(lsq.iter()).map(|(a, b)| a * b).sum();
             (v.round() as i64).clamp(0, mask as i64)
         }
-        ("med", _) | ("lsq", None) => med(f, w, i),
+        ("ilsq", Some(p)) => {
+            let t = taps(f, p, w, h, i);
+            let q = fixed(lsq);
+            let v: i64 = t.iter().zip(q.iter()).map(|(a, b)| *a as i64 * b).sum();
+            ((v + (1 << 11)) >> 12).clamp(0, mask as i64)
+        }
+        ("med", _) | ("lsq" | "ilsq", None) => med(f, w, i),
         (other, _) => panic!("predictor {other}: none, prev, med or lsq"),
     }
 }
@@ -417,7 +431,7 @@ fn lvl8(v: u32) -> usize {
 
 const LEVELS8: usize = 16 + 8 * 28;
 
-/// The decoder of [`real_encode`] for a tree on `qa` and `qp` alone (KEEP=qa,qp), `lsq`
+/// The decoder of [`real_encode`] for a tree on `qa` and `qp` alone (KEEP=qa,qp), `ilsq`
 /// predictor: the tree compiled into a table of (qa, qp) -> leaf, the interior pixels' prediction
 /// without edge tests: how fast a context tree can decode when its properties are few.
 fn fast_decode(b: &[u8], w: usize, h: usize, frames: usize, lsq: &[f64; NT], mask: u32) -> Vec<Vec<u32>> {
@@ -460,26 +474,24 @@ fn fast_decode(b: &[u8], w: usize, h: usize, frames: usize, lsq: &[f64; NT], mas
     for k in 0..frames {
         let mut f = vec![0u32; n];
         let pf = out.last().map(|v: &Vec<u32>| &v[..]);
-        for i in 0..n {
-            let (xx, yy) = (i % w, i / w);
+        let q = fixed(lsq);
+        for (i, (xx, yy)) in (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).enumerate() {
             let interior = xx > 0 && xx + 1 < w && yy > 0 && yy + 1 < h;
             let p = match pf {
                 Some(pf) if interior => {
-                    let c = lsq;
-                    let v = 0.0
-                        + f[i - 1] as f64 * c[0]
-                        + f[i - w] as f64 * c[1]
-                        + f[i - w - 1] as f64 * c[2]
-                        + f[i - w + 1] as f64 * c[3]
-                        + pf[i] as f64 * c[4]
-                        + pf[i - 1] as f64 * c[5]
-                        + pf[i + 1] as f64 * c[6]
-                        + pf[i - w] as f64 * c[7]
-                        + pf[i + w] as f64 * c[8]
-                        + c[9];
-                    (v.round() as i64).clamp(0, mask as i64)
+                    let v = f[i - 1] as i64 * q[0]
+                        + f[i - w] as i64 * q[1]
+                        + f[i - w - 1] as i64 * q[2]
+                        + f[i - w + 1] as i64 * q[3]
+                        + pf[i] as i64 * q[4]
+                        + pf[i - 1] as i64 * q[5]
+                        + pf[i + 1] as i64 * q[6]
+                        + pf[i - w] as i64 * q[7]
+                        + pf[i + w] as i64 * q[8]
+                        + q[9];
+                    ((v + (1 << 11)) >> 12).clamp(0, mask as i64)
                 }
-                prev => predict(if k == 0 { "med" } else { "lsq" }, &f, prev, w, h, i, lsq, mask),
+                prev => predict(if k == 0 { "med" } else { "ilsq" }, &f, prev, w, h, i, lsq, mask),
             };
             let act = if xx > 0 { r[i - 1].unsigned_abs() } else { 0 } + if yy > 0 { r[i - w].unsigned_abs() } else { 0 };
             let l = table[lvl(act.min(1 << 20) as u32) * LEVELS8 + lvl8(p.max(0) as u32)] as usize;
@@ -722,7 +734,7 @@ fn main() {
     let bytes_px = raw.dtype.bytes();
     let frames = &raw.images;
     // Predictions of every frame, then residuals.
-    let lsq_w = if pred == "lsq" { Some(fit_lsq(frames, w, h)) } else { None };
+    let lsq_w = if pred == "lsq" || pred == "ilsq" { Some(fit_lsq(frames, w, h)) } else { None };
     let lsq = lsq_w.unwrap_or([0.0; NT]);
     let preds: Vec<Vec<i64>> = frames
         .iter()
@@ -850,7 +862,7 @@ fn main() {
         let decoded = real_decode(&coded, &pred, w, h, frames.len(), &lsq, raw.dtype.mask());
         let secs = t0.elapsed().as_secs_f64();
         assert!(decoded == *frames, "the tree coder's frames differ from the originals");
-        let fast = (std::env::var("KEEP").as_deref() == Ok("qa,qp") && pred == "lsq").then(|| {
+        let fast = (std::env::var("KEEP").as_deref() == Ok("qa,qp") && pred == "ilsq").then(|| {
             let t0 = std::time::Instant::now();
             let decoded = fast_decode(&coded, w, h, frames.len(), &lsq, raw.dtype.mask());
             let secs = t0.elapsed().as_secs_f64();
