@@ -431,44 +431,94 @@ fn lvl8(v: u32) -> usize {
 
 const LEVELS8: usize = 16 + 8 * 28;
 
+/// The stream of [`real_encode`], opened: the tree, each leaf's slots (freq, cum, token: one
+/// load a symbol) and the rANS and raw-bit readers.
+struct Reader<'a> {
+    tree: Node,
+    slots: Vec<[(u32, u32, u8); SCALE as usize]>,
+    words: Vec<u16>,
+    wpos: usize,
+    x: u32,
+    rawb: &'a [u8],
+    rpos: usize,
+    acc: u64,
+    nacc: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn open(b: &'a [u8]) -> Reader<'a> {
+        let mut pos = 0;
+        let head_len = read_varint(b, &mut pos) as usize;
+        let head_end = pos + head_len;
+        let mut count = 0;
+        let tree = get_tree(b, &mut pos, &mut count);
+        let mut slots = vec![[(0u32, 0u32, 0u8); SCALE as usize]; count];
+        for sl in slots.iter_mut() {
+            let used = read_varint(b, &mut pos) as usize;
+            let (mut t, mut c) = (0usize, 0u32);
+            for _ in 0..used {
+                t += read_varint(b, &mut pos) as usize;
+                let f = read_varint(b, &mut pos) as u32 + 1;
+                sl[c as usize..(c + f) as usize].fill((f, c, t as u8));
+                c += f;
+            }
+        }
+        assert_eq!(pos, head_end);
+        let nwords = read_varint(b, &mut pos) as usize;
+        let words: Vec<u16> = b[pos..pos + 2 * nwords].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let x = ((words[0] as u32) << 16) | words[1] as u32;
+        Reader { tree, slots, words, wpos: 2, x, rawb: &b[pos + 2 * nwords..], rpos: 0, acc: 0, nacc: 0 }
+    }
+
+    /// The next residual, coded in leaf `l`: its token (rANS), then its raw bits.
+    #[inline]
+    fn residual(&mut self, l: usize) -> i64 {
+        let (fq, cum, t) = self.slots[l][(self.x & (SCALE - 1)) as usize];
+        self.x = fq * (self.x >> SCALE_BITS) + (self.x & (SCALE - 1)) - cum;
+        if self.x < RANS_L {
+            self.x = (self.x << 16) | self.words[self.wpos] as u32;
+            self.wpos += 1;
+        }
+        let t = t as usize;
+        let z = if t < 16 {
+            t as u32
+        } else {
+            let (e, m) = ((t - 16) / 4 + 4, (t - 16) % 4);
+            let extra = e as u32 - 2;
+            while self.nacc < extra {
+                self.acc |= (self.rawb.get(self.rpos).copied().unwrap_or(0) as u64) << self.nacc;
+                self.rpos += 1;
+                self.nacc += 8;
+            }
+            let low = (self.acc & ((1 << extra) - 1)) as u32;
+            self.acc >>= extra;
+            self.nacc -= extra;
+            ((4 | m as u32) << extra) | low
+        };
+        if z & 1 == 0 {
+            (z / 2) as i64
+        } else {
+            -((z as i64 + 1) / 2)
+        }
+    }
+}
+
 /// The decoder of [`real_encode`] for a tree on `qa` and `qp` alone (KEEP=qa,qp), `ilsq`
 /// predictor: the tree compiled into a table of (qa, qp) -> leaf, the interior pixels' prediction
 /// without edge tests: how fast a context tree can decode when its properties are few.
 fn fast_decode(b: &[u8], w: usize, h: usize, frames: usize, lsq: &[f64; NT], mask: u32) -> Vec<Vec<u32>> {
     let n = w * h;
-    let mut pos = 0;
-    let _head_len = read_varint(b, &mut pos) as usize;
-    let mut count = 0;
-    let tree = get_tree(b, &mut pos, &mut count);
+    let mut rd = Reader::open(b);
+    let tree = &rd.tree;
     let mut table = vec![0u8; LEVELS * LEVELS8];
     for qa in 0..LEVELS {
         for qp in 0..LEVELS8 {
             let mut props = [0i32; PROPS];
             props[18] = qa as i32;
             props[19] = qp as i32;
-            table[qa * LEVELS8 + qp] = leaf(&tree, &props) as u8;
+            table[qa * LEVELS8 + qp] = leaf(tree, &props) as u8;
         }
     }
-    // (fc, cum, token) per leaf and slot, packed: one load a symbol.
-    let mut slots = vec![[(0u32, 0u32, 0u8); SCALE as usize]; count];
-    for sl in slots.iter_mut() {
-        let used = read_varint(b, &mut pos) as usize;
-        let (mut t, mut c) = (0usize, 0u32);
-        for _ in 0..used {
-            t += read_varint(b, &mut pos) as usize;
-            let f = read_varint(b, &mut pos) as u32 + 1;
-            for e in sl[c as usize..(c + f) as usize].iter_mut() {
-                *e = (f, c, t as u8);
-            }
-            c += f;
-        }
-    }
-    let nwords = read_varint(b, &mut pos) as usize;
-    let words: Vec<u16> = b[pos..pos + 2 * nwords].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-    let rawb = &b[pos + 2 * nwords..];
-    let (mut rpos, mut acc, mut nacc) = (0usize, 0u64, 0u32);
-    let mut x = ((words[0] as u32) << 16) | words[1] as u32;
-    let mut wpos = 2;
     let mut out: Vec<Vec<u32>> = Vec::with_capacity(frames);
     let mut r = vec![0i64; n];
     for k in 0..frames {
@@ -495,29 +545,7 @@ fn fast_decode(b: &[u8], w: usize, h: usize, frames: usize, lsq: &[f64; NT], mas
             };
             let act = if xx > 0 { r[i - 1].unsigned_abs() } else { 0 } + if yy > 0 { r[i - w].unsigned_abs() } else { 0 };
             let l = table[lvl(act.min(1 << 20) as u32) * LEVELS8 + lvl8(p.max(0) as u32)] as usize;
-            let (fq, cum, t) = slots[l][(x & (SCALE - 1)) as usize];
-            x = fq * (x >> SCALE_BITS) + (x & (SCALE - 1)) - cum;
-            if x < RANS_L {
-                x = (x << 16) | words[wpos] as u32;
-                wpos += 1;
-            }
-            let t = t as usize;
-            let z = if t < 16 {
-                t as u32
-            } else {
-                let (e, m) = ((t - 16) / 4 + 4, (t - 16) % 4);
-                let extra = e as u32 - 2;
-                while nacc < extra {
-                    acc |= (rawb.get(rpos).copied().unwrap_or(0) as u64) << nacc;
-                    rpos += 1;
-                    nacc += 8;
-                }
-                let low = (acc & ((1 << extra) - 1)) as u32;
-                acc >>= extra;
-                nacc -= extra;
-                ((4 | m as u32) << extra) | low
-            };
-            let rr = if z & 1 == 0 { (z / 2) as i64 } else { -((z as i64 + 1) / 2) };
+            let rr = rd.residual(l);
             r[i] = rr;
             f[i] = (p + rr) as u32;
         }
@@ -653,34 +681,7 @@ fn real_encode(tree: &Node, hs: &[Vec<u32>], leaves: &[usize], samples: &[Sample
 /// Decode [`real_encode`]'s window: prediction, properties, tree, rANS, raw bits, value.
 fn real_decode(b: &[u8], kind: &str, w: usize, h: usize, frames: usize, lsq: &[f64; NT], mask: u32) -> Vec<Vec<u32>> {
     let n = w * h;
-    let mut pos = 0;
-    let head_len = read_varint(b, &mut pos) as usize;
-    let head_end = pos + head_len;
-    let mut count = 0;
-    let tree = get_tree(b, &mut pos, &mut count);
-    let mut freqs = vec![[0u32; TOKENS]; count];
-    let mut cums = vec![[0u32; TOKENS]; count];
-    let mut lut = vec![vec![0u8; SCALE as usize]; count];
-    for l in 0..count {
-        let used = read_varint(b, &mut pos) as usize;
-        let mut t = 0;
-        let mut c = 0u32;
-        for _ in 0..used {
-            t += read_varint(b, &mut pos) as usize;
-            let f = read_varint(b, &mut pos) as u32 + 1;
-            freqs[l][t] = f;
-            cums[l][t] = c;
-            lut[l][c as usize..(c + f) as usize].fill(t as u8);
-            c += f;
-        }
-    }
-    assert_eq!(pos, head_end);
-    let nwords = read_varint(b, &mut pos) as usize;
-    let words: Vec<u16> = b[pos..pos + 2 * nwords].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-    let rawb = &b[pos + 2 * nwords..];
-    let (mut rpos, mut acc, mut nacc) = (0usize, 0u64, 0u32);
-    let mut x = ((words[0] as u32) << 16) | words[1] as u32;
-    let mut wpos = 2;
+    let mut rd = Reader::open(b);
     let mut out: Vec<Vec<u32>> = Vec::with_capacity(frames);
     let mut res: Vec<Vec<i64>> = Vec::with_capacity(frames);
     for k in 0..frames {
@@ -690,30 +691,8 @@ fn real_decode(b: &[u8], kind: &str, w: usize, h: usize, frames: usize, lsq: &[f
             let prev = (k > 0).then(|| &out[k - 1][..]);
             let p = predict(kind, &f, prev, w, h, i, lsq, mask);
             let props = props_at(i, w, h, &r, &f, (k > 0).then(|| &res[k - 1][..]), prev, p);
-            let l = leaf(&tree, &props);
-            let slot = x & (SCALE - 1);
-            let t = lut[l][slot as usize] as usize;
-            x = freqs[l][t] * (x >> SCALE_BITS) + slot - cums[l][t];
-            while x < RANS_L {
-                x = (x << 16) | words[wpos] as u32;
-                wpos += 1;
-            }
-            let z = if t < 16 {
-                t as u32
-            } else {
-                let (e, m) = ((t - 16) / 4 + 4, (t - 16) % 4);
-                let extra = e as u32 - 2;
-                while nacc < extra {
-                    acc |= (rawb.get(rpos).copied().unwrap_or(0) as u64) << nacc;
-                    rpos += 1;
-                    nacc += 8;
-                }
-                let low = (acc & ((1 << extra) - 1)) as u32;
-                acc >>= extra;
-                nacc -= extra;
-                ((4 | m as u32) << extra) | low
-            };
-            let rr = if z & 1 == 0 { (z / 2) as i64 } else { -((z as i64 + 1) / 2) };
+            let l = leaf(&rd.tree, &props);
+            let rr = rd.residual(l);
             r[i] = rr;
             f[i] = (p + rr) as u32;
         }
