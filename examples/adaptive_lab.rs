@@ -53,6 +53,7 @@ fn main() {
                                     gradient: None,
                                     intensity: None,
                                     sliced: false,
+                                    pixels: None,
                                 },
                             )
                             .unwrap()

@@ -46,7 +46,15 @@ fn main() {
         let mut bytes = 0usize;
         for t in 16..28 {
             let reference = r(t);
-            let side = Side { prev: Some(&codes[t - 1]), quantised: false, carry: false, gradient: None, intensity: reference.as_deref(), sliced: false };
+            let side = Side {
+                prev: Some(&codes[t - 1]),
+                quantised: false,
+                carry: false,
+                gradient: None,
+                intensity: reference.as_deref(),
+                sliced: false,
+                pixels: None,
+            };
             bytes += encode_with(&codes[t], w, w, side, &mut scratch).len();
         }
         println!("{name:<40} {:.4} bits/pixel", bytes as f64 * 8.0 / (12 * n) as f64);

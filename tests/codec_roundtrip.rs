@@ -1239,8 +1239,8 @@ fn adaptive_stage_codes_every_width_directly() {
                 for quantised in [false, true] {
                     let prev = &patterns[(a + 1) % patterns.len()];
                     for side in [
-                        Side { prev: None, quantised, carry: false, gradient: None, intensity: None, sliced: false },
-                        Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev), intensity: Some(prev), sliced: true },
+                        Side { prev: None, quantised, carry: false, gradient: None, intensity: None, sliced: false, pixels: None },
+                        Side { prev: Some(prev), quantised, carry: false, gradient: Some(prev), intensity: Some(prev), sliced: true, pixels: None },
                     ] {
                         let enc = coder.encode(Stage::Adaptive, codes, width, cols, side).unwrap();
                         let mut back = Vec::new();
@@ -1803,7 +1803,8 @@ fn lossless_windows_weigh_the_intensity_where_it_pays() {
     use tezipfs::codec::entropy::EntropyChoice;
     let (w, h) = (128u32, 96u32);
     let files = generate_raw(&SequenceSpec::detector_u16(w, h, 8, 23));
-    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) };
+    // (Without the tree stage, which codes these frames smaller still: its own tests.)
+    let opts = Options { entropy: EntropyChoice::Best, tree_stage: false, ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) };
     let enc = encode_window(&refs(&files), &opts).unwrap();
     let blob = Blob::parse(&enc.blob).unwrap();
     let flagged: Vec<usize> = (0..files.len()).filter(|&k| matches!(&blob.header.entries[k].body, Body::Frame(f) if f.intensity)).collect();
@@ -1954,7 +1955,9 @@ fn photon_noise_takes_linears_wide_taps_under_best() {
     for dtype in [DType::U16, DType::U8] {
         let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(96, 64, 8, 5) });
         let what = format!("detector {dtype}");
-        let best = Options { entropy: EntropyChoice::Best, ..options(raw(96, 64, dtype, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+        // (Without the tree stage, version 12: its own tests.)
+        let best =
+            Options { entropy: EntropyChoice::Best, tree_stage: false, ..options(raw(96, 64, dtype, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
         let enc = round_trip(&files, &best, &what);
         assert_all_frames(&enc, &what);
         assert_eq!(linear_coefs(&enc.blob).len(), 11, "{what}: the wide set");
@@ -1983,7 +1986,8 @@ fn linears_wide_taps_need_version_9() {
     use tezipfs::codec::container::reseal;
     use tezipfs::codec::entropy::EntropyChoice;
     let files = generate_raw(&SequenceSpec::detector_u16(96, 64, 6, 7));
-    let opts = Options { entropy: EntropyChoice::Best, ..options(raw(96, 64, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+    let opts =
+        Options { entropy: EntropyChoice::Best, tree_stage: false, ..options(raw(96, 64, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
     let blob = encode_window(&refs(&files), &opts).unwrap().blob;
     assert_eq!(version_of(&blob), 9);
     for older in [2u16, 6, 8] {
@@ -2079,4 +2083,98 @@ fn row_slices_round_trip_and_are_checked() {
             }
         }
     }
+}
+
+// ---- the tree stage (entropy stage 7, container version 12) -----------------------------------
+
+/// Photon noise over a wide range of intensities (the detector scene), lossless under `best`:
+/// the probe takes the tree stage for the predicted frames, in a version-12 blob that decodes bit
+/// for bit every way (the fused decoding, carried tables), also cut into slices (a version-7 blob
+/// of version-12 slices); it codes smaller than the same window without the stage; bit flips and
+/// truncations are caught. `balanced`, a bound and `write_at_most(11)` keep the older versions.
+#[test]
+fn photon_noise_takes_the_tree_stage_under_best() {
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    for dtype in [DType::U16, DType::U8] {
+        let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(128, 96, 8, 31) });
+        let what = format!("detector {dtype}");
+        let best = Options { entropy: EntropyChoice::Best, ..options(raw(128, 96, dtype, 0), PredictorChoice::Auto, false) };
+        let enc = round_trip(&files, &best, &what);
+        assert_all_frames(&enc, &what);
+        assert_eq!(version_of(&enc.blob), 12, "{what}");
+        let choices = frame_choices(&enc.blob);
+        assert!(choices[1..].iter().all(|c| c.1 == Stage::Tree), "{what}: {choices:?}");
+        let without = encode_window(&refs(&files), &Options { tree_stage: false, ..best.clone() }).unwrap();
+        assert!(enc.blob.len() < without.blob.len(), "{what}: tree {} bytes, without {}", enc.blob.len(), without.blob.len());
+        assert!(version_of(&without.blob) < 12, "{what}");
+        flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 60).into_iter(), &what);
+        truncations(&enc.blob, &files, [17, enc.blob.len() / 2, enc.blob.len() - 1].into_iter(), &what);
+
+        let sliced = Options { slice_pixels: 128 * 40, ..best.clone() };
+        let enc = round_trip(&files, &sliced, &format!("{what} sliced"));
+        assert_eq!(version_of(&enc.blob), 7, "{what} sliced");
+        assert!(Decoder::new(&enc.blob).unwrap().slice_count() > 1, "{what}: cut into slices");
+
+        let mut older = best.clone();
+        older.write_at_most(11);
+        for (opts, label) in [(Options { entropy: EntropyChoice::Balanced, ..best.clone() }, "balanced"), (older, "write_at_most(11)")] {
+            let enc = round_trip(&files, &opts, &format!("{what} {label}"));
+            assert!(version_of(&enc.blob) < 12, "{what} {label}");
+        }
+        let bounded = encode_within_bound(&files, &Options { bound: Bound::Abs(2.0), ..best.clone() }, dtype, &format!("{what} best abs:2"));
+        assert!(version_of(&bounded.blob) < 12, "{what} best abs:2");
+    }
+}
+
+/// Every predictor's frames decode fused with the tree stage (the prediction walks each frame as
+/// the codes are decoded): a fixed stage on every predictor, lossless, u8 and u16, bit for bit.
+#[test]
+fn every_predictor_decodes_with_the_tree_stage() {
+    use tezipfs::codec::entropy::Stage;
+    for dtype in [DType::U8, DType::U16] {
+        let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(64, 48, 5, 9) });
+        for pid in PredictorChoice::Auto.candidates() {
+            let what = format!("{dtype} {pid} tree");
+            let opts = Options { stage: Some(Stage::Tree), ..options(raw(64, 48, dtype, 0), PredictorChoice::Fixed(pid), false) };
+            let enc = round_trip(&files, &opts, &what);
+            assert!(frame_choices(&enc.blob).iter().all(|c| c.1 == Stage::Tree), "{what}");
+        }
+    }
+}
+
+/// The version rules of stage 7: a blob that says an older version is refused (an older build
+/// would not know the stage), and so is a version-12 blob without it; a frame whose carry flag
+/// disagrees with its stream is refused, not decoded with the wrong tables.
+#[test]
+fn tree_stage_needs_version_12() {
+    use tezipfs::codec::container::{reseal, Blob, Body, Writer};
+    use tezipfs::codec::entropy::Stage;
+    let files = generate_raw(&SequenceSpec::detector_u16(64, 48, 5, 3));
+    let opts = Options { stage: Some(Stage::Tree), ..options(raw(64, 48, DType::U16, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+    let blob = encode_window(&refs(&files), &opts).unwrap().blob;
+    assert_eq!(version_of(&blob), 12);
+    for older in [8u16, 9, 11] {
+        let mut b = blob.clone();
+        b[8..10].copy_from_slice(&older.to_le_bytes());
+        let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("stage 7") || err.contains("version"), "version {older}: {err:?}");
+    }
+    let plain = encode_window(&refs(&files), &Options { stage: Some(Stage::Adaptive), ..opts.clone() }).unwrap().blob;
+    assert!(version_of(&plain) < 12);
+    let mut b = plain.clone();
+    b[8..10].copy_from_slice(&12u16.to_le_bytes());
+    let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("tree stage") || err.contains("version"), "a version-12 blob without the stage: {err:?}");
+    // The carry flag of a frame that carries, cleared in the header (sealed again): refused.
+    let parsed = Blob::parse(&blob).unwrap();
+    let mut header = parsed.header.clone();
+    let k = header.entries.iter().position(|e| matches!(&e.body, Body::Frame(f) if f.carry)).expect("a frame carries its tables");
+    if let Body::Frame(f) = &mut header.entries[k].body {
+        f.carry = false;
+    }
+    let mut wr = Writer::default();
+    wr.section(&blob[parsed.payload_offset(&blob)..]);
+    let flag_cleared = wr.finish(&header);
+    let err = decode_window(&flag_cleared).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("carried"), "a carry flag against the stream: {err:?}");
 }

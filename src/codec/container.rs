@@ -1,11 +1,12 @@
-//! The blob container (format versions 1 to 11, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 12, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
 //! whose adaptive stage weighs the intensity of their reference; version 9 is version 8 whose
 //! `linear` predictor uses the wide tap set; version 10 is version 9 whose predictor is `causal`
 //! (predictor id 8, a model's causal stage); version 11 is version 10 whose frames of the
-//! adaptive stage may be coded in row slices (frame flag bit 5).
+//! adaptive stage may be coded in row slices (frame flag bit 5); version 12 is version 11 with
+//! frames of entropy stage 7 (the tree stage, lossless).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -28,7 +29,7 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
 /// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, so other
 /// blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 11;
+pub const VERSION: u16 = 12;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -189,6 +190,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if needs_v12(&header.entries) {
+            12
         } else if needs_v11(&header.entries) {
             11
         } else if header.params.as_ref().is_some_and(needs_v10) {
@@ -314,7 +317,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8..=11) {
+        if !matches!(version, 2..=6 | 8..=12) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -435,6 +438,11 @@ fn needs_v9(p: &Params) -> bool {
 /// Whether some frame's adaptive stage cuts it into row slices (what version 11 is for).
 fn needs_v11(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.sliced))
+}
+
+/// Whether some frame is coded by the tree stage (entropy stage 7: what version 12 is for).
+fn needs_v12(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree))
 }
 
 /// Whether the window is predicted by a model's causal stage (what version 10 is for).
@@ -793,12 +801,17 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if sliced && stage != Stage::Adaptive {
             return Err(bad(format!("entry {i}: row slices on a frame of entropy stage {}", stage as u8)));
         }
-        if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts))) || ((moved_context || intensity) && (key || stage != Stage::Adaptive)) {
+        if (carry && (key || !matches!(stage, Stage::Adaptive | Stage::Counts | Stage::Tree)))
+            || ((moved_context || intensity) && (key || stage != Stage::Adaptive))
+        {
             let to = if key { "a key frame".to_string() } else { format!("a frame of entropy stage {}", stage as u8) };
             return Err(bad(format!("entry {i}: a stage's state carried over, a moved context or an intensity context on {to}")));
         }
         if stage == Stage::Counts && version < 8 {
             return Err(bad(format!("entry {i}: entropy stage 6 (counts) in a version {version} blob")));
+        }
+        if stage == Stage::Tree && (version < 12 || bound != FrameBound::Lossless) {
+            return Err(bad(format!("entry {i}: entropy stage 7 (tree) in a version {version} blob or under an error bound")));
         }
         Ok(FrameEntry {
             big_endian,
@@ -834,6 +847,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         9 => params.as_ref().is_some_and(needs_v9),
         10 => params.as_ref().is_some_and(needs_v10),
         11 => needs_v11(&entries),
+        12 => needs_v12(&entries),
         _ => true,
     };
     if !used {
@@ -847,6 +861,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 9 => "the wide linear tap set",
                 10 => "the causal predictor",
                 11 => "adaptive row slices",
+                12 => "frames of the tree stage",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

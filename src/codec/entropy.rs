@@ -7,6 +7,7 @@ pub mod adaptive;
 pub mod counts;
 mod range;
 pub mod rans;
+pub mod tree;
 
 pub use adaptive::Side;
 
@@ -28,17 +29,21 @@ pub enum Stage {
     /// Photon counts coded as counts under a rate estimated from the past ([`counts`]; lossless
     /// codes of the `none` predictor; container version 8).
     Counts = 6,
+    /// Lossless codes under a context tree with the pixel's prediction as a property, decoded
+    /// fused with the reconstruction ([`tree`]; container version 12).
+    Tree = 7,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans, Stage::Adaptive, Stage::Counts];
+    pub const ALL: [Stage; 7] = [Stage::Zstd, Stage::BytePlanesZstd, Stage::BitShuffleZstd, Stage::ContextRans, Stage::Adaptive, Stage::Counts, Stage::Tree];
 
     pub fn from_id(id: u8) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| *s as u8 == id)
     }
 
     /// The stages worth trying for codes of `width` bytes under `choice` (the counts stage, which
-    /// only suits the `none` predictor's lossless codes, is tried apart: `window::choose`).
+    /// only suits the `none` predictor's lossless codes, and the tree stage, which needs the
+    /// frame's pixels, are tried apart: `window::choose`).
     pub fn candidates(width: usize, choice: EntropyChoice) -> &'static [Stage] {
         match (width == 1, choice == EntropyChoice::Fast) {
             (true, true) => &[Stage::BitShuffleZstd, Stage::Zstd],
@@ -56,7 +61,7 @@ impl Stage {
     pub fn weighed(self, size: usize, choice: EntropyChoice) -> f64 {
         match (self, choice) {
             (Stage::ContextRans, EntropyChoice::Balanced) => size as f64 / (1.0 - BALANCED_MARGIN),
-            (Stage::Adaptive | Stage::Counts, EntropyChoice::Balanced) => size as f64 / ((1.0 - BALANCED_MARGIN) * (1.0 - ADAPTIVE_MARGIN)),
+            (Stage::Adaptive | Stage::Counts | Stage::Tree, EntropyChoice::Balanced) => size as f64 / ((1.0 - BALANCED_MARGIN) * (1.0 - ADAPTIVE_MARGIN)),
             _ => size as f64,
         }
     }
@@ -111,6 +116,7 @@ impl fmt::Display for Stage {
             Stage::ContextRans => "context-rans",
             Stage::Adaptive => "adaptive",
             Stage::Counts => "counts",
+            Stage::Tree => "tree",
         })
     }
 }
@@ -128,6 +134,7 @@ pub struct Coder {
     rans: rans::Scratch,
     adaptive: adaptive::Scratch,
     counts: counts::Scratch,
+    tree: tree::Scratch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +159,18 @@ impl Coder {
             rans: rans::Scratch::default(),
             adaptive: adaptive::Scratch::default(),
             counts: counts::Scratch::default(),
+            tree: tree::Scratch::default(),
         })
     }
 
     pub fn level(&self) -> i32 {
         self.level
+    }
+
+    /// The tree stage's state (its tables), for a decoder that decodes fused with the
+    /// reconstruction ([`tree::open`]).
+    pub fn tree_scratch(&mut self) -> &mut tree::Scratch {
+        &mut self.tree
     }
 
     /// Threads the adaptive stage may code and decode a frame's row slices on (0 and 1: the
@@ -216,6 +230,11 @@ impl Coder {
                 self.scratch = packed;
                 return Ok(counts::encode_with(codes, width, cols, side.carry, &mut self.counts));
             }
+            Stage::Tree => {
+                self.scratch = packed;
+                let (image, mask) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
+                return Ok(tree::encode(codes, image, mask, cols, side.prev, side.carry, &mut self.tree));
+            }
         }
         let out = self.comp.compress(&packed);
         self.scratch = packed;
@@ -258,6 +277,9 @@ impl Coder {
             counts::decode_with(data, n, width, cols, side.carry, out, &mut self.counts)?;
             return Ok(());
         }
+        if stage == Stage::Tree {
+            return Err(EntropyError::Rans(rans::RansError("the tree stage decodes with the reconstruction")));
+        }
         if stage == Stage::ContextRans {
             rans::decode_with(data, n, cols, out, &mut self.rans)?;
             if width < 4 && out.iter().any(|&c| c >> (8 * width) != 0) {
@@ -274,7 +296,7 @@ impl Coder {
             Stage::Zstd => unpack(&packed, n, width, out),
             Stage::BytePlanesZstd => unbyte_planes(&packed, n, width, out),
             Stage::BitShuffleZstd => unbitshuffle(&packed, n, width, out),
-            Stage::ContextRans | Stage::Adaptive | Stage::Counts => unreachable!("handled above"),
+            Stage::ContextRans | Stage::Adaptive | Stage::Counts | Stage::Tree => unreachable!("handled above"),
         }
         Ok(())
     }
@@ -388,7 +410,8 @@ mod tests {
             let mask = if width == 4 { u32::MAX } else { (1u32 << (8 * width)) - 1 };
             for n in [0usize, 1, 7, 8, 9, 1000] {
                 let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
-                for s in Stage::ALL {
+                // (The tree stage decodes with the reconstruction: `tree`'s own tests.)
+                for s in Stage::ALL.into_iter().filter(|&s| s != Stage::Tree) {
                     let enc = c.encode(s, &codes, width, 10, Side::default()).unwrap();
                     let mut back = Vec::new();
                     c.decode(s, &enc, n, width, 10, Side::default(), &mut back).unwrap();

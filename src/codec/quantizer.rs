@@ -341,6 +341,12 @@ fn encode_int_abs(dtype: DType, e: f64, x: &[u32], pred: Prediction) -> Coded {
 #[derive(Debug)]
 pub struct BadCodes(pub &'static str);
 
+impl From<BadCodes> for crate::codec::entropy::rans::RansError {
+    fn from(b: BadCodes) -> Self {
+        crate::codec::entropy::rans::RansError(b.0)
+    }
+}
+
 /// Reconstruct a frame from its codes; exact inverse of [`encode`].
 pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], pred: Prediction, out: &mut Vec<u32>) -> Result<(), BadCodes> {
     let mask = dtype.mask();
@@ -397,6 +403,29 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
         _ => decode_quantised(dtype, bound, codes, escapes, pred, out)?,
     }
     Ok(())
+}
+
+/// Reconstruct a lossless frame whose codes are decoded pixel by pixel from each pixel's
+/// prediction (entropy stage 7): `code(codes of the pixels before, i, prediction of pixel i)`
+/// gives pixel `i`'s code, which also goes to `codes` (as many as the frame's pixels).
+pub fn decode_lossless_fused<E: From<BadCodes>>(
+    dtype: DType,
+    pred: Prediction,
+    codes: &mut [u32],
+    out: &mut Vec<u32>,
+    mut code: impl FnMut(&[u32], usize, u32) -> Result<u32, E>,
+) -> Result<(), E> {
+    let mask = dtype.mask();
+    out.clear();
+    out.resize(codes.len(), 0);
+    if !pred.len_ok(codes.len()) {
+        return Err(BadCodes("prediction size").into());
+    }
+    pred.walk(out, mask, |i, p| {
+        let c = code(codes, i, p)?;
+        codes[i] = c;
+        Ok(p.wrapping_add(unzigzag_native(c)) & mask)
+    })
 }
 
 /// The lossless reconstruction of a frame predicted per motion block ([`Prediction::BlockModes`]):

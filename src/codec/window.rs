@@ -9,7 +9,7 @@
 
 use super::container::{self, Blob, BlobError, Body, Entry, FrameEntry, Header, Params, Section};
 use super::dtype::DType;
-use super::entropy::{adaptive, Coder, EntropyChoice, Side, Stage};
+use super::entropy::{adaptive, tree, Coder, EntropyChoice, Side, Stage};
 use super::format::{analyze, Analysis, FormatSpec, Layout};
 use super::predict::{linear, motion, Geometry, Model, ModelHandle, ModelSource, NoModels, Playback, PredictError, PredictorChoice, PredictorId, Session};
 use super::quantizer::{self, Bound, FrameBound};
@@ -62,6 +62,9 @@ pub struct Options {
     /// decoded side by side on `threads` (container version 11, `entropy::adaptive::slices_for`;
     /// off: one chain per frame, the blobs an older build reads, for comparisons and tests).
     pub row_slices: bool,
+    /// Let the probe try the tree stage on lossless windows (entropy stage 7, container version
+    /// 12; off: the blobs an older build reads).
+    pub tree_stage: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
@@ -99,6 +102,10 @@ impl Options {
         if version < 11 {
             self.row_slices = false;
         }
+        // (The tree stage came with version 12.)
+        if version < 12 {
+            self.tree_stage = false;
+        }
     }
 }
 
@@ -117,6 +124,7 @@ impl Default for Options {
             reconstructions: false,
             intensity_context: true,
             row_slices: true,
+            tree_stage: true,
             stage: None,
             carry: None,
         }
@@ -378,6 +386,7 @@ impl Quantised {
                     gradient: Some(gradient),
                     intensity: intensity.then_some(gradient),
                     sliced: self.sliced && carry && k >= 2,
+                    pixels: None,
                 }
             }
             _ => Side {
@@ -387,7 +396,21 @@ impl Quantised {
                 gradient: None,
                 intensity: k.checked_sub(1).filter(|_| intensity).map(|j| self.recon(chain, j)),
                 sliced: self.sliced && carry && k >= 2,
+                pixels: None,
             },
+        }
+    }
+}
+
+impl Quantised {
+    /// What the tree stage may use to code frame `k`: the previous frame's codes and, lossless,
+    /// the frame's pixels (of `mask`); `carry`: continue the tables of the frame before.
+    fn tree_side<'a>(&'a self, chain: &'a Chain, k: usize, lossless: bool, carry: bool, mask: u32) -> Side<'a> {
+        Side {
+            prev: k.checked_sub(1).map(|j| &self.frames[j].codes[..]),
+            carry,
+            pixels: lossless.then(|| (&chain.images[self.start + k][..], mask)),
+            ..Side::default()
         }
     }
 }
@@ -1020,6 +1043,13 @@ fn choose(
                 best = (weighed, *pid, Stage::Counts);
             }
         }
+        if tree_may_pay(opts) {
+            let weighed = size_under(coder, q, Stage::Tree, from)?;
+            tracing::trace!(predictor = %pid, weighed, best = best.0, "tree");
+            if weighed < best.0 {
+                best = (weighed, *pid, Stage::Tree);
+            }
+        }
         Ok(best)
     })?;
     let mut finals = finals;
@@ -1089,6 +1119,12 @@ fn choose(
 /// a pixel than the adaptive stage's token ladder, and such data are not photon counts.
 const COUNTS_MAX_MEAN: u64 = 4;
 
+/// Whether the tree stage is tried: lossless windows under `best`, where a build may write
+/// container version 12.
+fn tree_may_pay(opts: &Options) -> bool {
+    opts.tree_stage && opts.bound == Bound::Lossless && opts.entropy == EntropyChoice::Best
+}
+
 /// Whether the counts stage is worth trying for finalist `c`: lossless codes of the `none`
 /// predictor (the values themselves) of an unsigned integer type, low counts on the probe's
 /// last frame, and a choice that allows the slow stages.
@@ -1135,7 +1171,7 @@ fn size_under(
     // lossless: `none` + adaptive 17% smaller than the `linear` + zstd it chose).
     let start = match stage {
         Stage::Counts => 0,
-        Stage::Adaptive => from.saturating_sub(1),
+        Stage::Adaptive | Stage::Tree => from.saturating_sub(1),
         _ => from,
     };
     for (k, c) in q.frames.iter().enumerate().skip(start) {
@@ -1150,10 +1186,11 @@ fn size_under(
         // before (except on the first, whose predecessor was not coded: the result does not
         // depend on what the coder coded before).
         // (Only the adaptive stage reads the side information.)
-        let side = if stage == Stage::Adaptive {
-            q.side(chain, k, opts.bound != Bound::Lossless, k > start, intensity, geom, &mut side_buffers)
-        } else {
-            Side::default()
+        let side = match stage {
+            Stage::Adaptive => q.side(chain, k, opts.bound != Bound::Lossless, k > start, intensity, geom, &mut side_buffers),
+            // (The tables learned on the frame before `from`, carried.)
+            Stage::Tree => q.tree_side(chain, k, opts.bound == Bound::Lossless, k > start, dtype.mask()),
+            _ => Side::default(),
         };
         let coded = 4 * c.escapes.len()
             + if estimate {
@@ -1383,6 +1420,8 @@ impl ChainCoding {
             }
             // (The counts stage's state: the rate estimated from the frames before.)
             Some(Stage::Counts) => Side { carry: self.last_stage == Some(Stage::Counts), ..Side::default() },
+            // (The tables learned on the key frame and on the first predicted frame, then carried.)
+            Some(Stage::Tree) => q.tree_side(chain, k, fb == FrameBound::Lossless, self.last_stage == Some(Stage::Tree) && k >= 2, dtype.mask()),
             Some(_) => Side::default(),
         };
         let (stage, codes) = match plan.stage {
@@ -1408,7 +1447,11 @@ impl ChainCoding {
             && q.motion[k]
                 .chunks_exact(motion::TRIPLE)
                 .any(|t| t[2] >> motion::PHASE_SHIFT != 0 || t[2] & (motion::MED | motion::INTRA) == motion::MED | motion::INTRA);
-        let carry = side.carry && matches!(stage, Stage::Adaptive | Stage::Counts);
+        let carry = match stage {
+            Stage::Adaptive | Stage::Counts => side.carry,
+            Stage::Tree => tree::carries(&codes),
+            _ => false,
+        };
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         let intensity = side.intensity.is_some() && stage == Stage::Adaptive;
         let sliced = stage == Stage::Adaptive && adaptive::slice_count(&codes) > 1;
@@ -1540,6 +1583,8 @@ struct FrameCodes {
     codes: Vec<u32>,
     escapes: Vec<u32>,
     skeleton: Vec<u8>,
+    /// A tree-stage frame's codes section, decoded with the reconstruction (`codes` then empty).
+    fused: Vec<u8>,
 }
 
 impl Decoder {
@@ -1631,7 +1676,10 @@ impl Decoder {
         let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + side_by_side * m.scratch_bytes());
         // (Row slices: the models of each slice beyond the first.)
         let slice_models = if self.row_sliced() { (adaptive::slices_for(geom.pixels(), geom.width) as u64 - 1) * adaptive::MODELS_BYTES } else { 0 };
-        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model + slice_models
+        // (The tree stage: its tables, and a frame's codes section copied.)
+        let tree_stage = self.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree));
+        let tree = if tree_stage { side_by_side * tree::TABLES_BYTES + geom.pixels() as u64 * p.dtype.bytes() as u64 } else { 0 };
+        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model + slice_models + tree
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.
@@ -1772,7 +1820,11 @@ impl Decoder {
         // reconstruction of the frame before (what `recon` holds until this frame's).
         let intensity = f.intensity.then(|| gradient.unwrap_or(&recon[..]));
         let fc = codes.decode(payload, i, k, (&f, header.entries[i].original_len), &p, vectors, gradient, intensity)?;
-        reconstruct(session, recon, i, &f, &p, &fc)?;
+        if f.stage == Stage::Tree {
+            reconstruct_fused(session, recon, i, k, &p, &fc, codes)?;
+        } else {
+            reconstruct(session, recon, i, &f, &p, &fc)?;
+        }
         Ok((i, f, p, fc))
     }
 
@@ -1810,7 +1862,8 @@ impl Decoder {
         let mut params = Vec::new();
         for k in from..=pos {
             let fp = frame_params(header, frame_entries, k)?;
-            if fp.1.moved_context || fp.1.intensity {
+            // (A tree-stage frame's codes are decoded with its reconstruction.)
+            if fp.1.moved_context || fp.1.intensity || fp.1.stage == Stage::Tree {
                 break;
             }
             params.push(fp);
@@ -1903,6 +1956,34 @@ fn reconstruct(session: &mut Session, recon: &mut Vec<u32>, i: usize, f: &FrameE
     session.observe(recon).map_err(|e| dec(e.to_string()))
 }
 
+/// Reconstruct entry `i`'s frame, chain position `k`, coded by the tree stage: each pixel's code
+/// is decoded from its prediction as the prediction walks the frame (lossless). Its codes then
+/// become the chain's previous codes, and the tables the next frame may carry.
+fn reconstruct_fused(
+    session: &mut Session,
+    recon: &mut Vec<u32>,
+    i: usize,
+    k: usize,
+    p: &Params,
+    fc: &FrameCodes,
+    codes: &mut CodeState,
+) -> Result<(), BlobError> {
+    let dec = |why: String| BlobError::Decode { entry: i, why };
+    let geom = Geometry::of(p.width as usize, p.height as usize, p.dtype);
+    let n = geom.pixels();
+    let mut cur = std::mem::take(&mut codes.older_codes);
+    cur.clear();
+    cur.resize(n, 0);
+    let prev = (k > 0).then_some(&codes.prev_codes[..]);
+    let mut d = tree::open(&fc.fused, p.dtype.mask(), geom.width, n, prev, codes.coder.tree_scratch()).map_err(|e| dec(e.to_string()))?;
+    quantizer::decode_lossless_fused(p.dtype, session.prediction(), &mut cur, recon, |c, j, pr| d.next(c, j, pr)).map_err(|e| dec(e.to_string()))?;
+    d.finish().map_err(|e| dec(e.to_string()))?;
+    session.observe(recon).map_err(|e| dec(e.to_string()))?;
+    codes.older_codes = std::mem::replace(&mut codes.prev_codes, cur);
+    codes.models_of = Some((k, Stage::Tree));
+    Ok(())
+}
+
 /// The file of frame entry `i` from its skeleton and its reconstruction.
 fn assemble(recon: &[u32], entry: &Entry, i: usize, f: &FrameEntry, p: &Params, skeleton: &[u8]) -> Result<Vec<u8>, BlobError> {
     let layout = Layout { width: p.width, height: p.height, dtype: p.dtype, big_endian: f.big_endian, ranges: f.ranges.clone() };
@@ -1970,6 +2051,16 @@ impl CodeState {
         }
         // Set again only once this frame's models are complete.
         self.models_of = None;
+        if f.stage == Stage::Tree {
+            if f.bound != FrameBound::Lossless || f.n_escapes != 0 {
+                return Err(dec("entropy stage 7 (tree) on a frame under an error bound".into()));
+            }
+            if tree::carries(code_bytes) != f.carry {
+                return Err(dec("the tree stage's tables carried over, or not, against the frame's flag".into()));
+            }
+            let skeleton = self.skeleton(payload, i, f, original_len, n * p.dtype.bytes())?;
+            return Ok(FrameCodes { vectors, codes: Vec::new(), escapes: Vec::new(), skeleton, fused: code_bytes.to_vec() });
+        }
         let side = Side {
             prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
             quantised: false,
@@ -1981,6 +2072,7 @@ impl CodeState {
                 None
             },
             sliced: f.sliced,
+            pixels: None,
         };
         // (The older codes' buffer is reused for this frame's.)
         let mut codes = std::mem::take(&mut self.older_codes);
@@ -1996,7 +2088,7 @@ impl CodeState {
             b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         let skeleton = self.skeleton(payload, i, f, original_len, n * p.dtype.bytes())?;
-        let out = FrameCodes { vectors, codes: codes.clone(), escapes, skeleton };
+        let out = FrameCodes { vectors, codes: codes.clone(), escapes, skeleton, fused: Vec::new() };
         // This frame's codes are the next frame's temporal context (and the one after's older).
         self.older_codes = std::mem::replace(&mut self.prev_codes, codes);
         Ok(out)

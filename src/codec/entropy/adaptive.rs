@@ -485,6 +485,9 @@ pub struct Side<'a> {
     /// `carry`, slice `j` continues the models of slice `j` of the previous frame, or every
     /// slice those of a previous frame coded whole.
     pub sliced: bool,
+    /// The frame's pixel values and their type's mask, for the tree stage (lossless codes: a
+    /// pixel's prediction is its value less its residual); the adaptive stage ignores them.
+    pub pixels: Option<(&'a [u32], u32)>,
 }
 
 /// The contexts of one pixel.
@@ -949,8 +952,18 @@ mod tests {
                     let codes: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) & mask).collect();
                     let ext: Vec<u32> = (0..n).map(|i| [0, mask, 1, mask - 1][i % 4]).collect();
                     for q in [false, true] {
-                        round_trip(&codes, width, cols, Side { prev: None, quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
-                        round_trip(&ext, width, cols, Side { prev: Some(&codes), quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
+                        round_trip(
+                            &codes,
+                            width,
+                            cols,
+                            Side { prev: None, quantised: q, carry: false, gradient: None, intensity: None, sliced: false, pixels: None },
+                        );
+                        round_trip(
+                            &ext,
+                            width,
+                            cols,
+                            Side { prev: Some(&codes), quantised: q, carry: false, gradient: None, intensity: None, sliced: false, pixels: None },
+                        );
                     }
                 }
             }
@@ -1070,7 +1083,7 @@ mod tests {
             let (a, b) = (frame(), frame());
             for q in [false, true] {
                 for prev in [None, Some(&a[..])] {
-                    let enc = encode(&b, width, cols, Side { prev, quantised: q, carry: false, gradient: None, intensity: None, sliced: false });
+                    let enc = encode(&b, width, cols, Side { prev, quantised: q, carry: false, gradient: None, intensity: None, sliced: false, pixels: None });
                     let mut back = Vec::new();
                     decode(&enc, n, width, cols, prev, &mut back).unwrap();
                     assert_eq!(back, b);
@@ -1093,7 +1106,8 @@ mod tests {
     #[test]
     fn corrupt_streams_error_or_decode() {
         let codes: Vec<u32> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 27) & 31).collect();
-        let enc = encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false, carry: false, gradient: None, intensity: None, sliced: false });
+        let enc =
+            encode(&codes, 2, 50, Side { prev: Some(&codes), quantised: false, carry: false, gradient: None, intensity: None, sliced: false, pixels: None });
         let mut out = Vec::new();
         for cut in [0, 1, 2, 3, enc.len() / 2, enc.len() - 6] {
             let _ = decode(&enc[..cut], codes.len(), 2, 50, Some(&codes), &mut out);

@@ -1,0 +1,730 @@
+//! Entropy stage 7 (container version 12): a frame's lossless codes under a context tree learned
+//! by the encoder, with the pixel's *prediction* among its properties.
+//!
+//! Photon noise grows with the intensity, so the spread of a residual depends on the value
+//! predicted for its pixel; the adaptive stage's contexts see only the residuals around it (and,
+//! with the intensity context, the reference's local level as half of a mixed model). A tree
+//! over the prediction and the neighbours' activity, with a static distribution per leaf, codes
+//! the detector fixtures' `linear` residuals 4-6% smaller than the adaptive stage
+//! (`examples/tree_lab.rs`, `docs/results/issue14-tree-lab.txt`).
+//!
+//! Each code is split as a hybrid integer: a code below 16 is its own token; a larger one, of top
+//! bit `e`, is token `16 + 4 (e - 4) + (its two bits below the top one)` and keeps its `e - 2`
+//! lowest bits raw. Tokens are coded by rANS (12-bit frequencies, 16-bit renormalisation) under
+//! the distribution of the pixel's leaf. The leaf is found from three quantised properties, all
+//! known to the decoder when it decodes the pixel:
+//!
+//! - `qa`: the activity, the codes to the left and above (four levels an octave);
+//! - `qp`: the pixel's prediction (its own value below 32, then eight levels an octave);
+//! - `qc`: the codes up-left and up-right and the previous frame's code at the pixel.
+//!
+//! The encoder grows the tree best first on a sample of the frame (each split must pay for the
+//! tables it adds) and compiles it into a table over the three levels: the decoder finds a leaf
+//! with one lookup. A token a leaf's distribution lacks is coded as the escape token followed by
+//! [`TOKEN_BITS`] raw bits, so a frame may continue the previous frame's tree and tables (the
+//! container's `carry` flag; the first frames of a chain learn their own).
+//!
+//! Because the prediction is a property, decoding is fused with the reconstruction: the caller
+//! predicts each pixel from the pixels decoded before it and asks for its code
+//! ([`FrameDecoder::next`]). A corrupt stream gives wrong codes (the container's CRC catches
+//! them) or an error, never a panic or a hang.
+//!
+//! Stream (docs/FORMAT.md, stage 7): `flags` (bit 0: a tree and tables follow; else the previous
+//! frame's are continued), [tree and tables], varint count of 16-bit rANS words, the words, the raw
+//! bits (little-endian, least significant first).
+
+use super::rans::{put_varint, BitReader, BitWriter, In, RansError};
+use crate::codec::quantizer::unzigzag_native;
+use std::collections::BinaryHeap;
+
+/// Tokens of codes up to 32 bits, then the escape.
+const TOKENS: usize = 16 + 4 * 28;
+const ESCAPE: usize = TOKENS;
+const SYMBOLS: usize = TOKENS + 1;
+/// Raw bits of an escaped token.
+pub const TOKEN_BITS: u32 = 7;
+const PROB_BITS: u32 = 12;
+const PROB_SCALE: u32 = 1 << PROB_BITS;
+const RANS_L: u32 = 1 << 16;
+/// Levels of the activity properties (`qa`, `qc`) and of the prediction (`qp`).
+const A_LEVELS: usize = 64;
+const P_LEVELS: usize = 256;
+/// Bytes a decoder's tables take at most (each leaf's slots and frequencies, the compiled table).
+pub const TABLES_BYTES: u64 = (MAX_LEAVES * (PROB_SCALE as usize + 4 * SYMBOLS) + A_LEVELS * P_LEVELS * A_LEVELS) as u64;
+/// Most leaves of a tree (a leaf is a byte of the compiled table).
+pub const MAX_LEAVES: usize = 255;
+/// Most pixels the tree is grown on (a regular sample of the frame).
+const SAMPLES: usize = 1 << 17;
+/// What a split costs in the stream (its node) and a used token in a leaf's table, in bits:
+/// a split must save more than it adds.
+const SPLIT_BITS: f64 = 24.0;
+const TABLE_BITS_PER_TOKEN: f64 = 14.0;
+
+/// Four levels an octave, 0 to 7 their own, at most `A_LEVELS - 1`.
+#[inline(always)]
+fn level_a(v: u64) -> usize {
+    if v < 8 {
+        v as usize
+    } else {
+        let b = 63 - v.leading_zeros() as usize;
+        (8 + 4 * (b - 3) + ((v >> (b - 2)) & 3) as usize).min(A_LEVELS - 1)
+    }
+}
+
+/// The prediction's level: its own value below 32, then eight an octave.
+#[inline(always)]
+fn level_p(p: u32) -> usize {
+    if p < 64 {
+        p as usize
+    } else {
+        let b = 31 - p.leading_zeros() as usize;
+        (64 + 16 * (b - 6) + ((p >> (b - 4)) & 15) as usize).min(P_LEVELS - 1)
+    }
+}
+
+/// (token, raw bit count, raw bits) of a code.
+#[inline(always)]
+fn token_of(z: u32) -> (usize, u32, u32) {
+    if z < 16 {
+        return (z as usize, 0, 0);
+    }
+    let e = 31 - z.leading_zeros();
+    let m = (z >> (e - 2)) & 3;
+    (16 + 4 * (e as usize - 4) + m as usize, e - 2, z & ((1 << (e - 2)) - 1))
+}
+
+/// (high part of the code, raw bit count) of a token.
+#[inline(always)]
+fn token_base(t: usize) -> (u32, u32) {
+    if t < 16 {
+        return (t as u32, 0);
+    }
+    let e = ((t - 16) / 4) as u32 + 4;
+    let m = ((t - 16) % 4) as u32;
+    ((4 | m) << (e - 2), e - 2)
+}
+
+/// Number of levels of each property for codes and predictions of `mask` (the compiled table's
+/// dimensions).
+fn dims(mask: u32) -> [usize; 3] {
+    let m = mask as u64;
+    [level_a(2 * m) + 1, level_p(mask) + 1, level_a(3 * m) + 1]
+}
+
+/// The levels of pixel `i` (column `x`) from the codes before it, its prediction `p` and the
+/// previous frame's codes.
+#[inline(always)]
+fn levels(codes: &[u32], prev: Option<&[u32]>, i: usize, x: usize, cols: usize, p: u32) -> [u8; 3] {
+    let w = if x > 0 { codes[i - 1] as u64 } else { 0 };
+    let up = i >= cols;
+    let n = if up { codes[i - cols] as u64 } else { w };
+    let nw = if up && x > 0 { codes[i - cols - 1] as u64 } else { n };
+    let ne = if up && x + 1 < cols { codes[i - cols + 1] as u64 } else { n };
+    let t = prev.map_or(0, |pr| pr[i] as u64);
+    [level_a(w + n) as u8, level_p(p) as u8, level_a(nw + ne + t) as u8]
+}
+
+/// A split of the tree (`prop`'s level at most `at`: left) or a leaf.
+#[derive(Clone, Copy, Debug)]
+enum Node {
+    Leaf(u8),
+    Split { prop: u8, at: u8, left: u32, right: u32 },
+}
+
+/// A tree, compiled into a table of leaves over the three levels, and each leaf's distribution.
+pub struct Tables {
+    dims: [usize; 3],
+    table: Vec<u8>,
+    /// Per leaf, per symbol: frequency | start << 16 (frequency 0: absent).
+    freqs: Vec<[u32; SYMBOLS]>,
+    /// Per leaf, per slot: the symbol.
+    slots: Vec<[u8; PROB_SCALE as usize]>,
+}
+
+impl Tables {
+    fn leaves(&self) -> usize {
+        self.freqs.len()
+    }
+
+    #[inline(always)]
+    fn leaf(&self, l: [u8; 3]) -> usize {
+        self.table[(l[0] as usize * self.dims[1] + l[1] as usize) * self.dims[2] + l[2] as usize] as usize
+    }
+
+    /// Made from a tree and the frequencies of each leaf (each summing to `PROB_SCALE`).
+    fn new(nodes: Vec<Node>, mask: u32, freqs: Vec<[u32; SYMBOLS]>) -> Tables {
+        let dims = dims(mask);
+        let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
+        fill(&nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
+        let mut slots = vec![[0u8; PROB_SCALE as usize]; freqs.len()];
+        let mut packed = vec![[0u32; SYMBOLS]; freqs.len()];
+        for ((f, s), p) in freqs.iter().zip(slots.iter_mut()).zip(packed.iter_mut()) {
+            let mut start = 0u32;
+            for (t, &q) in f.iter().enumerate() {
+                s[start as usize..(start + q) as usize].fill(t as u8);
+                p[t] = q | start << 16;
+                start += q;
+            }
+        }
+        Tables { dims, table, freqs: packed, slots }
+    }
+}
+
+/// Fill the part of the compiled table below node `n` (`bounds`: each level's range there).
+fn fill(nodes: &[Node], n: usize, bounds: [[usize; 2]; 3], dims: [usize; 3], table: &mut [u8]) {
+    match nodes[n] {
+        Node::Leaf(l) => {
+            for a in bounds[0][0]..bounds[0][1] {
+                for p in bounds[1][0]..bounds[1][1] {
+                    let row = (a * dims[1] + p) * dims[2];
+                    table[row + bounds[2][0]..row + bounds[2][1]].fill(l);
+                }
+            }
+        }
+        Node::Split { prop, at, left, right } => {
+            let (j, cut) = (prop as usize, (at as usize + 1).clamp(bounds[prop as usize][0], bounds[prop as usize][1]));
+            let (mut lb, mut rb) = (bounds, bounds);
+            lb[j][1] = cut;
+            rb[j][0] = cut;
+            fill(nodes, left as usize, lb, dims, table);
+            fill(nodes, right as usize, rb, dims, table);
+        }
+    }
+}
+
+/// What the encoder keeps from frame to frame: the tables the last frame coded with.
+#[derive(Default)]
+pub struct Scratch {
+    tables: Option<Tables>,
+    /// Mask the tables were made for.
+    mask: u32,
+}
+
+impl Scratch {
+    /// Forget the tables (a decoder that restarts its chain).
+    pub fn reset(&mut self) {
+        self.tables = None;
+    }
+}
+
+/// Normalise counts to frequencies summing to `PROB_SCALE`, every used symbol at least 1 and the
+/// escape always present.
+fn normalise(counts: &[u64; SYMBOLS]) -> [u32; SYMBOLS] {
+    let mut c = *counts;
+    c[ESCAPE] = c[ESCAPE].max(1);
+    let total: u64 = c.iter().sum();
+    let mut f = [0u32; SYMBOLS];
+    let mut sum = 0i64;
+    for (fi, &n) in f.iter_mut().zip(&c) {
+        if n > 0 {
+            *fi = ((n * PROB_SCALE as u64 + total / 2) / total).max(1) as u32;
+            sum += *fi as i64;
+        }
+    }
+    let mut diff = PROB_SCALE as i64 - sum;
+    while diff != 0 {
+        let k = (0..SYMBOLS).max_by_key(|&k| f[k]).expect("symbols");
+        let change = if diff > 0 { diff } else { -((-diff).min(f[k] as i64 - 1)) };
+        f[k] = (f[k] as i64 + change) as u32;
+        diff -= change;
+    }
+    f
+}
+
+/// `n log2 n`, tabulated for the sample's counts.
+fn nlogn_table(n: usize) -> Vec<f64> {
+    (0..=n).map(|k| if k < 2 { 0.0 } else { k as f64 * (k as f64).log2() }).collect()
+}
+
+/// Bits of a node's samples under their own static distribution (scaled to the frame) plus its
+/// table's.
+fn cost(h: &[u32; SYMBOLS], total: u32, nlogn: &[f64], scale: f64) -> f64 {
+    let mut s = nlogn[total as usize];
+    let mut used = 0;
+    for &n in h.iter() {
+        if n > 0 {
+            s -= nlogn[n as usize];
+            used += 1;
+        }
+    }
+    s * scale + used as f64 * TABLE_BITS_PER_TOKEN
+}
+
+/// The best split of `samples` (levels, symbol) and its gain in bits, if any pays.
+fn best_split(samples: &[([u8; 3], u8)], dims: [usize; 3], nlogn: &[f64], scale: f64) -> Option<(f64, u8, u8)> {
+    let mut all = [0u32; SYMBOLS];
+    for s in samples {
+        all[s.1 as usize] += 1;
+    }
+    let total = samples.len() as u32;
+    let here = cost(&all, total, nlogn, scale);
+    let mut best: Option<(f64, u8, u8)> = None;
+    let mut hist = Vec::new();
+    for (j, &levels) in dims.iter().enumerate() {
+        hist.clear();
+        hist.resize(levels, [0u32; SYMBOLS]);
+        let mut seen = vec![0u32; levels];
+        for s in samples {
+            hist[s.0[j] as usize][s.1 as usize] += 1;
+            seen[s.0[j] as usize] += 1;
+        }
+        let mut left = [0u32; SYMBOLS];
+        let mut nl = 0u32;
+        for at in 0..levels.saturating_sub(1) {
+            if seen[at] == 0 {
+                continue;
+            }
+            for (l, h) in left.iter_mut().zip(&hist[at]) {
+                *l += h;
+            }
+            nl += seen[at];
+            if nl == total {
+                break;
+            }
+            let mut right = all;
+            for (r, l) in right.iter_mut().zip(&left) {
+                *r -= l;
+            }
+            let gain = here - cost(&left, nl, nlogn, scale) - cost(&right, total - nl, nlogn, scale) - SPLIT_BITS;
+            if gain > 0.0 && best.is_none_or(|b| gain > b.0) {
+                best = Some((gain, j as u8, at as u8));
+            }
+        }
+    }
+    best
+}
+
+/// A leaf waiting to be split, ordered by what its split gains.
+struct Candidate {
+    gain: f64,
+    node: usize,
+    prop: u8,
+    at: u8,
+    samples: Vec<([u8; 3], u8)>,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, o: &Self) -> bool {
+        self.gain == o.gain
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.gain.total_cmp(&o.gain).then(o.node.cmp(&self.node))
+    }
+}
+
+/// Grow a tree best first on `samples` (each standing for `scale` pixels); leaves numbered as
+/// they are made final.
+fn grow(samples: Vec<([u8; 3], u8)>, dims: [usize; 3], scale: f64) -> Vec<Node> {
+    let nlogn = nlogn_table(samples.len());
+    let mut nodes = vec![Node::Leaf(0)];
+    let mut heap = BinaryHeap::new();
+    let push = |heap: &mut BinaryHeap<Candidate>, node: usize, samples: Vec<([u8; 3], u8)>| {
+        if let Some((gain, prop, at)) = best_split(&samples, dims, &nlogn, scale) {
+            heap.push(Candidate { gain, node, prop, at, samples });
+        }
+    };
+    push(&mut heap, 0, samples);
+    let mut leaves = 1;
+    while leaves < MAX_LEAVES {
+        let Some(c) = heap.pop() else { break };
+        let (left, right): (Vec<_>, Vec<_>) = c.samples.into_iter().partition(|s| s.0[c.prop as usize] <= c.at);
+        let (l, r) = (nodes.len(), nodes.len() + 1);
+        nodes.push(Node::Leaf(0));
+        nodes.push(Node::Leaf(0));
+        nodes[c.node] = Node::Split { prop: c.prop, at: c.at, left: l as u32, right: r as u32 };
+        leaves += 1;
+        push(&mut heap, l, left);
+        push(&mut heap, r, right);
+    }
+    // Number the leaves in preorder (the order they are stored in).
+    let mut next = 0u8;
+    number(&mut nodes, 0, &mut next);
+    nodes
+}
+
+fn number(nodes: &mut [Node], n: usize, next: &mut u8) {
+    match nodes[n] {
+        Node::Leaf(_) => {
+            nodes[n] = Node::Leaf(*next);
+            *next = next.wrapping_add(1);
+        }
+        Node::Split { left, right, .. } => {
+            number(nodes, left as usize, next);
+            number(nodes, right as usize, next);
+        }
+    }
+}
+
+/// The tree in preorder: per node a byte (0: a leaf, 1 + property: a split) and a split's level.
+fn put_tree(nodes: &[Node], n: usize, out: &mut Vec<u8>) {
+    match nodes[n] {
+        Node::Leaf(_) => out.push(0),
+        Node::Split { prop, at, left, right } => {
+            out.push(1 + prop);
+            out.push(at);
+            put_tree(nodes, left as usize, out);
+            put_tree(nodes, right as usize, out);
+        }
+    }
+}
+
+fn get_tree(inp: &mut In, nodes: &mut Vec<Node>, leaves: &mut usize, depth: usize) -> Result<usize, RansError> {
+    // (A tree of at most MAX_LEAVES leaves is at most that deep.)
+    if depth > MAX_LEAVES || nodes.len() >= 2 * MAX_LEAVES {
+        return Err(RansError("tree too large"));
+    }
+    let n = nodes.len();
+    match inp.byte()? {
+        0 => {
+            if *leaves >= MAX_LEAVES {
+                return Err(RansError("too many leaves"));
+            }
+            nodes.push(Node::Leaf(*leaves as u8));
+            *leaves += 1;
+        }
+        tag @ 1..=3 => {
+            let at = inp.byte()?;
+            nodes.push(Node::Leaf(0));
+            let left = get_tree(inp, nodes, leaves, depth + 1)? as u32;
+            let right = get_tree(inp, nodes, leaves, depth + 1)? as u32;
+            nodes[n] = Node::Split { prop: tag - 1, at, left, right };
+        }
+        _ => return Err(RansError("bad tree node")),
+    }
+    Ok(n)
+}
+
+/// The tree and each leaf's frequencies (per leaf: the used symbols' count, then per symbol the
+/// step from the one before and its frequency less one).
+fn put_tables(nodes: &[Node], freqs: &[[u32; SYMBOLS]], out: &mut Vec<u8>) {
+    put_tree(nodes, 0, out);
+    for f in freqs {
+        put_varint(out, f.iter().filter(|&&q| q > 0).count() as u64);
+        let mut last = 0usize;
+        for (t, &q) in f.iter().enumerate().filter(|(_, &q)| q > 0) {
+            put_varint(out, (t - last) as u64);
+            put_varint(out, q as u64 - 1);
+            last = t;
+        }
+    }
+}
+
+fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
+    let mut nodes = Vec::new();
+    let mut leaves = 0;
+    get_tree(inp, &mut nodes, &mut leaves, 0)?;
+    let mut freqs = vec![[0u32; SYMBOLS]; leaves];
+    for f in freqs.iter_mut() {
+        let used = inp.varint()?;
+        if used == 0 || used > SYMBOLS as u64 {
+            return Err(RansError("bad table"));
+        }
+        let (mut t, mut sum) = (0u64, 0u64);
+        for k in 0..used {
+            let step = inp.varint()?;
+            if k > 0 && step == 0 {
+                return Err(RansError("bad table"));
+            }
+            t += step;
+            let q = inp.varint()?.saturating_add(1);
+            sum = sum.saturating_add(q);
+            if t >= SYMBOLS as u64 || sum > PROB_SCALE as u64 {
+                return Err(RansError("bad table"));
+            }
+            f[t as usize] = q as u32;
+        }
+        if sum != PROB_SCALE as u64 || f[ESCAPE] == 0 {
+            return Err(RansError("bad table"));
+        }
+    }
+    Ok(Tables::new(nodes, mask, freqs))
+}
+
+/// Code one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the pixel type's;
+/// the prediction of a pixel is its value less its residual); `prev`: the previous frame's codes
+/// (the same geometry) or none; `carry`: continue the tables the scratch holds from the frame
+/// before (the caller guarantees that it was coded by this stage with the same mask), else learn
+/// new ones on this frame.
+pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
+    let n = codes.len();
+    let cols = cols.max(1);
+    let prev = prev.filter(|p| p.len() == n);
+    // Each pixel's levels and symbol.
+    let mut lv = Vec::with_capacity(n);
+    let mut x = 0usize;
+    for i in 0..n {
+        let p = image[i].wrapping_sub(unzigzag_native(codes[i])) & mask;
+        lv.push(levels(codes, prev, i, x, cols, p));
+        x += 1;
+        if x == cols {
+            x = 0;
+        }
+    }
+    let carry = carry && scratch.mask == mask && scratch.tables.is_some();
+    let mut out = vec![u8::from(!carry)];
+    if !carry {
+        let d = dims(mask);
+        let step = n.div_ceil(SAMPLES).max(1);
+        let samples: Vec<([u8; 3], u8)> = (0..n).step_by(step).map(|i| (lv[i], token_of(codes[i]).0 as u8)).collect();
+        let nodes = grow(samples, d, step as f64);
+        // Leaves' distributions from every pixel (the table compiled once for the lookups).
+        let probe = Tables::new(nodes.clone(), mask, vec![[0; SYMBOLS]; count_leaves(&nodes)]);
+        let mut counts = vec![[0u64; SYMBOLS]; probe.leaves()];
+        for (l, &c) in lv.iter().zip(codes) {
+            counts[probe.leaf(*l)][token_of(c).0] += 1;
+        }
+        let freqs: Vec<[u32; SYMBOLS]> = counts.iter().map(normalise).collect();
+        put_tables(&nodes, &freqs, &mut out);
+        scratch.tables = Some(Tables::new(nodes, mask, freqs));
+        scratch.mask = mask;
+    }
+    let t = scratch.tables.as_ref().expect("made or carried above");
+    // Raw bits in pixel order; rANS backwards.
+    let mut bits = BitWriter { out: Vec::new(), acc: 0, n: 0 };
+    let mut sym = Vec::with_capacity(n);
+    for (l, &c) in lv.iter().zip(codes) {
+        let leaf = t.leaf(*l);
+        let (tok, nb, raw) = token_of(c);
+        if t.freqs[leaf][tok] & 0xffff == 0 {
+            sym.push((leaf as u8, ESCAPE as u8));
+            bits.put(tok as u32, TOKEN_BITS);
+        } else {
+            sym.push((leaf as u8, tok as u8));
+        }
+        bits.put(raw, nb);
+    }
+    let mut words: Vec<u16> = Vec::with_capacity(n / 2);
+    let mut st = RANS_L;
+    for &(leaf, s) in sym.iter().rev() {
+        let e = t.freqs[leaf as usize][s as usize];
+        let (f, start) = (e & 0xffff, e >> 16);
+        let max = ((RANS_L >> PROB_BITS) << 16) * f;
+        if st >= max {
+            words.push(st as u16);
+            st >>= 16;
+        }
+        st = ((st / f) << PROB_BITS) + st % f + start;
+    }
+    words.push(st as u16);
+    words.push((st >> 16) as u16);
+    words.reverse();
+    put_varint(&mut out, words.len() as u64);
+    out.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+    out.extend(bits.finish());
+    out
+}
+
+fn count_leaves(nodes: &[Node]) -> usize {
+    nodes.iter().filter(|n| matches!(n, Node::Leaf(_))).count()
+}
+
+/// Whether a frame coded by this stage carries the tables of the frame before (its first byte).
+pub fn carries(data: &[u8]) -> bool {
+    data.first().is_some_and(|&f| f & 1 == 0)
+}
+
+/// The decoder of one frame: [`FrameDecoder::next`] for each pixel in order.
+pub struct FrameDecoder<'a> {
+    tables: &'a Tables,
+    words: Vec<u16>,
+    wp: usize,
+    overrun: bool,
+    x: u32,
+    bits: BitReader<'a>,
+    mask: u32,
+    cols: usize,
+    col: usize,
+    prev: Option<&'a [u32]>,
+}
+
+/// Open a frame's stream `data` of codes of `mask`, `cols` a row, `n` in all; `prev`: the
+/// previous frame's codes, as the encoder had them. New tables are read into `scratch`; carried
+/// ones (the caller checked that the frame before left them) are taken from it.
+pub fn open<'a>(data: &'a [u8], mask: u32, cols: usize, n: usize, prev: Option<&'a [u32]>, scratch: &'a mut Scratch) -> Result<FrameDecoder<'a>, RansError> {
+    let mut inp = In { b: data, pos: 0 };
+    let flags = inp.byte()?;
+    if flags > 1 {
+        return Err(RansError("unknown flags"));
+    }
+    if flags & 1 == 1 {
+        scratch.tables = Some(get_tables(&mut inp, mask)?);
+        scratch.mask = mask;
+    } else if scratch.tables.is_none() || scratch.mask != mask {
+        return Err(RansError("carried tables missing"));
+    }
+    let nw = inp.varint()?;
+    if nw < 2 || nw > 2 * n as u64 + 2 {
+        return Err(RansError("bad word count"));
+    }
+    let raw = inp.take(2 * nw as usize)?;
+    let words: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let x = (words[0] as u32) << 16 | words[1] as u32;
+    if x < RANS_L {
+        return Err(RansError("bad state"));
+    }
+    let tables = scratch.tables.as_ref().expect("read or checked above");
+    Ok(FrameDecoder {
+        tables,
+        words,
+        wp: 2,
+        overrun: false,
+        x,
+        bits: BitReader { b: &data[inp.pos..], pos: 0, acc: 0, n: 0 },
+        mask,
+        cols: cols.max(1),
+        col: 0,
+        prev: prev.filter(|p| p.len() == n),
+    })
+}
+
+impl FrameDecoder<'_> {
+    /// The code of pixel `i` (the next one), whose prediction is `p`, after the codes of the
+    /// pixels before it in `codes`.
+    #[inline(always)]
+    pub fn next(&mut self, codes: &[u32], i: usize, p: u32) -> Result<u32, RansError> {
+        let l = levels(codes, self.prev, i, self.col, self.cols, p);
+        self.col += 1;
+        if self.col == self.cols {
+            self.col = 0;
+        }
+        let leaf = self.tables.leaf(l);
+        let slot = self.x & (PROB_SCALE - 1);
+        let mut s = self.tables.slots[leaf][slot as usize] as usize;
+        let e = self.tables.freqs[leaf][s];
+        self.x = (e & 0xffff) * (self.x >> PROB_BITS) + slot - (e >> 16);
+        if self.x < RANS_L {
+            let w = self.words.get(self.wp).copied();
+            self.overrun |= w.is_none();
+            self.x = (self.x << 16) | w.unwrap_or(0) as u32;
+            self.wp += 1;
+        }
+        if s == ESCAPE {
+            s = self.bits.get(TOKEN_BITS)? as usize;
+            if s >= TOKENS {
+                return Err(RansError("bad escaped token"));
+            }
+        }
+        let (base, nb) = token_base(s);
+        let z = base | self.bits.get(nb)?;
+        if z > self.mask {
+            return Err(RansError("code wider than the pixel type"));
+        }
+        Ok(z)
+    }
+
+    /// After the last pixel: whether the stream ended where the encoder's did.
+    pub fn finish(self) -> Result<(), RansError> {
+        if self.overrun || self.x != RANS_L || self.wp != self.words.len() {
+            return Err(RansError("stream does not end where it should"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::quantizer::zigzag_native;
+
+    /// A lossless frame decoded with the prediction fused: the codes of a frame whose residual
+    /// spread grows with the prediction, with and without a previous frame, carried tables and
+    /// an escaped token included.
+    fn round_trip(mask: u32, cols: usize, rows: usize) {
+        let n = cols * rows;
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let mut enc = Scratch::default();
+        let mut dec = Scratch::default();
+        let mut prev_codes: Option<Vec<u32>> = None;
+        for k in 0..3 {
+            let pred: Vec<u32> = (0..n).map(|i| ((i * 7 + k) as u32 * 13) % (mask.min(4000) + 1)).collect();
+            let image: Vec<u32> = pred
+                .iter()
+                .map(|&p| {
+                    let spread = 1 + (p as f64).sqrt() as u32;
+                    let r = (rnd() % (2 * spread + 1)) as i64 - spread as i64;
+                    (p as i64 + r).rem_euclid(mask as i64 + 1) as u32
+                })
+                .collect();
+            let mut image = image;
+            if k == 2 {
+                image[n / 2] = image[n / 2].wrapping_add(mask / 2) & mask; // a code no table has seen
+            }
+            let codes: Vec<u32> = image.iter().zip(&pred).map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask)).collect();
+            let data = encode(&codes, &image, mask, cols, prev_codes.as_deref(), k == 2, &mut enc);
+            assert_eq!(carries(&data), k == 2);
+            let mut back = vec![0u32; n];
+            let mut d = open(&data, mask, cols, n, prev_codes.as_deref(), &mut dec).unwrap();
+            for i in 0..n {
+                back[i] = d.next(&back, i, pred[i]).unwrap();
+            }
+            d.finish().unwrap();
+            assert_eq!(back, codes, "frame {k} mask {mask:#x}");
+            prev_codes = Some(codes);
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        round_trip(0xff, 37, 23);
+        round_trip(0xffff, 64, 50);
+        round_trip(u32::MAX, 16, 9);
+        round_trip(0xffff, 1, 5);
+    }
+
+    #[test]
+    fn tokens_split_and_join() {
+        for z in (0..70000u32).chain([u32::MAX, u32::MAX - 1, 1 << 31]) {
+            let (t, nb, raw) = token_of(z);
+            assert!(t < TOKENS);
+            let (base, b) = token_base(t);
+            assert_eq!(b, nb);
+            assert_eq!(base | raw, z);
+        }
+    }
+
+    /// Damaged streams give an error or wrong codes, never a panic.
+    #[test]
+    fn damage_is_an_error_not_a_panic() {
+        let (cols, n, mask) = (40usize, 1200usize, 0xffffu32);
+        let image: Vec<u32> = (0..n as u32).map(|i| (i * 31) % 5000).collect();
+        let pred: Vec<u32> = image.iter().map(|&x| x.saturating_sub(3)).collect();
+        let codes: Vec<u32> = image.iter().zip(&pred).map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask)).collect();
+        let data = encode(&codes, &image, mask, cols, None, false, &mut Scratch::default());
+        let mut errors = 0;
+        for cut in (0..data.len()).step_by(7) {
+            for bad in [data[..cut].to_vec(), {
+                let mut d = data.clone();
+                d[cut] ^= 0x5a;
+                d
+            }] {
+                let mut s = Scratch::default();
+                let r = open(&bad, mask, cols, n, None, &mut s).and_then(|mut d| {
+                    let mut back = vec![0u32; n];
+                    for i in 0..n {
+                        back[i] = d.next(&back, i, pred[i])?;
+                    }
+                    d.finish()
+                });
+                errors += usize::from(r.is_err());
+            }
+        }
+        assert!(errors > 0);
+        // A carried frame without tables is refused.
+        let carried = encode(&codes, &image, mask, cols, None, true, &mut Scratch::default());
+        assert!(!carries(&carried), "nothing to carry: new tables");
+        let mut s = Scratch::default();
+        assert!(open(&[0, 2, 0, 0, 0, 0], mask, cols, n, None, &mut s).is_err());
+    }
+}
