@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tezipfs::codec::entropy::EntropyChoice;
+use tezipfs::codec::entropy::{EntropyChoice, Stage};
 use tezipfs::codec::predict::OneModel;
 use tezipfs::codec::window::{encode_window, plan_windows};
 use tezipfs::codec::{analyze, Bound, DType, Decoder, FormatSpec, Options, PredictorChoice, PredictorId};
@@ -345,6 +345,12 @@ pub fn run(dirs: Vec<PathBuf>, no_fixtures: bool, quick: bool, window: usize, le
         ] {
             rows.push(codec_row(d, &Options { predictor, entropy, ..base.clone() }, window, label)?);
         }
+        // The tree stage (entropy stage 7) on `linear`'s codes, and `best` without it: what it
+        // adds, measured in the same run.
+        let tree = Options { predictor: linear, entropy: EntropyChoice::Best, stage: Some(Stage::Tree), ..base.clone() };
+        rows.push(codec_row(d, &tree, window, "tezip lossless linear, tree stage")?);
+        let without = Options { entropy: EntropyChoice::Best, tree_stage: false, ..base.clone() };
+        rows.push(codec_row(d, &without, window, "tezip lossless auto, best, no tree")?);
         for e in BOUNDS.into_iter().filter(|&e| e > 0) {
             rows.push(codec_row(d, &Options { bound: Bound::Abs(e as f64), ..base.clone() }, window, &bound_label(e))?);
         }
