@@ -714,13 +714,13 @@ mod tests {
     #[test]
     fn like_frames_carry_their_tables() {
         let (cols, n, mask) = (64usize, 64 * 48, 0xffffu32);
-        let image: Vec<u32> = (0..n as u32).map(|i| 100 + (i * 2654435761 >> 24) % 60).collect();
+        let image: Vec<u32> = (0..n as u32).map(|i| 100 + (i.wrapping_mul(2654435761) >> 24) % 60).collect();
         let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(120) & mask, mask)).collect();
         let mut s = Scratch::default();
         let first = encode(&codes, &image, mask, cols, None, true, &mut s);
         let second = encode(&codes, &image, mask, cols, None, true, &mut s);
         assert!(!carries(&first) && carries(&second) && second.len() < first.len());
-        let other: Vec<u32> = (0..n as u32).map(|i| 30_000 + (i * 2654435761 >> 16) % 9000).collect();
+        let other: Vec<u32> = (0..n as u32).map(|i| 30_000 + (i.wrapping_mul(2654435761) >> 16) % 9000).collect();
         let other_codes: Vec<u32> = other.iter().map(|&x| zigzag_native(x.wrapping_sub(34_000) & mask, mask)).collect();
         let third = encode(&other_codes, &other, mask, cols, Some(&codes), true, &mut s);
         assert!(!carries(&third));
