@@ -140,6 +140,33 @@ fn unsliced_decoders_stay_within_their_charge() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A decoder of the tree stage (entropy stage 7: its tables and a frame's section besides the
+/// chain's planes; `linear`, lossless, u8 and u16).
+#[test]
+fn a_tree_decoder_stays_within_its_charge() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failures = Vec::new();
+    for (dtype, w, h) in [(DType::U16, 512u32, 512u32), (DType::U8, 640, 480)] {
+        let what = format!("{dtype} {w}x{h} tree");
+        let files = frames(w, h, 4, dtype);
+        let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+        let opts = Options {
+            format: raw(w, h, dtype),
+            predictor: PredictorChoice::Fixed(tezipfs::codec::PredictorId::Linear),
+            stage: Some(tezipfs::codec::entropy::Stage::Tree),
+            threads: 1,
+            ..Options::default()
+        };
+        let enc = encode_window(&refs, &opts).unwrap_or_else(|e| panic!("{what}: encode: {e}"));
+        for threads in [1, 2] {
+            let (peak, charge) = measure(&enc.blob, threads);
+            println!("{what}, {threads} thread(s): peak {peak} B, charge {charge} B");
+            failures.extend(verdict(&format!("{what} on {threads} thread(s)"), peak, charge));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A decoder of photon counts coded as counts (entropy stage 6 holds a rate estimate and the
 /// frame's counts, 12 B per pixel, besides the chain's planes).
 #[test]

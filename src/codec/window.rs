@@ -1533,6 +1533,10 @@ fn quantize_and_code(
 /// [`Decoder::memory_bytes`]): up to ten 32-bit planes (measured peak: 26 B/pixel lossless, 36
 /// with the counts stage, 40 under a bound with motion; `tests/decoder_memory.rs`).
 pub const DECODER_BYTES_PER_PIXEL: u64 = 40;
+/// [`DECODER_BYTES_PER_PIXEL`] of a chain whose frames after the key frame are all of the tree
+/// stage (lossless, decoded in turn: measured peak 18 B/pixel besides the tables and the files,
+/// `tests/decoder_memory.rs`).
+pub const TREE_DECODER_BYTES_PER_PIXEL: u64 = 28;
 /// What the causal stage keeps besides (`causal::Past`: the previous frame again and two i64
 /// running means), per pixel.
 pub const CAUSAL_BYTES_PER_PIXEL: u64 = 20;
@@ -1676,10 +1680,12 @@ impl Decoder {
         let model = self.model.as_ref().map_or(0, |m| MODEL_STEP_STATES * m.state_bytes(geom) + side_by_side * m.scratch_bytes());
         // (Row slices: the models of each slice beyond the first.)
         let slice_models = if self.row_sliced() { (adaptive::slices_for(geom.pixels(), geom.width) as u64 - 1) * adaptive::MODELS_BYTES } else { 0 };
-        // (The tree stage: its tables, and a frame's codes section copied.)
-        let tree_stage = self.header.entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree));
-        let tree = if tree_stage { side_by_side * tree::TABLES_BYTES + geom.pixels() as u64 * p.dtype.bytes() as u64 } else { 0 };
-        p.width as u64 * p.height as u64 * (DECODER_BYTES_PER_PIXEL + causal + 2 * p.dtype.bytes() as u64) + model + slice_models + tree
+        // (The tree stage: its tables, and a frame's codes section copied; a chain of tree frames
+        // only decodes without the pipeline's second frame of codes.)
+        let tree_frames = self.header.entries.iter().filter(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree)).count();
+        let tree = if tree_frames > 0 { side_by_side * tree::tables_bytes(p.dtype.mask()) + geom.pixels() as u64 * p.dtype.bytes() as u64 } else { 0 };
+        let per_pixel = if tree_frames > 0 && tree_frames + 1 >= self.frame_entries.len() { TREE_DECODER_BYTES_PER_PIXEL } else { DECODER_BYTES_PER_PIXEL };
+        p.width as u64 * p.height as u64 * (per_pixel + causal + 2 * p.dtype.bytes() as u64) + model + slice_models + tree
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.

@@ -49,8 +49,6 @@ const RANS_L: u32 = 1 << 16;
 /// Levels of the activity properties (`qa`, `qc`) and of the prediction (`qp`).
 const A_LEVELS: usize = 64;
 const P_LEVELS: usize = 256;
-/// Bytes a decoder's tables take at most (each leaf's slots and frequencies, the compiled table).
-pub const TABLES_BYTES: u64 = (MAX_LEAVES * (PROB_SCALE as usize + 4 * SYMBOLS) + A_LEVELS * P_LEVELS * A_LEVELS) as u64;
 /// Most leaves of a tree (a leaf is a byte of the compiled table).
 pub const MAX_LEAVES: usize = 255;
 /// Most pixels the tree is grown on (a regular sample of the frame).
@@ -109,6 +107,13 @@ fn token_base(t: usize) -> (u32, u32) {
 fn dims(mask: u32) -> [usize; 3] {
     let m = mask as u64;
     [level_a(2 * m) + 1, level_p(mask) + 1, level_a(3 * m) + 1]
+}
+
+/// Bytes a decoder's tables take at most for pixels of `mask`: each leaf's slots and
+/// frequencies, the compiled table.
+pub fn tables_bytes(mask: u32) -> u64 {
+    let d = dims(mask);
+    (MAX_LEAVES * (PROB_SCALE as usize + 4 * SYMBOLS) + d[0] * d[1] * d[2]) as u64
 }
 
 /// The levels of pixel `i` (column `x`) from the codes before it, its prediction `p` and the
