@@ -504,6 +504,8 @@ struct ChoiceKey {
     model: Option<super::predict::ModelHash>,
     intensity_context: bool,
     row_slices: bool,
+    /// (A choice of the tree stage is not carried to a window that may not write version 12.)
+    tree_stage: bool,
 }
 
 impl ChoiceKey {
@@ -518,6 +520,7 @@ impl ChoiceKey {
             model: model.map(|m| m.0.hash()),
             intensity_context: opts.intensity_context,
             row_slices: opts.row_slices,
+            tree_stage: opts.tree_stage,
         }
     }
 }
@@ -2349,6 +2352,7 @@ mod carry_tests {
         assert_eq!(again(&o, &frames[8..]).carried(), 1);
         assert_eq!(again(&opts(96, 80, Bound::Abs(2.0)), &frames[8..]).carried(), 0, "carried to another bound");
         assert_eq!(again(&Options { entropy: EntropyChoice::Best, ..o.clone() }, &frames[8..]).carried(), 0, "carried to another entropy choice");
+        assert_eq!(again(&Options { tree_stage: false, ..o.clone() }, &frames[8..]).carried(), 0, "carried to a window without the tree stage");
         let exhaustive = Options { exhaustive: true, carry: Some(made.clone()), ..o.clone() };
         assert!(encode_window(&refs(&frames[8..]), &exhaustive).unwrap().choice.is_none(), "an exhaustive window (it chooses per frame) has a choice");
         let other = generate_raw(&SequenceSpec::detector_u16(64, 80, 4, 3));
