@@ -204,6 +204,8 @@ pub struct Scratch {
     tables: Option<Tables>,
     /// Mask the tables were made for.
     mask: u32,
+    /// Bits a pixel the tables coded the frame they were learned on (their own bytes apart).
+    learned_bits: f64,
 }
 
 impl Scratch {
@@ -475,16 +477,23 @@ pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option
             x = 0;
         }
     }
-    // The tables carried from the frame before, and new ones learned on this frame: the smaller
-    // coding is kept (a window's scene changes; ctc-fluo-nuclei's nuclei move and divide).
+    // The tables carried from the frame before, while they code the frame within RELEARN of
+    // what they coded the frame they were learned on; past that (the scene changed:
+    // ctc-fluo-nuclei's nuclei move and divide), new ones learned on this frame where they code
+    // it smaller.
+    let bits = |len: usize| 8.0 * len as f64 / n.max(1) as f64;
     let carried = scratch.tables.as_ref().filter(|_| carry && scratch.mask == mask).map(|t| {
         let mut out = vec![0u8];
         code_with(t, &lv, codes, &mut out);
         out
     });
+    if let Some(c) = carried.as_ref().filter(|c| bits(c.len()) <= scratch.learned_bits * (1.0 + RELEARN)) {
+        return c.clone();
+    }
     let tables = learn(&lv, codes, mask);
     let mut out = vec![1u8];
     put_tables(&tables.0, &tables.1, &mut out);
+    let head = out.len();
     let tables = Tables::new(tables.0, mask, tables.1);
     code_with(&tables, &lv, codes, &mut out);
     match carried {
@@ -492,10 +501,15 @@ pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option
         _ => {
             scratch.tables = Some(tables);
             scratch.mask = mask;
+            scratch.learned_bits = bits(out.len() - head);
             out
         }
     }
 }
+
+/// How much more a pixel the carried tables may code a frame than the frame they were learned on
+/// before new ones are tried (see [`encode`]).
+const RELEARN: f64 = 0.01;
 
 /// A tree grown on a sample of the frame's pixels (levels `lv`) and each leaf's frequencies
 /// measured on all of them.
