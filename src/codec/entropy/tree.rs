@@ -460,8 +460,9 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
 /// Code one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the pixel type's;
 /// the prediction of a pixel is its value less its residual); `prev`: the previous frame's codes
 /// (the same geometry) or none; `carry`: the tables the scratch holds may be continued from the
-/// frame before (the caller guarantees that it was coded by this stage), where they code the
-/// frame smaller than new ones learned on it.
+/// frame before (the caller guarantees that it was coded by this stage): they are, while they
+/// code the frame within [`RELEARN`] of the frame they were learned on, or smaller than new
+/// ones learned on it.
 pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
     let n = codes.len();
     let cols = cols.max(1);
