@@ -551,8 +551,9 @@ fn code_with(t: &Tables, lv: &[[u8; 3]], codes: &[u32], out: &mut Vec<u8>) {
     for &(leaf, s) in sym.iter().rev() {
         let e = t.freqs[leaf as usize][s as usize];
         let (f, start) = (e & 0xffff, e >> 16);
-        let max = ((RANS_L >> PROB_BITS) << 16) * f;
-        if st >= max {
+        // (In 64 bits: a symbol of frequency 4096, an escape-only leaf's, never renormalises.)
+        let max = (((RANS_L >> PROB_BITS) as u64) << 16) * f as u64;
+        if st as u64 >= max {
             words.push(st as u16);
             st >>= 16;
         }
@@ -745,6 +746,28 @@ mod tests {
         let other_codes: Vec<u32> = other.iter().map(|&x| zigzag_native(x.wrapping_sub(34_000) & mask, mask)).collect();
         let third = encode(&other_codes, &other, mask, cols, Some(&codes), true, &mut s);
         assert!(!carries(&third));
+    }
+
+    /// A leaf that holds only the escape (frequency 4096) codes and decodes: every token escaped.
+    #[test]
+    fn an_escape_only_leaf_round_trips() {
+        let (cols, n, mask) = (8usize, 40usize, 0xffffu32);
+        let mut f = [0u32; SYMBOLS];
+        f[ESCAPE] = PROB_SCALE;
+        let nodes = vec![Node::Leaf(0)];
+        let mut out = vec![1u8];
+        put_tables(&nodes, &[f], &mut out);
+        let codes: Vec<u32> = (0..n as u32).map(|i| i * 977 % 3000).collect();
+        let lv = vec![[0u8; 3]; n];
+        code_with(&Tables::new(nodes, mask, vec![f]), &lv, &codes, &mut out);
+        let mut s = Scratch::default();
+        let mut d = open(&out, mask, cols, n, None, &mut s).unwrap();
+        let mut back = vec![0u32; n];
+        for i in 0..n {
+            back[i] = d.next(&back, i, 0).unwrap();
+        }
+        d.finish().unwrap();
+        assert_eq!(back, codes);
     }
 
     #[test]
