@@ -5,8 +5,9 @@
 //! predicted for its pixel; the adaptive stage's contexts see only the residuals around it (and,
 //! with the intensity context, the reference's local level as half of a mixed model). A tree
 //! over the prediction and the neighbours' activity, with a static distribution per leaf, codes
-//! the detector fixtures' `linear` residuals 4-6% smaller than the adaptive stage
-//! (`examples/tree_lab.rs`, `docs/results/issue14-tree-lab.txt`).
+//! the detector fixtures' `linear` codes 3-4% smaller than the adaptive stage and decodes them
+//! twice as fast (`docs/results/issue14-tree-stage.txt`; the lab that found it:
+//! `examples/tree_lab.rs`, `docs/results/issue14-tree-lab.txt`).
 //!
 //! Each code is split as a hybrid integer: a code below 16 is its own token; a larger one, of top
 //! bit `e`, is token `16 + 4 (e - 4) + (its two bits below the top one)` and keeps its `e - 2`
