@@ -595,6 +595,11 @@ pub struct FrameDecoder<'a> {
 /// previous frame's codes, as the encoder had them. New tables are read into `scratch`; carried
 /// ones (the caller checked that the frame before left them) are taken from it.
 pub fn open<'a>(data: &'a [u8], mask: u32, cols: usize, n: usize, prev: Option<&'a [u32]>, scratch: &'a mut Scratch) -> Result<FrameDecoder<'a>, RansError> {
+    // (The levels index the compiled table: codes wider than the type, which another stage of a
+    // damaged blob might leave, would fall outside it.)
+    if prev.is_some_and(|p| p.iter().any(|&c| c > mask)) {
+        return Err(RansError("previous codes wider than the pixel type"));
+    }
     let mut inp = In { b: data, pos: 0 };
     let flags = inp.byte()?;
     if flags > 1 {
@@ -814,5 +819,8 @@ mod tests {
         assert!(!carries(&carried), "nothing to carry: new tables");
         let mut s = Scratch::default();
         assert!(open(&[0, 2, 0, 0, 0, 0], mask, cols, n, None, &mut s).is_err());
+        // Previous codes wider than the type (a damaged blob's other stage) are refused.
+        let wide = vec![0x1_0000u32; n];
+        assert!(open(&data, mask, cols, n, Some(&wide), &mut Scratch::default()).is_err());
     }
 }
