@@ -209,13 +209,6 @@ pub struct Scratch {
     learned_bits: f64,
 }
 
-impl Scratch {
-    /// Forget the tables (a decoder that restarts its chain).
-    pub fn reset(&mut self) {
-        self.tables = None;
-    }
-}
-
 /// Normalise counts to frequencies summing to `PROB_SCALE`, every used symbol at least 1 and the
 /// escape always present.
 fn normalise(counts: &[u64; SYMBOLS]) -> [u32; SYMBOLS] {
@@ -489,9 +482,10 @@ pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option
         code_with(t, &lv, codes, &mut out);
         out
     });
-    if let Some(c) = carried.as_ref().filter(|c| bits(c.len()) <= scratch.learned_bits * (1.0 + RELEARN)) {
-        return c.clone();
-    }
+    let carried = match carried {
+        Some(c) if bits(c.len()) <= scratch.learned_bits * (1.0 + RELEARN) => return c,
+        other => other,
+    };
     let tables = learn(&lv, codes, mask);
     let mut out = vec![1u8];
     put_tables(&tables.0, &tables.1, &mut out);
