@@ -34,7 +34,8 @@ fn main() {
     let bytes: usize = files.iter().map(|f| f.len()).sum();
     println!("encode {:.1} MB/s, ratio {:.3}", (encodes * bytes) as f64 / 1e6 / t.elapsed().as_secs_f64(), bytes as f64 / blob.len() as f64);
     let t = Instant::now();
-    let reps = 10;
+    // (DECODES=N: decode N times, 10 by default.)
+    let reps: usize = std::env::var("DECODES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     for _ in 0..reps {
         let out = Decoder::new(&blob).unwrap().decode_all().unwrap();
         assert_eq!(out.len(), files.len());

@@ -241,11 +241,15 @@ impl Coder {
         Ok(out?)
     }
 
-    /// The size [`Coder::encode`] gives, or for context rANS a close estimate of it
-    /// ([`rans::estimate`]): what candidates are ranked by.
+    /// The size [`Coder::encode`] gives, or for context rANS and the tree stage a close estimate
+    /// of it ([`rans::estimate`], [`tree::estimate`]): what candidates are ranked by.
     pub fn estimate(&mut self, stage: Stage, codes: &[u32], width: usize, cols: usize, side: Side) -> Result<usize, EntropyError> {
         match stage {
             Stage::ContextRans => Ok(rans::estimate(codes, cols)),
+            Stage::Tree => {
+                let (image, mask) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
+                Ok(tree::estimate(codes, image, mask, cols, side.prev, side.carry, &mut self.tree))
+            }
             _ => Ok(self.encode(stage, codes, width, cols, side)?.len()),
         }
     }

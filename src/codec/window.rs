@@ -934,8 +934,10 @@ fn choose(
     if let (1, Some(stage)) = (candidates.len(), opts.stage) {
         return Ok((candidates[0], plan(Some(stage)), false));
     }
-    let size_under =
-        |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| size_under(chain, dtype, geom, opts, coder, q, stage, from, false, bounded_only);
+    // (The tree stage's size estimated: it codes within a few bytes of it.)
+    let size_under = |coder: &mut Coder, q: &Quantised, stage: Stage, from: usize| {
+        size_under(chain, dtype, geom, opts, coder, q, stage, from, stage == Stage::Tree, bounded_only)
+    };
     // Classical candidates start the probe with a key frame. A model's state is the window's
     // history (a recurrent model estimates the scene from every frame it has seen), so its
     // candidates start from a state warmed on the window's frames before the probe, made once

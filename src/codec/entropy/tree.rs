@@ -16,7 +16,7 @@
 //! known to the decoder when it decodes the pixel:
 //!
 //! - `qa`: the activity, the codes to the left and above (four levels an octave);
-//! - `qp`: the pixel's prediction (its own value below 32, then eight levels an octave);
+//! - `qp`: the pixel's prediction (its own value below 64, then sixteen levels an octave);
 //! - `qc`: the codes up-left and up-right and the previous frame's code at the pixel.
 //!
 //! The encoder grows the tree best first on a sample of the frame (each split must pay for the
@@ -71,7 +71,7 @@ fn level_a(v: u64) -> usize {
     }
 }
 
-/// The prediction's level: its own value below 32, then eight an octave.
+/// The prediction's level: its own value below 64, then sixteen an octave.
 #[inline(always)]
 fn level_p(p: u32) -> usize {
     if p < 64 {
@@ -146,6 +146,9 @@ pub struct Tables {
     freqs: Vec<[u32; SYMBOLS]>,
     /// Per leaf, per slot: the symbol.
     slots: Vec<[u8; PROB_SCALE as usize]>,
+    /// Per leaf, per token: its bits under the leaf's distribution in [`COST_ONE`] units (a token
+    /// the leaf lacks: the escape's and [`TOKEN_BITS`]), for the encoder's estimates.
+    cost: Vec<[u32; SYMBOLS]>,
 }
 
 impl Tables {
@@ -165,15 +168,30 @@ impl Tables {
         fill(&nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
         let mut slots = vec![[0u8; PROB_SCALE as usize]; freqs.len()];
         let mut packed = vec![[0u32; SYMBOLS]; freqs.len()];
-        for ((f, s), p) in freqs.iter().zip(slots.iter_mut()).zip(packed.iter_mut()) {
+        let mut cost = vec![[0u32; SYMBOLS]; freqs.len()];
+        let bits = |q: u32| ((PROB_BITS as f64 - (q.max(1) as f64).log2()) * COST_ONE).round() as u32;
+        for (((f, s), p), c) in freqs.iter().zip(slots.iter_mut()).zip(packed.iter_mut()).zip(cost.iter_mut()) {
             let mut start = 0u32;
+            let escape = bits(f[ESCAPE]) + TOKEN_BITS * COST_ONE as u32;
             for (t, &q) in f.iter().enumerate() {
                 s[start as usize..(start + q) as usize].fill(t as u8);
                 p[t] = q | start << 16;
+                c[t] = if q > 0 { bits(q) } else { escape };
                 start += q;
             }
         }
-        Tables { dims, table, freqs: packed, slots }
+        Tables { dims, table, freqs: packed, slots, cost }
+    }
+
+    /// The tokens' bits of pixels `px` (levels and token) under these tables, in [`COST_ONE`]
+    /// units.
+    fn cost_of(&self, px: &[[u8; 4]]) -> u64 {
+        px.iter().map(|p| self.cost[self.leaf([p[0], p[1], p[2]])][p[3] as usize] as u64).sum()
+    }
+
+    /// The same from each leaf's token counts.
+    fn cost_of_counts(&self, counts: &[[u64; SYMBOLS]]) -> u64 {
+        counts.iter().zip(&self.cost).map(|(n, c)| n.iter().zip(c).map(|(&n, &c)| n * c as u64).sum::<u64>()).sum()
     }
 }
 
@@ -205,8 +223,13 @@ pub struct Scratch {
     tables: Option<Tables>,
     /// Mask the tables were made for.
     mask: u32,
-    /// Bits a pixel the tables coded the frame they were learned on (their own bytes apart).
+    /// Bits a pixel the tables coded the frame they were learned on (their own bytes apart),
+    /// estimated.
     learned_bits: f64,
+    /// The encoder's buffers: each pixel's levels and token, the rANS symbols, the words.
+    px: Vec<[u8; 4]>,
+    sym: Vec<u32>,
+    words: Vec<u16>,
 }
 
 /// Normalise counts to frequencies summing to `PROB_SCALE`, every used symbol at least 1 and the
@@ -253,57 +276,76 @@ fn cost(h: &[u32], total: u32, nlogn: &[f64], scale: f64) -> f64 {
 }
 
 /// The best split of `samples` (levels, symbol below `used`) and its gain in bits, if any pays.
-fn best_split(samples: &[([u8; 3], u8)], dims: [usize; 3], used: usize, nlogn: &[f64], scale: f64) -> Option<(f64, u8, u8)> {
+/// (Per property, the levels are swept upwards with the two sides' sums of `n log2 n` kept as
+/// they change: a level costs only its own symbols.)
+fn best_split(samples: &[([u8; 3], u8)], used: usize, nlogn: &[f64], scale: f64) -> Option<(f64, u8, u8)> {
+    // (Only the levels the samples span; the three properties' histograms in one pass.)
+    let (mut lo, mut hi) = ([u8::MAX; 3], [0u8; 3]);
+    for s in samples {
+        for j in 0..3 {
+            lo[j] = lo[j].min(s.0[j]);
+            hi[j] = hi[j].max(s.0[j]);
+        }
+    }
+    let span = |j: usize| (hi[j] as usize + 1).saturating_sub(lo[j] as usize);
+    let mut hist: [Vec<u32>; 3] = std::array::from_fn(|j| vec![0u32; span(j) * used]);
+    let mut seen: [Vec<u32>; 3] = std::array::from_fn(|j| vec![0u32; span(j)]);
     let mut all = [0u32; SYMBOLS];
     for s in samples {
         all[s.1 as usize] += 1;
+        for j in 0..3 {
+            let at = (s.0[j] - lo[j]) as usize;
+            hist[j][at * used + s.1 as usize] += 1;
+            seen[j][at] += 1;
+        }
     }
     let total = samples.len() as u32;
     let here = cost(&all[..used], total, nlogn, scale);
+    let all_sum: f64 = all[..used].iter().map(|&n| nlogn[n as usize]).sum();
+    let all_used = all[..used].iter().filter(|&&n| n > 0).count();
     let mut best: Option<(f64, u8, u8)> = None;
-    // (Per level, the counts of the symbols below `used`: the only ones that occur.)
-    let mut hist = Vec::new();
-    for (j, &levels) in dims.iter().enumerate() {
-        hist.clear();
-        hist.resize(levels * used, 0u32);
-        let mut seen = vec![0u32; levels];
-        for s in samples {
-            hist[s.0[j] as usize * used + s.1 as usize] += 1;
-            seen[s.0[j] as usize] += 1;
+    for j in 0..3 {
+        let (hist, seen, span, lo) = (&hist[j], &seen[j], span(j), lo[j] as usize);
+        if span < 2 {
+            continue;
         }
-        let mut left = [0u32; SYMBOLS];
+        let (mut left, mut right) = ([0u32; SYMBOLS], all);
+        let (mut left_sum, mut right_sum, mut left_used, mut right_used) = (0.0, all_sum, 0usize, all_used);
         let mut nl = 0u32;
-        for at in 0..levels.saturating_sub(1) {
+        for at in 0..span - 1 {
             if seen[at] == 0 {
                 continue;
             }
-            for (l, h) in left[..used].iter_mut().zip(&hist[at * used..(at + 1) * used]) {
-                *l += h;
+            for (s, &h) in hist[at * used..(at + 1) * used].iter().enumerate().filter(|(_, &h)| h > 0) {
+                let (l, r) = (left[s] as usize, right[s] as usize);
+                left_sum += nlogn[l + h as usize] - nlogn[l];
+                right_sum += nlogn[r - h as usize] - nlogn[r];
+                left_used += (l == 0) as usize;
+                right_used -= (r == h as usize) as usize;
+                left[s] += h;
+                right[s] -= h;
             }
             nl += seen[at];
-            if nl == total {
-                break;
-            }
-            let mut right = all;
-            for (r, l) in right[..used].iter_mut().zip(&left[..used]) {
-                *r -= l;
-            }
-            let gain = here - cost(&left[..used], nl, nlogn, scale) - cost(&right[..used], total - nl, nlogn, scale) - SPLIT_BITS;
+            let split_cost =
+                (nlogn[nl as usize] - left_sum + nlogn[(total - nl) as usize] - right_sum) * scale + (left_used + right_used) as f64 * TABLE_BITS_PER_TOKEN;
+            let gain = here - split_cost - SPLIT_BITS;
             if gain > 0.0 && best.is_none_or(|b| gain > b.0) {
-                best = Some((gain, j as u8, at as u8));
+                best = Some((gain, j as u8, (lo + at) as u8));
             }
         }
     }
     best
 }
 
-/// A leaf waiting to be split, ordered by what its split gains.
+/// A leaf waiting to be split, ordered by what its split gains; its samples are
+/// `samples[from..to]` of [`grow`]'s.
 struct Candidate {
     gain: f64,
     node: usize,
     prop: u8,
     at: u8,
-    samples: Vec<([u8; 3], u8)>,
+    from: usize,
+    to: usize,
 }
 
 impl PartialEq for Candidate {
@@ -324,28 +366,35 @@ impl Ord for Candidate {
 }
 
 /// Grow a tree best first on `samples` (each standing for `scale` pixels); leaves numbered as
-/// they are made final.
-fn grow(samples: Vec<([u8; 3], u8)>, dims: [usize; 3], used: usize, scale: f64) -> Vec<Node> {
+/// they are made final. (A split's samples are partitioned in place.)
+fn grow(mut samples: Vec<([u8; 3], u8)>, used: usize, scale: f64) -> Vec<Node> {
     let nlogn = nlogn_table(samples.len());
     let mut nodes = vec![Node::Leaf(0)];
     let mut heap = BinaryHeap::new();
-    let push = |heap: &mut BinaryHeap<Candidate>, node: usize, samples: Vec<([u8; 3], u8)>| {
-        if let Some((gain, prop, at)) = best_split(&samples, dims, used, &nlogn, scale) {
-            heap.push(Candidate { gain, node, prop, at, samples });
+    let push = |heap: &mut BinaryHeap<Candidate>, samples: &[([u8; 3], u8)], node: usize, from: usize, to: usize| {
+        if let Some((gain, prop, at)) = best_split(&samples[from..to], used, &nlogn, scale) {
+            heap.push(Candidate { gain, node, prop, at, from, to });
         }
     };
-    push(&mut heap, 0, samples);
+    push(&mut heap, &samples, 0, 0, samples.len());
     let mut leaves = 1;
     while leaves < MAX_LEAVES {
         let Some(c) = heap.pop() else { break };
-        let (left, right): (Vec<_>, Vec<_>) = c.samples.into_iter().partition(|s| s.0[c.prop as usize] <= c.at);
+        let part = &mut samples[c.from..c.to];
+        let mut mid = 0;
+        for k in 0..part.len() {
+            if part[k].0[c.prop as usize] <= c.at {
+                part.swap(mid, k);
+                mid += 1;
+            }
+        }
         let (l, r) = (nodes.len(), nodes.len() + 1);
         nodes.push(Node::Leaf(0));
         nodes.push(Node::Leaf(0));
         nodes[c.node] = Node::Split { prop: c.prop, at: c.at, left: l as u32, right: r as u32 };
         leaves += 1;
-        push(&mut heap, l, left);
-        push(&mut heap, r, right);
+        push(&mut heap, &samples, l, c.from, c.from + mid);
+        push(&mut heap, &samples, r, c.from + mid, c.to);
     }
     // Number the leaves in preorder (the order they are stored in).
     let mut next = 0u8;
@@ -451,100 +500,175 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
     Ok(Tables::new(nodes, mask, freqs))
 }
 
-/// Code one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the pixel type's;
-/// the prediction of a pixel is its value less its residual); `prev`: the previous frame's codes
-/// (the same geometry) or none; `carry`: the tables the scratch holds may be continued from the
-/// frame before (the caller guarantees that it was coded by this stage): they are, while they
-/// code the frame within [`RELEARN`] of the frame they were learned on, or smaller than new
-/// ones learned on it.
-pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
+/// Which tables code a frame ([`choose`]).
+enum Pick {
+    /// The tables of the frame before (the scratch's).
+    Carried,
+    /// New tables, and the stream's head (flags, tree and tables).
+    New(Tables, Vec<u8>),
+}
+
+/// Choose the tables for one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the
+/// pixel type's; the prediction of a pixel is its value less its residual); `prev`: the previous
+/// frame's codes (the same geometry) or none; `carry`: the tables the scratch holds may be
+/// continued from the frame before (the caller guarantees that it was coded by this stage).
+/// They are, while their estimated bits a pixel stay within [`RELEARN`] of those of the frame
+/// they were learned on; past that (the scene changed: ctc-fluo-nuclei's nuclei move and
+/// divide) new ones are learned on this frame and taken where they code it smaller. Leaves each
+/// pixel's levels and token in `scratch.px`; returns the pick and the frame's estimated size in
+/// bytes under it.
+fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> (Pick, usize) {
     let n = codes.len();
-    let cols = cols.max(1);
     let prev = prev.filter(|p| p.len() == n);
-    // Each pixel's levels and symbol.
-    let mut lv = Vec::with_capacity(n);
-    let mut x = 0usize;
-    for i in 0..n {
-        let p = image[i].wrapping_sub(unzigzag_native(codes[i])) & mask;
-        lv.push(levels(codes, prev, i, x, cols, p));
-        x += 1;
-        if x == cols {
-            x = 0;
-        }
+    let raw = pixels_of(codes, image, mask, cols.max(1), prev, &mut scratch.px);
+    let per_pixel = |cost: u64| cost as f64 / COST_ONE / n.max(1) as f64;
+    let carried = scratch.tables.as_ref().filter(|_| carry && scratch.mask == mask).map(|t| t.cost_of(&scratch.px) + raw);
+    if let Some(c) = carried.filter(|&c| per_pixel(c) <= scratch.learned_bits * (1.0 + RELEARN)) {
+        return (Pick::Carried, bytes_of(c, 0));
     }
-    // The tables carried from the frame before, while they code the frame within RELEARN of
-    // what they coded the frame they were learned on; past that (the scene changed:
-    // ctc-fluo-nuclei's nuclei move and divide), new ones learned on this frame where they code
-    // it smaller.
-    let bits = |len: usize| 8.0 * len as f64 / n.max(1) as f64;
-    let carried = scratch.tables.as_ref().filter(|_| carry && scratch.mask == mask).map(|t| {
-        let mut out = vec![0u8];
-        code_with(t, &lv, codes, &mut out);
-        out
-    });
-    let carried = match carried {
-        Some(c) if bits(c.len()) <= scratch.learned_bits * (1.0 + RELEARN) => return c,
-        other => other,
-    };
-    let tables = learn(&lv, codes, mask);
-    let mut out = vec![1u8];
-    put_tables(&tables.0, &tables.1, &mut out);
-    let head = out.len();
-    let tables = Tables::new(tables.0, mask, tables.1);
-    code_with(&tables, &lv, codes, &mut out);
+    let (nodes, counts) = learn(&scratch.px, mask);
+    let freqs: Vec<[u32; SYMBOLS]> = counts.iter().map(normalise).collect();
+    let mut head = vec![1u8];
+    put_tables(&nodes, &freqs, &mut head);
+    let tables = Tables::new(nodes, mask, freqs);
+    let fresh = tables.cost_of_counts(&counts) + raw;
     match carried {
-        Some(c) if c.len() <= out.len() => c,
+        // (Kept: the carried tables code this frame better than new ones would, which is what
+        // later frames are measured against.)
+        Some(c) if bytes_of(c, 0) <= bytes_of(fresh, head.len()) => {
+            scratch.learned_bits = per_pixel(c);
+            (Pick::Carried, bytes_of(c, 0))
+        }
         _ => {
-            scratch.tables = Some(tables);
-            scratch.mask = mask;
-            scratch.learned_bits = bits(out.len() - head);
-            out
+            let size = bytes_of(fresh, head.len());
+            scratch.learned_bits = per_pixel(fresh);
+            (Pick::New(tables, head), size)
         }
     }
+}
+
+/// Units of [`Tables::cost`]: 1/65536 bit.
+const COST_ONE: f64 = 65536.0;
+
+/// Bytes of a frame's stream whose codes cost `cost` ([`COST_ONE`] a bit) after a head of `head`
+/// bytes: the flags (in `head` where tables follow), the word count, the final rANS state.
+fn bytes_of(cost: u64, head: usize) -> usize {
+    head.max(1) + 3 + 4 + (cost as f64 / COST_ONE / 8.0).ceil() as usize
+}
+
+/// Code one frame's lossless codes (see [`choose`] for the arguments and which tables).
+pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
+    let (pick, _) = choose(codes, image, mask, cols, prev, carry, scratch);
+    let mut out = Vec::new();
+    let tables = match pick {
+        Pick::Carried => {
+            out.push(0u8);
+            scratch.tables.as_ref().expect("chosen only when there are carried tables")
+        }
+        Pick::New(tables, head) => {
+            out = head;
+            scratch.mask = mask;
+            scratch.tables.insert(tables)
+        }
+    };
+    code_with(tables, &scratch.px, codes, &mut scratch.sym, &mut scratch.words, &mut out);
+    out
+}
+
+/// The size [`encode`] would give (within a few bytes), leaving the scratch as it would.
+pub fn estimate(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> usize {
+    let (pick, size) = choose(codes, image, mask, cols, prev, carry, scratch);
+    if let Pick::New(tables, _) = pick {
+        scratch.mask = mask;
+        scratch.tables = Some(tables);
+    }
+    size
+}
+
+/// Each pixel's levels (from the codes before it, its prediction and the previous frame's codes)
+/// and token, into `px`; returns the raw bits of all the codes in [`COST_ONE`] units. (The same
+/// levels as [`levels`], the rows' inner pixels without its edge tests.)
+fn pixels_of(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, px: &mut Vec<[u8; 4]>) -> u64 {
+    let n = codes.len();
+    px.clear();
+    px.reserve(n);
+    let mut raw = 0u64;
+    let mut one = |px: &mut Vec<[u8; 4]>, c: u32, [a, q, b]: [u8; 3]| {
+        let (tok, nb, _) = token_of(c);
+        raw += nb as u64;
+        px.push([a, q, b, tok as u8]);
+    };
+    let prediction = |i: usize| image[i].wrapping_sub(unzigzag_native(codes[i])) & mask;
+    let zeros = vec![0u32; if prev.is_none() { cols } else { 0 }];
+    for start in (0..n).step_by(cols) {
+        let end = (start + cols).min(n);
+        if start == 0 || end - start < 3 {
+            for i in start..end {
+                one(px, codes[i], levels(codes, prev, i, i - start, cols, prediction(i)));
+            }
+            continue;
+        }
+        one(px, codes[start], levels(codes, prev, start, 0, cols, prediction(start)));
+        let (up, cur) = (&codes[start - cols..end - cols], &codes[start..end]);
+        let img = &image[start + 1..end - 1];
+        let last = match prev {
+            Some(p) => &p[start + 1..end - 1],
+            None => &zeros[1..end - start - 1],
+        };
+        let inner = cur[1..].iter().zip(&cur[..cur.len() - 2]).zip(up.windows(3)).zip(img).zip(last);
+        for ((((&c, &w), nb), &v), &t) in inner {
+            let p = v.wrapping_sub(unzigzag_native(c)) & mask;
+            let (w, no, nw, ne) = (w as u64, nb[1] as u64, nb[0] as u64, nb[2] as u64);
+            one(px, c, [level_a(w + no) as u8, level_p(p) as u8, level_a(nw + ne + t as u64) as u8]);
+        }
+        one(px, codes[end - 1], levels(codes, prev, end - 1, end - 1 - start, cols, prediction(end - 1)));
+    }
+    raw << 16
 }
 
 /// How much more a pixel the carried tables may code a frame than the frame they were learned on
-/// before new ones are tried (see [`encode`]).
+/// before new ones are tried (see [`choose`]).
 const RELEARN: f64 = 0.01;
 
-/// A tree grown on a sample of the frame's pixels (levels `lv`) and each leaf's frequencies
-/// measured on all of them.
-fn learn(lv: &[[u8; 3]], codes: &[u32], mask: u32) -> (Vec<Node>, Vec<[u32; SYMBOLS]>) {
-    let n = codes.len();
+/// A tree grown on a sample of the frame's pixels (levels and tokens `px`) and each leaf's token
+/// counts over all of them.
+fn learn(px: &[[u8; 4]], mask: u32) -> (Vec<Node>, Vec<[u64; SYMBOLS]>) {
+    let n = px.len();
     let step = n.div_ceil(SAMPLES).max(1);
-    let samples: Vec<([u8; 3], u8)> = (0..n).step_by(step).map(|i| (lv[i], token_of(codes[i]).0 as u8)).collect();
+    let samples: Vec<([u8; 3], u8)> = px.iter().step_by(step).map(|p| ([p[0], p[1], p[2]], p[3])).collect();
     // (Symbols past the type's largest token never occur.)
-    let nodes = grow(samples, dims(mask), token_of(mask).0 + 1, step as f64);
+    let nodes = grow(samples, token_of(mask).0 + 1, step as f64);
     // (The table compiled once for the lookups.)
     let probe = Tables::new(nodes.clone(), mask, vec![[0; SYMBOLS]; count_leaves(&nodes)]);
     let mut counts = vec![[0u64; SYMBOLS]; probe.leaves()];
-    for (l, &c) in lv.iter().zip(codes) {
-        counts[probe.leaf(*l)][token_of(c).0] += 1;
+    for p in px {
+        counts[probe.leaf([p[0], p[1], p[2]])][p[3] as usize] += 1;
     }
-    (nodes, counts.iter().map(normalise).collect())
+    (nodes, counts)
 }
 
-/// The codes of pixels of levels `lv` under `t`, appended to `out`: the word count, the rANS
-/// words, the raw bits.
-fn code_with(t: &Tables, lv: &[[u8; 3]], codes: &[u32], out: &mut Vec<u8>) {
+/// The codes of pixels `px` (levels and token) under `t`, appended to `out`: the word count, the
+/// rANS words, the raw bits. (`sym`, `words`: buffers.)
+fn code_with(t: &Tables, px: &[[u8; 4]], codes: &[u32], sym: &mut Vec<u32>, words: &mut Vec<u16>, out: &mut Vec<u8>) {
     // Raw bits in pixel order; rANS backwards.
-    let mut bits = BitWriter { out: Vec::new(), acc: 0, n: 0 };
-    let mut sym = Vec::with_capacity(codes.len());
-    for (l, &c) in lv.iter().zip(codes) {
-        let leaf = t.leaf(*l);
-        let (tok, nb, raw) = token_of(c);
-        if t.freqs[leaf][tok] & 0xffff == 0 {
-            sym.push((leaf as u8, ESCAPE as u8));
+    let mut bits = BitWriter { out: Vec::with_capacity(codes.len() / 4), acc: 0, n: 0 };
+    sym.clear();
+    sym.reserve(codes.len());
+    for (p, &c) in px.iter().zip(codes) {
+        let f = &t.freqs[t.leaf([p[0], p[1], p[2]])];
+        let tok = p[3] as usize;
+        let mut e = f[tok];
+        if e & 0xffff == 0 {
+            e = f[ESCAPE];
             bits.put(tok as u32, TOKEN_BITS);
-        } else {
-            sym.push((leaf as u8, tok as u8));
         }
+        let (_, nb, raw) = token_of(c);
         bits.put(raw, nb);
+        sym.push(e);
     }
-    let mut words: Vec<u16> = Vec::with_capacity(codes.len() / 2);
+    words.clear();
     let mut st = RANS_L;
-    for &(leaf, s) in sym.iter().rev() {
-        let e = t.freqs[leaf as usize][s as usize];
+    for &e in sym.iter().rev() {
         let (f, start) = (e & 0xffff, e >> 16);
         // (In 64 bits: a symbol of frequency 4096, an escape-only leaf's, never renormalises.)
         let max = (((RANS_L >> PROB_BITS) as u64) << 16) * f as u64;
@@ -556,9 +680,9 @@ fn code_with(t: &Tables, lv: &[[u8; 3]], codes: &[u32], out: &mut Vec<u8>) {
     }
     words.push(st as u16);
     words.push((st >> 16) as u16);
-    words.reverse();
     put_varint(out, words.len() as u64);
-    out.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+    out.reserve(2 * words.len());
+    out.extend(words.iter().rev().flat_map(|w| w.to_le_bytes()));
     out.extend(bits.finish());
 }
 
@@ -748,6 +872,54 @@ mod tests {
         assert!(!carries(&third));
     }
 
+    /// The encoder's estimate is within a few bytes of what it codes, picks the same tables (the
+    /// carry flag), and leaves its state as coding does: over frames that carry, relearn, and
+    /// move to another scene.
+    #[test]
+    fn the_estimate_matches_the_coding() {
+        let (cols, rows, mask) = (97usize, 61usize, 0xffffu32);
+        let n = cols * rows;
+        let (mut coded, mut estimated) = (Scratch::default(), Scratch::default());
+        let mut prev: Option<Vec<u32>> = None;
+        for k in 0..8u32 {
+            let base = if k < 5 { 300 + 40 * k } else { 20_000 };
+            let image: Vec<u32> = (0..n as u32).map(|i| base + (i.wrapping_mul(2654435761).wrapping_add(k * 7919) >> 22) % (50 + 30 * k)).collect();
+            let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(base + 25) & mask, mask)).collect();
+            let carry = k >= 2;
+            let data = encode(&codes, &image, mask, cols, prev.as_deref(), carry, &mut coded);
+            let size = estimate(&codes, &image, mask, cols, prev.as_deref(), carry, &mut estimated);
+            assert!(data.len().abs_diff(size) <= 8, "frame {k}: coded {} bytes, estimated {size}", data.len());
+            assert_eq!(coded.learned_bits, estimated.learned_bits, "frame {k}");
+            prev = Some(codes);
+        }
+    }
+
+    /// The levels pass computes each pixel's levels as the decoder does ([`levels`]), at every
+    /// edge and on frames one, two and three pixels wide, with and without a previous frame.
+    #[test]
+    fn the_levels_pass_agrees_with_the_decoders_levels() {
+        let mask = 0xfffu32;
+        for (cols, rows) in [(1usize, 5usize), (2, 4), (3, 3), (17, 9), (5, 1)] {
+            let n = cols * rows;
+            let image: Vec<u32> = (0..n as u32).map(|i| (i * 2654435761) >> 20).collect();
+            let codes: Vec<u32> = (0..n as u32).map(|i| (i * 40503 + 17) % 3000).collect();
+            let other: Vec<u32> = (0..n as u32).map(|i| (i * 977) % 2000).collect();
+            for prev in [None, Some(&other[..])] {
+                let mut px = Vec::new();
+                let raw = pixels_of(&codes, &image, mask, cols, prev, &mut px);
+                let mut want_raw = 0u64;
+                for i in 0..n {
+                    let p = image[i].wrapping_sub(unzigzag_native(codes[i])) & mask;
+                    let [a, q, b] = levels(&codes, prev, i, i % cols, cols, p);
+                    let (t, nb, _) = token_of(codes[i]);
+                    want_raw += nb as u64;
+                    assert_eq!(px[i], [a, q, b, t as u8], "{cols}x{rows}, pixel {i}");
+                }
+                assert_eq!(raw, want_raw << 16);
+            }
+        }
+    }
+
     /// A leaf that holds only the escape (frequency 4096) codes and decodes: every token escaped.
     #[test]
     fn an_escape_only_leaf_round_trips() {
@@ -758,8 +930,8 @@ mod tests {
         let mut out = vec![1u8];
         put_tables(&nodes, &[f], &mut out);
         let codes: Vec<u32> = (0..n as u32).map(|i| i * 977 % 3000).collect();
-        let lv = vec![[0u8; 3]; n];
-        code_with(&Tables::new(nodes, mask, vec![f]), &lv, &codes, &mut out);
+        let px: Vec<[u8; 4]> = codes.iter().map(|&c| [0, 0, 0, token_of(c).0 as u8]).collect();
+        code_with(&Tables::new(nodes, mask, vec![f]), &px, &codes, &mut Vec::new(), &mut Vec::new(), &mut out);
         let mut s = Scratch::default();
         let mut d = open(&out, mask, cols, n, None, &mut s).unwrap();
         let mut back = vec![0u32; n];
