@@ -1431,6 +1431,13 @@ fn flicker(dtype: DType, w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// `opts` without the tree stage: for the motion predictors' own tests, which measure their
+/// vectors by the bytes they save and check their blobs' versions (5, 8); the tree stage
+/// (version 12, which `balanced` also takes) would mask both.
+fn without_tree(opts: Options) -> Options {
+    Options { tree_stage: false, ..opts }
+}
+
 #[test]
 fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
     for dtype in [DType::U8, DType::U16] {
@@ -1438,7 +1445,7 @@ fn motion_predictor_takes_flickering_blocks_from_the_frame_before() {
         let files = raw_files(dtype, &flicker(dtype, w, h, 7), None);
         let size = |p: PredictorId| {
             let what = format!("{dtype} flicker, {p}");
-            let enc = round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what);
+            let enc = round_trip(&files, &without_tree(options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false)), &what);
             assert_all_frames(&enc, &what);
             (enc.blob.len(), u16::from_le_bytes([enc.blob[8], enc.blob[9]]))
         };
@@ -1485,7 +1492,7 @@ fn motion_predictor_corrects_by_block() {
         let files = raw_files(dtype, &imgs, None);
         let size = |p: PredictorId| {
             let what = format!("{dtype} glow, {p}");
-            round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false), &what).blob.len()
+            round_trip(&files, &without_tree(options(raw(w as u32, h as u32, dtype, 0), PredictorChoice::Fixed(p), false)), &what).blob.len()
         };
         let (by_block, plain, corrected, spatial) =
             (size(PredictorId::Motion), size(PredictorId::Previous), size(PredictorId::PreviousMed), size(PredictorId::Spatial));
@@ -1503,7 +1510,7 @@ fn motion_predictor_follows_a_moving_object() {
         let files = raw_files(dtype, &moving_square(dtype, w, h, 6, (3, 2)), None);
         let size = |p: PredictorChoice| {
             let what = format!("{dtype} moving square, {p}");
-            let enc = round_trip(&files, &options(raw(w as u32, h as u32, dtype, 0), p, false), &what);
+            let enc = round_trip(&files, &without_tree(options(raw(w as u32, h as u32, dtype, 0), p, false)), &what);
             assert_all_frames(&enc, &what);
             (enc.blob.len(), enc.predictor, u16::from_le_bytes([enc.blob[8], enc.blob[9]]))
         };
@@ -1559,7 +1566,13 @@ fn motion_predictor_follows_half_pixel_motion() {
         for bound in [Bound::Lossless, Bound::Abs(1.0), Bound::Abs(4.0)] {
             for pid in [PredictorId::Motion, PredictorId::MotionMed] {
                 let what = format!("{dtype} half-pixel motion, {bound}, {pid}");
-                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
+                let opts = Options {
+                    format: raw(w as u32, h as u32, dtype, 0),
+                    bound,
+                    predictor: PredictorChoice::Fixed(pid),
+                    tree_stage: false,
+                    ..Options::default()
+                };
                 let enc = encode_within_bound(&files, &opts, dtype, &what);
                 // (The f32 frames hold the integers' bits: tiny floats, not a smooth image.)
                 if dtype != DType::F32 {
@@ -1578,7 +1591,13 @@ fn motion_predictor_holds_bounds() {
         for (scene, imgs) in [("moving square", moving_square(dtype, w, h, 5, (-2, 1))), ("flicker", flicker(dtype, w, h, 5))] {
             let files = raw_files(dtype, &imgs, None);
             for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
-                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
+                let opts = Options {
+                    format: raw(w as u32, h as u32, dtype, 0),
+                    bound,
+                    predictor: PredictorChoice::Fixed(pid),
+                    tree_stage: false,
+                    ..Options::default()
+                };
                 let enc = encode_within_bound(&files, &opts, dtype, &format!("{dtype} {scene} {bound} {pid}"));
                 // The flicker is far larger than either bound: its blocks take the frame before.
                 // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
@@ -1595,7 +1614,7 @@ fn misplaced_or_damaged_motion_vectors_are_errors() {
     use tezipfs::codec::container::{Blob, Body, Header, Writer};
     let (w, h) = (40usize, 32usize);
     let files = raw_files(DType::U8, &moving_square(DType::U8, w, h, 3, (2, 1)), None);
-    let opts = options(raw(w as u32, h as u32, DType::U8, 0), PredictorChoice::Fixed(PredictorId::MotionMed), false);
+    let opts = without_tree(options(raw(w as u32, h as u32, DType::U8, 0), PredictorChoice::Fixed(PredictorId::MotionMed), false));
     let enc = round_trip(&files, &opts, "motion base");
     flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 300).into_iter(), "motion blob");
     truncations(&enc.blob, &files, (0..enc.blob.len()).step_by(7), "motion blob");
@@ -2091,9 +2110,10 @@ fn row_slices_round_trip_and_are_checked() {
 /// the probe takes the tree stage for the predicted frames, in a version-12 blob that decodes bit
 /// for bit every way (the fused decoding, carried tables), also cut into slices (a version-7 blob
 /// of version-12 slices); it codes smaller than the same window without the stage; bit flips and
-/// truncations are caught. `balanced`, a bound and `write_at_most(11)` keep the older versions.
+/// truncations are caught. `balanced` (the default) takes it too; a bound, `fast` and
+/// `write_at_most(11)` keep the older versions.
 #[test]
-fn photon_noise_takes_the_tree_stage_under_best() {
+fn photon_noise_takes_the_tree_stage() {
     use tezipfs::codec::entropy::{EntropyChoice, Stage};
     for dtype in [DType::U16, DType::U8] {
         let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(128, 96, 8, 31) });
@@ -2115,9 +2135,14 @@ fn photon_noise_takes_the_tree_stage_under_best() {
         assert_eq!(version_of(&enc.blob), 7, "{what} sliced");
         assert!(Decoder::new(&enc.blob).unwrap().slice_count() > 1, "{what}: cut into slices");
 
+        let balanced = round_trip(&files, &Options { entropy: EntropyChoice::Balanced, ..best.clone() }, &format!("{what} balanced"));
+        assert_eq!(version_of(&balanced.blob), 12, "{what} balanced");
+        let choices = frame_choices(&balanced.blob);
+        assert!(choices[1..].iter().all(|c| c.1 == Stage::Tree), "{what} balanced: {choices:?}");
+
         let mut older = best.clone();
         older.write_at_most(11);
-        for (opts, label) in [(Options { entropy: EntropyChoice::Balanced, ..best.clone() }, "balanced"), (older, "write_at_most(11)")] {
+        for (opts, label) in [(Options { entropy: EntropyChoice::Fast, ..best.clone() }, "fast"), (older, "write_at_most(11)")] {
             let enc = round_trip(&files, &opts, &format!("{what} {label}"));
             assert!(version_of(&enc.blob) < 12, "{what} {label}");
         }

@@ -1048,7 +1048,11 @@ fn choose(
                 best = (weighed, *pid, Stage::Counts);
             }
         }
-        if tree_may_pay(opts) {
+        // The tree stage: under `balanced` on the proxy's first finalist only (each try learns a
+        // tree on two frames: on hoechst's small window trying every finalist cost a quarter of
+        // the encoder's time; elsewhere it found `linear` + tree where this finds `none` + tree or
+        // counts, within 1%: docs/results/tree-balanced.txt).
+        if tree_may_pay(opts) && (opts.entropy == EntropyChoice::Best || i == 0) {
             let weighed = size_under(coder, q, Stage::Tree, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "tree");
             if weighed < best.0 {
@@ -1124,10 +1128,11 @@ fn choose(
 /// a pixel than the adaptive stage's token ladder, and such data are not photon counts.
 const COUNTS_MAX_MEAN: u64 = 4;
 
-/// Whether the tree stage is tried: lossless windows under `best`, where a build may write
-/// container version 12.
+/// Whether the tree stage is tried: lossless windows under `balanced` and `best`, where a build
+/// may write container version 12. (Its size is estimated, [`tree::estimate`]: the try costs
+/// about one frame's coding a finalist.)
 fn tree_may_pay(opts: &Options) -> bool {
-    opts.tree_stage && opts.bound == Bound::Lossless && opts.entropy == EntropyChoice::Best
+    opts.tree_stage && opts.bound == Bound::Lossless && opts.entropy != EntropyChoice::Fast
 }
 
 /// Whether the counts stage is worth trying for finalist `c`: lossless codes of the `none`
