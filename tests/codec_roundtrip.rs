@@ -1591,13 +1591,7 @@ fn motion_predictor_holds_bounds() {
         for (scene, imgs) in [("moving square", moving_square(dtype, w, h, 5, (-2, 1))), ("flicker", flicker(dtype, w, h, 5))] {
             let files = raw_files(dtype, &imgs, None);
             for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
-                let opts = Options {
-                    format: raw(w as u32, h as u32, dtype, 0),
-                    bound,
-                    predictor: PredictorChoice::Fixed(pid),
-                    tree_stage: false,
-                    ..Options::default()
-                };
+                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
                 let enc = encode_within_bound(&files, &opts, dtype, &format!("{dtype} {scene} {bound} {pid}"));
                 // The flicker is far larger than either bound: its blocks take the frame before.
                 // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
