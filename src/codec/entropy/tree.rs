@@ -275,66 +275,79 @@ fn cost(h: &[u32], total: u32, nlogn: &[f64], scale: f64) -> f64 {
     s * scale + used as f64 * TABLE_BITS_PER_TOKEN
 }
 
-/// The best split of `samples` (levels, symbol below `used`) and its gain in bits, if any pays.
-/// (Per property, the levels are swept upwards with the two sides' sums of `n log2 n` kept as
-/// they change: a level costs only its own symbols.)
-fn best_split(samples: &[([u8; 3], u8)], used: usize, nlogn: &[f64], scale: f64) -> Option<(f64, u8, u8)> {
-    // (Only the levels the samples span; the three properties' histograms in one pass.)
-    let (mut lo, mut hi) = ([u8::MAX; 3], [0u8; 3]);
-    for s in samples {
-        for j in 0..3 {
-            lo[j] = lo[j].min(s.0[j]);
-            hi[j] = hi[j].max(s.0[j]);
-        }
+/// The histograms [`Splitter::best_split`] counts a node's samples into, kept across the nodes of
+/// a tree: the sweep that reads a level's counts clears them, so a node costs its samples and its
+/// levels, not a fresh table.
+struct Splitter {
+    /// Per property, per level, per symbol: the samples.
+    hist: [Box<[[u32; 256]; 256]>; 3],
+    /// Per property, per level: the samples.
+    seen: [[u32; 256]; 3],
+    used: usize,
+}
+
+impl Splitter {
+    fn new(used: usize) -> Splitter {
+        let table = || -> Box<[[u32; 256]; 256]> { vec![[0u32; 256]; 256].into_boxed_slice().try_into().expect("256 rows") };
+        Splitter { hist: [table(), table(), table()], seen: [[0; 256]; 3], used }
     }
-    let span = |j: usize| (hi[j] as usize + 1).saturating_sub(lo[j] as usize);
-    let mut hist: [Vec<u32>; 3] = std::array::from_fn(|j| vec![0u32; span(j) * used]);
-    let mut seen: [Vec<u32>; 3] = std::array::from_fn(|j| vec![0u32; span(j)]);
-    let mut all = [0u32; SYMBOLS];
-    for s in samples {
-        all[s.1 as usize] += 1;
-        for j in 0..3 {
-            let at = (s.0[j] - lo[j]) as usize;
-            hist[j][at * used + s.1 as usize] += 1;
-            seen[j][at] += 1;
-        }
-    }
-    let total = samples.len() as u32;
-    let here = cost(&all[..used], total, nlogn, scale);
-    let all_sum: f64 = all[..used].iter().map(|&n| nlogn[n as usize]).sum();
-    let all_used = all[..used].iter().filter(|&&n| n > 0).count();
-    let mut best: Option<(f64, u8, u8)> = None;
-    for j in 0..3 {
-        let (hist, seen, span, lo) = (&hist[j], &seen[j], span(j), lo[j] as usize);
-        if span < 2 {
-            continue;
-        }
-        let (mut left, mut right) = ([0u32; SYMBOLS], all);
-        let (mut left_sum, mut right_sum, mut left_used, mut right_used) = (0.0, all_sum, 0usize, all_used);
-        let mut nl = 0u32;
-        for at in 0..span - 1 {
-            if seen[at] == 0 {
-                continue;
-            }
-            for (s, &h) in hist[at * used..(at + 1) * used].iter().enumerate().filter(|(_, &h)| h > 0) {
-                let (l, r) = (left[s] as usize, right[s] as usize);
-                left_sum += nlogn[l + h as usize] - nlogn[l];
-                right_sum += nlogn[r - h as usize] - nlogn[r];
-                left_used += (l == 0) as usize;
-                right_used -= (r == h as usize) as usize;
-                left[s] += h;
-                right[s] -= h;
-            }
-            nl += seen[at];
-            let split_cost =
-                (nlogn[nl as usize] - left_sum + nlogn[(total - nl) as usize] - right_sum) * scale + (left_used + right_used) as f64 * TABLE_BITS_PER_TOKEN;
-            let gain = here - split_cost - SPLIT_BITS;
-            if gain > 0.0 && best.is_none_or(|b| gain > b.0) {
-                best = Some((gain, j as u8, (lo + at) as u8));
+
+    /// The best split of `samples` (levels within `ranges`, symbol below `used`) and its gain in
+    /// bits, if any pays. (Per property, the levels are swept upwards with the two sides' sums of
+    /// `n log2 n` kept as they change.)
+    fn best_split(&mut self, samples: &[([u8; 3], u8)], ranges: [[u8; 2]; 3], nlogn: &[f64], scale: f64) -> Option<(f64, u8, u8)> {
+        let used = self.used;
+        let mut all = [0u32; SYMBOLS];
+        for &(l, s) in samples {
+            all[s as usize] += 1;
+            for j in 0..3 {
+                self.hist[j][l[j] as usize][s as usize] += 1;
+                self.seen[j][l[j] as usize] += 1;
             }
         }
+        let total = samples.len() as u32;
+        let here = cost(&all[..used], total, nlogn, scale);
+        let all_sum: f64 = all[..used].iter().map(|&n| nlogn[n as usize]).sum();
+        let all_used = all[..used].iter().filter(|&&n| n > 0).count();
+        let mut best: Option<(f64, u8, u8)> = None;
+        for (j, [lo, hi]) in ranges.into_iter().enumerate() {
+            let (mut left, mut right) = ([0u32; SYMBOLS], all);
+            let (mut left_sum, mut right_sum, mut left_used, mut right_used) = (0.0, all_sum, 0usize, all_used);
+            let mut nl = 0u32;
+            for at in lo as usize..=hi as usize {
+                let seen = std::mem::take(&mut self.seen[j][at]);
+                if seen == 0 {
+                    continue;
+                }
+                for (s, h) in self.hist[j][at][..used].iter_mut().enumerate() {
+                    if *h == 0 {
+                        continue;
+                    }
+                    let h = std::mem::take(h) as usize;
+                    let (l, r) = (left[s] as usize, right[s] as usize);
+                    left_sum += nlogn[l + h] - nlogn[l];
+                    right_sum += nlogn[r - h] - nlogn[r];
+                    left_used += (l == 0) as usize;
+                    right_used -= (r == h) as usize;
+                    left[s] += h as u32;
+                    right[s] -= h as u32;
+                }
+                nl += seen;
+                // (Once every sample is on the left there is no split; the sweep goes on to
+                // clear the counts.)
+                if nl == total {
+                    continue;
+                }
+                let split_cost =
+                    (nlogn[nl as usize] - left_sum + nlogn[(total - nl) as usize] - right_sum) * scale + (left_used + right_used) as f64 * TABLE_BITS_PER_TOKEN;
+                let gain = here - split_cost - SPLIT_BITS;
+                if gain > 0.0 && best.is_none_or(|b| gain > b.0) {
+                    best = Some((gain, j as u8, at as u8));
+                }
+            }
+        }
+        best
     }
-    best
 }
 
 /// A leaf waiting to be split, ordered by what its split gains; its samples are
@@ -346,6 +359,8 @@ struct Candidate {
     at: u8,
     from: usize,
     to: usize,
+    /// Per property, the lowest and highest level its samples may have.
+    ranges: [[u8; 2]; 3],
 }
 
 impl PartialEq for Candidate {
@@ -371,12 +386,13 @@ fn grow(mut samples: Vec<([u8; 3], u8)>, used: usize, scale: f64) -> Vec<Node> {
     let nlogn = nlogn_table(samples.len());
     let mut nodes = vec![Node::Leaf(0)];
     let mut heap = BinaryHeap::new();
-    let push = |heap: &mut BinaryHeap<Candidate>, samples: &[([u8; 3], u8)], node: usize, from: usize, to: usize| {
-        if let Some((gain, prop, at)) = best_split(&samples[from..to], used, &nlogn, scale) {
-            heap.push(Candidate { gain, node, prop, at, from, to });
+    let mut splitter = Splitter::new(used);
+    let mut push = |heap: &mut BinaryHeap<Candidate>, samples: &[([u8; 3], u8)], node: usize, from: usize, to: usize, ranges: [[u8; 2]; 3]| {
+        if let Some((gain, prop, at)) = splitter.best_split(&samples[from..to], ranges, &nlogn, scale) {
+            heap.push(Candidate { gain, node, prop, at, from, to, ranges });
         }
     };
-    push(&mut heap, &samples, 0, 0, samples.len());
+    push(&mut heap, &samples, 0, 0, samples.len(), [[0, 255]; 3]);
     let mut leaves = 1;
     while leaves < MAX_LEAVES {
         let Some(c) = heap.pop() else { break };
@@ -393,8 +409,12 @@ fn grow(mut samples: Vec<([u8; 3], u8)>, used: usize, scale: f64) -> Vec<Node> {
         nodes.push(Node::Leaf(0));
         nodes[c.node] = Node::Split { prop: c.prop, at: c.at, left: l as u32, right: r as u32 };
         leaves += 1;
-        push(&mut heap, &samples, l, c.from, c.from + mid);
-        push(&mut heap, &samples, r, c.from + mid, c.to);
+        // (The children's levels lie within their parent's, split at `at`.)
+        let (mut lr, mut rr) = (c.ranges, c.ranges);
+        lr[c.prop as usize][1] = c.at;
+        rr[c.prop as usize][0] = c.at + 1;
+        push(&mut heap, &samples, l, c.from, c.from + mid, lr);
+        push(&mut heap, &samples, r, c.from + mid, c.to, rr);
     }
     // Number the leaves in preorder (the order they are stored in).
     let mut next = 0u8;
