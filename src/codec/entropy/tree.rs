@@ -300,9 +300,9 @@ impl Splitter {
         let mut all = [0u32; SYMBOLS];
         for &(l, s) in samples {
             all[s as usize] += 1;
-            for j in 0..3 {
-                self.hist[j][l[j] as usize][s as usize] += 1;
-                self.seen[j][l[j] as usize] += 1;
+            for (j, &at) in l.iter().enumerate() {
+                self.hist[j][at as usize][s as usize] += 1;
+                self.seen[j][at as usize] += 1;
             }
         }
         let total = samples.len() as u32;
