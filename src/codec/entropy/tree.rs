@@ -138,49 +138,71 @@ enum Node {
     Split { prop: u8, at: u8, left: u32, right: u32 },
 }
 
-/// A tree, compiled into a table of leaves over the three levels, and each leaf's distribution.
-pub struct Tables {
+/// A tree compiled into a table of its leaves over the three levels (one lookup a pixel).
+struct Compiled {
     dims: [usize; 3],
     table: Vec<u8>,
-    /// Per leaf, per symbol: frequency | start << 16 (frequency 0: absent).
-    freqs: Vec<[u32; SYMBOLS]>,
-    /// Per leaf, per slot: the symbol.
-    slots: Vec<[u8; PROB_SCALE as usize]>,
-    /// Per leaf, per token: its bits under the leaf's distribution in [`COST_ONE`] units (a token
-    /// the leaf lacks: the escape's and [`TOKEN_BITS`]), for the encoder's estimates.
-    cost: Vec<[u32; SYMBOLS]>,
 }
 
-impl Tables {
-    fn leaves(&self) -> usize {
-        self.freqs.len()
+impl Compiled {
+    /// The tree `nodes` for pixels of `mask`.
+    fn new(nodes: &[Node], mask: u32) -> Compiled {
+        let dims = dims(mask);
+        let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
+        fill(nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
+        Compiled { dims, table }
     }
 
     #[inline(always)]
     fn leaf(&self, l: [u8; 3]) -> usize {
         self.table[(l[0] as usize * self.dims[1] + l[1] as usize) * self.dims[2] + l[2] as usize] as usize
     }
+}
 
-    /// Made from a tree and the frequencies of each leaf (each summing to `PROB_SCALE`).
-    fn new(nodes: Vec<Node>, mask: u32, freqs: Vec<[u32; SYMBOLS]>) -> Tables {
-        let dims = dims(mask);
-        let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
-        fill(&nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
-        let mut slots = vec![[0u8; PROB_SCALE as usize]; freqs.len()];
+/// A tree, compiled, and each leaf's distribution.
+pub struct Tables {
+    compiled: Compiled,
+    /// Per leaf, per symbol: frequency | start << 16 (frequency 0: absent).
+    freqs: Vec<[u32; SYMBOLS]>,
+    /// Per leaf, per slot: the symbol (the decoder's; empty in the encoder's tables).
+    slots: Vec<[u8; PROB_SCALE as usize]>,
+    /// Per leaf, per token: its bits under the leaf's distribution in [`COST_ONE`] units (a token
+    /// the leaf lacks: the escape's and [`TOKEN_BITS`]), for the encoder's estimates.
+    cost: Vec<[u32; SYMBOLS]>,
+}
+
+/// `-log2(q / PROB_SCALE)` in [`COST_ONE`] units, for every frequency `q` (0 taken as 1).
+fn bits_of_frequency() -> &'static [u32] {
+    static BITS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    BITS.get_or_init(|| (0..=PROB_SCALE).map(|q| ((PROB_BITS as f64 - (q.max(1) as f64).log2()) * COST_ONE).round() as u32).collect())
+}
+
+impl Tables {
+    #[inline(always)]
+    fn leaf(&self, l: [u8; 3]) -> usize {
+        self.compiled.leaf(l)
+    }
+
+    /// Made from a compiled tree and the frequencies of each leaf (each summing to `PROB_SCALE`);
+    /// `decoding`: with the slots the decoder looks symbols up in.
+    fn new(compiled: Compiled, freqs: Vec<[u32; SYMBOLS]>, decoding: bool) -> Tables {
+        let mut slots = vec![[0u8; PROB_SCALE as usize]; if decoding { freqs.len() } else { 0 }];
         let mut packed = vec![[0u32; SYMBOLS]; freqs.len()];
         let mut cost = vec![[0u32; SYMBOLS]; freqs.len()];
-        let bits = |q: u32| ((PROB_BITS as f64 - (q.max(1) as f64).log2()) * COST_ONE).round() as u32;
-        for (((f, s), p), c) in freqs.iter().zip(slots.iter_mut()).zip(packed.iter_mut()).zip(cost.iter_mut()) {
+        let bits = bits_of_frequency();
+        for (l, ((f, p), c)) in freqs.iter().zip(packed.iter_mut()).zip(cost.iter_mut()).enumerate() {
             let mut start = 0u32;
-            let escape = bits(f[ESCAPE]) + TOKEN_BITS * COST_ONE as u32;
+            let escape = bits[f[ESCAPE] as usize] + TOKEN_BITS * COST_ONE as u32;
             for (t, &q) in f.iter().enumerate() {
-                s[start as usize..(start + q) as usize].fill(t as u8);
+                if let Some(s) = slots.get_mut(l) {
+                    s[start as usize..(start + q) as usize].fill(t as u8);
+                }
                 p[t] = q | start << 16;
-                c[t] = if q > 0 { bits(q) } else { escape };
+                c[t] = if q > 0 { bits[q as usize] } else { escape };
                 start += q;
             }
         }
-        Tables { dims, table, freqs: packed, slots, cost }
+        Tables { compiled, freqs: packed, slots, cost }
     }
 
     /// The tokens' bits of pixels `px` (levels and token) under these tables, in [`COST_ONE`]
@@ -517,7 +539,7 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
             return Err(RansError("bad table"));
         }
     }
-    Ok(Tables::new(nodes, mask, freqs))
+    Ok(Tables::new(Compiled::new(&nodes, mask), freqs, true))
 }
 
 /// Which tables code a frame ([`choose`]).
@@ -546,11 +568,11 @@ fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u
     if let Some(c) = carried.filter(|&c| per_pixel(c) <= scratch.learned_bits * (1.0 + RELEARN)) {
         return (Pick::Carried, bytes_of(c, 0));
     }
-    let (nodes, counts) = learn(&scratch.px, mask);
+    let (nodes, compiled, counts) = learn(&scratch.px, mask);
     let freqs: Vec<[u32; SYMBOLS]> = counts.iter().map(normalise).collect();
     let mut head = vec![1u8];
     put_tables(&nodes, &freqs, &mut head);
-    let tables = Tables::new(nodes, mask, freqs);
+    let tables = Tables::new(compiled, freqs, false);
     let fresh = tables.cost_of_counts(&counts) + raw;
     match carried {
         // (Kept: the carried tables code this frame better than new ones would, which is what
@@ -652,19 +674,19 @@ const RELEARN: f64 = 0.01;
 
 /// A tree grown on a sample of the frame's pixels (levels and tokens `px`) and each leaf's token
 /// counts over all of them.
-fn learn(px: &[[u8; 4]], mask: u32) -> (Vec<Node>, Vec<[u64; SYMBOLS]>) {
+fn learn(px: &[[u8; 4]], mask: u32) -> (Vec<Node>, Compiled, Vec<[u64; SYMBOLS]>) {
     let n = px.len();
     let step = n.div_ceil(SAMPLES).max(1);
     let samples: Vec<([u8; 3], u8)> = px.iter().step_by(step).map(|p| ([p[0], p[1], p[2]], p[3])).collect();
     // (Symbols past the type's largest token never occur.)
     let nodes = grow(samples, token_of(mask).0 + 1, step as f64);
-    // (The table compiled once for the lookups.)
-    let probe = Tables::new(nodes.clone(), mask, vec![[0; SYMBOLS]; count_leaves(&nodes)]);
-    let mut counts = vec![[0u64; SYMBOLS]; probe.leaves()];
+    // (The table compiled once: for these lookups and the tables.)
+    let compiled = Compiled::new(&nodes, mask);
+    let mut counts = vec![[0u64; SYMBOLS]; count_leaves(&nodes)];
     for p in px {
-        counts[probe.leaf([p[0], p[1], p[2]])][p[3] as usize] += 1;
+        counts[compiled.leaf([p[0], p[1], p[2]])][p[3] as usize] += 1;
     }
-    (nodes, counts)
+    (nodes, compiled, counts)
 }
 
 /// The codes of pixels `px` (levels and token) under `t`, appended to `out`: the word count, the
@@ -746,7 +768,8 @@ pub fn open<'a>(data: &'a [u8], mask: u32, cols: usize, n: usize, prev: Option<&
     if flags & 1 == 1 {
         scratch.tables = Some(get_tables(&mut inp, mask)?);
         scratch.mask = mask;
-    } else if scratch.tables.is_none() || scratch.mask != mask {
+    } else if scratch.tables.as_ref().is_none_or(|t| t.slots.len() != t.freqs.len()) || scratch.mask != mask {
+        // (Or an encoder's, which have no slots to decode with.)
         return Err(RansError("carried tables missing"));
     }
     let nw = inp.varint()?;
@@ -940,6 +963,20 @@ mod tests {
         }
     }
 
+    /// An encoder's tables (no decoding slots) left in a scratch are not decoded with: a frame
+    /// that carries them is refused, not a panic.
+    #[test]
+    fn an_encoders_tables_are_not_decoded_with() {
+        let (cols, n, mask) = (32usize, 32 * 20, 0xffu32);
+        let image: Vec<u32> = (0..n as u32).map(|i| 40 + (i.wrapping_mul(2654435761) >> 26)).collect();
+        let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(60) & mask, mask)).collect();
+        let mut s = Scratch::default();
+        encode(&codes, &image, mask, cols, None, false, &mut s);
+        let carried = encode(&codes, &image, mask, cols, None, true, &mut s);
+        assert!(carries(&carried));
+        assert!(open(&carried, mask, cols, n, None, &mut s).is_err());
+    }
+
     /// A leaf that holds only the escape (frequency 4096) codes and decodes: every token escaped.
     #[test]
     fn an_escape_only_leaf_round_trips() {
@@ -951,7 +988,7 @@ mod tests {
         put_tables(&nodes, &[f], &mut out);
         let codes: Vec<u32> = (0..n as u32).map(|i| i * 977 % 3000).collect();
         let px: Vec<[u8; 4]> = codes.iter().map(|&c| [0, 0, 0, token_of(c).0 as u8]).collect();
-        code_with(&Tables::new(nodes, mask, vec![f]), &px, &codes, &mut Vec::new(), &mut Vec::new(), &mut out);
+        code_with(&Tables::new(Compiled::new(&nodes, mask), vec![f], false), &px, &codes, &mut Vec::new(), &mut Vec::new(), &mut out);
         let mut s = Scratch::default();
         let mut d = open(&out, mask, cols, n, None, &mut s).unwrap();
         let mut back = vec![0u32; n];
