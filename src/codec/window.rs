@@ -1050,8 +1050,8 @@ fn choose(
         }
         // The tree stage: under `balanced` on the proxy's first finalist only (each try learns a
         // tree on two frames: on hoechst's small window trying every finalist cost a quarter of
-        // the encoder's time; elsewhere it found `linear` + tree where this finds `none` + tree or
-        // counts, within 1%: docs/results/tree-balanced.txt).
+        // the encoder's time; elsewhere it found `linear` or `motion` + tree where this finds `none`
+        // + tree or counts, 0.2-1.1% apart: docs/results/tree-balanced.txt).
         if tree_may_pay(opts) && (opts.entropy == EntropyChoice::Best || i == 0) {
             let weighed = size_under(coder, q, Stage::Tree, from)?;
             tracing::trace!(predictor = %pid, weighed, best = best.0, "tree");
