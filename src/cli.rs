@@ -349,7 +349,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("tezipfs {}", env!("CARGO_PKG_VERSION"));
             println!("blob format version {}, archive format version {}", tezipfs::codec::container::VERSION, tezipfs::archive::VERSION);
             println!(
-                "writes blob format version {}, or at most {} with --write-version {1} (for builds before version {0}); reads 1 to {0}",
+                "writes blob format version {}, or at most N with --write-version N ({} to {0}: for builds that read only up to N); reads 1 to {0}",
                 tezipfs::codec::container::VERSION,
                 tezipfs::codec::window::OLDEST_WRITABLE
             );

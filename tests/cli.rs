@@ -553,7 +553,7 @@ fn compress_write_version_limits_the_blob_format() {
     let v = newest(&["--write-version", "10"]);
     assert!(v <= 10, "--write-version 10 wrote version {v}");
     let info = ok(&["info"]);
-    assert!(info.contains("writes blob format version 12, or at most 10 with --write-version 10"), "{info}");
+    assert!(info.contains("writes blob format version 12, or at most N with --write-version N (10 to 12"), "{info}");
     for bad in ["9", "13"] {
         let e = fails(&["compress", s(&src), s(&tmp.path().join("b.tza")), "--write-version", bad]);
         assert!(e.contains("--write-version") && e.contains("at most version 10 to 12"), "{bad}: {e}");
