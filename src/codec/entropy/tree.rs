@@ -542,31 +542,24 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
     Ok(Tables::new(Compiled::new(&nodes, mask), freqs, true))
 }
 
-/// Which tables code a frame ([`choose`]).
-enum Pick {
-    /// The tables of the frame before (the scratch's).
-    Carried,
-    /// New tables, and the stream's head (flags, tree and tables).
-    New(Tables, Vec<u8>),
-}
-
 /// Choose the tables for one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the
 /// pixel type's; the prediction of a pixel is its value less its residual); `prev`: the previous
 /// frame's codes (the same geometry) or none; `carry`: the tables the scratch holds may be
 /// continued from the frame before (the caller guarantees that it was coded by this stage).
 /// They are, while their estimated bits a pixel stay within [`RELEARN`] of those of the frame
 /// they were learned on; past that (the scene changed: ctc-fluo-nuclei's nuclei move and
-/// divide) new ones are learned on this frame and taken where they code it smaller. Leaves each
-/// pixel's levels and token in `scratch.px`; returns the pick and the frame's estimated size in
-/// bytes under it.
-fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> (Pick, usize) {
+/// divide) new ones are learned on this frame and taken where they code it smaller. Leaves the
+/// chosen tables in the scratch and each pixel's levels and token in `scratch.px`; returns the
+/// stream's head (flags, and new tables' tree and frequencies) and the frame's estimated size in
+/// bytes.
+fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> (Vec<u8>, usize) {
     let n = codes.len();
     let prev = prev.filter(|p| p.len() == n);
     let raw = pixels_of(codes, image, mask, cols.max(1), prev, &mut scratch.px);
     let per_pixel = |cost: u64| cost as f64 / COST_ONE / n.max(1) as f64;
     let carried = scratch.tables.as_ref().filter(|_| carry && scratch.mask == mask).map(|t| t.cost_of(&scratch.px) + raw);
     if let Some(c) = carried.filter(|&c| per_pixel(c) <= scratch.learned_bits * (1.0 + RELEARN)) {
-        return (Pick::Carried, bytes_of(c, 0));
+        return (vec![0], bytes_of(c, 0));
     }
     let (nodes, compiled, counts) = learn(&scratch.px, mask);
     let freqs: Vec<[u32; SYMBOLS]> = counts.iter().map(normalise).collect();
@@ -579,12 +572,14 @@ fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u
         // later frames are measured against.)
         Some(c) if bytes_of(c, 0) <= bytes_of(fresh, head.len()) => {
             scratch.learned_bits = per_pixel(c);
-            (Pick::Carried, bytes_of(c, 0))
+            (vec![0], bytes_of(c, 0))
         }
         _ => {
             let size = bytes_of(fresh, head.len());
             scratch.learned_bits = per_pixel(fresh);
-            (Pick::New(tables, head), size)
+            scratch.tables = Some(tables);
+            scratch.mask = mask;
+            (head, size)
         }
     }
 }
@@ -600,31 +595,15 @@ fn bytes_of(cost: u64, head: usize) -> usize {
 
 /// Code one frame's lossless codes (see [`choose`] for the arguments and which tables).
 pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
-    let (pick, _) = choose(codes, image, mask, cols, prev, carry, scratch);
-    let mut out = Vec::new();
-    let tables = match pick {
-        Pick::Carried => {
-            out.push(0u8);
-            scratch.tables.as_ref().expect("chosen only when there are carried tables")
-        }
-        Pick::New(tables, head) => {
-            out = head;
-            scratch.mask = mask;
-            scratch.tables.insert(tables)
-        }
-    };
+    let (mut out, _) = choose(codes, image, mask, cols, prev, carry, scratch);
+    let tables = scratch.tables.as_ref().expect("choose leaves the frame's tables");
     code_with(tables, &scratch.px, codes, &mut scratch.sym, &mut scratch.words, &mut out);
     out
 }
 
 /// The size [`encode`] would give (within a few bytes), leaving the scratch as it would.
 pub fn estimate(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> usize {
-    let (pick, size) = choose(codes, image, mask, cols, prev, carry, scratch);
-    if let Pick::New(tables, _) = pick {
-        scratch.mask = mask;
-        scratch.tables = Some(tables);
-    }
-    size
+    choose(codes, image, mask, cols, prev, carry, scratch).1
 }
 
 /// Each pixel's levels (from the codes before it, its prediction and the previous frame's codes)
