@@ -529,10 +529,11 @@ fn a_report_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr: {stderr}", out.status);
 }
 
-/// `compress --write-version 11` writes blobs of version 11 (row slices, no tree stage) and
-/// `--write-version 10` of version 10 or older where the default writes version 12 for the same
-/// frames (u8 512x400 under `best`: the tree stage), all restore bit for bit, `info` says what
-/// the build writes, and a version this build cannot write is refused with the reason.
+/// `compress --write-version 12` writes blobs of version 12 (the tree stage, its version-12
+/// levels), `--write-version 11` of version 11 (row slices, no tree stage) and `--write-version
+/// 10` of version 10 or older where the default writes version 13 for the same frames (u8
+/// 512x400 under `best`: the tree stage with exact levels), all restore bit for bit, `info` says
+/// what the build writes, and a version this build cannot write is refused with the reason.
 #[test]
 fn compress_write_version_limits_the_blob_format() {
     let tmp = tempfile::tempdir().unwrap();
@@ -548,14 +549,15 @@ fn compress_write_version_limits_the_blob_format() {
         assert_eq!(read_dir(&out), read_dir(&src), "{extra:?}: restored bit for bit");
         records(&arc).iter().filter(|(_, b)| b.starts_with(b"TZIPBLOB")).map(|(_, b)| u16::from_le_bytes([b[8], b[9]])).max().expect("a blob")
     };
-    assert_eq!(newest(&[]), 12, "the default writes the tree stage on these frames (the premise of the test)");
+    assert_eq!(newest(&[]), 13, "the default writes the tree stage with exact levels on these frames (the premise of the test)");
+    assert_eq!(newest(&["--write-version", "12"]), 12, "--write-version 12: the tree stage, its version-12 levels");
     assert_eq!(newest(&["--write-version", "11"]), 11, "--write-version 11: row slices, no tree stage");
     let v = newest(&["--write-version", "10"]);
     assert!(v <= 10, "--write-version 10 wrote version {v}");
     let info = ok(&["info"]);
-    assert!(info.contains("writes blob format version 12, or at most N with --write-version N (10 to 12"), "{info}");
-    for bad in ["9", "13"] {
+    assert!(info.contains("writes blob format version 13, or at most N with --write-version N (10 to 13"), "{info}");
+    for bad in ["9", "14"] {
         let e = fails(&["compress", s(&src), s(&tmp.path().join("b.tza")), "--write-version", bad]);
-        assert!(e.contains("--write-version") && e.contains("at most version 10 to 12"), "{bad}: {e}");
+        assert!(e.contains("--write-version") && e.contains("at most version 10 to 13"), "{bad}: {e}");
     }
 }

@@ -1097,6 +1097,7 @@ fn crafted_blobs_do_not_panic() {
                                 moved_context: fill == 0x55 && k == 1,
                                 intensity: fill == 0x55 && k == 2,
                                 sliced: false,
+                                exact_levels: false,
                             }),
                         });
                     }
@@ -1159,6 +1160,19 @@ fn frame_choices(blob: &[u8]) -> Vec<(PredictorId, tezipfs::codec::entropy::Stag
         .iter()
         .filter_map(|e| match &e.body {
             tezipfs::codec::container::Body::Frame(f) => Some((p.predictor, f.stage)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each tree frame's exact-levels flag (frame flags bit 6, container version 13).
+fn tree_frames_exact(blob: &[u8]) -> Vec<bool> {
+    let dec = Decoder::new(blob).unwrap();
+    dec.header()
+        .entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            tezipfs::codec::container::Body::Frame(f) if f.stage == tezipfs::codec::entropy::Stage::Tree => Some(f.exact_levels),
             _ => None,
         })
         .collect()
@@ -2098,14 +2112,16 @@ fn row_slices_round_trip_and_are_checked() {
     }
 }
 
-// ---- the tree stage (entropy stage 7, container version 12) -----------------------------------
+// ---- the tree stage (entropy stage 7, container versions 12 and 13) ---------------------------
 
 /// Photon noise over a wide range of intensities (the detector scene), lossless under `best`:
-/// the probe takes the tree stage for the predicted frames, in a version-12 blob that decodes bit
-/// for bit every way (the fused decoding, carried tables), also cut into slices (a version-7 blob
-/// of version-12 slices); it codes smaller than the same window without the stage; bit flips and
-/// truncations are caught. `balanced` (the default) takes it too; a bound, `fast` and
-/// `write_at_most(11)` keep the older versions.
+/// the probe takes the tree stage for the predicted frames, in a version-12 blob (13 on 8-bit
+/// pixels: exact prediction levels, every tree frame flagged) that decodes bit for bit every way
+/// (the fused decoding, carried tables), also cut into slices (a version-7 blob of version-12 or
+/// 13 slices); it codes smaller than the same window without the stage; bit flips and
+/// truncations are caught. `balanced` (the default) takes it too; `write_at_most(12)` keeps the
+/// stage with its version-12 levels (8 bits: a version-12 blob, no frame flagged); a bound,
+/// `fast` and `write_at_most(11)` keep the older versions.
 #[test]
 fn photon_noise_takes_the_tree_stage() {
     use tezipfs::codec::entropy::{EntropyChoice, Stage};
@@ -2115,9 +2131,17 @@ fn photon_noise_takes_the_tree_stage() {
         let best = Options { entropy: EntropyChoice::Best, ..options(raw(128, 96, dtype, 0), PredictorChoice::Auto, false) };
         let enc = round_trip(&files, &best, &what);
         assert_all_frames(&enc, &what);
-        assert_eq!(version_of(&enc.blob), 12, "{what}");
+        let newest = if dtype == DType::U8 { 13 } else { 12 };
+        assert_eq!(version_of(&enc.blob), newest, "{what}");
         let choices = frame_choices(&enc.blob);
         assert!(choices[1..].iter().all(|c| c.1 == Stage::Tree), "{what}: {choices:?}");
+        assert!(tree_frames_exact(&enc.blob).iter().all(|&e| e == (dtype == DType::U8)), "{what}: exact levels on 8 bits only");
+        let mut v12 = best.clone();
+        v12.write_at_most(12);
+        let coarse = round_trip(&files, &v12, &format!("{what} write_at_most(12)"));
+        assert_eq!(version_of(&coarse.blob), 12, "{what} write_at_most(12)");
+        assert!(frame_choices(&coarse.blob)[1..].iter().all(|c| c.1 == Stage::Tree), "{what} write_at_most(12)");
+        assert!(tree_frames_exact(&coarse.blob).iter().all(|&e| !e), "{what} write_at_most(12): no exact levels");
         let without = encode_window(&refs(&files), &Options { tree_stage: false, ..best.clone() }).unwrap();
         assert!(enc.blob.len() < without.blob.len(), "{what}: tree {} bytes, without {}", enc.blob.len(), without.blob.len());
         assert!(version_of(&without.blob) < 12, "{what}");
@@ -2130,7 +2154,7 @@ fn photon_noise_takes_the_tree_stage() {
         assert!(Decoder::new(&enc.blob).unwrap().slice_count() > 1, "{what}: cut into slices");
 
         let balanced = round_trip(&files, &Options { entropy: EntropyChoice::Balanced, ..best.clone() }, &format!("{what} balanced"));
-        assert_eq!(version_of(&balanced.blob), 12, "{what} balanced");
+        assert_eq!(version_of(&balanced.blob), newest, "{what} balanced");
         let choices = frame_choices(&balanced.blob);
         assert!(choices[1..].iter().all(|c| c.1 == Stage::Tree), "{what} balanced: {choices:?}");
 
@@ -2196,4 +2220,86 @@ fn tree_stage_needs_version_12() {
     let flag_cleared = wr.finish(&header);
     let err = decode_window(&flag_cleared).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("carried"), "a carry flag against the stream: {err:?}");
+}
+
+/// The version rules of the tree stage's exact levels (frame flags bit 6, container version 13):
+/// a u8 blob that uses them decodes bit for bit; said to be version 12 it is refused (an unknown
+/// flag), and so is a version-13 blob without the flag; the flag on a frame of 16-bit pixels or
+/// of another stage is refused; a carried frame whose flag disagrees with its tables' is refused,
+/// not decoded with the wrong levels. Every failure is an error, never a panic.
+#[test]
+fn exact_levels_need_version_13() {
+    use tezipfs::codec::container::{reseal, Blob, Body, Writer};
+    use tezipfs::codec::entropy::Stage;
+    let files = generate_raw(&SequenceSpec { dtype: DType::U8, ..SequenceSpec::detector_u16(64, 48, 5, 3) });
+    let opts = Options { stage: Some(Stage::Tree), ..options(raw(64, 48, DType::U8, 0), PredictorChoice::Fixed(PredictorId::Linear), false) };
+    let enc = round_trip(&files, &opts, "u8 linear tree");
+    let blob = enc.blob;
+    assert_eq!(version_of(&blob), 13);
+    assert!(tree_frames_exact(&blob).iter().all(|&e| e));
+    let mut b = blob.clone();
+    b[8..10].copy_from_slice(&12u16.to_le_bytes());
+    let err = Decoder::new(&reseal(&b).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("flag"), "version 12 with bit 6: {err:?}");
+    // Headers changed and sealed again.
+    let parsed = Blob::parse(&blob).unwrap();
+    let payload = &blob[parsed.payload_offset(&blob)..];
+    let rewrite = |change: &dyn Fn(&mut Vec<tezipfs::codec::container::Entry>)| -> Vec<u8> {
+        let mut header = parsed.header.clone();
+        change(&mut header.entries);
+        let mut wr = Writer::default();
+        wr.section(payload);
+        wr.finish(&header)
+    };
+    let frames = |entries: &mut Vec<tezipfs::codec::container::Entry>| -> Vec<usize> {
+        entries.iter().enumerate().filter(|(_, e)| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree)).map(|(i, _)| i).collect()
+    };
+    // Every flag cleared: the writer then says version 12, and the tables decode with the wrong
+    // levels (wrong pixels or a stream that does not end where it should): an error.
+    let cleared = rewrite(&|entries| {
+        for i in frames(entries) {
+            if let Body::Frame(f) = &mut entries[i].body {
+                f.exact_levels = false;
+            }
+        }
+    });
+    assert_eq!(version_of(&cleared), 12);
+    assert!(decode_window(&cleared).is_err(), "tables of exact levels decoded with the version-12 levels");
+    let mut relabelled = cleared.clone();
+    relabelled[8..10].copy_from_slice(&13u16.to_le_bytes());
+    let err = Decoder::new(&reseal(&relabelled).unwrap()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("exact prediction levels"), "a version-13 blob without the flag: {err:?}");
+    // The flag cleared on a frame that carries its tables.
+    let k = parsed.header.entries.iter().position(|e| matches!(&e.body, Body::Frame(f) if f.carry)).expect("a frame carries its tables");
+    let one = rewrite(&|entries| {
+        if let Body::Frame(f) = &mut entries[k].body {
+            f.exact_levels = false;
+        }
+    });
+    let err = decode_window(&one).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("carried"), "a carried frame of other levels: {err:?}");
+    // The flag on a frame of another stage, and on 16-bit pixels.
+    let plain = encode_window(&refs(&files), &Options { stage: Some(Stage::Adaptive), ..opts.clone() }).unwrap().blob;
+    let parsed_plain = Blob::parse(&plain).unwrap();
+    let mut header = parsed_plain.header.clone();
+    if let Body::Frame(f) = &mut header.entries[1].body {
+        f.exact_levels = true;
+    }
+    let mut wr = Writer::default();
+    wr.section(&plain[parsed_plain.payload_offset(&plain)..]);
+    let err = Decoder::new(&wr.finish(&header)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("exact prediction levels"), "the flag on an adaptive frame: {err:?}");
+    let wide = generate_raw(&SequenceSpec::detector_u16(64, 48, 3, 3));
+    let wide_opts = Options { format: raw(64, 48, DType::U16, 0), ..opts.clone() };
+    let wide_blob = encode_window(&refs(&wide), &wide_opts).unwrap().blob;
+    assert_eq!(version_of(&wide_blob), 12, "16-bit pixels keep the version-12 levels");
+    let parsed_wide = Blob::parse(&wide_blob).unwrap();
+    let mut header = parsed_wide.header.clone();
+    if let Body::Frame(f) = &mut header.entries[1].body {
+        f.exact_levels = true;
+    }
+    let mut wr = Writer::default();
+    wr.section(&wide_blob[parsed_wide.payload_offset(&wide_blob)..]);
+    let err = Decoder::new(&wr.finish(&header)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("exact prediction levels"), "the flag on 16-bit pixels: {err:?}");
 }

@@ -1087,17 +1087,23 @@ fn large_frames_are_sliced_and_read_back() {
 }
 
 /// `--write-version 10` writes blobs that builds before row slices read (blob format version 10
-/// or older) and `--write-version 11` blobs that builds before the tree stage read, where the
-/// default writes version 12 for the same frames (u8 512x400 under `best`: the tree stage), and
-/// the files read back bit for bit every way; a version this build cannot write is refused at
-/// mount, with the reason.
+/// or older), `--write-version 11` blobs that builds before the tree stage read and
+/// `--write-version 12` blobs that builds before its exact levels read, where the default writes
+/// version 13 for the same frames (u8 512x400 under `best`: the tree stage with exact levels),
+/// and the files read back bit for bit every way; a version this build cannot write is refused
+/// at mount, with the reason.
 #[test]
 fn write_version_keeps_blobs_readable_by_older_builds() {
     require_fuse!();
     use tezipfs::fixtures::{generate_raw, Scene, SequenceSpec};
     let frames = generate_raw(&SequenceSpec::of_scene(Scene::Detector, tezipfs::codec::DType::U8, 512, 400, 4, 31));
     let mut newest = Vec::new();
-    for extra in [vec![], vec!["--write-version".to_string(), "11".to_string()], vec!["--write-version".to_string(), "10".to_string()]] {
+    for extra in [
+        vec![],
+        vec!["--write-version".to_string(), "12".to_string()],
+        vec!["--write-version".to_string(), "11".to_string()],
+        vec!["--write-version".to_string(), "10".to_string()],
+    ] {
         let fs = Fs::with(Opts { extra: extra.clone(), ..Opts::default() });
         let dir = fs.path("frames");
         std::fs::create_dir(&dir).unwrap();
@@ -1120,13 +1126,14 @@ fn write_version_keeps_blobs_readable_by_older_builds() {
         assert!(!versions.is_empty(), "{extra:?}: no blob written");
         newest.push(versions.into_iter().max().unwrap_or(0));
     }
-    assert_eq!(newest[0], 12, "the default writes the tree stage on these frames (the premise of the test)");
-    assert_eq!(newest[1], 11, "--write-version 11: row slices, no tree stage");
-    assert!(newest[2] <= 10, "--write-version 10 wrote a version-{} blob", newest[2]);
+    assert_eq!(newest[0], 13, "the default writes the tree stage with exact levels on these frames (the premise of the test)");
+    assert_eq!(newest[1], 12, "--write-version 12: the tree stage, its version-12 levels");
+    assert_eq!(newest[2], 11, "--write-version 11: row slices, no tree stage");
+    assert!(newest[3] <= 10, "--write-version 10 wrote a version-{} blob", newest[3]);
     let tmp = tempfile::tempdir().unwrap();
     let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
     std::fs::create_dir_all(&mnt).unwrap();
-    for bad in ["9", "13", "x"] {
+    for bad in ["9", "14", "x"] {
         let out = std::process::Command::new(BIN).args(["mount", "--store"]).arg(&store).arg(&mnt).args(["--write-version", bad]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("--write-version"), "--write-version {bad}: {err}");

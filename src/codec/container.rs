@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 12, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 13, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
@@ -6,7 +6,8 @@
 //! `linear` predictor uses the wide tap set; version 10 is version 9 whose predictor is `causal`
 //! (predictor id 8, a model's causal stage); version 11 is version 10 whose frames of the
 //! adaptive stage may be coded in row slices (frame flag bit 5); version 12 is version 11 with
-//! frames of entropy stage 7 (the tree stage, lossless).
+//! frames of entropy stage 7 (the tree stage, lossless); version 13 is version 12 whose frames of
+//! stage 7 on 8-bit pixels may take the prediction's exact value as a level (frame flag bit 6).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -27,9 +28,10 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// the reference, 7 only when the frames are cut into slices, 8 only when a frame's counts are
 /// coded as counts (entropy stage 6) or a frame's adaptive stage weighs the intensity of its
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
-/// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, so other
-/// blobs stay readable by builds that know an older version.
-pub const VERSION: u16 = 12;
+/// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, 12 only
+/// when a frame is coded by the tree stage, 13 only when a tree frame's prediction levels are
+/// exact, so other blobs stay readable by builds that know an older version.
+pub const VERSION: u16 = 13;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +115,9 @@ pub struct FrameEntry {
     /// The adaptive stage cuts the frame into row slices, each a stream of its own
     /// (`entropy::adaptive::Side::sliced`). Version 11; needs stage 5.
     pub sliced: bool,
+    /// The tree stage's prediction levels are the prediction's exact value
+    /// (`entropy::tree::exact_levels`). Version 13; needs stage 7 and pixels of at most 8 bits.
+    pub exact_levels: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -190,6 +195,8 @@ impl Writer {
     pub fn finish(self, header: &Header) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
+        } else if needs_v13(&header.entries) {
+            13
         } else if needs_v12(&header.entries) {
             12
         } else if needs_v11(&header.entries) {
@@ -317,7 +324,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8..=12) {
+        if !matches!(version, 2..=6 | 8..=13) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -445,6 +452,11 @@ fn needs_v12(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree))
 }
 
+/// Whether some tree frame's prediction levels are exact (what version 13 is for).
+fn needs_v13(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.exact_levels))
+}
+
 /// Whether the window is predicted by a model's causal stage (what version 10 is for).
 fn needs_v10(p: &Params) -> bool {
     p.predictor == PredictorId::Causal
@@ -517,13 +529,15 @@ fn write_header(h: &Header, version: u16, out: &mut Vec<u8>) {
             // that the adaptive models carry over, bit 3 that its temporal context moves.
             // Version 8: bit 4 says the adaptive stage weighs the reference's intensity.
             // Version 11: bit 5 that the adaptive stage cuts the frame into row slices.
+            // Version 13: bit 6 that the tree stage's prediction levels are exact.
             out.push(
                 f.block_modes as u8
                     | ((f.subpel && f.block_modes) as u8 * 2)
                     | (f.carry as u8 * 4)
                     | (f.moved_context as u8 * 8)
                     | (f.intensity as u8 * 16)
-                    | (f.sliced as u8 * 32),
+                    | (f.sliced as u8 * 32)
+                    | (f.exact_levels as u8 * 64),
             );
         }
     });
@@ -716,6 +730,7 @@ fn read_sliced_header(h: &[u8]) -> Result<Header, BlobError> {
             moved_context: false,
             intensity: false,
             sliced: false,
+            exact_levels: false,
         };
         key = false;
         Ok(f)
@@ -788,6 +803,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         let motion = if version >= 3 { c.section()? } else { Section::default() };
         let flags = if version >= 4 { c.u8()? } else { 0 };
         let known = match version {
+            13.. => 127,
             11.. => 63,
             8.. => 31,
             5.. => 15,
@@ -797,6 +813,10 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
             (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, flags & 8 != 0, flags & 16 != 0, flags & 32 != 0);
         if flags & !known != 0 || (block_modes && motion.len == 0) || (subpel && !block_modes) {
             return Err(bad(format!("entry {i}: motion block-mode flag {flags} (vectors: {} bytes)", motion.len)));
+        }
+        let exact_levels = flags & 64 != 0;
+        if exact_levels && (stage != Stage::Tree || p.dtype.mask() > 255) {
+            return Err(bad(format!("entry {i}: exact prediction levels (flag bit 6) on a frame of entropy stage {} with {} pixels", stage as u8, p.dtype)));
         }
         if sliced && stage != Stage::Adaptive {
             return Err(bad(format!("entry {i}: row slices on a frame of entropy stage {}", stage as u8)));
@@ -830,6 +850,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
             moved_context,
             intensity,
             sliced,
+            exact_levels,
         })
     })?;
     if c.pos != h.len() {
@@ -848,6 +869,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         10 => params.as_ref().is_some_and(needs_v10),
         11 => needs_v11(&entries),
         12 => needs_v12(&entries),
+        13 => needs_v13(&entries),
         _ => true,
     };
     if !used {
@@ -862,6 +884,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 10 => "the causal predictor",
                 11 => "adaptive row slices",
                 12 => "frames of the tree stage",
+                13 => "exact prediction levels",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

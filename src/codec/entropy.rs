@@ -233,8 +233,8 @@ impl Coder {
             }
             Stage::Tree => {
                 self.scratch = packed;
-                let (image, mask) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
-                return Ok(tree::encode(codes, image, mask, cols, side.prev, side.carry, &mut self.tree));
+                let (image, levels) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
+                return Ok(tree::encode(codes, image, levels, cols, side.prev, side.carry, &mut self.tree));
             }
         }
         let out = self.comp.compress(&packed);
@@ -248,8 +248,8 @@ impl Coder {
         match stage {
             Stage::ContextRans => Ok(rans::estimate(codes, cols)),
             Stage::Tree => {
-                let (image, mask) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
-                Ok(tree::estimate(codes, image, mask, cols, side.prev, side.carry, &mut self.tree))
+                let (image, levels) = side.pixels.ok_or(rans::RansError("the tree stage needs the frame's pixels"))?;
+                Ok(tree::estimate(codes, image, levels, cols, side.prev, side.carry, &mut self.tree))
             }
             _ => Ok(self.encode(stage, codes, width, cols, side)?.len()),
         }

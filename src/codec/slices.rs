@@ -217,6 +217,7 @@ pub(super) fn encode(files: &[&[u8]], opts: &Options) -> Result<Option<Encoded>,
                 moved_context: false,
                 intensity: false,
                 sliced: false,
+                exact_levels: false,
             }),
         });
         reports.push(EntryReport::Frame { escapes });

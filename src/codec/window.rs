@@ -65,6 +65,9 @@ pub struct Options {
     /// Let the probe try the tree stage on lossless windows (entropy stage 7, container version
     /// 12; off: the blobs an older build reads).
     pub tree_stage: bool,
+    /// Let the tree stage take the prediction's exact value as a level on pixel types of at most
+    /// 8 bits (container version 13, `tree::exact_levels`; off: the version-12 levels).
+    pub exact_levels: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
@@ -102,10 +105,18 @@ impl Options {
         if version < 11 {
             self.row_slices = false;
         }
-        // (The tree stage came with version 12.)
+        // (The tree stage came with version 12, its exact levels with 13.)
         if version < 12 {
             self.tree_stage = false;
         }
+        if version < 13 {
+            self.exact_levels = false;
+        }
+    }
+
+    /// The tree stage's levels for pixels of `dtype` under these options.
+    fn tree_levels(&self, dtype: DType) -> tree::Levels {
+        tree::Levels::new(dtype.mask(), self.exact_levels)
     }
 }
 
@@ -125,6 +136,7 @@ impl Default for Options {
             intensity_context: true,
             row_slices: true,
             tree_stage: true,
+            exact_levels: true,
             stage: None,
             carry: None,
         }
@@ -309,6 +321,8 @@ struct CodedFrame {
     intensity: bool,
     /// The adaptive stage cut the frame into row slices (container version 11).
     sliced: bool,
+    /// The tree stage's prediction levels are exact (container version 13).
+    exact_levels: bool,
     /// The reconstruction under a bound, when [`Options::reconstructions`] asks for it.
     recon: Vec<u32>,
 }
@@ -405,11 +419,11 @@ impl Quantised {
 impl Quantised {
     /// What the tree stage may use to code frame `k`: the previous frame's codes and, lossless,
     /// the frame's pixels (of `mask`); `carry`: continue the tables of the frame before.
-    fn tree_side<'a>(&'a self, chain: &'a Chain, k: usize, lossless: bool, carry: bool, mask: u32) -> Side<'a> {
+    fn tree_side<'a>(&'a self, chain: &'a Chain, k: usize, lossless: bool, carry: bool, levels: tree::Levels) -> Side<'a> {
         Side {
             prev: k.checked_sub(1).map(|j| &self.frames[j].codes[..]),
             carry,
-            pixels: lossless.then(|| (&chain.images[self.start + k][..], mask)),
+            pixels: lossless.then(|| (&chain.images[self.start + k][..], levels)),
             ..Side::default()
         }
     }
@@ -504,8 +518,10 @@ struct ChoiceKey {
     model: Option<super::predict::ModelHash>,
     intensity_context: bool,
     row_slices: bool,
-    /// (A choice of the tree stage is not carried to a window that may not write version 12.)
+    /// (A choice of the tree stage is not carried to a window that may not write version 12,
+    /// nor one made with exact levels to one that may not write version 13.)
     tree_stage: bool,
+    exact_levels: bool,
 }
 
 impl ChoiceKey {
@@ -521,6 +537,7 @@ impl ChoiceKey {
             intensity_context: opts.intensity_context,
             row_slices: opts.row_slices,
             tree_stage: opts.tree_stage,
+            exact_levels: opts.exact_levels,
         }
     }
 }
@@ -744,6 +761,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
                     moved_context: c.moved_context,
                     intensity: c.intensity,
                     sliced: c.sliced,
+                    exact_levels: c.exact_levels,
                 }),
             });
             next += 1;
@@ -1199,7 +1217,7 @@ fn size_under(
         let side = match stage {
             Stage::Adaptive => q.side(chain, k, opts.bound != Bound::Lossless, k > start, intensity, geom, &mut side_buffers),
             // (The tables learned on the frame before `from`, carried.)
-            Stage::Tree => q.tree_side(chain, k, opts.bound == Bound::Lossless, k > start, dtype.mask()),
+            Stage::Tree => q.tree_side(chain, k, opts.bound == Bound::Lossless, k > start, opts.tree_levels(dtype)),
             _ => Side::default(),
         };
         let coded = 4 * c.escapes.len()
@@ -1431,7 +1449,7 @@ impl ChainCoding {
             // (The counts stage's state: the rate estimated from the frames before.)
             Some(Stage::Counts) => Side { carry: self.last_stage == Some(Stage::Counts), ..Side::default() },
             // (The tables learned on the key frame and on the first predicted frame, then carried.)
-            Some(Stage::Tree) => q.tree_side(chain, k, fb == FrameBound::Lossless, self.last_stage == Some(Stage::Tree) && k >= 2, dtype.mask()),
+            Some(Stage::Tree) => q.tree_side(chain, k, fb == FrameBound::Lossless, self.last_stage == Some(Stage::Tree) && k >= 2, opts.tree_levels(dtype)),
             Some(_) => Side::default(),
         };
         let (stage, codes) = match plan.stage {
@@ -1465,6 +1483,7 @@ impl ChainCoding {
         let moved_context = side.gradient.is_some() && stage == Stage::Adaptive;
         let intensity = side.intensity.is_some() && stage == Stage::Adaptive;
         let sliced = stage == Stage::Adaptive && adaptive::slice_count(&codes) > 1;
+        let exact_levels = stage == Stage::Tree && side.pixels.is_some_and(|(_, lv)| lv.exact);
         self.last_stage = Some(stage);
         Ok(CodedFrame {
             stage,
@@ -1480,6 +1499,7 @@ impl ChainCoding {
             moved_context,
             intensity,
             sliced,
+            exact_levels,
             recon: Vec::new(),
         })
     }
@@ -1837,7 +1857,7 @@ impl Decoder {
         let intensity = f.intensity.then(|| gradient.unwrap_or(&recon[..]));
         let fc = codes.decode(payload, i, k, (&f, header.entries[i].original_len), &p, vectors, gradient, intensity)?;
         if f.stage == Stage::Tree {
-            reconstruct_fused(session, recon, i, k, &p, &fc, codes)?;
+            reconstruct_fused(session, recon, (i, k, f.exact_levels), &p, &fc, codes)?;
         } else {
             reconstruct(session, recon, i, &f, &p, &fc)?;
         }
@@ -1972,14 +1992,14 @@ fn reconstruct(session: &mut Session, recon: &mut Vec<u32>, i: usize, f: &FrameE
     session.observe(recon).map_err(|e| dec(e.to_string()))
 }
 
-/// Reconstruct entry `i`'s frame, chain position `k`, coded by the tree stage: each pixel's code
-/// is decoded from its prediction as the prediction walks the frame (lossless). Its codes then
-/// become the chain's previous codes, and the tables the next frame may carry.
+/// Reconstruct entry `i`'s frame, chain position `k`, coded by the tree stage (with `exact`
+/// prediction levels or not): each pixel's code is decoded from its prediction as the prediction
+/// walks the frame (lossless). Its codes then become the chain's previous codes, and the tables
+/// the next frame may carry.
 fn reconstruct_fused(
     session: &mut Session,
     recon: &mut Vec<u32>,
-    i: usize,
-    k: usize,
+    (i, k, exact): (usize, usize, bool),
     p: &Params,
     fc: &FrameCodes,
     codes: &mut CodeState,
@@ -1991,7 +2011,8 @@ fn reconstruct_fused(
     cur.clear();
     cur.resize(n, 0);
     let prev = (k > 0).then_some(&codes.prev_codes[..]);
-    let mut d = tree::open(&fc.fused, p.dtype.mask(), geom.width, n, prev, codes.coder.tree_scratch()).map_err(|e| dec(e.to_string()))?;
+    let levels = tree::Levels { mask: p.dtype.mask(), exact };
+    let mut d = tree::open(&fc.fused, levels, geom.width, n, prev, codes.coder.tree_scratch()).map_err(|e| dec(e.to_string()))?;
     quantizer::decode_lossless_fused(p.dtype, session.prediction(), &mut cur, recon, |c, j, pr| d.next(c, j, pr)).map_err(|e| dec(e.to_string()))?;
     d.finish().map_err(|e| dec(e.to_string()))?;
     session.observe(recon).map_err(|e| dec(e.to_string()))?;

@@ -485,9 +485,10 @@ pub struct Side<'a> {
     /// `carry`, slice `j` continues the models of slice `j` of the previous frame, or every
     /// slice those of a previous frame coded whole.
     pub sliced: bool,
-    /// The frame's pixel values and their type's mask, for the tree stage (lossless codes: a
-    /// pixel's prediction is its value less its residual); the adaptive stage ignores them.
-    pub pixels: Option<(&'a [u32], u32)>,
+    /// The frame's pixel values and their type's mask and prediction levels, for the tree stage
+    /// (lossless codes: a pixel's prediction is its value less its residual); the adaptive stage
+    /// ignores them.
+    pub pixels: Option<(&'a [u32], super::tree::Levels)>,
 }
 
 /// The contexts of one pixel.

@@ -16,7 +16,8 @@
 //! known to the decoder when it decodes the pixel:
 //!
 //! - `qa`: the activity, the codes to the left and above (four levels an octave);
-//! - `qp`: the pixel's prediction (its own value below 64, then sixteen levels an octave);
+//! - `qp`: the pixel's prediction (its own value below 64, then sixteen levels an octave; on
+//!   8-bit pixels in container version 13 its own value throughout, [`exact_levels`]);
 //! - `qc`: the codes up-left and up-right and the previous frame's code at the pixel.
 //!
 //! The encoder grows the tree best first on a sample of the frame (each split must pay for the
@@ -71,10 +72,13 @@ fn level_a(v: u64) -> usize {
     }
 }
 
-/// The prediction's level: its own value below 64, then sixteen an octave.
+/// The prediction's level: with `exact` its own value (pixel types of at most 8 bits, container
+/// version 13); else its own value below 64, then sixteen an octave.
 #[inline(always)]
-fn level_p(p: u32) -> usize {
-    if p < 64 {
+fn level_p(p: u32, exact: bool) -> usize {
+    if exact {
+        (p as usize).min(P_LEVELS - 1)
+    } else if p < 64 {
         p as usize
     } else {
         let b = 31 - p.leading_zeros() as usize;
@@ -104,31 +108,55 @@ fn token_base(t: usize) -> (u32, u32) {
     ((4 | m) << (e - 2), e - 2)
 }
 
+/// Whether frames of pixels of `mask` have their prediction's exact value as a level, where
+/// the writer may (`allowed`: container version 13): pixel types of at most 8 bits. Sixteen
+/// levels an octave above 64 merge the values near an 8-bit type's saturation, whose residuals
+/// are almost always 0: exact levels code the u8 detector fixture 1.1% smaller (ctc-fluo-nuclei
+/// 0.4%), `docs/results/issue14-exact-levels.txt`.
+pub fn exact_levels(allowed: bool, mask: u32) -> bool {
+    allowed && mask < P_LEVELS as u32
+}
+
+/// The pixels a frame's codes are of, as the stage's levels see them: the type's mask, and
+/// whether the prediction's levels are exact ([`exact_levels`]; the frame entry's flag bit 6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Levels {
+    pub mask: u32,
+    pub exact: bool,
+}
+
+impl Levels {
+    /// Pixels of `mask`, with exact prediction levels where the writer may use them (`allowed`).
+    pub fn new(mask: u32, allowed: bool) -> Levels {
+        Levels { mask, exact: exact_levels(allowed, mask) }
+    }
+}
+
 /// Number of levels of each property for codes and predictions of `mask` (the compiled table's
 /// dimensions).
-fn dims(mask: u32) -> [usize; 3] {
+fn dims(mask: u32, exact: bool) -> [usize; 3] {
     let m = mask as u64;
-    [level_a(2 * m) + 1, level_p(mask) + 1, level_a(3 * m) + 1]
+    [level_a(2 * m) + 1, level_p(mask, exact) + 1, level_a(3 * m) + 1]
 }
 
 /// Bytes a decoder's tables take at most for pixels of `mask`: each leaf's slots and
 /// frequencies, the compiled table.
 pub fn tables_bytes(mask: u32) -> u64 {
-    let d = dims(mask);
+    let d = dims(mask, exact_levels(true, mask));
     (MAX_LEAVES * (PROB_SCALE as usize + 4 * SYMBOLS) + d[0] * d[1] * d[2]) as u64
 }
 
 /// The levels of pixel `i` (column `x`) from the codes before it, its prediction `p` and the
 /// previous frame's codes.
 #[inline(always)]
-fn levels(codes: &[u32], prev: Option<&[u32]>, i: usize, x: usize, cols: usize, p: u32) -> [u8; 3] {
+fn levels(codes: &[u32], prev: Option<&[u32]>, i: usize, x: usize, cols: usize, p: u32, exact: bool) -> [u8; 3] {
     let w = if x > 0 { codes[i - 1] as u64 } else { 0 };
     let up = i >= cols;
     let n = if up { codes[i - cols] as u64 } else { w };
     let nw = if up && x > 0 { codes[i - cols - 1] as u64 } else { n };
     let ne = if up && x + 1 < cols { codes[i - cols + 1] as u64 } else { n };
     let t = prev.map_or(0, |pr| pr[i] as u64);
-    [level_a(w + n) as u8, level_p(p) as u8, level_a(nw + ne + t) as u8]
+    [level_a(w + n) as u8, level_p(p, exact) as u8, level_a(nw + ne + t) as u8]
 }
 
 /// A split of the tree (`prop`'s level at most `at`: left) or a leaf.
@@ -142,15 +170,18 @@ enum Node {
 struct Compiled {
     dims: [usize; 3],
     table: Vec<u8>,
+    /// The prediction's levels are exact ([`exact_levels`]).
+    exact: bool,
 }
 
 impl Compiled {
-    /// The tree `nodes` for pixels of `mask`.
-    fn new(nodes: &[Node], mask: u32) -> Compiled {
-        let dims = dims(mask);
+    /// The tree `nodes` for pixels of `lv`.
+    fn new(nodes: &[Node], lv: Levels) -> Compiled {
+        let (mask, exact) = (lv.mask, lv.exact);
+        let dims = dims(mask, exact);
         let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
         fill(nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
-        Compiled { dims, table }
+        Compiled { dims, table, exact }
     }
 
     #[inline(always)]
@@ -243,8 +274,8 @@ fn fill(nodes: &[Node], n: usize, bounds: [[usize; 2]; 3], dims: [usize; 3], tab
 #[derive(Default)]
 pub struct Scratch {
     tables: Option<Tables>,
-    /// Mask the tables were made for.
-    mask: u32,
+    /// The pixels the tables were made for.
+    levels: Levels,
     /// Bits a pixel the tables coded the frame they were learned on (their own bytes apart),
     /// estimated.
     learned_bits: f64,
@@ -511,7 +542,7 @@ fn put_tables(nodes: &[Node], freqs: &[[u32; SYMBOLS]], out: &mut Vec<u8>) {
     }
 }
 
-fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
+fn get_tables(inp: &mut In, lv: Levels) -> Result<Tables, RansError> {
     let mut nodes = Vec::new();
     let mut leaves = 0;
     get_tree(inp, &mut nodes, &mut leaves, 0)?;
@@ -539,7 +570,7 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
             return Err(RansError("bad table"));
         }
     }
-    Ok(Tables::new(Compiled::new(&nodes, mask), freqs, true))
+    Ok(Tables::new(Compiled::new(&nodes, lv), freqs, true))
 }
 
 /// Choose the tables for one frame's lossless codes (`cols` a row) of pixels `image` (`mask`: the
@@ -552,16 +583,16 @@ fn get_tables(inp: &mut In, mask: u32) -> Result<Tables, RansError> {
 /// chosen tables in the scratch and each pixel's levels and token in `scratch.px`; returns the
 /// stream's head (flags, and new tables' tree and frequencies) and the frame's estimated size in
 /// bytes.
-fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> (Vec<u8>, usize) {
+fn choose(codes: &[u32], image: &[u32], lv: Levels, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> (Vec<u8>, usize) {
     let n = codes.len();
     let prev = prev.filter(|p| p.len() == n);
-    let raw = pixels_of(codes, image, mask, cols.max(1), prev, &mut scratch.px);
+    let raw = pixels_of(codes, image, lv, cols.max(1), prev, &mut scratch.px);
     let per_pixel = |cost: u64| cost as f64 / COST_ONE / n.max(1) as f64;
-    let carried = scratch.tables.as_ref().filter(|_| carry && scratch.mask == mask).map(|t| t.cost_of(&scratch.px) + raw);
+    let carried = scratch.tables.as_ref().filter(|_| carry && scratch.levels == lv).map(|t| t.cost_of(&scratch.px) + raw);
     if let Some(c) = carried.filter(|&c| per_pixel(c) <= scratch.learned_bits * (1.0 + RELEARN)) {
         return (vec![0], bytes_of(c, 0));
     }
-    let (nodes, compiled, counts) = learn(&scratch.px, mask);
+    let (nodes, compiled, counts) = learn(&scratch.px, lv);
     let freqs: Vec<[u32; SYMBOLS]> = counts.iter().map(normalise).collect();
     let mut head = vec![1u8];
     put_tables(&nodes, &freqs, &mut head);
@@ -578,7 +609,7 @@ fn choose(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u
             let size = bytes_of(fresh, head.len());
             scratch.learned_bits = per_pixel(fresh);
             scratch.tables = Some(tables);
-            scratch.mask = mask;
+            scratch.levels = lv;
             (head, size)
         }
     }
@@ -594,22 +625,23 @@ fn bytes_of(cost: u64, head: usize) -> usize {
 }
 
 /// Code one frame's lossless codes (see [`choose`] for the arguments and which tables).
-pub fn encode(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
-    let (mut out, _) = choose(codes, image, mask, cols, prev, carry, scratch);
+pub fn encode(codes: &[u32], image: &[u32], lv: Levels, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> Vec<u8> {
+    let (mut out, _) = choose(codes, image, lv, cols, prev, carry, scratch);
     let tables = scratch.tables.as_ref().expect("choose leaves the frame's tables");
     code_with(tables, &scratch.px, codes, &mut scratch.sym, &mut scratch.words, &mut out);
     out
 }
 
 /// The size [`encode`] would give (within a few bytes), leaving the scratch as it would.
-pub fn estimate(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> usize {
-    choose(codes, image, mask, cols, prev, carry, scratch).1
+pub fn estimate(codes: &[u32], image: &[u32], lv: Levels, cols: usize, prev: Option<&[u32]>, carry: bool, scratch: &mut Scratch) -> usize {
+    choose(codes, image, lv, cols, prev, carry, scratch).1
 }
 
 /// Each pixel's levels (from the codes before it, its prediction and the previous frame's codes)
 /// and token, into `px`; returns the raw bits of all the codes in [`COST_ONE`] units. (The same
 /// levels as [`levels`], the rows' inner pixels without its edge tests.)
-fn pixels_of(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<&[u32]>, px: &mut Vec<[u8; 4]>) -> u64 {
+fn pixels_of(codes: &[u32], image: &[u32], lv: Levels, cols: usize, prev: Option<&[u32]>, px: &mut Vec<[u8; 4]>) -> u64 {
+    let (mask, exact) = (lv.mask, lv.exact);
     let n = codes.len();
     px.clear();
     px.reserve(n);
@@ -625,11 +657,11 @@ fn pixels_of(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<
         let end = (start + cols).min(n);
         if start == 0 || end - start < 3 {
             for i in start..end {
-                one(px, codes[i], levels(codes, prev, i, i - start, cols, prediction(i)));
+                one(px, codes[i], levels(codes, prev, i, i - start, cols, prediction(i), exact));
             }
             continue;
         }
-        one(px, codes[start], levels(codes, prev, start, 0, cols, prediction(start)));
+        one(px, codes[start], levels(codes, prev, start, 0, cols, prediction(start), exact));
         let (up, cur) = (&codes[start - cols..end - cols], &codes[start..end]);
         let img = &image[start + 1..end - 1];
         let last = match prev {
@@ -640,9 +672,9 @@ fn pixels_of(codes: &[u32], image: &[u32], mask: u32, cols: usize, prev: Option<
         for ((((&c, &w), nb), &v), &t) in inner {
             let p = v.wrapping_sub(unzigzag_native(c)) & mask;
             let (w, no, nw, ne) = (w as u64, nb[1] as u64, nb[0] as u64, nb[2] as u64);
-            one(px, c, [level_a(w + no) as u8, level_p(p) as u8, level_a(nw + ne + t as u64) as u8]);
+            one(px, c, [level_a(w + no) as u8, level_p(p, exact) as u8, level_a(nw + ne + t as u64) as u8]);
         }
-        one(px, codes[end - 1], levels(codes, prev, end - 1, end - 1 - start, cols, prediction(end - 1)));
+        one(px, codes[end - 1], levels(codes, prev, end - 1, end - 1 - start, cols, prediction(end - 1), exact));
     }
     raw << 16
 }
@@ -653,14 +685,14 @@ const RELEARN: f64 = 0.01;
 
 /// A tree grown on a sample of the frame's pixels (levels and tokens `px`) and each leaf's token
 /// counts over all of them.
-fn learn(px: &[[u8; 4]], mask: u32) -> (Vec<Node>, Compiled, Vec<[u64; SYMBOLS]>) {
+fn learn(px: &[[u8; 4]], lv: Levels) -> (Vec<Node>, Compiled, Vec<[u64; SYMBOLS]>) {
     let n = px.len();
     let step = n.div_ceil(SAMPLES).max(1);
     let samples: Vec<([u8; 3], u8)> = px.iter().step_by(step).map(|p| ([p[0], p[1], p[2]], p[3])).collect();
     // (Symbols past the type's largest token never occur.)
-    let nodes = grow(samples, token_of(mask).0 + 1, step as f64);
+    let nodes = grow(samples, token_of(lv.mask).0 + 1, step as f64);
     // (The table compiled once: for these lookups and the tables.)
-    let compiled = Compiled::new(&nodes, mask);
+    let compiled = Compiled::new(&nodes, lv);
     let mut counts = vec![[0u64; SYMBOLS]; count_leaves(&nodes)];
     for p in px {
         counts[compiled.leaf([p[0], p[1], p[2]])][p[3] as usize] += 1;
@@ -730,10 +762,15 @@ pub struct FrameDecoder<'a> {
     prev: Option<&'a [u32]>,
 }
 
-/// Open a frame's stream `data` of codes of `mask`, `cols` a row, `n` in all; `prev`: the
+/// Open a frame's stream `data` of codes of pixels `lv`, `cols` a row, `n` in all; `prev`: the
 /// previous frame's codes, as the encoder had them. New tables are read into `scratch`; carried
-/// ones (the caller checked that the frame before left them) are taken from it.
-pub fn open<'a>(data: &'a [u8], mask: u32, cols: usize, n: usize, prev: Option<&'a [u32]>, scratch: &'a mut Scratch) -> Result<FrameDecoder<'a>, RansError> {
+/// ones (the caller checked that the frame before left them) are taken from it, and must have
+/// been made for the same pixels and levels.
+pub fn open<'a>(data: &'a [u8], lv: Levels, cols: usize, n: usize, prev: Option<&'a [u32]>, scratch: &'a mut Scratch) -> Result<FrameDecoder<'a>, RansError> {
+    let mask = lv.mask;
+    if lv.exact && !exact_levels(true, mask) {
+        return Err(RansError("exact prediction levels on pixels wider than 8 bits"));
+    }
     // (The levels index the compiled table: codes wider than the type, which another stage of a
     // damaged blob might leave, would fall outside it.)
     if prev.is_some_and(|p| p.iter().any(|&c| c > mask)) {
@@ -745,9 +782,9 @@ pub fn open<'a>(data: &'a [u8], mask: u32, cols: usize, n: usize, prev: Option<&
         return Err(RansError("unknown flags"));
     }
     if flags & 1 == 1 {
-        scratch.tables = Some(get_tables(&mut inp, mask)?);
-        scratch.mask = mask;
-    } else if scratch.tables.as_ref().is_none_or(|t| t.slots.len() != t.freqs.len()) || scratch.mask != mask {
+        scratch.tables = Some(get_tables(&mut inp, lv)?);
+        scratch.levels = lv;
+    } else if scratch.tables.as_ref().is_none_or(|t| t.slots.len() != t.freqs.len()) || scratch.levels != lv {
         // (Or an encoder's, which have no slots to decode with.)
         return Err(RansError("carried tables missing"));
     }
@@ -781,7 +818,7 @@ impl FrameDecoder<'_> {
     /// pixels before it in `codes`.
     #[inline(always)]
     pub fn next(&mut self, codes: &[u32], i: usize, p: u32) -> Result<u32, RansError> {
-        let l = levels(codes, self.prev, i, self.col, self.cols, p);
+        let l = levels(codes, self.prev, i, self.col, self.cols, p, self.tables.compiled.exact);
         self.col += 1;
         if self.col == self.cols {
             self.col = 0;
@@ -825,11 +862,16 @@ mod tests {
     use super::*;
     use crate::codec::quantizer::zigzag_native;
 
+    /// Pixels of `mask`, exact prediction levels where the type allows them.
+    fn lv(mask: u32) -> Levels {
+        Levels::new(mask, true)
+    }
+
     /// A lossless frame decoded with the prediction fused: the codes of a frame whose residual
     /// spread grows with the prediction, with and without a previous frame, carried tables and
-    /// an escaped token included.
-    fn round_trip(mask: u32, cols: usize, rows: usize) {
-        let n = cols * rows;
+    /// an escaped token included; `exact`: exact prediction levels where the type allows them.
+    fn round_trip(mask: u32, cols: usize, rows: usize, exact: bool) {
+        let (n, levels) = (cols * rows, Levels::new(mask, exact));
         let mut seed = 7u64;
         let mut rnd = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -853,13 +895,13 @@ mod tests {
                 image[n / 2] = image[n / 2].wrapping_add(mask / 2) & mask; // a code no table has seen
             }
             let codes: Vec<u32> = image.iter().zip(&pred).map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask)).collect();
-            let data = encode(&codes, &image, mask, cols, prev_codes.as_deref(), k == 2, &mut enc);
+            let data = encode(&codes, &image, levels, cols, prev_codes.as_deref(), k == 2, &mut enc);
             // (Frame 2 may carry the tables of frame 1, or learn its own where they code it smaller.)
             if k < 2 {
                 assert!(!carries(&data));
             }
             let mut back = vec![0u32; n];
-            let mut d = open(&data, mask, cols, n, prev_codes.as_deref(), &mut dec).unwrap();
+            let mut d = open(&data, levels, cols, n, prev_codes.as_deref(), &mut dec).unwrap();
             for i in 0..n {
                 back[i] = d.next(&back, i, pred[i]).unwrap();
             }
@@ -871,10 +913,11 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        round_trip(0xff, 37, 23);
-        round_trip(0xffff, 64, 50);
-        round_trip(u32::MAX, 16, 9);
-        round_trip(0xffff, 1, 5);
+        round_trip(0xff, 37, 23, true);
+        round_trip(0xff, 37, 23, false);
+        round_trip(0xffff, 64, 50, true);
+        round_trip(u32::MAX, 16, 9, true);
+        round_trip(0xffff, 1, 5, true);
     }
 
     /// A frame like the one before carries its tables (no tables in its stream); one unlike it
@@ -885,12 +928,12 @@ mod tests {
         let image: Vec<u32> = (0..n as u32).map(|i| 100 + (i.wrapping_mul(2654435761) >> 24) % 60).collect();
         let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(120) & mask, mask)).collect();
         let mut s = Scratch::default();
-        let first = encode(&codes, &image, mask, cols, None, true, &mut s);
-        let second = encode(&codes, &image, mask, cols, None, true, &mut s);
+        let first = encode(&codes, &image, lv(mask), cols, None, true, &mut s);
+        let second = encode(&codes, &image, lv(mask), cols, None, true, &mut s);
         assert!(!carries(&first) && carries(&second) && second.len() < first.len());
         let other: Vec<u32> = (0..n as u32).map(|i| 30_000 + (i.wrapping_mul(2654435761) >> 16) % 9000).collect();
         let other_codes: Vec<u32> = other.iter().map(|&x| zigzag_native(x.wrapping_sub(34_000) & mask, mask)).collect();
-        let third = encode(&other_codes, &other, mask, cols, Some(&codes), true, &mut s);
+        let third = encode(&other_codes, &other, lv(mask), cols, Some(&codes), true, &mut s);
         assert!(!carries(&third));
     }
 
@@ -908,8 +951,8 @@ mod tests {
             let image: Vec<u32> = (0..n as u32).map(|i| base + (i.wrapping_mul(2654435761).wrapping_add(k * 7919) >> 22) % (50 + 30 * k)).collect();
             let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(base + 25) & mask, mask)).collect();
             let carry = k >= 2;
-            let data = encode(&codes, &image, mask, cols, prev.as_deref(), carry, &mut coded);
-            let size = estimate(&codes, &image, mask, cols, prev.as_deref(), carry, &mut estimated);
+            let data = encode(&codes, &image, lv(mask), cols, prev.as_deref(), carry, &mut coded);
+            let size = estimate(&codes, &image, lv(mask), cols, prev.as_deref(), carry, &mut estimated);
             assert!(data.len().abs_diff(size) <= 8, "frame {k}: coded {} bytes, estimated {size}", data.len());
             assert_eq!(coded.learned_bits, estimated.learned_bits, "frame {k}");
             prev = Some(codes);
@@ -917,22 +960,22 @@ mod tests {
     }
 
     /// The levels pass computes each pixel's levels as the decoder does ([`levels`]), at every
-    /// edge and on frames one, two and three pixels wide, with and without a previous frame.
+    /// edge and on frames one, two and three pixels wide, with and without a previous frame,
+    /// with exact prediction levels (8 bits) and without.
     #[test]
     fn the_levels_pass_agrees_with_the_decoders_levels() {
-        let mask = 0xfffu32;
-        for (cols, rows) in [(1usize, 5usize), (2, 4), (3, 3), (17, 9), (5, 1)] {
+        for (mask, (cols, rows)) in [0xfffu32, 0xff].into_iter().flat_map(|m| [(1usize, 5usize), (2, 4), (3, 3), (17, 9), (5, 1)].map(|g| (m, g))) {
             let n = cols * rows;
             let image: Vec<u32> = (0..n as u32).map(|i| (i * 2654435761) >> 20).collect();
             let codes: Vec<u32> = (0..n as u32).map(|i| (i * 40503 + 17) % 3000).collect();
             let other: Vec<u32> = (0..n as u32).map(|i| (i * 977) % 2000).collect();
             for prev in [None, Some(&other[..])] {
                 let mut px = Vec::new();
-                let raw = pixels_of(&codes, &image, mask, cols, prev, &mut px);
+                let raw = pixels_of(&codes, &image, lv(mask), cols, prev, &mut px);
                 let mut want_raw = 0u64;
                 for i in 0..n {
                     let p = image[i].wrapping_sub(unzigzag_native(codes[i])) & mask;
-                    let [a, q, b] = levels(&codes, prev, i, i % cols, cols, p);
+                    let [a, q, b] = levels(&codes, prev, i, i % cols, cols, p, mask == 0xff);
                     let (t, nb, _) = token_of(codes[i]);
                     want_raw += nb as u64;
                     assert_eq!(px[i], [a, q, b, t as u8], "{cols}x{rows}, pixel {i}");
@@ -950,10 +993,41 @@ mod tests {
         let image: Vec<u32> = (0..n as u32).map(|i| 40 + (i.wrapping_mul(2654435761) >> 26)).collect();
         let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(60) & mask, mask)).collect();
         let mut s = Scratch::default();
-        encode(&codes, &image, mask, cols, None, false, &mut s);
-        let carried = encode(&codes, &image, mask, cols, None, true, &mut s);
+        encode(&codes, &image, lv(mask), cols, None, false, &mut s);
+        let carried = encode(&codes, &image, lv(mask), cols, None, true, &mut s);
         assert!(carries(&carried));
-        assert!(open(&carried, mask, cols, n, None, &mut s).is_err());
+        assert!(open(&carried, lv(mask), cols, n, None, &mut s).is_err());
+    }
+
+    /// A frame that carries tables decodes only with tables of its own levels: one whose tables
+    /// were read with the other prediction levels (a damaged frame flag) is refused, as are exact
+    /// levels on pixels wider than 8 bits.
+    #[test]
+    fn carried_tables_keep_their_levels() {
+        let (cols, n, mask) = (32usize, 32 * 20, 0xffu32);
+        let image: Vec<u32> = (0..n as u32).map(|i| 40 + (i.wrapping_mul(2654435761) >> 26)).collect();
+        let codes: Vec<u32> = image.iter().map(|&x| zigzag_native(x.wrapping_sub(60) & mask, mask)).collect();
+        let (exact, coarse) = (Levels::new(mask, true), Levels::new(mask, false));
+        assert!(exact.exact && !coarse.exact && !Levels::new(0xffff, true).exact);
+        let mut enc = Scratch::default();
+        let first = encode(&codes, &image, exact, cols, None, false, &mut enc);
+        let second = encode(&codes, &image, exact, cols, None, true, &mut enc);
+        assert!(carries(&second));
+        let decode = |lv: Levels, dec: &mut Scratch, data: &[u8]| -> Result<Vec<u32>, RansError> {
+            let mut back = vec![0u32; n];
+            let mut d = open(data, lv, cols, n, None, dec)?;
+            for i in 0..n {
+                back[i] = d.next(&back, i, 60)?;
+            }
+            d.finish().map(|_| back)
+        };
+        let mut dec = Scratch::default();
+        assert_eq!(decode(exact, &mut dec, &first).unwrap(), codes);
+        assert_eq!(decode(exact, &mut dec, &second).unwrap(), codes);
+        let mut dec = Scratch::default();
+        decode(coarse, &mut dec, &first).ok();
+        assert!(decode(exact, &mut dec, &second).is_err(), "carried tables of the other levels");
+        assert!(open(&first, Levels { mask: 0xffff, exact: true }, cols, n, None, &mut Scratch::default()).is_err());
     }
 
     /// A leaf that holds only the escape (frequency 4096) codes and decodes: every token escaped.
@@ -967,9 +1041,9 @@ mod tests {
         put_tables(&nodes, &[f], &mut out);
         let codes: Vec<u32> = (0..n as u32).map(|i| i * 977 % 3000).collect();
         let px: Vec<[u8; 4]> = codes.iter().map(|&c| [0, 0, 0, token_of(c).0 as u8]).collect();
-        code_with(&Tables::new(Compiled::new(&nodes, mask), vec![f], false), &px, &codes, &mut Vec::new(), &mut Vec::new(), &mut out);
+        code_with(&Tables::new(Compiled::new(&nodes, lv(mask)), vec![f], false), &px, &codes, &mut Vec::new(), &mut Vec::new(), &mut out);
         let mut s = Scratch::default();
-        let mut d = open(&out, mask, cols, n, None, &mut s).unwrap();
+        let mut d = open(&out, lv(mask), cols, n, None, &mut s).unwrap();
         let mut back = vec![0u32; n];
         for i in 0..n {
             back[i] = d.next(&back, i, 0).unwrap();
@@ -996,7 +1070,7 @@ mod tests {
         let image: Vec<u32> = (0..n as u32).map(|i| (i * 31) % 5000).collect();
         let pred: Vec<u32> = image.iter().map(|&x| x.saturating_sub(3)).collect();
         let codes: Vec<u32> = image.iter().zip(&pred).map(|(&x, &p)| zigzag_native(x.wrapping_sub(p) & mask, mask)).collect();
-        let data = encode(&codes, &image, mask, cols, None, false, &mut Scratch::default());
+        let data = encode(&codes, &image, lv(mask), cols, None, false, &mut Scratch::default());
         let mut errors = 0;
         for cut in (0..data.len()).step_by(7) {
             for bad in [data[..cut].to_vec(), {
@@ -1005,7 +1079,7 @@ mod tests {
                 d
             }] {
                 let mut s = Scratch::default();
-                let r = open(&bad, mask, cols, n, None, &mut s).and_then(|mut d| {
+                let r = open(&bad, lv(mask), cols, n, None, &mut s).and_then(|mut d| {
                     let mut back = vec![0u32; n];
                     for i in 0..n {
                         back[i] = d.next(&back, i, pred[i])?;
@@ -1017,12 +1091,12 @@ mod tests {
         }
         assert!(errors > 0);
         // A carried frame without tables is refused.
-        let carried = encode(&codes, &image, mask, cols, None, true, &mut Scratch::default());
+        let carried = encode(&codes, &image, lv(mask), cols, None, true, &mut Scratch::default());
         assert!(!carries(&carried), "nothing to carry: new tables");
         let mut s = Scratch::default();
-        assert!(open(&[0, 2, 0, 0, 0, 0], mask, cols, n, None, &mut s).is_err());
+        assert!(open(&[0, 2, 0, 0, 0, 0], lv(mask), cols, n, None, &mut s).is_err());
         // Previous codes wider than the type (a damaged blob's other stage) are refused.
         let wide = vec![0x1_0000u32; n];
-        assert!(open(&data, mask, cols, n, Some(&wide), &mut Scratch::default()).is_err());
+        assert!(open(&data, lv(mask), cols, n, Some(&wide), &mut Scratch::default()).is_err());
     }
 }
