@@ -2279,27 +2279,23 @@ fn exact_levels_need_version_13() {
     let err = decode_window(&one).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("carried"), "a carried frame of other levels: {err:?}");
     // The flag on a frame of another stage, and on 16-bit pixels.
+    let flagged = |blob: &[u8]| -> String {
+        let parsed = Blob::parse(blob).unwrap();
+        let mut header = parsed.header.clone();
+        if let Body::Frame(f) = &mut header.entries[1].body {
+            f.exact_levels = true;
+        }
+        let mut wr = Writer::default();
+        wr.section(&blob[parsed.payload_offset(blob)..]);
+        Decoder::new(&wr.finish(&header)).err().map(|e| e.to_string()).unwrap_or_default()
+    };
     let plain = encode_window(&refs(&files), &Options { stage: Some(Stage::Adaptive), ..opts.clone() }).unwrap().blob;
-    let parsed_plain = Blob::parse(&plain).unwrap();
-    let mut header = parsed_plain.header.clone();
-    if let Body::Frame(f) = &mut header.entries[1].body {
-        f.exact_levels = true;
-    }
-    let mut wr = Writer::default();
-    wr.section(&plain[parsed_plain.payload_offset(&plain)..]);
-    let err = Decoder::new(&wr.finish(&header)).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = flagged(&plain);
     assert!(err.contains("exact prediction levels"), "the flag on an adaptive frame: {err:?}");
     let wide = generate_raw(&SequenceSpec::detector_u16(64, 48, 3, 3));
     let wide_opts = Options { format: raw(64, 48, DType::U16, 0), ..opts.clone() };
     let wide_blob = encode_window(&refs(&wide), &wide_opts).unwrap().blob;
     assert_eq!(version_of(&wide_blob), 12, "16-bit pixels keep the version-12 levels");
-    let parsed_wide = Blob::parse(&wide_blob).unwrap();
-    let mut header = parsed_wide.header.clone();
-    if let Body::Frame(f) = &mut header.entries[1].body {
-        f.exact_levels = true;
-    }
-    let mut wr = Writer::default();
-    wr.section(&wide_blob[parsed_wide.payload_offset(&wide_blob)..]);
-    let err = Decoder::new(&wr.finish(&header)).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = flagged(&wide_blob);
     assert!(err.contains("exact prediction levels"), "the flag on 16-bit pixels: {err:?}");
 }
