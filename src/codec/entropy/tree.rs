@@ -166,8 +166,15 @@ enum Node {
     Split { prop: u8, at: u8, left: u32, right: u32 },
 }
 
-/// A tree compiled into a table of its leaves over the three levels (one lookup a pixel).
+/// A tree compiled into a table of its leaves (one lookup a pixel). The table is indexed by
+/// *classes*, not levels: the levels of a property between two of the tree's cuts on it lead to
+/// the same leaves, so each property's levels map to their class first. The table then holds a
+/// few hundred bytes where one over the levels would hold up to 280 KB (8-bit pixels with exact
+/// prediction levels), which decoding would read all over.
 struct Compiled {
+    /// Per property, each level's class.
+    class: [[u8; 256]; 3],
+    /// Classes per property.
     dims: [usize; 3],
     table: Vec<u8>,
     /// The prediction's levels are exact ([`exact_levels`]).
@@ -177,16 +184,36 @@ struct Compiled {
 impl Compiled {
     /// The tree `nodes` for pixels of `lv`.
     fn new(nodes: &[Node], lv: Levels) -> Compiled {
-        let (mask, exact) = (lv.mask, lv.exact);
-        let dims = dims(mask, exact);
+        let levels = dims(lv.mask, lv.exact);
+        // (A class starts at every level a split sends to its right; levels are below 256.)
+        let mut starts = [[false; 256]; 3];
+        for n in nodes {
+            if let Node::Split { prop, at, .. } = *n {
+                let cut = at as usize + 1;
+                if cut < levels[prop as usize] {
+                    starts[prop as usize][cut] = true;
+                }
+            }
+        }
+        let mut class = [[0u8; 256]; 3];
+        let mut dims = [0usize; 3];
+        for j in 0..3 {
+            let mut k = 0usize;
+            for (l, c) in class[j].iter_mut().enumerate() {
+                k += starts[j][l] as usize;
+                *c = k as u8;
+            }
+            dims[j] = k + 1;
+        }
         let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
-        fill(nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], dims, &mut table);
-        Compiled { dims, table, exact }
+        fill(nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], (&dims, &class, &levels), &mut table);
+        Compiled { class, dims, table, exact: lv.exact }
     }
 
     #[inline(always)]
     fn leaf(&self, l: [u8; 3]) -> usize {
-        self.table[(l[0] as usize * self.dims[1] + l[1] as usize) * self.dims[2] + l[2] as usize] as usize
+        let c = |j: usize| self.class[j][l[j] as usize] as usize;
+        self.table[(c(0) * self.dims[1] + c(1)) * self.dims[2] + c(2)] as usize
     }
 }
 
@@ -248,8 +275,10 @@ impl Tables {
     }
 }
 
-/// Fill the part of the compiled table below node `n` (`bounds`: each level's range there).
-fn fill(nodes: &[Node], n: usize, bounds: [[usize; 2]; 3], dims: [usize; 3], table: &mut [u8]) {
+/// Fill the part of the compiled table below node `n` (`bounds`: each property's range of classes
+/// there; `classes`: the classes per property, each level's class, the levels per property).
+fn fill(nodes: &[Node], n: usize, bounds: [[usize; 2]; 3], classes: (&[usize; 3], &[[u8; 256]; 3], &[usize; 3]), table: &mut [u8]) {
+    let (dims, class, levels) = classes;
     match nodes[n] {
         Node::Leaf(l) => {
             for a in bounds[0][0]..bounds[0][1] {
@@ -260,12 +289,15 @@ fn fill(nodes: &[Node], n: usize, bounds: [[usize; 2]; 3], dims: [usize; 3], tab
             }
         }
         Node::Split { prop, at, left, right } => {
-            let (j, cut) = (prop as usize, (at as usize + 1).clamp(bounds[prop as usize][0], bounds[prop as usize][1]));
+            let (j, at) = (prop as usize, at as usize + 1);
+            // (The first class of the levels the split sends right; none past the last level.)
+            let first = if at < levels[j] { class[j][at] as usize } else { dims[j] };
+            let cut = first.clamp(bounds[j][0], bounds[j][1]);
             let (mut lb, mut rb) = (bounds, bounds);
             lb[j][1] = cut;
             rb[j][0] = cut;
-            fill(nodes, left as usize, lb, dims, table);
-            fill(nodes, right as usize, rb, dims, table);
+            fill(nodes, left as usize, lb, classes, table);
+            fill(nodes, right as usize, rb, classes, table);
         }
     }
 }
