@@ -22,8 +22,12 @@ fn main() {
     let bound = args.get(5).map_or("lossless", |s| s).parse().unwrap();
     // (STAGE=N: code every frame under entropy stage N, without the probe; needs a fixed predictor.)
     let stage = std::env::var("STAGE").ok().map(|v| tezipfs::codec::entropy::Stage::from_id(v.parse().unwrap()).unwrap());
-    let opts =
+    // (WRITE_VERSION=N: the blobs a build of version N reads, `Options::write_at_most`.)
+    let mut opts =
         Options { format: format.parse::<FormatSpec>().unwrap(), predictor: pred.parse().unwrap(), entropy, bound, threads: 1, stage, ..Options::default() };
+    if let Some(v) = std::env::var("WRITE_VERSION").ok().and_then(|v| v.parse().ok()) {
+        opts.write_at_most(v);
+    }
     // (ENCODES=N: encode N times, to profile the encoder.)
     let encodes: usize = std::env::var("ENCODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let t = Instant::now();

@@ -720,7 +720,9 @@ fn main() {
         .enumerate()
         .map(|(k, f)| (0..n).map(|i| predict(&pred, f, (k > 0).then(|| &frames[k - 1][..]), w, h, i, &lsq, raw.dtype.mask())).collect())
         .collect();
-    let res: Vec<Vec<i64>> = frames.iter().zip(preds.iter()).map(|(f, p)| f.iter().zip(p.iter()).map(|(&v, &p)| v as i64 - p).collect()).collect();
+    let qstep: i64 = std::env::var("QSTEP").ok().map_or(1, |v| v.parse().unwrap());
+    let res: Vec<Vec<i64>> =
+        frames.iter().zip(preds.iter()).map(|(f, p)| f.iter().zip(p.iter()).map(|(&v, &p)| (v as i64 - p + qstep / 2).div_euclid(qstep)).collect()).collect();
     // The adaptive stage's bytes for the same residuals, as a chain.
     let mut coder = Coder::new(3).expect("coder");
     let mut adaptive = 0usize;

@@ -1445,9 +1445,10 @@ fn flicker(dtype: DType, w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// `opts` without the tree stage: for the motion predictors' own tests, which measure their
-/// vectors by the bytes they save and check their blobs' versions (5, 8); the tree stage
-/// (version 12, which `balanced` also takes) would mask both.
+/// `opts` without the tree stage: for the motion predictors' and the intensity context's own
+/// tests, which measure what they save in bytes and check their blobs' versions (5, 8); the tree
+/// stage (versions 12 and 13, which `balanced` also takes, lossless and under a bound) would
+/// mask both.
 fn without_tree(opts: Options) -> Options {
     Options { tree_stage: false, ..opts }
 }
@@ -1605,7 +1606,8 @@ fn motion_predictor_holds_bounds() {
         for (scene, imgs) in [("moving square", moving_square(dtype, w, h, 5, (-2, 1))), ("flicker", flicker(dtype, w, h, 5))] {
             let files = raw_files(dtype, &imgs, None);
             for (bound, pid) in [Bound::Abs(1.0), Bound::Abs(4.0)].into_iter().flat_map(|b| [(b, PredictorId::Motion), (b, PredictorId::MotionMed)]) {
-                let opts = Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() };
+                let opts =
+                    without_tree(Options { format: raw(w as u32, h as u32, dtype, 0), bound, predictor: PredictorChoice::Fixed(pid), ..Options::default() });
                 let enc = encode_within_bound(&files, &opts, dtype, &format!("{dtype} {scene} {bound} {pid}"));
                 // The flicker is far larger than either bound: its blocks take the frame before.
                 // (The f32 frames hold the integers' bits, tiny floats that any bound covers.)
@@ -1863,7 +1865,8 @@ fn bounded_windows_weigh_the_intensity_where_it_pays() {
     for (scene, weighs) in [(Scene::Detector, true), (Scene::Particles, false)] {
         let spec = SequenceSpec::of_scene(scene, DType::U16, w, h, 12, 24);
         let files = generate_raw(&spec);
-        let opts = Options { bound: Bound::Abs(2.0), ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) };
+        // (Without the tree stage, which takes these frames under a bound: its own tests.)
+        let opts = without_tree(Options { bound: Bound::Abs(2.0), ..options(raw(w, h, DType::U16, 0), PredictorChoice::Auto, false) });
         let enc = encode_window(&refs(&files), &opts).unwrap();
         let off = encode_window(&refs(&files), &Options { intensity_context: false, ..opts.clone() }).unwrap();
         assert_eq!(flagged(&enc.blob) > 0, weighs, "{scene}");
@@ -2120,8 +2123,9 @@ fn row_slices_round_trip_and_are_checked() {
 /// (the fused decoding, carried tables), also cut into slices (a version-7 blob of version-12 or
 /// 13 slices); it codes smaller than the same window without the stage; bit flips and
 /// truncations are caught. `balanced` (the default) takes it too; `write_at_most(12)` keeps the
-/// stage with its version-12 levels (8 bits: a version-12 blob, no frame flagged); a bound,
-/// `fast` and `write_at_most(11)` keep the older versions.
+/// stage with its version-12 levels (8 bits: a version-12 blob, no frame flagged) and lossless
+/// only (a bound then keeps an older version: `bounded_windows_take_the_tree_stage`); `fast` and
+/// `write_at_most(11)` keep the older versions.
 #[test]
 fn photon_noise_takes_the_tree_stage() {
     use tezipfs::codec::entropy::{EntropyChoice, Stage};
@@ -2164,8 +2168,76 @@ fn photon_noise_takes_the_tree_stage() {
             let enc = round_trip(&files, &opts, &format!("{what} {label}"));
             assert!(version_of(&enc.blob) < 12, "{what} {label}");
         }
-        let bounded = encode_within_bound(&files, &Options { bound: Bound::Abs(2.0), ..best.clone() }, dtype, &format!("{what} best abs:2"));
-        assert!(version_of(&bounded.blob) < 12, "{what} best abs:2");
+        let bounded = encode_within_bound(&files, &Options { bound: Bound::Abs(2.0), ..v12 }, dtype, &format!("{what} best abs:2 write_at_most(12)"));
+        assert!(version_of(&bounded.blob) < 12, "{what} best abs:2 write_at_most(12)");
+    }
+}
+
+/// Encode `files` under `opts` and check every decoded pixel against the frame's bound as the
+/// codec states it (`FrameBound::holds`: absolute or pointwise relative).
+fn encode_within(files: &[Vec<u8>], opts: &Options, dtype: DType, what: &str) -> Encoded {
+    let enc = encode_window(&refs(files), opts).unwrap();
+    let out = decode_window(&enc.blob).unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (k, (o, f)) in out.iter().zip(files).enumerate() {
+        let (mut r, mut x) = (Vec::new(), Vec::new());
+        dtype.decode_pixels(o, false, &mut r);
+        dtype.decode_pixels(f, false, &mut x);
+        let fb = opts.bound.for_frame(dtype, &x);
+        let bad = x.iter().zip(&r).position(|(&x, &r)| !fb.holds(dtype, x, r));
+        assert!(bad.is_none(), "{what} frame {k}: pixel {bad:?} outside {fb:?}");
+    }
+    enc
+}
+
+/// Under an error bound the tree stage codes the quantisation codes (container version 13), each
+/// pixel's prediction among its properties: on photon noise (the detector scene) the probe takes
+/// it for the predicted frames under `best` and `balanced`, at abs:1, abs:2, abs:4 and pwrel:0.05,
+/// u8 and u16, and the frames decode fused (each code dequantised against its prediction, escapes
+/// included) within the bound, also cut into slices; it codes smaller than the same window
+/// without it; bit flips and truncations are caught; `write_at_most(12)` codes without it.
+#[test]
+fn bounded_windows_take_the_tree_stage() {
+    use tezipfs::codec::entropy::{EntropyChoice, Stage};
+    for dtype in [DType::U8, DType::U16] {
+        let files = generate_raw(&SequenceSpec { dtype, ..SequenceSpec::detector_u16(128, 96, 8, 5) });
+        for (bound, entropy) in [
+            (Bound::Abs(2.0), EntropyChoice::Best),
+            (Bound::Abs(1.0), EntropyChoice::Balanced),
+            (Bound::Abs(4.0), EntropyChoice::Balanced),
+            (Bound::PwRel(0.05), EntropyChoice::Best),
+        ] {
+            let what = format!("detector {dtype} {bound} {entropy:?}");
+            let opts = Options { bound, entropy, ..options(raw(128, 96, dtype, 0), PredictorChoice::Auto, false) };
+            let enc = encode_within(&files, &opts, dtype, &what);
+            assert_eq!(version_of(&enc.blob), 13, "{what}");
+            let choices = frame_choices(&enc.blob);
+            assert!(choices[1..].iter().all(|c| c.1 == Stage::Tree), "{what}: {choices:?}");
+            let without = encode_window(&refs(&files), &Options { bounded_tree: false, ..opts.clone() }).unwrap();
+            assert!(version_of(&without.blob) < 13, "{what} without");
+            if entropy == EntropyChoice::Best {
+                assert!(enc.blob.len() < without.blob.len(), "{what}: tree {} bytes, without {}", enc.blob.len(), without.blob.len());
+            }
+            let mut older = opts.clone();
+            older.write_at_most(12);
+            let old = encode_within(&files, &older, dtype, &format!("{what} write_at_most(12)"));
+            assert!(version_of(&old.blob) < 13 && frame_choices(&old.blob).iter().all(|c| c.1 != Stage::Tree), "{what} write_at_most(12)");
+        }
+        let what = format!("detector {dtype} abs:2");
+        let opts = Options { bound: Bound::Abs(2.0), ..options(raw(128, 96, dtype, 0), PredictorChoice::Auto, false) };
+        let enc = encode_within(&files, &opts, dtype, &what);
+        // (Damage: an error or frames that fail their checksums, never a panic or wrong bytes
+        // passed off as the originals.)
+        let flipped = spread_bits(enc.blob.len(), 60).into_iter().map(|bit| {
+            let mut b = enc.blob.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            (format!("bit {bit} flipped"), b)
+        });
+        let cut = [17, enc.blob.len() / 2, enc.blob.len() - 1].map(|n| (format!("cut to {n} bytes"), enc.blob[..n].to_vec()));
+        for (how, damaged) in flipped.chain(cut) {
+            assert!(decode_window(&damaged).is_err(), "{what}: {how} went unnoticed");
+        }
+        let sliced = encode_within(&files, &Options { slice_pixels: 128 * 40, ..opts.clone() }, dtype, &format!("{what} sliced"));
+        assert_eq!(version_of(&sliced.blob), 7, "{what} sliced");
     }
 }
 

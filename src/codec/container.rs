@@ -7,7 +7,8 @@
 //! (predictor id 8, a model's causal stage); version 11 is version 10 whose frames of the
 //! adaptive stage may be coded in row slices (frame flag bit 5); version 12 is version 11 with
 //! frames of entropy stage 7 (the tree stage, lossless); version 13 is version 12 whose frames of
-//! stage 7 on 8-bit pixels may take the prediction's exact value as a level (frame flag bit 6).
+//! stage 7 on 8-bit pixels may take the prediction's exact value as a level (frame flag bit 6)
+//! and whose frames under an error bound may be of stage 7.
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -30,7 +31,8 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
 /// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, 12 only
 /// when a frame is coded by the tree stage, 13 only when a tree frame's prediction levels are
-/// exact, so other blobs stay readable by builds that know an older version.
+/// exact or a frame under a bound is coded by the tree stage, so other blobs stay readable by
+/// builds that know an older version.
 pub const VERSION: u16 = 13;
 const PREAMBLE: usize = 16;
 
@@ -452,9 +454,10 @@ fn needs_v12(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree))
 }
 
-/// Whether some tree frame's prediction levels are exact (what version 13 is for).
+/// Whether some tree frame's prediction levels are exact, or some frame under an error bound is
+/// coded by the tree stage (what version 13 is for).
 fn needs_v13(entries: &[Entry]) -> bool {
-    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.exact_levels))
+    entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.exact_levels || (f.stage == Stage::Tree && f.bound != FrameBound::Lossless)))
 }
 
 /// Whether the window is predicted by a model's causal stage (what version 10 is for).
@@ -830,8 +833,11 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
         if stage == Stage::Counts && version < 8 {
             return Err(bad(format!("entry {i}: entropy stage 6 (counts) in a version {version} blob")));
         }
-        if stage == Stage::Tree && (version < 12 || bound != FrameBound::Lossless) {
-            return Err(bad(format!("entry {i}: entropy stage 7 (tree) in a version {version} blob or under an error bound")));
+        if stage == Stage::Tree && (version < 12 || (bound != FrameBound::Lossless && version < 13)) {
+            return Err(bad(format!(
+                "entry {i}: entropy stage 7 (tree) in a version {version} blob{}",
+                if bound != FrameBound::Lossless { " under an error bound" } else { "" }
+            )));
         }
         Ok(FrameEntry {
             big_endian,
@@ -884,7 +890,7 @@ fn read_header(h: &[u8], version: u16) -> Result<Header, BlobError> {
                 10 => "the causal predictor",
                 11 => "adaptive row slices",
                 12 => "frames of the tree stage",
-                13 => "exact prediction levels",
+                13 => "exact prediction levels or tree frames under a bound",
                 _ => "counts coded as counts or the intensity context",
             }
         )));

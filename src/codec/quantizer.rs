@@ -191,14 +191,35 @@ pub struct Coded {
     pub codes: Vec<u32>,
     pub escapes: Vec<u32>,
     pub recon: Vec<u32>,
+    /// Under a bound, from [`encode_for_tree`]: what the tree stage reads the frame's
+    /// predictions from (empty otherwise).
+    pub tree_image: Vec<u32>,
+}
+
+/// The tree stage's reading of pixel `i`'s prediction `p` and code (entropy stage 7 takes a
+/// pixel's prediction as a property and reads it as `image - unzigzag(code)`): `(p +
+/// unzigzag(code)) & mask`.
+#[inline(always)]
+fn tree_pixel(p: u32, code: u32, mask: u32) -> u32 {
+    p.wrapping_add(unzigzag_native(code)) & mask
+}
+
+/// [`encode`] under a bound, with [`Coded::tree_image`]: each pixel's [`tree_pixel`], so that
+/// the tree stage (container version 13) can code the frame.
+pub fn encode_for_tree(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
+    match bound {
+        FrameBound::Lossless => encode(dtype, bound, x, pred),
+        FrameBound::Abs(e) if !dtype.is_float() => encode_int_abs(dtype, e, x, pred, true),
+        _ => encode_quantised(dtype, bound, x, pred, true),
+    }
 }
 
 /// Code frame `x` (integer image) against `pred` under `bound`.
 pub fn encode(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
     match bound {
-        FrameBound::Lossless => Coded { codes: lossless_codes(dtype, x, pred), escapes: Vec::new(), recon: x.to_vec() },
-        FrameBound::Abs(e) if !dtype.is_float() => encode_int_abs(dtype, e, x, pred),
-        _ => encode_quantised(dtype, bound, x, pred),
+        FrameBound::Lossless => Coded { codes: lossless_codes(dtype, x, pred), escapes: Vec::new(), recon: x.to_vec(), tree_image: Vec::new() },
+        FrameBound::Abs(e) if !dtype.is_float() => encode_int_abs(dtype, e, x, pred, false),
+        _ => encode_quantised(dtype, bound, x, pred, false),
     }
 }
 
@@ -223,28 +244,30 @@ pub fn lossless_codes(dtype: DType, x: &[u32], pred: Prediction) -> Vec<u32> {
     }
 }
 
-/// [`encode`] under a bound, for any type and bound.
-fn encode_quantised(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction) -> Coded {
+/// [`encode`] under a bound, for any type and bound (`tree`: with the tree stage's image).
+fn encode_quantised(dtype: DType, bound: FrameBound, x: &[u32], pred: Prediction, tree: bool) -> Coded {
     let mask = dtype.mask();
     let q = Quant::new(dtype, bound);
     let mut codes = Vec::with_capacity(x.len());
     let mut escapes = Vec::new();
     let mut recon = vec![0u32; x.len()];
+    let mut tree_image = vec![0u32; if tree { x.len() } else { 0 }];
     let walked: Result<(), std::convert::Infallible> = pred.walk(&mut recon, mask, |i, p| {
-        Ok(match q.quantize(x[i], p) {
-            Some((code, r)) if bound.holds(dtype, x[i], r) => {
-                codes.push(code);
-                r
-            }
+        let (code, r) = match q.quantize(x[i], p) {
+            Some((code, r)) if bound.holds(dtype, x[i], r) => (code, r),
             _ => {
-                codes.push(0);
                 escapes.push(x[i]);
-                x[i]
+                (0, x[i])
             }
-        })
+        };
+        codes.push(code);
+        if let Some(t) = tree_image.get_mut(i) {
+            *t = tree_pixel(p, code, mask);
+        }
+        Ok(r)
     });
     let Ok(()) = walked;
-    Coded { codes, escapes, recon }
+    Coded { codes, escapes, recon, tree_image }
 }
 
 /// Floor division by a quantisation step, the quantiser's division per pixel (a hardware
@@ -287,7 +310,7 @@ impl StepDiv {
 /// value's distance is its integer image's (signed types are offset, not scaled), so the check
 /// of every pixel against the bound is the same, only without floating point (a third of the
 /// time of bounded coding went to it).
-fn encode_int_abs(dtype: DType, e: f64, x: &[u32], pred: Prediction) -> Coded {
+fn encode_int_abs(dtype: DType, e: f64, x: &[u32], pred: Prediction, tree: bool) -> Coded {
     let mask = dtype.mask() as i64;
     // As `Quant::half_width`: a bound beyond the type's range is the range.
     let e = e.min(mask as f64) as i64;
@@ -320,21 +343,27 @@ fn encode_int_abs(dtype: DType, e: f64, x: &[u32], pred: Prediction) -> Coded {
                     escapes.push(v);
                 }
             }
+            let tree_image = if tree { f.iter().zip(&codes).map(|(&p, &c)| tree_pixel(p, c, mask as u32)).collect() } else { Vec::new() };
+            Coded { codes, escapes, recon, tree_image }
         }
         _ => {
             // (Codes written in place and escapes gathered afterwards: a small closure, which
             // the walk inlines.)
             codes.resize(x.len(), 0);
+            let mut tree_image = vec![0u32; if tree { x.len() } else { 0 }];
             let walked: Result<(), std::convert::Infallible> = pred.walk(&mut recon, mask as u32, |i, p| {
                 let (code, value) = one(x[i], p);
                 codes[i] = code;
+                if let Some(t) = tree_image.get_mut(i) {
+                    *t = tree_pixel(p, code, mask as u32);
+                }
                 Ok(value)
             });
             let Ok(()) = walked;
             escapes.extend(codes.iter().zip(x).filter(|(&c, _)| c == 0).map(|(_, &v)| v));
+            Coded { codes, escapes, recon, tree_image }
         }
     }
-    Coded { codes, escapes, recon }
 }
 
 /// Error from [`decode`]: the codes do not fit the frame (a corrupt container).
@@ -401,6 +430,39 @@ pub fn decode(dtype: DType, bound: FrameBound, codes: &[u32], escapes: &[u32], p
             }
         }
         _ => decode_quantised(dtype, bound, codes, escapes, pred, out)?,
+    }
+    Ok(())
+}
+
+/// Reconstruct a frame coded under `bound` whose codes are decoded pixel by pixel from each
+/// pixel's prediction (entropy stage 7, container version 13): as [`decode_lossless_fused`], each
+/// code then dequantised against its prediction, or (code 0) the next of `escapes`.
+pub fn decode_quantised_fused<E: From<BadCodes>>(
+    dtype: DType,
+    bound: FrameBound,
+    escapes: &[u32],
+    pred: Prediction,
+    codes: &mut [u32],
+    out: &mut Vec<u32>,
+    mut code: impl FnMut(&[u32], usize, u32) -> Result<u32, E>,
+) -> Result<(), E> {
+    out.clear();
+    out.resize(codes.len(), 0);
+    if !pred.len_ok(codes.len()) {
+        return Err(BadCodes("prediction size").into());
+    }
+    let q = Quant::new(dtype, bound);
+    let mut esc = escapes.iter();
+    pred.walk(out, dtype.mask(), |i, p| -> Result<u32, E> {
+        let c = code(codes, i, p)?;
+        codes[i] = c;
+        Ok(match c {
+            0 => esc.next().copied().ok_or(BadCodes("too few escapes"))?,
+            c => q.dequantize(c, p).ok_or(BadCodes("code out of range"))?,
+        })
+    })?;
+    if esc.next().is_some() {
+        return Err(BadCodes("too many escapes").into());
     }
     Ok(())
 }
@@ -585,8 +647,20 @@ mod tests {
                     Prediction::TemporalMed { prev: &p, width: 25 },
                     Prediction::Linear { prev: &p, width: 25, coefs: &coefs, boxes: &[] },
                 ] {
-                    let (a, b) = (encode_int_abs(dtype, e, &x, pred), encode_quantised(dtype, bound, &x, pred));
+                    let (a, b) = (encode_int_abs(dtype, e, &x, pred, false), encode_quantised(dtype, bound, &x, pred, false));
                     assert!(a.codes == b.codes && a.recon == b.recon && a.escapes == b.escapes, "{dtype} abs:{e}");
+                    // With the tree stage's image: the same codes, the same image both ways, and
+                    // it gives each pixel's prediction back (walked again over the reconstruction).
+                    let (ta, tb) = (encode_int_abs(dtype, e, &x, pred, true), encode_quantised(dtype, bound, &x, pred, true));
+                    assert!(ta.codes == a.codes && ta.recon == a.recon && ta.tree_image == tb.tree_image, "{dtype} abs:{e}");
+                    let mut preds = vec![0u32; x.len()];
+                    pred.each(&a.recon, mask, |i, p| preds[i] = p);
+                    let read = ta.tree_image.iter().zip(&a.codes).map(|(&t, &c)| t.wrapping_sub(unzigzag_native(c)) & mask);
+                    assert!(read.eq(preds.iter().copied()), "{dtype} abs:{e}: the tree image's predictions");
+                    // The fused decoder, handed the codes pixel by pixel, reconstructs the frame.
+                    let (mut codes, mut out) = (vec![0u32; x.len()], Vec::new());
+                    decode_quantised_fused::<BadCodes>(dtype, bound, &a.escapes, pred, &mut codes, &mut out, |_, i, _| Ok(a.codes[i])).unwrap();
+                    assert!(out == a.recon && codes == a.codes, "{dtype} abs:{e}: fused decoding");
                     // The decoder's integer path reconstructs as the general one, from the
                     // codes and from corrupt codes alike.
                     let mut corrupt = a.codes.clone();

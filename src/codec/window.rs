@@ -68,6 +68,9 @@ pub struct Options {
     /// Let the tree stage take the prediction's exact value as a level on pixel types of at most
     /// 8 bits (container version 13, `tree::exact_levels`; off: the version-12 levels).
     pub exact_levels: bool,
+    /// Let the probe try the tree stage on windows under an error bound too (container version
+    /// 13; off: the tree stage on lossless windows only, as version 12).
+    pub bounded_tree: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
@@ -111,6 +114,7 @@ impl Options {
         }
         if version < 13 {
             self.exact_levels = false;
+            self.bounded_tree = false;
         }
     }
 
@@ -137,6 +141,7 @@ impl Default for Options {
             row_slices: true,
             tree_stage: true,
             exact_levels: true,
+            bounded_tree: true,
             stage: None,
             carry: None,
         }
@@ -419,13 +424,11 @@ impl Quantised {
 impl Quantised {
     /// What the tree stage may use to code frame `k`: the previous frame's codes and, lossless,
     /// the frame's pixels (of `mask`); `carry`: continue the tables of the frame before.
+    /// What the tree stage codes frame `k` with: the previous frame's codes, and the frame's
+    /// pixels (lossless) or its [`quantizer::tree_image`] (under a bound, where it was made).
     fn tree_side<'a>(&'a self, chain: &'a Chain, k: usize, lossless: bool, carry: bool, levels: tree::Levels) -> Side<'a> {
-        Side {
-            prev: k.checked_sub(1).map(|j| &self.frames[j].codes[..]),
-            carry,
-            pixels: lossless.then(|| (&chain.images[self.start + k][..], levels)),
-            ..Side::default()
-        }
+        let image = if lossless { Some(&chain.images[self.start + k][..]) } else { Some(&self.frames[k].tree_image[..]).filter(|t| !t.is_empty()) };
+        Side { prev: k.checked_sub(1).map(|j| &self.frames[j].codes[..]), carry, pixels: image.map(|i| (i, levels)), ..Side::default() }
     }
 }
 
@@ -522,6 +525,7 @@ struct ChoiceKey {
     /// nor one made with exact levels to one that may not write version 13.)
     tree_stage: bool,
     exact_levels: bool,
+    bounded_tree: bool,
 }
 
 impl ChoiceKey {
@@ -538,6 +542,7 @@ impl ChoiceKey {
             row_slices: opts.row_slices,
             tree_stage: opts.tree_stage,
             exact_levels: opts.exact_levels,
+            bounded_tree: opts.bounded_tree,
         }
     }
 }
@@ -849,7 +854,8 @@ fn code_with(
         Some(q) if opts.reconstructions => with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q),
         Some(q) => code_chain(chain, dtype, geom, opts, plan, &q, coder)?,
         None if opts.reconstructions => {
-            let q = quantize_chain(chain, dtype, geom, opts, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?;
+            let quantising = without_unused_tree_images(opts, plan);
+            let q = quantize_chain(chain, dtype, geom, &quantising, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?;
             with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q)
         }
         None => quantize_and_code(chain, dtype, geom, opts, plan, session_for(chosen, geom, &coefs, final_model)?, coder)?,
@@ -1146,11 +1152,12 @@ fn choose(
 /// a pixel than the adaptive stage's token ladder, and such data are not photon counts.
 const COUNTS_MAX_MEAN: u64 = 4;
 
-/// Whether the tree stage is tried: lossless windows under `balanced` and `best`, where a build
-/// may write container version 12. (Its size is estimated, [`tree::estimate`]: the try costs
-/// about one frame's coding a finalist.)
+/// Whether the tree stage is tried: under `balanced` and `best`, on lossless windows where a
+/// build may write container version 12, and under a bound where it may write version 13.
+/// (Its size is estimated, [`tree::estimate`]: the try costs about one frame's coding a
+/// finalist.)
 fn tree_may_pay(opts: &Options) -> bool {
-    opts.tree_stage && opts.bound == Bound::Lossless && opts.entropy != EntropyChoice::Fast
+    opts.tree_stage && (opts.bound == Bound::Lossless || opts.bounded_tree) && opts.entropy != EntropyChoice::Fast
 }
 
 /// Whether the counts stage is worth trying for finalist `c`: lossless codes of the `none`
@@ -1380,9 +1387,18 @@ fn quantize_frames(
         }
         // (A lossless frame is its own reconstruction: not copied, `recon` left empty.)
         let c = if bound == FrameBound::Lossless {
-            quantizer::Coded { codes: quantizer::lossless_codes(dtype, x, session.prediction()), escapes: Vec::new(), recon: Vec::new() }
+            quantizer::Coded {
+                codes: quantizer::lossless_codes(dtype, x, session.prediction()),
+                escapes: Vec::new(),
+                recon: Vec::new(),
+                tree_image: Vec::new(),
+            }
         } else {
-            quantizer::encode(dtype, bound, x, session.prediction())
+            if tree_may_pay(opts) {
+                quantizer::encode_for_tree(dtype, bound, x, session.prediction())
+            } else {
+                quantizer::encode(dtype, bound, x, session.prediction())
+            }
         };
         session.observe(if bound == FrameBound::Lossless { x } else { &c.recon })?;
         match sink {
@@ -1505,6 +1521,13 @@ impl ChainCoding {
     }
 }
 
+/// The options to quantise a window's final coding with: without the tree stage's images of
+/// bounded frames ([`quantizer::tree_image`]) where the plan codes with another stage.
+fn without_unused_tree_images(opts: &Options, plan: Plan) -> Options {
+    let unused = plan.stage.is_some_and(|s| s != Stage::Tree);
+    Options { bounded_tree: opts.bounded_tree && !unused, ..opts.clone() }
+}
+
 /// Quantise the whole chain with `session` and entropy-code it under `stage`: with two threads
 /// or more, as a pipeline (one thread predicts and quantises frame `k + 1` while the calling one
 /// codes frame `k`); the same bytes either way.
@@ -1518,8 +1541,9 @@ fn quantize_and_code(
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
     let n = chain.images.len();
+    let quantising = without_unused_tree_images(opts, plan);
     if opts.threads <= 1 || n < 2 {
-        let q = quantize_chain(chain, dtype, geom, opts, session, 0..n)?;
+        let q = quantize_chain(chain, dtype, geom, &quantising, session, 0..n)?;
         return code_chain(chain, dtype, geom, opts, plan, &q, coder);
     }
     // The adaptive stage codes a frame's row slices side by side (the probe's coders do not:
@@ -1529,7 +1553,8 @@ fn quantize_and_code(
     let moves = session.predictor().moves();
     let coded = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
-        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, opts, session, 0..n, Some(&tx)).map(|_| ()));
+        let quantising = &quantising;
+        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, quantising, session, 0..n, Some(&tx)).map(|_| ()));
         let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
         let mut state = ChainCoding::default();
         let mut out = Vec::with_capacity(n);
@@ -1857,7 +1882,7 @@ impl Decoder {
         let intensity = f.intensity.then(|| gradient.unwrap_or(&recon[..]));
         let fc = codes.decode(payload, i, k, (&f, header.entries[i].original_len), &p, vectors, gradient, intensity)?;
         if f.stage == Stage::Tree {
-            reconstruct_fused(session, recon, (i, k, f.exact_levels), &p, &fc, codes)?;
+            reconstruct_fused(session, recon, (i, k, &f), &p, &fc, codes)?;
         } else {
             reconstruct(session, recon, i, &f, &p, &fc)?;
         }
@@ -1992,14 +2017,14 @@ fn reconstruct(session: &mut Session, recon: &mut Vec<u32>, i: usize, f: &FrameE
     session.observe(recon).map_err(|e| dec(e.to_string()))
 }
 
-/// Reconstruct entry `i`'s frame, chain position `k`, coded by the tree stage (with `exact`
-/// prediction levels or not): each pixel's code is decoded from its prediction as the prediction
-/// walks the frame (lossless). Its codes then become the chain's previous codes, and the tables
-/// the next frame may carry.
+/// Reconstruct entry `i`'s frame `f`, chain position `k`, coded by the tree stage: each pixel's
+/// code is decoded from its prediction as the prediction walks the frame (lossless, or
+/// dequantised under the frame's bound). Its codes then become the chain's previous codes, and
+/// the tables the next frame may carry.
 fn reconstruct_fused(
     session: &mut Session,
     recon: &mut Vec<u32>,
-    (i, k, exact): (usize, usize, bool),
+    (i, k, f): (usize, usize, &FrameEntry),
     p: &Params,
     fc: &FrameCodes,
     codes: &mut CodeState,
@@ -2011,9 +2036,14 @@ fn reconstruct_fused(
     cur.clear();
     cur.resize(n, 0);
     let prev = (k > 0).then_some(&codes.prev_codes[..]);
-    let levels = tree::Levels { mask: p.dtype.mask(), exact };
+    let levels = tree::Levels { mask: p.dtype.mask(), exact: f.exact_levels };
     let mut d = tree::open(&fc.fused, levels, geom.width, n, prev, codes.coder.tree_scratch()).map_err(|e| dec(e.to_string()))?;
-    quantizer::decode_lossless_fused(p.dtype, session.prediction(), &mut cur, recon, |c, j, pr| d.next(c, j, pr)).map_err(|e| dec(e.to_string()))?;
+    let next = |c: &[u32], j: usize, pr: u32| d.next(c, j, pr);
+    match f.bound {
+        FrameBound::Lossless => quantizer::decode_lossless_fused(p.dtype, session.prediction(), &mut cur, recon, next),
+        b => quantizer::decode_quantised_fused(p.dtype, b, &fc.escapes, session.prediction(), &mut cur, recon, next),
+    }
+    .map_err(|e| dec(e.to_string()))?;
     d.finish().map_err(|e| dec(e.to_string()))?;
     session.observe(recon).map_err(|e| dec(e.to_string()))?;
     codes.older_codes = std::mem::replace(&mut codes.prev_codes, cur);
@@ -2033,6 +2063,16 @@ fn assemble(recon: &[u32], entry: &Entry, i: usize, f: &FrameEntry, p: &Params, 
 impl CodeState {
     /// Entry `i`'s bytes around its pixels (a TIFF's header, say), `pixel_bytes` of a file of
     /// `original_len`.
+    /// The escaped values of entry `i`'s frame (none: empty).
+    fn escapes(&mut self, payload: &[u8], i: usize, f: &FrameEntry) -> Result<Vec<u32>, BlobError> {
+        if f.n_escapes == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = container::section_of(payload, i, "escapes", f.escapes)?;
+        let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| BlobError::Decode { entry: i, why: e.to_string() })?;
+        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
     fn skeleton(&mut self, payload: &[u8], i: usize, f: &FrameEntry, original_len: u64, pixel_bytes: usize) -> Result<Vec<u8>, BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let skeleton_len = (original_len as usize).checked_sub(pixel_bytes).ok_or_else(|| dec("file shorter than its pixels".into()))?;
@@ -2089,14 +2129,16 @@ impl CodeState {
         // Set again only once this frame's models are complete.
         self.models_of = None;
         if f.stage == Stage::Tree {
-            if f.bound != FrameBound::Lossless || f.n_escapes != 0 {
-                return Err(dec("entropy stage 7 (tree) on a frame under an error bound".into()));
+            // (Under a bound only in version 13, which the container checked.)
+            if f.bound == FrameBound::Lossless && f.n_escapes != 0 {
+                return Err(dec("escapes on a lossless frame of entropy stage 7 (tree)".into()));
             }
             if tree::carries(code_bytes) != f.carry {
                 return Err(dec("the tree stage's tables carried over, or not, against the frame's flag".into()));
             }
+            let escapes = self.escapes(payload, i, f)?;
             let skeleton = self.skeleton(payload, i, f, original_len, n * p.dtype.bytes())?;
-            return Ok(FrameCodes { vectors, codes: Vec::new(), escapes: Vec::new(), skeleton, fused: code_bytes.to_vec() });
+            return Ok(FrameCodes { vectors, codes: Vec::new(), escapes, skeleton, fused: code_bytes.to_vec() });
         }
         let side = Side {
             prev: (k > 0).then_some(if f.moved_context { &self.moved_codes[..] } else { &self.prev_codes[..] }),
@@ -2117,13 +2159,7 @@ impl CodeState {
         if matches!(f.stage, Stage::Adaptive | Stage::Counts) {
             self.models_of = Some((k, f.stage));
         }
-        let escapes: Vec<u32> = if f.n_escapes == 0 {
-            Vec::new()
-        } else {
-            let raw = container::section_of(payload, i, "escapes", f.escapes)?;
-            let b = self.coder.decompress_bytes(raw, f.n_escapes as usize * 4).map_err(|e| dec(e.to_string()))?;
-            b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        };
+        let escapes = self.escapes(payload, i, f)?;
         let skeleton = self.skeleton(payload, i, f, original_len, n * p.dtype.bytes())?;
         let out = FrameCodes { vectors, codes: codes.clone(), escapes, skeleton, fused: Vec::new() };
         // This frame's codes are the next frame's temporal context (and the one after's older).

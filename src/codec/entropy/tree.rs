@@ -1,5 +1,8 @@
 //! Entropy stage 7 (container version 12): a frame's lossless codes under a context tree learned
-//! by the encoder, with the pixel's *prediction* among its properties.
+//! by the encoder, with the pixel's *prediction* among its properties. In container version 13
+//! also a bounded frame's quantisation codes (the caller hands the predictions over as
+//! `quantizer::Coded::tree_image` and dequantises each decoded code against its prediction), and
+//! on 8-bit pixels the prediction's exact value as its level ([`exact_levels`]).
 //!
 //! Photon noise grows with the intensity, so the spread of a residual depends on the value
 //! predicted for its pixel; the adaptive stage's contexts see only the residuals around it (and,
@@ -112,7 +115,7 @@ fn token_base(t: usize) -> (u32, u32) {
 /// the writer may (`allowed`: container version 13): pixel types of at most 8 bits. Sixteen
 /// levels an octave above 64 merge the values near an 8-bit type's saturation, whose residuals
 /// are almost always 0: exact levels code the u8 detector fixture 1.1% smaller (ctc-fluo-nuclei
-/// 0.4%), `docs/results/issue14-exact-levels.txt`.
+/// 0.4%), `docs/results/tree-v13.txt`.
 pub fn exact_levels(allowed: bool, mask: u32) -> bool {
     allowed && mask < P_LEVELS as u32
 }
