@@ -24,7 +24,9 @@
 //! env: STRIDE=N learning sample, default 7; LIMIT=N halve a leaf's adaptive counts past N;
 //! DIAG=1 the costliest leaves; KEEP=a,b the properties the tree may use; CODE=1 code the
 //! window for real and decode it, bit-exact and timed, and with KEEP=qa,qp and `ilsq` also with
-//! the tree compiled into a table). Results: `docs/results/issue14-tree-lab.txt`.
+//! the tree compiled into a table; QSTEP=N quantise the residuals to steps of N, `floor((r + N/2)
+//! / N)` open loop, as an error bound `abs:(N-1)/2` would). Results: `docs/results/issue14-tree-lab.txt`,
+//! `docs/results/tree-v13.txt`.
 use tezipfs::codec::entropy::{Coder, Side, Stage};
 use tezipfs::fixtures::read_raw_dir;
 
@@ -720,7 +722,7 @@ fn main() {
         .enumerate()
         .map(|(k, f)| (0..n).map(|i| predict(&pred, f, (k > 0).then(|| &frames[k - 1][..]), w, h, i, &lsq, raw.dtype.mask())).collect())
         .collect();
-    let qstep: i64 = std::env::var("QSTEP").ok().map_or(1, |v| v.parse().unwrap());
+    let qstep: i64 = std::env::var("QSTEP").ok().map_or(1, |v| v.parse().expect("QSTEP"));
     let res: Vec<Vec<i64>> =
         frames.iter().zip(preds.iter()).map(|(f, p)| f.iter().zip(p.iter()).map(|(&v, &p)| (v as i64 - p + qstep / 2).div_euclid(qstep)).collect()).collect();
     // The adaptive stage's bytes for the same residuals, as a chain.

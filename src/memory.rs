@@ -13,11 +13,12 @@ use std::sync::{Arc, Condvar, Mutex};
 /// What a window's compression holds besides its files, measured (one and two threads; u8,
 /// u16, f32; 8 to 24 frames; sliced and not: `tests/decoder_memory.rs`): per pixel of each frame,
 /// its planes (32-bit pixels, reconstruction, codes, the decoded copy that verifies the blob):
-/// 7-9 B; per pixel of one frame, the probe's candidates: 43-54 B lossless, 229 B under a bound.
+/// 7-9 B; per pixel of one frame, the probe's candidates: 43-54 B lossless, 229 B under a bound
+/// (about 310 since each bounded candidate also keeps the tree stage's image of its frames).
 /// The probe of a sliced frame looks at one slice, so at most `slices::DEFAULT_SLICE_PIXELS`.
 const WINDOW_BYTES_PER_FRAME_PIXEL: u64 = 10;
 const PROBE_BYTES_PER_PIXEL_LOSSLESS: u64 = 64;
-const PROBE_BYTES_PER_PIXEL_BOUNDED: u64 = 240;
+const PROBE_BYTES_PER_PIXEL_BOUNDED: u64 = 336;
 
 /// Bytes a window of files of `sizes` bytes holds while it is compressed, when its pixels are
 /// `pixel_bytes` bytes each (`None`: not known before the files are parsed; counted as bytes,

@@ -70,13 +70,13 @@ fn a_window_coded_through_one_backend_decodes_through_the_other() {
                     let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Prednet)).unwrap();
                     assert_eq!(e.model, Some(enc.hash()), "{dtype} {bound}: the model must be used under prednet");
                     // (Version 8 where, under a bound, the adaptive stage also weighs the intensity;
-                    // 12 where, lossless, frames take the tree stage (13 with its exact levels on
-                    // 8-bit pixels): decoded fused with the model's predictions, through either
-                    // backend below.)
+                    // 12 where, lossless, frames take the tree stage, 13 with its exact levels on
+                    // 8-bit pixels or under a bound: decoded fused with the model's predictions,
+                    // through either backend below.)
                     let version = u16::from_le_bytes([e.blob[8], e.blob[9]]);
                     let lossless = bound == Bound::Lossless;
                     assert!(
-                        version == 6 || (version == 8 && !lossless) || ((version == 12 || (version == 13 && dtype == DType::U8)) && lossless),
+                        version == 6 || (version == 8 && !lossless) || (version == 12 && lossless) || version == 13,
                         "a blob with a model is version 6 (8, 12, 13): {version}"
                     );
                     let other =
@@ -242,10 +242,12 @@ fn a_window_coded_by_the_causal_stage_decodes_through_either_backend() {
                 let e = encode_window(&refs, &opts(dtype, w, h, bound, enc, PredictorChoice::Fixed(PredictorId::Causal))).unwrap();
                 assert_eq!((e.predictor, e.model), (Some(PredictorId::Causal), Some(enc.hash())), "{dtype} {bound}");
                 // (12 where, lossless, frames take the tree stage; 13 with its exact levels on
-                // 8-bit pixels.)
+                // 8-bit pixels or under a bound.)
                 let version = u16::from_le_bytes([e.blob[8], e.blob[9]]);
-                let tree = version == 12 || (version == 13 && dtype == DType::U8);
-                assert!(version == 10 || (tree && bound == Bound::Lossless), "{dtype} {bound}: the causal predictor is version 10 (12, 13): {version}");
+                assert!(
+                    version == 10 || (version == 12 && bound == Bound::Lossless) || version == 13,
+                    "{dtype} {bound}: the causal predictor is version 10 (12, 13): {version}"
+                );
                 let back = decode_window_with(&e.blob, Arc::new(OneModel::of(dec.clone()))).unwrap_or_else(|err| panic!("{dtype} {bound}: {err}"));
                 for (i, (o, d)) in files.iter().zip(&back).enumerate() {
                     if bound == Bound::Lossless {

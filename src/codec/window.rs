@@ -1224,7 +1224,11 @@ fn size_under(
         let side = match stage {
             Stage::Adaptive => q.side(chain, k, opts.bound != Bound::Lossless, k > start, intensity, geom, &mut side_buffers),
             // (The tables learned on the frame before `from`, carried.)
-            Stage::Tree => q.tree_side(chain, k, opts.bound == Bound::Lossless, k > start, opts.tree_levels(dtype)),
+            // (A frame of a bounded window may be lossless: a rel bound on a flat frame.)
+            Stage::Tree => {
+                let lossless = opts.bound.for_frame(dtype, &chain.images[q.start + k]) == FrameBound::Lossless;
+                q.tree_side(chain, k, lossless, k > start, opts.tree_levels(dtype))
+            }
             _ => Side::default(),
         };
         let coded = 4 * c.escapes.len()
@@ -1589,8 +1593,8 @@ fn quantize_and_code(
 /// with the counts stage, 40 under a bound with motion; `tests/decoder_memory.rs`).
 pub const DECODER_BYTES_PER_PIXEL: u64 = 40;
 /// [`DECODER_BYTES_PER_PIXEL`] of a chain whose frames after the key frame are all of the tree
-/// stage (lossless, decoded in turn: measured peak 18 B/pixel besides the tables and the files,
-/// `tests/decoder_memory.rs`).
+/// stage (decoded in turn, lossless or under a bound: measured peak 18 B/pixel besides the tables
+/// and the files, 26 in a sliced blob's stripes, `tests/decoder_memory.rs`).
 pub const TREE_DECODER_BYTES_PER_PIXEL: u64 = 28;
 /// What the causal stage keeps besides (`causal::Past`: the previous frame again and two i64
 /// running means), per pixel.
@@ -1738,9 +1742,29 @@ impl Decoder {
         // (The tree stage: its tables, and a frame's codes section copied; a chain of tree frames
         // only decodes without the pipeline's second frame of codes.)
         let tree_frames = self.header.entries.iter().filter(|e| matches!(&e.body, Body::Frame(f) if f.stage == Stage::Tree)).count();
-        let tree = if tree_frames > 0 { side_by_side * tree::tables_bytes(p.dtype.mask()) + geom.pixels() as u64 * p.dtype.bytes() as u64 } else { 0 };
+        let tree = if tree_frames > 0 { self.tree_tables_bytes(p, side_by_side) + geom.pixels() as u64 * p.dtype.bytes() as u64 } else { 0 };
         let per_pixel = if tree_frames > 0 && tree_frames + 1 >= self.frame_entries.len() { TREE_DECODER_BYTES_PER_PIXEL } else { DECODER_BYTES_PER_PIXEL };
         p.width as u64 * p.height as u64 * (per_pixel + causal + 2 * p.dtype.bytes() as u64) + model + slice_models + tree
+    }
+
+    /// Bytes the tree stage's tables take at most while this blob is decoded: twice the largest
+    /// a frame brings (a frame's new tables are read before the frame before's are dropped), read
+    /// from the frames' trees; a sliced blob's stripes, decoded `side_by_side`, and a stream that
+    /// does not parse, as much as any tables can take (`tree::tables_bytes`).
+    fn tree_tables_bytes(&self, p: &Params, side_by_side: u64) -> u64 {
+        let most = tree::tables_bytes(p.dtype.mask());
+        if self.slices.is_some() {
+            return side_by_side * most;
+        }
+        let payload = &self.bytes[self.payload_start..];
+        let largest = self.header.entries.iter().filter_map(|e| match &e.body {
+            Body::Frame(f) if f.stage == Stage::Tree => {
+                let data = usize::try_from(f.codes.offset).ok().and_then(|o| payload.get(o..o.checked_add(usize::try_from(f.codes.len).ok()?)?));
+                Some(data.and_then(|d| tree::stream_tables_bytes(d, tree::Levels { mask: p.dtype.mask(), exact: f.exact_levels })).unwrap_or(most))
+            }
+            _ => None,
+        });
+        2 * largest.max().unwrap_or(0)
     }
 
     /// Forget the chain's state: the next frame is decoded from the key frame on.

@@ -142,11 +142,39 @@ fn dims(mask: u32, exact: bool) -> [usize; 3] {
     [level_a(2 * m) + 1, level_p(mask, exact) + 1, level_a(3 * m) + 1]
 }
 
+/// Bytes a decoder's tables of `leaves` leaves hold besides the compiled table: each leaf's
+/// slots, frequencies and costs.
+fn leaf_bytes(leaves: usize) -> usize {
+    leaves * (PROB_SCALE as usize + 8 * SYMBOLS)
+}
+
 /// Bytes a decoder's tables take at most for pixels of `mask`: each leaf's slots and
-/// frequencies, the compiled table.
+/// frequencies, the compiled table (over classes: at most `MAX_LEAVES - 1` cuts in all, each
+/// property at most its levels, the largest product of the class counts those allow).
 pub fn tables_bytes(mask: u32) -> u64 {
     let d = dims(mask, exact_levels(true, mask));
-    (MAX_LEAVES * (PROB_SCALE as usize + 4 * SYMBOLS) + d[0] * d[1] * d[2]) as u64
+    let mut classes = [1usize; 3];
+    // (Each cut goes where it multiplies the product most: to the property of fewest classes
+    // that still has levels to cut.)
+    for _ in 0..MAX_LEAVES - 1 {
+        let Some(j) = (0..3).filter(|&j| classes[j] < d[j]).min_by_key(|&j| classes[j]) else { break };
+        classes[j] += 1;
+    }
+    (leaf_bytes(MAX_LEAVES) + classes.iter().product::<usize>()) as u64
+}
+
+/// Bytes the tables a frame's stream `data` (pixels `lv`) brings take in a decoder: 0 where it
+/// carries the frame before's; `None` where its tree does not parse (the decoder will refuse
+/// it; [`tables_bytes`] bounds any stream).
+pub fn stream_tables_bytes(data: &[u8], lv: Levels) -> Option<u64> {
+    let mut inp = In { b: data, pos: 0 };
+    if inp.byte().ok()? & 1 == 0 {
+        return Some(0);
+    }
+    let (mut nodes, mut leaves) = (Vec::new(), 0);
+    get_tree(&mut inp, &mut nodes, &mut leaves, 0).ok()?;
+    let (_, dims) = classes(&nodes, lv);
+    Some((leaf_bytes(leaves) + dims.iter().product::<usize>()) as u64)
 }
 
 /// The levels of pixel `i` (column `x`) from the codes before it, its prediction `p` and the
@@ -188,26 +216,7 @@ impl Compiled {
     /// The tree `nodes` for pixels of `lv`.
     fn new(nodes: &[Node], lv: Levels) -> Compiled {
         let levels = dims(lv.mask, lv.exact);
-        // (A class starts at every level a split sends to its right; levels are below 256.)
-        let mut starts = [[false; 256]; 3];
-        for n in nodes {
-            if let Node::Split { prop, at, .. } = *n {
-                let cut = at as usize + 1;
-                if cut < levels[prop as usize] {
-                    starts[prop as usize][cut] = true;
-                }
-            }
-        }
-        let mut class = [[0u8; 256]; 3];
-        let mut dims = [0usize; 3];
-        for j in 0..3 {
-            let mut k = 0usize;
-            for (l, c) in class[j].iter_mut().enumerate() {
-                k += starts[j][l] as usize;
-                *c = k as u8;
-            }
-            dims[j] = k + 1;
-        }
+        let (class, dims) = classes(nodes, lv);
         let mut table = vec![0u8; dims[0] * dims[1] * dims[2]];
         fill(nodes, 0, [[0, dims[0]], [0, dims[1]], [0, dims[2]]], (&dims, &class, &levels), &mut table);
         Compiled { class, dims, table, exact: lv.exact }
@@ -218,6 +227,33 @@ impl Compiled {
         let c = |j: usize| self.class[j][l[j] as usize] as usize;
         self.table[(c(0) * self.dims[1] + c(1)) * self.dims[2] + c(2)] as usize
     }
+}
+
+/// Each property's levels mapped to their classes (the levels between two of the tree's cuts on
+/// it), and the number of classes of each.
+fn classes(nodes: &[Node], lv: Levels) -> ([[u8; 256]; 3], [usize; 3]) {
+    let levels = dims(lv.mask, lv.exact);
+    // (A class starts at every level a split sends to its right; levels are below 256.)
+    let mut starts = [[false; 256]; 3];
+    for n in nodes {
+        if let Node::Split { prop, at, .. } = *n {
+            let cut = at as usize + 1;
+            if cut < levels[prop as usize] {
+                starts[prop as usize][cut] = true;
+            }
+        }
+    }
+    let mut class = [[0u8; 256]; 3];
+    let mut dims = [0usize; 3];
+    for j in 0..3 {
+        let mut k = 0usize;
+        for (l, c) in class[j].iter_mut().enumerate() {
+            k += starts[j][l] as usize;
+            *c = k as u8;
+        }
+        dims[j] = k + 1;
+    }
+    (class, dims)
 }
 
 /// A tree, compiled, and each leaf's distribution.
