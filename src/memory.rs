@@ -182,7 +182,7 @@ mod tests {
     fn window_bytes_follow_the_pixels_and_the_bound() {
         // 8 frames of 1000 u16 pixels: 8 x (2000 + 10 x 1000) + 64 x 1000 lossless.
         assert_eq!(window_bytes(&[2000; 8], Some(2), true), 8 * 12_000 + 64_000);
-        assert_eq!(window_bytes(&[2000; 8], Some(2), false), 8 * 12_000 + 240_000);
+        assert_eq!(window_bytes(&[2000; 8], Some(2), false), 8 * 12_000 + 336_000);
         assert_eq!(window_bytes(&[2000; 8], None, true), window_bytes(&[2000; 8], Some(1), true), "unknown pixels count as bytes");
         // The probe of a frame larger than a slice looks at one slice.
         let big = 4 * crate::codec::slices::DEFAULT_SLICE_PIXELS as u64;
