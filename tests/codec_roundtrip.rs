@@ -2227,6 +2227,30 @@ fn bounded_windows_take_the_tree_stage() {
     }
 }
 
+/// On nearly empty frames (a few photons a frame at abs:4: a frame's codes take a few dozen
+/// bytes) the header entry a stage's container version adds to each frame (21 bytes: a motion
+/// section and the flags) is as large as what the stage saves: the probe weighs it, and the
+/// window is never coded larger with the tree stage allowed than without it.
+#[test]
+fn nearly_empty_frames_weigh_the_header_a_stage_adds() {
+    let (w, h) = (256, 128);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let files: Vec<Vec<u8>> = (0..16)
+        .map(|_| {
+            let mut px = vec![0u16; w * h];
+            for _ in 0..6 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                px[(seed >> 33) as usize % (w * h)] = 1 + (seed >> 20) as u16 % 3;
+            }
+            px.iter().flat_map(|v| v.to_le_bytes()).collect()
+        })
+        .collect();
+    let opts = Options { bound: Bound::Abs(4.0), ..options(raw(w as u32, h as u32, DType::U16, 0), PredictorChoice::Auto, false) };
+    let with = encode_within_bound(&files, &opts, DType::U16, "nearly empty abs:4");
+    let without = encode_window(&refs(&files), &Options { bounded_tree: false, ..opts.clone() }).unwrap();
+    assert!(with.blob.len() <= without.blob.len(), "with the tree stage {} bytes, without {}", with.blob.len(), without.blob.len());
+}
+
 /// Every predictor's frames decode fused with the tree stage (the prediction walks each frame as
 /// the codes are decoded): a fixed stage on every predictor, lossless, u8 and u16, bit for bit.
 #[test]

@@ -487,6 +487,21 @@ fn has_block_modes(entries: &[Entry]) -> bool {
     entries.iter().any(|e| matches!(&e.body, Body::Frame(f) if f.block_modes))
 }
 
+/// Bytes a frame's header entry takes in a blob of `version` beyond what it takes in version 2
+/// (version 3's motion section, version 4's flags byte): on nearly empty frames (photon counts
+/// at a high bound, a frame's codes a few dozen bytes) a stage that needs a later version costs
+/// as much there as it saves in codes, and the probe weighs it.
+pub fn frame_entry_growth(version: u16) -> usize {
+    const SECTION: usize = 8 + 8 + 4;
+    if version >= 4 {
+        SECTION + 1
+    } else if version == 3 {
+        SECTION
+    } else {
+        0
+    }
+}
+
 // ---- header encoding -------------------------------------------------------------------------
 
 fn put_section(out: &mut Vec<u8>, s: Section) {

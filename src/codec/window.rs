@@ -1213,7 +1213,7 @@ fn size_under(
         if stage == Stage::Counts {
             let coded = coder.encode(stage, &c.codes, dtype.bytes(), geom.width, Side { carry: k > start, ..Side::default() })?.len();
             if k >= from {
-                size += coded;
+                size += coded + container::frame_entry_growth(version_at_least(stage, false));
             }
             continue;
         }
@@ -1242,9 +1242,22 @@ fn size_under(
             if !q.motion[k].is_empty() {
                 size += coder.compress_bytes(&q.motion[k])?.len();
             }
+            size += container::frame_entry_growth(version_at_least(stage, !q.motion[k].is_empty()));
         }
     }
     Ok(stage.weighed(size, opts.entropy))
+}
+
+/// The container version a window's frames coded under `stage` (`motion`: with motion vectors)
+/// need at least, as far as their header entries' size goes ([`container::frame_entry_growth`]):
+/// the stages with frame flags (models carried, tables carried) 4 or later, motion 3 (4 with
+/// block modes, which `motion` writes), the zstd stages and context rANS 2.
+fn version_at_least(stage: Stage, motion: bool) -> u16 {
+    match stage {
+        Stage::Adaptive | Stage::Counts | Stage::Tree => 4,
+        _ if motion => 4,
+        _ => 2,
+    }
 }
 
 /// `f(i, coder)` for every `i` in `0..n`, in order of `i`, on up to `threads` threads: the
@@ -1505,6 +1518,7 @@ impl ChainCoding {
         let sliced = stage == Stage::Adaptive && adaptive::slice_count(&codes) > 1;
         let exact_levels = stage == Stage::Tree && side.pixels.is_some_and(|(_, lv)| lv.exact);
         self.last_stage = Some(stage);
+        tracing::trace!(frame = k, %stage, codes = codes.len(), escapes = escapes.len(), motion = motion.len(), carry, "frame coded");
         Ok(CodedFrame {
             stage,
             codes,
