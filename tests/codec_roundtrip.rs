@@ -29,8 +29,11 @@ fn raw(width: u32, height: u32, dtype: DType, skip: usize) -> FormatSpec {
     FormatSpec::Raw(RawSpec { width, height, dtype, skip })
 }
 
+/// Options of the tests, with plain headers: the small frames here would otherwise take version
+/// 14 (a compressed header) and hide the version each feature needs; the tests of version 14
+/// turn it on.
 fn options(format: FormatSpec, predictor: PredictorChoice, exhaustive: bool) -> Options {
-    Options { format, predictor, exhaustive, ..Options::default() }
+    Options { format, predictor, exhaustive, compact_header: false, ..Options::default() }
 }
 
 fn refs(files: &[Vec<u8>]) -> Vec<&[u8]> {
@@ -1289,6 +1292,7 @@ fn old_version_1_blobs_still_decode() {
         format: raw(7, 5, DType::U16, 0),
         predictor: PredictorChoice::Fixed(PredictorId::Previous),
         entropy: tezipfs::codec::entropy::EntropyChoice::Fast,
+        compact_header: false,
         ..Options::default()
     };
     let enc = round_trip(&files, &opts, "v2");
@@ -1448,9 +1452,9 @@ fn flicker(dtype: DType, w: usize, h: usize, frames: usize) -> Vec<Vec<u32>> {
 /// `opts` without the tree stage: for the motion predictors' and the intensity context's own
 /// tests, which measure what they save in bytes and check their blobs' versions (5, 8); the tree
 /// stage (versions 12 and 13, which `balanced` also takes, lossless and under a bound) would
-/// mask both.
+/// mask both, as would a compressed header (version 14) on their small frames.
 fn without_tree(opts: Options) -> Options {
-    Options { tree_stage: false, ..opts }
+    Options { tree_stage: false, compact_header: false, ..opts }
 }
 
 #[test]
@@ -1588,6 +1592,7 @@ fn motion_predictor_follows_half_pixel_motion() {
                     bound,
                     predictor: PredictorChoice::Fixed(pid),
                     tree_stage: false,
+                    compact_header: false,
                     ..Options::default()
                 };
                 let enc = encode_within_bound(&files, &opts, dtype, &what);
@@ -2234,21 +2239,88 @@ fn bounded_windows_take_the_tree_stage() {
 #[test]
 fn nearly_empty_frames_weigh_the_header_a_stage_adds() {
     let (w, h) = (256, 128);
+    let files = nearly_empty(w, h, 16, 6);
+    // (Plain headers, as version 13 wrote them: what the probe weighs.)
+    let opts = Options { bound: Bound::Abs(4.0), compact_header: false, ..options(raw(w as u32, h as u32, DType::U16, 0), PredictorChoice::Auto, false) };
+    let with = encode_within_bound(&files, &opts, DType::U16, "nearly empty abs:4");
+    let without = encode_window(&refs(&files), &Options { bounded_tree: false, ..opts.clone() }).unwrap();
+    assert!(with.blob.len() <= without.blob.len(), "with the tree stage {} bytes, without {}", with.blob.len(), without.blob.len());
+}
+
+/// `n` u16 frames of `w` x `h` pixels, all 0 but `photons` pixels of 1 to 3 each.
+fn nearly_empty(w: usize, h: usize, n: usize, photons: usize) -> Vec<Vec<u8>> {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let files: Vec<Vec<u8>> = (0..16)
+    (0..n)
         .map(|_| {
             let mut px = vec![0u16; w * h];
-            for _ in 0..6 {
+            for _ in 0..photons {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 px[(seed >> 33) as usize % (w * h)] = 1 + (seed >> 20) as u16 % 3;
             }
             px.iter().flat_map(|v| v.to_le_bytes()).collect()
         })
-        .collect();
-    let opts = Options { bound: Bound::Abs(4.0), ..options(raw(w as u32, h as u32, DType::U16, 0), PredictorChoice::Auto, false) };
-    let with = encode_within_bound(&files, &opts, DType::U16, "nearly empty abs:4");
-    let without = encode_window(&refs(&files), &Options { bounded_tree: false, ..opts.clone() }).unwrap();
-    assert!(with.blob.len() <= without.blob.len(), "with the tree stage {} bytes, without {}", with.blob.len(), without.blob.len());
+        .collect()
+}
+
+/// Container version 14: where the header is a large part of the blob (nearly empty frames,
+/// lossless and under a bound) it is stored compressed; the blob decodes bit for bit (within the
+/// bound), is smaller than the same window's version-13 blob by at least 1% of it, and
+/// `write_at_most(13)` writes that; damage to the stored header is caught by its CRC, and a
+/// resealed one whose length lies or that is not a zstd frame is refused by name, as is a
+/// version-14 header in a blob that says 13, and a plain header in one that says 14. Frames with
+/// real content keep their older version.
+#[test]
+fn nearly_empty_frames_compress_their_header() {
+    use tezipfs::codec::container::reseal;
+    let (w, h) = (256, 128);
+    let files = nearly_empty(w, h, 12, 40);
+    for bound in [Bound::Lossless, Bound::Abs(2.0)] {
+        let what = format!("nearly empty {bound}");
+        let opts = Options { bound, compact_header: true, ..options(raw(w as u32, h as u32, DType::U16, 0), PredictorChoice::Auto, false) };
+        let enc = if bound == Bound::Lossless { round_trip(&files, &opts, &what) } else { encode_within_bound(&files, &opts, DType::U16, &what) };
+        assert_eq!(version_of(&enc.blob), 14, "{what}");
+        let mut older = opts.clone();
+        older.write_at_most(13);
+        let plain = encode_window(&refs(&files), &older).unwrap();
+        assert!(version_of(&plain.blob) <= 13, "{what} write_at_most(13)");
+        assert!(
+            (enc.blob.len() as f64) <= plain.blob.len() as f64 * 0.99,
+            "{what}: version 14 {} bytes, version {} {} bytes",
+            enc.blob.len(),
+            version_of(&plain.blob),
+            plain.blob.len()
+        );
+        if bound == Bound::Lossless {
+            flip_bits(&enc.blob, &files, spread_bits(enc.blob.len(), 60).into_iter(), &what);
+            truncations(&enc.blob, &files, [17, 20, enc.blob.len() / 2, enc.blob.len() - 1].into_iter(), &what);
+        }
+        // The stored header: u32 plain length, then the zstd frame (the preamble is 16 bytes).
+        let hlen = u32::from_le_bytes(enc.blob[12..16].try_into().unwrap()) as usize;
+        let refused = |b: &[u8], what: &str| decode_window(b).err().map(|e| e.to_string()).unwrap_or_else(|| panic!("{what}: decoded"));
+        for (lie, why) in [(1u32, "claims 1 bytes"), (u32::MAX, "claims"), (1 << 25, "claims")] {
+            let mut b = enc.blob.clone();
+            b[16..20].copy_from_slice(&lie.to_le_bytes());
+            let crc = crc32c::crc32c(&b[16..16 + hlen]);
+            b[16 + hlen..20 + hlen].copy_from_slice(&crc.to_le_bytes());
+            let e = refused(&b, &format!("{what}: length {lie}"));
+            assert!(e.contains("version-14 header") && (e.contains(why) || e.contains("record")), "{what}: length {lie}: {e}");
+        }
+        let mut b = enc.blob.clone();
+        b[20..24].copy_from_slice(b"junk");
+        let e = refused(&reseal(&b).unwrap(), &format!("{what}: not zstd"));
+        assert!(e.contains("version-14 header"), "{what}: not zstd: {e}");
+        let mut b = enc.blob.clone();
+        b[8..10].copy_from_slice(&13u16.to_le_bytes());
+        refused(&reseal(&b).unwrap(), &format!("{what}: a compressed header said to be version 13"));
+        let mut b = plain.blob.clone();
+        b[8..10].copy_from_slice(&14u16.to_le_bytes());
+        let e = refused(&reseal(&b).unwrap(), &format!("{what}: a plain header said to be version 14"));
+        assert!(e.contains("version-14 header"), "{what}: plain as 14: {e}");
+    }
+    // Frames with real content: the header is a fraction of a percent of the blob.
+    let files = generate_raw(&SequenceSpec::detector_u16(256, 256, 4, 2));
+    let enc = round_trip(&files, &Options { compact_header: true, ..options(raw(256, 256, DType::U16, 0), PredictorChoice::Auto, false) }, "detector");
+    assert!(version_of(&enc.blob) < 14, "detector: version {}", version_of(&enc.blob));
 }
 
 /// Every predictor's frames decode fused with the tree stage (the prediction walks each frame as

@@ -238,7 +238,7 @@ fn old_version_blobs_still_decode() {
     let files = raw_frames(DType::U16, &images, 0);
     let format = FormatSpec::Raw(RawSpec { width: 64, height: 64, dtype: DType::U16, skip: 0 });
     // (Without the tree stage: the default codes these frames with it, in version 12.)
-    let whole = encode_window(&refs(&files), &Options { format, slice_pixels: 0, tree_stage: false, ..Options::default() }).unwrap();
+    let whole = encode_window(&refs(&files), &Options { format, slice_pixels: 0, tree_stage: false, compact_header: false, ..Options::default() }).unwrap();
     assert!(version(&whole.blob) <= 6);
     assert_eq!(decode_window(&whole.blob).unwrap(), files);
     let mut dec = Decoder::new(&whole.blob).unwrap();

@@ -450,7 +450,7 @@ fn settings_and_config_refuse_what_does_not_fit() {
         ("[mount]\nstaging_budget_mib = 18446744073709551615\n", "staging_budget_mib"),
         ("[mount]\ndevice = \"tpu\"\n", "device"),
         ("[mount]\nwrite_version = 9\n", "write_version"),
-        ("[mount]\nwrite_version = 14\n", "write_version"),
+        ("[mount]\nwrite_version = 15\n", "write_version"),
         ("[defaults]\nformat = \"raw:65536x65536:u16\"\n", "format"),
     ] {
         let e = ConfigFile::parse(text).expect_err(text);
@@ -460,6 +460,7 @@ fn settings_and_config_refuse_what_does_not_fit() {
     assert!(ConfigFile::parse("[mount]\nwrite_version = 10\n").is_ok(), "the version before row slices");
     assert!(ConfigFile::parse("[mount]\nwrite_version = 11\n").is_ok(), "the version before the tree stage");
     assert!(ConfigFile::parse("[mount]\nwrite_version = 12\n").is_ok(), "the version before the tree stage under a bound and exact levels");
+    assert!(ConfigFile::parse("[mount]\nwrite_version = 13\n").is_ok(), "the version before compressed headers");
     assert!(ConfigFile::parse("[mount]\nchoose_every_window = true\n").is_ok());
     assert!(ConfigFile::parse("[mount]\nchoose_every_window = 3\n").is_err(), "a number for a switch");
 }

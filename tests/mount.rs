@@ -1133,7 +1133,7 @@ fn write_version_keeps_blobs_readable_by_older_builds() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, mnt) = (tmp.path().join("store"), tmp.path().join("mnt"));
     std::fs::create_dir_all(&mnt).unwrap();
-    for bad in ["9", "14", "x"] {
+    for bad in ["9", "15", "x"] {
         let out = std::process::Command::new(BIN).args(["mount", "--store"]).arg(&store).arg(&mnt).args(["--write-version", bad]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("--write-version"), "--write-version {bad}: {err}");

@@ -1,4 +1,4 @@
-//! The blob container (format versions 1 to 13, see `docs/FORMAT.md`): one window of files, self-
+//! The blob container (format versions 1 to 14, see `docs/FORMAT.md`): one window of files, self-
 //! describing, every byte covered by a CRC32C. Version 7 cuts large frames into horizontal
 //! slices, each coded as a blob of its own (version 2 to 6, 8 or 9) inside the outer one
 //! (`codec::slices`). Version 8 is version 6 with frames of entropy stage 6 (counts) or frames
@@ -8,7 +8,9 @@
 //! adaptive stage may be coded in row slices (frame flag bit 5); version 12 is version 11 with
 //! frames of entropy stage 7 (the tree stage, lossless); version 13 is version 12 whose frames of
 //! stage 7 on 8-bit pixels may take the prediction's exact value as a level (frame flag bit 6)
-//! and whose frames under an error bound may be of stage 7.
+//! and whose frames under an error bound may be of stage 7. Version 14 is version 13 whose header
+//! is stored compressed (zstd; on nearly empty frames, photon counts at a tenth of a photon a
+//! pixel, the 130 bytes of a frame's header entry are as large as its codes).
 //!
 //! ```text
 //! magic "TZIPBLOB" | u16 version | u16 reserved | u32 header_len | header | u32 crc32c(header) | payload
@@ -31,9 +33,20 @@ pub const MAGIC: &[u8; 8] = b"TZIPBLOB";
 /// reference, 9 only when `linear` uses its wide tap set, 10 only for the `causal` predictor (a
 /// model's causal stage), 11 only when a frame's adaptive stage is cut into row slices, 12 only
 /// when a frame is coded by the tree stage, 13 only when a tree frame's prediction levels are
-/// exact or a frame under a bound is coded by the tree stage, so other blobs stay readable by
-/// builds that know an older version.
-pub const VERSION: u16 = 13;
+/// exact or a frame under a bound is coded by the tree stage, 14 only when its compressed header
+/// saves at least [`COMPACT_HEADER_GAIN`] of the blob, so other blobs stay readable by builds
+/// that know an older version.
+pub const VERSION: u16 = 14;
+/// The part of a blob its header must shrink by, compressed, for the blob to be written in
+/// version 14 (elsewhere the header is a fraction of a percent of the blob: kept readable by
+/// older builds).
+pub const COMPACT_HEADER_GAIN: f64 = 0.01;
+/// The largest header a version-14 blob may decompress to (a window of 4096 frames takes about
+/// 0.5 MiB); with [`super::entropy::ZSTD_MAX_EXPANSION`], what a reader allocates before it has
+/// decompressed anything.
+const MAX_PLAIN_HEADER: usize = 64 << 20;
+/// zstd level of a version-14 header.
+const HEADER_LEVEL: i32 = 9;
 const PREAMBLE: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -194,7 +207,14 @@ impl Writer {
         self.payload.len()
     }
 
+    /// (With a plain header: version 13 or older, as [`Writer::finish_up_to`] with 13.)
     pub fn finish(self, header: &Header) -> Vec<u8> {
+        self.finish_up_to(header, 13)
+    }
+
+    /// [`Writer::finish`] in a version of at most `newest`: 14 (a compressed header, where that
+    /// saves [`COMPACT_HEADER_GAIN`] of the blob) only where `newest` allows it.
+    pub fn finish_up_to(self, header: &Header, newest: u16) -> Vec<u8> {
         let version = if header.slices.is_some() {
             7
         } else if needs_v13(&header.entries) {
@@ -222,6 +242,16 @@ impl Writer {
         };
         let mut h = Vec::new();
         write_header(header, version, &mut h);
+        // (A version-14 header is a version-13 one, compressed: written again as such.)
+        let compact = (version != 7 && newest >= 14).then(|| {
+            let mut plain = Vec::new();
+            write_header(header, 14, &mut plain);
+            compact_header(&plain, h.len(), self.payload.len())
+        });
+        let (version, h) = match compact.flatten() {
+            Some(c) => (14, c),
+            None => (version, h),
+        };
         let mut out = Vec::with_capacity(PREAMBLE + h.len() + 4 + self.payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&version.to_le_bytes());
@@ -232,6 +262,67 @@ impl Writer {
         out.extend_from_slice(&self.payload);
         out
     }
+}
+
+/// `h`, a version-13 header, as a version-14 header (u32 length of `h` | zstd frame of `h`), where
+/// that saves [`COMPACT_HEADER_GAIN`] of a blob whose header would otherwise be `plain` bytes
+/// (in the oldest version that holds it) and whose payload is `payload` bytes.
+fn compact_header(h: &[u8], plain: usize, payload: usize) -> Option<Vec<u8>> {
+    let total = (plain + payload) as f64;
+    // (Not compressed where it could not save enough even if it vanished.)
+    if (plain as f64) < total * COMPACT_HEADER_GAIN || h.len() > MAX_PLAIN_HEADER {
+        return None;
+    }
+    let z = zstd::bulk::compress(h, HEADER_LEVEL).ok()?;
+    let mut out = Vec::with_capacity(4 + z.len());
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&z);
+    ((plain.saturating_sub(out.len())) as f64 >= total * COMPACT_HEADER_GAIN).then_some(out)
+}
+
+/// The plain header of a version-14 blob from its stored form ([`compact_header`]): its length
+/// is checked against what the stored bytes can give and against the zstd frame's own record
+/// before anything is allocated for it.
+fn plain_header(stored: &[u8]) -> Result<Vec<u8>, BlobError> {
+    let bad = |w: &str| BlobError::Malformed(format!("a version-14 header {w}"));
+    let (len, z) = stored.split_first_chunk::<4>().ok_or_else(|| bad("without its length"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_PLAIN_HEADER || len > z.len().saturating_mul(super::entropy::ZSTD_MAX_EXPANSION) {
+        return Err(bad(&format!("that claims {len} bytes from {}", z.len())));
+    }
+    if zstd::zstd_safe::get_frame_content_size(z).ok().flatten() != Some(len as u64) {
+        return Err(bad("whose zstd frame does not record its length"));
+    }
+    let h = zstd::bulk::decompress(z, len).map_err(|e| bad(&format!("that does not decompress ({e})")))?;
+    if h.len() != len {
+        return Err(bad("shorter than it claims"));
+    }
+    Ok(h)
+}
+
+/// The predictor id and the learned model's hash a blob's header names, from the blob's first
+/// bytes `prefix` (at least its header, which sits before the payload), without parsing the
+/// rest: `None` where the prefix does not hold them (no frames, too short, a version-14 header
+/// that does not decompress). For a quick look (the `user.tezip.predictor` attribute); what
+/// decodes is [`Blob::parse`]'s.
+pub fn peek_predictor(prefix: &[u8]) -> Option<(u8, [u8; 32])> {
+    if prefix.len() < PREAMBLE || &prefix[..8] != MAGIC {
+        return None;
+    }
+    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+    let plain;
+    let h = if version == 14 {
+        let hlen = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]) as usize;
+        plain = plain_header(prefix.get(PREAMBLE..PREAMBLE.checked_add(hlen)?)?).ok()?;
+        &plain[..]
+    } else {
+        &prefix[PREAMBLE..]
+    };
+    // (dtype id, 0 without frames; u32 width, u32 height; u8 predictor; 32 bytes of model.)
+    if h.len() < 42 || h[0] == 0 {
+        return None;
+    }
+    Some((h[9], h[10..42].try_into().ok()?))
 }
 
 /// A parsed blob borrowing its bytes.
@@ -265,6 +356,13 @@ impl<'a> Blob<'a> {
         if crc32c::crc32c(h) != crc {
             return Err(BlobError::HeaderCrc);
         }
+        let plain;
+        let h = if version == 14 {
+            plain = plain_header(h)?;
+            &plain[..]
+        } else {
+            h
+        };
         let mut header = read_header(h, version)?;
         let payload = &bytes[hend + 4..];
         let end = sections(&header).map(|s| s.offset.saturating_add(s.len)).max().unwrap_or(0);
@@ -326,7 +424,7 @@ fn parse_slices(header: &mut Header, payload: &[u8]) -> Result<(), BlobError> {
         let why = |w: String| bad(format!("slice {s}: {w}"));
         let b = section_bytes(payload, sec).ok_or(BlobError::Truncated)?;
         let version = b.get(8..10).map_or(0, |v| u16::from_le_bytes([v[0], v[1]]));
-        if !matches!(version, 2..=6 | 8..=13) {
+        if !matches!(version, 2..=6 | 8..=14) {
             return Err(why(format!("a slice blob of version {version}")));
         }
         let inner = Blob::parse(b).map_err(|e| why(e.to_string()))?.header;
@@ -394,9 +492,12 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
     let hend = PREAMBLE.checked_add(hlen).filter(|&e| e + 4 <= bytes.len())?;
     let mut out = bytes.to_vec();
     out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&bytes[PREAMBLE..hend]).to_le_bytes());
+    // (A version-14 header is resealed decompressed, and compressed again.)
+    let stored = &bytes[PREAMBLE..hend];
+    let plain = if version == 14 { plain_header(stored).ok() } else { Some(stored.to_vec()) };
     // Version 1 headers have no coefficient count, which `write_header` always writes.
-    let mut header = match read_header(&bytes[PREAMBLE..hend], version) {
-        Ok(h) if version >= 2 => h,
+    let (mut header, plain_len) = match plain.map(|h| (read_header(&h, version), h.len())) {
+        Some((Ok(h), len)) if version >= 2 => (h, len),
         _ => return Some(out),
     };
     let payload = &bytes[hend + 4..];
@@ -424,10 +525,20 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
     if let Some(sl) = &mut header.slices {
         sl.blobs.iter_mut().for_each(fix);
     }
-    let mut h = Vec::with_capacity(hlen);
+    let mut h = Vec::with_capacity(plain_len);
     write_header(&header, version, &mut h);
-    if h.len() != hlen {
+    if h.len() != plain_len {
         return Some(out);
+    }
+    if version == 14 {
+        let mut stored = (h.len() as u32).to_le_bytes().to_vec();
+        stored.extend_from_slice(&zstd::bulk::compress(&h, HEADER_LEVEL).ok()?);
+        let mut sealed = bytes[..PREAMBLE].to_vec();
+        sealed[12..16].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        sealed.extend_from_slice(&stored);
+        sealed.extend_from_slice(&crc32c::crc32c(&stored).to_le_bytes());
+        sealed.extend_from_slice(&out[hend + 4..]);
+        return Some(sealed);
     }
     out[PREAMBLE..hend].copy_from_slice(&h);
     out[hend..hend + 4].copy_from_slice(&crc32c::crc32c(&h).to_le_bytes());

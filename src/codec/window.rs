@@ -71,6 +71,9 @@ pub struct Options {
     /// Let the probe try the tree stage on windows under an error bound too (container version
     /// 13; off: the tree stage on lossless windows only, as version 12).
     pub bounded_tree: bool,
+    /// Store the blob's header compressed where that saves at least 1% of the blob (container
+    /// version 14, `container::COMPACT_HEADER_GAIN`: nearly empty frames; off: as version 13).
+    pub compact_header: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
     /// without a probe (how the slices of a window share the choice of one of them).
     pub stage: Option<Stage>,
@@ -116,6 +119,10 @@ impl Options {
             self.exact_levels = false;
             self.bounded_tree = false;
         }
+        // (Compressed headers came with version 14.)
+        if version < 14 {
+            self.compact_header = false;
+        }
     }
 
     /// The tree stage's levels for pixels of `dtype` under these options.
@@ -142,6 +149,7 @@ impl Default for Options {
             tree_stage: true,
             exact_levels: true,
             bounded_tree: true,
+            compact_header: true,
             stage: None,
             carry: None,
         }
@@ -783,7 +791,7 @@ pub fn encode_window(files: &[&[u8]], opts: &Options) -> Result<Encoded, EncodeE
         coefs,
         bound: opts.bound,
     });
-    let blob = w.finish(&Header { params, entries, slices: None });
+    let blob = w.finish_up_to(&Header { params, entries, slices: None }, if opts.compact_header { 14 } else { 13 });
     let recon = coded.into_iter().map(|c| c.recon).collect();
     Ok(Encoded { blob, choice, predictor, model: used_model, entries: reports, recon })
 }

@@ -182,18 +182,18 @@ impl Vfs {
             buf.truncate(n);
             Ok(buf)
         });
-        // The predictor id and the model hash sit at fixed places of the header (docs/FORMAT.md).
-        match header {
-            Ok(b) if b.len() > 58 && b[16] != 0 => {
-                let p = crate::codec::PredictorId::from_id(b[25]).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
-                let model: [u8; 32] = b[26..58].try_into().expect("32 bytes");
+        // The predictor id and the model hash sit at fixed places of the (plain) header
+        // (docs/FORMAT.md).
+        match header.ok().as_deref().and_then(crate::codec::container::peek_predictor) {
+            Some((id, model)) => {
+                let p = crate::codec::PredictorId::from_id(id).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
                 if model == [0; 32] {
                     p
                 } else {
                     format!("prednet:{}+{p}", self.model_label(&model))
                 }
             }
-            _ => "unknown".into(),
+            None => "unknown".into(),
         }
     }
 
