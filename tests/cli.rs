@@ -549,7 +549,7 @@ fn compress_write_version_limits_the_blob_format() {
         assert_eq!(read_dir(&out), read_dir(&src), "{extra:?}: restored bit for bit");
         records(&arc).iter().filter(|(_, b)| b.starts_with(b"TZIPBLOB")).map(|(_, b)| u16::from_le_bytes([b[8], b[9]])).max().expect("a blob")
     };
-    // (Version 14, a compressed header, only where that saves 1% of the blob: not on these.)
+    // (Version 14, a compressed header, only where that saves 0.5% of the blob: not on these.)
     assert_eq!(newest(&[]), 13, "the default writes the tree stage with exact levels on these frames (the premise of the test)");
     assert_eq!(newest(&["--write-version", "13"]), 13, "--write-version 13");
     assert_eq!(newest(&["--write-version", "12"]), 12, "--write-version 12: the tree stage, its version-12 levels");

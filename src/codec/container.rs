@@ -40,7 +40,7 @@ pub const VERSION: u16 = 14;
 /// The part of a blob its header must shrink by, compressed, for the blob to be written in
 /// version 14 (elsewhere the header is a fraction of a percent of the blob: kept readable by
 /// older builds).
-pub const COMPACT_HEADER_GAIN: f64 = 0.01;
+pub const COMPACT_HEADER_GAIN: f64 = 0.005;
 /// The largest header a version-14 blob may decompress to (a window of 4096 frames takes about
 /// 0.5 MiB); with [`super::entropy::ZSTD_MAX_EXPANSION`], what a reader allocates before it has
 /// decompressed anything.

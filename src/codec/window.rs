@@ -71,7 +71,7 @@ pub struct Options {
     /// Let the probe try the tree stage on windows under an error bound too (container version
     /// 13; off: the tree stage on lossless windows only, as version 12).
     pub bounded_tree: bool,
-    /// Store the blob's header compressed where that saves at least 1% of the blob (container
+    /// Store the blob's header compressed where that saves at least 0.5% of the blob (container
     /// version 14, `container::COMPACT_HEADER_GAIN`: nearly empty frames; off: as version 13).
     pub compact_header: bool,
     /// With a fixed predictor (and no `exhaustive`): code every frame under this entropy stage,
