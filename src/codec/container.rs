@@ -505,7 +505,11 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
     if let Some(sl) = &header.slices {
         for &sec in &sl.blobs {
             // (Slices do not nest: a slice that claims version 7 is left as it is.)
-            let Some(sealed) = section_bytes(payload, sec).filter(|b| b.get(8..10) != Some(&[7, 0])).and_then(reseal) else { continue };
+            // (Nor is one whose header, compressed again, takes another length: version 14.)
+            let Some(sealed) = section_bytes(payload, sec).filter(|b| b.get(8..10) != Some(&[7, 0])).and_then(reseal).filter(|s| s.len() as u64 == sec.len)
+            else {
+                continue;
+            };
             let start = hend + 4 + sec.offset as usize;
             out[start..start + sealed.len()].copy_from_slice(&sealed);
         }
