@@ -1418,12 +1418,10 @@ fn quantize_frames(
                 recon: Vec::new(),
                 tree_image: Vec::new(),
             }
+        } else if tree_may_pay(opts) {
+            quantizer::encode_for_tree(dtype, bound, x, session.prediction())
         } else {
-            if tree_may_pay(opts) {
-                quantizer::encode_for_tree(dtype, bound, x, session.prediction())
-            } else {
-                quantizer::encode(dtype, bound, x, session.prediction())
-            }
+            quantizer::encode(dtype, bound, x, session.prediction())
         };
         session.observe(if bound == FrameBound::Lossless { x } else { &c.recon })?;
         match sink {
@@ -1548,7 +1546,7 @@ impl ChainCoding {
 }
 
 /// The options to quantise a window's final coding with: without the tree stage's images of
-/// bounded frames ([`quantizer::tree_image`]) where the plan codes with another stage.
+/// bounded frames ([`quantizer::Coded::tree_image`]) where the plan codes with another stage.
 fn without_unused_tree_images(opts: &Options, plan: Plan) -> Options {
     let unused = plan.stage.is_some_and(|s| s != Stage::Tree);
     Options { bounded_tree: opts.bounded_tree && !unused, ..opts.clone() }
@@ -2107,8 +2105,6 @@ fn assemble(recon: &[u32], entry: &Entry, i: usize, f: &FrameEntry, p: &Params, 
 }
 
 impl CodeState {
-    /// Entry `i`'s bytes around its pixels (a TIFF's header, say), `pixel_bytes` of a file of
-    /// `original_len`.
     /// The escaped values of entry `i`'s frame (none: empty).
     fn escapes(&mut self, payload: &[u8], i: usize, f: &FrameEntry) -> Result<Vec<u32>, BlobError> {
         if f.n_escapes == 0 {
@@ -2119,6 +2115,8 @@ impl CodeState {
         Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
+    /// Entry `i`'s bytes around its pixels (a TIFF's header, say), `pixel_bytes` of a file of
+    /// `original_len`.
     fn skeleton(&mut self, payload: &[u8], i: usize, f: &FrameEntry, original_len: u64, pixel_bytes: usize) -> Result<Vec<u8>, BlobError> {
         let dec = |why: String| BlobError::Decode { entry: i, why };
         let skeleton_len = (original_len as usize).checked_sub(pixel_bytes).ok_or_else(|| dec("file shorter than its pixels".into()))?;
