@@ -2473,3 +2473,47 @@ fn exact_levels_need_version_13() {
     let err = flagged(&wide_blob);
     assert!(err.contains("exact prediction levels"), "the flag on 16-bit pixels: {err:?}");
 }
+
+/// The predictor a blob names is read from its header alone, however long: a version-14 header
+/// of 6000 tiny frames (longer than the 64 KiB `user.tezip.predictor` once read) and
+/// a plain one, each through a reader that hands over one byte at a time; a blob cut inside its
+/// header names none.
+#[test]
+fn the_predictor_is_read_from_the_header_alone() {
+    use tezipfs::codec::container::{peek_len, peek_predictor, read_predictor};
+    /// A reader that returns at most one byte a call.
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let (w, h) = (8, 8);
+    let files = nearly_empty(w, h, 6000, 1);
+    let compact = Options {
+        compact_header: true,
+        ..options(raw(w as u32, h as u32, DType::U16, 0), PredictorChoice::Fixed(tezipfs::codec::PredictorId::Previous), false)
+    };
+    let mut plain = compact.clone();
+    plain.write_at_most(13);
+    for (opts, compact) in [(compact, true), (plain, false)] {
+        let enc = encode_window(&refs(&files), &opts).unwrap();
+        let version = version_of(&enc.blob);
+        assert_eq!(version == 14, compact, "version {version}");
+        let want = peek_predictor(&enc.blob).expect("the whole blob names its predictor");
+        assert_eq!(want.0, tezipfs::codec::PredictorId::Previous as u8, "version {version}");
+        let needed = peek_len(&enc.blob[..16]).unwrap();
+        if compact {
+            assert!(needed > 64 * 1024, "a version-14 header of {needed} bytes: the test wants one longer than 64 KiB");
+            assert_eq!(peek_predictor(&enc.blob[..64 * 1024]), None, "the first 64 KiB do not hold the header");
+        }
+        assert_eq!(read_predictor(&mut Trickle(&enc.blob)).unwrap(), Some(want), "version {version}");
+        assert_eq!(read_predictor(&mut Trickle(&enc.blob[..needed])).unwrap(), Some(want), "version {version}, header only");
+        assert_eq!(read_predictor(&mut Trickle(&enc.blob[..needed - 1])).unwrap(), None, "version {version}, cut in its header");
+        assert_eq!(read_predictor(&mut Trickle(&enc.blob[..10])).unwrap(), None, "version {version}, cut in its preamble");
+    }
+    assert_eq!(read_predictor(&mut Trickle(b"not a blob at all, longer than a preamble")).unwrap(), None);
+}

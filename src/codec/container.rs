@@ -325,6 +325,34 @@ pub fn peek_predictor(prefix: &[u8]) -> Option<(u8, [u8; 32])> {
     Some((h[9], h[10..42].try_into().ok()?))
 }
 
+/// How many of a blob's first bytes [`peek_predictor`] needs, from its first [`PREAMBLE`] bytes
+/// (`None` where they are not a blob's, or where a version-14 header claims more than any
+/// header may take): the stored header of version 14, which is compressed whole, and the
+/// header's first 42 bytes otherwise.
+pub fn peek_len(preamble: &[u8]) -> Option<usize> {
+    if preamble.len() < PREAMBLE || &preamble[..8] != MAGIC {
+        return None;
+    }
+    if u16::from_le_bytes([preamble[8], preamble[9]]) != 14 {
+        return Some(PREAMBLE + 42);
+    }
+    let hlen = u32::from_le_bytes([preamble[12], preamble[13], preamble[14], preamble[15]]) as usize;
+    (hlen <= MAX_PLAIN_HEADER).then_some(PREAMBLE + hlen)
+}
+
+/// [`peek_predictor`] of the blob `r` reads from its start: only the bytes it needs are read
+/// ([`peek_len`]), however long the header; `Ok(None)` where they do not name a predictor.
+pub fn read_predictor(r: &mut impl std::io::Read) -> std::io::Result<Option<(u8, [u8; 32])>> {
+    use std::io::Read;
+    let mut prefix = Vec::with_capacity(PREAMBLE);
+    r.by_ref().take(PREAMBLE as u64).read_to_end(&mut prefix)?;
+    let Some(want) = peek_len(&prefix) else {
+        return Ok(None);
+    };
+    r.take((want - PREAMBLE) as u64).read_to_end(&mut prefix)?;
+    Ok(peek_predictor(&prefix))
+}
+
 /// A parsed blob borrowing its bytes.
 pub struct Blob<'a> {
     pub header: Header,

@@ -847,8 +847,10 @@ fn code_with(
 ) -> Result<Coding, EncodeError> {
     let mut coefs: Coefs = Default::default();
     let mut quantised = None;
+    let started = std::time::Instant::now();
     let (chosen, plan, l1) = choose(chain, dtype, geom, opts, models, carry, coder, &mut coefs, &mut quantised)?;
-    tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?plan.stage, intensity = ?plan.intensity, "window's predictor and stage chosen");
+    let choosing = started.elapsed();
+    tracing::debug!(frames = chain.images.len(), predictor = %chosen, stage = ?plan.stage, intensity = ?plan.intensity, ms = choosing.as_millis(), "window's predictor and stage chosen");
     // Lossless, the replayed references are exactly what the model computes from the
     // reconstructions; under a bound the model runs on them (closed loop).
     let final_model = if opts.bound == Bound::Lossless { models.probe } else { models.real };
@@ -868,6 +870,7 @@ fn code_with(
         }
         None => quantize_and_code(chain, dtype, geom, opts, plan, session_for(chosen, geom, &coefs, final_model)?, coder)?,
     };
+    tracing::debug!(ms = (started.elapsed() - choosing).as_millis(), "window coded with its choice");
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
     if chosen.pid != PredictorId::Linear {
         kept.clear();

@@ -176,15 +176,10 @@ impl Vfs {
     }
 
     fn blob_predictor(&self, blob: u64) -> String {
-        let header = std::fs::File::open(self.store.blob_path(blob)).and_then(|mut f| {
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = std::io::Read::read(&mut f, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        });
-        // The predictor id and the model hash sit at fixed places of the (plain) header
-        // (docs/FORMAT.md).
-        match header.ok().as_deref().and_then(crate::codec::container::peek_predictor) {
+        // The predictor id and the model hash sit at fixed places of the header, which a
+        // version-14 blob stores compressed (docs/FORMAT.md): only the header is read.
+        let peeked = std::fs::File::open(self.store.blob_path(blob)).and_then(|mut f| crate::codec::container::read_predictor(&mut f));
+        match peeked.ok().flatten() {
             Some((id, model)) => {
                 let p = crate::codec::PredictorId::from_id(id).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
                 if model == [0; 32] {
