@@ -2327,6 +2327,7 @@ fn nearly_empty_frames_compress_their_header() {
     let slices = outer.header.slices.as_ref().unwrap().blobs.clone();
     let at = outer.payload_offset(&enc.blob);
     drop(outer);
+    let mut guarded = 0;
     for sec in slices {
         let start = at + sec.offset as usize;
         assert_eq!(version_of(&enc.blob[start..]), 14, "a slice blob");
@@ -2336,7 +2337,29 @@ fn nearly_empty_frames_compress_their_header() {
             let sealed = reseal(&b).unwrap();
             assert!(decode_window(&sealed).is_err() || decode_window(&sealed).unwrap() == files, "slice at {start}, byte {k}");
         }
+        // A byte changed in a slice's payload changes a section CRC in its header, which may then
+        // compress to another length: such a slice is left unsealed (the outer blob keeps its
+        // length and layout; its decoding fails on the slice's CRC). Every byte of the payload is
+        // tried, and some must take that path.
+        let inner_hlen = u32::from_le_bytes(enc.blob[start + 12..start + 16].try_into().unwrap()) as usize;
+        for k in 16 + inner_hlen + 4..sec.len as usize {
+            let mut b = enc.blob.clone();
+            b[start + k] ^= 0x01;
+            let alone = reseal(&b[start..start + sec.len as usize]).unwrap();
+            let sealed = reseal(&b).unwrap();
+            assert_eq!(sealed.len(), b.len(), "slice at {start}, payload byte {k}");
+            tezipfs::codec::container::Blob::parse(&sealed).unwrap_or_else(|e| panic!("slice at {start}, payload byte {k}: the outer blob: {e}"));
+            let decoded = decode_window(&sealed);
+            if alone.len() as u64 != sec.len {
+                guarded += 1;
+                assert!(decoded.is_err(), "slice at {start}, payload byte {k}: left unsealed, yet it decodes");
+                assert_eq!(&sealed[start..start + sec.len as usize], &b[start..start + sec.len as usize], "left as it was");
+            } else {
+                assert!(decoded.is_err() || decoded.unwrap() == files, "slice at {start}, payload byte {k}");
+            }
+        }
     }
+    assert!(guarded > 0, "no change of a slice's payload made its header compress to another length");
     // Frames with real content: the header is a fraction of a percent of the blob.
     let files = generate_raw(&SequenceSpec::detector_u16(256, 256, 4, 2));
     let enc = round_trip(&files, &Options { compact_header: true, ..options(raw(256, 256, DType::U16, 0), PredictorChoice::Auto, false) }, "detector");
