@@ -354,6 +354,14 @@ struct Quantised {
     sliced: bool,
 }
 
+/// The chosen predictor's quantisation of a window's first frames, made while choosing it, and
+/// its session after them: the final coding continues from there instead of quantising them
+/// again.
+struct Prefix {
+    q: Quantised,
+    session: Session,
+}
+
 /// Buffers of [`Quantised::side`]: the moved codes and the moved prediction.
 #[derive(Default)]
 struct SideBuffers {
@@ -362,6 +370,18 @@ struct SideBuffers {
 }
 
 impl Quantised {
+    /// No frames yet, from the window's first on (the final coding's, as `opts` codes it).
+    fn empty(opts: &Options, pid: PredictorId) -> Quantised {
+        Quantised { start: 0, moves: pid.moves(), frames: Vec::new(), motion: Vec::new(), sliced: opts.row_slices }
+    }
+
+    /// The frames of `more`, which follow these.
+    fn extend(&mut self, more: Quantised) {
+        debug_assert_eq!(self.start + self.frames.len(), more.start);
+        self.frames.extend(more.frames);
+        self.motion.extend(more.motion);
+    }
+
     /// The reconstruction of frame `k` (a lossless frame is its own).
     fn recon<'a>(&'a self, chain: &'a Chain, k: usize) -> &'a [u32] {
         match &self.frames[k].recon {
@@ -860,15 +880,17 @@ fn code_with(
         coded.iter_mut().zip(q.frames).for_each(|(c, f)| c.recon = f.recon);
         coded
     };
-    let coded = match quantised {
-        Some(q) if opts.reconstructions => with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q),
-        Some(q) => code_chain(chain, dtype, geom, opts, plan, &q, coder)?,
-        None if opts.reconstructions => {
-            let quantising = without_unused_tree_images(opts, plan);
-            let q = quantize_chain(chain, dtype, geom, &quantising, session_for(chosen, geom, &coefs, final_model)?, 0..chain.images.len())?;
-            with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q)
-        }
-        None => quantize_and_code(chain, dtype, geom, opts, plan, session_for(chosen, geom, &coefs, final_model)?, coder)?,
+    let prefix = match quantised {
+        Some(p) => p,
+        None => Prefix { q: Quantised::empty(opts, chosen.pid), session: session_for(chosen, geom, &coefs, final_model)? },
+    };
+    let coded = if opts.reconstructions {
+        let Prefix { mut q, mut session } = prefix;
+        let quantising = without_unused_tree_images(opts, plan);
+        q.extend(quantize_frames(chain, dtype, geom, &quantising, &mut session, q.frames.len()..chain.images.len(), None)?);
+        with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q)
+    } else {
+        quantize_and_code(chain, dtype, geom, opts, plan, prefix, coder)?
     };
     tracing::debug!(ms = (started.elapsed() - choosing).as_millis(), "window coded with its choice");
     let mut kept = std::mem::take(&mut coefs[usize::from(chosen.model)]);
@@ -891,7 +913,7 @@ fn choose(
     carry: Option<&Choice>,
     coder: &mut Coder,
     coefs: &mut Coefs,
-    quantised: &mut Option<Quantised>,
+    quantised: &mut Option<Prefix>,
 ) -> Result<(Candidate, Plan, bool), EncodeError> {
     let bounded_only = Intensity { bounded: opts.intensity_context, lossless: false };
     let plan = |stage: Option<Stage>| Plan { stage, intensity: bounded_only };
@@ -1111,9 +1133,10 @@ fn choose(
             // (Under a bound the model runs on the reconstructions: these may be the final coding.)
             let pair = [chosen, alt];
             let mut both = par_map(2, opts.threads, coder, |i, coder| {
-                let q = quantize_chain(chain, dtype, geom, opts, session_for(pair[i], geom, coefs, models.real)?, 0..far)?;
+                let mut session = session_for(pair[i], geom, coefs, models.real)?;
+                let q = quantize_frames(chain, dtype, geom, opts, &mut session, 0..far, None)?;
                 // (Compared by context rANS's estimated size, as the ranking.)
-                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true, bounded_only)?, q))
+                Ok((self::size_under(chain, dtype, geom, opts, coder, &q, proxy, skip, true, bounded_only)?, Prefix { q, session }))
             })?;
             let (other, other_q) = both.pop().expect("two");
             let (first, first_q) = both.pop().expect("two");
@@ -1123,11 +1146,9 @@ fn choose(
             } else {
                 first_q
             };
-            // Where the confirmation covered the whole window (hoechst's 10 frames), the winner's
-            // frames are those the final coding would compute again.
-            if far == chain.images.len() {
-                *quantised = Some(kept);
-            }
+            // The winner's first frames are those the final coding would compute again (all of
+            // them where the confirmation covered the whole window, as hoechst's 10 frames).
+            *quantised = Some(kept);
         }
     }
     // Whether the adaptive stage weighs the intensity: the winner's last probe frame coded with
@@ -1348,35 +1369,39 @@ fn quantize_chain(
     dtype: DType,
     geom: Geometry,
     opts: &Options,
-    session: Session,
+    mut session: Session,
     frames: std::ops::Range<usize>,
 ) -> Result<Quantised, EncodeError> {
-    quantize_frames(chain, dtype, geom, opts, session, frames, None)
+    quantize_frames(chain, dtype, geom, opts, &mut session, frames, None)
 }
 
 /// A frame as [`quantize_frames`] hands it over: its quantisation and its stored vectors.
 type QuantisedFrame = (quantizer::Coded, Vec<u8>);
 
-/// [`quantize_chain`]; with a `sink`, each frame is sent there as soon as it is made instead of
-/// kept (the returned frames are then empty), and a closed sink stops the work.
+/// [`quantize_chain`], leaving `session` after the last frame (a session that has seen frames
+/// already continues from them: see [`Prefix`]); with a `sink`, each frame is sent there as
+/// soon as it is made instead of kept (the returned frames are then empty), and a closed sink
+/// stops the work.
 fn quantize_frames(
     chain: &Chain,
     dtype: DType,
     geom: Geometry,
     opts: &Options,
-    mut session: Session,
+    session: &mut Session,
     frames: std::ops::Range<usize>,
     sink: Option<&std::sync::mpsc::SyncSender<QuantisedFrame>>,
 ) -> Result<Quantised, EncodeError> {
     let (n, start) = (frames.len(), frames.start);
     let pid = session.predictor();
+    // (Frames after the session's first have a reference to move.)
+    let resumed = session.position() > 0;
     let mut out = Quantised { start, moves: pid.moves(), frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
     // The reference moved by the search's vectors before their refinement (block modes' fallback).
     let mut unrefined = Vec::new();
     for (k, x) in chain.images[frames].iter().enumerate() {
         session.begin()?;
         let search = || motion::search_both(session.reference(), session.older(), x, geom.width, geom.height, true);
-        let (mut vectors, coarse) = match (pid.moves() && k > 0, opts.bound == Bound::Lossless) {
+        let (mut vectors, coarse) = match (pid.moves() && (k > 0 || resumed), opts.bound == Bound::Lossless) {
             (false, _) => (Vec::new(), None),
             (true, false) => search(),
             (true, true) => {
@@ -1397,7 +1422,7 @@ fn quantize_frames(
         // Block modes, lossless only: the choice is made on the frame itself, which is then the
         // reconstruction. (Under a bound the corrections would be chosen on values the decoder
         // does not have, and they spread the quantisation error: visp-cube abs:4 lost a fifth.)
-        if pid == PredictorId::Motion && k > 0 && bound == FrameBound::Lossless {
+        if pid == PredictorId::Motion && (k > 0 || resumed) && bound == FrameBound::Lossless {
             let alt = match &coarse {
                 Some(c) => {
                     motion::apply(session.reference(), session.older(), c, geom.width, geom.height, true, &mut unrefined)
@@ -1555,38 +1580,48 @@ fn without_unused_tree_images(opts: &Options, plan: Plan) -> Options {
     Options { bounded_tree: opts.bounded_tree && !unused, ..opts.clone() }
 }
 
-/// Quantise the whole chain with `session` and entropy-code it under `stage`: with two threads
-/// or more, as a pipeline (one thread predicts and quantises frame `k + 1` while the calling one
-/// codes frame `k`); the same bytes either way.
+/// Quantise the rest of the chain after `prefix` with its session and entropy-code the whole
+/// chain under `stage`: with two threads or more, as a pipeline (one thread predicts and
+/// quantises frame `k + 1` while the calling one codes frame `k`); the same bytes either way.
 fn quantize_and_code(
     chain: &Chain,
     dtype: DType,
     geom: Geometry,
     opts: &Options,
     plan: Plan,
-    session: Session,
+    prefix: Prefix,
     coder: &mut Coder,
 ) -> Result<Vec<CodedFrame>, EncodeError> {
     let n = chain.images.len();
     let quantising = without_unused_tree_images(opts, plan);
-    if opts.threads <= 1 || n < 2 {
-        let q = quantize_chain(chain, dtype, geom, &quantising, session, 0..n)?;
+    let Prefix { mut q, mut session } = prefix;
+    let made = q.frames.len();
+    if opts.threads <= 1 || n - made < 2 {
+        q.extend(quantize_frames(chain, dtype, geom, &quantising, &mut session, made..n, None)?);
         return code_chain(chain, dtype, geom, opts, plan, &q, coder);
     }
     // The adaptive stage codes a frame's row slices side by side (the probe's coders do not:
     // their candidates already run side by side).
     let before = coder.threads();
     coder.set_threads(opts.threads);
-    let moves = session.predictor().moves();
     let coded = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<QuantisedFrame>(2);
         let quantising = &quantising;
-        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, quantising, session, 0..n, Some(&tx)).map(|_| ()));
-        let mut q = Quantised { start: 0, moves, frames: Vec::with_capacity(n), motion: Vec::with_capacity(n), sliced: opts.row_slices };
+        let producer = scope.spawn(move || quantize_frames(chain, dtype, geom, quantising, &mut session, made..n, Some(&tx)).map(|_| ()));
         let mut state = ChainCoding::default();
         let mut out = Vec::with_capacity(n);
         let mut failed = None;
-        for (c, vectors) in rx.iter() {
+        // (The prefix's frames are coded while the rest is quantised.)
+        for k in 0..made {
+            match state.code_frame(chain, dtype, geom, opts, plan, &q, k, coder) {
+                Ok(f) => out.push(f),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        for (c, vectors) in rx.iter().take_while(|_| failed.is_none()) {
             q.frames.push(c);
             q.motion.push(vectors);
             match state.code_frame(chain, dtype, geom, opts, plan, &q, q.frames.len() - 1, coder) {
