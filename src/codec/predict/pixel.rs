@@ -119,20 +119,6 @@ pub(crate) fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, wid
     }
 }
 
-/// Calls `f(i, mode)` for every pixel `i` of a frame of `n` pixels, in order, with the mode of
-/// its block: the row-major walk of [`Prediction::BlockModes`] without a division per pixel.
-#[inline(always)]
-pub(crate) fn for_each_block_mode(width: usize, n: usize, modes: &[u8], mut f: impl FnMut(usize, u8)) {
-    // Whole rows only: frames are `width` x `height`, and the modes were checked to cover them.
-    for y in 0..n / width.max(1) {
-        for (mode, run) in block_mode_runs(width, modes, y) {
-            for i in run {
-                f(i, mode);
-            }
-        }
-    }
-}
-
 /// The runs of pixels of row `y` (frame indices) that lie in one block each, with that block's
 /// mode, left to right (see [`Prediction::BlockModes`]).
 #[inline(always)]
