@@ -83,6 +83,28 @@ fn context(codes: &[u32], i: usize, x: usize, cols: usize) -> usize {
     bucket(2 * a + 2 * b + c + d)
 }
 
+/// Calls `f(j, context(codes, j, ..))` for every code of a slice (`codes`, whole rows of `cols`
+/// from its first) in order: the rows' inner pixels without [`context`]'s edge tests and its
+/// division per pixel.
+#[inline(always)]
+fn each_context(codes: &[u32], cols: usize, mut f: impl FnMut(usize, usize)) {
+    for (y, row) in codes.chunks(cols).enumerate() {
+        let start = y * cols;
+        if y == 0 || row.len() < 3 {
+            (0..row.len()).for_each(|x| f(start + x, context(codes, start + x, x, cols)));
+            continue;
+        }
+        f(start, context(codes, start, 0, cols));
+        let up = &codes[start - cols..start - cols + row.len()];
+        for (k, (w, u)) in row.windows(2).zip(up.windows(3)).take(row.len() - 2).enumerate() {
+            let (a, b, c, d) = (w[0] as u64, u[1] as u64, u[0] as u64, u[2] as u64);
+            f(start + k + 1, bucket(2 * a + 2 * b + c + d));
+        }
+        let last = row.len() - 1;
+        f(start + last, context(codes, start + last, last, cols));
+    }
+}
+
 /// Two contexts per octave of the neighbourhood activity `s`; 0 for a quiet neighbourhood.
 /// Written without branches: `1 + 2t + h` for top bit index `t` and the bit `h` below it.
 #[inline(always)]
@@ -323,14 +345,15 @@ pub fn encode(codes: &[u32], cols: usize) -> Vec<u8> {
     let mut tok = vec![0u8; n];
     let mut counts = vec![[0u32; TOKENS]; CONTEXTS];
     let mut bits = BitWriter { out: Vec::new(), acc: 0, n: 0 };
+    // (The contexts first, slice by slice; the extra bits in the decoder's order.)
+    for r in &ranges {
+        each_context(&codes[r.clone()], cols, |j, c| ctx[r.start + j] = c as u8);
+    }
     for_each_in_order(&ranges, |s, j| {
-        let r = &ranges[s];
-        let i = r.start + j;
-        let c = context(&codes[r.clone()], j, j % cols, cols);
+        let i = ranges[s].start + j;
         let (t, nb, extra) = token_of(codes[i]);
-        ctx[i] = c as u8;
         tok[i] = t as u8;
-        counts[c][t] += 1;
+        counts[ctx[i] as usize][t] += 1;
         bits.put(extra, nb);
     });
     let freqs: Vec<[u32; TOKENS]> = counts.iter().map(normalize).collect();
@@ -411,12 +434,11 @@ pub fn estimate(codes: &[u32], cols: usize) -> usize {
     // (The contexts do not depend on the order the slices are interleaved in.)
     for r in &ranges {
         let slice = &codes[r.clone()];
-        for (j, &v) in slice.iter().enumerate() {
-            let c = context(slice, j, j % cols, cols);
-            let (t, nb, _) = token_of(v);
+        each_context(slice, cols, |j, c| {
+            let (t, nb, _) = token_of(slice[j]);
             counts[c][t] += 1;
             extra_bits += nb as u64;
-        }
+        });
     }
     let mut table = 0usize;
     let mut bits = 0f64;
@@ -532,6 +554,25 @@ mod tests {
                 .collect();
             let (real, est) = (encode(&codes, cols).len() as f64, estimate(&codes, cols) as f64);
             assert!((real - est).abs() <= 8.0 + 0.002 * real, "n {n}: coded {real}, estimated {est}");
+        }
+    }
+
+    /// The row walk gives every code the context the per-pixel function does: narrow and wide
+    /// rows, a partial last row, one column, rows of one and two pixels.
+    #[test]
+    fn each_context_is_context() {
+        let mut seed = 11u64;
+        for &(n, cols) in &[(64 * 64, 64usize), (300 * 7 + 5, 300), (1000, 1000), (17 * 33 + 16, 17), (40, 1), (10, 2), (9, 3)] {
+            let codes: Vec<u32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (((seed >> 33) % 5000) >> ((seed >> 20) & 15)) as u32
+                })
+                .collect();
+            let mut seen = Vec::new();
+            each_context(&codes, cols, |j, c| seen.push((j, c)));
+            let want: Vec<(usize, usize)> = (0..n).map(|j| (j, context(&codes, j, j % cols, cols))).collect();
+            assert_eq!(seen, want, "n {n}, cols {cols}");
         }
     }
 
