@@ -9,7 +9,12 @@ use super::{causal, linear};
 /// already reconstructed left, upper and upper-left neighbours in `img`.
 #[inline]
 pub fn med(img: &[u32], i: usize, width: usize) -> u32 {
-    let x = i % width;
+    med_at(img, i, width, i % width)
+}
+
+/// [`med`] of pixel `i`, in column `x` (a walk knows it: no division).
+#[inline(always)]
+fn med_at(img: &[u32], i: usize, width: usize, x: usize) -> u32 {
     let has_up = i >= width;
     match (x > 0, has_up) {
         (false, false) => 0,
@@ -35,8 +40,14 @@ pub fn med(img: &[u32], i: usize, width: usize) -> u32 {
 /// edge rules of [`med`].
 #[inline(always)]
 pub fn temporal_med(prev: &[u32], recon: &[u32], i: usize, width: usize) -> i64 {
+    temporal_med_at(prev, recon, i, width, i % width)
+}
+
+/// [`temporal_med`] of pixel `i`, in column `x`.
+#[inline(always)]
+fn temporal_med_at(prev: &[u32], recon: &[u32], i: usize, width: usize, x: usize) -> i64 {
     let d = |j: usize| recon[j] as i64 - prev[j] as i64;
-    match (i % width > 0, i >= width) {
+    match (x > 0, i >= width) {
         (false, false) => 0,
         (true, false) => d(i - 1),
         (false, true) => d(i - width),
@@ -77,7 +88,9 @@ pub enum Prediction<'a> {
     Causal { net: &'a causal::CausalStage, past: &'a causal::Past, width: usize },
 }
 
-/// Where a walk over a frame is (`linear` only: whether a pixel is on the frame's border).
+/// Where a walk over a frame is: the pixel's column (the MED family's edge rules and block
+/// modes without a division per pixel) and row (`linear`: whether a pixel is on the frame's
+/// border).
 struct Walker {
     width: usize,
     rows: usize,
@@ -90,10 +103,12 @@ impl Walker {
     #[inline(always)]
     fn next(&mut self, pred: &Prediction, recon: &[u32], i: usize, mask: u32) -> u32 {
         let interior = self.y > 0 && self.y + 1 < self.rows && self.x > 0 && self.x + 1 < self.width;
+        let (x, y) = (self.x, self.y);
         self.x += 1;
         if self.x == self.width {
             (self.x, self.y) = (0, self.y + 1);
         }
+        // (The same predictions as `Prediction::at`, with the column known.)
         match *pred {
             Prediction::Linear { prev, width, coefs, boxes } if interior => {
                 if boxes.is_empty() {
@@ -103,6 +118,15 @@ impl Walker {
                 }
             }
             Prediction::Frame(f) => f[i],
+            Prediction::Intra { width } if self.width == width => med_at(recon, i, width, x),
+            Prediction::TemporalMed { prev, width } if self.width == width => {
+                (prev[i] as i64 + temporal_med_at(prev, recon, i, width, x)).clamp(0, mask as i64) as u32
+            }
+            Prediction::Blend { prev, width } if self.width == width => ((prev[i] as u64 + med_at(recon, i, width, x) as u64) / 2) as u32,
+            Prediction::BlockModes { prev, width, modes } if self.width == width => {
+                let mode = modes[(y / BLOCK) * width.div_ceil(BLOCK) + x / BLOCK];
+                block_mode_at_x(mode, prev, recon, i, width, x, mask)
+            }
             other => other.at(recon, i, mask),
         }
     }
@@ -111,10 +135,16 @@ impl Walker {
 /// The prediction of pixel `i` in a block of `mode` (see [`Prediction::BlockModes`]).
 #[inline(always)]
 pub(crate) fn block_mode_at(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, mask: u32) -> u32 {
+    block_mode_at_x(mode, prev, recon, i, width, i % width, mask)
+}
+
+/// [`block_mode_at`] of pixel `i`, in column `x`.
+#[inline(always)]
+fn block_mode_at_x(mode: u8, prev: &[u32], recon: &[u32], i: usize, width: usize, x: usize, mask: u32) -> u32 {
     match mode {
-        CORRECTED => (prev[i] as i64 + temporal_med(prev, recon, i, width)).clamp(0, mask as i64) as u32,
-        SPATIAL => med(recon, i, width),
-        BLENDED => ((prev[i] as u64 + med(recon, i, width) as u64) / 2) as u32,
+        CORRECTED => (prev[i] as i64 + temporal_med_at(prev, recon, i, width, x)).clamp(0, mask as i64) as u32,
+        SPATIAL => med_at(recon, i, width, x),
+        BLENDED => ((prev[i] as u64 + med_at(recon, i, width, x) as u64) / 2) as u32,
         _ => prev[i],
     }
 }
@@ -176,6 +206,9 @@ impl Prediction<'_> {
     fn walker(&self, n: usize) -> Walker {
         let (width, rows) = match *self {
             Prediction::Linear { prev, width, .. } if width > 2 && prev.len() == n => (width, n / width),
+            // (Block modes: only where they cover the frame, as `len_ok` checks; else `at`.)
+            Prediction::BlockModes { prev, width, modes } if width > 0 && prev.len() == n && modes.len() == blocks(width, n / width) => (width, n / width),
+            Prediction::Intra { width } | Prediction::TemporalMed { width, .. } | Prediction::Blend { width, .. } if width > 0 => (width, n / width),
             _ => (usize::MAX, 0),
         };
         Walker { width, rows, x: 0, y: 0 }
@@ -199,7 +232,8 @@ mod tests {
     use super::*;
 
     /// The walk predicts every pixel as `at` does, for every kind of prediction, on frames of
-    /// every small width, whole rows or not.
+    /// every small width and a few spanning several motion blocks, whole rows or not, with block
+    /// modes of every kind.
     #[test]
     fn walk_predicts_as_at() {
         let mut seed = 3u64;
@@ -209,12 +243,12 @@ mod tests {
         };
         let coefs = [4000, 3000, -1000, 800, 9000, 500, 400, -300, 600, -77];
         let wide = [4000, 3000, -1000, 800, 6000, 500, 400, -300, 600, 1500, -77];
-        for width in 1..7 {
-            for n in [width * 5, width * 5 + width / 2] {
+        for width in (1..7).chain([17, 33]) {
+            for n in [width * 5, width * 5 + width / 2, width * 35 + 3] {
                 let mask = 0xffff;
                 let prev: Vec<u32> = (0..n).map(|_| next() & mask).collect();
                 let x: Vec<u32> = (0..n).map(|_| next() & mask).collect();
-                let modes = vec![0u8; blocks(width, n / width)];
+                let modes: Vec<u8> = (0..blocks(width, n / width)).map(|_| (next() % 4) as u8).collect();
                 let mut boxes = Vec::new();
                 linear::box_means(&prev, width, &mut boxes, &mut Vec::new());
                 let preds = [
