@@ -273,11 +273,27 @@ fn compact_header(h: &[u8], plain: usize, payload: usize) -> Option<Vec<u8>> {
     if (plain as f64) < total * COMPACT_HEADER_GAIN || h.len() > MAX_PLAIN_HEADER {
         return None;
     }
+    let out = stored_header(h)?;
+    ((plain.saturating_sub(out.len())) as f64 >= total * COMPACT_HEADER_GAIN).then_some(out)
+}
+
+/// The stored form of a version-14 header whose plain form is `h`: u32 length of `h`, then
+/// the zstd frame of `h` (inverse of [`plain_header`]).
+fn stored_header(h: &[u8]) -> Option<Vec<u8>> {
     let z = zstd::bulk::compress(h, HEADER_LEVEL).ok()?;
     let mut out = Vec::with_capacity(4 + z.len());
     out.extend_from_slice(&(h.len() as u32).to_le_bytes());
     out.extend_from_slice(&z);
-    ((plain.saturating_sub(out.len())) as f64 >= total * COMPACT_HEADER_GAIN).then_some(out)
+    Some(out)
+}
+
+/// The version and the stored header's length a blob's first bytes give (`None` where they are
+/// not a blob's preamble).
+fn preamble(bytes: &[u8]) -> Option<(u16, usize)> {
+    if bytes.len() < PREAMBLE || &bytes[..8] != MAGIC {
+        return None;
+    }
+    Some((u16::from_le_bytes([bytes[8], bytes[9]]), u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize))
 }
 
 /// The plain header of a version-14 blob from its stored form ([`compact_header`]): its length
@@ -306,13 +322,9 @@ fn plain_header(stored: &[u8]) -> Result<Vec<u8>, BlobError> {
 /// that does not decompress). For a quick look (the `user.tezip.predictor` attribute); what
 /// decodes is [`Blob::parse`]'s.
 pub fn peek_predictor(prefix: &[u8]) -> Option<(u8, [u8; 32])> {
-    if prefix.len() < PREAMBLE || &prefix[..8] != MAGIC {
-        return None;
-    }
-    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+    let (version, hlen) = preamble(prefix)?;
     let plain;
     let h = if version == 14 {
-        let hlen = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]) as usize;
         plain = plain_header(prefix.get(PREAMBLE..PREAMBLE.checked_add(hlen)?)?).ok()?;
         &plain[..]
     } else {
@@ -329,15 +341,11 @@ pub fn peek_predictor(prefix: &[u8]) -> Option<(u8, [u8; 32])> {
 /// (`None` where they are not a blob's, or where a version-14 header claims more than any
 /// header may take): the stored header of version 14, which is compressed whole, and the
 /// header's first 42 bytes otherwise.
-pub fn peek_len(preamble: &[u8]) -> Option<usize> {
-    if preamble.len() < PREAMBLE || &preamble[..8] != MAGIC {
-        return None;
+pub fn peek_len(first: &[u8]) -> Option<usize> {
+    match preamble(first)? {
+        (14, hlen) => (hlen <= MAX_PLAIN_HEADER).then_some(PREAMBLE + hlen),
+        _ => Some(PREAMBLE + 42),
     }
-    if u16::from_le_bytes([preamble[8], preamble[9]]) != 14 {
-        return Some(PREAMBLE + 42);
-    }
-    let hlen = u32::from_le_bytes([preamble[12], preamble[13], preamble[14], preamble[15]]) as usize;
-    (hlen <= MAX_PLAIN_HEADER).then_some(PREAMBLE + hlen)
 }
 
 /// [`peek_predictor`] of the blob `r` reads from its start: only the bytes it needs are read
@@ -563,8 +571,7 @@ pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
         return Some(out);
     }
     if version == 14 {
-        let mut stored = (h.len() as u32).to_le_bytes().to_vec();
-        stored.extend_from_slice(&zstd::bulk::compress(&h, HEADER_LEVEL).ok()?);
+        let stored = stored_header(&h)?;
         let mut sealed = bytes[..PREAMBLE].to_vec();
         sealed[12..16].copy_from_slice(&(stored.len() as u32).to_le_bytes());
         sealed.extend_from_slice(&stored);

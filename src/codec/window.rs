@@ -362,6 +362,15 @@ struct Prefix {
     session: Session,
 }
 
+impl Prefix {
+    /// The whole chain's quantisation: the frames after the prefix quantised with its session.
+    fn finish(self, chain: &Chain, dtype: DType, geom: Geometry, opts: &Options) -> Result<Quantised, EncodeError> {
+        let Prefix { mut q, mut session } = self;
+        q.extend(quantize_frames(chain, dtype, geom, opts, &mut session, q.frames.len()..chain.images.len(), None)?);
+        Ok(q)
+    }
+}
+
 /// Buffers of [`Quantised::side`]: the moved codes and the moved prediction.
 #[derive(Default)]
 struct SideBuffers {
@@ -885,9 +894,7 @@ fn code_with(
         None => Prefix { q: Quantised::empty(opts, chosen.pid), session: session_for(chosen, geom, &coefs, final_model)? },
     };
     let coded = if opts.reconstructions {
-        let Prefix { mut q, mut session } = prefix;
-        let quantising = without_unused_tree_images(opts, plan);
-        q.extend(quantize_frames(chain, dtype, geom, &quantising, &mut session, q.frames.len()..chain.images.len(), None)?);
+        let q = prefix.finish(chain, dtype, geom, &without_unused_tree_images(opts, plan))?;
         with_recon(code_chain(chain, dtype, geom, opts, plan, &q, coder)?, q)
     } else {
         quantize_and_code(chain, dtype, geom, opts, plan, prefix, coder)?
@@ -1594,12 +1601,12 @@ fn quantize_and_code(
 ) -> Result<Vec<CodedFrame>, EncodeError> {
     let n = chain.images.len();
     let quantising = without_unused_tree_images(opts, plan);
-    let Prefix { mut q, mut session } = prefix;
-    let made = q.frames.len();
+    let made = prefix.q.frames.len();
     if opts.threads <= 1 || n - made < 2 {
-        q.extend(quantize_frames(chain, dtype, geom, &quantising, &mut session, made..n, None)?);
+        let q = prefix.finish(chain, dtype, geom, &quantising)?;
         return code_chain(chain, dtype, geom, opts, plan, &q, coder);
     }
+    let Prefix { mut q, mut session } = prefix;
     // The adaptive stage codes a frame's row slices side by side (the probe's coders do not:
     // their candidates already run side by side).
     let before = coder.threads();
