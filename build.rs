@@ -1,12 +1,14 @@
 //! Link-time glue for libtorch (tch / torch-sys).
 //!
 //! torch-sys finds libtorch through `LIBTORCH` (set in `.cargo/config.toml` to the PyTorch wheel
-//! inside the repo's virtualenv). Two things are added here so that the built binary runs without
-//! `LD_LIBRARY_PATH` and finds CUDA when the machine has it:
-//! - an rpath to `$LIBTORCH/lib`, embedded at link time;
-//! - `--no-as-needed` around the torch libraries, so that `libtorch_cuda.so` stays a `NEEDED`
-//!   entry even though no symbol of it is referenced directly (its kernels register themselves
-//!   from static initialisers).
+//! inside the repo's virtualenv). Added here:
+//! - an rpath to `$LIBTORCH/lib`, embedded at link time, so that the binary runs without
+//!   `LD_LIBRARY_PATH` (and finds the CUDA half there at run time);
+//! - `--no-as-needed` around libtorch's CPU half and c10 only. The CUDA half (`libtorch_cuda.so`,
+//!   and `libtorch.so`, which only names both halves) is left out on purpose: the rustc default
+//!   `--as-needed` drops torch-sys's `-ltorch_cuda`, since no symbol of it is referenced, and
+//!   `tezipfs::model::cuda::load` opens it at run time where a GPU driver is (linked, it cost
+//!   every process 0.3-0.5 s and 400 MB of resident memory on machines without a GPU).
 use std::path::PathBuf;
 
 fn main() {
@@ -19,7 +21,7 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    for name in ["torch_cuda", "torch_cpu", "torch", "c10_cuda", "c10"] {
+    for name in ["torch_cpu", "c10"] {
         if lib.join(format!("lib{name}.so")).exists() {
             println!("cargo:rustc-link-arg=-l{name}");
         }

@@ -353,7 +353,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 tezipfs::codec::container::VERSION,
                 tezipfs::codec::window::OLDEST_WRITABLE
             );
-            println!("libtorch: linked; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
+            let libs = tezipfs::model::cuda::load();
+            println!("libtorch: CPU half linked, CUDA half {libs}; CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
             println!(
                 "model file version {}; learned models run on {:?} (--device auto), {} libtorch threads",
                 tezipfs::model::file::VERSION,

@@ -7,6 +7,7 @@
 //! [`crate::codec::predict::Model`] and give the same integers (tested).
 
 pub mod batch;
+pub mod cuda;
 pub mod file;
 pub mod reference;
 pub mod registry;
@@ -341,13 +342,16 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The device this choice runs on here; `cuda` without a GPU is an error.
+    /// The device this choice runs on here; `cuda` without a GPU is an error. (Loads libtorch's
+    /// CUDA half first where a driver is: [`cuda::load`].)
     pub fn device(self) -> Result<tch::Device, String> {
+        let libs = cuda::load();
         match self {
             DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
             DeviceChoice::Cpu => Ok(tch::Device::Cpu),
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-            DeviceChoice::Cuda => Err("--device cuda: libtorch sees no CUDA device on this machine".into()),
+            DeviceChoice::Cuda if *libs == cuda::CudaLibs::Loaded => Err("--device cuda: libtorch sees no CUDA device on this machine".into()),
+            DeviceChoice::Cuda => Err(format!("--device cuda: no CUDA on this machine (libtorch's CUDA half {libs})")),
         }
     }
 }

@@ -48,6 +48,31 @@ fn fusermount_unmount_ends_the_daemon_cleanly() {
     assert!(!is_mounted(&fs.mnt));
 }
 
+/// The daemon maps libtorch's CUDA half (and cuDNN, cuBLAS, NCCL behind it) only where a GPU
+/// driver is (`tezipfs::model::cuda`): on a machine without one it carries the CPU half alone,
+/// and `tezipfs info` says why.
+#[test]
+fn the_daemon_loads_libtorchs_cuda_half_only_with_a_gpu_driver() {
+    require_fuse!();
+    let fs = Fs::new();
+    std::fs::write(fs.path("a"), vec![7u8; 10_000]).unwrap();
+    let pid = fs.pid().expect("the daemon runs");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let info = tezipfs(&["info"]);
+    assert!(info.status.success());
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(maps.contains("libtorch_cpu.so"), "the CPU half is linked");
+    let c = std::ffi::CString::new("libcuda.so.1").unwrap();
+    // SAFETY: a NUL-terminated name; the driver library, if present, is what CUDA programs load.
+    let driver = !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) }.is_null();
+    if driver {
+        assert!(info.contains("CUDA half libtorch_cuda.so loaded") == maps.contains("libtorch_cuda.so"), "{info}");
+    } else {
+        assert!(!maps.contains("libtorch_cuda.so") && !maps.contains("libcudnn"), "CUDA libraries mapped without a driver");
+        assert!(info.contains("CUDA half not loaded: no NVIDIA driver (libcuda.so.1 not found)"), "{info}");
+    }
+}
+
 #[test]
 fn daemon_mode_detaches_and_logs_to_the_store() {
     require_fuse!();

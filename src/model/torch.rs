@@ -462,6 +462,7 @@ impl TorchModel {
 
     /// CUDA when libtorch sees a GPU, else the CPU.
     pub fn default_device() -> Device {
+        super::cuda::load();
         Device::cuda_if_available()
     }
 
