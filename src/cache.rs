@@ -68,6 +68,11 @@ impl Cache {
         r
     }
 
+    /// The cache's own budget in bytes (what it holds whatever the memory budget has idle).
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Whether `key` is cached (not counted as a hit or a miss, not made more recent).
     pub fn contains(&self, key: Key) -> bool {
         self.lock().lru.contains(&key)

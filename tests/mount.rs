@@ -949,6 +949,44 @@ fn a_read_decodes_ahead_and_two_readers_read_at_once() {
     }
 }
 
+/// Read-ahead depth: a reader starting a window gets as many next windows decoded at once as
+/// the daemon has read-ahead workers (`--threads`), as long as they fit in half the cache; the
+/// next one always.
+#[test]
+fn a_reader_gets_one_window_ahead_per_worker_while_they_fit_in_half_the_cache() {
+    require_fuse!();
+    let mut fs = Fs::with(Opts { threads: Some(3), extra: vec!["--cache-mib".into(), "2".into()], ..Opts::default() });
+    let mut want = BTreeMap::new();
+    // Four windows of four frames each: 6 KiB frames (every window ahead fits in 1 MiB) and
+    // 128 KiB frames (two windows ahead fit, 1 MiB; the third would not).
+    for (d, w, h, seed) in [("small", 64, 48, 11), ("big", 256, 256, 12)] {
+        let dir = fs.path(d);
+        std::fs::create_dir(&dir).unwrap();
+        set_policy(&dir, Some(&format!("raw:{w}x{h}:u16")), None, Some(4));
+        want.extend(write_frames(&dir, &raw_frames(w, h, 16, seed), "raw"));
+    }
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    fs.remount();
+    let cached = |fs: &Fs| fs.stats(&fs.path(""))["cache_bytes"].as_u64().unwrap();
+    let small = fs.path("small").join(frame_name(0, "raw"));
+    assert_file(&small, &want[&small]);
+    let frame = want[&small].len() as u64;
+    // Frame 0 read, frames 1-3 and the three windows after read ahead (three workers).
+    wait_for("every window of small/ to be decoded ahead", STATE_TIMEOUT, || cached(&fs) >= 16 * frame);
+    let before = cached(&fs);
+    let big = fs.path("big").join(frame_name(0, "raw"));
+    assert_file(&big, &want[&big]);
+    let big_frame = want[&big].len() as u64;
+    wait_for("two windows of big/ to be decoded ahead", STATE_TIMEOUT, || cached(&fs) >= before + 12 * big_frame);
+    // (The third window ahead is not decoded: give it the time the two before it took.)
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cached(&fs) < before + 16 * big_frame, "a window that does not fit in half the cache was read ahead");
+    for (p, b) in &want {
+        assert_file(p, b);
+    }
+}
+
 /// The memory budget: a window whose working set cannot fit in `--memory-mib` is split into
 /// windows that do; everything reads back exactly and `stats` shows the budget and its use.
 #[test]
