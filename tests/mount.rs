@@ -987,6 +987,43 @@ fn a_reader_gets_one_window_ahead_per_worker_while_they_fit_in_half_the_cache() 
     }
 }
 
+/// Read-ahead keeps a directory's listing between windows (no scan and sort of the directory at
+/// every window a reader starts) and lists it again when the directory changes: a window
+/// written after the listing was made is read ahead like the others.
+#[test]
+fn read_ahead_sees_files_added_after_it_listed_the_directory() {
+    require_fuse!();
+    let mut fs = Fs::with(Opts { threads: Some(1), ..Opts::default() });
+    let dir = fs.path("d");
+    std::fs::create_dir(&dir).unwrap();
+    set_policy(&dir, Some("raw:64x48:u16"), None, Some(4));
+    let frames = raw_frames(64, 48, 12, 13);
+    let mut want = write_frames(&dir, &frames[..8], "raw");
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    fs.remount();
+    let cached = |fs: &Fs| fs.stats(&fs.path(""))["cache_bytes"].as_u64().unwrap();
+    let frame = frames[0].len() as u64;
+    // Frame 0 read: the directory listed, the next window (4-7) read ahead.
+    assert_file(&dir.join(frame_name(0, "raw")), &frames[0]);
+    wait_for("the two windows to be decoded ahead", STATE_TIMEOUT, || cached(&fs) >= 8 * frame);
+    // A third window, written now (frames 8-11: the directory's mtime changes).
+    for (k, f) in frames.iter().enumerate().skip(8) {
+        let p = dir.join(frame_name(k, "raw"));
+        std::fs::write(&p, f).unwrap();
+        want.insert(p, f.clone());
+    }
+    let paths: Vec<PathBuf> = want.keys().cloned().collect();
+    wait_states(&paths, &["compressed"]);
+    let before = cached(&fs);
+    // Frame 4 starts the second window: the new third one is read ahead.
+    assert_file(&dir.join(frame_name(4, "raw")), &frames[4]);
+    wait_for("the window written after the listing to be decoded ahead", STATE_TIMEOUT, || cached(&fs) >= before + 4 * frame);
+    for (p, b) in &want {
+        assert_file(p, b);
+    }
+}
+
 /// The memory budget: a window whose working set cannot fit in `--memory-mib` is split into
 /// windows that do; everything reads back exactly and `stats` shows the budget and its use.
 #[test]

@@ -31,7 +31,25 @@ pub struct ReadAhead {
     progress: Condvar,
     /// Workers started: how many windows ahead of a reader are decoded at once.
     workers: std::sync::atomic::AtomicUsize,
+    /// The last directories listed, most recent first (see [`Listing`]).
+    listings: Mutex<Vec<Arc<Listing>>>,
 }
+
+/// A directory's files in natural name order, as read-ahead listed them, valid while the
+/// directory's mtime is unchanged (every create, unlink and rename in it sets the mtime). Finding
+/// the next windows then costs a lookup, not a scan and sort of the whole directory at every
+/// window a reader starts (a directory of 100,000 frames took a good part of a second each
+/// time). A stale listing could only make read-ahead decode the wrong window: it never changes
+/// what a reader reads.
+struct Listing {
+    parent: u64,
+    mtime: crate::index::Timestamp,
+    files: Vec<u64>,
+    at: std::collections::HashMap<u64, usize>,
+}
+
+/// Directories whose listings are kept.
+const LISTINGS: usize = 4;
 
 impl ReadAhead {
     fn busy(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
@@ -116,12 +134,10 @@ impl Vfs {
     fn next_blobs(&self, ino: u64, blob: u64, depth: usize, bytes: u64) -> Vec<u64> {
         let mut next = Vec::new();
         let Some(parent) = self.index.inode(ino).ok().flatten().map(|i| i.parent) else { return next };
-        let Ok(dirents) = self.index.dirents(parent) else { return next };
-        let mut entries: Vec<(Vec<u8>, u64)> = dirents.into_iter().filter(|(_, _, k)| *k == Kind::File).map(|(name, ino, _)| (name, ino)).collect();
-        entries.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
-        let Some(at) = entries.iter().position(|(_, i)| *i == ino) else { return next };
+        let Some(listing) = self.listing(parent) else { return next };
+        let Some(&at) = listing.at.get(&ino) else { return next };
         let (mut last, mut ahead) = (blob, 0u64);
-        for (_, i) in &entries[at + 1..] {
+        for i in &listing.files[at + 1..] {
             let Some(inode) = self.index.inode(*i).ok().flatten() else { break };
             let Data::Compressed { blob: b, .. } = inode.data else { break };
             if b == blob {
@@ -143,6 +159,32 @@ impl Vfs {
             }
         }
         next
+    }
+
+    /// The files of directory `parent` in natural name order: the kept listing while the
+    /// directory's mtime is unchanged, else listed again (and kept).
+    fn listing(&self, parent: u64) -> Option<Arc<Listing>> {
+        let mtime = self.index.inode(parent).ok()??.mtime;
+        let mut kept = self.readahead.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = kept.iter().position(|l| l.parent == parent) {
+            let l = kept.remove(j);
+            if l.mtime == mtime {
+                kept.insert(0, l.clone());
+                return Some(l);
+            }
+        }
+        drop(kept);
+        let mut entries: Vec<(Vec<u8>, u64)> =
+            self.index.dirents(parent).ok()?.into_iter().filter(|(_, _, k)| *k == Kind::File).map(|(name, ino, _)| (name, ino)).collect();
+        entries.sort_by(|a, b| crate::sortname::natural_cmp(&a.0, &b.0));
+        let files: Vec<u64> = entries.into_iter().map(|(_, i)| i).collect();
+        let at = files.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+        let l = Arc::new(Listing { parent, mtime, files, at });
+        let mut kept = self.readahead.listings.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|k| k.parent != parent);
+        kept.insert(0, l.clone());
+        kept.truncate(LISTINGS);
+        Some(l)
     }
 
     /// Decode entries `task.from..` of a blob into the cache, from a kept decoder when one is
