@@ -42,10 +42,11 @@ fn a_torch_state_and_its_steps_stay_within_their_charge() {
         (Size::Small, 256, 256, DType::U8),
         (Size::Small, 1024, 1024, DType::U8),
         (Size::Small, 1024, 512, DType::U16),
-        // PredNet on 16-bit frames (its int64 requantisation: the larger peak) at 256x256, not
-        // larger and not also on 8-bit ones (the same states): at 512x512 this case took 517 s
-        // of CI on an AVX2-only host (torch's integer convolutions), the 8-bit one 65 s.
-        (Size::Prednet, 256, 256, DType::U16),
+        // PredNet on 16-bit frames (its int64 requantisation: the larger peak) at 192x160 (the
+        // convolutions of its two lower layers still run in five or more bands), not larger and not also
+        // on 8-bit ones (the same states): torch's integer convolutions on an AVX2-only host took
+        // 517 s of CI at 512x512 and 100 s at 256x256, the 8-bit case 65 s at 512x512.
+        (Size::Prednet, 192, 160, DType::U16),
     ];
     let mut failures = Vec::new();
     for (size, w, h, dtype) in cases {
