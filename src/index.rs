@@ -136,6 +136,16 @@ impl SledStore {
     /// newest snapshot and refuse to open for good. A snapshot only becomes real when it is
     /// renamed, so these files never hold needed data.
     pub fn open_keeping_room(dir: &Path, keep_room: impl Fn() + Send + Sync + 'static) -> Result<SledStore, IndexError> {
+        SledStore::open_inner(dir, None, keep_room)
+    }
+
+    /// [`SledStore::open_keeping_room`] with sled's page cache at most `cache_bytes` (its own
+    /// default is 1 GiB, which a daemon on a large store fills).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64, keep_room: impl Fn() + Send + Sync + 'static) -> Result<SledStore, IndexError> {
+        SledStore::open_inner(dir, Some(cache_bytes), keep_room)
+    }
+
+    fn open_inner(dir: &Path, cache_bytes: Option<u64>, keep_room: impl Fn() + Send + Sync + 'static) -> Result<SledStore, IndexError> {
         std::fs::create_dir_all(dir)?;
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
@@ -146,7 +156,7 @@ impl SledStore {
                 tracing::warn!(file = %p.display(), "removed a partial sled snapshot left by a crash");
             }
         }
-        let db = open_sled(dir)?;
+        let db = open_sled(dir, cache_bytes)?;
         let shared = Arc::new(Shared { db, dir: dir.to_path_buf(), copying: Default::default(), keep_room: Box::new(keep_room), dirty: false.into() });
         // Under power-cut simulation only explicit flushes make the index durable (they are
         // where its copy is taken): no periodic flush.
@@ -175,10 +185,14 @@ impl SledStore {
 /// database this process has just closed is released only when the last of sled's I/O threads
 /// lets go of it, a moment after the close (another process holding a store is refused earlier,
 /// by the store's own lock file).
-fn open_sled(dir: &Path) -> Result<sled::Db, IndexError> {
+fn open_sled(dir: &Path, cache_bytes: Option<u64>) -> Result<sled::Db, IndexError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
-        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+        let mut config = sled::Config::new().path(dir).flush_every_ms(None);
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        match config.open() {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }

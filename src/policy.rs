@@ -164,6 +164,8 @@ pub struct MountSection {
     pub tail_idle_ms: Option<u64>,
     pub cache_mib: Option<u64>,
     pub memory_mib: Option<u64>,
+    /// The index's page cache (see `tezipfs mount --index-cache-mib`).
+    pub index_cache_mib: Option<u64>,
     /// `HOST:PORT` to serve Prometheus metrics at (see `tezipfs mount --metrics`).
     pub metrics: Option<String>,
     pub staging_budget_mib: Option<u64>,
@@ -189,6 +191,7 @@ impl MountSection {
         let mib = [
             ("cache_mib", self.cache_mib),
             ("memory_mib", self.memory_mib),
+            ("index_cache_mib", self.index_cache_mib),
             ("staging_budget_mib", self.staging_budget_mib),
             ("passthrough_min_free_mib", self.passthrough_min_free_mib),
             ("model_backlog_mib", self.model_backlog_mib),

@@ -488,6 +488,9 @@ fn mount_refuses_a_cache_larger_than_half_the_memory_budget() {
     std::fs::create_dir(&mnt).unwrap();
     let err = fails(&["mount", "--store", s(&store), s(&mnt), "--memory-mib", "100", "--cache-mib", "80"]);
     assert!(err.contains("--memory-mib 100") && err.contains("--cache-mib 80"), "{err}");
+    let err = fails(&["mount", "--store", s(&store), s(&mnt), "--index-cache-mib", "0"]);
+    assert!(err.contains("--index-cache-mib 0") && err.contains("at least 1"), "{err}");
+    assert!(!store.exists(), "a refused mount made its store");
 }
 
 /// `bench --model --model-steps N` trains each model for exactly N steps, whatever the machine's

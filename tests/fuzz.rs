@@ -447,6 +447,7 @@ fn settings_and_config_refuse_what_does_not_fit() {
         ("[mount]\nthreads = 0\n", "threads"),
         ("[mount]\nauto_train_threads = 100000\n", "auto_train_threads"),
         ("[mount]\ncache_mib = 17592186044416\n", "cache_mib"),
+        ("[mount]\nindex_cache_mib = 17592186044416\n", "index_cache_mib"),
         ("[mount]\nstaging_budget_mib = 18446744073709551615\n", "staging_budget_mib"),
         ("[mount]\ndevice = \"tpu\"\n", "device"),
         ("[mount]\nwrite_version = 9\n", "write_version"),
@@ -462,5 +463,6 @@ fn settings_and_config_refuse_what_does_not_fit() {
     assert!(ConfigFile::parse("[mount]\nwrite_version = 12\n").is_ok(), "the version before the tree stage under a bound and exact levels");
     assert!(ConfigFile::parse("[mount]\nwrite_version = 13\n").is_ok(), "the version before compressed headers");
     assert!(ConfigFile::parse("[mount]\nchoose_every_window = true\n").is_ok());
+    assert!(ConfigFile::parse("[mount]\nindex_cache_mib = 64\n").is_ok());
     assert!(ConfigFile::parse("[mount]\nchoose_every_window = 3\n").is_err(), "a number for a switch");
 }

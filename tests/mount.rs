@@ -391,6 +391,41 @@ fn remount_keeps_compressed_and_staged_files() {
     fs.assert_log_clean();
 }
 
+/// The index's page cache is bounded (`--index-cache-mib`; sled's own default, 1 GiB, filled
+/// on a large store): with 1 MiB of it, less than the metadata of these files, every
+/// file still reads back exactly, before and after a remount, in name order and at random.
+#[test]
+fn a_tiny_index_cache_keeps_every_file() {
+    require_fuse!();
+    let mut fs = Fs::with(Opts { extra: vec!["--index-cache-mib".into(), "1".into()], ..Opts::default() });
+    // 6,000 frames of 4.5 KiB (the smallest files are not compressed): an index larger than
+    // its cache (checked below).
+    let (files, dirs) = (1500, 4);
+    let mut all = BTreeMap::new();
+    for d in 0..dirs {
+        let dir = fs.path(&format!("d{d}"));
+        mkdir(&dir);
+        set_policy(&dir, Some("raw:48x48:u16"), None, Some(32));
+        let frames: Vec<Vec<u8>> = raw_frames(48, 48, 64, 70 + d as u64).into_iter().cycle().take(files).collect();
+        all.extend(write_frames(&dir, &frames, "raw"));
+    }
+    wait_states_within(&keys(&all), &["compressed"], Duration::from_secs(120));
+    let st = fs.stats(&fs.mnt);
+    assert!(st["index_bytes_on_disk"].as_u64().unwrap() > 2 << 20, "the index fits in its cache: {st}");
+    assert_files(&all);
+    fs.remount();
+    // Every file's metadata again, out of order: the cache holds a small part of it.
+    let mut paths: Vec<&PathBuf> = all.keys().collect();
+    paths.sort_by_key(|p| crc(p.as_os_str().as_encoded_bytes()));
+    for p in paths {
+        assert_file(p, &all[p]);
+    }
+    for d in 0..dirs {
+        assert_eq!(names(&fs.path(&format!("d{d}"))).len(), files);
+    }
+    fs.assert_log_clean();
+}
+
 /// 5. Appending to a compressed file brings it back to staging (rehydration) without touching
 ///    its window-mates; later it is compressed again.
 #[test]

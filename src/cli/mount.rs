@@ -13,6 +13,10 @@ use tezipfs::vfs::{Config, Vfs};
 
 use super::service;
 
+/// The index's page cache unless configured (`--index-cache-mib`): sled's own default, 1 GiB,
+/// held 0.9 GB resident on a store of a million files (`docs/results/bench-scale-1m.txt`).
+const DEFAULT_INDEX_CACHE_MIB: u64 = 256;
+
 #[derive(clap::Args, Clone)]
 pub struct MountArgs {
     /// Store directory: index, staging files and blobs live here (created if missing).
@@ -41,9 +45,14 @@ pub struct MountArgs {
     pub cache_mib: Option<u64>,
     /// The daemon's memory budget in MiB (default 4096): the decoded-frame cache, windows being
     /// compressed (a window waits for room; one too large is split) and kept decoders. About
-    /// 0.5 GiB more is fixed (the program, libtorch, the index's cache).
+    /// 120 MiB more is fixed (the program, libtorch's CPU half), plus the index's cache.
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// The index's page cache in MiB (default 256), beside --memory-mib: metadata of recently
+    /// used files and directories. Left to sled's default it grew to 0.9 GB on a store of a
+    /// million files.
+    #[arg(long)]
+    pub index_cache_mib: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (`HOST:PORT`, e.g. 127.0.0.1:9877; port 0
     /// picks a free one, logged). Off by default.
     #[arg(long)]
@@ -161,6 +170,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if memory_mib < 64 || cache_mib > memory_mib / 2 || memory_mib.checked_mul(1 << 20).is_none() {
         anyhow::bail!("--memory-mib {memory_mib} must be at least 64 and twice --cache-mib {cache_mib} (the cache is part of the memory budget)");
     }
+    let index_cache = args.index_cache_mib.or(m.index_cache_mib).unwrap_or(DEFAULT_INDEX_CACHE_MIB);
+    if index_cache == 0 || index_cache.checked_mul(1 << 20).is_none() {
+        anyhow::bail!("--index-cache-mib {index_cache} must be at least 1 (MiB of the index's page cache)");
+    }
     let config = Config {
         quiet_period: Duration::from_millis(args.quiet_ms.or(m.quiet_period_ms).unwrap_or(2000)),
         tail_idle: Duration::from_millis(args.tail_idle_ms.or(m.tail_idle_ms).unwrap_or(20_000)),
@@ -192,7 +205,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     tch::set_num_threads(1);
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let store = Store::open(&args.store)?;
-    let index = Index::open(Box::new(SledStore::open_keeping_room(&store.index_dir(), store.room_for_index())?)).context("cannot open the index")?;
+    let sled = SledStore::open_with_cache(&store.index_dir(), index_cache << 20, store.room_for_index())?;
+    let index = Index::open(Box::new(sled)).context("cannot open the index")?;
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
     let engine = Engine::start(vfs.clone(), threads)?;
     vfs.start_readahead(threads)?;
