@@ -13,8 +13,10 @@ use tezipfs::vfs::{Config, Vfs};
 
 use super::service;
 
-/// The index's page cache unless configured (`--index-cache-mib`): sled's own default, 1 GiB,
-/// held 0.9 GB resident on a store of a million files (`docs/results/bench-scale-1m.txt`).
+/// The index's page cache unless configured (`--index-cache-mib`). sled's own default is 1 GiB:
+/// a daemon on a store of a million files was 600 MiB above its fixed part
+/// (`docs/results/bench-scale-1m.txt`); at 200,000 files the cache stays below this
+/// (`docs/results/index-cache-200k.txt`).
 const DEFAULT_INDEX_CACHE_MIB: u64 = 256;
 
 #[derive(clap::Args, Clone)]
@@ -49,8 +51,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub memory_mib: Option<u64>,
     /// The index's page cache in MiB (default 256), beside --memory-mib: metadata of recently
-    /// used files and directories. Left to sled's default it grew to 0.9 GB on a store of a
-    /// million files.
+    /// used files and directories. Left at sled's default (1 GiB) it grows with the store.
     #[arg(long)]
     pub index_cache_mib: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (`HOST:PORT`, e.g. 127.0.0.1:9877; port 0
