@@ -140,7 +140,7 @@ impl SledStore {
     }
 
     /// [`SledStore::open_keeping_room`] with sled's page cache at most `cache_bytes` (its own
-    /// default is 1 GiB, which a daemon on a large store fills).
+    /// default is 1 GiB; offline tools keep that).
     pub fn open_with_cache(dir: &Path, cache_bytes: u64, keep_room: impl Fn() + Send + Sync + 'static) -> Result<SledStore, IndexError> {
         SledStore::open_inner(dir, Some(cache_bytes), keep_room)
     }
