@@ -43,7 +43,7 @@ fn a_torch_state_and_its_steps_stay_within_their_charge() {
         (Size::Small, 1024, 1024, DType::U8),
         (Size::Small, 1024, 512, DType::U16),
         // PredNet on 16-bit frames (its int64 requantisation: the larger peak) at 192x160 (the
-        // convolutions of its two lower layers still run in five or more bands), not larger and not also
+        // convolutions of its lower layers still run in several bands), not larger and not also
         // on 8-bit ones (the same states): torch's integer convolutions on an AVX2-only host took
         // 517 s of CI at 512x512 and 100 s at 256x256, the 8-bit case 65 s at 512x512.
         (Size::Prednet, 192, 160, DType::U16),

@@ -391,9 +391,10 @@ fn remount_keeps_compressed_and_staged_files() {
     fs.assert_log_clean();
 }
 
-/// The index's page cache is bounded (`--index-cache-mib`; sled's own default, 1 GiB, filled
-/// on a large store): with 1 MiB of it, less than the metadata of these files, every
-/// file still reads back exactly, before and after a remount, in name order and at random.
+/// The index's page cache is bounded (`--index-cache-mib`; sled's own default is 1 GiB): with
+/// 1 MiB of it, less than the metadata of these files, every file still reads back exactly,
+/// before and after a remount, in name order and at random. (What the cap saves in resident
+/// memory is measured by `scripts/bench-scale`, not here.)
 #[test]
 fn a_tiny_index_cache_keeps_every_file() {
     require_fuse!();
