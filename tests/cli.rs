@@ -93,6 +93,19 @@ fn fixtures_compress_decompress_verify_lossless() {
     for i in 0..10 {
         assert_eq!(files[&format!("frame_{i:05}.raw")].len(), 128 * 96 * 2);
     }
+    let meta: serde_json::Value = serde_json::from_slice(&files["meta.json"]).unwrap();
+    assert!(meta["noise_floor_bits"].as_f64().is_some_and(|b| b > 0.0), "{meta}");
+    // --no-floor: the same frames, meta.json without the floor.
+    let bare = tmp.path().join("bare");
+    ok(&["fixtures", s(&bare), "--size", "128x96", "--frames", "10", "--no-floor"]);
+    let bare_files = read_dir(&bare);
+    for (name, bytes) in &files {
+        if name != "meta.json" {
+            assert!(bare_files[name] == *bytes, "{name} differs under --no-floor");
+        }
+    }
+    let bare_meta: serde_json::Value = serde_json::from_slice(&bare_files["meta.json"]).unwrap();
+    assert!(bare_meta.get("noise_floor_bits").is_none() && bare_meta["width"] == 128, "{bare_meta}");
 
     let msg = ok(&["compress", s(&src), s(&arc), "--format", "raw:128x96:u16"]);
     assert!(msg.contains("compressed 11 files"), "{msg}");
