@@ -214,8 +214,18 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
         let room = shared.vfs.memory.total();
         let jobs: Vec<Job> = jobs.into_iter().flat_map(|job| split_job(job, room)).collect();
         for mut job in jobs {
+            // A stop takes no new window, however many the plans made (a plan of a large
+            // backlog holds thousands: an unmount that ran them all took hours); their files
+            // stay staged and the next mount's recovery finds them.
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             shared.vfs.counters.engine_waiting.store(true, Ordering::Relaxed);
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            if stop.load(Ordering::SeqCst) {
+                shared.vfs.counters.engine_waiting.store(false, Ordering::Relaxed);
+                break;
+            }
             // A window's slices take its own worker and those idle as it starts (a simple rule:
             // at most twice the workers' threads run at once, when windows start while others
             // run alone).
@@ -266,6 +276,9 @@ async fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>, threads: usize) {
             });
         }
         while tasks.try_join_next().is_some() {}
+        if stop.load(Ordering::SeqCst) {
+            break; // (its wake-up may have come while the windows above were handed out)
+        }
         let q = queue.clone();
         tokio::task::block_in_place(|| q.wait(HOUSEKEEPING));
     }
@@ -481,7 +494,7 @@ pub fn compress(
     }
     // A model is slower than the classical predictors: when compression is behind, the window
     // is coded without it (a lossless one is re-coded with it once the engine is idle).
-    if opts.model.is_some() && vfs.store.bytes_in("staging") > vfs.config.model_backlog {
+    if opts.model.is_some() && vfs.store.staging_bytes_recent(crate::store::STAGING_SAMPLE_AGE) > vfs.config.model_backlog {
         opts.model = None;
         vfs.counters.model_skipped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(dir = job.dir, "backlog over its limit: window coded without its model");
@@ -531,7 +544,7 @@ pub fn compress(
     // that busy CPUs cannot stop compression); the commit below runs at nice 10.
     let choices = choices.filter(|_| vfs.config.carry_choices);
     opts.carry = choices.and_then(|c| c.get(job.dir));
-    let how = priority::Encoding::for_backlog(vfs.store.bytes_in("staging"), vfs.config.idle_backlog);
+    let how = priority::Encoding::for_backlog(vfs.store.staging_bytes_recent(crate::store::STAGING_SAMPLE_AGE), vfs.config.idle_backlog);
     if how == priority::Encoding::Nice {
         vfs.counters.encoded_not_idle.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(dir = job.dir, "backlog over idle_backlog: window encoded at nice 10");

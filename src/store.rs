@@ -71,7 +71,25 @@ pub struct Store {
     /// How many of them the last completed fsync of `staging/` covers. Held across that fsync,
     /// so that a caller whose file it covers waits for it to complete rather than return early.
     staging_synced: std::sync::Mutex<u64>,
+    /// The last walk of `staging/` ([`Store::staging_usage`]), for the decisions taken at every
+    /// window ([`Store::staging_bytes_recent`]).
+    staging_sample: std::sync::Mutex<StagingSample>,
+    /// The bytes of that walk, for callers that find it being taken.
+    staging_sampled_bytes: std::sync::atomic::AtomicU64,
+    /// Walks of `staging/` so far.
+    staging_walks: std::sync::atomic::AtomicU64,
 }
+
+/// When `staging/` was last walked and what the walk took and found.
+#[derive(Default)]
+struct StagingSample {
+    at: Option<std::time::Instant>,
+    took: std::time::Duration,
+}
+
+/// How old the staging figure of [`Store::staging_bytes_recent`] may be (or ten times what its
+/// walk took, if longer).
+pub const STAGING_SAMPLE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.display().to_string(), source }
@@ -92,7 +110,16 @@ impl Store {
             let _ = disk::remove_file(&e.path());
         }
         let reserve = Reserve { root: root.to_path_buf(), held: root.join(RESERVE_FILE).exists().into(), index_log: Default::default() };
-        let store = Store { root: root.to_path_buf(), _lock: lock, reserve: reserve.into(), staging_created: 0.into(), staging_synced: 0.into() };
+        let store = Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+            reserve: reserve.into(),
+            staging_created: 0.into(),
+            staging_synced: 0.into(),
+            staging_sample: Default::default(),
+            staging_sampled_bytes: 0.into(),
+            staging_walks: 0.into(),
+        };
         store.restore_reserve();
         Ok(store)
     }
@@ -325,8 +352,17 @@ impl Store {
         Ok(())
     }
 
-    /// Files in `staging/` and the space they take (the backlog, for `stats`).
+    /// Files in `staging/` and the space they take (the backlog, for `stats` and the engine's
+    /// housekeeping): a stat of every staged file. The figure is kept for
+    /// [`Store::staging_bytes_recent`].
     pub fn staging_usage(&self) -> (u64, u64) {
+        let mut sample = self.staging_sample.lock().unwrap_or_else(|e| e.into_inner());
+        self.walk_staging(&mut sample)
+    }
+
+    fn walk_staging(&self, sample: &mut StagingSample) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
         let mut usage = (0, 0);
         if let Ok(rd) = std::fs::read_dir(self.staging_dir()) {
             for m in rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()) {
@@ -334,7 +370,31 @@ impl Store {
                 usage.1 += std::os::unix::fs::MetadataExt::blocks(&m) * 512;
             }
         }
+        *sample = StagingSample { at: Some(std::time::Instant::now()), took: start.elapsed() };
+        self.staging_sampled_bytes.store(usage.1, Ordering::Relaxed);
+        self.staging_walks.fetch_add(1, Ordering::Relaxed);
         usage
+    }
+
+    /// The bytes in `staging/` as of a walk at most `max_age` old, or ten times what the last
+    /// walk took if that is longer: the engine asks at every window (its priority, whether a
+    /// model may run), and a walk is a stat of every staged file, so walking each time made a
+    /// window's cost grow with the backlog (a million-file store whose compression fell behind
+    /// ingest then fell further behind: 668,000 staged files, about a second a window of 32).
+    /// A caller that finds a walk under way takes the last figure.
+    pub fn staging_bytes_recent(&self, max_age: std::time::Duration) -> u64 {
+        use std::sync::atomic::Ordering;
+        if let Ok(mut sample) = self.staging_sample.try_lock() {
+            if sample.at.is_none_or(|t| t.elapsed() >= max_age.max(sample.took * 10)) {
+                return self.walk_staging(&mut sample).1;
+            }
+        }
+        self.staging_sampled_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Walks of `staging/` made so far ([`Store::staging_usage`]).
+    pub fn staging_walks(&self) -> u64 {
+        self.staging_walks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes used by a directory tree of the store (for `stats`).
@@ -441,6 +501,39 @@ pub fn remove_if_there(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine's per-window figure of the staging bytes walks `staging/` once per
+    /// `max_age`, not at every call; `staging_usage` (housekeeping, stats) walks at once and
+    /// refreshes the figure.
+    #[test]
+    fn staging_bytes_recent_walks_at_most_once_per_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let stage = |ino: u64| store.write_staging_at(&store.open_staging(ino, true).unwrap(), ino, &[7u8; 8192], 0).unwrap();
+        stage(1);
+        let hour = std::time::Duration::from_secs(3600);
+        let first = store.staging_bytes_recent(hour);
+        assert!(first >= 8192, "{first}");
+        assert_eq!(store.staging_walks(), 1);
+        for ino in 2..50 {
+            stage(ino);
+            assert_eq!(store.staging_bytes_recent(hour), first, "a figure younger than max_age is kept");
+        }
+        assert_eq!(store.staging_walks(), 1, "no walk per call");
+        let (files, bytes) = store.staging_usage();
+        assert_eq!((files, store.staging_walks()), (49, 2));
+        assert!(bytes >= 49 * 8192, "{bytes}");
+        assert_eq!(store.staging_bytes_recent(hour), bytes, "the walk of staging_usage is the new figure");
+        stage(50);
+        // Expired (max_age 0) once ten times the last walk's duration has passed: the first
+        // call after that walks again, the calls before it walk not at all.
+        let start = std::time::Instant::now();
+        while store.staging_bytes_recent(std::time::Duration::ZERO) == bytes {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "an expired figure is walked again");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(store.staging_walks(), 3);
+    }
 
     /// Before an index change the blocks past the end of sled's log are allocated (its size
     /// unchanged), and again after the log grew: sled's next writes need no room from the disk.

@@ -507,13 +507,14 @@ fn mount_refuses_a_cache_larger_than_half_the_memory_budget() {
 }
 
 /// `bench --model --model-steps N` trains each model for exactly N steps, whatever the machine's
-/// load: two runs print the same ratios and the same final training loss.
+/// load: two runs print the same ratios and the same final training loss. (The causal stage's
+/// steps are cut too, `--model-causal-steps`: its default 6000 took a minute of this test.)
 #[test]
 fn model_bench_with_a_step_budget_is_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("set");
     ok(&["fixtures", s(&src), "--size", "64x48", "--frames", "8"]);
-    let bench = || ok(&["bench", "--model", "--no-fixtures", s(&src), "--model-steps", "2", "--model-bounds", "0"]);
+    let bench = || ok(&["bench", "--model", "--no-fixtures", s(&src), "--model-steps", "2", "--model-causal-steps", "100", "--model-bounds", "0"]);
     // The label and ratio of every coded row, and what the training reports of itself.
     let figures = |out: &str| -> Vec<String> {
         out.lines()

@@ -48,6 +48,43 @@ fn fusermount_unmount_ends_the_daemon_cleanly() {
     assert!(!is_mounted(&fs.mnt));
 }
 
+/// A stop (SIGTERM, or an unmount) ends the windows in progress and starts no other, however
+/// many the engine has planned: their files stay staged, the next mount finds and compresses
+/// them, and every file reads back as written. (An engine that ran every planned window first
+/// took hours to stop on a store with a large backlog.)
+#[test]
+fn a_stop_starts_no_new_window_of_a_large_backlog() {
+    require_fuse!();
+    // Written under a quiet period no file reaches, so that nothing is compressed yet; the
+    // second mount (one worker) then plans all 60 windows at once, at recovery.
+    let mut fs = Fs::with(common::Opts { quiet_ms: 600_000, threads: Some(1), ..Default::default() });
+    let dir = fs.path("frames");
+    std::fs::create_dir(&dir).unwrap();
+    common::set_policy(&dir, Some("raw:256x256:u16"), None, Some(8));
+    let frames = generate_raw(&SequenceSpec::detector_u16(256, 256, 480, 3));
+    let mut files = std::collections::BTreeMap::new();
+    for (i, f) in frames.iter().enumerate() {
+        let p = dir.join(format!("frame_{i:05}.raw"));
+        common::write_file(&p, f);
+        files.insert(p, f.clone());
+    }
+    assert_eq!(fs.stop().map(|s| s.success()), Some(true));
+    assert_eq!(fs.staging().len(), 480, "nothing compressed under the long quiet period");
+    fs.opts.quiet_ms = 200;
+    fs.start();
+    let windows = |fs: &Fs| common::strip_ansi(&fs.log_text()).matches("compressed a window").count();
+    wait_for("the first window", Duration::from_secs(60), || windows(&fs) >= 1);
+    assert_eq!(fs.stop().map(|s| s.success()), Some(true));
+    let done = windows(&fs);
+    let staged = fs.staging().len();
+    assert!(done < 20 && staged >= 480 - 8 * done, "{done} windows compressed after the stop, {staged} files staged");
+    fs.start();
+    common::assert_files(&files);
+    common::wait_compressed(&files.keys().cloned().collect::<Vec<_>>());
+    common::assert_files(&files);
+    fs.assert_log_clean();
+}
+
 /// The daemon maps libtorch's CUDA half (and cuDNN, cuBLAS, NCCL behind it) only where a GPU
 /// driver is (`tezipfs::model::cuda`): on a machine without one it carries the CPU half alone,
 /// and `tezipfs info` says why.

@@ -32,6 +32,10 @@ pub struct ModelBenchArgs {
     /// thread count).
     #[arg(long)]
     pub model_steps: Option<u64>,
+    /// Steps of 4096 pixels for each model's causal stage (predictor `causal`, trained after the
+    /// PredNet; as `tezipfs model train --causal-steps`); 0: models without it.
+    #[arg(long, default_value_t = 6000)]
+    pub model_causal_steps: u64,
     /// Error bounds to measure (0: lossless), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub model_bounds: Vec<u32>,
@@ -201,6 +205,7 @@ pub fn run(args: &ModelBenchArgs, dirs: Vec<PathBuf>, no_fixtures: bool, window:
                 device: train::DeviceChoice::Cpu,
                 threads: Some(cores),
                 hyper: train::Hyper { closed_loop: !args.model_open_loop, ..train::Hyper::default() },
+                causal: (args.model_causal_steps > 0).then(|| train::causal::CausalOptions { steps: args.model_causal_steps, ..Default::default() }),
                 ..TrainOptions::default()
             };
             let model = train::train(&train_frames, geom, &opts, &mut |_| {})?;

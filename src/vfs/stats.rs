@@ -222,7 +222,7 @@ impl Vfs {
         let c = &self.counters;
         let nanos = c.compress_nanos.load(Ordering::Relaxed);
         let input = c.compressed_in.load(Ordering::Relaxed);
-        let staging = self.store.bytes_in("staging");
+        let staging = self.store.staging_usage().1;
         let cache = self.cache.usage();
         Ok(Stats {
             directories: dirs,
