@@ -301,7 +301,7 @@ fn split_job(job: Job, room: u64) -> Vec<Job> {
 /// What runs every [`HOUSEKEEPING`]: the staging budget's warning, the backlog sample, model
 /// re-coding when idle, the store's reserve.
 fn housekeeping(shared: &Shared) {
-    let (staged_files, staging) = shared.vfs.store.staging_usage();
+    let (staged_files, staging) = shared.vfs.store.staging_usage_recent(HOUSEKEEPING);
     let unix_secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     shared.vfs.counters.backlog.record(crate::vfs::stats::BacklogSample { unix_secs, files: staged_files, bytes: staging });
     if staging > shared.vfs.config.staging_budget {

@@ -74,7 +74,8 @@ pub struct Store {
     /// The last walk of `staging/` ([`Store::staging_usage`]), for the decisions taken at every
     /// window ([`Store::staging_bytes_recent`]).
     staging_sample: std::sync::Mutex<StagingSample>,
-    /// The bytes of that walk, for callers that find it being taken.
+    /// The files and bytes of that walk, for callers that find it being taken.
+    staging_sampled_files: std::sync::atomic::AtomicU64,
     staging_sampled_bytes: std::sync::atomic::AtomicU64,
     /// Walks of `staging/` so far.
     staging_walks: std::sync::atomic::AtomicU64,
@@ -117,6 +118,7 @@ impl Store {
             staging_created: 0.into(),
             staging_synced: 0.into(),
             staging_sample: Default::default(),
+            staging_sampled_files: 0.into(),
             staging_sampled_bytes: 0.into(),
             staging_walks: 0.into(),
         };
@@ -371,6 +373,7 @@ impl Store {
             }
         }
         *sample = StagingSample { at: Some(std::time::Instant::now()), took: start.elapsed() };
+        self.staging_sampled_files.store(usage.0, Ordering::Relaxed);
         self.staging_sampled_bytes.store(usage.1, Ordering::Relaxed);
         self.staging_walks.fetch_add(1, Ordering::Relaxed);
         usage
@@ -383,13 +386,21 @@ impl Store {
     /// ingest then fell further behind: 668,000 staged files, about a second a window of 32).
     /// A caller that finds a walk under way takes the last figure.
     pub fn staging_bytes_recent(&self, max_age: std::time::Duration) -> u64 {
+        self.staging_usage_recent(max_age).1
+    }
+
+    /// [`Store::staging_usage`] as of a walk at most `max_age` old (or ten times what the last
+    /// walk took), as [`Store::staging_bytes_recent`]: the engine's housekeeping samples the
+    /// backlog so, and a backlog of hundreds of thousands of files then costs it a walk of
+    /// about a second every ten, not every housekeeping round.
+    pub fn staging_usage_recent(&self, max_age: std::time::Duration) -> (u64, u64) {
         use std::sync::atomic::Ordering;
         if let Ok(mut sample) = self.staging_sample.try_lock() {
             if sample.at.is_none_or(|t| t.elapsed() >= max_age.max(sample.took * 10)) {
-                return self.walk_staging(&mut sample).1;
+                return self.walk_staging(&mut sample);
             }
         }
-        self.staging_sampled_bytes.load(Ordering::Relaxed)
+        (self.staging_sampled_files.load(Ordering::Relaxed), self.staging_sampled_bytes.load(Ordering::Relaxed))
     }
 
     /// Walks of `staging/` made so far ([`Store::staging_usage`]).
@@ -524,6 +535,7 @@ mod tests {
         assert_eq!((files, store.staging_walks()), (49, 2));
         assert!(bytes >= 49 * 8192, "{bytes}");
         assert_eq!(store.staging_bytes_recent(hour), bytes, "the walk of staging_usage is the new figure");
+        assert_eq!(store.staging_usage_recent(hour), (49, bytes));
         stage(50);
         // Expired (max_age 0) once ten times the last walk's duration has passed: the first
         // call after that walks again, the calls before it walk not at all.
