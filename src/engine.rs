@@ -494,7 +494,7 @@ pub fn compress(
     }
     // A model is slower than the classical predictors: when compression is behind, the window
     // is coded without it (a lossless one is re-coded with it once the engine is idle).
-    if opts.model.is_some() && vfs.store.staging_bytes_recent(crate::store::STAGING_SAMPLE_AGE) > vfs.config.model_backlog {
+    if opts.model.is_some() && vfs.store.staging_bytes_recent() > vfs.config.model_backlog {
         opts.model = None;
         vfs.counters.model_skipped.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(dir = job.dir, "backlog over its limit: window coded without its model");
@@ -544,7 +544,7 @@ pub fn compress(
     // that busy CPUs cannot stop compression); the commit below runs at nice 10.
     let choices = choices.filter(|_| vfs.config.carry_choices);
     opts.carry = choices.and_then(|c| c.get(job.dir));
-    let how = priority::Encoding::for_backlog(vfs.store.staging_bytes_recent(crate::store::STAGING_SAMPLE_AGE), vfs.config.idle_backlog);
+    let how = priority::Encoding::for_backlog(vfs.store.staging_bytes_recent(), vfs.config.idle_backlog);
     if how == priority::Encoding::Nice {
         vfs.counters.encoded_not_idle.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(dir = job.dir, "backlog over idle_backlog: window encoded at nice 10");

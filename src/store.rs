@@ -88,10 +88,6 @@ struct StagingSample {
     took: std::time::Duration,
 }
 
-/// How old the staging figure of [`Store::staging_bytes_recent`] may be (or ten times what its
-/// walk took, if longer).
-pub const STAGING_SAMPLE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
-
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.display().to_string(), source }
 }
@@ -379,20 +375,22 @@ impl Store {
         usage
     }
 
-    /// The bytes in `staging/` as of a walk at most `max_age` old, or ten times what the last
-    /// walk took if that is longer: the engine asks at every window (its priority, whether a
-    /// model may run), and a walk is a stat of every staged file, so walking each time made a
-    /// window's cost grow with the backlog (a million-file store whose compression fell behind
-    /// ingest then fell further behind: 668,000 staged files, about a second a window of 32).
-    /// A caller that finds a walk under way takes the last figure.
-    pub fn staging_bytes_recent(&self, max_age: std::time::Duration) -> u64 {
-        self.staging_usage_recent(max_age).1
+    /// The bytes in `staging/`, walked again unless the last walk is younger than ten times what
+    /// it took: the engine asks at every window (its encoding priority, whether a model may
+    /// run), and a walk is a stat of every staged file, so walking each time made a window's
+    /// cost grow with the backlog (a million-file store whose compression fell behind ingest
+    /// then fell further behind: 668,000 staged files, about a second a window of 32). A small
+    /// staging directory is walked each time (the figure is exact, as a window's priority
+    /// needs: a window started under `SCHED_IDLE` on busy cores never ends); a large one at
+    /// most a tenth of the time. A caller that finds a walk under way takes the last figure.
+    pub fn staging_bytes_recent(&self) -> u64 {
+        self.staging_usage_recent(std::time::Duration::ZERO).1
     }
 
-    /// [`Store::staging_usage`] as of a walk at most `max_age` old (or ten times what the last
-    /// walk took), as [`Store::staging_bytes_recent`]: the engine's housekeeping samples the
-    /// backlog so, and a backlog of hundreds of thousands of files then costs it a walk of
-    /// about a second every ten, not every housekeeping round.
+    /// [`Store::staging_usage`] as of a walk at most `max_age` old, or ten times what the last
+    /// walk took if that is longer ([`Store::staging_bytes_recent`] with an age): the engine's
+    /// housekeeping samples the backlog so, and a backlog of hundreds of thousands of files then
+    /// costs it a walk of about a second every ten, not every housekeeping round.
     pub fn staging_usage_recent(&self, max_age: std::time::Duration) -> (u64, u64) {
         use std::sync::atomic::Ordering;
         if let Ok(mut sample) = self.staging_sample.try_lock() {
@@ -513,9 +511,9 @@ pub fn remove_if_there(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// The engine's per-window figure of the staging bytes walks `staging/` once per
-    /// `max_age`, not at every call; `staging_usage` (housekeeping, stats) walks at once and
-    /// refreshes the figure.
+    /// The backlog figure of the engine's housekeeping walks `staging/` once per `max_age`, not
+    /// at every call; `staging_usage` (stats) walks at once and refreshes it; the per-window
+    /// figure walks unless the last walk is younger than ten times what it took.
     #[test]
     fn staging_bytes_recent_walks_at_most_once_per_max_age() {
         let dir = tempfile::tempdir().unwrap();
@@ -523,26 +521,25 @@ mod tests {
         let stage = |ino: u64| store.write_staging_at(&store.open_staging(ino, true).unwrap(), ino, &[7u8; 8192], 0).unwrap();
         stage(1);
         let hour = std::time::Duration::from_secs(3600);
-        let first = store.staging_bytes_recent(hour);
-        assert!(first >= 8192, "{first}");
+        let first = store.staging_usage_recent(hour);
+        assert!(first.0 == 1 && first.1 >= 8192, "{first:?}");
         assert_eq!(store.staging_walks(), 1);
         for ino in 2..50 {
             stage(ino);
-            assert_eq!(store.staging_bytes_recent(hour), first, "a figure younger than max_age is kept");
+            assert_eq!(store.staging_usage_recent(hour), first, "a figure younger than max_age is kept");
         }
         assert_eq!(store.staging_walks(), 1, "no walk per call");
         let (files, bytes) = store.staging_usage();
         assert_eq!((files, store.staging_walks()), (49, 2));
         assert!(bytes >= 49 * 8192, "{bytes}");
-        assert_eq!(store.staging_bytes_recent(hour), bytes, "the walk of staging_usage is the new figure");
-        assert_eq!(store.staging_usage_recent(hour), (49, bytes));
+        assert_eq!(store.staging_usage_recent(hour), (49, bytes), "the walk of staging_usage is the new figure");
         stage(50);
-        // Expired (max_age 0) once ten times the last walk's duration has passed: the first
-        // call after that walks again, the calls before it walk not at all.
+        // The per-window figure: once ten times the last walk's duration has passed, the first
+        // call walks again; the calls before it walk not at all.
         let start = std::time::Instant::now();
-        while store.staging_bytes_recent(std::time::Duration::ZERO) == bytes {
+        while store.staging_bytes_recent() == bytes {
             assert!(start.elapsed() < std::time::Duration::from_secs(10), "an expired figure is walked again");
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(store.staging_walks(), 3);
     }

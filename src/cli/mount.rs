@@ -205,10 +205,16 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // (a training thread too; see --auto-train-threads).
     tch::set_num_threads(1);
     let threads = args.threads.or(m.threads).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // (Both steps before the mount answers are logged with their time: on a store of a million
+    // files they are seconds, see docs/ADMIN.md.)
+    let t0 = std::time::Instant::now();
     let store = Store::open(&args.store)?;
     let sled = SledStore::open_with_cache(&store.index_dir(), index_cache << 20, store.room_for_index())?;
     let index = Index::open(Box::new(sled)).context("cannot open the index")?;
+    let opened = t0.elapsed();
+    tracing::info!(seconds = opened.as_secs_f64(), "index opened");
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
+    tracing::info!(seconds = (t0.elapsed() - opened).as_secs_f64(), "recovery done (every inode read once)");
     let engine = Engine::start(vfs.clone(), threads)?;
     vfs.start_readahead(threads)?;
     let metrics = match args.metrics.clone().or(m.metrics.clone()) {

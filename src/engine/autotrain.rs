@@ -57,7 +57,7 @@ impl Trainer {
 
     /// Re-code the directories [`Trainer::recode_later`] noted, if the engine is idle.
     pub fn recode_if_idle(&self, vfs: &Vfs) {
-        if vfs.store.staging_bytes_recent(crate::store::STAGING_SAMPLE_AGE) >= vfs.config.staging_budget / 4 {
+        if vfs.store.staging_bytes_recent() >= vfs.config.staging_budget / 4 {
             return;
         }
         let dirs = std::mem::take(&mut *self.later.lock().unwrap_or_else(|e| e.into_inner()));
