@@ -150,6 +150,11 @@ pub fn run(root: &Path, opts: Options) -> Result<Report, CheckError> {
         return Err(CheckError::NotAStore(root.display().to_string()));
     }
     let _lock = Store::lock(root)?;
+    // (A repair may change what a clean unmount left: the next mount scans. A check alone
+    // changes nothing, the mark included.)
+    if opts.repair {
+        Store::forget_clean_mark(root)?;
+    }
     let index = SledStore::open(&root.join("index"))?;
     let models: std::sync::Arc<dyn crate::codec::predict::ModelSource + Send + Sync> =
         std::sync::Arc::new(crate::model::registry::Registry::at(&root.join("models"), crate::model::Backend::Torch(crate::model::DeviceChoice::Cpu)));

@@ -79,7 +79,15 @@ pub struct Store {
     staging_sampled_bytes: std::sync::atomic::AtomicU64,
     /// Walks of `staging/` so far.
     staging_walks: std::sync::atomic::AtomicU64,
+    /// Whether the store carried the clean mark ([`CLEAN_MARK`]) when it was opened (the mark
+    /// is removed at open).
+    opened_clean: bool,
 }
+
+/// The file a clean unmount leaves in the store's root ([`Store::mark_clean`]): the index and
+/// `staging/` agree and no file is unlinked-but-open, so the next start may skip its recovery
+/// scan (a read of every inode: seconds at a million files). Every open removes it first.
+pub const CLEAN_MARK: &str = "CLEAN";
 
 /// When `staging/` was last walked and what the walk took and found.
 #[derive(Default)]
@@ -106,6 +114,7 @@ impl Store {
         for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             let _ = disk::remove_file(&e.path());
         }
+        let opened_clean = Store::forget_clean_mark(root)?;
         let reserve = Reserve { root: root.to_path_buf(), held: root.join(RESERVE_FILE).exists().into(), index_log: Default::default() };
         let store = Store {
             root: root.to_path_buf(),
@@ -117,9 +126,41 @@ impl Store {
             staging_sampled_files: 0.into(),
             staging_sampled_bytes: 0.into(),
             staging_walks: 0.into(),
+            opened_clean,
         };
         store.restore_reserve();
         Ok(store)
+    }
+
+    /// Remove the clean mark of the store at `root`, durably (before anything changes the
+    /// store: a crash later must find no mark). Returns whether there was one. Offline tools
+    /// that may change the store (fsck) call it too.
+    pub fn forget_clean_mark(root: &Path) -> Result<bool, StoreError> {
+        let mark = root.join(CLEAN_MARK);
+        match std::fs::symlink_metadata(&mark) {
+            Ok(_) => {
+                disk::remove_file(&mark).map_err(io_at(&mark))?;
+                disk::fsync_dir(root).map_err(io_at(root))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_at(&mark)(e)),
+        }
+    }
+
+    /// Whether the store carried the clean mark when it was opened.
+    pub fn opened_clean(&self) -> bool {
+        self.opened_clean
+    }
+
+    /// Leave the clean mark, durably: the caller has made the index and `staging/` agree (the
+    /// engine stopped, the index flushed) and no file is open.
+    pub fn mark_clean(&self) -> io::Result<()> {
+        let mark = self.root.join(CLEAN_MARK);
+        let f = disk::create(&mark)?;
+        disk::write_all(&f, &mark, b"the last unmount was clean: the next start skips its recovery scan\n")?;
+        disk::sync_all(&f, &mark)?;
+        disk::fsync_dir(&self.root)
     }
 
     /// Take the store's lock (`LOCK`, holding our pid) and nothing else: no layout made, no

@@ -268,6 +268,10 @@ pub struct Vfs {
     readahead: readahead::ReadAhead,
     /// The online scrub's status and requests (`user.tezip.scrub`).
     scrub: scrub::Scrub,
+    /// Something is left that the next start's recovery scan removes (a freed staging file that
+    /// could not be deleted, an unlinked file whose last release failed): no clean mark then
+    /// ([`Vfs::mark_clean`]).
+    needs_recovery: std::sync::atomic::AtomicBool,
 }
 
 /// Files an applied transaction freed: deleted once it is durable ([`Vfs::finish`]).
@@ -318,6 +322,7 @@ impl Vfs {
             work: Default::default(),
             readahead: Default::default(),
             scrub: Default::default(),
+            needs_recovery: Default::default(),
         };
         if vfs.index.inode(ROOT)?.is_none() {
             let t = now();
@@ -336,7 +341,12 @@ impl Vfs {
 
     /// After a restart: files unlinked while open are deleted now; staging files that no inode
     /// needs any more (a crash between commit and cleanup) are removed.
+    /// Skipped after a clean unmount ([`Vfs::mark_clean`]), when there is nothing to do.
     fn recover(&self) -> FsResult<()> {
+        if self.store.opened_clean() {
+            tracing::info!("the last unmount was clean: no recovery scan");
+            return Ok(());
+        }
         let (inodes, corrupt) = self.index.inodes_checked()?;
         let mut t = Txn::default();
         // A corrupt record's staging file is kept: fsck may still rebuild the file from it.
@@ -404,6 +414,22 @@ impl Vfs {
     /// Make every index change durable (unmount, fsyncdir).
     pub fn flush_index(&self) -> FsResult<()> {
         Ok(self.index.flush()?)
+    }
+
+    /// At the end of a clean unmount, once nothing else changes the store (the engine, the
+    /// read-ahead and the scrub stopped): with no handle open and nothing left for recovery,
+    /// flush the index and leave the store's clean mark, so that the next start skips the
+    /// recovery scan. A file still open may be unlinked-but-open (its inode is deleted at its
+    /// last release, or by the next start's scan), and a freed staging file whose deletion
+    /// failed goes at the next start's scan: then no mark. Returns whether the mark was left.
+    pub fn mark_clean(&self) -> FsResult<bool> {
+        let st = self.lock();
+        if !st.open.is_empty() || !st.handles.is_empty() || self.needs_recovery.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.index.flush()?;
+        self.store.mark_clean()?;
+        Ok(true)
     }
 
     pub(crate) fn inode(&self, ino: u64) -> FsResult<Inode> {
@@ -536,6 +562,7 @@ impl Vfs {
         let leftover = |what: String, e: std::io::Error| {
             tracing::error!(file = %what, error = %e, "committed, but a file no longer needed could not be deleted");
             self.counters.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.needs_recovery.store(true, std::sync::atomic::Ordering::SeqCst);
         };
         for id in dead {
             self.cache.forget_blob(id);

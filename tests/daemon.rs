@@ -48,6 +48,44 @@ fn fusermount_unmount_ends_the_daemon_cleanly() {
     assert!(!is_mounted(&fs.mnt));
 }
 
+/// A clean unmount leaves the store's clean mark and the next mount skips its recovery scan (a
+/// read of every inode: seconds at a million files), removing the mark first; a daemon killed
+/// with -9 leaves none and its next mount scans; `fsck --repair` removes the mark, a check
+/// alone keeps it. Every file reads back throughout.
+#[test]
+fn a_clean_unmount_lets_the_next_mount_skip_its_recovery_scan() {
+    require_fuse!();
+    let mut fs = Fs::new();
+    let mark = fs.store.join("CLEAN");
+    let a: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    common::write_file(&fs.path("a"), &a);
+    let skipped = |fs: &Fs| common::strip_ansi(&fs.log_text()).matches("the last unmount was clean: no recovery scan").count();
+    assert_eq!(fs.stop().map(|s| s.success()), Some(true));
+    assert!(mark.exists() && log_has(&fs.log, "clean mark left"), "{}", fs.log_text());
+    fs.start();
+    assert!(!mark.exists(), "a mount removes the mark before anything else");
+    assert_eq!(skipped(&fs), 1);
+    common::assert_file(&fs.path("a"), &a);
+    // A daemon killed leaves no mark: its next mount reads every inode.
+    fs.kill9();
+    assert!(!mark.exists());
+    fs.start();
+    assert_eq!(skipped(&fs), 1, "no skip after a kill");
+    common::assert_file(&fs.path("a"), &a);
+    assert_eq!(fs.stop().map(|s| s.success()), Some(true));
+    assert!(mark.exists());
+    // fsck: a check keeps the mark, a repair removes it.
+    let fsck = |more: &[&str]| Command::new(BIN).arg("fsck").arg(&fs.store).args(more).output().unwrap().status.code();
+    assert_eq!(fsck(&[]), Some(0));
+    assert!(mark.exists(), "a check alone changes nothing");
+    assert_eq!(fsck(&["--repair"]), Some(0));
+    assert!(!mark.exists(), "a repair removes the mark");
+    fs.start();
+    assert_eq!(skipped(&fs), 1, "no skip after a repair");
+    common::assert_file(&fs.path("a"), &a);
+    fs.assert_log_clean();
+}
+
 /// A stop (SIGTERM, or an unmount) ends the windows in progress and starts no other, however
 /// many the engine has planned: their files stay staged, the next mount finds and compresses
 /// them, and every file reads back as written. (An engine that ran every planned window first

@@ -168,6 +168,8 @@ fn disk_errors_while_compressing_and_committing_keep_files_staged_and_retry() {
     f.disarm();
     all.extend(files);
     f.fs.remount();
+    // (No clean mark at that unmount: the leftovers are the next start's recovery scan's.)
+    assert!(f.fs.log_text().contains("the next mount reads every inode to recover"), "{}", f.fs.log_text());
     assert!(f.fs.staging().is_empty(), "{:?}", f.fs.staging());
     assert_files(&all);
     let text = f.fs.log_text();

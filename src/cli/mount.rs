@@ -214,7 +214,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let opened = t0.elapsed();
     tracing::info!(seconds = opened.as_secs_f64(), "index opened");
     let vfs = Arc::new(Vfs::new(store, index, config).context("cannot open the filesystem")?);
-    tracing::info!(seconds = (t0.elapsed() - opened).as_secs_f64(), "recovery done (every inode read once)");
+    tracing::info!(seconds = (t0.elapsed() - opened).as_secs_f64(), "filesystem opened");
     let engine = Engine::start(vfs.clone(), threads)?;
     vfs.start_readahead(threads)?;
     let metrics = match args.metrics.clone().or(m.metrics.clone()) {
@@ -313,6 +313,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     scrubber.stop();
     engine.stop();
     vfs.flush_index()?;
+    match vfs.mark_clean() {
+        Ok(true) => tracing::info!("clean mark left: the next mount skips the recovery scan"),
+        Ok(false) => tracing::info!("a file still open, or one that could not be deleted: the next mount reads every inode to recover"),
+        Err(e) => tracing::warn!(error = %e, "cannot leave the clean mark: the next mount reads every inode to recover"),
+    }
     tracing::info!("unmounted cleanly");
     Ok(())
 }

@@ -522,6 +522,10 @@ impl Vfs {
         if let Err(e) = rest {
             tracing::error!(ino, error = %e, "release of a file handle failed");
             self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            if last {
+                // (An unlinked file's inode may be left: the next start's scan removes it.)
+                self.needs_recovery.store(true, Ordering::SeqCst);
+            }
         }
         Ok(passthrough)
     }
