@@ -83,7 +83,13 @@ fn a_clean_unmount_lets_the_next_mount_skip_its_recovery_scan() {
     fs.start();
     assert_eq!(skipped(&fs), 1, "no skip after a repair");
     common::assert_file(&fs.path("a"), &a);
-    fs.assert_log_clean();
+    // (Not `assert_log_clean`: around the kill and the lazy unmount of its dead mount, the
+    // kernel may abort a request the daemon then answers, which fuser logs as an error; seen
+    // once in CI. The daemon's own errors are checked.)
+    let log = common::strip_ansi(&fs.log_text());
+    let bad: Vec<&str> =
+        log.lines().filter(|l| (l.contains(" ERROR ") && !l.contains("fuser::reply: Failed to send FUSE reply")) || l.contains("panicked")).collect();
+    assert!(bad.is_empty(), "the daemon logged errors:\n{}", bad.join("\n"));
 }
 
 /// A stop (SIGTERM, or an unmount) ends the windows in progress and starts no other, however
