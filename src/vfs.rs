@@ -556,7 +556,12 @@ impl Vfs {
         if dead.is_empty() && staging.is_empty() {
             return Ok(());
         }
-        self.index.flush()?;
+        if let Err(e) = self.index.flush() {
+            // The freed files stay: once a later flush makes the change durable, they are the
+            // next start's recovery scan's (no clean mark).
+            self.needs_recovery.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e.into());
+        }
         // The change is made and durable: a file it freed that cannot be deleted is garbage
         // (logged and counted; a staging file goes at the next start), not a failed operation.
         let leftover = |what: String, e: std::io::Error| {
